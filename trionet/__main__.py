@@ -1,0 +1,5 @@
+"""``python -m trionet`` runs the ``trionet`` command."""
+
+from trionet.cli import main
+
+main()

@@ -1,0 +1,192 @@
+"""The trio layer every trionet server shares: listeners, per-connection tasks, graceful shutdown.
+
+A :class:`TCPService` owns one nursery of connection tasks. Each accepted
+socket becomes a task that runs the service's handler; whatever the handler
+raises (a reset peer, a protocol error, even a bug) ends that one connection
+and is logged, never the server. ``trio.Cancelled`` is never swallowed.
+
+Shutdown follows hypercorn's shape: :meth:`TCPService.shutdown` closes the
+listeners, sets :attr:`TCPService.draining` so handlers finish the request in
+hand and close, and puts a deadline of ``now + grace`` on the connection
+nursery; whatever is still running then is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from trionet.framing import NEED_DATA
+
+__all__ = ["Connection", "TCPService", "format_address", "receive_event"]
+
+RECEIVE_CHUNK = 65536
+
+
+def format_address(sockaddr) -> str:
+    """Format a socket address as ``host:port`` (``[v6]:port`` for IPv6)."""
+    try:
+        host, port = sockaddr[0], sockaddr[1]
+    except (TypeError, IndexError):
+        return str(sockaddr)
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+@dataclass(eq=False)
+class Connection:
+    """One accepted client: its stream, and what the log line at close reports."""
+
+    stream: trio.SocketStream
+    peer: str
+    service: "TCPService"
+    opened: float = field(default_factory=trio.current_time)
+    requests: int = 0
+
+    @property
+    def draining(self) -> trio.Event:
+        """Set when the server shuts down: finish the request in hand, then close."""
+        return self.service.draining
+
+
+Handler = Callable[[Connection], Awaitable[None]]
+
+
+class TCPService:
+    """Accept TCP connections and run ``handler`` for each one in its own task.
+
+    Args:
+        name: the service's name in log lines (``sql``, ``names``, ...).
+        handler: ``async def handler(conn: Connection)``; the stream is closed
+            for it when it returns.
+        logger: where open/close lines go.
+    """
+
+    def __init__(self, name: str, handler: Handler, logger: logging.Logger) -> None:
+        self.name = name
+        self._handler = handler
+        self._log = logger
+        self.draining = trio.Event()
+        self.connections: set[Connection] = set()
+        self._accept_scope: trio.CancelScope | None = None
+        self._conn_scope: trio.CancelScope | None = None
+        self._pending_grace: float | None = None
+        self.drain_deadline = math.inf
+        """When draining connections get cancelled (trio time); inf until :meth:`shutdown`."""
+
+    async def serve(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        backlog: int | None = None,
+        task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host``:``port`` and serve until cancelled or shut down.
+
+        Reports the bound addresses through ``task_status`` (so ``port=0``
+        works in tests), and returns once :meth:`shutdown` was called and
+        every connection has finished or the grace period ran out.
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+        addresses = [l.socket.getsockname()[:2] for l in listeners]
+        try:
+            async with trio.open_nursery() as conn_nursery:
+                self._conn_scope = conn_nursery.cancel_scope
+                with trio.CancelScope() as self._accept_scope:
+                    if self._pending_grace is not None:
+                        self._accept_scope.cancel()
+                    async with trio.open_nursery() as accept_nursery:
+                        for listener in listeners:
+                            accept_nursery.start_soon(self._accept_loop, listener, conn_nursery)
+                        for address in addresses:
+                            self._log.info("%s listening on %s", self.name, format_address(address))
+                        task_status.started(addresses)
+                if self._pending_grace is not None:
+                    self._arm_grace(self._pending_grace)
+                self._log.info(
+                    "%s stopped accepting; %d connection(s) finishing", self.name, len(self.connections)
+                )
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    def shutdown(self, grace: float) -> None:
+        """Stop accepting, ask handlers to finish, and cancel what remains after ``grace`` seconds."""
+        self.draining.set()
+        self._pending_grace = grace
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+            if self._conn_scope is not None:
+                self._arm_grace(grace)
+
+    def _arm_grace(self, grace: float) -> None:
+        deadline = trio.current_time() + grace if math.isfinite(grace) else math.inf
+        self.drain_deadline = min(self.drain_deadline, deadline)
+        self._conn_scope.deadline = self.drain_deadline
+
+    async def _accept_loop(self, listener: trio.SocketListener, conn_nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # EMFILE and friends: log, back off a little, keep serving the
+                # connections we have (trio's serve_listeners does the same).
+                self._log.error("%s accept failed: %s", self.name, exc)
+                await trio.sleep(0.1)
+                continue
+            conn_nursery.start_soon(self._run_connection, stream)
+
+    async def _run_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = format_address(stream.socket.getpeername())
+        except OSError:
+            peer = "?"  # already reset by the peer
+        conn = Connection(stream=stream, peer=peer, service=self)
+        self.connections.add(conn)
+        self._log.info("%s connection opened: %s", self.name, peer)
+        outcome = "closed"
+        try:
+            await self._handler(conn)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            outcome = f"closed by peer ({_first_message(group)})"
+        except* Exception:
+            outcome = "closed after an internal error"
+            self._log.exception("%s handler failed for %s", self.name, peer)
+        finally:
+            self.connections.discard(conn)
+            await trio.aclose_forcefully(stream)
+            self._log.info(
+                "%s connection %s: %s, %.3fs, %d request(s)",
+                self.name,
+                outcome,
+                peer,
+                trio.current_time() - conn.opened,
+                conn.requests,
+            )
+
+
+def _first_message(group: BaseExceptionGroup) -> str:
+    exc = group.exceptions[0]
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
+
+
+async def receive_event(stream: trio.abc.ReceiveStream, framer, max_bytes: int = RECEIVE_CHUNK):
+    """Read from ``stream`` until ``framer`` has an event, and return it.
+
+    ``framer`` is any sans-IO framer of :mod:`trionet.framing`; at end of
+    stream it is told so, and its final event (``EOF`` or a truncated frame)
+    is returned.
+    """
+    while True:
+        event = framer.next_event()
+        if event is not NEED_DATA:
+            return event
+        framer.receive_data(await stream.receive_some(max_bytes))

@@ -1,0 +1,417 @@
+"""Sans-IO core of the trionet SQL protocol: request parsing, reply frames, value encoding.
+
+The protocol is newline-delimited JSON over TCP (``docs/protocol/sql.md`` has
+every message and the behaviour in every situation). This module never
+touches a socket: the server feeds bytes to :class:`ServerProtocol` and gets
+:class:`Request` or :class:`BadRequest` events; the client feeds bytes to
+:class:`ClientProtocol` and gets reply events. Both are driven by hypothesis
+in the tests.
+
+Values keep SQLite's five storage classes: NULL, INTEGER and TEXT are JSON
+null, integers and strings; REAL is a JSON number with a fraction or exponent
+(``1.0``, never ``1``); BLOB is ``{"$blob": "<base64>"}``; and a REAL that JSON
+cannot write (infinity) is ``{"$real": "Infinity"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from trionet.framing import EOF, NEED_DATA, Frame, LineFramer, Oversized, TruncatedFrame
+
+__all__ = [
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_PORT",
+    "ERROR_CODES",
+    "PROTOCOL_VERSION",
+    "BadRequest",
+    "Bye",
+    "ClientProtocol",
+    "Columns",
+    "Done",
+    "ErrorReply",
+    "Hello",
+    "RemoteProtocolError",
+    "Request",
+    "Rows",
+    "ServerProtocol",
+    "decode_value",
+    "encode_bye",
+    "encode_columns",
+    "encode_done",
+    "encode_error",
+    "encode_hello",
+    "encode_request",
+    "encode_rows",
+    "encode_value",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 7401
+DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+
+ERROR_CODES: dict[str, str] = {
+    "bad_request": "the line is not a request: invalid JSON, a wrong field, or a field of the wrong type",
+    "request_too_large": "the request line is longer than the server's limit; it was skipped",
+    "bad_param": "a parameter cannot be bound: wrong count, unknown name, or a value SQLite cannot store",
+    "sql_error": "SQLite rejected the statement (syntax, unknown table or column, ...)",
+    "multiple_statements": "the request holds more than one statement; send one per request",
+    "read_only": "the statement would write, and the server is read-only (start it with --read-write)",
+    "denied": "the statement uses something the server never allows (ATTACH, DETACH, extensions, some PRAGMAs)",
+    "constraint": "a constraint failed (UNIQUE, NOT NULL, CHECK, FOREIGN KEY)",
+    "busy": "the database is locked by another writer; retry, or use BEGIN IMMEDIATE",
+    "too_big": "a string or blob is larger than the server's limit",
+    "timeout": "the request ran longer than the server's --query-timeout and was interrupted",
+    "interrupted": "the request was interrupted because the server is shutting down",
+    "internal": "the server failed unexpectedly; the connection stays usable",
+}
+
+
+class RemoteProtocolError(Exception):
+    """The peer sent something that breaks the protocol; the connection cannot go on."""
+
+
+# --- values -----------------------------------------------------------------
+
+
+def encode_value(value: Any) -> Any:
+    """Return ``value`` (an SQLite result value) as a JSON-ready object."""
+    if isinstance(value, bytes):
+        return {"$blob": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$real": "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")}
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    """Return the Python value for a JSON value on the wire.
+
+    Raises:
+        ValueError: the value is not one of the protocol's encodings.
+    """
+    if value is None or isinstance(value, (str, int, float)):
+        return value  # bool is an int: True binds as 1, as in SQLite itself
+    if isinstance(value, dict) and len(value) == 1:
+        if "$blob" in value and isinstance(value["$blob"], str):
+            try:
+                return base64.b64decode(value["$blob"], validate=True)
+            except binascii.Error:
+                raise ValueError("$blob is not valid base64") from None
+        if "$real" in value and value["$real"] in ("Infinity", "-Infinity", "NaN"):
+            return float(value["$real"])
+    raise ValueError(f"not a value of the protocol: {json.dumps(value)[:80]}")
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+
+
+# --- requests (client -> server) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One statement to run.
+
+    ``params`` is a tuple (positional ``?``), a dict (named ``:name``) or
+    None; ``bare`` is true for a plain SQL line typed by a person.
+    """
+
+    id: str | int | None
+    sql: str
+    params: tuple | dict | None = None
+    max_rows: int | None = None
+    bare: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """A line that is not a valid request; the server answers it with an error frame."""
+
+    id: str | int | None
+    code: str
+    message: str
+
+
+_REQUEST_FIELDS = frozenset({"id", "sql", "params", "max_rows"})
+
+
+def parse_request(line: bytes) -> Request | BadRequest | None:
+    """Parse one request line (without its newline); None for a blank line."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRequest(None, "bad_request", f"request is not valid UTF-8 (byte {exc.start})")
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if not stripped.startswith("{"):
+        return Request(id=None, sql=stripped, bare=True)
+    try:
+        obj = json.loads(stripped)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return BadRequest(None, "bad_request", f"invalid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return BadRequest(None, "bad_request", "a JSON request must be an object")
+    req_id = obj.get("id")
+    if not (req_id is None or isinstance(req_id, (str, int)) and not isinstance(req_id, bool)):
+        return BadRequest(None, "bad_request", "'id' must be a string, an integer or null")
+    unknown = sorted(set(obj) - _REQUEST_FIELDS)
+    if unknown:
+        return BadRequest(req_id, "bad_request", f"unknown field(s): {', '.join(unknown)}")
+    sql = obj.get("sql")
+    if not isinstance(sql, str) or not sql.strip():
+        return BadRequest(req_id, "bad_request", "'sql' must be a non-empty string")
+    max_rows = obj.get("max_rows")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
+        return BadRequest(req_id, "bad_request", "'max_rows' must be a non-negative integer")
+    raw_params = obj.get("params")
+    try:
+        if raw_params is None:
+            params = None
+        elif isinstance(raw_params, list):
+            params = tuple(decode_value(v) for v in raw_params)
+        elif isinstance(raw_params, dict):
+            params = {}
+            for key, value in raw_params.items():
+                params[key.lstrip(":@$")] = decode_value(value)
+        else:
+            return BadRequest(req_id, "bad_request", "'params' must be an array or an object")
+    except ValueError as exc:
+        return BadRequest(req_id, "bad_param", str(exc))
+    return Request(id=req_id, sql=sql, params=params, max_rows=max_rows)
+
+
+def encode_request(
+    sql: str, params: list | tuple | dict | None = None, *, id: str | int | None = None, max_rows: int | None = None
+) -> bytes:
+    """Return the request line for ``sql`` with ``params``."""
+    obj: dict[str, Any] = {"id": id, "sql": sql}
+    if params is not None:
+        if isinstance(params, dict):
+            obj["params"] = {k: encode_value(v) for k, v in params.items()}
+        else:
+            obj["params"] = [encode_value(v) for v in params]
+    if max_rows is not None:
+        obj["max_rows"] = max_rows
+    return _dumps(obj)
+
+
+class ServerProtocol:
+    """The server's side of one connection: bytes in, requests out.
+
+    Args:
+        max_request_bytes: the longest request line accepted.
+    """
+
+    def __init__(self, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+        self._framer = LineFramer(max_request_bytes)
+        self.max_request_bytes = max_request_bytes
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` when it closed its side."""
+        self._framer.receive_data(data)
+
+    def next_event(self) -> Request | BadRequest | object:
+        """Return the next Request or BadRequest, or NEED_DATA, or EOF."""
+        while True:
+            event = self._framer.next_event()
+            if isinstance(event, Frame):
+                parsed = parse_request(event.payload)
+                if parsed is None:
+                    continue
+                return parsed
+            if isinstance(event, Oversized):
+                return BadRequest(
+                    None, "request_too_large", f"request longer than {event.limit} bytes; it was skipped"
+                )
+            if isinstance(event, TruncatedFrame):
+                return EOF  # a partial last line from a client that left: nothing to answer
+            return event
+
+
+# --- replies (server -> client) ------------------------------------------------
+
+
+def encode_hello(*, read_only: bool, max_rows: int, max_request_bytes: int, query_timeout: float) -> bytes:
+    """The greeting the server sends as soon as a client connects."""
+    return _dumps(
+        {
+            "type": "hello",
+            "server": "trionet-sql",
+            "protocol": PROTOCOL_VERSION,
+            "read_only": read_only,
+            "max_rows": max_rows,
+            "max_request_bytes": max_request_bytes,
+            "query_timeout": query_timeout,
+        }
+    )
+
+
+def encode_columns(req_id: Any, columns: list[str]) -> bytes:
+    """The first frame of a result: the column names (empty for a statement with no result)."""
+    return _dumps({"id": req_id, "type": "columns", "columns": columns})
+
+
+def encode_rows(req_id: Any, rows: list[tuple]) -> bytes:
+    """One batch of result rows."""
+    try:
+        return _dumps({"id": req_id, "type": "rows", "rows": rows})
+    except (TypeError, ValueError):  # a BLOB or a non-finite REAL: take the slow path
+        encoded = [[encode_value(v) for v in row] for row in rows]
+        return _dumps({"id": req_id, "type": "rows", "rows": encoded})
+
+
+def encode_done(
+    req_id: Any, *, rows: int, truncated: bool, changes: int, last_insert_rowid: int | None, elapsed_ms: float
+) -> bytes:
+    """The last frame of a successful result."""
+    return _dumps(
+        {
+            "id": req_id,
+            "type": "done",
+            "rows": rows,
+            "truncated": truncated,
+            "changes": changes,
+            "last_insert_rowid": last_insert_rowid,
+            "ms": round(elapsed_ms, 3),
+        }
+    )
+
+
+def encode_error(req_id: Any, code: str, message: str) -> bytes:
+    """The last frame of a failed request (it may follow ``columns`` and ``rows``)."""
+    return _dumps({"id": req_id, "type": "error", "code": code, "message": message})
+
+
+def encode_bye(reason: str) -> bytes:
+    """Sent before the server closes a connection on its own (shutdown)."""
+    return _dumps({"type": "bye", "reason": reason})
+
+
+# --- the client's side -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    server: str
+    protocol: int
+    read_only: bool
+    max_rows: int
+    max_request_bytes: int
+    query_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    id: Any
+    columns: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    id: Any
+    rows: list[tuple]
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    id: Any
+    rows: int
+    truncated: bool
+    changes: int
+    last_insert_rowid: int | None
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    id: Any
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    reason: str
+
+
+@dataclass
+class ClientProtocol:
+    """The client's side of one connection: bytes in, reply events out.
+
+    Raises :class:`RemoteProtocolError` when a line is not a reply frame.
+    """
+
+    max_line: int = 64 << 20
+    _framer: LineFramer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._framer = LineFramer(self.max_line)
+
+    def receive_data(self, data: bytes) -> None:
+        self._framer.receive_data(data)
+
+    def next_event(self) -> Hello | Columns | Rows | Done | ErrorReply | Bye | object:
+        while True:
+            event = self._framer.next_event()
+            if isinstance(event, Frame):
+                if event.payload.strip():
+                    return parse_reply(event.payload)
+                continue
+            if isinstance(event, Oversized):
+                raise RemoteProtocolError(f"reply line longer than {event.limit} bytes")
+            if isinstance(event, TruncatedFrame):
+                raise RemoteProtocolError("connection closed in the middle of a reply")
+            return event
+
+
+def _decode_rows(rows: Any) -> list[tuple]:
+    if not isinstance(rows, list):
+        raise ValueError("rows must be an array")
+    out = []
+    for row in rows:
+        if not isinstance(row, list):
+            raise ValueError("each row must be an array")
+        out.append(tuple(v if not isinstance(v, dict) else decode_value(v) for v in row))
+    return out
+
+
+def parse_reply(line: bytes) -> Hello | Columns | Rows | Done | ErrorReply | Bye:
+    """Parse one reply line from the server.
+
+    Raises:
+        RemoteProtocolError: the line is not a reply frame.
+    """
+    try:
+        obj = json.loads(line)
+        kind = obj["type"]
+        if kind == "rows":
+            return Rows(obj["id"], _decode_rows(obj["rows"]))
+        if kind == "columns":
+            return Columns(obj["id"], list(obj["columns"]))
+        if kind == "done":
+            return Done(
+                obj["id"], obj["rows"], obj["truncated"], obj["changes"], obj["last_insert_rowid"], obj["ms"]
+            )
+        if kind == "error":
+            return ErrorReply(obj.get("id"), obj["code"], obj["message"])
+        if kind == "hello":
+            return Hello(
+                obj["server"],
+                obj["protocol"],
+                obj["read_only"],
+                obj["max_rows"],
+                obj["max_request_bytes"],
+                obj["query_timeout"],
+            )
+        if kind == "bye":
+            return Bye(obj["reason"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RemoteProtocolError(f"not a reply frame: {line[:100]!r} ({exc})") from None
+    raise RemoteProtocolError(f"unknown frame type {kind!r}")

@@ -1,0 +1,245 @@
+"""The trio layer of the SQL server: one task per connection, SQLite in worker threads.
+
+Each connection runs two tasks under its own nursery:
+
+- the *reader* reads request lines (through the sans-IO
+  :class:`~trionet.sql.protocol.ServerProtocol`) and hands them over one at a
+  time on an unbuffered memory channel, so a pipelining client is held back by
+  TCP, not by our memory; when the client goes away it interrupts the running
+  query at once;
+- the *executor* runs requests in order in a worker thread and streams the
+  rows back in batches. Each batch is sent before the next is fetched, so a
+  client that reads slowly slows only its own query, and the server holds at
+  most one batch per connection.
+
+A slow query holds one worker thread; other connections keep being served by
+the other threads and the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import trio
+
+from trionet.framing import EOF
+from trionet.log import get_logger
+from trionet.serving import Connection, TCPService, receive_event
+from trionet.sql import protocol
+from trionet.sql.engine import INLINE_BUDGET, Database, FetchResult, OverBudget, Session, SqlError
+
+__all__ = ["SqlServer", "SqlServerConfig", "serve_sql"]
+
+log = get_logger("sql")
+
+
+@dataclass(frozen=True)
+class SqlServerConfig:
+    """The server's limits; every one of them is a ``trionet sql serve`` option.
+
+    Attributes:
+        query_timeout: seconds a request may take, rows delivered included; 0 for none.
+        max_rows: the most rows one result may have (more are cut and marked
+            truncated); 0 for no cap.
+        max_request_bytes: the longest request line.
+        batch_rows: rows per ``rows`` frame.
+        max_threads: worker threads running SQLite at once.
+        inline: try short read-only statements on the event loop first (bounded
+            by :data:`~trionet.sql.engine.INLINE_BUDGET`); off only to measure.
+    """
+
+    query_timeout: float = 30.0
+    max_rows: int = 100_000
+    max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES
+    batch_rows: int = 256
+    max_threads: int = 32
+    inline: bool = True
+
+
+class _ClientGone(Exception):
+    """The client closed its side; the connection ends."""
+
+
+class SqlServer:
+    """Serve one :class:`Database` to any number of TCP clients.
+
+    Args:
+        database: the database to serve.
+        config: the limits.
+    """
+
+    def __init__(self, database: Database, config: SqlServerConfig | None = None) -> None:
+        self.database = database
+        self.config = config or SqlServerConfig()
+        self.service = TCPService("sql", self._handle, log)
+        self._limiter = trio.CapacityLimiter(self.config.max_threads)
+        self._hello = protocol.encode_hello(
+            read_only=not database.read_write,
+            max_rows=self.config.max_rows,
+            max_request_bytes=self.config.max_request_bytes,
+            query_timeout=self.config.query_timeout,
+        )
+
+    async def serve(
+        self, host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until cancelled or shut down; reports the bound addresses."""
+        await self.service.serve(host, port, task_status=task_status)
+
+    def shutdown(self, grace: float) -> None:
+        """Stop accepting; let running requests finish within ``grace`` seconds."""
+        self.service.shutdown(grace)
+
+    # --- per connection -------------------------------------------------------
+
+    async def _handle(self, conn: Connection) -> None:
+        session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._limiter)
+        state = _ConnState(session)
+        try:
+            await conn.stream.send_all(self._hello)
+            send_channel, receive_channel = trio.open_memory_channel(0)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_requests, conn, state, send_channel)
+                    nursery.start_soon(self._watch_drain, conn, state, nursery.cancel_scope)
+                    async with receive_channel:
+                        async for request in receive_channel:
+                            conn.requests += 1
+                            state.busy = True
+                            await self._answer(conn, session, request)
+                            state.busy = False
+                            if conn.draining.is_set():
+                                break
+                    if conn.draining.is_set():
+                        await conn.stream.send_all(protocol.encode_bye("server shutting down"))
+                    nursery.cancel_scope.cancel()
+            except* _ClientGone:
+                pass
+        finally:
+            session.interrupt("connection closed")
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(session.close, limiter=self._limiter)
+
+    async def _read_requests(self, conn: Connection, state: "_ConnState", channel) -> None:
+        proto = protocol.ServerProtocol(self.config.max_request_bytes)
+        async with channel:
+            while True:
+                try:
+                    event = await receive_event(conn.stream, proto)
+                except (trio.BrokenResourceError, OSError):
+                    event = EOF
+                if event is EOF:
+                    # The client is gone (we do not answer after a half-close):
+                    # stop its query now rather than at the next send.
+                    state.session.interrupt("client gone")
+                    raise _ClientGone
+                await channel.send(event)
+
+    async def _watch_drain(self, conn: Connection, state: "_ConnState", scope: trio.CancelScope) -> None:
+        await conn.draining.wait()
+        if not state.busy:
+            with trio.move_on_after(1):
+                await conn.stream.send_all(protocol.encode_bye("server shutting down"))
+            scope.cancel()
+            return
+        # The request in hand may run until the grace period ends; then the
+        # service cancels this connection, and the worker thread must not
+        # outlive it: stop the statement at the same moment.
+        await trio.sleep_until(conn.service.drain_deadline)
+        state.session.interrupt("server shutting down")
+
+    async def _answer(self, conn: Connection, session: Session, request) -> None:
+        if isinstance(request, protocol.BadRequest):
+            await conn.stream.send_all(protocol.encode_error(request.id, request.code, request.message))
+            return
+        timeout = self.config.query_timeout or math.inf
+        with trio.move_on_after(timeout + 1.0) as scope:
+            await self._run(conn, session, request, time.monotonic() + timeout)
+        if scope.cancelled_caught:
+            # Only a send can outlive the deadline this long: the client is not
+            # reading its rows. The stream is mid-frame now, so it cannot go on.
+            raise trio.BrokenResourceError("client did not read its rows within the query timeout")
+
+    async def _run(self, conn: Connection, session: Session, request: protocol.Request, deadline: float) -> None:
+        started = time.perf_counter()
+        req_id = request.id
+        cap = self.config.max_rows
+        if request.max_rows is not None:
+            cap = request.max_rows if cap == 0 else min(cap, request.max_rows)
+        batch = self.config.batch_rows
+        sent = 0
+        truncated = False
+        columns_sent = False
+        try:
+            want = self._want(batch, cap, sent)
+            result = None
+            if self.config.inline and self.database.may_run_inline(request.sql):
+                # A short read costs less here than a thread hop (docs/benchmarks.md);
+                # the budget bounds how long it can hold the event loop.
+                try:
+                    result = session.execute(request.sql, request.params, want, deadline, INLINE_BUDGET)
+                except OverBudget:
+                    pass
+            if result is None:
+                result = await self._in_thread(session.execute, request.sql, request.params, want, deadline)
+            out = protocol.encode_columns(req_id, result.columns or [])
+            columns_sent = True
+            while True:
+                rows = result.rows
+                if cap and sent + len(rows) > cap:
+                    rows = rows[: cap - sent]
+                    truncated = True
+                if rows:
+                    out += protocol.encode_rows(req_id, rows)
+                    sent += len(rows)
+                if truncated or result.exhausted:
+                    break
+                await conn.stream.send_all(out)
+                out = b""
+                result = await self._in_thread(session.fetch, self._want(batch, cap, sent), deadline)
+            if truncated and not result.exhausted:
+                session.cancel_statement()
+            out += protocol.encode_done(
+                req_id,
+                rows=sent,
+                truncated=truncated,
+                changes=result.changes,
+                last_insert_rowid=result.last_insert_rowid,
+                elapsed_ms=(time.perf_counter() - started) * 1000,
+            )
+        except SqlError as exc:
+            out = b"" if not columns_sent else out
+            out += protocol.encode_error(req_id, exc.code, exc.message)
+        await conn.stream.send_all(out)
+
+    @staticmethod
+    def _want(batch: int, cap: int, sent: int) -> int:
+        # Ask for one row past the cap, so that a cut result is known to be cut.
+        return batch if not cap else max(1, min(batch, cap - sent + 1))
+
+    async def _in_thread(self, fn, *args) -> FetchResult:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+
+@dataclass(eq=False)
+class _ConnState:
+    session: Session
+    busy: bool = False
+
+
+async def serve_sql(
+    database: Database,
+    host: str = "127.0.0.1",
+    port: int = protocol.DEFAULT_PORT,
+    *,
+    config: SqlServerConfig | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``database`` on ``host``:``port`` until cancelled.
+
+    ``await nursery.start(serve_sql, db, "127.0.0.1", 0)`` returns the bound
+    addresses, so tests and the demo can use a free port.
+    """
+    await SqlServer(database, config).serve(host, port, task_status=task_status)
