@@ -1,0 +1,530 @@
+"""The trio layer of a ring node: a listener, a link to each neighbour, and two token tasks.
+
+Per node, under one nursery:
+
+- the *listener* accepts the previous node's connection (and ``trionet ring
+  stop`` clients); the *dialer* keeps a connection to the next node, with
+  exponential backoff and jitter;
+- one :class:`_Link` per neighbour bridges a socket to memory channels: its
+  reader task de-duplicates incoming frames (the sans-IO
+  :class:`~trionet.ring.protocol.LinkState`) and acknowledges them; its writer
+  task numbers outgoing frames and keeps them until acknowledged, so a
+  reconnect resends exactly what was lost;
+- two *token tasks*, one per direction, feed the frames of their direction to
+  the shared :class:`~trionet.ring.protocol.NodeCore` and carry out what it
+  returns.
+
+The clockwise token task reads from the previous node's link and writes to
+the next node's link; the counter-clockwise one the other way round.
+
+Connections come from a :class:`Transport`: TCP for real nodes
+(:class:`TcpTransport`), in-memory streams for the simulation
+(:mod:`trionet.ring.sim`), so both run this same code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+import trio
+
+from trionet.framing import EOF
+from trionet.log import get_logger
+from trionet.ring.config import NodeAddress, RingConfig
+from trionet.ring.protocol import (
+    Ack,
+    DataFrame,
+    Deliver,
+    Direction,
+    Finished,
+    FrameDecoder,
+    Hello,
+    LinkState,
+    Message,
+    NodeCore,
+    Received,
+    Reject,
+    RemoteProtocolError,
+    Returned,
+    Role,
+    Send,
+    Stop,
+    Summary,
+    Token,
+    encode_frame,
+)
+from trionet.serving import Connection, TCPService, receive_event
+
+__all__ = ["NodeOptions", "RingError", "RingNode", "TcpTransport", "Transport", "request_stop"]
+
+log = get_logger("ring")
+
+EPOCH = 1
+"""The ring epoch of this implementation; a token-regeneration scheme would raise it."""
+
+_LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, RemoteProtocolError)
+
+
+class RingError(Exception):
+    """The node cannot go on (a neighbour never appeared, the ring files differ); exit non-zero."""
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """Timing of one node; every field has a ``trionet ring join`` option or a sane default.
+
+    Attributes:
+        connect_timeout: seconds a link to a neighbour may stay down (at
+            startup or after a drop) before the node gives up.
+        handshake_timeout: seconds to connect and exchange greetings.
+        backoff_initial: first delay between connection attempts, in seconds.
+        backoff_max: the delay doubles after each failure up to this.
+        linger: after finishing, seconds to wait for the last acknowledgements.
+        seed: seeds the backoff jitter (the simulation passes one).
+    """
+
+    connect_timeout: float = 60.0
+    handshake_timeout: float = 10.0
+    backoff_initial: float = 0.05
+    backoff_max: float = 2.0
+    linger: float = 10.0
+    seed: int | None = None
+
+
+class Transport(Protocol):
+    """Where a node's connections come from."""
+
+    async def connect(self, node: NodeAddress) -> trio.abc.Stream:
+        """Open a stream to ``node``; raise ``OSError`` when it is not there."""
+
+    async def serve(
+        self,
+        node: NodeAddress,
+        handler: Callable[[trio.abc.Stream], Awaitable[None]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections for ``node`` and run ``handler`` on each, until cancelled."""
+
+
+class TcpTransport:
+    """Real TCP: listen with :class:`~trionet.serving.TCPService`, dial with ``trio.open_tcp_stream``."""
+
+    async def connect(self, node: NodeAddress) -> trio.abc.Stream:
+        """Open a TCP connection to ``node`` (no timeout: the caller bounds it)."""
+        return await trio.open_tcp_stream(node.host, node.port)
+
+    async def serve(self, node, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on the node's own address; per-connection errors stay in that connection."""
+
+        async def _handle(conn: Connection) -> None:
+            await handler(conn.stream)
+
+        await TCPService(f"ring node {node.id}", _handle, log).serve(node.host, node.port, task_status=task_status)
+
+
+class _Rejected(Exception):
+    """The neighbour refused our greeting."""
+
+
+@dataclass(eq=False)
+class _Conn:
+    stream: trio.abc.Stream
+    scope: trio.CancelScope
+    done: trio.Event
+
+
+class _Link:
+    """One neighbour: the current connection (if any) and the :class:`LinkState` that outlives it.
+
+    Error handling: any failure of the connection (reset, EOF, a bad frame)
+    ends that connection only; the state keeps the unacknowledged frames for
+    the next one.
+    """
+
+    def __init__(self, name: str, peer: NodeAddress, inbound: trio.MemorySendChannel, incoming: Direction) -> None:
+        self.name = name
+        self.peer = peer
+        self.state = LinkState(EPOCH)
+        self.incoming = incoming
+        self._inbound = inbound
+        self._lock = trio.Lock()  # one writer at a time on the stream
+        self._stream: trio.abc.Stream | None = None
+        self._current: _Conn | None = None
+        self.up = False
+        self._changed = trio.Event()
+        self.connects = 0
+        self.ack_sent = 0
+        self.last_error = "never connected"
+
+    async def wait_up(self, up: bool = True) -> None:
+        """Return once the link is up (or down, with ``up=False``)."""
+        while self.up != up:
+            await self._changed.wait()
+
+    async def wait_settled(self) -> None:
+        """Return once the peer has acknowledged everything sent, and we everything received."""
+        while self.state.unacked or (self.up and self.ack_sent < self.state.ack):
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def write_loop(self, outbound: trio.MemoryReceiveChannel) -> None:
+        """Number and send each frame the token tasks hand over; keep it until acknowledged."""
+        async for frame in outbound:
+            data = self.state.wrap(frame)
+            async with self._lock:
+                stream = self._stream
+                if stream is None:
+                    continue  # resent when the link is back
+                try:
+                    await stream.send_all(data)
+                except _LINK_ERRORS as exc:
+                    self._fail(stream, exc)
+
+    def _fail(self, stream: trio.abc.Stream, exc: BaseException) -> None:
+        self.last_error = str(exc) or type(exc).__name__
+        current = self._current
+        if current is not None and current.stream is stream:
+            current.scope.cancel()
+
+    async def run_connection(self, stream: trio.abc.Stream, peer_recv_next: int, decoder: FrameDecoder) -> None:
+        """Use ``stream`` for this link until it fails (it replaces any older connection).
+
+        Resends what the peer has not got, then reads frames until the
+        connection ends. Returns normally on every connection failure.
+        """
+        while self._current is not None:
+            self._current.scope.cancel()
+            await self._current.done.wait()
+        conn = _Conn(stream, trio.CancelScope(), trio.Event())
+        self._current = conn
+        try:
+            with conn.scope:
+                async with self._lock:
+                    resend = self.state.on_connect(peer_recv_next)
+                    if resend:
+                        log.info("%s: resending %d byte(s) after reconnect", self.name, len(resend))
+                        await stream.send_all(resend)
+                    self._stream = stream
+                self.up = True
+                self.connects += 1
+                self._notify()
+                await self._read_loop(stream, decoder)
+                self.last_error = "closed by the peer"
+        except _LINK_ERRORS as exc:
+            self.last_error = str(exc) or type(exc).__name__
+        finally:
+            if self._stream is stream:
+                self._stream = None
+            self._current = None
+            if self.up:
+                self.up = False
+                self._notify()
+            conn.done.set()
+            await trio.aclose_forcefully(stream)
+            log.debug("%s: connection ended (%s)", self.name, self.last_error)
+
+    async def _read_loop(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        while True:
+            event = await receive_event(stream, decoder)
+            if event is EOF:
+                return
+            assert isinstance(event, Received)
+            frame = event.frame
+            if isinstance(frame, Ack):
+                self.state.on_ack(frame.ack)
+                self._notify()
+                continue
+            if event.seq == 0:
+                raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame after the handshake")
+            if event.epoch != self.state.epoch:
+                raise RemoteProtocolError(f"frame of ring epoch {event.epoch}, this ring is at {self.state.epoch}")
+            if isinstance(frame, (Token, Message)) and frame.direction != self.incoming:
+                raise RemoteProtocolError(f"{frame.direction.label} frame on a link that carries {self.incoming.label}")
+            if self.state.classify(event.seq):
+                await self._inbound.send(frame)
+                self.state.mark_received(event.seq)
+            # Acks are tiny and the protocol keeps at most a handful of frames
+            # in flight per link, so this send cannot fill the socket buffer.
+            ack = self.state.ack
+            async with self._lock:
+                await stream.send_all(encode_frame(Ack(ack)))
+            self.ack_sent = ack
+            self._notify()
+
+
+class RingNode:
+    """One node of the ring, run with ``await node.run()`` (or ``nursery.start(node.run)``).
+
+    Args:
+        config: the ring.
+        node_id: this node's id.
+        messages: ``(destination, text)`` pairs to send, consumed lazily.
+        deliveries: a text file for the deliveries JSON lines, or None.
+        transport: TCP by default.
+        options: timing.
+        observer: passed to :class:`~trionet.ring.protocol.NodeCore`.
+
+    Error handling: :meth:`run` raises :class:`RingError` when a neighbour
+    stays unreachable longer than ``options.connect_timeout``; link failures
+    shorter than that are repaired without losing or repeating a frame.
+    """
+
+    def __init__(
+        self,
+        config: RingConfig,
+        node_id: int,
+        *,
+        messages: Iterable[tuple[int, str]] = (),
+        deliveries: IO[str] | None = None,
+        transport: Transport | None = None,
+        options: NodeOptions | None = None,
+        observer: Callable[[str, int, object], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.me = config.node(node_id)
+        self.prev, self.next = config.neighbours(node_id)
+        self.options = options or NodeOptions()
+        self.transport = transport or TcpTransport()
+        self.core = NodeCore(node_id, config.ids, messages, observer)
+        self._deliveries = deliveries
+        self._rng = random.Random(self.options.seed)
+        self._cw_send, self._cw_receive = trio.open_memory_channel(0)
+        self._ccw_send, self._ccw_receive = trio.open_memory_channel(0)
+        self._next_out_send, self._next_out_receive = trio.open_memory_channel(0)
+        self._prev_out_send, self._prev_out_receive = trio.open_memory_channel(0)
+        # The next node's link brings ccw frames; the previous node's brings cw frames.
+        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, self._ccw_send, Direction.CCW)
+        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, self._cw_send, Direction.CW)
+        self._stop_requested = trio.Event()
+        self.finished = trio.Event()
+        self.summary: Summary | None = None
+        self.round_trips = 0
+        self.round_trip_total = 0.0
+        self.first_send: float | None = None
+        self.last_return: float | None = None
+
+    def request_stop(self) -> None:
+        """Finalize gracefully (node 0), or ask node 0 to (any other node). Safe to call twice."""
+        self._stop_requested.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> Summary:
+        """Join the ring and run until the finalization command has passed; return this node's summary.
+
+        ``task_status.started()`` is called once the listener is up.
+
+        Raises:
+            RingError: a neighbour stayed unreachable for ``connect_timeout``.
+        """
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.transport.serve, self.me, self._on_incoming)
+            log.info("node %d listening on %s", self.me.id, self.me.address)
+            task_status.started()
+            nursery.start_soon(self._dial_loop)
+            nursery.start_soon(self.next_link.write_loop, self._next_out_receive)
+            nursery.start_soon(self.prev_link.write_loop, self._prev_out_receive)
+            nursery.start_soon(self._token_task, self._cw_receive)
+            nursery.start_soon(self._token_task, self._ccw_receive)
+            nursery.start_soon(self._watch_link, self.next_link)
+            nursery.start_soon(self._watch_link, self.prev_link)
+            nursery.start_soon(self._wait_stop)
+            nursery.start_soon(self._start_when_closed)
+            await self.finished.wait()
+            with trio.move_on_after(self.options.linger) as linger:
+                await self.next_link.wait_settled()
+                await self.prev_link.wait_settled()
+            if linger.cancelled_caught:
+                log.warning("node %d: the last frames were not acknowledged within %.1fs", self.me.id, self.options.linger)
+            nursery.cancel_scope.cancel()
+        if self._deliveries is not None:
+            self._deliveries.flush()
+        assert self.summary is not None
+        return self.summary
+
+    # --- the two token tasks and the actions of the core ---------------------
+
+    async def _token_task(self, inbound: trio.MemoryReceiveChannel) -> None:
+        async for frame in inbound:
+            await self._perform(self.core.receive(frame, trio.current_time()))
+
+    async def _start_when_closed(self) -> None:
+        if not self.core.is_leader:
+            return
+        await self.next_link.wait_up()
+        await self.prev_link.wait_up()
+        log.info("node 0: both links are up; injecting the cw and ccw tokens")
+        await self._perform(self.core.start(trio.current_time()))
+
+    async def _wait_stop(self) -> None:
+        await self._stop_requested.wait()
+        if self.core.is_leader:
+            log.info("node 0: stop requested; finalizing once the tokens are back")
+        else:
+            log.info("node %d: stop requested; asking node 0", self.me.id)
+        await self._perform(self.core.request_stop(trio.current_time()))
+
+    async def _perform(self, actions: list) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                channel = self._next_out_send if action.direction is Direction.CW else self._prev_out_send
+                await channel.send(action.frame)
+            elif isinstance(action, Deliver):
+                self._write_delivery(action.message)
+            elif isinstance(action, Returned):
+                now = trio.current_time()
+                self.round_trips += 1
+                self.round_trip_total += action.round_trip
+                self.first_send = self.first_send if self.first_send is not None else now - action.round_trip
+                self.last_return = now
+            elif isinstance(action, Finished):
+                self.summary = action.summary
+                self.finished.set()
+
+    def _write_delivery(self, msg: Message) -> None:
+        if self._deliveries is None:
+            return
+        record = {
+            "id": msg.uid,
+            "origin": msg.origin,
+            "destination": msg.destination,
+            "direction": msg.direction.label,
+            "text": msg.text,
+        }
+        self._deliveries.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    # --- connections -------------------------------------------------------------
+
+    def _hello(self, role: Role, link: _Link) -> bytes:
+        return encode_frame(Hello(self.me.id, role, self.config.fingerprint, link.state.recv_next), epoch=EPOCH)
+
+    async def _dial_loop(self) -> None:
+        link = self.next_link
+        backoff = self.options.backoff_initial
+        while not self.core.finished:
+            try:
+                stream, hello, decoder = await self._dial_once()
+            except (*_LINK_ERRORS, trio.TooSlowError, _Rejected) as exc:
+                link.last_error = str(exc) or type(exc).__name__
+                log.debug("node %d: cannot reach node %d: %s", self.me.id, self.next.id, link.last_error)
+                await trio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self.options.backoff_max)
+                continue
+            backoff = self.options.backoff_initial
+            log.info("node %d: connected to node %d at %s", self.me.id, self.next.id, self.next.address)
+            await link.run_connection(stream, hello.recv_next, decoder)
+            if self.core.finalizing and not link.state.unacked:
+                return  # the finalization command got through; the next node may be gone already
+            log.warning("node %d: lost the link to node %d (%s); reconnecting", self.me.id, self.next.id, link.last_error)
+
+    async def _dial_once(self) -> tuple[trio.abc.Stream, Hello, FrameDecoder]:
+        with trio.fail_after(self.options.handshake_timeout):
+            stream = await self.transport.connect(self.next)
+            try:
+                await stream.send_all(self._hello(Role.PREDECESSOR, self.next_link))
+                decoder = FrameDecoder()
+                event = await receive_event(stream, decoder)
+                if event is EOF:
+                    raise trio.BrokenResourceError("closed during the handshake")
+                frame = event.frame
+                if isinstance(frame, Reject):
+                    raise _Rejected(f"node {self.next.id} refused the connection: {frame.reason}")
+                if not (isinstance(frame, Hello) and frame.role is Role.SUCCESSOR):
+                    raise RemoteProtocolError(f"expected a greeting, got {type(frame).__name__}")
+                if frame.node_id != self.next.id:
+                    raise _Rejected(f"{self.next.address} is node {frame.node_id}, not node {self.next.id}")
+                return stream, frame, decoder
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+
+    async def _on_incoming(self, stream: trio.abc.Stream) -> None:
+        decoder = FrameDecoder()
+        try:
+            with trio.fail_after(self.options.handshake_timeout):
+                event = await receive_event(stream, decoder)
+                if event is EOF:
+                    return
+                hello = event.frame
+                if isinstance(hello, Hello) and hello.role is Role.CONTROL:
+                    await self._on_control(stream, decoder)
+                    return
+                reason = self._check_hello(event)
+                if reason:
+                    log.warning("node %d: refused a connection: %s", self.me.id, reason)
+                    await stream.send_all(encode_frame(Reject(reason)))
+                    return
+                await stream.send_all(self._hello(Role.SUCCESSOR, self.prev_link))
+        except (*_LINK_ERRORS, trio.TooSlowError) as exc:
+            log.debug("node %d: handshake failed: %s", self.me.id, exc)
+            await trio.aclose_forcefully(stream)
+            return
+        log.info("node %d: node %d connected", self.me.id, self.prev.id)
+        await self.prev_link.run_connection(stream, hello.recv_next, decoder)
+
+    def _check_hello(self, event: Received) -> str | None:
+        hello = event.frame
+        if not isinstance(hello, Hello) or hello.role is not Role.PREDECESSOR:
+            return f"expected a greeting from node {self.prev.id}, got {type(hello).__name__}"
+        if event.epoch != EPOCH:
+            return f"ring epoch {event.epoch}, this node is at {EPOCH}"
+        if hello.ring != self.config.fingerprint:
+            return f"the ring files differ (node {hello.node_id} and node {self.me.id} list other nodes)"
+        if hello.node_id != self.prev.id:
+            return f"node {self.me.id} accepts only its previous node {self.prev.id}, not node {hello.node_id}"
+        return None
+
+    async def _on_control(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
+        event = await receive_event(stream, decoder)
+        if event is EOF or not isinstance(event.frame, Stop):
+            return
+        if not self.core.is_leader:
+            await stream.send_all(encode_frame(Reject(f"node {self.me.id} is not node 0; send stop to node 0")))
+            return
+        log.info("node 0: stop asked by a client")
+        self.request_stop()
+        await stream.send_all(encode_frame(Ack(0)))
+
+    async def _watch_link(self, link: _Link) -> None:
+        timeout = self.options.connect_timeout
+        while True:
+            await link.wait_up(False)
+            with trio.move_on_after(timeout if timeout > 0 else math.inf) as waited:
+                await link.wait_up(True)
+            if waited.cancelled_caught and not self.core.finalizing:
+                raise RingError(
+                    f"node {self.me.id}: no link with node {link.peer.id} at {link.peer.address} "
+                    f"for {timeout:g}s (last error: {link.last_error})"
+                )
+            if waited.cancelled_caught:
+                return
+
+
+async def request_stop(node: NodeAddress, *, timeout: float = 10.0, transport: Transport | None = None) -> None:
+    """Ask node 0 (at ``node``) to finalize the ring; return once it has agreed.
+
+    Raises:
+        RingError: node 0 cannot be reached, or refused.
+    """
+    transport = transport or TcpTransport()
+    try:
+        with trio.fail_after(timeout):
+            stream = await transport.connect(node)
+            async with stream:
+                await stream.send_all(encode_frame(Hello(0, Role.CONTROL, 0, 1)) + encode_frame(Stop()))
+                event = await receive_event(stream, FrameDecoder())
+    except trio.TooSlowError:
+        raise RingError(f"no answer from node {node.id} at {node.address} within {timeout:g}s") from None
+    except _LINK_ERRORS as exc:
+        raise RingError(f"cannot reach node {node.id} at {node.address}: {exc}") from None
+    if event is EOF:
+        raise RingError(f"node {node.id} at {node.address} closed the connection without an answer")
+    if isinstance(event.frame, Reject):
+        raise RingError(event.frame.reason)
