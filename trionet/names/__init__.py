@@ -1,0 +1,28 @@
+"""``trionet names``: a connection-oriented name server with a client limit, a backlog and a quota.
+
+- :mod:`trionet.names.hosts`, :mod:`~trionet.names.cache`,
+  :mod:`~trionet.names.protocol`, :mod:`~trionet.names.dnswire`: the sans-IO
+  core (hosts file, answer cache, line protocol, DNS messages);
+- :mod:`trionet.names.resolver` and :mod:`~trionet.names.server`: the trio layer;
+- :mod:`trionet.names.client`: ``async with trionet.names.connect(host, port) as conn``.
+"""
+
+from trionet.names.client import (
+    NamesConnection,
+    NamesConnectionError,
+    QuotaReached,
+    Resolved,
+    ServerBusy,
+    SessionEnded,
+    connect,
+)
+
+__all__ = [
+    "NamesConnection",
+    "NamesConnectionError",
+    "QuotaReached",
+    "Resolved",
+    "ServerBusy",
+    "SessionEnded",
+    "connect",
+]

@@ -1,0 +1,112 @@
+"""Sans-IO answer cache: TTLs counted down, negative answers (RFC 2308), an LRU bound.
+
+Every method takes ``now`` (seconds, any monotonic clock) instead of reading
+a clock, so tests drive it with plain numbers or trio's mock clock.
+
+- A positive answer lives for the smallest TTL of its records, CNAMEs of the
+  chain included, clamped to ``[min_ttl, max_ttl]``.
+- A negative answer (NXDOMAIN or NODATA) lives for ``min(SOA TTL, SOA
+  MINIMUM)`` of the SOA the upstream sent (RFC 2308 section 5), clamped the
+  same way; one without an SOA is not cached (section 5 again).
+- SERVFAIL is never cached: the next client gets a fresh try.
+- Answers read from the cache carry the remaining TTL, rounded down, and
+  source ``cache``; an answer expires when its TTL reaches 0.
+- At most ``max_entries`` answers are kept; storing one more evicts the
+  least recently used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from trionet.names.answer import Answer
+
+__all__ = ["AnswerCache", "CacheStats"]
+
+
+@dataclass
+class CacheStats:
+    """Counters, for logs and tests."""
+
+    hits: int = 0
+    misses: int = 0
+    expired: int = 0
+    evicted: int = 0
+
+
+class AnswerCache:
+    """A bounded, TTL-aware cache of :class:`~trionet.names.answer.Answer` keyed by (name, type).
+
+    Args:
+        max_entries: the LRU bound (at least 1).
+        min_ttl: answers are kept at least this many seconds...
+        max_ttl: ...and at most this many.
+    """
+
+    def __init__(self, max_entries: int = 10_000, *, min_ttl: int = 0, max_ttl: int = 86_400) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        if min_ttl < 0 or max_ttl < min_ttl:
+            raise ValueError("need 0 <= min_ttl <= max_ttl")
+        self.max_entries = max_entries
+        self.min_ttl = min_ttl
+        self.max_ttl = max_ttl
+        self.stats = CacheStats()
+        self._entries: OrderedDict[tuple[str, str], tuple[Answer, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._entries
+
+    def clamp(self, ttl: int) -> int:
+        """Return ``ttl`` clamped to ``[min_ttl, max_ttl]``."""
+        return max(self.min_ttl, min(self.max_ttl, ttl))
+
+    def get(self, name: str, rdtype: str, now: float) -> Answer | None:
+        """Return the cached answer with its remaining TTL, or None if absent or expired."""
+        key = (name, rdtype)
+        entry = self._entries.get(key)
+        if entry is None:
+            self.stats.misses += 1
+            return None
+        answer, expires = entry
+        remaining = math.floor(expires - now)
+        if remaining <= 0:
+            del self._entries[key]
+            self.stats.expired += 1
+            self.stats.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.stats.hits += 1
+        return answer.with_ttl(remaining, "cache")
+
+    def put(self, answer: Answer, now: float) -> int:
+        """Store ``answer`` (as fetched from upstream, TTL in ``answer.ttl``) if it may be cached.
+
+        Returns:
+            The TTL it was stored with, after clamping; 0 when it was not
+            stored (SERVFAIL, a negative answer without an SOA, a TTL of 0
+            with ``min_ttl`` 0).
+        """
+        if answer.status == "servfail":
+            return 0
+        if answer.status in ("nxdomain", "nodata") and answer.soa is None:
+            return 0
+        ttl = self.clamp(answer.ttl)
+        if ttl <= 0:
+            return 0
+        key = (answer.name, answer.rdtype)
+        self._entries[key] = (answer, now + ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+            self.stats.evicted += 1
+        return ttl
+
+    def clear(self) -> None:
+        """Forget every answer."""
+        self._entries.clear()

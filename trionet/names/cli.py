@@ -1,0 +1,318 @@
+"""``trionet names`` commands: ``serve`` runs the name server, ``query`` asks it."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import signal
+import sys
+
+import click
+import trio
+
+from trionet import log
+from trionet.cliutil import grace_option, host_option, log_level_option, port_option, run_until_signal
+from trionet.names import client as names_client
+from trionet.names.answer import LINE_TYPES
+from trionet.names.protocol import DEFAULT_PORT
+from trionet.names.resolver import parse_upstream, system_upstreams
+from trionet.names.server import DEFAULT_DNS_PORT, NamesConfig, NamesServer
+
+__all__ = ["names"]
+
+
+@click.group()
+def names() -> None:
+    """A name server: hosts file, DNS-backed cache, a client limit, a backlog and a quota.
+
+    \b
+      trionet names serve   run the server (line protocol and DNS over TCP)
+      trionet names query   ask a running server for names, on one connection
+
+    Try it: 'trionet names serve --hosts examples/names/hosts' in one terminal,
+    then 'trionet names query gateway.lan www.example.com' or 'nc 127.0.0.1 7402'.
+    """
+
+
+def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]):
+    try:
+        return [parse_upstream(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@names.command()
+@click.option(
+    "--hosts",
+    "hosts_path",
+    type=click.Path(dir_okay=False),
+    default="/etc/hosts",
+    show_default=True,
+    help="Hosts file (hosts(5) format) answered first; reloaded when it changes and on SIGHUP.",
+)
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    callback=_upstream,
+    help="DNS server asked for names not in the hosts file, tried in order (repeatable). "
+    "[default: the nameservers in /etc/resolv.conf]",
+)
+@host_option(serving=True)
+@port_option(DEFAULT_PORT, serving=True)
+@click.option(
+    "--dns-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_DNS_PORT,
+    show_default=True,
+    help="TCP port for standard DNS over TCP (dig +tcp); 0 picks a free one.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Clients served at once, both ports counted together; the others wait in line.",
+)
+@click.option(
+    "--quota",
+    type=click.IntRange(0),
+    default=4,
+    show_default=True,
+    help="Queries each admitted client may make before the server closes its connection; 0 for no quota.",
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(0),
+    default=64,
+    show_default=True,
+    help="Clients that may wait in line for a slot; more are told 'busy' and closed.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close an admitted client that sends nothing for this long; 0 for never.",
+)
+@click.option(
+    "--cache-size",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    metavar="ANSWERS",
+    help="Answers kept in the cache; the least recently used goes first.",
+)
+@click.option(
+    "--min-ttl",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Keep cached answers at least this long, whatever their TTL.",
+)
+@click.option(
+    "--max-ttl",
+    type=click.IntRange(0),
+    default=86_400,
+    show_default=True,
+    metavar="SECONDS",
+    help="Keep cached answers at most this long, whatever their TTL.",
+)
+@click.option(
+    "--upstream-timeout",
+    type=click.FloatRange(0.01),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for one upstream before trying the next.",
+)
+@click.option(
+    "--listen-backlog",
+    type=click.IntRange(1),
+    default=None,
+    metavar="CONNECTIONS",
+    help="The kernel's queue of connections not yet accepted (listen(2)). [default: trio's, the system maximum]",
+)
+@grace_option
+@log_level_option
+def serve(
+    hosts_path: str,
+    upstreams,
+    host: str,
+    port: int,
+    dns_port: int,
+    limit: int,
+    quota: int,
+    backlog: int,
+    idle_timeout: float,
+    cache_size: int,
+    min_ttl: int,
+    max_ttl: int,
+    upstream_timeout: float,
+    listen_backlog: int | None,
+    grace: float,
+) -> None:
+    """Run the name server: a line protocol on --port and DNS over TCP on --dns-port.
+
+    Lookups go to the hosts file, then the cache, then the upstream DNS
+    servers. At most --limit clients are served at once; up to --backlog more
+    wait in line (line clients are told their place); each admitted client
+    may ask --quota queries. The bound ports are logged at start, so
+    '--port 0 --dns-port 0' works.
+    """
+    if min_ttl > max_ttl:
+        raise click.BadParameter("--min-ttl is larger than --max-ttl", param_hint="--min-ttl")
+    logger = log.get_logger("names")
+    upstreams = list(upstreams) or system_upstreams()
+    if not upstreams:
+        logger.warning("no upstream DNS server: names not in %s will get SERVFAIL", hosts_path)
+    config = NamesConfig(
+        limit=limit,
+        quota=quota,
+        backlog=backlog,
+        idle_timeout=idle_timeout,
+        cache_size=cache_size,
+        min_ttl=min_ttl,
+        max_ttl=max_ttl,
+        upstream_timeout=upstream_timeout,
+    )
+    server = NamesServer(config, upstreams=upstreams, hosts_path=hosts_path)
+    logger.info(
+        "limit %d, quota %s, backlog %d, upstreams %s",
+        limit,
+        quota or "none",
+        backlog,
+        ", ".join(str(u) for u in upstreams) or "none",
+    )
+
+    def on_signal(signum: int) -> None:
+        logger.info("%s: shutting down (grace %.1fs)", signal.Signals(signum).name, grace)
+        server.shutdown(grace)
+
+    async def main() -> None:
+        async def reload_on_sighup() -> None:
+            with trio.open_signal_receiver(signal.SIGHUP) as signals:
+                async for _ in signals:
+                    logger.info("SIGHUP: reloading %s", hosts_path)
+                    server.request_reload()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reload_on_sighup)
+            await run_until_signal(
+                lambda: server.serve(host, port, dns_port, listen_backlog=listen_backlog), on_signal=on_signal
+            )
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}: {exc.strerror or exc}") from None
+
+
+@names.command()
+@host_option()
+@port_option(DEFAULT_PORT)
+@click.option(
+    "--type",
+    "rdtype",
+    type=click.Choice(LINE_TYPES, case_sensitive=False),
+    default=None,
+    help="Record type to ask for. [default: A; PTR for an IP address]",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="'json' prints one JSON object per answer (name, type, status, addresses, ttl, source, latency_ms).",
+)
+@click.option(
+    "--reconnect/--no-reconnect",
+    default=False,
+    show_default=True,
+    help="When the server ends the session at its quota, connect again (and wait in line) for the names left.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up connecting after this long (waiting in line is not counted).",
+)
+@click.argument("names_", metavar="NAME...", nargs=-1, required=True)
+def query(host: str, port: int, rdtype: str | None, fmt: str, reconnect: bool, timeout: float, names_) -> None:
+    """Ask a names server for each NAME (or IP address) on one connection.
+
+    Each answer is printed with its source (hosts, cache or dns) and latency.
+    Exits 0 when every name got an answer (NXDOMAIN counts as an answer),
+    1 when some were left unanswered, 2 on a usage error.
+    """
+    rdtype = rdtype.upper() if rdtype else None
+
+    def note(text: str) -> None:
+        click.echo(text, err=True)
+
+    async def main() -> list[str]:
+        left = list(names_)
+        session = 0
+        while left:
+            session += 1
+
+            def on_wait(place: int) -> None:
+                note(f"waiting for a slot: place {place} in line")
+
+            try:
+                async with names_client.connect(host, port, on_wait=on_wait, connect_timeout=timeout) as conn:
+                    if conn.welcome.waited >= 0.001:
+                        note(f"admitted after waiting {conn.welcome.waited:.3f}s")
+                    while left:
+                        name = left[0]
+                        kind = rdtype
+                        if kind is None:
+                            kind = "PTR" if _is_address(name) else "A"
+                        answer = await conn.resolve(name, kind)
+                        left.pop(0)
+                        _print_answer(answer, fmt)
+                    await conn.quit()
+            except names_client.QuotaReached as exc:
+                note(f"quota reached: {exc.message}")
+                if left:
+                    note(f"unanswered: {' '.join(left)}")
+                    if reconnect:
+                        note("reconnecting for the rest")
+                        continue
+                return left
+            except names_client.NamesConnectionError as exc:
+                note(f"error: {exc}")
+                if left:
+                    note(f"unanswered: {' '.join(left)}")
+                return left
+        return left
+
+    left = trio.run(main)
+    sys.exit(1 if left else 0)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _print_answer(answer: names_client.Resolved, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(answer.to_json()))
+        return
+    latency = f"{answer.latency * 1000:.1f}ms"
+    if answer.ok:
+        data = " ".join(answer.addresses)
+    else:
+        data = f"{answer.status.upper()}: {answer.message}"
+    click.echo(f"{answer.name} {answer.rdtype} {data}  (ttl {answer.ttl}s, source {answer.source}, {latency})")

@@ -1,0 +1,275 @@
+"""Sans-IO DNS message handling for the DNS-over-TCP port: parse queries, build responses.
+
+:func:`parse_query` turns one message (the payload of one length-prefixed
+frame, RFC 1035 4.2.2) into a :class:`DnsQuery`, or into the bytes of an
+error response when the message cannot be served:
+
+- FORMERR: not a DNS message, a response instead of a query, not exactly
+  one question, trailing bytes, a broken EDNS record;
+- NOTIMP: an opcode other than QUERY, or a meta type (ANY, AXFR, IXFR, ...);
+- REFUSED: a class other than IN.
+
+:func:`build_response` turns an :class:`~trionet.names.answer.Answer` into
+the response bytes: the CNAME chain then the records in the answer section,
+the SOA in the authority section for a negative answer (RFC 2308), AA set
+for hosts-file answers, SERVFAIL for an upstream failure.
+
+The common case (a plain query, with or without one EDNS OPT record) is
+parsed and answered with ``struct`` alone; anything else goes through
+dnspython's full parser, which checks every section. Both paths give the
+same result, and the tests compare them.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import struct
+from dataclasses import dataclass
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+
+from trionet.names.answer import Answer
+
+__all__ = [
+    "DnsQuery",
+    "EDNS_PAYLOAD",
+    "FORMERR",
+    "NOERROR",
+    "NOTIMP",
+    "NXDOMAIN",
+    "REFUSED",
+    "SERVFAIL",
+    "build_error",
+    "build_response",
+    "parse_query",
+]
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+EDNS_PAYLOAD = 1232
+"""The UDP payload size we announce in EDNS (the 2020 DNS flag day value)."""
+
+_QR, _AA, _TC, _RD, _RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
+_HEADER = struct.Struct("!HHHHHH")
+_RR_TAIL = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_TYPE_OPT = 41
+_SIMPLE_LABEL = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsQuery:
+    """One query to answer.
+
+    Attributes:
+        id: the message ID, copied into the response.
+        rd: the client's recursion-desired flag, copied into the response.
+        qname: the name asked, normalized (lower case, no trailing dot).
+        rdtype: the type asked, as text (``A``, ``TYPE65280`` for unknown ones).
+        question: the question section as received, echoed back unchanged.
+        edns: whether the query carried EDNS (the response then does too).
+    """
+
+    id: int
+    rd: bool
+    qname: str
+    rdtype: str
+    question: bytes
+    edns: bool = False
+
+
+def _header(msg_id: int, flags: int, rcode: int, qd: int, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
+    return _HEADER.pack(msg_id, flags | rcode, qd, an, ns, ar)
+
+
+def build_error(wire: bytes, rcode: int, query: DnsQuery | None = None) -> bytes:
+    """Return an error response (``rcode``) to the message ``wire``.
+
+    The ID, opcode and RD flag are copied from whatever part of the header
+    arrived (ID 0 when not even two bytes did); the question is echoed when
+    ``query`` has it.
+    """
+    msg_id = int.from_bytes(wire[:2], "big") if len(wire) >= 2 else 0
+    flags = (int.from_bytes(wire[2:4], "big") & 0x7900) if len(wire) >= 4 else 0  # opcode and RD
+    flags |= _QR | _RA
+    if query is None:
+        return _header(msg_id, flags, rcode, 0)
+    return _header(msg_id, flags, rcode, 1, 0, 0, 1 if query.edns else 0) + query.question + (
+        _opt() if query.edns else b""
+    )
+
+
+def _opt() -> bytes:
+    return b"\x00" + _RR_TAIL.pack(_TYPE_OPT, EDNS_PAYLOAD, 0, 0)
+
+
+def _read_name(wire: bytes, offset: int) -> tuple[list[bytes], int]:
+    """Read an uncompressed name starting at ``offset``; return its labels and the next offset."""
+    labels = []
+    total = 1
+    while True:
+        length = wire[offset]  # IndexError when truncated
+        offset += 1
+        if length == 0:
+            return labels, offset
+        if length > 63:
+            raise ValueError("compressed or extended label in the question")
+        label = wire[offset : offset + length]
+        if len(label) != length:
+            raise ValueError("truncated label")
+        total += length + 1
+        if total > 255:
+            raise ValueError("name longer than 255 bytes")
+        labels.append(label)
+        offset += length
+
+
+def _name_text(labels: list[bytes]) -> str:
+    if not labels:
+        return "."
+    if all(_SIMPLE_LABEL.issuperset(label) for label in labels):
+        return b".".join(labels).decode("ascii").lower()
+    return dns.name.Name(labels).to_text(omit_final_dot=True).lower()
+
+
+def _check_type(wire: bytes, qtype: int, qclass: int) -> bytes | None:
+    if qclass != dns.rdataclass.IN:
+        return build_error(wire, REFUSED)
+    if dns.rdatatype.is_metatype(qtype) or qtype in (dns.rdatatype.ANY, 0):
+        return build_error(wire, NOTIMP)
+    return None
+
+
+def parse_query(wire: bytes) -> DnsQuery | bytes:
+    """Parse one DNS message; return the query, or the bytes of an error response to send instead."""
+    if len(wire) < 12:
+        return build_error(wire, FORMERR)
+    msg_id, flags, qd, an, ns, ar = _HEADER.unpack_from(wire)
+    if flags & _QR:
+        return build_error(wire, FORMERR)
+    if (flags >> 11) & 0xF != dns.opcode.QUERY:
+        return build_error(wire, NOTIMP)
+    if qd != 1:
+        return build_error(wire, FORMERR)
+    if an == 0 and ns == 0 and ar <= 1:
+        try:
+            labels, offset = _read_name(wire, 12)
+            qtype, qclass = struct.unpack_from("!HH", wire, offset)
+            offset += 4
+            question = wire[12:offset]
+            edns = False
+            if ar == 1:
+                # Only an OPT record at the root is read here; anything else
+                # (TSIG, a bad OPT) takes the full parser below.
+                if wire[offset] != 0:
+                    raise ValueError("not an OPT record")
+                rtype, _payload, ttl, rdlen = _RR_TAIL.unpack_from(wire, offset + 1)
+                if rtype != _TYPE_OPT or (ttl >> 16) & 0xFF != 0:
+                    raise ValueError("not an OPT record of version 0")
+                offset += 1 + _RR_TAIL.size + rdlen
+                edns = True
+            if offset != len(wire):
+                raise ValueError("trailing bytes")
+        except (ValueError, IndexError, struct.error):
+            pass  # let the full parser decide, and word the error
+        else:
+            refused = _check_type(wire, qtype, qclass)
+            if refused is not None:
+                return refused
+            return DnsQuery(
+                msg_id, bool(flags & _RD), _name_text(labels), dns.rdatatype.to_text(qtype), question, edns
+            )
+    return _parse_slow(wire)
+
+
+def _parse_slow(wire: bytes) -> DnsQuery | bytes:
+    try:
+        message = dns.message.from_wire(wire)
+    except dns.message.BadEDNS:
+        return build_error(wire, FORMERR)
+    except (dns.exception.DNSException, ValueError, IndexError, UnicodeError):
+        return build_error(wire, FORMERR)
+    if len(message.question) != 1:
+        return build_error(wire, FORMERR)
+    rrset = message.question[0]
+    if message.edns > 0:
+        return build_error(wire, FORMERR)  # BADVERS needs an extended rcode; FORMERR is allowed too
+    refused = _check_type(wire, rrset.rdtype, rrset.rdclass)
+    if refused is not None:
+        return refused
+    question = rrset.name.to_wire() + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
+    qname = rrset.name.to_text(omit_final_dot=True).lower() or "."
+    return DnsQuery(
+        message.id,
+        bool(message.flags & _RD),
+        qname,
+        dns.rdatatype.to_text(rrset.rdtype),
+        question,
+        message.edns >= 0,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_wire(text: str) -> bytes:
+    if text in (".", ""):
+        return b"\x00"
+    if "\\" not in text:
+        labels = text.rstrip(".").split(".")
+        try:
+            encoded = [label.encode("ascii") for label in labels]
+        except UnicodeEncodeError:
+            encoded = None
+        if encoded is not None and all(0 < len(label) < 64 for label in encoded):
+            return b"".join(bytes([len(label)]) + label for label in encoded) + b"\x00"
+    return dns.name.from_text(text).to_wire()
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdata_wire(rdtype: str, text: str) -> bytes:
+    if rdtype == "A":
+        return socket.inet_pton(socket.AF_INET, text)
+    if rdtype == "AAAA":
+        return socket.inet_pton(socket.AF_INET6, text)
+    if rdtype in ("PTR", "CNAME", "NS"):
+        return _name_wire(text)
+    rdata = dns.rdata.from_text(dns.rdataclass.IN, rdtype, text)
+    return rdata.to_wire()
+
+
+def _rr(owner: bytes, rdtype: int, ttl: int, rdata: bytes) -> bytes:
+    return owner + _RR_TAIL.pack(rdtype, dns.rdataclass.IN, ttl, len(rdata)) + rdata
+
+
+def build_response(query: DnsQuery, answer: Answer) -> bytes:
+    """Return the response to ``query`` carrying ``answer``.
+
+    The answer's owner names are written in full except the first, which
+    points at the question (compression pointer to offset 12).
+    """
+    flags = _QR | _RA | (_RD if query.rd else 0) | (_AA if answer.source == "hosts" else 0)
+    if answer.status == "servfail":
+        return build_error(_HEADER.pack(query.id, flags & _RD, 0, 0, 0, 0), SERVFAIL, query)
+    rcode = NXDOMAIN if answer.status == "nxdomain" else NOERROR
+    ttl = max(0, answer.ttl)
+    records = []
+    owner = b"\xc0\x0c"
+    for _alias, target in answer.chain:
+        target_wire = _name_wire(target)
+        records.append(_rr(owner, dns.rdatatype.CNAME, ttl, target_wire))
+        owner = target_wire
+    if answer.status == "ok":
+        rdtype = dns.rdatatype.from_text(answer.rdtype)
+        for text in answer.records:
+            records.append(_rr(owner, rdtype, ttl, _rdata_wire(answer.rdtype, text)))
+    authority = b""
+    if answer.soa is not None and answer.status != "ok":
+        zone, soa_text = answer.soa
+        authority = _rr(_name_wire(zone), dns.rdatatype.SOA, ttl, _rdata_wire("SOA", soa_text))
+    head = _header(query.id, flags, rcode, 1, len(records), 1 if authority else 0, 1 if query.edns else 0)
+    return b"".join([head, query.question, *records, authority, _opt() if query.edns else b""])

@@ -1,0 +1,291 @@
+"""Sans-IO core of the names line protocol: request parsing, reply lines, the client's parser.
+
+One request per line, one reply line per request (``docs/protocol/names.md``
+has the whole protocol, with a session typed into ``nc``)::
+
+    www.example.com            ->  ok www.example.com A 3600 dns 93.184.216.34
+    www.example.com AAAA       ->  nodata www.example.com AAAA 0 hosts www.example.com has no AAAA record
+    10.0.0.1                   ->  ok 10.0.0.1 PTR 0 hosts gateway.lan.
+    quit                       ->  bye quit goodbye
+
+Every reply line is ``STATUS NAME TYPE TTL SOURCE DATA...``: ``DATA`` is the
+records for ``ok`` and a sentence for the others. Control lines (``welcome``,
+``wait``, ``bye``) have their own shape; both are parsed by
+:func:`parse_reply`. The module never touches a socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from trionet.framing import EOF, Frame, LineFramer, Oversized, TruncatedFrame
+from trionet.names.answer import LINE_TYPES, Answer, InvalidName, normalize_name, reverse_name
+
+__all__ = [
+    "BYE_REASONS",
+    "DEFAULT_PORT",
+    "MAX_LINE",
+    "BadLine",
+    "Bye",
+    "Query",
+    "Quit",
+    "RemoteProtocolError",
+    "Reply",
+    "ServerLineProtocol",
+    "ClientLineProtocol",
+    "Wait",
+    "Welcome",
+    "encode_answer",
+    "encode_bad_request",
+    "encode_bye",
+    "encode_query",
+    "encode_wait",
+    "encode_welcome",
+    "parse_line",
+    "parse_reply",
+]
+
+DEFAULT_PORT = 7402
+MAX_LINE = 1024
+"""The longest request line, in bytes; a longer one is answered ``bad-request`` and skipped."""
+
+BYE_REASONS = ("quit", "quota-reached", "busy", "idle-timeout", "shutdown")
+
+
+class RemoteProtocolError(Exception):
+    """The server sent a line that is not part of the protocol."""
+
+
+# --- requests ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Look up ``name`` (as typed, normalized) for ``rdtype``; ``qname`` is what is resolved.
+
+    For a reverse query, ``name`` is the address and ``qname`` its PTR name.
+    """
+
+    name: str
+    rdtype: str
+    qname: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    """The client asks the server to close the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line that is not a request; it is answered with ``bad-request``."""
+
+    message: str
+
+
+def parse_line(line: bytes) -> Query | Quit | BadLine | None:
+    """Parse one request line (without its line ending); None for a blank line.
+
+    Accepted: ``NAME``, ``NAME TYPE``, ``ADDRESS`` (reverse), ``ADDRESS PTR``
+    and ``quit``; keywords and types are case-insensitive.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadLine(f"the line is not valid UTF-8 (byte {exc.start})")
+    words = text.split()
+    if not words:
+        return None
+    if len(words) == 1 and words[0].lower() in ("quit", "exit"):
+        return Quit()
+    if len(words) > 2:
+        return BadLine("expected NAME [TYPE], ADDRESS or quit")
+    rdtype = words[1].upper() if len(words) == 2 else None
+    if rdtype is not None and rdtype not in LINE_TYPES:
+        return BadLine(f"unsupported type {words[1][:20]!r}; use one of {', '.join(LINE_TYPES)}")
+    target = words[0]
+    try:
+        address = ipaddress.ip_address(target)
+    except ValueError:
+        address = None
+    if address is not None:
+        if rdtype not in (None, "PTR"):
+            return BadLine(f"{target} is an address: ask for its name with PTR, or leave the type out")
+        return Query(str(address), "PTR", reverse_name(str(address)))
+    try:
+        name = normalize_name(target)
+    except InvalidName as exc:
+        return BadLine(str(exc))
+    return Query(name, rdtype or "A", name)
+
+
+def encode_query(name: str, rdtype: str = "A") -> bytes:
+    """Return the request line for ``name`` and ``rdtype``."""
+    return f"{name} {rdtype}\n".encode()
+
+
+class ServerLineProtocol:
+    """The server's side of one line connection: bytes in, requests out.
+
+    Args:
+        max_line: the longest request line, in bytes.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._framer = LineFramer(max_line)
+        self.max_line = max_line
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` when it closed its side."""
+        self._framer.receive_data(data)
+
+    def next_event(self) -> Query | Quit | BadLine | object:
+        """Return the next Query, Quit or BadLine, or NEED_DATA, or EOF."""
+        while True:
+            event = self._framer.next_event()
+            if isinstance(event, Frame):
+                parsed = parse_line(event.payload)
+                if parsed is None:
+                    continue
+                return parsed
+            if isinstance(event, Oversized):
+                return BadLine(f"line longer than {event.limit} bytes; it was skipped")
+            if isinstance(event, TruncatedFrame):
+                return EOF  # a last line without its newline from a client that left
+            return event
+
+
+# --- replies -------------------------------------------------------------------
+
+
+def _line(*words: object) -> bytes:
+    return (" ".join(str(w) for w in words) + "\n").encode()
+
+
+def _sentence(answer: Answer) -> str:
+    if answer.status == "nxdomain":
+        return "no such name"
+    if answer.status == "nodata":
+        return f"{answer.owner} has no {answer.rdtype} record"
+    return answer.message or "upstream failure"
+
+
+def encode_answer(answer: Answer, name: str | None = None) -> bytes:
+    """Return the reply line for ``answer``; ``name`` overrides the name shown (an address)."""
+    shown = name or answer.name
+    if answer.status == "ok":
+        return _line("ok", shown, answer.rdtype, answer.ttl, answer.source, *answer.records)
+    return _line(answer.status, shown, answer.rdtype, answer.ttl, answer.source, _sentence(answer))
+
+
+def encode_bad_request(message: str) -> bytes:
+    """Return the reply to a line that is not a request."""
+    return _line("bad-request", "-", "-", 0, "-", message)
+
+
+def encode_welcome(*, quota: int, idle_timeout: float, waited: float) -> bytes:
+    """Sent when the client is admitted: its quota (0: none), the idle timeout and the wait, in seconds."""
+    return _line("welcome", f"quota={quota}", f"idle-timeout={idle_timeout:g}", f"waited={waited:.3f}")
+
+
+def encode_wait(place: int, serving: int) -> bytes:
+    """Sent while the client waits for a slot, each time its place in line changes."""
+    ahead = "you are next" if place == 1 else f"{place - 1} client(s) ahead of you"
+    return _line("wait", place, f"all {serving} slots are busy; {ahead}")
+
+
+def encode_bye(reason: str, message: str) -> bytes:
+    """Sent just before the server closes the connection; ``reason`` is one of :data:`BYE_REASONS`."""
+    return _line("bye", reason, message)
+
+
+# --- the client's side -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer line: ``status`` is ``ok``, ``nxdomain``, ``nodata``, ``servfail`` or ``bad-request``."""
+
+    status: str
+    name: str
+    rdtype: str
+    ttl: int
+    source: str
+    records: tuple[str, ...] = ()
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    quota: int
+    idle_timeout: float
+    waited: float
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    place: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    reason: str
+    message: str
+
+
+def parse_reply(line: bytes) -> Reply | Welcome | Wait | Bye:
+    """Parse one line from the server.
+
+    Raises:
+        RemoteProtocolError: the line is not a reply of this protocol.
+    """
+    try:
+        text = line.decode("utf-8")
+        words = text.split(" ")
+        kind = words[0]
+        if kind in ("ok", "nxdomain", "nodata", "servfail", "bad-request"):
+            status, name, rdtype, ttl, source, *rest = words
+            if kind == "ok":
+                return Reply(status, name, rdtype, int(ttl), source, tuple(rest))
+            return Reply(status, name, rdtype, int(ttl), source, (), " ".join(rest))
+        if kind == "welcome":
+            fields = dict(w.split("=", 1) for w in words[1:])
+            return Welcome(int(fields["quota"]), float(fields["idle-timeout"]), float(fields["waited"]))
+        if kind == "wait":
+            return Wait(int(words[1]), " ".join(words[2:]))
+        if kind == "bye":
+            return Bye(words[1], " ".join(words[2:]))
+    except (ValueError, KeyError, IndexError) as exc:
+        raise RemoteProtocolError(f"not a reply line: {line[:100]!r} ({exc})") from None
+    raise RemoteProtocolError(f"unknown reply {kind[:20]!r}")
+
+
+class ClientLineProtocol:
+    """The client's side of one line connection: bytes in, replies out."""
+
+    def __init__(self, max_line: int = 1 << 20) -> None:
+        self._framer = LineFramer(max_line)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the server; ``b""`` when it closed."""
+        self._framer.receive_data(data)
+
+    def next_event(self) -> Reply | Welcome | Wait | Bye | object:
+        """Return the next reply, NEED_DATA or EOF.
+
+        Raises:
+            RemoteProtocolError: a line is not a reply, or the server closed mid-line.
+        """
+        while True:
+            event = self._framer.next_event()
+            if isinstance(event, Frame):
+                if event.payload.strip():
+                    return parse_reply(event.payload)
+                continue
+            if isinstance(event, Oversized):
+                raise RemoteProtocolError(f"reply line longer than {event.limit} bytes")
+            if isinstance(event, TruncatedFrame):
+                raise RemoteProtocolError("connection closed in the middle of a reply")
+            return event

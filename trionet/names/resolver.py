@@ -1,0 +1,296 @@
+"""The upstream resolver: cache first, then real DNS queries with dnspython's async API under trio.
+
+Concurrent misses for the same (name, type) are merged: the first one starts
+a *flight* (one upstream query, run in the resolver's own nursery so that it
+does not die with the client that started it) and every later one waits on
+the flight's :class:`trio.Event`. Each waiter then gets its own answer, or
+its own SERVFAIL answer saying what failed.
+
+Upstreams are tried in order; a timeout, an unreachable upstream, or an
+answer other than NOERROR/NXDOMAIN moves on to the next one. When every
+upstream failed, the answer is SERVFAIL with the reasons. Every wait is
+bounded (``timeout`` per upstream), so a client never hangs.
+
+Turning a DNS response into an :class:`~trionet.names.answer.Answer`
+(following CNAME chains, reading the SOA of a negative answer) is pure and
+lives in :func:`answer_from_response`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import trio
+
+from trionet.log import get_logger
+from trionet.names.answer import Answer
+from trionet.names.cache import AnswerCache
+
+__all__ = [
+    "MAX_CNAME_HOPS",
+    "Resolver",
+    "ResolverStats",
+    "Upstream",
+    "answer_from_response",
+    "parse_upstream",
+    "system_upstreams",
+]
+
+log = get_logger("names")
+
+MAX_CNAME_HOPS = 8
+"""CNAME records followed for one lookup before giving up with SERVFAIL."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A DNS server to ask."""
+
+    host: str
+    port: int = 53
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_upstream(text: str) -> Upstream:
+    """Parse ``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address.
+
+    Raises:
+        ValueError: the port is not a number from 1 to 65535.
+    """
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "53"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, "53"
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} out of range")
+    return Upstream(host, number)
+
+
+def system_upstreams(path: str = "/etc/resolv.conf") -> list[Upstream]:
+    """The nameservers listed in ``path`` (empty if it cannot be read)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    servers = []
+    for line in lines:
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            servers.append(Upstream(words[1].split("%", 1)[0]))
+    return servers
+
+
+class UpstreamFailure(Exception):
+    """One upstream could not give a usable answer."""
+
+
+def _find(section: list, name: dns.name.Name, rdtype: int):
+    for rrset in section:
+        if rrset.name == name and rrset.rdtype == rdtype and rrset.rdclass == dns.rdataclass.IN:
+            return rrset
+    return None
+
+
+def _text(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True).lower() or "."
+
+
+def answer_from_response(name: str, rdtype: str, response: dns.message.Message) -> tuple[Answer, str | None]:
+    """Read the answer to ``name``/``rdtype`` out of an upstream response.
+
+    Returns:
+        The answer (source ``dns``, TTL the smallest of the records used, not
+        yet clamped), and the name to query next when the response ends in
+        a CNAME whose target it does not resolve (else None).
+
+    Raises:
+        UpstreamFailure: the response's rcode is neither NOERROR nor
+            NXDOMAIN, or the CNAME chain loops.
+    """
+    rcode = response.rcode()
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        raise UpstreamFailure(f"answered {dns.rcode.to_text(rcode)}")
+    wanted = dns.rdatatype.from_text(rdtype)
+    current = dns.name.from_text(name)
+    chain: list[tuple[str, str]] = []
+    ttl = math.inf
+    seen = {current}
+    while True:
+        rrset = _find(response.answer, current, wanted)
+        if rrset is not None:
+            ttl = min(ttl, rrset.ttl)
+            records = tuple(rdata.to_text() for rdata in rrset)
+            return Answer(name, rdtype, "ok", records, int(ttl), "dns", _text(current), tuple(chain)), None
+        cname = _find(response.answer, current, dns.rdatatype.CNAME) if wanted != dns.rdatatype.CNAME else None
+        if cname is None:
+            break
+        target = cname[0].target
+        if target in seen:
+            raise UpstreamFailure(f"CNAME loop at {_text(target)}")
+        seen.add(target)
+        chain.append((_text(current), _text(target)))
+        ttl = min(ttl, cname.ttl)
+        current = target
+    soa = next((r for r in response.authority if r.rdtype == dns.rdatatype.SOA), None)
+    if chain and rcode == dns.rcode.NOERROR and soa is None:
+        partial = Answer(name, rdtype, "nodata", (), int(ttl), "dns", _text(current), tuple(chain))
+        return partial, _text(current)
+    status = "nxdomain" if rcode == dns.rcode.NXDOMAIN else "nodata"
+    soa_pair = None
+    if soa is not None:
+        ttl = min(ttl, soa.ttl, soa[0].minimum)  # RFC 2308 section 5
+        soa_pair = (_text(soa.name), soa[0].to_text())
+    if ttl == math.inf:
+        ttl = 0
+    return Answer(name, rdtype, status, (), int(ttl), "dns", _text(current), tuple(chain), soa_pair), None
+
+
+@dataclass
+class ResolverStats:
+    """Counters, for logs and tests."""
+
+    flights: int = 0
+    merged: int = 0
+    upstream_queries: int = 0
+    failures: int = 0
+
+
+@dataclass(eq=False)
+class _Flight:
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Answer | None = None
+
+
+class Resolver:
+    """Answer from the cache, or ask the upstreams (one flight per (name, type) at a time).
+
+    Args:
+        upstreams: the servers to ask, in order.
+        cache: where answers are kept.
+        nursery: where flights run; it must outlive every :meth:`resolve` call.
+        timeout: seconds to wait for one upstream before trying the next.
+    """
+
+    def __init__(
+        self, upstreams: list[Upstream], cache: AnswerCache, nursery: trio.Nursery, *, timeout: float = 2.0
+    ) -> None:
+        self.upstreams = list(upstreams)
+        self.cache = cache
+        self.timeout = timeout
+        self.stats = ResolverStats()
+        self._nursery = nursery
+        self._flights: dict[tuple[str, str], _Flight] = {}
+
+    async def resolve(self, name: str, rdtype: str) -> Answer:
+        """Return the answer for ``name``/``rdtype``: cached, merged with a flight, or fetched.
+
+        Never raises for a DNS failure: the answer is then SERVFAIL with a
+        message. Takes at most about ``timeout`` seconds per upstream and CNAME hop.
+        """
+        cached = self.cache.get(name, rdtype, trio.current_time())
+        if cached is not None:
+            return cached
+        key = (name, rdtype)
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._flights[key] = _Flight()
+            self.stats.flights += 1
+            self._nursery.start_soon(self._fly, key, flight)
+        else:
+            self.stats.merged += 1
+        await flight.done.wait()
+        assert flight.answer is not None
+        return flight.answer
+
+    async def _fly(self, key: tuple[str, str], flight: _Flight) -> None:
+        name, rdtype = key
+        try:
+            answer = await self._fetch(name, rdtype)
+            if answer.status == "servfail":
+                self.stats.failures += 1
+            else:
+                stored = self.cache.put(answer, trio.current_time())
+                answer = answer.with_ttl(stored or self.cache.clamp(answer.ttl), "dns")
+        except Exception as exc:  # a bug must not leave the waiters hanging
+            log.exception("lookup of %s %s failed", name, rdtype)
+            answer = Answer(name, rdtype, "servfail", message=f"internal error: {exc}")
+        finally:
+            del self._flights[key]
+        flight.answer = answer
+        flight.done.set()
+
+    async def _fetch(self, name: str, rdtype: str) -> Answer:
+        chain: list[tuple[str, str]] = []
+        ttl = math.inf
+        qname = name
+        for _hop in range(MAX_CNAME_HOPS):
+            try:
+                response = await self._ask(qname, rdtype)
+                answer, follow = answer_from_response(qname, rdtype, response)
+            except UpstreamFailure as exc:
+                return Answer(name, rdtype, "servfail", message=str(exc))
+            chain.extend(answer.chain)
+            if follow is None:
+                if answer.status == "ok" or answer.soa is not None:
+                    ttl = min(ttl, answer.ttl)
+                else:
+                    ttl = 0  # a negative answer without an SOA is not cached
+                return Answer(
+                    name, rdtype, answer.status, answer.records, int(ttl), "dns", answer.owner, tuple(chain), answer.soa
+                )
+            ttl = min(ttl, answer.ttl)
+            chain_names = {alias for alias, _ in chain}
+            if follow in chain_names:
+                return Answer(name, rdtype, "servfail", message=f"CNAME loop at {follow}")
+            qname = follow
+        return Answer(name, rdtype, "servfail", message=f"CNAME chain longer than {MAX_CNAME_HOPS}")
+
+    async def _ask(self, qname: str, rdtype: str) -> dns.message.Message:
+        if not self.upstreams:
+            raise UpstreamFailure("no upstream DNS server configured")
+        reasons = []
+        for upstream in self.upstreams:
+            query = dns.message.make_query(qname, rdtype)
+            self.stats.upstream_queries += 1
+            try:
+                # dnspython has its own timeout; the cancel scope is the
+                # guarantee that nothing below can wait longer.
+                with trio.fail_after(self.timeout + 0.5):
+                    response = await dns.asyncquery.udp(
+                        query, upstream.host, timeout=self.timeout, port=upstream.port, ignore_unexpected=True
+                    )
+                    if response.flags & dns.flags.TC:
+                        response = await dns.asyncquery.tcp(
+                            query, upstream.host, timeout=self.timeout, port=upstream.port
+                        )
+            except (dns.exception.Timeout, trio.TooSlowError):
+                reasons.append(f"{upstream}: no answer within {self.timeout:g}s")
+                continue
+            except OSError as exc:
+                reasons.append(f"{upstream}: {exc.strerror or exc}")
+                continue
+            except dns.exception.DNSException as exc:
+                reasons.append(f"{upstream}: bad response ({exc})")
+                continue
+            rcode = response.rcode()
+            if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                reasons.append(f"{upstream}: answered {dns.rcode.to_text(rcode)}")
+                continue
+            return response
+        raise UpstreamFailure("upstream failure: " + "; ".join(reasons))

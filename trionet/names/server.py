@@ -1,0 +1,503 @@
+"""The trio layer of the name server: two ports, one admission limit, the hosts watcher.
+
+:class:`NamesServer` runs two :class:`~trionet.serving.TCPService` s, the
+line protocol and DNS over TCP, that share one
+:class:`~trionet.limits.AdmissionLimit`: at most ``limit`` clients are served
+at once across both ports, the next ``backlog`` wait in FIFO order, and the
+rest are turned away with a "busy" reply. Each connection goes through the
+same stages:
+
+1. *waiting*: while it waits for a slot the client's input is read (and kept,
+   up to :data:`WAIT_BUFFER` bytes), so that a client that leaves is noticed
+   and leaves the line; a line client is told its place each time it changes;
+2. *admitted*: requests are answered until the quota is used, the client
+   quits or is idle for ``idle_timeout`` seconds, or the server shuts down;
+3. *closing*: the slot is given back first, so the next client is admitted
+   at once; then the server sends EOF and reads what the client still sends
+   (for at most :data:`LINGER` seconds) before closing, so the last answer
+   is not lost to a TCP reset.
+
+Lookups go to the hosts table, then the cache, then the
+:class:`~trionet.names.resolver.Resolver`. The hosts file is reloaded when it
+changes (checked every ``reload_interval`` seconds) and on
+:meth:`NamesServer.request_reload` (SIGHUP in the CLI); connections are
+never dropped for a reload.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from functools import partial
+from dataclasses import dataclass, field
+
+import trio
+
+from trionet.framing import EOF, NEED_DATA, Frame, LengthPrefixFramer, Oversized, TruncatedFrame, encode_length_prefixed
+from trionet.limits import AdmissionLimit, Ticket, WaitingRoomFull
+from trionet.log import get_logger
+from trionet.names import dnswire, protocol
+from trionet.names.answer import Answer
+from trionet.names.cache import AnswerCache
+from trionet.names.hosts import HostsTable, load_hosts
+from trionet.names.resolver import Resolver, Upstream
+from trionet.serving import RECEIVE_CHUNK, Connection, TCPService, receive_event
+
+__all__ = [
+    "DEFAULT_DNS_PORT",
+    "LINGER",
+    "WAIT_BUFFER",
+    "NamesAddresses",
+    "NamesConfig",
+    "NamesServer",
+    "serve_names",
+]
+
+log = get_logger("names")
+
+DEFAULT_DNS_PORT = 7453
+WAIT_BUFFER = 64 * 1024
+"""Bytes of input kept from a client while it waits; beyond that it is not read until admitted."""
+LINGER = 2.0
+"""Seconds a closing connection may take to read what the client still sends after our EOF."""
+MAX_DNS_MESSAGE = 65535
+
+
+@dataclass(frozen=True)
+class NamesConfig:
+    """The server's rules; each one is a ``trionet names serve`` option.
+
+    Attributes:
+        limit: clients served at once, both ports together.
+        quota: queries each admitted client may make; 0 for no quota.
+        backlog: clients that may wait for a slot; ``None`` for no bound.
+        idle_timeout: seconds an admitted client may stay silent; 0 for no limit.
+        cache_size: answers kept in the cache (LRU).
+        min_ttl: cached answers live at least this many seconds...
+        max_ttl: ...and at most this many.
+        upstream_timeout: seconds to wait for one upstream server.
+        reload_interval: seconds between checks of the hosts file.
+        max_in_flight: DNS queries of one connection being resolved at once;
+            the next one is not read until one finishes.
+    """
+
+    limit: int = 3
+    quota: int = 4
+    backlog: int | None = 64
+    idle_timeout: float = 30.0
+    cache_size: int = 10_000
+    min_ttl: int = 0
+    max_ttl: int = 86_400
+    upstream_timeout: float = 2.0
+    reload_interval: float = 2.0
+    max_in_flight: int = 32
+
+
+@dataclass(frozen=True)
+class NamesAddresses:
+    """Where a running server listens (what ``nursery.start(serve_names, ...)`` returns)."""
+
+    line: tuple[str, int]
+    dns: tuple[str, int]
+
+
+class _Busy(Exception):
+    """The waiting room was full."""
+
+
+@dataclass(eq=False)
+class _Session:
+    """One connection's state that the drain watcher also looks at."""
+
+    ticket: Ticket | None = None
+    busy: bool = False
+    stopping: str = ""  # why the session ends: "shutdown" or "idle-timeout"
+    wait_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    pending: collections.deque = field(default_factory=collections.deque)
+
+
+class NamesServer:
+    """The name server: hosts table, cache, resolver and the two ports.
+
+    Args:
+        config: the rules.
+        upstreams: the DNS servers asked for names not in the hosts table.
+        hosts_path: the hosts file, loaded at start and watched; None for none.
+        table: a table to use instead of (or until) ``hosts_path`` is loaded.
+    """
+
+    def __init__(
+        self,
+        config: NamesConfig | None = None,
+        *,
+        upstreams: list[Upstream] = (),
+        hosts_path: str | None = None,
+        table: HostsTable | None = None,
+    ) -> None:
+        self.config = config or NamesConfig()
+        self.upstreams = list(upstreams)
+        self.hosts_path = hosts_path
+        self.table = table or HostsTable()
+        self.cache = AnswerCache(self.config.cache_size, min_ttl=self.config.min_ttl, max_ttl=self.config.max_ttl)
+        self.admission = AdmissionLimit(self.config.limit, self.config.backlog)
+        self.line_service = TCPService("names", self._handle_line, log)
+        self.dns_service = TCPService("names-dns", self._handle_dns, log)
+        self.resolver: Resolver | None = None
+        self.reloads = 0
+        """How many times the hosts file was (re)loaded."""
+        self._reload_requested = trio.Event()
+        self._hosts_stamp: tuple | None = None
+        if hosts_path is not None and table is None:
+            self._load(hosts_path)
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = protocol.DEFAULT_PORT,
+        dns_port: int = DEFAULT_DNS_PORT,
+        *,
+        listen_backlog: int | None = None,
+        task_status: trio.TaskStatus[NamesAddresses] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on both ports and serve until cancelled or shut down.
+
+        Reports a :class:`NamesAddresses` through ``task_status``, so tests
+        use ``port=0, dns_port=0`` and learn the ports.
+        """
+        async with trio.open_nursery() as background:
+            self.resolver = Resolver(self.upstreams, self.cache, background, timeout=self.config.upstream_timeout)
+            if self.hosts_path is not None:
+                background.start_soon(self._watch_hosts)
+            async with trio.open_nursery() as services:
+                line = await services.start(partial(self.line_service.serve, backlog=listen_backlog), host, port)
+                dns = await services.start(partial(self.dns_service.serve, backlog=listen_backlog), host, dns_port)
+                task_status.started(NamesAddresses(tuple(line[0][:2]), tuple(dns[0][:2])))
+            background.cancel_scope.cancel()
+
+    def shutdown(self, grace: float) -> None:
+        """Stop accepting on both ports; clients get ``bye shutdown`` after the request in hand."""
+        self.line_service.shutdown(grace)
+        self.dns_service.shutdown(grace)
+
+    def request_reload(self) -> None:
+        """Reload the hosts file now (what SIGHUP does)."""
+        self._reload_requested.set()
+
+    # --- lookups ----------------------------------------------------------------
+
+    def lookup_local(self, name: str, rdtype: str) -> Answer | None:
+        """Answer from the hosts table or the cache without waiting; None means ask upstream."""
+        answer = self.table.lookup(name, rdtype)
+        if answer is not None:
+            return answer
+        return self.cache.get(name, rdtype, trio.current_time())
+
+    async def lookup(self, name: str, rdtype: str) -> Answer:
+        """Answer ``name``/``rdtype``: hosts table, then cache, then upstream (never raises)."""
+        answer = self.table.lookup(name, rdtype)
+        if answer is not None:
+            return answer
+        assert self.resolver is not None, "lookup() needs a running server"
+        return await self.resolver.resolve(name, rdtype)
+
+    # --- the hosts file -----------------------------------------------------------
+
+    def _stamp(self, path: str) -> tuple | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load(self, path: str) -> None:
+        stamp = self._stamp(path)
+        try:
+            table, warnings = load_hosts(path)
+        except OSError as exc:
+            log.warning("cannot read hosts file %s: %s; keeping %d name(s)", path, exc.strerror or exc, len(self.table))
+            self._hosts_stamp = stamp
+            return
+        for warning in warnings:
+            log.warning("%s", warning)
+        self.table = table
+        self._hosts_stamp = stamp
+        self.reloads += 1
+        log.info("hosts file %s: %d name(s)", path, len(table))
+
+    async def _watch_hosts(self) -> None:
+        path = self.hosts_path
+        assert path is not None
+        while True:
+            with trio.move_on_after(self.config.reload_interval):
+                await self._reload_requested.wait()
+            forced = self._reload_requested.is_set()
+            self._reload_requested = trio.Event()
+            stamp = await trio.to_thread.run_sync(self._stamp, path)
+            if forced or stamp != self._hosts_stamp:
+                await trio.to_thread.run_sync(self._load, path)
+
+    # --- admission, shared by both ports ------------------------------------------
+
+    async def _admit(self, conn: Connection, session: _Session, framer, on_wait) -> bool:
+        """Wait for a slot while reading the client's input; True once admitted.
+
+        Returns False when the client left while waiting (or the server is
+        shutting down). Raises :class:`_Busy` when the waiting room is full.
+        """
+
+        async def watch_client(scope: trio.CancelScope) -> None:
+            kept = 0
+            while kept < WAIT_BUFFER:
+                data = await conn.stream.receive_some(RECEIVE_CHUNK)
+                framer.receive_data(data)
+                kept += len(data)
+                has_request = bool(session.pending)
+                while (event := framer.next_event()) is not NEED_DATA:
+                    if event is EOF or isinstance(event, TruncatedFrame):
+                        if not has_request:
+                            scope.cancel()  # gone before it asked anything: leave the line
+                            return
+                        session.pending.append(EOF)
+                        await trio.sleep_forever()  # half-closed: it still wants its answers
+                    session.pending.append(event)
+                    has_request = True
+            await trio.sleep_forever()  # enough kept: TCP holds back the rest
+
+        try:
+            with session.wait_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch_client, nursery.cancel_scope)
+                    session.ticket = await self.admission.enter(on_wait=on_wait)
+                    nursery.cancel_scope.cancel()
+        except* WaitingRoomFull:
+            raise _Busy from None
+        return session.ticket is not None
+
+    def _release(self, session: _Session) -> None:
+        if session.ticket is not None:
+            self.admission.leave(session.ticket)
+            session.ticket = None
+
+    async def _watch_drain(self, conn: Connection, session: _Session) -> None:
+        await conn.draining.wait()
+        session.stopping = "shutdown"
+        session.wait_scope.cancel()
+
+    async def _send(self, stream: trio.abc.Stream, data: bytes) -> None:
+        # A client that does not read its answers must not hold its slot forever.
+        limit = self.config.idle_timeout or LINGER * 15
+        with trio.move_on_after(limit) as scope:
+            await stream.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError(f"client did not read for {limit:g}s")
+
+    @staticmethod
+    async def _close_gently(stream: trio.abc.Stream) -> None:
+        """Send EOF, then read and drop what the client still sends until it closes (bounded)."""
+        with trio.move_on_after(LINGER):
+            try:
+                await stream.send_eof()
+                while await stream.receive_some(RECEIVE_CHUNK):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    def _idle_deadline(self) -> float:
+        idle = self.config.idle_timeout
+        return trio.current_time() + idle if idle > 0 else float("inf")
+
+    # --- the line port --------------------------------------------------------------
+
+    async def _handle_line(self, conn: Connection) -> None:
+        session = _Session()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_drain, conn, session)
+            try:
+                await self._line_session(conn, session)
+            finally:
+                self._release(session)
+                nursery.cancel_scope.cancel()
+        await self._close_gently(conn.stream)
+
+    async def _line_session(self, conn: Connection, session: _Session) -> None:
+        stream = conn.stream
+        proto = protocol.ServerLineProtocol()
+        config = self.config
+
+        async def tell_place(place: int) -> None:
+            await self._send(stream, protocol.encode_wait(place, self.admission.limit))
+
+        try:
+            admitted = await self._admit(conn, session, proto, tell_place)
+        except _Busy:
+            message = f"all {self.admission.limit} slots are busy and {self.admission.waiting} client(s) are waiting; try again later"
+            await self._send(stream, protocol.encode_bye("busy", message))
+            return
+        if not admitted:
+            if session.stopping == "shutdown":
+                await self._send(stream, protocol.encode_bye("shutdown", "the server is shutting down"))
+            return
+        ticket = session.ticket
+        await self._send(
+            stream, protocol.encode_welcome(quota=config.quota, idle_timeout=config.idle_timeout, waited=ticket.waited)
+        )
+        answered = 0
+        while True:
+            if session.stopping == "shutdown":
+                await self._send(stream, protocol.encode_bye("shutdown", "the server is shutting down"))
+                return
+            if session.pending:
+                event = session.pending.popleft()
+            else:
+                session.wait_scope = trio.CancelScope(deadline=self._idle_deadline())
+                if session.stopping:
+                    session.wait_scope.cancel()
+                event = None
+                with session.wait_scope:
+                    event = await receive_event(stream, proto)
+                if event is None:
+                    if session.stopping == "shutdown":
+                        continue
+                    await self._send(
+                        stream,
+                        protocol.encode_bye("idle-timeout", f"no query for {config.idle_timeout:g} seconds; goodbye"),
+                    )
+                    return
+            if event is EOF:
+                return
+            if isinstance(event, protocol.Quit):
+                await self._send(stream, protocol.encode_bye("quit", "goodbye"))
+                return
+            conn.requests += 1
+            answered += 1
+            session.busy = True
+            if isinstance(event, protocol.BadLine):
+                reply = protocol.encode_bad_request(event.message)
+            else:
+                answer = await self.lookup(event.qname, event.rdtype)
+                reply = protocol.encode_answer(answer, event.name)
+            session.busy = False
+            if config.quota and answered >= config.quota:
+                reply += protocol.encode_bye(
+                    "quota-reached", f"{answered} queries answered, the quota of this server; connect again for more"
+                )
+                await self._send(stream, reply)
+                return
+            await self._send(stream, reply)
+
+    # --- the DNS port -----------------------------------------------------------------
+
+    async def _handle_dns(self, conn: Connection) -> None:
+        session = _Session()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_drain, conn, session)
+            try:
+                await self._dns_session(conn, session)
+            finally:
+                self._release(session)
+                nursery.cancel_scope.cancel()
+        await self._close_gently(conn.stream)
+
+    async def _dns_session(self, conn: Connection, session: _Session) -> None:
+        stream = conn.stream
+        framer = LengthPrefixFramer(2, MAX_DNS_MESSAGE)
+        config = self.config
+        try:
+            admitted = await self._admit(conn, session, framer, None)
+        except _Busy:
+            await self._refuse(stream, framer)
+            return
+        if not admitted:
+            return
+        send_lock = trio.Lock()
+        in_flight = trio.Semaphore(config.max_in_flight)
+        answered = 0
+
+        async def send(wire: bytes) -> None:
+            async with send_lock:
+                await self._send(stream, wire)
+
+        async def resolve_and_send(query: dnswire.DnsQuery) -> None:
+            try:
+                answer = await self.lookup(query.qname, query.rdtype)
+                await send(_frame(dnswire.build_response(query, answer)))
+            finally:
+                in_flight.release()
+
+        async with trio.open_nursery() as queries:
+            out: list[bytes] = []
+            while not session.stopping:
+                if session.pending:
+                    event = session.pending.popleft()
+                else:
+                    event = framer.next_event()
+                    if event is NEED_DATA:
+                        if out:  # answer everything that arrived together with one send
+                            await send(b"".join(out))
+                            out.clear()
+                        session.wait_scope = trio.CancelScope(deadline=self._idle_deadline())
+                        event = None
+                        with session.wait_scope:
+                            event = await receive_event(stream, framer)
+                        if event is None:
+                            session.stopping = session.stopping or "idle-timeout"
+                            break
+                if event is EOF or isinstance(event, TruncatedFrame):
+                    break
+                if isinstance(event, Oversized):  # cannot happen with a 2-byte prefix; kept for safety
+                    out.append(_frame(dnswire.build_error(b"", dnswire.FORMERR)))
+                    continue
+                assert isinstance(event, Frame)
+                conn.requests += 1
+                answered += 1
+                parsed = dnswire.parse_query(event.payload)
+                if isinstance(parsed, bytes):
+                    out.append(_frame(parsed))
+                else:
+                    answer = self.lookup_local(parsed.qname, parsed.rdtype)
+                    if answer is not None:
+                        out.append(_frame(dnswire.build_response(parsed, answer)))
+                    else:
+                        if out:
+                            await send(b"".join(out))
+                            out.clear()
+                        await in_flight.acquire()
+                        queries.start_soon(resolve_and_send, parsed)
+                if config.quota and answered >= config.quota:
+                    break
+            if out:
+                await send(b"".join(out))
+        # Every answer is sent; give the slot to the next client before closing.
+        self._release(session)
+
+    async def _refuse(self, stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
+        """Answer a turned-away DNS client's first query with REFUSED, if it comes within a second."""
+        with trio.move_on_after(1.0):
+            event = await receive_event(stream, framer)
+            if isinstance(event, Frame):
+                parsed = dnswire.parse_query(event.payload)
+                if isinstance(parsed, bytes):
+                    wire = parsed
+                else:
+                    wire = dnswire.build_error(event.payload, dnswire.REFUSED, parsed)
+                await self._send(stream, _frame(wire))
+
+
+def _frame(wire: bytes) -> bytes:
+    if len(wire) > MAX_DNS_MESSAGE:
+        wire = dnswire.build_error(wire[:4], dnswire.SERVFAIL)
+    return encode_length_prefixed(wire, 2)
+
+
+async def serve_names(
+    server: NamesServer,
+    host: str = "127.0.0.1",
+    port: int = protocol.DEFAULT_PORT,
+    dns_port: int = DEFAULT_DNS_PORT,
+    *,
+    task_status: trio.TaskStatus[NamesAddresses] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``server`` until cancelled; ``await nursery.start(serve_names, server, "127.0.0.1", 0, 0)``."""
+    await server.serve(host, port, dns_port, task_status=task_status)
