@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Start the 5 nodes of ring.toml on this machine, in a shuffled order, and wait
+# for node 0 to finalize. Deliveries go to deliveries-N.jsonl in $OUT (a new
+# temporary directory unless set).
+# Usage: examples/ring/run.sh   (from anywhere; needs 'trionet' on PATH)
+set -euo pipefail
+cd "$(dirname "$0")"
+ring_cmd=${TRIONET_RING:-trionet ring}
+out=${OUT:-$(mktemp -d)}
+pids=()
+for id in $(printf '%s\n' 0 1 2 3 4 | shuf); do
+    $ring_cmd join --config ring.toml --id "$id" --messages "messages-$id.txt" \
+        --deliveries "$out/deliveries-$id.jsonl" --connect-timeout 20 --log-level warning &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+echo "deliveries: $out/deliveries-*.jsonl"
+exit $status

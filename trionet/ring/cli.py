@@ -1,0 +1,216 @@
+"""``trionet ring`` commands: ``join`` runs one node, ``stop`` asks node 0 to finalize, ``demo`` shows a local ring."""
+
+from __future__ import annotations
+
+import functools
+import json
+import resource
+import sys
+
+import click
+import trio
+
+from trionet.cliutil import log_level_option, run_until_signal
+from trionet.ring.config import ConfigError, count_messages, iter_messages, load_config
+from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
+from trionet.ring.protocol import Summary
+
+__all__ = ["demo", "join", "ring", "stop"]
+
+
+@click.group()
+def ring() -> None:
+    """A logical token ring across hosts with two counter-rotating tokens.
+
+    \b
+    Every node runs 'trionet ring join' with the same ring file. Node 0 puts
+    one token on the ring in each direction once the ring is closed; a node
+    sends one message from its file per token visit, and every message goes
+    all the way round and back to its sender. When every file has been sent
+    and nothing is in flight, node 0 sends the finalization command round the
+    ring and every node exits. See docs/protocol/ring.md.
+    """
+
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="RING.toml",
+    help="The ring file: [[node]] tables with id, host and port, in clockwise order. Same file on every node.",
+)
+
+
+@ring.command()
+@_config_option
+@click.option("--id", "node_id", required=True, type=click.IntRange(0), help="This node's id in the ring file.")
+@click.option(
+    "--messages",
+    "messages_path",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Messages this node sends, one per line: 'DEST_ID TEXT...'. Blank lines and '#' comments are skipped.",
+)
+@click.option(
+    "--deliveries",
+    "deliveries_path",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Write one JSON line per message delivered to this node (id, origin, destination, direction, text).",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up (exit 1) when a neighbour stays unreachable this long, at startup or after a drop. 0: wait forever.",
+)
+@click.option("--stats", "stats_path", type=click.Path(dir_okay=False), hidden=True)
+@log_level_option
+def join(
+    config_path: str,
+    node_id: int,
+    messages_path: str | None,
+    deliveries_path: str | None,
+    connect_timeout: float,
+    stats_path: str | None,
+) -> None:
+    """Run one node of the ring until node 0's finalization command has passed.
+
+    Nodes may start in any order: each one listens on its own address and
+    reconnects to its neighbours (with backoff) until the ring is closed.
+    Every problem with the ring file or the message file is reported before
+    the node joins. On SIGINT or SIGTERM node 0 finalizes gracefully (frames
+    in flight complete first); any other node asks node 0 to. A second signal
+    exits at once.
+
+    Prints a summary when done: messages sent, delivered to this node,
+    forwarded, and never sent. Exits 0 after a finalization, 1 on an error.
+    """
+    try:
+        config = load_config(config_path)
+        config.node(node_id)
+        total = count_messages(messages_path, config.ids) if messages_path else 0
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    messages = iter_messages(messages_path, config.ids) if messages_path else ()
+    try:
+        deliveries = open(deliveries_path, "w", encoding="utf-8") if deliveries_path else None
+    except OSError as exc:
+        raise click.ClickException(f"{deliveries_path}: cannot write the deliveries file: {exc.strerror}") from None
+    node = RingNode(
+        config,
+        node_id,
+        messages=messages,
+        deliveries=deliveries,
+        options=NodeOptions(connect_timeout=connect_timeout),
+    )
+    click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {total} message(s) to send", err=True)
+    try:
+        trio.run(functools.partial(run_until_signal, node.run, on_signal=lambda signum: node.request_stop()))
+    except* RingError as group:
+        raise click.ClickException("; ".join(str(e) for e in _leaves(group))) from None
+    except* OSError as group:
+        raise click.ClickException(
+            f"node {node_id} cannot listen on {node.me.address}: " + "; ".join(str(e) for e in _leaves(group))
+        ) from None
+    except* ConfigError as group:
+        raise click.ClickException("; ".join(str(e) for e in _leaves(group))) from None
+    finally:
+        if deliveries is not None:
+            deliveries.close()
+    if node.summary is None:
+        click.echo(f"node {node_id}: interrupted before the ring finalized", err=True)
+        sys.exit(130)
+    _print_summary(node.summary)
+    if stats_path:
+        _write_stats(stats_path, node)
+
+
+def _leaves(group: BaseExceptionGroup):
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def _print_summary(summary: Summary) -> None:
+    click.echo(
+        f"node {summary.node_id}: sent {summary.sent}, delivered to it {summary.delivered}, "
+        f"forwarded {summary.forwarded}, never sent {summary.unsent}"
+    )
+    if summary.ring is not None:
+        ring = summary.ring
+        how = "on request" if ring.requested else "the ring was quiescent"
+        click.echo(
+            f"ring finalized ({how}): {ring.nodes} node(s), {ring.sent} message(s) sent, "
+            f"{ring.delivered} delivered, {ring.unsent} never sent"
+        )
+
+
+def _write_stats(path: str, node: RingNode) -> None:
+    # For tools/bench_ring.py: round trips measured by this node, and its peak RSS.
+    stats = {
+        "node": node.me.id,
+        "round_trips": node.round_trips,
+        "round_trip_total": node.round_trip_total,
+        "first_send": node.first_send,
+        "last_return": node.last_return,
+        "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+    with open(path, "w") as fh:
+        json.dump(stats, fh)
+
+
+@ring.command()
+@_config_option
+@click.option(
+    "--timeout", type=click.FloatRange(0), default=10.0, show_default=True, metavar="SECONDS", help="How long to wait for node 0."
+)
+@log_level_option
+def stop(config_path: str, timeout: float) -> None:
+    """Ask node 0 to finalize the ring now, gracefully.
+
+    Node 0 waits for the messages in flight to come back, then sends the
+    finalization command round the ring; messages not yet sent stay unsent
+    (each node reports how many). Returns once node 0 has agreed.
+    """
+    try:
+        config = load_config(config_path)
+        trio.run(request_stop, config.node(0), timeout)
+    except (ConfigError, RingError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"node 0 at {config.node(0).address} is finalizing the ring")
+
+
+@ring.command()
+@click.option("--nodes", type=click.IntRange(1, 64), default=5, show_default=True, help="How many nodes to run.")
+@click.option(
+    "--messages", "messages_per_node", type=click.IntRange(0), default=4, show_default=True, help="Messages per node."
+)
+@click.option(
+    "--pace",
+    type=click.FloatRange(0),
+    default=0.05,
+    show_default=True,
+    metavar="SECONDS",
+    help="Slow each network write by this much, so the tokens can be followed by eye.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for the generated messages and start order.")
+def demo(nodes: int, messages_per_node: int, pace: float, seed: int | None) -> None:
+    """Run a ring on loopback in this process and watch the tokens and deliveries live.
+
+    Each node gets generated messages; the nodes start in a random order on
+    free ports of 127.0.0.1. The view shows where each token is, which message
+    it waits for, and the latest deliveries. Exits when node 0 has finalized.
+    """
+    from rich.console import Console
+
+    from trionet import log
+    from trionet.ring.demo import run_ring_demo
+
+    log.configure("warning")
+    trio.run(lambda: run_ring_demo(Console(highlight=False), nodes=nodes, messages_per_node=messages_per_node, pace=pace, seed=seed))
