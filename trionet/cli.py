@@ -22,3 +22,18 @@ def main() -> None:
 
     Run 'trionet COMMAND --help' for the options of each command.
     """
+
+
+def _register() -> None:
+    from trionet.demo import demo
+    from trionet.names.cli import names
+    from trionet.ring.cli import ring
+    from trionet.sql.cli import sql
+
+    main.add_command(sql)
+    main.add_command(names)
+    main.add_command(ring)
+    main.add_command(demo)
+
+
+_register()

@@ -76,8 +76,6 @@ class TCPService:
         self._accept_scope: trio.CancelScope | None = None
         self._conn_scope: trio.CancelScope | None = None
         self._pending_grace: float | None = None
-        self.drain_deadline = math.inf
-        """When draining connections get cancelled (trio time); inf until :meth:`shutdown`."""
 
     async def serve(
         self,
@@ -107,6 +105,10 @@ class TCPService:
                         for address in addresses:
                             self._log.info("%s listening on %s", self.name, format_address(address))
                         task_status.started(addresses)
+                # Close the listeners now, not when the last connection ends:
+                # new clients are refused at once instead of queueing unseen.
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
                 if self._pending_grace is not None:
                     self._arm_grace(self._pending_grace)
                 self._log.info(
@@ -127,8 +129,7 @@ class TCPService:
 
     def _arm_grace(self, grace: float) -> None:
         deadline = trio.current_time() + grace if math.isfinite(grace) else math.inf
-        self.drain_deadline = min(self.drain_deadline, deadline)
-        self._conn_scope.deadline = self.drain_deadline
+        self._conn_scope.deadline = min(self._conn_scope.deadline, deadline)
 
     async def _accept_loop(self, listener: trio.SocketListener, conn_nursery: trio.Nursery) -> None:
         while True:

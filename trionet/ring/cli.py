@@ -67,6 +67,12 @@ _config_option = click.option(
     metavar="SECONDS",
     help="Give up (exit 1) when a neighbour stays unreachable this long, at startup or after a drop. 0: wait forever.",
 )
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Listen here instead of on this node's address in the ring file (e.g. 0.0.0.0:7500 behind NAT).",
+)
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), hidden=True)
 @log_level_option
 def join(
@@ -75,6 +81,7 @@ def join(
     messages_path: str | None,
     deliveries_path: str | None,
     connect_timeout: float,
+    listen: str | None,
     stats_path: str | None,
 ) -> None:
     """Run one node of the ring until node 0's finalization command has passed.
@@ -95,6 +102,7 @@ def join(
         total = count_messages(messages_path, config.ids) if messages_path else 0
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    listen_at = _parse_listen(listen) if listen else None
     messages = iter_messages(messages_path, config.ids) if messages_path else ()
     try:
         deliveries = open(deliveries_path, "w", encoding="utf-8") if deliveries_path else None
@@ -106,6 +114,7 @@ def join(
         messages=messages,
         deliveries=deliveries,
         options=NodeOptions(connect_timeout=connect_timeout),
+        listen=listen_at,
     )
     click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {total} message(s) to send", err=True)
     try:
@@ -114,7 +123,7 @@ def join(
         raise click.ClickException("; ".join(str(e) for e in _leaves(group))) from None
     except* OSError as group:
         raise click.ClickException(
-            f"node {node_id} cannot listen on {node.me.address}: " + "; ".join(str(e) for e in _leaves(group))
+            f"node {node_id} cannot listen on {node.listen.address}: " + "; ".join(str(e) for e in _leaves(group))
         ) from None
     except* ConfigError as group:
         raise click.ClickException("; ".join(str(e) for e in _leaves(group))) from None
@@ -127,6 +136,13 @@ def join(
     _print_summary(node.summary)
     if stats_path:
         _write_stats(stats_path, node)
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="--listen")
+    return host.strip("[]"), int(port)
 
 
 def _leaves(group: BaseExceptionGroup):

@@ -141,16 +141,23 @@ class Database:
         self._read_only_sql: dict[str, bool] = {}
         if not read_write and not self.path.is_file():
             raise SqlError("sql_error", f"no database at {self.path}")
-        # Open once now so that a bad file fails at start-up, not on the first client.
-        session = self.open_session()
         try:
             if read_write:
-                session.connection.execute("PRAGMA journal_mode=WAL")
-            session.connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+                # WAL lets readers go on while one writer writes; it is a
+                # property of the file, so it is set once, before any session.
+                setup = sqlite3.connect(self.path, timeout=busy_timeout)
+                try:
+                    setup.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    setup.close()
+            # Open a session now so that a bad file fails at start-up, not on the first client.
+            session = self.open_session()
+            try:
+                session.connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+            finally:
+                session.close()
         except sqlite3.DatabaseError as exc:
             raise SqlError("sql_error", f"{self.path}: {exc}") from None
-        finally:
-            session.close()
 
     def open_session(self) -> "Session":
         """Open a new SQLite connection with the safety rules installed."""

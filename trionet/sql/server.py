@@ -104,6 +104,7 @@ class SqlServer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read_requests, conn, state, send_channel)
                     nursery.start_soon(self._watch_drain, conn, state, nursery.cancel_scope)
+                    nursery.start_soon(self._interrupt_when_cancelled, session)
                     async with receive_channel:
                         async for request in receive_channel:
                             conn.requests += 1
@@ -143,12 +144,17 @@ class SqlServer:
             with trio.move_on_after(1):
                 await conn.stream.send_all(protocol.encode_bye("server shutting down"))
             scope.cancel()
-            return
-        # The request in hand may run until the grace period ends; then the
-        # service cancels this connection, and the worker thread must not
-        # outlive it: stop the statement at the same moment.
-        await trio.sleep_until(conn.service.drain_deadline)
-        state.session.interrupt("server shutting down")
+        # A busy connection finishes its request; the executor then closes it.
+
+    @staticmethod
+    async def _interrupt_when_cancelled(session: Session) -> None:
+        # However this connection ends (client gone, the end of the shutdown
+        # grace, the whole server cancelled), the worker thread must not
+        # outlive it: a thread cannot be cancelled, but its statement can.
+        try:
+            await trio.sleep_forever()
+        finally:
+            session.interrupt("connection closing")
 
     async def _answer(self, conn: Connection, session: Session, request) -> None:
         if isinstance(request, protocol.BadRequest):

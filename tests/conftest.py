@@ -1,0 +1,117 @@
+"""Fixtures every service's tests share: running the real ``trionet`` command as a user would."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+class ServerProcess:
+    """A ``trionet ... serve`` subprocess whose log is read as it is written.
+
+    The bound port is learned from the server's own "listening on HOST:PORT"
+    log line, so servers run with ``--port 0``: no fixed ports, no sleeps.
+    """
+
+    def __init__(self, args: list[str], env: dict | None = None) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trionet", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match:
+        """Block until a log line matches ``pattern``; fail if the process exits first."""
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if match := regex.search(line):
+                return match
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n{self.output}") from None
+            if line is None:
+                raise AssertionError(f"process exited before {pattern!r}:\n{self.output}")
+            if match := regex.search(line):
+                return match
+
+    def wait_listening(self) -> int:
+        return int(self.wait_for(_LISTENING.pattern).group(2))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+@pytest.fixture
+def server_process():
+    """Start ``trionet ARGS...`` processes; they are killed at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict | None = None) -> ServerProcess:
+        proc = ServerProcess(list(args), env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def run_trionet(*args: str, input: str | None = None, timeout: float = 60, env: dict | None = None):
+    """Run ``python -m trionet ARGS`` to completion and return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "trionet", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def trionet_cmd():
+    """``trionet_cmd("sql", "query", ...)`` runs the real command and returns its result."""
+    return run_trionet

@@ -1,0 +1,140 @@
+"""The SQL protocol core without I/O: requests, replies, values, and fuzzed input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trionet.framing import EOF, NEED_DATA
+from trionet.sql import protocol
+from trionet.sql.protocol import BadRequest, Request, ServerProtocol, parse_request
+
+sqlite_values = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(),
+    st.binary(),
+)
+
+
+def test_bare_line_is_sql():
+    assert parse_request(b"  SELECT 1  ") == Request(id=None, sql="SELECT 1", bare=True)
+
+
+def test_blank_line_is_ignored():
+    assert parse_request(b"   \t") is None
+
+
+def test_json_request_with_positional_and_named_params():
+    req = parse_request(b'{"id": 7, "sql": "SELECT ?", "params": [1, 2.0, "x", null, {"$blob": "AAE="}]}')
+    assert req == Request(id=7, sql="SELECT ?", params=(1, 2.0, "x", None, b"\x00\x01"))
+    assert isinstance(req.params[1], float)
+    req = parse_request(b'{"sql": "SELECT :a", "params": {":a": {"$real": "-Infinity"}}}')
+    assert req.params == {"a": -math.inf}
+
+
+@pytest.mark.parametrize(
+    "line, code, needle",
+    [
+        (b"{not json", "bad_request", "invalid JSON"),
+        (b"[1, 2]", "bad_request", "must be an object"),  # starts with '[': still SQL? no: see below
+        (b'{"sql": 5}', "bad_request", "'sql'"),
+        (b'{"sql": "SELECT 1", "parms": []}', "bad_request", "unknown field(s): parms"),
+        (b'{"sql": "SELECT 1", "params": 5}', "bad_request", "'params'"),
+        (b'{"sql": "SELECT 1", "params": [[1]]}', "bad_param", "not a value"),
+        (b'{"sql": "SELECT 1", "params": [{"$blob": "!!"}]}', "bad_param", "base64"),
+        (b'{"sql": "SELECT 1", "max_rows": -1}', "bad_request", "max_rows"),
+        (b'{"id": [1], "sql": "SELECT 1"}', "bad_request", "'id'"),
+        (b"\xff\xfe SELECT", "bad_request", "UTF-8"),
+    ],
+)
+def test_bad_requests_get_a_reason(line, code, needle):
+    if line.startswith(b"["):
+        # Only '{' opens a JSON request; anything else is SQL for SQLite to judge.
+        assert parse_request(line) == Request(id=None, sql="[1, 2]", bare=True)
+        return
+    bad = parse_request(line)
+    assert isinstance(bad, BadRequest)
+    assert bad.code == code and needle in bad.message
+    assert bad.code in protocol.ERROR_CODES
+
+
+def test_request_id_is_echoed_even_when_the_rest_is_wrong():
+    bad = parse_request(b'{"id": "abc", "sql": ""}')
+    assert bad == BadRequest("abc", "bad_request", "'sql' must be a non-empty string")
+
+
+@given(st.lists(sqlite_values, max_size=8), st.one_of(st.none(), st.integers(0, 10), st.text(max_size=5)))
+def test_request_round_trip(values, req_id):
+    line = protocol.encode_request("SELECT ?", values, id=req_id)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    req = parse_request(line[:-1])
+    assert req.id == req_id
+    assert req.params == tuple(values)
+    assert [type(v) for v in req.params] == [type(v) for v in values]
+
+
+@given(st.lists(st.tuples(sqlite_values, sqlite_values), max_size=10))
+def test_rows_round_trip_keeps_storage_classes(rows):
+    reply = protocol.parse_reply(protocol.encode_rows(3, rows)[:-1])
+    assert reply == protocol.Rows(3, [tuple(r) for r in rows])
+    for sent, got in zip(rows, reply.rows):
+        assert [type(v) for v in sent] == [type(v) for v in got]
+
+
+def test_non_finite_reals_survive():
+    line = protocol.encode_rows(None, [(math.inf, -math.inf)])
+    assert b"Infinity" in line and b"NaN" not in line
+    json.loads(line)  # still strict JSON
+    assert protocol.parse_reply(line[:-1]).rows == [(math.inf, -math.inf)]
+
+
+def test_server_protocol_pipelined_and_oversized():
+    proto = ServerProtocol(max_request_bytes=40)
+    proto.receive_data(b'SELECT 1\n{"id":1,"sql":"SELECT 2"}\n' + b"x" * 100 + b"\nSELECT 3\n")
+    events = []
+    while (e := proto.next_event()) is not NEED_DATA:
+        events.append(e)
+    assert events[0] == Request(None, "SELECT 1", bare=True)
+    assert events[1] == Request(1, "SELECT 2")
+    assert events[2].code == "request_too_large"
+    assert events[3] == Request(None, "SELECT 3", bare=True)
+    proto.receive_data(b"")
+    assert proto.next_event() is EOF
+
+
+@given(st.binary(max_size=2000), st.integers(1, 100))
+def test_server_protocol_never_raises_on_random_bytes(data, limit):
+    proto = ServerProtocol(max_request_bytes=limit)
+    proto.receive_data(data)
+    proto.receive_data(b"")
+    while (event := proto.next_event()) is not EOF:
+        assert isinstance(event, (Request, BadRequest))
+        if isinstance(event, BadRequest):
+            assert event.code in protocol.ERROR_CODES
+
+
+@given(st.binary(max_size=300))
+def test_client_parser_rejects_garbage_cleanly(data):
+    try:
+        protocol.parse_reply(data)
+    except protocol.RemoteProtocolError:
+        pass
+
+
+def test_client_protocol_reads_a_whole_answer():
+    proto = protocol.ClientProtocol()
+    proto.receive_data(
+        protocol.encode_hello(read_only=True, max_rows=5, max_request_bytes=10, query_timeout=1.0)
+        + protocol.encode_columns(1, ["a"])
+        + protocol.encode_rows(1, [(b"\x01",)])
+        + protocol.encode_done(1, rows=1, truncated=False, changes=0, last_insert_rowid=None, elapsed_ms=0.5)
+    )
+    kinds = [type(proto.next_event()).__name__ for _ in range(4)]
+    assert kinds == ["Hello", "Columns", "Rows", "Done"]
+    assert proto.next_event() is NEED_DATA

@@ -1,0 +1,392 @@
+"""The SQL server over real sockets: answers, streaming, concurrency, and every safety rule."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trionet.framing import EOF
+from trionet.serving import receive_event
+from trionet.sql import Database, SqlError, connect, protocol, serve_sql
+from trionet.sql import engine as engine_module
+
+# An endless query: SQLite counts until something stops it.
+ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+
+
+class RawClient:
+    """A client that speaks the wire protocol by hand, as ``nc`` would."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.proto = protocol.ClientProtocol()
+
+    @classmethod
+    async def open(cls, address) -> "RawClient":
+        client = cls(await trio.open_tcp_stream(*address))
+        hello = await client.event()
+        assert isinstance(hello, protocol.Hello)
+        client.hello = hello
+        return client
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def event(self):
+        return await receive_event(self.stream, self.proto)
+
+    async def answer(self) -> list:
+        """Events up to and including the next done/error."""
+        events = []
+        while True:
+            event = await self.event()
+            events.append(event)
+            if isinstance(event, (protocol.Done, protocol.ErrorReply)) or event is EOF:
+                return events
+
+
+@pytest.fixture
+async def raw():
+    """``client = await raw(address)``: RawClients closed at the end of the test."""
+    clients: list[RawClient] = []
+
+    async def open_client(address) -> RawClient:
+        client = await RawClient.open(address)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        await client.stream.aclose()
+
+
+async def test_values_keep_their_storage_class(start_sql):
+    _, address = await start_sql()
+    async with connect(*address) as conn:
+        result = await conn.query("SELECT i, r, t, b, n FROM kinds ORDER BY rowid")
+    assert result.columns == ["i", "r", "t", "b", "n"]
+    assert result.rows == [(42, 2.5, "text", b"\x00\xffblob", None), (-(2**63), math.inf, "", b"", 1.0)]
+    assert isinstance(result.rows[1][4], float)
+
+
+async def test_positional_and_named_parameters(start_sql):
+    _, address = await start_sql()
+    async with connect(*address) as conn:
+        a = await conn.query("SELECT id FROM quakes WHERE id IN (?, ?) ORDER BY id", ["q00001", "q00002"])
+        b = await conn.query("SELECT :x + 1, typeof(:y), :z", {"x": 41, "y": 2.0, "z": b"\x01"})
+        with pytest.raises(SqlError) as info:
+            await conn.query("SELECT ?", [1, 2])
+    assert a.rows == [("q00001",), ("q00002",)]
+    assert b.rows == [(42, "real", b"\x01")]
+    assert info.value.code == "bad_param"
+
+
+async def test_bare_sql_line_as_typed_in_nc(raw, start_sql):
+    _, address = await start_sql()
+    client = await raw(address)
+    await client.send(b"SELECT count(*) AS n FROM quakes\r\n")
+    events = await client.answer()
+    assert events[0] == protocol.Columns(None, ["n"])
+    assert events[1] == protocol.Rows(None, [(2000,)])
+    assert isinstance(events[2], protocol.Done) and events[2].rows == 1
+
+
+async def test_pipelined_requests_are_answered_in_order(raw, start_sql):
+    _, address = await start_sql()
+    client = await raw(address)
+    await client.send(
+        protocol.encode_request("SELECT 1", id="a")
+        + protocol.encode_request("SELECT nope", id="b")
+        + protocol.encode_request("SELECT 3", id="c")
+    )
+    a, b, c = await client.answer(), await client.answer(), await client.answer()
+    assert {e.id for e in a} == {"a"} and a[1].rows == [(1,)]
+    assert b == [protocol.ErrorReply("b", "sql_error", "no such column: nope")]
+    assert {e.id for e in c} == {"c"} and c[1].rows == [(3,)]
+
+
+async def test_client_api_pipelines_across_tasks(start_sql):
+    _, address = await start_sql()
+    results = {}
+    async with connect(*address) as conn:
+
+        async def one(i: int) -> None:
+            results[i] = (await conn.query("SELECT ?", [i])).rows
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(one, i)
+    assert results == {i: [(i,)] for i in range(50)}
+
+
+async def test_large_result_is_streamed_in_batches(raw, start_sql):
+    _, address = await start_sql(batch_rows=100)
+    client = await raw(address)
+    await client.send(b"SELECT id FROM quakes ORDER BY id\n")
+    events = await client.answer()
+    batches = [e for e in events if isinstance(e, protocol.Rows)]
+    assert len(batches) == 20 and all(len(b.rows) == 100 for b in batches)
+    assert events[-1].rows == 2000 and not events[-1].truncated
+
+
+async def test_max_rows_cuts_and_marks_the_result(start_sql):
+    _, address = await start_sql(max_rows=150, batch_rows=100)
+    async with connect(*address) as conn:
+        cut = await conn.query("SELECT id FROM quakes")
+        exact = await conn.query("SELECT id FROM quakes LIMIT 150")
+        asked = await conn.query("SELECT id FROM quakes", max_rows=10)
+    assert len(cut.rows) == 150 and cut.truncated
+    assert len(exact.rows) == 150 and not exact.truncated
+    assert len(asked.rows) == 10 and asked.truncated
+
+
+async def test_a_client_that_does_not_read_holds_the_server_back(raw, start_sql, monkeypatch):
+    """Backpressure: the server fetches a batch only after the previous one was sent."""
+    fetched = [0]
+    real_fetch = engine_module.Session._fetch
+
+    def counting_fetch(self, columns, batch):
+        result = real_fetch(self, columns, batch)
+        fetched[0] += len(result.rows)
+        return result
+
+    monkeypatch.setattr(engine_module.Session, "_fetch", counting_fetch)
+    _, address = await start_sql(max_rows=0, query_timeout=0)
+    client = await raw(address)
+    # A million rows of 1 kB: a gigabyte if the server did not wait for us.
+    await client.send(
+        b"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
+        b"SELECT x, randomblob(1000) FROM c\n"
+    )
+    previous = -1
+    with trio.fail_after(20):
+        while fetched[0] != previous:  # until the server stops fetching
+            previous = fetched[0]
+            await trio.sleep(0.5)
+    assert 0 < fetched[0] * 1000 < 64 << 20, fetched[0]
+    # Reading a little lets it go on: the stall was backpressure, not a hang.
+    for _ in range(50):
+        await client.event()
+    with trio.fail_after(10):
+        while fetched[0] == previous:
+            await trio.sleep(0.05)
+            await client.event()
+
+
+async def test_malformed_input_gets_errors_and_the_connection_stays_usable(raw, start_sql):
+    _, address = await start_sql(max_request_bytes=1000)
+    client = await raw(address)
+    for line, code in [
+        (b"{broken json\n", "bad_request"),
+        (b"\xff\xfe\xfd\n", "bad_request"),
+        (b'{"sql": "SELECT 1", "params": [[]]}\n', "bad_param"),
+        (b"x" * 5000 + b"\n", "request_too_large"),
+        (b"SELECT 1; SELECT 2\n", "multiple_statements"),
+        (b"DROP TABLE\n", "sql_error"),
+    ]:
+        await client.send(line)
+        (event,) = await client.answer()
+        assert isinstance(event, protocol.ErrorReply) and event.code == code, (line[:30], event)
+    await client.send(b"SELECT 'still here'\n")
+    assert (await client.answer())[1].rows == [("still here",)]
+
+
+async def test_a_megabyte_line_does_not_hurt_other_clients(raw, start_sql):
+    _, address = await start_sql()
+    flood = await raw(address)
+    async with connect(*address) as conn:
+        await flood.send(b"S" * (3 << 20))  # no newline yet: the server must not buffer it all
+        assert (await conn.query("SELECT 1")).rows == [(1,)]
+        await flood.send(b"\nSELECT 2\n")
+        (too_large,) = await flood.answer()
+        assert too_large.code == "request_too_large"
+        assert (await flood.answer())[1].rows == [(2,)]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.lists(st.binary(min_size=1, max_size=200), min_size=1, max_size=5))
+async def test_random_bytes_never_break_the_server(quake_db, garbage):
+    async with trio.open_nursery() as nursery:  # one server per example: fixtures outlive examples
+        address = (await nursery.start(serve_sql, Database(quake_db), "127.0.0.1", 0))[0]
+        async with await trio.open_tcp_stream(*address) as stream:
+            for chunk in garbage:
+                await stream.send_all(chunk)
+        async with connect(*address) as conn:
+            assert (await conn.query("SELECT 40 + 2")).rows == [(42,)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_read_only_server_refuses_writes_but_allows_temp_tables(start_sql):
+    _, address = await start_sql()
+    async with connect(*address) as conn:
+        assert conn.server.read_only
+        for sql in [
+            "INSERT INTO quakes (id) VALUES ('x')",
+            "UPDATE quakes SET mag = 9",
+            "DELETE FROM quakes",
+            "CREATE TABLE t (a)",
+            "DROP TABLE quakes",
+            "CREATE INDEX i ON quakes(place)",
+            "PRAGMA user_version = 5",
+        ]:
+            with pytest.raises(SqlError) as info:
+                await conn.query(sql)
+            assert info.value.code == "read_only", sql
+        await conn.query("CREATE TEMP TABLE scratch AS SELECT id FROM quakes LIMIT 3")
+        assert (await conn.query("SELECT count(*) FROM scratch")).rows == [(3,)]
+        assert (await conn.query("SELECT count(*) FROM quakes")).rows == [(2000,)]
+
+
+@pytest.mark.parametrize("read_write", [False, True])
+async def test_attach_detach_vacuum_into_and_extensions_are_denied(start_sql, tmp_path, read_write):
+    _, address = await start_sql(read_write=read_write)
+    target = tmp_path / "copy.sqlite"
+    async with connect(*address) as conn:
+        for sql in [
+            f"ATTACH DATABASE '{tmp_path / 'other.sqlite'}' AS other",
+            "DETACH DATABASE main",
+            f"VACUUM INTO '{target}'",
+            "SELECT load_extension('/nonexistent')",
+            "PRAGMA writable_schema = 1",
+            "PRAGMA journal_mode = DELETE",
+        ]:
+            with pytest.raises(SqlError) as info:
+                await conn.query(sql)
+            assert info.value.code in ("denied", "sql_error"), (sql, info.value)
+            if not sql.startswith("SELECT load_extension"):
+                assert info.value.code == "denied", (sql, info.value)
+    assert not target.exists()
+    assert not (tmp_path / "other.sqlite").exists()
+
+
+async def test_query_timeout_interrupts_and_the_connection_goes_on(start_sql):
+    _, address = await start_sql(query_timeout=0.5)
+    async with connect(*address) as conn:
+        with trio.fail_after(10):
+            with pytest.raises(SqlError) as info:
+                await conn.query(ENDLESS)
+        assert info.value.code == "timeout"
+        assert (await conn.query("SELECT 1")).rows == [(1,)]
+
+
+async def test_a_slow_query_does_not_stall_other_clients(start_sql):
+    _, address = await start_sql(query_timeout=2.0)
+    done: list[str] = []
+
+    async def slow() -> None:
+        async with connect(*address) as conn:
+            with pytest.raises(SqlError):
+                await conn.query(ENDLESS)  # runs its full 2 s, then times out
+        done.append("slow")
+
+    async def quick() -> None:
+        async with connect(*address) as conn:
+            for i in range(100):
+                assert (await conn.query("SELECT mag FROM quakes WHERE id = ?", [f"q{i:05d}"])).rows
+        done.append("quick")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow)
+        await trio.sleep(0.2)  # let the slow query get going first
+        nursery.start_soon(quick)
+    assert done == ["quick", "slow"]
+
+
+async def test_a_client_that_leaves_mid_query_has_it_interrupted(raw, start_sql):
+    server, address = await start_sql(query_timeout=0)  # only the disconnect can stop it
+    client = await raw(address)
+    await client.send(ENDLESS.encode() + b"\n")
+    with trio.fail_after(5):
+        while not server.service.connections or not next(iter(server.service.connections)).requests:
+            await trio.sleep(0.01)
+    await client.stream.aclose()
+    with trio.fail_after(5):  # without the interrupt the worker thread would count forever
+        while server.service.connections:
+            await trio.sleep(0.01)
+
+
+async def test_transactions_belong_to_their_connection_and_roll_back_on_disconnect(start_sql, quake_db):
+    _, address = await start_sql(read_write=True)
+    async with connect(*address) as other:
+        async with connect(*address) as owner:
+            await owner.query("BEGIN")
+            inserted = await owner.query("INSERT INTO quakes (id, mag) VALUES ('new1', 9.9)")
+            assert inserted.changes == 1
+            assert (await owner.query("SELECT count(*) FROM quakes")).rows == [(2001,)]
+            assert (await other.query("SELECT count(*) FROM quakes")).rows == [(2000,)]
+        # the owner left without COMMIT: its transaction is gone, and so is its lock
+        with trio.fail_after(5):
+            await other.query("INSERT INTO quakes (id) VALUES ('new2')")
+        assert (await other.query("SELECT count(*) FROM quakes WHERE id LIKE 'new%'")).rows == [(1,)]
+    check = sqlite3.connect(quake_db)
+    assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert check.execute("SELECT id FROM quakes WHERE id LIKE 'new%'").fetchall() == [("new2",)]
+
+
+async def test_writers_are_serialised(start_sql):
+    _, address = await start_sql(read_write=True)
+    async with connect(*address) as a, connect(*address) as b:
+        await a.query("CREATE TABLE counter (n INTEGER)")
+        await a.query("INSERT INTO counter VALUES (0)")
+
+        async def bump(conn) -> None:
+            for _ in range(50):
+                await conn.query("UPDATE counter SET n = n + 1")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bump, a)
+            nursery.start_soon(bump, b)
+        assert (await a.query("SELECT n FROM counter")).rows == [(100,)]
+
+
+async def test_constraint_errors_have_their_code(start_sql):
+    _, address = await start_sql(read_write=True)
+    async with connect(*address) as conn:
+        with pytest.raises(SqlError) as info:
+            await conn.query("INSERT INTO quakes (id) VALUES ('q00001')")
+    assert info.value.code == "constraint"
+
+
+async def test_oversized_values_are_refused(start_sql):
+    _, address = await start_sql()
+    async with connect(*address) as conn:
+        with pytest.raises(SqlError) as info:
+            await conn.query("SELECT length(randomblob(100000000))")
+    assert info.value.code == "too_big"
+
+
+async def test_shutdown_lets_the_running_query_finish(start_sql):
+    server, address = await start_sql(query_timeout=1.0)
+    async with connect(*address) as conn:
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                with pytest.raises(SqlError) as info:
+                    await conn.query(ENDLESS)
+                assert info.value.code == "timeout"  # it ran to its own end, within the grace
+
+            nursery.start_soon(run)
+            with trio.fail_after(5):
+                while not server.service.connections or not next(iter(server.service.connections)).requests:
+                    await trio.sleep(0.01)
+            server.shutdown(grace=10)
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream(*address)  # no longer accepting
+
+
+async def test_shutdown_grace_interrupts_what_runs_too_long(raw, start_sql):
+    server, address = await start_sql(query_timeout=0)
+    client = await raw(address)
+    await client.send(ENDLESS.encode() + b"\n")
+    with trio.fail_after(5):
+        while not server.service.connections or not next(iter(server.service.connections)).requests:
+            await trio.sleep(0.01)
+    server.shutdown(grace=0.5)
+    with trio.fail_after(5):
+        while server.service.connections:
+            await trio.sleep(0.01)

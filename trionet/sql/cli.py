@@ -1,0 +1,278 @@
+"""``trionet sql`` commands: serve, query, shell, import-usgs, fetch-usgs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import trio
+from rich.console import Console
+
+from trionet.cliutil import grace_option, host_option, log_level_option, port_option, serve_until_signal
+from trionet.log import get_logger
+from trionet.sql import protocol
+from trionet.sql.client import connect
+from trionet.sql.engine import Database, SqlError
+from trionet.sql.render import FORMATS, render
+from trionet.sql.server import SqlServer, SqlServerConfig
+
+__all__ = ["parse_param", "sql"]
+
+log = get_logger("sql")
+
+
+@click.group()
+def sql() -> None:
+    """An SQL server over SQLite, and its clients.
+
+    \b
+    One server owns the database; any number of clients connect over TCP and
+    send SQL. By default it serves the 1995-2015 U.S. earthquake catalogue:
+      trionet sql serve                      # a synthetic sample catalogue
+      trionet sql import-usgs FILE.csv --db quakes.sqlite
+      trionet sql serve --db quakes.sqlite   # the real catalogue
+      trionet sql query "SELECT count(*) FROM quakes"
+      trionet sql shell
+    """
+
+
+@sql.command()
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=(
+        "SQLite file to serve. Without it the server serves a SAMPLE catalogue: a synthetic, "
+        "deterministic 'quakes' table with the real schema and plausible values, built on first use "
+        "in ~/.cache/trionet/. For the real USGS catalogue run 'trionet sql import-usgs CSV --db FILE' "
+        "and pass --db FILE."
+    ),
+)
+@host_option(serving=True)
+@port_option(protocol.DEFAULT_PORT, serving=True)
+@click.option(
+    "--read-write",
+    is_flag=True,
+    help="Allow writes (the database switches to WAL mode). Without it every write is refused with 'read_only'.",
+)
+@click.option(
+    "--query-timeout",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Interrupt a request that runs longer than this, rows delivered included; 0 for no limit.",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(0),
+    default=100_000,
+    show_default=True,
+    metavar="N",
+    help="Cut a result after N rows and mark it truncated; 0 for no cap.",
+)
+@click.option(
+    "--max-request-bytes",
+    type=click.IntRange(64),
+    default=protocol.DEFAULT_MAX_REQUEST_BYTES,
+    show_default=True,
+    metavar="BYTES",
+    help="Longest request line accepted; a longer one is answered with 'request_too_large'.",
+)
+@grace_option
+@log_level_option
+def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes, grace) -> None:
+    """Serve an SQLite database to any number of clients over TCP.
+
+    \b
+    The protocol is one JSON object (or one plain SQL line) per line; see
+    docs/protocol/sql.md. Try it by hand:
+      nc 127.0.0.1 7401
+      SELECT count(*) FROM quakes
+
+    Stop with Ctrl-C or SIGTERM: the server stops accepting, lets running
+    queries finish within --grace seconds, and exits 0.
+    """
+    if db is None:
+        if read_write:
+            raise click.UsageError("--read-write needs --db: the sample catalogue is read-only")
+        from trionet.sql import catalog
+
+        db = catalog.ensure_sample()
+        log.info("serving the SAMPLE catalogue %s (synthetic data; see --help for the real one)", db)
+    try:
+        database = Database(db, read_write=read_write, max_sql_bytes=max_request_bytes)
+    except SqlError as exc:
+        raise click.ClickException(exc.message) from None
+    config = SqlServerConfig(query_timeout=query_timeout, max_rows=max_rows, max_request_bytes=max_request_bytes)
+    server = SqlServer(database, config)
+    serve_until_signal(server.service, host, port, grace)
+
+
+def parse_param(text: str):
+    """A ``--param`` value: a JSON literal when it is one (5, 2.5, null, "x"), else the text itself."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, (list, dict)):
+        return text  # only scalars are parameters; keep the text as written
+    return value
+
+
+@sql.command()
+@click.argument("statement", metavar="SQL")
+@host_option()
+@port_option(protocol.DEFAULT_PORT)
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="VALUE",
+    help="A value for the next '?' (repeatable). Read as JSON when it is a JSON literal: 5 is an "
+    "integer, 2.5 a real, null is NULL, \"5\" the text 5; anything else is text.",
+)
+@click.option(
+    "--named",
+    "-n",
+    "named",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A value for ':NAME' in the statement (repeatable); VALUE is read like --param.",
+)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
+@click.option("--max-rows", type=click.IntRange(0), default=None, metavar="N", help="Ask for at most N rows.")
+@click.option(
+    "--timeout", type=click.FloatRange(0), default=60.0, show_default=True, metavar="SECONDS",
+    help="Give up waiting for the answer after this long.",
+)
+def query(statement, host, port, params, named, fmt, max_rows, timeout) -> None:
+    """Run one SQL statement on a trionet SQL server and print the result.
+
+    \b
+    Examples:
+      trionet sql query "SELECT count(*) FROM quakes"
+      trionet sql query "SELECT time, mag, place FROM quakes WHERE mag >= ? ORDER BY mag DESC" -p 6
+      trionet sql query "SELECT * FROM quakes WHERE place LIKE :p" -n p=%Oklahoma --format json
+
+    An error is printed on stderr and the exit status is 1.
+    """
+    if params and named:
+        raise click.UsageError("use either --param (for '?') or --named (for ':name'), not both")
+    bound: list | dict | None = None
+    if params:
+        bound = [parse_param(p) for p in params]
+    elif named:
+        bound = {}
+        for item in named:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise click.UsageError(f"--named takes NAME=VALUE, got {item!r}")
+            bound[name.lstrip(":")] = parse_param(value)
+
+    async def _run():
+        with trio.fail_after(timeout if timeout else float("inf")):
+            async with connect(host, port) as conn:
+                return await conn.query(statement, bound, max_rows=max_rows)
+
+    try:
+        result = trio.run(_run)
+    except SqlError as exc:
+        click.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        sys.exit(1)
+    except trio.TooSlowError:
+        click.echo(f"error [timeout]: no complete answer within {timeout}s", err=True)
+        sys.exit(1)
+    console = Console(highlight=False, soft_wrap=fmt != "table")
+    render(console, result, fmt, footer=sys.stdout.isatty())
+
+
+@sql.command()
+@host_option()
+@port_option(protocol.DEFAULT_PORT)
+def shell(host, port) -> None:
+    """An interactive SQL session with line editing and history.
+
+    \b
+    End a statement with ';' (it may span several lines). Commands:
+      .help  .tables  .schema [TABLE]  .timer on|off  .format table|json|csv  .quit
+    """
+    from trionet.sql.shell import run_shell
+
+    try:
+        trio.run(run_shell, host, port)
+    except SqlError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@sql.command("import-usgs")
+@click.argument("csv_files", metavar="CSV...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--db",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite file to load into (created if missing).",
+)
+def import_usgs(csv_files, db) -> None:
+    """Load USGS ComCat CSV exports into table 'quakes' of an SQLite file.
+
+    \b
+    The files are streamed, so any size works. Importing the same file again
+    updates rows in place (by event id) and never duplicates them. A row that
+    cannot be read is reported as FILE:LINE: REASON on stderr, the good rows
+    are still loaded, and the exit status is 1.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from trionet.sql import catalog
+
+    console = Console(stderr=True)
+    try:
+        if console.is_terminal:
+            with Progress(
+                "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                console=console,
+            ) as bar:
+                task = bar.add_task("importing", total=None)
+                report = catalog.import_usgs(
+                    csv_files, db, progress=lambda done, total: bar.update(task, completed=done, total=total)
+                )
+        else:
+            report = catalog.import_usgs(csv_files, db)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for bad in report.bad_rows:
+        click.echo(f"{bad}", err=True)
+    click.echo(
+        f"{report.rows_imported} row(s) imported into {db} from {report.rows_read} read; "
+        f"{len(report.bad_rows)} bad row(s)"
+    )
+    if report.bad_rows:
+        sys.exit(1)
+
+
+@sql.command("fetch-usgs")
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default="1995-01-01", show_default=True, help="First day (UTC).")
+@click.option("--end", type=click.DateTime(["%Y-%m-%d"]), default="2015-12-31", show_default=True, help="Last day (UTC), included.")
+@click.option("--min-magnitude", type=float, default=3.0, show_default=True, help="Smallest magnitude.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSV file to write.")
+@click.option("--url", default=None, help="Event service to ask (default: the USGS FDSN event service).")
+def fetch_usgs(start, end, min_magnitude, output, url) -> None:
+    """Download the contiguous-U.S. catalogue from the USGS event service as CSV.
+
+    \b
+    Then load it:  trionet sql import-usgs OUTPUT --db quakes.sqlite
+    Needs internet access to earthquake.usgs.gov.
+    """
+    from trionet.sql import catalog
+
+    kwargs = {"url": url} if url else {}
+    try:
+        count = catalog.fetch_usgs(
+            output, start=start.date(), end=end.date(), min_magnitude=min_magnitude, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"download failed: {exc}") from None
+    click.echo(f"{count} event(s) written to {output}")
