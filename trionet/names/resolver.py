@@ -19,6 +19,7 @@ lives in :func:`answer_from_response`.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import dns.asyncquery
@@ -41,8 +42,11 @@ __all__ = [
     "ResolverStats",
     "Upstream",
     "answer_from_response",
+    "Transport",
+    "UpstreamFailure",
     "parse_upstream",
     "system_upstreams",
+    "udp_then_tcp",
 ]
 
 log = get_logger("names")
@@ -161,6 +165,23 @@ def answer_from_response(name: str, rdtype: str, response: dns.message.Message) 
     return Answer(name, rdtype, status, (), int(ttl), "dns", _text(current), tuple(chain), soa_pair), None
 
 
+async def udp_then_tcp(query: dns.message.Message, upstream: Upstream, timeout: float) -> dns.message.Message:
+    """Send ``query`` to ``upstream`` over UDP, and again over TCP if the answer was truncated.
+
+    Raises:
+        dns.exception.Timeout: no answer within ``timeout`` seconds.
+        OSError: the upstream is unreachable.
+        dns.exception.DNSException: the answer is not a valid response.
+    """
+    response = await dns.asyncquery.udp(query, upstream.host, timeout=timeout, port=upstream.port, ignore_unexpected=True)
+    if response.flags & dns.flags.TC:
+        response = await dns.asyncquery.tcp(query, upstream.host, timeout=timeout, port=upstream.port)
+    return response
+
+
+Transport = Callable[[dns.message.Message, Upstream, float], Awaitable[dns.message.Message]]
+
+
 @dataclass
 class ResolverStats:
     """Counters, for logs and tests."""
@@ -185,12 +206,22 @@ class Resolver:
         cache: where answers are kept.
         nursery: where flights run; it must outlive every :meth:`resolve` call.
         timeout: seconds to wait for one upstream before trying the next.
+        transport: ``await transport(query, upstream, timeout)`` sends one
+            query and returns the response; the default is :func:`udp_then_tcp`.
+            Tests pass an in-memory one to run under trio's mock clock.
     """
 
     def __init__(
-        self, upstreams: list[Upstream], cache: AnswerCache, nursery: trio.Nursery, *, timeout: float = 2.0
+        self,
+        upstreams: list[Upstream],
+        cache: AnswerCache,
+        nursery: trio.Nursery,
+        *,
+        timeout: float = 2.0,
+        transport: Transport | None = None,
     ) -> None:
         self.upstreams = list(upstreams)
+        self._transport = transport or udp_then_tcp
         self.cache = cache
         self.timeout = timeout
         self.stats = ResolverStats()
@@ -272,13 +303,7 @@ class Resolver:
                 # dnspython has its own timeout; the cancel scope is the
                 # guarantee that nothing below can wait longer.
                 with trio.fail_after(self.timeout + 0.5):
-                    response = await dns.asyncquery.udp(
-                        query, upstream.host, timeout=self.timeout, port=upstream.port, ignore_unexpected=True
-                    )
-                    if response.flags & dns.flags.TC:
-                        response = await dns.asyncquery.tcp(
-                            query, upstream.host, timeout=self.timeout, port=upstream.port
-                        )
+                    response = await self._transport(query, upstream, self.timeout)
             except (dns.exception.Timeout, trio.TooSlowError):
                 reasons.append(f"{upstream}: no answer within {self.timeout:g}s")
                 continue

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import collections
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from dataclasses import dataclass, field
 
@@ -40,7 +42,7 @@ from trionet.names import dnswire, protocol
 from trionet.names.answer import Answer
 from trionet.names.cache import AnswerCache
 from trionet.names.hosts import HostsTable, load_hosts
-from trionet.names.resolver import Resolver, Upstream
+from trionet.names.resolver import Resolver, Transport, Upstream
 from trionet.serving import RECEIVE_CHUNK, Connection, TCPService, receive_event
 
 __all__ = [
@@ -124,6 +126,8 @@ class NamesServer:
         upstreams: the DNS servers asked for names not in the hosts table.
         hosts_path: the hosts file, loaded at start and watched; None for none.
         table: a table to use instead of (or until) ``hosts_path`` is loaded.
+        transport: how upstream queries are sent (see
+            :class:`~trionet.names.resolver.Resolver`); UDP then TCP by default.
     """
 
     def __init__(
@@ -133,15 +137,17 @@ class NamesServer:
         upstreams: list[Upstream] = (),
         hosts_path: str | None = None,
         table: HostsTable | None = None,
+        transport: Transport | None = None,
     ) -> None:
+        self._transport = transport
         self.config = config or NamesConfig()
         self.upstreams = list(upstreams)
         self.hosts_path = hosts_path
         self.table = table or HostsTable()
         self.cache = AnswerCache(self.config.cache_size, min_ttl=self.config.min_ttl, max_ttl=self.config.max_ttl)
         self.admission = AdmissionLimit(self.config.limit, self.config.backlog)
-        self.line_service = TCPService("names", self._handle_line, log)
-        self.dns_service = TCPService("names-dns", self._handle_dns, log)
+        self.line_service = TCPService("names", self.handle_line, log)
+        self.dns_service = TCPService("names-dns", self.handle_dns, log)
         self.resolver: Resolver | None = None
         self.reloads = 0
         """How many times the hosts file was (re)loaded."""
@@ -166,15 +172,33 @@ class NamesServer:
         Reports a :class:`NamesAddresses` through ``task_status``, so tests
         use ``port=0, dns_port=0`` and learn the ports.
         """
-        async with trio.open_nursery() as background:
-            self.resolver = Resolver(self.upstreams, self.cache, background, timeout=self.config.upstream_timeout)
-            if self.hosts_path is not None:
-                background.start_soon(self._watch_hosts)
+        async with self.running():
             async with trio.open_nursery() as services:
                 line = await services.start(partial(self.line_service.serve, backlog=listen_backlog), host, port)
                 dns = await services.start(partial(self.dns_service.serve, backlog=listen_backlog), host, dns_port)
                 task_status.started(NamesAddresses(tuple(line[0][:2]), tuple(dns[0][:2])))
-            background.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Run the resolver and the hosts watcher for the body of the ``async with``.
+
+        :meth:`serve` runs inside it; tests use it alone to drive
+        :meth:`handle_line` and :meth:`handle_dns` over in-memory streams.
+        """
+        async with trio.open_nursery() as background:
+            self.resolver = Resolver(
+                self.upstreams,
+                self.cache,
+                background,
+                timeout=self.config.upstream_timeout,
+                transport=self._transport,
+            )
+            if self.hosts_path is not None:
+                background.start_soon(self._watch_hosts)
+            try:
+                yield
+            finally:
+                background.cancel_scope.cancel()
 
     def shutdown(self, grace: float) -> None:
         """Stop accepting on both ports; clients get ``bye shutdown`` after the request in hand."""
@@ -310,7 +334,8 @@ class NamesServer:
 
     # --- the line port --------------------------------------------------------------
 
-    async def _handle_line(self, conn: Connection) -> None:
+    async def handle_line(self, conn: Connection) -> None:
+        """Serve one client of the line protocol (the line port's TCPService handler)."""
         session = _Session()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_drain, conn, session)
@@ -389,7 +414,8 @@ class NamesServer:
 
     # --- the DNS port -----------------------------------------------------------------
 
-    async def _handle_dns(self, conn: Connection) -> None:
+    async def handle_dns(self, conn: Connection) -> None:
+        """Serve one DNS-over-TCP client (the DNS port's TCPService handler)."""
         session = _Session()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_drain, conn, session)

@@ -1,0 +1,141 @@
+"""The answer cache: TTL countdown and expiry, negative caching (RFC 2308), the LRU bound.
+
+The sans-IO cache is driven with plain numbers; the same rules are then
+checked through a whole server over in-memory streams under the mock clock.
+"""
+
+import pytest
+import trio
+
+from trionet.names.answer import Answer
+from trionet.names.cache import AnswerCache
+from trionet.names.protocol import Reply, Welcome
+
+SOA = ("test", "ns.test. admin.test. 1 3600 600 86400 60")
+
+
+def ok(name: str, ttl: int) -> Answer:
+    return Answer(name, "A", "ok", ("192.0.2.1",), ttl, "dns")
+
+
+def test_ttl_counts_down_and_expires():
+    cache = AnswerCache(10)
+    assert cache.put(ok("a.test", 300), now=1000.0) == 300
+    answer = cache.get("a.test", "A", now=1010.5)
+    assert answer.ttl == 289 and answer.source == "cache"
+    assert cache.get("a.test", "A", now=1299.0).ttl == 1
+    # Rounded down: with less than a second left it is gone (never a TTL of 0 from the cache).
+    assert cache.get("a.test", "A", now=1299.2) is None
+    assert ("a.test", "A") not in cache
+    assert cache.stats.expired == 1
+
+
+def test_ttls_are_clamped():
+    cache = AnswerCache(10, min_ttl=60, max_ttl=600)
+    assert cache.put(ok("low.test", 5), now=0) == 60
+    assert cache.put(ok("high.test", 86400), now=0) == 600
+    assert cache.get("low.test", "A", now=59).ttl == 1
+    assert cache.get("high.test", "A", now=601) is None
+    zero = AnswerCache(10)
+    assert zero.put(ok("zero.test", 0), now=0) == 0
+    assert zero.get("zero.test", "A", now=0) is None
+
+
+def test_negative_answers_are_cached_only_with_an_soa():
+    cache = AnswerCache(10)
+    nx = Answer("nope.test", "A", "nxdomain", ttl=60, soa=SOA)
+    nodata = Answer("www.test", "MX", "nodata", ttl=60, soa=SOA)
+    assert cache.put(nx, now=0) == 60
+    assert cache.put(nodata, now=0) == 60
+    assert cache.get("nope.test", "A", now=30).status == "nxdomain"
+    assert cache.get("www.test", "MX", now=59).ttl == 1
+    assert cache.get("nope.test", "A", now=61) is None
+    assert cache.put(Answer("x.test", "A", "nxdomain", ttl=60), now=0) == 0  # no SOA
+    assert cache.put(Answer("y.test", "A", "servfail", ttl=60), now=0) == 0
+    assert len(cache) == 1
+
+
+def test_lru_bound_evicts_the_least_recently_used():
+    cache = AnswerCache(3)
+    for name in ("a", "b", "c"):
+        cache.put(ok(name, 100), now=0)
+    assert cache.get("a", "A", now=1) is not None  # a is now the most recent
+    cache.put(ok("d", 100), now=2)
+    assert len(cache) == 3
+    assert cache.get("b", "A", now=3) is None
+    assert all(cache.get(n, "A", now=3) is not None for n in ("a", "c", "d"))
+    assert cache.stats.evicted == 1
+
+
+def test_bad_bounds_are_refused():
+    with pytest.raises(ValueError):
+        AnswerCache(0)
+    with pytest.raises(ValueError):
+        AnswerCache(1, min_ttl=10, max_ttl=5)
+
+
+async def _ask(client, line: str) -> Reply:
+    await client.send(line)
+    reply = await client.next()
+    assert isinstance(reply, Reply), reply
+    return reply
+
+
+async def test_countdown_and_expiry_through_the_server(autojump_clock, memory_names):
+    server = await memory_names(quota=0, idle_timeout=0)
+    up = server.fake_upstream
+    client = await server.connect_memory()
+    assert isinstance(await client.next(), Welcome)
+    first = await _ask(client, "short.test")  # TTL 5 upstream
+    assert (first.source, first.ttl, first.records) == ("dns", 5, ("192.0.2.2",))
+    await trio.sleep(2)
+    again = await _ask(client, "short.test")
+    assert (again.source, again.ttl) == ("cache", 3)
+    await trio.sleep(3)
+    expired = await _ask(client, "short.test")
+    assert expired.source == "dns"
+    assert up.counts[("short.test", "A")] == 2
+
+
+async def test_negative_caching_through_the_server(autojump_clock, memory_names):
+    server = await memory_names(quota=0, idle_timeout=0)
+    up = server.fake_upstream
+    up.soa_minimum = 60
+    client = await server.connect_memory()
+    await client.next()
+    nx = await _ask(client, "nope.test")
+    assert (nx.status, nx.source, nx.ttl) == ("nxdomain", "dns", 60)
+    await trio.sleep(30)
+    cached = await _ask(client, "nope.test")
+    assert (cached.status, cached.source, cached.ttl) == ("nxdomain", "cache", 30)
+    # NODATA: the name exists upstream, without the type.
+    nodata = await _ask(client, "www.test NS")
+    assert (nodata.status, nodata.source) == ("nodata", "dns")
+    assert (await _ask(client, "www.test NS")).source == "cache"
+    await trio.sleep(31)
+    assert (await _ask(client, "nope.test")).source == "dns"
+    assert up.counts[("nope.test", "A")] == 2
+    assert up.counts[("www.test", "NS")] == 1
+
+
+async def test_min_ttl_and_max_ttl_through_the_server(autojump_clock, memory_names):
+    server = await memory_names(quota=0, idle_timeout=0, min_ttl=30, max_ttl=100)
+    client = await server.connect_memory()
+    await client.next()
+    assert (await _ask(client, "short.test")).ttl == 30
+    assert (await _ask(client, "target.test")).ttl == 100
+    await trio.sleep(29)
+    assert (await _ask(client, "short.test")).source == "cache"
+    await trio.sleep(72)
+    assert (await _ask(client, "target.test")).source == "dns"
+
+
+async def test_lru_bound_through_the_server(autojump_clock, memory_names):
+    server = await memory_names(quota=0, idle_timeout=0, cache_size=2)
+    up = server.fake_upstream
+    client = await server.connect_memory()
+    await client.next()
+    for name in ("www.test", "short.test", "target.test", "www.test"):
+        await _ask(client, name)
+    assert len(server.cache) == 2
+    assert up.counts[("www.test", "A")] == 2  # evicted by target.test, asked again

@@ -1,0 +1,134 @@
+"""AdmissionLimit: at most `limit` inside, FIFO waiting room with places, leaving the line."""
+
+import pytest
+import trio
+import trio.testing
+
+from trionet.limits import AdmissionLimit, WaitingRoomFull
+
+
+async def test_fifo_admission_and_places(autojump_clock):
+    room = AdmissionLimit(2, backlog=10)
+    inside = 0
+    most_inside = 0
+    admitted: list[int] = []
+    places: dict[int, list[int]] = {i: [] for i in range(7)}
+
+    async def client(i: int) -> None:
+        nonlocal inside, most_inside
+
+        async def on_wait(place: int) -> None:
+            places[i].append(place)
+
+        async with room.admit(on_wait=on_wait) as ticket:
+            admitted.append(i)
+            inside += 1
+            most_inside = max(most_inside, inside)
+            assert ticket.admitted is not None
+            await trio.sleep(1 + i / 100)  # distinct ends, so one slot frees at a time
+            inside -= 1
+
+    async with trio.open_nursery() as nursery:
+        for i in range(7):
+            nursery.start_soon(client, i)
+            await trio.testing.wait_all_tasks_blocked()
+    assert admitted == list(range(7))
+    assert most_inside == 2
+    assert places[0] == places[1] == []
+    assert places[2] == [1]
+    # Client 6 arrived fifth in line and moved up one place at a time.
+    assert places[6] == [5, 4, 3, 2, 1]
+    assert room.in_use == 0 and room.waiting == 0
+
+
+async def test_waiting_room_full_is_refused_at_once():
+    room = AdmissionLimit(1, backlog=1)
+    async with room.admit():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(room.enter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert room.waiting == 1
+            with pytest.raises(WaitingRoomFull):
+                await room.enter()
+            assert room.turned_away == 1
+            nursery.cancel_scope.cancel()
+    assert room.in_use == 0 and room.waiting == 0
+
+
+async def test_no_waiting_room():
+    room = AdmissionLimit(1, backlog=0)
+    async with room.admit():
+        with pytest.raises(WaitingRoomFull):
+            await room.enter()
+
+
+async def test_a_waiter_that_leaves_frees_its_place(autojump_clock):
+    room = AdmissionLimit(1)
+    seen: list[tuple[str, int]] = []
+    order: list[str] = []
+
+    async def waiter(name: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+
+            async def on_wait(place: int) -> None:
+                seen.append((name, place))
+
+            async with room.admit(on_wait=on_wait):
+                order.append(name)
+
+    first = await room.enter()
+    async with trio.open_nursery() as nursery:
+        b_scope = await nursery.start(waiter, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        await nursery.start(waiter, "c")
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [("b", 1), ("c", 2)]
+        b_scope.cancel()  # b's client hung up
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen[-1] == ("c", 1)
+        assert room.waiting == 1
+        room.leave(first)
+    assert order == ["c"]
+    assert room.in_use == 0
+
+
+async def test_failing_on_wait_leaves_the_line():
+    room = AdmissionLimit(1)
+
+    async def on_wait(place: int) -> None:
+        raise trio.BrokenResourceError("client gone")
+
+    async with room.admit():
+        with pytest.raises(BaseExceptionGroup) as info:
+            await room.enter(on_wait=on_wait)
+        assert info.group_contains(trio.BrokenResourceError)
+        assert room.waiting == 0
+    assert room.in_use == 0
+
+
+async def test_cancel_at_the_hand_off_does_not_leak_the_slot():
+    room = AdmissionLimit(1)
+    first = await room.enter()
+    got = []
+    scope = trio.CancelScope()
+
+    async def waiter() -> None:
+        with scope:
+            got.append(await room.enter(on_wait=lambda place: trio.sleep(0)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        room.leave(first)  # the slot goes to the waiter...
+        scope.cancel()  # ...which is cancelled before it runs again
+    for ticket in got:
+        room.leave(ticket)
+    assert room.in_use == 0, "a cancelled waiter kept its slot"
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError):
+        AdmissionLimit(0)
+    with pytest.raises(ValueError):
+        AdmissionLimit(1, backlog=-1)

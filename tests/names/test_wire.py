@@ -1,0 +1,180 @@
+"""The sans-IO protocol cores: the line protocol and DNS message handling, with hypothesis."""
+
+import struct
+
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trionet.framing import EOF, NEED_DATA
+from trionet.names import dnswire, protocol
+from trionet.names.answer import Answer
+
+# --- the line protocol -----------------------------------------------------------
+
+
+def test_request_lines():
+    assert protocol.parse_line(b"WWW.Example.COM.") == protocol.Query("www.example.com", "A", "www.example.com")
+    assert protocol.parse_line(b"  www.example.com\taaaa ") == protocol.Query(
+        "www.example.com", "AAAA", "www.example.com"
+    )
+    assert protocol.parse_line(b"10.0.0.1") == protocol.Query("10.0.0.1", "PTR", "1.0.0.10.in-addr.arpa")
+    assert protocol.parse_line(b"fd00::1 ptr").qname.endswith(".ip6.arpa")
+    assert protocol.parse_line(b"QUIT") == protocol.Quit()
+    assert protocol.parse_line(b"   ") is None
+    for bad in (b"a b c", b"www.example.com MX", b"10.0.0.1 A", b"bad..name", b"\xff\xfe", b"x" * 64 + b".com"):
+        assert isinstance(protocol.parse_line(bad), protocol.BadLine), bad
+
+
+def test_reply_lines_round_trip():
+    answer = Answer("www.test", "A", "ok", ("192.0.2.1", "192.0.2.2"), 42, "cache")
+    line = protocol.encode_answer(answer)
+    assert line == b"ok www.test A 42 cache 192.0.2.1 192.0.2.2\n"
+    assert protocol.parse_reply(line[:-1]) == protocol.Reply("ok", "www.test", "A", 42, "cache", ("192.0.2.1", "192.0.2.2"))
+    nx = protocol.parse_reply(protocol.encode_answer(Answer("x.test", "A", "nxdomain", ttl=60))[:-1])
+    assert (nx.status, nx.ttl, nx.message) == ("nxdomain", 60, "no such name")
+    assert protocol.parse_reply(protocol.encode_bad_request("what?")[:-1]).status == "bad-request"
+    assert protocol.parse_reply(protocol.encode_wait(3, 3)[:-1]).place == 3
+    assert protocol.parse_reply(protocol.encode_bye("quota-reached", "done")[:-1]) == protocol.Bye(
+        "quota-reached", "done"
+    )
+    welcome = protocol.parse_reply(protocol.encode_welcome(quota=4, idle_timeout=30, waited=1.5)[:-1])
+    assert welcome == protocol.Welcome(4, 30.0, 1.5)
+
+
+def test_oversized_line_is_reported_once_and_skipped():
+    proto = protocol.ServerLineProtocol(max_line=100)
+    proto.receive_data(b"x" * 5000)
+    proto.receive_data(b"y" * 5000 + b"\nwww.test\n")
+    assert isinstance(proto.next_event(), protocol.BadLine)
+    assert proto.next_event() == protocol.Query("www.test", "A", "www.test")
+    assert proto.next_event() is NEED_DATA
+    proto.receive_data(b"")
+    assert proto.next_event() is EOF
+
+
+@given(st.lists(st.binary(min_size=1, max_size=200), max_size=10))
+@settings(max_examples=200, deadline=None)
+def test_any_bytes_give_requests_or_bad_lines(chunks):
+    proto = protocol.ServerLineProtocol(max_line=64)
+    for chunk in chunks:
+        proto.receive_data(chunk)
+    proto.receive_data(b"")
+    for _ in range(10_000):
+        event = proto.next_event()
+        if event is EOF:
+            break
+        assert isinstance(event, (protocol.Query, protocol.Quit, protocol.BadLine))
+    else:
+        raise AssertionError("no EOF")
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_reply_parser_raises_only_its_error(line):
+    try:
+        protocol.parse_reply(line)
+    except protocol.RemoteProtocolError:
+        pass
+
+
+# --- DNS messages ----------------------------------------------------------------
+
+
+def _query(name="www.test", rdtype="A", **kw) -> bytes:
+    return dns.message.make_query(name, rdtype, **kw).to_wire()
+
+
+def test_plain_and_edns_queries_parse_the_same_on_both_paths():
+    for kw in ({}, {"use_edns": 0}, {"use_edns": 0, "want_dnssec": True}):
+        wire = _query("WWW.Test.", "AAAA", **kw)
+        fast = dnswire.parse_query(wire)
+        slow = dnswire._parse_slow(wire)
+        assert fast == slow
+        assert (fast.qname, fast.rdtype, fast.rd, fast.edns) == ("www.test", "AAAA", True, bool(kw))
+
+
+def test_response_carries_chain_records_and_flags():
+    wire = _query("alias.test", "A", use_edns=0)
+    query = dnswire.parse_query(wire)
+    answer = Answer("alias.test", "A", "ok", ("192.0.2.10",), 77, "cache", "target.test", (("alias.test", "target.test"),))
+    response = dns.message.from_wire(dnswire.build_response(query, answer))
+    assert response.id == dns.message.from_wire(wire).id
+    assert response.rcode() == dns.rcode.NOERROR
+    assert not response.flags & dns.flags.AA
+    assert [(r.name.to_text(), dns.rdatatype.to_text(r.rdtype), r.ttl) for r in response.answer] == [
+        ("alias.test.", "CNAME", 77),
+        ("target.test.", "A", 77),
+    ]
+    assert response.edns == 0
+    hosts = Answer("gw.lan", "A", "ok", ("10.0.0.1",), 0, "hosts")
+    assert dns.message.from_wire(dnswire.build_response(dnswire.parse_query(_query("gw.lan")), hosts)).flags & dns.flags.AA
+
+
+def test_negative_response_has_the_soa():
+    query = dnswire.parse_query(_query("nope.test"))
+    answer = Answer("nope.test", "A", "nxdomain", (), 42, "dns", soa=("test", "ns.test. admin.test. 1 2 3 4 60"))
+    response = dns.message.from_wire(dnswire.build_response(query, answer))
+    assert response.rcode() == dns.rcode.NXDOMAIN
+    assert response.authority[0].rdtype == dns.rdatatype.SOA and response.authority[0].ttl == 42
+    fail = dns.message.from_wire(dnswire.build_response(query, Answer("nope.test", "A", "servfail")))
+    assert fail.rcode() == dns.rcode.SERVFAIL and fail.id == response.id
+
+
+def test_errors():
+    def rcode(wire: bytes) -> int:
+        result = dnswire.parse_query(wire)
+        assert isinstance(result, bytes)
+        return dns.message.from_wire(result).rcode() if len(result) >= 12 else -1
+
+    assert rcode(b"\x12\x34garbage!") == dns.rcode.FORMERR
+    assert dnswire.parse_query(b"\x12")[:2] == b"\x00\x00"
+    assert dnswire.parse_query(b"\x12\x34")[:2] == b"\x12\x34"
+    notify = dns.message.make_query("www.test", "A")
+    notify.set_opcode(dns.opcode.NOTIFY)
+    assert rcode(notify.to_wire()) == dns.rcode.NOTIMP
+    assert rcode(_query("www.test", "AXFR")) == dns.rcode.NOTIMP
+    assert rcode(_query("www.test", "ANY")) == dns.rcode.NOTIMP
+    assert rcode(_query("www.test", "A") + b"\x00") == dns.rcode.FORMERR  # trailing byte
+    response = dns.message.make_response(dns.message.make_query("www.test", "A"))
+    assert rcode(response.to_wire()) == dns.rcode.FORMERR
+    two = bytearray(_query())
+    two[4:6] = struct.pack("!H", 2)
+    assert rcode(bytes(two)) == dns.rcode.FORMERR
+    chaos = dns.message.make_query("version.bind", "TXT", rdclass="CH")
+    assert rcode(chaos.to_wire()) == dns.rcode.REFUSED
+
+
+@given(st.binary(max_size=120))
+@settings(max_examples=400, deadline=None)
+def test_any_bytes_give_a_query_or_an_error_response(wire):
+    result = dnswire.parse_query(wire)
+    if isinstance(result, bytes):
+        assert len(result) >= 12
+        assert result[:2] == (wire[:2] if len(wire) >= 2 else b"\x00\x00")
+        assert result[2] & 0x80  # QR
+        assert result[3] & 0x0F in (dnswire.FORMERR, dnswire.NOTIMP, dnswire.REFUSED)
+    else:
+        assert isinstance(result, dnswire.DnsQuery)
+        dnswire.build_response(result, Answer(result.qname, result.rdtype, "nxdomain"))
+
+
+_labels = st.lists(st.binary(min_size=1, max_size=20), min_size=0, max_size=4)
+
+
+@given(_labels, st.sampled_from(["A", "AAAA", "PTR", "MX", "TXT"]), st.booleans(), st.integers(0, 65535))
+@settings(max_examples=200, deadline=None)
+def test_fast_path_agrees_with_dnspython(labels, rdtype, edns, msg_id):
+    name = dns.name.Name([*labels, b""])
+    query = dns.message.make_query(name, rdtype, use_edns=0 if edns else None)
+    query.id = msg_id
+    wire = query.to_wire()
+    fast = dnswire.parse_query(wire)
+    assert fast == dnswire._parse_slow(wire)
+    answer = Answer(fast.qname, rdtype, "nodata", ttl=5)
+    response = dns.message.from_wire(dnswire.build_response(fast, answer))
+    assert response.id == msg_id and response.question[0].name == name
