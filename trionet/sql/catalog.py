@@ -22,6 +22,7 @@ import bisect
 import contextlib
 import csv
 import datetime
+import functools
 import http.client
 import io
 import itertools
@@ -518,9 +519,18 @@ def _epoch_ms(year: int) -> int:
     return (datetime.datetime(year, 1, 1) - _EPOCH) // datetime.timedelta(milliseconds=1)
 
 
+@functools.lru_cache(maxsize=8192)
+def _iso_date(day: int) -> str:
+    return (_EPOCH + datetime.timedelta(days=day)).date().isoformat()
+
+
 def _iso_ms(ms: int) -> str:
-    moment = _EPOCH + datetime.timedelta(milliseconds=ms)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    """``ms`` since the epoch as ComCat writes times: 2011-11-06T03:53:10.130Z."""
+    day, ms = divmod(ms, 86_400_000)  # formatting by hand: datetime's strftime was half the build time
+    seconds, milli = divmod(ms, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{_iso_date(day)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}Z"
 
 
 def _plain_place(region: _Region, lat: float, lon: float) -> str:
