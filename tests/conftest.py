@@ -82,6 +82,7 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
+        self.proc.stdout.close()
 
 
 @pytest.fixture

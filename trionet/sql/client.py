@@ -224,9 +224,17 @@ async def connect(
         if not isinstance(hello, protocol.Hello):
             raise SqlConnectionError(f"{host}:{port} is not a trionet SQL server")
         conn = SqlConnection(stream, hello, proto)
+        # The reader task never raises (it turns every failure into
+        # SqlConnectionError for the callers), so whatever the body raises is
+        # its own error: re-raise it as is, not wrapped in an ExceptionGroup.
+        failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn._read_replies)
             try:
                 yield conn
+            except BaseException as exc:
+                failure = exc
             finally:
                 nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure

@@ -6,6 +6,7 @@ import time
 
 import trio
 from rich.console import Console
+from rich.markup import escape
 
 from trionet.sql import catalog
 from trionet.sql.client import connect
@@ -71,5 +72,5 @@ async def run_demo(console: Console, db_path=None) -> None:
             try:
                 await conn.query("DELETE FROM quakes")
             except SqlError as exc:
-                console.print(f"[red]error [{exc.code}][/red]: {exc.message}\n")
+                console.print(f"[red]error \\[{exc.code}][/red]: {escape(exc.message)}\n")
         nursery.cancel_scope.cancel()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import trio
 from rich.console import Console
+from rich.markup import escape
 
 from trionet.sql.client import SqlConnection, connect
 from trionet.sql.engine import SqlError
@@ -74,7 +75,7 @@ class Shell:
         try:
             result = await self.conn.query(text.strip())
         except SqlError as exc:
-            self.console.print(f"[red]error [{exc.code}][/red]: {exc.message}", highlight=False)
+            self.console.print(f"[red]error \\[{exc.code}][/red]: {escape(exc.message)}", highlight=False)
             return
         render(self.console, result, self.format)
         if self.timer:
