@@ -133,10 +133,6 @@ def test_import_progress(imported, shared_csv):
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
 
 
-def test_shared_csv_import_time(imported):
-    assert imported[3] < 5.0
-
-
 def test_reimport_is_idempotent(imported, shared_csv, tmp_path):
     db = tmp_path / "again.sqlite"
     shutil.copyfile(imported[0], db)
@@ -359,10 +355,6 @@ def sample(tmp_path_factory):
     started = time.perf_counter()
     catalog.build_sample(db)
     return db, time.perf_counter() - started
-
-
-def test_sample_builds_fast(sample):
-    assert sample[1] < 2.0
 
 
 def test_sample_schema_equals_the_imported_schema(sample, imported):

@@ -99,7 +99,10 @@ def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes
             raise click.UsageError("--read-write needs --db: the sample catalogue is read-only")
         from trionet.sql import catalog
 
-        db = catalog.ensure_sample()
+        try:
+            db = catalog.ensure_sample()
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(f"cannot build the sample catalogue: {exc}") from None
         log.info("serving the SAMPLE catalogue %s (synthetic data; see --help for the real one)", db)
     try:
         database = Database(db, read_write=read_write, max_sql_bytes=max_request_bytes)
