@@ -155,7 +155,7 @@ async def run_ring_demo(
                 for _ in range(messages_per_node)
             ],
             transport=transport,
-            options=NodeOptions(connect_timeout=10.0, backoff_initial=0.01, backoff_max=0.2, linger=2.0),
+            options=NodeOptions(connect_timeout=10.0, backoff_initial=0.01, backoff_max=0.2),
             observer=view,
         )
         for i in range(nodes)

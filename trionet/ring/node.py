@@ -84,7 +84,6 @@ class NodeOptions:
         handshake_timeout: seconds to connect and exchange greetings.
         backoff_initial: first delay between connection attempts, in seconds.
         backoff_max: the delay doubles after each failure up to this.
-        linger: after finishing, seconds to wait for the last acknowledgements.
         seed: seeds the backoff jitter (the simulation passes one).
     """
 
@@ -92,7 +91,6 @@ class NodeOptions:
     handshake_timeout: float = 10.0
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
-    linger: float = 10.0
     seed: int | None = None
 
 
@@ -272,6 +270,8 @@ class RingNode:
         transport: TCP by default.
         options: timing.
         observer: passed to :class:`~trionet.ring.protocol.NodeCore`.
+        listen: ``(host, port)`` to listen on instead of the ring file's
+            address (behind NAT or a proxy, or 0.0.0.0).
 
     Error handling: :meth:`run` raises :class:`RingError` when a neighbour
     stays unreachable longer than ``options.connect_timeout``; link failures
@@ -288,9 +288,11 @@ class RingNode:
         transport: Transport | None = None,
         options: NodeOptions | None = None,
         observer: Callable[[str, int, object], None] | None = None,
+        listen: tuple[str, int] | None = None,
     ) -> None:
         self.config = config
         self.me = config.node(node_id)
+        self.listen = NodeAddress(node_id, *listen) if listen else self.me
         self.prev, self.next = config.neighbours(node_id)
         self.options = options or NodeOptions()
         self.transport = transport or TcpTransport()
@@ -325,8 +327,8 @@ class RingNode:
             RingError: a neighbour stayed unreachable for ``connect_timeout``.
         """
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.transport.serve, self.me, self._on_incoming)
-            log.info("node %d listening on %s", self.me.id, self.me.address)
+            await nursery.start(self.transport.serve, self.listen, self._on_incoming)
+            log.info("node %d listening on %s", self.me.id, self.listen.address)
             task_status.started()
             nursery.start_soon(self._dial_loop)
             nursery.start_soon(self.next_link.write_loop, self._next_out_receive)
@@ -338,11 +340,10 @@ class RingNode:
             nursery.start_soon(self._wait_stop)
             nursery.start_soon(self._start_when_closed)
             await self.finished.wait()
-            with trio.move_on_after(self.options.linger) as linger:
-                await self.next_link.wait_settled()
-                await self.prev_link.wait_settled()
-            if linger.cancelled_caught:
-                log.warning("node %d: the last frames were not acknowledged within %.1fs", self.me.id, self.options.linger)
+            # Leave only once the finalization command (and every ack we owe)
+            # got through; the link watchdogs still bound this wait.
+            await self.next_link.wait_settled()
+            await self.prev_link.wait_settled()
             nursery.cancel_scope.cancel()
         if self._deliveries is not None:
             self._deliveries.flush()
@@ -408,7 +409,7 @@ class RingNode:
     async def _dial_loop(self) -> None:
         link = self.next_link
         backoff = self.options.backoff_initial
-        while not self.core.finished:
+        while not (self.core.finalizing and not link.state.unacked):
             try:
                 stream, hello, decoder = await self._dial_once()
             except (*_LINK_ERRORS, trio.TooSlowError, _Rejected) as exc:
@@ -498,7 +499,8 @@ class RingNode:
             await link.wait_up(False)
             with trio.move_on_after(timeout if timeout > 0 else math.inf) as waited:
                 await link.wait_up(True)
-            if waited.cancelled_caught and not self.core.finalizing:
+            owed = link.state.unacked or not self.core.finalizing
+            if waited.cancelled_caught and owed:
                 raise RingError(
                     f"node {self.me.id}: no link with node {link.peer.id} at {link.peer.address} "
                     f"for {timeout:g}s (last error: {link.last_error})"

@@ -1,0 +1,113 @@
+"""Ring files and message files: every error is reported as ``file:line: reason`` before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from trionet.ring.config import MAX_TEXT_BYTES, ConfigError, RingConfig, count_messages, iter_messages, load_config, parse_config
+
+GOOD = """
+[[node]]
+id = 0
+host = "10.0.0.1"
+port = 7500
+
+[[node]]
+id = 7
+host = "10.0.0.2"
+port = 7500
+
+[[node]]
+id = 3
+host = "10.0.0.3"
+port = 7501
+"""
+
+
+def test_ring_order_and_neighbours():
+    config = parse_config(GOOD, "ring.toml")
+    assert config.ids == (0, 7, 3)
+    assert [n.id for n in config.neighbours(0)] == [3, 7]
+    assert [n.id for n in config.neighbours(3)] == [7, 0]
+    assert config.node(7).address == "10.0.0.2:7500"
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_small_rings_are_their_own_neighbours(size):
+    config = RingConfig.local(size, ports=range(9000, 9000 + size))
+    prev, nxt = config.neighbours(0)
+    assert (prev.id, nxt.id) == ((size - 1), 1 % size)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "no [[node]] table"),
+        ("[[node]]\nid = 1\nhost = 'a'\nport = 1\n", "there is no node 0"),
+        ("[[node]]\nid = 0\nhost = 'a'\nport = 1\n[[node]]\nid = 0\nhost = 'b'\nport = 1\n", "ring.toml:5: duplicate id 0"),
+        ("[[node]]\nid = 0\nhost = 'a'\nport = 1\n[[node]]\nid = 1\nhost = 'a'\nport = 1\n", "ring.toml:5: node 1: duplicate address a:1"),
+        ("[[node]]\nid = -1\nhost = 'a'\nport = 1\n", "ring.toml:1: 'id' must be an integer"),
+        ("[[node]]\nid = true\nhost = 'a'\nport = 1\n", "'id' must be an integer"),
+        ("[[node]]\nid = 0\nhost = ''\nport = 1\n", "'host' must be a non-empty string"),
+        ("[[node]]\nid = 0\nhost = 'a'\nport = 70000\n", "'port' must be an integer from 1 to 65535"),
+        ("[[node]]\nid = 0\nhost = 'a'\nport = 1\ncolour = 'red'\n", "unknown key(s) colour"),
+        ("[[node]\n", "not valid TOML"),
+        ("name = 'x'\n", "unknown key(s) name"),
+    ],
+)
+def test_bad_ring_files(text, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "ring.toml")
+    assert expected in str(info.value)
+    assert str(info.value).startswith("ring.toml:")
+
+
+def test_own_id_missing_and_unreadable_file(tmp_path):
+    config = parse_config(GOOD, "ring.toml")
+    with pytest.raises(ConfigError, match=r"ring.toml: node 5 is not in the ring \(ids: 0, 7, 3\)"):
+        config.node(5)
+    with pytest.raises(ConfigError, match="cannot read the ring file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_message_file_is_parsed_line_by_line(tmp_path):
+    path = tmp_path / "m.txt"
+    path.write_text("# comment\n\n3 hello   world \n0\tto node zero\r\n7 ünïcödé\n", encoding="utf-8")
+    assert list(iter_messages(path, [0, 3, 7])) == [(3, "hello   world"), (0, "to node zero"), (7, "ünïcödé")]
+    assert count_messages(path, [0, 3, 7]) == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("9 nobody home", "destination 9 is not in the ring"),
+        ("x hello", "the destination 'x' is not a node id"),
+        ("-1 hello", "is not a node id"),
+        ("3", "message to 3 has no text"),
+        ("3 " + "a" * (MAX_TEXT_BYTES + 1), f"text longer than {MAX_TEXT_BYTES} bytes"),
+    ],
+)
+def test_bad_message_lines_name_file_and_line(tmp_path, line, reason):
+    path = tmp_path / "m.txt"
+    path.write_text(f"0 fine\n# ok\n{line}\n0 never read\n")
+    with pytest.raises(ConfigError) as info:
+        count_messages(path, [0, 3])
+    assert str(info.value).startswith(f"{path}:3: ")
+    assert reason in str(info.value)
+
+
+def test_message_file_not_utf8(tmp_path):
+    path = tmp_path / "m.txt"
+    path.write_bytes(b"0 ok\n0 \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"m.txt:2: not UTF-8"):
+        count_messages(path, [0])
+
+
+def test_message_file_is_streamed(tmp_path):
+    # A generator: reading the first message must not read the whole file.
+    path = tmp_path / "m.txt"
+    path.write_text("0 first\n9 bad line far below\n")
+    messages = iter_messages(path, [0])
+    assert next(messages) == (0, "first")
+    with pytest.raises(ConfigError, match=":2: destination 9"):
+        next(messages)

@@ -1,0 +1,263 @@
+"""The sans-IO core: frame codec (round trip and fuzz), the reliable link state, and the node state machine."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trionet.framing import EOF, NEED_DATA
+from trionet.ring.protocol import (
+    Ack,
+    Deliver,
+    Direction,
+    Finalize,
+    Finished,
+    FrameDecoder,
+    Hello,
+    LinkState,
+    Message,
+    NodeCore,
+    Reject,
+    RemoteProtocolError,
+    Returned,
+    Role,
+    Send,
+    Stop,
+    StopRequest,
+    Token,
+    decode_frame,
+    encode_frame,
+)
+
+CW, CCW = Direction.CW, Direction.CCW
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+directions = st.sampled_from(list(Direction))
+
+data_frames = st.one_of(
+    st.builds(Token, directions, u32, st.booleans()),
+    st.builds(Message, directions, u32, u32, u64, st.text(max_size=200), st.booleans()),
+    st.builds(Finalize, st.booleans(), u64, u64, u64, u32),
+    st.builds(StopRequest, u32),
+)
+link_frames = st.one_of(
+    st.builds(Hello, u32, st.sampled_from(list(Role)), u32, st.integers(1, 2**64 - 1)),
+    st.builds(Ack, u64),
+    st.builds(Reject, st.text(max_size=100).filter(lambda s: len(s.encode()) <= 1000)),
+    st.just(Stop()),
+)
+
+
+@given(frame=data_frames, seq=st.integers(1, 2**64 - 1), epoch=u32)
+def test_data_frames_round_trip(frame, seq, epoch):
+    wire = encode_frame(frame, seq=seq, epoch=epoch)
+    assert int.from_bytes(wire[:4], "big") == len(wire) - 4
+    received = decode_frame(wire[4:])
+    assert (received.frame, received.seq, received.epoch) == (frame, seq, epoch)
+
+
+@given(frame=link_frames)
+def test_link_frames_round_trip(frame):
+    assert decode_frame(encode_frame(frame)[4:]).frame == frame
+
+
+@given(frames=st.lists(st.tuples(data_frames, st.integers(1, 1000)), max_size=8), cuts=st.lists(st.integers(0, 400)))
+def test_decoder_reassembles_frames_split_anywhere(frames, cuts):
+    wire = b"".join(encode_frame(f, seq=s) for f, s in frames)
+    decoder = FrameDecoder()
+    got = []
+    points = sorted({c for c in cuts if c < len(wire)} | {0, len(wire)})
+    for start, end in zip(points, points[1:]):
+        decoder.receive_data(wire[start:end])
+        while (event := decoder.next_event()) is not NEED_DATA:
+            got.append((event.frame, event.seq))
+    decoder.receive_data(b"")
+    assert decoder.next_event() is EOF
+    assert got == frames
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash_the_decoder(data):
+    decoder = FrameDecoder(max_frame=256)
+    decoder.receive_data(data)
+    decoder.receive_data(b"")
+    for _ in range(len(data) + 2):
+        try:
+            event = decoder.next_event()
+        except RemoteProtocolError:
+            return
+        if event is EOF:
+            return
+        assert event is not NEED_DATA
+
+
+@given(st.binary(max_size=100))
+def test_random_payloads_decode_or_raise_remote_error(payload):
+    try:
+        decode_frame(bytes([1]) + payload)
+    except RemoteProtocolError:
+        pass
+
+
+def test_version_and_bad_fields_are_rejected():
+    wire = encode_frame(Token(CW), seq=1)[4:]
+    with pytest.raises(RemoteProtocolError, match="protocol version 2"):
+        decode_frame(bytes([2]) + wire[1:])
+    with pytest.raises(RemoteProtocolError, match="with link sequence 0"):
+        decode_frame(wire[:6] + bytes(8) + wire[14:])
+    with pytest.raises(RemoteProtocolError, match="bad frame"):
+        decode_frame(wire[:-1] + b"\x07")  # busy flag must be 0 or 1
+    with pytest.raises(RemoteProtocolError, match="longer than"):
+        decoder = FrameDecoder(max_frame=10)
+        decoder.receive_data(encode_frame(Message(CW, 0, 1, 1, "x" * 50), seq=1))
+        decoder.next_event()
+
+
+# --- link state ------------------------------------------------------------------
+
+
+def test_link_resends_unacknowledged_frames_after_reconnect():
+    sender, receiver = LinkState(), LinkState()
+    frames = [Token(CW), Message(CW, 0, 1, 1, "a"), Message(CW, 0, 1, 2, "b")]
+    wires = [sender.wrap(f) for f in frames]
+    # The first frame arrives and is acked; the connection drops before the others.
+    first = decode_frame(wires[0][4:])
+    assert receiver.classify(first.seq)
+    receiver.mark_received(first.seq)
+    resend = sender.on_connect(receiver.recv_next)
+    assert resend == wires[1] + wires[2]
+    decoder = FrameDecoder()
+    decoder.receive_data(resend + wires[1])  # frame 2 sent twice: once before the cut, once after
+    seen = []
+    while (event := decoder.next_event()) is not NEED_DATA:
+        if receiver.classify(event.seq):
+            receiver.mark_received(event.seq)
+            seen.append(event.frame)
+    assert seen == frames[1:]
+    assert receiver.duplicates == 1
+    sender.on_ack(receiver.ack)
+    assert not sender.unacked
+
+
+def test_link_rejects_gaps_and_bogus_acks():
+    link = LinkState()
+    with pytest.raises(RemoteProtocolError, match="before frame 1"):
+        link.classify(2)
+    with pytest.raises(RemoteProtocolError, match="never sent"):
+        link.on_ack(1)
+    link.wrap(Token(CW))
+    link.wrap(Token(CW))
+    with pytest.raises(RemoteProtocolError, match="never sent"):
+        link.on_connect(4)  # the peer claims a frame we never sent
+    link.on_ack(1)
+    with pytest.raises(RemoteProtocolError, match="peer expects frame 1 but the oldest"):
+        link.on_connect(1)  # the peer lost a frame it had acknowledged (it restarted)
+
+
+# --- node core ---------------------------------------------------------------------
+
+
+def sends(actions):
+    return [(a.direction, a.frame) for a in actions if isinstance(a, Send)]
+
+
+def test_token_visit_send_forward_deliver_return():
+    ring = (0, 1, 2)
+    node1 = NodeCore(1, ring, [(2, "hi")])
+    node2 = NodeCore(2, ring)
+    node0 = NodeCore(0, ring)
+    # Node 0 has nothing: the tokens pass on at once.
+    assert sends(node0.start()) == [(CW, Token(CW)), (CCW, Token(CCW))]
+    # Node 1 sends its message clockwise and keeps the token.
+    [(d, msg)] = sends(node1.receive(Token(CW)))
+    assert d is CW and (msg.origin, msg.destination, msg.text, msg.delivered) == (1, 2, "hi", False)
+    assert node1.holding[CW] is not None and node1.in_flight[CW] == msg
+    # Node 2 delivers and forwards it marked delivered.
+    actions = node2.receive(msg)
+    assert isinstance(actions[0], Deliver) and sends(actions) == [(CW, Message(CW, 1, 2, 1, "hi", True))]
+    # Node 0 forwards; back at node 1 the outcome is recorded and the token passes on, marked busy.
+    [(_, back)] = sends(node0.receive(sends(actions)[0][1]))
+    actions = node1.receive(back, now=5.0)
+    assert isinstance(actions[0], Returned) and actions[0].message.delivered
+    assert sends(actions) == [(CW, Token(CW, 0, busy=True))]
+    assert node1.in_flight[CW] is None and node1.holding[CW] is None
+
+
+def test_one_message_per_visit_and_busy_flag():
+    node = NodeCore(1, (0, 1), [(0, "a"), (0, "b")])
+    [(_, msg)] = sends(node.receive(Token(CCW)))
+    actions = node.receive(replace_delivered(msg))
+    # Still one message left: the token leaves (one message per visit), busy.
+    assert sends(actions) == [(CCW, Token(CCW, busy=True))]
+    assert node.has_pending()
+
+
+def replace_delivered(msg: Message) -> Message:
+    return Message(msg.direction, msg.origin, msg.destination, msg.msg_id, msg.text, True)
+
+
+def test_node0_parks_clean_tokens_and_finalizes_when_both_are_clean():
+    node = NodeCore(0, (0, 1))
+    node.start()
+    # A busy round is not enough: a new round starts.
+    assert sends(node.receive(Token(CW, 0, busy=True))) == [(CW, Token(CW, 1, busy=False))]
+    # A clean cw round parks the cw token; nothing else happens until ccw is clean too.
+    assert node.receive(Token(CW, 1, busy=False)) == []
+    assert node.parked[CW] is not None
+    [(d, fin)] = sends(node.receive(Token(CCW, 0, busy=False)))
+    assert d is CW and isinstance(fin, Finalize) and not fin.requested
+    [finished] = node.receive(Finalize(False, 3, 3, 0, 2))
+    assert isinstance(finished, Finished) and finished.summary.ring.nodes == 2
+
+
+def test_other_nodes_add_their_counters_forward_finalize_and_finish():
+    node = NodeCore(4, (0, 4), [(0, "never sent"), (4, "nor this")])
+    actions = node.receive(Finalize(True, 5, 4, 1, 1))
+    assert sends(actions) == [(CW, Finalize(True, 5, 4, 3, 2))]
+    assert isinstance(actions[-1], Finished) and actions[-1].summary.unsent == 2
+    with pytest.raises(RemoteProtocolError, match="second finalization"):
+        node.receive(Finalize())
+
+
+def test_stop_waits_for_the_message_in_flight():
+    node = NodeCore(0, (0, 1), [(1, "x"), (1, "y")])
+    [(_, msg), (_, ccw_msg)] = sends(node.start())
+    assert node.request_stop() == []  # both tokens wait for their messages
+    assert sends(node.receive(replace_delivered(msg))) == []  # cw parked
+    [(_, fin)] = sends(node.receive(replace_delivered(ccw_msg)))
+    assert fin.requested and fin.sent == 2
+
+
+def test_stop_elsewhere_travels_to_node0():
+    node = NodeCore(2, (0, 1, 2))
+    assert sends(node.request_stop()) == [(CW, StopRequest(2))]
+    assert sends(node.receive(StopRequest(1))) == [(CW, StopRequest(1))]
+
+
+def test_a_second_token_is_a_protocol_error():
+    node = NodeCore(1, (0, 1, 2), [(0, "x")])
+    node.receive(Token(CW))
+    with pytest.raises(RemoteProtocolError, match="second cw token"):
+        node.receive(Token(CW))
+
+
+def test_a_foreign_returning_message_is_a_protocol_error():
+    node = NodeCore(1, (0, 1))
+    with pytest.raises(RemoteProtocolError, match="did not send it"):
+        node.receive(Message(CW, 1, 0, 9, "?", True))
+
+
+def test_ring_of_one_sends_to_itself():
+    node = NodeCore(0, (0,), [(0, "me")])
+    [(_, msg), (_, ccw)] = sends(node.start())
+    assert ccw == Token(CCW)
+    actions = node.receive(msg)  # back at once: delivered and returned in one step
+    assert [type(a) for a in actions] == [Deliver, Returned, Send]
+    node.receive(Token(CCW))  # ccw came back clean: parked
+    assert node.parked[CCW] is not None
+    [(_, tok)] = sends(node.receive(Token(CW, 0, True)))
+    assert tok == Token(CW, 1, False)
+    [(_, fin)] = sends(node.receive(tok))
+    assert isinstance(fin, Finalize)

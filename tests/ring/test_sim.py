@@ -1,0 +1,141 @@
+"""The simulated ring, driven by hypothesis: ring sizes, message sets, start orders, delays and link cuts.
+
+Every run checks, at every step (:class:`~trionet.ring.sim.RingMonitor`):
+never more than one token per direction, never more than one message in
+flight per node and token; and at the end: each message delivered exactly
+once, to its destination, and back at its origin once; every node finished
+after node 0's command. Time is virtual (``autojump_clock``), so minutes of
+backoff and outages take milliseconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trionet.ring.node import NodeOptions, RingError, RingNode
+from trionet.ring.config import RingConfig
+from trionet.ring.sim import InvariantViolation, LinkCut, SimNetwork, simulate
+from trionet.ring.protocol import Direction
+
+
+def run_sim(*args, **kwargs):
+    return trio.run(lambda: simulate(*args, **kwargs), clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def check_complete(result, size, messages, *, stopped=False):
+    monitor = result.monitor
+    total = sum(len(v) for v in messages.values())
+    # Every node finished after node 0's command, and node 0 saw it come back.
+    assert sorted(result.summaries) == list(range(size))
+    assert monitor.finalized.count(0) == 2 and sorted(set(monitor.finalized)) == list(range(size))
+    sent = monitor.sent
+    # Every message that entered the ring was delivered once, at its destination, and came back once.
+    assert sorted(monitor.delivered) == sorted(sent)
+    assert all(len(nodes) == 1 for nodes in monitor.delivered.values())
+    assert all(monitor.returned[uid] == 1 for uid in sent)
+    assert not any(monitor.in_flight.values())
+    for uid, msg in sent.items():
+        assert monitor.delivered[uid] == [msg.destination]
+    ring = result.summaries[0].ring
+    assert ring.nodes == size and ring.sent == len(sent) and ring.delivered == len(sent)
+    assert ring.sent + ring.unsent == total
+    if not stopped:
+        assert len(sent) == total and ring.unsent == 0
+        # Files are sent in order, one message per visit.
+        for node, items in messages.items():
+            mine = sorted((m for m in sent.values() if m.origin == node), key=lambda m: m.msg_id)
+            assert [(m.destination, m.text) for m in mine] == list(items)
+    # Both tokens ended parked at node 0, nowhere else (a stop before the ring closed injects none).
+    expected = 0 if monitor.injected else None
+    assert monitor.holder == {Direction.CW: expected, Direction.CCW: expected}
+
+
+@st.composite
+def rings(draw, max_size=50):
+    size = draw(st.one_of(st.integers(1, 6), st.integers(7, max_size)))
+    per_node = 3 if size <= 12 else 1
+    messages = {
+        i: draw(st.lists(st.tuples(st.integers(0, size - 1), st.text("abc xyz", min_size=1, max_size=8)), max_size=per_node))
+        for i in range(size)
+    }
+    start_delays = {i: draw(st.floats(0, 10)) for i in draw(st.sets(st.integers(0, size - 1), max_size=6))}
+    link_delays = {i: draw(st.floats(0, 0.05)) for i in draw(st.sets(st.integers(0, size - 1), max_size=6))}
+    cuts = draw(
+        st.lists(
+            st.builds(LinkCut, st.integers(0, size - 1), st.floats(0, 15), st.floats(0, 8)),
+            max_size=4,
+        )
+    )
+    return size, messages, start_delays, link_delays, cuts
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(rings())
+def test_simulated_ring_keeps_every_invariant(ring):
+    size, messages, start_delays, link_delays, cuts = ring
+    result = run_sim(size, messages, start_delays=start_delays, link_delays=link_delays, cuts=cuts)
+    check_complete(result, size, messages)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rings(max_size=12), st.floats(0, 12))
+def test_stop_on_demand_loses_nothing(ring, stop_at):
+    size, messages, start_delays, link_delays, cuts = ring
+    result = run_sim(size, messages, start_delays=start_delays, link_delays=link_delays, cuts=cuts, stop_at=stop_at)
+    check_complete(result, size, messages, stopped=True)
+
+
+def test_ring_of_fifty_with_cuts_everywhere():
+    size = 50
+    messages = {i: [((i * 7 + k) % size, f"m{i}.{k}") for k in range(2)] for i in range(size)}
+    cuts = [LinkCut(i, 0.5 + i * 0.1, 1.0) for i in range(0, size, 5)]
+    result = run_sim(size, messages, link_delays={i: 0.001 for i in range(size)}, cuts=cuts)
+    check_complete(result, size, messages)
+    assert result.network.cuts == len(cuts)
+    assert sum(n.next_link.state.resent for n in result.nodes.values()) > 0  # the cuts did lose frames
+
+
+def test_a_cut_during_traffic_resends_and_deduplicates():
+    size = 4
+    messages = {i: [((i + 2) % size, f"x{i}.{k}") for k in range(30)] for i in range(size)}
+    cuts = [LinkCut(i, 0.3 + 0.7 * i, 0.4) for i in range(size)] * 1
+    result = run_sim(size, messages, link_delays={i: 0.01 for i in range(size)}, cuts=cuts)
+    check_complete(result, size, messages)
+    resent = sum(n.next_link.state.resent + n.prev_link.state.resent for n in result.nodes.values())
+    assert resent > 0
+
+
+def test_the_monitor_catches_a_second_token():
+    # The invariant checks themselves must be able to fail.
+    from trionet.ring.sim import RingMonitor
+
+    monitor = RingMonitor(3)
+    monitor("token-in", 0, (Direction.CW, None))
+    monitor("token-out", 0, (Direction.CW, None))
+    monitor("token-in", 1, (Direction.CW, None))
+    with pytest.raises(InvariantViolation, match="second cw token"):
+        monitor("token-in", 2, (Direction.CW, None))
+    with pytest.raises(InvariantViolation, match="without the token"):
+        monitor("send", 2, (Direction.CW, None))
+
+
+async def test_a_neighbour_that_never_appears_is_an_error_after_connect_timeout(autojump_clock):
+    config = RingConfig.local(3, ports=[1, 2, 3])
+    network = SimNetwork()
+    node = RingNode(config, 1, transport=network.transport(1), options=NodeOptions(connect_timeout=30.0, seed=1))
+    started = trio.current_time()
+    with pytest.RaisesGroup(pytest.RaisesExc(RingError, match=r"no link with node [02] .* for 30s"), flatten_subgroups=True):
+        await node.run()
+    assert 30.0 <= trio.current_time() - started < 31.0
+
+
+def test_start_orders_do_not_matter():
+    size = 5
+    messages = {i: [((i + 1) % size, "hi")] for i in range(size)}
+    for order in ([4, 3, 2, 1, 0], [0, 2, 4, 1, 3]):
+        delays = {node: rank * 3.0 for rank, node in enumerate(order)}
+        check_complete(run_sim(size, messages, start_delays=delays), size, messages)
