@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import trio
 
@@ -137,3 +138,27 @@ def test_python_dash_m_works(trionet_cmd):
     result = trionet_cmd("--version")
     assert result.returncode == 0 and "trionet" in result.stdout
     assert os.path.basename(sys.executable)  # the same interpreter the tests run under
+
+
+def test_import_usgs_command_loads_the_shared_catalogue(trionet_cmd, tmp_path):
+    csv_path = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "usgs-quakes-lower-us.csv"
+    db = tmp_path / "real.sqlite"
+    result = trionet_cmd("sql", "import-usgs", str(csv_path), "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert "16941 row(s) imported" in result.stdout and "0 bad row(s)" in result.stdout
+    again = trionet_cmd("sql", "import-usgs", str(csv_path), "--db", str(db))
+    assert again.returncode == 0
+    assert sqlite3.connect(db).execute("SELECT count(*), count(nst) FROM quakes").fetchone() == (16941, 16941 - 4066)
+
+
+def test_import_usgs_command_reports_bad_rows_and_exits_1(trionet_cmd, tmp_path):
+    csv_path = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "usgs-quakes-lower-us.csv"
+    with open(csv_path, encoding="utf-8") as f:
+        head = [next(f) for _ in range(4)]
+    head[2] = head[2].replace(",3.1,", ",three,", 1)  # line 3: a magnitude that is not a number
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("".join(head), encoding="utf-8")
+    result = trionet_cmd("sql", "import-usgs", str(bad_csv), "--db", str(tmp_path / "x.sqlite"))
+    assert result.returncode == 1
+    assert f"{bad_csv}:3:" in result.stderr
+    assert "2 row(s) imported" in result.stdout and "1 bad row(s)" in result.stdout
