@@ -196,7 +196,7 @@ def stop(config_path: str, timeout: float) -> None:
     """
     try:
         config = load_config(config_path)
-        trio.run(request_stop, config.node(0), timeout)
+        trio.run(functools.partial(request_stop, config.node(0), timeout=timeout))
     except (ConfigError, RingError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"node 0 at {config.node(0).address} is finalizing the ring")
