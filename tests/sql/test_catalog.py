@@ -702,3 +702,17 @@ def test_module_exports():
     assert ImportReport(1, 1, []).rows_read == 1
     with pytest.raises(AttributeError):
         BadRow("p", 1, "r").line = 2  # frozen
+
+
+def test_fetch_usgs_command_then_import(comcat, tmp_path, trionet_cmd):
+    service, url = comcat
+    first = datetime.datetime(2010, 3, 1)
+    service.events = [(first + datetime.timedelta(hours=i), f"cli{i:03d}") for i in range(50)]
+    out = tmp_path / "fetched.csv"
+    result = trionet_cmd(
+        "sql", "fetch-usgs", "--start", "2010-03-01", "--end", "2010-03-05", "--url", url, "-o", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "50 event(s) written" in result.stdout
+    loaded = trionet_cmd("sql", "import-usgs", str(out), "--db", str(tmp_path / "f.sqlite"))
+    assert loaded.returncode == 0 and "50 row(s) imported" in loaded.stdout
