@@ -1,0 +1,109 @@
+"""Each node on its own host: a ring of ``trionet ring join`` processes, one Linux network namespace each.
+
+The test builds its own little network and removes it afterwards: a
+namespace holding a bridge, and one namespace per node joined to the bridge
+by a veth pair, with an address in 10.213.X.0/24 that exists only inside that
+namespace. Nothing is configured in the test runner's own namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+import trio
+
+from .conftest import RingProcess, read_deliveries, write_ring
+
+pytestmark = pytest.mark.slow
+
+NODES = 5
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=20)
+
+
+def _netns_unavailable() -> str | None:
+    if shutil.which("ip") is None:
+        return "the 'ip' command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    probe = f"trnprobe{os.getpid()}"
+    result = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"'ip netns add' failed: {result.stderr.strip() or result.returncode}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+@pytest.fixture
+def namespaces():
+    """Create the bridge namespace and one namespace per node; yield ``[(ns, address)]``; delete them all."""
+    reason = _netns_unavailable()
+    if reason:
+        pytest.skip(f"network namespaces unavailable: {reason}")
+    tag = f"trn{os.getpid() % 100000}"
+    subnet = random.randrange(1, 250)
+    hub = f"{tag}hub"
+    created: list[str] = []
+    try:
+        _ip("netns", "add", hub)
+        created.append(hub)
+        _ip("-n", hub, "link", "add", "br0", "type", "bridge")
+        _ip("-n", hub, "link", "set", "br0", "up")
+        nodes = []
+        for i in range(NODES):
+            ns = f"{tag}n{i}"
+            _ip("netns", "add", ns)
+            created.append(ns)
+            _ip("-n", hub, "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("-n", hub, "link", "set", f"v{i}", "master", "br0")
+            _ip("-n", hub, "link", "set", f"v{i}", "up")
+            address = f"10.213.{subnet}.{i + 1}"
+            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            nodes.append((ns, address))
+        yield nodes
+    finally:
+        for ns in reversed(created):  # deleting a namespace deletes its end of each veth pair
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert not any(ns in leftover for ns in created), leftover
+
+
+async def test_ring_across_network_namespaces(tmp_path, ring_cmd, namespaces):
+    # Every node listens on the same port: they are on different hosts.
+    config = write_ring(tmp_path / "ring.toml", [(i, addr, 7500) for i, (_, addr) in enumerate(namespaces)])
+    per_node = 20
+    for i in range(NODES):
+        (tmp_path / f"m{i}.txt").write_text("".join(f"{(i + k) % NODES} from {i} #{k}\n" for k in range(per_node)))
+    order = random.sample(range(NODES), NODES)
+    procs = {}
+    async with trio.open_nursery() as nursery:
+        try:
+            with trio.fail_after(90):
+                for i in order:
+                    ns = namespaces[i][0]
+                    argv = ["ip", "netns", "exec", ns, *ring_cmd, "join", "--config", str(config), "--id", str(i)]
+                    argv += ["--messages", str(tmp_path / f"m{i}.txt"), "--deliveries", str(tmp_path / f"d{i}.jsonl")]
+                    argv += ["--connect-timeout", "30"]
+                    procs[i] = await RingProcess.start(nursery, argv)
+                codes = {i: await p.wait() for i, p in procs.items()}
+        finally:
+            for p in procs.values():
+                p.kill()
+            nursery.cancel_scope.cancel()
+    for i, p in procs.items():
+        assert codes[i] == 0, p.output
+    # The neighbours really were reached at their namespace addresses.
+    for i, p in procs.items():
+        nxt = namespaces[(i + 1) % NODES][1]
+        assert f"connected to node {(i + 1) % NODES} at {nxt}:7500" in p.stderr.decode(), p.output
+    records = [r for i in range(NODES) for r in read_deliveries(tmp_path / f"d{i}.jsonl")]
+    assert len(records) == len({r["id"] for r in records}) == NODES * per_node
+    assert f"{NODES} node(s), {NODES * per_node} message(s) sent, {NODES * per_node} delivered, 0 never sent" in procs[0].stdout.decode()
