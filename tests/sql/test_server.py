@@ -274,8 +274,15 @@ async def test_query_timeout_interrupts_and_the_connection_goes_on(start_sql):
         assert (await conn.query("SELECT 1")).rows == [(1,)]
 
 
+async def wait_until_busy(server) -> None:
+    """Wait until the server has taken a request on one of its connections."""
+    with trio.fail_after(5):
+        while not any(conn.requests for conn in server.service.connections):
+            await trio.sleep(0.01)
+
+
 async def test_a_slow_query_does_not_stall_other_clients(start_sql):
-    _, address = await start_sql(query_timeout=2.0)
+    server, address = await start_sql(query_timeout=2.0)
     done: list[str] = []
 
     async def slow() -> None:
@@ -292,7 +299,7 @@ async def test_a_slow_query_does_not_stall_other_clients(start_sql):
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(slow)
-        await trio.sleep(0.2)  # let the slow query get going first
+        await wait_until_busy(server)  # the slow query is running
         nursery.start_soon(quick)
     assert done == ["quick", "slow"]
 
@@ -301,9 +308,7 @@ async def test_a_client_that_leaves_mid_query_has_it_interrupted(raw, start_sql)
     server, address = await start_sql(query_timeout=0)  # only the disconnect can stop it
     client = await raw(address)
     await client.send(ENDLESS.encode() + b"\n")
-    with trio.fail_after(5):
-        while not server.service.connections or not next(iter(server.service.connections)).requests:
-            await trio.sleep(0.01)
+    await wait_until_busy(server)
     await client.stream.aclose()
     with trio.fail_after(5):  # without the interrupt the worker thread would count forever
         while server.service.connections:
@@ -371,9 +376,7 @@ async def test_shutdown_lets_the_running_query_finish(start_sql):
                 assert info.value.code == "timeout"  # it ran to its own end, within the grace
 
             nursery.start_soon(run)
-            with trio.fail_after(5):
-                while not server.service.connections or not next(iter(server.service.connections)).requests:
-                    await trio.sleep(0.01)
+            await wait_until_busy(server)
             server.shutdown(grace=10)
         with pytest.raises(OSError):
             await trio.open_tcp_stream(*address)  # no longer accepting
@@ -383,9 +386,7 @@ async def test_shutdown_grace_interrupts_what_runs_too_long(raw, start_sql):
     server, address = await start_sql(query_timeout=0)
     client = await raw(address)
     await client.send(ENDLESS.encode() + b"\n")
-    with trio.fail_after(5):
-        while not server.service.connections or not next(iter(server.service.connections)).requests:
-            await trio.sleep(0.01)
+    await wait_until_busy(server)
     server.shutdown(grace=0.5)
     with trio.fail_after(5):
         while server.service.connections:
