@@ -101,12 +101,7 @@ class FakeUpstream:
         return self.slow.get(name, 0.0)
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-        await sock.bind(("127.0.0.1", 0))
-        self.address = sock.getsockname()
-        listener = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
-        await listener.bind(self.address)
-        listener.listen(16)
+        sock, listener = await self._bind()
         with sock, listener:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._serve_tcp, listener, nursery)
@@ -114,6 +109,24 @@ class FakeUpstream:
                 while True:
                     data, peer = await sock.recvfrom(65535)
                     nursery.start_soon(self._answer_udp, sock, data, peer)
+
+    async def _bind(self):
+        # UDP and TCP on the same free port: the UDP port's TCP twin may be
+        # taken by some connection's ephemeral port, so try a few.
+        for _ in range(50):
+            sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            listener = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+            try:
+                await sock.bind(("127.0.0.1", 0))
+                await listener.bind(sock.getsockname())
+            except OSError:
+                sock.close()
+                listener.close()
+                continue
+            listener.listen(16)
+            self.address = sock.getsockname()
+            return sock, listener
+        raise RuntimeError("no free UDP+TCP port pair")
 
     async def _answer_udp(self, sock, data: bytes, peer) -> None:
         query = dns.message.from_wire(data)
@@ -264,3 +277,18 @@ def memory_names(nursery):
         return server
 
     return start
+
+
+@pytest.fixture
+async def tcp():
+    """``stream = await tcp(addr)``: a TCP connection closed when the test ends."""
+    streams = []
+
+    async def open_stream(addr) -> trio.SocketStream:
+        stream = await trio.open_tcp_stream(*addr)
+        streams.append(stream)
+        return stream
+
+    yield open_stream
+    for stream in streams:
+        await trio.aclose_forcefully(stream)

@@ -1,0 +1,236 @@
+"""The course's rule: --limit clients at once, a FIFO waiting room, a quota, an idle timeout.
+
+Real sockets and the real clock, except the idle-timeout tests, which use
+in-memory streams under the mock clock.
+"""
+
+import trio
+import trio.testing
+
+from trionet.framing import EOF
+from trionet.names import protocol
+from trionet.serving import receive_event
+
+
+class LineClient:
+    """A raw line-protocol client that records when things happened."""
+
+    def __init__(self, stream: trio.SocketStream, name: str) -> None:
+        self.stream = stream
+        self.name = name
+        self.proto = protocol.ClientLineProtocol()
+        self.places: list[int] = []
+        self.admitted_at: float | None = None
+        self.closed_at: float | None = None
+
+    @classmethod
+    async def open(cls, tcp, addr, name: str = "") -> "LineClient":
+        return cls(await tcp(addr), name)
+
+    async def next(self):
+        return await receive_event(self.stream, self.proto)
+
+    async def wait_admitted(self) -> protocol.Welcome | protocol.Bye:
+        while True:
+            event = await self.next()
+            if isinstance(event, protocol.Wait):
+                self.places.append(event.place)
+                continue
+            if isinstance(event, protocol.Welcome):
+                self.admitted_at = trio.current_time()
+            return event
+
+    async def ask(self, line: str):
+        await self.stream.send_all(line.encode() + b"\n")
+        return await self.next()
+
+
+async def test_ten_clients_limit_three_fifo_quota(start_names, tcp):
+    server, addrs = await start_names(limit=3, quota=4, backlog=20)
+    clients = []
+    for i in range(10):
+        client = await LineClient.open(tcp, addrs.line, f"c{i}")
+        first = await client.next()  # each one is in line before the next connects
+        if isinstance(first, protocol.Wait):
+            client.places.append(first.place)
+        else:
+            assert isinstance(first, protocol.Welcome)
+            client.admitted_at = trio.current_time()
+        clients.append(client)
+    assert [c.places[:1] for c in clients] == [[], [], [], [1], [2], [3], [4], [5], [6], [7]]
+    assert server.admission.in_use == 3 and server.admission.waiting == 7
+
+    most = 0
+
+    async def monitor() -> None:
+        nonlocal most
+        while True:
+            most = max(most, server.admission.in_use)
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(monitor)
+        # Serve one session at a time, oldest first: each quota close must admit
+        # exactly the oldest waiter, at once (a wrong choice leaves it waiting
+        # and fail_after fires).
+        admitted = clients[:3]
+        waiting = clients[3:]
+        while admitted:
+            client = admitted.pop(0)
+            for name in ("gateway.lan", "www.test", "printer", "10.0.0.1"):
+                reply = await client.ask(name)
+                assert isinstance(reply, protocol.Reply) and reply.status == "ok", reply
+            bye = await client.next()
+            assert isinstance(bye, protocol.Bye) and bye.reason == "quota-reached"
+            assert await client.next() is EOF  # a clean close: EOF after the bye, no reset
+            await client.stream.aclose()
+            if waiting:
+                oldest = waiting.pop(0)
+                with trio.fail_after(2):
+                    assert isinstance(await oldest.wait_admitted(), protocol.Welcome)
+                admitted.append(oldest)
+                assert server.admission.in_use == 3
+                assert server.admission.waiting == len(waiting)
+        nursery.cancel_scope.cancel()
+    assert most == 3
+    # The last one in line was told each step forward.
+    assert clients[9].places == [7, 6, 5, 4, 3, 2, 1]
+    assert server.admission.admitted_total == 10
+
+
+async def test_the_next_client_is_admitted_at_quota_before_the_first_one_closes(start_names, tcp):
+    server, addrs = await start_names(limit=1, quota=2)
+    first = await LineClient.open(tcp, addrs.line)
+    assert isinstance(await first.next(), protocol.Welcome)
+    second = await LineClient.open(tcp, addrs.line)
+    assert await second.next() == protocol.Wait(1, (await _wait_message(server)))
+    await first.ask("gw")
+    last = await first.ask("printer")
+    assert last.status == "ok"
+    assert (await first.next()).reason == "quota-reached"
+    # `first` keeps its socket open; the slot must be handed over anyway, at once.
+    with trio.fail_after(1):
+        assert isinstance(await second.wait_admitted(), protocol.Welcome)
+    assert (await second.ask("gw")).status == "ok"
+    await first.stream.aclose()
+
+
+async def _wait_message(server) -> str:
+    return protocol.parse_reply(protocol.encode_wait(1, server.admission.limit)[:-1]).message
+
+
+async def test_waiting_room_bound_turns_clients_away(start_names, tcp):
+    server, addrs = await start_names(limit=1, backlog=2)
+    holder = await LineClient.open(tcp, addrs.line)
+    assert isinstance(await holder.next(), protocol.Welcome)
+    waiting = [await LineClient.open(tcp, addrs.line) for _ in range(2)]
+    for i, client in enumerate(waiting, start=1):
+        assert (await client.next()).place == i
+    turned_away = await LineClient.open(tcp, addrs.line)
+    bye = await turned_away.next()
+    assert isinstance(bye, protocol.Bye) and bye.reason == "busy"
+    assert await turned_away.next() is EOF
+    assert server.admission.waiting == 2 and server.admission.turned_away == 1
+
+
+async def test_a_waiting_client_that_disconnects_leaves_the_line(start_names, tcp):
+    server, addrs = await start_names(limit=1, quota=0)
+    holder = await LineClient.open(tcp, addrs.line)
+    assert isinstance(await holder.next(), protocol.Welcome)
+    b = await LineClient.open(tcp, addrs.line)
+    assert (await b.next()).place == 1
+    c = await LineClient.open(tcp, addrs.line)
+    assert (await c.next()).place == 2
+    await b.stream.aclose()
+    with trio.fail_after(2):
+        assert (await c.next()).place == 1  # told it moved up
+    assert server.admission.waiting == 1
+    assert (await holder.ask("quit")).reason == "quit"
+    with trio.fail_after(2):
+        assert isinstance(await c.wait_admitted(), protocol.Welcome)
+
+
+async def test_both_ports_share_the_limit(start_names, tcp):
+    import dns.message
+
+    from trionet.framing import LengthPrefixFramer, encode_length_prefixed
+
+    server, addrs = await start_names(limit=1, quota=0)
+    dns_stream = await tcp(addrs.dns)
+    framer = LengthPrefixFramer(2, 65535)
+    await dns_stream.send_all(encode_length_prefixed(dns.message.make_query("gw", "A").to_wire(), 2))
+    await receive_event(dns_stream, framer)  # answered: this client holds the only slot
+    line = await LineClient.open(tcp, addrs.line)
+    assert (await line.next()).place == 1
+    await dns_stream.aclose()
+    with trio.fail_after(2):
+        assert isinstance(await line.wait_admitted(), protocol.Welcome)
+
+
+async def test_a_turned_away_dns_client_gets_refused(start_names, tcp):
+    import dns.message
+    import dns.rcode
+
+    from trionet.framing import LengthPrefixFramer, encode_length_prefixed
+
+    server, addrs = await start_names(limit=1, backlog=0)
+    holder = await LineClient.open(tcp, addrs.line)
+    assert isinstance(await holder.next(), protocol.Welcome)
+    stream = await tcp(addrs.dns)
+    await stream.send_all(encode_length_prefixed(dns.message.make_query("gw", "A").to_wire(), 2))
+    framer = LengthPrefixFramer(2, 65535)
+    frame = await receive_event(stream, framer)
+    assert dns.message.from_wire(frame.payload).rcode() == dns.rcode.REFUSED
+    assert await receive_event(stream, framer) is EOF
+
+
+# --- idle timeout, under the mock clock ----------------------------------------------
+
+
+async def test_idle_client_is_closed_and_the_next_admitted(autojump_clock, memory_names):
+    server = await memory_names(limit=1, quota=0, idle_timeout=30)
+    idle = await server.connect_memory()
+    assert isinstance(await idle.next(), protocol.Welcome)
+    waiting = await server.connect_memory()
+    assert isinstance(await waiting.next(), protocol.Wait)
+    start = trio.current_time()
+    await idle.send("gw")
+    await idle.next()
+    await trio.sleep(20)
+    await idle.send("printer")  # activity resets the timer
+    await idle.next()
+    bye = await idle.next()
+    assert bye.reason == "idle-timeout"
+    assert trio.current_time() - start == 20 + 30
+    welcome = await waiting.next()
+    assert isinstance(welcome, protocol.Welcome) and welcome.waited == 50
+    assert await idle.next() is EOF
+
+
+async def test_idle_dns_client_is_closed(autojump_clock, memory_names):
+    server = await memory_names(limit=1, quota=0, idle_timeout=10)
+    client = await server.connect_memory("dns")
+    start = trio.current_time()
+    assert await client.stream.receive_some() == b""
+    assert trio.current_time() - start == 10
+    assert server.admission.in_use == 0
+
+
+async def test_a_slow_trickle_is_cut_at_the_idle_timeout(autojump_clock, memory_names):
+    server = await memory_names(limit=2, quota=0, idle_timeout=5)
+    slow = await server.connect_memory()
+    assert isinstance(await slow.next(), protocol.Welcome)
+
+    async def trickle() -> None:
+        try:
+            for _ in range(100):
+                await slow.stream.send_all(b"x")  # never a newline
+                await trio.sleep(1)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        assert (await slow.next()).reason == "idle-timeout"
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() < 10

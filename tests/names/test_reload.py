@@ -1,0 +1,42 @@
+"""The hosts file is reloaded when it changes, without dropping connected clients."""
+
+import trio
+
+import trionet.names as names
+
+
+async def test_a_changed_hosts_file_is_reloaded_for_connected_clients(start_names, tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.1.0.1 old.lan\n")
+    server, addrs = await start_names(hosts_path=str(hosts), quota=0, reload_interval=0.05)
+    async with names.connect(*addrs.line) as conn:
+        assert (await conn.resolve("old.lan")).ok
+        loaded = server.reloads
+        hosts.write_text("10.1.0.2 new.lan\n# a longer file, so the size changes too\nbad line\n")
+        with trio.fail_after(5):
+            while server.reloads == loaded:
+                await trio.sleep(0.01)
+        # The same connection sees the new table.
+        assert (await conn.resolve("new.lan")).addresses == ("10.1.0.2",)
+        gone = await conn.resolve("old.lan")
+        assert gone.source != "hosts"
+
+
+async def test_request_reload_and_a_missing_file(start_names, tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.1.0.1 kept.lan\n")
+    server, addrs = await start_names(hosts_path=str(hosts), quota=0, reload_interval=3600)
+    hosts.unlink()
+    server.request_reload()  # what SIGHUP does
+    with trio.fail_after(5):
+        while server._hosts_stamp is not None:
+            await trio.sleep(0.01)
+    async with names.connect(*addrs.line) as conn:
+        assert (await conn.resolve("kept.lan")).ok  # an unreadable file keeps the old table
+    hosts.write_text("10.1.0.9 back.lan\n")
+    loaded = server.reloads
+    server.request_reload()
+    with trio.fail_after(5):
+        while server.reloads == loaded:
+            await trio.sleep(0.01)
+    assert server.table.lookup("back.lan", "A").records == ("10.1.0.9",)

@@ -1,0 +1,148 @@
+"""Upstream lookups: merged concurrent misses, failures and fallbacks, CNAME chains."""
+
+import dns.asyncquery
+import dns.message
+import dns.rrset
+import dns.rcode
+import trio
+
+import trionet.names as names
+from trionet.names.answer import Answer
+from trionet.names.resolver import Upstream, answer_from_response, parse_upstream, system_upstreams
+
+
+async def test_ten_concurrent_misses_reach_the_upstream_once(start_names, upstream):
+    server, addrs = await start_names(limit=10, quota=0)
+    results: list[names.Resolved] = []
+
+    async def client() -> None:
+        async with names.connect(*addrs.line) as conn:
+            results.append(await conn.resolve("slow.test"))  # 0.3 s upstream: all ten overlap
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(client)
+    assert upstream.counts[("slow.test", "A")] == 1
+    assert len(results) == 10
+    assert all(r.status == "ok" and r.addresses == ("192.0.2.20",) for r in results)
+    assert {r.source for r in results} == {"dns"}
+    assert server.resolver.stats.flights == 1 and server.resolver.stats.merged == 9
+
+
+async def test_merged_waiters_each_get_the_failure(start_names, upstream):
+    server, addrs = await start_names(limit=5, quota=0, upstream_timeout=0.3)
+    results = []
+
+    async def client() -> None:
+        async with names.connect(*addrs.line) as conn:
+            results.append(await conn.resolve("dropped.test"))
+
+    with trio.fail_after(3):  # never a hang
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(client)
+    assert [r.status for r in results] == ["servfail"] * 5
+    assert all("no answer within 0.3s" in r.message for r in results)
+    assert upstream.counts[("dropped.test", "A")] == 1
+    # A failure is not cached: the next client gets a fresh try.
+    async with names.connect(*addrs.line) as conn:
+        await conn.resolve("dropped.test")
+    assert upstream.counts[("dropped.test", "A")] == 2
+
+
+async def _closed_udp_port() -> int:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+async def test_next_upstream_after_unreachable_timeout_and_servfail(start_names, upstream, nursery):
+    from .conftest import FakeUpstream
+
+    broken = FakeUpstream()
+    broken.servfail.add("www.test")
+    await nursery.start(broken.serve)
+    mute = FakeUpstream()
+    mute.drop.add("www.test")
+    await nursery.start(mute.serve)
+    dead = Upstream("127.0.0.1", await _closed_udp_port())
+    server, addrs = await start_names(
+        quota=0, upstreams=[dead, broken.upstream, mute.upstream, upstream.upstream], upstream_timeout=0.3
+    )
+    async with names.connect(*addrs.line) as conn:
+        answer = await conn.resolve("www.test")
+    assert answer.status == "ok" and answer.addresses == ("192.0.2.1",)
+    assert broken.counts[("www.test", "A")] == 1 and mute.counts[("www.test", "A")] == 1
+
+
+async def test_all_upstreams_failing_is_a_clear_error(start_names, upstream):
+    dead = Upstream("127.0.0.1", await _closed_udp_port())
+    server, addrs = await start_names(quota=0, upstreams=[dead, upstream.upstream])
+    async with names.connect(*addrs.line) as conn:
+        answer = await conn.resolve("broken.test")
+    assert answer.status == "servfail"
+    assert "answered SERVFAIL" in answer.message and str(dead) in answer.message
+    # And SERVFAIL on the DNS port.
+    response = await dns.asyncquery.tcp(dns.message.make_query("broken.test", "A"), addrs.dns[0], port=addrs.dns[1], timeout=5)
+    assert response.rcode() == dns.rcode.SERVFAIL
+
+
+async def test_no_upstream_at_all(start_names):
+    server, addrs = await start_names(quota=0, upstreams=[])
+    async with names.connect(*addrs.line) as conn:
+        assert (await conn.resolve("www.test")).status == "servfail"
+        assert (await conn.resolve("gateway.lan")).status == "ok"
+
+
+async def test_cname_chains_are_followed(start_names, upstream):
+    server, addrs = await start_names(quota=0)
+    async with names.connect(*addrs.line) as conn:
+        answer = await conn.resolve("alias2.test")
+        assert answer.addresses == ("192.0.2.10",)
+        assert answer.ttl == 50  # the smallest TTL along the chain
+    response = await dns.asyncquery.tcp(dns.message.make_query("alias2.test", "A"), addrs.dns[0], port=addrs.dns[1], timeout=5)
+    assert [r.name.to_text() for r in response.answer] == ["alias2.test.", "alias.test.", "target.test."]
+
+
+async def test_a_dangling_cname_is_queried_further(start_names, upstream):
+    upstream.follow_cnames = False  # an upstream that answers only the first step
+    server, addrs = await start_names(quota=0)
+    async with names.connect(*addrs.line) as conn:
+        answer = await conn.resolve("alias2.test")
+    assert answer.addresses == ("192.0.2.10",)
+    assert upstream.counts[("alias.test", "A")] == 1 and upstream.counts[("target.test", "A")] == 1
+
+
+def test_answer_from_response_loops_and_negative_ttls():
+    from trionet.names.resolver import UpstreamFailure
+
+    query = dns.message.make_query("a.test", "A")
+    loop = dns.message.make_response(query)
+    loop.answer.append(dns.rrset.from_text("a.test.", 60, "IN", "CNAME", "b.test."))
+    loop.answer.append(dns.rrset.from_text("b.test.", 60, "IN", "CNAME", "a.test."))
+    try:
+        answer_from_response("a.test", "A", loop)
+    except UpstreamFailure as exc:
+        assert "loop" in str(exc)
+    else:
+        raise AssertionError("a CNAME loop must fail")
+    nx = dns.message.make_response(query)
+    nx.set_rcode(dns.rcode.NXDOMAIN)
+    nx.authority.append(dns.rrset.from_text("test.", 900, "IN", "SOA", "ns.test. a.test. 1 2 3 4 120"))
+    answer, follow = answer_from_response("a.test", "A", nx)
+    assert follow is None and answer.status == "nxdomain"
+    assert answer.ttl == 120 and answer.soa[0] == "test"  # min(SOA TTL, MINIMUM)
+    assert isinstance(answer, Answer)
+
+
+def test_upstream_parsing(tmp_path):
+    assert parse_upstream("192.0.2.1") == Upstream("192.0.2.1", 53)
+    assert parse_upstream("192.0.2.1:5353") == Upstream("192.0.2.1", 5353)
+    assert parse_upstream("[2001:db8::1]:5300") == Upstream("2001:db8::1", 5300)
+    assert parse_upstream("2001:db8::1") == Upstream("2001:db8::1", 53)
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("# comment\nsearch lan\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n")
+    assert system_upstreams(str(conf)) == [Upstream("192.0.2.53"), Upstream("fe80::1")]
+    assert system_upstreams(str(tmp_path / "missing")) == []
