@@ -28,14 +28,20 @@ async def _start_server(nursery, upstream, hosts_path, *args):
     )
     ports: dict[str, int] = {}
     log = bytearray()
-    with trio.fail_after(20):
-        while len(ports) < 2:
-            chunk = await process.stderr.receive_some()
-            if not chunk:
-                raise AssertionError(f"server exited: {log.decode(errors='replace')}")
-            log += chunk
-            for kind, port in LISTENING.findall(log):
-                ports[kind.decode()] = int(port)
+    try:
+        with trio.fail_after(20):
+            while len(ports) < 2:
+                chunk = await process.stderr.receive_some()
+                if not chunk:
+                    raise AssertionError(f"server exited: {log.decode(errors='replace')}")
+                log += chunk
+                for kind, port in LISTENING.findall(log):
+                    ports[kind.decode()] = int(port)
+    except BaseException:
+        process.kill()  # never leave a server behind
+        with trio.CancelScope(shield=True):
+            await process.wait()
+        raise
 
     async def drain() -> None:
         async for chunk in process.stderr:

@@ -192,7 +192,8 @@ def encode_welcome(*, quota: int, idle_timeout: float, waited: float) -> bytes:
 def encode_wait(place: int, serving: int) -> bytes:
     """Sent while the client waits for a slot, each time its place in line changes."""
     ahead = "you are next" if place == 1 else f"{place - 1} client(s) ahead of you"
-    return _line("wait", place, f"all {serving} slots are busy; {ahead}")
+    busy = "the only slot is busy" if serving == 1 else f"all {serving} slots are busy"
+    return _line("wait", place, f"{busy}; {ahead}")
 
 
 def encode_bye(reason: str, message: str) -> bytes:
