@@ -234,3 +234,17 @@ async def test_a_slow_trickle_is_cut_at_the_idle_timeout(autojump_clock, memory_
         assert (await slow.next()).reason == "idle-timeout"
         nursery.cancel_scope.cancel()
     assert trio.current_time() < 10
+
+
+async def test_shutdown_says_bye_to_admitted_and_waiting_clients(start_names, tcp):
+    server, addrs = await start_names(limit=1, quota=0)
+    admitted = await LineClient.open(tcp, addrs.line)
+    assert isinstance(await admitted.next(), protocol.Welcome)
+    waiting = await LineClient.open(tcp, addrs.line)
+    assert isinstance(await waiting.next(), protocol.Wait)
+    server.shutdown(5)
+    with trio.fail_after(3):
+        for client in (admitted, waiting):
+            bye = await client.next()
+            assert isinstance(bye, protocol.Bye) and bye.reason == "shutdown"
+            assert await client.next() is EOF
