@@ -248,3 +248,25 @@ async def test_shutdown_says_bye_to_admitted_and_waiting_clients(start_names, tc
             bye = await client.next()
             assert isinstance(bye, protocol.Bye) and bye.reason == "shutdown"
             assert await client.next() is EOF
+
+
+async def test_dns_quota_frees_the_slot_at_once_and_lets_the_client_close_first(autojump_clock, memory_names):
+    import dns.message
+
+    from trionet.framing import LengthPrefixFramer, encode_length_prefixed
+    from trionet.names.server import DNS_CLOSE_WAIT
+
+    server = await memory_names(limit=1, quota=2, idle_timeout=30)
+    client = await server.connect_memory("dns")
+    queries = [dns.message.make_query(name, "A") for name in ("gw", "printer")]
+    await client.stream.send_all(b"".join(encode_length_prefixed(q.to_wire(), 2) for q in queries))
+    framer = LengthPrefixFramer(2, 65535)
+    for _ in queries:
+        await receive_event(client.stream, framer)
+    start = trio.current_time()
+    nxt = await server.connect_memory()
+    assert isinstance(await nxt.next(), protocol.Welcome)  # the slot was given back at once
+    assert trio.current_time() == start
+    # The quota's client may close first (RFC 7766); if it stays silent the server closes.
+    assert await receive_event(client.stream, framer) is EOF
+    assert trio.current_time() - start == DNS_CLOSE_WAIT

@@ -47,6 +47,7 @@ from trionet.serving import RECEIVE_CHUNK, Connection, TCPService, receive_event
 
 __all__ = [
     "DEFAULT_DNS_PORT",
+    "DNS_CLOSE_WAIT",
     "LINGER",
     "WAIT_BUFFER",
     "NamesAddresses",
@@ -63,6 +64,8 @@ WAIT_BUFFER = 64 * 1024
 LINGER = 2.0
 """Seconds a closing connection may take to read what the client still sends after our EOF."""
 MAX_DNS_MESSAGE = 65535
+DNS_CLOSE_WAIT = 1.0
+"""Seconds a DNS client that used its quota has to close first before the server closes."""
 
 
 @dataclass(frozen=True)
@@ -492,11 +495,32 @@ class NamesServer:
                         await in_flight.acquire()
                         queries.start_soon(resolve_and_send, parsed)
                 if config.quota and answered >= config.quota:
+                    session.stopping = "quota-reached"
                     break
             if out:
                 await send(b"".join(out))
         # Every answer is sent; give the slot to the next client before closing.
         self._release(session)
+        if session.stopping == "quota-reached":
+            await self._let_dns_client_close(stream, framer)
+
+    @staticmethod
+    async def _let_dns_client_close(stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
+        """After the quota, give a DNS client a moment to close first, as RFC 7766 6.2.3 asks of clients.
+
+        The side that closes first keeps the TIME_WAIT state, so a server
+        that lets clients close keeps none; and a client that counts its own
+        queries (``dnsperf -O num-queries-per-conn=N``) is not surprised by
+        an EOF while it closes. A client that sends more, or stays silent for
+        :data:`DNS_CLOSE_WAIT` seconds, is closed by the server at once.
+        """
+        if framer.next_event() is not NEED_DATA:
+            return  # it already sent more than its quota
+        with trio.move_on_after(DNS_CLOSE_WAIT):
+            try:
+                await stream.receive_some(RECEIVE_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     async def _refuse(self, stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
         """Answer a turned-away DNS client's first query with REFUSED, if it comes within a second."""
