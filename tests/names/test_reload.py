@@ -40,3 +40,27 @@ async def test_request_reload_and_a_missing_file(start_names, tmp_path):
         while server.reloads == loaded:
             await trio.sleep(0.01)
     assert server.table.lookup("back.lan", "A").records == ("10.1.0.9",)
+
+
+async def test_dns_port_answers_follow_a_reload(start_names, tmp_path):
+    import dns.asyncquery
+    import dns.message
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.1.0.1 moving.lan\n")
+    server, addrs = await start_names(hosts_path=str(hosts), quota=0, reload_interval=3600)
+    query = dns.message.make_query("moving.lan", "A")
+
+    async def ask() -> str:
+        response = await dns.asyncquery.tcp(query, addrs.dns[0], port=addrs.dns[1], timeout=5)
+        return response.answer[0][0].to_text()
+
+    assert await ask() == "10.1.0.1"
+    assert await ask() == "10.1.0.1"  # the same bytes again: the ready-made answer
+    hosts.write_text("10.1.0.2 moving.lan\n")
+    loaded = server.reloads
+    server.request_reload()
+    with trio.fail_after(5):
+        while server.reloads == loaded:
+            await trio.sleep(0.01)
+    assert await ask() == "10.1.0.2"

@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""Benchmark ``trionet names`` against dnsmasq and unbound: cached-hit queries per second over DNS-over-TCP.
+
+Every server answers the same generated hosts file (``--names`` entries), so
+every query is a hit that needs no upstream. Two scenarios, from issue 3:
+
+- ``course``: ``trionet names serve --limit 3 --quota 4``; load from 3
+  concurrent connections, 4 queries per connection (each connection is
+  closed after its 4th answer and a new one opened);
+- ``open``: ``--limit 64 --quota 0``; 32 connections, 99 queries each.
+
+The load comes from ``dnsperf`` (Debian package ``dnsperf``) when it is
+installed: ``dnsperf -m tcp -c CLIENTS -O num-queries-per-conn=N``. Without
+it, a trio load generator in this file does the same (each connection keeps
+up to ``--window`` queries outstanding; it shares the CPU with the servers,
+so its figures are lower). dnsmasq (``dnsmasq-base``) and unbound
+(``unbound``) are measured in the same run when installed, as the baseline.
+
+Usage::
+
+    python3 tools/bench_names.py                 # both scenarios, every server found
+    python3 tools/bench_names.py --duration 20 --scenario open --generator trio
+
+Prints a Markdown table, ready for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import trio
+
+SCENARIOS = {
+    # name: (trionet --limit, --quota, load clients, queries per connection)
+    "course": (3, 4, 3, 4),
+    "open": (64, 0, 32, 99),
+}
+
+
+@dataclass
+class Result:
+    server: str
+    scenario: str
+    generator: str
+    qps: float
+    answered: int
+    lost: int
+    avg_latency_ms: float
+    command: str
+    spread: tuple[float, float] = (0.0, 0.0)
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP right now (the servers bind both)."""
+    for _ in range(100):
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def write_inputs(directory: Path, count: int) -> tuple[Path, Path, list[str]]:
+    names = [f"host-{i:05d}.bench.lan" for i in range(count)]
+    hosts = directory / "hosts"
+    hosts.write_text("".join(f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256} {n}\n" for i, n in enumerate(names)))
+    queries = directory / "queries.txt"
+    queries.write_text("".join(f"{n} A\n" for n in names))
+    return hosts, queries, names
+
+
+def wait_until_answers(port: int, name: str, timeout: float = 15.0) -> None:
+    """Poll with a TCP query until the server answers (servers here print no ready line)."""
+    query = dns.message.make_query(name, "A")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = dns.query.tcp(query, "127.0.0.1", port=port, timeout=1)
+            if response.rcode() == dns.rcode.NOERROR and response.answer:
+                return
+        except (OSError, dns.exception.DNSException):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answers {name} on port {port}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running(argv: list[str], port: int, probe: str, **kwargs):
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+    try:
+        try:
+            wait_until_answers(port, probe)
+        except RuntimeError:
+            process.kill()
+            _, err = process.communicate(timeout=5)
+            raise RuntimeError(f"{argv[0]} did not start: {err.decode(errors='replace')[-2000:]}") from None
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def trionet_server(hosts: Path, port: int, limit: int, quota: int, _tmp: Path):
+    argv = [
+        sys.executable, "-m", "trionet", "names", "serve",
+        "--hosts", str(hosts), "--dns-port", str(port), "--port", str(free_port()),
+        "--limit", str(limit), "--quota", str(quota), "--backlog", "1000",
+        "--upstream", "127.0.0.1:9", "--log-level", "warning",
+    ]
+    return argv, {}
+
+
+def dnsmasq_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
+    argv = [
+        shutil.which("dnsmasq") or "dnsmasq",
+        "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
+        f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+        "--cache-size=10000", "--user=root", "--group=root", "--pid-file=",
+        "--conf-file=/dev/null",
+        # One forked process per TCP connection, 20 at most by default: the
+        # open scenario's 32 clients would stall in the listen queue.
+        f"--max-tcp-connections={max(limit, 64)}",
+    ]
+    return argv, {}
+
+
+def unbound_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
+    lines = [
+        "server:",
+        f"  interface: 127.0.0.1@{port}",
+        f"  port: {port}",
+        "  do-daemonize: no", '  username: ""', '  chroot: ""', f'  directory: "{tmp}"',
+        '  pidfile: ""', "  use-syslog: no", "  verbosity: 0", "  num-threads: 1",
+        "  incoming-num-tcp: 128", "  do-ip6: no", "  access-control: 127.0.0.0/8 allow",
+        '  module-config: "iterator"', '  local-zone: "bench.lan." static',
+    ]
+    for line in hosts.read_text().splitlines():
+        address, name = line.split()
+        lines.append(f'  local-data: "{name}. 0 IN A {address}"')
+    conf = tmp / "unbound.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return [shutil.which("unbound") or "unbound", "-d", "-c", str(conf)], {}
+
+
+SERVERS = {"trionet": trionet_server, "dnsmasq": dnsmasq_server, "unbound": unbound_server}
+
+
+def available(server: str) -> bool:
+    return server == "trionet" or shutil.which(server) is not None
+
+
+def run_dnsperf(port: int, queries: Path, clients: int, per_conn: int, duration: float) -> tuple[Result, str]:
+    argv = [
+        "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-m", "tcp", "-d", str(queries),
+        "-l", str(duration), "-c", str(clients), "-O", f"num-queries-per-conn={per_conn}",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
+
+    def number(pattern: str) -> float:
+        match = re.search(pattern, out)
+        return float(match.group(1)) if match else float("nan")
+
+    qps = number(r"Queries per second:\s+([\d.]+)")
+    answered = int(number(r"Queries completed:\s+(\d+)"))
+    lost = int(number(r"Queries lost:\s+(\d+)"))
+    latency = number(r"Average Latency \(s\):\s+([\d.]+)") * 1000
+    return Result("", "", "dnsperf", qps, answered, lost, latency, " ".join(argv)), out
+
+
+async def _trio_load(port: int, names: list[str], clients: int, per_conn: int, duration: float, window: int):
+    wires = []
+    for i, name in enumerate(names):
+        query = dns.message.make_query(name, "A")
+        wire = query.to_wire()
+        wires.append(wire[2:])  # the ID is set per query
+    answered = lost = 0
+    latency_total = 0.0
+    deadline = trio.current_time() + duration
+
+    async def connection(worker: int, counter: list[int]) -> None:
+        nonlocal answered, lost, latency_total
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        sent: dict[int, float] = {}
+        slots = trio.Semaphore(window)
+        async with stream:
+
+            async def sender() -> None:
+                for _ in range(per_conn):
+                    await slots.acquire()
+                    counter[0] += 1
+                    msg_id = counter[0] & 0xFFFF
+                    body = struct.pack("!H", msg_id) + wires[counter[0] % len(wires)]
+                    sent[msg_id] = trio.current_time()
+                    await stream.send_all(struct.pack("!H", len(body)) + body)
+
+            async def receiver() -> None:
+                nonlocal answered, latency_total
+                buf = b""
+                got = 0
+                while got < per_conn:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buf += data
+                    while len(buf) >= 2 and len(buf) >= 2 + struct.unpack("!H", buf[:2])[0]:
+                        size = struct.unpack("!H", buf[:2])[0]
+                        msg_id = struct.unpack("!H", buf[2:4])[0]
+                        buf = buf[2 + size :]
+                        started = sent.pop(msg_id, None)
+                        if started is not None:
+                            latency_total += trio.current_time() - started
+                        answered += 1
+                        got += 1
+                        slots.release()
+
+            with trio.move_on_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(sender)
+                    await receiver()
+                    nursery.cancel_scope.cancel()
+            lost += len(sent)
+
+    async def worker(index: int) -> None:
+        counter = [index * 100_000]
+        while trio.current_time() < deadline:
+            try:
+                await connection(index, counter)
+            except OSError:
+                await trio.sleep(0.01)
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for index in range(clients):
+            nursery.start_soon(worker, index)
+    elapsed = trio.current_time() - started
+    return answered / elapsed, answered, lost, (latency_total / answered * 1000 if answered else float("nan"))
+
+
+def run_trio_load(port, names, clients, per_conn, duration, window) -> Result:
+    qps, answered, lost, latency = trio.run(_trio_load, port, names, clients, per_conn, duration, window)
+    command = f"trio load generator: {clients} connections x {per_conn} queries, window {window}, {duration:g}s"
+    return Result("", "", "trio", qps, answered, lost, latency, command)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
+    parser.add_argument("--scenario", choices=["course", "open", "both"], default="both")
+    parser.add_argument("--generator", choices=["auto", "dnsperf", "trio"], default="auto",
+                        help="load generator; auto = dnsperf when installed, else trio")
+    parser.add_argument("--servers", default="trionet,dnsmasq,unbound",
+                        help="comma-separated servers to measure, when installed (default: all three)")
+    parser.add_argument("--names", type=int, default=1000, help="entries in the generated hosts file (default 1000)")
+    parser.add_argument("--window", type=int, default=8,
+                        help="trio generator: queries outstanding per connection (default 8)")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per server and scenario; the median is reported (default 3)")
+    args = parser.parse_args()
+
+    generator = args.generator
+    if generator == "auto":
+        generator = "dnsperf" if shutil.which("dnsperf") else "trio"
+    if generator == "dnsperf" and not shutil.which("dnsperf"):
+        sys.exit("dnsperf is not installed (Debian: apt-get install dnsperf)")
+    scenarios = ["course", "open"] if args.scenario == "both" else [args.scenario]
+    servers = [s for s in args.servers.split(",") if s]
+    missing = [s for s in servers if not available(s)]
+    servers = [s for s in servers if available(s)]
+    print(f"# {platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
+    print(f"# generator: {generator}; servers: {', '.join(servers)}"
+          + (f" (not installed: {', '.join(missing)})" if missing else ""))
+
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-names-") as tmpdir:
+        tmp = Path(tmpdir)
+        os.chmod(tmp, 0o755)
+        hosts, queries, names = write_inputs(tmp, args.names)
+        for scenario in scenarios:
+            limit, quota, clients, per_conn = SCENARIOS[scenario]
+            ports: dict[str, int] = {}
+            argvs: dict[str, list[str]] = {}
+            with contextlib.ExitStack() as servers_running:
+                for server in servers:
+                    port = free_port()
+                    argv, kwargs = SERVERS[server](hosts, port, limit, quota, tmp)
+                    servers_running.enter_context(running(argv, port, names[0], **kwargs))
+                    ports[server], argvs[server] = port, argv
+                # Interleave the servers, so that a burst of load from elsewhere
+                # on the machine does not land on one server only.
+                runs: dict[str, list[Result]] = {server: [] for server in servers}
+                for _ in range(args.repeat):
+                    for server in servers:
+                        if generator == "dnsperf":
+                            result, _raw = run_dnsperf(ports[server], queries, clients, per_conn, args.duration)
+                        else:
+                            result = run_trio_load(ports[server], names, clients, per_conn, args.duration, args.window)
+                        runs[server].append(result)
+                        print(f"# {scenario:<6} {server:<8} {result.qps:10.0f} q/s  lost {result.lost}", file=sys.stderr)
+            for server in servers:
+                ordered = sorted(runs[server], key=lambda r: r.qps)
+                median = ordered[len(ordered) // 2]
+                median.server, median.scenario = server, scenario
+                median.spread = (ordered[0].qps, ordered[-1].qps)
+                median.command = f"server: {' '.join(argvs[server])}\nload: {median.command}"
+                results.append(median)
+
+    print()
+    print(f"Median of {args.repeat} run(s) of {args.duration:g}s each, servers interleaved.")
+    print()
+    print("| scenario | server | queries/s (median) | min - max | vs dnsmasq | avg latency | lost |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for scenario in scenarios:
+        base = next((r.qps for r in results if r.scenario == scenario and r.server == "dnsmasq"), None)
+        for r in (r for r in results if r.scenario == scenario):
+            ratio = f"{r.qps / base:.2f}x" if base else "-"
+            low, high = r.spread
+            print(
+                f"| {scenario} | {r.server} | {r.qps:,.0f} | {low:,.0f} - {high:,.0f} | {ratio} "
+                f"| {r.avg_latency_ms:.2f} ms | {r.lost} |"
+            )
+    print()
+    for r in results:
+        print(f"<!-- {r.scenario} / {r.server}\n{r.command}\n-->")
+
+
+if __name__ == "__main__":
+    main()
