@@ -120,6 +120,21 @@ class AdmissionLimit:
         finally:
             self.leave(ticket)
 
+    def try_enter(self) -> Ticket | None:
+        """Take a free slot now if there is one (and nobody waits for it); else return None.
+
+        Never waits and never joins the line. Every ticket returned must be
+        given back with :meth:`leave`.
+        """
+        ticket = Ticket(arrived=trio.current_time())
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(ticket)
+        except trio.WouldBlock:
+            return None
+        ticket.admitted = ticket.arrived
+        self.admitted_total += 1
+        return ticket
+
     async def enter(self, *, on_wait: OnWait | None = None) -> Ticket:
         """Wait for a slot, in FIFO order, and return the ticket that holds it.
 

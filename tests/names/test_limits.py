@@ -132,3 +132,15 @@ def test_arguments_are_checked():
         AdmissionLimit(0)
     with pytest.raises(ValueError):
         AdmissionLimit(1, backlog=-1)
+
+
+async def test_try_enter_never_waits_and_never_jumps_the_line():
+    room = AdmissionLimit(1)
+    first = room.try_enter()
+    assert first is not None and room.try_enter() is None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(room.enter)
+        await trio.testing.wait_all_tasks_blocked()
+        room.leave(first)  # the slot goes to the waiter, not to a later try_enter
+        assert room.try_enter() is None
+        nursery.cancel_scope.cancel()

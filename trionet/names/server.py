@@ -277,6 +277,10 @@ class NamesServer:
         shutting down). Raises :class:`_Busy` when the waiting room is full.
         """
 
+        session.ticket = self.admission.try_enter()
+        if session.ticket is not None:
+            return True  # a free slot: no waiting, nothing to watch
+
         async def watch_client(scope: trio.CancelScope) -> None:
             kept = 0
             while kept < WAIT_BUFFER:
