@@ -240,21 +240,33 @@ class NamesServer:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _load(self, path: str) -> None:
+    def _read(self, path: str) -> tuple[tuple | None, HostsTable | None, list, OSError | None]:
+        """Stat and parse the hosts file; safe to run in a worker thread (it changes nothing)."""
         stamp = self._stamp(path)
         try:
             table, warnings = load_hosts(path)
         except OSError as exc:
-            log.warning("cannot read hosts file %s: %s; keeping %d name(s)", path, exc.strerror or exc, len(self.table))
-            self._hosts_stamp = stamp
+            return stamp, None, [], exc
+        return stamp, table, warnings, None
+
+    def _apply(self, path: str, read: tuple) -> None:
+        """Install what :meth:`_read` returned; runs on the event loop, so no lookup sees half of it."""
+        stamp, table, warnings, error = read
+        self._hosts_stamp = stamp
+        if error is not None:
+            log.warning(
+                "cannot read hosts file %s: %s; keeping %d name(s)", path, error.strerror or error, len(self.table)
+            )
             return
         for warning in warnings:
             log.warning("%s", warning)
         self.table = table
         self._hosts_wire.clear()
-        self._hosts_stamp = stamp
         self.reloads += 1
         log.info("hosts file %s: %d name(s)", path, len(table))
+
+    def _load(self, path: str) -> None:
+        self._apply(path, self._read(path))
 
     async def _watch_hosts(self) -> None:
         path = self.hosts_path
@@ -266,7 +278,7 @@ class NamesServer:
             self._reload_requested = trio.Event()
             stamp = await trio.to_thread.run_sync(self._stamp, path)
             if forced or stamp != self._hosts_stamp:
-                await trio.to_thread.run_sync(self._load, path)
+                self._apply(path, await trio.to_thread.run_sync(self._read, path))
 
     # --- admission, shared by both ports ------------------------------------------
 
