@@ -178,6 +178,30 @@ async def test_a_client_that_does_not_read_holds_the_server_back(raw, start_sql,
             await client.event()
 
 
+async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeout(raw, start_sql):
+    server, address = await start_sql(max_rows=0, query_timeout=0, send_timeout=0.5)
+    client = await raw(address)
+    await client.send(b"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x, randomblob(1000) FROM c\n")
+    with trio.fail_after(10):  # without the send timeout it would wait for us forever
+        while server.service.connections:
+            await trio.sleep(0.05)
+
+
+async def test_query_timeout_counts_sqlite_time_not_a_slow_reader(raw, start_sql):
+    _, address = await start_sql(query_timeout=0.5, max_rows=0)
+    client = await raw(address)
+    # 20 MB: far more than the socket buffers hold, so the server must wait for us.
+    await client.send(
+        b"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000) "
+        b"SELECT x, randomblob(2000) FROM c\n"
+    )
+    events = [await client.event(), await client.event()]
+    await trio.sleep(1.0)  # a slow reader: longer than the query timeout
+    events += await client.answer()
+    assert isinstance(events[-1], protocol.Done), events[-1]
+    assert events[-1].rows == 10000
+
+
 async def test_malformed_input_gets_errors_and_the_connection_stays_usable(raw, start_sql):
     _, address = await start_sql(max_request_bytes=1000)
     client = await raw(address)

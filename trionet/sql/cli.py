@@ -62,7 +62,8 @@ def sql() -> None:
     default=30.0,
     show_default=True,
     metavar="SECONDS",
-    help="Interrupt a request that runs longer than this, rows delivered included; 0 for no limit.",
+    help="Interrupt a statement once SQLite has worked on it this long (waiting for a slow client "
+    "to read its rows does not count); 0 for no limit.",
 )
 @click.option(
     "--max-rows",

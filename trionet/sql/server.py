@@ -40,7 +40,10 @@ class SqlServerConfig:
     """The server's limits; every one of them is a ``trionet sql serve`` option.
 
     Attributes:
-        query_timeout: seconds a request may take, rows delivered included; 0 for none.
+        query_timeout: seconds SQLite may work on one request (time spent
+            waiting for the client to read rows does not count); 0 for none.
+        send_timeout: seconds a client may leave the server's writes
+            unread before it is disconnected.
         max_rows: the most rows one result may have (more are cut and marked
             truncated); 0 for no cap.
         max_request_bytes: the longest request line.
@@ -51,6 +54,7 @@ class SqlServerConfig:
     """
 
     query_timeout: float = 30.0
+    send_timeout: float = 60.0
     max_rows: int = 100_000
     max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES
     batch_rows: int = 256
@@ -98,7 +102,7 @@ class SqlServer:
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._limiter)
         state = _ConnState(session)
         try:
-            await conn.stream.send_all(self._hello)
+            await self._send(conn, self._hello)
             send_channel, receive_channel = trio.open_memory_channel(0)
             try:
                 async with trio.open_nursery() as nursery:
@@ -114,7 +118,7 @@ class SqlServer:
                             if conn.draining.is_set():
                                 break
                     if conn.draining.is_set():
-                        await conn.stream.send_all(protocol.encode_bye("server shutting down"))
+                        await self._send(conn, protocol.encode_bye("server shutting down"))
                     nursery.cancel_scope.cancel()
             except* _ClientGone:
                 pass
@@ -158,26 +162,40 @@ class SqlServer:
 
     async def _answer(self, conn: Connection, session: Session, request) -> None:
         if isinstance(request, protocol.BadRequest):
-            await conn.stream.send_all(protocol.encode_error(request.id, request.code, request.message))
+            await self._send(conn, protocol.encode_error(request.id, request.code, request.message))
             return
-        timeout = self.config.query_timeout or math.inf
-        with trio.move_on_after(timeout + 1.0) as scope:
-            await self._run(conn, session, request, time.monotonic() + timeout)
-        if scope.cancelled_caught:
-            # Only a send can outlive the deadline this long: the client is not
-            # reading its rows. The stream is mid-frame now, so it cannot go on.
-            raise trio.BrokenResourceError("client did not read its rows within the query timeout")
+        await self._run(conn, session, request)
 
-    async def _run(self, conn: Connection, session: Session, request: protocol.Request, deadline: float) -> None:
+    async def _send(self, conn: Connection, data: bytes) -> None:
+        with trio.move_on_after(self.config.send_timeout or math.inf):
+            await conn.stream.send_all(data)
+            return
+        # The client has not read for send_timeout seconds. The stream may be
+        # mid-frame now, so the connection cannot go on.
+        raise trio.BrokenResourceError(f"client read nothing for {self.config.send_timeout}s")
+
+    async def _run(self, conn: Connection, session: Session, request: protocol.Request) -> None:
         started = time.perf_counter()
         req_id = request.id
         cap = self.config.max_rows
         if request.max_rows is not None:
             cap = request.max_rows if cap == 0 else min(cap, request.max_rows)
         batch = self.config.batch_rows
+        work_left = self.config.query_timeout or math.inf  # seconds of SQLite time still allowed
         sent = 0
         truncated = False
         columns_sent = False
+
+        async def in_sqlite(fn, *args, inline: bool = False) -> FetchResult:
+            nonlocal work_left
+            begun = time.monotonic()
+            try:
+                if inline:
+                    return fn(*args, begun + work_left, INLINE_BUDGET)
+                return await trio.to_thread.run_sync(fn, *args, begun + work_left, limiter=self._limiter)
+            finally:
+                work_left -= time.monotonic() - begun
+
         try:
             want = self._want(batch, cap, sent)
             result = None
@@ -185,11 +203,11 @@ class SqlServer:
                 # A short read costs less here than a thread hop (docs/benchmarks.md);
                 # the budget bounds how long it can hold the event loop.
                 try:
-                    result = session.execute(request.sql, request.params, want, deadline, INLINE_BUDGET)
+                    result = await in_sqlite(session.execute, request.sql, request.params, want, inline=True)
                 except OverBudget:
                     pass
             if result is None:
-                result = await self._in_thread(session.execute, request.sql, request.params, want, deadline)
+                result = await in_sqlite(session.execute, request.sql, request.params, want)
             out = protocol.encode_columns(req_id, result.columns or [])
             columns_sent = True
             while True:
@@ -202,9 +220,9 @@ class SqlServer:
                     sent += len(rows)
                 if truncated or result.exhausted:
                     break
-                await conn.stream.send_all(out)
+                await self._send(conn, out)  # backpressure: the next batch waits for this one
                 out = b""
-                result = await self._in_thread(session.fetch, self._want(batch, cap, sent), deadline)
+                result = await in_sqlite(session.fetch, self._want(batch, cap, sent))
             if truncated and not result.exhausted:
                 session.cancel_statement()
             out += protocol.encode_done(
@@ -218,15 +236,13 @@ class SqlServer:
         except SqlError as exc:
             out = b"" if not columns_sent else out
             out += protocol.encode_error(req_id, exc.code, exc.message)
-        await conn.stream.send_all(out)
+        await self._send(conn, out)
 
     @staticmethod
     def _want(batch: int, cap: int, sent: int) -> int:
         # Ask for one row past the cap, so that a cut result is known to be cut.
         return batch if not cap else max(1, min(batch, cap - sent + 1))
 
-    async def _in_thread(self, fn, *args) -> FetchResult:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
 
 @dataclass(eq=False)
