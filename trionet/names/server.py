@@ -66,6 +66,8 @@ LINGER = 2.0
 MAX_DNS_MESSAGE = 65535
 DNS_CLOSE_WAIT = 1.0
 HOSTS_WIRE_ENTRIES = 4096
+STUCK_SEND_NO_IDLE = 30.0
+"""Seconds a send may stay blocked when there is no idle timeout (otherwise: the idle timeout)."""
 """Seconds a DNS client that used its quota has to close first before the server closes."""
 
 
@@ -120,6 +122,8 @@ class _Session:
     stopping: str = ""  # why the session ends: "shutdown" or "idle-timeout"
     wait_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     pending: collections.deque = field(default_factory=collections.deque)
+    sending: bool = False  # a send is in progress...
+    sends: int = 0  # ...and this is its number, for the watchdog
 
 
 class NamesServer:
@@ -326,18 +330,41 @@ class NamesServer:
             self.admission.leave(session.ticket)
             session.ticket = None
 
-    async def _watch_drain(self, conn: Connection, session: _Session) -> None:
-        await conn.draining.wait()
-        session.stopping = "shutdown"
-        session.wait_scope.cancel()
+    async def _watch(self, conn: Connection, session: _Session, scope: trio.CancelScope) -> None:
+        """Stop the session at shutdown, and end it when one send stays blocked too long.
 
-    async def _send(self, stream: trio.abc.Stream, data: bytes) -> None:
-        # A client that does not read its answers must not hold its slot forever.
-        limit = self.config.idle_timeout or LINGER * 15
-        with trio.move_on_after(limit) as scope:
+        A client that does not read its answers must not hold its slot
+        forever. A cancel scope around every send would cost more than the
+        send itself on the DNS fast path, so sends are numbered instead, and
+        this watchdog ends the session when it sees the same send still
+        blocked at two checks ``period`` seconds apart.
+        """
+        period = (self.config.idle_timeout or STUCK_SEND_NO_IDLE) / 2
+        seen = -1
+        while True:
+            if not conn.draining.is_set():
+                with trio.move_on_after(period):
+                    await conn.draining.wait()
+                if conn.draining.is_set():
+                    session.stopping = "shutdown"
+                    session.wait_scope.cancel()
+                    continue  # a full period before the next check
+            else:
+                await trio.sleep(period)
+            if session.sending and session.sends == seen:
+                log.info("%s: client has not read its answers for %.1fs; closing", conn.peer, period)
+                scope.cancel()
+                return
+            seen = session.sends if session.sending else -1
+
+    @staticmethod
+    async def _send(session: _Session, stream: trio.abc.Stream, data: bytes) -> None:
+        session.sending = True
+        session.sends += 1
+        try:
             await stream.send_all(data)
-        if scope.cancelled_caught:
-            raise trio.BrokenResourceError(f"client did not read for {limit:g}s")
+        finally:
+            session.sending = False
 
     @staticmethod
     async def _close_gently(stream: trio.abc.Stream) -> None:
@@ -360,7 +387,7 @@ class NamesServer:
         """Serve one client of the line protocol (the line port's TCPService handler)."""
         session = _Session()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_drain, conn, session)
+            nursery.start_soon(self._watch, conn, session, nursery.cancel_scope)
             try:
                 await self._line_session(conn, session)
             finally:
@@ -374,26 +401,25 @@ class NamesServer:
         config = self.config
 
         async def tell_place(place: int) -> None:
-            await self._send(stream, protocol.encode_wait(place, self.admission.limit))
+            await self._send(session, stream, protocol.encode_wait(place, self.admission.limit))
 
         try:
             admitted = await self._admit(conn, session, proto, tell_place)
         except _Busy:
             message = f"all {self.admission.limit} slots are busy and {self.admission.waiting} client(s) are waiting; try again later"
-            await self._send(stream, protocol.encode_bye("busy", message))
+            await self._send(session, stream, protocol.encode_bye("busy", message))
             return
         if not admitted:
             if session.stopping == "shutdown":
-                await self._send(stream, protocol.encode_bye("shutdown", "the server is shutting down"))
+                await self._send(session, stream, protocol.encode_bye("shutdown", "the server is shutting down"))
             return
         ticket = session.ticket
-        await self._send(
-            stream, protocol.encode_welcome(quota=config.quota, idle_timeout=config.idle_timeout, waited=ticket.waited)
-        )
+        welcome = protocol.encode_welcome(quota=config.quota, idle_timeout=config.idle_timeout, waited=ticket.waited)
+        await self._send(session, stream, welcome)
         answered = 0
         while True:
             if session.stopping == "shutdown":
-                await self._send(stream, protocol.encode_bye("shutdown", "the server is shutting down"))
+                await self._send(session, stream, protocol.encode_bye("shutdown", "the server is shutting down"))
                 return
             if session.pending:
                 event = session.pending.popleft()
@@ -408,6 +434,7 @@ class NamesServer:
                     if session.stopping == "shutdown":
                         continue
                     await self._send(
+                        session,
                         stream,
                         protocol.encode_bye("idle-timeout", f"no query for {config.idle_timeout:g} seconds; goodbye"),
                     )
@@ -415,7 +442,7 @@ class NamesServer:
             if event is EOF:
                 return
             if isinstance(event, protocol.Quit):
-                await self._send(stream, protocol.encode_bye("quit", "goodbye"))
+                await self._send(session, stream, protocol.encode_bye("quit", "goodbye"))
                 return
             conn.requests += 1
             answered += 1
@@ -430,9 +457,9 @@ class NamesServer:
                 reply += protocol.encode_bye(
                     "quota-reached", f"{answered} queries answered, the quota of this server; connect again for more"
                 )
-                await self._send(stream, reply)
+                await self._send(session, stream, reply)
                 return
-            await self._send(stream, reply)
+            await self._send(session, stream, reply)
 
     # --- the DNS port -----------------------------------------------------------------
 
@@ -440,7 +467,7 @@ class NamesServer:
         """Serve one DNS-over-TCP client (the DNS port's TCPService handler)."""
         session = _Session()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_drain, conn, session)
+            nursery.start_soon(self._watch, conn, session, nursery.cancel_scope)
             try:
                 await self._dns_session(conn, session)
             finally:
@@ -455,23 +482,30 @@ class NamesServer:
         try:
             admitted = await self._admit(conn, session, framer, None)
         except _Busy:
-            await self._refuse(stream, framer)
+            await self._refuse(session, stream, framer)
             return
         if not admitted:
             return
         send_lock = trio.Lock()
         in_flight = trio.Semaphore(config.max_in_flight)
         answered = 0
+        resolving = 0  # tasks resolving a query; while there are none, nobody else sends
 
         async def send(wire: bytes) -> None:
-            async with send_lock:
-                await self._send(stream, wire)
+            if resolving:
+                async with send_lock:
+                    await self._send(session, stream, wire)
+            else:
+                await self._send(session, stream, wire)  # the fast path: no lock to take
 
         async def resolve_and_send(query: dnswire.DnsQuery) -> None:
+            nonlocal resolving
             try:
                 answer = await self.lookup(query.qname, query.rdtype)
-                await send(_frame(dnswire.build_response(query, answer)))
+                async with send_lock:
+                    await self._send(session, stream, _frame(dnswire.build_response(query, answer)))
             finally:
+                resolving -= 1
                 in_flight.release()
 
         async with trio.open_nursery() as queries:
@@ -515,6 +549,7 @@ class NamesServer:
                                 await send(b"".join(out))
                                 out.clear()
                             await in_flight.acquire()
+                            resolving += 1
                             queries.start_soon(resolve_and_send, parsed)
                         else:
                             response = dnswire.build_response(parsed, answer)
@@ -557,7 +592,7 @@ class NamesServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
-    async def _refuse(self, stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
+    async def _refuse(self, session: _Session, stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
         """Answer a turned-away DNS client's first query with REFUSED, if it comes within a second."""
         with trio.move_on_after(1.0):
             event = await receive_event(stream, framer)
@@ -567,7 +602,7 @@ class NamesServer:
                     wire = parsed
                 else:
                     wire = dnswire.build_error(event.payload, dnswire.REFUSED, parsed)
-                await self._send(stream, _frame(wire))
+                await self._send(session, stream, _frame(wire))
 
 
 def _frame(wire: bytes) -> bytes:
