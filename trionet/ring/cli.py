@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import resource
+import statistics
 import sys
 
 import click
@@ -173,6 +174,7 @@ def _write_stats(path: str, node: RingNode) -> None:
         "node": node.me.id,
         "round_trips": node.round_trips,
         "round_trip_total": node.round_trip_total,
+        "round_trip_median": statistics.median(node.round_trip_samples) if node.round_trip_samples else None,
         "first_send": node.first_send,
         "last_return": node.last_return,
         "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

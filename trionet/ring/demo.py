@@ -29,17 +29,32 @@ _WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo li
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Return ``count`` TCP ports free on ``host`` right now (the OS picks them)."""
-    sockets = []
+    """Return ``count`` distinct TCP ports free on ``host`` right now.
+
+    They are drawn below the kernel's ephemeral range, so that the nodes' own
+    outgoing connections (which take ephemeral ports) cannot take one of them
+    before its node starts listening.
+    """
+    low = 20000
     try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            ephemeral_low = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    high = max(ephemeral_low - 1, low + 1000)
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(low, high)
+        if port in ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
 
 
 class _PacedStream(trio.abc.Stream):
