@@ -219,6 +219,8 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
+    """The client is admitted: its quota (0: none), the idle timeout and how long it waited, in seconds."""
+
     quota: int
     idle_timeout: float
     waited: float
@@ -226,12 +228,16 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
+    """Every slot is taken: the client is number ``place`` in line (1 is next)."""
+
     place: int
     message: str
 
 
 @dataclass(frozen=True, slots=True)
 class Bye:
+    """The server closes the connection after this line; ``reason`` is one of :data:`BYE_REASONS`."""
+
     reason: str
     message: str
 

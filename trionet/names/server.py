@@ -292,7 +292,6 @@ class NamesServer:
         Returns False when the client left while waiting (or the server is
         shutting down). Raises :class:`_Busy` when the waiting room is full.
         """
-
         session.ticket = self.admission.try_enter()
         if session.ticket is not None:
             return True  # a free slot: no waiting, nothing to watch
