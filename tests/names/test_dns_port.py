@@ -117,3 +117,35 @@ async def test_random_bytes_on_both_ports_while_others_are_served(start_names, t
     assert isinstance(await receive_event(line, proto), protocol.Welcome)
     event = await receive_event(line, proto)
     assert isinstance(event, protocol.Reply) and event.status == "bad-request"
+
+
+async def test_a_waiting_dns_client_is_answered_once_admitted(start_names, tcp):
+    server, addrs = await start_names(quota=0, limit=1)
+    holder = await tcp(addrs.line)
+    proto = protocol.ClientLineProtocol()
+    assert isinstance(await receive_event(holder, proto), protocol.Welcome)
+    waiter = await tcp(addrs.dns)
+    query = dns.message.make_query("gw", "A")
+    await waiter.send_all(encode_length_prefixed(query.to_wire(), 2))
+    framer = LengthPrefixFramer(2, 65535)
+    with trio.move_on_after(0.3) as waited:
+        await receive_event(waiter, framer)
+    assert waited.cancelled_caught, "answered while every slot was taken"
+    assert server.admission.waiting == 1
+    await holder.send_all(b"quit\n")
+    with trio.fail_after(3):
+        response = dns.message.from_wire((await receive_event(waiter, framer)).payload)
+    assert response.id == query.id and response.answer[0][0].to_text() == "10.0.0.1"
+
+
+async def test_a_dns_client_that_leaves_the_line_is_forgotten(start_names, tcp):
+    server, addrs = await start_names(quota=0, limit=1)
+    holder = await tcp(addrs.line)
+    assert isinstance(await receive_event(holder, protocol.ClientLineProtocol()), protocol.Welcome)
+    leaver = await tcp(addrs.dns)
+    with trio.fail_after(3):
+        while server.admission.waiting != 1:
+            await trio.sleep(0.01)
+        await leaver.aclose()
+        while server.admission.waiting != 0:
+            await trio.sleep(0.01)
