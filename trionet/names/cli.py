@@ -220,7 +220,8 @@ def serve(
     "rdtype",
     type=click.Choice(LINE_TYPES, case_sensitive=False),
     default=None,
-    help="Record type to ask for. [default: A; PTR for an IP address]",
+    metavar="TYPE",
+    help=f"Record type to ask for: {', '.join(LINE_TYPES)} (any case). [default: A; PTR for an IP address]",
 )
 @click.option(
     "--format",
