@@ -15,7 +15,7 @@ For each ring size (default 3, 8 and 32 ``trionet ring join`` processes on
   relay, no acks, no tokens) closed into a ring; a driver sends a frame of the
   same size round it and measures the median round trip, divided by the size.
 
-Then: peak RSS per node (``ru_maxrss``) of an 8-node ring with message files
+Then: peak RSS per node (``ru_maxrss``) of a 3-node ring with message files
 of N and 10N lines (files are streamed, so it should stay flat), and the
 simulator's speed in hops per second (``trionet.ring.sim`` under a mock clock).
 
@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -58,6 +59,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@functools.cache
 def _ring_command() -> list[str]:
     ok = subprocess.run([sys.executable, "-c", "import trionet.cli"], env=_env(), capture_output=True).returncode == 0
     return [sys.executable, "-m", "trionet", "ring"] if ok else [sys.executable, "-m", "trionet.ring"]
@@ -192,7 +194,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="3,8,32", help="ring sizes, comma-separated")
     parser.add_argument("--messages", type=int, default=200, help="messages per node for the throughput run")
     parser.add_argument("--latency-messages", type=int, default=200, help="messages node 0 sends for hop latency")
-    parser.add_argument("--rss-messages", type=int, default=2000, help="lines per message file (N; then 10N)")
+    parser.add_argument("--rss-messages", type=int, default=1000, help="lines per message file (N; then 10N)")
     parser.add_argument("--repeat", type=int, default=3, help="latency runs per size (the best counts)")
     parser.add_argument("--quick", action="store_true", help="a small run: sizes 3,8; fewer messages")
     args = parser.parse_args()
@@ -219,9 +221,9 @@ def main() -> None:
             hop, base = min(hops), min(bases)
             print(f"| {size} | {rate:,.0f} | {hop * 1e6:,.0f} µs | {base * 1e6:,.0f} µs | {hop / base:.2f}x |", flush=True)
         print()
-        small = ring_rss(8, args.rss_messages, workdir)
-        large = ring_rss(8, args.rss_messages * 10, workdir)
-        print(f"peak RSS per node, 8 nodes: {small:.1f} MiB with {args.rss_messages} lines per file, "
+        small = ring_rss(3, args.rss_messages, workdir)
+        large = ring_rss(3, args.rss_messages * 10, workdir)
+        print(f"peak RSS per node, 3 nodes: {small:.1f} MiB with {args.rss_messages} lines per file, "
               f"{large:.1f} MiB with {args.rss_messages * 10} ({(large / small - 1) * 100:+.1f}%)")
     rates = [simulator_hops_per_second(32, 5) for _ in range(3)]
     best = max(rates)

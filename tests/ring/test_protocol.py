@@ -18,6 +18,7 @@ from trionet.ring.protocol import (
     LinkState,
     Message,
     NodeCore,
+    Probe,
     Reject,
     RemoteProtocolError,
     Returned,
@@ -40,6 +41,7 @@ data_frames = st.one_of(
     st.builds(Message, directions, u32, u32, u64, st.text(max_size=200), st.booleans()),
     st.builds(Finalize, st.booleans(), u64, u64, u64, u32),
     st.builds(StopRequest, u32),
+    st.just(Probe()),
 )
 link_frames = st.one_of(
     st.builds(Hello, u32, st.sampled_from(list(Role)), u32, st.integers(1, 2**64 - 1)),
@@ -163,13 +165,30 @@ def sends(actions):
     return [(a.direction, a.frame) for a in actions if isinstance(a, Send)]
 
 
+def inject(node0: NodeCore):
+    """Node 0's start: the probe goes out; when it is back, the tokens go in."""
+    assert sends(node0.start()) == [(CW, Probe())]
+    assert node0.start() == []  # one probe only
+    return node0.receive(Probe())
+
+
+def test_probe_travels_clockwise_and_tokens_follow_only_when_it_is_back():
+    node0, node2 = NodeCore(0, (0, 2)), NodeCore(2, (0, 2))
+    assert sends(node2.start()) == []
+    assert sends(node2.receive(Probe())) == [(CW, Probe())]
+    assert not node0.started
+    assert sends(inject(node0)) == [(CW, Token(CW)), (CCW, Token(CCW))]
+    with pytest.raises(RemoteProtocolError, match="came back twice"):
+        node0.receive(Probe())
+
+
 def test_token_visit_send_forward_deliver_return():
     ring = (0, 1, 2)
     node1 = NodeCore(1, ring, [(2, "hi")])
     node2 = NodeCore(2, ring)
     node0 = NodeCore(0, ring)
     # Node 0 has nothing: the tokens pass on at once.
-    assert sends(node0.start()) == [(CW, Token(CW)), (CCW, Token(CCW))]
+    assert sends(inject(node0)) == [(CW, Token(CW)), (CCW, Token(CCW))]
     # Node 1 sends its message clockwise and keeps the token.
     [(d, msg)] = sends(node1.receive(Token(CW)))
     assert d is CW and (msg.origin, msg.destination, msg.text, msg.delivered) == (1, 2, "hi", False)
@@ -200,7 +219,7 @@ def replace_delivered(msg: Message) -> Message:
 
 def test_node0_parks_clean_tokens_and_finalizes_when_both_are_clean():
     node = NodeCore(0, (0, 1))
-    node.start()
+    inject(node)
     # A busy round is not enough: a new round starts.
     assert sends(node.receive(Token(CW, 0, busy=True))) == [(CW, Token(CW, 1, busy=False))]
     # A clean cw round parks the cw token; nothing else happens until ccw is clean too.
@@ -223,7 +242,7 @@ def test_other_nodes_add_their_counters_forward_finalize_and_finish():
 
 def test_stop_waits_for_the_message_in_flight():
     node = NodeCore(0, (0, 1), [(1, "x"), (1, "y")])
-    [(_, msg), (_, ccw_msg)] = sends(node.start())
+    [(_, msg), (_, ccw_msg)] = sends(inject(node))
     assert node.request_stop() == []  # both tokens wait for their messages
     assert sends(node.receive(replace_delivered(msg))) == []  # cw parked
     [(_, fin)] = sends(node.receive(replace_delivered(ccw_msg)))
@@ -251,7 +270,7 @@ def test_a_foreign_returning_message_is_a_protocol_error():
 
 def test_ring_of_one_sends_to_itself():
     node = NodeCore(0, (0,), [(0, "me")])
-    [(_, msg), (_, ccw)] = sends(node.start())
+    [(_, msg), (_, ccw)] = sends(inject(node))
     assert ccw == Token(CCW)
     actions = node.receive(msg)  # back at once: delivered and returned in one step
     assert [type(a) for a in actions] == [Deliver, Returned, Send]
@@ -261,3 +280,12 @@ def test_ring_of_one_sends_to_itself():
     assert tok == Token(CW, 1, False)
     [(_, fin)] = sends(node.receive(tok))
     assert isinstance(fin, Finalize)
+
+
+def test_a_stop_before_the_ring_closes_finalizes_without_tokens():
+    node = NodeCore(0, (0, 1), [(1, "never sent")])
+    node.start()
+    assert node.request_stop() == []
+    [(d, fin)] = sends(node.receive(Probe()))
+    assert d is CW and fin == Finalize(True, 0, 0, 1, 1)
+    assert node.holding == {CW: None, CCW: None}

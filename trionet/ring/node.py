@@ -43,6 +43,7 @@ from trionet.ring.protocol import (
     Ack,
     DataFrame,
     Deliver,
+    Finalize,
     Direction,
     Finished,
     FrameDecoder,
@@ -50,6 +51,7 @@ from trionet.ring.protocol import (
     LinkState,
     Message,
     NodeCore,
+    Probe,
     Received,
     Reject,
     RemoteProtocolError,
@@ -96,7 +98,7 @@ class NodeOptions:
     handshake_timeout: float = 10.0
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
-    ack_delay: float = 0.02
+    ack_delay: float = 0.2
     seed: int | None = None
 
 
@@ -167,6 +169,7 @@ class _Link:
         self.connects = 0
         self.ack_sent = 0
         self._ack_wanted = trio.Event()
+        self._ack_urgent = trio.Event()
         self._ack_delay = ack_delay
         self.last_error = "never connected"
 
@@ -179,6 +182,10 @@ class _Link:
         """Return once the peer has acknowledged everything sent, and we everything received."""
         while self.state.unacked or (self.up and self.ack_sent < self.state.ack):
             await self._changed.wait()
+
+    def flush_acks(self) -> None:
+        """Send the pending acknowledgement now rather than after ``ack_delay``."""
+        self._ack_urgent.set()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -273,17 +280,23 @@ class _Link:
                 await self._inbound.send(frame)
                 self.state.mark_received(event.seq)
             self._ack_wanted.set()
+            if isinstance(frame, Finalize):
+                self._ack_urgent.set()  # its sender waits for this ack to exit
 
     async def _ack_loop(self, stream: trio.abc.Stream) -> None:
-        # Acks are cumulative and sent a little later, off the path of the
-        # frame being forwarded; several frames then share one ack. The
+        # Acks are cumulative and sent up to ack_delay later: off the path of
+        # the frame being forwarded, and shared by every frame of that period
+        # (an ack per frame doubled the packets and wake-ups per hop). The
         # protocol keeps only a handful of frames unacknowledged per link, so
-        # a late ack costs no memory.
+        # a late ack costs no memory; only the finalization command, whose
+        # sender waits for it, is acknowledged at once.
         try:
             while True:
                 await self._ack_wanted.wait()
-                await trio.sleep(self._ack_delay)
+                with trio.move_on_after(self._ack_delay):
+                    await self._ack_urgent.wait()
                 self._ack_wanted = trio.Event()
+                self._ack_urgent = trio.Event()
                 ack = self.state.ack
                 async with self._lock:
                     await stream.send_all(encode_frame(Ack(ack)))
@@ -376,8 +389,10 @@ class RingNode:
             nursery.start_soon(self._watch_link, self.next_link)
             nursery.start_soon(self._watch_link, self.prev_link)
             nursery.start_soon(self._wait_stop)
-            nursery.start_soon(self._start_when_closed)
+            nursery.start_soon(self._start)
             await self.finished.wait()
+            self.next_link.flush_acks()
+            self.prev_link.flush_acks()
             # Leave only once the finalization command (and every ack we owe)
             # got through; the link watchdogs still bound this wait.
             await self.next_link.wait_settled()
@@ -392,15 +407,14 @@ class RingNode:
 
     async def _token_task(self, inbound: trio.MemoryReceiveChannel) -> None:
         async for frame in inbound:
+            if isinstance(frame, Probe) and self.core.is_leader:
+                log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
             await self._perform(self.core.receive(frame, trio.current_time()))
 
-    async def _start_when_closed(self) -> None:
-        if not self.core.is_leader:
-            return
-        await self.next_link.wait_up()
-        await self.prev_link.wait_up()
-        log.info("node 0: both links are up; injecting the cw and ccw tokens")
-        await self._perform(self.core.start(trio.current_time()))
+    async def _start(self) -> None:
+        if self.core.is_leader:
+            log.info("node 0: checking that the ring is closed (a probe goes round clockwise)")
+            await self._perform(self.core.start(trio.current_time()))
 
     async def _wait_stop(self) -> None:
         await self._stop_requested.wait()

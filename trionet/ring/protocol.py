@@ -18,7 +18,8 @@ Three layers, each one class:
 
 The node core's rules, in one place:
 
-- node 0 injects one token per direction; a node sends at most one message per
+- node 0 sends a probe clockwise; when it comes back every link has been up,
+  the ring is closed, and node 0 injects one token per direction; a node sends at most one message per
   token visit, in the token's direction, and holds the token until that
   message comes back to it; a node with nothing to send passes the token at
   once;
@@ -56,8 +57,10 @@ __all__ = [
     "FrameDecoder",
     "Hello",
     "LinkState",
+    "LocalProtocolError",
     "Message",
     "NodeCore",
+    "Probe",
     "Received",
     "Reject",
     "RemoteProtocolError",
@@ -190,10 +193,15 @@ class StopRequest:
 
 
 LinkFrame = Hello | Ack | Reject | Stop
-DataFrame = Token | Message | Finalize | StopRequest
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Node 0's ring-closure check: each node forwards it clockwise once both its links are up."""
+
+
+DataFrame = Token | Message | Finalize | StopRequest | Probe
 
 _HEADER = struct.Struct(">BBIQ")  # version, type, epoch, link sequence (0: not a data frame)
-_T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ = range(1, 9)
+_T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE = range(1, 10)
 _HELLO = struct.Struct(">IBIQ")
 _ACK = struct.Struct(">Q")
 _TOKEN = struct.Struct(">BIB")
@@ -220,7 +228,7 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
     Raises:
         LocalProtocolError: a data frame without a sequence number, or the reverse.
     """
-    if isinstance(frame, (Token, Message, Finalize, StopRequest)) != (seq > 0):
+    if isinstance(frame, (Token, Message, Finalize, StopRequest, Probe)) != (seq > 0):
         raise LocalProtocolError(f"{type(frame).__name__} with link sequence {seq}")
     if isinstance(frame, Token):
         kind, body = _T_TOKEN, _TOKEN.pack(frame.direction, frame.round, frame.busy)
@@ -236,6 +244,8 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
         kind = _T_FINALIZE
     elif isinstance(frame, StopRequest):
         kind, body = _T_STOPREQ, _STOPREQ.pack(frame.origin)
+    elif isinstance(frame, Probe):
+        kind, body = _T_PROBE, b""
     elif isinstance(frame, Reject):
         kind, body = _T_REJECT, frame.reason.encode("utf-8")[:1000]
     elif isinstance(frame, Stop):
@@ -259,7 +269,7 @@ def decode_frame(payload: bytes) -> Received:
     if version != PROTOCOL_VERSION:
         raise RemoteProtocolError(f"protocol version {version}, this node speaks {PROTOCOL_VERSION}")
     body = payload[_HEADER.size :]
-    is_data = kind in (_T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ)
+    is_data = kind in (_T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE)
     if is_data != (seq > 0):
         raise RemoteProtocolError(f"frame type {kind} with link sequence {seq}")
     try:
@@ -286,10 +296,10 @@ def decode_frame(payload: bytes) -> Received:
             frame = StopRequest(origin)
         elif kind == _T_REJECT:
             frame = Reject(body.decode("utf-8", "replace"))
-        elif kind == _T_STOP:
+        elif kind in (_T_STOP, _T_PROBE):
             if body:
-                raise ValueError("stop frame with a body")
-            frame = Stop()
+                raise ValueError("frame with a body")
+            frame = Stop() if kind == _T_STOP else Probe()
         else:
             raise RemoteProtocolError(f"unknown frame type {kind}")
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
@@ -529,6 +539,7 @@ class NodeCore:
     _sent_at: dict[Direction, float] = field(default_factory=dict)
     _queue: _Queue = field(init=False)
     _finalize_sent: bool = False
+    _probe_sent: bool = False
     _unsent: int = 0
 
     def __post_init__(self) -> None:
@@ -554,9 +565,20 @@ class NodeCore:
     # --- inputs ---------------------------------------------------------------
 
     def start(self, now: float = 0.0) -> list[Action]:
-        """The ring is closed: node 0 injects both tokens (other nodes: nothing to do)."""
-        if self.started or not self.is_leader:
+        """Node 0 checks that the ring is closed: it sends a :class:`Probe` clockwise (others: nothing).
+
+        A link carries a frame only while it is up, so when the probe comes
+        back every link of the ring has been established; node 0 then
+        injects the tokens.
+        """
+        if self._probe_sent or not self.is_leader:
             return []
+        self._probe_sent = True
+        return [Send(Direction.CW, Probe())]
+
+    def _inject(self, now: float) -> list[Action]:
+        if self.started:
+            raise RemoteProtocolError("the ring-closure probe came back twice")
         self.started = True
         if self.stopping:
             return self._finalize()
@@ -593,6 +615,10 @@ class NodeCore:
         if isinstance(frame, StopRequest):
             if self.is_leader:
                 return self.request_stop(now)
+            return [Send(Direction.CW, frame)]
+        if isinstance(frame, Probe):
+            if self.is_leader:
+                return self._inject(now)
             return [Send(Direction.CW, frame)]
         raise LocalProtocolError(f"not a data frame: {frame!r}")
 
