@@ -29,12 +29,19 @@ trionet point p99 with the slow client <= 5x the p99 without it. The script
 reports PASS/FAIL and always exits 0 when the measurement itself ran: it is a
 measurement, not a test.
 
+Besides q/s and p50/p99 it reports each process's CPU (server, load
+generator, and everything else on the machine), and the server's CPU time
+per answered query, the figure least disturbed by a busy machine. On a
+shared machine, ``--wait-quiet`` waits for an idle moment before each
+scenario and ``--repeat`` keeps the best of several runs.
+
 Usage::
 
-    python3 tools/bench_sql.py --duration 5 --json bench.json
+    python3 tools/bench_sql.py --duration 5 --repeat 2 --wait-quiet 30 --json bench.json
 
 The database is the real catalogue (``../shared/data/usgs-quakes-lower-us.csv``
-from the project root), imported into a temporary SQLite file.
+from the project root), imported with ``trionet.sql.catalog.import_usgs``
+into a temporary SQLite file. Figures: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -506,52 +513,6 @@ def _run_scenario(
 # --- the database ----------------------------------------------------------------------
 
 
-def _import_catalogue(db: Path) -> str:
-    """Import the real catalogue into ``db``; returns how it was imported."""
-    try:
-        from trionet.sql.catalog import import_usgs
-    except ImportError:
-        _throwaway_import(db)
-        return "throwaway loader in tools/bench_sql.py (trionet.sql.catalog not available)"
-    import_usgs([CSV], db)
-    return "trionet.sql.catalog.import_usgs"
-
-
-def _throwaway_import(db: Path) -> None:
-    import csv
-
-    columns = [
-        ("time", "TEXT"), ("latitude", "REAL"), ("longitude", "REAL"), ("depth", "REAL"), ("mag", "REAL"),
-        ("magType", "TEXT"), ("nst", "INTEGER"), ("gap", "REAL"), ("dmin", "REAL"), ("rms", "REAL"),
-        ("net", "TEXT"), ("id", "TEXT PRIMARY KEY"), ("updated", "TEXT"), ("place", "TEXT"), ("type", "TEXT"),
-        ("horizontalError", "REAL"), ("depthError", "REAL"), ("magError", "REAL"), ("magNst", "INTEGER"),
-        ("status", "TEXT"), ("locationSource", "TEXT"), ("magSource", "TEXT"),
-    ]  # fmt: skip
-    con = sqlite3.connect(db)
-    con.execute(f"CREATE TABLE quakes ({', '.join(f'{n} {t}' for n, t in columns)})")
-    with open(CSV, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        next(reader)
-        rows = []
-        for row in reader:
-            values = []
-            for (_, kind), text in zip(columns, row):
-                if text == "":
-                    values.append(None)
-                elif kind == "REAL":
-                    values.append(float(text))
-                elif kind == "INTEGER":
-                    values.append(int(text))
-                else:
-                    values.append(text)
-            rows.append(values)
-    con.executemany(f"INSERT INTO quakes VALUES ({', '.join('?' * len(columns))})", rows)
-    con.execute("CREATE INDEX quakes_time ON quakes(time)")
-    con.execute("CREATE INDEX quakes_mag ON quakes(mag)")
-    con.commit()
-    con.close()
-
-
 def _calibrate_slow(db: Path, target_s: float) -> tuple[str, float, int]:
     """Pick the cutoff that makes SLOW_SQL take about ``target_s`` here.
 
@@ -724,9 +685,11 @@ def main(
         workdir = Path(tmp)
         db = workdir / "quakes.sqlite"
         t0 = time.perf_counter()
-        how = _import_catalogue(db)
+        from trionet.sql.catalog import import_usgs
+
+        import_usgs([CSV], db)
         n_rows = sqlite3.connect(db).execute("SELECT count(*) FROM quakes").fetchone()[0]
-        click.echo(f"imported {n_rows} rows from {CSV.name} in {time.perf_counter() - t0:.1f} s ({how})")
+        click.echo(f"imported {n_rows} rows from {CSV.name} in {time.perf_counter() - t0:.1f} s")
         slow_param, calibrated, outer = None, math.nan, 0
         if "slow" in scenarios:
             slow_param, calibrated, outer = _calibrate_slow(db, slow_seconds)
