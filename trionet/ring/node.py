@@ -398,8 +398,6 @@ class RingNode:
             await self.next_link.wait_settled()
             await self.prev_link.wait_settled()
             nursery.cancel_scope.cancel()
-        if self._deliveries is not None:
-            self._deliveries.flush()
         assert self.summary is not None
         return self.summary
 
@@ -409,7 +407,13 @@ class RingNode:
         async for frame in inbound:
             if isinstance(frame, Probe) and self.core.is_leader:
                 log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
-            await self._perform(self.core.receive(frame, trio.current_time()))
+            try:
+                actions = self.core.receive(frame, trio.current_time())
+            except RemoteProtocolError as exc:
+                # Impossible between correct nodes (the links de-duplicate):
+                # a second token or a stranger's message means the ring is broken.
+                raise RingError(f"node {self.me.id}: protocol violation: {exc}") from None
+            await self._perform(actions)
 
     async def _start(self) -> None:
         if self.core.is_leader:
@@ -441,6 +445,8 @@ class RingNode:
                 self.first_send = self.first_send if self.first_send is not None else now - action.round_trip
                 self.last_return = now
             elif isinstance(action, Finished):
+                if self._deliveries is not None:
+                    self._deliveries.flush()
                 self.summary = action.summary
                 self.finished.set()
 
