@@ -203,3 +203,20 @@ def test_stop_without_node0_running_fails_clearly(tmp_path):
     config = write_ring(tmp_path / "ring.toml", [(0, "127.0.0.1", port)])
     result = CliRunner().invoke(ring, ["stop", "--config", str(config), "--timeout", "2"])
     assert result.exit_code == 1 and f"cannot reach node 0 at 127.0.0.1:{port}" in result.output
+
+
+@pytest.mark.parametrize("size", [1, 2])
+async def test_rings_of_one_and_two_processes(tmp_path, ring_cmd, size):
+    ports = free_ports(size)
+    ids = list(range(size))
+    config = write_ring(tmp_path / "ring.toml", [(i, "127.0.0.1", ports[i]) for i in ids])
+    messages = make_messages(tmp_path, ids, 5, seed=size)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(60):
+            procs = {i: await RingProcess.start(nursery, join_argv(ring_cmd, config, i, tmp_path, messages)) for i in ids}
+            codes = {i: await p.wait() for i, p in procs.items()}
+    for i, p in procs.items():
+        assert codes[i] == 0, p.output
+    assert ring_totals(procs[0].stdout.decode()) == (5 * size, 5 * size, 0, "the ring was quiescent")
+    records = [r for i in ids for r in read_deliveries(tmp_path / f"deliveries-{i}.jsonl")]
+    assert sorted(r["id"] for r in records) == sorted(f"{i}-{n}" for i in ids for n in range(1, 6))

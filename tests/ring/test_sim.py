@@ -139,3 +139,39 @@ def test_start_orders_do_not_matter():
     for order in ([4, 3, 2, 1, 0], [0, 2, 4, 1, 3]):
         delays = {node: rank * 3.0 for rank, node in enumerate(order)}
         check_complete(run_sim(size, messages, start_delays=delays), size, messages)
+
+
+async def test_a_neighbour_with_another_ring_file_is_refused_with_the_reason(autojump_clock):
+    network = SimNetwork()
+    ours = RingConfig.local(2, ports=[1, 2])
+    theirs = RingConfig.local(3, ports=[1, 2, 3])  # node 1 believes in a ring of 3
+    options = NodeOptions(connect_timeout=20.0, seed=2)
+    node0 = RingNode(ours, 0, transport=network.transport(0), options=options)
+    node1 = RingNode(theirs, 1, transport=network.transport(1), options=NodeOptions(connect_timeout=100.0))
+    errors = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node1.run)
+            await node0.run()
+    except* RingError as group:
+        errors = [str(e) for e in _leaves(group)]
+    assert any(e.startswith("node 0: no link with node 1 at 127.0.0.1:2 for 20s") for e in errors), errors
+    assert "node 1 refused the connection: the ring files differ" in node0.next_link.last_error
+
+
+def _leaves(group):
+    for exc in group.exceptions:
+        yield from _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+
+
+async def test_stop_sent_to_another_node_than_node0_is_refused(autojump_clock):
+    from trionet.ring.node import request_stop
+
+    network = SimNetwork()
+    config = RingConfig.local(2, ports=[1, 2])
+    node1 = RingNode(config, 1, transport=network.transport(1), options=NodeOptions(connect_timeout=50.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node1.run)
+        with pytest.raises(RingError, match="node 1 is not node 0"):
+            await request_stop(config.node(1), transport=network.transport(99))
+        nursery.cancel_scope.cancel()
