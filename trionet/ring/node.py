@@ -277,7 +277,10 @@ class _Link:
             if isinstance(frame, (Token, Message)) and frame.direction != self.incoming:
                 raise RemoteProtocolError(f"{frame.direction.label} frame on a link that carries {self.incoming.label}")
             if self.state.classify(event.seq):
-                await self._inbound.send(frame)
+                try:
+                    self._inbound.send_nowait(frame)  # the token task is usually waiting: no yield
+                except trio.WouldBlock:
+                    await self._inbound.send(frame)
                 self.state.mark_received(event.seq)
             self._ack_wanted.set()
             if isinstance(frame, Finalize):
