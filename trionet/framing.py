@@ -96,6 +96,11 @@ class LineFramer:
             raise FramingError("data received after EOF")
         self._buf += data
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as frames."""
+        return len(self._buf) - self._start
+
     def next_event(self) -> Frame | Oversized | TruncatedFrame | object:
         """Return the next event: a Frame, Oversized, TruncatedFrame, NEED_DATA or EOF."""
         buf = self._buf

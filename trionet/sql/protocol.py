@@ -107,8 +107,12 @@ def decode_value(value: Any) -> Any:
     raise ValueError(f"not a value of the protocol: {json.dumps(value)[:80]}")
 
 
+# One encoder for every frame: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+    return _encode(obj).encode() + b"\n"
 
 
 # --- requests (client -> server) ---------------------------------------------
@@ -216,6 +220,11 @@ class ServerProtocol:
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` when it closed its side."""
         self._framer.receive_data(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed into requests."""
+        return self._framer.buffered
 
     def next_event(self) -> Request | BadRequest | object:
         """Return the next Request or BadRequest, or NEED_DATA, or EOF."""

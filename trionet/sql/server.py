@@ -22,11 +22,12 @@ import math
 import time
 from dataclasses import dataclass
 
+import outcome
 import trio
 
 from trionet.framing import EOF
 from trionet.log import get_logger
-from trionet.serving import Connection, TCPService, receive_event
+from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol
 from trionet.sql.engine import INLINE_BUDGET, Database, FetchResult, OverBudget, Session, SqlError
 
@@ -42,8 +43,8 @@ class SqlServerConfig:
     Attributes:
         query_timeout: seconds SQLite may work on one request (time spent
             waiting for the client to read rows does not count); 0 for none.
-        send_timeout: seconds a client may leave the server's writes
-            unread before it is disconnected.
+        send_timeout: a client that leaves the server's writes unread for
+            between half this and this many seconds is disconnected.
         max_rows: the most rows one result may have (more are cut and marked
             truncated); 0 for no cap.
         max_request_bytes: the longest request line.
@@ -60,10 +61,6 @@ class SqlServerConfig:
     batch_rows: int = 256
     max_threads: int = 32
     inline: bool = True
-
-
-class _ClientGone(Exception):
-    """The client closed its side; the connection ends."""
 
 
 class SqlServer:
@@ -100,47 +97,46 @@ class SqlServer:
 
     async def _handle(self, conn: Connection) -> None:
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._limiter)
-        state = _ConnState(session)
+        state = _ConnState(
+            session, protocol.ServerProtocol(self.config.max_request_bytes), SendWatchdog(self.config.send_timeout)
+        )
         try:
-            await self._send(conn, self._hello)
-            send_channel, receive_channel = trio.open_memory_channel(0)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read_requests, conn, state, send_channel)
-                    nursery.start_soon(self._watch_drain, conn, state, nursery.cancel_scope)
-                    nursery.start_soon(self._interrupt_when_cancelled, session)
-                    async with receive_channel:
-                        async for request in receive_channel:
-                            conn.requests += 1
-                            state.busy = True
-                            await self._answer(conn, session, request)
-                            state.busy = False
-                            if conn.draining.is_set():
-                                break
-                    if conn.draining.is_set():
-                        await self._send(conn, protocol.encode_bye("server shutting down"))
-                    nursery.cancel_scope.cancel()
-            except* _ClientGone:
-                pass
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_drain, conn, state, nursery.cancel_scope)
+                nursery.start_soon(self._interrupt_when_cancelled, session)
+                with trio.CancelScope() as requests_scope:
+                    nursery.start_soon(state.sends.watch, requests_scope)
+                    await self._serve_requests(conn, state)
+                if state.sends.stalled:
+                    # The client has not read what we sent for send_timeout
+                    # seconds; the stream may be mid-frame, so it cannot go on.
+                    raise trio.BrokenResourceError(f"client read nothing for {self.config.send_timeout}s")
+                nursery.cancel_scope.cancel()
         finally:
             session.interrupt("connection closed")
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(session.close, limiter=self._limiter)
 
-    async def _read_requests(self, conn: Connection, state: "_ConnState", channel) -> None:
-        proto = protocol.ServerProtocol(self.config.max_request_bytes)
-        async with channel:
-            while True:
-                try:
-                    event = await receive_event(conn.stream, proto)
-                except (trio.BrokenResourceError, OSError):
-                    event = EOF
-                if event is EOF:
-                    # The client is gone (we do not answer after a half-close):
-                    # stop its query now rather than at the next send.
-                    state.session.interrupt("client gone")
-                    raise _ClientGone
-                await channel.send(event)
+    async def _serve_requests(self, conn: Connection, state: "_ConnState") -> None:
+        # The course's loop, for one connection: wait for a request, handle
+        # it, repeat. One request at a time, so a pipelining client is held
+        # back by TCP, not by our memory.
+        await self._send(state, conn, self._hello)
+        while not conn.draining.is_set():
+            try:
+                request = await receive_event(conn.stream, state.proto)
+            except (trio.BrokenResourceError, OSError):
+                return  # reset by the client
+            if request is EOF:
+                return  # the client is gone; we do not answer after a half-close
+            conn.requests += 1
+            state.busy = True
+            if isinstance(request, protocol.BadRequest):
+                await self._send(state, conn, protocol.encode_error(request.id, request.code, request.message))
+            else:
+                await self._run(conn, state, request)
+            state.busy = False
+        await self._send(state, conn, protocol.encode_bye("server shutting down"))
 
     async def _watch_drain(self, conn: Connection, state: "_ConnState", scope: trio.CancelScope) -> None:
         await conn.draining.wait()
@@ -148,7 +144,7 @@ class SqlServer:
             with trio.move_on_after(1):
                 await conn.stream.send_all(protocol.encode_bye("server shutting down"))
             scope.cancel()
-        # A busy connection finishes its request; the executor then closes it.
+        # A busy connection finishes its request, says bye and closes.
 
     @staticmethod
     async def _interrupt_when_cancelled(session: Session) -> None:
@@ -160,21 +156,46 @@ class SqlServer:
         finally:
             session.interrupt("connection closing")
 
-    async def _answer(self, conn: Connection, session: Session, request) -> None:
-        if isinstance(request, protocol.BadRequest):
-            await self._send(conn, protocol.encode_error(request.id, request.code, request.message))
-            return
-        await self._run(conn, session, request)
+    @staticmethod
+    async def _send(state: "_ConnState", conn: Connection, data: bytes) -> None:
+        await state.sends.send(conn.stream, data)
 
-    async def _send(self, conn: Connection, data: bytes) -> None:
-        with trio.move_on_after(self.config.send_timeout or math.inf):
-            await conn.stream.send_all(data)
-            return
-        # The client has not read for send_timeout seconds. The stream may be
-        # mid-frame now, so the connection cannot go on.
-        raise trio.BrokenResourceError(f"client read nothing for {self.config.send_timeout}s")
+    async def _in_thread(self, conn: Connection, state: "_ConnState", deadline: float, fn, *args) -> FetchResult:
+        """Run ``fn`` in a worker thread while watching the client and the clock.
 
-    async def _run(self, conn: Connection, session: Session, request: protocol.Request) -> None:
+        Nothing polls inside SQLite here (a Python progress handler would
+        need the GIL every few microseconds and starve the statement): the
+        watcher interrupts it from the event loop at the deadline, or at
+        once when the client leaves.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_while_working, conn, state, deadline)
+            # The watcher never raises, so what the thread raised (an
+            # SqlError, say) is re-raised as is, not wrapped in a group.
+            result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._limiter)
+            nursery.cancel_scope.cancel()
+        return result.unwrap()
+
+    async def _watch_while_working(self, conn: Connection, state: "_ConnState", deadline: float) -> None:
+        with trio.move_on_at(deadline) as timer:
+            # Read ahead, bounded, so that a client that leaves is noticed now
+            # rather than at the next send; what it pipelined stays queued in
+            # the protocol object for the loop.
+            while state.proto.buffered < self.config.max_request_bytes:
+                try:
+                    data = await conn.stream.receive_some(65536)
+                except (trio.BrokenResourceError, OSError):
+                    data = b""
+                state.proto.receive_data(data)
+                if not data:
+                    state.session.interrupt("client gone")
+                    return
+            await trio.sleep_forever()
+        if timer.cancelled_caught:
+            state.session.interrupt_for_timeout()
+
+    async def _run(self, conn: Connection, state: "_ConnState", request: protocol.Request) -> None:
+        session = state.session
         started = time.perf_counter()
         req_id = request.id
         cap = self.config.max_rows
@@ -186,24 +207,22 @@ class SqlServer:
         truncated = False
         columns_sent = False
 
-        async def in_sqlite(fn, *args, inline: bool = False) -> FetchResult:
+        async def in_sqlite(fn, *args) -> FetchResult:
             nonlocal work_left
-            begun = time.monotonic()
+            begun = trio.current_time()
             try:
-                if inline:
-                    return fn(*args, begun + work_left, INLINE_BUDGET)
-                return await trio.to_thread.run_sync(fn, *args, begun + work_left, limiter=self._limiter)
+                return await self._in_thread(conn, state, begun + work_left, fn, *args)
             finally:
-                work_left -= time.monotonic() - begun
+                work_left -= trio.current_time() - begun
 
         try:
             want = self._want(batch, cap, sent)
             result = None
             if self.config.inline and self.database.may_run_inline(request.sql):
                 # A short read costs less here than a thread hop (docs/benchmarks.md);
-                # the budget bounds how long it can hold the event loop.
+                # the VM-instruction budget bounds how long it holds the event loop.
                 try:
-                    result = await in_sqlite(session.execute, request.sql, request.params, want, inline=True)
+                    result = session.execute(request.sql, request.params, want, INLINE_BUDGET)
                 except OverBudget:
                     pass
             if result is None:
@@ -220,7 +239,7 @@ class SqlServer:
                     sent += len(rows)
                 if truncated or result.exhausted:
                     break
-                await self._send(conn, out)  # backpressure: the next batch waits for this one
+                await self._send(state, conn, out)  # backpressure: the next batch waits for this one
                 out = b""
                 result = await in_sqlite(session.fetch, self._want(batch, cap, sent))
             if truncated and not result.exhausted:
@@ -236,7 +255,7 @@ class SqlServer:
         except SqlError as exc:
             out = b"" if not columns_sent else out
             out += protocol.encode_error(req_id, exc.code, exc.message)
-        await self._send(conn, out)
+        await self._send(state, conn, out)
 
     @staticmethod
     def _want(batch: int, cap: int, sent: int) -> int:
@@ -248,6 +267,8 @@ class SqlServer:
 @dataclass(eq=False)
 class _ConnState:
     session: Session
+    proto: protocol.ServerProtocol
+    sends: SendWatchdog
     busy: bool = False
 
 
