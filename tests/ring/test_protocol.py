@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from trionet.framing import EOF, NEED_DATA
 from trionet.ring.protocol import (
     Ack,
+    Bye,
     Deliver,
     Direction,
     Finalize,
@@ -48,6 +49,7 @@ link_frames = st.one_of(
     st.builds(Ack, u64),
     st.builds(Reject, st.text(max_size=100).filter(lambda s: len(s.encode()) <= 1000)),
     st.just(Stop()),
+    st.just(Bye()),
 )
 
 

@@ -66,7 +66,7 @@ def rings(draw, max_size=50):
     link_delays = {i: draw(st.floats(0, 0.05)) for i in draw(st.sets(st.integers(0, size - 1), max_size=6))}
     cuts = draw(
         st.lists(
-            st.builds(LinkCut, st.integers(0, size - 1), st.floats(0, 15), st.floats(0, 8)),
+            st.builds(LinkCut, st.integers(0, size - 1), st.floats(0, 15), st.floats(0, 8), st.booleans()),
             max_size=4,
         )
     )
@@ -107,6 +107,17 @@ def test_a_cut_during_traffic_resends_and_deduplicates():
     check_complete(result, size, messages)
     resent = sum(n.next_link.state.resent + n.prev_link.state.resent for n in result.nodes.values())
     assert resent > 0
+
+
+def test_a_silent_drop_is_noticed_by_missing_acks_and_repaired():
+    # No reset, no EOF: the bytes just vanish, as when a cable is pulled.
+    size = 4
+    messages = {i: [((i + 2) % size, f"x{i}.{k}") for k in range(30)] for i in range(size)}
+    cuts = [LinkCut(1, 1.0, 3.0, silent=True), LinkCut(3, 2.0, 0.5, silent=True)]
+    result = run_sim(size, messages, link_delays={i: 0.01 for i in range(size)}, cuts=cuts)
+    check_complete(result, size, messages)
+    assert result.nodes[1].next_link.connects >= 2 and result.nodes[3].next_link.connects >= 2
+    assert result.nodes[1].next_link.ack_timeouts >= 1 and result.nodes[3].next_link.ack_timeouts >= 1
 
 
 def test_the_monitor_catches_a_second_token():

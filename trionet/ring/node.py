@@ -27,6 +27,7 @@ Connections come from a :class:`Transport`: TCP for real nodes
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -41,6 +42,7 @@ from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
 from trionet.ring.protocol import (
     Ack,
+    Bye,
     DataFrame,
     Deliver,
     Finalize,
@@ -91,6 +93,11 @@ class NodeOptions:
         backoff_max: the delay doubles after each failure up to this.
         ack_delay: seconds an acknowledgement may wait, so it leaves the
             forwarding path and several frames share one.
+        ack_timeout: a frame unacknowledged this long (seconds) means the
+            connection died silently; it is closed and re-established.
+        finish_grace: after finishing, the longest wait (seconds) for the
+            previous node to close its connection, in case it must reconnect
+            to learn that its finalization command arrived.
         seed: seeds the backoff jitter (the simulation passes one).
     """
 
@@ -99,6 +106,8 @@ class NodeOptions:
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
     ack_delay: float = 0.2
+    ack_timeout: float = 5.0
+    finish_grace: float = 10.0
     seed: int | None = None
 
 
@@ -154,7 +163,7 @@ class _Link:
     """
 
     def __init__(
-        self, name: str, peer: NodeAddress, inbound: trio.MemorySendChannel, incoming: Direction, ack_delay: float
+        self, name: str, peer: NodeAddress, inbound: trio.MemorySendChannel, incoming: Direction, options: NodeOptions
     ) -> None:
         self.name = name
         self.peer = peer
@@ -168,9 +177,14 @@ class _Link:
         self._changed = trio.Event()
         self.connects = 0
         self.ack_sent = 0
+        self.ack_timeouts = 0
+        self.closed = False
+        self.peer_done = trio.Event()
+        """Set when the peer said ``BYE``: it has finished and needs nothing more on this link."""
         self._ack_wanted = trio.Event()
         self._ack_urgent = trio.Event()
-        self._ack_delay = ack_delay
+        self._ack_delay = options.ack_delay
+        self._ack_timeout = options.ack_timeout
         self.last_error = "never connected"
 
     async def wait_up(self, up: bool = True) -> None:
@@ -178,10 +192,24 @@ class _Link:
         while self.up != up:
             await self._changed.wait()
 
-    async def wait_settled(self) -> None:
-        """Return once the peer has acknowledged everything sent, and we everything received."""
-        while self.state.unacked or (self.up and self.ack_sent < self.state.ack):
+    async def wait_drained(self) -> None:
+        """Return once the peer has acknowledged everything sent on this link."""
+        while self.state.unacked:
             await self._changed.wait()
+
+    async def close(self) -> None:
+        """Tell the peer this node is done with the link (``BYE``), close the connection, accept no other."""
+        self.closed = True
+        current = self._current
+        if current is None:
+            return
+        async with self._lock:
+            try:
+                with trio.move_on_after(1.0):
+                    await current.stream.send_all(encode_frame(Bye()))
+            except _LINK_ERRORS:
+                pass  # the peer then waits for its grace period
+        current.scope.cancel()
 
     def flush_acks(self) -> None:
         """Send the pending acknowledgement now rather than after ``ack_delay``."""
@@ -199,7 +227,10 @@ class _Link:
         long because the protocol keeps only a few frames in flight per link.
         A frame written to a dead connection is resent after the reconnect.
         """
+        was_idle = not self.state.unacked
         data = self.state.wrap(frame)
+        if was_idle:
+            self._notify()  # wakes the ack watchdog
         try:
             self._lock.acquire_nowait()  # the usual case: no yield before the write
         except trio.WouldBlock:
@@ -228,6 +259,9 @@ class _Link:
         while self._current is not None:
             self._current.scope.cancel()
             await self._current.done.wait()
+        if self.closed:
+            await trio.aclose_forcefully(stream)
+            return
         conn = _Conn(stream, trio.CancelScope(), trio.Event())
         self._current = conn
         try:
@@ -243,6 +277,7 @@ class _Link:
                 self._notify()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._ack_loop, stream)
+                    nursery.start_soon(self._ack_watchdog, stream)
                     await self._read_loop(stream, decoder)
                     nursery.cancel_scope.cancel()
                 self.last_error = "closed by the peer"
@@ -270,6 +305,9 @@ class _Link:
                 self.state.on_ack(frame.ack)
                 self._notify()
                 continue
+            if isinstance(frame, Bye):
+                self.peer_done.set()
+                return
             if event.seq == 0:
                 raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame after the handshake")
             if event.epoch != self.state.epoch:
@@ -307,6 +345,24 @@ class _Link:
                 self._notify()
         except _LINK_ERRORS as exc:
             self._fail(stream, exc)
+
+
+    async def _ack_watchdog(self, stream: trio.abc.Stream) -> None:
+        # A connection can die without a reset (a cable pulled, a host
+        # gone): writes still succeed into the socket buffer and reads just
+        # wait. Acks come at most ack_delay after a frame arrives, so a frame
+        # unacknowledged for ack_timeout means the connection is dead.
+        while True:
+            while not self.state.unacked:
+                await self._changed.wait()
+            oldest = self.state.unacked[0][0]
+            with trio.move_on_after(self._ack_timeout) as waited:
+                while self.state.unacked and self.state.unacked[0][0] == oldest:
+                    await self._changed.wait()
+            if waited.cancelled_caught:
+                self.ack_timeouts += 1
+                self._fail(stream, TimeoutError(f"frame {oldest} unacknowledged for {self._ack_timeout:g}s"))
+                return
 
 
 def _first_message(group: BaseExceptionGroup) -> str:
@@ -359,9 +415,10 @@ class RingNode:
         self._cw_send, self._cw_receive = trio.open_memory_channel(0)
         self._ccw_send, self._ccw_receive = trio.open_memory_channel(0)
         # The next node's link brings ccw frames; the previous node's brings cw frames.
-        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, self._ccw_send, Direction.CCW, self.options.ack_delay)
-        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, self._cw_send, Direction.CW, self.options.ack_delay)
+        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, self._ccw_send, Direction.CCW, self.options)
+        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, self._cw_send, Direction.CW, self.options)
         self._stop_requested = trio.Event()
+        self._finalize_forwarded = trio.Event()
         self.finished = trio.Event()
         self.summary: Summary | None = None
         self.round_trips = 0
@@ -393,13 +450,21 @@ class RingNode:
             nursery.start_soon(self._watch_link, self.prev_link)
             nursery.start_soon(self._wait_stop)
             nursery.start_soon(self._start)
+            nursery.start_soon(self._close_next_when_done)
             await self.finished.wait()
             self.next_link.flush_acks()
             self.prev_link.flush_acks()
-            # Leave only once the finalization command (and every ack we owe)
-            # got through; the link watchdogs still bound this wait.
-            await self.next_link.wait_settled()
-            await self.prev_link.wait_settled()
+            # Leave once the finalization command we forwarded is acknowledged
+            # (the link watchdog bounds this wait); every other frame has
+            # arrived already, or node 0 could not have finalized.
+            await self.next_link.wait_drained()
+            await self.next_link.close()
+            # Stay a little for the previous node: should the ack of its
+            # command be lost with a connection, it reconnects and learns from
+            # our greeting that the command arrived. It says BYE when done,
+            # so this normally ends at once.
+            with trio.move_on_after(self.options.finish_grace):
+                await self.prev_link.peer_done.wait()
             nursery.cancel_scope.cancel()
         assert self.summary is not None
         return self.summary
@@ -423,6 +488,14 @@ class RingNode:
             log.info("node 0: checking that the ring is closed (a probe goes round clockwise)")
             await self._perform(self.core.start(trio.current_time()))
 
+    async def _close_next_when_done(self) -> None:
+        # Once the next node has the finalization command, this node has
+        # nothing more to say to it; closing tells it so (node 0 still waits
+        # for the command to come back on its other link).
+        await self._finalize_forwarded.wait()
+        await self.next_link.wait_drained()
+        await self.next_link.close()
+
     async def _wait_stop(self) -> None:
         await self._stop_requested.wait()
         if self.core.is_leader:
@@ -436,6 +509,8 @@ class RingNode:
             if isinstance(action, Send):
                 link = self.next_link if action.direction is Direction.CW else self.prev_link
                 await link.send(action.frame)
+                if isinstance(action.frame, Finalize):
+                    self._finalize_forwarded.set()
             elif isinstance(action, Deliver):
                 self._write_delivery(action.message)
             elif isinstance(action, Returned):
@@ -473,7 +548,7 @@ class RingNode:
     async def _dial_loop(self) -> None:
         link = self.next_link
         backoff = self.options.backoff_initial
-        while not (self.core.finalizing and not link.state.unacked):
+        while not link.closed:
             try:
                 stream, hello, decoder = await self._dial_once()
             except (*_LINK_ERRORS, trio.TooSlowError, _Rejected) as exc:
@@ -485,9 +560,11 @@ class RingNode:
             backoff = self.options.backoff_initial
             log.info("node %d: connected to node %d at %s", self.me.id, self.next.id, self.next.address)
             await link.run_connection(stream, hello.recv_next, decoder)
-            if self.core.finalizing and not link.state.unacked:
-                return  # the finalization command got through; the next node may be gone already
-            log.warning("node %d: lost the link to node %d (%s); reconnecting", self.me.id, self.next.id, link.last_error)
+            if link.closed:
+                return
+            # Once finalizing, the next node leaving is expected.
+            level = logging.DEBUG if self.core.finalizing else logging.WARNING
+            log.log(level, "node %d: lost the link to node %d (%s); reconnecting", self.me.id, self.next.id, link.last_error)
 
     async def _dial_once(self) -> tuple[trio.abc.Stream, Hello, FrameDecoder]:
         with trio.fail_after(self.options.handshake_timeout):
@@ -563,7 +640,8 @@ class RingNode:
             await link.wait_up(False)
             with trio.move_on_after(timeout if timeout > 0 else math.inf) as waited:
                 await link.wait_up(True)
-            owed = link.state.unacked or not self.core.finalizing
+            # After finalization only the command's own acknowledgement matters.
+            owed = not self.core.finalizing or (link is self.next_link and link.state.unacked and not link.closed)
             if waited.cancelled_caught and owed:
                 raise RingError(
                     f"node {self.me.id}: no link with node {link.peer.id} at {link.peer.address} "

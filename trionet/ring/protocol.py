@@ -50,6 +50,7 @@ __all__ = [
     "MAX_FRAME",
     "PROTOCOL_VERSION",
     "Ack",
+    "Bye",
     "Deliver",
     "Direction",
     "Finalize",
@@ -144,6 +145,11 @@ class Reject:
 
 
 @dataclass(frozen=True, slots=True)
+class Bye:
+    """The sender is done with this link (it has finished); the receiver need not wait for it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """From ``trionet ring stop`` to node 0: finalize now (gracefully)."""
 
@@ -192,7 +198,7 @@ class StopRequest:
     origin: int
 
 
-LinkFrame = Hello | Ack | Reject | Stop
+LinkFrame = Hello | Ack | Reject | Stop | Bye
 @dataclass(frozen=True, slots=True)
 class Probe:
     """Node 0's ring-closure check: each node forwards it clockwise once both its links are up."""
@@ -201,7 +207,7 @@ class Probe:
 DataFrame = Token | Message | Finalize | StopRequest | Probe
 
 _HEADER = struct.Struct(">BBIQ")  # version, type, epoch, link sequence (0: not a data frame)
-_T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE = range(1, 10)
+_T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE, _T_BYE = range(1, 11)
 _HELLO = struct.Struct(">IBIQ")
 _ACK = struct.Struct(">Q")
 _TOKEN = struct.Struct(">BIB")
@@ -250,6 +256,8 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
         kind, body = _T_REJECT, frame.reason.encode("utf-8")[:1000]
     elif isinstance(frame, Stop):
         kind, body = _T_STOP, b""
+    elif isinstance(frame, Bye):
+        kind, body = _T_BYE, b""
     else:
         raise LocalProtocolError(f"not a ring frame: {frame!r}")
     payload = _HEADER.pack(PROTOCOL_VERSION, kind, epoch, seq) + body
@@ -296,10 +304,10 @@ def decode_frame(payload: bytes) -> Received:
             frame = StopRequest(origin)
         elif kind == _T_REJECT:
             frame = Reject(body.decode("utf-8", "replace"))
-        elif kind in (_T_STOP, _T_PROBE):
+        elif kind in (_T_STOP, _T_PROBE, _T_BYE):
             if body:
                 raise ValueError("frame with a body")
-            frame = Stop() if kind == _T_STOP else Probe()
+            frame = {_T_STOP: Stop, _T_PROBE: Probe, _T_BYE: Bye}[kind]()
         else:
             raise RemoteProtocolError(f"unknown frame type {kind}")
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError

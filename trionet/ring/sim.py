@@ -40,6 +40,7 @@ class _SimStream(trio.abc.Stream):
         self._network = network
         self._link = link
         self.cut = False
+        self.silent = False
 
     async def send_all(self, data) -> None:
         delay = self._network.delays.get(self._link, 0.0)
@@ -47,6 +48,8 @@ class _SimStream(trio.abc.Stream):
             await trio.sleep(delay)
         if self.cut:
             raise trio.BrokenResourceError("link cut")
+        if self.silent:
+            return  # lost on the way, and nobody is told
         await self._inner.send_all(data)
         self._network.bytes_sent += len(data)
 
@@ -78,19 +81,25 @@ class _SimStream(trio.abc.Stream):
 
 @dataclass(frozen=True)
 class LinkCut:
-    """Cut the link from node ``source`` to its next node at ``at`` seconds, for ``duration`` seconds."""
+    """Cut the link from node ``source`` to its next node at ``at`` seconds, for ``duration`` seconds.
+
+    A ``silent`` cut drops the bytes without closing anything, like a pulled
+    cable: the nodes notice only because acknowledgements stop coming.
+    """
 
     source: int
     at: float
     duration: float
+    silent: bool = False
 
 
 class SimNetwork:
     """The in-memory network: who listens, which links are cut, and how long each link delays.
 
     ``delays[(a, b)]`` delays every write on the connection that node ``a``
-    dialed to node ``b`` (both ways). :meth:`cut` severs that connection and
-    refuses new ones until :meth:`restore`.
+    dialed to node ``b`` (both ways). :meth:`cut` severs that connection
+    (:meth:`silence` makes it lose every byte without a sign) and refuses new
+    ones until :meth:`restore`.
     """
 
     def __init__(self) -> None:
@@ -112,6 +121,13 @@ class SimNetwork:
         for stream in self._streams.pop((source, target), []):
             stream.sever()
 
+    def silence(self, source: int, target: int) -> None:
+        """Make the connection ``source`` -> ``target`` lose every byte, silently, and refuse new ones."""
+        self.blocked.add((source, target))
+        self.cuts += 1
+        for stream in self._streams.pop((source, target), []):
+            stream.silent = True
+
     def restore(self, source: int, target: int) -> None:
         """Allow ``source`` to connect to ``target`` again."""
         self.blocked.discard((source, target))
@@ -122,7 +138,7 @@ class SimNetwork:
             raise ConnectionRefusedError(f"node {target.id} is not reachable from node {source}")
         left, right = trio.testing.memory_stream_pair()
         ours, theirs = _SimStream(left, self, key), _SimStream(right, self, key)
-        self._streams[key] = [s for s in self._streams[key] if not s.cut] + [ours, theirs]
+        self._streams[key] = [s for s in self._streams[key] if not (s.cut or s.silent)] + [ours, theirs]
         nursery, handler = self._listeners[target.id]
         nursery.start_soon(handler, theirs)
         return ours
@@ -294,7 +310,7 @@ async def simulate(
 
     async def apply_cut(cut: LinkCut) -> None:
         await trio.sleep(cut.at)
-        network.cut(cut.source, (cut.source + 1) % size)
+        (network.silence if cut.silent else network.cut)(cut.source, (cut.source + 1) % size)
         await trio.sleep(cut.duration)
         network.restore(cut.source, (cut.source + 1) % size)
 
