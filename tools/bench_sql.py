@@ -13,7 +13,9 @@ Servers:
 - ``select``: ``tools/baselines/select_sql_server.py``, a single-threaded
   select() loop running SQLite inline, as the course writes it;
 - ``echo``: ``tools/baselines/echo_server.py``, a trio server that echoes each
-  chunk (the request line comes back as the whole reply).
+  chunk (the request line comes back as the whole reply);
+- ``floor``: ``tools/baselines/trio_sql_floor.py``, the least a trio SQL
+  server can do (no safety, no limits): what trio itself costs per request.
 
 Scenarios:
 
@@ -70,9 +72,9 @@ CSV = ROOT.parent / "shared/data/usgs-quakes-lower-us.csv"
 BASELINES = ROOT / "tools/baselines"
 PY = sys.executable
 
-SERVERS = ("trionet", "trionet-noinline", "select", "echo")
+SERVERS = ("trionet", "trionet-noinline", "select", "echo", "floor")
 SCENARIOS = ("point", "mixed", "slow")
-SQL_SERVERS = frozenset({"trionet", "trionet-noinline", "select"})
+SQL_SERVERS = frozenset({"trionet", "trionet-noinline", "select", "floor"})
 
 POINT_SQL = "SELECT * FROM quakes WHERE id = ?"
 RANGE_SQL = "SELECT id, time, mag, place FROM quakes WHERE time >= ? AND time < ? ORDER BY time"
@@ -287,6 +289,8 @@ def _server_command(name: str, db: Path, port: int, use_cli: bool) -> list[str]:
         return [PY, str(BASELINES / "select_sql_server.py"), "--db", str(db), "--port", str(port)]
     if name == "echo":
         return [PY, str(BASELINES / "echo_server.py"), "--port", str(port)]
+    if name == "floor":
+        return [PY, str(BASELINES / "trio_sql_floor.py"), "--db", str(db), "--port", str(port)]
     raise ValueError(name)
 
 
@@ -587,6 +591,15 @@ def _targets(results: list[Result]) -> list[dict]:
     add("point q/s trionet / echo", ratio(t, e, "qps"), 0.8, True, ">= 0.8")
     add("point q/s trionet / select", ratio(t, s, "qps"), 1.0, True, ">= 1.0")
     add("p99 with slow query / without (trionet)", ratio(by.get(("slow", "trionet")), t, "p99_ms"), 5.0, False, "<= 5")
+    f = by.get(("point", "floor"))
+    value = ratio(f, s, "qps")
+    if value is not None:
+        targets.append({"target": "point q/s floor / select", "value": value, "limit": None,
+                        "verdict": "info", "detail": "what trio itself allows"})  # fmt: skip
+    value = ratio(t, f, "qps")
+    if value is not None:
+        targets.append({"target": "point q/s trionet / floor", "value": value, "limit": None,
+                        "verdict": "info", "detail": "the cost of trionet's safety"})  # fmt: skip
     for name in ("trionet-noinline", "select"):
         slow, alone = by.get(("slow", name)), by.get(("point", name))
         if slow and alone:
@@ -704,6 +717,8 @@ def main(
                 for scenario in scenarios:
                     if name not in SQL_SERVERS and scenario != "point":
                         continue
+                    if name == "floor" and scenario == "slow":
+                        continue  # the floor runs SQLite inline: a slow query stops it, like select
                     # On a shared machine other processes only ever cost throughput:
                     # keep the best of --repeat runs, with its latencies.
                     runs = [_run_scenario(server, scenario, db, workdir, opts, slow_param) for _ in range(repeat)]
