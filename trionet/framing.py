@@ -25,6 +25,7 @@ __all__ = [
     "Oversized",
     "TruncatedFrame",
     "encode_length_prefixed",
+    "next_line",
 ]
 
 
@@ -220,3 +221,23 @@ def encode_length_prefixed(payload: bytes, prefix_bytes: int) -> bytes:
     if len(payload) >= 1 << (8 * prefix_bytes):
         raise FramingError(f"payload of {len(payload)} bytes does not fit a {prefix_bytes}-byte length")
     return len(payload).to_bytes(prefix_bytes, "big") + payload
+
+
+def next_line(framer: LineFramer, error: type[Exception] = FramingError) -> bytes | object:
+    """For a client reading a server's lines: the next non-blank line, NEED_DATA or EOF.
+
+    Raises:
+        error: a line was longer than the framer's limit, or the server
+            closed in the middle of one (a client cannot skip part of an answer).
+    """
+    while True:
+        event = framer.next_event()
+        if isinstance(event, Frame):
+            if event.payload.strip():
+                return event.payload
+            continue
+        if isinstance(event, Oversized):
+            raise error(f"reply line longer than {event.limit} bytes")
+        if isinstance(event, TruncatedFrame):
+            raise error("connection closed in the middle of a reply")
+        return event

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from trionet.framing import EOF, Frame, LineFramer, Oversized, TruncatedFrame
+from trionet.framing import EOF, NEED_DATA, Frame, LineFramer, Oversized, TruncatedFrame, next_line
 from trionet.names.answer import LINE_TYPES, Answer, InvalidName, normalize_name, reverse_name
 
 __all__ = [
@@ -285,14 +285,5 @@ class ClientLineProtocol:
         Raises:
             RemoteProtocolError: a line is not a reply, or the server closed mid-line.
         """
-        while True:
-            event = self._framer.next_event()
-            if isinstance(event, Frame):
-                if event.payload.strip():
-                    return parse_reply(event.payload)
-                continue
-            if isinstance(event, Oversized):
-                raise RemoteProtocolError(f"reply line longer than {event.limit} bytes")
-            if isinstance(event, TruncatedFrame):
-                raise RemoteProtocolError("connection closed in the middle of a reply")
-            return event
+        line = next_line(self._framer, RemoteProtocolError)
+        return line if line is NEED_DATA or line is EOF else parse_reply(line)

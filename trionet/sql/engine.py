@@ -28,7 +28,8 @@ from typing import Any
 
 __all__ = ["INLINE_BUDGET", "Database", "FetchResult", "OverBudget", "Session", "SqlError"]
 
-_PROGRESS_STEPS = 1000  # VM instructions between deadline checks (about 15-25 us here)
+_PROGRESS_STEPS = 1000  # VM instructions between budget checks on the event loop (about 15-25 us here)
+_THREAD_PROGRESS_STEPS = 1_000_000  # ... and between checks in a worker thread (about 20 ms)
 INLINE_BUDGET = 20
 """Progress-handler calls a statement may take on the event loop (about 0.5 ms, measured
 in docs/benchmarks.md); past that it is stopped and run again in a worker thread."""
@@ -199,9 +200,10 @@ class Session:
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, database.max_value_bytes)
         conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, database.max_sql_bytes)
         conn.set_authorizer(self._authorize)
+        conn.set_progress_handler(self._progress, _THREAD_PROGRESS_STEPS)
         self.connection = conn
         self._cursor: sqlite3.Cursor | None = None
-        self._counting = False  # is the progress handler installed?
+        self._counting = False  # counting an event-loop budget, or only watching for aborts?
         self._abort_reason: str | None = None
         self._timed_out = False
         self._denial: tuple[str, str] | None = None
@@ -243,19 +245,25 @@ class Session:
         return sqlite3.SQLITE_DENY
 
     def _progress(self) -> int:
-        self._budget -= 1
-        if self._budget <= 0:
-            self._over_budget = True
+        if self._abort_reason is not None:
             return 1
+        if self._counting:
+            self._budget -= 1
+            if self._budget <= 0:
+                self._over_budget = True
+                return 1
         return 0
 
     def _count_instructions(self, on: bool) -> None:
-        # Only statements tried on the event loop are counted: in a worker
-        # thread, a Python handler would need the GIL every few microseconds
-        # and wait for the busy event loop each time (measured: a 3 s query
-        # took over 8 s under load). Threads are stopped by interrupt().
+        # On the event loop the handler counts the budget, every 1000 VM
+        # instructions. In a worker thread it only checks for an abort, every
+        # million: a Python handler needs the GIL, and asking for it every few
+        # microseconds starved the statement behind the busy event loop
+        # (measured: a 3 s query took over 8 s under load). Threads are
+        # stopped by interrupt(); the check catches an interrupt that came
+        # before the statement started, which SQLite ignores.
         if on != self._counting:
-            self.connection.set_progress_handler(self._progress if on else None, _PROGRESS_STEPS)
+            self.connection.set_progress_handler(self._progress, _PROGRESS_STEPS if on else _THREAD_PROGRESS_STEPS)
             self._counting = on
 
     # --- running statements -------------------------------------------------

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from trionet.framing import EOF, NEED_DATA, Frame, LineFramer, Oversized, TruncatedFrame
+from trionet.framing import EOF, NEED_DATA, Frame, LineFramer, Oversized, TruncatedFrame, next_line
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
@@ -367,17 +367,8 @@ class ClientProtocol:
         self._framer.receive_data(data)
 
     def next_event(self) -> Hello | Columns | Rows | Done | ErrorReply | Bye | object:
-        while True:
-            event = self._framer.next_event()
-            if isinstance(event, Frame):
-                if event.payload.strip():
-                    return parse_reply(event.payload)
-                continue
-            if isinstance(event, Oversized):
-                raise RemoteProtocolError(f"reply line longer than {event.limit} bytes")
-            if isinstance(event, TruncatedFrame):
-                raise RemoteProtocolError("connection closed in the middle of a reply")
-            return event
+        line = next_line(self._framer, RemoteProtocolError)
+        return line if line is NEED_DATA or line is EOF else parse_reply(line)
 
 
 def _decode_rows(rows: Any) -> list[tuple]:

@@ -188,11 +188,18 @@ class SqlServer:
                     data = b""
                 state.proto.receive_data(data)
                 if not data:
-                    state.session.interrupt("client gone")
-                    return
-            await trio.sleep_forever()
-        if timer.cancelled_caught:
-            state.session.interrupt_for_timeout()
+                    break
+            else:
+                await trio.sleep_forever()
+        # Client gone or time up. SQLite ignores an interrupt that comes
+        # before the statement starts, so repeat it until the thread returns
+        # (this task is cancelled then).
+        while True:
+            if timer.cancelled_caught:
+                state.session.interrupt_for_timeout()
+            else:
+                state.session.interrupt("client gone")
+            await trio.sleep(0.05)
 
     async def _run(self, conn: Connection, state: "_ConnState", request: protocol.Request) -> None:
         session = state.session
