@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,18 +15,8 @@ __all__ = ["RingProcess", "read_deliveries", "ring_command", "write_ring"]
 
 
 def ring_command() -> list[str]:
-    """The command line that runs ``trionet ring``.
-
-    ``python -m trionet ring`` is what a user types; while another service's
-    CLI module is missing the top-level group cannot import, and
-    ``python -m trionet.ring`` (the same click group) stands in.
-    """
-    probe = subprocess.run(
-        [sys.executable, "-c", "import trionet.cli"], capture_output=True, cwd=_repo_root(), env=_env()
-    )
-    if probe.returncode == 0:
-        return [sys.executable, "-m", "trionet", "ring"]
-    return [sys.executable, "-m", "trionet.ring"]
+    """The command line that runs ``trionet ring``, as a user types it."""
+    return [sys.executable, "-m", "trionet", "ring"]
 
 
 def _repo_root() -> Path:
