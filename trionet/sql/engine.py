@@ -196,6 +196,10 @@ class Session:
         else:
             uri = database.path.resolve().as_uri() + "?mode=ro"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0.1)
+        # 512 KiB of page cache per connection instead of SQLite's 2 MiB: the
+        # OS page cache holds the file for everyone. Measured with
+        # tools/bench_sql_memory.py: 2.5 MB -> 1.0 MB per connection, same q/s.
+        conn.execute("PRAGMA cache_size=-512")
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, database.max_value_bytes)
         conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, database.max_sql_bytes)
