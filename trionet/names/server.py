@@ -43,7 +43,7 @@ from trionet.names.answer import Answer
 from trionet.names.cache import AnswerCache
 from trionet.names.hosts import HostsTable, load_hosts
 from trionet.names.resolver import Resolver, Transport, Upstream
-from trionet.serving import RECEIVE_CHUNK, Connection, TCPService, receive_event
+from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService, receive_event
 
 __all__ = [
     "DEFAULT_DNS_PORT",
@@ -122,8 +122,7 @@ class _Session:
     stopping: str = ""  # why the session ends: "shutdown" or "idle-timeout"
     wait_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     pending: collections.deque = field(default_factory=collections.deque)
-    sending: bool = False  # a send is in progress...
-    sends: int = 0  # ...and this is its number, for the watchdog
+    sends: SendWatchdog = field(default_factory=lambda: SendWatchdog(STUCK_SEND_NO_IDLE))
 
 
 class NamesServer:
@@ -334,36 +333,19 @@ class NamesServer:
 
         A client that does not read its answers must not hold its slot
         forever. A cancel scope around every send would cost more than the
-        send itself on the DNS fast path, so sends are numbered instead, and
-        this watchdog ends the session when it sees the same send still
-        blocked at two checks ``period`` seconds apart.
+        send itself on the DNS fast path, so the shared
+        :class:`~trionet.serving.SendWatchdog` watches the sends instead.
         """
-        period = (self.config.idle_timeout or STUCK_SEND_NO_IDLE) / 2
-        seen = -1
-        while True:
-            if not conn.draining.is_set():
-                with trio.move_on_after(period):
-                    await conn.draining.wait()
-                if conn.draining.is_set():
-                    session.stopping = "shutdown"
-                    session.wait_scope.cancel()
-                    continue  # a full period before the next check
-            else:
-                await trio.sleep(period)
-            if session.sending and session.sends == seen:
-                log.info("%s: client has not read its answers for %.1fs; closing", conn.peer, period)
-                scope.cancel()
-                return
-            seen = session.sends if session.sending else -1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.sends.watch, scope)
+            await conn.draining.wait()
+            session.stopping = "shutdown"
+            session.wait_scope.cancel()
+        # (the watchdog runs until the connection's nursery is cancelled)
 
     @staticmethod
     async def _send(session: _Session, stream: trio.abc.Stream, data: bytes) -> None:
-        session.sending = True
-        session.sends += 1
-        try:
-            await stream.send_all(data)
-        finally:
-            session.sending = False
+        await session.sends.send(stream, data)
 
     @staticmethod
     async def _close_gently(stream: trio.abc.Stream) -> None:
@@ -384,7 +366,7 @@ class NamesServer:
 
     async def handle_line(self, conn: Connection) -> None:
         """Serve one client of the line protocol (the line port's TCPService handler)."""
-        session = _Session()
+        session = _Session(sends=SendWatchdog(self.config.idle_timeout or STUCK_SEND_NO_IDLE))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, conn, session, nursery.cancel_scope)
             try:
@@ -464,7 +446,7 @@ class NamesServer:
 
     async def handle_dns(self, conn: Connection) -> None:
         """Serve one DNS-over-TCP client (the DNS port's TCPService handler)."""
-        session = _Session()
+        session = _Session(sends=SendWatchdog(self.config.idle_timeout or STUCK_SEND_NO_IDLE))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, conn, session, nursery.cancel_scope)
             try:
