@@ -298,10 +298,10 @@ async def test_query_timeout_interrupts_and_the_connection_goes_on(start_sql):
         assert (await conn.query("SELECT 1")).rows == [(1,)]
 
 
-async def wait_until_busy(server) -> None:
-    """Wait until the server has taken a request on one of its connections."""
+async def wait_until_busy(server, requests: int = 1) -> None:
+    """Wait until the server has taken ``requests`` requests on one of its connections."""
     with trio.fail_after(5):
-        while not any(conn.requests for conn in server.service.connections):
+        while not any(conn.requests >= requests for conn in server.service.connections):
             await trio.sleep(0.01)
 
 
@@ -337,6 +337,22 @@ async def test_a_client_that_leaves_mid_query_has_it_interrupted(raw, start_sql)
     with trio.fail_after(5):  # without the interrupt the worker thread would count forever
         while server.service.connections:
             await trio.sleep(0.01)
+
+
+async def test_requests_pipelined_behind_a_disconnect_are_dropped(raw, start_sql):
+    server, address = await start_sql(query_timeout=0, read_write=True)
+    client = await raw(address)
+    await client.send(b"CREATE TABLE log (n)\n")
+    await client.answer()
+    # An endless query, then a write, then the client leaves: the write must not run.
+    await client.send(ENDLESS.encode() + b"\nINSERT INTO log VALUES (1)\n")
+    await wait_until_busy(server, requests=2)  # the endless query runs
+    await client.stream.send_eof()
+    with trio.fail_after(5):
+        while server.service.connections:
+            await trio.sleep(0.01)
+    async with connect(*address) as conn:
+        assert (await conn.query("SELECT count(*) FROM log")).rows == [(0,)]
 
 
 async def test_transactions_belong_to_their_connection_and_roll_back_on_disconnect(start_sql, quake_db):

@@ -377,6 +377,11 @@ class Session:
         self.connection.close()
 
     @property
+    def aborted(self) -> bool:
+        """True once :meth:`interrupt` was called: the client is gone or the server is closing."""
+        return self._abort_reason is not None
+
+    @property
     def in_transaction(self) -> bool:
         return self.connection.in_transaction
 

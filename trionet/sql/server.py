@@ -127,8 +127,8 @@ class SqlServer:
                 request = await receive_event(conn.stream, state.proto)
             except (trio.BrokenResourceError, OSError):
                 return  # reset by the client
-            if request is EOF:
-                return  # the client is gone; we do not answer after a half-close
+            if request is EOF or state.session.aborted:
+                return  # the client is gone (we do not answer after a half-close)
             conn.requests += 1
             state.busy = True
             if isinstance(request, protocol.BadRequest):
