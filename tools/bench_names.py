@@ -206,7 +206,7 @@ async def _trio_load(port: int, names: list[str], clients: int, per_conn: int, d
     deadline = trio.current_time() + duration
 
     async def connection(worker: int, counter: list[int]) -> None:
-        nonlocal answered, lost, latency_total
+        nonlocal lost
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         sent: dict[int, float] = {}
         slots = trio.Semaphore(window)

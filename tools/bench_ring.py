@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -59,10 +58,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-@functools.cache
-def _ring_command() -> list[str]:
-    ok = subprocess.run([sys.executable, "-c", "import trionet.cli"], env=_env(), capture_output=True).returncode == 0
-    return [sys.executable, "-m", "trionet", "ring"] if ok else [sys.executable, "-m", "trionet.ring"]
+RING_COMMAND = [sys.executable, "-m", "trionet", "ring"]
 
 
 def run_ring(size: int, per_node: dict[int, int], workdir: Path) -> list[dict]:
@@ -78,7 +74,7 @@ def run_ring(size: int, per_node: dict[int, int], workdir: Path) -> list[dict]:
             for _ in range(per_node.get(i, 0)):
                 fh.write(f"{rng.randrange(size)} {TEXT}\n")
         stats = workdir / f"stats{size}-{i}.json"
-        argv = [*_ring_command(), "join", "--config", str(config), "--id", str(i), "--messages", str(messages)]
+        argv = [*RING_COMMAND, "join", "--config", str(config), "--id", str(i), "--messages", str(messages)]
         argv += ["--stats", str(stats), "--log-level", "warning", "--connect-timeout", "120"]
         log = open(workdir / f"log{size}-{i}.txt", "w")
         procs.append((subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=log), stats, log))

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-from trionet.framing import EOF, NEED_DATA, Frame, LengthPrefixFramer, Oversized, TruncatedFrame
+from trionet.framing import Frame, LengthPrefixFramer, Oversized, TruncatedFrame
 
 __all__ = [
     "MAX_FRAME",
