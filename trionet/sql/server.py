@@ -27,13 +27,15 @@ import trio
 
 from trionet.framing import EOF
 from trionet.log import get_logger
-from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
+from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol
 from trionet.sql.engine import INLINE_BUDGET, Database, FetchResult, OverBudget, Session, SqlError
 
 __all__ = ["SqlServer", "SqlServerConfig", "serve_sql"]
 
 log = get_logger("sql")
+
+_BYE_SHUTDOWN = protocol.encode_bye("server shutting down")
 
 
 @dataclass(frozen=True)
@@ -136,13 +138,13 @@ class SqlServer:
             else:
                 await self._run(conn, state, request)
             state.busy = False
-        await self._send(state, conn, protocol.encode_bye("server shutting down"))
+        await self._send(state, conn, _BYE_SHUTDOWN)
 
     async def _watch_drain(self, conn: Connection, state: "_ConnState", scope: trio.CancelScope) -> None:
         await conn.draining.wait()
         if not state.busy:
             with trio.move_on_after(1):
-                await conn.stream.send_all(protocol.encode_bye("server shutting down"))
+                await conn.stream.send_all(_BYE_SHUTDOWN)
             scope.cancel()
         # A busy connection finishes its request, says bye and closes.
 
@@ -163,10 +165,9 @@ class SqlServer:
     async def _in_thread(self, conn: Connection, state: "_ConnState", deadline: float, fn, *args) -> FetchResult:
         """Run ``fn`` in a worker thread while watching the client and the clock.
 
-        Nothing polls inside SQLite here (a Python progress handler would
-        need the GIL every few microseconds and starve the statement): the
-        watcher interrupts it from the event loop at the deadline, or at
-        once when the client leaves.
+        The watcher interrupts the statement from the event loop at the
+        deadline, or at once when the client leaves; inside SQLite only a
+        rare abort check runs (see ``Session._count_instructions``).
         """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_while_working, conn, state, deadline)
@@ -183,7 +184,7 @@ class SqlServer:
             # the protocol object for the loop.
             while state.proto.buffered < self.config.max_request_bytes:
                 try:
-                    data = await conn.stream.receive_some(65536)
+                    data = await conn.stream.receive_some(RECEIVE_CHUNK)
                 except (trio.BrokenResourceError, OSError):
                     data = b""
                 state.proto.receive_data(data)
@@ -212,7 +213,7 @@ class SqlServer:
         work_left = self.config.query_timeout or math.inf  # seconds of SQLite time still allowed
         sent = 0
         truncated = False
-        columns_sent = False
+        out = b""  # what is ready to send and not sent yet
 
         async def in_sqlite(fn, *args) -> FetchResult:
             nonlocal work_left
@@ -235,7 +236,6 @@ class SqlServer:
             if result is None:
                 result = await in_sqlite(session.execute, request.sql, request.params, want)
             out = protocol.encode_columns(req_id, result.columns or [])
-            columns_sent = True
             while True:
                 rows = result.rows
                 if cap and sent + len(rows) > cap:
@@ -260,7 +260,6 @@ class SqlServer:
                 elapsed_ms=(time.perf_counter() - started) * 1000,
             )
         except SqlError as exc:
-            out = b"" if not columns_sent else out
             out += protocol.encode_error(req_id, exc.code, exc.message)
         await self._send(state, conn, out)
 
