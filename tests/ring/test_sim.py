@@ -117,7 +117,11 @@ def test_a_silent_drop_is_noticed_by_missing_acks_and_repaired():
     result = run_sim(size, messages, link_delays={i: 0.01 for i in range(size)}, cuts=cuts)
     check_complete(result, size, messages)
     assert result.nodes[1].next_link.connects >= 2 and result.nodes[3].next_link.connects >= 2
-    assert result.nodes[1].next_link.ack_timeouts >= 1 and result.nodes[3].next_link.ack_timeouts >= 1
+    # Each silenced connection carries frames both ways: whichever end sent
+    # the oldest frame lost notices first (either is right), and only that.
+    for source, target in ((1, 2), (3, 0)):
+        noticed = result.nodes[source].next_link.ack_timeouts + result.nodes[target].prev_link.ack_timeouts
+        assert noticed >= 1, f"the silent drop {source}->{target} went unnoticed"
 
 
 def test_the_monitor_catches_a_second_token():

@@ -169,7 +169,8 @@ def _print_summary(summary: Summary) -> None:
 
 
 def _write_stats(path: str, node: RingNode) -> None:
-    # For tools/bench_ring.py: round trips measured by this node, and its peak RSS.
+    # For tools/bench_ring.py: round trips measured by this node, its peak RSS,
+    # and the CPU it used from its first frame to the finalization.
     stats = {
         "node": node.me.id,
         "round_trips": node.round_trips,
@@ -178,6 +179,8 @@ def _write_stats(path: str, node: RingNode) -> None:
         "first_send": node.first_send,
         "last_return": node.last_return,
         "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "frames_handled": node.frames_handled,
+        "cpu_busy": (node.cpu_finished or 0.0) - (node.cpu_first_frame or 0.0),
     }
     with open(path, "w") as fh:
         json.dump(stats, fh)

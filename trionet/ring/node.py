@@ -65,7 +65,7 @@ from trionet.ring.protocol import (
     Token,
     encode_frame,
 )
-from trionet.serving import Connection, TCPService, receive_event
+from trionet.serving import Connection, EagerSocketStream, TCPService, receive_event
 
 __all__ = ["NodeOptions", "RingError", "RingNode", "TcpTransport", "Transport", "request_stop"]
 
@@ -128,17 +128,22 @@ class Transport(Protocol):
 
 
 class TcpTransport:
-    """Real TCP: listen with :class:`~trionet.serving.TCPService`, dial with ``trio.open_tcp_stream``."""
+    """Real TCP: listen with :class:`~trionet.serving.TCPService`, dial with ``trio.open_tcp_stream``.
+
+    Streams are :class:`~trionet.serving.EagerSocketStream`: a frame read is
+    written on to the next node without waiting for an extra pass of trio's
+    event loop (hop latency, ``docs/benchmarks.md``).
+    """
 
     async def connect(self, node: NodeAddress) -> trio.abc.Stream:
         """Open a TCP connection to ``node`` (no timeout: the caller bounds it)."""
-        return await trio.open_tcp_stream(node.host, node.port)
+        return EagerSocketStream(await trio.open_tcp_stream(node.host, node.port))
 
     async def serve(self, node, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen on the node's own address; per-connection errors stay in that connection."""
 
         async def _handle(conn: Connection) -> None:
-            await handler(conn.stream)
+            await handler(EagerSocketStream(conn.stream))
 
         await TCPService(f"ring node {node.id}", _handle, log).serve(node.host, node.port, task_status=task_status)
 
@@ -162,14 +167,15 @@ class _Link:
     the next one.
     """
 
-    def __init__(
-        self, name: str, peer: NodeAddress, inbound: trio.MemorySendChannel, incoming: Direction, options: NodeOptions
-    ) -> None:
+    def __init__(self, name: str, peer: NodeAddress, incoming: Direction, options: NodeOptions) -> None:
         self.name = name
         self.peer = peer
         self.state = LinkState(EPOCH)
         self.incoming = incoming
-        self._inbound = inbound
+        self._inbound, self.frames = trio.open_memory_channel[DataFrame](0)
+        """The token task of direction ``incoming`` takes this link's frames from here."""
+        self.handled = 0
+        """Frames from this link that the token task has acted on (for the benchmark's CPU per frame)."""
         self._lock = trio.Lock()  # one writer at a time on the stream
         self._stream: trio.abc.Stream | None = None
         self._current: _Conn | None = None
@@ -412,11 +418,9 @@ class RingNode:
         self.core = NodeCore(node_id, config.ids, messages, observer)
         self._deliveries = deliveries
         self._rng = random.Random(self.options.seed)
-        self._cw_send, self._cw_receive = trio.open_memory_channel(0)
-        self._ccw_send, self._ccw_receive = trio.open_memory_channel(0)
         # The next node's link brings ccw frames; the previous node's brings cw frames.
-        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, self._ccw_send, Direction.CCW, self.options)
-        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, self._cw_send, Direction.CW, self.options)
+        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, self.options)
+        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, self.options)
         self._stop_requested = trio.Event()
         self._finalize_forwarded = trio.Event()
         self.finished = trio.Event()
@@ -426,6 +430,13 @@ class RingNode:
         self.round_trip_samples: list[float] = []  # the first 10 000, for the benchmark's median
         self.first_send: float | None = None
         self.last_return: float | None = None
+        self.cpu_first_frame: float | None = None  # process CPU seconds, for the benchmark's CPU per frame
+        self.cpu_finished: float | None = None
+
+    @property
+    def frames_handled(self) -> int:
+        """Data frames this node's token tasks have acted on (tokens, messages, probe, finalization)."""
+        return self.prev_link.handled + self.next_link.handled
 
     def request_stop(self) -> None:
         """Finalize gracefully (node 0), or ask node 0 to (any other node). Safe to call twice."""
@@ -444,8 +455,8 @@ class RingNode:
             log.info("node %d listening on %s", self.me.id, self.listen.address)
             task_status.started()
             nursery.start_soon(self._dial_loop)
-            nursery.start_soon(self._token_task, self._cw_receive)
-            nursery.start_soon(self._token_task, self._ccw_receive)
+            nursery.start_soon(self._token_task, self.prev_link)  # clockwise
+            nursery.start_soon(self._token_task, self.next_link)  # counter-clockwise
             nursery.start_soon(self._watch_link, self.next_link)
             nursery.start_soon(self._watch_link, self.prev_link)
             nursery.start_soon(self._wait_stop)
@@ -471,8 +482,11 @@ class RingNode:
 
     # --- the two token tasks and the actions of the core ---------------------
 
-    async def _token_task(self, inbound: trio.MemoryReceiveChannel) -> None:
-        async for frame in inbound:
+    async def _token_task(self, link: _Link) -> None:
+        """The token task of one direction: act on each frame that ``link`` brings in."""
+        async for frame in link.frames:
+            if self.cpu_first_frame is None:
+                self.cpu_first_frame = time.process_time()
             if isinstance(frame, Probe) and self.core.is_leader:
                 log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
             try:
@@ -482,6 +496,7 @@ class RingNode:
                 # a second token or a stranger's message means the ring is broken.
                 raise RingError(f"node {self.me.id}: protocol violation: {exc}") from None
             await self._perform(actions)
+            link.handled += 1
 
     async def _start(self) -> None:
         if self.core.is_leader:
@@ -523,6 +538,7 @@ class RingNode:
                 self.first_send = self.first_send if self.first_send is not None else now - action.round_trip
                 self.last_return = now
             elif isinstance(action, Finished):
+                self.cpu_finished = time.process_time()
                 if self._deliveries is not None:
                     self._deliveries.flush()
                 self.summary = action.summary

@@ -42,7 +42,7 @@ import enum
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from trionet.framing import Frame, LengthPrefixFramer, Oversized, TruncatedFrame
 
@@ -283,11 +283,11 @@ def decode_frame(payload: bytes) -> Received:
     try:
         if kind == _T_TOKEN:
             direction, rnd, busy = _exact(_TOKEN, body)
-            frame = Token(Direction(direction), rnd, _flag(busy))
+            frame = Token(_direction(direction), rnd, _flag(busy))
         elif kind == _T_MESSAGE:
             direction, origin, dest, msg_id, delivered = _MESSAGE.unpack_from(body)
             text = body[_MESSAGE.size :].decode("utf-8")
-            frame = Message(Direction(direction), origin, dest, msg_id, text, _flag(delivered))
+            frame = Message(_direction(direction), origin, dest, msg_id, text, _flag(delivered))
         elif kind == _T_ACK:
             (ack,) = _exact(_ACK, body)
             frame = Ack(ack)
@@ -319,6 +319,16 @@ def _exact(layout: struct.Struct, body: bytes) -> tuple:
     if len(body) != layout.size:
         raise ValueError(f"body of {len(body)} bytes, expected {layout.size}")
     return layout.unpack(body)
+
+
+_DIRECTIONS = tuple(Direction)
+
+
+def _direction(value: int) -> Direction:
+    # A tuple lookup: Direction(value) goes through Enum.__new__ on every frame.
+    if value > 1:
+        raise ValueError(f"direction byte {value}")
+    return _DIRECTIONS[value]
 
 
 def _flag(value: int) -> bool:
@@ -652,12 +662,14 @@ class NodeCore:
             dest, text = self._queue.pop()
             self.sent += 1
             msg = Message(d, self.node_id, dest, self.sent, text)
-            self.holding[d] = replace(token, busy=True)
+            self.holding[d] = Token(d, token.round, True)
             self.in_flight[d] = msg
             self._sent_at[d] = now
             self._note("send", d, msg)
             return [Send(d, msg)]
-        return self._pass(replace(token, busy=token.busy or self.has_pending()))
+        # (Frames are built directly, not with dataclasses.replace: this is
+        # the per-hop path, and replace() costs several times more.)
+        return self._pass(Token(d, token.round, token.busy or self.has_pending()))
 
     def _pass(self, token: Token) -> list[Action]:
         d = token.direction
@@ -692,7 +704,7 @@ class NodeCore:
         d = msg.direction
         actions: list[Action] = []
         if msg.destination == self.node_id and not msg.delivered:
-            msg = replace(msg, delivered=True)
+            msg = Message(d, msg.origin, msg.destination, msg.msg_id, msg.text, True)
             self.delivered += 1
             self._note("deliver", d, msg)
             actions.append(Deliver(msg))
