@@ -294,11 +294,9 @@ class EagerSocketStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("the socket was closed")
         return fd
 
-    async def _completed(self) -> None:
-        self._unyielded += 1
-        if self._unyielded >= self._fairness:
-            self._unyielded = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()
+    async def _fair_yield(self) -> None:
+        self._unyielded = 0
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Return the bytes available (at most ``max_bytes``), waiting for some; ``b""`` at end of stream."""
@@ -323,7 +321,9 @@ class EagerSocketStream(trio.abc.HalfCloseableStream):
                 except OSError as exc:
                     raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
                 self._drained = 0 < len(data) < max_bytes
-                await self._completed()
+                self._unyielded += 1
+                if self._unyielded >= self._fairness:
+                    await self._fair_yield()
                 return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -332,19 +332,27 @@ class EagerSocketStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             if self.socket.did_shutdown_SHUT_WR:
                 raise trio.ClosedResourceError("can't send data after sending EOF")
-            with memoryview(data) as view:
-                fd = self._fileno()
+            fd = self._fileno()
+            try:
+                sent = os.write(fd, data)  # the usual case: the kernel takes it all
+            except BlockingIOError:
                 sent = 0
-                while sent < len(view):
-                    try:
-                        sent += os.write(fd, view[sent:])
-                    except BlockingIOError:
-                        self._unyielded = 0
-                        await trio.lowlevel.wait_writable(self.socket)
-                        fd = self._fileno()
-                    except OSError as exc:
-                        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-            await self._completed()
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            if sent < len(data):
+                with memoryview(data) as view:
+                    while sent < len(view):
+                        try:
+                            sent += os.write(fd, view[sent:])
+                        except BlockingIOError:
+                            self._unyielded = 0
+                            await trio.lowlevel.wait_writable(self.socket)
+                            fd = self._fileno()
+                        except OSError as exc:
+                            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            self._unyielded += 1
+            if self._unyielded >= self._fairness:
+                await self._fair_yield()
 
     async def wait_send_all_might_not_block(self) -> None:
         """Return when the socket can take more data."""
