@@ -95,77 +95,111 @@ def ring_throughput(size: int, messages: int, workdir: Path) -> float:
     return size * messages / (end - start)
 
 
-def ring_hop_latency(size: int, messages: int, workdir: Path) -> float:
+def ring_hop_latency(size: int, messages: int, workdir: Path) -> tuple[float, float]:
+    """Median hop latency (node 0's round trips / size) and the forwarding nodes' mean CPU per frame."""
     stats = run_ring(size, {0: messages}, workdir)
-    return stats[0]["round_trip_median"] / size
+    cpu = statistics.mean(s["cpu_busy"] / s["frames_handled"] for s in stats[1:] if s["frames_handled"])
+    return stats[0]["round_trip_median"] / size, cpu
 
 
-# --- the baseline: a chain of bare trio relays ------------------------------------
+# --- the baselines: a ring of bare trio relays ------------------------------------
+#
+# Each relay reads length-prefixed frames and writes them on unchanged: no
+# parsing, acks, tokens or channels, and trio's plain SocketStream. With
+# ``both`` it relays the other way too (frames from its next neighbour go to
+# its previous one), which is the ring's traffic: one frame in flight in each
+# direction at every moment.
 
 
-async def _relay(listen_port: int, next_port: int) -> None:
+async def _pump(inbound: trio.abc.ReceiveStream, outbound: trio.abc.SendStream, counter: list[int]) -> None:
+    buf = bytearray()
+    while True:
+        data = await inbound.receive_some(65536)
+        if not data:
+            return
+        buf += data
+        while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+            n = 4 + int.from_bytes(buf[:4], "big")
+            frame, buf[:] = bytes(buf[:n]), buf[n:]
+            if counter[0] == 0:
+                counter[1] = time.process_time()
+            counter[0] += 1
+            await outbound.send_all(frame)
+
+
+async def _dial(port: int) -> trio.SocketStream:
+    for _ in range(400):
+        try:
+            return await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            await trio.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+async def _relay(listen_port: int, next_port: int, both: bool) -> None:
     listeners = await trio.open_tcp_listeners(listen_port, host="127.0.0.1")
-    outbound = None
-    for _ in range(200):
-        try:
-            outbound = await trio.open_tcp_stream("127.0.0.1", next_port)
-            break
-        except OSError:
-            await trio.sleep(0.05)
-    inbound = await listeners[0].accept()
-    async with inbound, outbound:
-        buf = bytearray()
-        while True:
-            data = await inbound.receive_some(65536)
-            if not data:
-                return
-            buf += data
-            while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
-                n = 4 + int.from_bytes(buf[:4], "big")
-                frame, buf[:] = bytes(buf[:n]), buf[n:]
-                await outbound.send_all(frame)
+    to_next = await _dial(next_port)
+    from_prev = await listeners[0].accept()
+    counter = [0, 0.0]  # frames relayed, CPU time at the first one
+
+    async def pump(inbound, outbound, nursery) -> None:
+        await _pump(inbound, outbound, counter)
+        nursery.cancel_scope.cancel()  # one side closed: close both, so the next relay sees EOF too
+
+    async with from_prev, to_next, trio.open_nursery() as nursery:
+        nursery.start_soon(pump, from_prev, to_next, nursery)
+        if both:
+            nursery.start_soon(pump, to_next, from_prev, nursery)
+    # For the driver: CPU per frame relayed, from the first frame to the end.
+    print(json.dumps({"frames": counter[0], "cpu": time.process_time() - counter[1]}), flush=True)
 
 
-async def _driver(size: int, ports: list[int], rounds: int) -> float:
+async def _driver(size: int, ports: list[int], rounds: int, both: bool) -> list[float]:
+    """Play node 0: keep one frame going round clockwise (and, with ``both``, one anticlockwise)."""
     listeners = await trio.open_tcp_listeners(ports[0], host="127.0.0.1")
-    for _ in range(200):
-        try:
-            outbound = await trio.open_tcp_stream("127.0.0.1", ports[1 % size])
-            break
-        except OSError:
-            await trio.sleep(0.05)
-    inbound = await listeners[0].accept()
+    to_next = await _dial(ports[1 % size])
+    from_prev = await listeners[0].accept()
     payload = struct.pack(">BBIQ", 1, 6, 1, 1) + TEXT.encode()
     frame = len(payload).to_bytes(4, "big") + payload
-    samples = []
-    async with outbound:
+    samples: list[float] = []
+
+    async def circulate(out: trio.abc.SendStream, back: trio.abc.ReceiveStream) -> None:
         for _ in range(rounds):
             started = time.perf_counter()
-            await outbound.send_all(frame)
+            await out.send_all(frame)
             got = b""
             while len(got) < len(frame):
-                got += await inbound.receive_some(65536)
+                got += await back.receive_some(65536)
             samples.append(time.perf_counter() - started)
-    return statistics.median(samples) / size
+
+    async with from_prev, to_next:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(circulate, to_next, from_prev)
+            if both:
+                nursery.start_soon(circulate, from_prev, to_next)
+    return samples
 
 
-def relay_hop_latency(size: int, rounds: int) -> float:
-    """Mean hop latency of a ring of ``size`` processes: a driver and ``size - 1`` bare relays."""
+def relay_hop_latency(size: int, rounds: int, both: bool = False) -> tuple[float, float]:
+    """Median hop latency and CPU per frame of a ring of a driver and ``size - 1`` bare relays."""
     ports = free_ports(size)
+    argv = [sys.executable, __file__, "_relay"]
     relays = [
-        subprocess.Popen(
-            [sys.executable, __file__, "_relay", str(ports[i]), str(ports[(i + 1) % size])], env=_env()
-        )
+        subprocess.Popen([*argv, str(ports[i]), str(ports[(i + 1) % size]), str(int(both))], env=_env(), stdout=subprocess.PIPE, text=True)
         for i in range(1, size)
     ]
     try:
-        return trio.run(_driver, size, ports, rounds)
+        samples = trio.run(_driver, size, ports, rounds, both)
     finally:
+        reports = []
         for proc in relays:
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+                out, _ = proc.communicate(timeout=30)
+                reports.append(json.loads(out))
+            except (subprocess.TimeoutExpired, ValueError):
                 proc.kill()
+    cpu = statistics.mean(r["cpu"] / r["frames"] for r in reports if r["frames"]) if reports else float("nan")
+    return statistics.median(samples) / size, cpu
 
 
 # --- RSS and the simulator -----------------------------------------------------------
@@ -191,7 +225,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200, help="messages per node for the throughput run")
     parser.add_argument("--latency-messages", type=int, default=200, help="messages node 0 sends for hop latency")
     parser.add_argument("--rss-messages", type=int, default=1000, help="lines per message file (N; then 10N)")
-    parser.add_argument("--repeat", type=int, default=3, help="latency runs per size (the best counts)")
+    parser.add_argument("--repeat", type=int, default=5, help="latency runs per size (the median counts)")
     parser.add_argument("--quick", action="store_true", help="a small run: sizes 3,8; fewer messages")
     args = parser.parse_args()
     if args.quick:
@@ -202,20 +236,42 @@ def main() -> None:
     print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"command: python tools/bench_ring.py {' '.join(sys.argv[1:])}".rstrip())
     print()
-    print("| nodes | delivered msg/s | ring hop latency | bare relay hop | ratio |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    latency_rows, cpu_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for size in sizes:
             rate = ring_throughput(size, args.messages, workdir)
-            # Best of --repeat, ring and relay interleaved, so that load from
-            # other processes on the machine hits both alike.
-            hops, bases = [], []
+            # The ring and both relays interleaved, --repeat times, and the
+            # median of each: load from other processes hits all three alike.
+            runs: dict[str, list[tuple[float, float]]] = {"ring": [], "one": [], "each": []}
             for _ in range(args.repeat):
-                hops.append(ring_hop_latency(size, args.latency_messages, workdir))
-                bases.append(relay_hop_latency(size, args.latency_messages))
-            hop, base = min(hops), min(bases)
-            print(f"| {size} | {rate:,.0f} | {hop * 1e6:,.0f} µs | {base * 1e6:,.0f} µs | {hop / base:.2f}x |", flush=True)
+                runs["ring"].append(ring_hop_latency(size, args.latency_messages, workdir))
+                runs["one"].append(relay_hop_latency(size, args.latency_messages))
+                runs["each"].append(relay_hop_latency(size, args.latency_messages, both=True))
+            hop = {k: statistics.median(h for h, _ in v) for k, v in runs.items()}
+            cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
+            spread = " ".join(f"{h * 1e6:.0f}" for h, _ in runs["ring"])
+            latency_rows.append(
+                f"| {size} | {rate:,.0f} | {hop['ring'] * 1e6:,.0f} µs | {hop['one'] * 1e6:,.0f} µs "
+                f"| {hop['ring'] / hop['one']:.2f}x | {hop['each'] * 1e6:,.0f} µs | {hop['ring'] / hop['each']:.2f}x |"
+            )
+            cpu_rows.append(
+                f"| {size} | {cpu['ring'] * 1e6:,.0f} µs | {cpu['one'] * 1e6:,.0f} µs | {cpu['each'] * 1e6:,.0f} µs "
+                f"| {cpu['ring'] / cpu['each']:.2f}x |"
+            )
+            print(f"  {size} nodes: ring hop per run {spread} µs", flush=True)
+        print()
+        print(f"Hop latency (median of {args.repeat} interleaved runs; each run's figure is a median):")
+        print()
+        print("| nodes | delivered msg/s | ring hop | relay hop, one frame | ratio | relay hop, one frame each way | ratio |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("\n".join(latency_rows))
+        print()
+        print("CPU per frame at a forwarding process (from its first frame to its last):")
+        print()
+        print("| nodes | ring node | relay, one frame | relay, one frame each way | ring / relay each way |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        print("\n".join(cpu_rows))
         print()
         small = ring_rss(3, args.rss_messages, workdir)
         large = ring_rss(3, args.rss_messages * 10, workdir)
@@ -228,7 +284,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "_relay":
-        trio.run(_relay, int(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "_relay":
+        trio.run(_relay, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1")
     else:
         main()
