@@ -105,6 +105,39 @@ def test_random_payloads_decode_or_raise_remote_error(payload):
         pass
 
 
+@given(
+    version=st.integers(0, 2),
+    epoch=u32,
+    seq=st.integers(0, 3),
+    direction=st.integers(0, 3),
+    fields=st.tuples(u32, u32, u64),
+    delivered=st.integers(0, 3),
+    text=st.binary(max_size=20),
+)
+def test_message_payloads_decode_exactly_or_are_refused(version, epoch, seq, direction, fields, delivered, text):
+    # decode_frame has a fast path for messages: whatever it accepts must be
+    # exactly what was sent (re-encoding gives the same bytes), the rest a
+    # RemoteProtocolError, like every other frame.
+    import struct
+
+    payload = struct.pack(">BBIQBIIQB", version, 6, epoch, seq, direction, *fields, delivered) + text
+    try:
+        received = decode_frame(payload)
+    except RemoteProtocolError:
+        assert version != 1 or seq == 0 or direction > 1 or delivered > 1 or not _utf8(text)
+        return
+    assert isinstance(received.frame, Message)
+    assert encode_frame(received.frame, seq=received.seq, epoch=received.epoch)[4:] == payload
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def test_version_and_bad_fields_are_rejected():
     wire = encode_frame(Token(CW), seq=1)[4:]
     with pytest.raises(RemoteProtocolError, match="protocol version 2"):

@@ -214,6 +214,9 @@ _TOKEN = struct.Struct(">BIB")
 _MESSAGE = struct.Struct(">BIIQB")
 _FINALIZE = struct.Struct(">BQQQI")
 _STOPREQ = struct.Struct(">I")
+_MESSAGE_FRAME = struct.Struct(">I" + _HEADER.format[1:] + _MESSAGE.format[1:])  # prefix + header + fields
+_TOKEN_FRAME = struct.Struct(">I" + _HEADER.format[1:] + _TOKEN.format[1:])
+_MESSAGE_PAYLOAD = struct.Struct(">" + _HEADER.format[1:] + _MESSAGE.format[1:])  # header + fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +237,19 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
     Raises:
         LocalProtocolError: a data frame without a sequence number, or the reverse.
     """
+    kind = type(frame)
+    if kind is Message and seq > 0:
+        # The per-hop case, in one pack: length prefix, header, message fields.
+        text = frame.text.encode("utf-8")
+        head = _MESSAGE_FRAME.pack(
+            _MESSAGE_FRAME.size - 4 + len(text), PROTOCOL_VERSION, _T_MESSAGE, epoch, seq,
+            frame.direction, frame.origin, frame.destination, frame.msg_id, frame.delivered,
+        )
+        return head + text
+    if kind is Token and seq > 0:
+        return _TOKEN_FRAME.pack(
+            _TOKEN_FRAME.size - 4, PROTOCOL_VERSION, _T_TOKEN, epoch, seq, frame.direction, frame.round, frame.busy
+        )
     if isinstance(frame, (Token, Message, Finalize, StopRequest, Probe)) != (seq > 0):
         raise LocalProtocolError(f"{type(frame).__name__} with link sequence {seq}")
     if isinstance(frame, Token):
@@ -271,6 +287,15 @@ def decode_frame(payload: bytes) -> Received:
         RemoteProtocolError: wrong version, unknown type, wrong length, or a
             field out of range.
     """
+    if len(payload) >= _MESSAGE_PAYLOAD.size and payload[1] == _T_MESSAGE:
+        # The per-hop case, in one unpack; anything unusual takes the general path below.
+        version, _, epoch, seq, direction, origin, dest, msg_id, delivered = _MESSAGE_PAYLOAD.unpack_from(payload)
+        if version == PROTOCOL_VERSION and seq > 0 and direction <= 1 and delivered <= 1:
+            try:
+                text = payload[_MESSAGE_PAYLOAD.size :].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RemoteProtocolError(f"bad frame of type {_T_MESSAGE}: {exc}") from None
+            return Received(Message(_DIRECTIONS[direction], origin, dest, msg_id, text, delivered == 1), seq, epoch)
     if len(payload) < _HEADER.size:
         raise RemoteProtocolError(f"frame of {len(payload)} bytes is shorter than the header")
     version, kind, epoch, seq = _HEADER.unpack_from(payload)
@@ -355,7 +380,7 @@ class FrameDecoder:
     def next_event(self) -> Received | object:
         """Return the next :class:`Received`, :data:`NEED_DATA` or :data:`EOF`."""
         event = self._framer.next_event()
-        if isinstance(event, Frame):
+        if type(event) is Frame:
             return decode_frame(event.payload)
         if isinstance(event, Oversized):
             raise RemoteProtocolError(f"frame longer than {event.limit} bytes")
