@@ -333,23 +333,19 @@ class EagerSocketStream(trio.abc.HalfCloseableStream):
             if self.socket.did_shutdown_SHUT_WR:
                 raise trio.ClosedResourceError("can't send data after sending EOF")
             fd = self._fileno()
-            try:
-                sent = os.write(fd, data)  # the usual case: the kernel takes it all
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-            if sent < len(data):
-                with memoryview(data) as view:
-                    while sent < len(view):
-                        try:
-                            sent += os.write(fd, view[sent:])
-                        except BlockingIOError:
-                            self._unyielded = 0
-                            await trio.lowlevel.wait_writable(self.socket)
-                            fd = self._fileno()
-                        except OSError as exc:
-                            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            remaining = data
+            while remaining:
+                try:
+                    written = os.write(fd, remaining)
+                except BlockingIOError:
+                    self._unyielded = 0
+                    await trio.lowlevel.wait_writable(self.socket)
+                    fd = self._fileno()
+                    continue
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+                # The usual case: the kernel took it all, and no view is made.
+                remaining = memoryview(remaining)[written:] if written < len(remaining) else b""
             self._unyielded += 1
             if self._unyielded >= self._fairness:
                 await self._fair_yield()
