@@ -98,7 +98,7 @@ def ring_throughput(size: int, messages: int, workdir: Path) -> float:
 def ring_hop_latency(size: int, messages: int, workdir: Path) -> tuple[float, float]:
     """Median hop latency (node 0's round trips / size) and the forwarding nodes' mean CPU per frame."""
     stats = run_ring(size, {0: messages}, workdir)
-    cpu = statistics.mean(s["cpu_busy"] / s["frames_handled"] for s in stats[1:] if s["frames_handled"])
+    cpu = statistics.mean(s["cpu_busy"] / s["frames_received"] for s in stats[1:] if s["frames_received"])
     return stats[0]["round_trip_median"] / size, cpu
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -115,11 +117,9 @@ def test_random_payloads_decode_or_raise_remote_error(payload):
     text=st.binary(max_size=20),
 )
 def test_message_payloads_decode_exactly_or_are_refused(version, epoch, seq, direction, fields, delivered, text):
-    # decode_frame has a fast path for messages: whatever it accepts must be
-    # exactly what was sent (re-encoding gives the same bytes), the rest a
-    # RemoteProtocolError, like every other frame.
-    import struct
-
+    # Messages are decoded and encoded with their own one-piece layouts:
+    # whatever decode_frame accepts must be exactly what was sent
+    # (re-encoding gives the same bytes), the rest a RemoteProtocolError.
     payload = struct.pack(">BBIQBIIQB", version, 6, epoch, seq, direction, *fields, delivered) + text
     try:
         received = decode_frame(payload)

@@ -179,7 +179,7 @@ def _write_stats(path: str, node: RingNode) -> None:
         "first_send": node.first_send,
         "last_return": node.last_return,
         "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "frames_handled": node.frames_handled,
+        "frames_received": node.frames_received,
         "cpu_busy": (node.cpu_finished or 0.0) - (node.cpu_first_frame or 0.0),
     }
     with open(path, "w") as fh:

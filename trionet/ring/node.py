@@ -174,8 +174,6 @@ class _Link:
         self.incoming = incoming
         self._inbound, self.frames = trio.open_memory_channel[DataFrame](0)
         """The token task of direction ``incoming`` takes this link's frames from here."""
-        self.handled = 0
-        """Frames from this link that the token task has acted on (for the benchmark's CPU per frame)."""
         # One writer at a time on the stream. A semaphore rather than a Lock:
         # Lock tracks its owner task (and registers it to break the lock if
         # that task exits), which is measurable on the per-hop path.
@@ -437,9 +435,9 @@ class RingNode:
         self.cpu_finished: float | None = None
 
     @property
-    def frames_handled(self) -> int:
-        """Data frames this node's token tasks have acted on (tokens, messages, probe, finalization)."""
-        return self.prev_link.handled + self.next_link.handled
+    def frames_received(self) -> int:
+        """Data frames received from both neighbours, each handed to a token task (for the benchmark)."""
+        return self.prev_link.state.ack + self.next_link.state.ack
 
     def request_stop(self) -> None:
         """Finalize gracefully (node 0), or ask node 0 to (any other node). Safe to call twice."""
@@ -488,10 +486,11 @@ class RingNode:
     async def _token_task(self, link: _Link) -> None:
         """The token task of one direction: act on each frame that ``link`` brings in."""
         async for frame in link.frames:
-            if self.cpu_first_frame is None:
+            if isinstance(frame, Probe):
+                # The first frame every node gets: the benchmark counts CPU from here.
                 self.cpu_first_frame = time.process_time()
-            if isinstance(frame, Probe) and self.core.is_leader:
-                log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
+                if self.core.is_leader:
+                    log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
             try:
                 actions = self.core.receive(frame, trio.current_time())
             except RemoteProtocolError as exc:
@@ -499,7 +498,6 @@ class RingNode:
                 # a second token or a stranger's message means the ring is broken.
                 raise RingError(f"node {self.me.id}: protocol violation: {exc}") from None
             await self._perform(actions)
-            link.handled += 1
 
     async def _start(self) -> None:
         if self.core.is_leader:

@@ -214,9 +214,9 @@ _TOKEN = struct.Struct(">BIB")
 _MESSAGE = struct.Struct(">BIIQB")
 _FINALIZE = struct.Struct(">BQQQI")
 _STOPREQ = struct.Struct(">I")
-_MESSAGE_FRAME = struct.Struct(">I" + _HEADER.format[1:] + _MESSAGE.format[1:])  # prefix + header + fields
-_TOKEN_FRAME = struct.Struct(">I" + _HEADER.format[1:] + _TOKEN.format[1:])
 _MESSAGE_PAYLOAD = struct.Struct(">" + _HEADER.format[1:] + _MESSAGE.format[1:])  # header + fields
+_MESSAGE_FRAME = struct.Struct(">I" + _MESSAGE_PAYLOAD.format[1:])  # length prefix + the above
+_TOKEN_FRAME = struct.Struct(">I" + _HEADER.format[1:] + _TOKEN.format[1:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,9 +237,11 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
     Raises:
         LocalProtocolError: a data frame without a sequence number, or the reverse.
     """
+    # Messages and tokens, the per-hop frames, in one pack each (length
+    # prefix, header, fields); a data frame without a sequence number falls
+    # through to the check below.
     kind = type(frame)
     if kind is Message and seq > 0:
-        # The per-hop case, in one pack: length prefix, header, message fields.
         text = frame.text.encode("utf-8")
         head = _MESSAGE_FRAME.pack(
             _MESSAGE_FRAME.size - 4 + len(text), PROTOCOL_VERSION, _T_MESSAGE, epoch, seq,
@@ -252,12 +254,7 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
         )
     if isinstance(frame, (Token, Message, Finalize, StopRequest, Probe)) != (seq > 0):
         raise LocalProtocolError(f"{type(frame).__name__} with link sequence {seq}")
-    if isinstance(frame, Token):
-        kind, body = _T_TOKEN, _TOKEN.pack(frame.direction, frame.round, frame.busy)
-    elif isinstance(frame, Message):
-        head = _MESSAGE.pack(frame.direction, frame.origin, frame.destination, frame.msg_id, frame.delivered)
-        kind, body = _T_MESSAGE, head + frame.text.encode("utf-8")
-    elif isinstance(frame, Ack):
+    if isinstance(frame, Ack):
         kind, body = _T_ACK, _ACK.pack(frame.ack)
     elif isinstance(frame, Hello):
         kind, body = _T_HELLO, _HELLO.pack(frame.node_id, frame.role, frame.ring, frame.recv_next)
@@ -287,15 +284,6 @@ def decode_frame(payload: bytes) -> Received:
         RemoteProtocolError: wrong version, unknown type, wrong length, or a
             field out of range.
     """
-    if len(payload) >= _MESSAGE_PAYLOAD.size and payload[1] == _T_MESSAGE:
-        # The per-hop case, in one unpack; anything unusual takes the general path below.
-        version, _, epoch, seq, direction, origin, dest, msg_id, delivered = _MESSAGE_PAYLOAD.unpack_from(payload)
-        if version == PROTOCOL_VERSION and seq > 0 and direction <= 1 and delivered <= 1:
-            try:
-                text = payload[_MESSAGE_PAYLOAD.size :].decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise RemoteProtocolError(f"bad frame of type {_T_MESSAGE}: {exc}") from None
-            return Received(Message(_DIRECTIONS[direction], origin, dest, msg_id, text, delivered == 1), seq, epoch)
     if len(payload) < _HEADER.size:
         raise RemoteProtocolError(f"frame of {len(payload)} bytes is shorter than the header")
     version, kind, epoch, seq = _HEADER.unpack_from(payload)
@@ -306,13 +294,13 @@ def decode_frame(payload: bytes) -> Received:
     if is_data != (seq > 0):
         raise RemoteProtocolError(f"frame type {kind} with link sequence {seq}")
     try:
-        if kind == _T_TOKEN:
+        if kind == _T_MESSAGE:  # the per-hop case first, its fields in one unpack of the whole payload
+            *_, direction, origin, dest, msg_id, delivered = _MESSAGE_PAYLOAD.unpack_from(payload)
+            text = payload[_MESSAGE_PAYLOAD.size :].decode("utf-8")
+            frame = Message(_direction(direction), origin, dest, msg_id, text, _flag(delivered))
+        elif kind == _T_TOKEN:
             direction, rnd, busy = _exact(_TOKEN, body)
             frame = Token(_direction(direction), rnd, _flag(busy))
-        elif kind == _T_MESSAGE:
-            direction, origin, dest, msg_id, delivered = _MESSAGE.unpack_from(body)
-            text = body[_MESSAGE.size :].decode("utf-8")
-            frame = Message(_direction(direction), origin, dest, msg_id, text, _flag(delivered))
         elif kind == _T_ACK:
             (ack,) = _exact(_ACK, body)
             frame = Ack(ack)
