@@ -5,6 +5,13 @@ import trio
 import trionet.names as names
 
 
+async def reloaded(server, loaded: int) -> None:
+    """Return once the server has installed a hosts table since it had ``loaded`` reloads (5 s at most)."""
+    with trio.fail_after(5):
+        while server.reloads == loaded:
+            await trio.sleep(0.01)
+
+
 async def test_a_changed_hosts_file_is_reloaded_for_connected_clients(start_names, tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("10.1.0.1 old.lan\n")
@@ -13,9 +20,7 @@ async def test_a_changed_hosts_file_is_reloaded_for_connected_clients(start_name
         assert (await conn.resolve("old.lan")).ok
         loaded = server.reloads
         hosts.write_text("10.1.0.2 new.lan\n# a longer file, so the size changes too\nbad line\n")
-        with trio.fail_after(5):
-            while server.reloads == loaded:
-                await trio.sleep(0.01)
+        await reloaded(server, loaded)
         # The same connection sees the new table.
         assert (await conn.resolve("new.lan")).addresses == ("10.1.0.2",)
         gone = await conn.resolve("old.lan")
@@ -36,9 +41,7 @@ async def test_request_reload_and_a_missing_file(start_names, tmp_path):
     hosts.write_text("10.1.0.9 back.lan\n")
     loaded = server.reloads
     server.request_reload()
-    with trio.fail_after(5):
-        while server.reloads == loaded:
-            await trio.sleep(0.01)
+    await reloaded(server, loaded)
     assert server.table.lookup("back.lan", "A").records == ("10.1.0.9",)
 
 
@@ -60,7 +63,5 @@ async def test_dns_port_answers_follow_a_reload(start_names, tmp_path):
     hosts.write_text("10.1.0.2 moving.lan\n")
     loaded = server.reloads
     server.request_reload()
-    with trio.fail_after(5):
-        while server.reloads == loaded:
-            await trio.sleep(0.01)
+    await reloaded(server, loaded)
     assert await ask() == "10.1.0.2"

@@ -366,11 +366,16 @@ class NamesServer:
 
     async def handle_line(self, conn: Connection) -> None:
         """Serve one client of the line protocol (the line port's TCPService handler)."""
+        await self._serve_client(conn, self._line_session)
+
+    async def _serve_client(self, conn: Connection, run_session) -> None:
+        # What both ports do around a session: the watcher (idle time, stuck
+        # sends), giving back the client's slot, and a gentle close.
         session = _Session(sends=SendWatchdog(self.config.idle_timeout or STUCK_SEND_NO_IDLE))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, conn, session, nursery.cancel_scope)
             try:
-                await self._line_session(conn, session)
+                await run_session(conn, session)
             finally:
                 self._release(session)
                 nursery.cancel_scope.cancel()
@@ -446,15 +451,7 @@ class NamesServer:
 
     async def handle_dns(self, conn: Connection) -> None:
         """Serve one DNS-over-TCP client (the DNS port's TCPService handler)."""
-        session = _Session(sends=SendWatchdog(self.config.idle_timeout or STUCK_SEND_NO_IDLE))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch, conn, session, nursery.cancel_scope)
-            try:
-                await self._dns_session(conn, session)
-            finally:
-                self._release(session)
-                nursery.cancel_scope.cancel()
-        await self._close_gently(conn.stream)
+        await self._serve_client(conn, self._dns_session)
 
     async def _dns_session(self, conn: Connection, session: _Session) -> None:
         stream = conn.stream
