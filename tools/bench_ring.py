@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark ``trionet ring``: throughput and hop latency on loopback, a bare relay baseline, RSS, simulator speed.
+"""Benchmark ``trionet ring``: throughput and hop latency on loopback, bare relay baselines, RSS, simulator speed.
 
 For each ring size (default 3, 8 and 32 ``trionet ring join`` processes on
 127.0.0.1):
@@ -10,10 +10,16 @@ For each ring size (default 3, 8 and 32 ``trionet ring join`` processes on
 - **hop latency**: only node 0 sends (``--latency-messages`` messages); the
   median round trip it measures, divided by the ring size (the median, so
   that preemption by other processes on a shared machine does not dominate);
-- **baseline**: in the same run, a chain of the same number of minimal trio
-  TCP relay processes (read a length-prefixed frame, write it to the next
-  relay, no acks, no tokens) closed into a ring; a driver sends a frame of the
-  same size round it and measures the median round trip, divided by the size.
+- **baselines**: in the same run, interleaved with the ring, a chain of the
+  same number of minimal trio TCP relay processes (read a length-prefixed
+  frame, write it to the next relay, no acks, no tokens) closed into a ring;
+  a driver keeps one frame of the same size going round (and, for the second
+  baseline, one the other way too: the ring's traffic) and measures the
+  median round trip, divided by the size;
+- **CPU per frame** at a forwarding process, ring node or relay, from its
+  first frame to its last.
+
+Latencies are the median of ``--repeat`` interleaved runs.
 
 Then: peak RSS per node (``ru_maxrss``) of a 3-node ring with message files
 of N and 10N lines (files are streamed, so it should stay flat), and the
@@ -21,7 +27,7 @@ simulator's speed in hops per second (``trionet.ring.sim`` under a mock clock).
 
 Usage::
 
-    python tools/bench_ring.py                 # the full run recorded in docs/benchmarks.md
+    python tools/bench_ring.py --repeat 7      # the full run recorded in docs/benchmarks.md
     python tools/bench_ring.py --quick         # a smaller run to check it works
 """
 
@@ -111,7 +117,7 @@ def ring_hop_latency(size: int, messages: int, workdir: Path) -> tuple[float, fl
 # direction at every moment.
 
 
-async def _pump(inbound: trio.abc.ReceiveStream, outbound: trio.abc.SendStream, counter: list[int]) -> None:
+async def _pump(inbound: trio.abc.ReceiveStream, outbound: trio.abc.SendStream, counter: list[float]) -> None:
     buf = bytearray()
     while True:
         data = await inbound.receive_some(65536)
