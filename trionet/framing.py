@@ -13,6 +13,7 @@ frame plus one read. A frame that is too long is skipped, and an
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 __all__ = [
@@ -164,6 +165,7 @@ class LengthPrefixFramer:
             raise ValueError("prefix_bytes must be 1, 2, 4 or 8")
         self.prefix_bytes = prefix_bytes
         self.max_frame = max_frame
+        self._unpack_length = struct.Struct(">" + " BH I   Q"[prefix_bytes]).unpack_from
         self._buf = bytearray()
         self._skip = 0  # bytes of an oversized payload still to drop
         self._eof = False
@@ -183,8 +185,23 @@ class LengthPrefixFramer:
 
     def next_event(self) -> Frame | Oversized | TruncatedFrame | object:
         """Return the next event: a Frame, Oversized, TruncatedFrame, NEED_DATA or EOF."""
+        event = self.next_payload()
+        return Frame(event) if type(event) is bytes else event
+
+    def next_payload(self) -> bytes | Oversized | TruncatedFrame | object:
+        """As :meth:`next_event`, but a complete frame is returned as its bare payload (``bytes``).
+
+        For decoders on a per-frame hot path (the ring's links): no
+        :class:`Frame` wrapper is built only to be taken apart.
+        """
         buf = self._buf
         n = self.prefix_bytes
+        if len(buf) >= n and not self._skip:
+            end = n + self._unpack_length(buf)[0]
+            if len(buf) >= end and end - n <= self.max_frame:  # the usual case: a whole frame
+                payload = bytes(buf[n:end])
+                del buf[:end]
+                return payload
         if self._skip:
             return self._end_or(NEED_DATA, self._skip)
         if len(buf) < n:
@@ -196,11 +213,7 @@ class LengthPrefixFramer:
             del buf[: n + dropped]
             self._skip = length - dropped
             return Oversized(self.max_frame)
-        if len(buf) < n + length:
-            return self._end_or(NEED_DATA, len(buf))
-        payload = bytes(buf[n : n + length])
-        del buf[: n + length]
-        return Frame(payload)
+        return self._end_or(NEED_DATA, len(buf))
 
     def _end_or(self, event: object, pending: int) -> object:
         if not self._eof:

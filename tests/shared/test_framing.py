@@ -19,23 +19,24 @@ from trionet.framing import (
 )
 
 
-def drain(framer) -> list:
+def drain(framer, next_event=None) -> list:
+    next_event = next_event or framer.next_event
     events = []
-    while (event := framer.next_event()) is not NEED_DATA:
+    while (event := next_event()) is not NEED_DATA:
         events.append(event)
         if event is EOF:
             break
     return events
 
 
-def feed_in_chunks(framer, data: bytes, cuts: list[int]) -> list:
+def feed_in_chunks(framer, data: bytes, cuts: list[int], next_event=None) -> list:
     events = []
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     for a, b in zip(points, points[1:]):
         framer.receive_data(data[a:b])
-        events += drain(framer)
+        events += drain(framer, next_event)
     framer.receive_data(b"")
-    return events + drain(framer)
+    return events + drain(framer, next_event)
 
 
 lines = st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=20)
@@ -98,6 +99,11 @@ def test_length_prefix_framer_any_split(payloads, prefix, limit, cuts):
     events = feed_in_chunks(LengthPrefixFramer(prefix, limit), data, cuts)
     expected = [Frame(p) if len(p) <= limit else Oversized(limit) for p in payloads]
     assert events == expected + [EOF]
+    # next_payload: the same events, a frame as its bare payload.
+    framer = LengthPrefixFramer(prefix, limit)
+    bare = feed_in_chunks(framer, data, cuts, framer.next_payload)
+    assert bare == [e.payload if isinstance(e, Frame) else e for e in expected] + [EOF]
+    assert all(type(e) is bytes for e in bare if not isinstance(e, Oversized) and e is not EOF)
 
 
 def test_length_prefix_with_no_body_is_truncated():
