@@ -19,7 +19,9 @@ For each ring size (default 3, 8 and 32 ``trionet ring join`` processes on
 - **CPU per frame** at a forwarding process, ring node or relay, from its
   first frame to its last.
 
-Latencies are the median of ``--repeat`` interleaved runs.
+Latencies are the median of ``--repeat`` interleaved rounds (ring, relays);
+a ratio is the median of the ratios within each round, so that load on a
+shared host, which comes and goes over seconds, hits both sides of a ratio.
 
 Then: peak RSS per node (``ru_maxrss``) of a 3-node ring with message files
 of N and 10N lines (files are streamed, so it should stay flat), and the
@@ -247,27 +249,37 @@ def main() -> None:
         workdir = Path(tmp)
         for size in sizes:
             rate = ring_throughput(size, args.messages, workdir)
-            # The ring and both relays interleaved, --repeat times, and the
-            # median of each: load from other processes hits all three alike.
+            # The ring and both relays interleaved, --repeat times (in turn
+            # first and last, against drift), each ratio taken within one
+            # round: this host's load comes and goes over seconds, and hits
+            # the runs of one round alike. The figures are medians over rounds.
             runs: dict[str, list[tuple[float, float]]] = {"ring": [], "one": [], "each": []}
-            for _ in range(args.repeat):
-                runs["ring"].append(ring_hop_latency(size, args.latency_messages, workdir))
-                runs["one"].append(relay_hop_latency(size, args.latency_messages))
-                runs["each"].append(relay_hop_latency(size, args.latency_messages, both=True))
+            for i in range(args.repeat):
+                order = ["ring", "one", "each"] if i % 2 == 0 else ["one", "each", "ring"]
+                for kind in order:
+                    if kind == "ring":
+                        runs["ring"].append(ring_hop_latency(size, args.latency_messages, workdir))
+                    else:
+                        runs[kind].append(relay_hop_latency(size, args.latency_messages, both=kind == "each"))
             hop = {k: statistics.median(h for h, _ in v) for k, v in runs.items()}
             cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
-            spread = " ".join(f"{h * 1e6:.0f}" for h, _ in runs["ring"])
+            ratios = {
+                k: [r[0] / b[0] for r, b in zip(runs["ring"], runs[k])] for k in ("one", "each")
+            }
+            ratio = {k: statistics.median(v) for k, v in ratios.items()}
             latency_rows.append(
                 f"| {size} | {rate:,.0f} | {hop['ring'] * 1e6:,.0f} µs | {hop['one'] * 1e6:,.0f} µs "
-                f"| {hop['ring'] / hop['one']:.2f}x | {hop['each'] * 1e6:,.0f} µs | {hop['ring'] / hop['each']:.2f}x |"
+                f"| {ratio['one']:.2f}x | {hop['each'] * 1e6:,.0f} µs | {ratio['each']:.2f}x |"
             )
             cpu_rows.append(
                 f"| {size} | {cpu['ring'] * 1e6:,.0f} µs | {cpu['one'] * 1e6:,.0f} µs | {cpu['each'] * 1e6:,.0f} µs "
                 f"| {cpu['ring'] / cpu['each']:.2f}x |"
             )
-            print(f"  {size} nodes: ring hop per run {spread} µs", flush=True)
+            print(f"  {size} nodes, per round: ring hop " + " ".join(f"{h * 1e6:.0f}" for h, _ in runs["ring"])
+                  + " µs; ratio to the one-frame relay " + " ".join(f"{r:.2f}" for r in ratios["one"]), flush=True)
         print()
-        print(f"Hop latency (median of {args.repeat} interleaved runs; each run's figure is a median):")
+        print(f"Hop latency (median of {args.repeat} interleaved rounds; each run's figure is a median; "
+              "a ratio is the median of the rounds' ratios):")
         print()
         print("| nodes | delivered msg/s | ring hop | relay hop, one frame | ratio | relay hop, one frame each way | ratio |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
