@@ -290,6 +290,31 @@ def test_stop_elsewhere_travels_to_node0():
     assert sends(node.receive(StopRequest(1))) == [(CW, StopRequest(1))]
 
 
+def test_only_frames_the_node_does_not_act_on_are_transit():
+    ring = (0, 1, 2, 3)
+    idle, sender, node0 = NodeCore(1, ring), NodeCore(2, ring, [(3, "hi")]), NodeCore(0, ring)
+    # Another node's message passes through; one from or to this node does not.
+    assert idle.is_transit(Message(CW, 2, 3, 1, "x"))
+    assert not idle.is_transit(Message(CW, 2, 1, 1, "x"))
+    assert not idle.is_transit(Message(CW, 1, 3, 1, "x"))
+    # A token passes through a node with nothing to send, not one with a message waiting, and never node 0.
+    assert idle.is_transit(Token(CW)) and idle.is_transit(Token(CCW, 4, busy=True))
+    assert not sender.is_transit(Token(CW))
+    assert not node0.is_transit(Token(CW))
+    # A node holding a token (its message in flight) must see a second one: not transit, a protocol error.
+    [(_, msg)] = sends(sender.receive(Token(CW)))
+    assert not sender.has_pending() and not sender.is_transit(Token(CW)) and sender.is_transit(Token(CCW))
+    # Control frames always reach the token tasks.
+    assert not any(idle.is_transit(f) for f in (Probe(), Finalize(), StopRequest(3)))
+    # After finalization a token is a protocol error, so it is not transit either.
+    idle.receive(Finalize())
+    assert not idle.is_transit(Token(CW))
+    # What receive() does with a transit frame: forward it unchanged, count it.
+    other = NodeCore(1, ring)
+    assert sends(other.receive(Token(CW, 2))) == [(CW, Token(CW, 2))]
+    assert sends(other.receive(msg)) == [(CW, msg)] and other.forwarded == 1 and other.delivered == 0
+
+
 def test_a_second_token_is_a_protocol_error():
     node = NodeCore(1, (0, 1, 2), [(0, "x")])
     node.receive(Token(CW))

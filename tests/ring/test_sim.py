@@ -124,6 +124,24 @@ def test_a_silent_drop_is_noticed_by_missing_acks_and_repaired():
         assert noticed >= 1, f"the silent drop {source}->{target} went unnoticed"
 
 
+def test_frames_passing_through_are_repeated_by_the_link_not_the_token_tasks():
+    # Node 2 sends to node 4; nodes 1 and 3 only ever see frames passing
+    # through, node 4 acts only on the messages it delivers.
+    size = 5
+    messages = {2: [(4, f"m{k}") for k in range(6)]}
+    result = run_sim(size, messages, link_delays={i: 0.001 for i in range(size)})
+    check_complete(result, size, messages)
+    nodes = result.nodes
+
+    def repeated(node: int) -> int:
+        return nodes[node].prev_link.repeated + nodes[node].next_link.repeated
+
+    for idle in (1, 3):  # all but the probe and the finalization command
+        assert nodes[idle].frames_received > 10 and repeated(idle) == nodes[idle].frames_received - 2
+    assert repeated(4) == nodes[4].frames_received - 2 - len(messages[2])  # its deliveries went to a token task
+    assert nodes[2].core.sent == 6 and repeated(2) < nodes[2].frames_received - 2 - 6  # own messages, tokens it took
+
+
 def test_the_monitor_catches_a_second_token():
     # The invariant checks themselves must be able to fail.
     from trionet.ring.sim import RingMonitor

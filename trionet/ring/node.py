@@ -10,7 +10,10 @@ Per node, under one nursery:
   :class:`~trionet.ring.protocol.LinkState`) and hands them over on an
   unbuffered channel; its ack task acknowledges them a moment later. Outgoing
   frames are numbered and kept until acknowledged, so a reconnect resends
-  exactly what was lost;
+  exactly what was lost. A frame that only passes through (another node's
+  message, a token this node does not take:
+  :meth:`~trionet.ring.protocol.NodeCore.is_transit`) the reader forwards
+  itself, as a Token Ring station repeats frames, without a token task;
 - two *token tasks*, one per direction, take the frames of their direction
   from their channel, feed them to the shared
   :class:`~trionet.ring.protocol.NodeCore`, and carry out what it returns,
@@ -151,6 +154,9 @@ class TcpTransport:
         await TCPService(f"ring node {node.id}", _handle, log).serve(node.host, node.port, task_status=task_status)
 
 
+_UNWRITTEN = RuntimeError("a send was cancelled with its frame not fully written")
+
+
 class _Rejected(Exception):
     """The neighbour refused our greeting."""
 
@@ -170,11 +176,21 @@ class _Link:
     the next one.
     """
 
-    def __init__(self, name: str, peer: NodeAddress, incoming: Direction, options: NodeOptions) -> None:
+    def __init__(
+        self,
+        name: str,
+        peer: NodeAddress,
+        incoming: Direction,
+        options: NodeOptions,
+        transit: Callable[[DataFrame], bool],
+        repeat: Callable[[DataFrame], Awaitable[None]],
+    ) -> None:
         self.name = name
         self.peer = peer
         self.state = LinkState(EPOCH)
         self.incoming = incoming
+        self._transit = transit
+        self._repeat = repeat
         self._inbound, self.frames = trio.open_memory_channel[DataFrame](0)
         """The token task of direction ``incoming`` takes this link's frames from here."""
         # One writer at a time on the stream. A semaphore rather than a Lock:
@@ -186,6 +202,7 @@ class _Link:
         self.up = False
         self._changed = trio.Event()
         self.connects = 0
+        self.repeated = 0  # frames forwarded by this link's reader itself (NodeCore.is_transit)
         self.ack_sent = 0
         self.ack_timeouts = 0
         self.closed = False
@@ -232,25 +249,40 @@ class _Link:
     async def send(self, frame: DataFrame) -> None:
         """Number ``frame``, keep it until acknowledged, and write it if the link is up.
 
-        Called by the token tasks themselves: a hand-over to a writer task
-        cost 40% more per hop (measured), and the socket never blocks for
-        long because the protocol keeps only a few frames in flight per link.
-        A frame written to a dead connection is resent after the reconnect.
+        Called by the token tasks and by the other link's reader (repeating
+        a frame) themselves: a hand-over to a writer task cost 40% more per
+        hop (measured), and the socket never blocks for long because the
+        protocol keeps only a few frames in flight per link. A frame written
+        to a dead connection is resent after the reconnect.
+
+        The frame is numbered and kept before the first checkpoint, so once
+        this is called it is never lost. If the caller is cancelled before
+        the frame is fully written (a reader whose own connection is being
+        replaced), this link's connection is restarted: a partial frame would
+        corrupt the stream, and the reconnect resends the frame at once.
         """
         was_idle = not self.state.unacked
         data = self.state.wrap(frame)
         if was_idle:
             self._notify()  # wakes the ack watchdog
+        stream = self._stream
         try:
-            self._lock.acquire_nowait()  # the usual case: no yield before the write
-        except trio.WouldBlock:
-            await self._lock.acquire()
+            try:
+                self._lock.acquire_nowait()  # the usual case: no yield before the write
+            except trio.WouldBlock:
+                await self._lock.acquire()
+        except trio.Cancelled:
+            self._fail(stream, _UNWRITTEN)
+            raise
         try:
             stream = self._stream
             if stream is not None:
                 await stream.send_all(data)
         except _LINK_ERRORS as exc:
             self._fail(stream, exc)
+        except trio.Cancelled:
+            self._fail(stream, _UNWRITTEN)
+            raise
         finally:
             self._lock.release()
 
@@ -305,8 +337,8 @@ class _Link:
             log.debug("%s: connection ended (%s)", self.name, self.last_error)
 
     async def _read_loop(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
-        # The per-hop path: a data frame is checked and handed to the token
-        # task with as little in between as possible (docs/benchmarks.md).
+        # The per-hop path: a data frame is checked and repeated or handed to
+        # a token task with as little in between as possible (docs/benchmarks.md).
         state = self.state
         while True:
             event = decoder.next_event()
@@ -323,12 +355,24 @@ class _Link:
                     raise RemoteProtocolError(
                         f"{frame.direction.label} frame on a link that carries {self.incoming.label}"
                     )
-                if state.classify(seq):
-                    try:
-                        self._inbound.send_nowait(frame)  # the token task is usually waiting: no yield
-                    except trio.WouldBlock:
-                        await self._inbound.send(frame)
-                    state.mark_received(seq)
+                if state.classify(seq):  # new, not a resent duplicate
+                    if self._transit(frame):
+                        # Only passing through (another node's message, or a
+                        # token this node does not want): repeat it at once,
+                        # as a Token Ring station does (NodeCore.is_transit).
+                        # A token task would add a pass of trio's loop to the
+                        # hop, about half of it (docs/benchmarks.md).
+                        # Marked first: it is in the next link's resend queue
+                        # before anything can be cancelled (see _Link.send).
+                        state.mark_received(seq)
+                        self.repeated += 1
+                        await self._repeat(frame)
+                    else:
+                        try:
+                            self._inbound.send_nowait(frame)  # the token task is usually waiting: no yield
+                        except trio.WouldBlock:
+                            await self._inbound.send(frame)
+                        state.mark_received(seq)
                 self._ack_wanted.set()
                 if type(frame) is Finalize:
                     self._ack_urgent.set()  # its sender waits for this ack to exit
@@ -430,8 +474,9 @@ class RingNode:
         self._deliveries = deliveries
         self._rng = random.Random(self.options.seed)
         # The next node's link brings ccw frames; the previous node's brings cw frames.
-        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, self.options)
-        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, self.options)
+        transit, repeat = self.core.is_transit, self._repeat
+        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, self.options, transit, repeat)
+        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, self.options, transit, repeat)
         self._stop_requested = trio.Event()
         self._finalize_forwarded = trio.Event()
         self.finished = trio.Event()
@@ -495,19 +540,26 @@ class RingNode:
 
     async def _token_task(self, link: _Link) -> None:
         """The token task of one direction: act on each frame that ``link`` brings in."""
-        async for frame in link.frames:
-            if isinstance(frame, Probe):
+        receive = link.frames.receive  # the link never closes its side of the channel
+        core = self.core
+        while True:
+            frame = await receive()
+            if type(frame) is Probe:
                 # The first frame every node gets: the benchmark counts CPU from here.
                 self.cpu_first_frame = time.process_time()
                 if self.core.is_leader:
                     log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
             try:
-                actions = self.core.receive(frame, trio.current_time())
+                actions = core.receive(frame, trio.current_time())
             except RemoteProtocolError as exc:
                 # Impossible between correct nodes (the links de-duplicate):
                 # a second token or a stranger's message means the ring is broken.
                 raise RingError(f"node {self.me.id}: protocol violation: {exc}") from None
             await self._perform(actions)
+
+    async def _repeat(self, frame: DataFrame) -> None:
+        """Forward a frame that only passes through (called by the link that brought it)."""
+        await self._perform(self.core.receive(frame, trio.current_time()))
 
     async def _start(self) -> None:
         if self.core.is_leader:
@@ -532,10 +584,10 @@ class RingNode:
 
     async def _perform(self, actions: list) -> None:
         for action in actions:
-            if isinstance(action, Send):
-                link = self.next_link if action.direction is Direction.CW else self.prev_link
-                await link.send(action.frame)
-                if isinstance(action.frame, Finalize):
+            if type(action) is Send:
+                frame = action.frame
+                await (self.next_link if action.direction is Direction.CW else self.prev_link).send(frame)
+                if type(frame) is Finalize:
                     self._finalize_forwarded.set()
             elif isinstance(action, Deliver):
                 self._write_delivery(action.message)

@@ -592,6 +592,34 @@ class NodeCore:
         """True once the finalization command was sent (node 0) or seen (any node)."""
         return self._finalize_sent or self.finished
 
+    def is_transit(self, frame: DataFrame) -> bool:
+        """True for a frame that only passes through this node, which the node repeats at once.
+
+        As a Token Ring station repeats the frames of others and the token
+        when it has nothing to send: a message neither from nor to this node,
+        and a token arriving at a node (not node 0) that has no message to
+        send and does not hold that token already. :meth:`receive` would only
+        forward either (and count it), so the node may do that from the link
+        that brought it rather than through a token task.
+
+        Order is kept: on one link in one direction, a transit message never
+        has that direction's token near it (its origin holds it), a repeated
+        token never has a message of its direction near it (there is none in
+        flight), and ``Probe`` and ``Finalize`` travel only when no message or
+        token does; only a ``StopRequest`` can be overtaken, which is harmless.
+        """
+        kind = type(frame)
+        if kind is Message:
+            return frame.origin != self.node_id and frame.destination != self.node_id
+        if kind is Token:
+            return (
+                not self.is_leader
+                and not self.finished
+                and self.holding[frame.direction] is None
+                and not self.has_pending()
+            )
+        return False
+
     def has_pending(self) -> bool:
         """True while this node's message file has messages not yet sent."""
         return self._queue.peek() is not None
