@@ -556,10 +556,12 @@ class RingNode:
                 # a second token or a stranger's message means the ring is broken.
                 raise RingError(f"node {self.me.id}: protocol violation: {exc}") from None
             await self._perform(actions)
+            core.prefetch()  # off the token's path, before the next frame comes
 
     async def _repeat(self, frame: DataFrame) -> None:
         """Forward a frame that only passes through (called by the link that brought it)."""
-        await self._perform(self.core.receive(frame, trio.current_time()))
+        for send in self.core.receive(frame, trio.current_time()):  # one Send, for a transit frame
+            await (self.next_link if send.direction is Direction.CW else self.prev_link).send(send.frame)
 
     async def _start(self) -> None:
         if self.core.is_leader:

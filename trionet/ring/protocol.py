@@ -620,6 +620,14 @@ class NodeCore:
             )
         return False
 
+    def prefetch(self) -> None:
+        """Read the next message of the file ahead (the node calls this after acting on a frame).
+
+        So that reading and checking a line is not on the token's path: when
+        the token comes, the message is ready.
+        """
+        self._queue.peek()
+
     def has_pending(self) -> bool:
         """True while this node's message file has messages not yet sent."""
         return self._queue.peek() is not None
