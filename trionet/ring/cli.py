@@ -169,13 +169,18 @@ def _print_summary(summary: Summary) -> None:
 
 
 def _write_stats(path: str, node: RingNode) -> None:
-    # For tools/bench_ring.py: round trips measured by this node, its peak RSS,
+    # For tools/bench_ring.py: round trips measured by this node (by its core,
+    # from the token's arrival to the message's return to the token task; and
+    # at its links, from writing the message to reading it back), its peak RSS,
     # and the CPU it used from its first frame to the finalization.
     stats = {
         "node": node.me.id,
         "round_trips": node.round_trips,
         "round_trip_total": node.round_trip_total,
         "round_trip_median": statistics.median(node.round_trip_samples) if node.round_trip_samples else None,
+        "link_round_trip_median": (
+            statistics.median(node.link_round_trip_samples) if node.link_round_trip_samples else None
+        ),
         "first_send": node.first_send,
         "last_return": node.last_return,
         "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

@@ -203,6 +203,7 @@ class _Link:
         self._changed = trio.Event()
         self.connects = 0
         self.repeated = 0  # frames forwarded by this link's reader itself (NodeCore.is_transit)
+        self.handed_at = 0.0  # perf_counter() when the last frame went to the token task
         self.ack_sent = 0
         self.ack_timeouts = 0
         self.closed = False
@@ -368,6 +369,7 @@ class _Link:
                         self.repeated += 1
                         await self._repeat(frame)
                     else:
+                        self.handed_at = time.perf_counter()  # for the round trips of this node's messages
                         try:
                             self._inbound.send_nowait(frame)  # the token task is usually waiting: no yield
                         except trio.WouldBlock:
@@ -484,6 +486,10 @@ class RingNode:
         self.round_trips = 0
         self.round_trip_total = 0.0
         self.round_trip_samples: list[float] = []  # the first 10 000, for the benchmark's median
+        # The same round trips measured at the links, from writing the
+        # message to reading it back, as a bare relay's driver measures them.
+        self.link_round_trip_samples: list[float] = []
+        self._written_at = {Direction.CW: 0.0, Direction.CCW: 0.0}
         self.first_send: float | None = None
         self.last_return: float | None = None
         self.cpu_first_frame: float | None = None  # process CPU seconds, for the benchmark's CPU per frame
@@ -588,6 +594,8 @@ class RingNode:
         for action in actions:
             if type(action) is Send:
                 frame = action.frame
+                if type(frame) is Message and frame.origin == self.me.id:
+                    self._written_at[action.direction] = time.perf_counter()
                 await (self.next_link if action.direction is Direction.CW else self.prev_link).send(frame)
                 if type(frame) is Finalize:
                     self._finalize_forwarded.set()
@@ -600,6 +608,9 @@ class RingNode:
                 self.round_trip_total += action.round_trip
                 if len(self.round_trip_samples) < 10_000:
                     self.round_trip_samples.append(action.round_trip)
+                    d = action.message.direction
+                    back = (self.prev_link if d is Direction.CW else self.next_link).handed_at
+                    self.link_round_trip_samples.append(back - self._written_at[d])
                 self.first_send = self.first_send if self.first_send is not None else now - action.round_trip
                 self.last_return = now
             elif isinstance(action, Finished):
