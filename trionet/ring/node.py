@@ -545,7 +545,11 @@ class RingNode:
     # --- the two token tasks and the actions of the core ---------------------
 
     async def _token_task(self, link: _Link) -> None:
-        """The token task of one direction: act on each frame that ``link`` brings in."""
+        """The token task of one direction: act on each frame ``link`` hands over.
+
+        That is every frame of the direction but those only passing through,
+        which the link repeats itself (:meth:`NodeCore.is_transit`).
+        """
         receive = link.frames.receive  # the link never closes its side of the channel
         core = self.core
         while True:
