@@ -58,6 +58,7 @@ import trio.testing
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trionet.ring.config import RingConfig  # noqa: E402
 from trionet.ring.demo import free_ports  # noqa: E402
 from trionet.ring.sim import simulate  # noqa: E402
 
@@ -77,7 +78,7 @@ def run_ring(size: int, per_node: dict[int, int], workdir: Path) -> list[dict]:
     """Run a ring of ``size`` join processes to finalization; return each node's stats."""
     ports = free_ports(size)
     config = workdir / f"ring{size}.toml"
-    config.write_text("".join(f'[[node]]\nid = {i}\nhost = "127.0.0.1"\nport = {ports[i]}\n\n' for i in range(size)))
+    config.write_text(RingConfig.local(size, ports=ports).to_toml())
     rng = random.Random(size)
     procs = []
     for i in range(size):

@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trionet.ring.config import RingConfig  # noqa: E402
 from trionet.ring.demo import free_ports  # noqa: E402
 
 TEXT = "benchmark message " + "x" * 30  # as tools/bench_ring.py
@@ -84,7 +85,7 @@ def run_ring(tree: Path, workdir: Path, messages: int) -> dict[int, list[tuple[i
     size = 3
     ports = free_ports(size)
     config = workdir / "ring.toml"
-    config.write_text("".join(f'[[node]]\nid = {i}\nhost = "127.0.0.1"\nport = {ports[i]}\n\n' for i in range(size)))
+    config.write_text(RingConfig.local(size, ports=ports).to_toml())
     rng = random.Random(size)
     procs = []
     for i in range(size):

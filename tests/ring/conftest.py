@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from trionet.ring.config import NodeAddress, RingConfig
+
 __all__ = ["RingProcess", "read_deliveries", "ring_command", "write_ring"]
 
 
@@ -37,7 +39,7 @@ def ring_cmd() -> list[str]:
 
 def write_ring(path: Path, nodes: list[tuple[int, str, int]]) -> Path:
     """Write a ring file listing ``(id, host, port)`` in clockwise order."""
-    path.write_text("".join(f'[[node]]\nid = {i}\nhost = "{h}"\nport = {p}\n\n' for i, h, p in nodes))
+    path.write_text(RingConfig(tuple(NodeAddress(i, h, p) for i, h, p in nodes)).to_toml())
     return path
 
 

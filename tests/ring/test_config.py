@@ -32,6 +32,14 @@ def test_ring_order_and_neighbours():
     assert config.node(7).address == "10.0.0.2:7500"
 
 
+def test_a_ring_written_as_toml_reads_back_the_same():
+    config = parse_config(GOOD, "ring.toml")
+    again = parse_config(config.to_toml(), "again.toml")
+    assert again.nodes == config.nodes and again.fingerprint == config.fingerprint
+    odd = RingConfig.local(2, host='host "with" quotes', ports=[1, 2])
+    assert parse_config(odd.to_toml()).nodes == odd.nodes
+
+
 @pytest.mark.parametrize("size", [1, 2])
 def test_small_rings_are_their_own_neighbours(size):
     config = RingConfig.local(size, ports=range(9000, 9000 + size))

@@ -20,6 +20,7 @@ before joining the ring.
 
 from __future__ import annotations
 
+import json
 import tomllib
 import zlib
 from collections.abc import Iterable, Iterator
@@ -93,6 +94,10 @@ class RingConfig:
         index = self.ids.index(self.node(node_id).id)
         size = len(self.nodes)
         return self.nodes[(index - 1) % size], self.nodes[(index + 1) % size]
+
+    def to_toml(self) -> str:
+        """The ring file for these nodes (:func:`parse_config` reads it back to the same ring)."""
+        return "".join(f'[[node]]\nid = {n.id}\nhost = {json.dumps(n.host)}\nport = {n.port}\n\n' for n in self.nodes)
 
     @classmethod
     def local(cls, size: int, *, host: str = "127.0.0.1", ports: Iterable[int] | None = None) -> RingConfig:
