@@ -196,24 +196,22 @@ class LengthPrefixFramer:
         """
         buf = self._buf
         n = self.prefix_bytes
-        if len(buf) >= n and not self._skip:
-            end = n + self._unpack_length(buf)[0]
-            if len(buf) >= end and end - n <= self.max_frame:  # the usual case: a whole frame
-                payload = bytes(buf[n:end])
-                del buf[:end]
-                return payload
         if self._skip:
             return self._end_or(NEED_DATA, self._skip)
         if len(buf) < n:
             return self._end_or(NEED_DATA, len(buf))
-        length = int.from_bytes(buf[:n], "big")
+        length = self._unpack_length(buf)[0]
         if length > self.max_frame:
             available = len(buf) - n
             dropped = min(length, available)
             del buf[: n + dropped]
             self._skip = length - dropped
             return Oversized(self.max_frame)
-        return self._end_or(NEED_DATA, len(buf))
+        if len(buf) < n + length:
+            return self._end_or(NEED_DATA, len(buf))
+        payload = bytes(buf[n : n + length])
+        del buf[: n + length]
+        return payload
 
     def _end_or(self, event: object, pending: int) -> object:
         if not self._eof:
