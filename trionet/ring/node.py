@@ -479,6 +479,9 @@ class RingNode:
         transit, repeat = self.core.is_transit, self._repeat
         self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, self.options, transit, repeat)
         self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, self.options, transit, repeat)
+        # By direction (a tuple index, cheaper than a dict of enum keys on the hop path):
+        self._link_to = (self.next_link, self.prev_link)  # where frames of the direction go
+        self._link_from = (self.prev_link, self.next_link)  # where they come from
         self._stop_requested = trio.Event()
         self._finalize_forwarded = trio.Event()
         self.finished = trio.Event()
@@ -489,7 +492,7 @@ class RingNode:
         # The same round trips measured at the links, from writing the
         # message to reading it back, as a bare relay's driver measures them.
         self.link_round_trip_samples: list[float] = []
-        self._written_at = {Direction.CW: 0.0, Direction.CCW: 0.0}
+        self._written_at = [0.0, 0.0]  # by direction
         self.first_send: float | None = None
         self.last_return: float | None = None
         self.cpu_first_frame: float | None = None  # process CPU seconds, for the benchmark's CPU per frame
@@ -571,7 +574,7 @@ class RingNode:
     async def _repeat(self, frame: DataFrame) -> None:
         """Forward a frame that only passes through (called by the link that brought it)."""
         for send in self.core.receive(frame, trio.current_time()):  # one Send, for a transit frame
-            await (self.next_link if send.direction is Direction.CW else self.prev_link).send(send.frame)
+            await self._link_to[send.direction].send(send.frame)
 
     async def _start(self) -> None:
         if self.core.is_leader:
@@ -600,7 +603,7 @@ class RingNode:
                 frame = action.frame
                 if type(frame) is Message and frame.origin == self.me.id:
                     self._written_at[action.direction] = time.perf_counter()
-                await (self.next_link if action.direction is Direction.CW else self.prev_link).send(frame)
+                await self._link_to[action.direction].send(frame)
                 if type(frame) is Finalize:
                     self._finalize_forwarded.set()
             elif isinstance(action, Deliver):
@@ -613,8 +616,7 @@ class RingNode:
                 if len(self.round_trip_samples) < 10_000:
                     self.round_trip_samples.append(action.round_trip)
                     d = action.message.direction
-                    back = (self.prev_link if d is Direction.CW else self.next_link).handed_at
-                    self.link_round_trip_samples.append(back - self._written_at[d])
+                    self.link_round_trip_samples.append(self._link_from[d].handed_at - self._written_at[d])
                 self.first_send = self.first_send if self.first_send is not None else now - action.round_trip
                 self.last_return = now
             elif isinstance(action, Finished):
