@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from trionet.ring.config import RingConfig  # noqa: E402
 from trionet.ring.demo import free_ports  # noqa: E402
+from bench_ring import TEXT  # noqa: E402  (the same messages as the benchmark)
 
-TEXT = "benchmark message " + "x" * 30  # as tools/bench_ring.py
 _TRACE_SETUP = (
     "import time as _trace_time, atexit as _trace_atexit\n"
     "_TRACE = []\n"
