@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,3 +117,36 @@ def run_trionet(*args: str, input: str | None = None, timeout: float = 60, env: 
 def trionet_cmd():
     """``trionet_cmd("sql", "query", ...)`` runs the real command and returns its result."""
     return run_trionet
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require(missing: str | None) -> None:
+    """Stop a test whose tool or capability is missing (``missing`` says which and why).
+
+    On a developer's machine the test is skipped, with the reason shown by
+    ``-ra``. In CI (``CI=true``) it fails instead: `.ci/run` installs every
+    tool the suite needs, so a missing one means the run lost a test and must
+    not turn green.
+    """
+    if missing is None:
+        return
+    if _in_ci():
+        pytest.fail(f"{missing} (CI=true: a missing tool or capability fails the run)", pytrace=False)
+    pytest.skip(missing)
+
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.requires_tool("dig", "dnsutils")``: the test needs that command on PATH."""
+    for mark in item.iter_markers("requires_tool"):
+        name, package = mark.args
+        require(None if shutil.which(name) else f"{name} is not installed (Debian package: {package})")
+
+
+@pytest.fixture
+def require_capability():
+    """``require_capability(reason_or_None)``: skip when ``reason`` is set (fail under CI=true)."""
+    return require

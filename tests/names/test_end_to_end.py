@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -57,7 +56,8 @@ async def _run(*argv) -> str:
     return result.stdout.decode() + result.stderr.decode()
 
 
-@pytest.mark.skipif(shutil.which("dig") is None, reason="dig is not installed (Debian: dnsutils)")
+@pytest.mark.requires_tool("dig", "dnsutils")
+@pytest.mark.requires_tool("kdig", "knot-dnsutils")
 async def test_dig_kdig_and_query_against_the_real_server(nursery, upstream, tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("10.9.0.1 alpha.lan alpha\n10.9.0.2 beta.lan\nthis line is bad\n")
@@ -72,9 +72,8 @@ async def test_dig_kdig_and_query_against_the_real_server(nursery, upstream, tmp
         assert "status: NXDOMAIN" in out and "SOA" in out
         out = await _run("dig", "+tcp", "+short", "-p", dns_port, "@127.0.0.1", "-x", "10.9.0.2")
         assert out.strip() == "beta.lan."
-        if shutil.which("kdig"):
-            out = await _run("kdig", "+tcp", "-p", dns_port, "@127.0.0.1", "alias2.test", "A")
-            assert "192.0.2.10" in out and "NOERROR" in out
+        out = await _run("kdig", "+tcp", "-p", dns_port, "@127.0.0.1", "alias2.test", "A")
+        assert "192.0.2.10" in out and "NOERROR" in out
 
         out = await _run(
             sys.executable, "-m", "trionet", "names", "query", "--port", str(ports["names"]),

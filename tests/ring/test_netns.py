@@ -41,11 +41,10 @@ def _netns_unavailable() -> str | None:
 
 
 @pytest.fixture
-def namespaces():
+def namespaces(require_capability):
     """Create the bridge namespace and one namespace per node; yield ``[(ns, address)]``; delete them all."""
     reason = _netns_unavailable()
-    if reason:
-        pytest.skip(f"network namespaces unavailable: {reason}")
+    require_capability(reason and f"network namespaces unavailable: {reason}")
     tag = f"trn{os.getpid() % 100000}"
     subnet = random.randrange(1, 250)
     hub = f"{tag}hub"
