@@ -23,8 +23,6 @@ import trio
 import trionet.sql
 from trionet.sql import catalog
 
-ROOT = Path(__file__).resolve().parents[1]
-CSV = ROOT.parent / "shared" / "data" / "usgs-quakes-lower-us.csv"
 
 
 def _rss_mb(pid: int) -> float:
@@ -77,7 +75,7 @@ def main(clients: int) -> None:
     """Measure the SQL server's memory with many connections."""
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "quakes.sqlite"
-        catalog.import_usgs([CSV], db)
+        catalog.build_catalogue(db)
         port = _free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(db), "--port", str(port),

@@ -1,7 +1,7 @@
 """Start an SQL server in this process and query it: the trionet.sql API in one page.
 
 Run:  python3 examples/sql/quickstart.py [DB]
-Without DB it serves the sample catalogue (built on first use).
+Without DB it serves the USGS catalogue that ships with trionet (built on first use).
 """
 
 import sys
@@ -37,4 +37,4 @@ async def main(db_path) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1] if len(sys.argv) > 1 else catalog.ensure_sample())
+    trio.run(main, sys.argv[1] if len(sys.argv) > 1 else catalog.ensure_catalogue())

@@ -1,12 +1,14 @@
-"""Tests for the earthquake catalogue: ComCat CSV import, the synthetic sample, the USGS download."""
+"""Tests for the earthquake catalogue: the shipped copy, ComCat CSV import, the USGS download."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import datetime
+import hashlib
 import http.server
 import io
+import lzma
 import re
 import shutil
 import sqlite3
@@ -22,15 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trionet.sql import catalog
-from trionet.sql.catalog import COLUMNS, BadRow, ImportReport
+from trionet.sql.catalog import COLUMNS, BadRow, ImportReport, download, shipped
 
-SHARED_CSV = Path(__file__).parents[2].parent / "shared/data/usgs-quakes-lower-us.csv"
 NAMES = [name for name, _ in COLUMNS]
 HEADER = ",".join(NAMES)
-SAMPLE_STATES = (
-    "California", "Oklahoma", "Nevada", "Washington", "Utah", "Idaho", "Montana", "Wyoming", "Texas",
-    "Kansas", "Colorado", "New Mexico", "Arizona", "Oregon", "Arkansas", "Tennessee", "Missouri",
-)
+# sha256 of the USGS export as published (shared/data/README.md of the project's steering repo).
+USGS_CSV_SHA256 = "28d8db259c6f1f90db4ea5639074a7b3db64f8d81f1b7a16971c449ec397ca5d"
 
 
 def rows_of(db: Path, sql: str = "SELECT * FROM quakes ORDER BY id", params=()) -> list[tuple]:
@@ -63,23 +62,58 @@ def write_csv(path: Path, records: list[dict[str, str]], names: list[str] = NAME
     return path
 
 
-# --- the shared data set --------------------------------------------------------
+# --- the shipped data set -------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def shared_csv() -> Path:
-    assert SHARED_CSV.is_file(), f"the shared data set is missing: {SHARED_CSV}"
-    return SHARED_CSV
+def shipped_xz() -> Path:
+    """The xz-compressed USGS CSV inside the package."""
+    with catalog.shipped_csv() as path:
+        assert path.is_file() and path.name.endswith(".csv.xz")
+        yield path
 
 
 @pytest.fixture(scope="module")
-def imported(shared_csv, tmp_path_factory):
-    """The shared CSV imported once: (database, report, progress calls, seconds taken)."""
+def plain_csv(shipped_xz, tmp_path_factory) -> Path:
+    """The shipped CSV decompressed, for tests that need a plain file."""
+    path = tmp_path_factory.mktemp("plain") / "usgs-quakes-lower-us.csv"
+    with lzma.open(shipped_xz) as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return path
+
+
+@pytest.fixture(scope="module")
+def imported(shipped_xz, tmp_path_factory):
+    """The shipped CSV imported once, straight from its .xz: (database, report, progress calls, seconds)."""
     db = tmp_path_factory.mktemp("imported") / "quakes.sqlite"
     calls: list[tuple[int, int]] = []
     started = time.perf_counter()
-    report = catalog.import_usgs([shared_csv], db, progress=lambda done, total: calls.append((done, total)))
+    report = catalog.import_usgs([shipped_xz], db, progress=lambda done, total: calls.append((done, total)))
     return db, report, calls, time.perf_counter() - started
+
+
+def test_the_shipped_copy_is_the_usgs_export_byte_for_byte(plain_csv):
+    assert hashlib.sha256(plain_csv.read_bytes()).hexdigest() == USGS_CSV_SHA256
+    assert plain_csv.stat().st_size == 2_969_207
+
+
+def test_plain_and_compressed_files_import_the_same_rows(imported, plain_csv, tmp_path):
+    report = catalog.import_usgs([plain_csv], tmp_path / "plain.sqlite")
+    assert report.rows_imported == catalog.SHIPPED_ROWS
+    assert rows_of(tmp_path / "plain.sqlite") == rows_of(imported[0])
+
+
+def test_a_damaged_xz_file_is_an_error_naming_it(shipped_xz, tmp_path):
+    cut = tmp_path / "cut.csv.xz"
+    cut.write_bytes(shipped_xz.read_bytes()[:100_000])
+    db = tmp_path / "q.sqlite"
+    with pytest.raises(ValueError, match=r"cut\.csv\.xz: not a whole xz file"):
+        catalog.import_usgs([cut], db)
+    assert one(db, "SELECT count(*) FROM quakes") == 0  # its transaction was rolled back
+    junk = tmp_path / "junk.csv.xz"
+    junk.write_bytes(b"time,id\n")
+    with pytest.raises(ValueError, match=r"junk\.csv\.xz: not an xz file"):
+        catalog.import_usgs([junk], db)
 
 
 def test_shared_csv_imports_every_row(imported):
@@ -123,9 +157,9 @@ def test_schema(imported):
     assert indexed == [("mag",), ("time",)]
 
 
-def test_import_progress(imported, shared_csv):
+def test_import_progress(imported, shipped_xz):
     _, _, calls, _ = imported
-    size = shared_csv.stat().st_size
+    size = shipped_xz.stat().st_size  # bytes read from disk: the compressed file
     assert calls[0] == (0, size)
     assert calls[-1] == (size, size)
     assert len(calls) > 3  # there is something for a progress bar to show
@@ -133,10 +167,10 @@ def test_import_progress(imported, shared_csv):
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
 
 
-def test_reimport_is_idempotent(imported, shared_csv, tmp_path):
+def test_reimport_is_idempotent(imported, plain_csv, tmp_path):
     db = tmp_path / "again.sqlite"
     shutil.copyfile(imported[0], db)
-    report = catalog.import_usgs(shared_csv, db)  # a single path works too
+    report = catalog.import_usgs(plain_csv, db)  # a single path works too
     assert report.rows_imported == 16_941
     assert rows_of(db) == rows_of(imported[0])
 
@@ -248,8 +282,8 @@ def test_out_of_range_numbers_are_bad_rows(tmp_path):
 # --- headers --------------------------------------------------------------------
 
 
-def test_columns_are_found_by_name(shared_csv, tmp_path):
-    with open(shared_csv, newline="") as f:
+def test_columns_are_found_by_name(plain_csv, tmp_path):
+    with open(plain_csv, newline="") as f:
         records = [dict(zip(NAMES, row)) for row in list(csv.reader(f))[1:401]]
     straight = write_csv(tmp_path / "straight.csv", records)
     shuffled_names = ["extra", *reversed(NAMES)]
@@ -345,193 +379,125 @@ def test_every_record_is_imported_or_reported(records, line_end):
     assert stored == len(good_ids)
 
 
-# --- the sample -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    """The default sample, built once: (database, seconds taken)."""
-    db = tmp_path_factory.mktemp("sample") / "sample.sqlite"
-    started = time.perf_counter()
-    catalog.build_sample(db)
-    return db, time.perf_counter() - started
-
-
-def test_sample_schema_equals_the_imported_schema(sample, imported):
-    schema = "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY name"
-    assert rows_of(sample[0], schema) == rows_of(imported[0], schema)
-    info = "SELECT * FROM pragma_table_info('quakes')"
-    assert rows_of(sample[0], info) == rows_of(imported[0], info)
-    assert one(sample[0], "PRAGMA user_version") == catalog.SAMPLE_VERSION
-
-
-def test_sample_values_are_plausible(sample):
-    db = sample[0]
-    rows = [dict(zip(NAMES, row)) for row in rows_of(db, "SELECT * FROM quakes ORDER BY rowid")]
-    assert len(rows) == 20_000
-    assert [r["id"] for r in rows] == [f"sample{i:06d}" for i in range(1, 20_001)]
-    times = [r["time"] for r in rows]
-    assert times == sorted(times)
-    assert all(re.fullmatch(r"(199[5-9]|20(0\d|1[0-5]))-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", t) for t in times)
-    assert all(r["updated"] >= r["time"] for r in rows)
-    assert all(24.6 <= r["latitude"] <= 50 and -125 <= r["longitude"] <= -65 for r in rows)
-    assert all(0 <= r["depth"] <= 30 for r in rows)
-    assert {r["magType"] for r in rows} == {"ml", "md", "mb", "mw"}
-    assert all(r["net"] == r["locationSource"] == r["magSource"] for r in rows)
-    place = re.compile(
-        r"(?:\d+km (?:N|NNE|NE|ENE|E|ESE|SE|SSE|S|SSW|SW|WSW|W|WNW|NW|NNW) of [A-Z][\w. ]+, |"
-        r"(?:Northern |Central |Southern |western |eastern |northern |southern )?)"
-        "(" + "|".join(SAMPLE_STATES) + ")"
-    )
-    states = {place.fullmatch(r["place"]).group(1) for r in rows}
-    assert states == set(SAMPLE_STATES)
-    kinds = {kind: n for kind, n in rows_of(db, "SELECT type, count(*) FROM quakes GROUP BY 1")}
-    assert kinds.keys() == {"earthquake", "quarry blast", "explosion"}
-    assert kinds["earthquake"] > 0.9 * 20_000
-    empty_strings = " + ".join(f"({name} = '')" for name in NAMES)
-    assert one(db, f"SELECT sum({empty_strings}) FROM quakes") == 0
-    assert one(db, "SELECT count(*) FROM quakes WHERE nst IS NULL") > 0
-
-
-def test_sample_magnitudes_follow_gutenberg_richter(sample):
-    mags = [m for (m,) in rows_of(sample[0], "SELECT mag FROM quakes")]
-    assert min(mags) == 3.0
-    assert 7.0 <= max(mags) < 8.0
-    # b = 1: each unit of magnitude is ten times rarer (rounding to 0.1 nudges it up a little).
-    at_least_4 = sum(m >= 4 for m in mags) / len(mags)
-    at_least_5 = sum(m >= 5 for m in mags) / len(mags)
-    assert 0.09 < at_least_4 < 0.14
-    assert 0.006 < at_least_5 < 0.016
-
-
-@pytest.mark.parametrize(("state", "year"), [("Oklahoma", "2011"), ("California", "2010"), ("Nevada", "1995")])
-def test_sample_answers_the_demo_query(sample, state, year):
-    demo = "SELECT count(*) FROM quakes WHERE place LIKE '%' || :state AND strftime('%Y', time) = :year"
-    assert one(sample[0], demo, {"state": state, "year": year}) >= 20
-
-
-def test_oklahoma_gets_busy_after_2009(sample):
-    def per_year(year):
-        sql = "SELECT count(*) FROM quakes WHERE place LIKE '%Oklahoma' AND strftime('%Y', time) = ?"
-        return one(sample[0], sql, (year,))
-
-    assert per_year("2015") > 10 * max(per_year("2000"), 1)
-
-
-def test_sample_is_deterministic(tmp_path):
-    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        catalog.build_sample(tmp_path / f"{name}.sqlite", rows=1500, seed=seed)
-    a, b, c = (rows_of(tmp_path / f"{name}.sqlite") for name in "abc")
-    assert len(a) == 1500
-    assert a == b
-    assert a != c
-
-
-def test_build_sample_replaces_the_quakes_table(tmp_path):
-    db = tmp_path / "s.sqlite"
-    catalog.build_sample(db, rows=300)
-    catalog.build_sample(db, rows=100)
-    assert one(db, "SELECT count(*) FROM quakes") == 100
-
-
-# --- the sample cache -----------------------------------------------------------
+# --- the catalogue served by default ---------------------------------------------
 
 
 @pytest.fixture
 def builds(monkeypatch):
-    """Count sample builds, and make them small so the cache tests stay fast."""
+    """Count catalogue builds (each still imports the real shipped copy)."""
     calls: list[str] = []
-    real_build = catalog.build_sample
+    real_build = shipped.build_catalogue
 
-    def small_build(db_path, **kwargs):
+    def counted_build(db_path, **kwargs):
         calls.append(str(db_path))
-        real_build(db_path, rows=200)
+        return real_build(db_path, **kwargs)
 
-    monkeypatch.setattr(catalog, "build_sample", small_build)
+    monkeypatch.setattr(shipped, "build_catalogue", counted_build)
     return calls
 
 
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch):
-    monkeypatch.delenv("TRIONET_SAMPLE_DB", raising=False)
+    monkeypatch.delenv("TRIONET_CATALOG_DB", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
-def test_sample_path(tmp_path, monkeypatch):
-    monkeypatch.delenv("TRIONET_SAMPLE_DB", raising=False)
+def test_catalogue_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRIONET_CATALOG_DB", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert catalog.sample_path() == tmp_path / "trionet" / "sample-quakes-v1.sqlite"
+    assert catalog.catalogue_path() == tmp_path / "trionet" / "usgs-quakes-v1.sqlite"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for cache in ("", "relative/cache"):
         monkeypatch.setenv("XDG_CACHE_HOME", cache)
-        assert catalog.sample_path() == tmp_path / "home" / ".cache" / "trionet" / "sample-quakes-v1.sqlite"
-    monkeypatch.setenv("TRIONET_SAMPLE_DB", str(tmp_path / "mine.sqlite"))
-    assert catalog.sample_path() == tmp_path / "mine.sqlite"
+        assert catalog.catalogue_path() == tmp_path / "home" / ".cache" / "trionet" / "usgs-quakes-v1.sqlite"
+    monkeypatch.setenv("TRIONET_CATALOG_DB", str(tmp_path / "mine.sqlite"))
+    assert catalog.catalogue_path() == tmp_path / "mine.sqlite"
 
 
-def test_ensure_sample_builds_once(cache_home, builds):
-    path = catalog.ensure_sample()
-    assert path == cache_home / "trionet" / "sample-quakes-v1.sqlite"
-    assert one(path, "SELECT count(*) FROM quakes") == 200
+def test_ensure_catalogue_builds_the_real_catalogue_once(cache_home, builds, imported):
+    calls = []
+    path = catalog.ensure_catalogue(progress=lambda done, total: calls.append(done))
+    assert path == cache_home / "trionet" / "usgs-quakes-v1.sqlite"
+    assert rows_of(path) == rows_of(imported[0])  # the real events, not invented ones
+    assert one(path, "SELECT max(mag) FROM quakes") == 7.2
+    assert one(path, "SELECT max(mag) FROM quakes WHERE place LIKE '%Oklahoma'") == 5.7
+    assert one(path, "PRAGMA user_version") == catalog.CATALOG_VERSION
+    assert calls and calls == sorted(calls)
     inode = path.stat().st_ino
-    assert catalog.ensure_sample() == path
+    assert catalog.ensure_catalogue() == path
     assert len(builds) == 1
     assert path.stat().st_ino == inode
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left
     assert builds[0] != str(path)  # built beside it, then moved into place
 
 
-def test_ensure_sample_follows_the_environment(tmp_path, cache_home, builds, monkeypatch):
-    monkeypatch.setenv("TRIONET_SAMPLE_DB", str(tmp_path / "env" / "s.sqlite"))
-    assert catalog.ensure_sample() == tmp_path / "env" / "s.sqlite"
-    assert catalog.ensure_sample(tmp_path / "arg.sqlite") == tmp_path / "arg.sqlite"
-    assert (tmp_path / "arg.sqlite").is_file()
+def test_ensure_catalogue_follows_the_environment(tmp_path, cache_home, builds, monkeypatch):
+    monkeypatch.setenv("TRIONET_CATALOG_DB", str(tmp_path / "env" / "c.sqlite"))
+    assert catalog.ensure_catalogue() == tmp_path / "env" / "c.sqlite"
+    assert catalog.ensure_catalogue(tmp_path / "arg.sqlite") == tmp_path / "arg.sqlite"
+    assert one(tmp_path / "arg.sqlite", "SELECT count(*) FROM quakes") == catalog.SHIPPED_ROWS
     assert len(builds) == 2
     assert not cache_home.exists()
 
 
-def test_ensure_sample_rebuilds_an_older_generators_sample(cache_home, builds):
-    path = catalog.ensure_sample()
+def test_ensure_catalogue_rebuilds_one_built_from_an_older_copy(cache_home, builds):
+    path = catalog.ensure_catalogue()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute(f"PRAGMA user_version = {catalog.SAMPLE_VERSION - 1}")
+        conn.execute(f"PRAGMA user_version = {catalog.CATALOG_VERSION - 1}")
+        conn.execute("DELETE FROM quakes WHERE mag < 4")
         conn.commit()
-    catalog.ensure_sample()
+    catalog.ensure_catalogue()
     assert len(builds) == 2
-    assert one(path, "PRAGMA user_version") == catalog.SAMPLE_VERSION
+    assert one(path, "PRAGMA user_version") == catalog.CATALOG_VERSION
+    assert one(path, "SELECT count(*) FROM quakes") == catalog.SHIPPED_ROWS
 
 
-def test_ensure_sample_rebuilds_a_corrupt_cache(cache_home, builds):
-    path = cache_home / "trionet" / "sample-quakes-v1.sqlite"
+def test_ensure_catalogue_rebuilds_a_corrupt_cache(cache_home, builds):
+    path = cache_home / "trionet" / "usgs-quakes-v1.sqlite"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a database" * 100)
-    assert catalog.ensure_sample() == path
+    assert catalog.ensure_catalogue() == path
     assert len(builds) == 1
-    assert one(path, "SELECT count(*) FROM quakes") == 200
+    assert one(path, "SELECT count(*) FROM quakes") == catalog.SHIPPED_ROWS
 
 
-def test_ensure_sample_never_overwrites_a_given_database(tmp_path, cache_home, builds):
+def test_ensure_catalogue_never_overwrites_a_given_database(tmp_path, cache_home, builds):
     mine = tmp_path / "mine.sqlite"
     catalog.import_usgs([write_csv(tmp_path / "q.csv", [quake()])], mine)
     before = mine.read_bytes()
-    assert catalog.ensure_sample(mine) == mine
+    assert catalog.ensure_catalogue(mine) == mine
     assert mine.read_bytes() == before
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not a database" * 100)
     with pytest.raises(ValueError, match="not an SQLite database"):
-        catalog.ensure_sample(junk)
+        catalog.ensure_catalogue(junk)
     assert builds == []
 
 
-def test_ensure_sample_leaves_nothing_behind_when_the_build_fails(cache_home, monkeypatch):
+def test_ensure_catalogue_leaves_nothing_behind_when_the_build_fails(cache_home, monkeypatch):
     def failing_build(db_path, **kwargs):
         Path(db_path).write_bytes(b"half a database")
         raise OSError("disk full")
 
-    monkeypatch.setattr(catalog, "build_sample", failing_build)
+    monkeypatch.setattr(shipped, "build_catalogue", failing_build)
     with pytest.raises(OSError, match="disk full"):
-        catalog.ensure_sample()
+        catalog.ensure_catalogue()
     assert list((cache_home / "trionet").iterdir()) == []
+
+
+def test_a_damaged_shipped_copy_is_reported_not_served(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.csv.xz"
+    with lzma.open(bad, "wb") as f:
+        f.write(write_csv(tmp_path / "one.csv", [quake()]).read_bytes())
+
+    @contextlib.contextmanager
+    def fake_shipped():
+        yield bad
+
+    monkeypatch.setattr(shipped, "shipped_csv", fake_shipped)
+    with pytest.raises(ValueError, match="shipped catalogue is damaged: 1 of 16941 rows"):
+        catalog.build_catalogue(tmp_path / "c.sqlite")
 
 
 # --- fetch_usgs against a local stand-in for the USGS service ---------------------
@@ -654,7 +620,7 @@ def test_fetch_with_no_events_writes_just_the_header(comcat, tmp_path):
 
 def test_fetch_retries_a_server_error(comcat, tmp_path, monkeypatch):
     service, url = comcat
-    monkeypatch.setattr(catalog, "_RETRY_DELAYS", (0.0, 0.0))
+    monkeypatch.setattr(download, "_RETRY_DELAYS", (0.0, 0.0))
     service.events = [(datetime.datetime(2001, 5, 5, 12), "only")]
     service.fail_first = [(503, "busy"), (500, "oops")]
     dest = tmp_path / "one.csv"
@@ -664,7 +630,7 @@ def test_fetch_retries_a_server_error(comcat, tmp_path, monkeypatch):
 
 def test_fetch_gives_up_after_three_tries(comcat, tmp_path, monkeypatch):
     service, url = comcat
-    monkeypatch.setattr(catalog, "_RETRY_DELAYS", (0.0, 0.0))
+    monkeypatch.setattr(download, "_RETRY_DELAYS", (0.0, 0.0))
     service.fail_first = [(503, "busy")] * 3
     dest = tmp_path / "none.csv"
     with pytest.raises(urllib.error.HTTPError) as info:
@@ -694,8 +660,8 @@ def test_fetch_rejects_an_empty_range(tmp_path):
 
 def test_module_exports():
     assert set(catalog.__all__) >= {
-        "COLUMNS", "SCHEMA_SQL", "BadRow", "ImportReport", "create_schema", "import_usgs", "build_sample",
-        "sample_path", "ensure_sample", "fetch_usgs", "USGS_URL",
+        "COLUMNS", "SCHEMA_SQL", "BadRow", "ImportReport", "create_schema", "import_usgs", "build_catalogue",
+        "catalogue_path", "ensure_catalogue", "shipped_csv", "fetch_usgs", "USGS_URL",
     }
     assert all(hasattr(catalog, name) for name in catalog.__all__)
     assert len(COLUMNS) == 22

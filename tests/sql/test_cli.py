@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
+import lzma
 import signal
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import trio
 
-from trionet.sql import SqlError, connect
+from trionet.sql import SqlError, catalog, connect
 
 
 def test_top_level_help_lists_every_service(trionet_cmd):
@@ -22,11 +21,12 @@ def test_top_level_help_lists_every_service(trionet_cmd):
         assert f"  {name} " in result.stdout
 
 
-def test_serve_help_says_the_default_is_a_sample(trionet_cmd):
+def test_serve_help_says_the_default_is_the_shipped_catalogue(trionet_cmd):
     result = trionet_cmd("sql", "serve", "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
-    assert "SAMPLE catalogue" in text and "import-usgs" in text and "[default: 30.0; x>=0]" in text
+    assert "USGS earthquake catalogue that ships with trionet" in text and "[default: 30.0; x>=0]" in text
+    assert "SAMPLE" not in text and "synthetic" not in text
 
 
 def test_query_formats_and_params(server_process, trionet_cmd, quake_db):
@@ -117,44 +117,49 @@ def test_sigterm_drains_and_exits_0(server_process, quake_db):
     assert "SIGTERM: shutting down" in server.output
 
 
-def test_serve_without_db_builds_and_serves_the_sample(server_process, trionet_cmd, tmp_path):
-    env = {"TRIONET_SAMPLE_DB": str(tmp_path / "sample.sqlite")}
+def test_serve_without_db_builds_and_serves_the_real_catalogue(server_process, trionet_cmd, tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "TRIONET_CATALOG_DB": ""}
     server = server_process("sql", "serve", "--port", "0", env=env)
     port = str(server.wait_listening())
-    assert "SAMPLE catalogue" in server.output
-    result = trionet_cmd("sql", "query", "--port", port, "--format", "json", "SELECT count(*) FROM quakes")
-    assert json.loads(result.stdout)["rows"][0][0] > 10_000
+    assert "serving the USGS catalogue" in server.output
+    assert (tmp_path / "cache" / "trionet" / "usgs-quakes-v1.sqlite").is_file()
+    result = trionet_cmd(
+        "sql", "query", "--port", port, "--format", "json",
+        "SELECT count(*), max(mag), (SELECT max(mag) FROM quakes WHERE place LIKE '%Oklahoma') FROM quakes",
+    )
+    assert json.loads(result.stdout)["rows"] == [[16941, 7.2, 5.7]]
     refused = trionet_cmd("sql", "serve", "--read-write", "--port", "0", env=env)
     assert refused.returncode == 2 and "--read-write needs --db" in refused.stderr
 
 
 def test_demo_sql_part_runs(trionet_cmd, tmp_path):
-    result = trionet_cmd("demo", "--only", "sql", env={"TRIONET_SAMPLE_DB": str(tmp_path / "s.sqlite")})
+    result = trionet_cmd("demo", "--only", "sql", env={"TRIONET_CATALOG_DB": str(tmp_path / "c.sqlite")})
     assert result.returncode == 0, result.stderr
-    for needle in ("events", "The ten largest", "Oklahoma", "error [read_only]"):
+    for needle in ("16941", "The ten largest", "7.2", "Oklahoma", "error [read_only]"):
         assert needle in result.stdout
 
 
 def test_python_dash_m_works(trionet_cmd):
+    import trionet
+
     result = trionet_cmd("--version")
-    assert result.returncode == 0 and "trionet" in result.stdout
-    assert os.path.basename(sys.executable)  # the same interpreter the tests run under
+    assert result.returncode == 0
+    assert result.stdout.split() == ["trionet,", "version", trionet.__version__]
 
 
-def test_import_usgs_command_loads_the_shared_catalogue(trionet_cmd, tmp_path):
-    csv_path = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "usgs-quakes-lower-us.csv"
+def test_import_usgs_command_loads_the_shipped_catalogue(trionet_cmd, tmp_path):
     db = tmp_path / "real.sqlite"
-    result = trionet_cmd("sql", "import-usgs", str(csv_path), "--db", str(db))
+    result = trionet_cmd("sql", "import-usgs", "--db", str(db))  # no CSV: the copy trionet ships
     assert result.returncode == 0, result.stderr
     assert "16941 row(s) imported" in result.stdout and "0 bad row(s)" in result.stdout
-    again = trionet_cmd("sql", "import-usgs", str(csv_path), "--db", str(db))
-    assert again.returncode == 0
+    with catalog.shipped_csv() as xz_path:
+        again = trionet_cmd("sql", "import-usgs", str(xz_path), "--db", str(db))  # an .xz file by name
+    assert again.returncode == 0, again.stderr
     assert sqlite3.connect(db).execute("SELECT count(*), count(nst) FROM quakes").fetchone() == (16941, 16941 - 4066)
 
 
 def test_import_usgs_command_reports_bad_rows_and_exits_1(trionet_cmd, tmp_path):
-    csv_path = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "usgs-quakes-lower-us.csv"
-    with open(csv_path, encoding="utf-8") as f:
+    with catalog.shipped_csv() as xz_path, lzma.open(xz_path, "rt", encoding="utf-8", newline="") as f:
         head = [next(f) for _ in range(4)]
     head[2] = head[2].replace(",3.1,", ",three,", 1)  # line 3: a magnitude that is not a number
     bad_csv = tmp_path / "bad.csv"

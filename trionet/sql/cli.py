@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -29,12 +32,13 @@ def sql() -> None:
 
     \b
     One server owns the database; any number of clients connect over TCP and
-    send SQL. By default it serves the 1995-2015 U.S. earthquake catalogue:
-      trionet sql serve                      # a synthetic sample catalogue
-      trionet sql import-usgs FILE.csv --db quakes.sqlite
-      trionet sql serve --db quakes.sqlite   # the real catalogue
+    send SQL. By default it serves the USGS catalogue of M3.0+ earthquakes in
+    the contiguous U.S., 1995-2015, which ships with trionet:
+      trionet sql serve                      # the shipped catalogue, read-only
       trionet sql query "SELECT count(*) FROM quakes"
       trionet sql shell
+      trionet sql import-usgs --db quakes.sqlite   # your own copy, to write to
+      trionet sql serve --db quakes.sqlite --read-write
     """
 
 
@@ -43,10 +47,9 @@ def sql() -> None:
     "--db",
     type=click.Path(dir_okay=False, path_type=Path),
     help=(
-        "SQLite file to serve. Without it the server serves a SAMPLE catalogue: a synthetic, "
-        "deterministic 'quakes' table with the real schema and plausible values, built on first use "
-        "in ~/.cache/trionet/. For the real USGS catalogue run 'trionet sql import-usgs CSV --db FILE' "
-        "and pass --db FILE."
+        "SQLite file to serve. Without it the server serves the USGS earthquake catalogue that ships "
+        "with trionet (16,941 events, table 'quakes'), imported on first use into "
+        "~/.cache/trionet/ (or $TRIONET_CATALOG_DB)."
     ),
 )
 @host_option(serving=True)
@@ -97,14 +100,18 @@ def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes
     """
     if db is None:
         if read_write:
-            raise click.UsageError("--read-write needs --db: the sample catalogue is read-only")
+            raise click.UsageError(
+                "--read-write needs --db: the shipped catalogue is served read-only; "
+                "make a copy to write to with 'trionet sql import-usgs --db FILE'"
+            )
         from trionet.sql import catalog
 
         try:
-            db = catalog.ensure_sample()
+            with _import_progress("building the catalogue") as progress:
+                db = catalog.ensure_catalogue(progress=progress)
         except (ValueError, OSError) as exc:
-            raise click.ClickException(f"cannot build the sample catalogue: {exc}") from None
-        log.info("serving the SAMPLE catalogue %s (synthetic data; see --help for the real one)", db)
+            raise click.ClickException(f"cannot build the catalogue: {exc}") from None
+        log.info("serving the USGS catalogue (shipped with trionet) from %s", db)
     try:
         database = Database(db, read_write=read_write, max_sql_bytes=max_request_bytes)
     except SqlError as exc:
@@ -211,8 +218,25 @@ def shell(host, port) -> None:
         raise click.ClickException(exc.message) from None
 
 
+@contextlib.contextmanager
+def _import_progress(description: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress callback drawing a bar on a terminal's stderr; None when stderr is not a terminal."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 @sql.command("import-usgs")
-@click.argument("csv_files", metavar="CSV...", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("csv_files", metavar="[CSV...]", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--db",
     required=True,
@@ -223,29 +247,22 @@ def import_usgs(csv_files, db) -> None:
     """Load USGS ComCat CSV exports into table 'quakes' of an SQLite file.
 
     \b
+    Without CSV files, loads the catalogue that ships with trionet (M3.0+,
+    contiguous U.S., 1995-2015). Files may be plain or xz-compressed (.xz).
     The files are streamed, so any size works. Importing the same file again
     updates rows in place (by event id) and never duplicates them. A row that
     cannot be read is reported as FILE:LINE: REASON on stderr, the good rows
     are still loaded, and the exit status is 1.
     """
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
     from trionet.sql import catalog
 
-    console = Console(stderr=True)
     try:
-        if console.is_terminal:
-            with Progress(
-                "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                console=console,
-            ) as bar:
-                task = bar.add_task("importing", total=None)
-                report = catalog.import_usgs(
-                    csv_files, db, progress=lambda done, total: bar.update(task, completed=done, total=total)
-                )
-        else:
-            report = catalog.import_usgs(csv_files, db)
-    except (ValueError, OSError) as exc:
+        with contextlib.ExitStack() as stack:
+            if not csv_files:
+                csv_files = [stack.enter_context(catalog.shipped_csv())]
+            progress = stack.enter_context(_import_progress("importing"))
+            report = catalog.import_usgs(csv_files, db, progress=progress)
+    except (ValueError, OSError, sqlite3.Error) as exc:
         raise click.ClickException(str(exc)) from None
     for bad in report.bad_rows:
         click.echo(f"{bad}", err=True)

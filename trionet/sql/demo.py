@@ -33,10 +33,10 @@ SESSION = [
 
 
 async def run_demo(console: Console, db_path=None) -> None:
-    """Serve ``db_path`` (default: the sample catalogue) and run :data:`SESSION` against it."""
+    """Serve ``db_path`` (default: the shipped USGS catalogue) and run :data:`SESSION` against it."""
     if db_path is None:
-        db_path = await trio.to_thread.run_sync(catalog.ensure_sample)
-        console.print(f"database: the SAMPLE catalogue (synthetic data) at {db_path}")
+        db_path = await trio.to_thread.run_sync(catalog.ensure_catalogue)
+        console.print(f"database: the USGS catalogue, 1995-2015, at {db_path}")
     else:
         console.print(f"database: {db_path}")
     database = Database(db_path)
