@@ -17,9 +17,12 @@ For each ring size (default 3, 8 and 32 ``trionet ring join`` processes on
 - **baselines**: in the same run, interleaved with the ring, a chain of the
   same number of minimal trio TCP relay processes (read a length-prefixed
   frame, write it to the next relay, no acks, no tokens) closed into a ring;
-  a driver keeps one frame of the same size going round (and, for the second
-  baseline, one the other way too: the ring's traffic) and measures the
-  median round trip, divided by the size;
+  a driver keeps one frame of the same size going round (and, for the
+  "each way" baseline, one the other way too: the ring's traffic) and
+  measures the median round trip, divided by the size. The relays and their
+  driver use the same stream as ring links (``EagerSocketStream``), so the
+  ratio compares the ring's work with a relay's and not two socket layers;
+  a relay on trio's plain ``SocketStream`` is reported beside them;
 - **CPU per frame** at a forwarding process, ring node or relay, from its
   first frame to its last.
 
@@ -61,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 from trionet.ring.config import RingConfig  # noqa: E402
 from trionet.ring.demo import free_ports  # noqa: E402
 from trionet.ring.sim import simulate  # noqa: E402
+from trionet.serving import EagerSocketStream  # noqa: E402
 
 TEXT = "benchmark message " + "x" * 30  # about the size of a chat line
 
@@ -119,7 +123,8 @@ def ring_hop_latency(size: int, messages: int, workdir: Path) -> tuple[float, fl
 # --- the baselines: a ring of bare trio relays ------------------------------------
 #
 # Each relay reads length-prefixed frames and writes them on unchanged: no
-# parsing, acks, tokens or channels, and trio's plain SocketStream. With
+# parsing, acks, tokens or channels. ``eager`` wraps its sockets as ring links
+# are wrapped (EagerSocketStream), else trio's plain SocketStream. With
 # ``both`` it relays the other way too (frames from its next neighbour go to
 # its previous one), which is the ring's traffic: one frame in flight in each
 # direction at every moment.
@@ -141,19 +146,23 @@ async def _pump(inbound: trio.abc.ReceiveStream, outbound: trio.abc.SendStream, 
             await outbound.send_all(frame)
 
 
-async def _dial(port: int) -> trio.SocketStream:
+def _wrap(stream: trio.SocketStream, eager: bool) -> trio.abc.HalfCloseableStream:
+    return EagerSocketStream(stream) if eager else stream
+
+
+async def _dial(port: int, eager: bool) -> trio.abc.HalfCloseableStream:
     for _ in range(400):
         try:
-            return await trio.open_tcp_stream("127.0.0.1", port)
+            return _wrap(await trio.open_tcp_stream("127.0.0.1", port), eager)
         except OSError:
             await trio.sleep(0.05)
     raise SystemExit(f"nothing listens on port {port}")
 
 
-async def _relay(listen_port: int, next_port: int, both: bool) -> None:
+async def _relay(listen_port: int, next_port: int, both: bool, eager: bool) -> None:
     listeners = await trio.open_tcp_listeners(listen_port, host="127.0.0.1")
-    to_next = await _dial(next_port)
-    from_prev = await listeners[0].accept()
+    to_next = await _dial(next_port, eager)
+    from_prev = _wrap(await listeners[0].accept(), eager)
     counter = [0, 0.0]  # frames relayed, CPU time at the first one
 
     async def pump(inbound, outbound, nursery) -> None:
@@ -168,11 +177,11 @@ async def _relay(listen_port: int, next_port: int, both: bool) -> None:
     print(json.dumps({"frames": counter[0], "cpu": time.process_time() - counter[1]}), flush=True)
 
 
-async def _driver(size: int, ports: list[int], rounds: int, both: bool) -> list[float]:
+async def _driver(size: int, ports: list[int], rounds: int, both: bool, eager: bool) -> list[float]:
     """Play node 0: keep one frame going round clockwise (and, with ``both``, one anticlockwise)."""
     listeners = await trio.open_tcp_listeners(ports[0], host="127.0.0.1")
-    to_next = await _dial(ports[1 % size])
-    from_prev = await listeners[0].accept()
+    to_next = await _dial(ports[1 % size], eager)
+    from_prev = _wrap(await listeners[0].accept(), eager)
     payload = struct.pack(">BBIQ", 1, 6, 1, 1) + TEXT.encode()
     frame = len(payload).to_bytes(4, "big") + payload
     samples: list[float] = []
@@ -194,16 +203,19 @@ async def _driver(size: int, ports: list[int], rounds: int, both: bool) -> list[
     return samples
 
 
-def relay_hop_latency(size: int, rounds: int, both: bool = False) -> tuple[float, float]:
+def relay_hop_latency(size: int, rounds: int, both: bool = False, eager: bool = True) -> tuple[float, float]:
     """Median hop latency and CPU per frame of a ring of a driver and ``size - 1`` bare relays."""
     ports = free_ports(size)
     argv = [sys.executable, __file__, "_relay"]
     relays = [
-        subprocess.Popen([*argv, str(ports[i]), str(ports[(i + 1) % size]), str(int(both))], env=_env(), stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*argv, str(ports[i]), str(ports[(i + 1) % size]), str(int(both)), str(int(eager))],
+            env=_env(), stdout=subprocess.PIPE, text=True,
+        )
         for i in range(1, size)
     ]
     try:
-        samples = trio.run(_driver, size, ports, rounds, both)
+        samples = trio.run(_driver, size, ports, rounds, both, eager)
     finally:
         reports = []
         for proc in relays:
@@ -217,6 +229,16 @@ def relay_hop_latency(size: int, rounds: int, both: bool = False) -> tuple[float
 
 
 # --- RSS and the simulator -----------------------------------------------------------
+
+
+def _spread(values: list[float]) -> str:
+    """A ratio as ``median [lowest-highest]`` over rounds."""
+    return f"{statistics.median(values):.2f}x [{min(values):.2f}-{max(values):.2f}]"
+
+
+def _spread_us(runs: list[tuple[float, ...]]) -> str:
+    hops = [r[0] * 1e6 for r in runs]
+    return f"{statistics.median(hops):,.0f} µs [{min(hops):,.0f}-{max(hops):,.0f}]"
 
 
 def ring_rss(size: int, messages: int, workdir: Path) -> float:
@@ -259,44 +281,48 @@ def main() -> None:
             # first and last, against drift), each ratio taken within one
             # round: this host's load comes and goes over seconds, and hits
             # the runs of one round alike. The figures are medians over rounds.
-            runs: dict[str, list[tuple[float, ...]]] = {"ring": [], "one": [], "each": []}
+            # one/each: relays on the ring's own stream; plain: trio's SocketStream.
+            kinds = ("ring", "one", "each", "plain")
+            runs: dict[str, list[tuple[float, ...]]] = {k: [] for k in kinds}
             for i in range(args.repeat):
-                order = ["ring", "one", "each"] if i % 2 == 0 else ["one", "each", "ring"]
+                order = kinds if i % 2 == 0 else kinds[1:] + kinds[:1]
                 for kind in order:
                     if kind == "ring":
                         runs["ring"].append(ring_hop_latency(size, args.latency_messages, workdir))
                     else:
-                        runs[kind].append(relay_hop_latency(size, args.latency_messages, both=kind == "each"))
-            hop = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+                        runs[kind].append(
+                            relay_hop_latency(size, args.latency_messages, both=kind == "each", eager=kind != "plain")
+                        )
             cpu = {k: statistics.median(r[1] for r in v) for k, v in runs.items()}
             core_hop = statistics.median(r[2] for r in runs["ring"])
-            ratios = {
-                k: [r[0] / b[0] for r, b in zip(runs["ring"], runs[k])] for k in ("one", "each")
-            }
-            ratio = {k: statistics.median(v) for k, v in ratios.items()}
+            ratios = {k: [r[0] / b[0] for r, b in zip(runs["ring"], runs[k])] for k in kinds[1:]}
+            ratio = {k: _spread(v) for k, v in ratios.items()}
             latency_rows.append(
-                f"| {size} | {rate:,.0f} | {hop['ring'] * 1e6:,.0f} µs | {hop['one'] * 1e6:,.0f} µs "
-                f"| {ratio['one']:.2f}x | {hop['each'] * 1e6:,.0f} µs | {ratio['each']:.2f}x | {core_hop * 1e6:,.0f} µs |"
+                f"| {size} | {rate:,.0f} | {_spread_us(runs['ring'])} | {_spread_us(runs['one'])} | {ratio['one']} "
+                f"| {_spread_us(runs['each'])} | {ratio['each']} | {_spread_us(runs['plain'])} | {ratio['plain']} "
+                f"| {core_hop * 1e6:,.0f} µs |"
             )
             cpu_rows.append(
                 f"| {size} | {cpu['ring'] * 1e6:,.0f} µs | {cpu['one'] * 1e6:,.0f} µs | {cpu['each'] * 1e6:,.0f} µs "
-                f"| {cpu['ring'] / cpu['each']:.2f}x |"
+                f"| {cpu['plain'] * 1e6:,.0f} µs | {cpu['ring'] / cpu['each']:.2f}x |"
             )
             print(f"  {size} nodes, per round: ring hop " + " ".join(f"{r[0] * 1e6:.0f}" for r in runs["ring"])
                   + " µs; ratio to the one-frame relay " + " ".join(f"{r:.2f}" for r in ratios["one"]), flush=True)
         print()
-        print(f"Hop latency (median of {args.repeat} interleaved rounds; each run's figure is a median; "
-              "a ratio is the median of the rounds' ratios):")
+        print(f"Hop latency (median of {args.repeat} interleaved rounds [lowest-highest round]; each run's figure "
+              "is a median; a ratio is the median of the rounds' ratios [their range]). Relays use the ring "
+              "links' EagerSocketStream unless marked plain:")
         print()
-        print("| nodes | delivered msg/s | ring hop | relay hop, one frame | ratio | relay hop, one frame each way | ratio "
-              "| ring hop as node 0's core sees it |")
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| nodes | delivered msg/s | ring hop | relay hop, one frame | ratio | relay hop, one frame each way "
+              "| ratio | plain relay hop, one frame | ratio | ring hop as node 0's core sees it |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         print("\n".join(latency_rows))
         print()
         print("CPU per frame at a forwarding process (from its first frame to its last):")
         print()
-        print("| nodes | ring node | relay, one frame | relay, one frame each way | ring / relay each way |")
-        print("| ---: | ---: | ---: | ---: | ---: |")
+        print("| nodes | ring node | relay, one frame | relay, one frame each way | plain relay, one frame "
+              "| ring / relay each way |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
         print("\n".join(cpu_rows))
         print()
         small = ring_rss(3, args.rss_messages, workdir)
@@ -310,7 +336,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "_relay":
-        trio.run(_relay, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1")
+    if len(sys.argv) == 6 and sys.argv[1] == "_relay":
+        trio.run(_relay, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1")
     else:
         main()
