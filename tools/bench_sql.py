@@ -35,7 +35,11 @@ Besides q/s and p50/p99 it reports each process's CPU (server, load
 generator, and everything else on the machine), and the server's CPU time
 per answered query, the figure least disturbed by a busy machine. On a
 shared machine, ``--wait-quiet`` waits for an idle moment before each
-scenario and ``--repeat`` keeps the best of several runs.
+scenario. ``--repeat N`` runs N rounds; in each round every server runs every
+scenario, in an order that rotates from round to round, so that load which
+comes and goes hits all servers alike. Each figure is the median over rounds
+with its range [lowest-highest]; a target's ratio is taken within each round,
+and a target is PASS or FAIL only when every round agrees, else UNDECIDED.
 
 Usage::
 
@@ -57,6 +61,7 @@ import shlex
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -401,6 +406,9 @@ class Result:
     server_us_per_query: float = math.nan  # server CPU per answered query: less sensitive to a busy machine
     first_error: str | None = None
     slow_queries_s: list[list] = field(default_factory=list)  # [seconds, finished] per slow query
+    qps_range: tuple[float, float] | None = None  # lowest and highest round, for medians over rounds
+    p99_range: tuple[float, float] | None = None
+    rounds: int = 1
 
 
 def _percentile(sorted_values, q: float) -> float:
@@ -607,19 +615,75 @@ def _targets(results: list[Result]) -> list[dict]:
     return targets
 
 
+def _medians(rounds: list[list[Result]]) -> list[Result]:
+    """One Result per (scenario, server): the median of each figure over the rounds, with ranges."""
+    by: dict[tuple[str, str], list[Result]] = {}
+    for one in rounds:
+        for r in one:
+            by.setdefault((r.scenario, r.server), []).append(r)
+    out = []
+    for (scenario, server), runs in by.items():
+
+        def med(attr: str) -> float:
+            return statistics.median(getattr(r, attr) for r in runs)
+
+        errors = sum(r.errors for r in runs)
+        out.append(
+            Result(
+                scenario=scenario, server=server, qps=med("qps"), p50_ms=med("p50_ms"), p99_ms=med("p99_ms"),
+                mean_ms=med("mean_ms"), max_ms=max(r.max_ms for r in runs), count=sum(r.count for r in runs),
+                errors=errors, server_cpu=med("server_cpu"), load_cpu=med("load_cpu"), other_cpu=med("other_cpu"),
+                server_us_per_query=med("server_us_per_query"),
+                first_error=next((r.first_error for r in runs if r.first_error), None),
+                slow_queries_s=[q for r in runs for q in r.slow_queries_s],
+                qps_range=(min(r.qps for r in runs), max(r.qps for r in runs)),
+                p99_range=(min(r.p99_ms for r in runs), max(r.p99_ms for r in runs)),
+                rounds=len(runs),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _combine_targets(per_round: list[list[dict]]) -> list[dict]:
+    """Each target's median ratio over rounds and its range; PASS/FAIL only when all rounds agree."""
+    combined = []
+    for name in dict.fromkeys(t["target"] for one in per_round for t in one):
+        entries = [t for one in per_round for t in one if t["target"] == name]
+        values = [t["value"] for t in entries if t["value"] is not None and not math.isnan(t["value"])]
+        first = entries[0]
+        if not values:
+            combined.append({**first, "value": None, "range": None, "verdict": "n/a"})
+            continue
+        verdicts = {t["verdict"] for t in entries if t["value"] is not None}
+        if verdicts <= {"info"}:
+            verdict = "info"
+        elif verdicts == {"PASS"}:
+            verdict = "PASS"
+        elif verdicts == {"FAIL"}:
+            verdict = "FAIL"
+        else:
+            verdict = "UNDECIDED"  # the rounds disagree: the spread straddles the limit
+        combined.append({**first, "value": statistics.median(values), "range": (min(values), max(values)),
+                         "rounds": len(values), "verdict": verdict})  # fmt: skip
+    return combined
+
+
 def _print_report(results: list[Result], targets: list[dict], slow_info: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=max(120, Console().width))
     table = Table(title="trionet sql benchmark")
-    columns = ("scenario", "server", "q/s", "p50 ms", "p99 ms", "max ms", "errors", "server CPU", "server us/q",
-               "load CPU", "other CPU")  # fmt: skip
+    columns = ("scenario", "server", "q/s", "q/s range", "p50 ms", "p99 ms", "p99 range", "max ms", "errors",
+               "server CPU", "server us/q", "load CPU", "other CPU")  # fmt: skip
     for col in columns:
         table.add_column(col, justify="left" if col in ("scenario", "server") else "right")
     for r in results:
+        qps_range = f"{r.qps_range[0]:,.0f}-{r.qps_range[1]:,.0f}" if r.qps_range else "-"
+        p99_range = f"{r.p99_range[0]:.2f}-{r.p99_range[1]:.2f}" if r.p99_range else "-"
         table.add_row(
-            r.scenario, r.server, f"{r.qps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.max_ms:.1f}",
+            r.scenario, r.server, f"{r.qps:,.0f}", qps_range, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", p99_range,
+            f"{r.max_ms:.1f}",
             str(r.errors), f"{r.server_cpu:.2f}", f"{r.server_us_per_query:.0f}", f"{r.load_cpu:.2f}",
             f"{r.other_cpu:.2f}",
         )  # fmt: skip
@@ -635,13 +699,14 @@ def _print_report(results: list[Result], targets: list[dict], slow_info: dict) -
             f"slow query alone (in-process, calibration): {slow_info['calibrated_s']:.2f} s of CPU "
             f"({slow_info['outer_rows']} outer rows)"
         )
-    ttable = Table(title="targets")
-    for col in ("target", "ratio", "limit", "verdict"):
+    ttable = Table(title="targets (median ratio over rounds, each taken within its round)")
+    for col in ("target", "ratio", "range", "limit", "verdict"):
         ttable.add_column(col)
     for t in targets:
         value = "-" if t["value"] is None else f"{t['value']:.2f}"
-        style = {"PASS": "green", "FAIL": "red"}.get(t["verdict"], "")
-        ttable.add_row(t["target"], value, t["detail"], f"[{style}]{t['verdict']}[/{style}]" if style else t["verdict"])
+        spread = "-" if not t.get("range") else f"{t['range'][0]:.2f}-{t['range'][1]:.2f}"
+        style = {"PASS": "green", "FAIL": "red", "UNDECIDED": "yellow"}.get(t["verdict"], "")
+        ttable.add_row(t["target"], value, spread, t["detail"], f"[{style}]{t['verdict']}[/{style}]" if style else t["verdict"])
     console.print(ttable)
 
 
@@ -663,7 +728,7 @@ def _print_report(results: list[Result], targets: list[dict], slow_info: dict) -
 @click.option("--wait-quiet", type=click.FloatRange(0), default=0.0, show_default=True, metavar="SECONDS",
               help="Before each scenario, wait up to this long for other processes to leave the CPUs idle.")  # fmt: skip
 @click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
-              help="Runs per scenario and server; the one with the highest q/s is reported.")  # fmt: skip
+              help="Rounds of every scenario on every server, interleaved; medians and ranges are reported.")  # fmt: skip
 @click.option("--no-cli", is_flag=True, help="Start trionet with this script's launcher, not 'python3 -m trionet'.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 @click.pass_context
@@ -707,30 +772,36 @@ def main(
             click.echo(
                 f"slow query: {calibrated:.2f} s of CPU in-process with cutoff time < {slow_param!r} ({outer} outer rows)"
             )
-        for name in servers:
-            server = _start_server(name, db, workdir, use_cli=not no_cli)
-            commands[name] = shlex.join(server.command)
-            click.echo(f"{name}: {commands[name]}")
-            try:
+        started: dict[str, object] = {}
+        rounds: list[list[Result]] = []
+        try:
+            for name in servers:
+                started[name] = _start_server(name, db, workdir, use_cli=not no_cli)
+                commands[name] = shlex.join(started[name].command)
+                click.echo(f"{name}: {commands[name]}")
+            for i in range(repeat):
+                order = servers[i % len(servers):] + servers[: i % len(servers)]
+                this_round: list[Result] = []
                 for scenario in scenarios:
-                    if name not in SQL_SERVERS and scenario != "point":
-                        continue
-                    if name == "floor" and scenario == "slow":
-                        continue  # the floor runs SQLite inline: a slow query stops it, like select
-                    # On a shared machine other processes only ever cost throughput:
-                    # keep the best of --repeat runs, with its latencies.
-                    runs = [_run_scenario(server, scenario, db, workdir, opts, slow_param) for _ in range(repeat)]
-                    result = max(runs, key=lambda r: r.qps)
-                    results.append(result)
-                    click.echo(
-                        f"  {scenario:6} {result.qps:9,.0f} q/s  p50 {result.p50_ms:7.2f} ms  "
-                        f"p99 {result.p99_ms:8.2f} ms  server CPU {result.server_cpu:.2f}  "
-                        f"load CPU {result.load_cpu:.2f}  other CPU {result.other_cpu:.2f}  errors {result.errors}"
-                    )
-            finally:
+                    for name in order:
+                        if name not in SQL_SERVERS and scenario != "point":
+                            continue
+                        if name == "floor" and scenario == "slow":
+                            continue  # the floor runs SQLite inline: a slow query stops it, like select
+                        result = _run_scenario(started[name], scenario, db, workdir, opts, slow_param)
+                        this_round.append(result)
+                        click.echo(
+                            f"  round {i + 1} {scenario:6} {name:16} {result.qps:9,.0f} q/s  p50 {result.p50_ms:7.2f} ms  "
+                            f"p99 {result.p99_ms:8.2f} ms  server CPU {result.server_cpu:.2f}  "
+                            f"load CPU {result.load_cpu:.2f}  other CPU {result.other_cpu:.2f}  errors {result.errors}"
+                        )
+                rounds.append(this_round)
+        finally:
+            for server in started.values():
                 server.stop()
+        results = _medians(rounds)
     machine["loadavg_after"] = os.getloadavg()
-    targets = _targets(results)
+    targets = _combine_targets([_targets(r) for r in rounds])
     slow_info = {"sql": SLOW_SQL, "cutoff": slow_param, "calibrated_s": calibrated, "outer_rows": outer}
     _print_report(results, targets, slow_info)
     if json_path is not None:
@@ -741,6 +812,7 @@ def main(
             "servers": commands,
             "queries": {"point": POINT_SQL, "range": RANGE_SQL, "top10": TOP_SQL, "slow": slow_info},
             "results": [asdict(r) for r in results],
+            "rounds": [[asdict(r) for r in one] for one in rounds],
             "targets": targets,
         }
         json_path.write_text(json.dumps(doc, indent=2) + "\n")
