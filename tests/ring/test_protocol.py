@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.ring.protocol import (
+    NONCE_BYTES,
+    PROOF_BYTES,
+    PROTOCOL_VERSION,
     Ack,
+    Auth,
     Bye,
     Deliver,
     Direction,
@@ -47,7 +51,11 @@ data_frames = st.one_of(
     st.just(Probe()),
 )
 link_frames = st.one_of(
-    st.builds(Hello, u32, st.sampled_from(list(Role)), u32, st.integers(1, 2**64 - 1)),
+    st.builds(
+        Hello, u32, st.sampled_from(list(Role)), u32, st.integers(1, 2**64 - 1), st.booleans(),
+        st.binary(min_size=NONCE_BYTES, max_size=NONCE_BYTES),
+    ),
+    st.builds(Auth, st.binary(min_size=PROOF_BYTES, max_size=PROOF_BYTES)),
     st.builds(Ack, u64),
     st.builds(Reject, st.text(max_size=100).filter(lambda s: len(s.encode()) <= 1000)),
     st.just(Stop()),
@@ -102,13 +110,13 @@ def test_random_bytes_never_crash_the_decoder(data):
 @given(st.binary(max_size=100))
 def test_random_payloads_decode_or_raise_remote_error(payload):
     try:
-        decode_frame(bytes([1]) + payload)
+        decode_frame(bytes([PROTOCOL_VERSION]) + payload)
     except RemoteProtocolError:
         pass
 
 
 @given(
-    version=st.integers(0, 2),
+    version=st.integers(0, 3),
     epoch=u32,
     seq=st.integers(0, 3),
     direction=st.integers(0, 3),
@@ -124,7 +132,7 @@ def test_message_payloads_decode_exactly_or_are_refused(version, epoch, seq, dir
     try:
         received = decode_frame(payload)
     except RemoteProtocolError:
-        assert version != 1 or seq == 0 or direction > 1 or delivered > 1 or not _utf8(text)
+        assert version != PROTOCOL_VERSION or seq == 0 or direction > 1 or delivered > 1 or not _utf8(text)
         return
     assert isinstance(received.frame, Message)
     assert encode_frame(received.frame, seq=received.seq, epoch=received.epoch)[4:] == payload
@@ -140,8 +148,8 @@ def _utf8(data: bytes) -> bool:
 
 def test_version_and_bad_fields_are_rejected():
     wire = encode_frame(Token(CW), seq=1)[4:]
-    with pytest.raises(RemoteProtocolError, match="protocol version 2"):
-        decode_frame(bytes([2]) + wire[1:])
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node speaks 2"):
+        decode_frame(bytes([1]) + wire[1:])  # a node from before the handshake's proofs
     with pytest.raises(RemoteProtocolError, match="with link sequence 0"):
         decode_frame(wire[:6] + bytes(8) + wire[14:])
     with pytest.raises(RemoteProtocolError, match="bad frame"):

@@ -206,5 +206,5 @@ async def test_stop_sent_to_another_node_than_node0_is_refused(autojump_clock):
     async with trio.open_nursery() as nursery:
         await nursery.start(node1.run)
         with pytest.raises(RingError, match="node 1 is not node 0"):
-            await request_stop(config.node(1), transport=network.transport(99))
+            await request_stop(config, node_id=1, transport=network.transport(99))
         nursery.cancel_scope.cancel()

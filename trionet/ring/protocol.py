@@ -50,7 +50,10 @@ from trionet.framing import LengthPrefixFramer, Oversized, TruncatedFrame
 __all__ = [
     "MAX_FRAME",
     "PROTOCOL_VERSION",
+    "NONCE_BYTES",
+    "PROOF_BYTES",
     "Ack",
+    "Auth",
     "Bye",
     "Deliver",
     "Direction",
@@ -77,7 +80,12 @@ __all__ = [
     "encode_frame",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""Version 2 added the nonce and ``secured`` flag to ``HELLO`` and the ``AUTH`` frame."""
+NONCE_BYTES = 32
+"""The random challenge each side puts in its ``HELLO``."""
+PROOF_BYTES = 32
+"""An HMAC-SHA256 proof, in ``AUTH`` (:mod:`trionet.ring.handshake`)."""
 MAX_FRAME = 1 << 20
 """The largest frame payload accepted (message texts are limited far below it)."""
 
@@ -122,13 +130,32 @@ class Hello:
 
     ``recv_next`` is the next link sequence number the sender expects from its
     peer: everything below it arrived, so the peer drops those frames and
-    resends the rest.
+    resends the rest. ``secured`` says whether the sender has the ring's
+    shared secret; ``nonce`` is its fresh random challenge, which the peer's
+    proof must cover (:mod:`trionet.ring.handshake`).
     """
 
     node_id: int
     role: Role
     ring: int
     recv_next: int
+    secured: bool = False
+    nonce: bytes = bytes(NONCE_BYTES)
+
+    def __post_init__(self) -> None:
+        if len(self.nonce) != NONCE_BYTES:
+            raise LocalProtocolError(f"a nonce is {NONCE_BYTES} bytes, not {len(self.nonce)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """A side's handshake proof: HMAC-SHA256 over both greetings (:func:`~trionet.ring.handshake.make_proof`)."""
+
+    proof: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.proof) != PROOF_BYTES:
+            raise LocalProtocolError(f"a proof is {PROOF_BYTES} bytes, not {len(self.proof)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +229,9 @@ class StopRequest:
     origin: int
 
 
-LinkFrame = Hello | Ack | Reject | Stop | Bye
+LinkFrame = Hello | Auth | Ack | Reject | Stop | Bye
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
     """Node 0's ring-closure check: each node forwards it clockwise once both its links are up."""
@@ -211,8 +240,11 @@ class Probe:
 DataFrame = Token | Message | Finalize | StopRequest | Probe
 
 _HEADER = struct.Struct(">BBIQ")  # version, type, epoch, link sequence (0: not a data frame)
-_T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE, _T_BYE = range(1, 11)
-_HELLO = struct.Struct(">IBIQ")
+_T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE, _T_BYE, _T_AUTH = range(
+    1, 12
+)
+_HELLO = struct.Struct(f">IBIQB{NONCE_BYTES}s")
+_AUTH = struct.Struct(f">{PROOF_BYTES}s")
 _ACK = struct.Struct(">Q")
 _TOKEN = struct.Struct(">BIB")
 _MESSAGE = struct.Struct(">BIIQB")
@@ -261,7 +293,10 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
     if isinstance(frame, Ack):
         kind, body = _T_ACK, _ACK.pack(frame.ack)
     elif isinstance(frame, Hello):
-        kind, body = _T_HELLO, _HELLO.pack(frame.node_id, frame.role, frame.ring, frame.recv_next)
+        kind = _T_HELLO
+        body = _HELLO.pack(frame.node_id, frame.role, frame.ring, frame.recv_next, frame.secured, frame.nonce)
+    elif isinstance(frame, Auth):
+        kind, body = _T_AUTH, _AUTH.pack(frame.proof)
     elif isinstance(frame, Finalize):
         body = _FINALIZE.pack(frame.requested, frame.sent, frame.delivered, frame.unsent, frame.nodes)
         kind = _T_FINALIZE
@@ -308,10 +343,13 @@ def decode_frame(payload: bytes) -> Received:
             (ack,) = _exact(_ACK, payload)
             frame = Ack(ack)
         elif kind == _T_HELLO:
-            node_id, role, ring, recv_next = _exact(_HELLO, payload)
+            node_id, role, ring, recv_next, secured, nonce = _exact(_HELLO, payload)
             if recv_next < 1:
                 raise ValueError("recv_next must be at least 1")
-            frame = Hello(node_id, Role(role), ring, recv_next)
+            frame = Hello(node_id, Role(role), ring, recv_next, _flag(secured), nonce)
+        elif kind == _T_AUTH:
+            (proof,) = _exact(_AUTH, payload)
+            frame = Auth(proof)
         elif kind == _T_FINALIZE:
             requested, sent, delivered, unsent, nodes = _exact(_FINALIZE, payload)
             frame = Finalize(_flag(requested), sent, delivered, unsent, nodes)
