@@ -81,7 +81,10 @@ def _read_secret(path: str | None) -> bytes | None:
     "deliveries_path",
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="Write one JSON line per message delivered to this node (id, origin, destination, direction, text).",
+    help=(
+        "Append one JSON line per message delivered to this node (id, origin, destination, direction, text). "
+        "Never truncated: a node started again adds to its earlier records."
+    ),
 )
 @click.option(
     "--connect-timeout",
@@ -133,6 +136,9 @@ def join(
     listening address is not loopback refuses to start without it, unless
     --insecure is given. Messages naming a node outside the ring are refused.
 
+    The deliveries file is appended to, never truncated: a node started
+    again adds to the records of its earlier runs.
+
     Prints a summary when done: messages sent, delivered to this node,
     forwarded, and never sent. Exits 0 after a finalization, 1 on an error.
     """
@@ -153,7 +159,7 @@ def join(
         )
     messages = iter_messages(messages_path, config.ids) if messages_path else ()
     try:
-        deliveries = open(deliveries_path, "w", encoding="utf-8") if deliveries_path else None
+        deliveries = _open_deliveries(deliveries_path) if deliveries_path else None
     except OSError as exc:
         raise click.ClickException(f"{deliveries_path}: cannot write the deliveries file: {exc.strerror}") from None
     node = RingNode(
@@ -185,6 +191,21 @@ def join(
     _print_summary(node.summary)
     if stats_path:
         _write_stats(stats_path, node)
+
+
+def _open_deliveries(path: str):
+    """Open the deliveries file for appending, so that a restarted node never loses earlier records.
+
+    A last line cut short by a crash is ended first, so the new records start
+    on a line of their own.
+    """
+    fh = open(path, "a", encoding="utf-8")
+    if fh.tell() > 0:
+        with open(path, "rb") as raw:
+            raw.seek(-1, 2)
+            if raw.read(1) != b"\n":
+                fh.write("\n")
+    return fh
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
