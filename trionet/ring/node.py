@@ -711,7 +711,7 @@ class RingNode:
                 )
                 if reason:
                     if not isinstance(event.frame, Reject):
-                        await stream.send_all(encode_frame(Reject(f"node {self.me.id}: the proof of node {theirs.node_id} is wrong")))
+                        await stream.send_all(encode_frame(Reject(reason)))
                     raise _Rejected(f"{self.next.address}: {reason}")
                 await stream.send_all(self._proof(Side.DIALER, mine, theirs))
                 return stream, theirs, decoder
@@ -750,6 +750,8 @@ class RingNode:
                     )
                 if reason:
                     log.warning("node %d: refused a connection: %s", self.me.id, reason)
+                    if not self.prev_link.up:  # shown should the previous node never get through
+                        self.prev_link.last_error = f"refused a connection: {reason}"
                     if not isinstance(event.frame, Reject):
                         await stream.send_all(encode_frame(Reject(reason)))
                     return
