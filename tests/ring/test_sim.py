@@ -99,14 +99,17 @@ def test_ring_of_fifty_with_cuts_everywhere():
     assert sum(n.next_link.state.resent for n in result.nodes.values()) > 0  # the cuts did lose frames
 
 
-def test_a_cut_during_traffic_resends_and_deduplicates():
+@pytest.mark.parametrize("secret", [None, b"shared"], ids=["no secret", "secret"])
+def test_a_cut_during_traffic_resends_and_deduplicates(secret):
+    # With a secret every reconnection proves it again before resending.
     size = 4
     messages = {i: [((i + 2) % size, f"x{i}.{k}") for k in range(30)] for i in range(size)}
     cuts = [LinkCut(i, 0.3 + 0.7 * i, 0.4) for i in range(size)] * 1
-    result = run_sim(size, messages, link_delays={i: 0.01 for i in range(size)}, cuts=cuts)
+    result = run_sim(size, messages, link_delays={i: 0.01 for i in range(size)}, cuts=cuts, secret=secret)
     check_complete(result, size, messages)
     resent = sum(n.next_link.state.resent + n.prev_link.state.resent for n in result.nodes.values())
     assert resent > 0
+    assert all(n.next_link.connects >= 2 for n in result.nodes.values())
 
 
 def test_a_silent_drop_is_noticed_by_missing_acks_and_repaired():
