@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "MAX_SECRET_BYTES",
     "MAX_TEXT_BYTES",
     "ConfigError",
     "NodeAddress",
@@ -46,6 +47,10 @@ __all__ = [
 
 MAX_TEXT_BYTES = 60_000
 """The longest message text, in UTF-8 bytes; it keeps every frame far below the socket buffers."""
+
+
+MAX_SECRET_BYTES = 4096
+"""The longest secret file read; a secret is a few dozen bytes, and a wrong path (a log, a device) must not be slurped."""
 
 
 class ConfigError(ValueError):
@@ -269,14 +274,18 @@ def load_secret(path: str | Path) -> tuple[bytes, str | None]:
     of the secret, so ``openssl rand -hex 32 > FILE`` works as is.
 
     Raises:
-        ConfigError: the file cannot be read, or holds no secret.
+        ConfigError: the file cannot be read, holds no secret, or is longer
+            than :data:`MAX_SECRET_BYTES`.
     """
     try:
         with open(path, "rb") as fh:
             mode = os.fstat(fh.fileno()).st_mode
-            secret = fh.read().strip()
+            secret = fh.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the secret file: {exc.strerror or exc}") from None
+    if len(secret) > MAX_SECRET_BYTES:
+        raise ConfigError(f"{path}: longer than {MAX_SECRET_BYTES} bytes; is it really the secret file?")
+    secret = secret.strip()
     if not secret:
         raise ConfigError(f"{path}: the secret file is empty; put the ring's shared secret in it (e.g. openssl rand -hex 32)")
     warning = None
