@@ -387,7 +387,7 @@ def test_no_injected_message_goes_round_more_than_once(size, start, origin, dest
         out = sends(nodes[at].receive(frame))
         if not out:
             break
-        [(d, frame)] = out
+        [(_, frame)] = out
         hops += 1
         assert hops < size, "the message passed its origin"
         at = (at + step) % size

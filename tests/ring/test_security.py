@@ -24,7 +24,6 @@ from trionet.ring.handshake import Side, make_proof
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
 from trionet.ring.protocol import (
     NONCE_BYTES,
-    PROOF_BYTES,
     Auth,
     Direction,
     Finalize,

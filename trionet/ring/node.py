@@ -4,7 +4,9 @@ Per node, under one nursery:
 
 - the *listener* accepts the previous node's connection (and ``trionet ring
   stop`` clients); the *dialer* keeps a connection to the next node, with
-  exponential backoff and jitter;
+  exponential backoff and jitter; every connection, either way, first runs
+  the handshake whose rules and proofs are in :mod:`trionet.ring.handshake`
+  (this module only moves its bytes and supplies the nonces);
 - one :class:`_Link` per neighbour bridges a socket to a memory channel: its
   reader task de-duplicates incoming frames (the sans-IO
   :class:`~trionet.ring.protocol.LinkState`) and hands them over on an
@@ -652,11 +654,10 @@ class RingNode:
 
     # --- connections -------------------------------------------------------------
 
-    def _greeting(self, role: Role, recv_next: int = 1, node_id: int | None = None) -> Hello:
+    def _greeting(self, role: Role, recv_next: int = 1) -> Hello:
         """This node's ``HELLO``, with a fresh nonce (the only randomness of the handshake)."""
-        node_id = self.me.id if node_id is None else node_id
         nonce = secrets.token_bytes(NONCE_BYTES)
-        return Hello(node_id, role, self.config.fingerprint, recv_next, self._secured, nonce)
+        return Hello(self.me.id, role, self.config.fingerprint, recv_next, self._secured, nonce)
 
     def _proof(self, side: Side, dialer: Hello, acceptor: Hello) -> bytes:
         return encode_frame(Auth(make_proof(self._secret, side, dialer, acceptor, self.config.digest)))
