@@ -109,9 +109,10 @@ def test_a_reject_or_another_frame_instead_of_a_proof():
     assert check(Received(dialer), dialer, acceptor) == "expected the proof of node 2, got Hello"
 
 
-def greet(frame, *, epoch=1, role=Role.PREDECESSOR, node_id=2, secured=True, me=0):
+def greet(frame, *, epoch=1, role=Role.PREDECESSOR, node_id=2, secured=True, me="node 0", peer=None):
     return check_greeting(
-        Received(frame, 0, epoch), epoch=1, role=role, node_id=node_id, ring=RING.fingerprint, secured=secured, me=me
+        Received(frame, 0, epoch), epoch=1, role=role, node_id=node_id, ring=RING.fingerprint, secured=secured,
+        me=me, peer=peer,
     )
 
 
@@ -122,10 +123,16 @@ def test_greeting_checks():
     assert greet(hello(2, Role.PREDECESSOR), epoch=2) == "ring epoch 2, node 0 is at 1"
     assert "ring files differ" in greet(Hello(2, Role.PREDECESSOR, RING.fingerprint ^ 1, 1, True))
     assert greet(Reject("busy")) == "node 2 refused the connection: busy"
-    assert greet(hello(0, Role.CONTROL), role=Role.CONTROL, node_id=3, me=3) == "this is node 3, not node 0"
+    assert greet(hello(0, Role.CONTROL), role=Role.CONTROL, node_id=3, me="node 3") == "this is node 3, not node 0"
     # Both sides must agree on having a secret; the message says which lacks it.
-    assert "node 0 requires the ring's shared secret and node 2 has none" in greet(hello(2, Role.PREDECESSOR, secured=False))
-    assert "node 2 uses a shared secret and node 0 has none" in greet(hello(2, Role.PREDECESSOR), secured=False)
+    assert greet(hello(2, Role.PREDECESSOR, secured=False)) == (
+        "node 0 requires the ring's shared secret and node 2 has none: give both the same --secret-file"
+    )
+    assert greet(hello(2, Role.PREDECESSOR), secured=False) == (
+        "node 2 has a shared secret and node 0 has none: give both the same --secret-file"
+    )
+    stop = greet(hello(0, Role.CONTROL, secured=False), role=Role.CONTROL, node_id=0, peer="the stop client")
+    assert stop == "node 0 requires the ring's shared secret and the stop client has none: give both the same --secret-file"
 
 
 def test_nonces_and_proofs_have_one_size():

@@ -213,7 +213,7 @@ async def test_ring_stop_needs_the_secret(tmp_path, ring_cmd):
     async with trio.open_nursery() as nursery:
         await nursery.start(node0.run)
         with trio.fail_after(30):
-            with pytest.raises(RingError, match="requires the ring's shared secret"):
+            with pytest.raises(RingError, match="requires the ring's shared secret and the stop client has none"):
                 await request_stop(config, timeout=5)
             with pytest.raises(RingError, match="failed to prove it knows the ring's secret"):
                 await request_stop(config, secret=b"guess", timeout=5)

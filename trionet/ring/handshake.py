@@ -93,7 +93,15 @@ def check_proof(
 
 
 def check_greeting(
-    event: Received, *, epoch: int, role: Role, node_id: int, ring: int, secured: bool, me: int
+    event: Received,
+    *,
+    epoch: int,
+    role: Role,
+    node_id: int,
+    ring: int,
+    secured: bool,
+    me: str,
+    peer: str | None = None,
 ) -> str | None:
     """Check a peer's ``HELLO``; return why it is refused, or None when it is acceptable.
 
@@ -105,7 +113,8 @@ def check_greeting(
             for a stop client, the node it wants).
         ring: this node's ring-file fingerprint.
         secured: whether this side has a secret; both sides must agree.
-        me: this node's id, for the messages.
+        me: who checks, for the messages (``node 3``, ``this client``).
+        peer: who the peer is, for the messages; ``node N`` from its greeting by default.
     """
     hello = event.frame
     if isinstance(hello, Reject):
@@ -113,20 +122,21 @@ def check_greeting(
     if not isinstance(hello, Hello) or hello.role is not role:
         got = f"a {hello.role.name.lower()} greeting" if isinstance(hello, Hello) else type(hello).__name__
         return f"expected a {role.name.lower()} greeting, got {got}"
+    peer = peer or f"node {hello.node_id}"
     if event.epoch != epoch:
-        return f"ring epoch {event.epoch}, node {me} is at {epoch}"
+        return f"ring epoch {event.epoch}, {me} is at {epoch}"
     if hello.ring != ring:
-        return f"the ring files differ (node {hello.node_id} and node {me} list other nodes)"
+        return f"the ring files differ ({peer} and {me} list other nodes)"
     if hello.node_id != node_id:
         if role is Role.PREDECESSOR:
-            return f"node {me} accepts only its previous node {node_id}, not node {hello.node_id}"
-        if role is Role.CONTROL and node_id == me:
-            return f"this is node {me}, not node {hello.node_id}"
+            return f"{me} accepts only its previous node {node_id}, not node {hello.node_id}"
+        if role is Role.CONTROL and me == f"node {node_id}":
+            return f"this is {me}, not node {hello.node_id}"
         return f"expected node {node_id}, the peer is node {hello.node_id}"
     if hello.secured and not secured:
-        return f"node {hello.node_id} uses a shared secret and node {me} has none: give every node the same --secret-file"
+        return f"{peer} has a shared secret and {me} has none: give both the same --secret-file"
     if secured and not hello.secured:
-        return f"node {me} requires the ring's shared secret and node {hello.node_id} has none: give it --secret-file"
+        return f"{me} requires the ring's shared secret and {peer} has none: give both the same --secret-file"
     return None
 
 

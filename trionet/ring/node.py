@@ -700,7 +700,7 @@ class RingNode:
                 event = await _receive(stream, decoder)
                 reason = check_greeting(
                     event, epoch=EPOCH, role=Role.SUCCESSOR, node_id=self.next.id,
-                    ring=self.config.fingerprint, secured=self._secured, me=self.me.id,
+                    ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}",
                 )
                 if reason:
                     raise _Rejected(f"{self.next.address}: {reason}")
@@ -738,7 +738,7 @@ class RingNode:
                     return
                 reason = check_greeting(
                     event, epoch=EPOCH, role=Role.PREDECESSOR, node_id=self.prev.id,
-                    ring=self.config.fingerprint, secured=self._secured, me=self.me.id,
+                    ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}",
                 )
                 theirs = event.frame
                 if not reason:
@@ -767,7 +767,7 @@ class RingNode:
         """A ``trionet ring stop`` client: the same handshake (its proof is required), then ``STOP``."""
         reason = check_greeting(
             event, epoch=EPOCH, role=Role.CONTROL, node_id=self.me.id,
-            ring=self.config.fingerprint, secured=self._secured, me=self.me.id,
+            ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}", peer="the stop client",
         )
         if not reason:
             theirs = event.frame
@@ -853,7 +853,7 @@ async def request_stop(
                 event = await _receive(stream, decoder)
                 reason = check_greeting(
                     event, epoch=EPOCH, role=Role.CONTROL, node_id=node.id, ring=config.fingerprint,
-                    secured=secured, me=node.id,
+                    secured=secured, me="this client",
                 )
                 if not reason:
                     theirs = event.frame
