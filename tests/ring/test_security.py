@@ -37,7 +37,7 @@ from trionet.ring.protocol import (
 )
 from trionet.serving import receive_event
 
-from .conftest import write_ring
+from .conftest import RingProcess, write_ring
 
 SECRET = b"the ring's secret"
 FAST = NodeOptions(connect_timeout=20.0, handshake_timeout=5.0, backoff_initial=0.01, backoff_max=0.1)
@@ -309,3 +309,30 @@ def test_an_empty_secret_file_is_refused_and_a_readable_one_warned_about(tmp_pat
     )
     assert "warning: " in result.output and "can be read by other users (mode 0644); chmod 600 it" in result.output
     assert result.exit_code == 1 and "cannot reach node 0" in result.output  # it went on
+
+
+async def test_a_connection_that_stalls_in_the_handshake_is_dropped_after_handshake_timeout(tmp_path, ring_cmd):
+    # A silent client, and one that greets and then never proves, each hold
+    # a connection for --handshake-timeout at most (10 s by default, which
+    # would fail this test's 4 s bound).
+    ports = free_ports(2)
+    config = RingConfig.local(2, ports=ports)
+    ring_file = write_ring(tmp_path / "ring.toml", [(n.id, n.host, n.port) for n in config.nodes])
+    argv = [*ring_cmd, "join", "--config", str(ring_file), "--id", "0", "--handshake-timeout", "0.5"]
+    async with trio.open_nursery() as nursery:
+        proc = await RingProcess.start(nursery, argv)
+        try:
+            with trio.fail_after(20):
+                await proc.wait_for_stderr("listening on")
+            for greet in (False, True):
+                with trio.fail_after(4):
+                    stream = await trio.open_tcp_stream("127.0.0.1", ports[0])
+                    async with stream:
+                        if greet:
+                            await stream.send_all(encode_frame(_hello(config, 1, Role.PREDECESSOR, secured=False)))
+                        frames = await _frames_until_closed(stream, FrameDecoder())
+                assert [type(f) for f in frames] == ([Hello, Auth] if greet else [])
+        finally:
+            proc.kill()
+            with trio.fail_after(10):
+                await proc.wait()

@@ -95,6 +95,17 @@ def _read_secret(path: str | None) -> bytes | None:
     help="Give up (exit 1) when a neighbour stays unreachable this long, at startup or after a drop. 0: wait forever.",
 )
 @click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=NodeOptions.handshake_timeout,
+    show_default=True,
+    metavar="SECONDS",
+    help=(
+        "A connection must complete the handshake (greetings and proofs) within this; a peer that stalls "
+        "is dropped, so a silent connection holds nothing for longer."
+    ),
+)
+@click.option(
     "--listen",
     metavar="HOST:PORT",
     default=None,
@@ -117,6 +128,7 @@ def join(
     messages_path: str | None,
     deliveries_path: str | None,
     connect_timeout: float,
+    handshake_timeout: float,
     listen: str | None,
     secret_path: str | None,
     insecure: bool,
@@ -167,7 +179,7 @@ def join(
         node_id,
         messages=messages,
         deliveries=deliveries,
-        options=NodeOptions(connect_timeout=connect_timeout),
+        options=NodeOptions(connect_timeout=connect_timeout, handshake_timeout=handshake_timeout),
         listen=listen_at,
         secret=secret,
     )
