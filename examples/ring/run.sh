@@ -7,9 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ring_cmd=${TRIONET_RING:-trionet ring}
 out=${OUT:-$(mktemp -d)}
+# A fresh shared secret for this run, readable by this user only: every link
+# proves it in its handshake (a real ring keeps one file on every host).
+secret="$out/ring.secret"
+(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret")
 pids=()
 for id in $(printf '%s\n' 0 1 2 3 4 | shuf); do
-    $ring_cmd join --config ring.toml --id "$id" --messages "messages-$id.txt" \
+    $ring_cmd join --config ring.toml --id "$id" --messages "messages-$id.txt" --secret-file "$secret" \
         --deliveries "$out/deliveries-$id.jsonl" --connect-timeout 20 --log-level warning &
     pids+=($!)
 done

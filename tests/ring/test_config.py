@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from trionet.ring.config import MAX_TEXT_BYTES, ConfigError, RingConfig, count_messages, iter_messages, load_config, parse_config
+from trionet.ring.config import (
+    MAX_SECRET_BYTES,
+    MAX_TEXT_BYTES,
+    ConfigError,
+    RingConfig,
+    count_messages,
+    is_loopback,
+    iter_messages,
+    load_config,
+    load_secret,
+    parse_config,
+)
 
 GOOD = """
 [[node]]
@@ -119,3 +130,33 @@ def test_message_file_is_streamed(tmp_path):
     assert next(messages) == (0, "first")
     with pytest.raises(ConfigError, match=":2: destination 9"):
         next(messages)
+
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("localhost", True),
+     ("LocalHost.", True), ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("example.com", False),
+     ("127.0.0.1.example.com", False), ("", False)],
+)
+def test_which_listening_addresses_count_as_loopback(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_the_secret_file(tmp_path):
+    path = tmp_path / "secret"
+    path.write_bytes(b"  s3cret \n")
+    path.chmod(0o600)
+    assert load_secret(path) == (b"s3cret", None)  # surrounding whitespace is not part of it
+    path.chmod(0o640)
+    secret, warning = load_secret(path)
+    assert secret == b"s3cret" and warning == f"{path}: the secret file can be read by other users (mode 0640); chmod 600 it"
+    path.write_bytes(b"\n\t \n")
+    with pytest.raises(ConfigError, match="the secret file is empty"):
+        load_secret(path)
+    path.write_bytes(b"x" * (MAX_SECRET_BYTES + 1))
+    with pytest.raises(ConfigError, match=f"longer than {MAX_SECRET_BYTES} bytes"):
+        load_secret(path)
+    path.write_bytes(b"x" * MAX_SECRET_BYTES)
+    assert load_secret(path)[0] == b"x" * MAX_SECRET_BYTES
+    with pytest.raises(ConfigError, match="cannot read the secret file"):
+        load_secret(tmp_path / "missing")

@@ -81,6 +81,11 @@ async def test_ring_across_network_namespaces(tmp_path, ring_cmd, namespaces):
     per_node = 20
     for i in range(NODES):
         (tmp_path / f"m{i}.txt").write_text("".join(f"{(i + k) % NODES} from {i} #{k}\n" for k in range(per_node)))
+    # Non-loopback addresses: a node refuses to listen there without the
+    # ring's secret; passing one also proves the handshake across hosts.
+    secret = tmp_path / "ring.secret"
+    secret.write_text(os.urandom(32).hex() + "\n")
+    secret.chmod(0o600)
     order = random.sample(range(NODES), NODES)
     procs = {}
     async with trio.open_nursery() as nursery:
@@ -90,7 +95,7 @@ async def test_ring_across_network_namespaces(tmp_path, ring_cmd, namespaces):
                     ns = namespaces[i][0]
                     argv = ["ip", "netns", "exec", ns, *ring_cmd, "join", "--config", str(config), "--id", str(i)]
                     argv += ["--messages", str(tmp_path / f"m{i}.txt"), "--deliveries", str(tmp_path / f"d{i}.jsonl")]
-                    argv += ["--connect-timeout", "30"]
+                    argv += ["--connect-timeout", "30", "--secret-file", str(secret)]
                     procs[i] = await RingProcess.start(nursery, argv)
                 codes = {i: await p.wait() for i, p in procs.items()}
         finally:

@@ -244,3 +244,22 @@ async def test_stats_report_round_trips_measured_by_the_core_and_at_the_links(tm
     assert stats["round_trips"] == 20 and stats["frames_received"] > 40
     assert 0 < stats["link_round_trip_median"] < stats["round_trip_median"] < 5
     assert stats["cpu_busy"] > 0 and stats["max_rss_kib"] > 0
+
+
+async def test_a_node_started_again_appends_to_its_deliveries_file(tmp_path, ring_cmd):
+    # Issue 9: a restarted node truncated its deliveries file (13,792 records
+    # fell to 11,289). Records of earlier runs stay; a last line cut short by
+    # a crash is ended before the new records.
+    port = free_ports(1)[0]
+    config = write_ring(tmp_path / "ring.toml", [(0, "127.0.0.1", port)])
+    messages = make_messages(tmp_path, [0], 4, seed=9)
+    deliveries = tmp_path / "deliveries-0.jsonl"
+    deliveries.write_text('{"id": "from-an-earlier-run"}')  # no final newline
+    for run in (1, 2):
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(30):
+                proc = await RingProcess.start(nursery, join_argv(ring_cmd, config, 0, tmp_path, messages))
+                assert await proc.wait() == 0, proc.output
+    ids = [r["id"] for r in read_deliveries(deliveries)]
+    assert ids[0] == "from-an-earlier-run"
+    assert sorted(ids[1:5]) == sorted(ids[5:]) == [f"0-{n}" for n in range(1, 5)]  # one run after the other

@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.ring.protocol import (
+    NONCE_BYTES,
+    PROOF_BYTES,
+    PROTOCOL_VERSION,
     Ack,
+    Auth,
     Bye,
     Deliver,
     Direction,
@@ -47,7 +51,11 @@ data_frames = st.one_of(
     st.just(Probe()),
 )
 link_frames = st.one_of(
-    st.builds(Hello, u32, st.sampled_from(list(Role)), u32, st.integers(1, 2**64 - 1)),
+    st.builds(
+        Hello, u32, st.sampled_from(list(Role)), u32, st.integers(1, 2**64 - 1), st.booleans(),
+        st.binary(min_size=NONCE_BYTES, max_size=NONCE_BYTES),
+    ),
+    st.builds(Auth, st.binary(min_size=PROOF_BYTES, max_size=PROOF_BYTES)),
     st.builds(Ack, u64),
     st.builds(Reject, st.text(max_size=100).filter(lambda s: len(s.encode()) <= 1000)),
     st.just(Stop()),
@@ -102,13 +110,13 @@ def test_random_bytes_never_crash_the_decoder(data):
 @given(st.binary(max_size=100))
 def test_random_payloads_decode_or_raise_remote_error(payload):
     try:
-        decode_frame(bytes([1]) + payload)
+        decode_frame(bytes([PROTOCOL_VERSION]) + payload)
     except RemoteProtocolError:
         pass
 
 
 @given(
-    version=st.integers(0, 2),
+    version=st.integers(0, 3),
     epoch=u32,
     seq=st.integers(0, 3),
     direction=st.integers(0, 3),
@@ -124,7 +132,7 @@ def test_message_payloads_decode_exactly_or_are_refused(version, epoch, seq, dir
     try:
         received = decode_frame(payload)
     except RemoteProtocolError:
-        assert version != 1 or seq == 0 or direction > 1 or delivered > 1 or not _utf8(text)
+        assert version != PROTOCOL_VERSION or seq == 0 or direction > 1 or delivered > 1 or not _utf8(text)
         return
     assert isinstance(received.frame, Message)
     assert encode_frame(received.frame, seq=received.seq, epoch=received.epoch)[4:] == payload
@@ -140,8 +148,8 @@ def _utf8(data: bytes) -> bool:
 
 def test_version_and_bad_fields_are_rejected():
     wire = encode_frame(Token(CW), seq=1)[4:]
-    with pytest.raises(RemoteProtocolError, match="protocol version 2"):
-        decode_frame(bytes([2]) + wire[1:])
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node speaks 2"):
+        decode_frame(bytes([1]) + wire[1:])  # a node from before the handshake's proofs
     with pytest.raises(RemoteProtocolError, match="with link sequence 0"):
         decode_frame(wire[:6] + bytes(8) + wire[14:])
     with pytest.raises(RemoteProtocolError, match="bad frame"):
@@ -322,10 +330,69 @@ def test_a_second_token_is_a_protocol_error():
         node.receive(Token(CW))
 
 
-def test_a_foreign_returning_message_is_a_protocol_error():
+def test_a_message_this_node_did_not_send_is_dropped_at_its_origin():
+    # A forged or stale message naming this node as origin: dropped, not
+    # delivered, not forwarded, and not a crash of the node.
     node = NodeCore(1, (0, 1))
-    with pytest.raises(RemoteProtocolError, match="did not send it"):
-        node.receive(Message(CW, 1, 0, 9, "?", True))
+    assert node.receive(Message(CW, 1, 0, 9, "?", True)) == []
+    assert node.receive(Message(CW, 1, 1, 9, "to myself")) == []  # not even delivered
+    assert (node.dropped, node.delivered, node.forwarded) == (2, 0, 0)
+    # One with the id of the message in flight but another text is not it either.
+    sender = NodeCore(1, (0, 1), [(0, "real")])
+    [(_, real)] = sends(sender.receive(Token(CW)))
+    assert sender.receive(real._replace(text="forged", delivered=True)) == []
+    assert [type(a) for a in sender.receive(real._replace(delivered=True))] == [Returned, Send]
+    assert sender.receive(real._replace(delivered=True)) == []  # a second return: dropped
+    assert sender.dropped == 2 and sender.returned == 1
+
+
+@pytest.mark.parametrize("origin, destination", [(999, 0), (0, 999), (999, 999)])
+def test_a_message_naming_a_node_outside_the_ring_is_refused(origin, destination):
+    # Refused by is_transit, which the link calls on every data frame before
+    # anything else (so the link drops the connection), and by receive().
+    for me in (0, 1, 2):
+        node = NodeCore(me, (0, 1, 2))
+        msg = Message(CW, origin, destination, 1, "evil")
+        with pytest.raises(RemoteProtocolError, match="not in the ring"):
+            node.is_transit(msg)
+        with pytest.raises(RemoteProtocolError, match="not in the ring"):
+            node.receive(msg)
+        assert node.delivered == node.forwarded == 0
+    with pytest.raises(RemoteProtocolError, match="not in the ring"):
+        NodeCore(1, (0, 1, 2)).is_transit(StopRequest(999))
+
+
+@settings(max_examples=200)
+@given(
+    size=st.integers(1, 6),
+    start=st.integers(0, 5),
+    origin=st.integers(0, 7),
+    destination=st.integers(0, 7),
+    direction=directions,
+    delivered=st.booleans(),
+)
+def test_no_injected_message_goes_round_more_than_once(size, start, origin, destination, direction, delivered):
+    # A message no node sent, put on the ring at any node: it is refused at
+    # once (a node outside the ring) or dropped by its origin within one
+    # round; it is never forwarded past its origin.
+    ring = tuple(range(size))
+    nodes = {i: NodeCore(i, ring) for i in ring}
+    step = 1 if direction is CW else -1
+    at, frame, hops = start % size, Message(direction, origin, destination, 7, "injected", delivered), 0
+    if origin not in ring or destination not in ring:
+        with pytest.raises(RemoteProtocolError):
+            nodes[at].is_transit(frame)
+        return
+    while True:
+        out = sends(nodes[at].receive(frame))
+        if not out:
+            break
+        [(_, frame)] = out
+        hops += 1
+        assert hops < size, "the message passed its origin"
+        at = (at + step) % size
+    assert at == origin and nodes[origin].dropped == 1
+    assert sum(n.delivered for n in nodes.values()) <= 1
 
 
 def test_ring_of_one_sends_to_itself():

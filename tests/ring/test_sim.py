@@ -99,14 +99,17 @@ def test_ring_of_fifty_with_cuts_everywhere():
     assert sum(n.next_link.state.resent for n in result.nodes.values()) > 0  # the cuts did lose frames
 
 
-def test_a_cut_during_traffic_resends_and_deduplicates():
+@pytest.mark.parametrize("secret", [None, b"shared"], ids=["no secret", "secret"])
+def test_a_cut_during_traffic_resends_and_deduplicates(secret):
+    # With a secret every reconnection proves it again before resending.
     size = 4
     messages = {i: [((i + 2) % size, f"x{i}.{k}") for k in range(30)] for i in range(size)}
     cuts = [LinkCut(i, 0.3 + 0.7 * i, 0.4) for i in range(size)] * 1
-    result = run_sim(size, messages, link_delays={i: 0.01 for i in range(size)}, cuts=cuts)
+    result = run_sim(size, messages, link_delays={i: 0.01 for i in range(size)}, cuts=cuts, secret=secret)
     check_complete(result, size, messages)
     resent = sum(n.next_link.state.resent + n.prev_link.state.resent for n in result.nodes.values())
     assert resent > 0
+    assert all(n.next_link.connects >= 2 for n in result.nodes.values())
 
 
 def test_a_silent_drop_is_noticed_by_missing_acks_and_repaired():
@@ -206,5 +209,5 @@ async def test_stop_sent_to_another_node_than_node0_is_refused(autojump_clock):
     async with trio.open_nursery() as nursery:
         await nursery.start(node1.run)
         with pytest.raises(RingError, match="node 1 is not node 0"):
-            await request_stop(config.node(1), transport=network.transport(99))
+            await request_stop(config, node_id=1, transport=network.transport(99))
         nursery.cancel_scope.cancel()

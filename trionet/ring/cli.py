@@ -12,7 +12,7 @@ import click
 import trio
 
 from trionet.cliutil import log_level_option, run_until_signal
-from trionet.ring.config import ConfigError, count_messages, iter_messages, load_config
+from trionet.ring.config import ConfigError, count_messages, is_loopback, iter_messages, load_config, load_secret
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
 from trionet.ring.protocol import Summary
 
@@ -41,6 +41,29 @@ _config_option = click.option(
     metavar="RING.toml",
     help="The ring file: [[node]] tables with id, host and port, in clockwise order. Same file on every node.",
 )
+_secret_option = click.option(
+    "--secret-file",
+    "secret_path",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    default=None,
+    help=(
+        "The ring's shared secret (the file's bytes, surrounding whitespace ignored; e.g. 'openssl rand -hex 32'). "
+        "Every link and every stop request must prove it (HMAC-SHA256 challenge-response), so a process "
+        "without it cannot join, pose as a neighbour, finalize, inject or stop. Same file on every node; "
+        "keep it mode 600. Refused if empty."
+    ),
+)
+
+
+def _read_secret(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    secret, warning = load_secret(path)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    return secret
+
 
 
 @ring.command()
@@ -58,7 +81,10 @@ _config_option = click.option(
     "deliveries_path",
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="Write one JSON line per message delivered to this node (id, origin, destination, direction, text).",
+    help=(
+        "Append one JSON line per message delivered to this node (id, origin, destination, direction, text). "
+        "Never truncated: a node started again adds to its earlier records."
+    ),
 )
 @click.option(
     "--connect-timeout",
@@ -69,10 +95,30 @@ _config_option = click.option(
     help="Give up (exit 1) when a neighbour stays unreachable this long, at startup or after a drop. 0: wait forever.",
 )
 @click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=NodeOptions.handshake_timeout,
+    show_default=True,
+    metavar="SECONDS",
+    help=(
+        "A connection must complete the handshake (greetings and proofs) within this; a peer that stalls "
+        "is dropped, so a silent connection holds nothing for longer."
+    ),
+)
+@click.option(
     "--listen",
     metavar="HOST:PORT",
     default=None,
     help="Listen here instead of on this node's address in the ring file (e.g. 0.0.0.0:7500 behind NAT).",
+)
+@_secret_option
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help=(
+        "Listen on a non-loopback address without --secret-file: anyone who can reach the port can then "
+        "join, finalize or stop the ring. Without this flag such a node refuses to start."
+    ),
 )
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), hidden=True)
 @log_level_option
@@ -82,7 +128,10 @@ def join(
     messages_path: str | None,
     deliveries_path: str | None,
     connect_timeout: float,
+    handshake_timeout: float,
     listen: str | None,
+    secret_path: str | None,
+    insecure: bool,
     stats_path: str | None,
 ) -> None:
     """Run one node of the ring until node 0's finalization command has passed.
@@ -94,19 +143,35 @@ def join(
     in flight complete first); any other node asks node 0 to. A second signal
     exits at once.
 
+    Security: with --secret-file every connection (neighbour links and stop
+    requests) proves the ring's shared secret before it is used. A node whose
+    listening address is not loopback refuses to start without it, unless
+    --insecure is given. Messages naming a node outside the ring are refused.
+
+    The deliveries file is appended to, never truncated: a node started
+    again adds to the records of its earlier runs.
+
     Prints a summary when done: messages sent, delivered to this node,
     forwarded, and never sent. Exits 0 after a finalization, 1 on an error.
     """
     try:
         config = load_config(config_path)
-        config.node(node_id)
+        me = config.node(node_id)
         total = count_messages(messages_path, config.ids) if messages_path else 0
+        secret = _read_secret(secret_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     listen_at = _parse_listen(listen) if listen else None
+    listen_host = listen_at[0] if listen_at else me.host
+    if secret is None and not insecure and not is_loopback(listen_host):
+        where = f"[{listen_host}]" if ":" in listen_host else listen_host
+        raise click.ClickException(
+            f"node {node_id} would listen on {where}, which is not a loopback address: "
+            f"give the ring's shared secret with --secret-file FILE (or --insecure to accept anyone)"
+        )
     messages = iter_messages(messages_path, config.ids) if messages_path else ()
     try:
-        deliveries = open(deliveries_path, "w", encoding="utf-8") if deliveries_path else None
+        deliveries = _open_deliveries(deliveries_path) if deliveries_path else None
     except OSError as exc:
         raise click.ClickException(f"{deliveries_path}: cannot write the deliveries file: {exc.strerror}") from None
     node = RingNode(
@@ -114,8 +179,9 @@ def join(
         node_id,
         messages=messages,
         deliveries=deliveries,
-        options=NodeOptions(connect_timeout=connect_timeout),
+        options=NodeOptions(connect_timeout=connect_timeout, handshake_timeout=handshake_timeout),
         listen=listen_at,
+        secret=secret,
     )
     click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {total} message(s) to send", err=True)
     try:
@@ -137,6 +203,21 @@ def join(
     _print_summary(node.summary)
     if stats_path:
         _write_stats(stats_path, node)
+
+
+def _open_deliveries(path: str):
+    """Open the deliveries file for appending, so that a restarted node never loses earlier records.
+
+    A last line cut short by a crash is ended first, so the new records start
+    on a line of their own.
+    """
+    fh = open(path, "a", encoding="utf-8")
+    if fh.tell() > 0:
+        with open(path, "rb") as raw:
+            raw.seek(-1, 2)
+            if raw.read(1) != b"\n":
+                fh.write("\n")
+    return fh
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -196,17 +277,20 @@ def _write_stats(path: str, node: RingNode) -> None:
 @click.option(
     "--timeout", type=click.FloatRange(0), default=10.0, show_default=True, metavar="SECONDS", help="How long to wait for node 0."
 )
+@_secret_option
 @log_level_option
-def stop(config_path: str, timeout: float) -> None:
+def stop(config_path: str, timeout: float, secret_path: str | None) -> None:
     """Ask node 0 to finalize the ring now, gracefully.
 
     Node 0 waits for the messages in flight to come back, then sends the
     finalization command round the ring; messages not yet sent stay unsent
-    (each node reports how many). Returns once node 0 has agreed.
+    (each node reports how many). Returns once node 0 has agreed. A ring
+    started with --secret-file accepts the request only with the same file.
     """
     try:
         config = load_config(config_path)
-        trio.run(functools.partial(request_stop, config.node(0), timeout=timeout))
+        secret = _read_secret(secret_path)
+        trio.run(functools.partial(request_stop, config, secret=secret, timeout=timeout))
     except (ConfigError, RingError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"node 0 at {config.node(0).address} is finalizing the ring")
@@ -232,6 +316,7 @@ def demo(nodes: int, messages_per_node: int, pace: float, seed: int | None) -> N
     Each node gets generated messages; the nodes start in a random order on
     free ports of 127.0.0.1. The view shows where each token is, which message
     it waits for, and the latest deliveries. Exits when node 0 has finalized.
+    The links authenticate with a random secret that never leaves the process.
     """
     from rich.console import Console
 

@@ -20,7 +20,11 @@ before joining the ring.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
+import os
+import stat
 import tomllib
 import zlib
 from collections.abc import Iterable, Iterator
@@ -28,18 +32,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "MAX_SECRET_BYTES",
     "MAX_TEXT_BYTES",
     "ConfigError",
     "NodeAddress",
     "RingConfig",
     "count_messages",
+    "is_loopback",
     "iter_messages",
     "load_config",
+    "load_secret",
     "parse_config",
 ]
 
 MAX_TEXT_BYTES = 60_000
 """The longest message text, in UTF-8 bytes; it keeps every frame far below the socket buffers."""
+
+
+MAX_SECRET_BYTES = 4096
+"""The longest secret file read; a secret is a few dozen bytes, and a wrong path (a log, a device) must not be slurped."""
 
 
 class ConfigError(ValueError):
@@ -75,8 +86,15 @@ class RingConfig:
     @property
     def fingerprint(self) -> int:
         """A CRC-32 of the ring order and addresses; neighbours compare it in the handshake."""
-        text = ";".join(f"{n.id}@{n.host}:{n.port}" for n in self.nodes)
-        return zlib.crc32(text.encode())
+        return zlib.crc32(self._canonical().encode())
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the ring order and addresses; every handshake proof covers it."""
+        return hashlib.sha256(self._canonical().encode()).digest()
+
+    def _canonical(self) -> str:
+        return ";".join(f"{n.id}@{n.host}:{n.port}" for n in self.nodes)
 
     def node(self, node_id: int) -> NodeAddress:
         """Return the node with id ``node_id``.
@@ -233,3 +251,47 @@ def _parse_message_line(raw: bytes, ids: frozenset[int], where: str) -> tuple[in
     if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
         raise ConfigError(f"{where}: text longer than {MAX_TEXT_BYTES} bytes")
     return dest, text
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1).
+
+    Any other name counts as reachable from other hosts: a node listening
+    there needs the ring's secret (or an explicit ``--insecure``).
+    """
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_secret(path: str | Path) -> tuple[bytes, str | None]:
+    """Read the ring's shared secret; return it and a warning, or None, about the file's permissions.
+
+    Leading and trailing whitespace (an editor's final newline) is not part
+    of the secret, so ``openssl rand -hex 32 > FILE`` works as is.
+
+    Raises:
+        ConfigError: the file cannot be read, holds no secret, or is longer
+            than :data:`MAX_SECRET_BYTES`.
+    """
+    try:
+        with open(path, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            secret = fh.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the secret file: {exc.strerror or exc}") from None
+    if len(secret) > MAX_SECRET_BYTES:
+        raise ConfigError(f"{path}: longer than {MAX_SECRET_BYTES} bytes; is it really the secret file?")
+    secret = secret.strip()
+    if not secret:
+        raise ConfigError(f"{path}: the secret file is empty; put the ring's shared secret in it (e.g. openssl rand -hex 32)")
+    warning = None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warning = (
+            f"{path}: the secret file can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 it"
+        )
+    return secret, warning

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import random
+import secrets
 import socket
 from dataclasses import dataclass, field
 
@@ -161,6 +162,9 @@ async def run_ring_demo(
     config = RingConfig.local(nodes, ports=free_ports(nodes))
     view = DemoView(nodes)
     transport = _PacedTransport(pace)
+    # The demo's links authenticate as a real ring's do, with a secret that
+    # lives only in this process.
+    secret = secrets.token_bytes(32)
     ring_nodes = [
         RingNode(
             config,
@@ -172,6 +176,7 @@ async def run_ring_demo(
             transport=transport,
             options=NodeOptions(connect_timeout=10.0, backoff_initial=0.01, backoff_max=0.2),
             observer=view,
+            secret=secret,
         )
         for i in range(nodes)
     ]

@@ -4,7 +4,9 @@ Per node, under one nursery:
 
 - the *listener* accepts the previous node's connection (and ``trionet ring
   stop`` clients); the *dialer* keeps a connection to the next node, with
-  exponential backoff and jitter;
+  exponential backoff and jitter; every connection, either way, first runs
+  the handshake whose rules and proofs are in :mod:`trionet.ring.handshake`
+  (this module only moves its bytes and supplies the nonces);
 - one :class:`_Link` per neighbour bridges a socket to a memory channel: its
   reader task de-duplicates incoming frames (the sans-IO
   :class:`~trionet.ring.protocol.LinkState`) and hands them over on an
@@ -33,6 +35,7 @@ import json
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -43,8 +46,11 @@ import trio
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
+from trionet.ring.handshake import Side, check_greeting, check_proof, make_proof
 from trionet.ring.protocol import (
+    NONCE_BYTES,
     Ack,
+    Auth,
     Bye,
     DataFrame,
     Deliver,
@@ -448,6 +454,9 @@ class RingNode:
         observer: passed to :class:`~trionet.ring.protocol.NodeCore`.
         listen: ``(host, port)`` to listen on instead of the ring file's
             address (behind NAT or a proxy, or 0.0.0.0).
+        secret: the ring's shared secret: every connection must prove it
+            (:mod:`trionet.ring.handshake`). None: no secret, for a ring on
+            loopback; such a node refuses nodes that have one, and the reverse.
 
     Error handling: :meth:`run` raises :class:`RingError` when a neighbour
     stays unreachable longer than ``options.connect_timeout``; link failures
@@ -465,8 +474,13 @@ class RingNode:
         options: NodeOptions | None = None,
         observer: Callable[[str, int, object], None] | None = None,
         listen: tuple[str, int] | None = None,
+        secret: bytes | None = None,
     ) -> None:
+        if secret is not None and not secret:
+            raise ValueError("an empty secret; pass None for a ring without one")
         self.config = config
+        self._secured = secret is not None
+        self._secret = secret or b""  # without a secret the proofs use an empty key and prove nothing
         self.me = config.node(node_id)
         self.listen = NodeAddress(node_id, *listen) if listen else self.me
         self.prev, self.next = config.neighbours(node_id)
@@ -640,8 +654,13 @@ class RingNode:
 
     # --- connections -------------------------------------------------------------
 
-    def _hello(self, role: Role, link: _Link) -> bytes:
-        return encode_frame(Hello(self.me.id, role, self.config.fingerprint, link.state.recv_next), epoch=EPOCH)
+    def _greeting(self, role: Role, recv_next: int = 1) -> Hello:
+        """This node's ``HELLO``, with a fresh nonce (the only randomness of the handshake)."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return Hello(self.me.id, role, self.config.fingerprint, recv_next, self._secured, nonce)
+
+    def _proof(self, side: Side, dialer: Hello, acceptor: Hello) -> bytes:
+        return encode_frame(Auth(make_proof(self._secret, side, dialer, acceptor, self.config.digest)))
 
     async def _dial_loop(self) -> None:
         link = self.next_link
@@ -665,68 +684,108 @@ class RingNode:
             log.log(level, "node %d: lost the link to node %d (%s); reconnecting", self.me.id, self.next.id, link.last_error)
 
     async def _dial_once(self) -> tuple[trio.abc.Stream, Hello, FrameDecoder]:
+        """Connect to the next node and run the dialer's half of the handshake.
+
+        Raises:
+            _Rejected: the next node refused us, is not the node we wanted,
+                or failed to prove the secret (nothing was sent to it then
+                but our greeting and a ``REJECT``).
+        """
         with trio.fail_after(self.options.handshake_timeout):
             stream = await self.transport.connect(self.next)
             try:
-                await stream.send_all(self._hello(Role.PREDECESSOR, self.next_link))
+                mine = self._greeting(Role.PREDECESSOR, self.next_link.state.recv_next)
+                await stream.send_all(encode_frame(mine, epoch=EPOCH))
                 decoder = FrameDecoder()
-                event = await receive_event(stream, decoder)
-                if event is EOF:
-                    raise trio.BrokenResourceError("closed during the handshake")
-                frame = event.frame
-                if isinstance(frame, Reject):
-                    raise _Rejected(f"node {self.next.id} refused the connection: {frame.reason}")
-                if not (isinstance(frame, Hello) and frame.role is Role.SUCCESSOR):
-                    raise RemoteProtocolError(f"expected a greeting, got {type(frame).__name__}")
-                if frame.node_id != self.next.id:
-                    raise _Rejected(f"{self.next.address} is node {frame.node_id}, not node {self.next.id}")
-                return stream, frame, decoder
+                event = await _receive(stream, decoder)
+                reason = check_greeting(
+                    event, epoch=EPOCH, role=Role.SUCCESSOR, node_id=self.next.id,
+                    ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}",
+                )
+                if reason:
+                    raise _Rejected(f"{self.next.address}: {reason}")
+                theirs = event.frame
+                event = await _receive(stream, decoder)
+                reason = check_proof(
+                    event, secret=self._secret, side=Side.ACCEPTOR, dialer=mine, acceptor=theirs,
+                    digest=self.config.digest,
+                )
+                if reason:
+                    if not isinstance(event.frame, Reject):
+                        await stream.send_all(encode_frame(Reject(reason)))
+                    raise _Rejected(f"{self.next.address}: {reason}")
+                await stream.send_all(self._proof(Side.DIALER, mine, theirs))
+                return stream, theirs, decoder
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
 
     async def _on_incoming(self, stream: trio.abc.Stream) -> None:
+        """Run the acceptor's half of the handshake, then hand the connection to the previous node's link.
+
+        A connection that fails any check gets a ``REJECT`` naming why and
+        is closed; it never reaches the link, so it cannot replace the
+        previous node's working connection nor send it a frame.
+        """
         decoder = FrameDecoder()
         try:
             with trio.fail_after(self.options.handshake_timeout):
                 event = await receive_event(stream, decoder)
                 if event is EOF:
                     return
-                hello = event.frame
-                if isinstance(hello, Hello) and hello.role is Role.CONTROL:
-                    await self._on_control(stream, decoder)
+                if isinstance(event.frame, Hello) and event.frame.role is Role.CONTROL:
+                    await self._on_control(stream, decoder, event)
                     return
-                reason = self._check_hello(event)
+                reason = check_greeting(
+                    event, epoch=EPOCH, role=Role.PREDECESSOR, node_id=self.prev.id,
+                    ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}",
+                )
+                theirs = event.frame
+                if not reason:
+                    mine = self._greeting(Role.SUCCESSOR, self.prev_link.state.recv_next)
+                    await stream.send_all(encode_frame(mine, epoch=EPOCH) + self._proof(Side.ACCEPTOR, theirs, mine))
+                    event = await _receive(stream, decoder)
+                    reason = check_proof(
+                        event, secret=self._secret, side=Side.DIALER, dialer=theirs, acceptor=mine,
+                        digest=self.config.digest,
+                    )
                 if reason:
                     log.warning("node %d: refused a connection: %s", self.me.id, reason)
-                    await stream.send_all(encode_frame(Reject(reason)))
+                    if not self.prev_link.up:  # shown should the previous node never get through
+                        self.prev_link.last_error = f"refused a connection: {reason}"
+                    if not isinstance(event.frame, Reject):
+                        await stream.send_all(encode_frame(Reject(reason)))
                     return
-                await stream.send_all(self._hello(Role.SUCCESSOR, self.prev_link))
         except (*_LINK_ERRORS, trio.TooSlowError) as exc:
             log.debug("node %d: handshake failed: %s", self.me.id, exc)
             await trio.aclose_forcefully(stream)
             return
         log.info("node %d: node %d connected", self.me.id, self.prev.id)
-        await self.prev_link.run_connection(stream, hello.recv_next, decoder)
+        await self.prev_link.run_connection(stream, theirs.recv_next, decoder)
 
-    def _check_hello(self, event: Received) -> str | None:
-        hello = event.frame
-        if not isinstance(hello, Hello) or hello.role is not Role.PREDECESSOR:
-            return f"expected a greeting from node {self.prev.id}, got {type(hello).__name__}"
-        if event.epoch != EPOCH:
-            return f"ring epoch {event.epoch}, this node is at {EPOCH}"
-        if hello.ring != self.config.fingerprint:
-            return f"the ring files differ (node {hello.node_id} and node {self.me.id} list other nodes)"
-        if hello.node_id != self.prev.id:
-            return f"node {self.me.id} accepts only its previous node {self.prev.id}, not node {hello.node_id}"
-        return None
-
-    async def _on_control(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
-        event = await receive_event(stream, decoder)
-        if event is EOF or not isinstance(event.frame, Stop):
-            return
-        if not self.core.is_leader:
-            await stream.send_all(encode_frame(Reject(f"node {self.me.id} is not node 0; send stop to node 0")))
+    async def _on_control(self, stream: trio.abc.Stream, decoder: FrameDecoder, event: Received) -> None:
+        """A ``trionet ring stop`` client: the same handshake (its proof is required), then ``STOP``."""
+        reason = check_greeting(
+            event, epoch=EPOCH, role=Role.CONTROL, node_id=self.me.id,
+            ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}", peer="the stop client",
+        )
+        if not reason:
+            theirs = event.frame
+            mine = self._greeting(Role.CONTROL)
+            await stream.send_all(encode_frame(mine, epoch=EPOCH) + self._proof(Side.ACCEPTOR, theirs, mine))
+            event = await _receive(stream, decoder)
+            reason = check_proof(
+                event, secret=self._secret, side=Side.DIALER, dialer=theirs, acceptor=mine, digest=self.config.digest
+            )
+        if not reason:
+            event = await _receive(stream, decoder)
+            if not isinstance(event.frame, Stop):
+                reason = f"expected STOP, got {type(event.frame).__name__}"
+            elif not self.core.is_leader:
+                reason = f"node {self.me.id} is not node 0; send stop to node 0"
+        if reason:
+            log.warning("node %d: refused a stop request: %s", self.me.id, reason)
+            await stream.send_all(encode_frame(Reject(reason)))
             return
         log.info("node 0: stop asked by a client")
         self.request_stop()
@@ -749,19 +808,64 @@ class RingNode:
                 return
 
 
-async def request_stop(node: NodeAddress, *, timeout: float = 10.0, transport: Transport | None = None) -> None:
-    """Ask node 0 (at ``node``) to finalize the ring; return once it has agreed.
+async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder) -> Received:
+    """The next frame of a handshake; the peer closing instead is a broken connection."""
+    event = await receive_event(stream, decoder)
+    if event is EOF:
+        raise trio.BrokenResourceError("closed during the handshake")
+    return event
+
+
+async def request_stop(
+    config: RingConfig,
+    *,
+    secret: bytes | None = None,
+    timeout: float = 10.0,
+    transport: Transport | None = None,
+    node_id: int = 0,
+) -> None:
+    """Ask node 0 of ``config`` to finalize the ring; return once it has agreed.
+
+    The request runs the links' handshake (``HELLO`` with role control, both
+    proofs) before ``STOP``: with a secret, only a holder of it can stop the ring.
+
+    Args:
+        config: the ring file.
+        secret: the ring's shared secret, or None for a ring without one.
+        timeout: seconds to wait for the whole exchange.
+        transport: TCP by default.
+        node_id: the node to ask (only node 0 agrees; for tests).
 
     Raises:
-        RingError: node 0 cannot be reached, or refused.
+        RingError: the node cannot be reached, failed to prove the secret, or refused.
     """
+    node = config.node(node_id)
     transport = transport or TcpTransport()
+    secured = secret is not None
+    key = secret or b""
+    mine = Hello(node.id, Role.CONTROL, config.fingerprint, 1, secured, secrets.token_bytes(NONCE_BYTES))
     try:
         with trio.fail_after(timeout):
             stream = await transport.connect(node)
             async with stream:
-                await stream.send_all(encode_frame(Hello(0, Role.CONTROL, 0, 1)) + encode_frame(Stop()))
-                event = await receive_event(stream, FrameDecoder())
+                decoder = FrameDecoder()
+                await stream.send_all(encode_frame(mine, epoch=EPOCH))
+                event = await _receive(stream, decoder)
+                reason = check_greeting(
+                    event, epoch=EPOCH, role=Role.CONTROL, node_id=node.id, ring=config.fingerprint,
+                    secured=secured, me="this client",
+                )
+                if not reason:
+                    theirs = event.frame
+                    event = await _receive(stream, decoder)
+                    reason = check_proof(
+                        event, secret=key, side=Side.ACCEPTOR, dialer=mine, acceptor=theirs, digest=config.digest
+                    )
+                if reason:
+                    raise RingError(f"node {node.id} at {node.address}: {reason}")
+                proof = make_proof(key, Side.DIALER, mine, theirs, config.digest)
+                await stream.send_all(encode_frame(Auth(proof)) + encode_frame(Stop()))
+                event = await receive_event(stream, decoder)
     except trio.TooSlowError:
         raise RingError(f"no answer from node {node.id} at {node.address} within {timeout:g}s") from None
     except _LINK_ERRORS as exc:
@@ -769,4 +873,4 @@ async def request_stop(node: NodeAddress, *, timeout: float = 10.0, transport: T
     if event is EOF:
         raise RingError(f"node {node.id} at {node.address} closed the connection without an answer")
     if isinstance(event.frame, Reject):
-        raise RingError(event.frame.reason)
+        raise RingError(f"node {node.id} at {node.address} refused: {event.frame.reason}")

@@ -25,6 +25,10 @@ The node core's rules, in one place:
   once;
 - a message is forwarded by every node; its destination delivers it and sets
   ``delivered``; its origin records the outcome and passes the token on;
+- a message naming a node outside the ring is refused (a protocol error for
+  the link that brought it); a message that comes to its origin but is not
+  the one that origin has in flight is dropped: so no frame goes round more
+  than once;
 - each token carries a ``busy`` flag: a node sets it when it sends on that
   visit or still has messages left. Node 0 clears it at the start of each
   round, and when a token comes back clean it keeps ("parks") it. A clean round
@@ -50,7 +54,10 @@ from trionet.framing import LengthPrefixFramer, Oversized, TruncatedFrame
 __all__ = [
     "MAX_FRAME",
     "PROTOCOL_VERSION",
+    "NONCE_BYTES",
+    "PROOF_BYTES",
     "Ack",
+    "Auth",
     "Bye",
     "Deliver",
     "Direction",
@@ -77,7 +84,12 @@ __all__ = [
     "encode_frame",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""Version 2 added the nonce and ``secured`` flag to ``HELLO`` and the ``AUTH`` frame."""
+NONCE_BYTES = 32
+"""The random challenge each side puts in its ``HELLO``."""
+PROOF_BYTES = 32
+"""An HMAC-SHA256 proof, in ``AUTH`` (:mod:`trionet.ring.handshake`)."""
 MAX_FRAME = 1 << 20
 """The largest frame payload accepted (message texts are limited far below it)."""
 
@@ -122,13 +134,32 @@ class Hello:
 
     ``recv_next`` is the next link sequence number the sender expects from its
     peer: everything below it arrived, so the peer drops those frames and
-    resends the rest.
+    resends the rest. ``secured`` says whether the sender has the ring's
+    shared secret; ``nonce`` is its fresh random challenge, which the peer's
+    proof must cover (:mod:`trionet.ring.handshake`).
     """
 
     node_id: int
     role: Role
     ring: int
     recv_next: int
+    secured: bool = False
+    nonce: bytes = bytes(NONCE_BYTES)
+
+    def __post_init__(self) -> None:
+        if len(self.nonce) != NONCE_BYTES:
+            raise LocalProtocolError(f"a nonce is {NONCE_BYTES} bytes, not {len(self.nonce)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """A side's handshake proof: HMAC-SHA256 over both greetings (:func:`~trionet.ring.handshake.make_proof`)."""
+
+    proof: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.proof) != PROOF_BYTES:
+            raise LocalProtocolError(f"a proof is {PROOF_BYTES} bytes, not {len(self.proof)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +233,9 @@ class StopRequest:
     origin: int
 
 
-LinkFrame = Hello | Ack | Reject | Stop | Bye
+LinkFrame = Hello | Auth | Ack | Reject | Stop | Bye
+
+
 @dataclass(frozen=True, slots=True)
 class Probe:
     """Node 0's ring-closure check: each node forwards it clockwise once both its links are up."""
@@ -211,8 +244,11 @@ class Probe:
 DataFrame = Token | Message | Finalize | StopRequest | Probe
 
 _HEADER = struct.Struct(">BBIQ")  # version, type, epoch, link sequence (0: not a data frame)
-_T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE, _T_BYE = range(1, 11)
-_HELLO = struct.Struct(">IBIQ")
+_T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE, _T_BYE, _T_AUTH = range(
+    1, 12
+)
+_HELLO = struct.Struct(f">IBIQB{NONCE_BYTES}s")
+_AUTH = struct.Struct(f">{PROOF_BYTES}s")
 _ACK = struct.Struct(">Q")
 _TOKEN = struct.Struct(">BIB")
 _MESSAGE = struct.Struct(">BIIQB")
@@ -261,7 +297,10 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
     if isinstance(frame, Ack):
         kind, body = _T_ACK, _ACK.pack(frame.ack)
     elif isinstance(frame, Hello):
-        kind, body = _T_HELLO, _HELLO.pack(frame.node_id, frame.role, frame.ring, frame.recv_next)
+        kind = _T_HELLO
+        body = _HELLO.pack(frame.node_id, frame.role, frame.ring, frame.recv_next, frame.secured, frame.nonce)
+    elif isinstance(frame, Auth):
+        kind, body = _T_AUTH, _AUTH.pack(frame.proof)
     elif isinstance(frame, Finalize):
         body = _FINALIZE.pack(frame.requested, frame.sent, frame.delivered, frame.unsent, frame.nodes)
         kind = _T_FINALIZE
@@ -308,10 +347,13 @@ def decode_frame(payload: bytes) -> Received:
             (ack,) = _exact(_ACK, payload)
             frame = Ack(ack)
         elif kind == _T_HELLO:
-            node_id, role, ring, recv_next = _exact(_HELLO, payload)
+            node_id, role, ring, recv_next, secured, nonce = _exact(_HELLO, payload)
             if recv_next < 1:
                 raise ValueError("recv_next must be at least 1")
-            frame = Hello(node_id, Role(role), ring, recv_next)
+            frame = Hello(node_id, Role(role), ring, recv_next, _flag(secured), nonce)
+        elif kind == _T_AUTH:
+            (proof,) = _exact(_AUTH, payload)
+            frame = Auth(proof)
         elif kind == _T_FINALIZE:
             requested, sent, delivered, unsent, nodes = _exact(_FINALIZE, payload)
             frame = Finalize(_flag(requested), sent, delivered, unsent, nodes)
@@ -548,12 +590,16 @@ class NodeCore:
             and message step; the simulation checks its invariants with it,
             the demo draws with it. Events: ``token-in``, ``token-out``,
             ``token-park``, ``send``, ``forward``, ``deliver``, ``return``,
-            ``finalize``.
+            ``drop``, ``finalize``.
 
     Error handling: a frame this node cannot make sense of (a token while it
-    already holds that direction's token, a returning message it did not
-    send) raises :class:`RemoteProtocolError`; the link layer's
-    de-duplication makes these impossible between correct nodes.
+    already holds that direction's token, a message or stop request naming a
+    node outside the ring) raises :class:`RemoteProtocolError`; the link
+    layer's de-duplication makes the first impossible between correct nodes,
+    and :meth:`is_transit` raises for the second before the frame is taken.
+    A message that comes back to this node but is not the one it has in
+    flight (it never sent it, or it was already returned) is dropped and
+    counted in :attr:`dropped`, so it cannot circulate again.
     """
 
     node_id: int
@@ -564,6 +610,7 @@ class NodeCore:
     delivered: int = 0
     forwarded: int = 0
     returned: int = 0
+    dropped: int = 0
     started: bool = False
     finished: bool = False
     stopping: bool = False
@@ -575,11 +622,13 @@ class NodeCore:
     _finalize_sent: bool = False
     _probe_sent: bool = False
     _unsent: int = 0
+    _members: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         self.ring = tuple(self.ring)
         if self.node_id not in self.ring:
             raise LocalProtocolError(f"node {self.node_id} is not in the ring")
+        self._members = frozenset(self.ring)
         self._queue = _Queue(self.messages)
 
     @property
@@ -607,10 +656,21 @@ class NodeCore:
         token never has a message of its direction near it (there is none in
         flight), and ``Probe`` and ``Finalize`` travel only when no message or
         token does; only a ``StopRequest`` can be overtaken, which is harmless.
+
+        Raises:
+            RemoteProtocolError: a message whose origin or destination, or a
+                stop request whose origin, is not in the ring. The link that
+                brought it treats this as a protocol error (it drops that
+                connection); checking here costs two set lookups per hop.
         """
         kind = type(frame)
         if kind is Message:
-            return frame.origin != self.node_id and frame.destination != self.node_id
+            origin, destination = frame.origin, frame.destination
+            if origin not in self._members or destination not in self._members:
+                raise RemoteProtocolError(self._outsider(frame))
+            return origin != self.node_id and destination != self.node_id
+        if kind is StopRequest and frame.origin not in self._members:
+            raise RemoteProtocolError(f"stop request from node {frame.origin}, which is not in the ring")
         if kind is Token:
             return (
                 not self.is_leader
@@ -683,6 +743,8 @@ class NodeCore:
         if isinstance(frame, Finalize):
             return self._on_finalize(frame)
         if isinstance(frame, StopRequest):
+            if frame.origin not in self._members:
+                raise RemoteProtocolError(f"stop request from node {frame.origin}, which is not in the ring")
             if self.is_leader:
                 return self.request_stop(now)
             return [Send(Direction.CW, frame)]
@@ -752,22 +814,32 @@ class NodeCore:
 
     # --- messages ---------------------------------------------------------------
 
+    def _outsider(self, msg: Message) -> str:
+        return f"message {msg.uid} to node {msg.destination} names a node that is not in the ring"
+
     def _on_message(self, msg: Message, now: float) -> list[Action]:
         d = msg.direction
+        if msg.origin not in self._members or msg.destination not in self._members:
+            raise RemoteProtocolError(self._outsider(msg))
+        mine = self.in_flight[d]
+        from_here = msg.origin == self.node_id
+        if from_here and (mine is None or mine[:5] != msg[:5]):
+            # Not the message this node has in flight: never sent by it, or
+            # already back. Dropped here, at its origin, it cannot go round again.
+            self.dropped += 1
+            self._note("drop", d, msg)
+            return []
         actions: list[Action] = []
         if msg.destination == self.node_id and not msg.delivered:
             msg = Message(d, msg.origin, msg.destination, msg.msg_id, msg.text, True)
             self.delivered += 1
             self._note("deliver", d, msg)
             actions.append(Deliver(msg))
-        if msg.origin != self.node_id:
+        if not from_here:
             self.forwarded += 1
             self._note("forward", d, msg)
             actions.append(Send(d, msg))
             return actions
-        mine = self.in_flight[d]
-        if mine is None or mine.msg_id != msg.msg_id:
-            raise RemoteProtocolError(f"message {msg.uid} came back to node {self.node_id}, which did not send it")
         self.in_flight[d] = None
         self.returned += 1
         self._note("return", d, msg)

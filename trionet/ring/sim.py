@@ -267,6 +267,7 @@ async def simulate(
     stop_at: float | None = None,
     options: NodeOptions | None = None,
     time_limit: float = 3600.0,
+    secret: bytes | None = None,
 ) -> SimResult:
     """Run a ring of ``size`` nodes (ids 0..size-1) to completion over in-memory links.
 
@@ -279,6 +280,8 @@ async def simulate(
         stop_at: ask node 0 to stop at this time (as SIGINT would).
         options: node timing; the defaults suit a simulation.
         time_limit: fail if the ring has not finished by then.
+        secret: the ring's shared secret (every connection and reconnection
+            then runs the authenticated handshake), or None.
 
     Raises:
         InvariantViolation: an invariant broke (from the node where it did).
@@ -298,6 +301,7 @@ async def simulate(
             transport=network.transport(i),
             options=NodeOptions(**{**options.__dict__, "seed": (options.seed or 0) * 1000 + i}),
             observer=monitor,
+            secret=secret,
         )
         for i in range(size)
     }
