@@ -12,6 +12,7 @@ import click
 import trio
 
 from trionet.cliutil import log_level_option, run_until_signal
+from trionet.errors import leaves
 from trionet.ring.config import ConfigError, count_messages, is_loopback, iter_messages, load_config, load_secret
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
 from trionet.ring.protocol import Summary
@@ -187,13 +188,13 @@ def join(
     try:
         trio.run(functools.partial(run_until_signal, node.run, on_signal=lambda signum: node.request_stop()))
     except* RingError as group:
-        raise click.ClickException("; ".join(str(e) for e in _leaves(group))) from None
+        raise click.ClickException("; ".join(str(e) for e in leaves(group))) from None
     except* OSError as group:
         raise click.ClickException(
-            f"node {node_id} cannot listen on {node.listen.address}: " + "; ".join(str(e) for e in _leaves(group))
+            f"node {node_id} cannot listen on {node.listen.address}: " + "; ".join(str(e) for e in leaves(group))
         ) from None
     except* ConfigError as group:
-        raise click.ClickException("; ".join(str(e) for e in _leaves(group))) from None
+        raise click.ClickException("; ".join(str(e) for e in leaves(group))) from None
     finally:
         if deliveries is not None:
             deliveries.close()
@@ -225,14 +226,6 @@ def _parse_listen(value: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="--listen")
     return host.strip("[]"), int(port)
-
-
-def _leaves(group: BaseExceptionGroup):
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 def _print_summary(summary: Summary) -> None:

@@ -21,7 +21,6 @@ before joining the ring.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import stat
@@ -30,6 +29,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from trionet.addresses import format_address, is_loopback
 
 __all__ = [
     "MAX_SECRET_BYTES",
@@ -68,7 +69,7 @@ class NodeAddress:
     @property
     def address(self) -> str:
         """``host:port`` (``[v6]:port`` for an IPv6 address)."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,20 +252,6 @@ def _parse_message_line(raw: bytes, ids: frozenset[int], where: str) -> tuple[in
     if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
         raise ConfigError(f"{where}: text longer than {MAX_TEXT_BYTES} bytes")
     return dest, text
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1).
-
-    Any other name counts as reachable from other hosts: a node listening
-    there needs the ring's secret (or an explicit ``--insecure``).
-    """
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def load_secret(path: str | Path) -> tuple[bytes, str | None]:

@@ -43,6 +43,7 @@ from typing import IO, Protocol
 
 import trio
 
+from trionet.errors import first_message
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
@@ -331,7 +332,7 @@ class _Link:
                     nursery.cancel_scope.cancel()
                 self.last_error = "closed by the peer"
         except* _LINK_ERRORS as group:
-            self.last_error = _first_message(group)
+            self.last_error = first_message(group)
         finally:
             if self._stream is stream:
                 self._stream = None
@@ -432,13 +433,6 @@ class _Link:
                 self.ack_timeouts += 1
                 self._fail(stream, TimeoutError(f"frame {oldest} unacknowledged for {self._ack_timeout:g}s"))
                 return
-
-
-def _first_message(group: BaseExceptionGroup) -> str:
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return str(exc) or type(exc).__name__
 
 
 class RingNode:
