@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -16,12 +17,12 @@ from rich.console import Console
 from trionet.cliutil import grace_option, host_option, log_level_option, port_option, serve_until_signal
 from trionet.log import get_logger
 from trionet.sql import protocol
-from trionet.sql.client import connect
+from trionet.sql.client import SqlConnectionError, connect
 from trionet.sql.engine import Database, SqlError
-from trionet.sql.render import FORMATS, render
+from trionet.sql.render import FORMATS, changed_line, format_result, row_count, truncation_notice
 from trionet.sql.server import SqlServer, SqlServerConfig
 
-__all__ = ["parse_param", "sql"]
+__all__ = ["connection_hint", "parse_param", "sql"]
 
 log = get_logger("sql")
 
@@ -153,8 +154,15 @@ def parse_param(text: str):
     metavar="NAME=VALUE",
     help="A value for ':NAME' in the statement (repeatable); VALUE is read like --param.",
 )
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
-@click.option("--max-rows", type=click.IntRange(0), default=None, metavar="N", help="Ask for at most N rows.")
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+    help="Output format. 'table' switches to 'line' (one 'column | value' line per value) when it is "
+    "wider than the terminal; output to a pipe is never cut to a width.",
+)
+@click.option(
+    "--max-rows", type=click.IntRange(0), default=None, metavar="N",
+    help="Ask for at most N rows; a cut result is reported on stderr.",
+)
 @click.option(
     "--timeout", type=click.FloatRange(0), default=60.0, show_default=True, metavar="SECONDS",
     help="Give up waiting for the answer after this long.",
@@ -191,13 +199,28 @@ def query(statement, host, port, params, named, fmt, max_rows, timeout) -> None:
     try:
         result = trio.run(_run)
     except SqlError as exc:
-        click.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        click.echo(f"error [{exc.code}]: {exc.message}{connection_hint(exc, port)}", err=True)
         sys.exit(1)
     except trio.TooSlowError:
         click.echo(f"error [timeout]: no complete answer within {timeout}s", err=True)
         sys.exit(1)
-    console = Console(highlight=False, soft_wrap=fmt != "table")
-    render(console, result, fmt, footer=sys.stdout.isatty())
+    tty = sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns if tty else None
+    click.echo(format_result(result, fmt, width=width), nl=False)
+    if tty and fmt in ("table", "line", "markdown") and result.columns:
+        click.echo(row_count(result))
+    if fmt == "csv" and not result.columns:
+        click.echo(changed_line(result), err=True)
+    if fmt != "json" and (notice := truncation_notice(result)):
+        click.echo(notice, err=True)
+
+
+def connection_hint(exc: SqlError, port: int) -> str:
+    """What to add to a failed connection's message: how to start a server there; empty for other errors."""
+    if not isinstance(exc, SqlConnectionError) or not exc.message.startswith(("cannot connect", "no answer from")):
+        return ""
+    where = "" if port == protocol.DEFAULT_PORT else f" --port {port}"
+    return f" (is a server running? start one with 'trionet sql serve{where}')"
 
 
 @sql.command()

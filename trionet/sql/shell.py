@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from trionet.sql.client import SqlConnection, connect
 from trionet.sql.engine import SqlError
-from trionet.sql.render import FORMATS, render
+from trionet.sql.render import FORMATS, format_result
 
 __all__ = ["HELP", "Shell", "run_shell"]
 
@@ -77,7 +77,7 @@ class Shell:
         except SqlError as exc:
             self.console.print(f"[red]error \\[{exc.code}][/red]: {escape(exc.message)}", highlight=False)
             return
-        render(self.console, result, self.format)
+        self.console.print(format_result(result, self.format), end="", markup=False, highlight=False)
         if self.timer:
             self.console.print(
                 f"[dim]time: {(time.perf_counter() - started) * 1000:.1f} ms "
