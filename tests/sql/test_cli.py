@@ -73,10 +73,10 @@ def test_shell_reads_multi_line_statements_and_dot_commands(server_process, quak
         [sys.executable, "-m", "trionet", "sql", "shell", "--port", port],
         input=session, capture_output=True, text=True, timeout=60,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # from a pipe, a failed statement is exit status 1
     assert "quakes" in result.stdout and "kinds" in result.stdout
     assert "2000" in result.stdout  # the ';' inside the string did not end the statement
-    assert "error [sql_error]: no such column: nope" in result.stdout
+    assert "stdin:6: error [sql_error]: no such column: nope" in result.stderr
 
 
 def test_a_committed_write_survives_kill_9(server_process, trionet_cmd, tmp_path):

@@ -226,19 +226,40 @@ def connection_hint(exc: SqlError, port: int) -> str:
 @sql.command()
 @host_option()
 @port_option(protocol.DEFAULT_PORT)
-def shell(host, port) -> None:
-    """An interactive SQL session with line editing and history.
+@click.option(
+    "--file", "-f", "script", type=click.File("r", encoding="utf-8"), default=None, metavar="FILE",
+    help="Run the statements in FILE instead of reading stdin ('-' is stdin).",
+)
+@click.option(
+    "--continue-on-error", is_flag=True,
+    help="In a script (-f or a pipe), run on past a failed statement; the exit status is still 1.",
+)
+@click.option("--no-pager", is_flag=True, help="Never page long results through $PAGER (default 'less -SFRX').")
+def shell(host, port, script, continue_on_error, no_pager) -> None:
+    """An SQL session with line editing, history and completion, or a script runner.
 
     \b
-    End a statement with ';' (it may span several lines). Commands:
-      .help  .tables  .schema [TABLE]  .timer on|off  .format table|json|csv  .quit
+    End a statement with ';' (it may span several lines). sqlite3 and psql
+    habits both work: .tables/\\dt, .schema/\\d, .mode, .headers, \\x,
+    .timer/\\timing, .read/\\i, .output/\\o, .once, .help/\\?, .quit/\\q.
+    Ctrl-C drops the line being typed or cancels the running statement;
+    Ctrl-D on an empty line leaves. History: ~/.trionet_sql_history
+    (or $TRIONET_SQL_HISTORY).
+
+    \b
+    From a pipe or -f FILE no prompt is printed and the first failed
+    statement stops the run with exit status 1:
+      trionet sql shell < script.sql
+      trionet sql shell -f script.sql --continue-on-error
     """
     from trionet.sql.shell import run_shell
 
     try:
-        trio.run(run_shell, host, port)
+        status = run_shell(host, port, script=script, continue_on_error=continue_on_error, pager=not no_pager)
     except SqlError as exc:
-        raise click.ClickException(exc.message) from None
+        click.echo(f"error [{exc.code}]: {exc.message}{connection_hint(exc, port)}", err=True)
+        sys.exit(1)
+    sys.exit(status)
 
 
 @contextlib.contextmanager
