@@ -194,15 +194,18 @@ _WITH_CTTY = (
 class Terminal:
     """The shell at the other end of a pseudo-terminal: type, then wait for what it prints."""
 
-    def __init__(self, port: int, history) -> None:
+    def __init__(self, port: int, history, *args: str, env: dict | None = None) -> None:
         import fcntl
         import termios
 
         self.master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-        env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "TRIONET_SQL_HISTORY": str(history)}
+        env = {
+            **os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "TRIONET_SQL_HISTORY": str(history),
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WITH_CTTY, "sql", "shell", "--port", str(port), "--no-pager"],
+            [sys.executable, "-c", _WITH_CTTY, "sql", "shell", "--port", str(port), *args],
             stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
         )
         os.close(slave)
@@ -243,7 +246,7 @@ class Terminal:
 @pytest.fixture
 def terminal(server_process, quake_db, tmp_path):
     server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--query-timeout", "20")
-    term = Terminal(server.wait_listening(), tmp_path / "history")
+    term = Terminal(server.wait_listening(), tmp_path / "history", "--no-pager")
     yield term
     term.close()
 
@@ -289,5 +292,23 @@ def test_ctrl_c_cancels_a_running_statement_and_the_shell_goes_on(terminal):
     terminal.expect("trionet>")
     terminal.type("SELECT 'still' || 'here' AS z;\r")
     terminal.expect(r"stillhere\n1 row\(s\)")
+    terminal.expect("trionet>")
     terminal.type("\\q\r")
     assert terminal.proc.wait(timeout=10) == 0
+
+
+def test_a_result_taller_than_the_terminal_goes_through_the_pager(server_process, quake_db, tmp_path):
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    pager = f"{sys.executable} -c \"import sys; print('paged', len(sys.stdin.read().splitlines()), 'lines')\""
+    term = Terminal(server.wait_listening(), tmp_path / "history", env={"PAGER": pager})
+    try:
+        term.expect("trionet>")
+        term.type("SELECT id FROM quakes LIMIT 100;\r")  # 102 lines on a 40-line terminal
+        term.expect(r"paged 102 lines\n100 row\(s\)")
+        term.type("SELECT id FROM quakes LIMIT 3;\r")  # fits: printed as is
+        term.expect(r"q00002\n3 row\(s\)")
+        term.expect("trionet>")
+        term.type("\x04")
+        assert term.proc.wait(timeout=10) == 0
+    finally:
+        term.close()

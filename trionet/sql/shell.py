@@ -432,7 +432,7 @@ class Shell:
         stream = target or self.out
         width = shutil.get_terminal_size().columns if to_screen and _isatty(stream) else None
         text = format_result(result, self.mode, width=width, headers=self.headers, expanded=self.expanded)
-        if to_screen and self.pager and width is not None and _too_long(text, width):
+        if to_screen and self.pager and self.interactive and width is not None and _too_long(text, width):
             _page(text, stream)
         else:
             stream.write(text)
