@@ -179,7 +179,7 @@ def test_query_to_a_pipe_keeps_every_column_in_every_format(server_process, trio
     port = str(server.wait_listening())
     table = trionet_cmd("sql", "query", "--port", port, WIDE_SELECT, env={"COLUMNS": "80"})
     assert table.returncode == 0, table.stderr
-    header, rule, row = table.stdout.splitlines()
+    header, _, row = table.stdout.splitlines()
     assert [c.strip() for c in header.split(" | ")] == [f"column_{i}" for i in range(22)]
     assert row.rstrip().endswith("value number 21")
     line = trionet_cmd("sql", "query", "--port", port, "--format", "line", WIDE_SELECT)

@@ -49,7 +49,7 @@ def test_a_table_that_fits_stays_a_table():
 
 def test_output_to_a_pipe_keeps_all_22_columns_on_one_line_per_row():
     text = format_result(quakes(), "table", width=None)
-    header, rule, *rows = text.splitlines()
+    header, _, *rows = text.splitlines()
     assert [c.strip() for c in header.split(" | ")] == USGS_COLUMNS
     assert len(rows) == 2 and len(rows[0]) > 200  # never cut to a terminal's width
     assert "11 km NW of Prague, Oklahoma" in rows[0] and rows[0].rstrip().endswith("us")

@@ -88,7 +88,7 @@ async def test_mode_headers_and_expanded_change_how_results_print(start_sql):
 
 async def test_quit_and_exit_words_end_the_session(start_sql):
     for word in ("quit", "exit;", ".quit", "\\q", ".exit"):
-        shell, out, _, _ = await run_in_shell(start_sql, ["SELECT 1 AS one;", word, "SELECT 'after' AS x;"])
+        _, out, _, _ = await run_in_shell(start_sql, ["SELECT 1 AS one;", word, "SELECT 'after' AS x;"])
         assert "one" in out and "after" not in out, word
 
 
@@ -108,7 +108,7 @@ async def test_output_and_once_send_results_to_files(start_sql, tmp_path):
 async def test_read_runs_a_file_and_stops_it_at_its_first_error(start_sql, tmp_path):
     script = tmp_path / "s.sql"
     script.write_text("SELECT 'first' AS x;\nSELECT nope;\nSELECT 'never' AS x;\n")
-    shell, out, err, error = await run_in_shell(
+    _, out, err, error = await run_in_shell(
         start_sql, [f".read {script}", "SELECT 'typed' AS x;"], interactive=True
     )
     assert error is None  # at the prompt, a failed .read does not end the session
