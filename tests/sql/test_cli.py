@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import lzma
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -72,10 +73,10 @@ def test_shell_reads_multi_line_statements_and_dot_commands(server_process, quak
         [sys.executable, "-m", "trionet", "sql", "shell", "--port", port],
         input=session, capture_output=True, text=True, timeout=60,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # from a pipe, a failed statement is exit status 1
     assert "quakes" in result.stdout and "kinds" in result.stdout
     assert "2000" in result.stdout  # the ';' inside the string did not end the statement
-    assert "error [sql_error]: no such column: nope" in result.stdout
+    assert "stdin:6: error [sql_error]: no such column: nope" in result.stderr
 
 
 def test_a_committed_write_survives_kill_9(server_process, trionet_cmd, tmp_path):
@@ -168,3 +169,58 @@ def test_import_usgs_command_reports_bad_rows_and_exits_1(trionet_cmd, tmp_path)
     assert result.returncode == 1
     assert f"{bad_csv}:3:" in result.stderr
     assert "2 row(s) imported" in result.stdout and "1 bad row(s)" in result.stdout
+
+
+WIDE_SELECT = "SELECT " + ", ".join(f"'value number {i}' AS column_{i}" for i in range(22))
+
+
+def test_query_to_a_pipe_keeps_every_column_in_every_format(server_process, trionet_cmd, quake_db):
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    port = str(server.wait_listening())
+    table = trionet_cmd("sql", "query", "--port", port, WIDE_SELECT, env={"COLUMNS": "80"})
+    assert table.returncode == 0, table.stderr
+    header, _, row = table.stdout.splitlines()
+    assert [c.strip() for c in header.split(" | ")] == [f"column_{i}" for i in range(22)]
+    assert row.rstrip().endswith("value number 21")
+    line = trionet_cmd("sql", "query", "--port", port, "--format", "line", WIDE_SELECT)
+    assert line.stdout.splitlines()[0].startswith("-[ RECORD 1 ]")
+    assert "column_21 | value number 21" in line.stdout
+    markdown = trionet_cmd("sql", "query", "--port", port, "--format", "markdown", "SELECT 1 AS n, 'a|b' AS t")
+    assert markdown.stdout == "| n | t |\n| ---: | --- |\n| 1 | a\\|b |\n"
+
+
+def test_query_says_on_stderr_when_max_rows_cut_the_result(server_process, trionet_cmd, quake_db):
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    port = str(server.wait_listening())
+    for fmt in ("table", "csv"):
+        cut = trionet_cmd("sql", "query", "--port", port, "--format", fmt, "--max-rows", "3", "SELECT id FROM quakes")
+        assert cut.returncode == 0, cut.stderr
+        assert cut.stdout.count("q0000") == 3
+        assert "only the first 3 row(s)" in cut.stderr and "max-rows" in cut.stderr
+    whole = trionet_cmd("sql", "query", "--port", port, "--max-rows", "3", "SELECT id FROM quakes LIMIT 3")
+    assert whole.stderr == ""
+
+
+def test_query_write_prints_rows_changed_and_json_carries_the_counts(server_process, trionet_cmd, tmp_path):
+    server = server_process("sql", "serve", "--db", str(tmp_path / "w.sqlite"), "--read-write", "--port", "0")
+    port = str(server.wait_listening())
+    created = trionet_cmd("sql", "query", "--port", port, "CREATE TABLE t (x)")
+    assert created.stdout == "0 row(s) changed\n"
+    inserted = trionet_cmd("sql", "query", "--port", port, "INSERT INTO t VALUES (1), (2), (3)")
+    assert inserted.returncode == 0 and inserted.stdout == "3 row(s) changed\n"
+    as_json = trionet_cmd("sql", "query", "--port", port, "--format", "json", "INSERT INTO t VALUES (4)")
+    assert json.loads(as_json.stdout) == {
+        "columns": [], "rows": [], "truncated": False, "changes": 1, "last_insert_rowid": 4,
+    }
+    as_csv = trionet_cmd("sql", "query", "--port", port, "--format", "csv", "DELETE FROM t")
+    assert as_csv.stdout == "" and as_csv.stderr == "4 row(s) changed\n"
+
+
+def test_query_with_no_server_says_where_it_tried_and_how_to_start_one(trionet_cmd):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = trionet_cmd("sql", "query", "--port", str(port), "SELECT 1")
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert f"127.0.0.1:{port}" in result.stderr and f"trionet sql serve --port {port}" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -16,12 +17,12 @@ from rich.console import Console
 from trionet.cliutil import grace_option, host_option, log_level_option, port_option, serve_until_signal
 from trionet.log import get_logger
 from trionet.sql import protocol
-from trionet.sql.client import connect
+from trionet.sql.client import SqlConnectionError, connect
 from trionet.sql.engine import Database, SqlError
-from trionet.sql.render import FORMATS, render
+from trionet.sql.render import FORMATS, changed_line, format_result, row_count, truncation_notice
 from trionet.sql.server import SqlServer, SqlServerConfig
 
-__all__ = ["parse_param", "sql"]
+__all__ = ["connection_hint", "parse_param", "sql"]
 
 log = get_logger("sql")
 
@@ -153,8 +154,15 @@ def parse_param(text: str):
     metavar="NAME=VALUE",
     help="A value for ':NAME' in the statement (repeatable); VALUE is read like --param.",
 )
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format.")
-@click.option("--max-rows", type=click.IntRange(0), default=None, metavar="N", help="Ask for at most N rows.")
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+    help="Output format. 'table' switches to 'line' (one 'column | value' line per value) when it is "
+    "wider than the terminal; output to a pipe is never cut to a width.",
+)
+@click.option(
+    "--max-rows", type=click.IntRange(0), default=None, metavar="N",
+    help="Ask for at most N rows; a cut result is reported on stderr.",
+)
 @click.option(
     "--timeout", type=click.FloatRange(0), default=60.0, show_default=True, metavar="SECONDS",
     help="Give up waiting for the answer after this long.",
@@ -191,31 +199,67 @@ def query(statement, host, port, params, named, fmt, max_rows, timeout) -> None:
     try:
         result = trio.run(_run)
     except SqlError as exc:
-        click.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        click.echo(f"error [{exc.code}]: {exc.message}{connection_hint(exc, port)}", err=True)
         sys.exit(1)
     except trio.TooSlowError:
         click.echo(f"error [timeout]: no complete answer within {timeout}s", err=True)
         sys.exit(1)
-    console = Console(highlight=False, soft_wrap=fmt != "table")
-    render(console, result, fmt, footer=sys.stdout.isatty())
+    tty = sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns if tty else None
+    click.echo(format_result(result, fmt, width=width), nl=False)
+    if tty and fmt in ("table", "line", "markdown") and result.columns:
+        click.echo(row_count(result))
+    if fmt == "csv" and not result.columns:
+        click.echo(changed_line(result), err=True)
+    if fmt != "json" and (notice := truncation_notice(result)):
+        click.echo(notice, err=True)
+
+
+def connection_hint(exc: SqlError, port: int) -> str:
+    """What to add to a failed connection's message: how to start a server there; empty for other errors."""
+    if not isinstance(exc, SqlConnectionError) or not exc.message.startswith(("cannot connect", "no answer from")):
+        return ""
+    where = "" if port == protocol.DEFAULT_PORT else f" --port {port}"
+    return f" (is a server running? start one with 'trionet sql serve{where}')"
 
 
 @sql.command()
 @host_option()
 @port_option(protocol.DEFAULT_PORT)
-def shell(host, port) -> None:
-    """An interactive SQL session with line editing and history.
+@click.option(
+    "--file", "-f", "script", type=click.File("r", encoding="utf-8"), default=None, metavar="FILE",
+    help="Run the statements in FILE instead of reading stdin ('-' is stdin).",
+)
+@click.option(
+    "--continue-on-error", is_flag=True,
+    help="In a script (-f or a pipe), run on past a failed statement; the exit status is still 1.",
+)
+@click.option("--no-pager", is_flag=True, help="Never page long results through $PAGER (default 'less -SFRX').")
+def shell(host, port, script, continue_on_error, no_pager) -> None:
+    """An SQL session with line editing, history and completion, or a script runner.
 
     \b
-    End a statement with ';' (it may span several lines). Commands:
-      .help  .tables  .schema [TABLE]  .timer on|off  .format table|json|csv  .quit
+    End a statement with ';' (it may span several lines). sqlite3 and psql
+    habits both work: .tables/\\dt, .schema/\\d, .mode, .headers, \\x,
+    .timer/\\timing, .read/\\i, .output/\\o, .once, .help/\\?, .quit/\\q.
+    Ctrl-C drops the line being typed or cancels the running statement;
+    Ctrl-D on an empty line leaves. History: ~/.trionet_sql_history
+    (or $TRIONET_SQL_HISTORY).
+
+    \b
+    From a pipe or -f FILE no prompt is printed and the first failed
+    statement stops the run with exit status 1:
+      trionet sql shell < script.sql
+      trionet sql shell -f script.sql --continue-on-error
     """
     from trionet.sql.shell import run_shell
 
     try:
-        trio.run(run_shell, host, port)
+        status = run_shell(host, port, script=script, continue_on_error=continue_on_error, pager=not no_pager)
     except SqlError as exc:
-        raise click.ClickException(exc.message) from None
+        click.echo(f"error [{exc.code}]: {exc.message}{connection_hint(exc, port)}", err=True)
+        sys.exit(1)
+    sys.exit(status)
 
 
 @contextlib.contextmanager
