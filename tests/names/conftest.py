@@ -50,6 +50,8 @@ class FakeUpstream:
         self.soa_ttl = 3600
         self.soa_minimum = 60
         self.follow_cnames = True
+        self.extra_authority: list[dns.rrset.RRset] = []
+        """Put before the SOA of every negative answer (a lying or broken upstream)."""
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.address: tuple[str, int] | None = None
 
@@ -88,6 +90,7 @@ class FakeUpstream:
         exists = any(n == current for n, _ in self.records) or current in self.cnames
         if not exists:
             response.set_rcode(dns.rcode.NXDOMAIN)
+        response.authority.extend(self.extra_authority)
         response.authority.append(
             dns.rrset.from_text("test.", self.soa_ttl, "IN", "SOA", SOA_TEXT.format(minimum=self.soa_minimum))
         )
