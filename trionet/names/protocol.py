@@ -110,6 +110,10 @@ def parse_line(line: bytes) -> Query | Quit | BadLine | None:
     except ValueError:
         address = None
     if address is not None:
+        if getattr(address, "scope_id", None) is not None:
+            # fe80::1%eth0 parses, but a scope has no reverse name (and
+            # ipaddress raises when asked for one).
+            return BadLine(f"{target[:80]!r} has a scope (after the %); leave it out to ask for the name")
         if rdtype not in (None, "PTR"):
             return BadLine(f"{target} is an address: ask for its name with PTR, or leave the type out")
         return Query(str(address), "PTR", reverse_name(str(address)))
