@@ -259,11 +259,11 @@ def memory_names(nursery):
         nursery.start_soon(run)
         await started.wait()
 
-        async def connect(kind: str = "line") -> MemoryClient:
+        async def connect(kind: str = "line", peer: str = "memory") -> MemoryClient:
             client, server_side = trio.testing.memory_stream_pair()
             service = server.line_service if kind == "line" else server.dns_service
             handler = server.handle_line if kind == "line" else server.handle_dns
-            conn = Connection(stream=server_side, peer="memory", service=service)
+            conn = Connection(stream=server_side, peer=peer, service=service)  # peer: the per-address key
 
             async def serve_one() -> None:
                 try:

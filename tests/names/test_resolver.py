@@ -12,7 +12,7 @@ from trionet.names.resolver import Upstream, answer_from_response, parse_upstrea
 
 
 async def test_ten_concurrent_misses_reach_the_upstream_once(start_names, upstream):
-    server, addrs = await start_names(limit=10, quota=0)
+    server, addrs = await start_names(limit=10, quota=0, per_address=0)  # ten clients, one address
     results: list[names.Resolved] = []
 
     async def client() -> None:
