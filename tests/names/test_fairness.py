@@ -208,3 +208,16 @@ def test_serve_flags_reach_the_server_config(monkeypatch):
     result = CliRunner().invoke(cli.serve, args)
     assert isinstance(result.exception, Stop)
     assert (seen[0].per_address, seen[0].wait_timeout, seen[0].session_timeout) == (2, 5.0, 7.0)
+
+
+async def test_the_client_raises_server_busy_over_the_address_share(start_names):
+    import pytest
+
+    from trionet import names
+
+    _server, addrs = await start_names(limit=1, per_address=1, quota=0)
+    async with names.connect(*addrs.line):
+        with pytest.raises(names.ServerBusy) as info:
+            async with names.connect(*addrs.line):
+                pass
+    assert info.value.reason == "busy" and info.value.message.startswith("per-address: 127.0.0.1 ")

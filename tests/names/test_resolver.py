@@ -197,7 +197,7 @@ async def test_a_foreign_soa_is_not_passed_on(start_names, upstream):
     upstream.extra_authority.append(
         dns.rrset.from_text("com.", 86400, "IN", "SOA", "a.gtld-servers.net. nstld.verisign-grs.com. 1 2 3 4 86400")
     )
-    server, addrs = await start_names(quota=0)
+    _server, addrs = await start_names(quota=0)
     response = await dns.asyncquery.tcp(
         dns.message.make_query("nosuch.test", "A"), addrs.dns[0], port=addrs.dns[1], timeout=5
     )
