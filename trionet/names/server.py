@@ -138,7 +138,7 @@ class _Session:
     ticket: Ticket | None = None
     key: str = ""  # the client's address, as its per-address share counts it
     busy: bool = False
-    stopping: str = ""  # why the session ends: "shutdown" or "idle-timeout"
+    stopping: str = ""  # why the session ends: "shutdown" or a bye reason of SessionRules
     wait_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     pending: collections.deque = field(default_factory=collections.deque)
     sends: SendWatchdog = field(default_factory=lambda: SendWatchdog(STUCK_SEND_NO_IDLE))
