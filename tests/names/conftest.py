@@ -50,6 +50,8 @@ class FakeUpstream:
         self.soa_ttl = 3600
         self.soa_minimum = 60
         self.follow_cnames = True
+        self.extra_authority: list[dns.rrset.RRset] = []
+        """Put before the SOA of every negative answer (a lying or broken upstream)."""
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.address: tuple[str, int] | None = None
 
@@ -88,6 +90,7 @@ class FakeUpstream:
         exists = any(n == current for n, _ in self.records) or current in self.cnames
         if not exists:
             response.set_rcode(dns.rcode.NXDOMAIN)
+        response.authority.extend(self.extra_authority)
         response.authority.append(
             dns.rrset.from_text("test.", self.soa_ttl, "IN", "SOA", SOA_TEXT.format(minimum=self.soa_minimum))
         )
@@ -256,11 +259,11 @@ def memory_names(nursery):
         nursery.start_soon(run)
         await started.wait()
 
-        async def connect(kind: str = "line") -> MemoryClient:
+        async def connect(kind: str = "line", peer: str = "memory") -> MemoryClient:
             client, server_side = trio.testing.memory_stream_pair()
             service = server.line_service if kind == "line" else server.dns_service
             handler = server.handle_line if kind == "line" else server.handle_dns
-            conn = Connection(stream=server_side, peer="memory", service=service)
+            conn = Connection(stream=server_side, peer=peer, service=service)  # peer: the per-address key
 
             async def serve_one() -> None:
                 try:

@@ -46,7 +46,7 @@ class LineClient:
 
 
 async def test_ten_clients_limit_three_fifo_quota(start_names, tcp):
-    server, addrs = await start_names(limit=3, quota=4, backlog=20)
+    server, addrs = await start_names(limit=3, quota=4, backlog=20, per_address=0)  # ten clients, one address
     clients = []
     for i in range(10):
         client = await LineClient.open(tcp, addrs.line, f"c{i}")

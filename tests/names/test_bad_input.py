@@ -89,3 +89,18 @@ async def test_a_client_that_never_reads_is_dropped(start_names, tcp):
             async with names.connect(*addrs.line) as other:
                 assert (await other.resolve("gw")).ok
     assert server.admission.in_use == 0  # its slot was given back before the close
+
+
+async def test_every_odd_request_is_answered_and_the_session_goes_on(start_names, tcp):
+    server, addrs = await start_names(quota=0)
+    stream = await tcp(addrs.line)
+    proto = await _welcome(stream)
+    odd = [b"fe80::1%eth0", b"fe80::1%eth0 PTR", b"::ffff:10.0.0.1", b". NS", b"*", b"a" * 64, b"\x00", b"gw\xc2\xa0A"]
+    await stream.send_all(b"".join(line + b"\n" for line in odd) + b"gw\n")
+    with trio.fail_after(5):
+        replies = [await receive_event(stream, proto) for _ in range(len(odd) + 1)]
+    assert all(isinstance(r, protocol.Reply) for r in replies), replies
+    assert [r.status for r in replies[:2]] == ["bad-request", "bad-request"]
+    assert "scope" in replies[0].message
+    assert replies[-1].status == "ok" and replies[-1].records == ("10.0.0.1",)
+    assert server.line_service.connections  # still open: nothing dropped it

@@ -82,7 +82,7 @@ async def _ask(client, line: str) -> Reply:
 
 
 async def test_countdown_and_expiry_through_the_server(autojump_clock, memory_names):
-    server = await memory_names(quota=0, idle_timeout=0)
+    server = await memory_names(quota=0, idle_timeout=0, session_timeout=0)
     up = server.fake_upstream
     client = await server.connect_memory()
     assert isinstance(await client.next(), Welcome)
@@ -98,7 +98,7 @@ async def test_countdown_and_expiry_through_the_server(autojump_clock, memory_na
 
 
 async def test_negative_caching_through_the_server(autojump_clock, memory_names):
-    server = await memory_names(quota=0, idle_timeout=0)
+    server = await memory_names(quota=0, idle_timeout=0, session_timeout=0)
     up = server.fake_upstream
     up.soa_minimum = 60
     client = await server.connect_memory()
@@ -119,7 +119,7 @@ async def test_negative_caching_through_the_server(autojump_clock, memory_names)
 
 
 async def test_min_ttl_and_max_ttl_through_the_server(autojump_clock, memory_names):
-    server = await memory_names(quota=0, idle_timeout=0, min_ttl=30, max_ttl=100)
+    server = await memory_names(quota=0, idle_timeout=0, session_timeout=0, min_ttl=30, max_ttl=100)
     client = await server.connect_memory()
     await client.next()
     assert (await _ask(client, "short.test")).ttl == 30

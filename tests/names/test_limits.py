@@ -1,5 +1,7 @@
 """AdmissionLimit: at most `limit` inside, FIFO waiting room with places, leaving the line."""
 
+from functools import partial
+
 import pytest
 import trio
 import trio.testing
@@ -132,6 +134,8 @@ def test_arguments_are_checked():
         AdmissionLimit(0)
     with pytest.raises(ValueError):
         AdmissionLimit(1, backlog=-1)
+    with pytest.raises(ValueError):
+        AdmissionLimit(1, per_key=0)
 
 
 async def test_try_enter_never_waits_and_never_jumps_the_line():
@@ -144,3 +148,79 @@ async def test_try_enter_never_waits_and_never_jumps_the_line():
         room.leave(first)  # the slot goes to the waiter, not to a later try_enter
         assert room.try_enter() is None
         nursery.cancel_scope.cancel()
+
+
+# --- the per-key share and the wait timeout ---------------------------------------
+
+
+async def test_one_key_holds_at_most_its_share_of_slots_and_places():
+    from trionet.limits import ShareExceeded
+
+    room = AdmissionLimit(2, backlog=10, per_key=3)
+    a1 = room.try_enter(key="a")
+    a2 = await room.enter(key="a")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(room.enter, key="a"))  # a's third: a place in line
+        await trio.testing.wait_all_tasks_blocked()
+        assert room.held_by("a") == 3 and room.waiting == 1
+        with pytest.raises(ShareExceeded) as info:
+            await room.enter(key="a")
+        assert info.value.key == "a" and info.value.per_key == 3
+        with pytest.raises(ShareExceeded):
+            room.try_enter(key="a")
+        # Another key still gets its place in line, and None counts against nobody.
+        nursery.start_soon(partial(room.enter, key="b"))
+        nursery.start_soon(room.enter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert room.waiting == 3 and room.held_by("b") == 1 and room.over_share == 2
+        nursery.cancel_scope.cancel()
+    # Cancelled waiters gave their share back; leaving gives back the rest.
+    assert room.held_by("a") == 2 and room.held_by("b") == 0
+    room.leave(a1)
+    room.leave(a2)
+    assert room.held_by("a") == 0 and room.in_use == 0
+
+
+async def test_no_share_without_per_key():
+    room = AdmissionLimit(5)
+    tickets = [await room.enter(key="a") for _ in range(5)]
+    assert room.held_by("a") == 0
+    for ticket in tickets:
+        room.leave(ticket)
+
+
+async def test_a_waiter_leaves_the_line_at_its_timeout(autojump_clock):
+    from trionet.limits import WaitTimeout
+
+    room = AdmissionLimit(1, per_key=5)
+    first = await room.enter(key="x")
+    places = []
+
+    async def on_wait(place: int) -> None:
+        places.append(place)
+
+    start = trio.current_time()
+    with pytest.raises(WaitTimeout) as info:
+        await room.enter(key="x", timeout=60, on_wait=on_wait)
+    assert trio.current_time() - start == 60 and info.value.timeout == 60
+    assert places == [1] and room.waiting == 0 and room.timed_out == 1
+    assert room.held_by("x") == 1  # only the slot it holds
+    room.leave(first)
+    # A waiter admitted in time keeps its slot and is not counted as timed out.
+    async with trio.open_nursery() as nursery:
+        holder = await room.enter()
+        nursery.start_soon(partial(room.enter, timeout=60))
+        await trio.sleep(59)
+        room.leave(holder)
+    assert room.in_use == 1 and room.timed_out == 1
+
+
+def test_client_keys():
+    from trionet.limits import client_key
+
+    assert client_key("127.0.0.2") == "127.0.0.2"
+    assert client_key("::ffff:127.0.0.2") == "127.0.0.2"
+    assert client_key("2001:db8::1") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert client_key("2001:db8:0:1::1") != client_key("2001:db8::1")
+    assert client_key("fe80::1%eth0") == "fe80::/64"
+    assert client_key("memory") == "memory"

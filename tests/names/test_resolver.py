@@ -12,7 +12,7 @@ from trionet.names.resolver import Upstream, answer_from_response, parse_upstrea
 
 
 async def test_ten_concurrent_misses_reach_the_upstream_once(start_names, upstream):
-    server, addrs = await start_names(limit=10, quota=0)
+    server, addrs = await start_names(limit=10, quota=0, per_address=0)  # ten clients, one address
     results: list[names.Resolved] = []
 
     async def client() -> None:
@@ -146,3 +146,61 @@ def test_upstream_parsing(tmp_path):
     conf.write_text("# comment\nsearch lan\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n")
     assert system_upstreams(str(conf)) == [Upstream("192.0.2.53"), Upstream("fe80::1")]
     assert system_upstreams(str(tmp_path / "missing")) == []
+
+
+def _nxdomain(name: str, *authority: tuple[str, str, str]) -> dns.message.Message:
+    response = dns.message.make_response(dns.message.make_query(name, "A"))
+    response.set_rcode(dns.rcode.NXDOMAIN)
+    for owner, rdtype, text in authority:
+        response.authority.append(dns.rrset.from_text(owner, 900, "IN", rdtype, text))
+    return response
+
+
+def test_only_the_soa_of_an_enclosing_zone_is_believed():
+    com_soa = ("com.", "SOA", "a.gtld-servers.net. nstld.verisign-grs.com. 1 2 3 4 86400")
+    test_soa = ("example.test.", "SOA", "ns.example.test. admin.example.test. 1 2 3 4 60")
+    # An unrelated zone's SOA alone: no authority, and so not cached (TTL 0).
+    answer, _ = answer_from_response("nosuch.example.test", "A", _nxdomain("nosuch.example.test", com_soa))
+    assert answer.status == "nxdomain" and answer.soa is None and answer.ttl == 0
+    # Beside the right one, in either order: the enclosing zone wins.
+    for authority in ((com_soa, test_soa), (test_soa, com_soa)):
+        answer, _ = answer_from_response("nosuch.example.test", "A", _nxdomain("nosuch.example.test", *authority))
+        assert answer.soa[0] == "example.test" and answer.ttl == 60
+    # A sibling zone that merely shares a suffix of characters does not enclose it.
+    answer, _ = answer_from_response("a.xample.test", "A", _nxdomain("a.xample.test", test_soa))
+    assert answer.soa is None
+    # The zone of the question itself counts (the apex).
+    answer, _ = answer_from_response("example.test", "A", _nxdomain("example.test", test_soa))
+    assert answer.soa[0] == "example.test"
+
+
+def test_the_soa_must_enclose_the_end_of_the_cname_chain():
+    response = _nxdomain("alias.test", ("other.", "SOA", "ns.other. a.other. 1 2 3 4 30"))
+    response.answer.append(dns.rrset.from_text("alias.test.", 60, "IN", "CNAME", "gone.other."))
+    answer, follow = answer_from_response("alias.test", "A", response)
+    assert follow is None and answer.soa == ("other", "ns.other. a.other. 1 2 3 4 30")
+    foreign = _nxdomain("alias.test", ("test.", "SOA", "ns.test. a.test. 1 2 3 4 30"))
+    foreign.answer.append(dns.rrset.from_text("alias.test.", 60, "IN", "CNAME", "gone.other."))
+    answer, _ = answer_from_response("alias.test", "A", foreign)
+    assert answer.soa is None  # test. is not a zone of gone.other
+
+
+def test_ns_records_for_another_name_are_not_an_answer():
+    response = dns.message.make_response(dns.message.make_query("www.test", "NS"))
+    response.answer.append(dns.rrset.from_text("com.", 900, "IN", "NS", "evil.example."))
+    response.authority.append(dns.rrset.from_text("test.", 900, "IN", "NS", "evil.example."))
+    answer, _ = answer_from_response("www.test", "NS", response)
+    assert answer.status == "nodata" and answer.records == ()
+
+
+async def test_a_foreign_soa_is_not_passed_on(start_names, upstream):
+    upstream.extra_authority.append(
+        dns.rrset.from_text("com.", 86400, "IN", "SOA", "a.gtld-servers.net. nstld.verisign-grs.com. 1 2 3 4 86400")
+    )
+    _server, addrs = await start_names(quota=0)
+    response = await dns.asyncquery.tcp(
+        dns.message.make_query("nosuch.test", "A"), addrs.dns[0], port=addrs.dns[1], timeout=5
+    )
+    assert response.rcode() == dns.rcode.NXDOMAIN
+    assert [r.name.to_text() for r in response.authority] == ["test."]
+    assert response.authority[0].ttl <= 60  # the test zone's negative TTL, not com.'s day

@@ -178,3 +178,44 @@ def test_fast_path_agrees_with_dnspython(labels, rdtype, edns, msg_id):
     answer = Answer(fast.qname, rdtype, "nodata", ttl=5)
     response = dns.message.from_wire(dnswire.build_response(fast, answer))
     assert response.id == msg_id and response.question[0].name == name
+
+
+# Request-shaped lines: names, addresses (scoped, mapped, malformed), types and
+# separators, glued together the way a confused or hostile client might.
+_words = st.one_of(
+    st.sampled_from(
+        ["gw", ".", "*", "-", "a/b", "quit", "exit", "ptr", "A", "aaaa", "ns", "CNAME", "MX", "any",
+         "10.0.0.1", "1.2.3", "0x7f.1", "::1", "fe80::1%eth0", "fe80::1%", "::ffff:1.2.3.4", "1.2.3.4%x",
+         "[::1]", "2001:db8::1/64", "a..b", "x" * 64, "é.test", "\x00", "ｇｗ"]
+    ),
+    st.from_regex(r"\A[0-9a-fA-F:.%a-z]{1,40}\Z"),
+    st.text(max_size=30),
+)
+_separators = st.sampled_from([" ", "\t", "  ", "\x0b", "\u00a0", "\u2028", "\x1c", "\r"])
+
+
+@given(st.lists(st.tuples(_words, _separators), min_size=1, max_size=4))
+@settings(max_examples=500, deadline=None)
+def test_every_request_line_gets_one_precise_reply(parts):
+    from trionet.names.hosts import parse_hosts
+
+    line = "".join(word + sep for word, sep in parts).encode("utf-8", "surrogatepass")
+    parsed = protocol.parse_line(line)  # must not raise
+    table = parse_hosts("10.0.0.1 gw\nfe80::1 link\n")[0]
+    if parsed is None or isinstance(parsed, protocol.Quit):
+        return
+    if isinstance(parsed, protocol.BadLine):
+        reply = protocol.encode_bad_request(parsed.message)
+    else:
+        # Whatever the parser lets through can be looked up and asked upstream.
+        dns.message.make_query(parsed.qname, parsed.rdtype)
+        answer = table.lookup(parsed.qname, parsed.rdtype) or Answer(parsed.qname, parsed.rdtype, "nxdomain")
+        reply = protocol.encode_answer(answer, parsed.name)
+    assert reply.endswith(b"\n") and reply.count(b"\n") == 1
+    assert isinstance(protocol.parse_reply(reply[:-1]), protocol.Reply)
+
+
+def test_a_scoped_ipv6_address_is_a_bad_request():
+    bad = protocol.parse_line(b"fe80::1%eth0")
+    assert isinstance(bad, protocol.BadLine) and "scope" in bad.message
+    assert isinstance(protocol.parse_line(b"fe80::1%eth0 PTR"), protocol.BadLine)

@@ -90,12 +90,39 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     help="Clients that may wait in line for a slot; more are told 'busy' and closed.",
 )
 @click.option(
+    "--per-address",
+    type=click.IntRange(0),
+    default=8,
+    show_default=True,
+    metavar="N",
+    help="Slots plus places in line one client address may hold (an IPv6 client: its /64); "
+    "more are told 'bye busy per-address ...' (REFUSED on the DNS port). 0 for no limit.",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Turn away a client still in line after this long ('bye wait-timeout'; REFUSED on the DNS port); "
+    "0 for never.",
+)
+@click.option(
     "--idle-timeout",
     type=click.FloatRange(0),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
     help="Close an admitted client that sends nothing for this long; 0 for never.",
+)
+@click.option(
+    "--session-timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close an admitted client this long after its admission, whatever its quota left "
+    "('bye session-timeout'): the quota is for a burst. 0 for never.",
 )
 @click.option(
     "--cache-size",
@@ -147,7 +174,10 @@ def serve(
     limit: int,
     quota: int,
     backlog: int,
+    per_address: int,
+    wait_timeout: float,
     idle_timeout: float,
+    session_timeout: float,
     cache_size: int,
     min_ttl: int,
     max_ttl: int,
@@ -159,9 +189,11 @@ def serve(
 
     Lookups go to the hosts file, then the cache, then the upstream DNS
     servers. At most --limit clients are served at once; up to --backlog more
-    wait in line (line clients are told their place); each admitted client
-    may ask --quota queries. The bound ports are logged at start, so
-    '--port 0 --dns-port 0' works.
+    wait in line (line clients are told their place), at most --wait-timeout
+    seconds; each admitted client may ask --quota queries within
+    --session-timeout seconds. One client address holds at most --per-address
+    slots and places in line together. The bound ports are logged at start,
+    so '--port 0 --dns-port 0' works.
     """
     if min_ttl > max_ttl:
         raise click.BadParameter("--min-ttl is larger than --max-ttl", param_hint="--min-ttl")
@@ -173,7 +205,10 @@ def serve(
         limit=limit,
         quota=quota,
         backlog=backlog,
+        per_address=per_address,
+        wait_timeout=wait_timeout,
         idle_timeout=idle_timeout,
+        session_timeout=session_timeout,
         cache_size=cache_size,
         min_ttl=min_ttl,
         max_ttl=max_ttl,
@@ -181,10 +216,11 @@ def serve(
     )
     server = NamesServer(config, upstreams=upstreams, hosts_path=hosts_path)
     logger.info(
-        "limit %d, quota %s, backlog %d, upstreams %s",
+        "limit %d, quota %s, backlog %d, per address %s, upstreams %s",
         limit,
         quota or "none",
         backlog,
+        per_address or "no limit",
         ", ".join(str(u) for u in upstreams) or "none",
     )
 

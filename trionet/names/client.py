@@ -52,11 +52,12 @@ class QuotaReached(SessionEnded):
 
 
 class ServerBusy(SessionEnded):
-    """Every slot was taken and the waiting room was full."""
+    """Turned away before admission: the waiting room was full, this address held its share
+    (the message starts with ``per-address:``), or no slot came free in time (``wait-timeout``)."""
 
 
 def _ended(bye: protocol.Bye) -> SessionEnded:
-    kind = {"quota-reached": QuotaReached, "busy": ServerBusy}.get(bye.reason, SessionEnded)
+    kind = {"quota-reached": QuotaReached, "busy": ServerBusy, "wait-timeout": ServerBusy}.get(bye.reason, SessionEnded)
     return kind(bye.reason, bye.message)
 
 
@@ -228,7 +229,8 @@ async def connect(
         wait_timeout: seconds to wait in line; None for as long as it takes.
 
     Raises:
-        ServerBusy: every slot was taken and the waiting room was full.
+        ServerBusy: turned away: the waiting room was full, this address
+            held its share, or the server's wait timeout passed.
         NamesConnectionError: the server cannot be reached, or is not a names server.
     """
     proto = protocol.ClientLineProtocol()

@@ -50,7 +50,7 @@ DEFAULT_PORT = 7402
 MAX_LINE = 1024
 """The longest request line, in bytes; a longer one is answered ``bad-request`` and skipped."""
 
-BYE_REASONS = ("quit", "quota-reached", "busy", "idle-timeout", "shutdown")
+BYE_REASONS = ("quit", "quota-reached", "busy", "wait-timeout", "idle-timeout", "session-timeout", "shutdown")
 
 
 class RemoteProtocolError(Exception):
@@ -110,6 +110,10 @@ def parse_line(line: bytes) -> Query | Quit | BadLine | None:
     except ValueError:
         address = None
     if address is not None:
+        if getattr(address, "scope_id", None) is not None:
+            # fe80::1%eth0 parses, but a scope has no reverse name (and
+            # ipaddress raises when asked for one).
+            return BadLine(f"{target[:80]!r} has a scope (after the %); leave it out to ask for the name")
         if rdtype not in (None, "PTR"):
             return BadLine(f"{target} is an address: ask for its name with PTR, or leave the type out")
         return Query(str(address), "PTR", reverse_name(str(address)))
@@ -184,9 +188,15 @@ def encode_bad_request(message: str) -> bytes:
     return _line("bad-request", "-", "-", 0, "-", message)
 
 
-def encode_welcome(*, quota: int, idle_timeout: float, waited: float) -> bytes:
-    """Sent when the client is admitted: its quota (0: none), the idle timeout and the wait, in seconds."""
-    return _line("welcome", f"quota={quota}", f"idle-timeout={idle_timeout:g}", f"waited={waited:.3f}")
+def encode_welcome(*, quota: int, idle_timeout: float, waited: float, session_timeout: float = 0) -> bytes:
+    """Sent when the client is admitted: its quota (0: none), the idle and session timeouts and the wait, in seconds."""
+    return _line(
+        "welcome",
+        f"quota={quota}",
+        f"idle-timeout={idle_timeout:g}",
+        f"session-timeout={session_timeout:g}",
+        f"waited={waited:.3f}",
+    )
 
 
 def encode_wait(place: int, serving: int) -> bytes:
@@ -219,11 +229,13 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """The client is admitted: its quota (0: none), the idle timeout and how long it waited, in seconds."""
+    """The client is admitted: its quota (0: none), the idle timeout, how long it waited and the
+    session timeout (0: none; absent from older servers' welcome), in seconds."""
 
     quota: int
     idle_timeout: float
     waited: float
+    session_timeout: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +271,12 @@ def parse_reply(line: bytes) -> Reply | Welcome | Wait | Bye:
             return Reply(status, name, rdtype, int(ttl), source, (), " ".join(rest))
         if kind == "welcome":
             fields = dict(w.split("=", 1) for w in words[1:])
-            return Welcome(int(fields["quota"]), float(fields["idle-timeout"]), float(fields["waited"]))
+            return Welcome(
+                int(fields["quota"]),
+                float(fields["idle-timeout"]),
+                float(fields["waited"]),
+                float(fields.get("session-timeout", 0)),
+            )
         if kind == "wait":
             return Wait(int(words[1]), " ".join(words[2:]))
         if kind == "bye":

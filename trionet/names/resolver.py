@@ -12,8 +12,9 @@ upstream failed, the answer is SERVFAIL with the reasons. Every wait is
 bounded (``timeout`` per upstream), so a client never hangs.
 
 Turning a DNS response into an :class:`~trionet.names.answer.Answer`
-(following CNAME chains, reading the SOA of a negative answer) is pure and
-lives in :func:`answer_from_response`.
+(following CNAME chains, reading the SOA of a negative answer, taken only
+from a zone that encloses the name) is pure and lives in
+:func:`answer_from_response`.
 """
 
 from __future__ import annotations
@@ -111,6 +112,23 @@ def _find(section: list, name: dns.name.Name, rdtype: int):
     return None
 
 
+def _enclosing_soa(section: list, name: dns.name.Name):
+    """The SOA in ``section`` of the closest zone that encloses ``name``, or None.
+
+    An upstream (or whoever forges its answers) may put any record in the
+    authority section; an SOA whose owner is not ``name`` or one of its
+    ancestors (``com.`` for a name under ``example.test``) says nothing about
+    ``name`` and is dropped, so it is neither cached nor passed on.
+    """
+    best = None
+    for rrset in section:
+        if rrset.rdtype != dns.rdatatype.SOA or rrset.rdclass != dns.rdataclass.IN or not len(rrset):
+            continue
+        if name.is_subdomain(rrset.name) and (best is None or len(rrset.name) > len(best.name)):
+            best = rrset
+    return best
+
+
 def _text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True).lower() or "."
 
@@ -122,6 +140,11 @@ def answer_from_response(name: str, rdtype: str, response: dns.message.Message) 
         The answer (source ``dns``, TTL the smallest of the records used, not
         yet clamped), and the name to query next when the response ends in
         a CNAME whose target it does not resolve (else None).
+
+    Only records about the name asked are believed: answer records must be
+    owned by the name (or the CNAME chain's next name), and the SOA of a
+    negative answer must be that of a zone enclosing it; any other SOA (and
+    every NS record of the authority section) is dropped.
 
     Raises:
         UpstreamFailure: the response's rcode is neither NOERROR nor
@@ -151,7 +174,10 @@ def answer_from_response(name: str, rdtype: str, response: dns.message.Message) 
         chain.append((_text(current), _text(target)))
         ttl = min(ttl, cname.ttl)
         current = target
-    soa = next((r for r in response.authority if r.rdtype == dns.rdatatype.SOA), None)
+    # Only the authority of a zone that encloses the name answered counts (the
+    # end of the CNAME chain: that is the name the negative answer is about).
+    # NS records of the authority section are never used or passed on.
+    soa = _enclosing_soa(response.authority, current)
     if chain and rcode == dns.rcode.NOERROR and soa is None:
         partial = Answer(name, rdtype, "nodata", (), int(ttl), "dns", _text(current), tuple(chain))
         return partial, _text(current)

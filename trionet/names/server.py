@@ -4,14 +4,18 @@
 line protocol and DNS over TCP, that share one
 :class:`~trionet.limits.AdmissionLimit`: at most ``limit`` clients are served
 at once across both ports, the next ``backlog`` wait in FIFO order, and the
-rest are turned away with a "busy" reply. Each connection goes through the
-same stages:
+rest are turned away with a "busy" reply; so is a client whose address
+already holds ``per_address`` slots and places in line. Each connection goes
+through the same stages:
 
 1. *waiting*: while it waits for a slot the client's input is read (and kept,
    up to :data:`WAIT_BUFFER` bytes), so that a client that leaves is noticed
    and leaves the line; a line client is told its place each time it changes;
-2. *admitted*: requests are answered until the quota is used, the client
-   quits or is idle for ``idle_timeout`` seconds, or the server shuts down;
+   after ``wait_timeout`` seconds without a slot it is turned away;
+2. *admitted*: requests are answered until the session's
+   :class:`~trionet.names.session.SessionRules` end it (the quota is used,
+   the client is idle for ``idle_timeout`` seconds or was admitted
+   ``session_timeout`` seconds ago), the client quits, or the server shuts down;
 3. *closing*: the slot is given back first, so the next client is admitted
    at once; then the server sends EOF and reads what the client still sends
    (for at most :data:`LINGER` seconds) before closing, so the last answer
@@ -27,6 +31,7 @@ never dropped for a reload.
 from __future__ import annotations
 
 import collections
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,13 +41,14 @@ from dataclasses import dataclass, field
 import trio
 
 from trionet.framing import EOF, NEED_DATA, Frame, LengthPrefixFramer, Oversized, TruncatedFrame, encode_length_prefixed
-from trionet.limits import AdmissionLimit, Ticket, WaitingRoomFull
+from trionet.limits import AdmissionLimit, ShareExceeded, Ticket, WaitingRoomFull, WaitTimeout, client_key
 from trionet.log import get_logger
 from trionet.names import dnswire, protocol
 from trionet.names.answer import Answer
 from trionet.names.cache import AnswerCache
 from trionet.names.hosts import HostsTable, load_hosts
 from trionet.names.resolver import Resolver, Transport, Upstream
+from trionet.names.session import SessionRules
 from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService, receive_event
 
 __all__ = [
@@ -80,6 +86,10 @@ class NamesConfig:
         quota: queries each admitted client may make; 0 for no quota.
         backlog: clients that may wait for a slot; ``None`` for no bound.
         idle_timeout: seconds an admitted client may stay silent; 0 for no limit.
+        per_address: slots plus places in line one client address (an IPv6
+            /64) may hold at once; 0 for no limit.
+        wait_timeout: seconds a client may wait in line for a slot; 0 for no limit.
+        session_timeout: seconds an admitted client may keep its slot; 0 for no limit.
         cache_size: answers kept in the cache (LRU).
         min_ttl: cached answers live at least this many seconds...
         max_ttl: ...and at most this many.
@@ -93,6 +103,9 @@ class NamesConfig:
     quota: int = 4
     backlog: int | None = 64
     idle_timeout: float = 30.0
+    per_address: int = 8
+    wait_timeout: float = 60.0
+    session_timeout: float = 60.0
     cache_size: int = 10_000
     min_ttl: int = 0
     max_ttl: int = 86_400
@@ -109,8 +122,13 @@ class NamesAddresses:
     dns: tuple[str, int]
 
 
-class _Busy(Exception):
-    """The waiting room was full."""
+class _Refused(Exception):
+    """The client is turned away before it is admitted: ``reason`` is the bye reason, ``message`` says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 @dataclass(eq=False)
@@ -118,8 +136,9 @@ class _Session:
     """One connection's state that the drain watcher also looks at."""
 
     ticket: Ticket | None = None
+    key: str = ""  # the client's address, as its per-address share counts it
     busy: bool = False
-    stopping: str = ""  # why the session ends: "shutdown" or "idle-timeout"
+    stopping: str = ""  # why the session ends: "shutdown" or a bye reason of SessionRules
     wait_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     pending: collections.deque = field(default_factory=collections.deque)
     sends: SendWatchdog = field(default_factory=lambda: SendWatchdog(STUCK_SEND_NO_IDLE))
@@ -152,7 +171,10 @@ class NamesServer:
         self.hosts_path = hosts_path
         self.table = table or HostsTable()
         self.cache = AnswerCache(self.config.cache_size, min_ttl=self.config.min_ttl, max_ttl=self.config.max_ttl)
-        self.admission = AdmissionLimit(self.config.limit, self.config.backlog)
+        self.admission = AdmissionLimit(
+            self.config.limit, self.config.backlog, per_key=self.config.per_address or None
+        )
+        self.rules = SessionRules(self.config.quota, self.config.idle_timeout, self.config.session_timeout)
         self.line_service = TCPService("names", self.handle_line, log)
         self.dns_service = TCPService("names-dns", self.handle_dns, log)
         self.resolver: Resolver | None = None
@@ -289,9 +311,15 @@ class NamesServer:
         """Wait for a slot while reading the client's input; True once admitted.
 
         Returns False when the client left while waiting (or the server is
-        shutting down). Raises :class:`_Busy` when the waiting room is full.
+        shutting down). Raises :class:`_Refused` when the waiting room is
+        full, the client's address holds its share, or no slot came free
+        within ``wait_timeout`` seconds.
         """
-        session.ticket = self.admission.try_enter()
+        session.key = _client_key(conn)
+        try:
+            session.ticket = self.admission.try_enter(key=session.key)
+        except ShareExceeded as exc:
+            raise self._refusal(exc) from None
         if session.ticket is not None:
             return True  # a free slot: no waiting, nothing to watch
 
@@ -313,15 +341,36 @@ class NamesServer:
                     has_request = True
             await trio.sleep_forever()  # enough kept: TCP holds back the rest
 
+        refused: Exception | None = None
         try:
             with session.wait_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(watch_client, nursery.cancel_scope)
-                    session.ticket = await self.admission.enter(on_wait=on_wait)
+                    session.ticket = await self.admission.enter(
+                        on_wait=on_wait, key=session.key, timeout=self.config.wait_timeout or math.inf
+                    )
                     nursery.cancel_scope.cancel()
-        except* WaitingRoomFull:
-            raise _Busy from None
+        except* (WaitingRoomFull, ShareExceeded, WaitTimeout) as group:
+            refused = _first_leaf(group)
+        if refused is not None:
+            raise self._refusal(refused)
         return session.ticket is not None
+
+    def _refusal(self, exc: Exception) -> _Refused:
+        """The bye reason and message for a client that ``exc`` turned away."""
+        if isinstance(exc, ShareExceeded):
+            return _Refused(
+                "busy",
+                f"per-address: {exc.key} already has {exc.per_key} connection(s) served or waiting, "
+                "the most one address may have; try again when one has closed",
+            )
+        if isinstance(exc, WaitTimeout):
+            return _Refused("wait-timeout", f"no slot came free within {exc.timeout:g} seconds; try again later")
+        return _Refused(
+            "busy",
+            f"all {self.admission.limit} slots are busy and {self.admission.waiting} client(s) are waiting; "
+            "try again later",
+        )
 
     def _release(self, session: _Session) -> None:
         if session.ticket is not None:
@@ -358,9 +407,16 @@ class NamesServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
-    def _idle_deadline(self) -> float:
-        idle = self.config.idle_timeout
-        return trio.current_time() + idle if idle > 0 else float("inf")
+    def _bye(self, reason: str, answered: int) -> bytes:
+        """The ``bye`` line for a session that :attr:`rules` ended."""
+        config = self.config
+        message = {
+            "quota-reached": f"{answered} queries answered, the quota of this server; connect again for more",
+            "idle-timeout": f"no query for {config.idle_timeout:g} seconds; goodbye",
+            "session-timeout": f"admitted {config.session_timeout:g} seconds ago, the longest a session may last; "
+            "connect again for more",
+        }[reason]
+        return protocol.encode_bye(reason, message)
 
     # --- the line port --------------------------------------------------------------
 
@@ -391,16 +447,21 @@ class NamesServer:
 
         try:
             admitted = await self._admit(conn, session, proto, tell_place)
-        except _Busy:
-            message = f"all {self.admission.limit} slots are busy and {self.admission.waiting} client(s) are waiting; try again later"
-            await self._send(session, stream, protocol.encode_bye("busy", message))
+        except _Refused as refused:
+            await self._send(session, stream, protocol.encode_bye(refused.reason, refused.message))
             return
         if not admitted:
             if session.stopping == "shutdown":
                 await self._send(session, stream, protocol.encode_bye("shutdown", "the server is shutting down"))
             return
         ticket = session.ticket
-        welcome = protocol.encode_welcome(quota=config.quota, idle_timeout=config.idle_timeout, waited=ticket.waited)
+        admitted_at = ticket.admitted
+        welcome = protocol.encode_welcome(
+            quota=config.quota,
+            idle_timeout=config.idle_timeout,
+            session_timeout=config.session_timeout,
+            waited=ticket.waited,
+        )
         await self._send(session, stream, welcome)
         answered = 0
         while True:
@@ -410,7 +471,8 @@ class NamesServer:
             if session.pending:
                 event = session.pending.popleft()
             else:
-                session.wait_scope = trio.CancelScope(deadline=self._idle_deadline())
+                deadline, reason = self.rules.read_deadline(admitted_at, trio.current_time())
+                session.wait_scope = trio.CancelScope(deadline=deadline)
                 if session.stopping:
                     session.wait_scope.cancel()
                 event = None
@@ -419,11 +481,7 @@ class NamesServer:
                 if event is None:
                     if session.stopping == "shutdown":
                         continue
-                    await self._send(
-                        session,
-                        stream,
-                        protocol.encode_bye("idle-timeout", f"no query for {config.idle_timeout:g} seconds; goodbye"),
-                    )
+                    await self._send(session, stream, self._bye(reason, answered))
                     return
             if event is EOF:
                 return
@@ -439,11 +497,9 @@ class NamesServer:
                 answer = await self.lookup(event.qname, event.rdtype)
                 reply = protocol.encode_answer(answer, event.name)
             session.busy = False
-            if config.quota and answered >= config.quota:
-                reply += protocol.encode_bye(
-                    "quota-reached", f"{answered} queries answered, the quota of this server; connect again for more"
-                )
-                await self._send(session, stream, reply)
+            ending = self.rules.end_reason(answered, admitted_at, trio.current_time())
+            if ending:
+                await self._send(session, stream, reply + self._bye(ending, answered))
                 return
             await self._send(session, stream, reply)
 
@@ -459,11 +515,13 @@ class NamesServer:
         config = self.config
         try:
             admitted = await self._admit(conn, session, framer, None)
-        except _Busy:
+        except _Refused:
             await self._refuse(session, stream, framer)
             return
         if not admitted:
             return
+        admitted_at = session.ticket.admitted
+        session_deadline = self.rules.session_deadline(admitted_at)
         send_lock = trio.Lock()
         in_flight = trio.Semaphore(config.max_in_flight)
         answered = 0
@@ -497,12 +555,18 @@ class NamesServer:
                         if out:  # answer everything that arrived together with one send
                             await send(b"".join(out))
                             out.clear()
-                        session.wait_scope = trio.CancelScope(deadline=self._idle_deadline())
+                        # Checked once per read, not per message: the fast path stays fast.
+                        now = trio.current_time()
+                        if now >= session_deadline:
+                            session.stopping = "session-timeout"
+                            break
+                        deadline, reason = self.rules.read_deadline(admitted_at, now)
+                        session.wait_scope = trio.CancelScope(deadline=deadline)
                         event = None
                         with session.wait_scope:
                             event = await receive_event(stream, framer)
                         if event is None:
-                            session.stopping = session.stopping or "idle-timeout"
+                            session.stopping = session.stopping or reason
                             break
                 if event is EOF or isinstance(event, TruncatedFrame):
                     break
@@ -541,7 +605,7 @@ class NamesServer:
                 await send(b"".join(out))
         # Every answer is sent; give the slot to the next client before closing.
         self._release(session)
-        if session.stopping == "quota-reached":
+        if session.stopping in ("quota-reached", "session-timeout"):
             await self._let_dns_client_close(stream, framer)
 
     def _remember_hosts_wire(self, query: bytes, response: bytes) -> None:
@@ -571,16 +635,43 @@ class NamesServer:
                 pass
 
     async def _refuse(self, session: _Session, stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
-        """Answer a turned-away DNS client's first query with REFUSED, if it comes within a second."""
-        with trio.move_on_after(1.0):
-            event = await receive_event(stream, framer)
-            if isinstance(event, Frame):
-                parsed = dnswire.parse_query(event.payload)
-                if isinstance(parsed, bytes):
-                    wire = parsed
-                else:
-                    wire = dnswire.build_error(event.payload, dnswire.REFUSED, parsed)
-                await self._send(session, stream, _frame(wire))
+        """Answer a turned-away DNS client with REFUSED, the DNS port's ``bye busy`` and ``bye wait-timeout``.
+
+        The queries it sent while waiting are each refused; if there are
+        none, its first query is, if it comes within a second.
+        """
+        frames = [event for event in session.pending if isinstance(event, Frame)]
+        if not frames:
+            with trio.move_on_after(1.0):
+                event = await receive_event(stream, framer)
+                if isinstance(event, Frame):
+                    frames.append(event)
+        if frames:
+            await self._send(session, stream, b"".join(_frame(_refused(frame.payload)) for frame in frames))
+
+
+def _refused(payload: bytes) -> bytes:
+    parsed = dnswire.parse_query(payload)
+    if isinstance(parsed, bytes):
+        return parsed  # not a query it could have had answered: its own error
+    return dnswire.build_error(payload, dnswire.REFUSED, parsed)
+
+
+def _client_key(conn: Connection) -> str:
+    """The key of the client's per-address share: its address (an IPv6 /64), else what the log calls it."""
+    sock = getattr(conn.stream, "socket", None)
+    try:
+        host = sock.getpeername()[0] if sock is not None else conn.peer
+    except OSError:
+        host = conn.peer  # already reset
+    return client_key(host)
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _frame(wire: bytes) -> bytes:
