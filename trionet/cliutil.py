@@ -7,21 +7,31 @@ defined once here.
 
 from __future__ import annotations
 
+import errno
+import functools
+import logging
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import click
 import trio
 
 from trionet import log
-from trionet.serving import TCPService, format_address
+from trionet.addresses import format_address
+from trionet.errors import leaves
+from trionet.serving import ListenError
+
+T = TypeVar("T")
 
 __all__ = [
     "grace_option",
     "host_option",
     "log_level_option",
     "port_option",
-    "run_until_signal",
+    "describe_os_error",
+    "distinct_ports",
     "serve_until_signal",
 ]
 
@@ -75,46 +85,123 @@ def grace_option(fn: Callable) -> Callable:
     )(fn)
 
 
-async def run_until_signal(main: Callable, *, on_signal: Callable[[int], None]) -> None:
-    """Run ``await main(task_status=...)`` and call ``on_signal(signum)`` on SIGINT/SIGTERM.
+async def _run_until_signal(
+    main: Callable[[], Awaitable[T]], *, on_stop: Callable[[int], None], on_reload: Callable[[], None] | None
+) -> T:
+    """Run ``await main()``; call ``on_stop(signum)`` on SIGINT/SIGTERM and ``on_reload()`` on SIGHUP.
 
-    A second signal cancels everything at once. Returns when ``main`` returns.
+    A second SIGINT/SIGTERM cancels everything at once. Returns what ``main`` returns.
     """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if on_reload is not None else [])
+    with trio.open_signal_receiver(*wanted) as signals:
         async with trio.open_nursery() as nursery:
 
             async def _watch() -> None:
-                count = 0
+                stops = 0
                 async for signum in signals:
-                    count += 1
-                    if count == 1:
-                        on_signal(signum)
+                    if signum == signal.SIGHUP:
+                        on_reload()
+                        continue
+                    stops += 1
+                    if stops == 1:
+                        on_stop(signum)
                     else:
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(_watch)
-            await main()
+            result = await main()
             nursery.cancel_scope.cancel()
+    return result
 
 
-def serve_until_signal(service: TCPService, host: str, port: int, grace: float, *, backlog=None) -> None:
-    """Run ``service`` on ``host``:``port`` until SIGINT or SIGTERM, then drain it within ``grace``.
+def serve_until_signal(
+    name: str,
+    main: Callable[[], Awaitable[T]],
+    *,
+    shutdown: Callable[[float], None],
+    grace: float | None = None,
+    reload: Callable[[], None] | None = None,
+    expected: tuple[type[BaseException], ...] = (),
+) -> T:
+    """The body of every ``trionet ... serve`` and ``ring join`` command: run a service until a signal.
 
-    This is the body of every ``trionet ... serve`` command; it returns
-    normally after a graceful shutdown, so the command exits 0.
+    Runs ``await main()`` in ``trio.run``. The first SIGINT or SIGTERM is
+    logged and calls ``shutdown(grace)`` (stop accepting, let work in hand
+    finish within ``grace`` seconds); a second one cancels everything.
+    SIGHUP calls ``reload()`` when one is given.
+
+    Args:
+        name: the service, for the log (``trionet.NAME``).
+        main: starts and runs the service, e.g. ``functools.partial(server.serve, host, port)``.
+        shutdown: called with ``grace`` on the first stop signal.
+        grace: seconds running requests may take at shutdown; None where the
+            service decides itself (the ring finalizes).
+        reload: called on SIGHUP; without it SIGHUP keeps its default action.
+        expected: exception types that are the service's own start-up or run
+            failures (a ring that cannot form, say): shown as one line.
+
+    Returns:
+        What ``main`` returned, after a graceful shutdown.
+
+    Error handling:
+        A failure people hit at start (the port in use, an address that is
+        not local, a low port without privileges; see
+        :func:`describe_os_error`) and every ``expected`` exception become a
+        one-line ``click.ClickException`` (exit status 1), however deeply
+        trio's nurseries grouped them. Anything else, and everything under
+        ``--log-level debug``, keeps its traceback.
     """
-    logger = log.get_logger(service.name)
+    logger = log.get_logger(name)
 
-    def _on_signal(signum: int) -> None:
-        logger.info("%s: shutting down (grace %.1fs)", signal.Signals(signum).name, grace)
-        service.shutdown(grace)
+    def _on_stop(signum: int) -> None:
+        detail = f" (grace {grace:.1f}s)" if grace is not None else ""
+        logger.info("%s: shutting down%s", signal.Signals(signum).name, detail)
+        shutdown(grace if grace is not None else 0.0)
 
-    async def _main() -> None:
-        await run_until_signal(
-            lambda: service.serve(host, port, backlog=backlog), on_signal=_on_signal
-        )
+    def _on_reload() -> None:
+        logger.info("SIGHUP: reloading")
+        reload()
 
     try:
-        trio.run(_main)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {format_address((host, port))}: {exc.strerror or exc}")
+        return trio.run(
+            functools.partial(_run_until_signal, main, on_stop=_on_stop, on_reload=_on_reload if reload else None)
+        )
+    except (OSError, BaseExceptionGroup, *expected) as exc:
+        found = list(leaves(exc))
+        if logger.isEnabledFor(logging.DEBUG) or not all(isinstance(e, (OSError, *expected)) for e in found):
+            raise
+        lines = dict.fromkeys(describe_os_error(e) if isinstance(e, OSError) else str(e) for e in found)
+        raise click.ClickException("; ".join(lines)) from None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a start-up failure: what went wrong, and what to try.
+
+    A :class:`~trionet.serving.ListenError` names the address it could not
+    listen on.
+    """
+    where = f"cannot listen on {format_address(exc.address)}" if isinstance(exc, ListenError) else "error"
+    hint = _HINTS.get(exc.errno or 0)
+    if isinstance(exc, socket.gaierror) or isinstance(exc.__cause__, socket.gaierror):
+        hint = "the host name does not resolve: give an IP address such as 127.0.0.1 or 0.0.0.0"
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" + (f"; {hint}" if hint else "")
+
+
+_HINTS = {
+    errno.EADDRINUSE: "another process listens there: stop it, or choose another port (0 picks a free one)",
+    errno.EADDRNOTAVAIL: "that address is not one of this machine's: use 127.0.0.1 (this machine only), "
+    "0.0.0.0 (every interface) or an address of one of its interfaces",
+    errno.EACCES: "ports below 1024 need root (or CAP_NET_BIND_SERVICE): choose a port of 1024 or more",
+    errno.EPERM: "ports below 1024 need root (or CAP_NET_BIND_SERVICE): choose a port of 1024 or more",
+}
+
+
+def distinct_ports(**ports: int) -> None:
+    """Fail with a usage error when two of the named ``--OPTION`` ports are the same non-zero port."""
+    seen: dict[int, str] = {}
+    for option, port in ports.items():
+        flag = "--" + option.replace("_", "-")
+        if port and port in seen:
+            raise click.UsageError(f"{seen[port]} and {flag} are both {port}: each port needs its own number")
+        seen.setdefault(port, flag)

@@ -21,22 +21,38 @@ from dataclasses import dataclass, field
 
 import trio
 
+from trionet.addresses import format_address
+from trionet.errors import first_message
 from trionet.framing import NEED_DATA
 
-__all__ = ["Connection", "EagerSocketStream", "SendWatchdog", "TCPService", "format_address", "receive_event"]
+__all__ = [
+    "Connection",
+    "EagerSocketStream",
+    "ListenError",
+    "SendWatchdog",
+    "TCPService",
+    "format_address",
+    "receive_event",
+]
 
 RECEIVE_CHUNK = 65536
 
 
-def format_address(sockaddr) -> str:
-    """Format a socket address as ``host:port`` (``[v6]:port`` for IPv6)."""
-    try:
-        host, port = sockaddr[0], sockaddr[1]
-    except (TypeError, IndexError):
-        return str(sockaddr)
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
+class ListenError(OSError):
+    """A service could not listen: its ``name`` and the ``address`` it tried, and the system's reason.
+
+    It is an ``OSError`` with the original ``errno`` and ``strerror``, so
+    callers that catch ``OSError`` keep working; the CLI turns it into one
+    line (``trionet.cliutil.describe_os_error``).
+    """
+
+    def __init__(self, cause: OSError, service: str, address: tuple[str, int]) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.service = service
+        self.address = address
+
+    def __str__(self) -> str:
+        return f"{self.service} cannot listen on {format_address(self.address)}: {self.strerror}"
 
 
 @dataclass(eq=False)
@@ -92,7 +108,10 @@ class TCPService:
         works in tests), and returns once :meth:`shutdown` was called and
         every connection has finished or the grace period ran out.
         """
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+        except OSError as exc:
+            raise ListenError(exc, self.name, (host or "*", port)) from exc
         addresses = [l.socket.getsockname()[:2] for l in listeners]
         try:
             async with trio.open_nursery() as conn_nursery:
@@ -156,7 +175,7 @@ class TCPService:
         try:
             await self._handler(conn)
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            outcome = f"closed by peer ({_first_message(group)})"
+            outcome = f"closed by peer ({first_message(group)})"
         except* Exception:
             outcome = "closed after an internal error"
             self._log.exception("%s handler failed for %s", self.name, peer)
@@ -171,13 +190,6 @@ class TCPService:
                 trio.current_time() - conn.opened,
                 conn.requests,
             )
-
-
-def _first_message(group: BaseExceptionGroup) -> str:
-    exc = group.exceptions[0]
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return str(exc) or type(exc).__name__
 
 
 async def receive_event(stream: trio.abc.ReceiveStream, framer, max_bytes: int = RECEIVE_CHUNK):

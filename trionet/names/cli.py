@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import signal
+import functools
 import sys
 
 import click
 import trio
 
 from trionet import log
-from trionet.cliutil import grace_option, host_option, log_level_option, port_option, run_until_signal
+from trionet.cliutil import (
+    distinct_ports,
+    grace_option,
+    host_option,
+    log_level_option,
+    port_option,
+    serve_until_signal,
+)
 from trionet.names import client as names_client
 from trionet.names.answer import LINE_TYPES
 from trionet.names.protocol import DEFAULT_PORT
@@ -197,6 +204,7 @@ def serve(
     """
     if min_ttl > max_ttl:
         raise click.BadParameter("--min-ttl is larger than --max-ttl", param_hint="--min-ttl")
+    distinct_ports(port=port, dns_port=dns_port)
     logger = log.get_logger("names")
     upstreams = list(upstreams) or system_upstreams()
     if not upstreams:
@@ -224,28 +232,13 @@ def serve(
         ", ".join(str(u) for u in upstreams) or "none",
     )
 
-    def on_signal(signum: int) -> None:
-        logger.info("%s: shutting down (grace %.1fs)", signal.Signals(signum).name, grace)
-        server.shutdown(grace)
-
-    async def main() -> None:
-        async def reload_on_sighup() -> None:
-            with trio.open_signal_receiver(signal.SIGHUP) as signals:
-                async for _ in signals:
-                    logger.info("SIGHUP: reloading %s", hosts_path)
-                    server.request_reload()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reload_on_sighup)
-            await run_until_signal(
-                lambda: server.serve(host, port, dns_port, listen_backlog=listen_backlog), on_signal=on_signal
-            )
-            nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(main)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}: {exc.strerror or exc}") from None
+    serve_until_signal(
+        "names",
+        functools.partial(server.serve, host, port, dns_port, listen_backlog=listen_backlog),
+        shutdown=server.shutdown,
+        grace=grace,
+        reload=server.request_reload,
+    )
 
 
 @names.command()

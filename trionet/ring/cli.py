@@ -11,8 +11,7 @@ import sys
 import click
 import trio
 
-from trionet.cliutil import log_level_option, run_until_signal
-from trionet.errors import leaves
+from trionet.cliutil import log_level_option, serve_until_signal
 from trionet.ring.config import ConfigError, count_messages, is_loopback, iter_messages, load_config, load_secret
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
 from trionet.ring.protocol import Summary
@@ -186,15 +185,9 @@ def join(
     )
     click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {total} message(s) to send", err=True)
     try:
-        trio.run(functools.partial(run_until_signal, node.run, on_signal=lambda signum: node.request_stop()))
-    except* RingError as group:
-        raise click.ClickException("; ".join(str(e) for e in leaves(group))) from None
-    except* OSError as group:
-        raise click.ClickException(
-            f"node {node_id} cannot listen on {node.listen.address}: " + "; ".join(str(e) for e in leaves(group))
-        ) from None
-    except* ConfigError as group:
-        raise click.ClickException("; ".join(str(e) for e in leaves(group))) from None
+        serve_until_signal(
+            "ring", node.run, shutdown=lambda _grace: node.request_stop(), expected=(RingError, ConfigError)
+        )
     finally:
         if deliveries is not None:
             deliveries.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import sqlite3
@@ -119,7 +120,7 @@ def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes
         raise click.ClickException(exc.message) from None
     config = SqlServerConfig(query_timeout=query_timeout, max_rows=max_rows, max_request_bytes=max_request_bytes)
     server = SqlServer(database, config)
-    serve_until_signal(server.service, host, port, grace)
+    serve_until_signal("sql", functools.partial(server.serve, host, port), shutdown=server.shutdown, grace=grace)
 
 
 def parse_param(text: str):
