@@ -158,10 +158,18 @@ def parse_request(line: bytes) -> Request | BadRequest | None:
         return Request(id=None, sql=stripped, bare=True)
     try:
         obj = json.loads(stripped)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return BadRequest(None, "bad_request", f"invalid JSON: {exc}")
+    except RecursionError:
+        return BadRequest(None, "bad_request", "invalid JSON: nested too deeply")
+    except ValueError as exc:
+        # JSONDecodeError, and the plain ValueError of an integer literal
+        # longer than sys.get_int_max_str_digits() (4300 digits by default).
+        return BadRequest(None, "bad_request", f"invalid JSON: {str(exc)[:200]}")
     if not isinstance(obj, dict):
         return BadRequest(None, "bad_request", "a JSON request must be an object")
+    if "\\u" in stripped and _has_lone_surrogate(obj):
+        # "\ud800" is valid JSON but no UTF-8 string: SQLite could not take it,
+        # and the id could not be echoed.
+        return BadRequest(None, "bad_request", "a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text")
     req_id = obj.get("id")
     if not (req_id is None or isinstance(req_id, (str, int)) and not isinstance(req_id, bool)):
         return BadRequest(None, "bad_request", "'id' must be a string, an integer or null")
@@ -189,6 +197,17 @@ def parse_request(line: bytes) -> Request | BadRequest | None:
     except ValueError as exc:
         return BadRequest(req_id, "bad_param", str(exc))
     return Request(id=req_id, sql=sql, params=params, max_rows=max_rows)
+
+
+_encode_any = json.JSONEncoder(ensure_ascii=False, allow_nan=True).encode
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    try:
+        _encode_any(obj).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def encode_request(
