@@ -8,25 +8,43 @@ connection alone.
 
 The safety rules live in SQLite's own hooks, not in string matching:
 
-- the authorizer denies ATTACH and DETACH (which also stops ``VACUUM INTO``),
-  ``load_extension``, PRAGMAs outside a short list, and, on a read-only
-  server, every write to the main database (temporary tables stay allowed);
+- the authorizer is an allow-list: it allows the statements, functions
+  (:data:`ALLOWED_FUNCTIONS`), table-valued functions
+  (:data:`ALLOWED_TABLE_FUNCTIONS`), virtual-table modules
+  (:data:`ALLOWED_MODULES`, empty) and PRAGMAs a read-only analyst needs,
+  writes to the main database on a read-write server only, and refuses the
+  rest: ATTACH and DETACH (so ``VACUUM INTO``), ``load_extension``, and
+  ``fts3_tokenizer`` and every other function that takes or leaks a pointer;
+- ``printf``/``format`` are wrapped so that their widths and precisions
+  cannot keep SQLite busy for seconds inside one VM step;
 - the server interrupts a statement (``sqlite3_interrupt``) at its deadline,
   when its client leaves, or at shutdown; a statement tried on the event loop
   is also bounded by a progress handler counting VM instructions;
 - ``sqlite3_limit`` caps strings, blobs and SQL text, and forbids attached
-  databases outright.
+  databases outright; ``PRAGMA temp.max_page_count`` caps temporary storage.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INLINE_BUDGET", "Database", "FetchResult", "OverBudget", "Session", "SqlError"]
+__all__ = [
+    "ALLOWED_FUNCTIONS",
+    "ALLOWED_MODULES",
+    "ALLOWED_TABLE_FUNCTIONS",
+    "INLINE_BUDGET",
+    "Database",
+    "FetchResult",
+    "OverBudget",
+    "Session",
+    "SqlError",
+]
 
 _PROGRESS_STEPS = 1000  # VM instructions between budget checks on the event loop (about 15-25 us here)
 _THREAD_PROGRESS_STEPS = 1_000_000  # ... and between checks in a worker thread (about 20 ms)
@@ -40,6 +58,39 @@ _READ_ACTIONS = frozenset(
 )
 _CLASSIFIED_MAX = 4096  # SQL texts whose read-only verdict a Database remembers
 
+# --- the sandbox: an allow-list ------------------------------------------------
+#
+# The authorizer allows what is listed here and refuses everything else, so
+# a function or virtual-table module added by a newer SQLite is refused until
+# someone reads what it does and lists it. To extend: add the name below,
+# with a test in tests/sql/test_sandbox.py that it works, and say in
+# docs/protocol/sql.md why it cannot take, return or forge a pointer, open a
+# file, or run unbounded inside one VM step.
+
+# Actions any client may take, on any server.
+_ALWAYS_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_RECURSIVE,
+        sqlite3.SQLITE_TRANSACTION,
+        sqlite3.SQLITE_SAVEPOINT,
+    }
+)
+# Actions on the connection's own temporary schema (bounded by max_temp_bytes).
+_TEMP_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_CREATE_TEMP_TABLE,
+        sqlite3.SQLITE_CREATE_TEMP_INDEX,
+        sqlite3.SQLITE_CREATE_TEMP_VIEW,
+        sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+        sqlite3.SQLITE_DROP_TEMP_TABLE,
+        sqlite3.SQLITE_DROP_TEMP_INDEX,
+        sqlite3.SQLITE_DROP_TEMP_VIEW,
+        sqlite3.SQLITE_DROP_TEMP_TRIGGER,
+    }
+)
+# Actions that change the database file: a read-write server only.
 _WRITE_ACTIONS = frozenset(
     {
         sqlite3.SQLITE_CREATE_INDEX,
@@ -56,10 +107,57 @@ _WRITE_ACTIONS = frozenset(
         sqlite3.SQLITE_ALTER_TABLE,
         sqlite3.SQLITE_REINDEX,
         sqlite3.SQLITE_ANALYZE,
-        sqlite3.SQLITE_CREATE_VTABLE,
         sqlite3.SQLITE_DROP_VTABLE,
     }
 )
+# SQL functions a client may call. Left out on purpose: fts3_tokenizer (takes
+# and returns a raw C pointer: a segfault or an ASLR leak), fts5 (a pointer
+# argument), load_extension, the FTS auxiliaries (matchinfo, offsets,
+# snippet, highlight, bm25, optimize: they read FTS cursor internals),
+# rtreenode/rtreedepth/rtreecheck (decode raw node blobs), sqlite_log (writes
+# the server's log), sqlite_compileoption_* and the source ids (fingerprint
+# the build), match and subtype.
+ALLOWED_FUNCTIONS = frozenset(
+    {
+        # core scalars
+        "abs", "changes", "char", "coalesce", "concat", "concat_ws", "format", "glob", "hex", "ifnull",
+        "iif", "instr", "last_insert_rowid", "length", "like", "likelihood", "likely", "lower", "ltrim",
+        "max", "min", "nullif", "octet_length", "printf", "quote", "random", "randomblob", "replace",
+        "round", "rtrim", "sign", "soundex", "sqlite_version", "substr", "substring", "total_changes",
+        "trim", "typeof", "unhex", "unicode", "unlikely", "upper", "zeroblob",
+        # aggregates and window functions
+        "avg", "count", "group_concat", "string_agg", "sum", "total",
+        "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
+        "first_value", "last_value", "nth_value",
+        # dates
+        "date", "time", "datetime", "julianday", "strftime", "unixepoch", "timediff",
+        "current_date", "current_time", "current_timestamp",
+        # math
+        "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "ceiling", "cos", "cosh",
+        "degrees", "exp", "floor", "ln", "log", "log10", "log2", "mod", "pi", "pow", "power", "radians",
+        "sin", "sinh", "sqrt", "tan", "tanh", "trunc",
+        # JSON
+        "json", "json_array", "json_array_length", "json_extract", "json_insert", "json_object",
+        "json_patch", "json_quote", "json_remove", "json_replace", "json_set", "json_type", "json_valid",
+        "json_group_array", "json_group_object", "->", "->>",
+    }
+)
+# SQLite's own helpers for ALTER TABLE (a client cannot call them itself).
+_ALTER_FUNCTIONS = frozenset(
+    {"sqlite_rename_column", "sqlite_rename_table", "sqlite_rename_test", "sqlite_drop_column",
+     "sqlite_rename_quotefix"}
+)
+# Table-valued functions (eponymous virtual tables) a client may read.
+# dbstat and sqlite_stmt are left out; pragma_* tables are judged as PRAGMAs.
+ALLOWED_TABLE_FUNCTIONS = frozenset({"json_each", "json_tree"})
+# Virtual-table modules a client may CREATE VIRTUAL TABLE with: none. fts3/4
+# take tokenizers by pointer, and every module's shadow tables can be
+# written with crafted blobs, which SQLITE_DBCONFIG_DEFENSIVE (not reachable
+# from Python's sqlite3) would otherwise stop.
+ALLOWED_MODULES: frozenset[str] = frozenset()
+# Schema tables SQLite touches on its own (building an eponymous table);
+# a client cannot write them without PRAGMA writable_schema, which is denied.
+_SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_temp_master", "sqlite_schema", "sqlite_temp_schema"})
 
 # PRAGMAs that only report, whatever their argument.
 _PRAGMA_REPORTS = frozenset(
@@ -82,6 +180,39 @@ _PRAGMA_WRITABLE = frozenset(
     {"user_version", "application_id", "foreign_keys", "defer_foreign_keys", "recursive_triggers",
      "optimize", "wal_checkpoint", "incremental_vacuum"}
 )
+
+
+_PRINTF_DIRECTIVE = re.compile(r"%[-+ 0#,!]*(\*|\d*)(?:\.(\*|\d*))?l{0,2}(.?)", re.DOTALL)
+_LEADING_INT = re.compile(r"\s*[-+]?\d+")
+
+
+def _printf_work(fmt: str, args: tuple) -> int:
+    """An upper bound of the characters SQLite's printf loops over for ``fmt`` and ``args``."""
+    total = len(fmt)
+    it = iter(args)
+    for match in _PRINTF_DIRECTIVE.finditer(fmt):
+        width, precision, kind = match.groups()
+        for part in (width, precision):
+            if part == "*":
+                total += _int_arg(next(it, 0))
+            elif part:
+                total += int(part) if len(part) < 20 else 1 << 62
+        if kind and kind != "%":
+            value = next(it, None)
+            total += len(value) if isinstance(value, (str, bytes)) else 32
+    return total
+
+
+def _int_arg(value: Any) -> int:
+    # What sqlite3_value_int64 would make of a width or precision given by '*'.
+    if isinstance(value, (int, float)):
+        return abs(int(value)) if math.isfinite(value) else 1 << 62
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        match = _LEADING_INT.match(value)
+        return abs(int(match.group()[:20])) if match else 0
+    return 0
 
 
 class OverBudget(Exception):
@@ -119,6 +250,8 @@ class Database:
         read_write: allow writes; the database is switched to WAL mode.
         max_value_bytes: the largest string or blob a statement may build.
         max_sql_bytes: the longest SQL text accepted.
+        max_temp_bytes: the most a session's temporary tables and indexes may
+            hold (``PRAGMA temp.max_page_count``).
         busy_timeout: seconds a writer waits for another writer's lock.
 
     Raises:
@@ -132,13 +265,22 @@ class Database:
         read_write: bool = False,
         max_value_bytes: int = 16 << 20,
         max_sql_bytes: int = 1 << 20,
+        max_temp_bytes: int = 64 << 20,
         busy_timeout: float = 5.0,
     ) -> None:
         self.path = Path(path)
         self.read_write = read_write
         self.max_value_bytes = max_value_bytes
         self.max_sql_bytes = max_sql_bytes
+        self.max_temp_bytes = max_temp_bytes
         self.busy_timeout = busy_timeout
+        probe = sqlite3.connect(":memory:")
+        try:
+            # Every module SQLite was built with: a READ of one of these names
+            # is a table-valued function, judged against ALLOWED_TABLE_FUNCTIONS.
+            self.modules = frozenset(row[0] for row in probe.execute("PRAGMA module_list"))
+        finally:
+            probe.close()
         self._read_only_sql: dict[str, bool] = {}
         if not read_write and not self.path.is_file():
             raise SqlError("sql_error", f"no database at {self.path}")
@@ -203,6 +345,18 @@ class Session:
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, database.max_value_bytes)
         conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, database.max_sql_bytes)
+        page_size = conn.execute("PRAGMA temp.page_size").fetchone()[0]
+        conn.execute(f"PRAGMA temp.max_page_count = {max(1, database.max_temp_bytes // page_size)}")
+        # printf/format loop once per unit of width and precision even past
+        # the length limit, inside one VM step where sqlite3_interrupt is not
+        # seen (SQLite 3.40: printf('%.*c', 2e9, 'x') takes 3 s, and a format
+        # may hold many such directives). They are replaced by a wrapper that
+        # refuses widths and precisions summing past max_value_bytes, then
+        # lets SQLite's own printf do the work on a private connection.
+        self._printf_conn: sqlite3.Connection | None = None
+        self._function_error: tuple[str, str] | None = None
+        for name in ("printf", "format"):
+            conn.create_function(name, -1, self._printf, deterministic=True)
         conn.set_authorizer(self._authorize)
         conn.set_progress_handler(self._progress, _THREAD_PROGRESS_STEPS)
         self.connection = conn
@@ -224,16 +378,61 @@ class Session:
         self._auth_calls += 1
         if action not in _READ_ACTIONS:
             self._auth_read_only = False
-        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-            return self._deny("denied", "ATTACH and DETACH are not allowed on this server")
-        if action == sqlite3.SQLITE_FUNCTION and arg2 == "load_extension":
-            return self._deny("denied", "extensions are not allowed on this server")
+        if action in _ALWAYS_ACTIONS:
+            if action == sqlite3.SQLITE_READ and arg1 in self._db.modules and arg1 not in ALLOWED_TABLE_FUNCTIONS:
+                return self._deny("denied", f"the table-valued function {arg1} is not allowed on this server")
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_FUNCTION:
+            name = str(arg2).lower()
+            if name in ALLOWED_FUNCTIONS or (name in _ALTER_FUNCTIONS and self._db.read_write):
+                return sqlite3.SQLITE_OK
+            return self._deny("denied", f"the function {arg2} is not allowed on this server")
         if action == sqlite3.SQLITE_PRAGMA:
             return self._authorize_pragma(str(arg1).lower(), arg2)
-        if not self._db.read_write and action in _WRITE_ACTIONS and dbname != "temp":
-            target = f" {arg1}" if isinstance(arg1, str) else ""
-            return self._deny("read_only", f"the server is read-only: cannot write{target}")
-        return sqlite3.SQLITE_OK
+        if action in _TEMP_ACTIONS:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_CREATE_VTABLE:
+            if str(arg2).lower() in ALLOWED_MODULES:
+                return self._authorize_write(arg1, dbname)
+            return self._deny("denied", f"virtual tables of module {arg2} are not allowed on this server")
+        if action in _WRITE_ACTIONS:
+            if dbname == "temp" or arg1 in _SCHEMA_TABLES:
+                # The connection's own scratch space, or SQLite updating its
+                # schema on its own (a client cannot: writable_schema is denied).
+                return sqlite3.SQLITE_OK
+            return self._authorize_write(arg1, dbname)
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            return self._deny("denied", "ATTACH and DETACH are not allowed on this server")
+        return self._deny("denied", "this kind of statement is not allowed on this server")
+
+    def _authorize_write(self, target: Any, dbname: Any) -> int:
+        if self._db.read_write or dbname == "temp":
+            return sqlite3.SQLITE_OK
+        name = f" {target}" if isinstance(target, str) else ""
+        return self._deny("read_only", f"the server is read-only: cannot write{name}")
+
+    def _printf(self, *args: Any) -> Any:
+        if not args:
+            raise self._function_fails("sql_error", "printf needs a format")
+        fmt = args[0]
+        if fmt is None:
+            return None
+        if not isinstance(fmt, str):
+            fmt = str(fmt, "utf-8", "replace") if isinstance(fmt, bytes) else str(fmt)
+        limit = self._db.max_value_bytes
+        if _printf_work(fmt, args[1:]) > limit:
+            raise self._function_fails(
+                "too_big", f"printf widths and precisions add up to more than the server's limit of {limit} bytes"
+            )
+        if self._printf_conn is None:
+            self._printf_conn = sqlite3.connect(":memory:", check_same_thread=False)
+            self._printf_conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)
+        marks = ",".join("?" * len(args))
+        return self._printf_conn.execute(f"SELECT printf({marks})", args).fetchone()[0]
+
+    def _function_fails(self, code: str, message: str) -> Exception:
+        self._function_error = (code, message)
+        return ValueError(message)
 
     def _authorize_pragma(self, name: str, value: Any) -> int:
         if name in _PRAGMA_REPORTS or (name in _PRAGMA_SETTINGS and value is None):
@@ -289,6 +488,7 @@ class Session:
         self._close_cursor()
         self._timed_out = False
         self._denial = None
+        self._function_error = None
         self._budget = budget
         self._over_budget = False
         self._count_instructions(budget > 0)
@@ -375,6 +575,8 @@ class Session:
         except sqlite3.Error:
             pass
         self.connection.close()
+        if self._printf_conn is not None:
+            self._printf_conn.close()
 
     @property
     def aborted(self) -> bool:
@@ -397,10 +599,12 @@ class Session:
             if "binding" in message or "supplied" in message or "parameter" in message:
                 return SqlError("bad_param", message)
             return SqlError("sql_error", message)
+        if self._function_error is not None:
+            return SqlError(*self._function_error)
         if not isinstance(exc, sqlite3.Error):
             return SqlError("internal", f"{type(exc).__name__}: {message}")
         name = getattr(exc, "sqlite_errorname", "") or ""
-        if name == "SQLITE_AUTH" and self._denial is not None:
+        if self._denial is not None and (name == "SQLITE_AUTH" or message.startswith("not authorized")):
             return SqlError(*self._denial)
         if name == "SQLITE_INTERRUPT" or message == "interrupted":
             if self._timed_out:
@@ -414,4 +618,10 @@ class Session:
             return SqlError("constraint", message)
         if name == "SQLITE_TOOBIG":
             return SqlError("too_big", message)
+        if name == "SQLITE_FULL":
+            return SqlError(
+                "full",
+                f"{message} (a connection's temporary tables and indexes may hold "
+                f"{self._db.max_temp_bytes} bytes: --max-temp-bytes)",
+            )
         return SqlError("sql_error", message)

@@ -1,0 +1,117 @@
+"""The SQLite sandbox: an allow-list of functions, table functions and modules, and per-connection limits."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from trionet.sql import Database, SqlError, connect
+from trionet.sql.engine import ALLOWED_FUNCTIONS
+
+# Registers a tokenizer at address 0x4141414141414141, then makes FTS3 call it.
+SEGFAULT = [
+    "SELECT fts3_tokenizer('evil', x'4141414141414141')",
+    "CREATE VIRTUAL TABLE temp.t USING fts3(tokenize=evil)",
+]
+
+
+def run(db: Database, sql: str, params=None):
+    session = db.open_session()
+    try:
+        return session.execute(sql, params, 100).rows
+    finally:
+        session.close()
+
+
+def test_the_fts3_tokenizer_segfault_is_refused_and_the_server_lives(server_process, quake_db):
+    """Run in a server process: before the allow-list this killed it with SIGSEGV."""
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    port = server.wait_listening()
+
+    async def attack() -> list[str]:
+        codes = []
+        async with connect("127.0.0.1", port) as conn:
+            for sql in SEGFAULT + ["SELECT hex(fts3_tokenizer('simple'))"]:
+                try:
+                    await conn.query(sql)
+                    codes.append("ok")
+                except SqlError as exc:
+                    codes.append(exc.code)
+            assert (await conn.query("SELECT 1")).rows == [(1,)]
+        return codes
+
+    assert trio.run(attack) == ["denied", "denied", "denied"]
+    assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize("read_write", [False, True])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT hex(fts3_tokenizer('simple'))",  # a pointer into libsqlite3: defeats ASLR
+        "SELECT fts5(NULL)",
+        "SELECT load_extension('x')",
+        "SELECT sqlite_compileoption_get(0)",
+        "SELECT sqlite_log(1, 'x')",
+        "SELECT rtreenode(2, x'00')",
+        "SELECT count(*) FROM dbstat",
+        "SELECT count(*) FROM sqlite_stmt",
+        "CREATE VIRTUAL TABLE temp.f USING fts4(x)",
+        "CREATE VIRTUAL TABLE temp.f USING fts5(x)",
+        "CREATE VIRTUAL TABLE temp.r USING rtree(id, a, b)",
+    ],
+)
+def test_functions_and_modules_off_the_allow_list_are_denied(quake_db, read_write, sql):
+    with pytest.raises(SqlError) as info:
+        run(Database(quake_db, read_write=read_write), sql)
+    assert info.value.code == "denied", info.value
+
+
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("SELECT printf('%5.2f|%d|%-3s|%%', 3.14159, 7, 'ab')", [(" 3.14|7|ab |%",)]),
+        ("SELECT format('%q', 'it''s')", [("it''s",)]),
+        ("SELECT count(*) FROM json_each('[1, 2, 3]')", [(3,)]),
+        ("SELECT '{\"a\": [5]}' ->> '$.a[0]'", [(5,)]),
+        ("SELECT name FROM pragma_table_info('kinds') LIMIT 1", [("i",)]),
+        ("SELECT round(sqrt(16.0)), upper('a'), date('2020-01-02', '+1 day')", [(4.0, "A", "2020-01-03")]),
+        ("SELECT rank() OVER (ORDER BY mag DESC) FROM quakes LIMIT 1", [(1,)]),
+        ("SELECT group_concat(t) FROM kinds", [("text,",)]),
+    ],
+)
+def test_what_an_analyst_needs_is_allowed(quake_db, sql, expected):
+    assert run(Database(quake_db), sql) == expected
+
+
+def test_the_allow_list_names_no_pointer_function():
+    assert not {"fts3_tokenizer", "fts5", "load_extension", "matchinfo", "optimize"} & ALLOWED_FUNCTIONS
+
+
+def test_printf_cannot_loop_for_seconds_inside_one_vm_step(quake_db):
+    """SQLite 3.40 loops once per unit of precision even past the length limit, where no interrupt is seen."""
+    db = Database(quake_db)
+    started = time.perf_counter()
+    with pytest.raises(SqlError) as info:
+        run(db, "SELECT printf('%.*c%.*c%.*c', 1000000000, 'x', 1000000000, 'x', 1000000000, 'x')")
+    assert time.perf_counter() - started < 0.5  # 4.5 s here without the wrapper
+    assert info.value.code == "too_big"
+    with pytest.raises(SqlError):
+        run(db, "SELECT printf('%2000000000c', 'x')")
+    assert run(db, "SELECT length(printf('%.*c', 1000, 'x'))") == [(1000,)]
+
+
+def test_temporary_tables_are_bounded_by_max_temp_bytes(quake_db):
+    db = Database(quake_db, max_temp_bytes=1 << 20)
+    session = db.open_session()
+    try:
+        session.execute("CREATE TEMP TABLE scratch (b)", None, 1)
+        session.execute("INSERT INTO scratch SELECT randomblob(100000) FROM quakes LIMIT 5", None, 1)
+        with pytest.raises(SqlError) as info:
+            session.execute("INSERT INTO scratch SELECT randomblob(100000) FROM quakes LIMIT 20", None, 1)
+        assert info.value.code == "full" and "--max-temp-bytes" in info.value.message
+        assert session.execute("SELECT count(*) FROM scratch", None, 1).rows == [(5,)]
+    finally:
+        session.close()
