@@ -11,16 +11,32 @@ import trio
 from rich.console import Console
 
 from trionet.cliutil import grace_option, host_option, log_level_option, port_option, serve_until_signal
+from trionet.limits import raise_open_files_limit
 from trionet.log import get_logger
 from trionet.sql import protocol
 from trionet.sql.client import connect
-from trionet.sql.engine import Database, SqlError
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, SqlError
 from trionet.sql.render import FORMATS, render
-from trionet.sql.server import SqlServer, SqlServerConfig
+from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 
-__all__ = ["parse_param", "sql"]
+__all__ = ["default_max_connections", "parse_param", "sql"]
 
 log = get_logger("sql")
+
+_RESERVED_FDS = 32  # listeners, logs, the database checks at start, a margin
+_MAX_CONNECTIONS_CAP = 1000
+
+
+def default_max_connections(open_files: int, read_write: bool) -> int:
+    """The connection cap the descriptor limit allows.
+
+    A read-only connection holds up to 3 descriptors (its socket, the
+    database file, a temporary file); a read-write one up to 5 (plus the
+    WAL and its shared-memory index). The cap is at most 1000 whatever the
+    limit: each connection may also hold a page cache and --max-temp-bytes.
+    """
+    per_connection = 5 if read_write else 3
+    return max(1, min(_MAX_CONNECTIONS_CAP, (open_files - _RESERVED_FDS) // per_connection))
 
 
 @click.group()
@@ -81,9 +97,72 @@ def sql() -> None:
     metavar="BYTES",
     help="Longest request line accepted; a longer one is answered with 'request_too_large'.",
 )
+@click.option(
+    "--max-value-bytes",
+    type=click.IntRange(1024),
+    default=16 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest string or blob a statement may build (SQLITE_LIMIT_LENGTH); past it the answer is 'too_big'.",
+)
+@click.option(
+    "--max-temp-bytes",
+    type=click.IntRange(65536),
+    default=64 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Most a connection's temporary tables and indexes may hold; past it the answer is 'full'.",
+)
+@click.option(
+    "--max-batch-bytes",
+    type=click.IntRange(1024),
+    default=DEFAULT_BATCH_BYTES,
+    show_default=True,
+    metavar="BYTES",
+    help="End a 'rows' frame once its values hold about this many bytes (with at most 256 rows), "
+    "so the server holds about this much per connection, plus one row.",
+)
+@click.option(
+    "--query-threads",
+    type=click.IntRange(1),
+    default=DEFAULT_STATEMENT_THREADS,
+    show_default=True,
+    metavar="N",
+    help="Statements running at once (default: one per core); the rest wait their turn. "
+    "Greeting and closing connections never wait for these.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Clients at once; the one over it gets a 'bye' with code 'busy' instead of 'hello'. "
+    "[default: what the descriptor limit allows (3 per connection, 5 with --read-write), at most 1000; "
+    "the server raises its soft limit to the hard limit at start]",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection that sends no request for this long, with a 'bye' with code 'idle'; 0 for never.",
+)
+@click.option(
+    "--idle-transaction-timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Roll back and close a connection idle this long inside a transaction (it may hold the write lock), "
+    "with a 'bye' with code 'idle_transaction'; 0 for never.",
+)
 @grace_option
 @log_level_option
-def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes, grace) -> None:
+def serve(
+    db, host, port, read_write, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
+    max_batch_bytes, query_threads, max_connections, idle_timeout, idle_transaction_timeout, grace,
+) -> None:
     """Serve an SQLite database to any number of clients over TCP.
 
     \b
@@ -93,7 +172,13 @@ def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes
       SELECT count(*) FROM quakes
 
     Stop with Ctrl-C or SIGTERM: the server stops accepting, lets running
-    queries finish within --grace seconds, and exits 0.
+    queries finish within --grace seconds (interrupting them shortly before
+    its end), says 'bye' to every client, and exits 0.
+
+    \b
+    Every client, even on a read-only server, is sandboxed: SQLite runs with
+    an allow-list of statements, functions and table functions (see
+    docs/protocol/sql.md), and every limit above is per connection.
     """
     if db is None:
         if read_write:
@@ -106,10 +191,29 @@ def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes
             raise click.ClickException(f"cannot build the sample catalogue: {exc}") from None
         log.info("serving the SAMPLE catalogue %s (synthetic data; see --help for the real one)", db)
     try:
-        database = Database(db, read_write=read_write, max_sql_bytes=max_request_bytes)
+        database = Database(
+            db,
+            read_write=read_write,
+            max_sql_bytes=max_request_bytes,
+            max_value_bytes=max_value_bytes,
+            max_temp_bytes=max_temp_bytes,
+        )
     except SqlError as exc:
         raise click.ClickException(exc.message) from None
-    config = SqlServerConfig(query_timeout=query_timeout, max_rows=max_rows, max_request_bytes=max_request_bytes)
+    open_files = raise_open_files_limit()
+    if max_connections is None:
+        max_connections = default_max_connections(open_files, read_write)
+    log.info("at most %d connections (%d descriptors)", max_connections, open_files)
+    config = SqlServerConfig(
+        query_timeout=query_timeout,
+        max_rows=max_rows,
+        max_request_bytes=max_request_bytes,
+        max_batch_bytes=max_batch_bytes,
+        max_threads=query_threads,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        idle_transaction_timeout=idle_transaction_timeout,
+    )
     server = SqlServer(database, config)
     serve_until_signal(server.service, host, port, grace)
 

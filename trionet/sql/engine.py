@@ -38,6 +38,7 @@ __all__ = [
     "ALLOWED_FUNCTIONS",
     "ALLOWED_MODULES",
     "ALLOWED_TABLE_FUNCTIONS",
+    "DEFAULT_BATCH_BYTES",
     "INLINE_BUDGET",
     "Database",
     "FetchResult",
@@ -48,6 +49,8 @@ __all__ = [
 
 _PROGRESS_STEPS = 1000  # VM instructions between budget checks on the event loop (about 15-25 us here)
 _THREAD_PROGRESS_STEPS = 1_000_000  # ... and between checks in a worker thread (about 20 ms)
+DEFAULT_BATCH_BYTES = 1 << 20
+"""About how many bytes of values one batch of rows may hold (``--max-batch-bytes``)."""
 INLINE_BUDGET = 20
 """Progress-handler calls a statement may take on the event loop (about 0.5 ms, measured
 in docs/benchmarks.md); past that it is stopped and run again in a worker thread."""
@@ -471,11 +474,15 @@ class Session:
 
     # --- running statements -------------------------------------------------
 
-    def execute(self, sql: str, params: Any, batch: int, budget: int = 0) -> FetchResult:
+    def execute(
+        self, sql: str, params: Any, batch: int, budget: int = 0, max_bytes: int = DEFAULT_BATCH_BYTES
+    ) -> FetchResult:
         """Start ``sql`` and return its column names and first batch of rows.
 
         Args:
             batch: the most rows to return now; :meth:`fetch` returns the rest.
+            max_bytes: end the batch early once its values add up to about
+                this many bytes on the wire (the last row may go past it).
             budget: when not 0, stop after about ``budget`` thousand SQLite VM
                 instructions and raise :class:`OverBudget` (for statements
                 tried on the event loop, which :meth:`Database.may_run_inline`
@@ -501,7 +508,7 @@ class Session:
             columns = [d[0] for d in cursor.description] if cursor.description else []
             if self._auth_calls:  # prepared now, not taken from the statement cache
                 self._db._remember(sql, self._auth_read_only)
-            return self._fetch(columns, batch)
+            return self._fetch(columns, batch, max_bytes)
         except SqlError:
             raise
         except Exception as exc:
@@ -512,22 +519,39 @@ class Session:
         finally:
             self._count_instructions(False)
 
-    def fetch(self, batch: int) -> FetchResult:
-        """Return the next batch of rows of the running statement."""
-        return self._fetch(None, batch)
+    def fetch(self, batch: int, max_bytes: int = DEFAULT_BATCH_BYTES) -> FetchResult:
+        """Return the next batch of rows of the running statement (at most ``batch`` rows, about ``max_bytes``)."""
+        return self._fetch(None, batch, max_bytes)
 
-    def _fetch(self, columns: list[str] | None, batch: int) -> FetchResult:
+    def _fetch(self, columns: list[str] | None, batch: int, max_bytes: int) -> FetchResult:
         cursor = self._cursor
         if cursor is None:
             raise SqlError("internal", "no statement is running")
+        rows: list[tuple] = []
+        full = False
         try:
-            rows = cursor.fetchmany(batch) if cursor.description else []
+            if cursor.description:
+                # Row by row, so that a batch is cut by its size as well as its
+                # count: 256 rows of 16 MB values would be 4 GB in one batch.
+                fetchone = cursor.fetchone
+                size = 0
+                while len(rows) < batch:
+                    row = fetchone()
+                    if row is None:
+                        break
+                    rows.append(row)
+                    for value in row:
+                        kind = type(value)
+                        size += len(value) if kind is str else (len(value) * 4 // 3 if kind is bytes else 8)
+                    if size >= max_bytes:
+                        full = True
+                        break
         except Exception as exc:
             self._close_cursor()
             if self._over_budget:
                 raise OverBudget from None
             raise self._map_error(exc) from None
-        if len(rows) == batch:
+        if full or len(rows) == batch:
             return FetchResult(columns, rows, exhausted=False)
         changes = max(cursor.rowcount, 0)
         last = cursor.lastrowid if changes else None
