@@ -114,6 +114,15 @@ def sql() -> None:
     help="Most a connection's temporary tables and indexes may hold; past it the answer is 'full'.",
 )
 @click.option(
+    "--max-like-pattern-bytes",
+    type=click.IntRange(2),
+    default=50,
+    show_default=True,
+    metavar="BYTES",
+    help="Longest LIKE or GLOB pattern ('too_big' past it): SQLite matches in time value length x pattern "
+    "length, where the query timeout cannot interrupt it.",
+)
+@click.option(
     "--max-batch-bytes",
     type=click.IntRange(1024),
     default=DEFAULT_BATCH_BYTES,
@@ -161,7 +170,7 @@ def sql() -> None:
 @log_level_option
 def serve(
     db, host, port, read_write, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
-    max_batch_bytes, query_threads, max_connections, idle_timeout, idle_transaction_timeout, grace,
+    max_like_pattern_bytes, max_batch_bytes, query_threads, max_connections, idle_timeout, idle_transaction_timeout, grace,
 ) -> None:
     """Serve an SQLite database to any number of clients over TCP.
 
@@ -197,6 +206,7 @@ def serve(
             max_sql_bytes=max_request_bytes,
             max_value_bytes=max_value_bytes,
             max_temp_bytes=max_temp_bytes,
+            max_like_pattern_bytes=max_like_pattern_bytes,
         )
     except SqlError as exc:
         raise click.ClickException(exc.message) from None

@@ -206,6 +206,19 @@ def _printf_work(fmt: str, args: tuple) -> int:
     return total
 
 
+def _lenient_text(raw: bytes) -> str:
+    # A blob read as text need not be UTF-8; the wrappers return what Python can hold.
+    return raw.decode("utf-8", "replace")
+
+
+def _short(*values: Any) -> bool:
+    """True when SQLite's quadratic string search over ``values`` is cheap (a few ms at most)."""
+    product = 1
+    for value in values:
+        product *= len(value) if isinstance(value, (str, bytes)) else 32
+    return product <= 1 << 22
+
+
 def _int_arg(value: Any) -> int:
     # What sqlite3_value_int64 would make of a width or precision given by '*'.
     if isinstance(value, (int, float)):
@@ -255,6 +268,9 @@ class Database:
         max_sql_bytes: the longest SQL text accepted.
         max_temp_bytes: the most a session's temporary tables and indexes may
             hold (``PRAGMA temp.max_page_count``).
+        max_like_pattern_bytes: the longest LIKE or GLOB pattern. SQLite
+            matches in one VM step, in time about value length x pattern
+            length (a 16 MiB value and a 50-byte pattern: about 1 s here).
         busy_timeout: seconds a writer waits for another writer's lock.
 
     Raises:
@@ -269,6 +285,7 @@ class Database:
         max_value_bytes: int = 16 << 20,
         max_sql_bytes: int = 1 << 20,
         max_temp_bytes: int = 64 << 20,
+        max_like_pattern_bytes: int = 50,
         busy_timeout: float = 5.0,
     ) -> None:
         self.path = Path(path)
@@ -276,6 +293,7 @@ class Database:
         self.max_value_bytes = max_value_bytes
         self.max_sql_bytes = max_sql_bytes
         self.max_temp_bytes = max_temp_bytes
+        self.max_like_pattern_bytes = max_like_pattern_bytes
         self.busy_timeout = busy_timeout
         probe = sqlite3.connect(":memory:")
         try:
@@ -348,6 +366,7 @@ class Session:
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, database.max_value_bytes)
         conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, database.max_sql_bytes)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, database.max_like_pattern_bytes)
         page_size = conn.execute("PRAGMA temp.page_size").fetchone()[0]
         conn.execute(f"PRAGMA temp.max_page_count = {max(1, database.max_temp_bytes // page_size)}")
         # printf/format loop once per unit of width and precision even past
@@ -356,10 +375,15 @@ class Session:
         # may hold many such directives). They are replaced by a wrapper that
         # refuses widths and precisions summing past max_value_bytes, then
         # lets SQLite's own printf do the work on a private connection.
-        self._printf_conn: sqlite3.Connection | None = None
+        # instr and replace compare at every position (memcmp), value length
+        # x pattern length inside one step: instr of a 1 MB text and a 100 kB
+        # needle took 2.8 s. Python's str.find/replace are linear-time.
+        self._builtin_conn: sqlite3.Connection | None = None
         self._function_error: tuple[str, str] | None = None
         for name in ("printf", "format"):
             conn.create_function(name, -1, self._printf, deterministic=True)
+        conn.create_function("instr", 2, self._instr, deterministic=True)
+        conn.create_function("replace", 3, self._replace, deterministic=True)
         conn.set_authorizer(self._authorize)
         conn.set_progress_handler(self._progress, _THREAD_PROGRESS_STEPS)
         self.connection = conn
@@ -427,11 +451,60 @@ class Session:
             raise self._function_fails(
                 "too_big", f"printf widths and precisions add up to more than the server's limit of {limit} bytes"
             )
-        if self._printf_conn is None:
-            self._printf_conn = sqlite3.connect(":memory:", check_same_thread=False)
-            self._printf_conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)
-        marks = ",".join("?" * len(args))
-        return self._printf_conn.execute(f"SELECT printf({marks})", args).fetchone()[0]
+        return self._builtin("printf", args)
+
+    def _builtin(self, name: str, args: tuple) -> Any:
+        # SQLite's own function, on a private connection (here the name is ours).
+        return self._private_value(f"SELECT {name}({','.join('?' * len(args))})", args)
+
+    def _private_value(self, sql: str, args: tuple) -> Any:
+        if self._builtin_conn is None:
+            self._builtin_conn = sqlite3.connect(":memory:", check_same_thread=False)
+            self._builtin_conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self._db.max_value_bytes)
+            self._builtin_conn.text_factory = _lenient_text
+        try:
+            return self._builtin_conn.execute(sql, args).fetchone()[0]
+        except sqlite3.DataError as exc:
+            raise self._function_fails("too_big", str(exc)) from None
+        except sqlite3.Error as exc:
+            raise self._function_fails("sql_error", str(exc)) from None
+
+    def _as_text(self, value: Any) -> str:
+        # As SQLite casts a value to TEXT (a blob's bytes read as UTF-8).
+        if type(value) is str:
+            return value
+        if type(value) is bytes:
+            return value.decode("utf-8", "replace")
+        return self._private_value("SELECT CAST(? AS TEXT)", (value,))
+
+    def _instr(self, haystack: Any, needle: Any) -> Any:
+        if haystack is None or needle is None:
+            return None
+        if type(haystack) is type(needle) and type(haystack) in (str, bytes):
+            return haystack.find(needle) + 1
+        if _short(haystack, needle):
+            return self._builtin("instr", (haystack, needle))
+        return self._as_text(haystack).find(self._as_text(needle)) + 1
+
+    def _replace(self, text: Any, old: Any, new: Any) -> Any:
+        # SQLite's order: NULL text or pattern is NULL; an empty pattern
+        # returns the text as it is (a number stays a number, a blob is read
+        # as text); then a NULL replacement is NULL.
+        if text is None or old is None:
+            return None
+        if old == "" or old == b"":
+            return self._as_text(text) if type(text) is bytes else text
+        if new is None:
+            return None
+        if type(text) is str and type(old) is str and type(new) is str:
+            result = text.replace(old, new)
+        elif _short(text, old):
+            return self._builtin("replace", (text, old, new))
+        else:
+            result = self._as_text(text).replace(self._as_text(old), self._as_text(new))
+        if len(result) > self._db.max_value_bytes:
+            raise self._function_fails("too_big", "string or blob too big")
+        return result
 
     def _function_fails(self, code: str, message: str) -> Exception:
         self._function_error = (code, message)
@@ -599,8 +672,8 @@ class Session:
         except sqlite3.Error:
             pass
         self.connection.close()
-        if self._printf_conn is not None:
-            self._printf_conn.close()
+        if self._builtin_conn is not None:
+            self._builtin_conn.close()
 
     @property
     def aborted(self) -> bool:
@@ -642,6 +715,12 @@ class Session:
             return SqlError("constraint", message)
         if name == "SQLITE_TOOBIG":
             return SqlError("too_big", message)
+        if "pattern too complex" in message:
+            return SqlError(
+                "too_big",
+                f"{message}: LIKE and GLOB patterns are limited to {self._db.max_like_pattern_bytes} bytes "
+                "(--max-like-pattern-bytes)",
+            )
         if name == "SQLITE_FULL":
             return SqlError(
                 "full",
