@@ -193,9 +193,13 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def test_big_values_keep_the_server_memory_bounded(quake_db):
-    """12 values of 16 MB used to sit in one 256-row batch: over 1 GB of server memory for one client."""
+    """6 values of 16 MB used to sit in one 256-row batch: about 500 MB of server memory for one client.
+
+    A row of many big values is bounded by SQLite's heap limit, before Python copies any of it.
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(quake_db), "--port", "0"],
+        [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(quake_db), "--port", "0",
+         "--max-sqlite-memory-bytes", str(100 << 20)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
@@ -204,12 +208,15 @@ def test_big_values_keep_the_server_memory_bounded(quake_db):
         port = int(match.group(1))
         before = _peak_rss_mb(proc.pid)
 
-        async def client() -> int:
+        async def client() -> tuple[int, str]:
             async with connect("127.0.0.1", port) as conn:
-                result = await conn.query("SELECT zeroblob(16000000) FROM quakes LIMIT 12")
-            return len(result.rows)
+                result = await conn.query("SELECT zeroblob(16000000) FROM quakes LIMIT 6")
+                with pytest.raises(SqlError) as info:  # 20 x 16 MB in one row
+                    await conn.query("SELECT " + ", ".join(["randomblob(16000000)"] * 20))
+                assert (await conn.query("SELECT 1")).rows == [(1,)]
+            return len(result.rows), info.value.code
 
-        assert trio.run(client) == 12
+        assert trio.run(client) == (6, "out_of_memory")
         grown = _peak_rss_mb(proc.pid) - before
         # One row at a time: the blob, its base64 text, the frame and its bytes (~80 MB).
         assert grown < 250, f"server peak RSS grew by {grown:.0f} MB"

@@ -15,7 +15,7 @@ from trionet.limits import raise_open_files_limit
 from trionet.log import get_logger
 from trionet.sql import protocol
 from trionet.sql.client import connect
-from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, SqlError
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, SqlError, limit_sqlite_memory
 from trionet.sql.render import FORMATS, render
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 
@@ -123,6 +123,15 @@ def sql() -> None:
     "length, where the query timeout cannot interrupt it.",
 )
 @click.option(
+    "--max-sqlite-memory-bytes",
+    type=click.IntRange(0),
+    default=1 << 30,
+    show_default=True,
+    metavar="BYTES",
+    help="Memory SQLite may use in the whole server (page caches, sorting, the values of a result row); "
+    "a statement that needs more is answered 'out_of_memory'. 0 for no cap.",
+)
+@click.option(
     "--max-batch-bytes",
     type=click.IntRange(1024),
     default=DEFAULT_BATCH_BYTES,
@@ -170,7 +179,7 @@ def sql() -> None:
 @log_level_option
 def serve(
     db, host, port, read_write, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
-    max_like_pattern_bytes, max_batch_bytes, query_threads, max_connections, idle_timeout, idle_transaction_timeout, grace,
+    max_like_pattern_bytes, max_sqlite_memory_bytes, max_batch_bytes, query_threads, max_connections, idle_timeout, idle_transaction_timeout, grace,
 ) -> None:
     """Serve an SQLite database to any number of clients over TCP.
 
@@ -210,6 +219,7 @@ def serve(
         )
     except SqlError as exc:
         raise click.ClickException(exc.message) from None
+    limit_sqlite_memory(max_sqlite_memory_bytes)
     open_files = raise_open_files_limit()
     if max_connections is None:
         max_connections = default_max_connections(open_files, read_write)

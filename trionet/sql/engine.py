@@ -45,6 +45,7 @@ __all__ = [
     "OverBudget",
     "Session",
     "SqlError",
+    "limit_sqlite_memory",
 ]
 
 _PROGRESS_STEPS = 1000  # VM instructions between budget checks on the event loop (about 15-25 us here)
@@ -229,6 +230,21 @@ def _int_arg(value: Any) -> int:
         match = _LEADING_INT.match(value)
         return abs(int(match.group()[:20])) if match else 0
     return 0
+
+
+def limit_sqlite_memory(max_bytes: int) -> None:
+    """Cap the memory SQLite may allocate in this whole process (``PRAGMA hard_heap_limit``).
+
+    A statement that needs more fails with ``out_of_memory``: the one bound
+    on a single result row, whose values (up to 2000 columns of
+    max_value_bytes each) SQLite builds before Python sees any of them.
+    Shared by every connection of the process; 0 removes the cap.
+    """
+    probe = sqlite3.connect(":memory:")
+    try:
+        probe.execute(f"PRAGMA hard_heap_limit = {int(max_bytes)}")
+    finally:
+        probe.close()
 
 
 class OverBudget(Exception):
@@ -698,6 +714,11 @@ class Session:
             return SqlError("sql_error", message)
         if self._function_error is not None:
             return SqlError(*self._function_error)
+        if isinstance(exc, MemoryError):  # SQLITE_NOMEM: the hard heap limit
+            return SqlError(
+                "out_of_memory", "the statement needs more memory than the server lets SQLite use "
+                "(--max-sqlite-memory-bytes)"
+            )
         if not isinstance(exc, sqlite3.Error):
             return SqlError("internal", f"{type(exc).__name__}: {message}")
         name = getattr(exc, "sqlite_errorname", "") or ""

@@ -70,6 +70,7 @@ ERROR_CODES: dict[str, str] = {
     "too_big": "a string or blob is larger than the server's limit",
     "timeout": "the request ran longer than the server's --query-timeout and was interrupted",
     "interrupted": "the request was interrupted because the server is shutting down",
+    "out_of_memory": "SQLite reached the server's --max-sqlite-memory-bytes; the statement was stopped",
     "full": "temporary tables and indexes reached the server's --max-temp-bytes (or the disk is full)",
     "internal": "the server failed unexpectedly; the connection stays usable",
 }
