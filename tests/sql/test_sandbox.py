@@ -161,3 +161,12 @@ def test_instr_and_replace_answer_as_sqlite_does(quake_db, a, b, c):
     finally:
         reference.close()
         session.close()
+
+
+def test_a_row_larger_than_max_row_bytes_is_too_big(quake_db):
+    """A batch holds at least one row; this bounds that row before it is encoded four more times."""
+    db = Database(quake_db, max_row_bytes=100_000)
+    with pytest.raises(SqlError) as info:
+        run(db, "SELECT randomblob(40000), randomblob(40000)")  # 2 x 53 kB of base64
+    assert info.value.code == "too_big" and "--max-row-bytes" in info.value.message
+    assert len(run(db, "SELECT randomblob(40000)")[0][0]) == 40000

@@ -132,6 +132,14 @@ def sql() -> None:
     "a statement that needs more is answered 'out_of_memory'. 0 for no cap.",
 )
 @click.option(
+    "--max-row-bytes",
+    type=click.IntRange(1024),
+    default=32 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest result row (its values as sent, blobs in base64); a larger one is answered 'too_big'.",
+)
+@click.option(
     "--max-batch-bytes",
     type=click.IntRange(1024),
     default=DEFAULT_BATCH_BYTES,
@@ -179,7 +187,7 @@ def sql() -> None:
 @log_level_option
 def serve(
     db, host, port, read_write, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
-    max_like_pattern_bytes, max_sqlite_memory_bytes, max_batch_bytes, query_threads, max_connections, idle_timeout, idle_transaction_timeout, grace,
+    max_like_pattern_bytes, max_sqlite_memory_bytes, max_row_bytes, max_batch_bytes, query_threads, max_connections, idle_timeout, idle_transaction_timeout, grace,
 ) -> None:
     """Serve an SQLite database to any number of clients over TCP.
 
@@ -216,6 +224,7 @@ def serve(
             max_value_bytes=max_value_bytes,
             max_temp_bytes=max_temp_bytes,
             max_like_pattern_bytes=max_like_pattern_bytes,
+            max_row_bytes=max_row_bytes,
         )
     except SqlError as exc:
         raise click.ClickException(exc.message) from None

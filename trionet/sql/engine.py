@@ -287,6 +287,8 @@ class Database:
         max_like_pattern_bytes: the longest LIKE or GLOB pattern. SQLite
             matches in one VM step, in time about value length x pattern
             length (a 16 MiB value and a 50-byte pattern: about 1 s here).
+        max_row_bytes: the largest result row (its values as sent, blobs in
+            base64), refused with ``too_big`` before it is encoded.
         busy_timeout: seconds a writer waits for another writer's lock.
 
     Raises:
@@ -302,6 +304,7 @@ class Database:
         max_sql_bytes: int = 1 << 20,
         max_temp_bytes: int = 64 << 20,
         max_like_pattern_bytes: int = 50,
+        max_row_bytes: int = 32 << 20,
         busy_timeout: float = 5.0,
     ) -> None:
         self.path = Path(path)
@@ -310,6 +313,7 @@ class Database:
         self.max_sql_bytes = max_sql_bytes
         self.max_temp_bytes = max_temp_bytes
         self.max_like_pattern_bytes = max_like_pattern_bytes
+        self.max_row_bytes = max_row_bytes
         self.busy_timeout = busy_timeout
         probe = sqlite3.connect(":memory:")
         try:
@@ -623,18 +627,32 @@ class Session:
                 # Row by row, so that a batch is cut by its size as well as its
                 # count: 256 rows of 16 MB values would be 4 GB in one batch.
                 fetchone = cursor.fetchone
+                max_row = self._db.max_row_bytes
                 size = 0
                 while len(rows) < batch:
                     row = fetchone()
                     if row is None:
                         break
-                    rows.append(row)
+                    row_size = 0
                     for value in row:
                         kind = type(value)
-                        size += len(value) if kind is str else (len(value) * 4 // 3 if kind is bytes else 8)
+                        row_size += len(value) if kind is str else (len(value) * 4 // 3 if kind is bytes else 8)
+                    if row_size > max_row:
+                        # Refused before it is encoded (base64, JSON, bytes:
+                        # four more copies of it).
+                        raise SqlError(
+                            "too_big",
+                            f"a result row holds about {row_size} bytes, more than the server's limit of "
+                            f"{max_row} (--max-row-bytes)",
+                        )
+                    rows.append(row)
+                    size += row_size
                     if size >= max_bytes:
                         full = True
                         break
+        except SqlError:
+            self._close_cursor()
+            raise
         except Exception as exc:
             self._close_cursor()
             if self._over_budget:
