@@ -27,6 +27,11 @@ def test_serve_help_says_the_default_is_a_sample(trionet_cmd):
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "SAMPLE catalogue" in text and "import-usgs" in text and "[default: 30.0; x>=0]" in text
+    for flag in ("--max-value-bytes", "--max-temp-bytes", "--max-batch-bytes", "--max-row-bytes",
+                 "--max-like-pattern-bytes", "--max-sqlite-memory-bytes", "--query-threads", "--max-connections",
+                 "--idle-timeout", "--idle-transaction-timeout"):
+        assert flag in text, flag
+    assert "allow-list" in text
 
 
 def test_query_formats_and_params(server_process, trionet_cmd, quake_db):
