@@ -7,7 +7,7 @@ import time
 
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trionet.sql import Database, SqlError, connect
@@ -128,6 +128,11 @@ def test_temporary_tables_are_bounded_by_max_temp_bytes(quake_db):
         "SELECT instr(replace(hex(zeroblob(500000)), '0', 'a'), replace(hex(zeroblob(100000)), '0', 'a') || 'b')",
         "SELECT length(replace(replace(hex(zeroblob(1000000)), '0', 'a'), "
         "replace(hex(zeroblob(50000)), '0', 'a') || 'b', 'x'))",
+        # ... and trim(X, Y) tests each character of X against each of Y: 15 s here.
+        "SELECT length(trim(replace(hex(zeroblob(500000)), '0', 'a'), replace(hex(zeroblob(5000)), '0', 'b') || 'a'))",
+        "SELECT length(rtrim(replace(hex(zeroblob(500000)), '0', 'a'), "
+        "(SELECT group_concat(char(x), '') FROM (WITH RECURSIVE c(x) AS (SELECT 256 UNION ALL SELECT x + 1 FROM c "
+        "WHERE x < 3000) SELECT x FROM c)) || 'a'))",
     ],
 )
 def test_string_search_is_linear_not_quadratic(quake_db, sql):
@@ -144,18 +149,29 @@ def test_a_long_like_pattern_is_too_big(quake_db):
     assert run(Database(quake_db), "SELECT count(*) FROM quakes WHERE place LIKE '%Oklahoma'") == [(667,)]
 
 
-_texts = st.one_of(st.none(), st.text(max_size=8), st.binary(max_size=8), st.integers(-100, 100), st.floats(-10, 10))
+_texts = st.one_of(
+    st.none(), st.text(max_size=8), st.text("ab .-", max_size=12), st.binary(max_size=8), st.integers(-100, 100),
+    st.floats(-10, 10), st.text(max_size=40),
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(a=_texts, b=_texts, c=_texts)
+@example(a="", b="\x00", c=None)  # SQLite reads the pattern as a C string
+@example(a="", b=0, c=None)
+@example(a=b"\x80", b="", c=None)
+@example(a="xxabcabxx", b="ab\x00x", c="-")
 def test_instr_and_replace_answer_as_sqlite_does(quake_db, a, b, c):
-    """The linear-time wrappers give SQLite's own answers (the read-only database is not changed)."""
+    """The linear-time wrappers (instr, replace, trim) give SQLite's own answers (the read-only database is not changed)."""
     session = Database(quake_db).open_session()
     reference = sqlite3.connect(":memory:")
     reference.text_factory = lambda raw: raw.decode("utf-8", "replace")  # a blob read as text may not be UTF-8
     try:
-        for sql, args in [("SELECT instr(?, ?)", (a, b)), ("SELECT replace(?, ?, ?)", (a, b, c))]:
+        for sql, args in [
+            ("SELECT instr(?, ?)", (a, b)),
+            ("SELECT replace(?, ?, ?)", (a, b, c)),
+            ("SELECT trim(?, ?), ltrim(?, ?), rtrim(?, ?)", (a, b) * 3),
+        ]:
             expected = reference.execute(sql, args).fetchone()
             assert session.execute(sql, args, 1).rows == [expected], (sql, args)
     finally:
