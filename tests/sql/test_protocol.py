@@ -6,11 +6,11 @@ import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trionet.framing import EOF, NEED_DATA
-from trionet.sql import protocol
+from trionet.sql import Database, SqlError, protocol
 from trionet.sql.protocol import BadRequest, Request, ServerProtocol, parse_request
 
 sqlite_values = st.one_of(
@@ -200,3 +200,22 @@ def test_no_json_request_line_breaks_the_server_core(obj, big_int, digits):
             if isinstance(value, str):
                 value.encode("utf-8")
         protocol.encode_error(event.id, "sql_error", "x")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(obj=_requests, big_int=st.booleans())
+def test_every_parsed_request_gets_a_precise_answer_from_a_session(quake_db, obj, big_int):
+    """Parsed requests, run as the server runs them: an answer or a stable error code, never 'internal'."""
+    if big_int:
+        obj["params"] = [2**70]
+    obj.setdefault("sql", "SELECT ?, :a, typeof(?)")
+    event = parse_request(json.dumps(obj).encode())
+    if not isinstance(event, Request):
+        return
+    session = Database(quake_db).open_session()
+    try:
+        session.execute(event.sql, event.params, 10)
+    except SqlError as exc:
+        assert exc.code in protocol.ERROR_CODES and exc.code != "internal", exc
+    finally:
+        session.close()
