@@ -186,3 +186,20 @@ def test_a_row_larger_than_max_row_bytes_is_too_big(quake_db):
         run(db, "SELECT randomblob(40000), randomblob(40000)")  # 2 x 53 kB of base64
     assert info.value.code == "too_big" and "--max-row-bytes" in info.value.message
     assert len(run(db, "SELECT randomblob(40000)")[0][0]) == 40000
+
+
+@pytest.mark.parametrize(
+    "sql, inline",
+    [
+        ("SELECT mag FROM quakes WHERE id = 'q00001'", True),
+        ("SELECT count(*), max(mag) FROM quakes WHERE mag > 4", True),
+        # One call, one VM instruction, however long: never on the event loop.
+        ("SELECT count(*) FROM quakes WHERE place LIKE '%aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa%'", False),
+        ("SELECT hex(zeroblob(1000))", False),
+        ("SELECT printf('%d', 5)", False),
+    ],
+)
+def test_only_statements_of_cheap_functions_are_tried_on_the_event_loop(quake_db, sql, inline):
+    db = Database(quake_db)
+    run(db, sql)
+    assert db.may_run_inline(sql) is inline

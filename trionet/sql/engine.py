@@ -147,6 +147,22 @@ ALLOWED_FUNCTIONS = frozenset(
         "json_group_array", "json_group_object", "->", "->>",
     }
 )
+# Functions cheap enough, whatever their arguments, for a statement that uses
+# them to be tried on the event loop: the VM-instruction budget is checked
+# between instructions, never inside a function, so LIKE (a 16 MiB value:
+# about 1 s), hex, replace, printf or zeroblob on big values would hold the
+# loop. A statement calling any other function always runs in a thread.
+_INLINE_FUNCTIONS = frozenset(
+    {
+        "abs", "changes", "coalesce", "ifnull", "iif", "last_insert_rowid", "likelihood", "likely", "max",
+        "min", "nullif", "random", "round", "sign", "total_changes", "typeof", "unlikely",
+        "avg", "count", "sum", "total", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist",
+        "ntile", "current_date", "current_time", "current_timestamp",
+        "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "ceiling", "cos", "cosh",
+        "degrees", "exp", "floor", "ln", "log", "log10", "log2", "mod", "pi", "pow", "power", "radians",
+        "sin", "sinh", "sqrt", "tan", "tanh", "trunc",
+    }
+)
 # SQLite's own helpers for ALTER TABLE (a client cannot call them itself).
 _ALTER_FUNCTIONS = frozenset(
     {"sqlite_rename_column", "sqlite_rename_table", "sqlite_rename_test", "sqlite_drop_column",
@@ -363,11 +379,13 @@ class Database:
         return Session(self)
 
     def may_run_inline(self, sql: str) -> bool:
-        """True when ``sql`` is known to only read, so it may be tried on the event loop.
+        """True when ``sql`` is known to only read, and to call only cheap functions, so it may be tried on the event loop.
 
         The verdict comes from the authorizer the first time the statement was
         prepared (in a worker thread). Only a read-only server runs anything
-        inline: with writers about, even a read may wait on a lock.
+        inline: with writers about, even a read may wait on a lock. A
+        function call is one VM instruction however long it runs, so only
+        statements whose functions are all in ``_INLINE_FUNCTIONS`` qualify.
         """
         return not self.read_write and self._read_only_sql.get(sql, False)
 
@@ -450,6 +468,8 @@ class Session:
             return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_FUNCTION:
             name = str(arg2).lower()
+            if name not in _INLINE_FUNCTIONS:
+                self._auth_read_only = False  # not for the event loop: see _INLINE_FUNCTIONS
             if name in ALLOWED_FUNCTIONS or (name in _ALTER_FUNCTIONS and self._db.read_write):
                 return sqlite3.SQLITE_OK
             return self._deny("denied", f"the function {arg2} is not allowed on this server")
