@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trionet.sql import Database, SqlError, connect
-from trionet.sql.engine import ALLOWED_FUNCTIONS
+from trionet.sql.sandbox import ALLOWED_FUNCTIONS
 
 # Registers a tokenizer at address 0x4141414141414141, then makes FTS3 call it.
 SEGFAULT = [

@@ -8,15 +8,15 @@ connection alone.
 
 The safety rules live in SQLite's own hooks, not in string matching:
 
-- the authorizer is an allow-list: it allows the statements, functions
-  (:data:`ALLOWED_FUNCTIONS`), table-valued functions
-  (:data:`ALLOWED_TABLE_FUNCTIONS`), virtual-table modules
-  (:data:`ALLOWED_MODULES`, empty) and PRAGMAs a read-only analyst needs,
-  writes to the main database on a read-write server only, and refuses the
-  rest: ATTACH and DETACH (so ``VACUUM INTO``), ``load_extension``, and
-  ``fts3_tokenizer`` and every other function that takes or leaks a pointer;
-- ``printf``/``format`` are wrapped so that their widths and precisions
-  cannot keep SQLite busy for seconds inside one VM step;
+- the authorizer is an allow-list (:mod:`trionet.sql.sandbox`): it allows
+  the statements, functions, table-valued functions and PRAGMAs a read-only
+  analyst needs, no virtual-table module, writes to the main database on a
+  read-write server only, and refuses the rest: ATTACH and DETACH (so
+  ``VACUUM INTO``), ``load_extension``, ``fts3_tokenizer`` and every other
+  function that takes or leaks a pointer;
+- ``printf``, ``instr``, ``replace`` and ``trim`` are replaced by versions
+  that cannot keep SQLite busy for seconds inside one VM step, and LIKE/GLOB
+  patterns are short;
 - the server interrupts a statement (``sqlite3_interrupt``) at its deadline,
   when its client leaves, or at shutdown; a statement tried on the event loop
   is also bounded by a progress handler counting VM instructions;
@@ -26,19 +26,15 @@ The safety rules live in SQLite's own hooks, not in string matching:
 
 from __future__ import annotations
 
-import functools
-import math
-import re
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trionet.sql import sandbox
+
 __all__ = [
-    "ALLOWED_FUNCTIONS",
-    "ALLOWED_MODULES",
-    "ALLOWED_TABLE_FUNCTIONS",
     "DEFAULT_BATCH_BYTES",
     "INLINE_BUDGET",
     "Database",
@@ -62,206 +58,6 @@ _READ_ACTIONS = frozenset(
     {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 )
 _CLASSIFIED_MAX = 4096  # SQL texts whose read-only verdict a Database remembers
-
-# --- the sandbox: an allow-list ------------------------------------------------
-#
-# The authorizer allows what is listed here and refuses everything else, so
-# a function or virtual-table module added by a newer SQLite is refused until
-# someone reads what it does and lists it. To extend: add the name below,
-# with a test in tests/sql/test_sandbox.py that it works, and say in
-# docs/protocol/sql.md why it cannot take, return or forge a pointer, open a
-# file, or run unbounded inside one VM step.
-
-# Actions any client may take, on any server.
-_ALWAYS_ACTIONS = frozenset(
-    {
-        sqlite3.SQLITE_SELECT,
-        sqlite3.SQLITE_READ,
-        sqlite3.SQLITE_RECURSIVE,
-        sqlite3.SQLITE_TRANSACTION,
-        sqlite3.SQLITE_SAVEPOINT,
-    }
-)
-# Actions on the connection's own temporary schema (bounded by max_temp_bytes).
-_TEMP_ACTIONS = frozenset(
-    {
-        sqlite3.SQLITE_CREATE_TEMP_TABLE,
-        sqlite3.SQLITE_CREATE_TEMP_INDEX,
-        sqlite3.SQLITE_CREATE_TEMP_VIEW,
-        sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
-        sqlite3.SQLITE_DROP_TEMP_TABLE,
-        sqlite3.SQLITE_DROP_TEMP_INDEX,
-        sqlite3.SQLITE_DROP_TEMP_VIEW,
-        sqlite3.SQLITE_DROP_TEMP_TRIGGER,
-    }
-)
-# Actions that change the database file: a read-write server only.
-_WRITE_ACTIONS = frozenset(
-    {
-        sqlite3.SQLITE_CREATE_INDEX,
-        sqlite3.SQLITE_CREATE_TABLE,
-        sqlite3.SQLITE_CREATE_TRIGGER,
-        sqlite3.SQLITE_CREATE_VIEW,
-        sqlite3.SQLITE_DELETE,
-        sqlite3.SQLITE_DROP_INDEX,
-        sqlite3.SQLITE_DROP_TABLE,
-        sqlite3.SQLITE_DROP_TRIGGER,
-        sqlite3.SQLITE_DROP_VIEW,
-        sqlite3.SQLITE_INSERT,
-        sqlite3.SQLITE_UPDATE,
-        sqlite3.SQLITE_ALTER_TABLE,
-        sqlite3.SQLITE_REINDEX,
-        sqlite3.SQLITE_ANALYZE,
-        sqlite3.SQLITE_DROP_VTABLE,
-    }
-)
-# SQL functions a client may call. Left out on purpose: fts3_tokenizer (takes
-# and returns a raw C pointer: a segfault or an ASLR leak), fts5 (a pointer
-# argument), load_extension, the FTS auxiliaries (matchinfo, offsets,
-# snippet, highlight, bm25, optimize: they read FTS cursor internals),
-# rtreenode/rtreedepth/rtreecheck (decode raw node blobs), sqlite_log (writes
-# the server's log), sqlite_compileoption_* and the source ids (fingerprint
-# the build), match and subtype.
-ALLOWED_FUNCTIONS = frozenset(
-    {
-        # core scalars
-        "abs", "changes", "char", "coalesce", "concat", "concat_ws", "format", "glob", "hex", "ifnull",
-        "iif", "instr", "last_insert_rowid", "length", "like", "likelihood", "likely", "lower", "ltrim",
-        "max", "min", "nullif", "octet_length", "printf", "quote", "random", "randomblob", "replace",
-        "round", "rtrim", "sign", "soundex", "sqlite_version", "substr", "substring", "total_changes",
-        "trim", "typeof", "unhex", "unicode", "unlikely", "upper", "zeroblob",
-        # aggregates and window functions
-        "avg", "count", "group_concat", "string_agg", "sum", "total",
-        "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead",
-        "first_value", "last_value", "nth_value",
-        # dates
-        "date", "time", "datetime", "julianday", "strftime", "unixepoch", "timediff",
-        "current_date", "current_time", "current_timestamp",
-        # math
-        "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "ceiling", "cos", "cosh",
-        "degrees", "exp", "floor", "ln", "log", "log10", "log2", "mod", "pi", "pow", "power", "radians",
-        "sin", "sinh", "sqrt", "tan", "tanh", "trunc",
-        # JSON
-        "json", "json_array", "json_array_length", "json_extract", "json_insert", "json_object",
-        "json_patch", "json_quote", "json_remove", "json_replace", "json_set", "json_type", "json_valid",
-        "json_group_array", "json_group_object", "->", "->>",
-    }
-)
-# Functions cheap enough, whatever their arguments, for a statement that uses
-# them to be tried on the event loop: the VM-instruction budget is checked
-# between instructions, never inside a function, so LIKE (a 16 MiB value:
-# about 1 s), hex, replace, printf or zeroblob on big values would hold the
-# loop. A statement calling any other function always runs in a thread.
-_INLINE_FUNCTIONS = frozenset(
-    {
-        "abs", "changes", "coalesce", "ifnull", "iif", "last_insert_rowid", "likelihood", "likely", "max",
-        "min", "nullif", "random", "round", "sign", "total_changes", "typeof", "unlikely",
-        "avg", "count", "sum", "total", "row_number", "rank", "dense_rank", "percent_rank", "cume_dist",
-        "ntile", "current_date", "current_time", "current_timestamp",
-        "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "ceiling", "cos", "cosh",
-        "degrees", "exp", "floor", "ln", "log", "log10", "log2", "mod", "pi", "pow", "power", "radians",
-        "sin", "sinh", "sqrt", "tan", "tanh", "trunc",
-    }
-)
-# SQLite's own helpers for ALTER TABLE (a client cannot call them itself).
-_ALTER_FUNCTIONS = frozenset(
-    {"sqlite_rename_column", "sqlite_rename_table", "sqlite_rename_test", "sqlite_drop_column",
-     "sqlite_rename_quotefix"}
-)
-# Table-valued functions (eponymous virtual tables) a client may read.
-# dbstat and sqlite_stmt are left out; pragma_* tables are judged as PRAGMAs.
-ALLOWED_TABLE_FUNCTIONS = frozenset({"json_each", "json_tree"})
-# Virtual-table modules a client may CREATE VIRTUAL TABLE with: none. fts3/4
-# take tokenizers by pointer, and every module's shadow tables can be
-# written with crafted blobs, which SQLITE_DBCONFIG_DEFENSIVE (not reachable
-# from Python's sqlite3) would otherwise stop.
-ALLOWED_MODULES: frozenset[str] = frozenset()
-# Schema tables SQLite touches on its own (building an eponymous table);
-# a client cannot write them without PRAGMA writable_schema, which is denied.
-_SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_temp_master", "sqlite_schema", "sqlite_temp_schema"})
-
-# PRAGMAs that only report, whatever their argument.
-_PRAGMA_REPORTS = frozenset(
-    {
-        "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
-        "foreign_key_list", "foreign_key_check", "collation_list", "function_list", "pragma_list",
-        "module_list", "database_list", "compile_options", "quick_check", "integrity_check",
-    }
-)
-# PRAGMAs that report when asked without a value (``PRAGMA user_version``).
-_PRAGMA_SETTINGS = frozenset(
-    {
-        "user_version", "schema_version", "application_id", "page_count", "page_size",
-        "freelist_count", "encoding", "journal_mode", "data_version", "foreign_keys",
-        "defer_foreign_keys", "recursive_triggers", "auto_vacuum", "cache_size",
-    }
-)
-# PRAGMAs a read-write server lets a client set.
-_PRAGMA_WRITABLE = frozenset(
-    {"user_version", "application_id", "foreign_keys", "defer_foreign_keys", "recursive_triggers",
-     "optimize", "wal_checkpoint", "incremental_vacuum"}
-)
-
-
-_PRINTF_DIRECTIVE = re.compile(r"%[-+ 0#,!]*(\*|\d*)(?:\.(\*|\d*))?l{0,2}(.?)", re.DOTALL)
-_LEADING_INT = re.compile(r"\s*[-+]?\d+")
-
-
-def _printf_work(fmt: str, args: tuple) -> int:
-    """An upper bound of the characters SQLite's printf loops over for ``fmt`` and ``args``."""
-    total = len(fmt)
-    it = iter(args)
-    for match in _PRINTF_DIRECTIVE.finditer(fmt):
-        width, precision, kind = match.groups()
-        for part in (width, precision):
-            if part == "*":
-                total += _int_arg(next(it, 0))
-            elif part:
-                total += int(part) if len(part) < 20 else 1 << 62
-        if kind and kind != "%":
-            value = next(it, None)
-            total += len(value) if isinstance(value, (str, bytes)) else 32
-    return total
-
-
-def _strip_length(text: str, chars: str) -> int:
-    """How many characters at the start of ``text`` are in ``chars``, in time linear in both."""
-    unique = "".join(sorted(set(chars)))
-    if len(unique) <= 8:
-        return len(text) - len(text.lstrip(unique))  # a memchr over a few characters each
-    return _charset_run(unique).match(text).end()
-
-
-@functools.lru_cache(maxsize=32)
-def _charset_run(unique: str) -> re.Pattern:
-    # A character class is a bitmap lookup per character, whatever its size.
-    return re.compile("[" + "".join(re.escape(c) for c in unique) + "]*")
-
-
-def _lenient_text(raw: bytes) -> str:
-    # A blob read as text need not be UTF-8; the wrappers return what Python can hold.
-    return raw.decode("utf-8", "replace")
-
-
-def _short(*values: Any) -> bool:
-    """True when SQLite's quadratic string search over ``values`` is cheap (a few ms at most)."""
-    product = 1
-    for value in values:
-        product *= len(value) if isinstance(value, (str, bytes)) else 32
-    return product <= 1 << 22
-
-
-def _int_arg(value: Any) -> int:
-    # What sqlite3_value_int64 would make of a width or precision given by '*'.
-    if isinstance(value, (int, float)):
-        return abs(int(value)) if math.isfinite(value) else 1 << 62
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if isinstance(value, str):
-        match = _LEADING_INT.match(value)
-        return abs(int(match.group()[:20])) if match else 0
-    return 0
-
 
 def limit_sqlite_memory(max_bytes: int) -> None:
     """Cap the memory SQLite may allocate in this whole process (``PRAGMA hard_heap_limit``).
@@ -385,7 +181,7 @@ class Database:
         prepared (in a worker thread). Only a read-only server runs anything
         inline: with writers about, even a read may wait on a lock. A
         function call is one VM instruction however long it runs, so only
-        statements whose functions are all in ``_INLINE_FUNCTIONS`` qualify.
+        statements whose functions are all cheap (:func:`~trionet.sql.sandbox.cheap_call`) qualify.
         """
         return not self.read_write and self._read_only_sql.get(sql, False)
 
@@ -422,25 +218,10 @@ class Session:
         conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, database.max_like_pattern_bytes)
         page_size = conn.execute("PRAGMA temp.page_size").fetchone()[0]
         conn.execute(f"PRAGMA temp.max_page_count = {max(1, database.max_temp_bytes // page_size)}")
-        # printf/format loop once per unit of width and precision even past
-        # the length limit, inside one VM step where sqlite3_interrupt is not
-        # seen (SQLite 3.40: printf('%.*c', 2e9, 'x') takes 3 s, and a format
-        # may hold many such directives). They are replaced by a wrapper that
-        # refuses widths and precisions summing past max_value_bytes, then
-        # lets SQLite's own printf do the work on a private connection.
-        # instr and replace compare at every position (memcmp), value length
-        # x pattern length inside one step: instr of a 1 MB text and a 100 kB
-        # needle took 2.8 s. Python's str.find/replace are linear-time.
-        self._builtin_conn: sqlite3.Connection | None = None
-        self._function_error: tuple[str, str] | None = None
-        for name in ("printf", "format"):
-            conn.create_function(name, -1, self._printf, deterministic=True)
-        conn.create_function("instr", 2, self._instr, deterministic=True)
-        conn.create_function("replace", 3, self._replace, deterministic=True)
-        # trim(X, Y) and friends test every character of X against every one
-        # of Y: 1 MB against 10 kB took 15-20 s.
-        for name in ("trim", "ltrim", "rtrim"):
-            conn.create_function(name, 2, functools.partial(self._trim, name), deterministic=True)
+        # printf, instr, replace and trim could run for seconds to hours inside
+        # one VM instruction, where sqlite3_interrupt is not seen.
+        self._functions = sandbox.LinearFunctions(database.max_value_bytes)
+        self._functions.install(conn)
         conn.set_authorizer(self._authorize)
         conn.set_progress_handler(self._progress, _THREAD_PROGRESS_STEPS)
         self.connection = conn
@@ -460,143 +241,14 @@ class Session:
 
     def _authorize(self, action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
         self._auth_calls += 1
-        if action not in _READ_ACTIONS:
-            self._auth_read_only = False
-        if action in _ALWAYS_ACTIONS:
-            if action == sqlite3.SQLITE_READ and arg1 in self._db.modules and arg1 not in ALLOWED_TABLE_FUNCTIONS:
-                return self._deny("denied", f"the table-valued function {arg1} is not allowed on this server")
+        if action not in _READ_ACTIONS or (action == sqlite3.SQLITE_FUNCTION and not sandbox.cheap_call(str(arg2))):
+            self._auth_read_only = False  # not for the event loop (see Database.may_run_inline)
+        verdict = sandbox.judge(
+            action, arg1, arg2, dbname, read_write=self._db.read_write, modules=self._db.modules
+        )
+        if verdict is None:
             return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_FUNCTION:
-            name = str(arg2).lower()
-            if name not in _INLINE_FUNCTIONS:
-                self._auth_read_only = False  # not for the event loop: see _INLINE_FUNCTIONS
-            if name in ALLOWED_FUNCTIONS or (name in _ALTER_FUNCTIONS and self._db.read_write):
-                return sqlite3.SQLITE_OK
-            return self._deny("denied", f"the function {arg2} is not allowed on this server")
-        if action == sqlite3.SQLITE_PRAGMA:
-            return self._authorize_pragma(str(arg1).lower(), arg2)
-        if action in _TEMP_ACTIONS:
-            return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_CREATE_VTABLE:
-            if str(arg2).lower() in ALLOWED_MODULES:
-                return self._authorize_write(arg1, dbname)
-            return self._deny("denied", f"virtual tables of module {arg2} are not allowed on this server")
-        if action in _WRITE_ACTIONS:
-            if dbname == "temp" or arg1 in _SCHEMA_TABLES:
-                # The connection's own scratch space, or SQLite updating its
-                # schema on its own (a client cannot: writable_schema is denied).
-                return sqlite3.SQLITE_OK
-            return self._authorize_write(arg1, dbname)
-        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-            return self._deny("denied", "ATTACH and DETACH are not allowed on this server")
-        return self._deny("denied", "this kind of statement is not allowed on this server")
-
-    def _authorize_write(self, target: Any, dbname: Any) -> int:
-        if self._db.read_write or dbname == "temp":
-            return sqlite3.SQLITE_OK
-        name = f" {target}" if isinstance(target, str) else ""
-        return self._deny("read_only", f"the server is read-only: cannot write{name}")
-
-    def _printf(self, *args: Any) -> Any:
-        if not args:
-            raise self._function_fails("sql_error", "printf needs a format")
-        fmt = args[0]
-        if fmt is None:
-            return None
-        if not isinstance(fmt, str):
-            fmt = str(fmt, "utf-8", "replace") if isinstance(fmt, bytes) else str(fmt)
-        limit = self._db.max_value_bytes
-        if _printf_work(fmt, args[1:]) > limit:
-            raise self._function_fails(
-                "too_big", f"printf widths and precisions add up to more than the server's limit of {limit} bytes"
-            )
-        return self._builtin("printf", args)
-
-    def _builtin(self, name: str, args: tuple) -> Any:
-        # SQLite's own function, on a private connection (here the name is ours).
-        return self._private_value(f"SELECT {name}({','.join('?' * len(args))})", args)
-
-    def _private_value(self, sql: str, args: tuple) -> Any:
-        if self._builtin_conn is None:
-            self._builtin_conn = sqlite3.connect(":memory:", check_same_thread=False)
-            self._builtin_conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self._db.max_value_bytes)
-            self._builtin_conn.text_factory = _lenient_text
-        try:
-            return self._builtin_conn.execute(sql, args).fetchone()[0]
-        except sqlite3.DataError as exc:
-            raise self._function_fails("too_big", str(exc)) from None
-        except sqlite3.Error as exc:
-            raise self._function_fails("sql_error", str(exc)) from None
-
-    def _as_text(self, value: Any) -> str:
-        # As SQLite casts a value to TEXT (a blob's bytes read as UTF-8).
-        if type(value) is str:
-            return value
-        if type(value) is bytes:
-            return value.decode("utf-8", "replace")
-        return self._private_value("SELECT CAST(? AS TEXT)", (value,))
-
-    def _instr(self, haystack: Any, needle: Any) -> Any:
-        if haystack is None or needle is None:
-            return None
-        if type(haystack) is type(needle) and type(haystack) in (str, bytes):
-            return haystack.find(needle) + 1
-        if _short(haystack, needle):
-            return self._builtin("instr", (haystack, needle))
-        return self._as_text(haystack).find(self._as_text(needle)) + 1
-
-    def _trim(self, name: str, text: Any, chars: Any) -> Any:
-        if text is None or chars is None:
-            return None
-        if type(text) is not str or type(chars) is not str:
-            if _short(text, chars):
-                return self._builtin(name, (text, chars))
-            text, chars = self._as_text(text), self._as_text(chars)
-        chars = chars.partition("\0")[0]  # SQLite reads the set as a C string
-        if not chars:
-            return text
-        start, end = 0, len(text)
-        if name != "rtrim":
-            start = _strip_length(text, chars)
-        if name != "ltrim" and start < end:
-            end -= _strip_length(text[::-1], chars)
-        return text[start:end]
-
-    def _replace(self, text: Any, old: Any, new: Any) -> Any:
-        # SQLite's order: NULL text or pattern is NULL; an empty pattern
-        # returns the text as it is (a number stays a number, a blob is read
-        # as text); then a NULL replacement is NULL.
-        if text is None or old is None:
-            return None
-        if isinstance(old, (str, bytes)) and old[:1] in ("", "\0", b"", b"\0"):  # a C string: NUL first is empty
-            return self._as_text(text) if type(text) is bytes else text
-        if new is None:
-            return None
-        if type(text) is str and type(old) is str and type(new) is str:
-            result = text.replace(old, new)
-        elif _short(text, old):
-            return self._builtin("replace", (text, old, new))
-        else:
-            result = self._as_text(text).replace(self._as_text(old), self._as_text(new))
-        if len(result) > self._db.max_value_bytes:
-            raise self._function_fails("too_big", "string or blob too big")
-        return result
-
-    def _function_fails(self, code: str, message: str) -> Exception:
-        self._function_error = (code, message)
-        return ValueError(message)
-
-    def _authorize_pragma(self, name: str, value: Any) -> int:
-        if name in _PRAGMA_REPORTS or (name in _PRAGMA_SETTINGS and value is None):
-            return sqlite3.SQLITE_OK
-        if name in _PRAGMA_WRITABLE:
-            if self._db.read_write:
-                return sqlite3.SQLITE_OK
-            return self._deny("read_only", f"the server is read-only: cannot set PRAGMA {name}")
-        return self._deny("denied", f"PRAGMA {name} is not allowed on this server")
-
-    def _deny(self, code: str, message: str) -> int:
-        self._denial = (code, message)
+        self._denial = verdict
         return sqlite3.SQLITE_DENY
 
     def _progress(self) -> int:
@@ -644,7 +296,7 @@ class Session:
         self._close_cursor()
         self._timed_out = False
         self._denial = None
-        self._function_error = None
+        self._functions.reset()
         self._budget = budget
         self._over_budget = False
         self._count_instructions(budget > 0)
@@ -762,8 +414,7 @@ class Session:
         except sqlite3.Error:
             pass
         self.connection.close()
-        if self._builtin_conn is not None:
-            self._builtin_conn.close()
+        self._functions.close()
 
     @property
     def aborted(self) -> bool:
@@ -786,8 +437,8 @@ class Session:
             if "binding" in message or "supplied" in message or "parameter" in message:
                 return SqlError("bad_param", message)
             return SqlError("sql_error", message)
-        if self._function_error is not None:
-            return SqlError(*self._function_error)
+        if self._functions.refusal is not None:
+            return SqlError(*self._functions.refusal)
         if isinstance(exc, MemoryError):  # SQLITE_NOMEM: the hard heap limit
             return SqlError(
                 "out_of_memory", "the statement needs more memory than the server lets SQLite use "
