@@ -223,3 +223,18 @@ def test_big_values_keep_the_server_memory_bounded(quake_db):
         proc.kill()
         proc.wait()
         proc.stderr.close()
+
+
+async def test_waiting_for_a_statement_thread_does_not_count_as_query_time(start_sql):
+    server, address = await start_sql(max_threads=1, query_timeout=1.0)
+    hog = await RawClient.open(address)
+    async with hog.stream, connect(*address) as conn:
+        await hog.send(ENDLESS.encode() + b"\n")  # holds the only thread for its full second
+        await wait_until_busy(server)
+        # About 0.3 s of SQLite work, after waiting about 1 s for the thread.
+        result = await conn.query(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
+            "SELECT count(*) FROM c WHERE x LIKE '%7'"
+        )
+        assert result.rows == [(100000,)]
+        assert (await hog.answer())[-1].code == "timeout"

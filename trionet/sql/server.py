@@ -105,6 +105,7 @@ class SqlServer:
         self.service = TCPService("sql", self._handle, log)
         self._limiter = trio.CapacityLimiter(self.config.max_threads)
         self._session_limiter = trio.CapacityLimiter(_SESSION_THREADS)
+        self._thread_tokens_held = trio.CapacityLimiter(math.inf)  # counted by self._limiter, not trio's default 40
         self._idle = protocol.IdlePolicy(self.config.idle_timeout, self.config.idle_transaction_timeout)
         self._hello = protocol.encode_hello(
             read_only=not database.read_write,
@@ -243,7 +244,8 @@ class SqlServer:
             nursery.start_soon(self._watch_while_working, conn, state, deadline)
             # The watcher never raises, so what the thread raised (an
             # SqlError, say) is re-raised as is, not wrapped in a group.
-            result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._limiter)
+            # The caller holds a statement-thread token (self._limiter) already.
+            result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._thread_tokens_held)
             nursery.cancel_scope.cancel()
         return result.unwrap()
 
@@ -288,11 +290,14 @@ class SqlServer:
 
         async def in_sqlite(fn, *args) -> FetchResult:
             nonlocal work_left
-            begun = trio.current_time()
-            try:
-                return await self._in_thread(conn, state, begun + work_left, fn, *args)
-            finally:
-                work_left -= trio.current_time() - begun
+            # The clock starts once a statement thread is ours: with few
+            # threads, waiting for one is not time SQLite worked on this request.
+            async with self._limiter:
+                begun = trio.current_time()
+                try:
+                    return await self._in_thread(conn, state, begun + work_left, fn, *args)
+                finally:
+                    work_left -= trio.current_time() - begun
 
         try:
             want = self._want(batch, cap, sent)
