@@ -26,28 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
-__all__ = ["AdmissionLimit", "Ticket", "WaitingRoomFull", "raise_open_files_limit"]
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft limit of open descriptors to its hard limit; return the new soft limit.
-
-    A server's connection cap is derived from it. Where the limit cannot be
-    read or raised (no ``resource`` module, a container that forbids it), the
-    current soft limit is returned, or 1024 if even that is unknown.
-    """
-    try:
-        import resource
-    except ImportError:  # not on Unix
-        return 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+__all__ = ["AdmissionLimit", "Ticket", "WaitingRoomFull"]
 
 
 class WaitingRoomFull(Exception):

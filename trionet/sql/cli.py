@@ -10,8 +10,14 @@ import click
 import trio
 from rich.console import Console
 
-from trionet.cliutil import grace_option, host_option, log_level_option, port_option, serve_until_signal
-from trionet.limits import raise_open_files_limit
+from trionet.cliutil import (
+    grace_option,
+    host_option,
+    log_level_option,
+    port_option,
+    raise_open_files_limit,
+    serve_until_signal,
+)
 from trionet.log import get_logger
 from trionet.sql import protocol
 from trionet.sql.client import connect
