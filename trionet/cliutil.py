@@ -21,7 +21,6 @@ __all__ = [
     "host_option",
     "log_level_option",
     "port_option",
-    "raise_open_files_limit",
     "run_until_signal",
     "serve_until_signal",
 ]
@@ -119,25 +118,3 @@ def serve_until_signal(service: TCPService, host: str, port: int, grace: float, 
         trio.run(_main)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {format_address((host, port))}: {exc.strerror or exc}")
-
-
-def raise_open_files_limit() -> int:
-    """Raise this process's soft limit of open descriptors to its hard limit; return the new soft limit.
-
-    For ``serve`` commands, before they size their connection caps from it.
-    Where the limit cannot be read or raised (no ``resource`` module, a
-    container that forbids it), the current soft limit is returned, or 1024
-    if even that is unknown.
-    """
-    try:
-        import resource
-    except ImportError:  # not on Unix
-        return 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError):
-            pass
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20

@@ -10,14 +10,7 @@ import click
 import trio
 from rich.console import Console
 
-from trionet.cliutil import (
-    grace_option,
-    host_option,
-    log_level_option,
-    port_option,
-    raise_open_files_limit,
-    serve_until_signal,
-)
+from trionet.cliutil import grace_option, host_option, log_level_option, port_option, serve_until_signal
 from trionet.log import get_logger
 from trionet.sql import protocol
 from trionet.sql.client import connect
@@ -25,12 +18,34 @@ from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, SqlError, limit_sq
 from trionet.sql.render import FORMATS, render
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 
-__all__ = ["default_max_connections", "parse_param", "sql"]
+__all__ = ["default_max_connections", "parse_param", "raise_open_files_limit", "sql"]
 
 log = get_logger("sql")
 
 _RESERVED_FDS = 32  # listeners, logs, the database checks at start, a margin
 _MAX_CONNECTIONS_CAP = 1000
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open descriptors to its hard limit; return the new soft limit.
+
+    Where the limit cannot be read or raised (no ``resource`` module, a
+    container that forbids it), the current soft limit is returned, or 1024
+    if even that is unknown. (Here rather than in cliutil while only the SQL
+    server sizes a cap from it.)
+    """
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 def default_max_connections(open_files: int, read_write: bool) -> int:
