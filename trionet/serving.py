@@ -138,6 +138,15 @@ class TCPService:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
 
+    @property
+    def grace_deadline(self) -> float:
+        """When connections still running are cancelled (trio time): ``inf`` until :meth:`shutdown`.
+
+        A handler that wants to say goodbye to its client (interrupt the work
+        in hand, answer, close cleanly) must do it before this.
+        """
+        return self._conn_scope.deadline if self._conn_scope is not None else math.inf
+
     def shutdown(self, grace: float) -> None:
         """Stop accepting, ask handlers to finish, and cancel what remains after ``grace`` seconds."""
         self.draining.set()

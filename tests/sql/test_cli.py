@@ -28,6 +28,11 @@ def test_serve_help_says_the_default_is_the_shipped_catalogue(trionet_cmd):
     text = " ".join(result.stdout.split())
     assert "USGS earthquake catalogue that ships with trionet" in text and "[default: 30.0; x>=0]" in text
     assert "SAMPLE" not in text and "synthetic" not in text
+    for flag in ("--max-value-bytes", "--max-temp-bytes", "--max-batch-bytes", "--max-row-bytes",
+                 "--max-like-pattern-bytes", "--max-sqlite-memory-bytes", "--query-threads", "--max-connections",
+                 "--idle-timeout", "--idle-transaction-timeout"):
+        assert flag in text, flag
+    assert "allow-list" in text
 
 
 def test_query_formats_and_params(server_process, trionet_cmd, quake_db):

@@ -6,11 +6,11 @@ import json
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trionet.framing import EOF, NEED_DATA
-from trionet.sql import protocol
+from trionet.sql import Database, SqlError, protocol
 from trionet.sql.protocol import BadRequest, Request, ServerProtocol, parse_request
 
 sqlite_values = st.one_of(
@@ -138,3 +138,84 @@ def test_client_protocol_reads_a_whole_answer():
     kinds = [type(proto.next_event()).__name__ for _ in range(4)]
     assert kinds == ["Hello", "Columns", "Rows", "Done"]
     assert proto.next_event() is NEED_DATA
+
+
+def test_an_integer_too_long_for_python_is_a_bad_request():
+    # Python refuses int literals of more than 4300 digits with a plain ValueError.
+    bad = parse_request(b'{"sql": "SELECT ?", "params": [' + b"7" * 5000 + b"]}")
+    assert isinstance(bad, BadRequest) and bad.code == "bad_request" and "4300" in bad.message
+
+
+@pytest.mark.parametrize("where", ['"id": "\\ud800", "sql": "SELECT 1"', '"sql": "SELECT \\udfff"',
+                                   '"sql": "SELECT ?", "params": ["a\\udbff"]', '"sql": "SELECT :a", "params": {"a": "\\ud800"}'])
+def test_a_lone_surrogate_is_a_bad_request(where):
+    bad = parse_request(b"{" + where.encode() + b"}")
+    assert isinstance(bad, BadRequest) and bad.code == "bad_request" and "surrogate" in bad.message
+    protocol.encode_error(bad.id, bad.code, bad.message)  # the reply itself can be written
+
+
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.floats(), st.integers(), st.text(st.characters(codec=None), max_size=20),
+    st.text(st.characters(categories=["Cs"]), min_size=1, max_size=2),  # lone surrogates
+)
+_json_values = st.recursive(
+    _json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+_sql_text = st.text(st.characters(codec=None), min_size=1, max_size=20) | st.text(
+    st.characters(categories=["Cs"]), min_size=1, max_size=2
+)
+_requests = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": _json_values, "sql": _sql_text | _json_values, "params": _json_values, "max_rows": _json_values,
+        "x": _json_values,
+    },
+)
+
+
+@given(_requests, st.booleans(), st.sampled_from([1, 4300, 4301, 20_000]))
+def test_no_json_request_line_breaks_the_server_core(obj, big_int, digits):
+    """Whatever a JSON line holds, the core answers with a Request or a precise BadRequest."""
+    line = json.dumps(obj, ensure_ascii=True)
+    if big_int:  # an integer literal perhaps longer than Python's int/str limit
+        obj.pop("params", None)
+        line = json.dumps(obj, ensure_ascii=True)[:-1] + ("," if obj else "") + '"params": [' + "9" * digits + "]}"
+    proto = ServerProtocol(max_request_bytes=1 << 16)
+    proto.receive_data(line.encode() + b"\n")
+    proto.receive_data(b"")
+    events = []
+    while (event := proto.next_event()) is not EOF:
+        events.append(event)
+    assert len(events) == 1
+    (event,) = events
+    if isinstance(event, BadRequest):
+        assert event.code in protocol.ERROR_CODES
+        protocol.encode_error(event.id, event.code, event.message).decode("utf-8")
+    else:
+        assert isinstance(event, Request)
+        event.sql.encode("utf-8")  # SQLite can take it
+        values = event.params.values() if isinstance(event.params, dict) else (event.params or ())
+        for value in values:
+            if isinstance(value, str):
+                value.encode("utf-8")
+        protocol.encode_error(event.id, "sql_error", "x")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(obj=_requests, big_int=st.booleans())
+def test_every_parsed_request_gets_a_precise_answer_from_a_session(quake_db, obj, big_int):
+    """Parsed requests, run as the server runs them: an answer or a stable error code, never 'internal'."""
+    if big_int:
+        obj["params"] = [2**70]
+    obj.setdefault("sql", "SELECT ?, :a, typeof(?)")
+    event = parse_request(json.dumps(obj).encode())
+    if not isinstance(event, Request):
+        return
+    session = Database(quake_db).open_session()
+    try:
+        session.execute(event.sql, event.params, 10)
+    except SqlError as exc:
+        assert exc.code in protocol.ERROR_CODES and exc.code != "internal", exc
+    finally:
+        session.close()

@@ -150,8 +150,8 @@ async def test_a_client_that_does_not_read_holds_the_server_back(raw, start_sql,
     fetched = [0]
     real_fetch = engine_module.Session._fetch
 
-    def counting_fetch(self, columns, batch):
-        result = real_fetch(self, columns, batch)
+    def counting_fetch(self, columns, batch, max_bytes):
+        result = real_fetch(self, columns, batch, max_bytes)
         fetched[0] += len(result.rows)
         return result
 
@@ -203,15 +203,17 @@ async def test_query_timeout_counts_sqlite_time_not_a_slow_reader(raw, start_sql
 
 
 async def test_malformed_input_gets_errors_and_the_connection_stays_usable(raw, start_sql):
-    _, address = await start_sql(max_request_bytes=1000)
+    _, address = await start_sql(max_request_bytes=8000)
     client = await raw(address)
     for line, code in [
         (b"{broken json\n", "bad_request"),
         (b"\xff\xfe\xfd\n", "bad_request"),
         (b'{"sql": "SELECT 1", "params": [[]]}\n', "bad_param"),
-        (b"x" * 5000 + b"\n", "request_too_large"),
+        (b"x" * 9000 + b"\n", "request_too_large"),
         (b"SELECT 1; SELECT 2\n", "multiple_statements"),
         (b"DROP TABLE\n", "sql_error"),
+        (b'{"sql": "SELECT ?", "params": [' + b"1" * 4301 + b"]}\n", "bad_request"),
+        (b'{"id": "\\ud800", "sql": "SELECT ?", "params": ["\\udc00"]}\n', "bad_request"),
     ]:
         await client.send(line)
         (event,) = await client.answer()

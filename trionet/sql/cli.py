@@ -19,13 +19,50 @@ from trionet.cliutil import grace_option, host_option, log_level_option, port_op
 from trionet.log import get_logger
 from trionet.sql import protocol
 from trionet.sql.client import SqlConnectionError, connect
-from trionet.sql.engine import Database, SqlError
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, SqlError, limit_sqlite_memory
 from trionet.sql.render import FORMATS, changed_line, format_result, row_count, truncation_notice
-from trionet.sql.server import SqlServer, SqlServerConfig
+from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 
-__all__ = ["connection_hint", "parse_param", "sql"]
+__all__ = ["connection_hint", "default_max_connections", "parse_param", "raise_open_files_limit", "sql"]
 
 log = get_logger("sql")
+
+_RESERVED_FDS = 32  # listeners, logs, the database checks at start, a margin
+_MAX_CONNECTIONS_CAP = 1000
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open descriptors to its hard limit; return the new soft limit.
+
+    Where the limit cannot be read or raised (no ``resource`` module, a
+    container that forbids it), the current soft limit is returned, or 1024
+    if even that is unknown. (Here rather than in cliutil while only the SQL
+    server sizes a cap from it.)
+    """
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def default_max_connections(open_files: int, read_write: bool) -> int:
+    """The connection cap the descriptor limit allows.
+
+    A read-only connection holds up to 3 descriptors (its socket, the
+    database file, a temporary file); a read-write one up to 5 (plus the
+    WAL and its shared-memory index). The cap is at most 1000 whatever the
+    limit: each connection may also hold a page cache and --max-temp-bytes.
+    """
+    per_connection = 5 if read_write else 3
+    return max(1, min(_MAX_CONNECTIONS_CAP, (open_files - _RESERVED_FDS) // per_connection))
 
 
 @click.group()
@@ -86,9 +123,98 @@ def sql() -> None:
     metavar="BYTES",
     help="Longest request line accepted; a longer one is answered with 'request_too_large'.",
 )
+@click.option(
+    "--max-value-bytes",
+    type=click.IntRange(1024),
+    default=16 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest string or blob a statement may build (SQLITE_LIMIT_LENGTH); past it the answer is 'too_big'.",
+)
+@click.option(
+    "--max-temp-bytes",
+    type=click.IntRange(65536),
+    default=64 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Most a connection's temporary tables and indexes may hold; past it the answer is 'full'.",
+)
+@click.option(
+    "--max-like-pattern-bytes",
+    type=click.IntRange(2),
+    default=50,
+    show_default=True,
+    metavar="BYTES",
+    help="Longest LIKE or GLOB pattern ('too_big' past it): SQLite matches in time value length x pattern "
+    "length, where the query timeout cannot interrupt it.",
+)
+@click.option(
+    "--max-sqlite-memory-bytes",
+    type=click.IntRange(0),
+    default=1 << 30,
+    show_default=True,
+    metavar="BYTES",
+    help="Memory SQLite may use in the whole server (page caches, sorting, the values of a result row); "
+    "a statement that needs more is answered 'out_of_memory'. 0 for no cap.",
+)
+@click.option(
+    "--max-row-bytes",
+    type=click.IntRange(1024),
+    default=32 << 20,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest result row (its values as sent, blobs in base64); a larger one is answered 'too_big'.",
+)
+@click.option(
+    "--max-batch-bytes",
+    type=click.IntRange(1024),
+    default=DEFAULT_BATCH_BYTES,
+    show_default=True,
+    metavar="BYTES",
+    help="End a 'rows' frame once its values hold about this many bytes (with at most 256 rows), "
+    "so the server holds about this much per connection, plus one row.",
+)
+@click.option(
+    "--query-threads",
+    type=click.IntRange(1),
+    default=DEFAULT_STATEMENT_THREADS,
+    show_default=True,
+    metavar="N",
+    help="Statements running at once (default: one per core); the rest wait their turn. "
+    "Greeting and closing connections never wait for these.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Clients at once; the one over it gets a 'bye' with code 'busy' instead of 'hello'. "
+    "[default: what the descriptor limit allows (3 per connection, 5 with --read-write), at most 1000; "
+    "the server raises its soft limit to the hard limit at start]",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection that sends no request for this long, with a 'bye' with code 'idle'; 0 for never.",
+)
+@click.option(
+    "--idle-transaction-timeout",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Roll back and close a connection idle this long inside a transaction (it may hold the write lock), "
+    "with a 'bye' with code 'idle_transaction'; 0 for never.",
+)
 @grace_option
 @log_level_option
-def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes, grace) -> None:
+def serve(
+    db, host, port, read_write, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
+    max_like_pattern_bytes, max_sqlite_memory_bytes, max_row_bytes, max_batch_bytes, query_threads, max_connections, idle_timeout, idle_transaction_timeout, grace,
+) -> None:
     """Serve an SQLite database to any number of clients over TCP.
 
     \b
@@ -98,7 +224,13 @@ def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes
       SELECT count(*) FROM quakes
 
     Stop with Ctrl-C or SIGTERM: the server stops accepting, lets running
-    queries finish within --grace seconds, and exits 0.
+    queries finish within --grace seconds (interrupting them shortly before
+    its end), says 'bye' to every client, and exits 0.
+
+    \b
+    Every client, even on a read-only server, is sandboxed: SQLite runs with
+    an allow-list of statements, functions and table functions (see
+    docs/protocol/sql.md), and every limit above is per connection.
     """
     if db is None:
         if read_write:
@@ -115,10 +247,32 @@ def serve(db, host, port, read_write, query_timeout, max_rows, max_request_bytes
             raise click.ClickException(f"cannot build the catalogue: {exc}") from None
         log.info("serving the USGS catalogue (shipped with trionet) from %s", db)
     try:
-        database = Database(db, read_write=read_write, max_sql_bytes=max_request_bytes)
+        database = Database(
+            db,
+            read_write=read_write,
+            max_sql_bytes=max_request_bytes,
+            max_value_bytes=max_value_bytes,
+            max_temp_bytes=max_temp_bytes,
+            max_like_pattern_bytes=max_like_pattern_bytes,
+            max_row_bytes=max_row_bytes,
+        )
     except SqlError as exc:
         raise click.ClickException(exc.message) from None
-    config = SqlServerConfig(query_timeout=query_timeout, max_rows=max_rows, max_request_bytes=max_request_bytes)
+    limit_sqlite_memory(max_sqlite_memory_bytes)
+    open_files = raise_open_files_limit()
+    if max_connections is None:
+        max_connections = default_max_connections(open_files, read_write)
+    log.info("at most %d connections (%d descriptors)", max_connections, open_files)
+    config = SqlServerConfig(
+        query_timeout=query_timeout,
+        max_rows=max_rows,
+        max_request_bytes=max_request_bytes,
+        max_batch_bytes=max_batch_bytes,
+        max_threads=query_threads,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        idle_transaction_timeout=idle_transaction_timeout,
+    )
     server = SqlServer(database, config)
     serve_until_signal("sql", functools.partial(server.serve, host, port), shutdown=server.shutdown, grace=grace)
 

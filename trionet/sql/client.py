@@ -166,7 +166,7 @@ class SqlConnection:
                 if event is EOF:
                     raise SqlConnectionError("the server closed the connection")
                 if isinstance(event, protocol.Bye):
-                    raise SqlConnectionError(f"the server closed the connection: {event.reason}")
+                    raise SqlConnectionError(f"the server closed the connection ({event.code}): {event.reason}")
                 if isinstance(event, protocol.Hello):
                     continue
                 if not self._pending:
@@ -220,6 +220,8 @@ async def connect(
     except protocol.RemoteProtocolError as exc:
         raise SqlConnectionError(f"{host}:{port} is not a trionet SQL server ({exc})") from None
     async with stream:
+        if isinstance(hello, protocol.Bye):
+            raise SqlConnectionError(f"{host}:{port} refused the connection ({hello.code}): {hello.reason}")
         if not isinstance(hello, protocol.Hello):
             raise SqlConnectionError(f"{host}:{port} is not a trionet SQL server")
         conn = SqlConnection(stream, hello, proto)

@@ -8,14 +8,20 @@ connection alone.
 
 The safety rules live in SQLite's own hooks, not in string matching:
 
-- the authorizer denies ATTACH and DETACH (which also stops ``VACUUM INTO``),
-  ``load_extension``, PRAGMAs outside a short list, and, on a read-only
-  server, every write to the main database (temporary tables stay allowed);
+- the authorizer is an allow-list (:mod:`trionet.sql.sandbox`): it allows
+  the statements, functions, table-valued functions and PRAGMAs a read-only
+  analyst needs, no virtual-table module, writes to the main database on a
+  read-write server only, and refuses the rest: ATTACH and DETACH (so
+  ``VACUUM INTO``), ``load_extension``, ``fts3_tokenizer`` and every other
+  function that takes or leaks a pointer;
+- ``printf``, ``instr``, ``replace`` and ``trim`` are replaced by versions
+  that cannot keep SQLite busy for seconds inside one VM step, and LIKE/GLOB
+  patterns are short;
 - the server interrupts a statement (``sqlite3_interrupt``) at its deadline,
   when its client leaves, or at shutdown; a statement tried on the event loop
   is also bounded by a progress handler counting VM instructions;
 - ``sqlite3_limit`` caps strings, blobs and SQL text, and forbids attached
-  databases outright.
+  databases outright; ``PRAGMA temp.max_page_count`` caps temporary storage.
 """
 
 from __future__ import annotations
@@ -26,10 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INLINE_BUDGET", "Database", "FetchResult", "OverBudget", "Session", "SqlError"]
+from trionet.sql import sandbox
+
+__all__ = [
+    "DEFAULT_BATCH_BYTES",
+    "INLINE_BUDGET",
+    "Database",
+    "FetchResult",
+    "OverBudget",
+    "Session",
+    "SqlError",
+    "limit_sqlite_memory",
+]
 
 _PROGRESS_STEPS = 1000  # VM instructions between budget checks on the event loop (about 15-25 us here)
 _THREAD_PROGRESS_STEPS = 1_000_000  # ... and between checks in a worker thread (about 20 ms)
+DEFAULT_BATCH_BYTES = 1 << 20
+"""About how many bytes of values one batch of rows may hold (``--max-batch-bytes``)."""
 INLINE_BUDGET = 20
 """Progress-handler calls a statement may take on the event loop (about 0.5 ms, measured
 in docs/benchmarks.md); past that it is stopped and run again in a worker thread."""
@@ -40,48 +59,19 @@ _READ_ACTIONS = frozenset(
 )
 _CLASSIFIED_MAX = 4096  # SQL texts whose read-only verdict a Database remembers
 
-_WRITE_ACTIONS = frozenset(
-    {
-        sqlite3.SQLITE_CREATE_INDEX,
-        sqlite3.SQLITE_CREATE_TABLE,
-        sqlite3.SQLITE_CREATE_TRIGGER,
-        sqlite3.SQLITE_CREATE_VIEW,
-        sqlite3.SQLITE_DELETE,
-        sqlite3.SQLITE_DROP_INDEX,
-        sqlite3.SQLITE_DROP_TABLE,
-        sqlite3.SQLITE_DROP_TRIGGER,
-        sqlite3.SQLITE_DROP_VIEW,
-        sqlite3.SQLITE_INSERT,
-        sqlite3.SQLITE_UPDATE,
-        sqlite3.SQLITE_ALTER_TABLE,
-        sqlite3.SQLITE_REINDEX,
-        sqlite3.SQLITE_ANALYZE,
-        sqlite3.SQLITE_CREATE_VTABLE,
-        sqlite3.SQLITE_DROP_VTABLE,
-    }
-)
+def limit_sqlite_memory(max_bytes: int) -> None:
+    """Cap the memory SQLite may allocate in this whole process (``PRAGMA hard_heap_limit``).
 
-# PRAGMAs that only report, whatever their argument.
-_PRAGMA_REPORTS = frozenset(
-    {
-        "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
-        "foreign_key_list", "foreign_key_check", "collation_list", "function_list", "pragma_list",
-        "module_list", "database_list", "compile_options", "quick_check", "integrity_check",
-    }
-)
-# PRAGMAs that report when asked without a value (``PRAGMA user_version``).
-_PRAGMA_SETTINGS = frozenset(
-    {
-        "user_version", "schema_version", "application_id", "page_count", "page_size",
-        "freelist_count", "encoding", "journal_mode", "data_version", "foreign_keys",
-        "defer_foreign_keys", "recursive_triggers", "auto_vacuum", "cache_size",
-    }
-)
-# PRAGMAs a read-write server lets a client set.
-_PRAGMA_WRITABLE = frozenset(
-    {"user_version", "application_id", "foreign_keys", "defer_foreign_keys", "recursive_triggers",
-     "optimize", "wal_checkpoint", "incremental_vacuum"}
-)
+    A statement that needs more fails with ``out_of_memory``: the one bound
+    on a single result row, whose values (up to 2000 columns of
+    max_value_bytes each) SQLite builds before Python sees any of them.
+    Shared by every connection of the process; 0 removes the cap.
+    """
+    probe = sqlite3.connect(":memory:")
+    try:
+        probe.execute(f"PRAGMA hard_heap_limit = {int(max_bytes)}")
+    finally:
+        probe.close()
 
 
 class OverBudget(Exception):
@@ -119,6 +109,13 @@ class Database:
         read_write: allow writes; the database is switched to WAL mode.
         max_value_bytes: the largest string or blob a statement may build.
         max_sql_bytes: the longest SQL text accepted.
+        max_temp_bytes: the most a session's temporary tables and indexes may
+            hold (``PRAGMA temp.max_page_count``).
+        max_like_pattern_bytes: the longest LIKE or GLOB pattern. SQLite
+            matches in one VM step, in time about value length x pattern
+            length (a 16 MiB value and a 50-byte pattern: about 1 s here).
+        max_row_bytes: the largest result row (its values as sent, blobs in
+            base64), refused with ``too_big`` before it is encoded.
         busy_timeout: seconds a writer waits for another writer's lock.
 
     Raises:
@@ -132,13 +129,26 @@ class Database:
         read_write: bool = False,
         max_value_bytes: int = 16 << 20,
         max_sql_bytes: int = 1 << 20,
+        max_temp_bytes: int = 64 << 20,
+        max_like_pattern_bytes: int = 50,
+        max_row_bytes: int = 32 << 20,
         busy_timeout: float = 5.0,
     ) -> None:
         self.path = Path(path)
         self.read_write = read_write
         self.max_value_bytes = max_value_bytes
         self.max_sql_bytes = max_sql_bytes
+        self.max_temp_bytes = max_temp_bytes
+        self.max_like_pattern_bytes = max_like_pattern_bytes
+        self.max_row_bytes = max_row_bytes
         self.busy_timeout = busy_timeout
+        probe = sqlite3.connect(":memory:")
+        try:
+            # Every module SQLite was built with: a READ of one of these names
+            # is a table-valued function, judged against ALLOWED_TABLE_FUNCTIONS.
+            self.modules = frozenset(row[0] for row in probe.execute("PRAGMA module_list"))
+        finally:
+            probe.close()
         self._read_only_sql: dict[str, bool] = {}
         if not read_write and not self.path.is_file():
             raise SqlError("sql_error", f"no database at {self.path}")
@@ -165,11 +175,13 @@ class Database:
         return Session(self)
 
     def may_run_inline(self, sql: str) -> bool:
-        """True when ``sql`` is known to only read, so it may be tried on the event loop.
+        """True when ``sql`` is known to only read, and to call only cheap functions, so it may be tried on the event loop.
 
         The verdict comes from the authorizer the first time the statement was
         prepared (in a worker thread). Only a read-only server runs anything
-        inline: with writers about, even a read may wait on a lock.
+        inline: with writers about, even a read may wait on a lock. A
+        function call is one VM instruction however long it runs, so only
+        statements whose functions are all cheap (:func:`~trionet.sql.sandbox.cheap_call`) qualify.
         """
         return not self.read_write and self._read_only_sql.get(sql, False)
 
@@ -203,6 +215,13 @@ class Session:
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, database.max_value_bytes)
         conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, database.max_sql_bytes)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, database.max_like_pattern_bytes)
+        page_size = conn.execute("PRAGMA temp.page_size").fetchone()[0]
+        conn.execute(f"PRAGMA temp.max_page_count = {max(1, database.max_temp_bytes // page_size)}")
+        # printf, instr, replace and trim could run for seconds to hours inside
+        # one VM instruction, where sqlite3_interrupt is not seen.
+        self._functions = sandbox.LinearFunctions(database.max_value_bytes)
+        self._functions.install(conn)
         conn.set_authorizer(self._authorize)
         conn.set_progress_handler(self._progress, _THREAD_PROGRESS_STEPS)
         self.connection = conn
@@ -222,30 +241,14 @@ class Session:
 
     def _authorize(self, action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
         self._auth_calls += 1
-        if action not in _READ_ACTIONS:
-            self._auth_read_only = False
-        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-            return self._deny("denied", "ATTACH and DETACH are not allowed on this server")
-        if action == sqlite3.SQLITE_FUNCTION and arg2 == "load_extension":
-            return self._deny("denied", "extensions are not allowed on this server")
-        if action == sqlite3.SQLITE_PRAGMA:
-            return self._authorize_pragma(str(arg1).lower(), arg2)
-        if not self._db.read_write and action in _WRITE_ACTIONS and dbname != "temp":
-            target = f" {arg1}" if isinstance(arg1, str) else ""
-            return self._deny("read_only", f"the server is read-only: cannot write{target}")
-        return sqlite3.SQLITE_OK
-
-    def _authorize_pragma(self, name: str, value: Any) -> int:
-        if name in _PRAGMA_REPORTS or (name in _PRAGMA_SETTINGS and value is None):
+        if action not in _READ_ACTIONS or (action == sqlite3.SQLITE_FUNCTION and not sandbox.cheap_call(str(arg2))):
+            self._auth_read_only = False  # not for the event loop (see Database.may_run_inline)
+        verdict = sandbox.judge(
+            action, arg1, arg2, dbname, read_write=self._db.read_write, modules=self._db.modules
+        )
+        if verdict is None:
             return sqlite3.SQLITE_OK
-        if name in _PRAGMA_WRITABLE:
-            if self._db.read_write:
-                return sqlite3.SQLITE_OK
-            return self._deny("read_only", f"the server is read-only: cannot set PRAGMA {name}")
-        return self._deny("denied", f"PRAGMA {name} is not allowed on this server")
-
-    def _deny(self, code: str, message: str) -> int:
-        self._denial = (code, message)
+        self._denial = verdict
         return sqlite3.SQLITE_DENY
 
     def _progress(self) -> int:
@@ -272,11 +275,15 @@ class Session:
 
     # --- running statements -------------------------------------------------
 
-    def execute(self, sql: str, params: Any, batch: int, budget: int = 0) -> FetchResult:
+    def execute(
+        self, sql: str, params: Any, batch: int, budget: int = 0, max_bytes: int = DEFAULT_BATCH_BYTES
+    ) -> FetchResult:
         """Start ``sql`` and return its column names and first batch of rows.
 
         Args:
             batch: the most rows to return now; :meth:`fetch` returns the rest.
+            max_bytes: end the batch early once its values add up to about
+                this many bytes on the wire (the last row may go past it).
             budget: when not 0, stop after about ``budget`` thousand SQLite VM
                 instructions and raise :class:`OverBudget` (for statements
                 tried on the event loop, which :meth:`Database.may_run_inline`
@@ -289,6 +296,7 @@ class Session:
         self._close_cursor()
         self._timed_out = False
         self._denial = None
+        self._functions.reset()
         self._budget = budget
         self._over_budget = False
         self._count_instructions(budget > 0)
@@ -301,7 +309,7 @@ class Session:
             columns = [d[0] for d in cursor.description] if cursor.description else []
             if self._auth_calls:  # prepared now, not taken from the statement cache
                 self._db._remember(sql, self._auth_read_only)
-            return self._fetch(columns, batch)
+            return self._fetch(columns, batch, max_bytes)
         except SqlError:
             raise
         except Exception as exc:
@@ -312,22 +320,53 @@ class Session:
         finally:
             self._count_instructions(False)
 
-    def fetch(self, batch: int) -> FetchResult:
-        """Return the next batch of rows of the running statement."""
-        return self._fetch(None, batch)
+    def fetch(self, batch: int, max_bytes: int = DEFAULT_BATCH_BYTES) -> FetchResult:
+        """Return the next batch of rows of the running statement (at most ``batch`` rows, about ``max_bytes``)."""
+        return self._fetch(None, batch, max_bytes)
 
-    def _fetch(self, columns: list[str] | None, batch: int) -> FetchResult:
+    def _fetch(self, columns: list[str] | None, batch: int, max_bytes: int) -> FetchResult:
         cursor = self._cursor
         if cursor is None:
             raise SqlError("internal", "no statement is running")
+        rows: list[tuple] = []
+        full = False
         try:
-            rows = cursor.fetchmany(batch) if cursor.description else []
+            if cursor.description:
+                # Row by row, so that a batch is cut by its size as well as its
+                # count: 256 rows of 16 MB values would be 4 GB in one batch.
+                fetchone = cursor.fetchone
+                max_row = self._db.max_row_bytes
+                size = 0
+                while len(rows) < batch:
+                    row = fetchone()
+                    if row is None:
+                        break
+                    row_size = 0
+                    for value in row:
+                        kind = type(value)
+                        row_size += len(value) if kind is str else (len(value) * 4 // 3 if kind is bytes else 8)
+                    if row_size > max_row:
+                        # Refused before it is encoded (base64, JSON, bytes:
+                        # four more copies of it).
+                        raise SqlError(
+                            "too_big",
+                            f"a result row holds about {row_size} bytes, more than the server's limit of "
+                            f"{max_row} (--max-row-bytes)",
+                        )
+                    rows.append(row)
+                    size += row_size
+                    if size >= max_bytes:
+                        full = True
+                        break
+        except SqlError:
+            self._close_cursor()
+            raise
         except Exception as exc:
             self._close_cursor()
             if self._over_budget:
                 raise OverBudget from None
             raise self._map_error(exc) from None
-        if len(rows) == batch:
+        if full or len(rows) == batch:
             return FetchResult(columns, rows, exhausted=False)
         changes = max(cursor.rowcount, 0)
         last = cursor.lastrowid if changes else None
@@ -375,6 +414,7 @@ class Session:
         except sqlite3.Error:
             pass
         self.connection.close()
+        self._functions.close()
 
     @property
     def aborted(self) -> bool:
@@ -397,10 +437,17 @@ class Session:
             if "binding" in message or "supplied" in message or "parameter" in message:
                 return SqlError("bad_param", message)
             return SqlError("sql_error", message)
+        if self._functions.refusal is not None:
+            return SqlError(*self._functions.refusal)
+        if isinstance(exc, MemoryError):  # SQLITE_NOMEM: the hard heap limit
+            return SqlError(
+                "out_of_memory", "the statement needs more memory than the server lets SQLite use "
+                "(--max-sqlite-memory-bytes)"
+            )
         if not isinstance(exc, sqlite3.Error):
             return SqlError("internal", f"{type(exc).__name__}: {message}")
         name = getattr(exc, "sqlite_errorname", "") or ""
-        if name == "SQLITE_AUTH" and self._denial is not None:
+        if self._denial is not None and (name == "SQLITE_AUTH" or message.startswith("not authorized")):
             return SqlError(*self._denial)
         if name == "SQLITE_INTERRUPT" or message == "interrupted":
             if self._timed_out:
@@ -414,4 +461,16 @@ class Session:
             return SqlError("constraint", message)
         if name == "SQLITE_TOOBIG":
             return SqlError("too_big", message)
+        if "pattern too complex" in message:
+            return SqlError(
+                "too_big",
+                f"{message}: LIKE and GLOB patterns are limited to {self._db.max_like_pattern_bytes} bytes "
+                "(--max-like-pattern-bytes)",
+            )
+        if name == "SQLITE_FULL":
+            return SqlError(
+                "full",
+                f"{message} (a connection's temporary tables and indexes may hold "
+                f"{self._db.max_temp_bytes} bytes: --max-temp-bytes)",
+            )
         return SqlError("sql_error", message)

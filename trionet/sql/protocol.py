@@ -34,8 +34,10 @@ __all__ = [
     "ClientProtocol",
     "Columns",
     "Done",
+    "BYE_CODES",
     "ErrorReply",
     "Hello",
+    "IdlePolicy",
     "RemoteProtocolError",
     "Request",
     "Rows",
@@ -62,13 +64,24 @@ ERROR_CODES: dict[str, str] = {
     "sql_error": "SQLite rejected the statement (syntax, unknown table or column, ...)",
     "multiple_statements": "the request holds more than one statement; send one per request",
     "read_only": "the statement would write, and the server is read-only (start it with --read-write)",
-    "denied": "the statement uses something the server never allows (ATTACH, DETACH, extensions, some PRAGMAs)",
+    "denied": "the statement uses something off the server's allow-list (ATTACH, extensions, fts3_tokenizer, ...)",
     "constraint": "a constraint failed (UNIQUE, NOT NULL, CHECK, FOREIGN KEY)",
     "busy": "the database is locked by another writer; retry, or use BEGIN IMMEDIATE",
     "too_big": "a string or blob is larger than the server's limit",
     "timeout": "the request ran longer than the server's --query-timeout and was interrupted",
     "interrupted": "the request was interrupted because the server is shutting down",
+    "out_of_memory": "SQLite reached the server's --max-sqlite-memory-bytes; the statement was stopped",
+    "full": "temporary tables and indexes reached the server's --max-temp-bytes (or the disk is full)",
     "internal": "the server failed unexpectedly; the connection stays usable",
+}
+
+
+BYE_CODES: dict[str, str] = {
+    "shutdown": "the server is shutting down (SIGINT or SIGTERM)",
+    "idle": "the connection sent no request for the server's --idle-timeout",
+    "idle_transaction": "the connection left a transaction open and idle for --idle-transaction-timeout; "
+    "it was rolled back",
+    "busy": "the server already has --max-connections clients; sent instead of hello",
 }
 
 
@@ -158,10 +171,18 @@ def parse_request(line: bytes) -> Request | BadRequest | None:
         return Request(id=None, sql=stripped, bare=True)
     try:
         obj = json.loads(stripped)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return BadRequest(None, "bad_request", f"invalid JSON: {exc}")
+    except RecursionError:
+        return BadRequest(None, "bad_request", "invalid JSON: nested too deeply")
+    except ValueError as exc:
+        # JSONDecodeError, and the plain ValueError of an integer literal
+        # longer than sys.get_int_max_str_digits() (4300 digits by default).
+        return BadRequest(None, "bad_request", f"invalid JSON: {str(exc)[:200]}")
     if not isinstance(obj, dict):
         return BadRequest(None, "bad_request", "a JSON request must be an object")
+    if "\\u" in stripped and _has_lone_surrogate(obj):
+        # "\ud800" is valid JSON but no UTF-8 string: SQLite could not take it,
+        # and the id could not be echoed.
+        return BadRequest(None, "bad_request", "a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text")
     req_id = obj.get("id")
     if not (req_id is None or isinstance(req_id, (str, int)) and not isinstance(req_id, bool)):
         return BadRequest(None, "bad_request", "'id' must be a string, an integer or null")
@@ -189,6 +210,17 @@ def parse_request(line: bytes) -> Request | BadRequest | None:
     except ValueError as exc:
         return BadRequest(req_id, "bad_param", str(exc))
     return Request(id=req_id, sql=sql, params=params, max_rows=max_rows)
+
+
+_encode_any = json.JSONEncoder(ensure_ascii=False, allow_nan=True).encode
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    try:
+        _encode_any(obj).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def encode_request(
@@ -247,19 +279,30 @@ class ServerProtocol:
 # --- replies (server -> client) ------------------------------------------------
 
 
-def encode_hello(*, read_only: bool, max_rows: int, max_request_bytes: int, query_timeout: float) -> bytes:
+def encode_hello(
+    *,
+    read_only: bool,
+    max_rows: int,
+    max_request_bytes: int,
+    query_timeout: float,
+    idle_timeout: float | None = None,
+    idle_transaction_timeout: float | None = None,
+) -> bytes:
     """The greeting the server sends as soon as a client connects."""
-    return _dumps(
-        {
-            "type": "hello",
-            "server": "trionet-sql",
-            "protocol": PROTOCOL_VERSION,
-            "read_only": read_only,
-            "max_rows": max_rows,
-            "max_request_bytes": max_request_bytes,
-            "query_timeout": query_timeout,
-        }
-    )
+    hello = {
+        "type": "hello",
+        "server": "trionet-sql",
+        "protocol": PROTOCOL_VERSION,
+        "read_only": read_only,
+        "max_rows": max_rows,
+        "max_request_bytes": max_request_bytes,
+        "query_timeout": query_timeout,
+    }
+    if idle_timeout is not None:
+        hello["idle_timeout"] = idle_timeout
+    if idle_transaction_timeout is not None:
+        hello["idle_transaction_timeout"] = idle_transaction_timeout
+    return _dumps(hello)
 
 
 def encode_columns(req_id: Any, columns: list[str]) -> bytes:
@@ -298,9 +341,46 @@ def encode_error(req_id: Any, code: str, message: str) -> bytes:
     return _dumps({"id": req_id, "type": "error", "code": code, "message": message})
 
 
-def encode_bye(reason: str) -> bytes:
-    """Sent before the server closes a connection on its own (shutdown)."""
-    return _dumps({"type": "bye", "reason": reason})
+def encode_bye(reason: str, code: str = "shutdown") -> bytes:
+    """Sent before the server closes a connection on its own; ``code`` is one of :data:`BYE_CODES`."""
+    return _dumps({"type": "bye", "code": code, "reason": reason})
+
+
+@dataclass(frozen=True, slots=True)
+class IdlePolicy:
+    """When the server closes a connection that sends nothing: the rule, without a clock.
+
+    Args:
+        idle_timeout: seconds a connection may wait between requests; 0 for ever.
+        idle_transaction_timeout: the same while it holds a transaction open
+            (and with it, on a read-write server, perhaps the write lock); 0 for ever.
+    """
+
+    idle_timeout: float = 300.0
+    idle_transaction_timeout: float = 60.0
+
+    def deadline(self, last_active: float, in_transaction: bool) -> tuple[float, str, str]:
+        """When a connection quiet since ``last_active`` is closed: ``(time, bye code, reason)``.
+
+        The time is ``math.inf`` when no limit applies.
+        """
+        if in_transaction and self.idle_transaction_timeout > 0:
+            limit = self.idle_transaction_timeout
+            if not (0 < self.idle_timeout < limit):
+                return (
+                    last_active + limit,
+                    "idle_transaction",
+                    f"a transaction was left open and idle for {limit:g}s; it was rolled back",
+                )
+        if self.idle_timeout > 0:
+            return last_active + self.idle_timeout, "idle", f"no request for {self.idle_timeout:g}s"
+        return math.inf, "idle", ""
+
+    @property
+    def recheck(self) -> float:
+        """Seconds a watcher may sleep without looking: the shorter limit (a
+        connection may open a transaction, or start and end a request, meanwhile)."""
+        return min((t for t in (self.idle_timeout, self.idle_transaction_timeout) if t > 0), default=math.inf)
 
 
 # --- the client's side -------------------------------------------------------
@@ -314,6 +394,8 @@ class Hello:
     max_rows: int
     max_request_bytes: int
     query_timeout: float
+    idle_timeout: float | None = None
+    idle_transaction_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +430,7 @@ class ErrorReply:
 @dataclass(frozen=True, slots=True)
 class Bye:
     reason: str
+    code: str | None = None  # one of BYE_CODES; None from a server older than the code
 
 
 @dataclass
@@ -409,9 +492,11 @@ def parse_reply(line: bytes) -> Hello | Columns | Rows | Done | ErrorReply | Bye
                 obj["max_rows"],
                 obj["max_request_bytes"],
                 obj["query_timeout"],
+                obj.get("idle_timeout"),
+                obj.get("idle_transaction_timeout"),
             )
         if kind == "bye":
-            return Bye(obj["reason"])
+            return Bye(obj["reason"], obj.get("code"))
     except (ValueError, KeyError, TypeError) as exc:
         raise RemoteProtocolError(f"not a reply frame: {line[:100]!r} ({exc})") from None
     raise RemoteProtocolError(f"unknown frame type {kind!r}")

@@ -13,14 +13,25 @@ Each connection runs two tasks under its own nursery:
   most one batch per connection.
 
 A slow query holds one worker thread; other connections keep being served by
-the other threads and the event loop.
+the other threads and the event loop. Statement threads are few (sized to
+the cores, so CPU-bound queries cannot starve the event loop); opening and
+closing sessions has its own small pool, so a new client is greeted at once
+however many queries run.
+
+Every connection is a resource with limits: at most ``max_connections``
+(the one over it gets a ``bye`` with code ``busy`` instead of ``hello``), an
+idle one is closed after ``idle_timeout`` seconds, one idle inside a
+transaction after ``idle_transaction_timeout`` (rolled back), and at shutdown
+each gets a ``bye`` with code ``shutdown``, after the answer of a request it
+had running (interrupted shortly before the grace period ends).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import outcome
 import trio
@@ -29,13 +40,16 @@ from trionet.framing import EOF
 from trionet.log import get_logger
 from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol
-from trionet.sql.engine import INLINE_BUDGET, Database, FetchResult, OverBudget, Session, SqlError
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, INLINE_BUDGET, Database, FetchResult, OverBudget, Session, SqlError
 
-__all__ = ["SqlServer", "SqlServerConfig", "serve_sql"]
+__all__ = ["DEFAULT_STATEMENT_THREADS", "SqlServer", "SqlServerConfig", "serve_sql"]
 
 log = get_logger("sql")
 
-_BYE_SHUTDOWN = protocol.encode_bye("server shutting down")
+_BYE_SHUTDOWN = protocol.encode_bye("server shutting down", "shutdown")
+_SESSION_THREADS = 4  # threads opening and closing sessions (a file open, a rollback): short, I/O-bound
+DEFAULT_STATEMENT_THREADS = max(2, os.cpu_count() or 2)
+"""Worker threads running statements at once: one per core (at least 2)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,15 @@ class SqlServerConfig:
             truncated); 0 for no cap.
         max_request_bytes: the longest request line.
         batch_rows: rows per ``rows`` frame.
-        max_threads: worker threads running SQLite at once.
+        max_batch_bytes: a ``rows`` frame ends early once its values hold
+            about this many bytes (one row may go past it).
+        max_threads: worker threads running statements at once (sized to
+            the cores: more only helps statements that wait on a lock).
+        max_connections: clients at once; the one over it gets ``bye busy``.
+        idle_timeout: seconds a connection may stay silent between requests
+            (``bye idle``); 0 for ever.
+        idle_transaction_timeout: the same inside an open transaction
+            (``bye idle_transaction``, rolled back); 0 for ever.
         inline: try short read-only statements on the event loop first (bounded
             by :data:`~trionet.sql.engine.INLINE_BUDGET`); off only to measure.
     """
@@ -61,7 +83,11 @@ class SqlServerConfig:
     max_rows: int = 100_000
     max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES
     batch_rows: int = 256
-    max_threads: int = 32
+    max_batch_bytes: int = DEFAULT_BATCH_BYTES
+    max_threads: int = DEFAULT_STATEMENT_THREADS
+    max_connections: int = 1000
+    idle_timeout: float = 300.0
+    idle_transaction_timeout: float = 60.0
     inline: bool = True
 
 
@@ -78,11 +104,16 @@ class SqlServer:
         self.config = config or SqlServerConfig()
         self.service = TCPService("sql", self._handle, log)
         self._limiter = trio.CapacityLimiter(self.config.max_threads)
+        self._session_limiter = trio.CapacityLimiter(_SESSION_THREADS)
+        self._thread_tokens_held = trio.CapacityLimiter(math.inf)  # counted by self._limiter, not trio's default 40
+        self._idle = protocol.IdlePolicy(self.config.idle_timeout, self.config.idle_transaction_timeout)
         self._hello = protocol.encode_hello(
             read_only=not database.read_write,
             max_rows=self.config.max_rows,
             max_request_bytes=self.config.max_request_bytes,
             query_timeout=self.config.query_timeout,
+            idle_timeout=self.config.idle_timeout,
+            idle_transaction_timeout=self.config.idle_transaction_timeout,
         )
 
     async def serve(
@@ -98,7 +129,19 @@ class SqlServer:
     # --- per connection -------------------------------------------------------
 
     async def _handle(self, conn: Connection) -> None:
-        session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._limiter)
+        if len(self.service.connections) > self.config.max_connections:
+            # Say so rather than let the client meet a silent EOF (or, worse,
+            # run the server out of descriptors for everyone).
+            log.warning("sql: refusing %s: %d connections open", conn.peer, len(self.service.connections) - 1)
+            with trio.move_on_after(1):
+                await conn.stream.send_all(
+                    protocol.encode_bye(
+                        f"the server has {self.config.max_connections} connections, its limit; try again later",
+                        "busy",
+                    )
+                )
+            return
+        session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
         state = _ConnState(
             session, protocol.ServerProtocol(self.config.max_request_bytes), SendWatchdog(self.config.send_timeout)
         )
@@ -108,16 +151,20 @@ class SqlServer:
                 nursery.start_soon(self._interrupt_when_cancelled, session)
                 with trio.CancelScope() as requests_scope:
                     nursery.start_soon(state.sends.watch, requests_scope)
+                    nursery.start_soon(self._watch_idle, state, requests_scope)
                     await self._serve_requests(conn, state)
                 if state.sends.stalled:
                     # The client has not read what we sent for send_timeout
                     # seconds; the stream may be mid-frame, so it cannot go on.
                     raise trio.BrokenResourceError(f"client read nothing for {self.config.send_timeout}s")
+                if state.idle_bye is not None:
+                    with trio.move_on_after(1):
+                        await conn.stream.send_all(state.idle_bye)
                 nursery.cancel_scope.cancel()
         finally:
             session.interrupt("connection closed")
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(session.close, limiter=self._limiter)
+                await trio.to_thread.run_sync(session.close, limiter=self._session_limiter)
 
     async def _serve_requests(self, conn: Connection, state: "_ConnState") -> None:
         # The course's loop, for one connection: wait for a request, handle
@@ -125,6 +172,7 @@ class SqlServer:
         # back by TCP, not by our memory.
         await self._send(state, conn, self._hello)
         while not conn.draining.is_set():
+            state.last_active = trio.current_time()
             try:
                 request = await receive_event(conn.stream, state.proto)
             except (trio.BrokenResourceError, OSError):
@@ -140,13 +188,36 @@ class SqlServer:
             state.busy = False
         await self._send(state, conn, _BYE_SHUTDOWN)
 
+    async def _watch_idle(self, state: "_ConnState", scope: trio.CancelScope) -> None:
+        # One sleeping task per connection, not a cancel scope per request
+        # (the per-request cost the send watchdog also avoids); the rule of
+        # when to close lives in protocol.IdlePolicy.
+        while True:
+            now = trio.current_time()
+            wake = now + self._idle.recheck
+            if not state.busy:
+                deadline, code, reason = self._idle.deadline(state.last_active, state.session.in_transaction)
+                if now >= deadline:
+                    state.idle_bye = protocol.encode_bye(reason, code)
+                    scope.cancel()
+                    return
+                wake = min(wake, deadline)
+            await trio.sleep_until(wake)
+
     async def _watch_drain(self, conn: Connection, state: "_ConnState", scope: trio.CancelScope) -> None:
         await conn.draining.wait()
         if not state.busy:
             with trio.move_on_after(1):
                 await conn.stream.send_all(_BYE_SHUTDOWN)
             scope.cancel()
-        # A busy connection finishes its request, says bye and closes.
+            return
+        # A busy connection finishes its request, says bye and closes. If the
+        # request would outlive the grace period, it is interrupted shortly
+        # before the end, so that its client still gets the answer
+        # ('interrupted') and the bye, not a bare close.
+        deadline = self.service.grace_deadline
+        await trio.sleep_until(deadline - min(1.0, (deadline - trio.current_time()) / 2))
+        state.session.interrupt("the server is shutting down")
 
     @staticmethod
     async def _interrupt_when_cancelled(session: Session) -> None:
@@ -173,7 +244,8 @@ class SqlServer:
             nursery.start_soon(self._watch_while_working, conn, state, deadline)
             # The watcher never raises, so what the thread raised (an
             # SqlError, say) is re-raised as is, not wrapped in a group.
-            result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._limiter)
+            # The caller holds a statement-thread token (self._limiter) already.
+            result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._thread_tokens_held)
             nursery.cancel_scope.cancel()
         return result.unwrap()
 
@@ -210,6 +282,7 @@ class SqlServer:
         if request.max_rows is not None:
             cap = request.max_rows if cap == 0 else min(cap, request.max_rows)
         batch = self.config.batch_rows
+        max_bytes = self.config.max_batch_bytes
         work_left = self.config.query_timeout or math.inf  # seconds of SQLite time still allowed
         sent = 0
         truncated = False
@@ -217,11 +290,14 @@ class SqlServer:
 
         async def in_sqlite(fn, *args) -> FetchResult:
             nonlocal work_left
-            begun = trio.current_time()
-            try:
-                return await self._in_thread(conn, state, begun + work_left, fn, *args)
-            finally:
-                work_left -= trio.current_time() - begun
+            # The clock starts once a statement thread is ours: with few
+            # threads, waiting for one is not time SQLite worked on this request.
+            async with self._limiter:
+                begun = trio.current_time()
+                try:
+                    return await self._in_thread(conn, state, begun + work_left, fn, *args)
+                finally:
+                    work_left -= trio.current_time() - begun
 
         try:
             want = self._want(batch, cap, sent)
@@ -230,11 +306,11 @@ class SqlServer:
                 # A short read costs less here than a thread hop (docs/benchmarks.md);
                 # the VM-instruction budget bounds how long it holds the event loop.
                 try:
-                    result = session.execute(request.sql, request.params, want, INLINE_BUDGET)
+                    result = session.execute(request.sql, request.params, want, INLINE_BUDGET, max_bytes)
                 except OverBudget:
                     pass
             if result is None:
-                result = await in_sqlite(session.execute, request.sql, request.params, want)
+                result = await in_sqlite(session.execute, request.sql, request.params, want, 0, max_bytes)
             out = protocol.encode_columns(req_id, result.columns or [])
             while True:
                 rows = result.rows
@@ -248,7 +324,7 @@ class SqlServer:
                     break
                 await self._send(state, conn, out)  # backpressure: the next batch waits for this one
                 out = b""
-                result = await in_sqlite(session.fetch, self._want(batch, cap, sent))
+                result = await in_sqlite(session.fetch, self._want(batch, cap, sent), max_bytes)
             if truncated and not result.exhausted:
                 session.cancel_statement()
             out += protocol.encode_done(
@@ -276,6 +352,8 @@ class _ConnState:
     proto: protocol.ServerProtocol
     sends: SendWatchdog
     busy: bool = False
+    last_active: float = field(default_factory=trio.current_time)
+    idle_bye: bytes | None = None  # set when the idle watcher closes the connection
 
 
 async def serve_sql(
