@@ -14,7 +14,11 @@ frame plus one read. A frame that is too long is skipped, and an
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+E = TypeVar("E")
 
 __all__ = [
     "EOF",
@@ -22,7 +26,9 @@ __all__ = [
     "Frame",
     "FramingError",
     "LengthPrefixFramer",
+    "LineClientProtocol",
     "LineFramer",
+    "LineServerProtocol",
     "Oversized",
     "TruncatedFrame",
     "encode_length_prefixed",
@@ -232,6 +238,84 @@ def encode_length_prefixed(payload: bytes, prefix_bytes: int) -> bytes:
     if len(payload) >= 1 << (8 * prefix_bytes):
         raise FramingError(f"payload of {len(payload)} bytes does not fit a {prefix_bytes}-byte length")
     return len(payload).to_bytes(prefix_bytes, "big") + payload
+
+
+class LineServerProtocol(Generic[E]):
+    """A server's side of a line protocol, sans-IO: bytes in, parsed requests out.
+
+    The SQL and names servers differ only in how a line parses and in what an
+    over-long line becomes; this class is the rest, written once.
+
+    Args:
+        parse: turns one line (without its newline) into a request, or None
+            to skip it (a blank line).
+        oversized: builds the event for a line longer than ``max_line``
+            (the server answers it with an error; the connection goes on).
+        max_line: the longest line, in bytes.
+
+    Error handling:
+        A last line without its newline from a client that closed is dropped
+        (:data:`EOF`): a client that left mid-request gets no answer.
+    """
+
+    def __init__(self, parse: Callable[[bytes], E | None], oversized: Callable[[int], E], max_line: int) -> None:
+        self._framer = LineFramer(max_line)
+        self._parse = parse
+        self._oversized = oversized
+        self.max_line = max_line
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` when it closed its side."""
+        self._framer.receive_data(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed into requests."""
+        return self._framer.buffered
+
+    def next_event(self) -> E | object:
+        """Return the next request (or the ``oversized`` event), NEED_DATA or EOF."""
+        while True:
+            event = self._framer.next_event()
+            if isinstance(event, Frame):
+                parsed = self._parse(event.payload)
+                if parsed is None:
+                    continue
+                return parsed
+            if isinstance(event, Oversized):
+                return self._oversized(event.limit)
+            if isinstance(event, TruncatedFrame):
+                return EOF
+            return event
+
+
+class LineClientProtocol(Generic[E]):
+    """A client's side of a line protocol, sans-IO: bytes in, parsed replies out.
+
+    Args:
+        parse: turns one reply line into an event; raises ``error`` when the
+            line is not a reply.
+        error: the protocol's "the server broke the protocol" exception.
+        max_line: the longest reply line, in bytes.
+
+    Error handling:
+        An over-long line, or a server that closes in the middle of a line,
+        raises ``error``: a client cannot skip part of an answer.
+    """
+
+    def __init__(self, parse: Callable[[bytes], E], error: type[Exception], max_line: int) -> None:
+        self._framer = LineFramer(max_line)
+        self._parse = parse
+        self._error = error
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the server; ``b""`` when it closed."""
+        self._framer.receive_data(data)
+
+    def next_event(self) -> E | object:
+        """Return the next reply, NEED_DATA or EOF."""
+        line = next_line(self._framer, self._error)
+        return line if line is NEED_DATA or line is EOF else self._parse(line)
 
 
 def next_line(framer: LineFramer, error: type[Exception] = FramingError) -> bytes | object:

@@ -19,10 +19,10 @@ import base64
 import binascii
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from trionet.framing import EOF, NEED_DATA, Frame, LineFramer, Oversized, TruncatedFrame, next_line
+from trionet.framing import LineClientProtocol, LineServerProtocol
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
@@ -238,42 +238,21 @@ def encode_request(
     return _dumps(obj)
 
 
-class ServerProtocol:
-    """The server's side of one connection: bytes in, requests out.
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(None, "request_too_large", f"request longer than {limit} bytes; it was skipped")
+
+
+class ServerProtocol(LineServerProtocol[Request | BadRequest]):
+    """The server's side of one connection: bytes in, :class:`Request` or :class:`BadRequest` out.
 
     Args:
-        max_request_bytes: the longest request line accepted.
+        max_request_bytes: the longest request line accepted; a longer one
+            becomes a ``request_too_large`` :class:`BadRequest`.
     """
 
     def __init__(self, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
-        self._framer = LineFramer(max_request_bytes)
+        super().__init__(parse_request, _too_large, max_request_bytes)
         self.max_request_bytes = max_request_bytes
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the client; ``b""`` when it closed its side."""
-        self._framer.receive_data(data)
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet parsed into requests."""
-        return self._framer.buffered
-
-    def next_event(self) -> Request | BadRequest | object:
-        """Return the next Request or BadRequest, or NEED_DATA, or EOF."""
-        while True:
-            event = self._framer.next_event()
-            if isinstance(event, Frame):
-                parsed = parse_request(event.payload)
-                if parsed is None:
-                    continue
-                return parsed
-            if isinstance(event, Oversized):
-                return BadRequest(
-                    None, "request_too_large", f"request longer than {event.limit} bytes; it was skipped"
-                )
-            if isinstance(event, TruncatedFrame):
-                return EOF  # a partial last line from a client that left: nothing to answer
-            return event
 
 
 # --- replies (server -> client) ------------------------------------------------
@@ -433,25 +412,14 @@ class Bye:
     code: str | None = None  # one of BYE_CODES; None from a server older than the code
 
 
-@dataclass
-class ClientProtocol:
+class ClientProtocol(LineClientProtocol[Hello | Columns | Rows | Done | ErrorReply | Bye]):
     """The client's side of one connection: bytes in, reply events out.
 
     Raises :class:`RemoteProtocolError` when a line is not a reply frame.
     """
 
-    max_line: int = 64 << 20
-    _framer: LineFramer = field(init=False)
-
-    def __post_init__(self) -> None:
-        self._framer = LineFramer(self.max_line)
-
-    def receive_data(self, data: bytes) -> None:
-        self._framer.receive_data(data)
-
-    def next_event(self) -> Hello | Columns | Rows | Done | ErrorReply | Bye | object:
-        line = next_line(self._framer, RemoteProtocolError)
-        return line if line is NEED_DATA or line is EOF else parse_reply(line)
+    def __init__(self, max_line: int = 64 << 20) -> None:
+        super().__init__(parse_reply, RemoteProtocolError, max_line)
 
 
 def _decode_rows(rows: Any) -> list[tuple]:
