@@ -13,6 +13,7 @@ nursery; whatever is still running then is cancelled.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -36,6 +37,10 @@ __all__ = [
 ]
 
 RECEIVE_CHUNK = 65536
+
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+"""accept() errors that mean "out of capacity for now": retried after a pause (as trio.serve_listeners does)."""
+ACCEPT_RETRY_SECONDS = 0.1
 
 
 class ListenError(OSError):
@@ -165,10 +170,14 @@ class TCPService:
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                # EMFILE and friends: log, back off a little, keep serving the
-                # connections we have (trio's serve_listeners does the same).
-                self._log.error("%s accept failed: %s", self.name, exc)
-                await trio.sleep(0.1)
+                # Out of descriptors or memory: log, back off a little, keep
+                # serving the connections we have, as trio's serve_listeners
+                # does for exactly these errors. Anything else is a broken
+                # listener, and raising it ends the service loudly.
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                self._log.error("%s accept failed: %s; retrying in %.1fs", self.name, exc, ACCEPT_RETRY_SECONDS)
+                await trio.sleep(ACCEPT_RETRY_SECONDS)
                 continue
             conn_nursery.start_soon(self._run_connection, stream)
 
