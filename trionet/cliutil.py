@@ -17,21 +17,24 @@ from typing import TypeVar
 
 import click
 import trio
+from prometheus_client import CollectorRegistry
 
 from trionet import log
 from trionet.addresses import format_address
 from trionet.errors import leaves
+from trionet.metrics import new_registry, serve_metrics, summary_lines
 from trionet.serving import ListenError
 
 T = TypeVar("T")
 
 __all__ = [
+    "describe_os_error",
+    "distinct_ports",
     "grace_option",
     "host_option",
     "log_level_option",
+    "metrics_option",
     "port_option",
-    "describe_os_error",
-    "distinct_ports",
     "serve_until_signal",
 ]
 
@@ -86,13 +89,18 @@ def grace_option(fn: Callable) -> Callable:
 
 
 async def _run_until_signal(
-    main: Callable[[], Awaitable[T]], *, on_stop: Callable[[int], None], on_reload: Callable[[], None] | None
+    main: Callable[[], Awaitable[T]],
+    *,
+    on_stop: Callable[[int], None],
+    on_reload: Callable[[], None] | None,
+    on_report: Callable[[], None],
 ) -> T:
-    """Run ``await main()``; call ``on_stop(signum)`` on SIGINT/SIGTERM and ``on_reload()`` on SIGHUP.
+    """Run ``await main()`` while handling signals; return what ``main`` returns.
 
-    A second SIGINT/SIGTERM cancels everything at once. Returns what ``main`` returns.
+    SIGINT/SIGTERM call ``on_stop(signum)`` (a second one cancels everything
+    at once), SIGHUP ``on_reload()`` when given, SIGUSR1 ``on_report()``.
     """
-    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if on_reload is not None else [])
+    wanted = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1] + ([signal.SIGHUP] if on_reload is not None else [])
     with trio.open_signal_receiver(*wanted) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -101,12 +109,14 @@ async def _run_until_signal(
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         on_reload()
-                        continue
-                    stops += 1
-                    if stops == 1:
-                        on_stop(signum)
+                    elif signum == signal.SIGUSR1:
+                        on_report()
                     else:
-                        nursery.cancel_scope.cancel()
+                        stops += 1
+                        if stops == 1:
+                            on_stop(signum)
+                        else:
+                            nursery.cancel_scope.cancel()
 
             nursery.start_soon(_watch)
             result = await main()
@@ -122,13 +132,16 @@ def serve_until_signal(
     grace: float | None = None,
     reload: Callable[[], None] | None = None,
     expected: tuple[type[BaseException], ...] = (),
+    registry: CollectorRegistry | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> T:
     """The body of every ``trionet ... serve`` and ``ring join`` command: run a service until a signal.
 
     Runs ``await main()`` in ``trio.run``. The first SIGINT or SIGTERM is
     logged and calls ``shutdown(grace)`` (stop accepting, let work in hand
     finish within ``grace`` seconds); a second one cancels everything.
-    SIGHUP calls ``reload()`` when one is given.
+    SIGHUP calls ``reload()`` when one is given. SIGUSR1 logs every figure of
+    ``registry`` as one block, as dnsmasq does.
 
     Args:
         name: the service, for the log (``trionet.NAME``).
@@ -139,6 +152,8 @@ def serve_until_signal(
         reload: called on SIGHUP; without it SIGHUP keeps its default action.
         expected: exception types that are the service's own start-up or run
             failures (a ring that cannot form, say): shown as one line.
+        registry: the service's metrics (:mod:`trionet.metrics`); a process-only one when None.
+        metrics: ``(host, port)`` to serve ``registry`` at ``/metrics`` (``--metrics``).
 
     Returns:
         What ``main`` returned, after a graceful shutdown.
@@ -152,6 +167,7 @@ def serve_until_signal(
         ``--log-level debug``, keeps its traceback.
     """
     logger = log.get_logger(name)
+    registry = registry if registry is not None else new_registry()
 
     def _on_stop(signum: int) -> None:
         detail = f" (grace {grace:.1f}s)" if grace is not None else ""
@@ -162,16 +178,47 @@ def serve_until_signal(
         logger.info("SIGHUP: reloading")
         reload()
 
+    def _on_report() -> None:
+        logger.info("SIGUSR1: figures\n%s", "\n".join("    " + line for line in summary_lines(registry)))
+
+    async def _main() -> T:
+        async with trio.open_nursery() as nursery:
+            if metrics is not None:
+                await nursery.start(functools.partial(serve_metrics, registry, *metrics, logger=logger))
+            result = await _run_until_signal(
+                main, on_stop=_on_stop, on_reload=_on_reload if reload else None, on_report=_on_report
+            )
+            nursery.cancel_scope.cancel()
+        return result
+
     try:
-        return trio.run(
-            functools.partial(_run_until_signal, main, on_stop=_on_stop, on_reload=_on_reload if reload else None)
-        )
+        return trio.run(_main)
     except (OSError, BaseExceptionGroup, *expected) as exc:
         found = list(leaves(exc))
         if logger.isEnabledFor(logging.DEBUG) or not all(isinstance(e, (OSError, *expected)) for e in found):
             raise
         lines = dict.fromkeys(describe_os_error(e) if isinstance(e, OSError) else str(e) for e in found)
         raise click.ClickException("; ".join(lines)) from None
+
+
+def metrics_option(fn: Callable) -> Callable:
+    """``--metrics HOST:PORT``: serve Prometheus metrics at ``http://HOST:PORT/metrics``."""
+    return click.option(
+        "--metrics",
+        metavar="HOST:PORT",
+        callback=_parse_host_port,
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free one, logged). "
+        "SIGUSR1 logs the same figures either way.",
+    )(fn)
+
+
+def _parse_host_port(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"expected HOST:PORT, such as 127.0.0.1:9401; got {value!r}")
+    return host.strip("[]"), int(port)
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -87,14 +87,25 @@ class TCPService:
         handler: ``async def handler(conn: Connection)``; the stream is closed
             for it when it returns.
         logger: where open/close lines go.
+        quiet: log opened/closed connections at debug level, not info (a
+            metrics endpoint scraped every few seconds).
+
+    Attributes:
+        connections: the connections open now.
+        accepted_total: connections accepted since start.
+        requests_closed_total: requests of the connections already closed
+            (those of open ones are on each :class:`Connection`).
     """
 
-    def __init__(self, name: str, handler: Handler, logger: logging.Logger) -> None:
+    def __init__(self, name: str, handler: Handler, logger: logging.Logger, *, quiet: bool = False) -> None:
         self.name = name
         self._handler = handler
         self._log = logger
+        self._conn_level = logging.DEBUG if quiet else logging.INFO
         self.draining = trio.Event()
         self.connections: set[Connection] = set()
+        self.accepted_total = 0
+        self.requests_closed_total = 0
         self._accept_scope: trio.CancelScope | None = None
         self._conn_scope: trio.CancelScope | None = None
         self._pending_grace: float | None = None
@@ -188,7 +199,8 @@ class TCPService:
             peer = "?"  # already reset by the peer
         conn = Connection(stream=stream, peer=peer, service=self)
         self.connections.add(conn)
-        self._log.info("%s connection opened: %s", self.name, peer)
+        self.accepted_total += 1
+        self._log.log(self._conn_level, "%s connection opened: %s", self.name, peer)
         outcome = "closed"
         try:
             await self._handler(conn)
@@ -199,8 +211,10 @@ class TCPService:
             self._log.exception("%s handler failed for %s", self.name, peer)
         finally:
             self.connections.discard(conn)
+            self.requests_closed_total += conn.requests
             await trio.aclose_forcefully(stream)
-            self._log.info(
+            self._log.log(
+                self._conn_level,
                 "%s connection %s: %s, %.3fs, %d request(s)",
                 self.name,
                 outcome,

@@ -15,12 +15,20 @@ import click
 import trio
 from rich.console import Console
 
-from trionet.cliutil import grace_option, host_option, log_level_option, port_option, serve_until_signal
+from trionet.cliutil import (
+    grace_option,
+    host_option,
+    log_level_option,
+    metrics_option,
+    port_option,
+    serve_until_signal,
+)
 from trionet.log import get_logger
 from trionet.sql import protocol
 from trionet.sql.client import SqlConnectionError, connect
 from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, SqlError, limit_sqlite_memory
 from trionet.sql.render import FORMATS, changed_line, format_result, row_count, truncation_notice
+from trionet.sql.metrics import sql_registry
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 
 __all__ = ["connection_hint", "default_max_connections", "parse_param", "raise_open_files_limit", "sql"]
@@ -210,10 +218,12 @@ def sql() -> None:
     "with a 'bye' with code 'idle_transaction'; 0 for never.",
 )
 @grace_option
+@metrics_option
 @log_level_option
 def serve(
     db, host, port, read_write, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
-    max_like_pattern_bytes, max_sqlite_memory_bytes, max_row_bytes, max_batch_bytes, query_threads, max_connections, idle_timeout, idle_transaction_timeout, grace,
+    max_like_pattern_bytes, max_sqlite_memory_bytes, max_row_bytes, max_batch_bytes, query_threads, max_connections,
+    idle_timeout, idle_transaction_timeout, grace, metrics,
 ) -> None:
     """Serve an SQLite database to any number of clients over TCP.
 
@@ -274,7 +284,14 @@ def serve(
         idle_transaction_timeout=idle_transaction_timeout,
     )
     server = SqlServer(database, config)
-    serve_until_signal("sql", functools.partial(server.serve, host, port), shutdown=server.shutdown, grace=grace)
+    serve_until_signal(
+        "sql",
+        functools.partial(server.serve, host, port),
+        shutdown=server.shutdown,
+        grace=grace,
+        registry=sql_registry(server),
+        metrics=metrics,
+    )
 
 
 def parse_param(text: str):

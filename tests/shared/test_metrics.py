@@ -1,0 +1,117 @@
+"""The shared metrics endpoint: Prometheus text at /metrics, bounded requests, the SIGUSR1 summary."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+from prometheus_client import Counter, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from trionet import metrics
+from trionet.metrics import ServiceCollector, http_response, new_registry, serve_metrics, summary_lines
+from trionet.serving import TCPService
+
+
+async def _echo_once(conn) -> None:
+    data = await conn.stream.receive_some(100)
+    conn.requests += 1
+    await conn.stream.send_all(data)
+
+
+async def _get(port: int, request: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        answer = b""
+        with trio.fail_after(10):
+            while data := await stream.receive_some(65536):
+                answer += data
+    return answer
+
+
+def _families(answer: bytes) -> dict:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Type: text/plain; version=" in head
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+async def test_a_scrape_reports_the_services_connections_and_requests(nursery):
+    service = TCPService("echo", _echo_once, logging.getLogger("trionet.test"))
+    (host, port), *_ = await nursery.start(service.serve, "127.0.0.1", 0)
+    registry = new_registry()
+    registry.register(ServiceCollector([service]))
+    (_, metrics_port), *_ = await nursery.start(serve_metrics, registry, "127.0.0.1", 0)
+
+    idle = await trio.open_tcp_stream(host, port)  # stays open during the scrape
+    for _ in range(3):
+        async with await trio.open_tcp_stream(host, port) as client:
+            await client.send_all(b"ping")
+            assert await client.receive_some(100) == b"ping"
+    with trio.fail_after(10):
+        while len(service.connections) != 1:  # the three closed ones are accounted for
+            await trio.sleep(0.01)
+
+    families = _families(await _get(metrics_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))
+    samples = {(s.name, s.labels.get("listener")): s.value for f in families.values() for s in f.samples}
+    assert samples[("trionet_connections_open", "echo")] == 1
+    assert samples[("trionet_connections_total", "echo")] == 4
+    assert samples[("trionet_requests_total", "echo")] == 3
+    assert "process_resident_memory_bytes" in families and "process_open_fds" in families
+    await idle.aclose()
+
+
+def test_http_answers_by_method_and_path():
+    registry = new_registry()
+    assert http_response(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", registry).startswith(b"HTTP/1.1 200 OK")
+    head = http_response(b"HEAD /metrics HTTP/1.1\r\n\r\n", registry)
+    assert head.startswith(b"HTTP/1.1 200 OK") and head.endswith(b"\r\n\r\n")
+    assert http_response(b"GET / HTTP/1.1\r\n\r\n", registry).endswith(b"metrics at /metrics\n")
+    assert http_response(b"GET /nope HTTP/1.1\r\n\r\n", registry).startswith(b"HTTP/1.1 404 Not Found")
+    assert http_response(b"POST /metrics HTTP/1.1\r\n\r\n", registry).startswith(b"HTTP/1.1 405")
+    assert http_response(b"\x00\xff junk\r\n\r\n", registry).startswith(b"HTTP/1.1 400 Bad Request")
+
+
+async def test_a_huge_or_slow_request_head_is_refused_and_closed(nursery, monkeypatch):
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 0.2)
+    (_, port), *_ = await nursery.start(serve_metrics, new_registry(), "127.0.0.1", 0)
+    huge = await _get(port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * (metrics.MAX_REQUEST_HEAD + 10))
+    assert huge.startswith(b"HTTP/1.1 431 ")
+    slow = await _get(port, b"GET /metrics HTTP/1.1\r\n")  # never ends its head
+    assert slow.startswith(b"HTTP/1.1 408 ")
+
+
+def test_the_summary_has_every_figure_but_histogram_buckets():
+    registry = new_registry()
+    Counter("demo_queries", "Queries.", ["source"], registry=registry).labels("cache").inc(3)
+    Histogram("demo_seconds", "Latency.", registry=registry).observe(0.25)
+    lines = summary_lines(registry)
+    assert 'demo_queries_total{source="cache"} 3' in lines
+    assert "demo_seconds_count 1" in lines and "demo_seconds_sum 0.25" in lines
+    assert not any("_bucket" in line or "_created" in line for line in lines)
+    assert any(line.startswith("process_resident_memory_bytes ") for line in lines)
+
+
+@pytest.mark.parametrize("value", ["nohost", "host:notaport", ":9100", "h:70000"])
+def test_a_bad_metrics_address_is_a_usage_error(trionet_cmd, value):
+    result = trionet_cmd("sql", "serve", "--port", "0", "--metrics", value)
+    assert result.returncode == 2 and "expected HOST:PORT" in result.stderr
+
+
+def test_sql_serve_serves_metrics_and_logs_them_on_sigusr1(server_process):
+    import signal
+    import socket
+
+    server = server_process("sql", "serve", "--port", "0", "--metrics", "127.0.0.1:0")
+    metrics_port = int(server.wait_for(r"metrics listening on 127\.0\.0\.1:(\d+)").group(1))
+    server.wait_for(r"sql listening on")
+    with socket.create_connection(("127.0.0.1", metrics_port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    families = set(_families(answer))
+    assert {"trionet_connections_open", "trionet_connections", "process_open_fds"} <= families
+    server.signal(signal.SIGUSR1)
+    server.wait_for(r"SIGUSR1: figures")
+    server.wait_for(r'    trionet_connections_open\{listener="sql"\} 0')
+    assert server.proc.poll() is None  # SIGUSR1 no longer kills a server

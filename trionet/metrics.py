@@ -1,0 +1,195 @@
+"""Metrics for every service: a Prometheus registry, served at ``/metrics`` over trio, logged on SIGUSR1.
+
+The exposition format is ``prometheus_client``'s (:func:`generate_latest`);
+nothing here writes it by hand. What a service counts it keeps in plain
+attributes on its own objects (the hot path pays for an integer increment at
+most); a *collector* reads them when someone scrapes, so no measuring code
+runs between scrapes. Latency histograms are the exception: they are
+observed per request, with ``prometheus_client``'s own ``Histogram``.
+
+The endpoint is a small HTTP/1.1 server on a :class:`~trionet.serving.TCPService`:
+one ``GET /metrics`` per connection, a request head of at most
+:data:`MAX_REQUEST_HEAD` bytes read within :data:`REQUEST_TIMEOUT` seconds,
+then the answer and the close. It runs in the service's own trio loop, so a
+scrape costs no thread (``prometheus_client.start_http_server`` starts one
+per connection), and a client that never finishes its request holds nothing
+for long.
+
+Example::
+
+    registry = new_registry()
+    registry.register(ServiceCollector([server.service]))
+    await nursery.start(serve_metrics, registry, "127.0.0.1", 9100)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+
+import trio
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from trionet.serving import Connection, TCPService
+
+__all__ = [
+    "MAX_REQUEST_HEAD",
+    "REQUEST_TIMEOUT",
+    "FunctionCollector",
+    "ServiceCollector",
+    "http_response",
+    "new_registry",
+    "serve_metrics",
+    "summary_lines",
+]
+
+MAX_REQUEST_HEAD = 8192
+"""Bytes of request line and headers read; a longer head is answered 431."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a scraper may take to send its request head."""
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry with the process, platform and garbage-collector metrics (CPU, memory, descriptors)."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class ServiceCollector(Collector):
+    """Connections and requests of TCP services, read from the services at scrape time.
+
+    Args:
+        services: the listeners of one server (names has two: the line port and the DNS port).
+    """
+
+    def __init__(self, services: Iterable[TCPService]) -> None:
+        self._services = list(services)
+
+    def collect(self) -> Iterator[Metric]:
+        open_ = GaugeMetricFamily("trionet_connections_open", "Connections open now.", labels=["listener"])
+        total = CounterMetricFamily("trionet_connections", "Connections accepted.", labels=["listener"])
+        requests = CounterMetricFamily(
+            "trionet_requests", "Requests read from clients (connections still open included).", labels=["listener"]
+        )
+        for service in self._services:
+            open_.add_metric([service.name], len(service.connections))
+            total.add_metric([service.name], service.accepted_total)
+            live = sum(conn.requests for conn in service.connections)
+            requests.add_metric([service.name], service.requests_closed_total + live)
+        yield from (open_, total, requests)
+
+
+class FunctionCollector(Collector):
+    """Metrics computed by a function at scrape time: for a service's own counters and gauges."""
+
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._collect()
+
+
+def http_response(head: bytes, registry: CollectorRegistry) -> bytes:
+    """The whole HTTP response to one request head (sans-IO: no sockets).
+
+    ``GET /metrics`` (or ``HEAD``; a query string is ignored) gets the
+    exposition; ``/`` a pointer to it; any other path 404, any other method
+    405, a line that is not HTTP 400.
+    """
+    request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    parts = request_line.split()
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return _response(400, b"bad request\n")
+    method, target = parts[0], parts[1].split(b"?", 1)[0]
+    if method not in (b"GET", b"HEAD"):
+        return _response(405, b"only GET\n", extra=b"Allow: GET, HEAD\r\n")
+    if target == b"/metrics":
+        body = generate_latest(registry)
+        return _response(200, b"" if method == b"HEAD" else body, CONTENT_TYPE_LATEST.encode(), len(body))
+    if target == b"/":
+        return _response(200, b"trionet: metrics at /metrics\n")
+    return _response(404, b"not found: try /metrics\n")
+
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+            408: b"Request Timeout", 431: b"Request Header Fields Too Large"}  # fmt: skip
+
+
+def _response(
+    status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8", length: int | None = None,
+    extra: bytes = b"",
+) -> bytes:  # fmt: skip
+    head = (
+        b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n%s\r\n"
+        % (status, _REASONS[status], content_type, len(body) if length is None else length, extra)
+    )
+    return head + body
+
+
+async def serve_metrics(
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    *,
+    logger: logging.Logger | None = None,
+    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``registry`` at ``http://HOST:PORT/metrics`` until cancelled; reports the bound addresses.
+
+    Error handling:
+        A request head over :data:`MAX_REQUEST_HEAD` bytes gets 431, one not
+        complete within :data:`REQUEST_TIMEOUT` seconds gets 408; either way
+        the connection closes. A failure to listen raises
+        :class:`~trionet.serving.ListenError`.
+    """
+    log = logger or logging.getLogger("trionet.metrics")
+
+    async def handle(conn: Connection) -> None:
+        head = b""
+        with trio.move_on_after(REQUEST_TIMEOUT) as timer:
+            while b"\r\n\r\n" not in head and b"\n\n" not in head:
+                if len(head) > MAX_REQUEST_HEAD:
+                    await conn.stream.send_all(_response(431, b"request head too large\n"))
+                    return
+                data = await conn.stream.receive_some(4096)
+                if not data:
+                    return
+                head += data
+        if timer.cancelled_caught:
+            with trio.move_on_after(1):
+                await conn.stream.send_all(_response(408, b"request head not received in time\n"))
+            return
+        conn.requests += 1
+        await conn.stream.send_all(http_response(head, registry))
+
+    service = TCPService("metrics", handle, log, quiet=True)
+    await service.serve(host, port, task_status=task_status)
+
+
+def summary_lines(registry: CollectorRegistry) -> list[str]:
+    """The registry's samples as ``name{labels} value`` lines, for one log block (SIGUSR1).
+
+    Histogram buckets are left out (their count and sum stay): a person
+    reading the log wants the figures, not the distribution.
+    """
+    lines = []
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_bucket") or sample.name.endswith("_created"):
+                continue
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            value = int(sample.value) if float(sample.value).is_integer() else round(sample.value, 6)
+            lines.append(f"{sample.name}{{{labels}}} {value}" if labels else f"{sample.name} {value}")
+    return lines
