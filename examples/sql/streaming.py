@@ -1,8 +1,10 @@
 """Pipelining and streaming: many queries on one connection, and a result read row by row.
 
-Run it against a running server:  trionet sql serve &  python3 examples/sql/streaming.py [PORT]
+Run it against a running server (in another terminal: trionet sql serve):
+    python3 examples/sql/streaming.py [--host HOST] [--port PORT]
 """
 
+import argparse
 import sys
 import time
 
@@ -11,8 +13,8 @@ import trio
 import trionet.sql
 
 
-async def main(port: int) -> None:
-    async with trionet.sql.connect("127.0.0.1", port) as conn:
+async def main(host: str, port: int) -> None:
+    async with trionet.sql.connect(host, port) as conn:
         # 1. Pipelining: 200 tasks share one connection; requests go out
         #    without waiting, and each answer comes back to the task that asked.
         years = {}
@@ -43,4 +45,11 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 7401)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="the server's address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=7401, help="the server's port (default: %(default)s)")
+    args = parser.parse_args()
+    try:
+        trio.run(main, args.host, args.port)
+    except trionet.sql.SqlConnectionError as exc:
+        sys.exit(f"{exc}\nIs a server running? Start one in another terminal with: trionet sql serve --port {args.port}")
