@@ -27,9 +27,21 @@ async def _no_handler(conn) -> None:  # never reached: nothing is accepted
     raise AssertionError("no connection should be accepted")
 
 
-async def test_capacity_errors_are_retried_after_a_pause_and_others_raise(autojump_clock, caplog):
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+async def test_capacity_errors_are_retried_after_a_pause_and_others_raise(autojump_clock):
     listener = _FailingListener(errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EBADF)
-    service = TCPService("test", _no_handler, logging.getLogger("trionet.test"))
+    logger = logging.getLogger("test_accept")  # its own handler: whatever logging other tests configured
+    records = _Records()
+    logger.addHandler(records)
+    service = TCPService("test", _no_handler, logger)
     async with trio.open_nursery() as nursery:
         with pytest.raises(OSError) as info:
             await service._accept_loop(listener, nursery)
@@ -37,4 +49,5 @@ async def test_capacity_errors_are_retried_after_a_pause_and_others_raise(autoju
     assert listener.errors == [] and len(listener.calls) == 5
     gaps = [b - a for a, b in zip(listener.calls, listener.calls[1:])]
     assert gaps == pytest.approx([ACCEPT_RETRY_SECONDS] * 4)
-    assert sum("accept failed" in r.message for r in caplog.records) == 4
+    logger.removeHandler(records)
+    assert sum("accept failed" in m for m in records.messages) == 4
