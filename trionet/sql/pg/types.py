@@ -31,6 +31,7 @@ __all__ = [
     "VARCHAR",
     "ValueFormatError",
     "column_oid",
+    "decode_numeric_binary",
     "decltype_oid",
     "decode_param",
     "encode_value",
@@ -165,11 +166,11 @@ def _numeric_binary(number: Decimal) -> bytes:
     sign, digits, exponent = number.as_tuple()
     dscale = max(0, -exponent)
     text = "".join(map(str, digits))
-    if exponent > 0:
-        text += "0" * exponent
-        exponent = 0
-    int_part = text[: len(text) + exponent] if exponent else text
-    frac_part = text[len(text) + exponent :] if exponent else ""
+    if exponent >= 0:
+        int_part, frac_part = text + "0" * exponent, ""
+    else:
+        text = text.rjust(-exponent, "0")  # 0.0001: digits "1", four places
+        int_part, frac_part = text[:exponent], text[exponent:]
     int_part = int_part.lstrip("0")
     int_part = "0" * (-len(int_part) % 4) + int_part
     frac_part = frac_part + "0" * (-len(frac_part) % 4)
@@ -240,17 +241,31 @@ def _numeric_value(number: Decimal):
 
 
 def _decode_numeric_binary(data: bytes):
+    number = decode_numeric_binary(data)
+    if number.is_nan():
+        return float("nan")
+    if number.is_infinite():
+        return float(number)
+    return _numeric_value(number)
+
+
+def decode_numeric_binary(data: bytes) -> Decimal:
+    """PostgreSQL's binary numeric as an exact Decimal.
+
+    Raises:
+        ValueFormatError: the bytes are not a numeric value.
+    """
     if len(data) < 8:
         raise ValueFormatError("numeric value too short", "22P03")
     ndigits, weight, sign, _dscale = struct.unpack_from("!hhHh", data)
     if ndigits < 0 or len(data) != 8 + 2 * ndigits:
         raise ValueFormatError("numeric value has the wrong length", "22P03")
     if sign == 0xC000:
-        return float("nan")
+        return Decimal("NaN")
     if sign == 0xD000:
-        return float("inf")
+        return Decimal("Infinity")
     if sign == 0xF000:
-        return float("-inf")
+        return Decimal("-Infinity")
     if sign not in (0, 0x4000):
         raise ValueFormatError("invalid numeric sign", "22P03")
     digits = struct.unpack_from(f"!{ndigits}H", data, 8)
@@ -259,7 +274,7 @@ def _decode_numeric_binary(data: bytes):
     number = Decimal(0)
     for i, d in enumerate(digits):
         number += Decimal(d).scaleb(4 * (weight - i))
-    return _numeric_value(-number if sign else number)
+    return -number if sign else number
 
 
 def _decode_binary(data: bytes, oid: int):
