@@ -1,0 +1,211 @@
+"""Hostile and broken clients over real sockets: each one ends alone, and the server serves the next."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+
+from .conftest import error_fields, read_messages, startup_packet, typed
+
+
+_OPEN: list[trio.SocketStream] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_streams():
+    """Every stream a test opened is closed at its end (an unclosed socket warns, and warnings fail)."""
+    yield
+    while _OPEN:
+        await _OPEN.pop().aclose()
+
+
+async def connect(address) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream(*address)
+    _OPEN.append(stream)
+    return stream
+
+
+async def read_until(stream, kinds: str, max_bytes: int = 1 << 20) -> list[tuple[str, bytes]]:
+    """Read backend messages until one of ``kinds`` arrives (or the server closes)."""
+    data = b""
+    while True:
+        with trio.fail_after(10):
+            chunk = await stream.receive_some(65536)
+        data += chunk
+        complete = _complete_prefix(data)
+        messages = read_messages(data[:complete])
+        if not chunk or any(kind in kinds for kind, _ in messages):
+            return messages
+        assert len(data) < max_bytes
+
+
+def _complete_prefix(data: bytes) -> int:
+    i = 0
+    while i + 5 <= len(data):
+        (length,) = struct.unpack_from("!i", data, i + 1)
+        if i + 1 + length > len(data):
+            break
+        i += 1 + length
+    return i
+
+
+async def start_session(address) -> trio.SocketStream:
+    stream = await connect(address)
+    await stream.send_all(startup_packet(user="u", database="quakes"))
+    messages = await read_until(stream, "Z")
+    assert messages[-1] == ("Z", b"I")
+    return stream
+
+
+async def assert_serving(address) -> None:
+    stream = await start_session(address)
+    await stream.send_all(typed(b"Q", b"select count(*) from quakes\0"))
+    messages = await read_until(stream, "Z")
+    assert ("D", b"\0\x01\0\0\0\x042000") in messages
+    await stream.aclose()
+
+
+async def test_greeting_and_key(start_pg):
+    _, address = await start_pg()
+    stream = await connect(address)
+    await stream.send_all(startup_packet(user="u", database="quakes", application_name="raw"))
+    messages = await read_until(stream, "Z")
+    kinds = [k for k, _ in messages]
+    assert kinds[0] == "R" and kinds[-2:] == ["K", "Z"]
+    statuses = dict(body.rstrip(b"\0").split(b"\0") for k, body in messages if k == "S")
+    assert statuses[b"application_name"] == b"raw"
+    assert statuses[b"server_encoding"] == statuses[b"client_encoding"] == b"UTF8"
+    assert statuses[b"standard_conforming_strings"] == b"on"
+    assert statuses[b"integer_datetimes"] == b"on"
+    assert statuses[b"TimeZone"] == b"UTC"
+    assert statuses[b"DateStyle"].startswith(b"ISO")
+
+
+@pytest.mark.parametrize("length", [2**30 + 1, 3, -1])
+async def test_bad_message_length_is_fatal_08P01(start_pg, length):
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await stream.send_all(b"Q" + struct.pack("!i", length))
+    messages = await read_until(stream, "E")
+    fields = error_fields(messages[-1][1])
+    assert fields["S"] == "FATAL" and fields["C"] == "08P01"
+    with trio.fail_after(10):
+        assert await stream.receive_some(10) == b""  # closed
+    await assert_serving(address)
+
+
+async def test_message_over_the_configured_limit(start_pg):
+    _, address = await start_pg(max_message_bytes=4096)
+    stream = await start_session(address)
+    await stream.send_all(typed(b"Q", b"select '" + b"x" * 5000 + b"'\0"))
+    fields = error_fields((await read_until(stream, "E"))[-1][1])
+    assert fields["C"] == "08P01" and "4096" in fields["M"]
+    await assert_serving(address)
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00\x00\x00\x08\x04\xd2\x16\x2f" + b"\xff" * 20, b"\x16\x03\x01\x02\x00"],
+)
+async def test_junk_instead_of_startup(start_pg, junk):
+    _, address = await start_pg()
+    stream = await connect(address)
+    await stream.send_all(junk)
+    with trio.fail_after(10):
+        while await stream.receive_some(65536):
+            pass
+    await assert_serving(address)
+
+
+async def test_truncated_startup_packet(start_pg):
+    _, address = await start_pg()
+    stream = await connect(address)
+    await stream.send_all(startup_packet(user="u")[:-4])
+    await stream.send_eof()
+    with trio.fail_after(10):
+        assert await stream.receive_some(10) == b""
+    await assert_serving(address)
+
+
+async def test_client_that_never_finishes_startup_is_dropped(start_pg):
+    _, address = await start_pg(startup_timeout=0.2)
+    stream = await connect(address)
+    await stream.send_all(startup_packet(user="u")[:5])
+    with trio.fail_after(10):
+        assert await stream.receive_some(10) == b""
+
+
+async def test_query_then_disappear_interrupts_the_statement(start_pg):
+    server, address = await start_pg(query_timeout=60, max_threads=1)
+    stream = await start_session(address)
+    await stream.send_all(
+        typed(b"Q", b"with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c\0")
+    )
+    await stream.aclose()
+    # With one statement thread, this answers only once the forever-query was interrupted.
+    await assert_serving(address)
+
+
+async def test_garbage_message_type_is_fatal(start_pg):
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await stream.send_all(typed(b"\x01", b"abc"))
+    fields = error_fields((await read_until(stream, "E"))[-1][1])
+    assert (fields["S"], fields["C"]) == ("FATAL", "08P01")
+    await assert_serving(address)
+
+
+async def test_pipelined_extended_batch_with_an_error_skips_to_sync(start_pg):
+    _, address = await start_pg()
+    stream = await start_session(address)
+    parse_bad = typed(b"P", b"\0selec 1\0\0\0")
+    bind = typed(b"B", b"\0\0\0\0\0\0\0\0")
+    execute = typed(b"E", b"\0\0\0\0\0")
+    parse_ok = typed(b"P", b"s1\0select $1 + 1\0\0\x01\0\0\0\x14")
+    bind_ok = typed(b"B", b"p1\0s1\0" + struct.pack("!hhh", 1, 1, 1) + struct.pack("!i", 8) + struct.pack("!q", 41) + b"\0\x01\0\x01")
+    describe = typed(b"D", b"Pp1\0")
+    execute_ok = typed(b"E", b"p1\0\0\0\0\0")
+    await stream.send_all(parse_bad + bind + execute + typed(b"S") + parse_ok + bind_ok + describe + execute_ok + typed(b"S"))
+    messages = await read_until(stream, "Z")
+    # SQLite's syntax error comes at Execute (docs/protocol/pg.md: statements are prepared when first run).
+    assert [k for k, _ in messages[:4]] == ["1", "2", "E", "Z"]
+    assert error_fields(messages[2][1])["C"] == "42601"
+    messages = messages[4:] + (await read_until(stream, "Z") if not any(k == "Z" for k, _ in messages[4:]) else [])
+    assert [k for k, _ in messages] == ["1", "2", "T", "D", "C", "Z"]
+    assert messages[3][1] == b"\0\x01" + struct.pack("!i", 8) + struct.pack("!q", 42)  # binary int8
+    assert messages[4][1] == b"SELECT 1\0"
+
+
+async def test_execute_with_row_limit_suspends(start_pg):
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await stream.send_all(
+        typed(b"P", b"\0select id from quakes order by id limit 5\0\0\0")
+        + typed(b"B", b"\0\0\0\0\0\0\0\0")
+        + typed(b"E", b"\0" + struct.pack("!i", 2))
+        + typed(b"E", b"\0" + struct.pack("!i", 2))
+        + typed(b"E", b"\0" + struct.pack("!i", 2))
+        + typed(b"S")
+    )
+    messages = await read_until(stream, "Z")
+    assert [k for k, _ in messages] == ["1", "2", "D", "D", "s", "D", "D", "s", "D", "C", "Z"]
+    assert messages[-2][1] == b"SELECT 5\0"
+
+
+async def test_empty_query(start_pg):
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await stream.send_all(typed(b"Q", b" ; -- nothing\0"))
+    assert [k for k, _ in await read_until(stream, "Z")] == ["I", "Z"]
+
+
+async def test_too_many_connections_is_fatal_53300(start_pg):
+    _, address = await start_pg(max_connections=1)
+    first = await start_session(address)
+    second = await connect(address)
+    await second.send_all(startup_packet(user="u"))
+    fields = error_fields((await read_until(second, "E"))[-1][1])
+    assert (fields["S"], fields["C"]) == ("FATAL", "53300")
+    await first.aclose()
