@@ -209,3 +209,30 @@ async def test_too_many_connections_is_fatal_53300(start_pg):
     fields = error_fields((await read_until(second, "E"))[-1][1])
     assert (fields["S"], fields["C"]) == ("FATAL", "53300")
     await first.aclose()
+
+
+async def test_begin_twice_and_commit_outside_warn_like_postgresql(start_pg):
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await stream.send_all(typed(b"Q", b"begin; begin; select 1; commit; commit\0"))
+    messages = await read_until(stream, "Z")
+    kinds = [k for k, _ in messages]
+    assert kinds == ["C", "N", "C", "T", "D", "C", "C", "N", "C", "Z"]
+    notices = [error_fields(body)["C"] for k, body in messages if k == "N"]
+    assert notices == ["25001", "25P01"]
+    assert messages[-1] == ("Z", b"I")
+
+
+async def test_status_byte_follows_the_transaction(start_pg):
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await stream.send_all(typed(b"Q", b"begin\0"))
+    assert (await read_until(stream, "Z"))[-1] == ("Z", b"T")
+    await stream.send_all(typed(b"Q", b"select * from nope\0"))
+    assert (await read_until(stream, "Z"))[-1] == ("Z", b"E")
+    await stream.send_all(typed(b"Q", b"select 1\0"))
+    messages = await read_until(stream, "Z")
+    assert error_fields(messages[0][1])["C"] == "25P02" and messages[-1] == ("Z", b"E")
+    await stream.send_all(typed(b"Q", b"commit\0"))
+    messages = await read_until(stream, "Z")
+    assert messages == [("C", b"ROLLBACK\0"), ("Z", b"I")]

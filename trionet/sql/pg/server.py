@@ -339,6 +339,8 @@ class PgServer:
             raise PgError("26000", f'prepared statement "{event.statement}" does not exist')
         if event.portal and event.portal in st.portals:
             raise PgError("42P03", f'cursor "{event.portal}" already exists')
+        if event.portal and len(st.statements) + len(st.portals) >= self.config.max_prepared:
+            raise PgError("54000", f"a connection may hold {self.config.max_prepared} prepared statements and portals")
         n = len(prepared.param_oids)
         if len(event.params) != n:
             raise PgError(
