@@ -9,7 +9,6 @@ import trio
 
 from .conftest import error_fields, read_messages, startup_packet, typed
 
-
 _OPEN: list[trio.SocketStream] = []
 
 
@@ -138,7 +137,7 @@ async def test_client_that_never_finishes_startup_is_dropped(start_pg):
 
 
 async def test_query_then_disappear_interrupts_the_statement(start_pg):
-    server, address = await start_pg(query_timeout=60, max_threads=1)
+    _server, address = await start_pg(query_timeout=60, max_threads=1)
     stream = await start_session(address)
     await stream.send_all(
         typed(b"Q", b"with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c\0")

@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.sql.pg import messages as m
-from trionet.sql.pg.protocol import MAX_STARTUP_BYTES, EncryptionRefused, PgServerProtocol, ProtocolViolation
+from trionet.sql.pg.protocol import (
+    MAX_STARTUP_BYTES,
+    EncryptionRefused,
+    PgServerProtocol,
+    ProtocolViolation,
+)
 
 from .conftest import startup_packet, typed
 

@@ -17,7 +17,6 @@ from trionet.sql.pg.statements import classify, command_tag, split
 
 from .conftest import error_fields, read_messages
 
-
 # --- backend messages -----------------------------------------------------------------
 
 
@@ -39,7 +38,7 @@ def test_error_response_fields():
 
 
 def test_zero_bytes_in_text_cannot_split_a_message():
-    [(kind, body)] = read_messages(m.encode(m.CommandComplete("a\0b")))
+    [(_kind, body)] = read_messages(m.encode(m.CommandComplete("a\0b")))
     assert body == b"ab\0"
 
 
@@ -101,7 +100,7 @@ def test_numeric_binary_layout():
     # 12345.678: digits 1, 2345, 6780 (base 10000), weight 1, dscale 3.
     assert _numeric_binary(Decimal("12345.678")) == struct.pack("!hhHh3H", 3, 1, 0, 3, 1, 2345, 6780)
     assert _numeric_binary(Decimal("-0.5")) == struct.pack("!hhHh1H", 1, -1, 0x4000, 1, 5000)
-    assert _numeric_binary(Decimal("0")) == struct.pack("!hhHh", 0, 0, 0, 0)
+    assert _numeric_binary(Decimal(0)) == struct.pack("!hhHh", 0, 0, 0, 0)
 
 
 @given(st.binary(max_size=40), st.sampled_from([0, 16, 17, 20, 21, 23, 25, 700, 701, 705, 1043, 1082, 1700]), st.booleans())

@@ -5,6 +5,7 @@
 SQLite's dialect; docs/protocol/pg.md says what of PostgreSQL is emulated.
 """
 
-from trionet.sql.pg.server import DEFAULT_PG_PORT, PgConfig, PgServer, serve_pg
+from trionet.sql.pg.config import DEFAULT_PG_PORT, PgConfig
+from trionet.sql.pg.server import PgServer, serve_pg
 
 __all__ = ["DEFAULT_PG_PORT", "PgConfig", "PgServer", "serve_pg"]

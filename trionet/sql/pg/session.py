@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.statements import Command, Statement
 
-__all__ = ["Column", "PgError", "Portal", "PreparedStatement", "SERVER_VERSION", "Settings", "TransactionRule"]
+__all__ = ["SERVER_VERSION", "Column", "PgError", "Portal", "PreparedStatement", "Settings", "TransactionRule"]
 
 SERVER_VERSION = "15.0 (trionet)"
 """What ``server_version`` says: PostgreSQL 15's protocol and catalogue expectations, served by trionet."""

@@ -146,7 +146,7 @@ _SET = re.compile(
     r"\A\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(?P<name>[A-Za-z_][\w.]*)\s*(?:=|\s+TO\s+)\s*(?P<value>.*?)\s*\Z",
     re.IGNORECASE | re.DOTALL,
 )
-_SET_TIME_ZONE = re.compile(r"\A\s*SET\s+(?:SESSION\s+|LOCAL\s+)?TIME\s+ZONE\s+(?P<value>.*?)\s*\Z", re.I | re.S)
+_SET_TIME_ZONE = re.compile(r"\A\s*SET\s+(?:SESSION\s+|LOCAL\s+)?TIME\s+ZONE\s+(?P<value>.*?)\s*\Z", re.IGNORECASE | re.DOTALL)
 _ONE_NAME = re.compile(r"\A\s*(?:RESET|SHOW)\s+(?P<name>[A-Za-z_][\w.]*|ALL)\s*\Z", re.IGNORECASE)
 _SHOW_TZ = re.compile(r"\A\s*SHOW\s+TIME\s+ZONE\s*\Z", re.IGNORECASE)
 
