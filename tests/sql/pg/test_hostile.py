@@ -6,6 +6,7 @@ import struct
 
 import pytest
 import trio
+import trio.lowlevel
 
 from .conftest import error_fields, read_messages, startup_packet, typed
 
@@ -235,3 +236,40 @@ async def test_status_byte_follows_the_transaction(start_pg):
     await stream.send_all(typed(b"Q", b"commit\0"))
     messages = await read_until(stream, "Z")
     assert messages == [("C", b"ROLLBACK\0"), ("Z", b"I")]
+
+
+async def test_idle_connection_is_closed_with_57P05(start_pg):
+    _, address = await start_pg(idle_timeout=0.2)
+    stream = await start_session(address)
+    fields = error_fields((await read_until(stream, "E"))[-1][1])
+    assert (fields["S"], fields["C"]) == ("FATAL", "57P05")
+
+
+async def test_idle_in_transaction_is_closed_with_25P03(start_pg):
+    _, address = await start_pg(idle_transaction_timeout=0.2)
+    stream = await start_session(address)
+    await stream.send_all(typed(b"Q", b"begin\0"))
+    assert (await read_until(stream, "Z"))[-1] == ("Z", b"T")
+    fields = error_fields((await read_until(stream, "E"))[-1][1])
+    assert (fields["S"], fields["C"]) == ("FATAL", "25P03")
+
+
+async def test_shutdown_says_57P01_to_idle_clients_and_interrupts_busy_ones(start_pg):
+    server, address = await start_pg(query_timeout=60)
+    idle = await start_session(address)
+    busy = await start_session(address)
+    await busy.send_all(
+        typed(b"Q", b"with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c\0")
+    )
+    with trio.fail_after(10):
+        while not any(c.requests for c in server.service.connections):
+            await trio.lowlevel.checkpoint()  # until the busy connection took its query (a checkpoint, not a timed sleep)
+    server.shutdown(grace=1.0)
+    fields = error_fields((await read_until(idle, "E"))[-1][1])
+    assert (fields["S"], fields["C"]) == ("FATAL", "57P01")
+    messages = await read_until(busy, "Z")
+    if messages[-1][0] == "Z":
+        messages += await read_until(busy, "E")
+    assert [k for k, _ in messages] == ["E", "Z", "E"]
+    assert error_fields(messages[0][1])["C"] == "57014"  # interrupted before the grace period ended
+    assert (error_fields(messages[2][1])["S"], error_fields(messages[2][1])["C"]) == ("FATAL", "57P01")

@@ -114,6 +114,9 @@ async def test_transaction_commit_and_error_then_rollback(start_pg, tmp_path):
             with pytest.raises(psycopg.errors.NotNullViolation):
                 cur.execute("insert into t values (%s, %s)", (4, None))
             conn.rollback()
+            cur.executemany("insert into t values (%s, %s)", [(10, "ten"), (11, "eleven")])  # libpq pipeline mode
+            seen["many"] = conn.execute("select count(*) from t where a >= 10").fetchone()
+            cur.execute("delete from t where a >= 10")
             cur.execute("update t set b = upper(b)")
             seen["update"] = cur.statusmessage
             cur.execute("delete from t where a = 2")
@@ -127,6 +130,7 @@ async def test_transaction_commit_and_error_then_rollback(start_pg, tmp_path):
     assert seen["status_in_tx"] == psycopg.pq.TransactionStatus.INTRANS
     assert seen["unique"] == "23505"
     assert seen["failed"] == psycopg.pq.TransactionStatus.INERROR
+    assert seen["many"] == (2,)
     assert seen["update"] == "UPDATE 2"
     assert seen["delete"] == "DELETE 1"
     assert seen["rows"] == [(1, "ONE")]

@@ -54,6 +54,7 @@ def test_zero_bytes_in_text_cannot_split_a_message():
         (b"2.5", t.FLOAT8, False, 2.5),
         (struct.pack("!d", 2.5), t.FLOAT8, True, 2.5),
         (struct.pack("!f", 1.5), t.FLOAT4, True, 1.5),
+        (struct.pack("!f", 1.1), t.FLOAT4, True, 1.1),
         (b"t", t.BOOL, False, 1),
         (b"\x00", t.BOOL, True, 0),
         (b"\\x00ff", t.BYTEA, False, b"\x00\xff"),

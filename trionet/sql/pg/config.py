@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from trionet.sql.engine import DEFAULT_BATCH_BYTES
 from trionet.sql.pg.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
-__all__ = ["DEFAULT_PG_PORT", "PgConfig"]
+__all__ = ["DEFAULT_PG_PORT", "DEFAULT_STATEMENT_THREADS", "PgConfig"]
 
 DEFAULT_PG_PORT = 7432
 """The PostgreSQL front's default port (PostgreSQL's own 5432, moved out of its way)."""
+DEFAULT_STATEMENT_THREADS = max(2, os.cpu_count() or 2)
+"""Worker threads running statements at once: one per core (at least 2), as the NDJSON server."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class PgConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     batch_rows: int = 256
     max_batch_bytes: int = DEFAULT_BATCH_BYTES
-    max_threads: int = 2
+    max_threads: int = DEFAULT_STATEMENT_THREADS
     max_connections: int = 1000
     max_prepared: int = 1000
     startup_timeout: float = 10.0

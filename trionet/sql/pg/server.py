@@ -53,16 +53,21 @@ class PgServer:
     Args:
         database: the database to serve.
         config: the limits.
+        limiter: the statement threads; pass the NDJSON server's to share
+            one pool of ``max_threads`` between both fronts (default: a pool
+            of ``config.max_threads`` of its own).
 
     Attributes:
         service: the :class:`~trionet.serving.TCPService` (connections, counters).
     """
 
-    def __init__(self, database: Database, config: PgConfig | None = None) -> None:
+    def __init__(
+        self, database: Database, config: PgConfig | None = None, *, limiter: trio.CapacityLimiter | None = None
+    ) -> None:
         self.database = database
         self.config = config or PgConfig()
         self.service = TCPService("pg", self._handle, log)
-        self._executor = Executor(self.config, trio.CapacityLimiter(self.config.max_threads))
+        self._executor = Executor(self.config, limiter or trio.CapacityLimiter(self.config.max_threads))
         self._session_limiter = trio.CapacityLimiter(_SESSION_THREADS)
         self._pids = itertools.count(secrets.randbelow(1 << 20) + 1000)
         self._keys: dict[int, tuple[int, ConnState]] = {}  # BackendKeyData pid -> (secret, connection)

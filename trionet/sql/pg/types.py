@@ -329,6 +329,18 @@ def _decode_text(data: bytes, oid: int):
     return text  # text, varchar, unknown, and types kept as text (date, timestamp, json...)
 
 
+def _shortest_float4(data: bytes, value: float) -> float:
+    # 1.1 sent as float4 is 1.100000023841858 as a double: keep the shortest
+    # decimal that is the same float4, as PostgreSQL prints it.
+    if not math.isfinite(value):
+        return value
+    for digits in range(6, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack("!f", candidate) == data:
+            return candidate
+    return value
+
+
 def decode_param(data: bytes | None, oid: int, binary: bool):
     """Turn one Bind parameter into the value SQLite binds.
 
@@ -344,7 +356,7 @@ def decode_param(data: bytes | None, oid: int, binary: bool):
         return None
     value = _decode_binary(data, oid) if binary else _decode_text(data, oid)
     if type(value) is float and oid == FLOAT4 and binary:
-        value = float(f"{value:.9g}")  # float4's own precision, not the widened double's noise
+        value = _shortest_float4(data, value)
     if type(value) is int and not -(2**63) <= value < 2**63:
         raise ValueFormatError("integer out of range", "22003")
     return value
