@@ -273,3 +273,14 @@ async def test_shutdown_says_57P01_to_idle_clients_and_interrupts_busy_ones(star
     assert [k for k, _ in messages] == ["E", "Z", "E"]
     assert error_fields(messages[0][1])["C"] == "57014"  # interrupted before the grace period ended
     assert (error_fields(messages[2][1])["S"], error_fields(messages[2][1])["C"]) == ("FATAL", "57P01")
+
+
+async def test_function_call_is_refused_and_the_session_goes_on(start_pg):
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await stream.send_all(typed(b"F", struct.pack("!i", 1234) + b"\0\0\0\0\0\0\0\0"))
+    messages = await read_until(stream, "Z")
+    assert [k for k, _ in messages] == ["E", "Z"]
+    assert error_fields(messages[0][1])["C"] == "0A000"
+    await stream.send_all(typed(b"Q", b"select 1\0"))
+    assert [k for k, _ in await read_until(stream, "Z")] == ["T", "D", "C", "Z"]

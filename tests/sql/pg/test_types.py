@@ -185,6 +185,7 @@ def test_split_never_raises_and_keeps_text(sql):
         ("set time zone 'Europe/Paris'", "set", "timezone", "Europe/Paris"),
         ("SET SESSION DateStyle TO ISO", "set", "datestyle", "ISO"),
         ("show transaction_isolation", "show", "transaction_isolation", None),
+        ("SHOW TRANSACTION ISOLATION LEVEL", "show", "transaction_isolation", None),
         ("reset all", "reset", "all", None),
         ("select version()", "function", "version", None),
         ("SELECT pg_catalog.current_database()", "function", "current_database", None),

@@ -101,7 +101,7 @@ class Executor:
         """Handle one frontend message (not Terminate, EOF or a violation: the server ends the connection).
 
         Error handling: a :class:`PgError` becomes an ErrorResponse; after a
-        simple Query it is followed by ReadyForQuery, in an extended batch
+        simple Query or a FunctionCall it is followed by ReadyForQuery, in an extended batch
         the protocol core skips to Sync. A ``trio.BrokenResourceError``
         (the client left) propagates.
         """
@@ -111,7 +111,7 @@ class Executor:
             await self._dispatch(st, event)
         except PgError as exc:
             self._error(st, exc)
-            if isinstance(event, m.Query):
+            if isinstance(event, (m.Query, m.FunctionCall)):
                 self._ready(st)
                 await self.flush(st)
         finally:

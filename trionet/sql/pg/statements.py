@@ -149,6 +149,7 @@ _SET = re.compile(
 _SET_TIME_ZONE = re.compile(r"\A\s*SET\s+(?:SESSION\s+|LOCAL\s+)?TIME\s+ZONE\s+(?P<value>.*?)\s*\Z", re.IGNORECASE | re.DOTALL)
 _ONE_NAME = re.compile(r"\A\s*(?:RESET|SHOW)\s+(?P<name>[A-Za-z_][\w.]*|ALL)\s*\Z", re.IGNORECASE)
 _SHOW_TZ = re.compile(r"\A\s*SHOW\s+TIME\s+ZONE\s*\Z", re.IGNORECASE)
+_SHOW_ISOLATION = re.compile(r"\A\s*SHOW\s+TRANSACTION\s+ISOLATION\s+LEVEL\s*\Z", re.IGNORECASE)
 
 
 def _set_value(raw: str) -> str:
@@ -186,6 +187,8 @@ def classify(statement: Statement) -> Command:
     if first in ("RESET", "SHOW"):
         if first == "SHOW" and _SHOW_TZ.match(sql):
             return Command("show", "timezone")
+        if first == "SHOW" and _SHOW_ISOLATION.match(sql):
+            return Command("show", "transaction_isolation")
         if match := _ONE_NAME.match(sql):
             return Command(first.lower(), match["name"].lower())
         return Command("unsupported", message=f"syntax error in {first} (expected one name)", tag="42601")
