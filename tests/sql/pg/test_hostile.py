@@ -284,3 +284,29 @@ async def test_function_call_is_refused_and_the_session_goes_on(start_pg):
     assert error_fields(messages[0][1])["C"] == "0A000"
     await stream.send_all(typed(b"Q", b"select 1\0"))
     assert [k for k, _ in await read_until(stream, "Z")] == ["T", "D", "C", "Z"]
+
+
+async def test_statement_describe_fixes_the_columns_its_portals_send(start_pg):
+    # Describe of a statement (before Bind) announces declared types, and
+    # text where there is none; the portal's binary values then follow that.
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await stream.send_all(
+        typed(b"P", b"s\0select mag, nst, nst + 1 from quakes where id = $1\0\0\0")
+        + typed(b"D", b"Ss\0")
+        + typed(b"B", b"\0s\0\0\0\0\x01" + struct.pack("!i", 6) + b"q00005" + struct.pack("!hh", 1, 1))
+        + typed(b"E", b"\0\0\0\0\0")
+        + typed(b"S")
+    )
+    messages = await read_until(stream, "Z")
+    assert [k for k, _ in messages] == ["1", "t", "T", "2", "D", "C", "Z"]
+    assert messages[1][1] == struct.pack("!hI", 1, 25)  # $1 unspecified: text
+    description = messages[2][1]
+    oids = [struct.unpack_from("!i", description, description.index(name + b"\0") + len(name) + 7)[0]
+            for name in (b"mag", b"nst", b"nst + 1")]
+    assert oids == [701, 20, 25]
+    assert messages[4][1] == (
+        b"\0\x03" + struct.pack("!i", 8) + struct.pack("!d", 3.5)
+        + struct.pack("!i", 8) + struct.pack("!q", 5)
+        + struct.pack("!i", 1) + b"6"
+    )

@@ -167,9 +167,11 @@ def test_split_statements_and_placeholders():
 
 
 @given(st.text(max_size=200))
-def test_split_never_raises_and_keeps_text(sql):
+def test_split_and_classify_never_raise(sql):
     for statement in split(sql):
         assert statement.sql.strip() == statement.sql
+        classify(statement)
+        command_tag(statement.words, rows=1, changes=1, returns_rows=False)
 
 
 @pytest.mark.parametrize(
