@@ -310,3 +310,30 @@ async def test_statement_describe_fixes_the_columns_its_portals_send(start_pg):
         + struct.pack("!i", 8) + struct.pack("!q", 5)
         + struct.pack("!i", 1) + b"6"
     )
+
+
+@pytest.mark.parametrize("right_key", [True, False])
+async def test_cancel_request_needs_the_right_key(start_pg, right_key):
+    server, address = await start_pg(query_timeout=1.0)
+    stream = await connect(address)
+    await stream.send_all(startup_packet(user="u"))
+    greeting = await read_until(stream, "Z")
+    pid, secret = struct.unpack("!ii", dict(greeting)["K"])
+    await stream.send_all(
+        typed(b"Q", b"with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c\0")
+    )
+    # A cancel that comes before the statement runs is ignored, as in
+    # PostgreSQL: wait (checkpoints, not a timed sleep) until it runs.
+    target = server._keys[pid][1]
+    with trio.fail_after(10):
+        while target.cancel is None:
+            await trio.lowlevel.checkpoint()
+    canceller = await connect(address)
+    await canceller.send_all(struct.pack("!iiii", 16, 80877102, pid, secret if right_key else secret ^ 1))
+    with trio.fail_after(10):
+        assert await canceller.receive_some(10) == b""  # a CancelRequest is never answered
+    messages = await read_until(stream, "Z")
+    fields = error_fields(messages[0][1])
+    assert fields["C"] == "57014"
+    # The wrong key leaves the query to its timeout.
+    assert ("user request" in fields["M"]) is right_key
