@@ -337,3 +337,22 @@ async def test_cancel_request_needs_the_right_key(start_pg, right_key):
     assert fields["C"] == "57014"
     # The wrong key leaves the query to its timeout.
     assert ("user request" in fields["M"]) is right_key
+
+
+async def test_query_with_too_many_statements_is_refused(start_pg):
+    _, address = await start_pg(max_query_statements=5)
+    stream = await start_session(address)
+    await stream.send_all(typed(b"Q", b"select 1;" * 6 + b"\0"))
+    messages = await read_until(stream, "Z")
+    assert [k for k, _ in messages] == ["E", "Z"]  # refused before any runs
+    assert error_fields(messages[0][1])["C"] == "54000"
+
+
+async def test_a_megabyte_of_placeholders_and_quotes_is_answered(start_pg):
+    _, address = await start_pg(max_message_bytes=2 << 20)
+    stream = await start_session(address)
+    sql = b"select " + b"'$1'||" * 150_000 + b"$1 -- " + b"$2" * 100_000
+    await stream.send_all(typed(b"Q", sql + b"\0"))
+    messages = await read_until(stream, "Z")
+    assert error_fields(messages[0][1])["C"] == "42P02"  # there is no parameter $1
+    await assert_serving(address)

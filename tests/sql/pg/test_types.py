@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 import struct
 from decimal import Decimal
 
@@ -164,6 +165,31 @@ def test_split_statements_and_placeholders():
     assert got[1].words[:3] == ("INSERT", "INTO", "T")
     assert split("  ;  -- nothing\n ; ") == []
     assert split("select $1", placeholder="NULL")[0].sql == "select NULL"
+
+
+def test_split_stops_past_its_limit_and_bounds_parameter_numbers():
+    assert len(split("select 1;" * 50, limit=10)) == 11
+    got = split("select $1, $99999999, $0")[0]
+    assert got.n_params == 1
+    assert got.sql == "select ?1, ?99999999, ?0"  # left for SQLite to reject
+
+
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("select [a;b], `c;d` from t; select 2", ["select [a;b], `c;d` from t", "select 2"]),
+        ("select 'it''s; fine'; select 2", ["select 'it''s; fine'", "select 2"]),
+        ("select '-- not a comment;'; select 2", ["select '-- not a comment;'", "select 2"]),
+        ("select 1 /* ; */; /* only a comment */;", ["select 1 /* ; */"]),
+        ("select 'unterminated; select 2", ["select 'unterminated; select 2"]),
+        ("select 1 - -1; select 4/2", ["select 1 - -1", "select 4/2"]),
+    ],
+)
+def test_split_tricky_texts(sql, expected):
+    got = [s.sql for s in split(sql)]
+    assert got == expected
+    for text in got:  # each piece is one statement for SQLite too
+        assert sqlite3.complete_statement(text + ";") or "unterminated" in text
 
 
 @given(st.text(max_size=200))

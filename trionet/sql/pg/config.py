@@ -30,6 +30,7 @@ class PgConfig:
         max_threads: worker threads running statements at once.
         max_connections: clients at once; the one over it gets FATAL 53300.
         max_prepared: named statements plus portals one connection may hold.
+        max_query_statements: statements one simple Query may hold (past it: 54000).
         startup_timeout: seconds a new connection has to finish its startup.
         idle_timeout: seconds a connection may stay silent; 0 for ever.
         idle_transaction_timeout: the same inside a transaction block; 0 for ever.
@@ -44,6 +45,7 @@ class PgConfig:
     max_threads: int = DEFAULT_STATEMENT_THREADS
     max_connections: int = 1000
     max_prepared: int = 1000
+    max_query_statements: int = 1000
     startup_timeout: float = 10.0
     idle_timeout: float = 300.0
     idle_transaction_timeout: float = 60.0

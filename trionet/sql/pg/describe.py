@@ -46,22 +46,30 @@ def declared_types(conn: sqlite3.Connection, sql: str) -> list[str] | None:
     return None if columns is None else [decl for _name, decl in columns]
 
 
-def describe_statement(session: Session, describe_sql: str) -> tuple[list[str], list[str]] | None:
-    """The column names and declared types of a SELECT not run yet (None when no view can hold it)."""
-    columns = _view_columns(session.connection, describe_sql)
+def describe_statement(session: Session, source: str) -> tuple[list[str], list[str]] | None:
+    """The column names and declared types of a SELECT not run yet (None when no view can hold it).
+
+    Args:
+        source: the statement as the client sent it (``$N`` placeholders).
+    """
+    columns = _view_columns(session.connection, null_params(source))
     if columns is None:
         return None
     return [name for name, _decl in columns], [decl for _name, decl in columns]
 
 
 def start_statement(
-    session: Session, sql: str, describe_sql: str | None, params, batch: int, max_bytes: int
+    session: Session, sql: str, describe_source: str | None, params, batch: int, max_bytes: int
 ) -> tuple[list[str] | None, FetchResult]:
-    """Run ``sql`` to its first batch; first, when ``describe_sql`` is given, read its declared types.
+    """Run ``sql`` to its first batch; first, when ``describe_source`` is given, read its declared types.
+
+    Args:
+        sql: the statement in SQLite's form (``?N`` placeholders).
+        describe_source: the statement as the client sent it, or None.
 
     Raises:
         SqlError: from :meth:`Session.execute`.
     """
     session.cancel_statement()  # a displaced portal's cursor would lock the temporary schema
-    decl = declared_types(session.connection, describe_sql) if describe_sql else None
+    decl = declared_types(session.connection, null_params(describe_source)) if describe_source else None
     return decl, session.execute(sql, params, batch, 0, max_bytes)

@@ -14,6 +14,7 @@ the connection's key arrives on another connection.
 
 from __future__ import annotations
 
+import functools
 import math
 import sqlite3
 from dataclasses import dataclass, field
@@ -42,11 +43,12 @@ from trionet.sql.pg.sqlstate import (
     QUERY_CANCELED,
     sqlstate,
 )
-from trionet.sql.pg.statements import Command, classify, command_tag, split
+from trionet.sql.pg.statements import Command, Statement, classify, command_tag, split
 
 __all__ = ["ConnState", "Executor"]
 
 _FLUSH_BYTES = 64 * 1024  # send what is pending once it reaches this much
+_SPLIT_INLINE_CHARS = 64 * 1024  # SQL longer than this is split in a worker thread
 _ROW_WORDS = ("SELECT", "WITH", "VALUES")
 
 
@@ -131,7 +133,7 @@ class Executor:
             self._ready(st)
             await self.flush(st)
         elif kind is m.Parse:
-            self._parse(st, event)
+            await self._parse(st, event)
         elif kind is m.Bind:
             self._bind(st, event)
         elif kind is m.Describe:
@@ -172,7 +174,7 @@ class Executor:
     # --- simple query -----------------------------------------------------------------
 
     async def _simple_query(self, st: ConnState, sql: str) -> None:
-        statements = split(sql)
+        statements = await self._split(sql)
         if not statements:
             st.out += st.proto.send(m.EmptyQueryResponse())
             return
@@ -189,12 +191,27 @@ class Executor:
 
     # --- extended query ------------------------------------------------------------------
 
-    def _parse(self, st: ConnState, event: m.Parse) -> None:
+    async def _split(self, sql: str) -> list[Statement]:
+        limit = self.config.max_query_statements
+        if len(sql) <= _SPLIT_INLINE_CHARS:
+            statements = split(sql, limit=limit)
+        else:
+            # Long text (hostile, or a big script) is split in a statement
+            # thread, so the event loop is not held for its whole length.
+            async with self._limiter:
+                statements = await trio.to_thread.run_sync(
+                    functools.partial(split, sql, limit=limit), limiter=self._thread_tokens_held
+                )
+        if len(statements) > limit:
+            raise PgError("54000", f"a query may hold at most {limit} statements (max_query_statements)")
+        return statements
+
+    async def _parse(self, st: ConnState, event: m.Parse) -> None:
         if event.name and event.name in st.statements:
             raise PgError("42P05", f'prepared statement "{event.name}" already exists')
         if event.name and len(st.statements) + len(st.portals) >= self.config.max_prepared:
             raise PgError("54000", f"a connection may hold {self.config.max_prepared} prepared statements and portals")
-        statements = split(event.sql)
+        statements = await self._split(event.sql)
         if len(statements) > 1:
             raise PgError("42601", "cannot insert multiple commands into a prepared statement")
         statement = statements[0] if statements else None
@@ -320,14 +337,14 @@ class Executor:
         statement = portal.prepared.statement
         fixed = portal.prepared.columns
         want_decl = fixed is None and statement.words[:1] and statement.words[0] in _ROW_WORDS
-        describe_sql = describe.null_params(portal.prepared.source) if want_decl else None
+        describe_source = portal.prepared.source if want_decl else None
         decl, result = await self._in_sqlite(
             st,
             portal,
             describe.start_statement,
             st.session,
             statement.sql,
-            describe_sql,
+            describe_source,
             portal.params,
             self.config.batch_rows,
             self.config.max_batch_bytes,
@@ -366,7 +383,7 @@ class Executor:
             return ()
         if statement.words[:1] and statement.words[0] in _ROW_WORDS:
             portal = self._new_portal(prepared, (), ())  # for its time budget
-            described = await self._in_sqlite(st, portal, describe.describe_statement, st.session, describe.null_params(prepared.source))
+            described = await self._in_sqlite(st, portal, describe.describe_statement, st.session, prepared.source)
             if described is None:
                 raise PgError(
                     FEATURE_NOT_SUPPORTED,

@@ -49,15 +49,36 @@ class Command:
     message: str = ""
 
 
-_WORD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+# One token of SQL text: a quoted string or name (to its end, or to the end
+# of the text), a comment, a $N placeholder, a semicolon, or a run of
+# anything else. Runs are long, so splitting hostile SQL costs a few Python
+# steps per token, not per character.
+_TOKEN = re.compile(
+    r"'[^']*(?:''[^']*)*'?"
+    r'|"[^"]*(?:""[^"]*)*"?'
+    r"|`[^`]*(?:``[^`]*)*`?"
+    r"|\[[^\]]*\]?"
+    r"|--[^\n]*"
+    r"|/\*.*?(?:\*/|\Z)"
+    r"|;[\s;]*+"
+    r"|(?:[^'\"`\[;/-]++|-(?!-)|/(?!\*))++",
+    re.DOTALL,
+)
+_RUN_WORDS = re.compile(r"[A-Za-z_][A-Za-z_0-9]*|[^\s()]")
+_PARAM = re.compile(r"\$([0-9]+)")
+_MAX_PARAM = 65535  # PostgreSQL's limit; a larger $N is left for SQLite to reject
 _MAX_WORDS = 4
 
 
-def split(sql: str, placeholder: str = "?{}") -> list[Statement]:
+def split(sql: str, placeholder: str = "?{}", limit: int = 0) -> list[Statement]:
     """Split ``sql`` into statements (empty ones dropped), translating ``$N`` to ``?N``.
 
-    ``placeholder`` is what ``$N`` becomes (``{}`` is N): ``NULL`` to
-    describe a statement without its parameters.
+    Args:
+        sql: one or more statements.
+        placeholder: what ``$N`` becomes (``{}`` is N): ``NULL`` to
+            describe a statement without its parameters.
+        limit: when not 0, stop after ``limit + 1`` statements (the caller
+            refuses the text; the rest is not worth reading).
 
     Never raises: an unterminated string or comment runs to the end of the
     text, where SQLite reports it.
@@ -67,71 +88,37 @@ def split(sql: str, placeholder: str = "?{}") -> list[Statement]:
     words: list[str] = []
     n_params = 0
     has_content = False
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c == ";":
+    for match in _TOKEN.finditer(sql):
+        token = match.group()
+        first = token[0]
+        if first == ";":
             if has_content:
                 statements.append(Statement("".join(out).strip(), tuple(words), n_params))
+                if limit and len(statements) > limit:
+                    return statements
             out, words, n_params, has_content = [], [], 0, False
-            i += 1
             continue
-        if c in "'\"`[":
-            close = "]" if c == "[" else c
-            j = i + 1
-            while j < n:
-                if sql[j] == close:
-                    if close != "]" and j + 1 < n and sql[j + 1] == close:
-                        j += 2  # a doubled quote inside the string
-                        continue
-                    break
-                j += 1
-            out.append(sql[i : j + 1])
-            has_content = True
-            if len(words) < _MAX_WORDS:
-                words.append("")  # a literal or quoted name: ends the run of keywords
-            i = j + 1
+        if token.startswith(("--", "/*")):
+            out.append(token)  # a comment: neither content nor keyword
             continue
-        if c == "-" and sql.startswith("--", i):
-            j = sql.find("\n", i)
-            j = n if j < 0 else j
-            out.append(sql[i:j])
-            i = j
-            continue
-        if c == "/" and sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            j = n if j < 0 else j + 2
-            out.append(sql[i:j])
-            i = j
-            continue
-        if c == "$" and i + 1 < n and sql[i + 1].isdigit():
-            j = i + 1
-            while j < n and sql[j].isdigit():
-                j += 1
-            number = int(sql[i + 1 : j]) if j - i < 8 else 0
-            if number > 0:
-                n_params = max(n_params, number)
-                out.append(placeholder.format(number))
+        has_content = has_content or not token.isspace()
+        if "$" in token and first not in "'\"`[":
+            # Placeholders, translated at C speed however many there are.
+            numbers = [int(n) for n in _PARAM.findall(token) if len(n) < 6]
+            n_params = max(n_params, max((n for n in numbers if n <= _MAX_PARAM), default=0))
+            if placeholder == "?{}":
+                token = _PARAM.sub(r"?\1", token)  # $0 and $99999 become ?0 and ?99999: SQLite rejects them
             else:
-                out.append(sql[i:j])  # $0 or absurdly large: left for SQLite to reject
-            has_content = True
-            i = j
-            continue
-        if c.isalpha() or c == "_":
-            match = _WORD.match(sql, i)
-            j = match.end() if match else i + 1
-            if len(words) < _MAX_WORDS:
-                words.append(sql[i:j].upper())
-            out.append(sql[i:j])
-            has_content = True
-            i = j
-            continue
-        if not c.isspace():
-            has_content = True
-            if len(words) < _MAX_WORDS and c not in "()":
-                words.append(c)
-        out.append(c)
-        i += 1
+                token = _PARAM.sub(lambda m: placeholder.format(m[1]), token)
+        out.append(token)
+        if len(words) < _MAX_WORDS:
+            if first in "'\"`[":
+                words.append("")  # a literal or quoted name: ends the run of keywords
+                continue
+            for word in _RUN_WORDS.finditer(token):
+                words.append(word.group().upper())
+                if len(words) == _MAX_WORDS:
+                    break
     if has_content:
         statements.append(Statement("".join(out).strip(), tuple(words), n_params))
     return statements
