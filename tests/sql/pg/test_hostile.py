@@ -356,3 +356,23 @@ async def test_a_megabyte_of_placeholders_and_quotes_is_answered(start_pg):
     messages = await read_until(stream, "Z")
     assert error_fields(messages[0][1])["C"] == "42P02"  # there is no parameter $1
     await assert_serving(address)
+
+
+async def test_a_suspended_portal_displaced_by_another_statement_says_so(start_pg):
+    _, address = await start_pg(batch_rows=3)
+    stream = await start_session(address)
+    await stream.send_all(
+        typed(b"Q", b"begin\0")
+        + typed(b"P", b"\0select id from quakes order by id\0\0\0")
+        + typed(b"B", b"a\0\0\0\0\0\0\0\0")
+        + typed(b"E", b"a\0" + struct.pack("!i", 1))
+        + typed(b"B", b"b\0\0\0\0\0\0\0\0")
+        + typed(b"E", b"b\0" + struct.pack("!i", 1))
+        + typed(b"E", b"a\0" + struct.pack("!i", 1))
+        + typed(b"S")
+    )
+    messages = await read_until(stream, "Z")
+    messages += await read_until(stream, "Z") if [k for k, _ in messages].count("Z") < 2 else []
+    kinds = [k for k, _ in messages]
+    assert kinds == ["C", "Z", "1", "2", "D", "s", "2", "D", "s", "E", "Z"]
+    assert error_fields(messages[9][1])["C"] == "55000"

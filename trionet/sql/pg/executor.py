@@ -459,9 +459,6 @@ class Executor:
         return st.settings.user  # current_user, session_user
 
     async def _run_plain(self, st: ConnState, portal: Portal, sql: str) -> None:
-        if st.running is not None and st.running is not portal:
-            st.running.displaced = True
-        st.running = None
         await self._in_sqlite(st, portal, st.session.execute, sql, None, 1)
 
     async def _send_rows(self, st: ConnState, portal: Portal, limit: int) -> None:
@@ -523,9 +520,19 @@ class Executor:
 
     # --- SQLite in worker threads ------------------------------------------------------------
 
+    @staticmethod
+    def _displace(st: ConnState, portal: Portal) -> None:
+        # The session runs one statement at a time: the portal whose cursor
+        # was open loses it, and its buffered batch is dropped at once (a
+        # client with many suspended portals must not hold a batch each).
+        running = st.running
+        if running is not None and running is not portal:
+            running.displaced = True
+            running.rows = []
+            st.running = None
+
     async def _in_sqlite(self, st: ConnState, portal: Portal, fn, *args):
-        if st.running is not None and st.running is not portal:
-            st.running.displaced = True  # the session runs one statement: that portal's cursor closes
+        self._displace(st, portal)
         async with self._limiter:
             begun = trio.current_time()
             try:
