@@ -90,3 +90,10 @@ async def test_script_with_transaction_on_a_read_write_server(start_pg, tmp_path
     ]
     result = await psql(address, "-c", "insert into t values (9, 'z')")
     assert result.stdout.decode().strip() == "INSERT 0 1"
+
+
+async def test_backslash_d_says_pg_catalog_is_not_emulated(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-c", "\\dt", check=False)
+    assert result.returncode != 0
+    assert "pg_catalog." in result.stderr.decode() and "is not emulated" in result.stderr.decode()

@@ -135,6 +135,7 @@ _SET = re.compile(
 )
 _SET_TIME_ZONE = re.compile(r"\A\s*SET\s+(?:SESSION\s+|LOCAL\s+)?TIME\s+ZONE\s+(?P<value>.*?)\s*\Z", re.IGNORECASE | re.DOTALL)
 _ONE_NAME = re.compile(r"\A\s*(?:RESET|SHOW)\s+(?P<name>[A-Za-z_][\w.]*|ALL)\s*\Z", re.IGNORECASE)
+_CATALOG = re.compile(r"\b(pg_catalog|information_schema)\s*\.\s*(\w+)", re.IGNORECASE)
 _SHOW_TZ = re.compile(r"\A\s*SHOW\s+TIME\s+ZONE\s*\Z", re.IGNORECASE)
 _SHOW_ISOLATION = re.compile(r"\A\s*SHOW\s+TRANSACTION\s+ISOLATION\s+LEVEL\s*\Z", re.IGNORECASE)
 
@@ -181,6 +182,13 @@ def classify(statement: Statement) -> Command:
         return Command("unsupported", message=f"syntax error in {first} (expected one name)", tag="42601")
     if first == "SELECT" and (match := _FUNCTIONS.match(sql)):
         return Command("function", match[1].lower())
+    if match := _CATALOG.search(sql):
+        return Command(
+            "unsupported",
+            message=f"{match[1]}.{match[2]} is not emulated by trionet's PostgreSQL front yet (psql's \\d commands "
+            "need it); use sqlite_schema or PRAGMA table_info",
+            tag="0A000",
+        )
     if first == "DISCARD":
         return Command("noop", tag=f"DISCARD {second}".strip())
     if first == "DEALLOCATE":
