@@ -81,7 +81,7 @@ async def test_script_with_transaction_on_a_read_write_server(start_pg, tmp_path
     script.write_text(
         "create table t (a integer, b text);\n"
         "begin;\ninsert into t values (1, 'x'), (2, NULL);\ncommit;\n"
-        "begin;\ninsert into t values (3, 'rolled back');\nrollback;\n"
+        "begin immediate;\ninsert into t values (3, 'rolled back');\nrollback;\n"
         "select a, b from t order by a;\n"
     )
     result = await psql(address, "-A", "-t", "-f", str(script))

@@ -182,6 +182,8 @@ async def test_what_clients_send_on_their_own(start_pg):
             out["database"] = conn.execute("select current_database()").fetchone()
             out["version"] = conn.execute("select version()").fetchone()[0]
             out["tz"] = conn.execute("show timezone").fetchone()
+            out["pid"] = conn.execute("select pg_backend_pid()").fetchone()[0] == conn.info.backend_pid
+            out["pid_binary"] = conn.cursor(binary=True).execute("select pg_backend_pid()").fetchone()[0] == conn.info.backend_pid
             with pytest.raises(psycopg.errors.UndefinedObject):
                 conn.execute("show no_such_setting")
             return out
@@ -193,6 +195,7 @@ async def test_what_clients_send_on_their_own(start_pg):
     assert out["database"] == ("quakes",)
     assert "trionet" in out["version"]
     assert out["tz"] == ("UTC",)
+    assert out["pid"] and out["pid_binary"]
 
 
 async def test_server_side_cursor_rows_in_parts(start_pg):

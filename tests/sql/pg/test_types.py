@@ -128,6 +128,8 @@ def test_any_param_bytes_decode_or_raise_value_format_error(data, oid, binary):
         (3, t.FLOAT8, b"3.0", struct.pack("!d", 3.0)),
         (2.0, t.INT8, b"2", struct.pack("!q", 2)),
         (7, t.TEXT, b"7", b"7"),
+        (-5, t.INT4, b"-5", struct.pack("!i", -5)),
+        (5, t.INT2, b"5", struct.pack("!h", 5)),
     ],
 )
 def test_encode_value(value, oid, text, binary):
@@ -136,7 +138,9 @@ def test_encode_value(value, oid, text, binary):
     assert t.encode_value(None, oid, True) is None
 
 
-@pytest.mark.parametrize("value, oid", [("abc", t.INT8), (2.5, t.INT8), (b"x", t.FLOAT8), (5, t.BOOL)])
+@pytest.mark.parametrize(
+    "value, oid", [("abc", t.INT8), (2.5, t.INT8), (b"x", t.FLOAT8), (5, t.BOOL), (2**31, t.INT4)]
+)
 def test_value_that_does_not_fit_its_column(value, oid):
     with pytest.raises(t.ValueFormatError):
         t.encode_value(value, oid, True)
@@ -204,6 +208,7 @@ def test_split_and_classify_never_raise(sql):
     "sql, kind, name, value",
     [
         ("BEGIN", "begin", "", None),
+        ("begin immediate transaction", "begin", "", "IMMEDIATE"),
         ("start transaction isolation level serializable", "begin", "", None),
         ("commit", "commit", "", None),
         ("END", "commit", "", None),

@@ -411,7 +411,7 @@ class Executor:
             if session.in_transaction:
                 st.out += st.proto.send(m.NoticeResponse("25001", "there is already a transaction in progress", "WARNING"))
             else:
-                await self._run_plain(st, portal, "BEGIN")
+                await self._run_plain(st, portal, f"BEGIN {command.value}" if command.value else "BEGIN")
             portal.tag = "BEGIN"
         elif kind in ("commit", "rollback"):
             ending = "ROLLBACK" if kind == "rollback" or st.txn.failed else "COMMIT"

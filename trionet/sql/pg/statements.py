@@ -159,7 +159,10 @@ def classify(statement: Statement) -> Command:
     second = words[1] if len(words) > 1 else ""
     sql = statement.sql
     if first in ("BEGIN", "START") and (first == "BEGIN" or second == "TRANSACTION"):
-        return Command("begin")
+        # SQLite's own modes are kept (BEGIN IMMEDIATE takes the write lock
+        # now); PostgreSQL's options (ISOLATION LEVEL, READ WRITE...) are not SQLite's.
+        mode = second if first == "BEGIN" and second in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE") else None
+        return Command("begin", value=mode)
     if first in ("COMMIT", "END"):
         return Command("commit")
     if first in ("ROLLBACK", "ABORT") and "TO" not in words[1:3]:

@@ -41,6 +41,7 @@ __all__ = [
 BOOL, BYTEA, NAME, INT8, INT2, INT4, TEXT = 16, 17, 19, 20, 21, 23, 25
 FLOAT4, FLOAT8, UNKNOWN, BPCHAR, VARCHAR, NUMERIC = 700, 701, 705, 1042, 1043, 1700
 
+_INT_FORMATS = {INT2: ("!h", 16), INT4: ("!i", 32), INT8: ("!q", 64)}
 _SIZES = {BOOL: 1, INT2: 2, INT4: 4, INT8: 8, FLOAT4: 4, FLOAT8: 8}
 _TEXTUAL = frozenset({0, TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN})
 
@@ -202,11 +203,12 @@ def encode_value(value, oid: int, binary: bool) -> bytes | None:
         if type(value) is float:
             return _float_text(value)
         return str(value).encode("utf-8", "surrogatepass")
-    if oid == INT8:
+    if oid in _INT_FORMATS:
         number = _as_int(value)
-        if not -(2**63) <= number < 2**63:
-            raise ValueFormatError("integer out of range for int8", "22003")
-        return struct.pack("!q", number) if binary else str(number).encode("ascii")
+        fmt, bits = _INT_FORMATS[oid]
+        if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+            raise ValueFormatError(f"integer out of range for int{bits // 8}", "22003")
+        return struct.pack(fmt, number) if binary else str(number).encode("ascii")
     if oid == FLOAT8:
         number = _as_float(value)
         return struct.pack("!d", number) if binary else _float_text(number)
