@@ -376,3 +376,13 @@ async def test_a_suspended_portal_displaced_by_another_statement_says_so(start_p
     kinds = [k for k, _ in messages]
     assert kinds == ["C", "Z", "1", "2", "D", "s", "2", "D", "s", "E", "Z"]
     assert error_fields(messages[9][1])["C"] == "55000"
+
+
+async def test_serve_pg_reports_its_port_and_serves(nursery, quake_db):
+    from trionet.sql.engine import Database
+    from trionet.sql.pg import serve_pg
+
+    addresses = await nursery.start(serve_pg, Database(quake_db), "127.0.0.1", 0)
+    host, port = addresses[0]
+    assert host == "127.0.0.1" and port != 0
+    await assert_serving((host, port))
