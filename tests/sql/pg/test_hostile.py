@@ -8,6 +8,9 @@ import pytest
 import trio
 import trio.lowlevel
 
+from trionet.sql.engine import Database
+from trionet.sql.pg import serve_pg
+
 from .conftest import error_fields, read_messages, startup_packet, typed
 
 _OPEN: list[trio.SocketStream] = []
@@ -379,9 +382,6 @@ async def test_a_suspended_portal_displaced_by_another_statement_says_so(start_p
 
 
 async def test_serve_pg_reports_its_port_and_serves(nursery, quake_db):
-    from trionet.sql.engine import Database
-    from trionet.sql.pg import serve_pg
-
     addresses = await nursery.start(serve_pg, Database(quake_db), "127.0.0.1", 0)
     host, port = addresses[0]
     assert host == "127.0.0.1" and port != 0
