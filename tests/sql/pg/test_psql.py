@@ -92,8 +92,33 @@ async def test_script_with_transaction_on_a_read_write_server(start_pg, tmp_path
     assert result.stdout.decode().strip() == "INSERT 0 1"
 
 
-async def test_backslash_d_says_pg_catalog_is_not_emulated(start_pg):
+async def test_backslash_dt_lists_tables(start_pg):
     _, address = await start_pg()
-    result = await psql(address, "-c", "\\dt", check=False)
-    assert result.returncode != 0
-    assert "pg_catalog." in result.stderr.decode() and "is not emulated" in result.stderr.decode()
+    result = await psql(address, "-A", "-t", "-c", "\\dt")
+    assert result.stdout.decode().splitlines() == ["main|kinds|table|analyst", "main|quakes|table|analyst"]
+
+
+async def test_backslash_d_describes_a_table(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-c", "\\d quakes")
+    lines = [line.rstrip() for line in result.stdout.decode().strip().splitlines()]
+    assert 'Table "main.quakes"' in lines[0]
+    assert [line.split("|")[:2] for line in lines[3:8]] == [
+        [" id     ", " text             "],
+        [" time   ", " text             "],
+        [" mag    ", " double precision "],
+        [" place  ", " text             "],
+        [" nst    ", " bigint           "],
+    ]
+    assert lines[8:] == [
+        "Indexes:",
+        '    "quakes_pkey" PRIMARY KEY, btree (id)',
+        '    "quakes_mag" btree (mag)',
+        '    "quakes_time" btree (time)',
+    ]
+
+
+async def test_backslash_d_of_a_missing_table(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-c", "\\d nope", check=False)
+    assert "Did not find any relation named" in result.stderr.decode()

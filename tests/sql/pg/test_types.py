@@ -225,7 +225,7 @@ def test_split_and_classify_never_raise(sql):
         ("select * from quakes", "sql", "", None),
         ("rollback to savepoint a", "sql", "", None),
         ("copy quakes to stdout", "unsupported", "", None),
-        ("SELECT c.relname FROM pg_catalog.pg_class c", "unsupported", "", None),
+        ("SELECT c.relname FROM pg_catalog.pg_class c", "catalog", "", None),
         ("select * from information_schema.tables", "unsupported", "", None),
     ],
 )

@@ -24,7 +24,7 @@ import trio
 
 from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog
 from trionet.sql.engine import FetchResult, Session, SqlError
-from trionet.sql.pg import describe, types
+from trionet.sql.pg import catalog, describe, types
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.config import PgConfig
 from trionet.sql.pg.protocol import PgServerProtocol
@@ -441,6 +441,21 @@ class Executor:
                 value, oid = self._function_value(st, name), types.TEXT
             portal.columns = (Column(name, oid),)
             portal.rows, portal.returns_rows, portal.tag = [(value,)], True, "SELECT 1"
+        elif kind == "catalog":
+            run = functools.partial(
+                catalog.run,
+                user=st.settings.user,
+                database=st.settings.database,
+                version=self._function_value(st, "version"),
+                max_rows=self.config.max_rows or 100_000,
+            )
+            names, decls, rows = await self._in_sqlite(
+                st, portal, run, st.session, portal.prepared.source, portal.params
+            )
+            first = rows[0] if rows else (None,) * len(names)
+            decls = decls if decls and len(decls) == len(names) else [None] * len(names)
+            portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decls, first))
+            portal.rows, portal.returns_rows = list(rows), bool(names)
         elif kind == "noop":
             portal.tag = command.tag
         elif kind == "unsupported":

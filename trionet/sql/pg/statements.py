@@ -35,7 +35,8 @@ class Statement:
 class Command:
     """What to do with a statement.
 
-    ``kind`` is ``sql`` (run by SQLite), ``begin``, ``commit``,
+    ``kind`` is ``sql`` (run by SQLite), ``catalog`` (a ``pg_catalog``
+    query, answered by :mod:`trionet.sql.pg.catalog`), ``begin``, ``commit``,
     ``rollback``, ``set``, ``reset``, ``show``, ``function`` (a
     ``SELECT f()`` the front answers: ``name`` is f), ``noop`` (accepted,
     nothing to do: ``tag`` says what to answer) or ``unsupported``
@@ -186,10 +187,12 @@ def classify(statement: Statement) -> Command:
     if first == "SELECT" and (match := _FUNCTIONS.match(sql)):
         return Command("function", match[1].lower())
     if match := _CATALOG.search(sql):
+        if match[1].lower() == "pg_catalog":
+            return Command("catalog")
         return Command(
             "unsupported",
-            message=f"{match[1]}.{match[2]} is not emulated by trionet's PostgreSQL front yet (psql's \\d commands "
-            "need it); use sqlite_schema or PRAGMA table_info",
+            message=f"{match[1]}.{match[2]} is not emulated by trionet's PostgreSQL front yet; "
+            "use sqlite_schema or PRAGMA table_info",
             tag="0A000",
         )
     if first == "DISCARD":
