@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 
 import pytest
@@ -72,8 +73,6 @@ async def test_read_only_server_refuses_writes(start_pg):
 
 
 async def test_script_with_transaction_on_a_read_write_server(start_pg, tmp_path):
-    import sqlite3
-
     db = tmp_path / "rw.sqlite"
     sqlite3.connect(db).close()
     _, address = await start_pg(db=db, read_write=True)
@@ -122,3 +121,15 @@ async def test_backslash_d_of_a_missing_table(start_pg):
     _, address = await start_pg()
     result = await psql(address, "-c", "\\d nope", check=False)
     assert "Did not find any relation named" in result.stderr.decode()
+
+
+async def test_backslash_d_of_a_view(start_pg, tmp_path):
+    db = tmp_path / "views.sqlite"
+    setup = sqlite3.connect(db)
+    setup.executescript("create table t (a integer not null, b text default 'x'); create view big as select a from t where a > 1;")
+    setup.close()
+    _, address = await start_pg(db=db)
+    result = await psql(address, "-c", "\\d big", "-c", "\\d t")  # \d+ needs unnest(): not yet
+    out = result.stdout.decode()
+    assert 'View "main.big"' in out
+    assert 'Table "main.t"' in out and "not null" in out and "'x'" in out

@@ -25,12 +25,12 @@ import sqlite3
 
 from trionet.sql import sandbox
 from trionet.sql.engine import Session, SqlError
+from trionet.sql.pg import types
 from trionet.sql.pg.describe import declared_types, null_params
 from trionet.sql.pg.statements import split
 
-__all__ = ["names_catalog", "rewrite", "run"]
+__all__ = ["rewrite", "run"]
 
-_NAMES = re.compile(r"\b(pg_catalog|information_schema)\s*\.", re.IGNORECASE)
 _REWRITES = (
     (re.compile(r"\bpg_catalog\s*\.\s*", re.IGNORECASE), ""),
     (re.compile(r"OPERATOR\s*\(\s*~\s*\)", re.IGNORECASE), " REGEXP "),
@@ -48,10 +48,8 @@ _STEP_BUDGET = 200  # progress-handler calls of 1000 VM instructions: 200 000 in
 _MAX_REGEX_QUANTIFIERS = 3
 _MAX_REGEX_SUBJECT = 128
 
-_TYPES = (
-    # oid, typname, SQLite affinity it stands for
-    (16, "bool"), (17, "bytea"), (20, "int8"), (25, "text"), (701, "float8"), (1700, "numeric"),
-)
+_TYPES = ((16, "bool"), (17, "bytea"), (20, "int8"), (25, "text"), (701, "float8"), (1700, "numeric"))  # oid, typname
+_TYPE_NAMES = {16: "boolean", 17: "bytea", 20: "bigint", 25: "text", 701: "double precision", 1700: "numeric"}  # format_type
 
 _SCHEMA = """
 CREATE TABLE pg_namespace (oid INTEGER PRIMARY KEY, nspname TEXT, nspowner INTEGER);
@@ -103,11 +101,6 @@ CREATE TABLE pg_roles (oid INTEGER PRIMARY KEY, rolname TEXT);
 """
 
 
-def names_catalog(sql: str) -> bool:
-    """True when ``sql`` names ``pg_catalog.`` or ``information_schema.`` (answered here, not by the database)."""
-    return _NAMES.search(sql) is not None
-
-
 def rewrite(sql: str) -> str:
     """PostgreSQL-isms psql uses in its catalog queries, in SQLite's terms."""
     for pattern, replacement in _REWRITES:
@@ -116,16 +109,13 @@ def rewrite(sql: str) -> str:
 
 
 def _decltype_oid(decltype: str) -> int:
-    from trionet.sql.pg.types import TEXT, decltype_oid
-
-    return decltype_oid(decltype) or TEXT
+    return types.decltype_oid(decltype) or types.TEXT
 
 
 def _format_type(oid, typmod) -> str | None:
-    for type_oid, name in _TYPES:
-        if type_oid == oid:
-            return {"int8": "bigint", "float8": "double precision", "bool": "boolean"}.get(name, name)
-    return None if oid is None else "text"
+    if oid is None:
+        return None
+    return _TYPE_NAMES.get(oid, "text")
 
 
 _ALWAYS_EMPTY = re.compile(r"\bpg_publication\b", re.IGNORECASE)  # no publications in SQLite
@@ -251,6 +241,8 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
             index_sql[oid] = f"CREATE {'UNIQUE ' if unique else ''}INDEX {shown} ON main.{tbl} USING btree ({listed})"
     cat.create_function("pg_get_userbyid", 1, lambda _oid: user, deterministic=True)
     cat.create_function("pg_get_indexdef", -1, lambda oid, *_: index_sql.get(oid), deterministic=True)
+    view_sql = {oids[name]: sql for kind, name, _tbl, sql in objects if kind == "view"}
+    cat.create_function("pg_get_viewdef", -1, lambda oid, *_: view_sql.get(oid), deterministic=True)
     cat.create_function("version", 0, lambda: version)
     cat.create_function("current_database", 0, lambda: database)
     for name, (nargs, fn) in _CATALOG_FUNCTIONS.items():
