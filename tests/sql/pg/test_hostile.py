@@ -136,6 +136,9 @@ async def test_client_that_never_finishes_startup_is_dropped(start_pg):
     _, address = await start_pg(startup_timeout=0.2)
     stream = await connect(address)
     await stream.send_all(startup_packet(user="u")[:5])
+    messages = await read_until(stream, "E")
+    fields = error_fields(messages[-1][1])
+    assert (fields["S"], fields["C"]) == ("FATAL", "08006") and "startup_timeout" in fields["M"]
     with trio.fail_after(10):
         assert await stream.receive_some(10) == b""
 
@@ -386,3 +389,13 @@ async def test_serve_pg_reports_its_port_and_serves(nursery, quake_db):
     host, port = addresses[0]
     assert host == "127.0.0.1" and port != 0
     await assert_serving((host, port))
+
+
+async def test_prepared_statements_per_connection_are_bounded(start_pg):
+    _, address = await start_pg(max_prepared=2)
+    stream = await start_session(address)
+    await stream.send_all(b"".join(typed(b"P", b"s%d\0select 1\0\0\0" % i) for i in range(3)) + typed(b"S"))
+    messages = await read_until(stream, "Z")
+    assert [k for k, _ in messages] == ["1", "1", "E", "Z"]
+    fields = error_fields(messages[2][1])
+    assert fields["C"] == "54000" and "2 prepared statements" in fields["M"]

@@ -87,8 +87,12 @@ class PgServer:
     async def _handle(self, conn: Connection) -> None:
         proto = PgServerProtocol(self.config.max_message_bytes)
         startup = None
-        with trio.move_on_after(self.config.startup_timeout):
+        with trio.move_on_after(self.config.startup_timeout) as startup_scope:
             startup = await self._startup(conn, proto)
+        if startup_scope.cancelled_caught:
+            await _fatal(
+                conn, proto, "08006", f"the startup took longer than {self.config.startup_timeout} s (startup_timeout)"
+            )
         if startup is None:
             return
         if len(self.service.connections) > self.config.max_connections:
