@@ -182,6 +182,9 @@ async def test_what_clients_send_on_their_own(start_pg):
             out["database"] = conn.execute("select current_database()").fetchone()
             out["version"] = conn.execute("select version()").fetchone()[0]
             out["tz"] = conn.execute("show timezone").fetchone()
+            out["combo"] = conn.execute(
+                "select current_database(), current_setting('server_version_num'), version() like %s", ("%trionet%",)
+            ).fetchone()
             out["pid"] = conn.execute("select pg_backend_pid()").fetchone()[0] == conn.info.backend_pid
             out["pid_binary"] = conn.cursor(binary=True).execute("select pg_backend_pid()").fetchone()[0] == conn.info.backend_pid
             with pytest.raises(psycopg.errors.UndefinedObject):
@@ -195,6 +198,7 @@ async def test_what_clients_send_on_their_own(start_pg):
     assert out["database"] == ("quakes",)
     assert "trionet" in out["version"]
     assert out["tz"] == ("UTC",)
+    assert out["combo"] == ("quakes", "150000", 1)
     assert out["pid"] and out["pid_binary"]
 
 

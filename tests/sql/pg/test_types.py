@@ -223,6 +223,8 @@ def test_split_and_classify_never_raise(sql):
         ("select version()", "function", "version", None),
         ("SELECT pg_catalog.current_database()", "function", "current_database", None),
         ("select * from quakes", "sql", "", None),
+        ("select version(), current_setting('TimeZone')", "catalog", "", None),
+        ("select version() from quakes", "sql", "", None),
         ("rollback to savepoint a", "sql", "", None),
         ("copy quakes to stdout", "unsupported", "", None),
         ("SELECT c.relname FROM pg_catalog.pg_class c", "catalog", "", None),

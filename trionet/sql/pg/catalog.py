@@ -162,6 +162,7 @@ _CATALOG_FUNCTIONS = {
     "current_schemas": (1, lambda _: "{main}"),
     "current_database": (0, None),
     "has_table_privilege": (-1, lambda *_: 1),
+    "current_setting": (-1, None),  # set per statement: the session's settings
     "pg_has_role": (-1, lambda *_: 1),
 }
 _ALLOWED = frozenset(_CATALOG_FUNCTIONS) | sandbox.ALLOWED_FUNCTIONS
@@ -251,7 +252,17 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
     return cat
 
 
-def run(session: Session, source: str, params, *, user: str, database: str, version: str, max_rows: int):
+def run(
+    session: Session,
+    source: str,
+    params,
+    *,
+    user: str,
+    database: str,
+    version: str,
+    max_rows: int,
+    settings: dict[str, str] | None = None,
+):
     """Run a catalog statement: returns ``(column names, declared types or None, rows)``.
 
     Args:
@@ -260,6 +271,7 @@ def run(session: Session, source: str, params, *, user: str, database: str, vers
         params: its parameters.
         user, database, version: what ``pg_get_userbyid``, ``current_database()``
             and ``version()`` answer.
+        settings: what ``current_setting(name)`` answers (by lower-case name).
         max_rows: the most rows returned.
 
     Raises:
@@ -268,6 +280,8 @@ def run(session: Session, source: str, params, *, user: str, database: str, vers
     """
     objects, columns, indexes = _schema_of(session)
     cat = _build(objects, columns, indexes, user=user, database=database, version=version)
+    known = settings or {}
+    cat.create_function("current_setting", -1, lambda name, *_: known.get(str(name).lower()))
     try:
         rewritten = rewrite(source)
         statements = split(rewritten)

@@ -447,6 +447,7 @@ class Executor:
                 user=st.settings.user,
                 database=st.settings.database,
                 version=self._function_value(st, "version"),
+                settings=st.settings.values(),
                 max_rows=self.config.max_rows or 100_000,
             )
             names, decls, rows = await self._in_sqlite(

@@ -169,6 +169,10 @@ class Settings:
             self._values.pop(key, None)
         return [m.ParameterStatus(_SETTINGS[key][0], self._values[key])] if key in _REPORTED else []
 
+    def values(self) -> dict[str, str]:
+        """Every setting by lower-case name (for ``current_setting()``)."""
+        return dict(self._values)
+
     def show(self, name: str) -> tuple[str, list[tuple[str, ...]]]:
         """``SHOW name``: the column name and rows (``SHOW ALL``: name, setting, description).
 

@@ -137,6 +137,10 @@ _SET = re.compile(
 _SET_TIME_ZONE = re.compile(r"\A\s*SET\s+(?:SESSION\s+|LOCAL\s+)?TIME\s+ZONE\s+(?P<value>.*?)\s*\Z", re.IGNORECASE | re.DOTALL)
 _ONE_NAME = re.compile(r"\A\s*(?:RESET|SHOW)\s+(?P<name>[A-Za-z_][\w.]*|ALL)\s*\Z", re.IGNORECASE)
 _CATALOG = re.compile(r"\b(pg_catalog|information_schema)\s*\.\s*(\w+)", re.IGNORECASE)
+_CATALOG_FUNCTIONS = re.compile(
+    r"\b(version|current_database|current_schema|current_setting)\s*\(", re.IGNORECASE
+)
+_FROM = re.compile(r"\bFROM\b", re.IGNORECASE)
 _SHOW_TZ = re.compile(r"\A\s*SHOW\s+TIME\s+ZONE\s*\Z", re.IGNORECASE)
 _SHOW_ISOLATION = re.compile(r"\A\s*SHOW\s+TRANSACTION\s+ISOLATION\s+LEVEL\s*\Z", re.IGNORECASE)
 
@@ -186,6 +190,10 @@ def classify(statement: Statement) -> Command:
         return Command("unsupported", message=f"syntax error in {first} (expected one name)", tag="42601")
     if first == "SELECT" and (match := _FUNCTIONS.match(sql)):
         return Command("function", match[1].lower())
+    if first == "SELECT" and _CATALOG_FUNCTIONS.search(sql) and not _FROM.search(sql):
+        # SELECT version(), current_setting('server_version_num'): the catalog
+        # database has these functions (and no data to read).
+        return Command("catalog")
     if match := _CATALOG.search(sql):
         if match[1].lower() == "pg_catalog":
             return Command("catalog")
