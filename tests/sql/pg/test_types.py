@@ -225,6 +225,7 @@ def test_split_and_classify_never_raise(sql):
         ("select * from quakes", "sql", "", None),
         ("select version(), current_setting('TimeZone')", "catalog", "", None),
         ("select version() from quakes", "sql", "", None),
+        ("insert into notes values ('see pg_catalog.pg_class')", "sql", "", None),
         ("rollback to savepoint a", "sql", "", None),
         ("copy quakes to stdout", "unsupported", "", None),
         ("SELECT c.relname FROM pg_catalog.pg_class c", "catalog", "", None),

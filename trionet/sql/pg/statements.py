@@ -140,6 +140,7 @@ _CATALOG = re.compile(r"\b(pg_catalog|information_schema)\s*\.\s*(\w+)", re.IGNO
 _CATALOG_FUNCTIONS = re.compile(
     r"\b(version|current_database|current_schema|current_setting)\s*\(", re.IGNORECASE
 )
+_LITERAL = re.compile(r"'[^']*(?:''[^']*)*'")
 _FROM = re.compile(r"\bFROM\b", re.IGNORECASE)
 _SHOW_TZ = re.compile(r"\A\s*SHOW\s+TIME\s+ZONE\s*\Z", re.IGNORECASE)
 _SHOW_ISOLATION = re.compile(r"\A\s*SHOW\s+TRANSACTION\s+ISOLATION\s+LEVEL\s*\Z", re.IGNORECASE)
@@ -190,11 +191,12 @@ def classify(statement: Statement) -> Command:
         return Command("unsupported", message=f"syntax error in {first} (expected one name)", tag="42601")
     if first == "SELECT" and (match := _FUNCTIONS.match(sql)):
         return Command("function", match[1].lower())
-    if first == "SELECT" and _CATALOG_FUNCTIONS.search(sql) and not _FROM.search(sql):
+    bare = _LITERAL.sub("''", sql)  # what is not inside a string literal
+    if first == "SELECT" and _CATALOG_FUNCTIONS.search(bare) and not _FROM.search(bare):
         # SELECT version(), current_setting('server_version_num'): the catalog
         # database has these functions (and no data to read).
         return Command("catalog")
-    if match := _CATALOG.search(sql):
+    if match := _CATALOG.search(bare):
         if match[1].lower() == "pg_catalog":
             return Command("catalog")
         return Command(
