@@ -1,0 +1,200 @@
+"""The sans-IO core: framing, the startup phase, skip-until-Sync, bounds, and any bytes at all."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trionet.framing import EOF, NEED_DATA
+from trionet.sql.pg import messages as m
+from trionet.sql.pg.protocol import (
+    MAX_STARTUP_BYTES,
+    EncryptionRefused,
+    PgServerProtocol,
+    ProtocolViolation,
+)
+
+from .conftest import startup_packet, typed
+
+
+def events(proto: PgServerProtocol) -> list:
+    out = []
+    while (event := proto.next_event()) is not NEED_DATA:
+        out.append(event)
+        if event is EOF:
+            break
+    return out
+
+
+def started(**kw) -> PgServerProtocol:
+    proto = PgServerProtocol(**kw)
+    proto.receive_data(startup_packet(user="u", database="d"))
+    assert isinstance(proto.next_event(), m.StartupMessage)
+    return proto
+
+
+def test_startup_message_byte_by_byte():
+    proto = PgServerProtocol()
+    packet = startup_packet(user="alice", database="quakes", application_name="psql")
+    for i in range(len(packet) - 1):
+        proto.receive_data(packet[i : i + 1])
+        assert proto.next_event() is NEED_DATA
+    proto.receive_data(packet[-1:])
+    event = proto.next_event()
+    assert event == m.StartupMessage(3, 0, {"user": "alice", "database": "quakes", "application_name": "psql"})
+    assert not proto.in_startup
+
+
+def test_ssl_request_is_refused_and_startup_follows():
+    proto = PgServerProtocol()
+    proto.receive_data(struct.pack("!ii", 8, 80877103))
+    assert proto.next_event() == m.SslRequest()
+    assert proto.send(EncryptionRefused()) == b"N"
+    proto.receive_data(struct.pack("!ii", 8, 80877104))
+    assert proto.next_event() == m.GssEncRequest()
+    proto.receive_data(startup_packet(user="u"))
+    assert isinstance(proto.next_event(), m.StartupMessage)
+
+
+def test_cancel_request_ends_the_connection():
+    proto = PgServerProtocol()
+    proto.receive_data(struct.pack("!iiii", 16, 80877102, 1234, 5678) + b"more junk")
+    assert proto.next_event() == m.CancelRequest(1234, 5678)
+    assert proto.next_event() is EOF
+
+
+def test_protocol_2_is_refused():
+    proto = PgServerProtocol()
+    proto.receive_data(struct.pack("!ii", 9, 2 << 16) + b"\0")
+    event = proto.next_event()
+    assert isinstance(event, ProtocolViolation) and "2.0" in event.message
+    assert proto.next_event() is EOF
+
+
+def test_startup_length_out_of_range():
+    for length in (0, 4, 7, MAX_STARTUP_BYTES + 1, -5, 2**31 - 1):
+        proto = PgServerProtocol()
+        proto.receive_data(struct.pack("!i", length) + b"\0" * 8)
+        assert isinstance(proto.next_event(), ProtocolViolation), length
+
+
+def test_truncated_startup_is_eof():
+    proto = PgServerProtocol()
+    proto.receive_data(startup_packet(user="u")[:-3])
+    assert proto.next_event() is NEED_DATA
+    proto.receive_data(b"")
+    assert proto.next_event() is EOF
+
+
+def test_extended_messages_decode():
+    proto = started()
+    bind_body = (
+        b"p\0s\0" + struct.pack("!hh", 1, 1) + struct.pack("!h", 2)
+        + struct.pack("!i", 4) + struct.pack("!i", 7) + struct.pack("!i", -1)
+        + struct.pack("!hh", 1, 0)
+    )
+    proto.receive_data(
+        typed(b"P", b"s\0select $1\0" + struct.pack("!hi", 1, 23))
+        + typed(b"B", bind_body)
+        + typed(b"D", b"Pp\0")
+        + typed(b"E", b"p\0" + struct.pack("!i", 10))
+        + typed(b"C", b"Ss\0")
+        + typed(b"H")
+        + typed(b"S")
+        + typed(b"X")
+    )
+    assert events(proto) == [
+        m.Parse("s", "select $1", (23,)),
+        m.Bind("p", "s", (1,), (struct.pack("!i", 7), None), (0,)),
+        m.Describe("P", "p"),
+        m.Execute("p", 10),
+        m.Close("S", "s"),
+        m.Flush(),
+        m.Sync(),
+        m.Terminate(),
+        EOF,
+    ]
+
+
+def test_error_in_extended_batch_skips_to_sync():
+    proto = started()
+    proto.receive_data(typed(b"P", b"\0bad\0\0\0") + typed(b"B", b"\0\0" + b"\0" * 6) + typed(b"E", b"\0\0\0\0\0") + typed(b"S") + typed(b"Q", b"select 1\0"))
+    assert isinstance(proto.next_event(), m.Parse)
+    proto.send(m.ErrorResponse("42601", "syntax error"))
+    assert proto.next_event() == m.Sync()  # Bind and Execute skipped
+    assert proto.next_event() == m.Query("select 1")
+
+
+def test_error_after_simple_query_skips_nothing():
+    proto = started()
+    proto.receive_data(typed(b"Q", b"bad\0") + typed(b"Q", b"select 1\0"))
+    assert proto.next_event() == m.Query("bad")
+    proto.send(m.ErrorResponse("42601", "syntax error"))
+    assert proto.next_event() == m.Query("select 1")
+
+
+def test_message_over_the_limit_is_refused_before_buffering():
+    proto = started(max_message_bytes=1000)
+    proto.receive_data(b"Q" + struct.pack("!i", 1 << 30))
+    event = proto.next_event()
+    assert isinstance(event, ProtocolViolation) and "1000" in event.message
+    proto.receive_data(b"x" * 5000)
+    assert proto.buffered == 0
+    assert proto.next_event() is EOF
+
+
+def test_length_under_four_is_a_violation():
+    proto = started()
+    proto.receive_data(b"Q" + struct.pack("!i", 3))
+    assert isinstance(proto.next_event(), ProtocolViolation)
+
+
+def test_malformed_body_is_a_violation():
+    proto = started()
+    proto.receive_data(typed(b"Q", b"no terminator"))
+    assert isinstance(proto.next_event(), ProtocolViolation)
+    proto = started()
+    proto.receive_data(typed(b"B", b"\0\0" + struct.pack("!hh", 1, 7) + b"\0\0\0\0"))
+    assert isinstance(proto.next_event(), ProtocolViolation)
+
+
+def test_unknown_type_is_reported():
+    proto = started()
+    proto.receive_data(typed(b"z", b"abc"))
+    assert proto.next_event() == m.UnexpectedMessage("z")
+
+
+_EVENT_TYPES = tuple(
+    getattr(m, name) for name in m.__all__ if isinstance(getattr(m, name), type) and name != "MessageError"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=12), st.booleans(), st.booleans())
+def test_any_bytes_give_events_or_a_violation(chunks, after_startup, end):
+    limit = 256
+    proto = PgServerProtocol(max_message_bytes=limit)
+    if after_startup:
+        proto.receive_data(startup_packet(user="u"))
+        assert isinstance(proto.next_event(), m.StartupMessage)
+    for chunk in chunks:
+        proto.receive_data(chunk)
+        assert proto.buffered <= max(limit, MAX_STARTUP_BYTES) + len(chunk)
+        while True:
+            event = proto.next_event()
+            assert event is NEED_DATA or event is EOF or isinstance(event, (ProtocolViolation, *_EVENT_TYPES))
+            if event is NEED_DATA or event is EOF:
+                break
+            if isinstance(event, m.Parse):
+                proto.send(m.ErrorResponse("XX000", "x"))
+    if end:
+        proto.receive_data(b"")
+        for _ in range(len(b"".join(chunks)) + 2):
+            event = proto.next_event()
+            if event is EOF:
+                break
+            assert event is not NEED_DATA
+        else:
+            raise AssertionError("no EOF after the end of stream")

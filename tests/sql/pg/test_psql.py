@@ -1,0 +1,135 @@
+"""psql, the PostgreSQL client, against a real server in-process (Debian package postgresql-client)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+
+import pytest
+import trio
+
+pytestmark = pytest.mark.requires_tool("psql", "postgresql-client")
+
+
+async def psql(address, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    host, port = address
+    env = {
+        **os.environ,
+        "PGHOST": host,
+        "PGPORT": str(port),
+        "PGUSER": "analyst",
+        "PGDATABASE": "quakes",
+        "PGCONNECT_TIMEOUT": "10",
+        "PGSSLMODE": "prefer",  # psql's default: asks for TLS first, must go on after 'N'
+        "PSQLRC": os.devnull,
+    }
+    result = await trio.run_process(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", *args], capture_stdout=True, capture_stderr=True, env=env, check=False
+    )
+    if check:
+        assert result.returncode == 0, result.stderr.decode()
+    return result
+
+
+async def test_unaligned_tuples_only_with_null_and_values(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-A", "-t", "-c", "select id, mag, nst, place from quakes order by id limit 2")
+    assert result.stdout.decode().splitlines() == [
+        "q00000|3.0||0km N of Town, Oklahoma",
+        "q00001|3.1|1|1km N of Town, California",
+    ]
+
+
+async def test_table_output_and_every_storage_class(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-A", "-t", "-c", "select i, r, t, b, n from kinds order by rowid")
+    assert result.stdout.decode().splitlines() == ["42|2.5|text|\\x00ff626c6f62|", "-9223372036854775808|Infinity||\\x|1.0"]  # an empty bytea is \\x, as in PostgreSQL
+    result = await psql(address, "-c", "select count(*) as n from quakes")
+    assert "2000" in result.stdout.decode() and "(1 row)" in result.stdout.decode()
+
+
+async def test_several_statements_and_builtins(start_pg):
+    _, address = await start_pg()
+    result = await psql(
+        address, "-A", "-t", "-c", "select 1; select current_database(); show server_version; select version()"
+    )
+    lines = result.stdout.decode().splitlines()
+    assert lines[:3] == ["1", "quakes", "15.0 (trionet)"]
+    assert "trionet" in lines[3]
+
+
+async def test_errors_are_reported_with_sqlstate(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-v", "VERBOSITY=verbose", "-c", "select * from nope", check=False)
+    assert result.returncode != 0
+    assert "42P01" in result.stderr.decode() and "no such table: nope" in result.stderr.decode()
+
+
+async def test_read_only_server_refuses_writes(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-v", "VERBOSITY=verbose", "-c", "delete from quakes", check=False)
+    assert "25006" in result.stderr.decode()
+
+
+async def test_script_with_transaction_on_a_read_write_server(start_pg, tmp_path):
+    db = tmp_path / "rw.sqlite"
+    sqlite3.connect(db).close()
+    _, address = await start_pg(db=db, read_write=True)
+    script = tmp_path / "script.sql"
+    script.write_text(
+        "create table t (a integer, b text);\n"
+        "begin;\ninsert into t values (1, 'x'), (2, NULL);\ncommit;\n"
+        "begin immediate;\ninsert into t values (3, 'rolled back');\nrollback;\n"
+        "select a, b from t order by a;\n"
+    )
+    result = await psql(address, "-A", "-t", "-f", str(script))
+    assert result.stdout.decode().splitlines() == [
+        "CREATE TABLE", "BEGIN", "INSERT 0 2", "COMMIT", "BEGIN", "INSERT 0 1", "ROLLBACK", "1|x", "2|"
+    ]
+    result = await psql(address, "-c", "insert into t values (9, 'z')")
+    assert result.stdout.decode().strip() == "INSERT 0 1"
+
+
+async def test_backslash_dt_lists_tables(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-A", "-t", "-c", "\\dt")
+    assert result.stdout.decode().splitlines() == ["main|kinds|table|analyst", "main|quakes|table|analyst"]
+
+
+async def test_backslash_d_describes_a_table(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-c", "\\d quakes")
+    lines = [line.rstrip() for line in result.stdout.decode().strip().splitlines()]
+    assert 'Table "main.quakes"' in lines[0]
+    assert [line.split("|")[:2] for line in lines[3:8]] == [
+        [" id     ", " text             "],
+        [" time   ", " text             "],
+        [" mag    ", " double precision "],
+        [" place  ", " text             "],
+        [" nst    ", " bigint           "],
+    ]
+    assert lines[8:] == [
+        "Indexes:",
+        '    "quakes_pkey" PRIMARY KEY, btree (id)',
+        '    "quakes_mag" btree (mag)',
+        '    "quakes_time" btree (time)',
+    ]
+
+
+async def test_backslash_d_of_a_missing_table(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-c", "\\d nope", check=False)
+    assert "Did not find any relation named" in result.stderr.decode()
+
+
+async def test_backslash_d_of_a_view(start_pg, tmp_path):
+    db = tmp_path / "views.sqlite"
+    setup = sqlite3.connect(db)
+    setup.executescript("create table t (a integer not null, b text default 'x'); create view big as select a from t where a > 1;")
+    setup.close()
+    _, address = await start_pg(db=db)
+    result = await psql(address, "-c", "\\d big", "-c", "\\d t")  # \d+ needs unnest(): not yet
+    out = result.stdout.decode()
+    assert 'View "main.big"' in out
+    assert 'Table "main.t"' in out and "not null" in out and "'x'" in out

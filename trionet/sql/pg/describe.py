@@ -1,0 +1,75 @@
+"""What the PostgreSQL front runs in a worker thread besides the statement itself: declared column types.
+
+Python's ``sqlite3`` does not expose ``sqlite3_column_decltype``, and cannot
+prepare a statement without running it. A temporary view can: SQLite
+reports a view's column types as the declared types of the columns they
+come from (empty for expressions). These functions block; the executor
+calls them through ``trio.to_thread`` with the statement-thread limiter.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from trionet.sql.engine import FetchResult, Session
+from trionet.sql.pg.statements import split
+
+__all__ = ["declared_types", "describe_statement", "null_params", "start_statement"]
+
+_DESCRIBE_VIEW = "_trionet_pg_describe"
+
+
+def null_params(source: str) -> str:
+    """The statement with every ``$N`` placeholder replaced by NULL (a view cannot hold parameters)."""
+    statements = split(source, placeholder="NULL")
+    return statements[0].sql if statements else ""
+
+
+def _view_columns(conn: sqlite3.Connection, sql: str) -> list[tuple[str, str]] | None:
+    # The view lives in the connection's own temp schema (allowed by the
+    # sandbox, bounded by max_temp_bytes) and is dropped at once.
+    try:
+        conn.execute(f"DROP VIEW IF EXISTS temp.{_DESCRIBE_VIEW}")
+        conn.execute(f"CREATE TEMP VIEW {_DESCRIBE_VIEW} AS {sql}")
+        try:
+            rows = conn.execute(f"PRAGMA temp.table_info({_DESCRIBE_VIEW})").fetchall()
+        finally:
+            conn.execute(f"DROP VIEW IF EXISTS temp.{_DESCRIBE_VIEW}")
+    except (sqlite3.Error, sqlite3.Warning):
+        return None  # not a SELECT a view can hold (or a bad one: running it will say why)
+    return [(row[1], row[2]) for row in rows]
+
+
+def declared_types(conn: sqlite3.Connection, sql: str) -> list[str] | None:
+    """The declared type of each column of ``sql`` ('' for an expression), or None when no view can hold it."""
+    columns = _view_columns(conn, sql)
+    return None if columns is None else [decl for _name, decl in columns]
+
+
+def describe_statement(session: Session, source: str) -> tuple[list[str], list[str]] | None:
+    """The column names and declared types of a SELECT not run yet (None when no view can hold it).
+
+    Args:
+        source: the statement as the client sent it (``$N`` placeholders).
+    """
+    columns = _view_columns(session.connection, null_params(source))
+    if columns is None:
+        return None
+    return [name for name, _decl in columns], [decl for _name, decl in columns]
+
+
+def start_statement(
+    session: Session, sql: str, describe_source: str | None, params, batch: int, max_bytes: int
+) -> tuple[list[str] | None, FetchResult]:
+    """Run ``sql`` to its first batch; first, when ``describe_source`` is given, read its declared types.
+
+    Args:
+        sql: the statement in SQLite's form (``?N`` placeholders).
+        describe_source: the statement as the client sent it, or None.
+
+    Raises:
+        SqlError: from :meth:`Session.execute`.
+    """
+    session.cancel_statement()  # a displaced portal's cursor would lock the temporary schema
+    decl = declared_types(session.connection, null_params(describe_source)) if describe_source else None
+    return decl, session.execute(sql, params, batch, 0, max_bytes)

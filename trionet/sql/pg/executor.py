@@ -1,0 +1,622 @@
+"""Running one PostgreSQL connection's messages: simple and extended queries over an engine Session.
+
+The :class:`Executor` is shared by every connection of a server (it holds the
+statement-thread limiter); each connection's state is a :class:`ConnState`.
+For each frontend message it decides what runs in SQLite, in a worker
+thread, and what the front answers itself (``SET``, ``SHOW``, ``BEGIN``...,
+see :mod:`trionet.sql.pg.statements`), and writes the backend messages.
+
+While a statement runs in its thread, a watcher reads ahead (bounded) so a
+client that disappears is noticed at once and its statement interrupted; the
+same watcher interrupts at the query timeout, or when a CancelRequest with
+the connection's key arrives on another connection.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sqlite3
+from dataclasses import dataclass, field
+
+import outcome
+import trio
+
+from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog
+from trionet.sql.engine import FetchResult, Session, SqlError
+from trionet.sql.pg import catalog, describe, types
+from trionet.sql.pg import messages as m
+from trionet.sql.pg.config import PgConfig
+from trionet.sql.pg.protocol import PgServerProtocol
+from trionet.sql.pg.session import (
+    SERVER_VERSION,
+    Column,
+    PgError,
+    Portal,
+    PreparedStatement,
+    Settings,
+    TransactionRule,
+)
+from trionet.sql.pg.sqlstate import (
+    FEATURE_NOT_SUPPORTED,
+    PROTOCOL_VIOLATION,
+    QUERY_CANCELED,
+    sqlstate,
+)
+from trionet.sql.pg.statements import Command, Statement, classify, command_tag, split
+
+__all__ = ["ConnState", "Executor"]
+
+_FLUSH_BYTES = 64 * 1024  # send what is pending once it reaches this much
+_SPLIT_INLINE_CHARS = 64 * 1024  # SQL longer than this is split in a worker thread
+_ROW_WORDS = ("SELECT", "WITH", "VALUES")
+
+
+@dataclass(eq=False)
+class ConnState:
+    """One connection's state: its stream and protocol core, its SQLite session, and the PostgreSQL session over it."""
+
+    conn: Connection
+    proto: PgServerProtocol
+    sends: SendWatchdog
+    session: Session
+    settings: Settings
+    pid: int
+    txn: TransactionRule = field(default_factory=TransactionRule)
+    statements: dict[str, PreparedStatement] = field(default_factory=dict)
+    portals: dict[str, Portal] = field(default_factory=dict)
+    out: bytearray = field(default_factory=bytearray)
+    running: Portal | None = None  # the portal whose statement is open in the session
+    cancel: trio.Event | None = None  # set by a CancelRequest while a thread works
+    stop_reason: str | None = None  # why the watcher interrupted: cancel, timeout, gone
+    busy: bool = False
+    in_transaction_before: bool = False
+
+
+class Executor:
+    """Handle frontend messages for any number of connections, one message at a time per connection.
+
+    Args:
+        config: the limits.
+        limiter: statement threads at once (shared by every connection).
+    """
+
+    def __init__(self, config: PgConfig, limiter: trio.CapacityLimiter) -> None:
+        self.config = config
+        self._limiter = limiter
+        self._thread_tokens_held = trio.CapacityLimiter(math.inf)  # counted by self._limiter, not trio's default 40
+
+    async def greet(self, st: ConnState, startup: m.StartupMessage, secret: int) -> None:
+        """Answer a StartupMessage: AuthenticationOk (trust), ParameterStatus, BackendKeyData, ReadyForQuery."""
+        out = st.out
+        unrecognized = tuple(k for k in startup.parameters if k.startswith("_pq_."))
+        if startup.minor > 0 or unrecognized:
+            out += st.proto.send(m.NegotiateProtocolVersion(0, unrecognized))
+        out += st.proto.send(m.AuthenticationOk())
+        for status in st.settings.status_messages():
+            out += st.proto.send(status)
+        out += st.proto.send(m.BackendKeyData(st.pid, secret))
+        out += st.proto.send(m.ReadyForQuery("I"))
+        await self.flush(st)
+
+    async def handle(self, st: ConnState, event) -> None:
+        """Handle one frontend message (not Terminate, EOF or a violation: the server ends the connection).
+
+        Error handling: a :class:`PgError` becomes an ErrorResponse; after a
+        simple Query or a FunctionCall it is followed by ReadyForQuery, in an extended batch
+        the protocol core skips to Sync. A ``trio.BrokenResourceError``
+        (the client left) propagates.
+        """
+        st.busy = True
+        st.in_transaction_before = st.session.in_transaction
+        try:
+            await self._dispatch(st, event)
+        except PgError as exc:
+            self._error(st, exc)
+            if isinstance(event, (m.Query, m.FunctionCall)):
+                self._ready(st)
+                await self.flush(st)
+        finally:
+            st.busy = False
+        if len(st.out) >= _FLUSH_BYTES:
+            await self.flush(st)
+
+    def cancel(self, st: ConnState) -> None:
+        """A CancelRequest for this connection: interrupt the statement it has running, if any."""
+        if st.cancel is not None:
+            st.cancel.set()
+
+    async def _dispatch(self, st: ConnState, event) -> None:
+        kind = type(event)
+        if kind is m.Query:
+            await self._simple_query(st, event.sql)
+            self._ready(st)
+            await self.flush(st)
+        elif kind is m.Parse:
+            await self._parse(st, event)
+        elif kind is m.Bind:
+            self._bind(st, event)
+        elif kind is m.Describe:
+            await self._describe(st, event)
+        elif kind is m.Execute:
+            await self._execute(st, event)
+        elif kind is m.Close:
+            self._close(st, event)
+        elif kind is m.Sync:
+            if not st.session.in_transaction:
+                self._drop_portals(st)
+            else:
+                self._drop_portal(st, "")
+            self._ready(st)
+            await self.flush(st)
+        elif kind is m.Flush:
+            await self.flush(st)
+        elif kind is m.FunctionCall:
+            raise PgError(FEATURE_NOT_SUPPORTED, "the fast-path function call is not supported")
+        # CopyData/CopyDone/CopyFail outside COPY: ignored, as PostgreSQL does.
+
+    # --- output -------------------------------------------------------------------
+
+    async def flush(self, st: ConnState) -> None:
+        """Send what is pending."""
+        if st.out:
+            data = bytes(st.out)
+            st.out.clear()
+            await st.sends.send(st.conn.stream, data)
+
+    def _ready(self, st: ConnState) -> None:
+        st.out += st.proto.send(m.ReadyForQuery(st.txn.status(st.session.in_transaction)))
+
+    def _error(self, st: ConnState, exc: PgError) -> None:
+        st.txn.on_error(st.in_transaction_before, st.session.in_transaction)
+        st.out += st.proto.send(exc.response())
+
+    # --- simple query -----------------------------------------------------------------
+
+    async def _simple_query(self, st: ConnState, sql: str) -> None:
+        statements = await self._split(sql)
+        if not statements:
+            st.out += st.proto.send(m.EmptyQueryResponse())
+            return
+        for statement in statements:
+            if statement.n_params:
+                raise PgError("42P02", f"there is no parameter ${statement.n_params}")
+            prepared = PreparedStatement(statement.sql, statement, classify(statement), ())
+            portal = self._new_portal(prepared, (), ())
+            await self._start(st, portal)
+            if portal.returns_rows:
+                st.out += st.proto.send(self._row_description(portal, portal.formats()))
+            await self._send_rows(st, portal, 0)
+            st.in_transaction_before = st.session.in_transaction
+
+    # --- extended query ------------------------------------------------------------------
+
+    async def _split(self, sql: str) -> list[Statement]:
+        limit = self.config.max_query_statements
+        if len(sql) <= _SPLIT_INLINE_CHARS:
+            statements = split(sql, limit=limit)
+        else:
+            # Long text (hostile, or a big script) is split in a statement
+            # thread, so the event loop is not held for its whole length.
+            async with self._limiter:
+                statements = await trio.to_thread.run_sync(
+                    functools.partial(split, sql, limit=limit), limiter=self._thread_tokens_held
+                )
+        if len(statements) > limit:
+            raise PgError("54000", f"a query may hold at most {limit} statements (max_query_statements)")
+        return statements
+
+    async def _parse(self, st: ConnState, event: m.Parse) -> None:
+        if event.name and event.name in st.statements:
+            raise PgError("42P05", f'prepared statement "{event.name}" already exists')
+        if event.name and len(st.statements) + len(st.portals) >= self.config.max_prepared:
+            raise PgError("54000", f"a connection may hold {self.config.max_prepared} prepared statements and portals")
+        statements = await self._split(event.sql)
+        if len(statements) > 1:
+            raise PgError("42601", "cannot insert multiple commands into a prepared statement")
+        statement = statements[0] if statements else None
+        command = classify(statement) if statement else Command("empty")
+        n = max(statement.n_params if statement else 0, len(event.param_oids))
+        oids = tuple(event.param_oids) + (0,) * (n - len(event.param_oids))
+        st.statements[event.name] = PreparedStatement(event.sql, statement, command, oids)
+        st.out += st.proto.send(m.ParseComplete())
+
+    def _bind(self, st: ConnState, event: m.Bind) -> None:
+        prepared = st.statements.get(event.statement)
+        if prepared is None:
+            raise PgError("26000", f'prepared statement "{event.statement}" does not exist')
+        if event.portal and event.portal in st.portals:
+            raise PgError("42P03", f'cursor "{event.portal}" already exists')
+        if event.portal and len(st.statements) + len(st.portals) >= self.config.max_prepared:
+            raise PgError("54000", f"a connection may hold {self.config.max_prepared} prepared statements and portals")
+        n = len(prepared.param_oids)
+        if len(event.params) != n:
+            raise PgError(
+                PROTOCOL_VIOLATION, f"bind message supplies {len(event.params)} parameters, but prepared statement requires {n}"
+            )
+        formats = event.param_formats
+        if len(formats) not in (0, 1, n):
+            raise PgError(PROTOCOL_VIOLATION, f"bind message has {len(formats)} parameter formats but {n} parameters")
+        values = []
+        for i, (data, oid) in enumerate(zip(event.params, prepared.param_oids)):
+            binary = bool(formats and formats[0 if len(formats) == 1 else i])
+            try:
+                values.append(types.decode_param(data, oid or types.UNKNOWN, binary))
+            except types.ValueFormatError as exc:
+                raise PgError(exc.code, f"parameter ${i + 1}: {exc}") from None
+        used = prepared.statement.n_params if prepared.statement else 0
+        self._drop_portal(st, event.portal)
+        st.portals[event.portal] = self._new_portal(prepared, tuple(values[:used]), event.result_formats)
+        st.out += st.proto.send(m.BindComplete())
+
+    async def _describe(self, st: ConnState, event: m.Describe) -> None:
+        if event.kind == "S":
+            prepared = st.statements.get(event.name)
+            if prepared is None:
+                raise PgError("26000", f'prepared statement "{event.name}" does not exist')
+            oids = tuple(oid or types.TEXT for oid in prepared.param_oids)
+            st.out += st.proto.send(m.ParameterDescription(oids))
+            if prepared.columns is None:
+                prepared.columns = await self._describe_statement(st, prepared)
+            if prepared.columns:
+                fields = tuple(m.Field(c.name, c.oid, types.type_size(c.oid)) for c in prepared.columns)
+                st.out += st.proto.send(m.RowDescription(fields))
+            else:
+                st.out += st.proto.send(m.NoData())
+            return
+        portal = self._portal(st, event.name)
+        if not portal.started:
+            await self._start(st, portal)
+        if portal.returns_rows:
+            st.out += st.proto.send(self._row_description(portal, portal.formats()))
+        else:
+            st.out += st.proto.send(m.NoData())
+
+    async def _execute(self, st: ConnState, event: m.Execute) -> None:
+        portal = self._portal(st, event.portal)
+        if portal.done:
+            # PostgreSQL answers a finished portal with an empty completion.
+            st.out += st.proto.send(m.CommandComplete(portal.tag))
+            return
+        if portal.prepared.statement is None:
+            st.out += st.proto.send(m.EmptyQueryResponse())
+            return
+        if not portal.started:
+            await self._start(st, portal)
+        await self._send_rows(st, portal, max(0, event.max_rows))
+
+    def _close(self, st: ConnState, event: m.Close) -> None:
+        if event.kind == "S":
+            st.statements.pop(event.name, None)
+        else:
+            self._drop_portal(st, event.name)
+        st.out += st.proto.send(m.CloseComplete())
+
+    def _portal(self, st: ConnState, name: str) -> Portal:
+        portal = st.portals.get(name)
+        if portal is None:
+            raise PgError("34000", f'portal "{name}" does not exist')
+        return portal
+
+    def _new_portal(self, prepared: PreparedStatement, params: tuple, formats: tuple[int, ...]) -> Portal:
+        return Portal(prepared, params, formats, work_left=self.config.query_timeout or math.inf)
+
+    def _drop_portal(self, st: ConnState, name: str) -> None:
+        portal = st.portals.pop(name, None)
+        if portal is not None and portal is st.running:
+            st.session.cancel_statement()
+            st.running = None
+
+    def _drop_portals(self, st: ConnState) -> None:
+        for name in list(st.portals):
+            self._drop_portal(st, name)
+
+    # --- running a portal ------------------------------------------------------------------
+
+    def _row_description(self, portal: Portal, binary: tuple[bool, ...]) -> m.RowDescription:
+        return m.RowDescription(
+            tuple(
+                m.Field(c.name, c.oid, types.type_size(c.oid), 1 if b else 0)
+                for c, b in zip(portal.columns, binary)
+            )
+        )
+
+    async def _start(self, st: ConnState, portal: Portal) -> None:
+        """Run the portal's statement up to its first batch of rows, and fix its columns."""
+        prepared = portal.prepared
+        command = prepared.command
+        statement = prepared.statement
+        st.txn.check(command, statement.words if statement else ())
+        portal.started = True
+        if command.kind == "sql":
+            await self._start_sql(st, portal)
+        else:
+            await self._run_command(st, portal, command)
+
+    async def _start_sql(self, st: ConnState, portal: Portal) -> None:
+        statement = portal.prepared.statement
+        fixed = portal.prepared.columns
+        want_decl = fixed is None and statement.words[:1] and statement.words[0] in _ROW_WORDS
+        describe_source = portal.prepared.source if want_decl else None
+        decl, result = await self._in_sqlite(
+            st,
+            portal,
+            describe.start_statement,
+            st.session,
+            statement.sql,
+            describe_source,
+            portal.params,
+            self.config.batch_rows,
+            self.config.max_batch_bytes,
+        )
+        names = result.columns or []
+        portal.returns_rows = bool(names)
+        if fixed is not None:
+            if len(fixed) != len(names):
+                raise PgError("0A000", "the statement's columns changed since it was described; prepare it again")
+            portal.columns = fixed
+        else:
+            first = result.rows[0] if result.rows else (None,) * len(names)
+            if decl is None or len(decl) != len(names):
+                decl = [None] * len(names)
+            portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decl, first))
+        self._took(st, portal, result)
+        if statement.words[:2] == ("ROLLBACK", "TO"):
+            st.txn.on_end()  # back at a savepoint: the block works again, as in PostgreSQL
+
+    async def _describe_statement(self, st: ConnState, prepared: PreparedStatement) -> tuple[Column, ...]:
+        """The columns of a statement not bound yet: declared types, and text for expressions.
+
+        The rule that keeps Describe and Execute consistent: these columns
+        are fixed on the statement, and every portal made from it sends its
+        values converted to them.
+        """
+        command = prepared.command
+        if command.kind == "show":
+            if command.name == "all":
+                return (Column("name", types.TEXT), Column("setting", types.TEXT), Column("description", types.TEXT))
+            return (Column(command.name, types.TEXT),)
+        if command.kind == "function":
+            return (Column(command.name, types.INT4 if command.name == "pg_backend_pid" else types.TEXT),)
+        statement = prepared.statement
+        if command.kind != "sql" or statement is None:
+            return ()
+        if statement.words[:1] and statement.words[0] in _ROW_WORDS:
+            portal = self._new_portal(prepared, (), ())  # for its time budget
+            described = await self._in_sqlite(st, portal, describe.describe_statement, st.session, prepared.source)
+            if described is None:
+                raise PgError(
+                    FEATURE_NOT_SUPPORTED,
+                    "this statement cannot be described before it is bound: describe the portal instead",
+                )
+            names, decls = described
+            return tuple(Column(n, types.decltype_oid(d) or types.TEXT) for n, d in zip(names, decls))
+        if "RETURNING" in statement.words or "RETURNING" in prepared.source.upper():
+            raise PgError(
+                FEATURE_NOT_SUPPORTED, "a RETURNING statement cannot be described before it is bound: describe the portal"
+            )
+        return ()
+
+    def _took(self, st: ConnState, portal: Portal, result: FetchResult) -> None:
+        portal.rows = result.rows
+        portal.exhausted = result.exhausted
+        portal.changes = result.changes
+        st.running = None if result.exhausted else portal
+
+    async def _run_command(self, st: ConnState, portal: Portal, command: Command) -> None:
+        session = st.session
+        portal.exhausted = True
+        kind = command.kind
+        if kind == "begin":
+            if session.in_transaction:
+                st.out += st.proto.send(m.NoticeResponse("25001", "there is already a transaction in progress", "WARNING"))
+            else:
+                await self._run_plain(st, portal, f"BEGIN {command.value}" if command.value else "BEGIN")
+            portal.tag = "BEGIN"
+        elif kind in ("commit", "rollback"):
+            ending = "ROLLBACK" if kind == "rollback" or st.txn.failed else "COMMIT"
+            if session.in_transaction:
+                await self._run_plain(st, portal, ending)
+            elif not st.txn.failed:
+                st.out += st.proto.send(m.NoticeResponse("25P01", "there is no transaction in progress", "WARNING"))
+            st.txn.on_end()
+            portal.tag = ending
+        elif kind in ("set", "reset"):
+            changed = st.settings.set(command.name, command.value) if kind == "set" else st.settings.reset(command.name)
+            for status in changed:
+                st.out += st.proto.send(status)
+            portal.tag = kind.upper()
+        elif kind == "show":
+            name, rows = st.settings.show(command.name)
+            if name == "all":
+                portal.columns = (Column("name", types.TEXT), Column("setting", types.TEXT), Column("description", types.TEXT))
+            else:
+                portal.columns = (Column(name, types.TEXT),)
+            portal.rows, portal.returns_rows, portal.tag = list(rows), True, "SHOW"
+        elif kind == "function":
+            name = command.name
+            if name == "pg_backend_pid":
+                value, oid = st.pid, types.INT4
+            else:
+                value, oid = self._function_value(st, name), types.TEXT
+            portal.columns = (Column(name, oid),)
+            portal.rows, portal.returns_rows, portal.tag = [(value,)], True, "SELECT 1"
+        elif kind == "catalog":
+            run = functools.partial(
+                catalog.run,
+                user=st.settings.user,
+                database=st.settings.database,
+                version=self._function_value(st, "version"),
+                settings=st.settings.values(),
+                max_rows=self.config.max_rows or 100_000,
+            )
+            names, decls, rows = await self._in_sqlite(
+                st, portal, run, st.session, portal.prepared.source, portal.params
+            )
+            first = rows[0] if rows else (None,) * len(names)
+            decls = decls if decls and len(decls) == len(names) else [None] * len(names)
+            portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decls, first))
+            portal.rows, portal.returns_rows = list(rows), bool(names)
+        elif kind == "noop":
+            portal.tag = command.tag
+        elif kind == "unsupported":
+            raise PgError(command.tag, command.message)
+        else:
+            raise PgError("XX000", f"unknown command {kind}")
+
+    @staticmethod
+    def _function_value(st: ConnState, name: str) -> str:
+        if name == "version":
+            return f"PostgreSQL {SERVER_VERSION}, SQLite {sqlite3.sqlite_version}"
+        if name == "current_schema":
+            return "main"
+        if name in ("current_database", "current_catalog"):
+            return st.settings.database
+        return st.settings.user  # current_user, session_user
+
+    async def _run_plain(self, st: ConnState, portal: Portal, sql: str) -> None:
+        await self._in_sqlite(st, portal, st.session.execute, sql, None, 1)
+
+    async def _send_rows(self, st: ConnState, portal: Portal, limit: int) -> None:
+        """Send the portal's rows (at most ``limit``, 0 for all), then CommandComplete or PortalSuspended."""
+        binary = portal.formats() if portal.returns_rows else ()
+        columns = portal.columns or ()
+        cap = self.config.max_rows
+        count = 0
+        encode = types.encode_value
+        while True:
+            rows = portal.rows
+            take = len(rows) if not limit else min(len(rows), limit - count)
+            if cap and portal.sent + take > cap:
+                take = max(0, cap - portal.sent)
+                self._cut(st, portal, take, columns, binary)
+                raise PgError("54000", f"the result has more than {cap} rows, the server's limit (--max-rows); add a LIMIT")
+            try:
+                for row in rows[:take]:
+                    values = tuple(encode(v, c.oid, b) for v, c, b in zip(row, columns, binary))
+                    st.out += st.proto.send(m.DataRow(values))
+                    if len(st.out) >= _FLUSH_BYTES:
+                        await self.flush(st)
+            except types.ValueFormatError as exc:
+                self._abandon(st, portal)
+                raise PgError(exc.code, str(exc)) from None
+            del rows[:take]
+            portal.sent += take
+            count += take
+            if limit and count >= limit and (rows or not portal.exhausted):
+                st.out += st.proto.send(m.PortalSuspended())
+                return
+            if portal.exhausted:
+                break
+            if portal.displaced:
+                raise PgError("55000", "portal was closed: trionet runs one statement at a time per connection")
+            await self.flush(st)  # backpressure: the next batch waits until this one is sent
+            result = await self._in_sqlite(st, portal, st.session.fetch, self.config.batch_rows, self.config.max_batch_bytes)
+            self._took(st, portal, result)
+        portal.done = True
+        if not portal.tag:
+            words = portal.prepared.statement.words
+            portal.tag = command_tag(words, rows=portal.sent, changes=portal.changes, returns_rows=portal.returns_rows)
+        st.out += st.proto.send(m.CommandComplete(portal.tag))
+
+    def _cut(self, st: ConnState, portal: Portal, take: int, columns, binary) -> None:
+        for row in portal.rows[:take]:
+            values = tuple(types.encode_value(v, c.oid, b) for v, c, b in zip(row, columns, binary))
+            st.out += st.proto.send(m.DataRow(values))
+        portal.sent += take
+        self._abandon(st, portal)
+
+    def _abandon(self, st: ConnState, portal: Portal) -> None:
+        portal.rows = []
+        portal.done = True
+        portal.exhausted = True
+        if st.running is portal:
+            st.session.cancel_statement()
+            st.running = None
+
+    # --- SQLite in worker threads ------------------------------------------------------------
+
+    @staticmethod
+    def _displace(st: ConnState, portal: Portal) -> None:
+        # The session runs one statement at a time: the portal whose cursor
+        # was open loses it, and its buffered batch is dropped at once (a
+        # client with many suspended portals must not hold a batch each).
+        running = st.running
+        if running is not None and running is not portal:
+            running.displaced = True
+            running.rows = []
+            st.running = None
+
+    async def _in_sqlite(self, st: ConnState, portal: Portal, fn, *args):
+        self._displace(st, portal)
+        async with self._limiter:
+            begun = trio.current_time()
+            try:
+                return await self._in_thread(st, begun + portal.work_left, fn, *args)
+            except SqlError as exc:
+                if st.running is portal:
+                    st.running = None
+                portal.done = True
+                raise self._sql_error(st, exc) from None
+            finally:
+                portal.work_left -= trio.current_time() - begun
+
+    @staticmethod
+    def _sql_error(st: ConnState, exc: SqlError) -> PgError:
+        code = sqlstate(exc.code, exc.message)
+        message = exc.message
+        if code == QUERY_CANCELED:
+            if st.stop_reason == "cancel":
+                message = "canceling statement due to user request"
+            elif exc.code == "timeout":
+                message = "canceling statement due to statement timeout (the server's --query-timeout)"
+        return PgError(code, message)
+
+    async def _in_thread(self, st: ConnState, deadline: float, fn, *args):
+        st.cancel = trio.Event()
+        st.stop_reason = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_while_working, st, deadline)
+                result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._thread_tokens_held)
+                nursery.cancel_scope.cancel()
+        finally:
+            st.cancel = None
+        return result.unwrap()
+
+    async def _watch_while_working(self, st: ConnState, deadline: float) -> None:
+        with trio.move_on_at(deadline) as timer:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self._wait_cancel, st, inner.cancel_scope)
+                await self._read_ahead(st)
+                st.stop_reason = "gone"
+                inner.cancel_scope.cancel()
+        if timer.cancelled_caught:
+            st.stop_reason = "timeout"
+        # SQLite ignores an interrupt that comes before the statement starts,
+        # so it is repeated until the thread returns (and this task is cancelled).
+        while True:
+            if st.stop_reason == "gone":
+                st.session.interrupt("client gone")
+            else:
+                st.session.interrupt_for_timeout()
+            await trio.sleep(0.05)
+
+    @staticmethod
+    async def _wait_cancel(st: ConnState, scope: trio.CancelScope) -> None:
+        await st.cancel.wait()
+        st.stop_reason = "cancel"
+        scope.cancel()
+
+    async def _read_ahead(self, st: ConnState) -> None:
+        # Bounded: what the client pipelines stays in the protocol object for
+        # the loop; reading it now is how a client that left is noticed.
+        while st.proto.buffered < self.config.max_message_bytes:
+            try:
+                data = await st.conn.stream.receive_some(RECEIVE_CHUNK)
+            except (trio.BrokenResourceError, OSError):
+                data = b""
+            st.proto.receive_data(data)
+            if not data:
+                return
+        await trio.sleep_forever()

@@ -1,0 +1,174 @@
+"""The sans-IO core of the PostgreSQL front: bytes in, frontend messages out, backend messages to bytes.
+
+:class:`PgServerProtocol` has h11's shape: :meth:`~PgServerProtocol.receive_data`
+takes what the socket gave (``b""`` at end of stream),
+:meth:`~PgServerProtocol.next_event` returns the next message (a dataclass of
+:mod:`trionet.sql.pg.messages`), :data:`~trionet.framing.NEED_DATA`,
+:data:`~trionet.framing.EOF` or a :class:`ProtocolViolation`, and
+:meth:`~PgServerProtocol.send` turns a backend message into bytes.
+
+Everything that changes the connection's protocol state lives here:
+
+- the *startup* phase reads untyped packets (an SSLRequest or GSSENCRequest
+  is refused with ``N`` and the phase goes on; a StartupMessage ends it; a
+  CancelRequest is the connection's only message);
+- after an error in the extended query protocol every message up to the
+  next Sync is skipped, as PostgreSQL does (the rule is triggered by
+  sending the ErrorResponse);
+- every message is bounded: a length field under 4 (8 at startup) or over
+  ``max_message_bytes`` is a fatal :class:`ProtocolViolation`, announced
+  before the body is buffered, so the buffer never holds more than one
+  message plus one read.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from trionet.framing import EOF, NEED_DATA
+from trionet.sql.pg import messages as m
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_STARTUP_BYTES",
+    "EncryptionRefused",
+    "PgServerProtocol",
+    "ProtocolViolation",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+"""The largest frontend message accepted (``--pg-max-message-bytes``); PostgreSQL's own limit is 1 GB."""
+MAX_STARTUP_BYTES = 10_000
+"""The largest startup packet, as PostgreSQL's MAX_STARTUP_PACKET_LENGTH."""
+
+_EXTENDED = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close, m.Flush)
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """The client broke the protocol; answer FATAL 08P01 with ``message`` and close."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionRefused:
+    """The one-byte ``N`` answer to an SSLRequest or GSSENCRequest."""
+
+
+class PgServerProtocol:
+    """The server side of one PostgreSQL connection, without I/O.
+
+    Args:
+        max_message_bytes: the largest typed message accepted, length field included.
+    """
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._buf = bytearray()
+        self._eof = False
+        self._phase = "startup"  # startup -> ready -> closed
+        self._extended = False  # the last message was part of an extended-query batch
+        self._skipping = False  # an extended-query error happened: skip to Sync
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not consumed yet."""
+        return len(self._buf)
+
+    @property
+    def in_startup(self) -> bool:
+        """True until the StartupMessage was read."""
+        return self._phase == "startup"
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` means it closed its side."""
+        if data:
+            if not self._eof and self._phase != "closed":
+                self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self):
+        """Return the next message, ``NEED_DATA``, ``EOF`` or a :class:`ProtocolViolation`.
+
+        After a ``ProtocolViolation``, a ``CancelRequest`` or ``Terminate``
+        the connection is over: every later call returns ``EOF``.
+        """
+        while True:
+            if self._phase == "closed":
+                return EOF
+            event = self._startup_event() if self._phase == "startup" else self._typed_event()
+            if isinstance(event, (ProtocolViolation, m.CancelRequest, m.Terminate)):
+                self._close()
+                return event
+            if event is EOF:
+                self._close()
+                return EOF
+            if event is NEED_DATA:
+                return NEED_DATA
+            if self._skipping:
+                if not isinstance(event, m.Sync):
+                    continue  # discarded, as PostgreSQL does after an extended-query error
+                self._skipping = False
+            if isinstance(event, m.StartupMessage):
+                self._phase = "ready"
+            self._extended = isinstance(event, _EXTENDED)
+            return event
+
+    def send(self, msg) -> bytes:
+        """Return the bytes of backend message ``msg`` (or of an :class:`EncryptionRefused`).
+
+        Sending an :class:`~trionet.sql.pg.messages.ErrorResponse` in the
+        middle of an extended-query batch makes :meth:`next_event` skip to
+        the next Sync.
+        """
+        if isinstance(msg, EncryptionRefused):
+            return b"N"
+        if isinstance(msg, m.ErrorResponse) and self._extended:
+            self._skipping = True
+        return m.encode(msg)
+
+    # --- framing ---------------------------------------------------------------
+
+    def _close(self) -> None:
+        self._phase = "closed"
+        self._buf.clear()
+
+    def _startup_event(self):
+        buf = self._buf
+        if len(buf) < 4:
+            return EOF if self._eof else NEED_DATA
+        (length,) = struct.unpack_from("!i", buf)
+        if length < 8 or length > MAX_STARTUP_BYTES:
+            return ProtocolViolation(f"invalid startup packet length {length}")
+        if len(buf) < length:
+            return EOF if self._eof else NEED_DATA
+        body = bytes(buf[4:length])
+        del buf[:length]
+        try:
+            return m.decode_startup(body)
+        except m.MessageError as exc:
+            return ProtocolViolation(str(exc))
+
+    def _typed_event(self):
+        buf = self._buf
+        if len(buf) < 5:
+            return EOF if self._eof else NEED_DATA
+        kind = chr(buf[0])
+        (length,) = struct.unpack_from("!i", buf, 1)
+        if length < 4:
+            return ProtocolViolation(f"invalid message length {length}")
+        if length > self.max_message_bytes:
+            return ProtocolViolation(
+                f"message of {length} bytes is longer than the server's limit of {self.max_message_bytes} bytes"
+            )
+        if len(buf) < length + 1:
+            return EOF if self._eof else NEED_DATA
+        body = bytes(buf[5 : length + 1])
+        del buf[: length + 1]
+        try:
+            return m.decode_message(kind, body)
+        except m.MessageError as exc:
+            return ProtocolViolation(f"invalid {kind!r} message: {exc}")

@@ -1,0 +1,236 @@
+"""The trio shell of the PostgreSQL front: accept, start up, feed messages to the executor, close.
+
+Bytes from the socket go into the sans-IO :class:`~trionet.sql.pg.protocol.PgServerProtocol`;
+each frontend message it returns is handed to the
+:class:`~trionet.sql.pg.executor.Executor` in order, one at a time, so a
+pipelining client is held back by TCP, not by our memory. Statements run
+through the same :class:`~trionet.sql.engine.Session` as the NDJSON server,
+with the same safety: the sandbox's authorizer (read-only unless the
+database was opened read-write), a query timeout, a cap on result rows, a
+bounded pool of statement threads, and a rollback when the client leaves.
+
+Every connection is a resource with limits: ``startup_timeout`` to finish
+its startup, at most ``max_connections`` (the one over gets FATAL 53300),
+``idle_timeout`` / ``idle_transaction_timeout`` of silence (FATAL 57P05 /
+25P03), and at shutdown FATAL 57P01 once the message in hand is answered (a
+statement still running shortly before the grace period ends is
+interrupted).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+
+import trio
+
+from trionet.framing import EOF
+from trionet.log import get_logger
+from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
+from trionet.sql.engine import Database, Session
+from trionet.sql.pg import messages as m
+from trionet.sql.pg.config import DEFAULT_PG_PORT, PgConfig
+from trionet.sql.pg.executor import ConnState, Executor
+from trionet.sql.pg.protocol import (
+    EncryptionRefused,
+    PgServerProtocol,
+    ProtocolViolation,
+)
+from trionet.sql.pg.session import Settings
+from trionet.sql.pg.sqlstate import PROTOCOL_VIOLATION
+
+__all__ = ["PgServer", "serve_pg"]
+
+log = get_logger("sql")
+
+_SESSION_THREADS = 4  # threads opening and closing sessions (a file open, a rollback): short, I/O-bound
+
+
+class PgServer:
+    """Serve one :class:`~trionet.sql.engine.Database` to PostgreSQL clients (protocol v3).
+
+    Args:
+        database: the database to serve.
+        config: the limits.
+        limiter: the statement threads; pass the NDJSON server's to share
+            one pool of ``max_threads`` between both fronts (default: a pool
+            of ``config.max_threads`` of its own).
+
+    Attributes:
+        service: the :class:`~trionet.serving.TCPService` (connections, counters).
+    """
+
+    def __init__(
+        self, database: Database, config: PgConfig | None = None, *, limiter: trio.CapacityLimiter | None = None
+    ) -> None:
+        self.database = database
+        self.config = config or PgConfig()
+        self.service = TCPService("pg", self._handle, log)
+        self._executor = Executor(self.config, limiter or trio.CapacityLimiter(self.config.max_threads))
+        self._session_limiter = trio.CapacityLimiter(_SESSION_THREADS)
+        self._pids = itertools.count(secrets.randbelow(1 << 20) + 1000)
+        self._keys: dict[int, tuple[int, ConnState]] = {}  # BackendKeyData pid -> (secret, connection)
+
+    async def serve(
+        self, host: str = "127.0.0.1", port: int = DEFAULT_PG_PORT, *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until cancelled or shut down; reports the bound addresses through ``task_status``."""
+        await self.service.serve(host, port, task_status=task_status)
+
+    def shutdown(self, grace: float) -> None:
+        """Stop accepting; let running statements finish within ``grace`` seconds."""
+        self.service.shutdown(grace)
+
+    # --- per connection ---------------------------------------------------------
+
+    async def _handle(self, conn: Connection) -> None:
+        proto = PgServerProtocol(self.config.max_message_bytes)
+        startup = None
+        with trio.move_on_after(self.config.startup_timeout) as startup_scope:
+            startup = await self._startup(conn, proto)
+        if startup_scope.cancelled_caught:
+            await _fatal(
+                conn, proto, "08006", f"the startup took longer than {self.config.startup_timeout} s (startup_timeout)"
+            )
+        if startup is None:
+            return
+        if len(self.service.connections) > self.config.max_connections:
+            log.warning("pg: refusing %s: %d connections open", conn.peer, len(self.service.connections) - 1)
+            await _fatal(conn, proto, "53300", f"sorry, too many clients already ({self.config.max_connections})")
+            return
+        session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
+        pid = next(self._pids)
+        secret = secrets.randbits(31)
+        st = ConnState(
+            conn,
+            proto,
+            SendWatchdog(self.config.send_timeout),
+            session,
+            Settings(startup.parameters, read_only=not self.database.read_write),
+            pid,
+        )
+        self._keys[pid] = (secret, st)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_interrupt_when_cancelled, session)
+                with trio.CancelScope() as messages_scope:
+                    nursery.start_soon(st.sends.watch, messages_scope)
+                    nursery.start_soon(self._watch_drain, st, messages_scope)
+                    await self._executor.greet(st, startup, secret)
+                    await self._serve_messages(st)
+                if st.sends.stalled:
+                    # Unread for send_timeout: the stream may be mid-message, it cannot go on.
+                    raise trio.BrokenResourceError(f"client read nothing for {self.config.send_timeout}s")
+                if conn.draining.is_set():
+                    await _fatal(conn, proto, "57P01", "terminating connection due to administrator command")
+                nursery.cancel_scope.cancel()
+        finally:
+            del self._keys[pid]
+            session.interrupt("connection closed")
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(session.close, limiter=self._session_limiter)
+
+    async def _startup(self, conn: Connection, proto: PgServerProtocol) -> m.StartupMessage | None:
+        while True:
+            try:
+                event = await receive_event(conn.stream, proto)
+            except (trio.BrokenResourceError, OSError):
+                return None
+            if isinstance(event, (m.SslRequest, m.GssEncRequest)):
+                await conn.stream.send_all(proto.send(EncryptionRefused()))  # no TLS yet: go on in plain text
+            elif isinstance(event, m.StartupMessage):
+                return event
+            elif isinstance(event, m.CancelRequest):
+                self._cancel(event)
+                return None
+            elif isinstance(event, ProtocolViolation):
+                await _fatal(conn, proto, PROTOCOL_VIOLATION, event.message)
+                return None
+            else:
+                return None  # EOF: a truncated startup packet, or a port scan
+
+    async def _serve_messages(self, st: ConnState) -> None:
+        conn = st.conn
+        while not conn.draining.is_set():
+            in_transaction = st.session.in_transaction
+            idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
+            event = None
+            with trio.move_on_after(idle or math.inf):
+                try:
+                    event = await receive_event(conn.stream, st.proto)
+                except (trio.BrokenResourceError, OSError):
+                    return
+            if event is None:
+                code, what = ("25P03", "idle-in-transaction") if in_transaction else ("57P05", "idle-session")
+                await _fatal(conn, st.proto, code, f"terminating connection due to {what} timeout")
+                return
+            if event is EOF or isinstance(event, m.Terminate):
+                return
+            if isinstance(event, ProtocolViolation):
+                await _fatal(conn, st.proto, PROTOCOL_VIOLATION, event.message)
+                return
+            if isinstance(event, m.UnexpectedMessage):
+                await _fatal(conn, st.proto, PROTOCOL_VIOLATION, f"invalid frontend message type {event.type!r}")
+                return
+            conn.requests += 1
+            await self._executor.handle(st, event)
+
+    def _cancel(self, request: m.CancelRequest) -> None:
+        entry = self._keys.get(request.pid)
+        if entry is None:
+            return  # PostgreSQL says nothing either way
+        secret, target = entry
+        if secrets.compare_digest(secret.to_bytes(4, "big"), (request.secret & 0xFFFFFFFF).to_bytes(4, "big")):
+            self._executor.cancel(target)
+
+    async def _watch_drain(self, st: ConnState, scope: trio.CancelScope) -> None:
+        await st.conn.draining.wait()
+        if not st.busy:
+            scope.cancel()
+            return
+        # A busy connection finishes its message and closes; a statement that
+        # would outlive the grace period is interrupted shortly before its
+        # end, so the client still gets the answer (57014) and the FATAL.
+        deadline = self.service.grace_deadline
+        await trio.sleep_until(deadline - min(1.0, (deadline - trio.current_time()) / 2))
+        st.session.interrupt("the server is shutting down")
+
+
+async def _fatal(conn: Connection, proto: PgServerProtocol, code: str, message: str) -> None:
+    """Send a FATAL ErrorResponse (the caller closes), giving up after a second or if the client is gone."""
+    with trio.move_on_after(1):
+        try:
+            await conn.stream.send_all(proto.send(m.ErrorResponse(code, message, "FATAL")))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def _interrupt_when_cancelled(session: Session) -> None:
+    # However the connection ends (client gone, end of the shutdown grace,
+    # the server cancelled), its worker thread must not outlive it: a thread
+    # cannot be cancelled, but its statement can.
+    try:
+        await trio.sleep_forever()
+    finally:
+        session.interrupt("connection closing")
+
+
+async def serve_pg(
+    database: Database,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PG_PORT,
+    *,
+    config: PgConfig | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``database`` to PostgreSQL clients on ``host``:``port`` until cancelled.
+
+    ``await nursery.start(serve_pg, db, "127.0.0.1", 0)`` returns the bound
+    addresses, so tests can use a free port.
+
+    Error handling: a port that cannot be bound raises
+    :class:`~trionet.serving.ListenError`; whatever one connection does
+    ends only that connection.
+    """
+    await PgServer(database, config).serve(host, port, task_status=task_status)
