@@ -64,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 from trionet.ring.config import RingConfig  # noqa: E402
 from trionet.ring.demo import free_ports  # noqa: E402
 from trionet.ring.sim import simulate  # noqa: E402
-from trionet.serving import EagerSocketStream  # noqa: E402
+from trionet.ring.transport import EagerSocketStream  # noqa: E402
 
 TEXT = "benchmark message " + "x" * 30  # about the size of a chat line
 

@@ -21,7 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from trionet.ring.config import NodeAddress, RingConfig
-from trionet.ring.node import NodeOptions, RingNode, TcpTransport
+from trionet.ring.node import NodeOptions, RingNode
+from trionet.ring.transport import TcpTransport
 from trionet.ring.protocol import Direction, Message, Summary
 
 __all__ = ["DemoView", "free_ports", "run_demo", "run_ring_demo"]
@@ -81,6 +82,7 @@ class _PacedStream(trio.abc.Stream):
 
 class _PacedTransport(TcpTransport):
     def __init__(self, pace: float) -> None:
+        super().__init__()
         self._pace = pace
 
     async def connect(self, node: NodeAddress) -> trio.abc.Stream:

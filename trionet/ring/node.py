@@ -39,7 +39,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO
 
 import trio
 
@@ -75,9 +75,10 @@ from trionet.ring.protocol import (
     Token,
     encode_frame,
 )
-from trionet.serving import RECEIVE_CHUNK, Connection, EagerSocketStream, TCPService, receive_event
+from trionet.ring.transport import TcpTransport, Transport
+from trionet.serving import RECEIVE_CHUNK, receive_event
 
-__all__ = ["NodeOptions", "RingError", "RingNode", "TcpTransport", "Transport", "request_stop"]
+__all__ = ["NodeOptions", "RingError", "RingNode", "request_stop"]
 
 log = get_logger("ring")
 
@@ -122,43 +123,6 @@ class NodeOptions:
     ack_timeout: float = 5.0
     finish_grace: float = 10.0
     seed: int | None = None
-
-
-class Transport(Protocol):
-    """Where a node's connections come from."""
-
-    async def connect(self, node: NodeAddress) -> trio.abc.Stream:
-        """Open a stream to ``node``; raise ``OSError`` when it is not there."""
-
-    async def serve(
-        self,
-        node: NodeAddress,
-        handler: Callable[[trio.abc.Stream], Awaitable[None]],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Accept connections for ``node`` and run ``handler`` on each, until cancelled."""
-
-
-class TcpTransport:
-    """Real TCP: listen with :class:`~trionet.serving.TCPService`, dial with ``trio.open_tcp_stream``.
-
-    Streams are :class:`~trionet.serving.EagerSocketStream`: a frame read is
-    written on to the next node without waiting for an extra pass of trio's
-    event loop (hop latency, ``docs/benchmarks.md``).
-    """
-
-    async def connect(self, node: NodeAddress) -> trio.abc.Stream:
-        """Open a TCP connection to ``node`` (no timeout: the caller bounds it)."""
-        return EagerSocketStream(await trio.open_tcp_stream(node.host, node.port))
-
-    async def serve(self, node, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on the node's own address; per-connection errors stay in that connection."""
-
-        async def _handle(conn: Connection) -> None:
-            await handler(EagerSocketStream(conn.stream))
-
-        await TCPService(f"ring node {node.id}", _handle, log).serve(node.host, node.port, task_status=task_status)
 
 
 _UNWRITTEN = RuntimeError("a send was cancelled with its frame not fully written")
