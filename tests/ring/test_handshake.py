@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from trionet.framing import NEED_DATA
 from trionet.ring.config import RingConfig
 from trionet.ring.handshake import Side, check_greeting, check_proof, make_proof
-from trionet.ring.protocol import (
+from trionet.ring.frames import (
     NONCE_BYTES,
     PROOF_BYTES,
     PROTOCOL_VERSION,

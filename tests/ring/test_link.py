@@ -7,7 +7,7 @@ import trio.testing
 
 from trionet.ring.config import NodeAddress
 from trionet.ring.node import NodeOptions, _Link
-from trionet.ring.protocol import Direction, FrameDecoder, Token
+from trionet.ring.frames import Direction, FrameDecoder, Token
 
 
 class StuckStream(trio.abc.Stream):

@@ -9,34 +9,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trionet.framing import EOF, NEED_DATA
-from trionet.ring.protocol import (
+from trionet.ring.core import Deliver, Finished, NodeCore, Returned, Send
+from trionet.ring.frames import (
     NONCE_BYTES,
     PROOF_BYTES,
     PROTOCOL_VERSION,
     Ack,
     Auth,
     Bye,
-    Deliver,
     Direction,
     Finalize,
-    Finished,
     FrameDecoder,
     Hello,
-    LinkState,
     Message,
-    NodeCore,
     Probe,
     Reject,
     RemoteProtocolError,
-    Returned,
     Role,
-    Send,
     Stop,
     StopRequest,
     Token,
     decode_frame,
     encode_frame,
 )
+from trionet.ring.link import LinkState
 
 CW, CCW = Direction.CW, Direction.CCW
 u32 = st.integers(0, 2**32 - 1)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from trionet.ring.node import NodeOptions, RingError, RingNode
 from trionet.ring.config import RingConfig
 from trionet.ring.sim import InvariantViolation, LinkCut, SimNetwork, simulate
-from trionet.ring.protocol import Direction
+from trionet.ring.frames import Direction
 
 
 def run_sim(*args, **kwargs):

@@ -9,7 +9,7 @@ whole ring in memory.
 
 from trionet.ring.config import ConfigError, NodeAddress, RingConfig, iter_messages, load_config, load_secret
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
-from trionet.ring.protocol import NodeCore, Summary
+from trionet.ring.core import NodeCore, Summary
 
 __all__ = [
     "ConfigError",

@@ -15,7 +15,7 @@ from trionet.cliutil import log_level_option, run_until_signal
 from trionet.errors import leaves
 from trionet.ring.config import ConfigError, count_messages, is_loopback, iter_messages, load_config, load_secret
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
-from trionet.ring.protocol import Summary
+from trionet.ring.core import Summary
 
 __all__ = ["demo", "join", "ring", "stop"]
 

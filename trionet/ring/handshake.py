@@ -35,7 +35,7 @@ import hashlib
 import hmac
 import struct
 
-from trionet.ring.protocol import PROOF_BYTES, Auth, Hello, Received, Reject, Role
+from trionet.ring.frames import PROOF_BYTES, Auth, Hello, Received, Reject, Role
 
 __all__ = ["Side", "check_greeting", "check_proof", "make_proof"]
 
@@ -65,7 +65,7 @@ def make_proof(secret: bytes, side: Side, dialer: Hello, acceptor: Hello, digest
         digest: the ring file's digest (:attr:`~trionet.ring.config.RingConfig.digest`).
 
     Returns:
-        :data:`~trionet.ring.protocol.PROOF_BYTES` bytes.
+        :data:`~trionet.ring.frames.PROOF_BYTES` bytes.
     """
     transcript = b"".join((_LABEL, side.value, digest, _greeting_bytes(dialer), _greeting_bytes(acceptor)))
     return hmac.new(secret, transcript, hashlib.sha256).digest()

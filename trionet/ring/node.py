@@ -9,16 +9,16 @@ Per node, under one nursery:
   (this module only moves its bytes and supplies the nonces);
 - one :class:`_Link` per neighbour bridges a socket to a memory channel: its
   reader task de-duplicates incoming frames (the sans-IO
-  :class:`~trionet.ring.protocol.LinkState`) and hands them over on an
+  :class:`~trionet.ring.link.LinkState`) and hands them over on an
   unbuffered channel; its ack task acknowledges them a moment later. Outgoing
   frames are numbered and kept until acknowledged, so a reconnect resends
   exactly what was lost. A frame that only passes through (another node's
   message, a token this node does not take:
-  :meth:`~trionet.ring.protocol.NodeCore.is_transit`) the reader forwards
+  :meth:`~trionet.ring.core.NodeCore.is_transit`) the reader forwards
   itself, as a Token Ring station repeats frames, without a token task;
 - two *token tasks*, one per direction, take the frames of their direction
   from their channel, feed them to the shared
-  :class:`~trionet.ring.protocol.NodeCore`, and carry out what it returns,
+  :class:`~trionet.ring.core.NodeCore`, and carry out what it returns,
   writing outgoing frames through the link (:meth:`_Link.send`).
 
 The clockwise token task reads from the previous node's link and writes to
@@ -48,33 +48,28 @@ from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
 from trionet.ring.handshake import Side, check_greeting, check_proof, make_proof
-from trionet.ring.protocol import (
+from trionet.ring.core import Deliver, Finished, NodeCore, Returned, Send, Summary
+from trionet.ring.frames import (
     NONCE_BYTES,
     Ack,
     Auth,
     Bye,
     DataFrame,
-    Deliver,
     Finalize,
     Direction,
-    Finished,
     FrameDecoder,
     Hello,
-    LinkState,
     Message,
-    NodeCore,
     Probe,
     Received,
     Reject,
     RemoteProtocolError,
-    Returned,
     Role,
-    Send,
     Stop,
-    Summary,
     Token,
     encode_frame,
 )
+from trionet.ring.link import LinkState
 from trionet.ring.transport import TcpTransport, Transport
 from trionet.serving import RECEIVE_CHUNK, receive_event
 
@@ -409,7 +404,7 @@ class RingNode:
         deliveries: a text file for the deliveries JSON lines, or None.
         transport: TCP by default.
         options: timing.
-        observer: passed to :class:`~trionet.ring.protocol.NodeCore`.
+        observer: passed to :class:`~trionet.ring.core.NodeCore`.
         listen: ``(host, port)`` to listen on instead of the ring file's
             address (behind NAT or a proxy, or 0.0.0.0).
         secret: the ring's shared secret: every connection must prove it

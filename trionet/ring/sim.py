@@ -23,7 +23,8 @@ import trio.testing
 
 from trionet.ring.config import NodeAddress, RingConfig
 from trionet.ring.node import NodeOptions, RingNode
-from trionet.ring.protocol import Direction, Message, Summary
+from trionet.ring.core import Summary
+from trionet.ring.frames import Direction, Message
 
 __all__ = ["InvariantViolation", "LinkCut", "RingMonitor", "SimNetwork", "SimResult", "simulate"]
 
