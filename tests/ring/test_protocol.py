@@ -32,7 +32,7 @@ from trionet.ring.frames import (
     decode_frame,
     encode_frame,
 )
-from trionet.ring.link import LinkState
+from trionet.ring.link import Arrival, LinkState
 
 CW, CCW = Direction.CW, Direction.CCW
 u32 = st.integers(0, 2**32 - 1)
@@ -165,7 +165,7 @@ def test_link_resends_unacknowledged_frames_after_reconnect():
     wires = [sender.wrap(f) for f in frames]
     # The first frame arrives and is acked; the connection drops before the others.
     first = decode_frame(wires[0][4:])
-    assert receiver.classify(first.seq)
+    assert receiver.receive(*first) is Arrival.NEW
     receiver.mark_received(first.seq)
     resend = sender.on_connect(receiver.recv_next)
     assert resend == wires[1] + wires[2]
@@ -173,7 +173,7 @@ def test_link_resends_unacknowledged_frames_after_reconnect():
     decoder.receive_data(resend + wires[1])  # frame 2 sent twice: once before the cut, once after
     seen = []
     while (event := decoder.next_event()) is not NEED_DATA:
-        if receiver.classify(event.seq):
+        if receiver.receive(*event) is Arrival.NEW:
             receiver.mark_received(event.seq)
             seen.append(event.frame)
     assert seen == frames[1:]
@@ -185,7 +185,7 @@ def test_link_resends_unacknowledged_frames_after_reconnect():
 def test_link_rejects_gaps_and_bogus_acks():
     link = LinkState()
     with pytest.raises(RemoteProtocolError, match="before frame 1"):
-        link.classify(2)
+        link.receive(Token(CW), 2, 1)
     with pytest.raises(RemoteProtocolError, match="never sent"):
         link.on_ack(1)
     link.wrap(Token(CW))

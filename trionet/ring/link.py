@@ -9,11 +9,39 @@ in the sequence. Pure: it sees frames and numbers, never a socket or a clock.
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 
-from trionet.ring.frames import DataFrame, LocalProtocolError, RemoteProtocolError, encode_frame
+from trionet.ring.frames import (
+    Ack,
+    Bye,
+    DataFrame,
+    Direction,
+    LinkFrame,
+    LocalProtocolError,
+    Message,
+    RemoteProtocolError,
+    Token,
+    encode_frame,
+)
 
-__all__ = ["LinkState"]
+__all__ = ["Arrival", "LinkState"]
+
+_DIRECTED = (Token, Message)
+"""Data frames that travel one way only; each link carries one direction of them."""
+
+
+class Arrival(enum.Enum):
+    """What a frame received on an established link is, for the layer that carries it out."""
+
+    NEW = "new"
+    """The next data frame: act on it, then :meth:`LinkState.mark_received`; acknowledge it."""
+    DUPLICATE = "duplicate"
+    """A data frame that arrived before (resent after a lost ack): drop it, but acknowledge it."""
+    ACKED = "acked"
+    """An acknowledgement, applied: frames up to it left :attr:`LinkState.unacked`."""
+    BYE = "bye"
+    """The peer has finished and needs nothing more on this link."""
 
 
 class LinkState:
@@ -21,16 +49,23 @@ class LinkState:
 
     Outgoing data frames get consecutive sequence numbers and stay in
     :attr:`unacked` until the peer acknowledges them; after a reconnect,
-    :meth:`on_connect` returns what must be sent again. Incoming data frames
-    are checked with :meth:`classify`: a number already seen is a duplicate
-    (the peer resent it because our ack was lost) and is dropped.
+    :meth:`on_connect` returns what must be sent again. Every frame received
+    after the handshake goes through :meth:`receive`, which refuses what a
+    correct neighbour never sends (another ring epoch, a token or message of
+    the wrong direction, a gap in the sequence, a handshake frame) and tells
+    a duplicate (the peer resent it because our ack was lost) from a new frame.
 
     Args:
-        epoch: the ring epoch written in every frame.
+        epoch: the ring epoch written in every frame, and required of every
+            data frame received.
+        incoming: the direction of the tokens and messages this link brings
+            (clockwise from the previous node, counter-clockwise from the
+            next); None accepts either (tests of sequencing alone).
     """
 
-    def __init__(self, epoch: int = 1) -> None:
+    def __init__(self, epoch: int = 1, incoming: Direction | None = None) -> None:
         self.epoch = epoch
+        self.incoming = incoming
         self.next_seq = 1
         self.unacked: deque[tuple[int, bytes]] = deque()
         self.recv_next = 1
@@ -66,21 +101,43 @@ class LinkState:
         self.resent += len(self.unacked)
         return b"".join(data for _, data in self.unacked)
 
-    def classify(self, seq: int) -> bool:
-        """Return True for the next expected frame, False for a duplicate.
+    def receive(self, frame: DataFrame | LinkFrame, seq: int, epoch: int) -> Arrival:
+        """Check one frame received after the handshake (a :class:`~trionet.ring.frames.Received`'s fields).
+
+        A duplicate is counted in :attr:`duplicates`; an ``ACK`` is applied
+        (:meth:`on_ack`). A new data frame is not yet marked received: the
+        caller does that once the frame is safely handed on
+        (:meth:`mark_received`), so that a frame lost to a cancellation
+        before then is accepted again when resent.
 
         Raises:
-            RemoteProtocolError: a gap: a later frame before an earlier one.
+            RemoteProtocolError: a data frame of another ring epoch, a token
+                or message of the direction this link does not carry, a gap
+                (a later frame before an earlier one), an ``ACK`` of a frame
+                never sent, or a frame that belongs to the handshake.
         """
-        if seq < self.recv_next:
-            self.duplicates += 1
-            return False
-        if seq > self.recv_next:
-            raise RemoteProtocolError(f"frame {seq} arrived before frame {self.recv_next}")
-        return True
+        if seq:  # a data frame (the decoder numbers exactly those)
+            if epoch != self.epoch:
+                raise RemoteProtocolError(f"frame of ring epoch {epoch}, this ring is at {self.epoch}")
+            if self.incoming is not None and type(frame) in _DIRECTED and frame.direction is not self.incoming:
+                raise RemoteProtocolError(
+                    f"{frame.direction.label} frame on a link that carries {self.incoming.label}"
+                )
+            if seq < self.recv_next:
+                self.duplicates += 1
+                return Arrival.DUPLICATE
+            if seq > self.recv_next:
+                raise RemoteProtocolError(f"frame {seq} arrived before frame {self.recv_next}")
+            return Arrival.NEW
+        if type(frame) is Ack:
+            self.on_ack(frame.ack)
+            return Arrival.ACKED
+        if type(frame) is Bye:
+            return Arrival.BYE
+        raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame after the handshake")
 
     def mark_received(self, seq: int) -> None:
-        """Frame ``seq`` (just classified as new) was handed to the node."""
+        """Frame ``seq`` (just received as :attr:`Arrival.NEW`) was handed on; expect the next one."""
         if seq != self.recv_next:
             raise LocalProtocolError(f"marking frame {seq} while expecting {self.recv_next}")
         self.recv_next += 1

@@ -1,4 +1,4 @@
-"""The trio layer of a ring node: a listener, a link to each neighbour, and two token tasks.
+"""The trio layer of a ring node (I/O only): a listener, a link to each neighbour, a reader per link, two token tasks.
 
 Per node, under one nursery:
 
@@ -7,36 +7,37 @@ Per node, under one nursery:
   exponential backoff and jitter; every connection, either way, first runs
   the handshake whose rules and proofs are in :mod:`trionet.ring.handshake`
   (this module only moves its bytes and supplies the nonces);
-- one :class:`_Link` per neighbour bridges a socket to a memory channel: its
-  reader task de-duplicates incoming frames (the sans-IO
-  :class:`~trionet.ring.link.LinkState`) and hands them over on an
-  unbuffered channel; its ack task acknowledges them a moment later. Outgoing
-  frames are numbered and kept until acknowledged, so a reconnect resends
-  exactly what was lost. A frame that only passes through (another node's
-  message, a token this node does not take:
-  :meth:`~trionet.ring.core.NodeCore.is_transit`) the reader forwards
-  itself, as a Token Ring station repeats frames, without a token task;
-- two *token tasks*, one per direction, take the frames of their direction
-  from their channel, feed them to the shared
-  :class:`~trionet.ring.core.NodeCore`, and carry out what it returns,
-  writing outgoing frames through the link (:meth:`_Link.send`).
+- one :class:`_Link` per neighbour holds the current connection and writes
+  to it (:meth:`_Link.send`, one frame at a time); its ack tasks
+  acknowledge what arrived a moment later, and close a connection whose
+  acks stop coming. Outgoing frames are numbered and kept until
+  acknowledged (:class:`~trionet.ring.link.LinkState`, which also decides
+  what each incoming frame is), so a reconnect resends exactly what was lost;
+- one *reader* per connection (:meth:`RingNode._read_frames`, the per-hop
+  path) passes a frame that only passes through straight on to the other
+  link, and hands every other data frame to the token task of its
+  direction; its docstring says which task writes to which socket and why
+  frames keep their order;
+- two *token tasks*, one per direction, feed those frames to the shared
+  :class:`~trionet.ring.core.NodeCore` and carry out what it returns.
 
-The clockwise token task reads from the previous node's link and writes to
-the next node's link; the counter-clockwise one the other way round.
-
-Connections come from a :class:`Transport`: TCP for real nodes
-(:class:`TcpTransport`), in-memory streams for the simulation
-(:mod:`trionet.ring.sim`), so both run this same code.
+Every rule that decides what happens next is in the sans-IO modules
+(:mod:`~trionet.ring.core`, :mod:`~trionet.ring.link`,
+:mod:`~trionet.ring.handshake`); nothing here measures: benchmarks attach
+the hooks of :mod:`trionet.ring.stats`. Connections come from a
+:class:`~trionet.ring.transport.Transport`: TCP for real nodes, in-memory
+streams for the test simulation (``tests/ring/sim.py``), so both run this
+same code.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import random
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import IO
@@ -48,7 +49,7 @@ from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
 from trionet.ring.handshake import Side, check_greeting, check_proof, make_proof
-from trionet.ring.core import Deliver, Finished, NodeCore, Returned, Send, Summary
+from trionet.ring.core import Deliver, Finished, NodeCore, Send, Summary
 from trionet.ring.frames import (
     NONCE_BYTES,
     Ack,
@@ -66,10 +67,9 @@ from trionet.ring.frames import (
     RemoteProtocolError,
     Role,
     Stop,
-    Token,
     encode_frame,
 )
-from trionet.ring.link import LinkState
+from trionet.ring.link import Arrival, LinkState
 from trionet.ring.transport import TcpTransport, Transport
 from trionet.serving import RECEIVE_CHUNK, receive_event
 
@@ -77,11 +77,10 @@ __all__ = ["NodeOptions", "RingError", "RingNode", "request_stop"]
 
 log = get_logger("ring")
 
+NEW, DUPLICATE, ACKED = Arrival.NEW, Arrival.DUPLICATE, Arrival.ACKED  # module globals: read once per frame
+
 EPOCH = 1
 """The ring epoch of this implementation; a token-regeneration scheme would raise it."""
-
-_DIRECTED = (Token, Message)
-"""Data frames that travel one way only; each link carries one direction of them."""
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, RemoteProtocolError)
 
@@ -148,17 +147,10 @@ class _Link:
         peer: NodeAddress,
         incoming: Direction,
         options: NodeOptions,
-        transit: Callable[[DataFrame], bool],
-        repeat: Callable[[DataFrame], Awaitable[None]],
     ) -> None:
         self.name = name
         self.peer = peer
-        self.state = LinkState(EPOCH)
-        self.incoming = incoming
-        self._transit = transit
-        self._repeat = repeat
-        self._inbound, self.frames = trio.open_memory_channel[DataFrame](0)
-        """The token task of direction ``incoming`` takes this link's frames from here."""
+        self.state = LinkState(EPOCH, incoming)
         # One writer at a time on the stream. A semaphore rather than a Lock:
         # Lock tracks its owner task (and registers it to break the lock if
         # that task exits), which is measurable on the per-hop path.
@@ -168,8 +160,7 @@ class _Link:
         self.up = False
         self._changed = trio.Event()
         self.connects = 0
-        self.repeated = 0  # frames forwarded by this link's reader itself (NodeCore.is_transit)
-        self.handed_at = 0.0  # perf_counter() when the last frame went to the token task
+        self.passed_through = 0  # frames from this link that the node passed on without a token task
         self.ack_sent = 0
         self.ack_timeouts = 0
         self.closed = False
@@ -209,6 +200,16 @@ class _Link:
         """Send the pending acknowledgement now rather than after ``ack_delay``."""
         self._ack_urgent.set()
 
+    def want_ack(self, urgent: bool) -> None:
+        """A data frame arrived: acknowledge it within ``ack_delay`` (at once if ``urgent``)."""
+        self._ack_wanted.set()
+        if urgent:
+            self._ack_urgent.set()
+
+    def acked(self) -> None:
+        """The peer acknowledged frames (:attr:`state` has dropped them): wake whoever waits for that."""
+        self._notify()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -216,8 +217,8 @@ class _Link:
     async def send(self, frame: DataFrame) -> None:
         """Number ``frame``, keep it until acknowledged, and write it if the link is up.
 
-        Called by the token tasks and by the other link's reader (repeating
-        a frame) themselves: a hand-over to a writer task cost 40% more per
+        Called by the token tasks and by the other link's reader (passing a
+        frame through: :meth:`RingNode._read_frames`) themselves: a hand-over to a writer task cost 40% more per
         hop (measured), and the socket never blocks for long because the
         protocol keeps only a few frames in flight per link. A frame written
         to a dead connection is resent after the reconnect.
@@ -259,11 +260,19 @@ class _Link:
         if current is not None and current.stream is stream:
             current.scope.cancel()
 
-    async def run_connection(self, stream: trio.abc.Stream, peer_recv_next: int, decoder: FrameDecoder) -> None:
+    async def run_connection(
+        self, stream: trio.abc.Stream, peer_recv_next: int, read: Callable[[trio.abc.Stream], Awaitable[None]]
+    ) -> None:
         """Use ``stream`` for this link until it fails (it replaces any older connection).
 
-        Resends what the peer has not got, then reads frames until the
-        connection ends. Returns normally on every connection failure.
+        Resends what the peer has not got, then runs ``read(stream)`` (the
+        node's reader: :meth:`RingNode._read_frames`) beside this link's ack
+        tasks until the connection ends.
+
+        Error handling: returns normally on every connection failure
+        (reset, EOF, a protocol error), with the reason in :attr:`last_error`.
+
+        Resource handling: ``stream`` is this link's until it ends, then closed.
         """
         while self._current is not None:
             self._current.scope.cancel()
@@ -287,7 +296,7 @@ class _Link:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._ack_loop, stream)
                     nursery.start_soon(self._ack_watchdog, stream)
-                    await self._read_loop(stream, decoder)
+                    await read(stream)
                     nursery.cancel_scope.cancel()
                 self.last_error = "closed by the peer"
         except* _LINK_ERRORS as group:
@@ -302,56 +311,6 @@ class _Link:
             conn.done.set()
             await trio.aclose_forcefully(stream)
             log.debug("%s: connection ended (%s)", self.name, self.last_error)
-
-    async def _read_loop(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
-        # The per-hop path: a data frame is checked and repeated or handed to
-        # a token task with as little in between as possible (docs/benchmarks.md).
-        state = self.state
-        while True:
-            event = decoder.next_event()
-            if event is NEED_DATA:
-                decoder.receive_data(await stream.receive_some(RECEIVE_CHUNK))
-                continue
-            if event is EOF:
-                return
-            frame, seq, epoch = event
-            if seq:  # a data frame (the decoder numbers exactly those)
-                if epoch != state.epoch:
-                    raise RemoteProtocolError(f"frame of ring epoch {epoch}, this ring is at {state.epoch}")
-                if type(frame) in _DIRECTED and frame.direction is not self.incoming:
-                    raise RemoteProtocolError(
-                        f"{frame.direction.label} frame on a link that carries {self.incoming.label}"
-                    )
-                if state.classify(seq):  # new, not a resent duplicate
-                    if self._transit(frame):
-                        # Only passing through (another node's message, or a
-                        # token this node does not want): repeat it at once,
-                        # as a Token Ring station does (NodeCore.is_transit).
-                        # A token task would add a pass of trio's loop to the
-                        # hop, about half of it (docs/benchmarks.md).
-                        # Marked first: it is in the next link's resend queue
-                        # before anything can be cancelled (see _Link.send).
-                        state.mark_received(seq)
-                        self.repeated += 1
-                        await self._repeat(frame)
-                    else:
-                        self.handed_at = time.perf_counter()  # for the round trips of this node's messages
-                        try:
-                            self._inbound.send_nowait(frame)  # the token task is usually waiting: no yield
-                        except trio.WouldBlock:
-                            await self._inbound.send(frame)
-                        state.mark_received(seq)
-                self._ack_wanted.set()
-                if type(frame) is Finalize:
-                    self._ack_urgent.set()  # its sender waits for this ack to exit
-            elif type(frame) is Ack:
-                state.on_ack(frame.ack)
-                self._notify()
-            elif type(frame) is Bye:
-                self.peer_done.set()
-                return
-            else:
-                raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame after the handshake")
 
     async def _ack_loop(self, stream: trio.abc.Stream) -> None:
         # Acks are cumulative and sent up to ack_delay later: off the path of
@@ -443,31 +402,22 @@ class RingNode:
         self._deliveries = deliveries
         self._rng = random.Random(self.options.seed)
         # The next node's link brings ccw frames; the previous node's brings cw frames.
-        transit, repeat = self.core.is_transit, self._repeat
-        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, self.options, transit, repeat)
-        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, self.options, transit, repeat)
+        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, self.options)
+        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, self.options)
         # By direction (a tuple index, cheaper than a dict of enum keys on the hop path):
         self._link_to = (self.next_link, self.prev_link)  # where frames of the direction go
-        self._link_from = (self.prev_link, self.next_link)  # where they come from
+        # Unbuffered: a reader hands a frame over only when that direction's token task takes it.
+        cw, ccw = trio.open_memory_channel[DataFrame](0), trio.open_memory_channel[DataFrame](0)
+        self._hand_over = (cw[0], ccw[0])
+        self._token_inbox = (cw[1], ccw[1])
         self._stop_requested = trio.Event()
         self._finalize_forwarded = trio.Event()
         self.finished = trio.Event()
         self.summary: Summary | None = None
-        self.round_trips = 0
-        self.round_trip_total = 0.0
-        self.round_trip_samples: list[float] = []  # the first 10 000, for the benchmark's median
-        # The same round trips measured at the links, from writing the
-        # message to reading it back, as a bare relay's driver measures them.
-        self.link_round_trip_samples: list[float] = []
-        self._written_at = [0.0, 0.0]  # by direction
-        self.first_send: float | None = None
-        self.last_return: float | None = None
-        self.cpu_first_frame: float | None = None  # process CPU seconds, for the benchmark's CPU per frame
-        self.cpu_finished: float | None = None
 
     @property
     def frames_received(self) -> int:
-        """Data frames received from both neighbours, each handed to a token task (for the benchmark)."""
+        """Data frames received from both neighbours (not counting duplicates)."""
         return self.prev_link.state.ack + self.next_link.state.ack
 
     def request_stop(self) -> None:
@@ -487,8 +437,8 @@ class RingNode:
             log.info("node %d listening on %s", self.me.id, self.listen.address)
             task_status.started()
             nursery.start_soon(self._dial_loop)
-            nursery.start_soon(self._token_task, self.prev_link)  # clockwise
-            nursery.start_soon(self._token_task, self.next_link)  # counter-clockwise
+            nursery.start_soon(self._token_task, Direction.CW)
+            nursery.start_soon(self._token_task, Direction.CCW)
             nursery.start_soon(self._watch_link, self.next_link)
             nursery.start_soon(self._watch_link, self.prev_link)
             nursery.start_soon(self._wait_stop)
@@ -512,23 +462,97 @@ class RingNode:
         assert self.summary is not None
         return self.summary
 
-    # --- the two token tasks and the actions of the core ---------------------
+    # --- the pass-through path, the token tasks and the actions of the core ------
 
-    async def _token_task(self, link: _Link) -> None:
-        """The token task of one direction: act on each frame ``link`` hands over.
+    async def _read_frames(self, link: _Link, decoder: FrameDecoder, stream: trio.abc.Stream) -> None:
+        """Read ``link``'s connection until it ends; pass each new frame through, or hand it to a token task.
 
-        That is every frame of the direction but those only passing through,
-        which the link repeats itself (:meth:`NodeCore.is_transit`).
+        The per-hop path. A frame that only passes through this node
+        (another node's message, a token this node does not take:
+        :meth:`~trionet.ring.core.NodeCore.is_transit`) is written on to the
+        other link by this task at once, as a Token Ring station repeats
+        frames; any other data frame goes to the token task of its direction
+        over an unbuffered channel. A token task in between would add a pass
+        of trio's event loop to the hop, about half of it (``docs/benchmarks.md``).
+
+        Which task owns which socket: this task is the only reader of
+        ``link``'s connection (:meth:`_Link.run_connection` runs it once per
+        connection). Writes to a link's connection come from this reader of
+        the *other* link (passing through), from the token task of the
+        link's outgoing direction, and from the link's own ack task; each
+        writes whole frames while holding that link's write semaphore
+        (:meth:`_Link.send`), so frames never interleave on a socket, and a
+        write cancelled half way restarts that link's connection rather
+        than leave half a frame on it.
+
+        Why order is kept: frames of one direction reach the other link
+        either through this task or through that direction's token task,
+        and one can overtake the other only where the protocol allows it.
+        A transit message never has its direction's token near it (its
+        origin holds that token until the message returns); a token passed
+        through never has a message of its direction near it (none is in
+        flight when a node passes the token without sending); ``Probe`` and
+        ``Finalize`` travel only when no message or token does. Only a
+        ``StopRequest`` can be overtaken, which is harmless.
+
+        A frame is marked received (no longer accepted when resent) only
+        once it is safely on its way: for a frame passed through, before
+        the write, because :meth:`_Link.send` has numbered and queued it for
+        resending before its first checkpoint; for a frame handed over, once
+        the token task took it.
+
+        Raises:
+            RemoteProtocolError: the peer broke a link or node rule
+                (:meth:`~trionet.ring.link.LinkState.receive`,
+                :meth:`~trionet.ring.core.NodeCore.is_transit`); the link
+                drops this connection and waits for the next.
         """
-        receive = link.frames.receive  # the link never closes its side of the channel
+        state = link.state
+        core = self.core
+        hand_over = self._hand_over[state.incoming]
+        link_to = self._link_to
+        while True:
+            event = decoder.next_event()
+            if event is NEED_DATA:
+                decoder.receive_data(await stream.receive_some(RECEIVE_CHUNK))
+                continue
+            if event is EOF:
+                return
+            frame, seq, epoch = event
+            arrival = state.receive(frame, seq, epoch)
+            if arrival is NEW:
+                if core.is_transit(frame):
+                    state.mark_received(seq)
+                    link.passed_through += 1
+                    for send in core.receive(frame, trio.current_time()):  # one Send, for a transit frame
+                        await link_to[send.direction].send(send.frame)
+                else:
+                    try:
+                        hand_over.send_nowait(frame)  # the token task is usually waiting: no yield
+                    except trio.WouldBlock:
+                        await hand_over.send(frame)
+                    state.mark_received(seq)
+                link.want_ack(urgent=type(frame) is Finalize)  # its sender waits for that ack to exit
+            elif arrival is DUPLICATE:
+                link.want_ack(urgent=type(frame) is Finalize)
+            elif arrival is ACKED:
+                link.acked()
+            else:  # BYE
+                link.peer_done.set()
+                return
+
+    async def _token_task(self, direction: Direction) -> None:
+        """The token task of one direction: act on each frame of it that a reader hands over.
+
+        That is every frame of the direction but those only passing through
+        (:meth:`_read_frames`).
+        """
+        receive = self._token_inbox[direction].receive  # the send side is never closed
         core = self.core
         while True:
             frame = await receive()
-            if type(frame) is Probe:
-                # The first frame every node gets: the benchmark counts CPU from here.
-                self.cpu_first_frame = time.process_time()
-                if self.core.is_leader:
-                    log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
+            if type(frame) is Probe and core.is_leader:
+                log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
             try:
                 actions = core.receive(frame, trio.current_time())
             except RemoteProtocolError as exc:
@@ -537,11 +561,6 @@ class RingNode:
                 raise RingError(f"node {self.me.id}: protocol violation: {exc}") from None
             await self._perform(actions)
             core.prefetch()  # off the token's path, before the next frame comes
-
-    async def _repeat(self, frame: DataFrame) -> None:
-        """Forward a frame that only passes through (called by the link that brought it)."""
-        for send in self.core.receive(frame, trio.current_time()):  # one Send, for a transit frame
-            await self._link_to[send.direction].send(send.frame)
 
     async def _start(self) -> None:
         if self.core.is_leader:
@@ -568,26 +587,12 @@ class RingNode:
         for action in actions:
             if type(action) is Send:
                 frame = action.frame
-                if type(frame) is Message and frame.origin == self.me.id:
-                    self._written_at[action.direction] = time.perf_counter()
                 await self._link_to[action.direction].send(frame)
                 if type(frame) is Finalize:
                     self._finalize_forwarded.set()
             elif isinstance(action, Deliver):
                 self._write_delivery(action.message)
-            elif isinstance(action, Returned):
-                # Wall-clock times, so that a benchmark can compare processes.
-                now = time.time()
-                self.round_trips += 1
-                self.round_trip_total += action.round_trip
-                if len(self.round_trip_samples) < 10_000:
-                    self.round_trip_samples.append(action.round_trip)
-                    d = action.message.direction
-                    self.link_round_trip_samples.append(self._link_from[d].handed_at - self._written_at[d])
-                self.first_send = self.first_send if self.first_send is not None else now - action.round_trip
-                self.last_return = now
             elif isinstance(action, Finished):
-                self.cpu_finished = time.process_time()
                 if self._deliveries is not None:
                     self._deliveries.flush()
                 self.summary = action.summary
@@ -629,7 +634,7 @@ class RingNode:
                 continue
             backoff = self.options.backoff_initial
             log.info("node %d: connected to node %d at %s", self.me.id, self.next.id, self.next.address)
-            await link.run_connection(stream, hello.recv_next, decoder)
+            await link.run_connection(stream, hello.recv_next, functools.partial(self._read_frames, link, decoder))
             if link.closed:
                 return
             # Once finalizing, the next node leaving is expected.
@@ -714,7 +719,8 @@ class RingNode:
             await trio.aclose_forcefully(stream)
             return
         log.info("node %d: node %d connected", self.me.id, self.prev.id)
-        await self.prev_link.run_connection(stream, theirs.recv_next, decoder)
+        link = self.prev_link
+        await link.run_connection(stream, theirs.recv_next, functools.partial(self._read_frames, link, decoder))
 
     async def _on_control(self, stream: trio.abc.Stream, decoder: FrameDecoder, event: Received) -> None:
         """A ``trionet ring stop`` client: the same handshake (its proof is required), then ``STOP``."""

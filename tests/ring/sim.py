@@ -9,7 +9,9 @@ backoff and link outages takes milliseconds of real time.
 :class:`RingMonitor` watches every node core and checks the ring's
 invariants as they happen; :func:`simulate` runs a whole ring to its end and
 returns what happened. The tests drive it with hypothesis, the benchmark
-measures it in hops per second.
+measures it in hops per second (``tools/bench_ring.py`` puts this directory
+on its import path). It is a test harness, so it lives with the tests and
+not in the package: it needs ``trio.testing``, which imports pytest.
 """
 
 from __future__ import annotations
