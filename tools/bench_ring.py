@@ -110,7 +110,7 @@ def run_ring(size: int, per_node: dict[int, int], workdir: Path, measure: str = 
         if HOOKS:
             watch = "all" if measure == "all" or (measure == "latency" and i == 0) else "none"
             argv = [sys.executable, __file__, "_node", str(config), str(i), str(messages), str(stats), watch]
-            argv += ["links"] if measure == "latency" and i == 0 else []
+            argv += ["--links"] if measure == "latency" and i == 0 else []
         else:
             argv = [*RING_COMMAND, "join", "--config", str(config), "--id", str(i), "--messages", str(messages)]
             argv += ["--stats", str(stats), "--log-level", "warning", "--connect-timeout", "120"]
@@ -252,25 +252,46 @@ def relay_hop_latency(size: int, rounds: int, both: bool = False, eager: bool = 
 # --- a measured ring node -----------------------------------------------------------
 
 
-def _node(config_path: str, node_id: int, messages_path: str, stats_path: str, watch: str, links: bool) -> None:
-    """One ring node, as ``trionet ring join`` runs it, with :mod:`trionet.ring.stats` attached."""
+def _node(argv: list[str]) -> None:
+    """One ring node, as ``trionet ring join`` runs it, with :mod:`trionet.ring.stats` attached.
+
+    ``--trace FILE`` writes every frame the node read or wrote, one line
+    each: time (ns), ``R``/``W``, frame type (5 token, 6 message, 0 other),
+    direction (-1 for none); ``tools/trace_ring.py`` reads it.
+    """
+    parser = argparse.ArgumentParser(prog="bench_ring.py _node")
+    parser.add_argument("config_path")
+    parser.add_argument("node_id", type=int)
+    parser.add_argument("messages_path")
+    parser.add_argument("stats_path")
+    parser.add_argument("watch", choices=("all", "none"))
+    parser.add_argument("--links", action="store_true", help="time this node's messages at its links too")
+    parser.add_argument("--trace", metavar="FILE")
+    args = parser.parse_args(argv)
+    from trionet.ring.frames import Message, Token
     from trionet.ring.config import iter_messages, load_config
     from trionet.ring.node import NodeOptions, RingNode
     from trionet.ring.stats import NodeStats, StreamLog, run_measured
     from trionet.ring.transport import TcpTransport
 
-    config = load_config(config_path)
-    log = StreamLog() if links else None
+    config = load_config(args.config_path)
+    log = StreamLog() if args.links or args.trace else None
     node = RingNode(
         config,
-        node_id,
-        messages=iter_messages(messages_path, config.ids),
+        args.node_id,
+        messages=iter_messages(args.messages_path, config.ids),
         transport=TcpTransport(stream=log.stream) if log else None,
         options=NodeOptions(connect_timeout=120),
     )
-    stats = NodeStats(round_trips=watch == "all")
+    stats = NodeStats(round_trips=args.watch == "all")
     trio.run(run_measured, node, stats)
-    Path(stats_path).write_text(json.dumps(stats.report(node, log)))
+    Path(args.stats_path).write_text(json.dumps(stats.report(node, log if args.links else None)))
+    if args.trace:
+        kinds = {Token: 5, Message: 6}
+        with open(args.trace, "w") as fh:
+            for stamp, op, event in log.frames():
+                direction = getattr(event.frame, "direction", -1)
+                fh.write(f"{stamp} {op} {kinds.get(type(event.frame), 0)} {int(direction)}\n")
 
 
 # --- RSS and the simulator -----------------------------------------------------------
@@ -390,8 +411,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 7 and sys.argv[1] == "_node":
-        _node(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], "links" in sys.argv[7:])
+    if len(sys.argv) > 1 and sys.argv[1] == "_node":
+        _node(sys.argv[2:])
     elif len(sys.argv) == 6 and sys.argv[1] == "_relay":
         trio.run(_relay, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1")
     else:
