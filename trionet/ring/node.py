@@ -48,12 +48,11 @@ from trionet.errors import first_message
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
-from trionet.ring.handshake import Side, check_greeting, check_proof, make_proof
+from trionet.ring.handshake import Opening, Side
 from trionet.ring.core import Deliver, Finished, NodeCore, Send, Summary
 from trionet.ring.frames import (
     NONCE_BYTES,
     Ack,
-    Auth,
     Bye,
     DataFrame,
     Finalize,
@@ -62,7 +61,6 @@ from trionet.ring.frames import (
     Hello,
     Message,
     Probe,
-    Received,
     Reject,
     RemoteProtocolError,
     Role,
@@ -391,8 +389,7 @@ class RingNode:
         if secret is not None and not secret:
             raise ValueError("an empty secret; pass None for a ring without one")
         self.config = config
-        self._secured = secret is not None
-        self._secret = secret or b""  # without a secret the proofs use an empty key and prove nothing
+        self._secret = secret  # None: a ring without one (the handshake then proves nothing: handshake.py)
         self.me = config.node(node_id)
         self.listen = NodeAddress(node_id, *listen) if listen else self.me
         self.prev, self.next = config.neighbours(node_id)
@@ -612,13 +609,12 @@ class RingNode:
 
     # --- connections -------------------------------------------------------------
 
-    def _greeting(self, role: Role, recv_next: int = 1) -> Hello:
-        """This node's ``HELLO``, with a fresh nonce (the only randomness of the handshake)."""
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        return Hello(self.me.id, role, self.config.fingerprint, recv_next, self._secured, nonce)
-
-    def _proof(self, side: Side, dialer: Hello, acceptor: Hello) -> bytes:
-        return encode_frame(Auth(make_proof(self._secret, side, dialer, acceptor, self.config.digest)))
+    def _opening_args(self) -> dict:
+        """What every handshake of this node shares, with a fresh nonce (its only randomness)."""
+        return dict(
+            ring=self.config.fingerprint, digest=self.config.digest, secret=self._secret, epoch=EPOCH,
+            nonce=secrets.token_bytes(NONCE_BYTES),
+        )
 
     async def _dial_loop(self) -> None:
         link = self.next_link
@@ -642,113 +638,66 @@ class RingNode:
             log.log(level, "node %d: lost the link to node %d (%s); reconnecting", self.me.id, self.next.id, link.last_error)
 
     async def _dial_once(self) -> tuple[trio.abc.Stream, Hello, FrameDecoder]:
-        """Connect to the next node and run the dialer's half of the handshake.
+        """Connect to the next node and run the dialer's half of the handshake (:class:`Opening`).
 
         Raises:
             _Rejected: the next node refused us, is not the node we wanted,
                 or failed to prove the secret (nothing was sent to it then
                 but our greeting and a ``REJECT``).
         """
+        opening = Opening.dialer(
+            node_id=self.me.id, role=Role.PREDECESSOR, peer_id=self.next.id,
+            recv_next=self.next_link.state.recv_next, me=f"node {self.me.id}", **self._opening_args(),
+        )
         with trio.fail_after(self.options.handshake_timeout):
             stream = await self.transport.connect(self.next)
             try:
-                mine = self._greeting(Role.PREDECESSOR, self.next_link.state.recv_next)
-                await stream.send_all(encode_frame(mine, epoch=EPOCH))
                 decoder = FrameDecoder()
-                event = await _receive(stream, decoder)
-                reason = check_greeting(
-                    event, epoch=EPOCH, role=Role.SUCCESSOR, node_id=self.next.id,
-                    ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}",
-                )
-                if reason:
-                    raise _Rejected(f"{self.next.address}: {reason}")
-                theirs = event.frame
-                event = await _receive(stream, decoder)
-                reason = check_proof(
-                    event, secret=self._secret, side=Side.ACCEPTOR, dialer=mine, acceptor=theirs,
-                    digest=self.config.digest,
-                )
-                if reason:
-                    if not isinstance(event.frame, Reject):
-                        await stream.send_all(encode_frame(Reject(reason)))
-                    raise _Rejected(f"{self.next.address}: {reason}")
-                await stream.send_all(self._proof(Side.DIALER, mine, theirs))
-                return stream, theirs, decoder
+                await _run_opening(opening, stream, decoder)
+                if opening.refused:
+                    raise _Rejected(f"{self.next.address}: {opening.refused}")
+                return stream, opening.peer, decoder
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
 
     async def _on_incoming(self, stream: trio.abc.Stream) -> None:
-        """Run the acceptor's half of the handshake, then hand the connection to the previous node's link.
+        """Run the acceptor's half of the handshake (:class:`Opening`), then hand the connection to its link.
 
         A connection that fails any check gets a ``REJECT`` naming why and
         is closed; it never reaches the link, so it cannot replace the
-        previous node's working connection nor send it a frame.
+        previous node's working connection nor send it a frame. A stop
+        client that proves the secret gets its ``STOP`` carried out (node 0)
+        and an ``ACK``.
         """
         decoder = FrameDecoder()
+        opening = Opening.acceptor(
+            node_id=self.me.id, previous=self.prev.id, recv_next=lambda: self.prev_link.state.recv_next,
+            accepts_stop=self.core.is_leader, **self._opening_args(),
+        )
         try:
             with trio.fail_after(self.options.handshake_timeout):
-                event = await receive_event(stream, decoder)
-                if event is EOF:
-                    return
-                if isinstance(event.frame, Hello) and event.frame.role is Role.CONTROL:
-                    await self._on_control(stream, decoder, event)
-                    return
-                reason = check_greeting(
-                    event, epoch=EPOCH, role=Role.PREDECESSOR, node_id=self.prev.id,
-                    ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}",
-                )
-                theirs = event.frame
-                if not reason:
-                    mine = self._greeting(Role.SUCCESSOR, self.prev_link.state.recv_next)
-                    await stream.send_all(encode_frame(mine, epoch=EPOCH) + self._proof(Side.ACCEPTOR, theirs, mine))
-                    event = await _receive(stream, decoder)
-                    reason = check_proof(
-                        event, secret=self._secret, side=Side.DIALER, dialer=theirs, acceptor=mine,
-                        digest=self.config.digest,
-                    )
-                if reason:
-                    log.warning("node %d: refused a connection: %s", self.me.id, reason)
-                    if not self.prev_link.up:  # shown should the previous node never get through
-                        self.prev_link.last_error = f"refused a connection: {reason}"
-                    if not isinstance(event.frame, Reject):
-                        await stream.send_all(encode_frame(Reject(reason)))
-                    return
+                if not await _run_opening(opening, stream, decoder, on_stop=self._stop_asked):
+                    return  # closed before greeting: a port probe
         except (*_LINK_ERRORS, trio.TooSlowError) as exc:
             log.debug("node %d: handshake failed: %s", self.me.id, exc)
             await trio.aclose_forcefully(stream)
             return
+        if opening.refused:
+            what = "a stop request" if opening.control else "a connection"
+            log.warning("node %d: refused %s: %s", self.me.id, what, opening.refused)
+            if not opening.control and not self.prev_link.up:  # shown should the previous node never get through
+                self.prev_link.last_error = f"refused a connection: {opening.refused}"
+            return
+        if opening.control:
+            return
         log.info("node %d: node %d connected", self.me.id, self.prev.id)
         link = self.prev_link
-        await link.run_connection(stream, theirs.recv_next, functools.partial(self._read_frames, link, decoder))
+        await link.run_connection(stream, opening.peer.recv_next, functools.partial(self._read_frames, link, decoder))
 
-    async def _on_control(self, stream: trio.abc.Stream, decoder: FrameDecoder, event: Received) -> None:
-        """A ``trionet ring stop`` client: the same handshake (its proof is required), then ``STOP``."""
-        reason = check_greeting(
-            event, epoch=EPOCH, role=Role.CONTROL, node_id=self.me.id,
-            ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}", peer="the stop client",
-        )
-        if not reason:
-            theirs = event.frame
-            mine = self._greeting(Role.CONTROL)
-            await stream.send_all(encode_frame(mine, epoch=EPOCH) + self._proof(Side.ACCEPTOR, theirs, mine))
-            event = await _receive(stream, decoder)
-            reason = check_proof(
-                event, secret=self._secret, side=Side.DIALER, dialer=theirs, acceptor=mine, digest=self.config.digest
-            )
-        if not reason:
-            event = await _receive(stream, decoder)
-            if not isinstance(event.frame, Stop):
-                reason = f"expected STOP, got {type(event.frame).__name__}"
-            elif not self.core.is_leader:
-                reason = f"node {self.me.id} is not node 0; send stop to node 0"
-        if reason:
-            log.warning("node %d: refused a stop request: %s", self.me.id, reason)
-            await stream.send_all(encode_frame(Reject(reason)))
-            return
+    def _stop_asked(self) -> None:
         log.info("node 0: stop asked by a client")
         self.request_stop()
-        await stream.send_all(encode_frame(Ack(0)))
 
     async def _watch_link(self, link: _Link) -> None:
         timeout = self.options.connect_timeout
@@ -767,12 +716,34 @@ class RingNode:
                 return
 
 
-async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder) -> Received:
-    """The next frame of a handshake; the peer closing instead is a broken connection."""
-    event = await receive_event(stream, decoder)
-    if event is EOF:
-        raise trio.BrokenResourceError("closed during the handshake")
-    return event
+async def _run_opening(
+    opening: Opening, stream: trio.abc.Stream, decoder: FrameDecoder, on_stop: Callable[[], None] | None = None
+) -> bool:
+    """Carry ``opening``'s bytes both ways until it is finished; False if a dialer closed before a word.
+
+    ``on_stop`` is called when a stop client's ``STOP`` is accepted, before
+    the ``ACK`` goes out.
+
+    Raises:
+        trio.BrokenResourceError: the peer closed in the middle of the handshake.
+    """
+    out = opening.start()
+    if out:
+        await stream.send_all(out)
+    first = True
+    while not opening.finished:
+        event = await receive_event(stream, decoder)
+        if event is EOF:
+            if first and opening.side is Side.ACCEPTOR:
+                return False
+            raise trio.BrokenResourceError("closed during the handshake")
+        first = False
+        out = opening.receive(event)
+        if opening.stop_requested and on_stop is not None:
+            on_stop()
+        if out:
+            await stream.send_all(out)
+    return True
 
 
 async def request_stop(
@@ -800,30 +771,20 @@ async def request_stop(
     """
     node = config.node(node_id)
     transport = transport or TcpTransport()
-    secured = secret is not None
-    key = secret or b""
-    mine = Hello(node.id, Role.CONTROL, config.fingerprint, 1, secured, secrets.token_bytes(NONCE_BYTES))
+    opening = Opening.dialer(
+        node_id=node.id, role=Role.CONTROL, peer_id=node.id, recv_next=1, me="this client",
+        ring=config.fingerprint, digest=config.digest, secret=secret, epoch=EPOCH,
+        nonce=secrets.token_bytes(NONCE_BYTES),
+    )
     try:
         with trio.fail_after(timeout):
             stream = await transport.connect(node)
             async with stream:
                 decoder = FrameDecoder()
-                await stream.send_all(encode_frame(mine, epoch=EPOCH))
-                event = await _receive(stream, decoder)
-                reason = check_greeting(
-                    event, epoch=EPOCH, role=Role.CONTROL, node_id=node.id, ring=config.fingerprint,
-                    secured=secured, me="this client",
-                )
-                if not reason:
-                    theirs = event.frame
-                    event = await _receive(stream, decoder)
-                    reason = check_proof(
-                        event, secret=key, side=Side.ACCEPTOR, dialer=mine, acceptor=theirs, digest=config.digest
-                    )
-                if reason:
-                    raise RingError(f"node {node.id} at {node.address}: {reason}")
-                proof = make_proof(key, Side.DIALER, mine, theirs, config.digest)
-                await stream.send_all(encode_frame(Auth(proof)) + encode_frame(Stop()))
+                await _run_opening(opening, stream, decoder)
+                if opening.refused:
+                    raise RingError(f"node {node.id} at {node.address}: {opening.refused}")
+                await stream.send_all(encode_frame(Stop()))
                 event = await receive_event(stream, decoder)
     except trio.TooSlowError:
         raise RingError(f"no answer from node {node.id} at {node.address} within {timeout:g}s") from None
