@@ -189,20 +189,15 @@ class NodeCore:
         return self._finalize_sent or self.finished
 
     def is_transit(self, frame: DataFrame) -> bool:
-        """True for a frame that only passes through this node, which the node repeats at once.
+        """True for a frame that only passes through this node, which the node may repeat at once.
 
         As a Token Ring station repeats the frames of others and the token
         when it has nothing to send: a message neither from nor to this node,
         and a token arriving at a node (not node 0) that has no message to
         send and does not hold that token already. :meth:`receive` would only
-        forward either (and count it), so the node may do that from the link
-        that brought it rather than through a token task.
-
-        Order is kept: on one link in one direction, a transit message never
-        has that direction's token near it (its origin holds it), a repeated
-        token never has a message of its direction near it (there is none in
-        flight), and ``Probe`` and ``Finalize`` travel only when no message or
-        token does; only a ``StopRequest`` can be overtaken, which is harmless.
+        forward either (and count it), so the node may do that from the task
+        that read it; why frames keep their order then is argued where that
+        happens (:meth:`trionet.ring.node.RingNode._read_frames`).
 
         Raises:
             RemoteProtocolError: a message whose origin or destination, or a

@@ -37,6 +37,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     They are drawn below the kernel's ephemeral range, so that the nodes' own
     outgoing connections (which take ephemeral ports) cannot take one of them
     before its node starts listening.
+
+    Why not let each node bind port 0 and report it: a ring file lists every
+    node's address before any node starts (each dials the next from it), so
+    the ports must be known first. The port is checked free and released,
+    then bound again by its node: between the two, only another process that
+    binds a fixed port in the same place could take it. Ports are drawn at
+    random from about 12 000 (no ephemeral port, no sequence shared between
+    concurrent test runs), so such a collision is rare, and it shows as a
+    node that cannot listen ("address already in use"), never as a wrong result.
     """
     low = 20000
     try:
