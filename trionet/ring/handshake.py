@@ -1,4 +1,4 @@
-"""Sans-IO rules of a connection's opening: the greeting checks and the HMAC-SHA256 challenge-response.
+"""Sans-IO rules of a connection's opening: the exchange's steps (:class:`Opening`), the greeting checks, the HMAC-SHA256 proofs.
 
 Every connection to a node opens the same way (``docs/protocol/ring.md``,
 "The handshake"): the side that connected (the *dialer*: the previous node,
