@@ -279,10 +279,14 @@ def test_a_stop_client_is_heard_by_node_0_only_after_its_proof(accepts_stop):
     assert not client.refused and acceptor.control
     assert acceptor.stop_requested is accepts_stop
     assert (acceptor.refused is None) is accepts_stop
-    # Without the secret the STOP is never reached.
+    # Without the secret the STOP is never reached; nor from another ring.
     client, acceptor = _dialer(b"guess", role=Role.CONTROL, node_id=0), _acceptor()
     _talk(client, acceptor, then=encode_frame(Stop()))
     assert not acceptor.stop_requested and "failed to prove" in acceptor.refused
+    client, acceptor = _dialer(role=Role.CONTROL, node_id=0, ring=RingConfig.local(3, ports=[1, 2, 4])), _acceptor()
+    _talk(client, acceptor, then=encode_frame(Stop()))
+    assert "the ring files differ" in acceptor.refused
+    assert acceptor.control  # refused as a stop client, not as a link (node.py logs it so)
 
 
 @settings(max_examples=200)

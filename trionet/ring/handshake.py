@@ -209,6 +209,7 @@ class Opening:
         self._expect: dict[Role, int] = {}
         self._recv_next: Callable[[], int] = lambda: 1
         self._stops = False
+        self._control = False
         self.peer: Hello | None = None
         """The peer's greeting, once accepted (its ``recv_next`` tells where to resume)."""
         self.refused: str | None = None
@@ -234,6 +235,7 @@ class Opening:
         self._mine = Hello(node_id, role, self._ring, recv_next, self._secured, self._nonce)
         answer = Role.CONTROL if role is Role.CONTROL else Role.SUCCESSOR
         self._expect = {answer: peer_id}
+        self._control = role is Role.CONTROL
         return self
 
     @classmethod
@@ -270,9 +272,8 @@ class Opening:
 
     @property
     def control(self) -> bool:
-        """True when the peer (or, for a dialer, this end) is a stop client."""
-        hello = self.peer if self.side is Side.ACCEPTOR else self._mine
-        return hello is not None and hello.role is Role.CONTROL
+        """True when the peer greeted as a stop client (acceptor), or this end is one (dialer), accepted or not."""
+        return self._control
 
     def start(self) -> bytes:
         """The bytes that open the connection: the dialer's greeting; nothing for an acceptor."""
@@ -297,6 +298,7 @@ class Opening:
         role = next(iter(self._expect))
         if self.side is Side.ACCEPTOR and isinstance(frame, Hello) and frame.role in self._expect:
             role = frame.role
+            self._control = role is Role.CONTROL
         reason = check_greeting(
             event, epoch=self._epoch, role=role, node_id=self._expect[role], ring=self._ring,
             secured=self._secured, me=self._me, peer="the stop client" if self.side is Side.ACCEPTOR and role is Role.CONTROL else None,
