@@ -1,18 +1,16 @@
-"""The trio layer of a ring node (I/O only): a listener, a link to each neighbour, a reader per link, two token tasks.
+"""The trio layer of a ring node (I/O only): a listener, a dialer, a reader per connection, two token tasks.
 
 Per node, under one nursery:
 
 - the *listener* accepts the previous node's connection (and ``trionet ring
   stop`` clients); the *dialer* keeps a connection to the next node, with
   exponential backoff and jitter; every connection, either way, first runs
-  the handshake whose rules and proofs are in :mod:`trionet.ring.handshake`
-  (this module only moves its bytes and supplies the nonces);
-- one :class:`_Link` per neighbour holds the current connection and writes
-  to it (:meth:`_Link.send`, one frame at a time); its ack tasks
-  acknowledge what arrived a moment later, and close a connection whose
-  acks stop coming. Outgoing frames are numbered and kept until
-  acknowledged (:class:`~trionet.ring.link.LinkState`, which also decides
-  what each incoming frame is), so a reconnect resends exactly what was lost;
+  the handshake, whose every step is decided by a sans-IO
+  :class:`~trionet.ring.handshake.Opening` (this module only carries its
+  bytes and supplies the nonces);
+- a :class:`~trionet.ring.neighbour.Neighbour` for each neighbour holds the
+  current connection, writes to it a frame at a time, acknowledges what
+  arrived, and resends after a reconnect what was lost;
 - one *reader* per connection (:meth:`RingNode._read_frames`, the per-hop
   path) passes a frame that only passes through straight on to the other
   link, and hands every other data frame to the token task of its
@@ -38,13 +36,12 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO
 
 import trio
 
-from trionet.errors import first_message
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
@@ -52,8 +49,6 @@ from trionet.ring.handshake import Opening, Side
 from trionet.ring.core import Deliver, Finished, NodeCore, Send, Summary
 from trionet.ring.frames import (
     NONCE_BYTES,
-    Ack,
-    Bye,
     DataFrame,
     Finalize,
     Direction,
@@ -67,7 +62,8 @@ from trionet.ring.frames import (
     Stop,
     encode_frame,
 )
-from trionet.ring.link import Arrival, LinkState
+from trionet.ring.link import Arrival
+from trionet.ring.neighbour import EPOCH, LINK_ERRORS, Neighbour
 from trionet.ring.transport import TcpTransport, Transport
 from trionet.serving import RECEIVE_CHUNK, receive_event
 
@@ -77,10 +73,8 @@ log = get_logger("ring")
 
 NEW, DUPLICATE, ACKED = Arrival.NEW, Arrival.DUPLICATE, Arrival.ACKED  # module globals: read once per frame
 
-EPOCH = 1
-"""The ring epoch of this implementation; a token-regeneration scheme would raise it."""
 
-_LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, RemoteProtocolError)
+_LINK_ERRORS = LINK_ERRORS
 
 
 class RingError(Exception):
@@ -117,238 +111,8 @@ class NodeOptions:
     seed: int | None = None
 
 
-_UNWRITTEN = RuntimeError("a send was cancelled with its frame not fully written")
-
-
 class _Rejected(Exception):
     """The neighbour refused our greeting."""
-
-
-@dataclass(eq=False)
-class _Conn:
-    stream: trio.abc.Stream
-    scope: trio.CancelScope
-    done: trio.Event
-
-
-class _Link:
-    """One neighbour: the current connection (if any) and the :class:`LinkState` that outlives it.
-
-    Error handling: any failure of the connection (reset, EOF, a bad frame)
-    ends that connection only; the state keeps the unacknowledged frames for
-    the next one.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        peer: NodeAddress,
-        incoming: Direction,
-        options: NodeOptions,
-    ) -> None:
-        self.name = name
-        self.peer = peer
-        self.state = LinkState(EPOCH, incoming)
-        # One writer at a time on the stream. A semaphore rather than a Lock:
-        # Lock tracks its owner task (and registers it to break the lock if
-        # that task exits), which is measurable on the per-hop path.
-        self._lock = trio.Semaphore(1)
-        self._stream: trio.abc.Stream | None = None
-        self._current: _Conn | None = None
-        self.up = False
-        self._changed = trio.Event()
-        self.connects = 0
-        self.passed_through = 0  # frames from this link that the node passed on without a token task
-        self.ack_sent = 0
-        self.ack_timeouts = 0
-        self.closed = False
-        self.peer_done = trio.Event()
-        """Set when the peer said ``BYE``: it has finished and needs nothing more on this link."""
-        self._ack_wanted = trio.Event()
-        self._ack_urgent = trio.Event()
-        self._ack_delay = options.ack_delay
-        self._ack_timeout = options.ack_timeout
-        self.last_error = "never connected"
-
-    async def wait_up(self, up: bool = True) -> None:
-        """Return once the link is up (or down, with ``up=False``)."""
-        while self.up != up:
-            await self._changed.wait()
-
-    async def wait_drained(self) -> None:
-        """Return once the peer has acknowledged everything sent on this link."""
-        while self.state.unacked:
-            await self._changed.wait()
-
-    async def close(self) -> None:
-        """Tell the peer this node is done with the link (``BYE``), close the connection, accept no other."""
-        self.closed = True
-        current = self._current
-        if current is None:
-            return
-        async with self._lock:
-            try:
-                with trio.move_on_after(1.0):
-                    await current.stream.send_all(encode_frame(Bye()))
-            except _LINK_ERRORS:
-                pass  # the peer then waits for its grace period
-        current.scope.cancel()
-
-    def flush_acks(self) -> None:
-        """Send the pending acknowledgement now rather than after ``ack_delay``."""
-        self._ack_urgent.set()
-
-    def want_ack(self, urgent: bool) -> None:
-        """A data frame arrived: acknowledge it within ``ack_delay`` (at once if ``urgent``)."""
-        self._ack_wanted.set()
-        if urgent:
-            self._ack_urgent.set()
-
-    def acked(self) -> None:
-        """The peer acknowledged frames (:attr:`state` has dropped them): wake whoever waits for that."""
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def send(self, frame: DataFrame) -> None:
-        """Number ``frame``, keep it until acknowledged, and write it if the link is up.
-
-        Called by the token tasks and by the other link's reader (passing a
-        frame through: :meth:`RingNode._read_frames`) themselves: a hand-over to a writer task cost 40% more per
-        hop (measured), and the socket never blocks for long because the
-        protocol keeps only a few frames in flight per link. A frame written
-        to a dead connection is resent after the reconnect.
-
-        The frame is numbered and kept before the first checkpoint, so once
-        this is called it is never lost. If the caller is cancelled before
-        the frame is fully written (a reader whose own connection is being
-        replaced), this link's connection is restarted: a partial frame would
-        corrupt the stream, and the reconnect resends the frame at once.
-        """
-        was_idle = not self.state.unacked
-        data = self.state.wrap(frame)
-        if was_idle:
-            self._notify()  # wakes the ack watchdog
-        stream = self._stream
-        try:
-            try:
-                self._lock.acquire_nowait()  # the usual case: no yield before the write
-            except trio.WouldBlock:
-                await self._lock.acquire()
-        except trio.Cancelled:
-            self._fail(stream, _UNWRITTEN)
-            raise
-        try:
-            stream = self._stream
-            if stream is not None:
-                await stream.send_all(data)
-        except _LINK_ERRORS as exc:
-            self._fail(stream, exc)
-        except trio.Cancelled:
-            self._fail(stream, _UNWRITTEN)
-            raise
-        finally:
-            self._lock.release()
-
-    def _fail(self, stream: trio.abc.Stream, exc: BaseException) -> None:
-        self.last_error = str(exc) or type(exc).__name__
-        current = self._current
-        if current is not None and current.stream is stream:
-            current.scope.cancel()
-
-    async def run_connection(
-        self, stream: trio.abc.Stream, peer_recv_next: int, read: Callable[[trio.abc.Stream], Awaitable[None]]
-    ) -> None:
-        """Use ``stream`` for this link until it fails (it replaces any older connection).
-
-        Resends what the peer has not got, then runs ``read(stream)`` (the
-        node's reader: :meth:`RingNode._read_frames`) beside this link's ack
-        tasks until the connection ends.
-
-        Error handling: returns normally on every connection failure
-        (reset, EOF, a protocol error), with the reason in :attr:`last_error`.
-
-        Resource handling: ``stream`` is this link's until it ends, then closed.
-        """
-        while self._current is not None:
-            self._current.scope.cancel()
-            await self._current.done.wait()
-        if self.closed:
-            await trio.aclose_forcefully(stream)
-            return
-        conn = _Conn(stream, trio.CancelScope(), trio.Event())
-        self._current = conn
-        try:
-            with conn.scope:
-                async with self._lock:
-                    resend = self.state.on_connect(peer_recv_next)
-                    if resend:
-                        log.info("%s: resending %d byte(s) after reconnect", self.name, len(resend))
-                        await stream.send_all(resend)
-                    self._stream = stream
-                self.up = True
-                self.connects += 1
-                self._notify()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._ack_loop, stream)
-                    nursery.start_soon(self._ack_watchdog, stream)
-                    await read(stream)
-                    nursery.cancel_scope.cancel()
-                self.last_error = "closed by the peer"
-        except* _LINK_ERRORS as group:
-            self.last_error = first_message(group)
-        finally:
-            if self._stream is stream:
-                self._stream = None
-            self._current = None
-            if self.up:
-                self.up = False
-                self._notify()
-            conn.done.set()
-            await trio.aclose_forcefully(stream)
-            log.debug("%s: connection ended (%s)", self.name, self.last_error)
-
-    async def _ack_loop(self, stream: trio.abc.Stream) -> None:
-        # Acks are cumulative and sent up to ack_delay later: off the path of
-        # the frame being forwarded, and shared by every frame of that period
-        # (an ack per frame doubled the packets and wake-ups per hop). The
-        # protocol keeps only a handful of frames unacknowledged per link, so
-        # a late ack costs no memory; only the finalization command, whose
-        # sender waits for it, is acknowledged at once.
-        try:
-            while True:
-                await self._ack_wanted.wait()
-                with trio.move_on_after(self._ack_delay):
-                    await self._ack_urgent.wait()
-                self._ack_wanted = trio.Event()
-                self._ack_urgent = trio.Event()
-                ack = self.state.ack
-                async with self._lock:
-                    await stream.send_all(encode_frame(Ack(ack)))
-                self.ack_sent = ack
-                self._notify()
-        except _LINK_ERRORS as exc:
-            self._fail(stream, exc)
-
-
-    async def _ack_watchdog(self, stream: trio.abc.Stream) -> None:
-        # A connection can die without a reset (a cable pulled, a host
-        # gone): writes still succeed into the socket buffer and reads just
-        # wait. Acks come at most ack_delay after a frame arrives, so a frame
-        # unacknowledged for ack_timeout means the connection is dead.
-        while True:
-            while not self.state.unacked:
-                await self._changed.wait()
-            oldest = self.state.unacked[0][0]
-            with trio.move_on_after(self._ack_timeout) as waited:
-                while self.state.unacked and self.state.unacked[0][0] == oldest:
-                    await self._changed.wait()
-            if waited.cancelled_caught:
-                self.ack_timeouts += 1
-                self._fail(stream, TimeoutError(f"frame {oldest} unacknowledged for {self._ack_timeout:g}s"))
-                return
 
 
 class RingNode:
@@ -399,8 +163,9 @@ class RingNode:
         self._deliveries = deliveries
         self._rng = random.Random(self.options.seed)
         # The next node's link brings ccw frames; the previous node's brings cw frames.
-        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, self.options)
-        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, self.options)
+        acks = dict(ack_delay=self.options.ack_delay, ack_timeout=self.options.ack_timeout)
+        self.next_link = Neighbour(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, **acks)
+        self.prev_link = Neighbour(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, **acks)
         # By direction (a tuple index, cheaper than a dict of enum keys on the hop path):
         self._link_to = (self.next_link, self.prev_link)  # where frames of the direction go
         # Unbuffered: a reader hands a frame over only when that direction's token task takes it.
@@ -461,7 +226,7 @@ class RingNode:
 
     # --- the pass-through path, the token tasks and the actions of the core ------
 
-    async def _read_frames(self, link: _Link, decoder: FrameDecoder, stream: trio.abc.Stream) -> None:
+    async def _read_frames(self, link: Neighbour, decoder: FrameDecoder, stream: trio.abc.Stream) -> None:
         """Read ``link``'s connection until it ends; pass each new frame through, or hand it to a token task.
 
         The per-hop path. A frame that only passes through this node
@@ -473,12 +238,12 @@ class RingNode:
         of trio's event loop to the hop, about half of it (``docs/benchmarks.md``).
 
         Which task owns which socket: this task is the only reader of
-        ``link``'s connection (:meth:`_Link.run_connection` runs it once per
+        ``link``'s connection (:meth:`~trionet.ring.neighbour.Neighbour.run_connection` runs it once per
         connection). Writes to a link's connection come from this reader of
         the *other* link (passing through), from the token task of the
         link's outgoing direction, and from the link's own ack task; each
         writes whole frames while holding that link's write semaphore
-        (:meth:`_Link.send`), so frames never interleave on a socket, and a
+        (:meth:`~trionet.ring.neighbour.Neighbour.send`), so frames never interleave on a socket, and a
         write cancelled half way restarts that link's connection rather
         than leave half a frame on it.
 
@@ -494,7 +259,7 @@ class RingNode:
 
         A frame is marked received (no longer accepted when resent) only
         once it is safely on its way: for a frame passed through, before
-        the write, because :meth:`_Link.send` has numbered and queued it for
+        the write, because :meth:`~trionet.ring.neighbour.Neighbour.send` has numbered and queued it for
         resending before its first checkpoint; for a frame handed over, once
         the token task took it.
 
@@ -699,7 +464,7 @@ class RingNode:
         log.info("node 0: stop asked by a client")
         self.request_stop()
 
-    async def _watch_link(self, link: _Link) -> None:
+    async def _watch_link(self, link: Neighbour) -> None:
         timeout = self.options.connect_timeout
         while True:
             await link.wait_up(False)
