@@ -59,7 +59,13 @@ class TcpTransport:
         self._wrap = stream or EagerSocketStream
 
     async def connect(self, node: NodeAddress) -> trio.abc.Stream:
-        """Open a TCP connection to ``node`` (no timeout: the caller bounds it)."""
+        """Open a TCP connection to ``node`` (no timeout: the caller bounds it).
+
+        Error handling: ``OSError`` when nothing listens there or the host
+        cannot be reached.
+
+        Resource handling: the caller owns the returned stream and closes it.
+        """
         return self._wrap(await trio.open_tcp_stream(node.host, node.port))
 
     async def serve(self, node, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
