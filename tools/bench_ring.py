@@ -32,7 +32,14 @@ shared host, which comes and goes over seconds, hits both sides of a ratio.
 
 Then: peak RSS per node (``ru_maxrss``) of a 3-node ring with message files
 of N and 10N lines (files are streamed, so it should stay flat), and the
-simulator's speed in hops per second (``trionet.ring.sim`` under a mock clock).
+simulator's speed in hops per second (``tests/ring/sim.py`` under a mock clock).
+
+Each ring node is a process of this script (``_node``) that builds the same
+:class:`~trionet.ring.node.RingNode` as ``trionet ring join`` and attaches
+the measuring hooks of :mod:`trionet.ring.stats` (the node's code carries
+none). Run against a tree without that module (before it existed), it falls
+back to ``trionet ring join --stats``, that tree's hidden option, so that
+one version of this script measures both.
 
 Usage::
 
@@ -56,15 +63,19 @@ import time
 from pathlib import Path
 
 import trio
-import trio.testing
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trionet.ring.config import RingConfig  # noqa: E402
 from trionet.ring.demo import free_ports  # noqa: E402
-from trionet.ring.sim import simulate  # noqa: E402
-from trionet.serving import EagerSocketStream  # noqa: E402
+
+HOOKS = (ROOT / "trionet" / "ring" / "stats.py").exists()
+"""Whether the tree under test has :mod:`trionet.ring.stats` (else: ``join --stats``)."""
+if HOOKS:
+    from trionet.ring.transport import EagerSocketStream  # noqa: E402
+else:
+    from trionet.serving import EagerSocketStream  # noqa: E402
 
 TEXT = "benchmark message " + "x" * 30  # about the size of a chat line
 
@@ -78,8 +89,13 @@ def _env() -> dict[str, str]:
 RING_COMMAND = [sys.executable, "-m", "trionet", "ring"]
 
 
-def run_ring(size: int, per_node: dict[int, int], workdir: Path) -> list[dict]:
-    """Run a ring of ``size`` join processes to finalization; return each node's stats."""
+def run_ring(size: int, per_node: dict[int, int], workdir: Path, measure: str = "all") -> list[dict]:
+    """Run a ring of ``size`` node processes to finalization; return each node's stats.
+
+    ``measure``: ``all`` times every node's messages; ``latency`` times node
+    0's, at its core and at its links, and lets the other nodes forward
+    unwatched; ``none`` only reports CPU and memory.
+    """
     ports = free_ports(size)
     config = workdir / f"ring{size}.toml"
     config.write_text(RingConfig.local(size, ports=ports).to_toml())
@@ -91,8 +107,13 @@ def run_ring(size: int, per_node: dict[int, int], workdir: Path) -> list[dict]:
             for _ in range(per_node.get(i, 0)):
                 fh.write(f"{rng.randrange(size)} {TEXT}\n")
         stats = workdir / f"stats{size}-{i}.json"
-        argv = [*RING_COMMAND, "join", "--config", str(config), "--id", str(i), "--messages", str(messages)]
-        argv += ["--stats", str(stats), "--log-level", "warning", "--connect-timeout", "120"]
+        if HOOKS:
+            watch = "all" if measure == "all" or (measure == "latency" and i == 0) else "none"
+            argv = [sys.executable, __file__, "_node", str(config), str(i), str(messages), str(stats), watch]
+            argv += ["--links"] if measure == "latency" and i == 0 else []
+        else:
+            argv = [*RING_COMMAND, "join", "--config", str(config), "--id", str(i), "--messages", str(messages)]
+            argv += ["--stats", str(stats), "--log-level", "warning", "--connect-timeout", "120"]
         log = open(workdir / f"log{size}-{i}.txt", "w")
         procs.append((subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=log), stats, log))
     results = []
@@ -115,7 +136,7 @@ def ring_throughput(size: int, messages: int, workdir: Path) -> float:
 def ring_hop_latency(size: int, messages: int, workdir: Path) -> tuple[float, float, float]:
     """Median hop latency at the links and as node 0's core sees it (round trips / size), and the
     forwarding nodes' mean CPU per frame."""
-    stats = run_ring(size, {0: messages}, workdir)
+    stats = run_ring(size, {0: messages}, workdir, "latency")
     cpu = statistics.mean(s["cpu_busy"] / s["frames_received"] for s in stats[1:] if s["frames_received"])
     return stats[0]["link_round_trip_median"] / size, cpu, stats[0]["round_trip_median"] / size
 
@@ -228,6 +249,51 @@ def relay_hop_latency(size: int, rounds: int, both: bool = False, eager: bool = 
     return statistics.median(samples) / size, cpu
 
 
+# --- a measured ring node -----------------------------------------------------------
+
+
+def _node(argv: list[str]) -> None:
+    """One ring node, as ``trionet ring join`` runs it, with :mod:`trionet.ring.stats` attached.
+
+    ``--trace FILE`` writes every frame the node read or wrote, one line
+    each: time (ns), ``R``/``W``, frame type (5 token, 6 message, 0 other),
+    direction (-1 for none); ``tools/trace_ring.py`` reads it.
+    """
+    parser = argparse.ArgumentParser(prog="bench_ring.py _node")
+    parser.add_argument("config_path")
+    parser.add_argument("node_id", type=int)
+    parser.add_argument("messages_path")
+    parser.add_argument("stats_path")
+    parser.add_argument("watch", choices=("all", "none"))
+    parser.add_argument("--links", action="store_true", help="time this node's messages at its links too")
+    parser.add_argument("--trace", metavar="FILE")
+    args = parser.parse_args(argv)
+    from trionet.ring.frames import Message, Token
+    from trionet.ring.config import iter_messages, load_config
+    from trionet.ring.node import NodeOptions, RingNode
+    from trionet.ring.stats import NodeStats, StreamLog, run_measured
+    from trionet.ring.transport import TcpTransport
+
+    config = load_config(args.config_path)
+    log = StreamLog() if args.links or args.trace else None
+    node = RingNode(
+        config,
+        args.node_id,
+        messages=iter_messages(args.messages_path, config.ids),
+        transport=TcpTransport(stream=log.stream) if log else None,
+        options=NodeOptions(connect_timeout=120),
+    )
+    stats = NodeStats(round_trips=args.watch == "all")
+    trio.run(run_measured, node, stats)
+    Path(args.stats_path).write_text(json.dumps(stats.report(node, log if args.links else None)))
+    if args.trace:
+        kinds = {Token: 5, Message: 6}
+        with open(args.trace, "w") as fh:
+            for stamp, op, event in log.frames():
+                direction = getattr(event.frame, "direction", -1)
+                fh.write(f"{stamp} {op} {kinds.get(type(event.frame), 0)} {int(direction)}\n")
+
+
 # --- RSS and the simulator -----------------------------------------------------------
 
 
@@ -242,11 +308,20 @@ def _spread_us(runs: list[tuple[float, ...]]) -> str:
 
 
 def ring_rss(size: int, messages: int, workdir: Path) -> float:
-    stats = run_ring(size, {i: messages for i in range(size)}, workdir)
+    stats = run_ring(size, {i: messages for i in range(size)}, workdir, "none")
     return max(s["max_rss_kib"] for s in stats) / 1024
 
 
 def simulator_hops_per_second(size: int, messages: int) -> tuple[float, int]:
+    # Imported here: the simulation needs trio.testing, which imports pytest,
+    # and the node processes started from this script must not carry that.
+    import trio.testing
+
+    if HOOKS:
+        sys.path.insert(0, str(ROOT / "tests" / "ring"))
+        from sim import simulate  # the test harness, tests/ring/sim.py
+    else:
+        from trionet.ring.sim import simulate
     rng = random.Random(1)
     plan = {i: [(rng.randrange(size), TEXT) for _ in range(messages)] for i in range(size)}
     started = time.perf_counter()
@@ -336,7 +411,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "_relay":
+    if len(sys.argv) > 1 and sys.argv[1] == "_node":
+        _node(sys.argv[2:])
+    elif len(sys.argv) == 6 and sys.argv[1] == "_relay":
         trio.run(_relay, int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5] == "1")
     else:
         main()

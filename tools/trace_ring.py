@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Where a frame's time goes in a ring: wire time and time inside each node, from timestamps.
 
-Runs a 3-node ``trionet ring join`` ring on loopback in which only node 0
-sends (as the hop-latency part of ``tools/bench_ring.py``), with every read
-and every write of the ring's sockets timestamped. To keep the shipped code
-free of tracing, each tree under test is copied to a temporary directory and
-the copy's ``EagerSocketStream`` gets two timestamp lines (after ``os.read``,
-before ``os.write``); the trees are run in turn, ``--rounds`` times, so that
-this host's load hits them alike.
+Runs a 3-node ring on loopback in which only node 0 sends (as the
+hop-latency part of ``tools/bench_ring.py``), with every read and every
+write of the ring's sockets timestamped. The shipped code carries no
+tracing: each node is ``bench_ring.py``'s measured node (``_node --trace``),
+the same :class:`~trionet.ring.node.RingNode` as ``trionet ring join``, whose
+transport wraps its sockets in :class:`~trionet.ring.stats.StampedStream`
+(one time and one list append per read or write; frames are decoded after
+the run). Several trees can be compared; they are run in turn, ``--rounds``
+times, so that this host's load hits them alike. A tree must have
+:mod:`trionet.ring.stats` (the hook) to be traced.
 
 Reported per tree (medians over rounds of each round's median):
 
@@ -29,10 +32,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,42 +47,13 @@ from trionet.ring.config import RingConfig  # noqa: E402
 from trionet.ring.demo import free_ports  # noqa: E402
 from bench_ring import TEXT  # noqa: E402  (the same messages as the benchmark)
 
-_TRACE_SETUP = (
-    "import time as _trace_time, atexit as _trace_atexit\n"
-    "_TRACE = []\n"
-    "_trace_atexit.register(lambda: open(os.environ['TRACE_OUT'], 'w').write("
-    "'\\n'.join(' '.join(map(str, e)) for e in _TRACE)))\n"
-)
-_READ = "                    data = os.read(self._fileno(), max_bytes)\n"
-_WRITE = "                    written = os.write(fd, remaining)\n"
-# (time, R/W, frame type, direction) of the first frame in the buffer; the
-# header is 4 + 14 bytes, the direction is the first field of a token or message.
-_READ_TRACE = (
-    "                    _TRACE.append((_trace_time.perf_counter_ns(), 'R', *((data[5], data[18]) "
-    "if len(data) > 18 else (-1, -1))))\n"
-)
-_WRITE_TRACE = (
-    "                    _TRACE.append((_trace_time.perf_counter_ns(), 'W', *((remaining[5], remaining[18]) "
-    "if len(remaining) > 18 else (-1, -1))))\n"
-)
 TOKEN, MESSAGE = 5, 6
 
 
-def traced_copy(tree: Path, dest: Path) -> Path:
-    """Copy ``tree``'s package to ``dest`` with timestamps at EagerSocketStream's reads and writes."""
-    shutil.copytree(tree / "trionet", dest / "trionet")
-    serving = dest / "trionet" / "serving.py"
-    source = serving.read_text()
-    if _READ not in source or _WRITE not in source or "\nimport os\n" not in source:
-        raise SystemExit(f"{tree}: EagerSocketStream does not have the lines this tool instruments")
-    source = source.replace("\nimport os\n", "\nimport os\n" + _TRACE_SETUP, 1)
-    source = source.replace(_READ, _READ + _READ_TRACE, 1).replace(_WRITE, _WRITE_TRACE + _WRITE, 1)
-    serving.write_text(source)
-    return dest
-
-
 def run_ring(tree: Path, workdir: Path, messages: int) -> dict[int, list[tuple[int, str, int, int]]]:
-    """Run the 3-node ring from ``tree``; return each node's trace."""
+    """Run the 3-node ring from ``tree`` with traced sockets; return each node's trace."""
+    if not (tree / "trionet" / "ring" / "stats.py").exists():
+        raise SystemExit(f"{tree}: no trionet/ring/stats.py, the hook this tool traces with")
     size = 3
     ports = free_ports(size)
     config = workdir / "ring.toml"
@@ -91,9 +63,9 @@ def run_ring(tree: Path, workdir: Path, messages: int) -> dict[int, list[tuple[i
     for i in range(size):
         lines = workdir / f"m{i}.txt"
         lines.write_text("".join(f"{rng.randrange(size)} {TEXT}\n" for _ in range(messages if i == 0 else 0)))
-        env = dict(os.environ, PYTHONPATH=str(tree), TRACE_OUT=str(workdir / f"trace{i}"))
-        argv = [sys.executable, "-m", "trionet", "ring", "join", "--config", str(config), "--id", str(i)]
-        argv += ["--messages", str(lines), "--log-level", "warning", "--connect-timeout", "60"]
+        argv = [sys.executable, str(tree / "tools" / "bench_ring.py"), "_node", str(config), str(i), str(lines)]
+        argv += [str(workdir / f"stats{i}.json"), "none", "--trace", str(workdir / f"trace{i}")]
+        env = dict(os.environ, PYTHONPATH=str(tree))
         procs.append(subprocess.Popen(argv, env=env, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     for proc in procs:
         _, err = proc.communicate(timeout=600)
@@ -145,11 +117,10 @@ def main() -> None:
     trees = dict(spec.split("=", 1) if "=" in spec else (spec, spec) for spec in args.trees)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory() as tmp:
-        copies = {name: traced_copy(Path(path).resolve(), Path(tmp) / name) for name, path in trees.items()}
         for _ in range(args.rounds):
-            for name, copy in copies.items():
+            for name, path in trees.items():
                 workdir = Path(tempfile.mkdtemp(dir=tmp))
-                results[name].append(analyse(run_ring(copy, workdir, args.messages)))
+                results[name].append(analyse(run_ring(Path(path).resolve(), workdir, args.messages)))
     keys = sorted({k for runs in results.values() for run in runs for k in run})
     print(f"3-node ring, node 0 sends {args.messages} messages; medians (µs) over {args.rounds} interleaved runs")
     print()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -28,7 +27,6 @@ from trionet.framing import NEED_DATA
 
 __all__ = [
     "Connection",
-    "EagerSocketStream",
     "ListenError",
     "SendWatchdog",
     "TCPService",
@@ -277,134 +275,3 @@ class SendWatchdog:
                 scope.cancel()
                 return
             seen = self.sends if self.sending else -1
-
-
-class _OneAtATime:
-    """Raise ``trio.BusyResourceError`` when two tasks use one side of a stream at once (as trio does)."""
-
-    def __init__(self, doing: str) -> None:
-        self._doing = doing
-        self._held = False
-
-    def __enter__(self) -> None:
-        if self._held:
-            raise trio.BusyResourceError(f"another task is {self._doing} on this stream")
-        self._held = True
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._held = False
-
-
-class EagerSocketStream(trio.abc.HalfCloseableStream):
-    """A :class:`trio.SocketStream` that does not yield when the kernel completes a call at once.
-
-    trio makes every ``send_all`` and the first ``recv`` of every
-    ``receive_some`` a full scheduling point: after a system call that
-    succeeded immediately, the task goes back to the run queue and waits for
-    the next pass of the event loop (an ``epoll_wait`` and a pass over every
-    runnable task). That is the right default, but on a forwarding path it
-    puts an event-loop pass between reading a frame and writing it on. This
-    wrapper calls ``read``/``write`` directly and waits (``wait_readable`` /
-    ``wait_writable``) only when the kernel would block, so a frame read can
-    be forwarded in the same task step (measured in ``docs/benchmarks.md``).
-
-    It keeps trio's guarantees where they matter: every call raises
-    ``Cancelled`` if its scope is cancelled, two tasks sending (or receiving)
-    at once get ``trio.BusyResourceError``, and after ``fairness`` calls in
-    a row that did not block it yields once, so a peer that keeps the socket
-    busy cannot starve the other tasks.
-
-    Args:
-        stream: the socket stream to wrap; it is closed with this one.
-        fairness: calls in a row that may complete without yielding.
-
-    Error handling: as ``SocketStream``: a closed stream raises
-    ``trio.ClosedResourceError``, a reset or broken connection
-    ``trio.BrokenResourceError``.
-    """
-
-    def __init__(self, stream: trio.SocketStream, fairness: int = 16) -> None:
-        self.stream = stream
-        self.socket = stream.socket
-        self._fairness = fairness
-        self._unyielded = 0
-        self._drained = False
-        self._sending = _OneAtATime("sending")
-        self._receiving = _OneAtATime("receiving")
-
-    def _fileno(self) -> int:
-        fd = self.socket.fileno()
-        if fd == -1:
-            raise trio.ClosedResourceError("the socket was closed")
-        return fd
-
-    async def _fair_yield(self) -> None:
-        self._unyielded = 0
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Return the bytes available (at most ``max_bytes``), waiting for some; ``b""`` at end of stream."""
-        max_bytes = RECEIVE_CHUNK if max_bytes is None else max_bytes
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        with self._receiving:
-            if self._drained:
-                # The last read took less than it could: the socket is almost
-                # certainly empty, so wait first rather than pay for a failed read.
-                self._unyielded = 0
-                await trio.lowlevel.wait_readable(self.socket)
-            else:
-                await trio.lowlevel.checkpoint_if_cancelled()
-            while True:
-                try:
-                    data = os.read(self._fileno(), max_bytes)
-                except BlockingIOError:
-                    self._unyielded = 0
-                    await trio.lowlevel.wait_readable(self.socket)
-                    continue
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-                self._drained = 0 < len(data) < max_bytes
-                self._unyielded += 1
-                if self._unyielded >= self._fairness:
-                    await self._fair_yield()
-                return data
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Write all of ``data``, waiting whenever the socket's buffer is full."""
-        with self._sending:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self.socket.did_shutdown_SHUT_WR:
-                raise trio.ClosedResourceError("can't send data after sending EOF")
-            fd = self._fileno()
-            remaining = data
-            while remaining:
-                try:
-                    written = os.write(fd, remaining)
-                except BlockingIOError:
-                    self._unyielded = 0
-                    await trio.lowlevel.wait_writable(self.socket)
-                    fd = self._fileno()
-                    continue
-                except OSError as exc:
-                    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-                # The usual case: the kernel took it all, and no view is made.
-                remaining = memoryview(remaining)[written:] if written < len(remaining) else b""
-            self._unyielded += 1
-            if self._unyielded >= self._fairness:
-                await self._fair_yield()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """Return when the socket can take more data."""
-        with self._sending:
-            self._fileno()
-            await trio.lowlevel.wait_writable(self.socket)
-
-    async def send_eof(self) -> None:
-        """Shut down the sending side (as ``SocketStream``)."""
-        with self._sending:
-            await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        """Close the socket (as ``SocketStream``)."""
-        await self.stream.aclose()

@@ -1,4 +1,11 @@
-"""Helpers for the ring tests: ring files, message files, and real ``trionet ring join`` processes."""
+"""Helpers for the ring tests: ring files, message files, and real ``trionet ring join`` processes.
+
+Ports: a ring file names every node's port before any node starts, so ring
+tests cannot have their nodes bind port 0 and report it; they take ports
+from :func:`trionet.ring.demo.free_ports`, whose docstring says why reusing
+a port checked free is safe enough there (random, below the ephemeral range,
+and a collision fails loudly). Listeners that need no fixed port bind 0.
+"""
 
 from __future__ import annotations
 

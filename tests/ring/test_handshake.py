@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from trionet.framing import NEED_DATA
 from trionet.ring.config import RingConfig
-from trionet.ring.handshake import Side, check_greeting, check_proof, make_proof
-from trionet.ring.protocol import (
+from trionet.ring.handshake import Opening, Side, check_greeting, check_proof, make_proof
+from trionet.ring.frames import (
     NONCE_BYTES,
     PROOF_BYTES,
     PROTOCOL_VERSION,
@@ -23,6 +23,7 @@ from trionet.ring.protocol import (
     Reject,
     RemoteProtocolError,
     Role,
+    Stop,
     decode_frame,
     encode_frame,
 )
@@ -182,3 +183,134 @@ def test_a_handshake_stream_split_anywhere_decodes_or_is_refused(data, cut):
     except RemoteProtocolError:
         pass
     assert frames[:2] == [Hello, Auth]
+
+
+# --- Opening: a whole handshake, both ends, no sockets ------------------------------------
+
+
+def _frames(data: bytes) -> list[Received]:
+    decoder = FrameDecoder()
+    if not data:
+        return []
+    decoder.receive_data(data)
+    events = []
+    while (event := decoder.next_event()) is not NEED_DATA:
+        events.append(event)
+    return events
+
+
+def _common(secret=SECRET, ring=RING):
+    return dict(ring=ring.fingerprint, digest=ring.digest, secret=secret, epoch=1, nonce=secrets.token_bytes(NONCE_BYTES))
+
+
+def _dialer(secret=SECRET, role=Role.PREDECESSOR, node_id=2, peer_id=0, **kw):
+    me = "this client" if role is Role.CONTROL else f"node {node_id}"
+    return Opening.dialer(node_id=node_id, role=role, peer_id=peer_id, recv_next=5, me=me, **_common(secret, **kw))
+
+
+def _acceptor(secret=SECRET, accepts_stop=True, recv_next=7, **kw):
+    return Opening.acceptor(
+        node_id=0, previous=2, recv_next=lambda: recv_next, accepts_stop=accepts_stop, **_common(secret, **kw)
+    )
+
+
+def _talk(dialer: Opening, acceptor: Opening, then: bytes = b"") -> None:
+    """Carry bytes between the two ends until neither has more to say (h11's fake link)."""
+    to_acceptor, to_dialer = dialer.start(), b""
+    while to_acceptor or to_dialer:
+        for event in _frames(to_acceptor):
+            if not acceptor.finished:
+                to_dialer += acceptor.receive(event)
+        to_acceptor = b""
+        for event in _frames(to_dialer):
+            if not dialer.finished:
+                to_acceptor += dialer.receive(event)
+        to_dialer = b""
+        if dialer.finished and not dialer.refused and then:
+            to_acceptor, then = to_acceptor + then, b""
+
+
+@pytest.mark.parametrize("secret", [SECRET, None], ids=["secret", "no secret"])
+def test_two_openings_accept_each_other_and_say_where_to_resume(secret):
+    dialer, acceptor = _dialer(secret), _acceptor(secret)
+    _talk(dialer, acceptor)
+    assert dialer.finished and acceptor.finished and not dialer.refused and not acceptor.refused
+    assert (acceptor.peer.node_id, acceptor.peer.recv_next) == (2, 5)
+    assert (dialer.peer.node_id, dialer.peer.recv_next) == (0, 7)
+    assert not acceptor.control and not acceptor.stop_requested
+
+
+@pytest.mark.parametrize(
+    "dialer_secret, acceptor_secret, refuser, reason",
+    [
+        # The acceptor proves first, so with two different secrets the dialer finds out.
+        (b"guess", SECRET, "dialer", "node 0 failed to prove"),
+        (SECRET, b"guess", "dialer", "node 0 failed to prove"),
+        (None, SECRET, "acceptor", "node 0 requires the ring's shared secret and node 2 has none"),
+        (SECRET, None, "acceptor", "node 2 has a shared secret and node 0 has none"),
+    ],
+)
+def test_an_opening_without_the_secret_is_refused_with_a_reason_on_both_ends(
+    dialer_secret, acceptor_secret, refuser, reason
+):
+    dialer, acceptor = _dialer(dialer_secret), _acceptor(acceptor_secret)
+    _talk(dialer, acceptor)
+    assert dialer.finished and acceptor.finished
+    assert reason in (acceptor.refused if refuser == "acceptor" else dialer.refused)
+    assert dialer.refused and acceptor.refused  # the refused end learns why from the REJECT
+    assert acceptor.peer is None or refuser == "dialer"  # the acceptor never took a link it refused
+
+
+def test_only_the_previous_node_and_stop_clients_are_accepted():
+    stranger = _dialer(node_id=1)  # node 1 is not node 0's previous node
+    acceptor = _acceptor()
+    _talk(stranger, acceptor)
+    assert "accepts only its previous node 2, not node 1" in acceptor.refused
+    other_ring = _dialer(ring=RingConfig.local(3, ports=[1, 2, 4]))
+    acceptor = _acceptor()
+    _talk(other_ring, acceptor)
+    assert "the ring files differ" in acceptor.refused
+
+
+@pytest.mark.parametrize("accepts_stop", [True, False], ids=["node 0", "another node"])
+def test_a_stop_client_is_heard_by_node_0_only_after_its_proof(accepts_stop):
+    client, acceptor = _dialer(role=Role.CONTROL, node_id=0), _acceptor(accepts_stop=accepts_stop)
+    _talk(client, acceptor, then=encode_frame(Stop()))
+    assert not client.refused and acceptor.control
+    assert acceptor.stop_requested is accepts_stop
+    assert (acceptor.refused is None) is accepts_stop
+    # Without the secret the STOP is never reached; nor from another ring.
+    client, acceptor = _dialer(b"guess", role=Role.CONTROL, node_id=0), _acceptor()
+    _talk(client, acceptor, then=encode_frame(Stop()))
+    assert not acceptor.stop_requested and "failed to prove" in acceptor.refused
+    client, acceptor = _dialer(role=Role.CONTROL, node_id=0, ring=RingConfig.local(3, ports=[1, 2, 4])), _acceptor()
+    _talk(client, acceptor, then=encode_frame(Stop()))
+    assert "the ring files differ" in acceptor.refused
+    assert acceptor.control  # refused as a stop client, not as a link (node.py logs it so)
+
+
+@settings(max_examples=200)
+@given(
+    first=st.sampled_from(["hello", "wrong role", "reject", "auth", "stop"]),
+    second=st.sampled_from(["good proof", "bad proof", "reject", "hello", "stop"]),
+)
+def test_an_acceptor_takes_a_peer_only_after_a_good_greeting_and_a_good_proof(first, second):
+    acceptor = _acceptor()
+    theirs = hello(2, Role.PREDECESSOR if first != "wrong role" else Role.SUCCESSOR)
+    frames = {"hello": theirs, "wrong role": theirs, "reject": Reject("no"), "auth": Auth(bytes(32)), "stop": Stop()}
+    replies = _frames(acceptor.receive(Received(frames[first], 0, 1)))
+    if first != "hello":
+        assert acceptor.finished and acceptor.refused and acceptor.peer is None
+        assert [type(r.frame) for r in replies] == ([] if first == "reject" else [Reject])
+        return
+    mine = replies[0].frame
+    proofs = {
+        "good proof": Auth(make_proof(SECRET, Side.DIALER, theirs, mine, RING.digest)),
+        "bad proof": Auth(make_proof(SECRET, Side.ACCEPTOR, theirs, mine, RING.digest)),  # a reflected one
+        "reject": Reject("no"), "hello": theirs, "stop": Stop(),
+    }
+    acceptor.receive(Received(proofs[second], 0, 1))
+    assert acceptor.finished
+    assert (acceptor.refused is None) is (second == "good proof")
+    with pytest.raises(LocalProtocolError):
+        acceptor.receive(Received(Stop(), 0, 1))

@@ -1,4 +1,4 @@
-"""The trio link layer of a node: a frame is never lost to a cancelled send."""
+"""A node's neighbour (trionet.ring.neighbour): a frame is never lost to a cancelled send."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import trio
 import trio.testing
 
 from trionet.ring.config import NodeAddress
-from trionet.ring.node import NodeOptions, _Link
-from trionet.ring.protocol import Direction, FrameDecoder, Token
+from trionet.ring.neighbour import Neighbour
+from trionet.ring.frames import Direction, Token
 
 
 class StuckStream(trio.abc.Stream):
@@ -37,10 +37,10 @@ async def test_a_send_cancelled_mid_frame_restarts_the_connection_and_keeps_the_
     # A link reader repeating a frame can be cancelled inside the next link's
     # send (its own connection being replaced). Half a frame must not stay
     # on the stream, and the frame must not wait for the ack watchdog.
-    link = _Link("test", NodeAddress(1, "127.0.0.1", 1), Direction.CCW, NodeOptions(), lambda f: False, None)
+    link = Neighbour("test", NodeAddress(1, "127.0.0.1", 1), Direction.CCW, ack_delay=0.2, ack_timeout=5.0)
     stream = StuckStream()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.run_connection, stream, 1, FrameDecoder())
+        nursery.start_soon(link.run_connection, stream, 1, _read_nothing)
         await link.wait_up()
         with trio.CancelScope() as scope:
             nursery.start_soon(_cancel_soon, scope)
@@ -50,6 +50,10 @@ async def test_a_send_cancelled_mid_frame_restarts_the_connection_and_keeps_the_
     assert stream.closed and stream.written == b"\x00"
     assert [seq for seq, _ in link.state.unacked] == [1]  # ...and the frame waits for the next one
     assert "cancelled" in link.last_error
+
+
+async def _read_nothing(stream: trio.abc.Stream) -> None:
+    await trio.sleep_forever()
 
 
 async def _cancel_soon(scope: trio.CancelScope) -> None:

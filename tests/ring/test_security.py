@@ -22,7 +22,7 @@ from trionet.ring.config import RingConfig
 from trionet.ring.demo import free_ports
 from trionet.ring.handshake import Side, make_proof
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
-from trionet.ring.protocol import (
+from trionet.ring.frames import (
     NONCE_BYTES,
     Auth,
     Direction,

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
-import resource
-import statistics
 import sys
 
 import click
@@ -14,7 +11,7 @@ import trio
 from trionet.cliutil import log_level_option, serve_until_signal
 from trionet.ring.config import ConfigError, count_messages, is_loopback, iter_messages, load_config, load_secret
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
-from trionet.ring.protocol import Summary
+from trionet.ring.core import Summary
 
 __all__ = ["demo", "join", "ring", "stop"]
 
@@ -120,7 +117,6 @@ def _read_secret(path: str | None) -> bytes | None:
         "join, finalize or stop the ring. Without this flag such a node refuses to start."
     ),
 )
-@click.option("--stats", "stats_path", type=click.Path(dir_okay=False), hidden=True)
 @log_level_option
 def join(
     config_path: str,
@@ -132,7 +128,6 @@ def join(
     listen: str | None,
     secret_path: str | None,
     insecure: bool,
-    stats_path: str | None,
 ) -> None:
     """Run one node of the ring until node 0's finalization command has passed.
 
@@ -195,8 +190,6 @@ def join(
         click.echo(f"node {node_id}: interrupted before the ring finalized", err=True)
         sys.exit(130)
     _print_summary(node.summary)
-    if stats_path:
-        _write_stats(stats_path, node)
 
 
 def _open_deliveries(path: str):
@@ -233,29 +226,6 @@ def _print_summary(summary: Summary) -> None:
             f"ring finalized ({how}): {ring.nodes} node(s), {ring.sent} message(s) sent, "
             f"{ring.delivered} delivered, {ring.unsent} never sent"
         )
-
-
-def _write_stats(path: str, node: RingNode) -> None:
-    # For tools/bench_ring.py: round trips measured by this node (by its core,
-    # from the token's arrival to the message's return to the token task; and
-    # at its links, from writing the message to reading it back), its peak RSS,
-    # and the CPU it used from its first frame to the finalization.
-    stats = {
-        "node": node.me.id,
-        "round_trips": node.round_trips,
-        "round_trip_total": node.round_trip_total,
-        "round_trip_median": statistics.median(node.round_trip_samples) if node.round_trip_samples else None,
-        "link_round_trip_median": (
-            statistics.median(node.link_round_trip_samples) if node.link_round_trip_samples else None
-        ),
-        "first_send": node.first_send,
-        "last_return": node.last_return,
-        "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "frames_received": node.frames_received,
-        "cpu_busy": (node.cpu_finished or 0.0) - (node.cpu_first_frame or 0.0),
-    }
-    with open(path, "w") as fh:
-        json.dump(stats, fh)
 
 
 @ring.command()

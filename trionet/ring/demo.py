@@ -21,8 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from trionet.ring.config import NodeAddress, RingConfig
-from trionet.ring.node import NodeOptions, RingNode, TcpTransport
-from trionet.ring.protocol import Direction, Message, Summary
+from trionet.ring.node import NodeOptions, RingNode
+from trionet.ring.transport import TcpTransport
+from trionet.ring.core import Summary
+from trionet.ring.frames import Direction, Message
 
 __all__ = ["DemoView", "free_ports", "run_demo", "run_ring_demo"]
 
@@ -35,6 +37,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     They are drawn below the kernel's ephemeral range, so that the nodes' own
     outgoing connections (which take ephemeral ports) cannot take one of them
     before its node starts listening.
+
+    Why not let each node bind port 0 and report it: a ring file lists every
+    node's address before any node starts (each dials the next from it), so
+    the ports must be known first. The port is checked free and released,
+    then bound again by its node: between the two, only another process that
+    binds a fixed port in the same place could take it. Ports are drawn at
+    random from about 12 000 (no ephemeral port, no sequence shared between
+    concurrent test runs), so such a collision is rare, and it shows as a
+    node that cannot listen ("address already in use"), never as a wrong result.
     """
     low = 20000
     try:
@@ -81,6 +92,7 @@ class _PacedStream(trio.abc.Stream):
 
 class _PacedTransport(TcpTransport):
     def __init__(self, pace: float) -> None:
+        super().__init__()
         self._pace = pace
 
     async def connect(self, node: NodeAddress) -> trio.abc.Stream:

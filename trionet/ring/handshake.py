@@ -1,4 +1,4 @@
-"""Sans-IO rules of a connection's opening: the greeting checks and the HMAC-SHA256 challenge-response.
+"""Sans-IO rules of a connection's opening: the exchange's steps (:class:`Opening`), the greeting checks, the HMAC-SHA256 proofs.
 
 Every connection to a node opens the same way (``docs/protocol/ring.md``,
 "The handshake"): the side that connected (the *dialer*: the previous node,
@@ -24,6 +24,12 @@ Without a secret the same exchange runs with an empty key: it proves
 nothing, and the greeting's ``secured`` flag says so, so that a node with a
 secret refuses a node without one with a message naming the problem.
 
+:class:`Opening` runs one end of that exchange: the node feeds it each
+frame received and sends the bytes it returns, until it has either accepted
+the peer or refused it with a reason. Every decision of the exchange (which
+frame comes next, what makes a greeting or a proof unacceptable, when to
+answer with ``REJECT``, who may stop the ring) is made here.
+
 Nothing here reads a clock, a socket or a random source: nonces and the
 secret are passed in.
 """
@@ -34,10 +40,22 @@ import enum
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 
-from trionet.ring.protocol import PROOF_BYTES, Auth, Hello, Received, Reject, Role
+from trionet.ring.frames import (
+    PROOF_BYTES,
+    Ack,
+    Auth,
+    Hello,
+    LocalProtocolError,
+    Received,
+    Reject,
+    Role,
+    Stop,
+    encode_frame,
+)
 
-__all__ = ["Side", "check_greeting", "check_proof", "make_proof"]
+__all__ = ["Opening", "Side", "check_greeting", "check_proof", "make_proof"]
 
 _LABEL = b"trionet ring v2 handshake proof\0"
 _GREETING = struct.Struct(">IBIQB")  # node_id, role, ring, recv_next, secured (then the nonce)
@@ -65,7 +83,7 @@ def make_proof(secret: bytes, side: Side, dialer: Hello, acceptor: Hello, digest
         digest: the ring file's digest (:attr:`~trionet.ring.config.RingConfig.digest`).
 
     Returns:
-        :data:`~trionet.ring.protocol.PROOF_BYTES` bytes.
+        :data:`~trionet.ring.frames.PROOF_BYTES` bytes.
     """
     transcript = b"".join((_LABEL, side.value, digest, _greeting_bytes(dialer), _greeting_bytes(acceptor)))
     return hmac.new(secret, transcript, hashlib.sha256).digest()
@@ -141,3 +159,192 @@ def check_greeting(
 
 
 assert PROOF_BYTES == hashlib.sha256().digest_size
+
+
+class _Step(enum.Enum):
+    GREETING = "greeting"  # waiting for the peer's HELLO
+    PROOF = "proof"  # waiting for the peer's AUTH
+    STOP = "stop"  # a stop client proved the secret: waiting for its STOP
+    DONE = "done"
+
+
+class Opening:
+    """One end of one connection's handshake (sans-IO): frames in, bytes to send out, then an outcome.
+
+    Build it with :meth:`dialer` or :meth:`acceptor`; send :meth:`start`'s
+    bytes; then feed each frame received to :meth:`receive` and send what
+    it returns, until :attr:`finished`. Then either :attr:`refused` holds
+    the reason the peer was refused (or refused us), or :attr:`peer` holds
+    its accepted greeting (and, for an acceptor, :attr:`stop_requested` says
+    it was a ``trionet ring stop`` client whose ``STOP`` was accepted).
+
+    An acceptor answers every refusal with ``REJECT`` (unless the peer's own
+    frame was one); a dialer answers a bad proof with ``REJECT``, and a bad
+    greeting by closing (it has said nothing beyond its own greeting).
+    """
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        node_id: int,
+        ring: int,
+        digest: bytes,
+        secret: bytes | None,
+        epoch: int,
+        nonce: bytes,
+        me: str,
+    ) -> None:
+        self.side = side
+        self._node_id = node_id
+        self._ring = ring
+        self._digest = digest
+        self._secured = secret is not None
+        self._key = secret or b""  # without a secret the proofs use an empty key and prove nothing
+        self._epoch = epoch
+        self._nonce = nonce
+        self._me = me
+        self._step = _Step.GREETING
+        self._mine: Hello | None = None
+        self._expect: dict[Role, int] = {}
+        self._recv_next: Callable[[], int] = lambda: 1
+        self._stops = False
+        self._control = False
+        self.peer: Hello | None = None
+        """The peer's greeting, once accepted (its ``recv_next`` tells where to resume)."""
+        self.refused: str | None = None
+        """Why the handshake failed, once it did (either side refused)."""
+        self.stop_requested = False
+        """Acceptor: the peer was a stop client, proved the secret, and its ``STOP`` was accepted."""
+
+    @classmethod
+    def dialer(
+        cls, *, node_id: int, role: Role, peer_id: int, recv_next: int, me: str, **common
+    ) -> Opening:
+        """The connecting end: a node dialing its next node (``PREDECESSOR``) or a stop client (``CONTROL``).
+
+        Args:
+            node_id: the dialer's id (for a stop client, the node it asks).
+            role: the dialer's role.
+            peer_id: the node it must reach.
+            recv_next: the next link frame the dialer expects (1 for a stop client).
+            me: who dials, in messages (``node 3``, ``this client``).
+            common: ``ring``, ``digest``, ``secret``, ``epoch`` and ``nonce``.
+        """
+        self = cls(Side.DIALER, node_id=node_id, me=me, **common)
+        self._mine = Hello(node_id, role, self._ring, recv_next, self._secured, self._nonce)
+        answer = Role.CONTROL if role is Role.CONTROL else Role.SUCCESSOR
+        self._expect = {answer: peer_id}
+        self._control = role is Role.CONTROL
+        return self
+
+    @classmethod
+    def acceptor(
+        cls,
+        *,
+        node_id: int,
+        previous: int,
+        recv_next: Callable[[], int],
+        accepts_stop: bool,
+        **common,
+    ) -> Opening:
+        """The accepting end: node ``node_id``, which takes its ``previous`` node and stop clients.
+
+        Args:
+            node_id: this node's id.
+            previous: the only node that may connect as ``PREDECESSOR``.
+            recv_next: read when the greeting is answered: the next link
+                frame this node expects from its previous node.
+            accepts_stop: whether a proven stop client's ``STOP`` is
+                accepted (node 0 only; others refuse it, naming node 0).
+            common: ``ring``, ``digest``, ``secret``, ``epoch`` and ``nonce``.
+        """
+        self = cls(Side.ACCEPTOR, node_id=node_id, me=f"node {node_id}", **common)
+        self._expect = {Role.PREDECESSOR: previous, Role.CONTROL: node_id}
+        self._recv_next = recv_next
+        self._stops = accepts_stop
+        return self
+
+    @property
+    def finished(self) -> bool:
+        """True once the peer was accepted or the handshake failed."""
+        return self._step is _Step.DONE
+
+    @property
+    def control(self) -> bool:
+        """True when the peer greeted as a stop client (acceptor), or this end is one (dialer), accepted or not."""
+        return self._control
+
+    def start(self) -> bytes:
+        """The bytes that open the connection: the dialer's greeting; nothing for an acceptor."""
+        return encode_frame(self._mine, epoch=self._epoch) if self.side is Side.DIALER else b""
+
+    def receive(self, event: Received) -> bytes:
+        """Take the next frame from the peer; return the bytes to send in reply (maybe none).
+
+        Raises:
+            LocalProtocolError: called after :attr:`finished`.
+        """
+        if self._step is _Step.GREETING:
+            return self._on_greeting(event)
+        if self._step is _Step.PROOF:
+            return self._on_proof(event)
+        if self._step is _Step.STOP:
+            return self._on_stop(event)
+        raise LocalProtocolError("the handshake is over")
+
+    def _on_greeting(self, event: Received) -> bytes:
+        frame = event.frame
+        role = next(iter(self._expect))
+        if self.side is Side.ACCEPTOR and isinstance(frame, Hello) and frame.role in self._expect:
+            role = frame.role
+            self._control = role is Role.CONTROL
+        reason = check_greeting(
+            event, epoch=self._epoch, role=role, node_id=self._expect[role], ring=self._ring,
+            secured=self._secured, me=self._me, peer="the stop client" if self.side is Side.ACCEPTOR and role is Role.CONTROL else None,
+        )
+        if reason:
+            # A dialer has said nothing but its greeting: it just closes.
+            return self._refuse(reason, event, answer=self.side is Side.ACCEPTOR)
+        self.peer = frame
+        self._step = _Step.PROOF
+        if self.side is Side.DIALER:
+            return b""
+        mine_role = Role.CONTROL if role is Role.CONTROL else Role.SUCCESSOR
+        recv_next = 1 if role is Role.CONTROL else self._recv_next()
+        self._mine = Hello(self._node_id, mine_role, self._ring, recv_next, self._secured, self._nonce)
+        return encode_frame(self._mine, epoch=self._epoch) + self._proof()
+
+    def _on_proof(self, event: Received) -> bytes:
+        peer_side = Side.ACCEPTOR if self.side is Side.DIALER else Side.DIALER
+        dialer, acceptor = (self._mine, self.peer) if self.side is Side.DIALER else (self.peer, self._mine)
+        reason = check_proof(
+            event, secret=self._key, side=peer_side, dialer=dialer, acceptor=acceptor, digest=self._digest
+        )
+        if reason:
+            return self._refuse(reason, event, answer=True)
+        if self.side is Side.DIALER:
+            self._step = _Step.DONE
+            return self._proof()
+        self._step = _Step.STOP if self.peer.role is Role.CONTROL else _Step.DONE
+        return b""
+
+    def _on_stop(self, event: Received) -> bytes:
+        if not isinstance(event.frame, Stop):
+            return self._refuse(f"expected STOP, got {type(event.frame).__name__}", event, answer=True)
+        if not self._stops:
+            return self._refuse(f"node {self._node_id} is not node 0; send stop to node 0", event, answer=True)
+        self.stop_requested = True
+        self._step = _Step.DONE
+        return encode_frame(Ack(0))
+
+    def _proof(self) -> bytes:
+        dialer, acceptor = (self._mine, self.peer) if self.side is Side.DIALER else (self.peer, self._mine)
+        return encode_frame(Auth(make_proof(self._key, self.side, dialer, acceptor, self._digest)))
+
+    def _refuse(self, reason: str, event: Received, *, answer: bool) -> bytes:
+        self.refused = reason
+        self._step = _Step.DONE
+        if answer and not isinstance(event.frame, Reject):
+            return encode_frame(Reject(reason))
+        return b""

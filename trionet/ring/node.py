@@ -1,93 +1,80 @@
-"""The trio layer of a ring node: a listener, a link to each neighbour, and two token tasks.
+"""The trio layer of a ring node (I/O only): a listener, a dialer, a reader per connection, two token tasks.
 
 Per node, under one nursery:
 
 - the *listener* accepts the previous node's connection (and ``trionet ring
   stop`` clients); the *dialer* keeps a connection to the next node, with
   exponential backoff and jitter; every connection, either way, first runs
-  the handshake whose rules and proofs are in :mod:`trionet.ring.handshake`
-  (this module only moves its bytes and supplies the nonces);
-- one :class:`_Link` per neighbour bridges a socket to a memory channel: its
-  reader task de-duplicates incoming frames (the sans-IO
-  :class:`~trionet.ring.protocol.LinkState`) and hands them over on an
-  unbuffered channel; its ack task acknowledges them a moment later. Outgoing
-  frames are numbered and kept until acknowledged, so a reconnect resends
-  exactly what was lost. A frame that only passes through (another node's
-  message, a token this node does not take:
-  :meth:`~trionet.ring.protocol.NodeCore.is_transit`) the reader forwards
-  itself, as a Token Ring station repeats frames, without a token task;
-- two *token tasks*, one per direction, take the frames of their direction
-  from their channel, feed them to the shared
-  :class:`~trionet.ring.protocol.NodeCore`, and carry out what it returns,
-  writing outgoing frames through the link (:meth:`_Link.send`).
+  the handshake, whose every step is decided by a sans-IO
+  :class:`~trionet.ring.handshake.Opening` (this module only carries its
+  bytes and supplies the nonces);
+- a :class:`~trionet.ring.neighbour.Neighbour` for each neighbour holds the
+  current connection, writes to it a frame at a time, acknowledges what
+  arrived, and resends after a reconnect what was lost;
+- one *reader* per connection (:meth:`RingNode._read_frames`, the per-hop
+  path) passes a frame that only passes through straight on to the other
+  link, and hands every other data frame to the token task of its
+  direction; its docstring says which task writes to which socket and why
+  frames keep their order;
+- two *token tasks*, one per direction, feed those frames to the shared
+  :class:`~trionet.ring.core.NodeCore` and carry out what it returns.
 
-The clockwise token task reads from the previous node's link and writes to
-the next node's link; the counter-clockwise one the other way round.
-
-Connections come from a :class:`Transport`: TCP for real nodes
-(:class:`TcpTransport`), in-memory streams for the simulation
-(:mod:`trionet.ring.sim`), so both run this same code.
+Every rule that decides what happens next is in the sans-IO modules
+(:mod:`~trionet.ring.core`, :mod:`~trionet.ring.link`,
+:mod:`~trionet.ring.handshake`); nothing here measures: benchmarks attach
+the hooks of :mod:`trionet.ring.stats`. Connections come from a
+:class:`~trionet.ring.transport.Transport`: TCP for real nodes, in-memory
+streams for the test simulation (``tests/ring/sim.py``), so both run this
+same code.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import random
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO
 
 import trio
 
-from trionet.errors import first_message
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
-from trionet.ring.handshake import Side, check_greeting, check_proof, make_proof
-from trionet.ring.protocol import (
+from trionet.ring.handshake import Opening, Side
+from trionet.ring.core import Deliver, Finished, NodeCore, Send, Summary
+from trionet.ring.frames import (
     NONCE_BYTES,
-    Ack,
-    Auth,
-    Bye,
     DataFrame,
-    Deliver,
     Finalize,
     Direction,
-    Finished,
     FrameDecoder,
     Hello,
-    LinkState,
     Message,
-    NodeCore,
     Probe,
-    Received,
     Reject,
     RemoteProtocolError,
-    Returned,
     Role,
-    Send,
     Stop,
-    Summary,
-    Token,
     encode_frame,
 )
-from trionet.serving import RECEIVE_CHUNK, Connection, EagerSocketStream, TCPService, receive_event
+from trionet.ring.link import Arrival
+from trionet.ring.neighbour import EPOCH, LINK_ERRORS, Neighbour
+from trionet.ring.transport import TcpTransport, Transport
+from trionet.serving import RECEIVE_CHUNK, receive_event
 
-__all__ = ["NodeOptions", "RingError", "RingNode", "TcpTransport", "Transport", "request_stop"]
+__all__ = ["NodeOptions", "RingError", "RingNode", "request_stop"]
 
 log = get_logger("ring")
 
-EPOCH = 1
-"""The ring epoch of this implementation; a token-regeneration scheme would raise it."""
+NEW, DUPLICATE, ACKED = Arrival.NEW, Arrival.DUPLICATE, Arrival.ACKED  # module globals: read once per frame
 
-_DIRECTED = (Token, Message)
-"""Data frames that travel one way only; each link carries one direction of them."""
 
-_LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, RemoteProtocolError)
+_LINK_ERRORS = LINK_ERRORS
 
 
 class RingError(Exception):
@@ -124,315 +111,8 @@ class NodeOptions:
     seed: int | None = None
 
 
-class Transport(Protocol):
-    """Where a node's connections come from."""
-
-    async def connect(self, node: NodeAddress) -> trio.abc.Stream:
-        """Open a stream to ``node``; raise ``OSError`` when it is not there."""
-
-    async def serve(
-        self,
-        node: NodeAddress,
-        handler: Callable[[trio.abc.Stream], Awaitable[None]],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Accept connections for ``node`` and run ``handler`` on each, until cancelled."""
-
-
-class TcpTransport:
-    """Real TCP: listen with :class:`~trionet.serving.TCPService`, dial with ``trio.open_tcp_stream``.
-
-    Streams are :class:`~trionet.serving.EagerSocketStream`: a frame read is
-    written on to the next node without waiting for an extra pass of trio's
-    event loop (hop latency, ``docs/benchmarks.md``).
-    """
-
-    async def connect(self, node: NodeAddress) -> trio.abc.Stream:
-        """Open a TCP connection to ``node`` (no timeout: the caller bounds it)."""
-        return EagerSocketStream(await trio.open_tcp_stream(node.host, node.port))
-
-    async def serve(self, node, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on the node's own address; per-connection errors stay in that connection."""
-
-        async def _handle(conn: Connection) -> None:
-            await handler(EagerSocketStream(conn.stream))
-
-        await TCPService(f"ring node {node.id}", _handle, log).serve(node.host, node.port, task_status=task_status)
-
-
-_UNWRITTEN = RuntimeError("a send was cancelled with its frame not fully written")
-
-
 class _Rejected(Exception):
     """The neighbour refused our greeting."""
-
-
-@dataclass(eq=False)
-class _Conn:
-    stream: trio.abc.Stream
-    scope: trio.CancelScope
-    done: trio.Event
-
-
-class _Link:
-    """One neighbour: the current connection (if any) and the :class:`LinkState` that outlives it.
-
-    Error handling: any failure of the connection (reset, EOF, a bad frame)
-    ends that connection only; the state keeps the unacknowledged frames for
-    the next one.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        peer: NodeAddress,
-        incoming: Direction,
-        options: NodeOptions,
-        transit: Callable[[DataFrame], bool],
-        repeat: Callable[[DataFrame], Awaitable[None]],
-    ) -> None:
-        self.name = name
-        self.peer = peer
-        self.state = LinkState(EPOCH)
-        self.incoming = incoming
-        self._transit = transit
-        self._repeat = repeat
-        self._inbound, self.frames = trio.open_memory_channel[DataFrame](0)
-        """The token task of direction ``incoming`` takes this link's frames from here."""
-        # One writer at a time on the stream. A semaphore rather than a Lock:
-        # Lock tracks its owner task (and registers it to break the lock if
-        # that task exits), which is measurable on the per-hop path.
-        self._lock = trio.Semaphore(1)
-        self._stream: trio.abc.Stream | None = None
-        self._current: _Conn | None = None
-        self.up = False
-        self._changed = trio.Event()
-        self.connects = 0
-        self.repeated = 0  # frames forwarded by this link's reader itself (NodeCore.is_transit)
-        self.handed_at = 0.0  # perf_counter() when the last frame went to the token task
-        self.ack_sent = 0
-        self.ack_timeouts = 0
-        self.closed = False
-        self.peer_done = trio.Event()
-        """Set when the peer said ``BYE``: it has finished and needs nothing more on this link."""
-        self._ack_wanted = trio.Event()
-        self._ack_urgent = trio.Event()
-        self._ack_delay = options.ack_delay
-        self._ack_timeout = options.ack_timeout
-        self.last_error = "never connected"
-
-    async def wait_up(self, up: bool = True) -> None:
-        """Return once the link is up (or down, with ``up=False``)."""
-        while self.up != up:
-            await self._changed.wait()
-
-    async def wait_drained(self) -> None:
-        """Return once the peer has acknowledged everything sent on this link."""
-        while self.state.unacked:
-            await self._changed.wait()
-
-    async def close(self) -> None:
-        """Tell the peer this node is done with the link (``BYE``), close the connection, accept no other."""
-        self.closed = True
-        current = self._current
-        if current is None:
-            return
-        async with self._lock:
-            try:
-                with trio.move_on_after(1.0):
-                    await current.stream.send_all(encode_frame(Bye()))
-            except _LINK_ERRORS:
-                pass  # the peer then waits for its grace period
-        current.scope.cancel()
-
-    def flush_acks(self) -> None:
-        """Send the pending acknowledgement now rather than after ``ack_delay``."""
-        self._ack_urgent.set()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def send(self, frame: DataFrame) -> None:
-        """Number ``frame``, keep it until acknowledged, and write it if the link is up.
-
-        Called by the token tasks and by the other link's reader (repeating
-        a frame) themselves: a hand-over to a writer task cost 40% more per
-        hop (measured), and the socket never blocks for long because the
-        protocol keeps only a few frames in flight per link. A frame written
-        to a dead connection is resent after the reconnect.
-
-        The frame is numbered and kept before the first checkpoint, so once
-        this is called it is never lost. If the caller is cancelled before
-        the frame is fully written (a reader whose own connection is being
-        replaced), this link's connection is restarted: a partial frame would
-        corrupt the stream, and the reconnect resends the frame at once.
-        """
-        was_idle = not self.state.unacked
-        data = self.state.wrap(frame)
-        if was_idle:
-            self._notify()  # wakes the ack watchdog
-        stream = self._stream
-        try:
-            try:
-                self._lock.acquire_nowait()  # the usual case: no yield before the write
-            except trio.WouldBlock:
-                await self._lock.acquire()
-        except trio.Cancelled:
-            self._fail(stream, _UNWRITTEN)
-            raise
-        try:
-            stream = self._stream
-            if stream is not None:
-                await stream.send_all(data)
-        except _LINK_ERRORS as exc:
-            self._fail(stream, exc)
-        except trio.Cancelled:
-            self._fail(stream, _UNWRITTEN)
-            raise
-        finally:
-            self._lock.release()
-
-    def _fail(self, stream: trio.abc.Stream, exc: BaseException) -> None:
-        self.last_error = str(exc) or type(exc).__name__
-        current = self._current
-        if current is not None and current.stream is stream:
-            current.scope.cancel()
-
-    async def run_connection(self, stream: trio.abc.Stream, peer_recv_next: int, decoder: FrameDecoder) -> None:
-        """Use ``stream`` for this link until it fails (it replaces any older connection).
-
-        Resends what the peer has not got, then reads frames until the
-        connection ends. Returns normally on every connection failure.
-        """
-        while self._current is not None:
-            self._current.scope.cancel()
-            await self._current.done.wait()
-        if self.closed:
-            await trio.aclose_forcefully(stream)
-            return
-        conn = _Conn(stream, trio.CancelScope(), trio.Event())
-        self._current = conn
-        try:
-            with conn.scope:
-                async with self._lock:
-                    resend = self.state.on_connect(peer_recv_next)
-                    if resend:
-                        log.info("%s: resending %d byte(s) after reconnect", self.name, len(resend))
-                        await stream.send_all(resend)
-                    self._stream = stream
-                self.up = True
-                self.connects += 1
-                self._notify()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._ack_loop, stream)
-                    nursery.start_soon(self._ack_watchdog, stream)
-                    await self._read_loop(stream, decoder)
-                    nursery.cancel_scope.cancel()
-                self.last_error = "closed by the peer"
-        except* _LINK_ERRORS as group:
-            self.last_error = first_message(group)
-        finally:
-            if self._stream is stream:
-                self._stream = None
-            self._current = None
-            if self.up:
-                self.up = False
-                self._notify()
-            conn.done.set()
-            await trio.aclose_forcefully(stream)
-            log.debug("%s: connection ended (%s)", self.name, self.last_error)
-
-    async def _read_loop(self, stream: trio.abc.Stream, decoder: FrameDecoder) -> None:
-        # The per-hop path: a data frame is checked and repeated or handed to
-        # a token task with as little in between as possible (docs/benchmarks.md).
-        state = self.state
-        while True:
-            event = decoder.next_event()
-            if event is NEED_DATA:
-                decoder.receive_data(await stream.receive_some(RECEIVE_CHUNK))
-                continue
-            if event is EOF:
-                return
-            frame, seq, epoch = event
-            if seq:  # a data frame (the decoder numbers exactly those)
-                if epoch != state.epoch:
-                    raise RemoteProtocolError(f"frame of ring epoch {epoch}, this ring is at {state.epoch}")
-                if type(frame) in _DIRECTED and frame.direction is not self.incoming:
-                    raise RemoteProtocolError(
-                        f"{frame.direction.label} frame on a link that carries {self.incoming.label}"
-                    )
-                if state.classify(seq):  # new, not a resent duplicate
-                    if self._transit(frame):
-                        # Only passing through (another node's message, or a
-                        # token this node does not want): repeat it at once,
-                        # as a Token Ring station does (NodeCore.is_transit).
-                        # A token task would add a pass of trio's loop to the
-                        # hop, about half of it (docs/benchmarks.md).
-                        # Marked first: it is in the next link's resend queue
-                        # before anything can be cancelled (see _Link.send).
-                        state.mark_received(seq)
-                        self.repeated += 1
-                        await self._repeat(frame)
-                    else:
-                        self.handed_at = time.perf_counter()  # for the round trips of this node's messages
-                        try:
-                            self._inbound.send_nowait(frame)  # the token task is usually waiting: no yield
-                        except trio.WouldBlock:
-                            await self._inbound.send(frame)
-                        state.mark_received(seq)
-                self._ack_wanted.set()
-                if type(frame) is Finalize:
-                    self._ack_urgent.set()  # its sender waits for this ack to exit
-            elif type(frame) is Ack:
-                state.on_ack(frame.ack)
-                self._notify()
-            elif type(frame) is Bye:
-                self.peer_done.set()
-                return
-            else:
-                raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame after the handshake")
-
-    async def _ack_loop(self, stream: trio.abc.Stream) -> None:
-        # Acks are cumulative and sent up to ack_delay later: off the path of
-        # the frame being forwarded, and shared by every frame of that period
-        # (an ack per frame doubled the packets and wake-ups per hop). The
-        # protocol keeps only a handful of frames unacknowledged per link, so
-        # a late ack costs no memory; only the finalization command, whose
-        # sender waits for it, is acknowledged at once.
-        try:
-            while True:
-                await self._ack_wanted.wait()
-                with trio.move_on_after(self._ack_delay):
-                    await self._ack_urgent.wait()
-                self._ack_wanted = trio.Event()
-                self._ack_urgent = trio.Event()
-                ack = self.state.ack
-                async with self._lock:
-                    await stream.send_all(encode_frame(Ack(ack)))
-                self.ack_sent = ack
-                self._notify()
-        except _LINK_ERRORS as exc:
-            self._fail(stream, exc)
-
-
-    async def _ack_watchdog(self, stream: trio.abc.Stream) -> None:
-        # A connection can die without a reset (a cable pulled, a host
-        # gone): writes still succeed into the socket buffer and reads just
-        # wait. Acks come at most ack_delay after a frame arrives, so a frame
-        # unacknowledged for ack_timeout means the connection is dead.
-        while True:
-            while not self.state.unacked:
-                await self._changed.wait()
-            oldest = self.state.unacked[0][0]
-            with trio.move_on_after(self._ack_timeout) as waited:
-                while self.state.unacked and self.state.unacked[0][0] == oldest:
-                    await self._changed.wait()
-            if waited.cancelled_caught:
-                self.ack_timeouts += 1
-                self._fail(stream, TimeoutError(f"frame {oldest} unacknowledged for {self._ack_timeout:g}s"))
-                return
 
 
 class RingNode:
@@ -445,7 +125,7 @@ class RingNode:
         deliveries: a text file for the deliveries JSON lines, or None.
         transport: TCP by default.
         options: timing.
-        observer: passed to :class:`~trionet.ring.protocol.NodeCore`.
+        observer: passed to :class:`~trionet.ring.core.NodeCore`.
         listen: ``(host, port)`` to listen on instead of the ring file's
             address (behind NAT or a proxy, or 0.0.0.0).
         secret: the ring's shared secret: every connection must prove it
@@ -473,8 +153,7 @@ class RingNode:
         if secret is not None and not secret:
             raise ValueError("an empty secret; pass None for a ring without one")
         self.config = config
-        self._secured = secret is not None
-        self._secret = secret or b""  # without a secret the proofs use an empty key and prove nothing
+        self._secret = secret  # None: a ring without one (the handshake then proves nothing: handshake.py)
         self.me = config.node(node_id)
         self.listen = NodeAddress(node_id, *listen) if listen else self.me
         self.prev, self.next = config.neighbours(node_id)
@@ -484,31 +163,23 @@ class RingNode:
         self._deliveries = deliveries
         self._rng = random.Random(self.options.seed)
         # The next node's link brings ccw frames; the previous node's brings cw frames.
-        transit, repeat = self.core.is_transit, self._repeat
-        self.next_link = _Link(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, self.options, transit, repeat)
-        self.prev_link = _Link(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, self.options, transit, repeat)
+        acks = dict(ack_delay=self.options.ack_delay, ack_timeout=self.options.ack_timeout)
+        self.next_link = Neighbour(f"link {node_id}->{self.next.id}", self.next, Direction.CCW, **acks)
+        self.prev_link = Neighbour(f"link {self.prev.id}->{node_id}", self.prev, Direction.CW, **acks)
         # By direction (a tuple index, cheaper than a dict of enum keys on the hop path):
         self._link_to = (self.next_link, self.prev_link)  # where frames of the direction go
-        self._link_from = (self.prev_link, self.next_link)  # where they come from
+        # Unbuffered: a reader hands a frame over only when that direction's token task takes it.
+        cw, ccw = trio.open_memory_channel[DataFrame](0), trio.open_memory_channel[DataFrame](0)
+        self._hand_over = (cw[0], ccw[0])
+        self._token_inbox = (cw[1], ccw[1])
         self._stop_requested = trio.Event()
         self._finalize_forwarded = trio.Event()
         self.finished = trio.Event()
         self.summary: Summary | None = None
-        self.round_trips = 0
-        self.round_trip_total = 0.0
-        self.round_trip_samples: list[float] = []  # the first 10 000, for the benchmark's median
-        # The same round trips measured at the links, from writing the
-        # message to reading it back, as a bare relay's driver measures them.
-        self.link_round_trip_samples: list[float] = []
-        self._written_at = [0.0, 0.0]  # by direction
-        self.first_send: float | None = None
-        self.last_return: float | None = None
-        self.cpu_first_frame: float | None = None  # process CPU seconds, for the benchmark's CPU per frame
-        self.cpu_finished: float | None = None
 
     @property
     def frames_received(self) -> int:
-        """Data frames received from both neighbours, each handed to a token task (for the benchmark)."""
+        """Data frames received from both neighbours (not counting duplicates)."""
         return self.prev_link.state.ack + self.next_link.state.ack
 
     def request_stop(self) -> None:
@@ -528,8 +199,8 @@ class RingNode:
             log.info("node %d listening on %s", self.me.id, self.listen.address)
             task_status.started()
             nursery.start_soon(self._dial_loop)
-            nursery.start_soon(self._token_task, self.prev_link)  # clockwise
-            nursery.start_soon(self._token_task, self.next_link)  # counter-clockwise
+            nursery.start_soon(self._token_task, Direction.CW)
+            nursery.start_soon(self._token_task, Direction.CCW)
             nursery.start_soon(self._watch_link, self.next_link)
             nursery.start_soon(self._watch_link, self.prev_link)
             nursery.start_soon(self._wait_stop)
@@ -553,23 +224,97 @@ class RingNode:
         assert self.summary is not None
         return self.summary
 
-    # --- the two token tasks and the actions of the core ---------------------
+    # --- the pass-through path, the token tasks and the actions of the core ------
 
-    async def _token_task(self, link: _Link) -> None:
-        """The token task of one direction: act on each frame ``link`` hands over.
+    async def _read_frames(self, link: Neighbour, decoder: FrameDecoder, stream: trio.abc.Stream) -> None:
+        """Read ``link``'s connection until it ends; pass each new frame through, or hand it to a token task.
 
-        That is every frame of the direction but those only passing through,
-        which the link repeats itself (:meth:`NodeCore.is_transit`).
+        The per-hop path. A frame that only passes through this node
+        (another node's message, a token this node does not take:
+        :meth:`~trionet.ring.core.NodeCore.is_transit`) is written on to the
+        other link by this task at once, as a Token Ring station repeats
+        frames; any other data frame goes to the token task of its direction
+        over an unbuffered channel. A token task in between would add a pass
+        of trio's event loop to the hop, about half of it (``docs/benchmarks.md``).
+
+        Which task owns which socket: this task is the only reader of
+        ``link``'s connection (:meth:`~trionet.ring.neighbour.Neighbour.run_connection` runs it once per
+        connection). Writes to a link's connection come from this reader of
+        the *other* link (passing through), from the token task of the
+        link's outgoing direction, and from the link's own ack task; each
+        writes whole frames while holding that link's write semaphore
+        (:meth:`~trionet.ring.neighbour.Neighbour.send`), so frames never interleave on a socket, and a
+        write cancelled half way restarts that link's connection rather
+        than leave half a frame on it.
+
+        Why order is kept: frames of one direction reach the other link
+        either through this task or through that direction's token task,
+        and one can overtake the other only where the protocol allows it.
+        A transit message never has its direction's token near it (its
+        origin holds that token until the message returns); a token passed
+        through never has a message of its direction near it (none is in
+        flight when a node passes the token without sending); ``Probe`` and
+        ``Finalize`` travel only when no message or token does. Only a
+        ``StopRequest`` can be overtaken, which is harmless.
+
+        A frame is marked received (no longer accepted when resent) only
+        once it is safely on its way: for a frame passed through, before
+        the write, because :meth:`~trionet.ring.neighbour.Neighbour.send` has numbered and queued it for
+        resending before its first checkpoint; for a frame handed over, once
+        the token task took it.
+
+        Raises:
+            RemoteProtocolError: the peer broke a link or node rule
+                (:meth:`~trionet.ring.link.LinkState.receive`,
+                :meth:`~trionet.ring.core.NodeCore.is_transit`); the link
+                drops this connection and waits for the next.
         """
-        receive = link.frames.receive  # the link never closes its side of the channel
+        state = link.state
+        core = self.core
+        hand_over = self._hand_over[state.incoming]
+        link_to = self._link_to
+        while True:
+            event = decoder.next_event()
+            if event is NEED_DATA:
+                decoder.receive_data(await stream.receive_some(RECEIVE_CHUNK))
+                continue
+            if event is EOF:
+                return
+            frame, seq, epoch = event
+            arrival = state.receive(frame, seq, epoch)
+            if arrival is NEW:
+                if core.is_transit(frame):
+                    state.mark_received(seq)
+                    link.passed_through += 1
+                    for send in core.receive(frame, trio.current_time()):  # one Send, for a transit frame
+                        await link_to[send.direction].send(send.frame)
+                else:
+                    try:
+                        hand_over.send_nowait(frame)  # the token task is usually waiting: no yield
+                    except trio.WouldBlock:
+                        await hand_over.send(frame)
+                    state.mark_received(seq)
+                link.want_ack(urgent=type(frame) is Finalize)  # its sender waits for that ack to exit
+            elif arrival is DUPLICATE:
+                link.want_ack(urgent=type(frame) is Finalize)
+            elif arrival is ACKED:
+                link.acked()
+            else:  # BYE
+                link.peer_done.set()
+                return
+
+    async def _token_task(self, direction: Direction) -> None:
+        """The token task of one direction: act on each frame of it that a reader hands over.
+
+        That is every frame of the direction but those only passing through
+        (:meth:`_read_frames`).
+        """
+        receive = self._token_inbox[direction].receive  # the send side is never closed
         core = self.core
         while True:
             frame = await receive()
-            if type(frame) is Probe:
-                # The first frame every node gets: the benchmark counts CPU from here.
-                self.cpu_first_frame = time.process_time()
-                if self.core.is_leader:
-                    log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
+            if type(frame) is Probe and core.is_leader:
+                log.info("node 0: the ring is closed; injecting the cw and ccw tokens")
             try:
                 actions = core.receive(frame, trio.current_time())
             except RemoteProtocolError as exc:
@@ -578,11 +323,6 @@ class RingNode:
                 raise RingError(f"node {self.me.id}: protocol violation: {exc}") from None
             await self._perform(actions)
             core.prefetch()  # off the token's path, before the next frame comes
-
-    async def _repeat(self, frame: DataFrame) -> None:
-        """Forward a frame that only passes through (called by the link that brought it)."""
-        for send in self.core.receive(frame, trio.current_time()):  # one Send, for a transit frame
-            await self._link_to[send.direction].send(send.frame)
 
     async def _start(self) -> None:
         if self.core.is_leader:
@@ -609,26 +349,12 @@ class RingNode:
         for action in actions:
             if type(action) is Send:
                 frame = action.frame
-                if type(frame) is Message and frame.origin == self.me.id:
-                    self._written_at[action.direction] = time.perf_counter()
                 await self._link_to[action.direction].send(frame)
                 if type(frame) is Finalize:
                     self._finalize_forwarded.set()
             elif isinstance(action, Deliver):
                 self._write_delivery(action.message)
-            elif isinstance(action, Returned):
-                # Wall-clock times, so that a benchmark can compare processes.
-                now = time.time()
-                self.round_trips += 1
-                self.round_trip_total += action.round_trip
-                if len(self.round_trip_samples) < 10_000:
-                    self.round_trip_samples.append(action.round_trip)
-                    d = action.message.direction
-                    self.link_round_trip_samples.append(self._link_from[d].handed_at - self._written_at[d])
-                self.first_send = self.first_send if self.first_send is not None else now - action.round_trip
-                self.last_return = now
             elif isinstance(action, Finished):
-                self.cpu_finished = time.process_time()
                 if self._deliveries is not None:
                     self._deliveries.flush()
                 self.summary = action.summary
@@ -648,13 +374,12 @@ class RingNode:
 
     # --- connections -------------------------------------------------------------
 
-    def _greeting(self, role: Role, recv_next: int = 1) -> Hello:
-        """This node's ``HELLO``, with a fresh nonce (the only randomness of the handshake)."""
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        return Hello(self.me.id, role, self.config.fingerprint, recv_next, self._secured, nonce)
-
-    def _proof(self, side: Side, dialer: Hello, acceptor: Hello) -> bytes:
-        return encode_frame(Auth(make_proof(self._secret, side, dialer, acceptor, self.config.digest)))
+    def _opening_args(self) -> dict:
+        """What every handshake of this node shares, with a fresh nonce (its only randomness)."""
+        return dict(
+            ring=self.config.fingerprint, digest=self.config.digest, secret=self._secret, epoch=EPOCH,
+            nonce=secrets.token_bytes(NONCE_BYTES),
+        )
 
     async def _dial_loop(self) -> None:
         link = self.next_link
@@ -670,7 +395,7 @@ class RingNode:
                 continue
             backoff = self.options.backoff_initial
             log.info("node %d: connected to node %d at %s", self.me.id, self.next.id, self.next.address)
-            await link.run_connection(stream, hello.recv_next, decoder)
+            await link.run_connection(stream, hello.recv_next, functools.partial(self._read_frames, link, decoder))
             if link.closed:
                 return
             # Once finalizing, the next node leaving is expected.
@@ -678,114 +403,68 @@ class RingNode:
             log.log(level, "node %d: lost the link to node %d (%s); reconnecting", self.me.id, self.next.id, link.last_error)
 
     async def _dial_once(self) -> tuple[trio.abc.Stream, Hello, FrameDecoder]:
-        """Connect to the next node and run the dialer's half of the handshake.
+        """Connect to the next node and run the dialer's half of the handshake (:class:`Opening`).
 
         Raises:
             _Rejected: the next node refused us, is not the node we wanted,
                 or failed to prove the secret (nothing was sent to it then
                 but our greeting and a ``REJECT``).
         """
+        opening = Opening.dialer(
+            node_id=self.me.id, role=Role.PREDECESSOR, peer_id=self.next.id,
+            recv_next=self.next_link.state.recv_next, me=f"node {self.me.id}", **self._opening_args(),
+        )
         with trio.fail_after(self.options.handshake_timeout):
             stream = await self.transport.connect(self.next)
             try:
-                mine = self._greeting(Role.PREDECESSOR, self.next_link.state.recv_next)
-                await stream.send_all(encode_frame(mine, epoch=EPOCH))
                 decoder = FrameDecoder()
-                event = await _receive(stream, decoder)
-                reason = check_greeting(
-                    event, epoch=EPOCH, role=Role.SUCCESSOR, node_id=self.next.id,
-                    ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}",
-                )
-                if reason:
-                    raise _Rejected(f"{self.next.address}: {reason}")
-                theirs = event.frame
-                event = await _receive(stream, decoder)
-                reason = check_proof(
-                    event, secret=self._secret, side=Side.ACCEPTOR, dialer=mine, acceptor=theirs,
-                    digest=self.config.digest,
-                )
-                if reason:
-                    if not isinstance(event.frame, Reject):
-                        await stream.send_all(encode_frame(Reject(reason)))
-                    raise _Rejected(f"{self.next.address}: {reason}")
-                await stream.send_all(self._proof(Side.DIALER, mine, theirs))
-                return stream, theirs, decoder
+                await _run_opening(opening, stream, decoder)
+                if opening.refused:
+                    raise _Rejected(f"{self.next.address}: {opening.refused}")
+                return stream, opening.peer, decoder
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
 
     async def _on_incoming(self, stream: trio.abc.Stream) -> None:
-        """Run the acceptor's half of the handshake, then hand the connection to the previous node's link.
+        """Run the acceptor's half of the handshake (:class:`Opening`), then hand the connection to its link.
 
         A connection that fails any check gets a ``REJECT`` naming why and
         is closed; it never reaches the link, so it cannot replace the
-        previous node's working connection nor send it a frame.
+        previous node's working connection nor send it a frame. A stop
+        client that proves the secret gets its ``STOP`` carried out (node 0)
+        and an ``ACK``.
         """
         decoder = FrameDecoder()
+        opening = Opening.acceptor(
+            node_id=self.me.id, previous=self.prev.id, recv_next=lambda: self.prev_link.state.recv_next,
+            accepts_stop=self.core.is_leader, **self._opening_args(),
+        )
         try:
             with trio.fail_after(self.options.handshake_timeout):
-                event = await receive_event(stream, decoder)
-                if event is EOF:
-                    return
-                if isinstance(event.frame, Hello) and event.frame.role is Role.CONTROL:
-                    await self._on_control(stream, decoder, event)
-                    return
-                reason = check_greeting(
-                    event, epoch=EPOCH, role=Role.PREDECESSOR, node_id=self.prev.id,
-                    ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}",
-                )
-                theirs = event.frame
-                if not reason:
-                    mine = self._greeting(Role.SUCCESSOR, self.prev_link.state.recv_next)
-                    await stream.send_all(encode_frame(mine, epoch=EPOCH) + self._proof(Side.ACCEPTOR, theirs, mine))
-                    event = await _receive(stream, decoder)
-                    reason = check_proof(
-                        event, secret=self._secret, side=Side.DIALER, dialer=theirs, acceptor=mine,
-                        digest=self.config.digest,
-                    )
-                if reason:
-                    log.warning("node %d: refused a connection: %s", self.me.id, reason)
-                    if not self.prev_link.up:  # shown should the previous node never get through
-                        self.prev_link.last_error = f"refused a connection: {reason}"
-                    if not isinstance(event.frame, Reject):
-                        await stream.send_all(encode_frame(Reject(reason)))
-                    return
+                if not await _run_opening(opening, stream, decoder, on_stop=self._stop_asked):
+                    return  # closed before greeting: a port probe
         except (*_LINK_ERRORS, trio.TooSlowError) as exc:
             log.debug("node %d: handshake failed: %s", self.me.id, exc)
             await trio.aclose_forcefully(stream)
             return
-        log.info("node %d: node %d connected", self.me.id, self.prev.id)
-        await self.prev_link.run_connection(stream, theirs.recv_next, decoder)
-
-    async def _on_control(self, stream: trio.abc.Stream, decoder: FrameDecoder, event: Received) -> None:
-        """A ``trionet ring stop`` client: the same handshake (its proof is required), then ``STOP``."""
-        reason = check_greeting(
-            event, epoch=EPOCH, role=Role.CONTROL, node_id=self.me.id,
-            ring=self.config.fingerprint, secured=self._secured, me=f"node {self.me.id}", peer="the stop client",
-        )
-        if not reason:
-            theirs = event.frame
-            mine = self._greeting(Role.CONTROL)
-            await stream.send_all(encode_frame(mine, epoch=EPOCH) + self._proof(Side.ACCEPTOR, theirs, mine))
-            event = await _receive(stream, decoder)
-            reason = check_proof(
-                event, secret=self._secret, side=Side.DIALER, dialer=theirs, acceptor=mine, digest=self.config.digest
-            )
-        if not reason:
-            event = await _receive(stream, decoder)
-            if not isinstance(event.frame, Stop):
-                reason = f"expected STOP, got {type(event.frame).__name__}"
-            elif not self.core.is_leader:
-                reason = f"node {self.me.id} is not node 0; send stop to node 0"
-        if reason:
-            log.warning("node %d: refused a stop request: %s", self.me.id, reason)
-            await stream.send_all(encode_frame(Reject(reason)))
+        if opening.refused:
+            what = "a stop request" if opening.control else "a connection"
+            log.warning("node %d: refused %s: %s", self.me.id, what, opening.refused)
+            if not opening.control and not self.prev_link.up:  # shown should the previous node never get through
+                self.prev_link.last_error = f"refused a connection: {opening.refused}"
             return
+        if opening.control:
+            return
+        log.info("node %d: node %d connected", self.me.id, self.prev.id)
+        link = self.prev_link
+        await link.run_connection(stream, opening.peer.recv_next, functools.partial(self._read_frames, link, decoder))
+
+    def _stop_asked(self) -> None:
         log.info("node 0: stop asked by a client")
         self.request_stop()
-        await stream.send_all(encode_frame(Ack(0)))
 
-    async def _watch_link(self, link: _Link) -> None:
+    async def _watch_link(self, link: Neighbour) -> None:
         timeout = self.options.connect_timeout
         while True:
             await link.wait_up(False)
@@ -802,12 +481,34 @@ class RingNode:
                 return
 
 
-async def _receive(stream: trio.abc.Stream, decoder: FrameDecoder) -> Received:
-    """The next frame of a handshake; the peer closing instead is a broken connection."""
-    event = await receive_event(stream, decoder)
-    if event is EOF:
-        raise trio.BrokenResourceError("closed during the handshake")
-    return event
+async def _run_opening(
+    opening: Opening, stream: trio.abc.Stream, decoder: FrameDecoder, on_stop: Callable[[], None] | None = None
+) -> bool:
+    """Carry ``opening``'s bytes both ways until it is finished; False if a dialer closed before a word.
+
+    ``on_stop`` is called when a stop client's ``STOP`` is accepted, before
+    the ``ACK`` goes out.
+
+    Raises:
+        trio.BrokenResourceError: the peer closed in the middle of the handshake.
+    """
+    out = opening.start()
+    if out:
+        await stream.send_all(out)
+    first = True
+    while not opening.finished:
+        event = await receive_event(stream, decoder)
+        if event is EOF:
+            if first and opening.side is Side.ACCEPTOR:
+                return False
+            raise trio.BrokenResourceError("closed during the handshake")
+        first = False
+        out = opening.receive(event)
+        if opening.stop_requested and on_stop is not None:
+            on_stop()
+        if out:
+            await stream.send_all(out)
+    return True
 
 
 async def request_stop(
@@ -835,30 +536,20 @@ async def request_stop(
     """
     node = config.node(node_id)
     transport = transport or TcpTransport()
-    secured = secret is not None
-    key = secret or b""
-    mine = Hello(node.id, Role.CONTROL, config.fingerprint, 1, secured, secrets.token_bytes(NONCE_BYTES))
+    opening = Opening.dialer(
+        node_id=node.id, role=Role.CONTROL, peer_id=node.id, recv_next=1, me="this client",
+        ring=config.fingerprint, digest=config.digest, secret=secret, epoch=EPOCH,
+        nonce=secrets.token_bytes(NONCE_BYTES),
+    )
     try:
         with trio.fail_after(timeout):
             stream = await transport.connect(node)
             async with stream:
                 decoder = FrameDecoder()
-                await stream.send_all(encode_frame(mine, epoch=EPOCH))
-                event = await _receive(stream, decoder)
-                reason = check_greeting(
-                    event, epoch=EPOCH, role=Role.CONTROL, node_id=node.id, ring=config.fingerprint,
-                    secured=secured, me="this client",
-                )
-                if not reason:
-                    theirs = event.frame
-                    event = await _receive(stream, decoder)
-                    reason = check_proof(
-                        event, secret=key, side=Side.ACCEPTOR, dialer=mine, acceptor=theirs, digest=config.digest
-                    )
-                if reason:
-                    raise RingError(f"node {node.id} at {node.address}: {reason}")
-                proof = make_proof(key, Side.DIALER, mine, theirs, config.digest)
-                await stream.send_all(encode_frame(Auth(proof)) + encode_frame(Stop()))
+                await _run_opening(opening, stream, decoder)
+                if opening.refused:
+                    raise RingError(f"node {node.id} at {node.address}: {opening.refused}")
+                await stream.send_all(encode_frame(Stop()))
                 event = await receive_event(stream, decoder)
     except trio.TooSlowError:
         raise RingError(f"no answer from node {node.id} at {node.address} within {timeout:g}s") from None

@@ -9,7 +9,9 @@ backoff and link outages takes milliseconds of real time.
 :class:`RingMonitor` watches every node core and checks the ring's
 invariants as they happen; :func:`simulate` runs a whole ring to its end and
 returns what happened. The tests drive it with hypothesis, the benchmark
-measures it in hops per second.
+measures it in hops per second (``tools/bench_ring.py`` puts this directory
+on its import path). It is a test harness, so it lives with the tests and
+not in the package: it needs ``trio.testing``, which imports pytest.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import trio.testing
 
 from trionet.ring.config import NodeAddress, RingConfig
 from trionet.ring.node import NodeOptions, RingNode
-from trionet.ring.protocol import Direction, Message, Summary
+from trionet.ring.core import Summary
+from trionet.ring.frames import Direction, Message
 
-__all__ = ["InvariantViolation", "LinkCut", "RingMonitor", "SimNetwork", "SimResult", "simulate"]
+__all__ = ["InvariantViolation", "LinkCut", "ReadStall", "RingMonitor", "SimNetwork", "SimResult", "simulate"]
 
 
 class InvariantViolation(AssertionError):
@@ -35,14 +38,18 @@ class InvariantViolation(AssertionError):
 class _SimStream(trio.abc.Stream):
     """One end of an in-memory connection that the network can delay or cut."""
 
-    def __init__(self, inner: trio.abc.Stream, network: SimNetwork, link: tuple[int, int]) -> None:
+    def __init__(self, inner: trio.abc.Stream, network: SimNetwork, link: tuple[int, int], accepted: bool) -> None:
         self._inner = inner
         self._network = network
         self._link = link
+        self.accepted = accepted  # the acceptor's end (else the dialer's)
         self.cut = False
         self.silent = False
+        self.stalled: trio.Event | None = None  # set when reads may go on
 
     async def send_all(self, data) -> None:
+        if self.accepted:
+            self._network._accepted_wrote(self)
         delay = self._network.delays.get(self._link, 0.0)
         if delay:
             await trio.sleep(delay)
@@ -57,6 +64,8 @@ class _SimStream(trio.abc.Stream):
         await self._inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes=None) -> bytes:
+        if self.stalled is not None:
+            await self.stalled.wait()
         if self.cut:
             raise trio.BrokenResourceError("link cut")
         try:
@@ -77,6 +86,22 @@ class _SimStream(trio.abc.Stream):
         self.cut = True
         self._inner.send_stream.close()
         self._inner.receive_stream.close()
+
+
+@dataclass(frozen=True)
+class ReadStall:
+    """At ``at`` seconds, node ``source``'s next node stops reading their connection, until ``source`` is back.
+
+    Like a node busy elsewhere: bytes ``source`` sends wait unread, so no
+    ack comes and ``source`` reconnects (its ack watchdog). The stalled
+    reader goes on only once the next node has answered the new
+    connection's greeting, so it reads those waiting frames *after* its
+    greeting told ``source`` where to resume: ``source`` resends them and
+    they arrive twice. The link layer must drop the second copies.
+    """
+
+    source: int
+    at: float
 
 
 @dataclass(frozen=True)
@@ -109,6 +134,7 @@ class SimNetwork:
         self.delays: dict[tuple[int, int], float] = {}
         self.bytes_sent = 0
         self.cuts = 0
+        self.stalls: dict[tuple[int, int], list[_SimStream]] = {}
 
     def transport(self, node_id: int) -> _SimTransport:
         """The transport node ``node_id`` uses."""
@@ -128,6 +154,21 @@ class SimNetwork:
         for stream in self._streams.pop((source, target), []):
             stream.silent = True
 
+    def stall(self, source: int, target: int) -> None:
+        """Stop ``target``'s reads on its connection from ``source`` (:class:`ReadStall`)."""
+        stalled = [s for s in self._streams.get((source, target), []) if s.accepted and not s.cut]
+        for stream in stalled:
+            stream.stalled = trio.Event()
+        self.stalls[source, target] = stalled
+
+    def _accepted_wrote(self, stream: _SimStream) -> None:
+        # The acceptor answers a newer connection: its greeting is out, so
+        # the stalled reader of the older one may read again.
+        for old in self.stalls.pop(stream._link, []) if stream.stalled is None else []:
+            if old is not stream:
+                old.stalled.set()
+                old.stalled = None
+
     def restore(self, source: int, target: int) -> None:
         """Allow ``source`` to connect to ``target`` again."""
         self.blocked.discard((source, target))
@@ -137,7 +178,7 @@ class SimNetwork:
         if key in self.blocked or target.id not in self._listeners:
             raise ConnectionRefusedError(f"node {target.id} is not reachable from node {source}")
         left, right = trio.testing.memory_stream_pair()
-        ours, theirs = _SimStream(left, self, key), _SimStream(right, self, key)
+        ours, theirs = _SimStream(left, self, key, False), _SimStream(right, self, key, True)
         self._streams[key] = [s for s in self._streams[key] if not (s.cut or s.silent)] + [ours, theirs]
         nursery, handler = self._listeners[target.id]
         nursery.start_soon(handler, theirs)
@@ -264,8 +305,10 @@ async def simulate(
     start_delays: Mapping[int, float] | None = None,
     link_delays: Mapping[int, float] | None = None,
     cuts: Sequence[LinkCut] = (),
+    stalls: Sequence[ReadStall] = (),
     stop_at: float | None = None,
     options: NodeOptions | None = None,
+    node_options: Mapping[int, NodeOptions] | None = None,
     time_limit: float = 3600.0,
     secret: bytes | None = None,
 ) -> SimResult:
@@ -277,8 +320,10 @@ async def simulate(
         start_delays: seconds before each node starts (any order, any delay).
         link_delays: per node, the delay of every write on its link to the next node.
         cuts: link outages to apply.
+        stalls: readers to stall (:class:`ReadStall`).
         stop_at: ask node 0 to stop at this time (as SIGINT would).
         options: node timing; the defaults suit a simulation.
+        node_options: timing of particular nodes, instead of ``options``.
         time_limit: fail if the ring has not finished by then.
         secret: the ring's shared secret (every connection and reconnection
             then runs the authenticated handshake), or None.
@@ -299,7 +344,7 @@ async def simulate(
             i,
             messages=list(messages.get(i, ())),
             transport=network.transport(i),
-            options=NodeOptions(**{**options.__dict__, "seed": (options.seed or 0) * 1000 + i}),
+            options=(node_options or {}).get(i) or NodeOptions(**{**options.__dict__, "seed": (options.seed or 0) * 1000 + i}),
             observer=monitor,
             secret=secret,
         )
@@ -318,6 +363,10 @@ async def simulate(
         await trio.sleep(cut.duration)
         network.restore(cut.source, (cut.source + 1) % size)
 
+    async def apply_stall(stall: ReadStall) -> None:
+        await trio.sleep(stall.at)
+        network.stall(stall.source, (stall.source + 1) % size)
+
     async def stop_later() -> None:
         await trio.sleep(stop_at)
         nodes[0].request_stop()
@@ -329,6 +378,8 @@ async def simulate(
                     ring_nursery.start_soon(run_node, i)
                 for cut in cuts:
                     nursery.start_soon(apply_cut, cut)
+                for stall in stalls:
+                    nursery.start_soon(apply_stall, stall)
                 if stop_at is not None:
                     nursery.start_soon(stop_later)
             nursery.cancel_scope.cancel()

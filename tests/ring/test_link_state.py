@@ -1,0 +1,146 @@
+"""The reliable link's sans-IO rules: sequencing, resending, and the checks on every frame received.
+
+Every frame a node receives after the handshake goes through
+:meth:`LinkState.receive`: these tests show what it refuses (another ring
+epoch, the wrong direction, a gap, a handshake frame) and what it lets
+through, without a socket.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trionet.framing import NEED_DATA
+from trionet.ring.frames import (
+    Ack,
+    Auth,
+    Bye,
+    Direction,
+    Finalize,
+    FrameDecoder,
+    Hello,
+    Message,
+    Probe,
+    Reject,
+    RemoteProtocolError,
+    Role,
+    Stop,
+    StopRequest,
+    Token,
+    decode_frame,
+    encode_frame,
+)
+from trionet.ring.link import Arrival, LinkState
+
+CW, CCW = Direction.CW, Direction.CCW
+directions = st.sampled_from(list(Direction))
+u32 = st.integers(0, 2**32 - 1)
+data_frames = st.one_of(
+    st.builds(Token, directions, u32, st.booleans()),
+    st.builds(Message, directions, u32, u32, u32, st.text(max_size=20), st.booleans()),
+    st.builds(Finalize, st.booleans(), u32, u32, u32, u32),
+    st.builds(StopRequest, u32),
+    st.just(Probe()),
+)
+
+
+def test_link_resends_unacknowledged_frames_after_reconnect():
+    sender, receiver = LinkState(), LinkState()
+    frames = [Token(CW), Message(CW, 0, 1, 1, "a"), Message(CW, 0, 1, 2, "b")]
+    wires = [sender.wrap(f) for f in frames]
+    # The first frame arrives and is acked; the connection drops before the others.
+    first = decode_frame(wires[0][4:])
+    assert receiver.receive(*first) is Arrival.NEW
+    receiver.mark_received(first.seq)
+    resend = sender.on_connect(receiver.recv_next)
+    assert resend == wires[1] + wires[2]
+    decoder = FrameDecoder()
+    decoder.receive_data(resend + wires[1])  # frame 2 sent twice: once before the cut, once after
+    seen = []
+    while (event := decoder.next_event()) is not NEED_DATA:
+        if receiver.receive(*event) is Arrival.NEW:
+            receiver.mark_received(event.seq)
+            seen.append(event.frame)
+    assert seen == frames[1:]
+    assert receiver.duplicates == 1
+    sender.on_ack(receiver.ack)
+    assert not sender.unacked
+
+
+def test_link_rejects_gaps_and_bogus_acks():
+    link = LinkState()
+    with pytest.raises(RemoteProtocolError, match="before frame 1"):
+        link.receive(Token(CW), 2, 1)
+    with pytest.raises(RemoteProtocolError, match="never sent"):
+        link.on_ack(1)
+    link.wrap(Token(CW))
+    link.wrap(Token(CW))
+    with pytest.raises(RemoteProtocolError, match="never sent"):
+        link.on_connect(4)  # the peer claims a frame we never sent
+    link.on_ack(1)
+    with pytest.raises(RemoteProtocolError, match="peer expects frame 1 but the oldest"):
+        link.on_connect(1)  # the peer lost a frame it had acknowledged (it restarted)
+
+
+# --- the checks on every frame ---------------------------------------------------------
+
+
+def test_a_frame_of_another_ring_epoch_is_refused_even_as_a_duplicate():
+    link = LinkState(epoch=1, incoming=CW)
+    wire = encode_frame(Token(CW), seq=1, epoch=2)
+    with pytest.raises(RemoteProtocolError, match="ring epoch 2, this ring is at 1"):
+        link.receive(*decode_frame(wire[4:]))
+    assert link.recv_next == 1  # nothing was taken
+    assert link.receive(Token(CW), 1, 1) is Arrival.NEW
+    link.mark_received(1)
+    with pytest.raises(RemoteProtocolError, match="ring epoch 2"):
+        link.receive(Token(CW), 1, 2)  # not silently dropped as a duplicate either
+    assert link.duplicates == 0
+
+
+@pytest.mark.parametrize("kind", ["token", "message"])
+def test_a_token_or_message_of_the_other_direction_is_refused(kind):
+    # The previous node's link carries clockwise traffic only; a
+    # counter-clockwise token there would be a second ccw token in the ring.
+    link = LinkState(epoch=1, incoming=CW)
+    frame = Token(CCW) if kind == "token" else Message(CCW, 0, 1, 1, "x")
+    with pytest.raises(RemoteProtocolError, match="ccw frame on a link that carries cw"):
+        link.receive(*decode_frame(encode_frame(frame, seq=1)[4:]))
+    assert link.recv_next == 1
+    assert link.receive(frame._replace(direction=CW), 1, 1) is Arrival.NEW
+
+
+@given(frame=data_frames, epoch=st.integers(0, 3), incoming=directions, seq=st.integers(1, 3), seen=st.integers(1, 3))
+def test_every_data_frame_is_checked_for_epoch_direction_and_place(frame, epoch, incoming, seq, seen):
+    link = LinkState(epoch=1, incoming=incoming)
+    link.recv_next = seen  # frames before ``seen`` arrived already
+    wrong_direction = type(frame) in (Token, Message) and frame.direction is not incoming
+    if epoch != 1 or wrong_direction or seq > seen:
+        with pytest.raises(RemoteProtocolError):
+            link.receive(frame, seq, epoch)
+        assert (link.recv_next, link.duplicates) == (seen, 0)
+    elif seq < seen:
+        assert link.receive(frame, seq, epoch) is Arrival.DUPLICATE and link.duplicates == 1
+    else:
+        assert link.receive(frame, seq, epoch) is Arrival.NEW and link.recv_next == seen  # marked by the caller
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [Hello(1, Role.PREDECESSOR, 0, 1), Auth(bytes(32)), Reject("no"), Stop()],
+    ids=lambda f: type(f).__name__,
+)
+def test_a_handshake_frame_after_the_handshake_is_refused(frame):
+    with pytest.raises(RemoteProtocolError, match="after the handshake"):
+        LinkState(incoming=CW).receive(frame, 0, 1)
+
+
+def test_acks_and_bye_after_the_handshake():
+    link = LinkState(incoming=CW)
+    link.wrap(Token(CCW))
+    assert link.receive(Ack(1), 0, 1) is Arrival.ACKED and not link.unacked
+    with pytest.raises(RemoteProtocolError, match="never sent"):
+        link.receive(Ack(2), 0, 1)
+    assert link.receive(Bye(), 0, 1) is Arrival.BYE

@@ -1,0 +1,413 @@
+"""The token logic of one ring node (sans-IO): frames in, the actions to carry out back.
+
+:class:`NodeCore` never awaits, opens a socket or reads a clock: the trio
+layer (:mod:`trionet.ring.node`) and the test simulation feed it the data
+frames that arrive, pass the current time where it matters, and carry out
+the :class:`Send`, :class:`Deliver`, :class:`Returned` and :class:`Finished`
+actions it returns. ``docs/protocol/ring.md`` describes every exchange.
+
+The rules, in one place:
+
+- node 0 sends a probe clockwise; when it comes back every link has been up,
+  the ring is closed, and node 0 injects one token per direction; a node sends at most one message per
+  token visit, in the token's direction, and holds the token until that
+  message comes back to it; a node with nothing to send passes the token at
+  once;
+- a message is forwarded by every node; its destination delivers it and sets
+  ``delivered``; its origin records the outcome and passes the token on;
+- a message naming a node outside the ring is refused (a protocol error for
+  the link that brought it); a message that comes to its origin but is not
+  the one that origin has in flight is dropped: so no frame goes round more
+  than once;
+- each token carries a ``busy`` flag: a node sets it when it sends on that
+  visit or still has messages left. Node 0 clears it at the start of each
+  round, and when a token comes back clean it keeps ("parks") it. A clean round
+  proves every message file is exhausted and nothing is in flight in that
+  direction; once both tokens are parked, node 0 sends ``Finalize``;
+- on a stop request node 0 parks each token as it comes back (after its own
+  message, if any, has returned), then finalizes the same way;
+- ``Finalize`` travels clockwise; each node adds its counters, forwards it and
+  finishes; node 0 finishes when it comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from trionet.ring.frames import (
+    DataFrame,
+    Direction,
+    Finalize,
+    LocalProtocolError,
+    Message,
+    Probe,
+    RemoteProtocolError,
+    StopRequest,
+    Token,
+)
+
+__all__ = ["Action", "Deliver", "Finished", "NodeCore", "Returned", "Send", "Summary"]
+
+
+class Send(NamedTuple):
+    """Send ``frame`` to the next node in ``direction``."""
+
+    direction: Direction
+    frame: DataFrame
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """``message`` reached its destination (this node): write the deliveries line."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """This node's ``message`` came back; ``round_trip`` is in the caller's time unit."""
+
+    message: Message
+    round_trip: float
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a node did, printed when it finishes; ``ring`` holds the ring-wide totals at node 0."""
+
+    node_id: int
+    sent: int
+    delivered: int
+    forwarded: int
+    unsent: int
+    requested: bool
+    ring: Finalize | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The finalization command passed this node: flush, report ``summary``, and exit."""
+
+    summary: Summary
+
+
+Action = Send | Deliver | Returned | Finished
+
+
+class _Queue:
+    """The node's message file as a one-item-lookahead stream."""
+
+    def __init__(self, messages: Iterable[tuple[int, str]]) -> None:
+        self._it: Iterator[tuple[int, str]] = iter(messages)
+        self._head: tuple[int, str] | None = None
+        self._done = False
+
+    def peek(self) -> tuple[int, str] | None:
+        if self._head is None and not self._done:
+            self._head = next(self._it, None)
+            self._done = self._head is None
+        return self._head
+
+    def pop(self) -> tuple[int, str]:
+        head = self.peek()
+        assert head is not None
+        self._head = None
+        return head
+
+    def drain(self) -> int:
+        count = int(self.peek() is not None)
+        self._head = None
+        if not self._done:
+            count += sum(1 for _ in self._it)
+            self._done = True
+        return count
+
+
+@dataclass
+class NodeCore:
+    """The token logic of one node, both directions; every method returns the actions to carry out.
+
+    Args:
+        node_id: this node's id.
+        ring: the ids in clockwise order.
+        messages: ``(destination, text)`` pairs, consumed one per token visit.
+        observer: called as ``observer(event, node_id, detail)`` at each token
+            and message step; the simulation checks its invariants with it,
+            the demo draws with it. Events: ``token-in``, ``token-out``,
+            ``token-park``, ``send``, ``forward``, ``deliver``, ``return``,
+            ``drop``, ``finalize``.
+
+    Error handling: a frame this node cannot make sense of (a token while it
+    already holds that direction's token, a message or stop request naming a
+    node outside the ring) raises :class:`RemoteProtocolError`; the link
+    layer's de-duplication makes the first impossible between correct nodes,
+    and :meth:`is_transit` raises for the second before the frame is taken.
+    A message that comes back to this node but is not the one it has in
+    flight (it never sent it, or it was already returned) is dropped and
+    counted in :attr:`dropped`, so it cannot circulate again.
+    """
+
+    node_id: int
+    ring: tuple[int, ...]
+    messages: Iterable[tuple[int, str]] = ()
+    observer: Callable[[str, int, object], None] | None = None
+    sent: int = 0
+    delivered: int = 0
+    forwarded: int = 0
+    returned: int = 0
+    dropped: int = 0
+    started: bool = False
+    finished: bool = False
+    stopping: bool = False
+    holding: dict[Direction, Token | None] = field(default_factory=lambda: {d: None for d in Direction})
+    in_flight: dict[Direction, Message | None] = field(default_factory=lambda: {d: None for d in Direction})
+    parked: dict[Direction, Token | None] = field(default_factory=lambda: {d: None for d in Direction})
+    _sent_at: dict[Direction, float] = field(default_factory=dict)
+    _queue: _Queue = field(init=False)
+    _finalize_sent: bool = False
+    _probe_sent: bool = False
+    _unsent: int = 0
+    _members: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.ring = tuple(self.ring)
+        if self.node_id not in self.ring:
+            raise LocalProtocolError(f"node {self.node_id} is not in the ring")
+        self._members = frozenset(self.ring)
+        self._queue = _Queue(self.messages)
+
+    @property
+    def is_leader(self) -> bool:
+        """True for node 0, which injects the tokens and finalizes."""
+        return self.node_id == 0
+
+    @property
+    def finalizing(self) -> bool:
+        """True once the finalization command was sent (node 0) or seen (any node)."""
+        return self._finalize_sent or self.finished
+
+    def is_transit(self, frame: DataFrame) -> bool:
+        """True for a frame that only passes through this node, which the node may repeat at once.
+
+        As a Token Ring station repeats the frames of others and the token
+        when it has nothing to send: a message neither from nor to this node,
+        and a token arriving at a node (not node 0) that has no message to
+        send and does not hold that token already. :meth:`receive` would only
+        forward either (and count it), so the node may do that from the task
+        that read it; why frames keep their order then is argued where that
+        happens (:meth:`trionet.ring.node.RingNode._read_frames`).
+
+        Raises:
+            RemoteProtocolError: a message whose origin or destination, or a
+                stop request whose origin, is not in the ring. The link that
+                brought it treats this as a protocol error (it drops that
+                connection); checking here costs two set lookups per hop.
+        """
+        kind = type(frame)
+        if kind is Message:
+            origin, destination = frame.origin, frame.destination
+            if origin not in self._members or destination not in self._members:
+                raise RemoteProtocolError(self._outsider(frame))
+            return origin != self.node_id and destination != self.node_id
+        if kind is StopRequest and frame.origin not in self._members:
+            raise RemoteProtocolError(f"stop request from node {frame.origin}, which is not in the ring")
+        if kind is Token:
+            return (
+                not self.is_leader
+                and not self.finished
+                and self.holding[frame.direction] is None
+                and not self.has_pending()
+            )
+        return False
+
+    def prefetch(self) -> None:
+        """Read the next message of the file ahead (the node calls this after acting on a frame).
+
+        So that reading and checking a line is not on the token's path: when
+        the token comes, the message is ready.
+        """
+        self._queue.peek()
+
+    def has_pending(self) -> bool:
+        """True while this node's message file has messages not yet sent."""
+        return self._queue.peek() is not None
+
+    # --- inputs ---------------------------------------------------------------
+
+    def start(self, now: float = 0.0) -> list[Action]:
+        """Node 0 checks that the ring is closed: it sends a :class:`Probe` clockwise (others: nothing).
+
+        A link carries a frame only while it is up, so when the probe comes
+        back every link of the ring has been established; node 0 then
+        injects the tokens.
+        """
+        if self._probe_sent or not self.is_leader:
+            return []
+        self._probe_sent = True
+        return [Send(Direction.CW, Probe())]
+
+    def _inject(self, now: float) -> list[Action]:
+        if self.started:
+            raise RemoteProtocolError("the ring-closure probe came back twice")
+        self.started = True
+        if self.stopping:
+            return self._finalize()
+        actions: list[Action] = []
+        for direction in Direction:
+            self._note("token-in", direction)
+            actions += self._visit(Token(direction), now)
+        return actions
+
+    def request_stop(self, now: float = 0.0) -> list[Action]:
+        """Finalize gracefully: node 0 parks each token as it comes back; others ask node 0."""
+        if self.finished or self.stopping:
+            return []
+        if not self.is_leader:
+            return [Send(Direction.CW, StopRequest(self.node_id))]
+        self.stopping = True
+        if not self.started:
+            return []
+        actions: list[Action] = []
+        for direction in Direction:
+            token = self.holding[direction]
+            if token is not None and self.in_flight[direction] is None:
+                actions += self._park(token)
+        return actions + self._maybe_finalize()
+
+    def receive(self, frame: DataFrame, now: float = 0.0) -> list[Action]:
+        """Handle one data frame that arrived from a neighbour."""
+        if isinstance(frame, Message):
+            return self._on_message(frame, now)
+        if isinstance(frame, Token):
+            return self._on_token(frame, now)
+        if isinstance(frame, Finalize):
+            return self._on_finalize(frame)
+        if isinstance(frame, StopRequest):
+            if frame.origin not in self._members:
+                raise RemoteProtocolError(f"stop request from node {frame.origin}, which is not in the ring")
+            if self.is_leader:
+                return self.request_stop(now)
+            return [Send(Direction.CW, frame)]
+        if isinstance(frame, Probe):
+            if self.is_leader:
+                return self._inject(now)
+            return [Send(Direction.CW, frame)]
+        raise LocalProtocolError(f"not a data frame: {frame!r}")
+
+    # --- tokens -----------------------------------------------------------------
+
+    def _on_token(self, token: Token, now: float) -> list[Action]:
+        d = token.direction
+        if self.holding[d] is not None or self.parked[d] is not None:
+            raise RemoteProtocolError(f"a second {d.label} token arrived at node {self.node_id}")
+        if self.finished:
+            raise RemoteProtocolError(f"{d.label} token after finalization")
+        self._note("token-in", d)
+        if self.is_leader:
+            # The token is back at node 0: one round is complete.
+            if self.stopping or not token.busy:
+                return self._park(token) + self._maybe_finalize()
+            token = Token(d, token.round + 1, busy=False)
+        return self._visit(token, now)
+
+    def _visit(self, token: Token, now: float) -> list[Action]:
+        d = token.direction
+        if not (self.is_leader and self.stopping) and self.has_pending():
+            dest, text = self._queue.pop()
+            self.sent += 1
+            msg = Message(d, self.node_id, dest, self.sent, text)
+            self.holding[d] = Token(d, token.round, True)
+            self.in_flight[d] = msg
+            self._sent_at[d] = now
+            self._note("send", d, msg)
+            return [Send(d, msg)]
+        # (Frames are built directly, not with dataclasses.replace: this is
+        # the per-hop path, and replace() costs several times more.)
+        return self._pass(Token(d, token.round, token.busy or self.has_pending()))
+
+    def _pass(self, token: Token) -> list[Action]:
+        d = token.direction
+        self.holding[d] = None
+        if self.is_leader and self.stopping:
+            return self._park(token) + self._maybe_finalize()
+        self._note("token-out", d)
+        return [Send(d, token)]
+
+    def _park(self, token: Token) -> list[Action]:
+        self.holding[token.direction] = None
+        self.parked[token.direction] = token
+        self._note("token-park", token.direction)
+        return []
+
+    def _maybe_finalize(self) -> list[Action]:
+        if self._finalize_sent or any(self.parked[d] is None for d in Direction):
+            return []
+        return self._finalize()
+
+    def _finalize(self) -> list[Action]:
+        self._finalize_sent = True
+        unsent = self._queue.drain()
+        fin = Finalize(self.stopping, self.sent, self.delivered, unsent, 1)
+        self._unsent = unsent
+        self._note("finalize", Direction.CW)
+        return [Send(Direction.CW, fin)]
+
+    # --- messages ---------------------------------------------------------------
+
+    def _outsider(self, msg: Message) -> str:
+        return f"message {msg.uid} to node {msg.destination} names a node that is not in the ring"
+
+    def _on_message(self, msg: Message, now: float) -> list[Action]:
+        d = msg.direction
+        if msg.origin not in self._members or msg.destination not in self._members:
+            raise RemoteProtocolError(self._outsider(msg))
+        mine = self.in_flight[d]
+        from_here = msg.origin == self.node_id
+        if from_here and (mine is None or mine[:5] != msg[:5]):
+            # Not the message this node has in flight: never sent by it, or
+            # already back. Dropped here, at its origin, it cannot go round again.
+            self.dropped += 1
+            self._note("drop", d, msg)
+            return []
+        actions: list[Action] = []
+        if msg.destination == self.node_id and not msg.delivered:
+            msg = Message(d, msg.origin, msg.destination, msg.msg_id, msg.text, True)
+            self.delivered += 1
+            self._note("deliver", d, msg)
+            actions.append(Deliver(msg))
+        if not from_here:
+            self.forwarded += 1
+            self._note("forward", d, msg)
+            actions.append(Send(d, msg))
+            return actions
+        self.in_flight[d] = None
+        self.returned += 1
+        self._note("return", d, msg)
+        actions.append(Returned(msg, now - self._sent_at.pop(d)))
+        token = self.holding[d]
+        assert token is not None  # held since the message was sent
+        return actions + self._pass(token)
+
+    # --- finalization -------------------------------------------------------------
+
+    def _on_finalize(self, fin: Finalize) -> list[Action]:
+        if self.finished:
+            raise RemoteProtocolError(f"a second finalization command at node {self.node_id}")
+        self.finished = True
+        if self.is_leader:
+            summary = Summary(self.node_id, self.sent, self.delivered, self.forwarded, self._unsent, fin.requested, fin)
+            self._note("finalize", Direction.CW, fin)
+            return [Finished(summary)]
+        unsent = self._queue.drain()
+        total = Finalize(
+            fin.requested, fin.sent + self.sent, fin.delivered + self.delivered, fin.unsent + unsent, fin.nodes + 1
+        )
+        self._note("finalize", Direction.CW, total)
+        summary = Summary(self.node_id, self.sent, self.delivered, self.forwarded, unsent, fin.requested)
+        return [Send(Direction.CW, total), Finished(summary)]
+
+    def _note(self, event: str, direction: Direction, detail: object = None) -> None:
+        if self.observer is not None:
+            self.observer(event, self.node_id, (direction, detail))
