@@ -8,8 +8,9 @@ import sys
 import click
 import trio
 
-from trionet.cliutil import log_level_option, serve_until_signal
+from trionet.cliutil import log_level_option, metrics_option, serve_until_signal
 from trionet.ring.config import ConfigError, count_messages, is_loopback, iter_messages, load_config, load_secret
+from trionet.ring.metrics import ring_registry
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
 from trionet.ring.core import Summary
 
@@ -109,6 +110,7 @@ def _read_secret(path: str | None) -> bytes | None:
     help="Listen here instead of on this node's address in the ring file (e.g. 0.0.0.0:7500 behind NAT).",
 )
 @_secret_option
+@metrics_option
 @click.option(
     "--insecure",
     is_flag=True,
@@ -127,6 +129,7 @@ def join(
     handshake_timeout: float,
     listen: str | None,
     secret_path: str | None,
+    metrics: tuple[str, int] | None,
     insecure: bool,
 ) -> None:
     """Run one node of the ring until node 0's finalization command has passed.
@@ -181,7 +184,12 @@ def join(
     click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {total} message(s) to send", err=True)
     try:
         serve_until_signal(
-            "ring", node.run, shutdown=lambda _grace: node.request_stop(), expected=(RingError, ConfigError)
+            "ring",
+            node.serve,
+            shutdown=node.shutdown,
+            expected=(RingError, ConfigError),
+            registry=ring_registry(node),
+            metrics=metrics,
         )
     finally:
         if deliveries is not None:

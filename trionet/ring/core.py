@@ -158,6 +158,7 @@ class NodeCore:
     forwarded: int = 0
     returned: int = 0
     dropped: int = 0
+    tokens_seen: list[int] = field(default_factory=lambda: [0, 0])  # by Direction: every token that came in
     started: bool = False
     finished: bool = False
     stopping: bool = False
@@ -214,6 +215,7 @@ class NodeCore:
         if kind is StopRequest and frame.origin not in self._members:
             raise RemoteProtocolError(f"stop request from node {frame.origin}, which is not in the ring")
         if kind is Token:
+            self.tokens_seen[frame.direction] += 1  # every frame comes here first: one count per token visit
             return (
                 not self.is_leader
                 and not self.finished

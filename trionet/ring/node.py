@@ -186,6 +186,14 @@ class RingNode:
         """Finalize gracefully (node 0), or ask node 0 to (any other node). Safe to call twice."""
         self._stop_requested.set()
 
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> Summary:
+        """:meth:`run` under the name every trionet service has (``serve`` / ``shutdown``)."""
+        return await self.run(task_status=task_status)
+
+    def shutdown(self, grace: float = 0.0) -> None:
+        """Stop as a service stops: :meth:`request_stop` (a ring ends by node 0's finalization, not a timer)."""
+        self.request_stop()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> Summary:
         """Join the ring and run until the finalization command has passed; return this node's summary.
 
@@ -196,7 +204,6 @@ class RingNode:
         """
         async with trio.open_nursery() as nursery:
             await nursery.start(self.transport.serve, self.listen, self._on_incoming)
-            log.info("node %d listening on %s", self.me.id, self.listen.address)
             task_status.started()
             nursery.start_soon(self._dial_loop)
             nursery.start_soon(self._token_task, Direction.CW)

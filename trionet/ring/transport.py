@@ -74,7 +74,10 @@ class TcpTransport:
         async def _handle(conn: Connection) -> None:
             await handler(self._wrap(conn.stream))
 
-        await TCPService(f"ring node {node.id}", _handle, log).serve(node.host, node.port, task_status=task_status)
+        # One "node N listening on" line; a link's connections are logged at
+        # debug level (the node logs what matters about its links itself).
+        service = TCPService(f"node {node.id}", _handle, log, quiet=True)
+        await service.serve(node.host, node.port, task_status=task_status)
 
 
 class _OneAtATime:
