@@ -6,6 +6,10 @@ notice, :data:`NEED_DATA` or :data:`EOF`). Neither touches a socket, so every
 edge case (a frame split across reads, a line longer than the limit, a
 length prefix with no body) is tested without I/O.
 
+:class:`LineRequests` and :class:`LineReplies` are the two sides of a
+line protocol built on :class:`LineFramer`: a service gives them its own
+line parser and gets requests or replies out.
+
 Every framer is bounded: it never buffers more than ``max_frame`` bytes of one
 frame plus one read. A frame that is too long is skipped, and an
 :class:`Oversized` event says so once, so the connection stays usable.
@@ -23,6 +27,8 @@ __all__ = [
     "FramingError",
     "LengthPrefixFramer",
     "LineFramer",
+    "LineReplies",
+    "LineRequests",
     "Oversized",
     "TruncatedFrame",
     "encode_length_prefixed",
@@ -252,3 +258,81 @@ def next_line(framer: LineFramer, error: type[Exception] = FramingError) -> byte
         if isinstance(event, TruncatedFrame):
             raise error("connection closed in the middle of a reply")
         return event
+
+
+class LineRequests:
+    """The server's side of a line protocol: bytes in, one parsed request per line out.
+
+    Args:
+        max_line: the longest request line, in bytes.
+        parse: ``parse(line)`` turns one line (without its line ending)
+            into a request event, or None for a line to skip (a blank one).
+        oversized: ``oversized(limit)`` is the event for a line longer than
+            ``max_line`` (it is skipped up to its newline, and the
+            connection goes on).
+
+    Error handling: a last line without its newline from a client that
+    left is dropped (there is nobody to answer); :data:`EOF` follows.
+    """
+
+    def __init__(self, max_line: int, parse, oversized) -> None:
+        self._framer = LineFramer(max_line)
+        self._parse = parse
+        self._oversized = oversized
+        self.max_line = max_line
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the client; ``b""`` when it closed its side."""
+        self._framer.receive_data(data)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed into requests."""
+        return self._framer.buffered
+
+    def next_event(self):
+        """Return the next request (what ``parse`` or ``oversized`` made), NEED_DATA or EOF."""
+        while True:
+            event = self._framer.next_event()
+            if type(event) is Frame:
+                parsed = self._parse(event.payload)
+                if parsed is None:
+                    continue
+                return parsed
+            if type(event) is Oversized:
+                return self._oversized(event.limit)
+            if type(event) is TruncatedFrame:
+                return EOF
+            return event
+
+
+class LineReplies:
+    """The client's side of a line protocol: bytes in, one parsed reply per line out.
+
+    Args:
+        parse: ``parse(line)`` turns one non-blank line into a reply event;
+            it raises ``error`` for a line that is not a reply.
+        error: the exception class of the protocol's remote errors.
+        max_line: the longest reply line accepted, in bytes.
+
+    Error handling: a line longer than ``max_line`` or cut off by the
+    server's close raises ``error`` (a client cannot skip part of an answer).
+    """
+
+    def __init__(self, parse, error: type[Exception], max_line: int) -> None:
+        self._framer = LineFramer(max_line)
+        self._parse = parse
+        self._error = error
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the server; ``b""`` when it closed."""
+        self._framer.receive_data(data)
+
+    def next_event(self):
+        """Return the next reply, NEED_DATA or EOF.
+
+        Raises:
+            error: a line is not a reply, is too long, or was cut off.
+        """
+        line = next_line(self._framer, self._error)
+        return line if line is NEED_DATA or line is EOF else self._parse(line)
