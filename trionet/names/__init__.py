@@ -6,7 +6,8 @@
   :mod:`~trionet.names.hostswire`: the sans-IO core (hosts file, answer
   cache, line protocol, DNS messages, the rules of a session, hosts-file
   reloads, ready-made hosts answers);
-- :mod:`trionet.names.resolver` and :mod:`~trionet.names.server`: the trio layer;
+- :mod:`trionet.names.resolver`, :mod:`~trionet.names.server`,
+  :mod:`~trionet.names.lineport` and :mod:`~trionet.names.dnsport`: the trio layer;
 - :mod:`trionet.names.client`: ``async with trionet.names.connect(host, port) as conn``.
 """
 

@@ -7,25 +7,26 @@ at once across both ports, the next ``backlog`` wait in FIFO order, and the
 rest are turned away with a "busy" reply; so is a client whose address
 already holds ``per_address`` slots and places in line.
 
-This module moves bytes and time between the sockets and the sans-IO cores;
-it decides nothing itself. What a connection does next is the
-:class:`~trionet.names.session.Session`'s call: its stages (waiting,
-admitted, closing), what it keeps while it waits, its quota, its idle and
-session deadlines and its bye reason. Requests are parsed by
-:mod:`~trionet.names.protocol` and :mod:`~trionet.names.dnswire`; the hosts
-table is :mod:`~trionet.names.watcher`'s, and the DNS port's ready-made
-hosts answers are :mod:`~trionet.names.hostswire`'s. What happens here:
+This module and the two port shells, :mod:`~trionet.names.lineport` and
+:mod:`~trionet.names.dnsport`, move bytes and time between the sockets and
+the sans-IO cores; they decide nothing themselves. What a connection does
+next is the :class:`~trionet.names.session.Session`'s call: its stages
+(waiting, admitted, closing), what it keeps while it waits, its quota, its
+idle and session deadlines and its bye reason. The hosts table is
+:mod:`~trionet.names.watcher`'s. What happens here, for both ports:
 
-1. *waiting*: while it waits for a slot the client's input is read and
-   given to its session, so that a client that leaves is noticed and leaves
-   the line; a line client is told its place each time it changes;
-2. *admitted*: each read waits until the session's read deadline, each
-   request is looked up (hosts table, cache, then the
-   :class:`~trionet.names.resolver.Resolver`) and answered;
+1. *waiting*: while it waits for a slot (:meth:`NamesServer.admit`) the
+   client's input is read and given to its session, so that a client that
+   leaves is noticed and leaves the line; a line client is told its place
+   each time it changes;
+2. *admitted*: the port's shell answers requests; lookups go to the hosts
+   table, then the cache, then the
+   :class:`~trionet.names.resolver.Resolver`;
 3. *closing*: the slot is given back first, so the next client is admitted
    at once; then the server sends EOF and reads what the client still sends
    (for at most :data:`LINGER` seconds) before closing, so the last answer
-   is not lost to a TCP reset.
+   is not lost to a TCP reset. At shutdown every session ends with
+   ``shutdown`` after the request in hand.
 
 The hosts file is reloaded when it changes (checked every
 ``reload_interval`` seconds) and on :meth:`NamesServer.request_reload`
@@ -43,20 +44,21 @@ from functools import partial
 import trio
 
 from trionet.errors import leaves
-from trionet.framing import EOF, NEED_DATA, Frame, LengthPrefixFramer, TruncatedFrame, encode_length_prefixed
 from trionet.limits import AdmissionLimit, ShareExceeded, Ticket, WaitingRoomFull, WaitTimeout, client_key
 from trionet.log import get_logger
-from trionet.names import dnswire, protocol
+from trionet.names import protocol
 from trionet.names.answer import Answer
 from trionet.names.cache import AnswerCache
+from trionet.names.dnsport import serve_dns
 from trionet.names.hosts import HostsTable
 from trionet.names.hostswire import HostsWireCache
+from trionet.names.lineport import serve_line
 from trionet.names.resolver import Resolver, Transport, Upstream
 from trionet.names.session import (
     DNS_CLOSE_WAIT,
-    REFUSE_WAIT,
     WAIT_BUFFER,
     Keep,
+    Refused,
     Session,
     SessionRules,
     busy_message,
@@ -64,13 +66,12 @@ from trionet.names.session import (
     wait_timeout_message,
 )
 from trionet.names.watcher import HostsWatcher, read_hosts, stamp
-from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService, receive_event
+from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService
 
 __all__ = [
     "DEFAULT_DNS_PORT",
     "DNS_CLOSE_WAIT",
     "LINGER",
-    "MAX_DNS_MESSAGE",
     "WAIT_BUFFER",
     "NamesAddresses",
     "NamesConfig",
@@ -83,11 +84,11 @@ log = get_logger("names")
 DEFAULT_DNS_PORT = 7453
 LINGER = 2.0
 """Seconds a closing connection may take to read what the client still sends after our EOF."""
-MAX_DNS_MESSAGE = 65535
-"""The largest DNS message over TCP: what a 2-byte length prefix can say."""
 
 
 @dataclass(frozen=True)
+
+
 class NamesConfig:
     """The server's rules; each one is a ``trionet names serve`` option.
 
@@ -125,6 +126,8 @@ class NamesConfig:
 
 
 @dataclass(frozen=True)
+
+
 class NamesAddresses:
     """Where a running server listens (what ``nursery.start(serve_names, ...)`` returns)."""
 
@@ -132,17 +135,10 @@ class NamesAddresses:
     dns: tuple[str, int]
 
 
-class _Refused(Exception):
-    """The client is turned away before it is admitted: ``reason`` is the bye reason, ``message`` says why."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
 @dataclass(eq=False)
-class _Client:
+
+
+class Client:
     """The trio side of one connection: its :class:`Session`, and what the shutdown watcher touches."""
 
     session: Session
@@ -300,22 +296,22 @@ class NamesServer:
     async def _serve_client(self, conn: Connection, run_session) -> None:
         # The watcher (shutdown, stuck sends), giving back the client's slot,
         # and a gentle close.
-        client = _Client(Session(self.rules), SendWatchdog(self.rules.stuck_send))
+        client = Client(Session(self.rules), SendWatchdog(self.rules.stuck_send))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, conn, client, nursery.cancel_scope)
             try:
-                await run_session(conn, client)
+                await run_session(self, conn, client)
             finally:
                 client.session.close()
-                self._release(client)
+                self.release(client)
                 nursery.cancel_scope.cancel()
         await self._close_gently(conn.stream)
 
-    async def _admit(self, conn: Connection, client: _Client, decoder, on_wait) -> bool:
-        """Wait for a slot while the session keeps the client's input; True once admitted.
+    async def admit(self, conn: Connection, client: Client, decoder, on_wait) -> bool:
+        """Wait for a slot while the session keeps the client's input; True once admitted (both ports use it).
 
         Returns False when the client left while waiting (or the server is
-        shutting down). Raises :class:`_Refused` when the waiting room is
+        shutting down). Raises :class:`Refused` when the waiting room is
         full, the client's address holds its share, or no slot came free
         within ``wait_timeout`` seconds.
         """
@@ -351,20 +347,21 @@ class NamesServer:
             if kept is Keep.STOP_READING:
                 await trio.sleep_forever()  # TCP holds back the rest
 
-    def _refusal(self, exc: Exception) -> _Refused:
+    def _refusal(self, exc: Exception) -> Refused:
         """The bye reason and message for a client that ``exc`` turned away."""
         if isinstance(exc, ShareExceeded):
-            return _Refused("busy", share_message(exc.key, exc.per_key))
+            return Refused("busy", share_message(exc.key, exc.per_key))
         if isinstance(exc, WaitTimeout):
-            return _Refused("wait-timeout", wait_timeout_message(exc.timeout))
-        return _Refused("busy", busy_message(self.admission.limit, self.admission.waiting))
+            return Refused("wait-timeout", wait_timeout_message(exc.timeout))
+        return Refused("busy", busy_message(self.admission.limit, self.admission.waiting))
 
-    def _release(self, client: _Client) -> None:
+    def release(self, client: Client) -> None:
+        """Give back the client's slot, if it holds one (at once, so the next client is admitted)."""
         if client.ticket is not None:
             self.admission.leave(client.ticket)
             client.ticket = None
 
-    async def _watch(self, conn: Connection, client: _Client, scope: trio.CancelScope) -> None:
+    async def _watch(self, conn: Connection, client: Client, scope: trio.CancelScope) -> None:
         """End the session at shutdown, and cancel ``scope`` when one send stays blocked too long.
 
         A client that does not read its answers must not hold its slot
@@ -394,227 +391,13 @@ class NamesServer:
 
     async def handle_line(self, conn: Connection) -> None:
         """Serve one client of the line protocol (the line port's TCPService handler)."""
-        await self._serve_client(conn, self._line_session)
-
-    async def _line_session(self, conn: Connection, client: _Client) -> None:
-        stream = conn.stream
-        proto = protocol.ServerLineProtocol()
-        session = client.session
-        sends = client.sends
-
-        async def tell_place(place: int) -> None:
-            await sends.send(stream, protocol.encode_wait(place, self.admission.limit))
-
-        try:
-            admitted = await self._admit(conn, client, proto, tell_place)
-        except _Refused as refused:
-            await sends.send(stream, protocol.encode_bye(refused.reason, refused.message))
-            return
-        if not admitted:
-            if session.ending == "shutdown":
-                await sends.send(stream, protocol.encode_bye("shutdown", session.bye()))
-            return
-        config = self.config
-        welcome = protocol.encode_welcome(
-            quota=config.quota,
-            idle_timeout=config.idle_timeout,
-            session_timeout=config.session_timeout,
-            waited=client.ticket.waited,
-        )
-        await sends.send(stream, welcome)
-        while True:
-            if session.ending == "shutdown":
-                await sends.send(stream, protocol.encode_bye("shutdown", session.bye()))
-                return
-            if session.pending:
-                event = session.pending.popleft()
-            else:
-                deadline, reason = session.read_deadline(trio.current_time())
-                client.wait_scope = trio.CancelScope(deadline=deadline)
-                if session.ending:
-                    client.wait_scope.cancel()
-                event = None
-                with client.wait_scope:
-                    event = await receive_event(stream, proto)
-                if event is None:
-                    if session.ending == "shutdown":
-                        continue
-                    session.end(reason)
-                    await sends.send(stream, protocol.encode_bye(reason, session.bye()))
-                    return
-            if event is EOF:
-                return
-            if isinstance(event, protocol.Quit):
-                session.end("quit")
-                await sends.send(stream, protocol.encode_bye("quit", session.bye()))
-                return
-            conn.requests += 1
-            if isinstance(event, protocol.BadLine):
-                reply = protocol.encode_bad_request(event.message)
-            else:
-                answer = await self.lookup(event.qname, event.rdtype)
-                reply = protocol.encode_answer(answer, event.name)
-            ending = session.after_answer(trio.current_time())
-            if ending:
-                await sends.send(stream, reply + protocol.encode_bye(ending, session.bye()))
-                return
-            await sends.send(stream, reply)
+        await self._serve_client(conn, serve_line)
 
     # --- the DNS port -----------------------------------------------------------------
 
     async def handle_dns(self, conn: Connection) -> None:
         """Serve one DNS-over-TCP client (the DNS port's TCPService handler)."""
-        await self._serve_client(conn, self._dns_session)
-
-    async def _dns_session(self, conn: Connection, client: _Client) -> None:
-        stream = conn.stream
-        framer = LengthPrefixFramer(2, MAX_DNS_MESSAGE)
-        session = client.session
-        try:
-            admitted = await self._admit(conn, client, framer, None)
-        except _Refused:
-            await self._refuse_dns(client, stream, framer)
-            return
-        if not admitted:
-            return
-        session_deadline = session.session_deadline()
-        pending = session.pending
-        known_answer = self.hosts_wire.get
-        async with trio.open_nursery() as queries:
-            replies = _DnsReplies(self, client.sends, stream, queries)
-            out: list[bytes] = []  # answers to everything that arrived together go out in one send
-            while not session.ending:
-                if pending:
-                    event = pending.popleft()
-                else:
-                    event = framer.next_event()
-                    if event is NEED_DATA:
-                        if out:
-                            await replies.send(b"".join(out))
-                            out.clear()
-                        # Checked once per read, not per message: the fast path stays fast.
-                        now = trio.current_time()
-                        if now >= session_deadline:
-                            session.end("session-timeout")
-                            break
-                        deadline, reason = session.read_deadline(now)
-                        client.wait_scope = trio.CancelScope(deadline=deadline)
-                        event = None
-                        with client.wait_scope:
-                            event = await receive_event(stream, framer)
-                        if event is None:
-                            session.end(reason)
-                            break
-                if event is EOF or type(event) is TruncatedFrame:
-                    break
-                # A 2-byte length prefix cannot announce more than MAX_DNS_MESSAGE: always a Frame.
-                conn.requests += 1
-                payload = event.payload
-                known = known_answer(payload[2:])
-                if known is not None:
-                    out.append(_frame(payload[:2] + known))
-                else:
-                    parsed = dnswire.parse_query(payload)
-                    if isinstance(parsed, bytes):
-                        out.append(_frame(parsed))
-                    else:
-                        answer = self.lookup_local(parsed.qname, parsed.rdtype)
-                        if answer is None:
-                            if out:
-                                await replies.send(b"".join(out))
-                                out.clear()
-                            await replies.resolve_soon(parsed)
-                        else:
-                            response = dnswire.build_response(parsed, answer)
-                            if answer.source == "hosts":
-                                self.hosts_wire.remember(payload, response)
-                            out.append(_frame(response))
-                if session.count():
-                    break
-            if out:
-                await replies.send(b"".join(out))
-        # Every answer is sent; give the slot to the next client before closing.
-        self._release(client)
-        if session.lets_client_close_first:
-            await self._let_dns_client_close(stream, framer)
-
-    @staticmethod
-    async def _let_dns_client_close(stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
-        """After the quota, give a DNS client a moment to close first, as RFC 7766 6.2.3 asks of clients.
-
-        The side that closes first keeps the TIME_WAIT state, so a server
-        that lets clients close keeps none; and a client that counts its own
-        queries (``dnsperf -O num-queries-per-conn=N``) is not surprised by
-        an EOF while it closes. A client that sends more, or stays silent for
-        :data:`DNS_CLOSE_WAIT` seconds, is closed by the server at once.
-        """
-        if framer.next_event() is not NEED_DATA:
-            return  # it already sent more than its quota
-        with trio.move_on_after(DNS_CLOSE_WAIT):
-            try:
-                await stream.receive_some(RECEIVE_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
-
-    async def _refuse_dns(self, client: _Client, stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
-        """Answer a turned-away DNS client with REFUSED, the DNS port's ``bye busy`` and ``bye wait-timeout``.
-
-        The queries it sent while waiting are each refused; if there are
-        none, its first query is, if it comes within :data:`REFUSE_WAIT` seconds.
-        """
-        frames = [event for event in client.session.pending if isinstance(event, Frame)]
-        if not frames:
-            with trio.move_on_after(REFUSE_WAIT):
-                event = await receive_event(stream, framer)
-                if isinstance(event, Frame):
-                    frames.append(event)
-        if frames:
-            await client.sends.send(stream, b"".join(_frame(dnswire.build_refused(frame.payload)) for frame in frames))
-
-
-class _DnsReplies:
-    """Where a DNS connection's responses go out: the read loop's batches and the resolver tasks' answers.
-
-    Every send goes through the connection's :class:`~trionet.serving.SendWatchdog`.
-    Two tasks may send on the stream only while resolver tasks run, so the
-    lock is taken only then: an uncontended ``trio.Lock`` still costs a
-    scheduling point, as much as the send itself on the hosts-file fast path.
-    At most ``max_in_flight`` queries resolve at once; :meth:`resolve_soon`
-    waits for one to finish before it starts another, so the next message is
-    not read meanwhile.
-    """
-
-    def __init__(self, server: NamesServer, sends: SendWatchdog, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
-        self._server = server
-        self._sends = sends
-        self._stream = stream
-        self._nursery = nursery
-        self._lock = trio.Lock()
-        self._in_flight = trio.Semaphore(server.config.max_in_flight)
-        self.resolving = 0
-
-    async def send(self, wire: bytes) -> None:
-        """Send ``wire`` from the read loop."""
-        if self.resolving:
-            async with self._lock:
-                await self._sends.send(self._stream, wire)
-        else:
-            await self._sends.send(self._stream, wire)  # nobody else can be sending: no lock to take
-
-    async def resolve_soon(self, query: dnswire.DnsQuery) -> None:
-        """Start resolving ``query`` in a task that sends its answer (waits while too many are in flight)."""
-        await self._in_flight.acquire()
-        self.resolving += 1
-        self._nursery.start_soon(self._resolve_and_send, query)
-
-    async def _resolve_and_send(self, query: dnswire.DnsQuery) -> None:
-        try:
-            answer = await self._server.lookup(query.qname, query.rdtype)
-            async with self._lock:
-                await self._sends.send(self._stream, _frame(dnswire.build_response(query, answer)))
-        finally:
-            self.resolving -= 1
-            self._in_flight.release()
+        await self._serve_client(conn, serve_dns)
 
 
 def _client_key(conn: Connection) -> str:
@@ -625,12 +408,6 @@ def _client_key(conn: Connection) -> str:
     except OSError:
         host = conn.peer  # already reset
     return client_key(host)
-
-
-def _frame(wire: bytes) -> bytes:
-    if len(wire) > MAX_DNS_MESSAGE:
-        wire = dnswire.build_error(wire[:4], dnswire.SERVFAIL)
-    return encode_length_prefixed(wire, 2)
 
 
 async def serve_names(

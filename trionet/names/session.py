@@ -41,6 +41,7 @@ __all__ = [
     "STUCK_SEND_NO_IDLE",
     "WAIT_BUFFER",
     "Keep",
+    "Refused",
     "Session",
     "SessionRules",
     "Stage",
@@ -131,6 +132,15 @@ class Keep(enum.Enum):
     """The cap is reached, or the client half-closed after asking: keep its place, read nothing more."""
     LEAVE_LINE = "leave the line"
     """The client closed before asking anything: it is gone."""
+
+
+class Refused(Exception):
+    """The client is turned away before it is admitted: ``reason`` is the bye reason, ``message`` says why."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 def busy_message(limit: int, waiting: int) -> str:
