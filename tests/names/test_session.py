@@ -1,11 +1,22 @@
-"""SessionRules, the sans-IO quota and time rules of an admitted session."""
+"""The sans-IO session core: SessionRules (quota and time rules) and Session (stages, waiting input, bye)."""
 
 import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trionet.names.session import SessionRules
+from trionet.framing import EOF, NEED_DATA, Frame, LengthPrefixFramer, encode_length_prefixed
+from trionet.names import protocol
+from trionet.names.session import (
+    WAIT_BUFFER,
+    Keep,
+    Session,
+    SessionRules,
+    Stage,
+    busy_message,
+    share_message,
+    wait_timeout_message,
+)
 
 
 def test_read_deadline_is_the_earlier_of_idle_and_session():
@@ -50,18 +61,6 @@ def test_a_session_never_outlives_its_timeouts(quota, idle, session, admitted, e
 
 
 # --- Session: the stages, what a waiting client's input becomes, the quota and the bye ---------
-
-from trionet.framing import EOF, NEED_DATA, Frame, LengthPrefixFramer, encode_length_prefixed  # noqa: E402
-from trionet.names import protocol  # noqa: E402
-from trionet.names.session import (  # noqa: E402
-    WAIT_BUFFER,
-    Keep,
-    Session,
-    Stage,
-    busy_message,
-    share_message,
-    wait_timeout_message,
-)
 
 
 def test_a_waiting_session_keeps_requests_until_the_cap():

@@ -16,9 +16,10 @@ bytes and time between the sockets and a :class:`Session`:
 - *closing*: :attr:`Session.ending` is the bye reason, :meth:`Session.bye`
   the sentence that goes with it.
 
-:class:`SessionRules` holds the limits themselves; the messages of a client
-turned away before admission are :func:`busy_message`, :func:`share_message`
-and :func:`wait_timeout_message`.
+:class:`SessionRules` holds the limits themselves. A client turned away
+before admission is told so with a :class:`Refused` (its bye reason and
+sentence: :func:`busy_message`, :func:`share_message`,
+:func:`wait_timeout_message`).
 
 Example::
 
