@@ -132,9 +132,12 @@ def running(argv: list[str], port: int, probe: str, **kwargs):
 
 
 def trionet_server(hosts: Path, port: int, limit: int, quota: int, _tmp: Path):
+    line_port = free_port()
+    while line_port == port:  # a port just closed may come back at once; the server refuses the same two
+        line_port = free_port()
     argv = [
         sys.executable, "-m", "trionet", "names", "serve",
-        "--hosts", str(hosts), "--dns-port", str(port), "--port", str(free_port()),
+        "--hosts", str(hosts), "--dns-port", str(port), "--port", str(line_port),
         "--limit", str(limit), "--quota", str(quota), "--backlog", "1000",
         # All the load comes from 127.0.0.1: the per-address share (issue 9,
         # default 8) would refuse 24 of the open scenario's 32 connections.
