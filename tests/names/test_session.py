@@ -125,14 +125,19 @@ def test_count_is_the_dns_ports_quota():
     assert not any(unlimited.count() for _ in range(1000)) and unlimited.ending == ""
 
 
-def test_the_first_reason_to_end_stays():
+def test_the_first_reason_to_end_stays_but_shutdown_wins():
     session = Session(SessionRules(idle_timeout=30))
     session.admit(0)
     assert session.read_deadline(5) == (35, "idle-timeout")
     session.end("idle-timeout")
-    session.end("shutdown")  # the shutdown watcher, a moment later
+    session.end("session-timeout")
     assert session.ending == "idle-timeout" and session.bye() == "no query for 30 seconds; goodbye"
     assert not session.lets_client_close_first  # an idle client is closed at once
+    quota = Session(SessionRules(quota=1))
+    quota.admit(0)
+    assert quota.count() and quota.lets_client_close_first
+    quota.end("shutdown")  # the shutdown watcher, a moment later: no waiting for the client then
+    assert quota.ending == "shutdown" and not quota.lets_client_close_first
     assert session.bye("shutdown") == "the server is shutting down"
     assert session.bye("quit") == "goodbye"
 

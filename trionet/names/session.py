@@ -259,8 +259,13 @@ class Session:
     # --- closing ---------------------------------------------------------------
 
     def end(self, reason: str) -> None:
-        """End the session for ``reason`` (a bye reason); the first reason given stays."""
-        if not self.ending:
+        """End the session for ``reason`` (a bye reason).
+
+        The first reason given stays, except ``shutdown``: a server that is
+        shutting down closes at once, without waiting for a DNS client that
+        used its quota to close first.
+        """
+        if not self.ending or reason == "shutdown":
             self.ending = reason
         self.stage = Stage.CLOSING
 
