@@ -291,3 +291,13 @@ def test_a_scoped_ipv6_address_is_a_bad_request():
     bad = protocol.parse_line(b"fe80::1%eth0")
     assert isinstance(bad, protocol.BadLine) and "scope" in bad.message
     assert isinstance(protocol.parse_line(b"fe80::1%eth0 PTR"), protocol.BadLine)
+
+
+def test_a_turned_away_client_gets_refused_or_its_own_error():
+    query = dns.message.make_query("gw", "A")
+    refused = dns.message.from_wire(dnswire.build_refused(query.to_wire()))
+    assert (refused.id, refused.rcode(), refused.question[0].name.to_text()) == (query.id, dns.rcode.REFUSED, "gw.")
+    notify = dns.message.make_query("gw", "A")
+    notify.set_opcode(dns.opcode.NOTIFY)
+    assert dns.message.from_wire(dnswire.build_refused(notify.to_wire())).rcode() == dns.rcode.NOTIMP
+    assert dnswire.build_refused(b"\x12\x34junk")[:2] == b"\x12\x34"
