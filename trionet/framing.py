@@ -6,6 +6,10 @@ notice, :data:`NEED_DATA` or :data:`EOF`). Neither touches a socket, so every
 edge case (a frame split across reads, a line longer than the limit, a
 length prefix with no body) is tested without I/O.
 
+:class:`LineServerProtocol` and :class:`LineClientProtocol` are the two sides of a
+line protocol built on :class:`LineFramer`: a service gives them its own
+line parser and gets requests or replies out.
+
 Every framer is bounded: it never buffers more than ``max_frame`` bytes of one
 frame plus one read. A frame that is too long is skipped, and an
 :class:`Oversized` event says so once, so the connection stays usable.
@@ -277,14 +281,15 @@ class LineServerProtocol(Generic[E]):
         """Return the next request (or the ``oversized`` event), NEED_DATA or EOF."""
         while True:
             event = self._framer.next_event()
-            if isinstance(event, Frame):
+            kind = type(event)  # one type test per line, not an isinstance chain (the per-request path)
+            if kind is Frame:
                 parsed = self._parse(event.payload)
                 if parsed is None:
                     continue
                 return parsed
-            if isinstance(event, Oversized):
+            if kind is Oversized:
                 return self._oversized(event.limit)
-            if isinstance(event, TruncatedFrame):
+            if kind is TruncatedFrame:
                 return EOF
             return event
 
@@ -336,3 +341,5 @@ def next_line(framer: LineFramer, error: type[Exception] = FramingError) -> byte
         if isinstance(event, TruncatedFrame):
             raise error("connection closed in the middle of a reply")
         return event
+
+

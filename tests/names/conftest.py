@@ -52,6 +52,8 @@ class FakeUpstream:
         self.follow_cnames = True
         self.extra_authority: list[dns.rrset.RRset] = []
         """Put before the SOA of every negative answer (a lying or broken upstream)."""
+        self.held: dict[str, trio.Event] = {}
+        """Names whose answer waits until the test sets the event (after their delay in ``slow``)."""
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.address: tuple[str, int] | None = None
 
@@ -137,8 +139,15 @@ class FakeUpstream:
         if delay is None:
             return
         await trio.sleep(delay)
+        await self.release(query)
         response = self.respond(query)
         await sock.sendto(response.to_wire(), peer)
+
+    async def release(self, query: dns.message.Message) -> None:
+        """Wait until the test lets the answer to ``query`` go (see :attr:`held`)."""
+        name = query.question[0].name.to_text(omit_final_dot=True).lower()
+        if name in self.held:
+            await self.held[name].wait()
 
     async def _serve_tcp(self, listener, nursery) -> None:
         while True:
@@ -156,6 +165,7 @@ class FakeUpstream:
             query = dns.message.from_wire(data[2:])
             if self._delay(query) is None:
                 return
+            await self.release(query)
             wire = self.respond(query).to_wire()
             await stream.send_all(struct.pack("!H", len(wire)) + wire)
 
@@ -210,18 +220,57 @@ def memory_transport(up: FakeUpstream):
         if delay is None:
             await trio.sleep_forever()  # dropped: the resolver's timeout ends this
         await trio.sleep(delay)
+        await up.release(query)
         return dns.message.from_wire(up.respond(query).to_wire())
 
     return transport
 
 
-class MemoryClient:
-    """The client end of an in-memory connection to a names server handler."""
+class ServerSide(trio.abc.HalfCloseableStream):
+    """The server's end of an in-memory connection: counts what the server read, and can be reset."""
 
     def __init__(self, stream) -> None:
+        self._stream = stream
+        self.received = 0
+        """Bytes the server has read so far."""
+        self._reset = False
+        self._receiving: trio.CancelScope | None = None
+
+    def reset(self) -> None:
+        """Make the server's reads fail as on a TCP reset (the pending one at once)."""
+        self._reset = True
+        if self._receiving is not None:
+            self._receiving.cancel()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        if not self._reset:
+            with trio.CancelScope() as self._receiving:
+                data = await self._stream.receive_some(max_bytes)
+                self.received += len(data)
+                return data
+        raise trio.BrokenResourceError("connection reset by the test")
+
+    async def send_all(self, data) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class MemoryClient:
+    """The client end of an in-memory connection to a names server handler; ``server_side`` is the other end."""
+
+    def __init__(self, stream, server_side: ServerSide | None = None) -> None:
         from trionet.names.protocol import ClientLineProtocol
 
         self.stream = stream
+        self.server_side = server_side
         self.proto = ClientLineProtocol()
 
     async def send(self, line: str) -> None:
@@ -260,7 +309,8 @@ def memory_names(nursery):
         await started.wait()
 
         async def connect(kind: str = "line", peer: str = "memory") -> MemoryClient:
-            client, server_side = trio.testing.memory_stream_pair()
+            client, server_stream = trio.testing.memory_stream_pair()
+            server_side = ServerSide(server_stream)
             service = server.line_service if kind == "line" else server.dns_service
             handler = server.handle_line if kind == "line" else server.handle_dns
             conn = Connection(stream=server_side, peer=peer, service=service)  # peer: the per-address key
@@ -274,7 +324,7 @@ def memory_names(nursery):
                     await trio.aclose_forcefully(server_side)
 
             nursery.start_soon(serve_one)
-            return MemoryClient(client)
+            return MemoryClient(client, server_side)
 
         server.connect_memory = connect
         return server

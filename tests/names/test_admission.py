@@ -86,7 +86,7 @@ async def test_ten_clients_limit_three_fifo_quota(start_names, tcp):
             await client.stream.aclose()
             if waiting:
                 oldest = waiting.pop(0)
-                with trio.fail_after(2):
+                with trio.fail_after(10):
                     assert isinstance(await oldest.wait_admitted(), protocol.Welcome)
                 admitted.append(oldest)
                 assert server.admission.in_use == 3
@@ -98,25 +98,42 @@ async def test_ten_clients_limit_three_fifo_quota(start_names, tcp):
     assert server.admission.admitted_total == 10
 
 
-async def test_the_next_client_is_admitted_at_quota_before_the_first_one_closes(start_names, tcp):
-    server, addrs = await start_names(limit=1, quota=2)
-    first = await LineClient.open(tcp, addrs.line)
+async def test_the_next_client_is_admitted_at_quota_before_the_first_one_closes(autojump_clock, memory_names):
+    server = await memory_names(limit=1, quota=2)
+    first = await server.connect_memory()
     assert isinstance(await first.next(), protocol.Welcome)
-    second = await LineClient.open(tcp, addrs.line)
-    assert await second.next() == protocol.Wait(1, (await _wait_message(server)))
-    await first.ask("gw")
-    last = await first.ask("printer")
-    assert last.status == "ok"
+    second = await server.connect_memory()
+    assert await second.next() == protocol.Wait(1, "the only slot is busy; you are next")
+    await first.send("gw")
+    assert (await first.next()).status == "ok"
+    await first.send("printer")
+    assert (await first.next()).status == "ok"
     assert (await first.next()).reason == "quota-reached"
-    # `first` keeps its socket open; the slot must be handed over anyway, at once.
-    with trio.fail_after(1):
-        assert isinstance(await second.wait_admitted(), protocol.Welcome)
-    assert (await second.ask("gw")).status == "ok"
-    await first.stream.aclose()
+    start = trio.current_time()
+    # `first` keeps its connection open; the slot must be handed over anyway, at once
+    # (not after the LINGER seconds the server gives `first` to close).
+    assert isinstance(await second.next(), protocol.Welcome)
+    assert trio.current_time() == start
+    await second.send("gw")
+    assert (await second.next()).status == "ok"
 
 
-async def _wait_message(server) -> str:
-    return protocol.parse_reply(protocol.encode_wait(1, server.admission.limit)[:-1]).message
+async def test_wait_lines_on_the_wire(start_names, tcp):
+    _server, addrs = await start_names(limit=2, quota=0)
+    holders = [await tcp(addrs.line) for _ in range(2)]
+    for holder in holders:
+        assert isinstance(await receive_event(holder, protocol.ClientLineProtocol()), protocol.Welcome)
+    waiters = [await tcp(addrs.line) for _ in range(2)]
+    assert await _raw_line(waiters[0]) == b"wait 1 all 2 slots are busy; you are next\n"
+    assert await _raw_line(waiters[1]) == b"wait 2 all 2 slots are busy; 1 client(s) ahead of you\n"
+
+
+async def _raw_line(stream) -> bytes:
+    data = b""
+    with trio.fail_after(10):
+        while not data.endswith(b"\n"):
+            data += await stream.receive_some(1)
+    return data
 
 
 async def test_waiting_room_bound_turns_clients_away(start_names, tcp):
@@ -142,11 +159,11 @@ async def test_a_waiting_client_that_disconnects_leaves_the_line(start_names, tc
     c = await LineClient.open(tcp, addrs.line)
     assert (await c.next()).place == 2
     await b.stream.aclose()
-    with trio.fail_after(2):
+    with trio.fail_after(10):
         assert (await c.next()).place == 1  # told it moved up
     assert server.admission.waiting == 1
     assert (await holder.ask("quit")).reason == "quit"
-    with trio.fail_after(2):
+    with trio.fail_after(10):
         assert isinstance(await c.wait_admitted(), protocol.Welcome)
 
 
@@ -163,7 +180,7 @@ async def test_both_ports_share_the_limit(start_names, tcp):
     line = await LineClient.open(tcp, addrs.line)
     assert (await line.next()).place == 1
     await dns_stream.aclose()
-    with trio.fail_after(2):
+    with trio.fail_after(10):
         assert isinstance(await line.wait_admitted(), protocol.Welcome)
 
 
@@ -243,7 +260,7 @@ async def test_shutdown_says_bye_to_admitted_and_waiting_clients(start_names, tc
     waiting = await LineClient.open(tcp, addrs.line)
     assert isinstance(await waiting.next(), protocol.Wait)
     server.shutdown(5)
-    with trio.fail_after(3):
+    with trio.fail_after(10):
         for client in (admitted, waiting):
             bye = await client.next()
             assert isinstance(bye, protocol.Bye) and bye.reason == "shutdown"
@@ -270,3 +287,27 @@ async def test_dns_quota_frees_the_slot_at_once_and_lets_the_client_close_first(
     # The quota's client may close first (RFC 7766); if it stays silent the server closes.
     assert await receive_event(client.stream, framer) is EOF
     assert trio.current_time() - start == DNS_CLOSE_WAIT
+
+
+async def test_a_waiting_client_is_read_only_up_to_64_kib(autojump_clock, memory_names):
+    from trionet.names.server import WAIT_BUFFER
+    from trionet.serving import RECEIVE_CHUNK
+
+    server = await memory_names(limit=1, quota=0, idle_timeout=0, session_timeout=0, wait_timeout=0)
+    holder = await server.connect_memory()
+    assert isinstance(await holder.next(), protocol.Welcome)
+    waiter = await server.connect_memory()
+    assert isinstance(await waiter.next(), protocol.Wait)
+    await waiter.stream.send_all(b"x" * (1 << 20))  # a megabyte while it waits (one over-long line)
+    await trio.testing.wait_all_tasks_blocked()
+    # Read up to the cap (one read may cross it), then no more: the rest stays with TCP.
+    assert WAIT_BUFFER <= waiter.server_side.received < WAIT_BUFFER + RECEIVE_CHUNK
+    await holder.send("quit")
+    assert (await holder.next()).reason == "quit"
+    assert isinstance(await waiter.next(), protocol.Welcome)
+    await waiter.stream.send_all(b"\ngw\n")  # the end of the long line, and a request
+    with trio.fail_after(100):
+        bad, good = await waiter.next(), await waiter.next()  # once admitted, the rest is read
+    assert bad.status == "bad-request" and "longer than 1024 bytes" in bad.message
+    assert good.status == "ok" and good.records == ("10.0.0.1",)
+    assert waiter.server_side.received == (1 << 20) + 4

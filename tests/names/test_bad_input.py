@@ -65,7 +65,7 @@ async def test_half_closed_waiting_client_keeps_its_place(start_names, tcp):
     proto = protocol.ClientLineProtocol()
     assert isinstance(await receive_event(waiter, proto), protocol.Wait)
     await holder.send_all(b"quit\n")
-    with trio.fail_after(3):
+    with trio.fail_after(10):
         assert isinstance(await receive_event(waiter, proto), protocol.Welcome)
         assert (await receive_event(waiter, proto)).status == "ok"
         assert await receive_event(waiter, proto) is EOF

@@ -34,7 +34,7 @@ async def test_request_reload_and_a_missing_file(start_names, tmp_path):
     hosts.unlink()
     server.request_reload()  # what SIGHUP does
     with trio.fail_after(5):
-        while server._hosts_stamp is not None:
+        while server.watcher.stamp is not None:
             await trio.sleep(0.01)
     async with names.connect(*addrs.line) as conn:
         assert (await conn.resolve("kept.lan")).ok  # an unreadable file keeps the old table

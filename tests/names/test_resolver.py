@@ -5,23 +5,33 @@ import dns.message
 import dns.rrset
 import dns.rcode
 import trio
+import trio.testing
 
 import trionet.names as names
+from trionet.framing import encode_length_prefixed
+from trionet.names import protocol
 from trionet.names.answer import Answer
 from trionet.names.resolver import Upstream, answer_from_response, parse_upstream, system_upstreams
 
 
 async def test_ten_concurrent_misses_reach_the_upstream_once(start_names, upstream):
-    server, addrs = await start_names(limit=10, quota=0, per_address=0)  # ten clients, one address
+    # The upstream holds its answer until all ten clients have asked (the
+    # server's own counters say so), however slowly they connect.
+    upstream.held["slow.test"] = trio.Event()
+    server, addrs = await start_names(limit=10, quota=0, per_address=0, upstream_timeout=30)  # ten clients, one address
     results: list[names.Resolved] = []
 
     async def client() -> None:
         async with names.connect(*addrs.line) as conn:
-            results.append(await conn.resolve("slow.test"))  # 0.3 s upstream: all ten overlap
+            results.append(await conn.resolve("slow.test"))
 
     async with trio.open_nursery() as nursery:
         for _ in range(10):
             nursery.start_soon(client)
+        with trio.fail_after(30):
+            while server.resolver is None or server.resolver.stats.merged < 9:
+                await trio.sleep(0.01)
+        upstream.held["slow.test"].set()
     assert upstream.counts[("slow.test", "A")] == 1
     assert len(results) == 10
     assert all(r.status == "ok" and r.addresses == ("192.0.2.20",) for r in results)
@@ -29,25 +39,47 @@ async def test_ten_concurrent_misses_reach_the_upstream_once(start_names, upstre
     assert server.resolver.stats.flights == 1 and server.resolver.stats.merged == 9
 
 
-async def test_merged_waiters_each_get_the_failure(start_names, upstream):
-    server, addrs = await start_names(limit=5, quota=0, upstream_timeout=0.3)
-    results = []
-
-    async def client() -> None:
-        async with names.connect(*addrs.line) as conn:
-            results.append(await conn.resolve("dropped.test"))
-
-    with trio.fail_after(3):  # never a hang
-        async with trio.open_nursery() as nursery:
-            for _ in range(5):
-                nursery.start_soon(client)
+async def test_merged_waiters_each_get_the_failure(autojump_clock, memory_names):
+    server = await memory_names(limit=5, quota=0, upstream_timeout=0.3)
+    clients = [await server.connect_memory() for _ in range(5)]
+    for client in clients:
+        assert isinstance(await client.next(), protocol.Welcome)
+        await client.send("dropped.test")
+    start = trio.current_time()
+    results = [await client.next() for client in clients]
+    assert trio.current_time() - start < 1  # the upstream timeout (+0.5 s), never a hang
     assert [r.status for r in results] == ["servfail"] * 5
     assert all("no answer within 0.3s" in r.message for r in results)
-    assert upstream.counts[("dropped.test", "A")] == 1
+    assert server.fake_upstream.counts[("dropped.test", "A")] == 1
+    assert server.resolver.stats.merged == 4
     # A failure is not cached: the next client gets a fresh try.
-    async with names.connect(*addrs.line) as conn:
-        await conn.resolve("dropped.test")
-    assert upstream.counts[("dropped.test", "A")] == 2
+    await clients[0].send("dropped.test")
+    assert (await clients[0].next()).status == "servfail"
+    assert server.fake_upstream.counts[("dropped.test", "A")] == 2
+
+
+async def test_a_shared_lookup_outlives_the_client_that_started_it(autojump_clock, memory_names):
+    # docs/protocol/names.md: the upstream query runs in the server's own
+    # nursery, so a client that disconnects does not cancel it for the others.
+    server = await memory_names(limit=2, quota=0, idle_timeout=0, session_timeout=0, upstream_timeout=5)
+    server.fake_upstream.slow["slow.test"] = 2.0
+    starter = await server.connect_memory("dns")
+    query = dns.message.make_query("slow.test", "A")
+    await starter.stream.send_all(encode_length_prefixed(query.to_wire(), 2))
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.resolver.stats.flights == 1  # the DNS client started the flight...
+    other = await server.connect_memory()
+    assert isinstance(await other.next(), protocol.Welcome)
+    await other.send("slow.test")
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.resolver.stats.merged == 1  # ...and the line client waits on it
+    starter.server_side.reset()  # the starter's connection dies: its tasks are cancelled
+    with trio.fail_after(60):
+        reply = await other.next()
+    assert (reply.status, reply.source, reply.records) == ("ok", "dns", ("192.0.2.20",))
+    assert trio.current_time() == 2.0
+    assert server.fake_upstream.counts[("slow.test", "A")] == 1
+    assert server.cache.get("slow.test", "A", trio.current_time()) is not None  # and it was cached
 
 
 async def _closed_udp_port() -> int:

@@ -38,7 +38,11 @@ def test_reply_lines_round_trip():
     nx = protocol.parse_reply(protocol.encode_answer(Answer("x.test", "A", "nxdomain", ttl=60))[:-1])
     assert (nx.status, nx.ttl, nx.message) == ("nxdomain", 60, "no such name")
     assert protocol.parse_reply(protocol.encode_bad_request("what?")[:-1]).status == "bad-request"
-    assert protocol.parse_reply(protocol.encode_wait(3, 3)[:-1]).place == 3
+    assert protocol.encode_wait(1, 1) == b"wait 1 the only slot is busy; you are next\n"
+    assert protocol.encode_wait(3, 2) == b"wait 3 all 2 slots are busy; 2 client(s) ahead of you\n"
+    assert protocol.parse_reply(b"wait 3 all 2 slots are busy; 2 client(s) ahead of you") == protocol.Wait(
+        3, "all 2 slots are busy; 2 client(s) ahead of you"
+    )
     assert protocol.parse_reply(protocol.encode_bye("quota-reached", "done")[:-1]) == protocol.Bye(
         "quota-reached", "done"
     )
@@ -63,23 +67,91 @@ def test_any_bytes_give_requests_or_bad_lines(chunks):
     proto = protocol.ServerLineProtocol(max_line=64)
     for chunk in chunks:
         proto.receive_data(chunk)
+    # Whatever came before, the decoder reads the next line normally.
+    proto.receive_data(b"\nwww.test\n")
     proto.receive_data(b"")
+    events = []
     for _ in range(10_000):
         event = proto.next_event()
         if event is EOF:
             break
         assert isinstance(event, (protocol.Query, protocol.Quit, protocol.BadLine))
+        events.append(event)
     else:
         raise AssertionError("no EOF")
+    assert events[-1] == protocol.Query("www.test", "A", "www.test")
 
 
-@given(st.binary(max_size=300))
-@settings(max_examples=200, deadline=None)
-def test_reply_parser_raises_only_its_error(line):
+_word = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF, blacklist_characters="="), min_size=1, max_size=12)
+_sentence = st.lists(_word, min_size=1, max_size=5).map(" ".join)
+_replies = st.one_of(
+    st.builds(
+        protocol.Reply,
+        st.just("ok"), _word, st.sampled_from(["A", "AAAA", "PTR"]), st.integers(0, 2**31), st.sampled_from(["hosts", "cache", "dns"]),
+        st.lists(_word, min_size=1, max_size=4).map(tuple),
+    ),
+    st.builds(
+        protocol.Reply,
+        st.sampled_from(["nxdomain", "nodata", "servfail", "bad-request"]), _word, _word, st.integers(0, 2**31), _word,
+        st.just(()), _sentence,
+    ),
+    st.builds(protocol.Welcome, st.integers(0, 10**6), st.integers(0, 10**4).map(float), st.integers(0, 10**6).map(lambda ms: ms / 1000), st.integers(0, 10**4).map(float)),
+    st.builds(protocol.Wait, st.integers(1, 10**6), _sentence),
+    st.builds(protocol.Bye, st.sampled_from(protocol.BYE_REASONS), _sentence),
+)
+
+
+def _encode(reply) -> bytes:
+    """A reply line written out by hand, to check the parser against (not the server's encoders)."""
+    if isinstance(reply, protocol.Reply):
+        data = reply.records if reply.status == "ok" else (reply.message,)
+        words = [reply.status, reply.name, reply.rdtype, str(reply.ttl), reply.source, *data]
+    elif isinstance(reply, protocol.Welcome):
+        words = ["welcome", f"quota={reply.quota}", f"idle-timeout={reply.idle_timeout:g}",
+                 f"session-timeout={reply.session_timeout:g}", f"waited={reply.waited:.3f}"]
+    elif isinstance(reply, protocol.Wait):
+        words = ["wait", str(reply.place), reply.message]
+    else:
+        words = ["bye", reply.reason, reply.message]
+    return " ".join(words).encode()
+
+
+@given(st.lists(_replies, min_size=1, max_size=5), st.integers(1, 50))
+@settings(max_examples=300, deadline=None)
+def test_replies_round_trip_through_the_client_decoder_in_any_chunks(replies, chunk):
+    wire = b"".join(_encode(reply) + b"\r\n" for reply in replies)
+    proto = protocol.ClientLineProtocol()
+    got = []
+    for i in range(0, len(wire), chunk):
+        proto.receive_data(wire[i : i + chunk])
+        while (event := proto.next_event()) is not NEED_DATA:
+            got.append(event)
+    proto.receive_data(b"")
+    assert proto.next_event() is EOF
+    assert got == replies
+
+
+@given(st.binary(max_size=300).filter(lambda line: b"\n" not in line))
+@settings(max_examples=400, deadline=None)
+def test_a_line_that_is_not_a_reply_raises_only_its_error_and_the_decoder_goes_on(line):
     try:
-        protocol.parse_reply(line)
-    except protocol.RemoteProtocolError:
-        pass
+        parsed = protocol.parse_reply(line)
+    except protocol.RemoteProtocolError as exc:
+        parsed = exc
+    else:
+        assert isinstance(parsed, (protocol.Reply, protocol.Welcome, protocol.Wait, protocol.Bye))
+        assert line.split(b" ", 1)[0].decode() in ("ok", "nxdomain", "nodata", "servfail", "bad-request", "welcome", "wait", "bye")
+    proto = protocol.ClientLineProtocol()
+    proto.receive_data(line + b"\nbye quit goodbye\n")
+    if line.rstrip(b"\r").strip():  # (a blank line is skipped)
+        try:
+            first = proto.next_event()
+        except protocol.RemoteProtocolError as exc:
+            assert isinstance(parsed, protocol.RemoteProtocolError), exc
+        else:
+            assert first == parsed
+    assert proto.next_event() == protocol.Bye("quit", "goodbye")
+    assert proto.next_event() is NEED_DATA
 
 
 # --- DNS messages ----------------------------------------------------------------
@@ -219,3 +291,13 @@ def test_a_scoped_ipv6_address_is_a_bad_request():
     bad = protocol.parse_line(b"fe80::1%eth0")
     assert isinstance(bad, protocol.BadLine) and "scope" in bad.message
     assert isinstance(protocol.parse_line(b"fe80::1%eth0 PTR"), protocol.BadLine)
+
+
+def test_a_turned_away_client_gets_refused_or_its_own_error():
+    query = dns.message.make_query("gw", "A")
+    refused = dns.message.from_wire(dnswire.build_refused(query.to_wire()))
+    assert (refused.id, refused.rcode(), refused.question[0].name.to_text()) == (query.id, dns.rcode.REFUSED, "gw.")
+    notify = dns.message.make_query("gw", "A")
+    notify.set_opcode(dns.opcode.NOTIFY)
+    assert dns.message.from_wire(dnswire.build_refused(notify.to_wire())).rcode() == dns.rcode.NOTIMP
+    assert dnswire.build_refused(b"\x12\x34junk")[:2] == b"\x12\x34"

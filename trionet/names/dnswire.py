@@ -48,6 +48,7 @@ __all__ = [
     "REFUSED",
     "SERVFAIL",
     "build_error",
+    "build_refused",
     "build_response",
     "parse_query",
 ]
@@ -273,3 +274,15 @@ def build_response(query: DnsQuery, answer: Answer) -> bytes:
         authority = _rr(_name_wire(zone), dns.rdatatype.SOA, ttl, _rdata_wire("SOA", soa_text))
     head = _header(query.id, flags, rcode, 1, len(records), 1 if authority else 0, 1 if query.edns else 0)
     return b"".join([head, query.question, *records, authority, _opt() if query.edns else b""])
+
+
+def build_refused(wire: bytes) -> bytes:
+    """The REFUSED answer to the message ``wire`` (a client turned away before admission).
+
+    A message that is not a query it could have had answered gets its own
+    error instead (FORMERR, NOTIMP, ...), as it would once admitted.
+    """
+    parsed = parse_query(wire)
+    if isinstance(parsed, bytes):
+        return parsed
+    return build_error(wire, REFUSED, parsed)

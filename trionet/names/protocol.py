@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from trionet.framing import EOF, NEED_DATA, Frame, LineFramer, Oversized, TruncatedFrame, next_line
+from trionet.framing import LineClientProtocol, LineServerProtocol
 from trionet.names.answer import LINE_TYPES, Answer, InvalidName, normalize_name, reverse_name
 
 __all__ = [
@@ -129,35 +129,23 @@ def encode_query(name: str, rdtype: str = "A") -> bytes:
     return f"{name} {rdtype}\n".encode()
 
 
-class ServerLineProtocol:
+class ServerLineProtocol(LineServerProtocol["Query | Quit | BadLine"]):
     """The server's side of one line connection: bytes in, requests out.
+
+    :meth:`next_event` returns a :class:`Query`, :class:`Quit` or
+    :class:`BadLine` (a line longer than ``max_line`` is one ``BadLine`` and
+    is skipped), NEED_DATA, or EOF.
 
     Args:
         max_line: the longest request line, in bytes.
     """
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
-        self._framer = LineFramer(max_line)
-        self.max_line = max_line
+        super().__init__(parse_line, _oversized, max_line)
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the client; ``b""`` when it closed its side."""
-        self._framer.receive_data(data)
 
-    def next_event(self) -> Query | Quit | BadLine | object:
-        """Return the next Query, Quit or BadLine, or NEED_DATA, or EOF."""
-        while True:
-            event = self._framer.next_event()
-            if isinstance(event, Frame):
-                parsed = parse_line(event.payload)
-                if parsed is None:
-                    continue
-                return parsed
-            if isinstance(event, Oversized):
-                return BadLine(f"line longer than {event.limit} bytes; it was skipped")
-            if isinstance(event, TruncatedFrame):
-                return EOF  # a last line without its newline from a client that left
-            return event
+def _oversized(limit: int) -> BadLine:
+    return BadLine(f"line longer than {limit} bytes; it was skipped")
 
 
 # --- replies -------------------------------------------------------------------
@@ -286,21 +274,14 @@ def parse_reply(line: bytes) -> Reply | Welcome | Wait | Bye:
     raise RemoteProtocolError(f"unknown reply {kind[:20]!r}")
 
 
-class ClientLineProtocol:
-    """The client's side of one line connection: bytes in, replies out."""
+class ClientLineProtocol(LineClientProtocol["Reply | Welcome | Wait | Bye"]):
+    """The client's side of one line connection: bytes in, replies out.
+
+    :meth:`next_event` returns a :class:`Reply`, :class:`Welcome`,
+    :class:`Wait` or :class:`Bye`, NEED_DATA, or EOF; it raises
+    :class:`RemoteProtocolError` when a line is not a reply or the server
+    closed mid-line.
+    """
 
     def __init__(self, max_line: int = 1 << 20) -> None:
-        self._framer = LineFramer(max_line)
-
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the server; ``b""`` when it closed."""
-        self._framer.receive_data(data)
-
-    def next_event(self) -> Reply | Welcome | Wait | Bye | object:
-        """Return the next reply, NEED_DATA or EOF.
-
-        Raises:
-            RemoteProtocolError: a line is not a reply, or the server closed mid-line.
-        """
-        line = next_line(self._framer, RemoteProtocolError)
-        return line if line is NEED_DATA or line is EOF else parse_reply(line)
+        super().__init__(parse_reply, RemoteProtocolError, max_line)

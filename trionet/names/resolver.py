@@ -33,6 +33,7 @@ import dns.rdataclass
 import dns.rdatatype
 import trio
 
+from trionet.addresses import format_address
 from trionet.log import get_logger
 from trionet.names.answer import Answer
 from trionet.names.cache import AnswerCache
@@ -64,7 +65,7 @@ class Upstream:
     port: int = 53
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 def parse_upstream(text: str) -> Upstream:

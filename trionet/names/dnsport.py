@@ -1,0 +1,197 @@
+"""The DNS port's shell: moves one DNS-over-TCP client's bytes between its socket and its session.
+
+Messages are framed by a 2-byte length (:class:`~trionet.framing.LengthPrefixFramer`)
+and parsed and answered by :mod:`~trionet.names.dnswire`; a repeated
+hosts-file query is answered from :class:`~trionet.names.hostswire.HostsWireCache`.
+What happens next (the quota, the deadlines, whether the client may close
+first) is the :class:`~trionet.names.session.Session`'s call; admission, the
+shutdown watcher and the gentle close around it are
+:class:`~trionet.names.server.NamesServer`'s.
+
+This is the benchmark's hot path: the loop answers everything that arrived
+together with one send, checks the clock once per read rather than per
+message, and takes the send lock only while resolver tasks run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from trionet.framing import EOF, NEED_DATA, Frame, LengthPrefixFramer, TruncatedFrame, encode_length_prefixed
+from trionet.names import dnswire
+from trionet.names.session import DNS_CLOSE_WAIT, REFUSE_WAIT, Refused
+from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, receive_event
+
+if TYPE_CHECKING:
+    from trionet.names.server import Client, NamesServer
+
+__all__ = ["MAX_DNS_MESSAGE", "serve_dns"]
+
+MAX_DNS_MESSAGE = 65535
+"""The largest DNS message over TCP: what a 2-byte length prefix can say."""
+
+
+async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> None:
+    """Serve one DNS-over-TCP client through its session: wait, answer (pipelined), let it close.
+
+    Error handling: a broken connection raises out of here (the
+    :class:`~trionet.serving.TCPService` logs it); a message that is not a
+    query gets its error response and the connection goes on.
+    """
+    stream = conn.stream
+    framer = LengthPrefixFramer(2, MAX_DNS_MESSAGE)
+    session = client.session
+    try:
+        admitted = await server.admit(conn, client, framer, None)
+    except Refused:
+        await _refuse(client, stream, framer)
+        return
+    if not admitted:
+        return
+    session_deadline = session.session_deadline()
+    pending = session.pending
+    known_answer = server.hosts_wire.get
+    async with trio.open_nursery() as queries:
+        replies = _Replies(server, client.sends, stream, queries)
+        out: list[bytes] = []  # answers to everything that arrived together go out in one send
+        while not session.ending:
+            if pending:
+                event = pending.popleft()
+            else:
+                event = framer.next_event()
+                if event is NEED_DATA:
+                    if out:
+                        await replies.send(b"".join(out))
+                        out.clear()
+                    # Checked once per read, not per message: the fast path stays fast.
+                    now = trio.current_time()
+                    if now >= session_deadline:
+                        session.end("session-timeout")
+                        break
+                    deadline, reason = session.read_deadline(now)
+                    client.wait_scope = trio.CancelScope(deadline=deadline)
+                    event = None
+                    with client.wait_scope:
+                        event = await receive_event(stream, framer)
+                    if event is None:
+                        session.end(reason)
+                        break
+            if event is EOF or type(event) is TruncatedFrame:
+                break
+            # A 2-byte length prefix cannot announce more than MAX_DNS_MESSAGE: always a Frame.
+            conn.requests += 1
+            payload = event.payload
+            known = known_answer(payload[2:])
+            if known is not None:
+                out.append(_frame(payload[:2] + known))
+            else:
+                parsed = dnswire.parse_query(payload)
+                if isinstance(parsed, bytes):
+                    out.append(_frame(parsed))
+                else:
+                    answer = server.lookup_local(parsed.qname, parsed.rdtype)
+                    if answer is None:
+                        if out:
+                            await replies.send(b"".join(out))
+                            out.clear()
+                        await replies.resolve_soon(parsed)
+                    else:
+                        response = dnswire.build_response(parsed, answer)
+                        if answer.source == "hosts":
+                            server.hosts_wire.remember(payload, response)
+                        out.append(_frame(response))
+            if session.count():
+                break
+        if out:
+            await replies.send(b"".join(out))
+    # Every answer is sent; give the slot to the next client before closing.
+    server.release(client)
+    if session.lets_client_close_first:
+        await _let_client_close(stream, framer)
+
+
+async def _let_client_close(stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
+    """After the quota, give a DNS client a moment to close first, as RFC 7766 6.2.3 asks of clients.
+
+    The side that closes first keeps the TIME_WAIT state, so a server
+    that lets clients close keeps none; and a client that counts its own
+    queries (``dnsperf -O num-queries-per-conn=N``) is not surprised by
+    an EOF while it closes. A client that sends more, or stays silent for
+    :data:`DNS_CLOSE_WAIT` seconds, is closed by the server at once.
+    """
+    if framer.next_event() is not NEED_DATA:
+        return  # it already sent more than its quota
+    with trio.move_on_after(DNS_CLOSE_WAIT):
+        try:
+            await stream.receive_some(RECEIVE_CHUNK)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def _refuse(client: Client, stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
+    """Answer a turned-away DNS client with REFUSED, the DNS port's ``bye busy`` and ``bye wait-timeout``.
+
+    The queries it sent while waiting are each refused; if there are
+    none, its first query is, if it comes within :data:`REFUSE_WAIT` seconds.
+    """
+    frames = [event for event in client.session.pending if isinstance(event, Frame)]
+    if not frames:
+        with trio.move_on_after(REFUSE_WAIT):
+            event = await receive_event(stream, framer)
+            if isinstance(event, Frame):
+                frames.append(event)
+    if frames:
+        await client.sends.send(stream, b"".join(_frame(dnswire.build_refused(frame.payload)) for frame in frames))
+
+
+class _Replies:
+    """Where a DNS connection's responses go out: the read loop's batches and the resolver tasks' answers.
+
+    Every send goes through the connection's :class:`~trionet.serving.SendWatchdog`.
+    Two tasks may send on the stream only while resolver tasks run, so the
+    lock is taken only then: an uncontended ``trio.Lock`` still costs a
+    scheduling point, as much as the send itself on the hosts-file fast path.
+    At most ``max_in_flight`` queries resolve at once; :meth:`resolve_soon`
+    waits for one to finish before it starts another, so the next message is
+    not read meanwhile.
+    """
+
+    def __init__(self, server: NamesServer, sends: SendWatchdog, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+        self._server = server
+        self._sends = sends
+        self._stream = stream
+        self._nursery = nursery
+        self._lock = trio.Lock()
+        self._in_flight = trio.Semaphore(server.config.max_in_flight)
+        self.resolving = 0
+
+    async def send(self, wire: bytes) -> None:
+        """Send ``wire`` from the read loop."""
+        if self.resolving:
+            async with self._lock:
+                await self._sends.send(self._stream, wire)
+        else:
+            await self._sends.send(self._stream, wire)  # nobody else can be sending: no lock to take
+
+    async def resolve_soon(self, query: dnswire.DnsQuery) -> None:
+        """Start resolving ``query`` in a task that sends its answer (waits while too many are in flight)."""
+        await self._in_flight.acquire()
+        self.resolving += 1
+        self._nursery.start_soon(self._resolve_and_send, query)
+
+    async def _resolve_and_send(self, query: dnswire.DnsQuery) -> None:
+        try:
+            answer = await self._server.lookup(query.qname, query.rdtype)
+            async with self._lock:
+                await self._sends.send(self._stream, _frame(dnswire.build_response(query, answer)))
+        finally:
+            self.resolving -= 1
+            self._in_flight.release()
+
+
+def _frame(wire: bytes) -> bytes:
+    if len(wire) > MAX_DNS_MESSAGE:
+        wire = dnswire.build_error(wire[:4], dnswire.SERVFAIL)
+    return encode_length_prefixed(wire, 2)

@@ -1,0 +1,45 @@
+"""Ready-made DNS responses for hosts-file names: the DNS port's fast path, sans-IO.
+
+A hosts-file answer depends only on the query's bytes after its 2-byte ID
+and on the hosts table, so its response (after the ID) is kept, and a
+repeated query costs one dict lookup and one concatenation. The cache is
+bounded (:data:`HOSTS_WIRE_ENTRIES`; full means emptied, not evicted one by
+one: cheaper, and the busy names come back at once) and must be cleared
+whenever the table changes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["HOSTS_WIRE_ENTRIES", "HostsWireCache"]
+
+HOSTS_WIRE_ENTRIES = 4096
+"""Ready-made responses kept at most."""
+
+
+class HostsWireCache:
+    """Query bytes (after the ID) to response bytes (after the ID), for hosts-file answers only.
+
+    Args:
+        entries: the most responses kept.
+    """
+
+    __slots__ = ("_entries", "_max", "get")
+
+    def __init__(self, entries: int = HOSTS_WIRE_ENTRIES) -> None:
+        self._entries: dict[bytes, bytes] = {}
+        self._max = entries
+        self.get = self._entries.get
+        """``get(query[2:])``: the response after its ID, or None."""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def remember(self, query: bytes, response: bytes) -> None:
+        """Keep ``response`` (whole, with its ID) as the answer to ``query`` (whole, with its ID)."""
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[query[2:]] = response[2:]
+
+    def clear(self) -> None:
+        """Forget every response (the hosts table changed)."""
+        self._entries.clear()
