@@ -16,6 +16,7 @@ from trionet.cliutil import (
     grace_option,
     host_option,
     log_level_option,
+    metrics_option,
     port_option,
     serve_until_signal,
 )
@@ -23,6 +24,7 @@ from trionet.names import client as names_client
 from trionet.names.answer import LINE_TYPES
 from trionet.names.protocol import DEFAULT_PORT
 from trionet.names.resolver import parse_upstream, system_upstreams
+from trionet.names.metrics import names_registry
 from trionet.names.server import DEFAULT_DNS_PORT, NamesConfig, NamesServer
 
 __all__ = ["names"]
@@ -171,6 +173,7 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     help="The kernel's queue of connections not yet accepted (listen(2)). [default: trio's, the system maximum]",
 )
 @grace_option
+@metrics_option
 @log_level_option
 def serve(
     hosts_path: str,
@@ -191,6 +194,7 @@ def serve(
     upstream_timeout: float,
     listen_backlog: int | None,
     grace: float,
+    metrics: tuple[str, int] | None,
 ) -> None:
     """Run the name server: a line protocol on --port and DNS over TCP on --dns-port.
 
@@ -222,6 +226,13 @@ def serve(
         max_ttl=max_ttl,
         upstream_timeout=upstream_timeout,
     )
+    try:
+        with open(hosts_path, "rb"):
+            pass  # read for real by the server; here only to fail early with one line
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot read the hosts file {hosts_path}: {exc.strerror or exc}; give a readable file with --hosts"
+        ) from None
     server = NamesServer(config, upstreams=upstreams, hosts_path=hosts_path)
     logger.info(
         "limit %d, quota %s, backlog %d, per address %s, upstreams %s",
@@ -238,6 +249,8 @@ def serve(
         shutdown=server.shutdown,
         grace=grace,
         reload=server.request_reload,
+        registry=names_registry(server),
+        metrics=metrics,
     )
 
 

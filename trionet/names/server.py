@@ -35,8 +35,9 @@ The hosts file is reloaded when it changes (checked every
 
 from __future__ import annotations
 
+import collections
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -184,6 +185,12 @@ class NamesServer:
             self.config.limit, self.config.backlog, per_key=self.config.per_address or None
         )
         self.rules = SessionRules(self.config.quota, self.config.idle_timeout, self.config.session_timeout)
+        # How sessions ended, by bye reason ("left" when the client went
+        # first); admission waits and lookups go to the observers the
+        # metrics attach (trionet/names/metrics.py), if any.
+        self.endings: collections.Counter[str] = collections.Counter()
+        self.on_admitted: Callable[[float], None] | None = None
+        self.on_lookup: Callable[[str, float], None] | None = None
         self.line_service = TCPService("names", self.handle_line, log)
         self.dns_service = TCPService("names-dns", self.handle_dns, log)
         self.resolver: Resolver | None = None
@@ -269,10 +276,15 @@ class NamesServer:
     async def lookup(self, name: str, rdtype: str) -> Answer:
         """Answer ``name``/``rdtype``: hosts table, then cache, then upstream (never raises)."""
         answer = self.watcher.table.lookup(name, rdtype)
-        if answer is not None:
-            return answer
-        assert self.resolver is not None, "lookup() needs a running server"
-        return await self.resolver.resolve(name, rdtype)
+        if answer is None:
+            assert self.resolver is not None, "lookup() needs a running server"
+            started = trio.current_time()
+            answer = await self.resolver.resolve(name, rdtype)
+            if self.on_lookup is not None:
+                self.on_lookup(answer.source, trio.current_time() - started)
+        elif self.on_lookup is not None:
+            self.on_lookup(answer.source, 0.0)
+        return answer
 
     # --- the hosts file -----------------------------------------------------------
 
@@ -301,6 +313,7 @@ class NamesServer:
             nursery.start_soon(self._watch, conn, client, nursery.cancel_scope)
             try:
                 await run_session(self, conn, client)
+                self.endings[client.session.ending or "left"] += 1
             finally:
                 client.session.close()
                 self.release(client)
@@ -320,7 +333,7 @@ class NamesServer:
         try:
             client.ticket = self.admission.try_enter(key=client.key)
         except ShareExceeded as exc:
-            raise self._refusal(exc) from None
+            raise self._refusal(exc, session) from None
         if client.ticket is None:
             try:
                 with client.wait_scope:
@@ -331,10 +344,12 @@ class NamesServer:
                         )
                         nursery.cancel_scope.cancel()
             except* (WaitingRoomFull, ShareExceeded, WaitTimeout) as group:
-                raise self._refusal(next(leaves(group))) from None
+                raise self._refusal(next(leaves(group)), session) from None
             if client.ticket is None:
                 return False
         session.admit(client.ticket.admitted)
+        if self.on_admitted is not None:
+            self.on_admitted(client.ticket.waited)
         return True
 
     @staticmethod
@@ -347,13 +362,16 @@ class NamesServer:
             if kept is Keep.STOP_READING:
                 await trio.sleep_forever()  # TCP holds back the rest
 
-    def _refusal(self, exc: Exception) -> Refused:
-        """The bye reason and message for a client that ``exc`` turned away."""
+    def _refusal(self, exc: Exception, session: Session) -> Refused:
+        """The bye reason and message for a client that ``exc`` turned away (its session ends for it)."""
         if isinstance(exc, ShareExceeded):
-            return Refused("busy", share_message(exc.key, exc.per_key))
-        if isinstance(exc, WaitTimeout):
-            return Refused("wait-timeout", wait_timeout_message(exc.timeout))
-        return Refused("busy", busy_message(self.admission.limit, self.admission.waiting))
+            refused = Refused("busy", share_message(exc.key, exc.per_key))
+        elif isinstance(exc, WaitTimeout):
+            refused = Refused("wait-timeout", wait_timeout_message(exc.timeout))
+        else:
+            refused = Refused("busy", busy_message(self.admission.limit, self.admission.waiting))
+        session.end(refused.reason)
+        return refused
 
     def release(self, client: Client) -> None:
         """Give back the client's slot, if it holds one (at once, so the next client is admitted)."""
