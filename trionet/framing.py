@@ -80,7 +80,26 @@ class TruncatedFrame:
     received: int
 
 
-class LineFramer:
+class _StreamFramer:
+    """What both framers do with a close: ``b""`` marks the end, and nothing may come after it."""
+
+    _eof: bool
+
+    def _closed_by(self, data: bytes) -> bool:
+        """True when ``data`` is the peer's close (``b""``).
+
+        Raises:
+            FramingError: bytes arrived after the close.
+        """
+        if not data:
+            self._eof = True
+            return True
+        if self._eof:
+            raise FramingError("data received after EOF")
+        return False
+
+
+class LineFramer(_StreamFramer):
     """Split a byte stream into lines ended by ``\\n`` (a ``\\r`` before it is dropped).
 
     Args:
@@ -101,12 +120,8 @@ class LineFramer:
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its side."""
-        if not data:
-            self._eof = True
-            return
-        if self._eof:
-            raise FramingError("data received after EOF")
-        self._buf += data
+        if not self._closed_by(data):
+            self._buf += data
 
     @property
     def buffered(self) -> int:
@@ -159,7 +174,7 @@ class LineFramer:
         self._start = self._scanned = 0
 
 
-class LengthPrefixFramer:
+class LengthPrefixFramer(_StreamFramer):
     """Split a byte stream into frames each preceded by a big-endian length.
 
     Args:
@@ -182,11 +197,8 @@ class LengthPrefixFramer:
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes from the peer; ``b""`` means the peer closed its side."""
-        if not data:
-            self._eof = True
+        if self._closed_by(data):
             return
-        if self._eof:
-            raise FramingError("data received after EOF")
         if self._skip:
             dropped = min(self._skip, len(data))
             self._skip -= dropped
