@@ -35,6 +35,7 @@ __all__ = [
     "log_level_option",
     "metrics_option",
     "port_option",
+    "seconds_option",
     "serve_until_signal",
 ]
 
@@ -74,6 +75,24 @@ def port_option(default: int, *, serving: bool = False) -> Callable:
     return click.option(
         "--port", type=click.IntRange(0, 65535), default=default, show_default=True, help=help_text
     )
+
+
+def seconds_option(
+    flag: str, *, default: float, help: str, minimum: float = 0, whole: bool = False, dest: str | None = None
+) -> Callable:
+    """A duration option, the same everywhere: metavar ``SECONDS``, the default shown, at least ``minimum``.
+
+    Args:
+        flag: ``--name``.
+        default: seconds.
+        help: what it bounds; say what 0 means where 0 is allowed.
+        minimum: the smallest value accepted.
+        whole: whole seconds only (a TTL).
+        dest: the parameter's name, when not derived from ``flag``.
+    """
+    kind = click.IntRange(int(minimum)) if whole else click.FloatRange(minimum)
+    names = (flag,) if dest is None else (flag, dest)
+    return click.option(*names, type=kind, default=default, show_default=True, metavar="SECONDS", help=help)
 
 
 def grace_option(fn: Callable) -> Callable:

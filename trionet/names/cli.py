@@ -18,6 +18,7 @@ from trionet.cliutil import (
     log_level_option,
     metrics_option,
     port_option,
+    seconds_option,
     serve_until_signal,
 )
 from trionet.names import client as names_client
@@ -107,29 +108,20 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     help="Slots plus places in line one client address may hold (an IPv6 client: its /64); "
     "more are told 'bye busy per-address ...' (REFUSED on the DNS port). 0 for no limit.",
 )
-@click.option(
+@seconds_option(
     "--wait-timeout",
-    type=click.FloatRange(0),
     default=60.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Turn away a client still in line after this long ('bye wait-timeout'; REFUSED on the DNS port); "
     "0 for never.",
 )
-@click.option(
+@seconds_option(
     "--idle-timeout",
-    type=click.FloatRange(0),
     default=30.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Close an admitted client that sends nothing for this long; 0 for never.",
 )
-@click.option(
+@seconds_option(
     "--session-timeout",
-    type=click.FloatRange(0),
     default=60.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Close an admitted client this long after its admission, whatever its quota left "
     "('bye session-timeout'): the quota is for a burst. 0 for never.",
 )
@@ -141,28 +133,22 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     metavar="ANSWERS",
     help="Answers kept in the cache; the least recently used goes first.",
 )
-@click.option(
+@seconds_option(
     "--min-ttl",
-    type=click.IntRange(0),
     default=0,
-    show_default=True,
-    metavar="SECONDS",
+    whole=True,
     help="Keep cached answers at least this long, whatever their TTL.",
 )
-@click.option(
+@seconds_option(
     "--max-ttl",
-    type=click.IntRange(0),
     default=86_400,
-    show_default=True,
-    metavar="SECONDS",
+    whole=True,
     help="Keep cached answers at most this long, whatever their TTL.",
 )
-@click.option(
+@seconds_option(
     "--upstream-timeout",
-    type=click.FloatRange(0.01),
     default=2.0,
-    show_default=True,
-    metavar="SECONDS",
+    minimum=0.01,
     help="Wait this long for one upstream before trying the next.",
 )
 @click.option(
@@ -279,12 +265,9 @@ def serve(
     show_default=True,
     help="When the server ends the session at its quota, connect again (and wait in line) for the names left.",
 )
-@click.option(
+@seconds_option(
     "--timeout",
-    type=click.FloatRange(0),
     default=10.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Give up connecting after this long (waiting in line is not counted).",
 )
 @click.argument("names_", metavar="NAME...", nargs=-1, required=True)

@@ -8,7 +8,7 @@ import sys
 import click
 import trio
 
-from trionet.cliutil import log_level_option, metrics_option, serve_until_signal
+from trionet.cliutil import log_level_option, metrics_option, seconds_option, serve_until_signal
 from trionet.ring.config import ConfigError, count_messages, is_loopback, iter_messages, load_config, load_secret
 from trionet.ring.metrics import ring_registry
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
@@ -84,12 +84,9 @@ def _read_secret(path: str | None) -> bytes | None:
         "Never truncated: a node started again adds to its earlier records."
     ),
 )
-@click.option(
+@seconds_option(
     "--connect-timeout",
-    type=click.FloatRange(0),
     default=60.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Give up (exit 1) when a neighbour stays unreachable this long, at startup or after a drop. 0: wait forever.",
 )
 @click.option(
@@ -265,12 +262,9 @@ def stop(config_path: str, timeout: float, secret_path: str | None) -> None:
 @click.option(
     "--messages", "messages_per_node", type=click.IntRange(0), default=4, show_default=True, help="Messages per node."
 )
-@click.option(
+@seconds_option(
     "--pace",
-    type=click.FloatRange(0),
     default=0.05,
-    show_default=True,
-    metavar="SECONDS",
     help="Slow each network write by this much, so the tokens can be followed by eye.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for the generated messages and start order.")
