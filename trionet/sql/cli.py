@@ -19,7 +19,8 @@ from trionet.cliutil import grace_option, host_option, log_level_option, port_op
 from trionet.log import get_logger
 from trionet.sql import protocol
 from trionet.sql.client import SqlConnectionError, connect
-from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, SqlError, limit_sqlite_memory
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, limit_sqlite_memory
+from trionet.sql.errors import SqlError
 from trionet.sql.render import FORMATS, changed_line, format_result, row_count, truncation_notice
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 

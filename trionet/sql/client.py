@@ -21,7 +21,7 @@ import trio
 from trionet.framing import EOF
 from trionet.serving import receive_event
 from trionet.sql import protocol
-from trionet.sql.engine import SqlError
+from trionet.sql.errors import SqlError
 
 __all__ = ["Result", "SqlConnection", "SqlConnectionError", "StreamingResult", "connect"]
 

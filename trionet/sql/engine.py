@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from trionet.sql import sandbox
+from trionet.sql.errors import SqlError
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -41,7 +42,6 @@ __all__ = [
     "FetchResult",
     "OverBudget",
     "Session",
-    "SqlError",
     "limit_sqlite_memory",
 ]
 
@@ -58,6 +58,7 @@ _READ_ACTIONS = frozenset(
     {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 )
 _CLASSIFIED_MAX = 4096  # SQL texts whose read-only verdict a Database remembers
+
 
 def limit_sqlite_memory(max_bytes: int) -> None:
     """Cap the memory SQLite may allocate in this whole process (``PRAGMA hard_heap_limit``).
@@ -76,18 +77,6 @@ def limit_sqlite_memory(max_bytes: int) -> None:
 
 class OverBudget(Exception):
     """A statement tried on the event loop needed more than its budget; run it in a thread."""
-
-
-class SqlError(Exception):
-    """A request failed; ``code`` is one of the protocol's stable error codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"SqlError({self.code!r}, {self.message!r})"
 
 
 @dataclass(frozen=True, slots=True)

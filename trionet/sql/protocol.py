@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trionet.framing import LineClientProtocol, LineServerProtocol
+from trionet.sql.errors import BYE_CODES, ERROR_CODES
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
@@ -56,34 +57,6 @@ __all__ = [
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 7401
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
-
-ERROR_CODES: dict[str, str] = {
-    "bad_request": "the line is not a request: invalid JSON, a wrong field, or a field of the wrong type",
-    "request_too_large": "the request line is longer than the server's limit; it was skipped",
-    "bad_param": "a parameter cannot be bound: wrong count, unknown name, or a value SQLite cannot store",
-    "sql_error": "SQLite rejected the statement (syntax, unknown table or column, ...)",
-    "multiple_statements": "the request holds more than one statement; send one per request",
-    "read_only": "the statement would write, and the server is read-only (start it with --read-write)",
-    "denied": "the statement uses something off the server's allow-list (ATTACH, extensions, fts3_tokenizer, ...)",
-    "constraint": "a constraint failed (UNIQUE, NOT NULL, CHECK, FOREIGN KEY)",
-    "busy": "the database is locked by another writer; retry, or use BEGIN IMMEDIATE",
-    "too_big": "a string or blob is larger than the server's limit",
-    "timeout": "the request ran longer than the server's --query-timeout and was interrupted",
-    "interrupted": "the request was interrupted because the server is shutting down",
-    "out_of_memory": "SQLite reached the server's --max-sqlite-memory-bytes; the statement was stopped",
-    "full": "temporary tables and indexes reached the server's --max-temp-bytes (or the disk is full)",
-    "internal": "the server failed unexpectedly; the connection stays usable",
-}
-
-
-BYE_CODES: dict[str, str] = {
-    "shutdown": "the server is shutting down (SIGINT or SIGTERM)",
-    "idle": "the connection sent no request for the server's --idle-timeout",
-    "idle_transaction": "the connection left a transaction open and idle for --idle-transaction-timeout; "
-    "it was rolled back",
-    "busy": "the server already has --max-connections clients; sent instead of hello",
-}
-
 
 class RemoteProtocolError(Exception):
     """The peer sent something that breaks the protocol; the connection cannot go on."""

@@ -40,7 +40,8 @@ from trionet.framing import EOF
 from trionet.log import get_logger
 from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol
-from trionet.sql.engine import DEFAULT_BATCH_BYTES, INLINE_BUDGET, Database, FetchResult, OverBudget, Session, SqlError
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, INLINE_BUDGET, Database, FetchResult, OverBudget, Session
+from trionet.sql.errors import SqlError
 
 __all__ = ["DEFAULT_STATEMENT_THREADS", "SqlServer", "SqlServerConfig", "serve_sql"]
 
