@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import trio
 
 from trionet.framing import EOF
 from trionet.serving import receive_event
-from trionet.sql import SqlConnectionError, SqlError, connect, protocol
+from trionet.sql import SqlConnectionError, SqlError, connect, protocol, rules
 from trionet.sql.cli import default_max_connections
 
 from .test_server import ENDLESS, RawClient, wait_until_busy
@@ -96,14 +95,6 @@ async def test_an_idle_transaction_is_rolled_back_and_frees_the_write_lock(start
         with trio.fail_after(2):  # the lock is free: no 5 s busy wait
             await conn.query("INSERT INTO quakes (id) VALUES ('next')")
         assert (await conn.query("SELECT count(*) FROM quakes WHERE id = 'held'")).rows == [(0,)]
-
-
-def test_the_idle_rule_without_a_clock():
-    policy = protocol.IdlePolicy(idle_timeout=300, idle_transaction_timeout=60)
-    assert policy.deadline(10.0, in_transaction=False)[:2] == (310.0, "idle")
-    assert policy.deadline(10.0, in_transaction=True)[:2] == (70.0, "idle_transaction")
-    assert protocol.IdlePolicy(30, 60).deadline(0.0, True)[:2] == (30.0, "idle")  # the shorter wins
-    assert protocol.IdlePolicy(0, 0).deadline(0.0, True)[0] == math.inf
 
 
 def test_the_default_connection_cap_follows_the_descriptor_limit():

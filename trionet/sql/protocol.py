@@ -38,7 +38,6 @@ __all__ = [
     "BYE_CODES",
     "ErrorReply",
     "Hello",
-    "IdlePolicy",
     "RemoteProtocolError",
     "Request",
     "Rows",
@@ -296,43 +295,6 @@ def encode_error(req_id: Any, code: str, message: str) -> bytes:
 def encode_bye(reason: str, code: str = "shutdown") -> bytes:
     """Sent before the server closes a connection on its own; ``code`` is one of :data:`BYE_CODES`."""
     return _dumps({"type": "bye", "code": code, "reason": reason})
-
-
-@dataclass(frozen=True, slots=True)
-class IdlePolicy:
-    """When the server closes a connection that sends nothing: the rule, without a clock.
-
-    Args:
-        idle_timeout: seconds a connection may wait between requests; 0 for ever.
-        idle_transaction_timeout: the same while it holds a transaction open
-            (and with it, on a read-write server, perhaps the write lock); 0 for ever.
-    """
-
-    idle_timeout: float = 300.0
-    idle_transaction_timeout: float = 60.0
-
-    def deadline(self, last_active: float, in_transaction: bool) -> tuple[float, str, str]:
-        """When a connection quiet since ``last_active`` is closed: ``(time, bye code, reason)``.
-
-        The time is ``math.inf`` when no limit applies.
-        """
-        if in_transaction and self.idle_transaction_timeout > 0:
-            limit = self.idle_transaction_timeout
-            if not (0 < self.idle_timeout < limit):
-                return (
-                    last_active + limit,
-                    "idle_transaction",
-                    f"a transaction was left open and idle for {limit:g}s; it was rolled back",
-                )
-        if self.idle_timeout > 0:
-            return last_active + self.idle_timeout, "idle", f"no request for {self.idle_timeout:g}s"
-        return math.inf, "idle", ""
-
-    @property
-    def recheck(self) -> float:
-        """Seconds a watcher may sleep without looking: the shorter limit (a
-        connection may open a transaction, or start and end a request, meanwhile)."""
-        return min((t for t in (self.idle_timeout, self.idle_transaction_timeout) if t > 0), default=math.inf)
 
 
 # --- the client's side -------------------------------------------------------

@@ -1,29 +1,30 @@
-"""The trio layer of the SQL server: one task per connection, SQLite in worker threads.
+"""The trio shell of the SQL server: bytes and time in, SQLite in worker threads, frames out.
 
-Each connection runs two tasks under its own nursery:
+Each connection is one task (:meth:`SqlServer._handle`) that loops: read one
+request through the sans-IO :class:`~trionet.sql.protocol.ServerProtocol`,
+run it, send its answer, read the next. One request at a time, so a
+pipelining client is held back by TCP, not by our memory.
 
-- the *reader* reads request lines (through the sans-IO
-  :class:`~trionet.sql.protocol.ServerProtocol`) and hands them over one at a
-  time on an unbuffered memory channel, so a pipelining client is held back by
-  TCP, not by our memory; when the client goes away it interrupts the running
-  query at once;
-- the *executor* runs requests in order in a worker thread and streams the
-  rows back in batches. Each batch is sent before the next is fetched, so a
-  client that reads slowly slows only its own query, and the server holds at
-  most one batch per connection.
+A request runs on the event loop when the engine has seen it only read
+through cheap functions (bounded by :data:`~trionet.sql.engine.INLINE_BUDGET`
+VM instructions, then retried in a thread), otherwise in a worker thread.
+While a thread works, a watcher task reads ahead (bounded) to notice a client
+that leaves, and interrupts the statement then or at its query deadline.
+Rows are streamed in batches, each sent before the next is fetched, so a
+client that reads slowly slows only its own query, and the server holds at
+most one batch per connection.
 
-A slow query holds one worker thread; other connections keep being served by
-the other threads and the event loop. Statement threads are few (sized to
-the cores, so CPU-bound queries cannot starve the event loop); opening and
-closing sessions has its own small pool, so a new client is greeted at once
-however many queries run.
+Statement threads are few (sized to the cores, so CPU-bound queries cannot
+starve the event loop); opening and closing sessions has its own small pool,
+so a new client is greeted at once however many queries run.
 
-Every connection is a resource with limits: at most ``max_connections``
-(the one over it gets a ``bye`` with code ``busy`` instead of ``hello``), an
-idle one is closed after ``idle_timeout`` seconds, one idle inside a
-transaction after ``idle_transaction_timeout`` (rolled back), and at shutdown
-each gets a ``bye`` with code ``shutdown``, after the answer of a request it
-had running (interrupted shortly before the grace period ends).
+Beside the request loop, each connection has small watcher tasks: the send
+watchdog (a client that reads nothing for ``send_timeout``), the idle
+watcher, the shutdown watcher, and one that interrupts the statement however
+the connection ends. What they decide (admission over ``max_connections``,
+idle and idle-transaction deadlines, when to interrupt at shutdown, which
+``bye`` to send, row caps, the query-time account) is decided by the pure
+rules in :mod:`trionet.sql.rules`; this module only waits, reads and writes.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import trio
 from trionet.framing import EOF
 from trionet.log import get_logger
 from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService, receive_event
-from trionet.sql import protocol
+from trionet.sql import protocol, rules
 from trionet.sql.engine import DEFAULT_BATCH_BYTES, INLINE_BUDGET, Database, FetchResult, OverBudget, Session
 from trionet.sql.errors import SqlError
 
@@ -47,7 +48,6 @@ __all__ = ["DEFAULT_STATEMENT_THREADS", "SqlServer", "SqlServerConfig", "serve_s
 
 log = get_logger("sql")
 
-_BYE_SHUTDOWN = protocol.encode_bye("server shutting down", "shutdown")
 _SESSION_THREADS = 4  # threads opening and closing sessions (a file open, a rollback): short, I/O-bound
 DEFAULT_STATEMENT_THREADS = max(2, os.cpu_count() or 2)
 """Worker threads running statements at once: one per core (at least 2)."""
@@ -107,7 +107,7 @@ class SqlServer:
         self._limiter = trio.CapacityLimiter(self.config.max_threads)
         self._session_limiter = trio.CapacityLimiter(_SESSION_THREADS)
         self._thread_tokens_held = trio.CapacityLimiter(math.inf)  # counted by self._limiter, not trio's default 40
-        self._idle = protocol.IdlePolicy(self.config.idle_timeout, self.config.idle_transaction_timeout)
+        self._idle = rules.IdlePolicy(self.config.idle_timeout, self.config.idle_transaction_timeout)
         self._hello = protocol.encode_hello(
             read_only=not database.read_write,
             max_rows=self.config.max_rows,
@@ -116,6 +116,10 @@ class SqlServer:
             idle_timeout=self.config.idle_timeout,
             idle_transaction_timeout=self.config.idle_transaction_timeout,
         )
+        self.inline_runs = 0
+        """Statements answered on the event loop, within :data:`~trionet.sql.engine.INLINE_BUDGET`."""
+        self.inline_fallbacks = 0
+        """Statements tried on the event loop that ran out of budget and went to a worker thread."""
 
     async def serve(
         self, host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *, task_status=trio.TASK_STATUS_IGNORED
@@ -130,17 +134,13 @@ class SqlServer:
     # --- per connection -------------------------------------------------------
 
     async def _handle(self, conn: Connection) -> None:
-        if len(self.service.connections) > self.config.max_connections:
+        refusal = rules.admission_bye(len(self.service.connections), self.config.max_connections)
+        if refusal is not None:
             # Say so rather than let the client meet a silent EOF (or, worse,
             # run the server out of descriptors for everyone).
             log.warning("sql: refusing %s: %d connections open", conn.peer, len(self.service.connections) - 1)
             with trio.move_on_after(1):
-                await conn.stream.send_all(
-                    protocol.encode_bye(
-                        f"the server has {self.config.max_connections} connections, its limit; try again later",
-                        "busy",
-                    )
-                )
+                await conn.stream.send_all(refusal)
             return
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
         state = _ConnState(
@@ -187,37 +187,32 @@ class SqlServer:
             else:
                 await self._run(conn, state, request)
             state.busy = False
-        await self._send(state, conn, _BYE_SHUTDOWN)
+        await self._send(state, conn, rules.SHUTDOWN_BYE)
 
     async def _watch_idle(self, state: "_ConnState", scope: trio.CancelScope) -> None:
         # One sleeping task per connection, not a cancel scope per request
         # (the per-request cost the send watchdog also avoids); the rule of
-        # when to close lives in protocol.IdlePolicy.
+        # when to close lives in rules.IdlePolicy.
         while True:
-            now = trio.current_time()
-            wake = now + self._idle.recheck
-            if not state.busy:
-                deadline, code, reason = self._idle.deadline(state.last_active, state.session.in_transaction)
-                if now >= deadline:
-                    state.idle_bye = protocol.encode_bye(reason, code)
-                    scope.cancel()
-                    return
-                wake = min(wake, deadline)
+            wake, bye = self._idle.check(
+                trio.current_time(), state.last_active, state.busy, state.session.in_transaction
+            )
+            if bye is not None:
+                state.idle_bye = bye
+                scope.cancel()
+                return
             await trio.sleep_until(wake)
 
     async def _watch_drain(self, conn: Connection, state: "_ConnState", scope: trio.CancelScope) -> None:
         await conn.draining.wait()
         if not state.busy:
             with trio.move_on_after(1):
-                await conn.stream.send_all(_BYE_SHUTDOWN)
+                await conn.stream.send_all(rules.SHUTDOWN_BYE)
             scope.cancel()
             return
-        # A busy connection finishes its request, says bye and closes. If the
-        # request would outlive the grace period, it is interrupted shortly
-        # before the end, so that its client still gets the answer
-        # ('interrupted') and the bye, not a bare close.
-        deadline = self.service.grace_deadline
-        await trio.sleep_until(deadline - min(1.0, (deadline - trio.current_time()) / 2))
+        # A busy connection finishes its request, says bye and closes; one
+        # that would outlive the grace period is interrupted shortly before.
+        await trio.sleep_until(rules.shutdown_interrupt_at(trio.current_time(), self.service.grace_deadline))
         state.session.interrupt("the server is shutting down")
 
     @staticmethod
@@ -279,59 +274,49 @@ class SqlServer:
         session = state.session
         started = time.perf_counter()
         req_id = request.id
-        cap = self.config.max_rows
-        if request.max_rows is not None:
-            cap = request.max_rows if cap == 0 else min(cap, request.max_rows)
-        batch = self.config.batch_rows
+        rows_left = rules.RowCap(self.config.max_rows, request.max_rows, self.config.batch_rows)
         max_bytes = self.config.max_batch_bytes
-        work_left = self.config.query_timeout or math.inf  # seconds of SQLite time still allowed
-        sent = 0
-        truncated = False
+        clock = rules.WorkClock(self.config.query_timeout)
         out = b""  # what is ready to send and not sent yet
 
         async def in_sqlite(fn, *args) -> FetchResult:
-            nonlocal work_left
             # The clock starts once a statement thread is ours: with few
             # threads, waiting for one is not time SQLite worked on this request.
             async with self._limiter:
                 begun = trio.current_time()
                 try:
-                    return await self._in_thread(conn, state, begun + work_left, fn, *args)
+                    return await self._in_thread(conn, state, clock.deadline(begun), fn, *args)
                 finally:
-                    work_left -= trio.current_time() - begun
+                    clock.spend(trio.current_time() - begun)
 
         try:
-            want = self._want(batch, cap, sent)
             result = None
             if self.config.inline and self.database.may_run_inline(request.sql):
                 # A short read costs less here than a thread hop (docs/benchmarks.md);
                 # the VM-instruction budget bounds how long it holds the event loop.
                 try:
-                    result = session.execute(request.sql, request.params, want, INLINE_BUDGET, max_bytes)
+                    result = session.execute(request.sql, request.params, rows_left.want(), INLINE_BUDGET, max_bytes)
+                    self.inline_runs += 1
                 except OverBudget:
-                    pass
+                    self.inline_fallbacks += 1
             if result is None:
-                result = await in_sqlite(session.execute, request.sql, request.params, want, 0, max_bytes)
+                result = await in_sqlite(session.execute, request.sql, request.params, rows_left.want(), 0, max_bytes)
             out = protocol.encode_columns(req_id, result.columns or [])
             while True:
-                rows = result.rows
-                if cap and sent + len(rows) > cap:
-                    rows = rows[: cap - sent]
-                    truncated = True
+                rows = rows_left.take(result.rows)
                 if rows:
                     out += protocol.encode_rows(req_id, rows)
-                    sent += len(rows)
-                if truncated or result.exhausted:
+                if rows_left.truncated or result.exhausted:
                     break
                 await self._send(state, conn, out)  # backpressure: the next batch waits for this one
                 out = b""
-                result = await in_sqlite(session.fetch, self._want(batch, cap, sent), max_bytes)
-            if truncated and not result.exhausted:
+                result = await in_sqlite(session.fetch, rows_left.want(), max_bytes)
+            if rows_left.truncated and not result.exhausted:
                 session.cancel_statement()
             out += protocol.encode_done(
                 req_id,
-                rows=sent,
-                truncated=truncated,
+                rows=rows_left.sent,
+                truncated=rows_left.truncated,
                 changes=result.changes,
                 last_insert_rowid=result.last_insert_rowid,
                 elapsed_ms=(time.perf_counter() - started) * 1000,
@@ -339,12 +324,6 @@ class SqlServer:
         except SqlError as exc:
             out += protocol.encode_error(req_id, exc.code, exc.message)
         await self._send(state, conn, out)
-
-    @staticmethod
-    def _want(batch: int, cap: int, sent: int) -> int:
-        # Ask for one row past the cap, so that a cut result is known to be cut.
-        return batch if not cap else max(1, min(batch, cap - sent + 1))
-
 
 
 @dataclass(eq=False)
