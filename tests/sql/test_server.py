@@ -140,9 +140,11 @@ async def test_max_rows_cuts_and_marks_the_result(start_sql):
         cut = await conn.query("SELECT id FROM quakes")
         exact = await conn.query("SELECT id FROM quakes LIMIT 150")
         asked = await conn.query("SELECT id FROM quakes", max_rows=10)
+        none = await conn.query("SELECT id FROM quakes", max_rows=0)  # not a way round the server's cap
     assert len(cut.rows) == 150 and cut.truncated
     assert len(exact.rows) == 150 and not exact.truncated
     assert len(asked.rows) == 10 and asked.truncated
+    assert none.rows == [] and none.truncated and none.columns == ["id"]
 
 
 async def test_a_client_that_does_not_read_holds_the_server_back(raw, start_sql, monkeypatch):

@@ -114,23 +114,23 @@ class RowCap:
     __slots__ = ("batch_rows", "cap", "sent", "truncated")
 
     def __init__(self, server_max_rows: int, request_max_rows: int | None, batch_rows: int) -> None:
-        cap = server_max_rows
-        if request_max_rows is not None:
-            cap = request_max_rows if cap == 0 else min(cap, request_max_rows)
-        self.cap = cap
+        # None is "no cap". A request's max_rows of 0 asks for no rows at all
+        # (the columns only); it must not lift the server's cap.
+        caps = [c for c in (server_max_rows or None, request_max_rows) if c is not None]
+        self.cap: int | None = min(caps) if caps else None
         self.batch_rows = batch_rows
         self.sent = 0
         self.truncated = False
 
     def want(self) -> int:
         """Rows to ask SQLite for next: one past the cap, so that a cut result is known to be cut."""
-        if not self.cap:
+        if self.cap is None:
             return self.batch_rows
         return max(1, min(self.batch_rows, self.cap - self.sent + 1))
 
     def take(self, rows: list[tuple]) -> list[tuple]:
         """The part of ``rows`` that may be sent; sets :attr:`truncated` when the cap cut them."""
-        if self.cap and self.sent + len(rows) > self.cap:
+        if self.cap is not None and self.sent + len(rows) > self.cap:
             rows = rows[: self.cap - self.sent]
             self.truncated = True
         self.sent += len(rows)
