@@ -12,7 +12,7 @@ import trio
 
 from trionet.framing import EOF
 from trionet.serving import receive_event
-from trionet.sql import SqlConnectionError, SqlError, connect, protocol, rules
+from trionet.sql import SqlConnectionError, SqlError, connect, protocol
 from trionet.sql.cli import default_max_connections
 
 from .test_server import ENDLESS, RawClient, wait_until_busy
