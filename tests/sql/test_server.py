@@ -435,3 +435,36 @@ async def test_shutdown_grace_interrupts_what_runs_too_long(raw, start_sql):
     with trio.fail_after(5):
         while server.service.connections:
             await trio.sleep(0.01)
+
+
+async def test_a_long_read_that_looks_cheap_falls_back_to_a_thread_and_the_loop_stays_free(raw, start_sql):
+    """INLINE_BUDGET: a read classified as may-run-inline that runs long is stopped on the event
+    loop and finished in a worker thread, while another client is answered."""
+    server, address = await start_sql(query_timeout=0)
+    # Only count() and a recursive CTE: cheap-looking. The bound is a parameter, so one
+    # SQL text is classified by a quick run and then run long.
+    counting = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) SELECT count(*) FROM c"
+    long_run = await raw(address)
+    await long_run.send(protocol.encode_request(counting, [10], id="classify"))
+    assert (await long_run.answer())[-2].rows == [(10,)]
+    assert server.database.may_run_inline(counting)
+    order: list[str] = []
+
+    async def run_long() -> None:
+        await long_run.send(protocol.encode_request(counting, [3_000_000], id="long"))
+        events = await long_run.answer()
+        assert events[-2].rows == [(3_000_000,)], events[-2:]
+        order.append("long")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_long)
+        await wait_until_busy(server, requests=2)
+        # Busy means taken, not yet in a thread: wait for the fall-back (or the long answer).
+        with trio.fail_after(10):
+            while not (server.inline_fallbacks or order):
+                await trio.sleep(0.005)
+        async with connect(*address) as other:
+            assert (await other.query("SELECT 1")).rows == [(1,)]
+        order.append("other")
+    assert order == ["other", "long"]  # the other answer came while the long one ran
+    assert server.inline_fallbacks == 1
