@@ -409,21 +409,27 @@ async def test_oversized_values_are_refused(start_sql):
     assert info.value.code == "too_big"
 
 
-async def test_shutdown_lets_the_running_query_finish(start_sql):
+async def _events_until_close(client: RawClient) -> list:
+    events = []
+    with trio.fail_after(20):
+        while (event := await client.event()) is not EOF:
+            events.append(event)
+    return events
+
+
+async def test_shutdown_lets_the_running_query_finish(raw, start_sql):
     server, address = await start_sql(query_timeout=1.0)
-    async with connect(*address) as conn:
-        async with trio.open_nursery() as nursery:
-
-            async def run() -> None:
-                with pytest.raises(SqlError) as info:
-                    await conn.query(ENDLESS)
-                assert info.value.code == "timeout"  # it ran to its own end, within the grace
-
-            nursery.start_soon(run)
-            await wait_until_busy(server)
-            server.shutdown(grace=10)
-        with pytest.raises(OSError):
-            await trio.open_tcp_stream(*address)  # no longer accepting
+    busy, idle = await raw(address), await raw(address)
+    await busy.send(ENDLESS.encode() + b"\n")
+    await wait_until_busy(server)
+    server.shutdown(grace=10)
+    # The running query ends on its own (its timeout, within the grace), then bye.
+    *_, answer, bye = await _events_until_close(busy)
+    assert isinstance(answer, protocol.ErrorReply) and answer.code == "timeout", answer
+    assert bye == protocol.Bye("server shutting down", "shutdown")
+    assert await _events_until_close(idle) == [protocol.Bye("server shutting down", "shutdown")]
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream(*address)  # no longer accepting
 
 
 async def test_shutdown_grace_interrupts_what_runs_too_long(raw, start_sql):
@@ -431,7 +437,11 @@ async def test_shutdown_grace_interrupts_what_runs_too_long(raw, start_sql):
     client = await raw(address)
     await client.send(ENDLESS.encode() + b"\n")
     await wait_until_busy(server)
-    server.shutdown(grace=0.5)
+    server.shutdown(grace=2)
+    # Interrupted a second before the grace ends, so the client still hears why.
+    *_, answer, bye = await _events_until_close(client)
+    assert isinstance(answer, protocol.ErrorReply) and answer.code == "interrupted", answer
+    assert bye == protocol.Bye("server shutting down", "shutdown")
     with trio.fail_after(5):
         while server.service.connections:
             await trio.sleep(0.01)
