@@ -94,6 +94,8 @@ def test_a_committed_write_survives_kill_9(server_process, trionet_cmd, tmp_path
     server.proc.kill()  # SIGKILL: no chance to flush or checkpoint
     server.wait()
     assert sqlite3.connect(db).execute("SELECT n FROM notes").fetchall() == [("kept",)]
+    # The OS page cache outlives a SIGKILL, so this passes even with synchronous=OFF:
+    # tests/sql/test_server.py::test_read_write_sessions_commit_durably checks the fsync setting.
 
 
 def test_sigterm_drains_and_exits_0(server_process, quake_db):

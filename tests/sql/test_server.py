@@ -375,6 +375,19 @@ async def test_transactions_belong_to_their_connection_and_roll_back_on_disconne
     assert check.execute("SELECT id FROM quakes WHERE id LIKE 'new%'").fetchall() == [("new2",)]
 
 
+def test_read_write_sessions_commit_durably(quake_db):
+    """WAL with synchronous=FULL: the WAL is fsynced at every COMMIT, so a write the client was
+    told is done survives a power cut, not only a kill -9 (which the OS page cache survives)."""
+    database = Database(quake_db, read_write=True)
+    session = database.open_session()
+    try:
+        session.connection.set_authorizer(None)  # clients may not read the setting; the test may
+        assert session.connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert session.connection.execute("PRAGMA synchronous").fetchone() == (2,)  # 2 is FULL
+    finally:
+        session.close()
+
+
 async def test_writers_are_serialised(start_sql):
     _, address = await start_sql(read_write=True)
     async with connect(*address) as a, connect(*address) as b:

@@ -71,7 +71,10 @@ class Session:
             conn = sqlite3.connect(
                 database.path, isolation_level=None, check_same_thread=False, timeout=database.busy_timeout
             )
-            conn.execute("PRAGMA synchronous=FULL")  # a committed write survives a crash
+            # FULL in WAL mode fsyncs the WAL at every COMMIT, before the client
+            # is told "done": the write survives a power cut. NORMAL would fsync
+            # only at checkpoints, so the last commits could vanish with the power.
+            conn.execute("PRAGMA synchronous=FULL")
         else:
             uri = database.path.resolve().as_uri() + "?mode=ro"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0.1)
