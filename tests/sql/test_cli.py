@@ -224,10 +224,10 @@ def test_query_write_prints_rows_changed_and_json_carries_the_counts(server_proc
 
 
 def test_query_with_no_server_says_where_it_tried_and_how_to_start_one(trionet_cmd):
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+    with socket.socket() as sock:  # bound and held, never listening: refused, and no one else can take it
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = trionet_cmd("sql", "query", "--port", str(port), "SELECT 1")
+        result = trionet_cmd("sql", "query", "--port", str(port), "SELECT 1")
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
     assert f"127.0.0.1:{port}" in result.stderr and f"trionet sql serve --port {port}" in result.stderr
