@@ -1,13 +1,14 @@
 """The SQL service's errors and their stable codes: what client, server and engine share.
 
-Pure: no trio, no sqlite3. The client raises :class:`SqlError` for an
-``error`` frame, the engine raises it for what SQLite refused, and both
-import it from here, so a client never imports the SQLite side.
+Pure: no trio, no sqlite3. The clients (trio and the shell's blocking one)
+raise :class:`SqlError` for an ``error`` frame and :class:`SqlConnectionError`
+when the connection fails; the engine raises :class:`SqlError` for what SQLite
+refused. All import them from here, so no client imports the SQLite side.
 """
 
 from __future__ import annotations
 
-__all__ = ["BYE_CODES", "ERROR_CODES", "SqlError"]
+__all__ = ["BYE_CODES", "ERROR_CODES", "SqlConnectionError", "SqlError"]
 
 ERROR_CODES: dict[str, str] = {
     "bad_request": "the line is not a request: invalid JSON, a wrong field, or a field of the wrong type",
@@ -48,3 +49,10 @@ class SqlError(Exception):
 
     def __repr__(self) -> str:
         return f"SqlError({self.code!r}, {self.message!r})"
+
+
+class SqlConnectionError(SqlError):
+    """The connection to the server failed or was closed; ``code`` is ``connection``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("connection", message)
