@@ -148,7 +148,7 @@ def test_with_few_descriptors_extra_clients_get_busy_never_a_silent_eof(quake_db
 def test_sigterm_mid_query_answers_interrupted_then_bye(quake_db):
     proc = subprocess.Popen(
         [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(quake_db), "--port", "0",
-         "--query-timeout", "0", "--grace", "1", "--max-rows", "0"],
+         "--query-timeout", "0", "--grace", "3", "--max-rows", "0"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
@@ -163,7 +163,7 @@ def test_sigterm_mid_query_answers_interrupted_then_bye(quake_db):
                 await raw.send(trickle.encode() + b"\n")
                 events = [await raw.event(), await raw.event()]  # columns, a first batch: it runs
                 proc.send_signal(signal.SIGTERM)
-                with trio.fail_after(5):
+                with trio.fail_after(20):  # interrupted 1 s before the 3 s grace ends
                     while (event := await raw.event()) is not EOF:
                         events.append(event)
             return events
