@@ -5,14 +5,9 @@ request through the sans-IO :class:`~trionet.sql.protocol.ServerProtocol`,
 run it, send its answer, read the next. One request at a time, so a
 pipelining client is held back by TCP, not by our memory.
 
-A request runs on the event loop when the engine has seen it only read
-through cheap functions (bounded by :data:`~trionet.sql.engine.INLINE_BUDGET`
-VM instructions, then retried in a thread), otherwise in a worker thread.
-While a thread works, a watcher task reads ahead (bounded) to notice a client
-that leaves, and interrupts the statement then or at its query deadline.
-Rows are streamed in batches, each sent before the next is fetched, so a
-client that reads slowly slows only its own query, and the server holds at
-most one batch per connection.
+Running a request (on the event loop within a budget, or in a worker thread
+watched for the client leaving and for its deadline, rows streamed in
+batches with backpressure) is :class:`~trionet.sql.execute.RequestRunner`'s job.
 
 Statement threads are few (sized to the cores, so CPU-bound queries cannot
 starve the event loop); opening and closing sessions has its own small pool,
@@ -29,20 +24,17 @@ rules in :mod:`trionet.sql.rules`; this module only waits, reads and writes.
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import outcome
 import trio
 
 from trionet.framing import EOF
 from trionet.log import get_logger
-from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService, receive_event
+from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol, rules
-from trionet.sql.engine import DEFAULT_BATCH_BYTES, INLINE_BUDGET, Database, FetchResult, OverBudget, Session
-from trionet.sql.errors import SqlError
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, Session
+from trionet.sql.execute import ConnState, RequestRunner
 
 __all__ = ["DEFAULT_STATEMENT_THREADS", "SqlServer", "SqlServerConfig", "serve_sql"]
 
@@ -106,7 +98,6 @@ class SqlServer:
         self.service = TCPService("sql", self._handle, log)
         self._limiter = trio.CapacityLimiter(self.config.max_threads)
         self._session_limiter = trio.CapacityLimiter(_SESSION_THREADS)
-        self._thread_tokens_held = trio.CapacityLimiter(math.inf)  # counted by self._limiter, not trio's default 40
         self._idle = rules.IdlePolicy(self.config.idle_timeout, self.config.idle_transaction_timeout)
         self._hello = protocol.encode_hello(
             read_only=not database.read_write,
@@ -116,10 +107,17 @@ class SqlServer:
             idle_timeout=self.config.idle_timeout,
             idle_transaction_timeout=self.config.idle_transaction_timeout,
         )
-        self.inline_runs = 0
+        self._runner = RequestRunner(database, self.config, self._limiter)
+
+    @property
+    def inline_runs(self) -> int:
         """Statements answered on the event loop, within :data:`~trionet.sql.engine.INLINE_BUDGET`."""
-        self.inline_fallbacks = 0
+        return self._runner.inline_runs
+
+    @property
+    def inline_fallbacks(self) -> int:
         """Statements tried on the event loop that ran out of budget and went to a worker thread."""
+        return self._runner.inline_fallbacks
 
     async def serve(
         self, host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *, task_status=trio.TASK_STATUS_IGNORED
@@ -143,7 +141,7 @@ class SqlServer:
                 await conn.stream.send_all(refusal)
             return
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
-        state = _ConnState(
+        state = ConnState(
             session, protocol.ServerProtocol(self.config.max_request_bytes), SendWatchdog(self.config.send_timeout)
         )
         try:
@@ -167,7 +165,7 @@ class SqlServer:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(session.close, limiter=self._session_limiter)
 
-    async def _serve_requests(self, conn: Connection, state: "_ConnState") -> None:
+    async def _serve_requests(self, conn: Connection, state: ConnState) -> None:
         # The course's loop, for one connection: wait for a request, handle
         # it, repeat. One request at a time, so a pipelining client is held
         # back by TCP, not by our memory.
@@ -185,11 +183,11 @@ class SqlServer:
             if isinstance(request, protocol.BadRequest):
                 await self._send(state, conn, protocol.encode_error(request.id, request.code, request.message))
             else:
-                await self._run(conn, state, request)
+                await self._runner.run(conn, state, request)
             state.busy = False
         await self._send(state, conn, rules.SHUTDOWN_BYE)
 
-    async def _watch_idle(self, state: "_ConnState", scope: trio.CancelScope) -> None:
+    async def _watch_idle(self, state: ConnState, scope: trio.CancelScope) -> None:
         # One sleeping task per connection, not a cancel scope per request
         # (the per-request cost the send watchdog also avoids); the rule of
         # when to close lives in rules.IdlePolicy.
@@ -203,7 +201,7 @@ class SqlServer:
                 return
             await trio.sleep_until(wake)
 
-    async def _watch_drain(self, conn: Connection, state: "_ConnState", scope: trio.CancelScope) -> None:
+    async def _watch_drain(self, conn: Connection, state: ConnState, scope: trio.CancelScope) -> None:
         await conn.draining.wait()
         if not state.busy:
             with trio.move_on_after(1):
@@ -226,114 +224,8 @@ class SqlServer:
             session.interrupt("connection closing")
 
     @staticmethod
-    async def _send(state: "_ConnState", conn: Connection, data: bytes) -> None:
+    async def _send(state: ConnState, conn: Connection, data: bytes) -> None:
         await state.sends.send(conn.stream, data)
-
-    async def _in_thread(self, conn: Connection, state: "_ConnState", deadline: float, fn, *args) -> FetchResult:
-        """Run ``fn`` in a worker thread while watching the client and the clock.
-
-        The watcher interrupts the statement from the event loop at the
-        deadline, or at once when the client leaves; inside SQLite only a
-        rare abort check runs (see ``Session._count_instructions``).
-        """
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_while_working, conn, state, deadline)
-            # The watcher never raises, so what the thread raised (an
-            # SqlError, say) is re-raised as is, not wrapped in a group.
-            # The caller holds a statement-thread token (self._limiter) already.
-            result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._thread_tokens_held)
-            nursery.cancel_scope.cancel()
-        return result.unwrap()
-
-    async def _watch_while_working(self, conn: Connection, state: "_ConnState", deadline: float) -> None:
-        with trio.move_on_at(deadline) as timer:
-            # Read ahead, bounded, so that a client that leaves is noticed now
-            # rather than at the next send; what it pipelined stays queued in
-            # the protocol object for the loop.
-            while state.proto.buffered < self.config.max_request_bytes:
-                try:
-                    data = await conn.stream.receive_some(RECEIVE_CHUNK)
-                except (trio.BrokenResourceError, OSError):
-                    data = b""
-                state.proto.receive_data(data)
-                if not data:
-                    break
-            else:
-                await trio.sleep_forever()
-        # Client gone or time up. SQLite ignores an interrupt that comes
-        # before the statement starts, so repeat it until the thread returns
-        # (this task is cancelled then).
-        while True:
-            if timer.cancelled_caught:
-                state.session.interrupt_for_timeout()
-            else:
-                state.session.interrupt("client gone")
-            await trio.sleep(0.05)
-
-    async def _run(self, conn: Connection, state: "_ConnState", request: protocol.Request) -> None:
-        session = state.session
-        started = time.perf_counter()
-        req_id = request.id
-        rows_left = rules.RowCap(self.config.max_rows, request.max_rows, self.config.batch_rows)
-        max_bytes = self.config.max_batch_bytes
-        clock = rules.WorkClock(self.config.query_timeout)
-        out = b""  # what is ready to send and not sent yet
-
-        async def in_sqlite(fn, *args) -> FetchResult:
-            # The clock starts once a statement thread is ours: with few
-            # threads, waiting for one is not time SQLite worked on this request.
-            async with self._limiter:
-                begun = trio.current_time()
-                try:
-                    return await self._in_thread(conn, state, clock.deadline(begun), fn, *args)
-                finally:
-                    clock.spend(trio.current_time() - begun)
-
-        try:
-            result = None
-            if self.config.inline and self.database.may_run_inline(request.sql):
-                # A short read costs less here than a thread hop (docs/benchmarks.md);
-                # the VM-instruction budget bounds how long it holds the event loop.
-                try:
-                    result = session.execute(request.sql, request.params, rows_left.want(), INLINE_BUDGET, max_bytes)
-                    self.inline_runs += 1
-                except OverBudget:
-                    self.inline_fallbacks += 1
-            if result is None:
-                result = await in_sqlite(session.execute, request.sql, request.params, rows_left.want(), 0, max_bytes)
-            out = protocol.encode_columns(req_id, result.columns or [])
-            while True:
-                rows = rows_left.take(result.rows)
-                if rows:
-                    out += protocol.encode_rows(req_id, rows)
-                if rows_left.truncated or result.exhausted:
-                    break
-                await self._send(state, conn, out)  # backpressure: the next batch waits for this one
-                out = b""
-                result = await in_sqlite(session.fetch, rows_left.want(), max_bytes)
-            if rows_left.truncated and not result.exhausted:
-                session.cancel_statement()
-            out += protocol.encode_done(
-                req_id,
-                rows=rows_left.sent,
-                truncated=rows_left.truncated,
-                changes=result.changes,
-                last_insert_rowid=result.last_insert_rowid,
-                elapsed_ms=(time.perf_counter() - started) * 1000,
-            )
-        except SqlError as exc:
-            out += protocol.encode_error(req_id, exc.code, exc.message)
-        await self._send(state, conn, out)
-
-
-@dataclass(eq=False)
-class _ConnState:
-    session: Session
-    proto: protocol.ServerProtocol
-    sends: SendWatchdog
-    busy: bool = False
-    last_active: float = field(default_factory=trio.current_time)
-    idle_bye: bytes | None = None  # set when the idle watcher closes the connection
 
 
 async def serve_sql(
