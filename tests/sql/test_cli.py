@@ -94,6 +94,8 @@ def test_a_committed_write_survives_kill_9(server_process, trionet_cmd, tmp_path
     server.proc.kill()  # SIGKILL: no chance to flush or checkpoint
     server.wait()
     assert sqlite3.connect(db).execute("SELECT n FROM notes").fetchall() == [("kept",)]
+    # The OS page cache outlives a SIGKILL, so this passes even with synchronous=OFF:
+    # tests/sql/test_server.py::test_read_write_sessions_commit_durably checks the fsync setting.
 
 
 def test_sigterm_drains_and_exits_0(server_process, quake_db):
@@ -222,10 +224,10 @@ def test_query_write_prints_rows_changed_and_json_carries_the_counts(server_proc
 
 
 def test_query_with_no_server_says_where_it_tried_and_how_to_start_one(trionet_cmd):
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+    with socket.socket() as sock:  # bound and held, never listening: refused, and no one else can take it
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    result = trionet_cmd("sql", "query", "--port", str(port), "SELECT 1")
+        result = trionet_cmd("sql", "query", "--port", str(port), "SELECT 1")
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
     assert f"127.0.0.1:{port}" in result.stderr and f"trionet sql serve --port {port}" in result.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import signal
 import subprocess
@@ -10,6 +9,7 @@ import sys
 
 import pytest
 import trio
+import trio.testing
 
 from trionet.framing import EOF
 from trionet.serving import receive_event
@@ -44,7 +44,7 @@ async def test_a_new_client_is_greeted_while_every_query_thread_is_busy(start_sq
     async with busy.stream:
         await busy.send(ENDLESS.encode() + b"\n")
         await wait_until_busy(server)
-        with trio.fail_after(2):  # the hello used to wait for a statement thread
+        with trio.fail_after(10):  # the hello used to wait for the thread, which the endless query holds
             async with connect(*address) as conn:
                 assert conn.server.read_only
 
@@ -92,18 +92,10 @@ async def test_an_idle_transaction_is_rolled_back_and_frees_the_write_lock(start
             assert isinstance((await holder.answer())[-1], protocol.Done)
         (bye,) = await events_until_close(holder)
     assert bye.code == "idle_transaction" and "rolled back" in bye.reason
-    async with connect(*address) as conn:
-        with trio.fail_after(2):  # the lock is free: no 5 s busy wait
-            await conn.query("INSERT INTO quakes (id) VALUES ('next')")
+    async with connect(*address, connect_timeout=30) as conn:
+        # A lock still held would make this fail with 'busy' after the 5 s busy timeout.
+        await conn.query("INSERT INTO quakes (id) VALUES ('next')")
         assert (await conn.query("SELECT count(*) FROM quakes WHERE id = 'held'")).rows == [(0,)]
-
-
-def test_the_idle_rule_without_a_clock():
-    policy = protocol.IdlePolicy(idle_timeout=300, idle_transaction_timeout=60)
-    assert policy.deadline(10.0, in_transaction=False)[:2] == (310.0, "idle")
-    assert policy.deadline(10.0, in_transaction=True)[:2] == (70.0, "idle_transaction")
-    assert protocol.IdlePolicy(30, 60).deadline(0.0, True)[:2] == (30.0, "idle")  # the shorter wins
-    assert protocol.IdlePolicy(0, 0).deadline(0.0, True)[0] == math.inf
 
 
 def test_the_default_connection_cap_follows_the_descriptor_limit():
@@ -156,7 +148,7 @@ def test_with_few_descriptors_extra_clients_get_busy_never_a_silent_eof(quake_db
 def test_sigterm_mid_query_answers_interrupted_then_bye(quake_db):
     proc = subprocess.Popen(
         [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(quake_db), "--port", "0",
-         "--query-timeout", "0", "--grace", "1", "--max-rows", "0"],
+         "--query-timeout", "0", "--grace", "3", "--max-rows", "0"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
@@ -171,7 +163,7 @@ def test_sigterm_mid_query_answers_interrupted_then_bye(quake_db):
                 await raw.send(trickle.encode() + b"\n")
                 events = [await raw.event(), await raw.event()]  # columns, a first batch: it runs
                 proc.send_signal(signal.SIGTERM)
-                with trio.fail_after(5):
+                with trio.fail_after(20):  # interrupted 1 s before the 3 s grace ends
                     while (event := await raw.event()) is not EOF:
                         events.append(event)
             return events
@@ -225,16 +217,37 @@ def test_big_values_keep_the_server_memory_bounded(quake_db):
         proc.stderr.close()
 
 
-async def test_waiting_for_a_statement_thread_does_not_count_as_query_time(start_sql):
-    server, address = await start_sql(max_threads=1, query_timeout=1.0)
+async def test_waiting_for_a_statement_thread_does_not_count_as_query_time(start_sql, mock_clock):
+    """The clock is frozen (``mock_clock``) and moved by hand: our request waits 2000 s for the
+    only statement thread, which must not count against its 1000 s query timeout."""
+    server, address = await start_sql(max_threads=1, query_timeout=1000)
     hog = await RawClient.open(address)
     async with hog.stream, connect(*address) as conn:
-        await hog.send(ENDLESS.encode() + b"\n")  # holds the only thread for its full second
-        await wait_until_busy(server)
-        # About 0.3 s of SQLite work, after waiting about 1 s for the thread.
-        result = await conn.query(
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
-            "SELECT count(*) FROM c WHERE x LIKE '%7'"
-        )
-        assert result.rows == [(100000,)]
-        assert (await hog.answer())[-1].code == "timeout"
+        await hog.send(ENDLESS.encode() + b"\n")
+        while not server._limiter.borrowed_tokens:  # the hog holds the only thread
+            await trio.testing.wait_all_tasks_blocked()
+        answers: dict = {}
+
+        async def ask() -> None:
+            # About 0.2 s of real SQLite work, long enough for an interrupt to land.
+            answers["ours"] = (await conn.query(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000) "
+                "SELECT count(*) FROM c"
+            )).rows
+
+        async def hear_hog() -> None:
+            answers["hog"] = await hog.answer()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            while sum(c.requests >= 1 for c in server.service.connections) < 2:  # ours is taken, waiting
+                await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(2000)  # the hog's time runs out; ours has waited 2000 s for the thread
+            nursery.start_soon(hear_hog)
+            while len(answers) < 2:
+                # Let virtual time pass slowly, so that the server's repeated interrupts
+                # (every 0.05 s) run: a few seconds at most against our 1000 s.
+                await trio.testing.wait_all_tasks_blocked()
+                mock_clock.jump(0.001)
+        assert answers["ours"] == [(500000,)]
+        assert answers["hog"][-1].code == "timeout"

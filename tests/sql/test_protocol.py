@@ -108,23 +108,90 @@ def test_server_protocol_pipelined_and_oversized():
     assert proto.next_event() is EOF
 
 
-@given(st.binary(max_size=2000), st.integers(1, 100))
-def test_server_protocol_never_raises_on_random_bytes(data, limit):
+def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    return [data[i:j] for i, j in zip(points, points[1:])]
+
+
+_SELECT_1 = protocol.encode_request("SELECT 1", id=1)
+
+garbage_lines = st.binary(max_size=150).map(lambda b: b.replace(b"\n", b""))
+request_lines = st.builds(
+    lambda sql, values, req_id: protocol.encode_request(sql, values, id=req_id)[:-1],
+    st.text(min_size=1, max_size=20).filter(lambda t: "\n" not in t and t.strip()),
+    st.lists(sqlite_values, max_size=3),
+    st.none() | st.integers(-5, 5) | st.text(max_size=3),
+)
+
+
+@given(st.lists(garbage_lines | request_lines, max_size=8), st.integers(1, 200), st.lists(st.integers(0, 3000)))
+def test_server_protocol_answers_every_line_in_order_however_it_is_cut(lines, limit, cuts):
+    """Each line becomes exactly the event parse_request makes of it (or request_too_large), in order,
+    whatever the chunking; afterwards the core still parses a good request."""
     proto = ServerProtocol(max_request_bytes=limit)
-    proto.receive_data(data)
-    proto.receive_data(b"")
-    while (event := proto.next_event()) is not EOF:
-        assert isinstance(event, (Request, BadRequest))
+    data = b"".join(line + b"\n" for line in lines) + _SELECT_1
+    for chunk in _chunks(data, cuts):
+        proto.receive_data(chunk)
+    events = []
+    while (event := proto.next_event()) is not NEED_DATA:
+        events.append(event)
+    expected = []
+    for line in [*lines, _SELECT_1[:-1]]:
+        line = line[:-1] if line.endswith(b"\r") else line  # CRLF is a line end too
+        if len(line) > limit:
+            expected.append(BadRequest(None, "request_too_large", f"request longer than {limit} bytes; it was skipped"))
+        elif (parsed := parse_request(line)) is not None:
+            expected.append(parsed)
+    assert events == expected
+    for event in events:
         if isinstance(event, BadRequest):
             assert event.code in protocol.ERROR_CODES
+    if len(_SELECT_1) - 1 <= limit:
+        assert events[-1] == Request(1, "SELECT 1")  # the state is still usable after any garbage
+    proto.receive_data(b"")
+    assert proto.next_event() is EOF
+
+
+reply_lines = st.one_of(
+    st.builds(protocol.encode_rows, st.integers(0, 9), st.lists(st.tuples(sqlite_values, sqlite_values), max_size=3)),
+    st.builds(protocol.encode_columns, st.integers(0, 9), st.lists(st.text(max_size=5), max_size=3)),
+    st.builds(protocol.encode_error, st.none() | st.integers(0, 9), st.sampled_from(sorted(protocol.ERROR_CODES)),
+              st.text(max_size=20)),
+    st.builds(protocol.encode_bye, st.text(max_size=20), st.sampled_from(sorted(protocol.BYE_CODES))),
+).map(lambda line: line[:-1])
+
+
+@given(st.lists(garbage_lines | reply_lines, max_size=8), st.lists(st.integers(0, 3000)))
+def test_client_protocol_round_trips_replies_and_refuses_garbage_line_by_line(lines, cuts):
+    """A reply frame comes back as its event; anything else raises RemoteProtocolError for that
+    line alone, and the next frame still parses."""
+    proto = protocol.ClientProtocol()
+    bye = protocol.encode_bye("end", "shutdown")
+    for chunk in _chunks(b"".join(line + b"\n" for line in lines) + bye, cuts):
+        proto.receive_data(chunk)
+    for line in lines:
+        if not line.strip():
+            continue  # blank lines are skipped
+        try:
+            expected = protocol.parse_reply(line)
+        except protocol.RemoteProtocolError:
+            with pytest.raises(protocol.RemoteProtocolError):
+                proto.next_event()
+        else:
+            assert proto.next_event() == expected
+    assert proto.next_event() == protocol.Bye("end", "shutdown")
+    assert proto.next_event() is NEED_DATA
 
 
 @given(st.binary(max_size=300))
-def test_client_parser_rejects_garbage_cleanly(data):
+def test_client_parser_answers_garbage_with_its_error_or_a_frame_event(data):
     try:
-        protocol.parse_reply(data)
+        event = protocol.parse_reply(data)
     except protocol.RemoteProtocolError:
-        pass
+        return
+    assert isinstance(
+        event, (protocol.Hello, protocol.Columns, protocol.Rows, protocol.Done, protocol.ErrorReply, protocol.Bye)
+    )
 
 
 def test_client_protocol_reads_a_whole_answer():

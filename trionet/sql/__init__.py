@@ -5,7 +5,8 @@ The public API: :func:`connect` and :class:`SqlError` for clients,
 """
 
 from trionet.sql.client import Result, SqlConnection, SqlConnectionError, StreamingResult, connect
-from trionet.sql.engine import Database, SqlError
+from trionet.sql.engine import Database
+from trionet.sql.errors import SqlError
 from trionet.sql.server import SqlServer, SqlServerConfig, serve_sql
 
 __all__ = [

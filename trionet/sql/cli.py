@@ -26,7 +26,8 @@ from trionet.cliutil import (
 from trionet.log import get_logger
 from trionet.sql import protocol
 from trionet.sql.client import SqlConnectionError, connect
-from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, SqlError, limit_sqlite_memory
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, limit_sqlite_memory
+from trionet.sql.errors import SqlError
 from trionet.sql.render import FORMATS, changed_line, format_result, row_count, truncation_notice
 from trionet.sql.metrics import sql_registry
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig

@@ -21,28 +21,10 @@ import trio
 from trionet.framing import EOF
 from trionet.serving import receive_event
 from trionet.sql import protocol
-from trionet.sql.engine import SqlError
+from trionet.sql.errors import SqlConnectionError, SqlError
+from trionet.sql.result import Result
 
 __all__ = ["Result", "SqlConnection", "SqlConnectionError", "StreamingResult", "connect"]
-
-
-class SqlConnectionError(SqlError):
-    """The connection to the server failed or was closed; ``code`` is ``connection``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("connection", message)
-
-
-@dataclass
-class Result:
-    """A complete result: column names, rows, and whether ``max_rows`` cut it."""
-
-    columns: list[str]
-    rows: list[tuple]
-    truncated: bool = False
-    changes: int = 0
-    last_insert_rowid: int | None = None
-    server_ms: float = 0.0
 
 
 @dataclass(eq=False)

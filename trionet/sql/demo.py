@@ -10,7 +10,8 @@ from rich.markup import escape
 
 from trionet.sql import catalog
 from trionet.sql.client import connect
-from trionet.sql.engine import Database, SqlError
+from trionet.sql.engine import Database
+from trionet.sql.errors import SqlError
 from trionet.sql.render import result_table
 from trionet.sql.server import serve_sql
 

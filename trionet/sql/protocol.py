@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trionet.framing import LineClientProtocol, LineServerProtocol
+from trionet.sql.errors import BYE_CODES, ERROR_CODES
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
@@ -37,7 +38,6 @@ __all__ = [
     "BYE_CODES",
     "ErrorReply",
     "Hello",
-    "IdlePolicy",
     "RemoteProtocolError",
     "Request",
     "Rows",
@@ -56,34 +56,6 @@ __all__ = [
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 7401
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
-
-ERROR_CODES: dict[str, str] = {
-    "bad_request": "the line is not a request: invalid JSON, a wrong field, or a field of the wrong type",
-    "request_too_large": "the request line is longer than the server's limit; it was skipped",
-    "bad_param": "a parameter cannot be bound: wrong count, unknown name, or a value SQLite cannot store",
-    "sql_error": "SQLite rejected the statement (syntax, unknown table or column, ...)",
-    "multiple_statements": "the request holds more than one statement; send one per request",
-    "read_only": "the statement would write, and the server is read-only (start it with --read-write)",
-    "denied": "the statement uses something off the server's allow-list (ATTACH, extensions, fts3_tokenizer, ...)",
-    "constraint": "a constraint failed (UNIQUE, NOT NULL, CHECK, FOREIGN KEY)",
-    "busy": "the database is locked by another writer; retry, or use BEGIN IMMEDIATE",
-    "too_big": "a string or blob is larger than the server's limit",
-    "timeout": "the request ran longer than the server's --query-timeout and was interrupted",
-    "interrupted": "the request was interrupted because the server is shutting down",
-    "out_of_memory": "SQLite reached the server's --max-sqlite-memory-bytes; the statement was stopped",
-    "full": "temporary tables and indexes reached the server's --max-temp-bytes (or the disk is full)",
-    "internal": "the server failed unexpectedly; the connection stays usable",
-}
-
-
-BYE_CODES: dict[str, str] = {
-    "shutdown": "the server is shutting down (SIGINT or SIGTERM)",
-    "idle": "the connection sent no request for the server's --idle-timeout",
-    "idle_transaction": "the connection left a transaction open and idle for --idle-transaction-timeout; "
-    "it was rolled back",
-    "busy": "the server already has --max-connections clients; sent instead of hello",
-}
-
 
 class RemoteProtocolError(Exception):
     """The peer sent something that breaks the protocol; the connection cannot go on."""
@@ -323,43 +295,6 @@ def encode_error(req_id: Any, code: str, message: str) -> bytes:
 def encode_bye(reason: str, code: str = "shutdown") -> bytes:
     """Sent before the server closes a connection on its own; ``code`` is one of :data:`BYE_CODES`."""
     return _dumps({"type": "bye", "code": code, "reason": reason})
-
-
-@dataclass(frozen=True, slots=True)
-class IdlePolicy:
-    """When the server closes a connection that sends nothing: the rule, without a clock.
-
-    Args:
-        idle_timeout: seconds a connection may wait between requests; 0 for ever.
-        idle_transaction_timeout: the same while it holds a transaction open
-            (and with it, on a read-write server, perhaps the write lock); 0 for ever.
-    """
-
-    idle_timeout: float = 300.0
-    idle_transaction_timeout: float = 60.0
-
-    def deadline(self, last_active: float, in_transaction: bool) -> tuple[float, str, str]:
-        """When a connection quiet since ``last_active`` is closed: ``(time, bye code, reason)``.
-
-        The time is ``math.inf`` when no limit applies.
-        """
-        if in_transaction and self.idle_transaction_timeout > 0:
-            limit = self.idle_transaction_timeout
-            if not (0 < self.idle_timeout < limit):
-                return (
-                    last_active + limit,
-                    "idle_transaction",
-                    f"a transaction was left open and idle for {limit:g}s; it was rolled back",
-                )
-        if self.idle_timeout > 0:
-            return last_active + self.idle_timeout, "idle", f"no request for {self.idle_timeout:g}s"
-        return math.inf, "idle", ""
-
-    @property
-    def recheck(self) -> float:
-        """Seconds a watcher may sleep without looking: the shorter limit (a
-        connection may open a transaction, or start and end a request, meanwhile)."""
-        return min((t for t in (self.idle_timeout, self.idle_transaction_timeout) if t > 0), default=math.inf)
 
 
 # --- the client's side -------------------------------------------------------

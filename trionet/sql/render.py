@@ -28,7 +28,7 @@ from rich import box
 from rich.cells import cell_len
 from rich.table import Table
 
-from trionet.sql.client import Result
+from trionet.sql.result import Result
 from trionet.sql.protocol import encode_value
 
 __all__ = [

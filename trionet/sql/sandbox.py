@@ -14,7 +14,7 @@ Two jobs, both pure rules with no trio and no clock:
   limit (printf), inside one VM instruction where ``sqlite3_interrupt`` is
   not seen, so that ``--query-timeout`` cannot stop them.
 
-:class:`~trionet.sql.engine.Session` installs both on each connection.
+:class:`~trionet.sql.session.Session` installs both on each connection.
 """
 
 from __future__ import annotations

@@ -1,52 +1,45 @@
-"""The trio layer of the SQL server: one task per connection, SQLite in worker threads.
+"""The trio shell of the SQL server: bytes and time in, SQLite in worker threads, frames out.
 
-Each connection runs two tasks under its own nursery:
+Each connection is one task (:meth:`SqlServer._handle`) that loops: read one
+request through the sans-IO :class:`~trionet.sql.protocol.ServerProtocol`,
+run it, send its answer, read the next. One request at a time, so a
+pipelining client is held back by TCP, not by our memory.
 
-- the *reader* reads request lines (through the sans-IO
-  :class:`~trionet.sql.protocol.ServerProtocol`) and hands them over one at a
-  time on an unbuffered memory channel, so a pipelining client is held back by
-  TCP, not by our memory; when the client goes away it interrupts the running
-  query at once;
-- the *executor* runs requests in order in a worker thread and streams the
-  rows back in batches. Each batch is sent before the next is fetched, so a
-  client that reads slowly slows only its own query, and the server holds at
-  most one batch per connection.
+Running a request (on the event loop within a budget, or in a worker thread
+watched for the client leaving and for its deadline, rows streamed in
+batches with backpressure) is :class:`~trionet.sql.execute.RequestRunner`'s job.
 
-A slow query holds one worker thread; other connections keep being served by
-the other threads and the event loop. Statement threads are few (sized to
-the cores, so CPU-bound queries cannot starve the event loop); opening and
-closing sessions has its own small pool, so a new client is greeted at once
-however many queries run.
+Statement threads are few (sized to the cores, so CPU-bound queries cannot
+starve the event loop); opening and closing sessions has its own small pool,
+so a new client is greeted at once however many queries run.
 
-Every connection is a resource with limits: at most ``max_connections``
-(the one over it gets a ``bye`` with code ``busy`` instead of ``hello``), an
-idle one is closed after ``idle_timeout`` seconds, one idle inside a
-transaction after ``idle_transaction_timeout`` (rolled back), and at shutdown
-each gets a ``bye`` with code ``shutdown``, after the answer of a request it
-had running (interrupted shortly before the grace period ends).
+Beside the request loop, each connection has small watcher tasks: the send
+watchdog (a client that reads nothing for ``send_timeout``), the idle
+watcher, the shutdown watcher, and one that interrupts the statement however
+the connection ends. What they decide (admission over ``max_connections``,
+idle and idle-transaction deadlines, when to interrupt at shutdown, which
+``bye`` to send, row caps, the query-time account) is decided by the pure
+rules in :mod:`trionet.sql.rules`; this module only waits, reads and writes.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import outcome
 import trio
 
 from trionet.framing import EOF
 from trionet.log import get_logger
-from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService, receive_event
-from trionet.sql import protocol
-from trionet.sql.engine import DEFAULT_BATCH_BYTES, INLINE_BUDGET, Database, FetchResult, OverBudget, Session, SqlError
+from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
+from trionet.sql import protocol, rules
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, Session
+from trionet.sql.execute import ConnState, RequestRunner
 
 __all__ = ["DEFAULT_STATEMENT_THREADS", "SqlServer", "SqlServerConfig", "serve_sql"]
 
 log = get_logger("sql")
 
-_BYE_SHUTDOWN = protocol.encode_bye("server shutting down", "shutdown")
 _SESSION_THREADS = 4  # threads opening and closing sessions (a file open, a rollback): short, I/O-bound
 DEFAULT_STATEMENT_THREADS = max(2, os.cpu_count() or 2)
 """Worker threads running statements at once: one per core (at least 2)."""
@@ -105,8 +98,7 @@ class SqlServer:
         self.service = TCPService("sql", self._handle, log)
         self._limiter = trio.CapacityLimiter(self.config.max_threads)
         self._session_limiter = trio.CapacityLimiter(_SESSION_THREADS)
-        self._thread_tokens_held = trio.CapacityLimiter(math.inf)  # counted by self._limiter, not trio's default 40
-        self._idle = protocol.IdlePolicy(self.config.idle_timeout, self.config.idle_transaction_timeout)
+        self._idle = rules.IdlePolicy(self.config.idle_timeout, self.config.idle_transaction_timeout)
         self._hello = protocol.encode_hello(
             read_only=not database.read_write,
             max_rows=self.config.max_rows,
@@ -115,6 +107,17 @@ class SqlServer:
             idle_timeout=self.config.idle_timeout,
             idle_transaction_timeout=self.config.idle_transaction_timeout,
         )
+        self._runner = RequestRunner(database, self.config, self._limiter)
+
+    @property
+    def inline_runs(self) -> int:
+        """Statements answered on the event loop, within :data:`~trionet.sql.engine.INLINE_BUDGET`."""
+        return self._runner.inline_runs
+
+    @property
+    def inline_fallbacks(self) -> int:
+        """Statements tried on the event loop that ran out of budget and went to a worker thread."""
+        return self._runner.inline_fallbacks
 
     async def serve(
         self, host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *, task_status=trio.TASK_STATUS_IGNORED
@@ -129,20 +132,16 @@ class SqlServer:
     # --- per connection -------------------------------------------------------
 
     async def _handle(self, conn: Connection) -> None:
-        if len(self.service.connections) > self.config.max_connections:
+        refusal = rules.admission_bye(len(self.service.connections), self.config.max_connections)
+        if refusal is not None:
             # Say so rather than let the client meet a silent EOF (or, worse,
             # run the server out of descriptors for everyone).
             log.warning("sql: refusing %s: %d connections open", conn.peer, len(self.service.connections) - 1)
             with trio.move_on_after(1):
-                await conn.stream.send_all(
-                    protocol.encode_bye(
-                        f"the server has {self.config.max_connections} connections, its limit; try again later",
-                        "busy",
-                    )
-                )
+                await conn.stream.send_all(refusal)
             return
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
-        state = _ConnState(
+        state = ConnState(
             session, protocol.ServerProtocol(self.config.max_request_bytes), SendWatchdog(self.config.send_timeout)
         )
         try:
@@ -166,7 +165,7 @@ class SqlServer:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(session.close, limiter=self._session_limiter)
 
-    async def _serve_requests(self, conn: Connection, state: "_ConnState") -> None:
+    async def _serve_requests(self, conn: Connection, state: ConnState) -> None:
         # The course's loop, for one connection: wait for a request, handle
         # it, repeat. One request at a time, so a pipelining client is held
         # back by TCP, not by our memory.
@@ -184,39 +183,34 @@ class SqlServer:
             if isinstance(request, protocol.BadRequest):
                 await self._send(state, conn, protocol.encode_error(request.id, request.code, request.message))
             else:
-                await self._run(conn, state, request)
+                await self._runner.run(conn, state, request)
             state.busy = False
-        await self._send(state, conn, _BYE_SHUTDOWN)
+        await self._send(state, conn, rules.SHUTDOWN_BYE)
 
-    async def _watch_idle(self, state: "_ConnState", scope: trio.CancelScope) -> None:
+    async def _watch_idle(self, state: ConnState, scope: trio.CancelScope) -> None:
         # One sleeping task per connection, not a cancel scope per request
         # (the per-request cost the send watchdog also avoids); the rule of
-        # when to close lives in protocol.IdlePolicy.
+        # when to close lives in rules.IdlePolicy.
         while True:
-            now = trio.current_time()
-            wake = now + self._idle.recheck
-            if not state.busy:
-                deadline, code, reason = self._idle.deadline(state.last_active, state.session.in_transaction)
-                if now >= deadline:
-                    state.idle_bye = protocol.encode_bye(reason, code)
-                    scope.cancel()
-                    return
-                wake = min(wake, deadline)
+            wake, bye = self._idle.check(
+                trio.current_time(), state.last_active, state.busy, state.session.in_transaction
+            )
+            if bye is not None:
+                state.idle_bye = bye
+                scope.cancel()
+                return
             await trio.sleep_until(wake)
 
-    async def _watch_drain(self, conn: Connection, state: "_ConnState", scope: trio.CancelScope) -> None:
+    async def _watch_drain(self, conn: Connection, state: ConnState, scope: trio.CancelScope) -> None:
         await conn.draining.wait()
         if not state.busy:
             with trio.move_on_after(1):
-                await conn.stream.send_all(_BYE_SHUTDOWN)
+                await conn.stream.send_all(rules.SHUTDOWN_BYE)
             scope.cancel()
             return
-        # A busy connection finishes its request, says bye and closes. If the
-        # request would outlive the grace period, it is interrupted shortly
-        # before the end, so that its client still gets the answer
-        # ('interrupted') and the bye, not a bare close.
-        deadline = self.service.grace_deadline
-        await trio.sleep_until(deadline - min(1.0, (deadline - trio.current_time()) / 2))
+        # A busy connection finishes its request, says bye and closes; one
+        # that would outlive the grace period is interrupted shortly before.
+        await trio.sleep_until(rules.shutdown_interrupt_at(trio.current_time(), self.service.grace_deadline))
         state.session.interrupt("the server is shutting down")
 
     @staticmethod
@@ -230,130 +224,8 @@ class SqlServer:
             session.interrupt("connection closing")
 
     @staticmethod
-    async def _send(state: "_ConnState", conn: Connection, data: bytes) -> None:
+    async def _send(state: ConnState, conn: Connection, data: bytes) -> None:
         await state.sends.send(conn.stream, data)
-
-    async def _in_thread(self, conn: Connection, state: "_ConnState", deadline: float, fn, *args) -> FetchResult:
-        """Run ``fn`` in a worker thread while watching the client and the clock.
-
-        The watcher interrupts the statement from the event loop at the
-        deadline, or at once when the client leaves; inside SQLite only a
-        rare abort check runs (see ``Session._count_instructions``).
-        """
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_while_working, conn, state, deadline)
-            # The watcher never raises, so what the thread raised (an
-            # SqlError, say) is re-raised as is, not wrapped in a group.
-            # The caller holds a statement-thread token (self._limiter) already.
-            result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._thread_tokens_held)
-            nursery.cancel_scope.cancel()
-        return result.unwrap()
-
-    async def _watch_while_working(self, conn: Connection, state: "_ConnState", deadline: float) -> None:
-        with trio.move_on_at(deadline) as timer:
-            # Read ahead, bounded, so that a client that leaves is noticed now
-            # rather than at the next send; what it pipelined stays queued in
-            # the protocol object for the loop.
-            while state.proto.buffered < self.config.max_request_bytes:
-                try:
-                    data = await conn.stream.receive_some(RECEIVE_CHUNK)
-                except (trio.BrokenResourceError, OSError):
-                    data = b""
-                state.proto.receive_data(data)
-                if not data:
-                    break
-            else:
-                await trio.sleep_forever()
-        # Client gone or time up. SQLite ignores an interrupt that comes
-        # before the statement starts, so repeat it until the thread returns
-        # (this task is cancelled then).
-        while True:
-            if timer.cancelled_caught:
-                state.session.interrupt_for_timeout()
-            else:
-                state.session.interrupt("client gone")
-            await trio.sleep(0.05)
-
-    async def _run(self, conn: Connection, state: "_ConnState", request: protocol.Request) -> None:
-        session = state.session
-        started = time.perf_counter()
-        req_id = request.id
-        cap = self.config.max_rows
-        if request.max_rows is not None:
-            cap = request.max_rows if cap == 0 else min(cap, request.max_rows)
-        batch = self.config.batch_rows
-        max_bytes = self.config.max_batch_bytes
-        work_left = self.config.query_timeout or math.inf  # seconds of SQLite time still allowed
-        sent = 0
-        truncated = False
-        out = b""  # what is ready to send and not sent yet
-
-        async def in_sqlite(fn, *args) -> FetchResult:
-            nonlocal work_left
-            # The clock starts once a statement thread is ours: with few
-            # threads, waiting for one is not time SQLite worked on this request.
-            async with self._limiter:
-                begun = trio.current_time()
-                try:
-                    return await self._in_thread(conn, state, begun + work_left, fn, *args)
-                finally:
-                    work_left -= trio.current_time() - begun
-
-        try:
-            want = self._want(batch, cap, sent)
-            result = None
-            if self.config.inline and self.database.may_run_inline(request.sql):
-                # A short read costs less here than a thread hop (docs/benchmarks.md);
-                # the VM-instruction budget bounds how long it holds the event loop.
-                try:
-                    result = session.execute(request.sql, request.params, want, INLINE_BUDGET, max_bytes)
-                except OverBudget:
-                    pass
-            if result is None:
-                result = await in_sqlite(session.execute, request.sql, request.params, want, 0, max_bytes)
-            out = protocol.encode_columns(req_id, result.columns or [])
-            while True:
-                rows = result.rows
-                if cap and sent + len(rows) > cap:
-                    rows = rows[: cap - sent]
-                    truncated = True
-                if rows:
-                    out += protocol.encode_rows(req_id, rows)
-                    sent += len(rows)
-                if truncated or result.exhausted:
-                    break
-                await self._send(state, conn, out)  # backpressure: the next batch waits for this one
-                out = b""
-                result = await in_sqlite(session.fetch, self._want(batch, cap, sent), max_bytes)
-            if truncated and not result.exhausted:
-                session.cancel_statement()
-            out += protocol.encode_done(
-                req_id,
-                rows=sent,
-                truncated=truncated,
-                changes=result.changes,
-                last_insert_rowid=result.last_insert_rowid,
-                elapsed_ms=(time.perf_counter() - started) * 1000,
-            )
-        except SqlError as exc:
-            out += protocol.encode_error(req_id, exc.code, exc.message)
-        await self._send(state, conn, out)
-
-    @staticmethod
-    def _want(batch: int, cap: int, sent: int) -> int:
-        # Ask for one row past the cap, so that a cut result is known to be cut.
-        return batch if not cap else max(1, min(batch, cap - sent + 1))
-
-
-
-@dataclass(eq=False)
-class _ConnState:
-    session: Session
-    proto: protocol.ServerProtocol
-    sends: SendWatchdog
-    busy: bool = False
-    last_active: float = field(default_factory=trio.current_time)
-    idle_bye: bytes | None = None  # set when the idle watcher closes the connection
 
 
 async def serve_sql(

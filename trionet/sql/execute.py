@@ -1,0 +1,172 @@
+"""Running one SQL request: on the event loop or in a worker thread, rows streamed in batches.
+
+:class:`RequestRunner` is the part of the trio shell that runs a request a
+connection task has read. A statement the engine knows to only read through
+cheap functions is tried on the event loop within
+:data:`~trionet.sql.engine.INLINE_BUDGET` VM instructions; anything else, or
+one that runs out of budget, runs in a worker thread, one of
+``max_threads``. While a thread works, a watcher reads ahead (bounded) to
+notice a client that leaves, and interrupts the statement then or at its
+deadline (:class:`~trionet.sql.rules.WorkClock`: only SQLite's own time
+counts). Each batch is sent before the next is fetched, so a slow reader
+slows only its own query and the server holds one batch per connection.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import outcome
+import trio
+
+from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog
+from trionet.sql import protocol, rules
+from trionet.sql.engine import INLINE_BUDGET, Database, FetchResult, OverBudget, Session
+from trionet.sql.errors import SqlError
+
+if TYPE_CHECKING:
+    from trionet.sql.server import SqlServerConfig
+
+__all__ = ["ConnState", "RequestRunner"]
+
+
+class RequestRunner:
+    """Runs requests for every connection of one server.
+
+    Args:
+        database: the database the sessions belong to.
+        config: the server's limits.
+        statement_threads: the limiter of statement threads (``max_threads``).
+
+    Resource handling:
+        A statement-thread token is held only while SQLite works on a
+        request, never while its rows wait for the client.
+    """
+
+    def __init__(self, database: Database, config: SqlServerConfig, statement_threads: trio.CapacityLimiter) -> None:
+        self.database = database
+        self.config = config
+        self._limiter = statement_threads
+        self._thread_tokens_held = trio.CapacityLimiter(math.inf)  # counted by self._limiter, not trio's default 40
+        self.inline_runs = 0
+        """Statements answered on the event loop, within :data:`~trionet.sql.engine.INLINE_BUDGET`."""
+        self.inline_fallbacks = 0
+        """Statements tried on the event loop that ran out of budget and went to a worker thread."""
+
+    async def _in_thread(self, conn: Connection, state: ConnState, deadline: float, fn, *args) -> FetchResult:
+        """Run ``fn`` in a worker thread while watching the client and the clock.
+
+        The watcher interrupts the statement from the event loop at the
+        deadline, or at once when the client leaves; inside SQLite only a
+        rare abort check runs (see ``Session._count_instructions``).
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_while_working, conn, state, deadline)
+            # The watcher never raises, so what the thread raised (an
+            # SqlError, say) is re-raised as is, not wrapped in a group.
+            # The caller holds a statement-thread token (self._limiter) already.
+            result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._thread_tokens_held)
+            nursery.cancel_scope.cancel()
+        return result.unwrap()
+
+    async def _watch_while_working(self, conn: Connection, state: ConnState, deadline: float) -> None:
+        with trio.move_on_at(deadline) as timer:
+            # Read ahead, bounded, so that a client that leaves is noticed now
+            # rather than at the next send; what it pipelined stays queued in
+            # the protocol object for the loop.
+            while state.proto.buffered < self.config.max_request_bytes:
+                try:
+                    data = await conn.stream.receive_some(RECEIVE_CHUNK)
+                except (trio.BrokenResourceError, OSError):
+                    data = b""
+                state.proto.receive_data(data)
+                if not data:
+                    break
+            else:
+                await trio.sleep_forever()
+        # Client gone or time up. SQLite ignores an interrupt that comes
+        # before the statement starts, so repeat it until the thread returns
+        # (this task is cancelled then).
+        while True:
+            if timer.cancelled_caught:
+                state.session.interrupt_for_timeout()
+            else:
+                state.session.interrupt("client gone")
+            await trio.sleep(0.05)
+
+    async def run(self, conn: Connection, state: ConnState, request: protocol.Request) -> None:
+        """Run one request and send its whole answer (columns, rows, done or error).
+
+        Error handling:
+            What SQLite refuses or stops (an :class:`~trionet.sql.errors.SqlError`)
+            becomes the answer's ``error`` frame; a client that breaks the
+            connection raises ``trio.BrokenResourceError`` or ``OSError`` to the caller.
+        """
+        session = state.session
+        started = time.perf_counter()
+        req_id = request.id
+        rows_left = rules.RowCap(self.config.max_rows, request.max_rows, self.config.batch_rows)
+        max_bytes = self.config.max_batch_bytes
+        clock = rules.WorkClock(self.config.query_timeout)
+        out = b""  # what is ready to send and not sent yet
+
+        async def in_sqlite(fn, *args) -> FetchResult:
+            # The clock starts once a statement thread is ours: with few
+            # threads, waiting for one is not time SQLite worked on this request.
+            async with self._limiter:
+                begun = trio.current_time()
+                try:
+                    return await self._in_thread(conn, state, clock.deadline(begun), fn, *args)
+                finally:
+                    clock.spend(trio.current_time() - begun)
+
+        try:
+            result = None
+            if self.config.inline and self.database.may_run_inline(request.sql):
+                # A short read costs less here than a thread hop (docs/benchmarks.md);
+                # the VM-instruction budget bounds how long it holds the event loop.
+                try:
+                    result = session.execute(request.sql, request.params, rows_left.want(), INLINE_BUDGET, max_bytes)
+                    self.inline_runs += 1
+                except OverBudget:
+                    self.inline_fallbacks += 1
+            if result is None:
+                result = await in_sqlite(session.execute, request.sql, request.params, rows_left.want(), 0, max_bytes)
+            out = protocol.encode_columns(req_id, result.columns or [])
+            while True:
+                rows = rows_left.take(result.rows)
+                if rows:
+                    out += protocol.encode_rows(req_id, rows)
+                if rows_left.truncated or result.exhausted:
+                    break
+                await state.sends.send(conn.stream, out)  # backpressure: the next batch waits for this one
+                out = b""
+                result = await in_sqlite(session.fetch, rows_left.want(), max_bytes)
+            if rows_left.truncated and not result.exhausted:
+                session.cancel_statement()
+            out += protocol.encode_done(
+                req_id,
+                rows=rows_left.sent,
+                truncated=rows_left.truncated,
+                changes=result.changes,
+                last_insert_rowid=result.last_insert_rowid,
+                elapsed_ms=(time.perf_counter() - started) * 1000,
+            )
+        except SqlError as exc:
+            out += protocol.encode_error(req_id, exc.code, exc.message)
+        await state.sends.send(conn.stream, out)
+
+
+@dataclass(eq=False)
+class ConnState:
+    """What the request runner and the connection's watchers share about one connection."""
+
+    session: Session
+    proto: protocol.ServerProtocol
+    sends: SendWatchdog
+    busy: bool = False
+    last_active: float = field(default_factory=trio.current_time)
+    idle_bye: bytes | None = None  # set when the idle watcher closes the connection

@@ -1,0 +1,346 @@
+"""One client's SQLite connection with the safety hooks installed: run a statement, fetch rows, interrupt.
+
+Synchronous and blocking: the server calls a :class:`Session` from worker
+threads (``trio.to_thread``), one call at a time, or, for a statement known
+to only read through cheap functions, on the event loop with a budget of VM
+instructions (:data:`INLINE_BUDGET`). A session is in autocommit mode, so a
+client's ``BEGIN ... COMMIT`` spans its requests and belongs to it alone.
+
+Its hooks: the authorizer (:func:`trionet.sql.sandbox.judge`, which also
+tells whether a statement only reads), the linear replacements of
+``printf``/``instr``/``replace``/``trim``, a progress handler that counts
+the event-loop budget or catches an early interrupt, and ``sqlite3_limit``
+caps. SQLite's exceptions become :class:`~trionet.sql.errors.SqlError`
+with a stable code.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from trionet.sql import sandbox
+from trionet.sql.errors import SqlError
+
+if TYPE_CHECKING:
+    from trionet.sql.engine import Database
+
+__all__ = ["DEFAULT_BATCH_BYTES", "INLINE_BUDGET", "FetchResult", "OverBudget", "Session"]
+
+_PROGRESS_STEPS = 1000  # VM instructions between budget checks on the event loop (about 15-25 us here)
+_THREAD_PROGRESS_STEPS = 1_000_000  # ... and between checks in a worker thread (about 20 ms)
+DEFAULT_BATCH_BYTES = 1 << 20
+"""About how many bytes of values one batch of rows may hold (``--max-batch-bytes``)."""
+INLINE_BUDGET = 20
+"""Progress-handler calls a statement may take on the event loop (about 0.5 ms, measured
+in docs/benchmarks.md); past that it is stopped and run again in a worker thread."""
+
+# Authorizer actions of a statement that only reads (safe to stop and run again).
+_READ_ACTIONS = frozenset(
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+)
+
+
+class OverBudget(Exception):
+    """A statement tried on the event loop needed more than its budget; run it in a thread."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What one call into SQLite produced: a batch of rows, and what follows."""
+
+    columns: list[str] | None  # set on the first batch of a statement
+    rows: list[tuple]
+    exhausted: bool
+    changes: int = 0
+    last_insert_rowid: int | None = None
+
+
+class Session:
+    """One client's SQLite connection. Not thread-safe: one call at a time.
+
+    :meth:`interrupt` is the exception: any thread may call it to stop the
+    statement that is running.
+    """
+
+    def __init__(self, database: "Database") -> None:
+        self._db = database
+        if database.read_write:
+            conn = sqlite3.connect(
+                database.path, isolation_level=None, check_same_thread=False, timeout=database.busy_timeout
+            )
+            # FULL in WAL mode fsyncs the WAL at every COMMIT, before the client
+            # is told "done": the write survives a power cut. NORMAL would fsync
+            # only at checkpoints, so the last commits could vanish with the power.
+            conn.execute("PRAGMA synchronous=FULL")
+        else:
+            uri = database.path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0.1)
+        # 512 KiB of page cache per connection instead of SQLite's 2 MiB: the
+        # OS page cache holds the file for everyone. Measured with
+        # tools/bench_sql_memory.py: 2.5 MB -> 1.0 MB per connection, same q/s.
+        conn.execute("PRAGMA cache_size=-512")
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, database.max_value_bytes)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, database.max_sql_bytes)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, database.max_like_pattern_bytes)
+        page_size = conn.execute("PRAGMA temp.page_size").fetchone()[0]
+        conn.execute(f"PRAGMA temp.max_page_count = {max(1, database.max_temp_bytes // page_size)}")
+        # printf, instr, replace and trim could run for seconds to hours inside
+        # one VM instruction, where sqlite3_interrupt is not seen.
+        self._functions = sandbox.LinearFunctions(database.max_value_bytes)
+        self._functions.install(conn)
+        conn.set_authorizer(self._authorize)
+        conn.set_progress_handler(self._progress, _THREAD_PROGRESS_STEPS)
+        self.connection = conn
+        self._cursor: sqlite3.Cursor | None = None
+        self._counting = False  # counting an event-loop budget, or only watching for aborts?
+        self._abort_reason: str | None = None
+        self._timed_out = False
+        self._denial: tuple[str, str] | None = None
+        self._budget = 0
+        self._over_budget = False
+        self._auth_calls = 0
+        self._auth_read_only = True
+        self._lock = threading.Lock()  # guards interrupt() against close()
+        self._closed = False
+
+    # --- hooks SQLite calls ------------------------------------------------
+
+    def _authorize(self, action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
+        self._auth_calls += 1
+        if action not in _READ_ACTIONS or (action == sqlite3.SQLITE_FUNCTION and not sandbox.cheap_call(str(arg2))):
+            self._auth_read_only = False  # not for the event loop (see Database.may_run_inline)
+        verdict = sandbox.judge(
+            action, arg1, arg2, dbname, read_write=self._db.read_write, modules=self._db.modules
+        )
+        if verdict is None:
+            return sqlite3.SQLITE_OK
+        self._denial = verdict
+        return sqlite3.SQLITE_DENY
+
+    def _progress(self) -> int:
+        if self._abort_reason is not None:
+            return 1
+        if self._counting:
+            self._budget -= 1
+            if self._budget <= 0:
+                self._over_budget = True
+                return 1
+        return 0
+
+    def _count_instructions(self, on: bool) -> None:
+        # On the event loop the handler counts the budget, every 1000 VM
+        # instructions. In a worker thread it only checks for an abort, every
+        # million: a Python handler needs the GIL, and asking for it every few
+        # microseconds starved the statement behind the busy event loop
+        # (measured: a 3 s query took over 8 s under load). Threads are
+        # stopped by interrupt(); the check catches an interrupt that came
+        # before the statement started, which SQLite ignores.
+        if on != self._counting:
+            self.connection.set_progress_handler(self._progress, _PROGRESS_STEPS if on else _THREAD_PROGRESS_STEPS)
+            self._counting = on
+
+    # --- running statements -------------------------------------------------
+
+    def execute(
+        self, sql: str, params: Any, batch: int, budget: int = 0, max_bytes: int = DEFAULT_BATCH_BYTES
+    ) -> FetchResult:
+        """Start ``sql`` and return its column names and first batch of rows.
+
+        Args:
+            batch: the most rows to return now; :meth:`fetch` returns the rest.
+            max_bytes: end the batch early once its values add up to about
+                this many bytes on the wire (the last row may go past it).
+            budget: when not 0, stop after about ``budget`` thousand SQLite VM
+                instructions and raise :class:`OverBudget` (for statements
+                tried on the event loop, which :meth:`Database.may_run_inline`
+                allows).
+
+        Raises:
+            SqlError: SQLite rejected or stopped the statement.
+            OverBudget: the budget ran out; nothing was returned yet.
+        """
+        self._close_cursor()
+        self._timed_out = False
+        self._denial = None
+        self._functions.reset()
+        self._budget = budget
+        self._over_budget = False
+        self._count_instructions(budget > 0)
+        self._auth_calls = 0
+        self._auth_read_only = True
+        try:
+            cursor = self.connection.cursor()
+            self._cursor = cursor
+            cursor.execute(sql, () if params is None else params)
+            columns = [d[0] for d in cursor.description] if cursor.description else []
+            if self._auth_calls:  # prepared now, not taken from the statement cache
+                self._db._remember(sql, self._auth_read_only)
+            return self._fetch(columns, batch, max_bytes)
+        except SqlError:
+            raise
+        except Exception as exc:
+            self._close_cursor()
+            if self._over_budget:
+                raise OverBudget from None
+            raise self._map_error(exc) from None
+        finally:
+            self._count_instructions(False)
+
+    def fetch(self, batch: int, max_bytes: int = DEFAULT_BATCH_BYTES) -> FetchResult:
+        """Return the next batch of rows of the running statement (at most ``batch`` rows, about ``max_bytes``)."""
+        return self._fetch(None, batch, max_bytes)
+
+    def _fetch(self, columns: list[str] | None, batch: int, max_bytes: int) -> FetchResult:
+        cursor = self._cursor
+        if cursor is None:
+            raise SqlError("internal", "no statement is running")
+        rows: list[tuple] = []
+        full = False
+        try:
+            if cursor.description:
+                # Row by row, so that a batch is cut by its size as well as its
+                # count: 256 rows of 16 MB values would be 4 GB in one batch.
+                fetchone = cursor.fetchone
+                max_row = self._db.max_row_bytes
+                size = 0
+                while len(rows) < batch:
+                    row = fetchone()
+                    if row is None:
+                        break
+                    row_size = 0
+                    for value in row:
+                        kind = type(value)
+                        row_size += len(value) if kind is str else (len(value) * 4 // 3 if kind is bytes else 8)
+                    if row_size > max_row:
+                        # Refused before it is encoded (base64, JSON, bytes:
+                        # four more copies of it).
+                        raise SqlError(
+                            "too_big",
+                            f"a result row holds about {row_size} bytes, more than the server's limit of "
+                            f"{max_row} (--max-row-bytes)",
+                        )
+                    rows.append(row)
+                    size += row_size
+                    if size >= max_bytes:
+                        full = True
+                        break
+        except SqlError:
+            self._close_cursor()
+            raise
+        except Exception as exc:
+            self._close_cursor()
+            if self._over_budget:
+                raise OverBudget from None
+            raise self._map_error(exc) from None
+        if full or len(rows) == batch:
+            return FetchResult(columns, rows, exhausted=False)
+        changes = max(cursor.rowcount, 0)
+        last = cursor.lastrowid if changes else None
+        self._close_cursor()
+        return FetchResult(columns, rows, exhausted=True, changes=changes, last_insert_rowid=last)
+
+    def cancel_statement(self) -> None:
+        """Drop the running statement (for example when a result was truncated)."""
+        self._close_cursor()
+
+    def _close_cursor(self) -> None:
+        if self._cursor is not None:
+            try:
+                self._cursor.close()
+            except sqlite3.Error:
+                pass
+            self._cursor = None
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the running statement from any thread (client gone, shutdown).
+
+        Args:
+            reason: why, for the error message.
+        """
+        with self._lock:
+            self._abort_reason = reason
+            if not self._closed:
+                self.connection.interrupt()
+
+    def interrupt_for_timeout(self) -> None:
+        """Stop the running statement because its time is up (any thread)."""
+        with self._lock:
+            self._timed_out = True
+            if not self._closed:
+                self.connection.interrupt()
+
+    def close(self) -> None:
+        """Roll back an open transaction and close the connection."""
+        with self._lock:
+            self._closed = True
+        self._close_cursor()
+        try:
+            if self.connection.in_transaction:
+                self.connection.rollback()
+        except sqlite3.Error:
+            pass
+        self.connection.close()
+        self._functions.close()
+
+    @property
+    def aborted(self) -> bool:
+        """True once :meth:`interrupt` was called: the client is gone or the server is closing."""
+        return self._abort_reason is not None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.connection.in_transaction
+
+    def _map_error(self, exc: Exception) -> SqlError:
+        message = str(exc)
+        if isinstance(exc, OverflowError):
+            return SqlError("bad_param", f"parameter out of range: {message}")
+        if isinstance(exc, sqlite3.InterfaceError):
+            return SqlError("bad_param", message)
+        if isinstance(exc, sqlite3.ProgrammingError):
+            if "one statement at a time" in message:
+                return SqlError("multiple_statements", "send one statement per request")
+            if "binding" in message or "supplied" in message or "parameter" in message:
+                return SqlError("bad_param", message)
+            return SqlError("sql_error", message)
+        if self._functions.refusal is not None:
+            return SqlError(*self._functions.refusal)
+        if isinstance(exc, MemoryError):  # SQLITE_NOMEM: the hard heap limit
+            return SqlError(
+                "out_of_memory", "the statement needs more memory than the server lets SQLite use "
+                "(--max-sqlite-memory-bytes)"
+            )
+        if not isinstance(exc, sqlite3.Error):
+            return SqlError("internal", f"{type(exc).__name__}: {message}")
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if self._denial is not None and (name == "SQLITE_AUTH" or message.startswith("not authorized")):
+            return SqlError(*self._denial)
+        if name == "SQLITE_INTERRUPT" or message == "interrupted":
+            if self._timed_out:
+                return SqlError("timeout", "the query ran longer than the server's query timeout")
+            return SqlError("interrupted", f"the query was interrupted ({self._abort_reason or 'by the server'})")
+        if name.startswith("SQLITE_READONLY"):
+            return SqlError("read_only", f"the database is read-only: {message}")
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return SqlError("busy", f"{message}; retry, or use BEGIN IMMEDIATE")
+        if name.startswith("SQLITE_CONSTRAINT"):
+            return SqlError("constraint", message)
+        if name == "SQLITE_TOOBIG":
+            return SqlError("too_big", message)
+        if "pattern too complex" in message:
+            return SqlError(
+                "too_big",
+                f"{message}: LIKE and GLOB patterns are limited to {self._db.max_like_pattern_bytes} bytes "
+                "(--max-like-pattern-bytes)",
+            )
+        if name == "SQLITE_FULL":
+            return SqlError(
+                "full",
+                f"{message} (a connection's temporary tables and indexes may hold "
+                f"{self._db.max_temp_bytes} bytes: --max-temp-bytes)",
+            )
+        return SqlError("sql_error", message)
