@@ -275,6 +275,8 @@ def _trionet_cli_command(db: Path, port: int) -> list[str] | None:
     if helptext.returncode != 0 or "--db" not in helptext.stdout:
         return None
     cmd = [PY, "-m", "trionet", "sql", "serve", "--db", str(db), "--port", str(port)]
+    if "--no-pg" in helptext.stdout:
+        cmd.append("--no-pg")  # the NDJSON port alone is measured here (tools/bench_pg.py: the other)
     if "--log-level" in helptext.stdout:
         cmd += ["--log-level", "warning"]
     return cmd

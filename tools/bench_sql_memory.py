@@ -150,7 +150,7 @@ def main(scenarios: str, clients: int, idle_clients: int, big_clients: int) -> N
             measure, count = runs[name]
             port = _free_port()  # a fresh server per scenario: peak RSS is per process
             server = subprocess.Popen(
-                [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(db), "--port", str(port),
+                [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(db), "--port", str(port), "--no-pg",
                  "--log-level", "warning", "--query-timeout", "0", "--max-rows", "0"]
             )
             try:

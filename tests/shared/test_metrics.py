@@ -95,7 +95,7 @@ def test_the_summary_has_every_figure_but_histogram_buckets():
 
 @pytest.mark.parametrize("value", ["nohost", "host:notaport", ":9100", "h:70000"])
 def test_a_bad_metrics_address_is_a_usage_error(trionet_cmd, value):
-    result = trionet_cmd("sql", "serve", "--port", "0", "--metrics", value)
+    result = trionet_cmd("sql", "serve", "--port", "0", "--pg-port", "0", "--metrics", value)
     assert result.returncode == 2 and "expected HOST:PORT" in result.stderr
 
 
@@ -103,7 +103,7 @@ def test_sql_serve_serves_metrics_and_logs_them_on_sigusr1(server_process):
     import signal
     import socket
 
-    server = server_process("sql", "serve", "--port", "0", "--metrics", "127.0.0.1:0")
+    server = server_process("sql", "serve", "--port", "0", "--pg-port", "0", "--metrics", "127.0.0.1:0")
     metrics_port = int(server.wait_for(r"metrics listening on 127\.0\.0\.1:(\d+)").group(1))
     server.wait_for(r"sql listening on")
     with socket.create_connection(("127.0.0.1", metrics_port), timeout=10) as sock:

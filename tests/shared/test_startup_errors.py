@@ -30,7 +30,7 @@ def _one_error_line(result) -> str:
 @pytest.mark.parametrize(
     "args",
     [
-        ["sql", "serve"],
+        ["sql", "serve", "--pg-port", "0"],
         ["names", "serve", "--dns-port", "0"],
     ],
     ids=["sql", "names"],
@@ -60,7 +60,7 @@ def test_a_ring_node_whose_port_is_in_use_is_one_line(trionet_cmd, busy_port, tm
 
 def test_an_address_that_is_not_local_is_one_line(trionet_cmd):
     # 192.0.2.1 (TEST-NET-1) is on no interface here: bind() fails at once, nothing is sent.
-    result = trionet_cmd("sql", "serve", "--host", "192.0.2.1", "--port", "0")
+    result = trionet_cmd("sql", "serve", "--host", "192.0.2.1", "--port", "0", "--pg-port", "0")
     assert result.returncode == 1
     line = _one_error_line(result)
     assert "cannot listen on 192.0.2.1:0" in line and "not one of this machine's" in line
@@ -74,7 +74,7 @@ def test_the_same_port_twice_is_a_usage_error(trionet_cmd):
 
 
 def test_debug_logging_keeps_the_traceback(trionet_cmd, busy_port):
-    result = trionet_cmd("sql", "serve", "--port", str(busy_port), "--log-level", "debug")
+    result = trionet_cmd("sql", "serve", "--pg-port", "0", "--port", str(busy_port), "--log-level", "debug")
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "Address already in use" in result.stderr
 

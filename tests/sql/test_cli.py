@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 import trio
 
 from trionet.sql import SqlError, catalog, connect
@@ -36,7 +37,7 @@ def test_serve_help_says_the_default_is_the_shipped_catalogue(trionet_cmd):
 
 
 def test_query_formats_and_params(server_process, trionet_cmd, quake_db):
-    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0")
     port = str(server.wait_listening())
     as_json = trionet_cmd(
         "sql", "query", "--port", port, "--format", "json",
@@ -60,7 +61,7 @@ def test_query_formats_and_params(server_process, trionet_cmd, quake_db):
 
 
 def test_query_error_goes_to_stderr_with_status_1(server_process, trionet_cmd, quake_db):
-    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0")
     port = str(server.wait_listening())
     result = trionet_cmd("sql", "query", "--port", port, "DELETE FROM quakes")
     assert result.returncode == 1
@@ -71,7 +72,7 @@ def test_query_error_goes_to_stderr_with_status_1(server_process, trionet_cmd, q
 
 
 def test_shell_reads_multi_line_statements_and_dot_commands(server_process, quake_db):
-    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0")
     port = str(server.wait_listening())
     session = ".tables\nSELECT count(*)\n  AS total FROM quakes\n WHERE place LIKE '%;%' OR 1;\n.timer on\nSELECT nope;\n.quit\n"
     result = subprocess.run(
@@ -86,7 +87,7 @@ def test_shell_reads_multi_line_statements_and_dot_commands(server_process, quak
 
 def test_a_committed_write_survives_kill_9(server_process, trionet_cmd, tmp_path):
     db = tmp_path / "rw.sqlite"
-    server = server_process("sql", "serve", "--db", str(db), "--read-write", "--port", "0")
+    server = server_process("sql", "serve", "--db", str(db), "--read-write", "--port", "0", "--pg-port", "0")
     port = str(server.wait_listening())
     for sql in ["CREATE TABLE notes (n TEXT)", "INSERT INTO notes VALUES ('kept')"]:
         result = trionet_cmd("sql", "query", "--port", port, sql)
@@ -100,7 +101,7 @@ def test_a_committed_write_survives_kill_9(server_process, trionet_cmd, tmp_path
 
 def test_sigterm_drains_and_exits_0(server_process, quake_db):
     server = server_process(
-        "sql", "serve", "--db", str(quake_db), "--port", "0", "--query-timeout", "1.5", "--max-rows", "0"
+        "sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0", "--query-timeout", "1.5", "--max-rows", "0"
     )
     port = server.wait_listening()
     # Endless, a batch of rows now and then: the first proves the query is running.
@@ -127,7 +128,7 @@ def test_sigterm_drains_and_exits_0(server_process, quake_db):
 
 def test_serve_without_db_builds_and_serves_the_real_catalogue(server_process, trionet_cmd, tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "TRIONET_CATALOG_DB": ""}
-    server = server_process("sql", "serve", "--port", "0", env=env)
+    server = server_process("sql", "serve", "--port", "0", "--pg-port", "0", env=env)
     port = str(server.wait_listening())
     assert "serving the USGS catalogue" in server.output
     assert (tmp_path / "cache" / "trionet" / "usgs-quakes-v1.sqlite").is_file()
@@ -136,7 +137,7 @@ def test_serve_without_db_builds_and_serves_the_real_catalogue(server_process, t
         "SELECT count(*), max(mag), (SELECT max(mag) FROM quakes WHERE place LIKE '%Oklahoma') FROM quakes",
     )
     assert json.loads(result.stdout)["rows"] == [[16941, 7.2, 5.7]]
-    refused = trionet_cmd("sql", "serve", "--read-write", "--port", "0", env=env)
+    refused = trionet_cmd("sql", "serve", "--read-write", "--port", "0", "--pg-port", "0", env=env)
     assert refused.returncode == 2 and "--read-write needs --db" in refused.stderr
 
 
@@ -182,7 +183,7 @@ WIDE_SELECT = "SELECT " + ", ".join(f"'value number {i}' AS column_{i}" for i in
 
 
 def test_query_to_a_pipe_keeps_every_column_in_every_format(server_process, trionet_cmd, quake_db):
-    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0")
     port = str(server.wait_listening())
     table = trionet_cmd("sql", "query", "--port", port, WIDE_SELECT, env={"COLUMNS": "80"})
     assert table.returncode == 0, table.stderr
@@ -197,7 +198,7 @@ def test_query_to_a_pipe_keeps_every_column_in_every_format(server_process, trio
 
 
 def test_query_says_on_stderr_when_max_rows_cut_the_result(server_process, trionet_cmd, quake_db):
-    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0")
     port = str(server.wait_listening())
     for fmt in ("table", "csv"):
         cut = trionet_cmd("sql", "query", "--port", port, "--format", fmt, "--max-rows", "3", "SELECT id FROM quakes")
@@ -209,7 +210,7 @@ def test_query_says_on_stderr_when_max_rows_cut_the_result(server_process, trion
 
 
 def test_query_write_prints_rows_changed_and_json_carries_the_counts(server_process, trionet_cmd, tmp_path):
-    server = server_process("sql", "serve", "--db", str(tmp_path / "w.sqlite"), "--read-write", "--port", "0")
+    server = server_process("sql", "serve", "--db", str(tmp_path / "w.sqlite"), "--read-write", "--port", "0", "--pg-port", "0")
     port = str(server.wait_listening())
     created = trionet_cmd("sql", "query", "--port", port, "CREATE TABLE t (x)")
     assert created.stdout == "0 row(s) changed\n"
@@ -231,3 +232,32 @@ def test_query_with_no_server_says_where_it_tried_and_how_to_start_one(trionet_c
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1
     assert f"127.0.0.1:{port}" in result.stderr and f"trionet sql serve --port {port}" in result.stderr
+
+
+@pytest.mark.requires_tool("psql", "postgresql-client")
+def test_serve_answers_psql_on_the_pg_port_beside_ndjson(server_process, quake_db):
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0")
+    ndjson_port = server.wait_listening()
+    pg_port = int(server.wait_for(r"pg listening on 127\.0\.0\.1:(\d+)").group(1))
+    assert pg_port != ndjson_port
+    result = subprocess.run(
+        ["psql", "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "someone", "-d", "quakes",
+         "-c", "SELECT count(*), max(mag) FROM quakes"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2000|6.9"
+    denied = subprocess.run(
+        ["psql", "-X", "-h", "127.0.0.1", "-p", str(pg_port), "-c", "DELETE FROM quakes"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert denied.returncode == 1 and "read" in denied.stderr.lower()  # the same read-only rule as NDJSON
+
+
+def test_serve_with_no_pg_listens_on_one_port(server_process, quake_db):
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--no-pg")
+    server.wait_listening()
+    server.signal()
+    assert server.wait() == 0
+    assert "pg listening" not in server.output
+    assert sum("listening on" in line for line in server.lines) == 1

@@ -108,13 +108,16 @@ _LISTENING = re.compile(rb"listening on \S+:(\d+)")
 
 
 def test_with_few_descriptors_extra_clients_get_busy_never_a_silent_eof(quake_db):
-    """10,000 idle clients used to exhaust descriptors; here the limit is 64 so the cap is 10."""
+    """10,000 idle clients used to exhaust descriptors; here the limit is 64 so the cap is 10.
+
+    With the PostgreSQL port on too, each port would get half (5).
+    """
     code = (
         "import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64));"
         "from trionet.cli import main; sys.argv = ['trionet'] + sys.argv[1:]; main()"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "sql", "serve", "--db", str(quake_db), "--port", "0"],
+        [sys.executable, "-c", code, "sql", "serve", "--db", str(quake_db), "--port", "0", "--no-pg"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
@@ -147,7 +150,7 @@ def test_with_few_descriptors_extra_clients_get_busy_never_a_silent_eof(quake_db
 
 def test_sigterm_mid_query_answers_interrupted_then_bye(quake_db):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(quake_db), "--port", "0",
+        [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0",
          "--query-timeout", "0", "--grace", "3", "--max-rows", "0"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
@@ -189,7 +192,7 @@ def test_big_values_keep_the_server_memory_bounded(quake_db):
     A row of many big values is bounded by SQLite's heap limit, before Python copies any of it.
     """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(quake_db), "--port", "0",
+        [sys.executable, "-m", "trionet", "sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0",
          "--max-sqlite-memory-bytes", str(100 << 20)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )

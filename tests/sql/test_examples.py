@@ -20,7 +20,7 @@ def test_quickstart_example_runs(quake_db):
 
 
 def test_streaming_example_runs_against_a_server(server_process, quake_db):
-    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0")
     port = server.wait_listening()
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "streaming.py"), "--port", str(port)], capture_output=True, text=True,

@@ -30,7 +30,7 @@ def run(db: Database, sql: str, params=None):
 
 def test_the_fts3_tokenizer_segfault_is_refused_and_the_server_lives(server_process, quake_db):
     """Run in a server process: before the allow-list this killed it with SIGSEGV."""
-    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0")
     port = server.wait_listening()
 
     async def attack() -> list[str]:

@@ -148,7 +148,7 @@ def run_shell_cmd(port, *args, input=None):
 
 @pytest.fixture
 def sql_port(server_process, quake_db):
-    return server_process("sql", "serve", "--db", str(quake_db), "--port", "0").wait_listening()
+    return server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0").wait_listening()
 
 
 def test_a_script_stops_at_its_first_error_with_status_1(sql_port, tmp_path):
@@ -245,7 +245,7 @@ class Terminal:
 
 @pytest.fixture
 def terminal(server_process, quake_db, tmp_path):
-    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--query-timeout", "20")
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0", "--query-timeout", "20")
     term = Terminal(server.wait_listening(), tmp_path / "history", "--no-pager")
     yield term
     term.close()
@@ -298,7 +298,7 @@ def test_ctrl_c_cancels_a_running_statement_and_the_shell_goes_on(terminal):
 
 
 def test_a_result_taller_than_the_terminal_goes_through_the_pager(server_process, quake_db, tmp_path):
-    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0")
+    server = server_process("sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0")
     pager = f"{sys.executable} -c \"import sys; print('paged', len(sys.stdin.read().splitlines()), 'lines')\""
     term = Terminal(server.wait_listening(), tmp_path / "history", env={"PAGER": pager})
     try:

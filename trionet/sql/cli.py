@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import shutil
 import sqlite3
@@ -16,6 +15,7 @@ import trio
 from rich.console import Console
 
 from trionet.cliutil import (
+    distinct_ports,
     grace_option,
     host_option,
     log_level_option,
@@ -30,6 +30,9 @@ from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, limit_sqlite_memor
 from trionet.sql.errors import SqlError
 from trionet.sql.render import FORMATS, changed_line, format_result, row_count, truncation_notice
 from trionet.sql.metrics import sql_registry
+from trionet.sql.pg.config import DEFAULT_PG_PORT as PG_DEFAULT_PORT
+from trionet.sql.pg.config import PgConfig
+from trionet.sql.pg.server import PgServer
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 
 __all__ = ["connection_hint", "default_max_connections", "parse_param", "raise_open_files_limit", "sql"]
@@ -218,21 +221,34 @@ def sql() -> None:
     help="Roll back and close a connection idle this long inside a transaction (it may hold the write lock), "
     "with a 'bye' with code 'idle_transaction'; 0 for never.",
 )
+@click.option(
+    "--pg-port",
+    type=click.IntRange(0, 65535),
+    default=PG_DEFAULT_PORT,
+    show_default=True,
+    metavar="PORT",
+    help="Also serve PostgreSQL clients (psql, psycopg, ...) on this TCP port; 0 picks a free one.",
+)
+@click.option("--no-pg", is_flag=True, help="Do not listen for PostgreSQL clients.")
 @grace_option
 @metrics_option
 @log_level_option
 def serve(
     db, host, port, read_write, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
     max_like_pattern_bytes, max_sqlite_memory_bytes, max_row_bytes, max_batch_bytes, query_threads, max_connections,
-    idle_timeout, idle_transaction_timeout, grace, metrics,
+    idle_timeout, idle_transaction_timeout, pg_port, no_pg, grace, metrics,
 ) -> None:
     """Serve an SQLite database to any number of clients over TCP.
 
     \b
-    The protocol is one JSON object (or one plain SQL line) per line; see
-    docs/protocol/sql.md. Try it by hand:
-      nc 127.0.0.1 7401
-      SELECT count(*) FROM quakes
+    Two protocols, one database and one set of limits:
+    - on --port, trionet's own: one JSON object (or one plain SQL line) per
+      line (docs/protocol/sql.md). Try it by hand:
+        nc 127.0.0.1 7401
+        SELECT count(*) FROM quakes
+    - on --pg-port, PostgreSQL's (docs/protocol/pg.md), for psql, psycopg
+      and the tools built on them. SQL is SQLite's dialect either way:
+        psql -h 127.0.0.1 -p 7432 -c "SELECT count(*) FROM quakes"
 
     Stop with Ctrl-C or SIGTERM: the server stops accepting, lets running
     queries finish within --grace seconds (interrupting them shortly before
@@ -272,8 +288,12 @@ def serve(
     limit_sqlite_memory(max_sqlite_memory_bytes)
     open_files = raise_open_files_limit()
     if max_connections is None:
-        max_connections = default_max_connections(open_files, read_write)
-    log.info("at most %d connections (%d descriptors)", max_connections, open_files)
+        # The descriptors are shared by both ports: each gets half when both listen.
+        max_connections = default_max_connections(open_files, read_write) // (1 if no_pg else 2)
+    distinct_ports(port=port, pg_port=0 if no_pg else pg_port)
+    log.info(
+        "at most %d connections%s (%d descriptors)", max_connections, "" if no_pg else " per port", open_files
+    )
     config = SqlServerConfig(
         query_timeout=query_timeout,
         max_rows=max_rows,
@@ -285,13 +305,33 @@ def serve(
         idle_transaction_timeout=idle_transaction_timeout,
     )
     server = SqlServer(database, config)
+    pg = None
+    if not no_pg:
+        pg_config = PgConfig(
+            query_timeout=query_timeout,
+            max_rows=max_rows,
+            max_batch_bytes=max_batch_bytes,
+            max_threads=query_threads,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            idle_transaction_timeout=idle_transaction_timeout,
+        )
+        # One pool of statement threads for both fronts: --query-threads bounds them together.
+        pg = PgServer(database, pg_config, limiter=server.statement_limiter)
+
+    async def serve_both() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, host, port)  # first, so its port is the first logged
+            if pg is not None:
+                await nursery.start(pg.serve, host, pg_port)
+
+    def shutdown(grace: float) -> None:
+        server.shutdown(grace)
+        if pg is not None:
+            pg.shutdown(grace)
+
     serve_until_signal(
-        "sql",
-        functools.partial(server.serve, host, port),
-        shutdown=server.shutdown,
-        grace=grace,
-        registry=sql_registry(server),
-        metrics=metrics,
+        "sql", serve_both, shutdown=shutdown, grace=grace, registry=sql_registry(server, pg), metrics=metrics
     )
 
 

@@ -14,8 +14,10 @@ slows only its own query and the server holds one batch per connection.
 
 from __future__ import annotations
 
+import collections
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -55,6 +57,12 @@ class RequestRunner:
         """Statements answered on the event loop, within :data:`~trionet.sql.engine.INLINE_BUDGET`."""
         self.inline_fallbacks = 0
         """Statements tried on the event loop that ran out of budget and went to a worker thread."""
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        """Requests answered, by outcome: ``ok``, ``truncated``, or the error code (``timeout``, ``interrupted``, ...)."""
+        self.rows_sent = 0
+        """Rows sent to clients."""
+        self.on_request: Callable[[str, float], None] | None = None
+        """Called with each request's outcome and seconds, when set (the metrics' latency histogram)."""
 
     async def _in_thread(self, conn: Connection, state: ConnState, deadline: float, fn, *args) -> FetchResult:
         """Run ``fn`` in a worker thread while watching the client and the clock.
@@ -155,8 +163,14 @@ class RequestRunner:
                 last_insert_rowid=result.last_insert_rowid,
                 elapsed_ms=(time.perf_counter() - started) * 1000,
             )
+            ending = "truncated" if rows_left.truncated else "ok"
         except SqlError as exc:
             out += protocol.encode_error(req_id, exc.code, exc.message)
+            ending = exc.code
+        self.outcomes[ending] += 1
+        self.rows_sent += rows_left.sent
+        if self.on_request is not None:
+            self.on_request(ending, time.perf_counter() - started)
         await state.sends.send(conn.stream, out)
 
 

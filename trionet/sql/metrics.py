@@ -1,17 +1,56 @@
-"""The SQL server's metrics: what ``--metrics`` serves and SIGUSR1 logs (see :mod:`trionet.metrics`)."""
+"""The SQL server's metrics: what ``sql serve --metrics`` serves and SIGUSR1 logs (see :mod:`trionet.metrics`).
+
+Counts are read from the server when someone scrapes; the request latency
+histogram is fed by the observer the request runner calls (``on_request``).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+from collections.abc import Iterator
 
-from trionet.metrics import ServiceCollector, new_registry
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from trionet.metrics import FunctionCollector, ServiceCollector, new_registry
+from trionet.sql.pg.server import PgServer
 from trionet.sql.server import SqlServer
 
 __all__ = ["sql_registry"]
 
+_LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, float("inf"))
 
-def sql_registry(server: SqlServer) -> CollectorRegistry:
-    """A registry with the process metrics and the server's connections and requests."""
+
+def sql_registry(server: SqlServer, pg: PgServer | None = None) -> CollectorRegistry:
+    """A registry with the process metrics, both ports' connections, and the NDJSON port's requests.
+
+    Attaches the request runner's ``on_request`` observer.
+    """
     registry = new_registry()
-    registry.register(ServiceCollector([server.service]))
+    registry.register(ServiceCollector([server.service] + ([pg.service] if pg is not None else [])))
+    registry.register(FunctionCollector(lambda: _collect(server)))
+    latency = Histogram(
+        "trionet_sql_request_seconds", "Time to answer one request (NDJSON port), by outcome.",
+        ["outcome"], buckets=_LATENCY_BUCKETS, registry=registry,
+    )  # fmt: skip
+    server.runner.on_request = lambda outcome, seconds: latency.labels(outcome).observe(seconds)
     return registry
+
+
+def _collect(server: SqlServer) -> Iterator[Metric]:
+    runner = server.runner
+    answered = CounterMetricFamily(
+        "trionet_sql_requests_answered",
+        "Requests answered, by outcome: ok, truncated (--max-rows), or the error code (timeout, interrupted, ...).",
+        labels=["outcome"],
+    )
+    for outcome, count in sorted(runner.outcomes.items()):
+        answered.add_metric([outcome], count)
+    yield answered
+    yield CounterMetricFamily("trionet_sql_rows_sent", "Rows sent to clients.", value=runner.rows_sent)
+    places = CounterMetricFamily(
+        "trionet_sql_statements", "Read statements by where they ran: inline on the event loop, or "
+        "tried inline then moved to a worker thread.", labels=["where"],
+    )  # fmt: skip
+    places.add_metric(["inline"], runner.inline_runs)
+    places.add_metric(["inline_fallback"], runner.inline_fallbacks)
+    yield places

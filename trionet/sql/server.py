@@ -110,6 +110,16 @@ class SqlServer:
         self._runner = RequestRunner(database, self.config, self._limiter)
 
     @property
+    def runner(self) -> RequestRunner:
+        """What runs the requests, and counts them (read by :mod:`trionet.sql.metrics`)."""
+        return self._runner
+
+    @property
+    def statement_limiter(self) -> trio.CapacityLimiter:
+        """The worker threads that run statements (``--query-threads``); the PostgreSQL front shares them."""
+        return self._limiter
+
+    @property
     def inline_runs(self) -> int:
         """Statements answered on the event loop, within :data:`~trionet.sql.engine.INLINE_BUDGET`."""
         return self._runner.inline_runs
