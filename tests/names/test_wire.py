@@ -301,3 +301,43 @@ def test_a_turned_away_client_gets_refused_or_its_own_error():
     notify.set_opcode(dns.opcode.NOTIFY)
     assert dns.message.from_wire(dnswire.build_refused(notify.to_wire())).rcode() == dns.rcode.NOTIMP
     assert dnswire.build_refused(b"\x12\x34junk")[:2] == b"\x12\x34"
+
+
+# --- truncation for UDP (RFC 1035 4.2.1, RFC 6891 6.2.5) ------------------------------
+
+
+def test_udp_limit_follows_rfc_6891():
+    query = dnswire.parse_query(dns.message.make_query("a.test", "A").to_wire())
+    assert dnswire.udp_limit(query, 1232) == 512
+    edns = dnswire.parse_query(dns.message.make_query("a.test", "A", use_edns=0, payload=4096).to_wire())
+    assert (edns.udp_size, dnswire.udp_limit(edns, 1232), dnswire.udp_limit(edns, 9000)) == (4096, 1232, 4096)
+    tiny = dnswire.parse_query(dns.message.make_query("a.test", "A", use_edns=0, payload=100).to_wire())
+    assert dnswire.udp_limit(tiny, 1232) == 512
+
+
+@given(
+    st.integers(0, 200),
+    st.booleans(),
+    st.integers(0, 65535),
+    st.integers(0, 5000),
+    st.sampled_from(["ok", "nxdomain", "servfail"]),
+)
+def test_truncate_fits_the_limit_and_keeps_the_question(count, edns, payload, ceiling, status):
+    made = dns.message.make_query("some.long-name.example.test", "A", use_edns=0 if edns else False, payload=payload)
+    query = dnswire.parse_query(made.to_wire())
+    assert query.edns == edns
+    records = tuple(f"10.{i // 256}.{i % 256}.1" for i in range(count)) if status == "ok" else ()
+    response = dnswire.build_response(query, Answer("some.long-name.example.test", "A", status, records, 60, "hosts"))
+    limit = dnswire.udp_limit(query, ceiling)
+    assert 512 <= limit <= max(512, min(ceiling, payload if edns else 512))
+    wire = dnswire.truncate(query, response, limit)
+    assert len(wire) <= limit
+    message = dns.message.from_wire(wire)
+    original = dns.message.from_wire(response)
+    assert message.id == query.id and message.question == original.question
+    assert message.rcode() == original.rcode() and message.edns == original.edns
+    if len(response) <= limit:
+        assert wire == response
+    else:
+        assert message.flags == original.flags | dns.flags.TC
+        assert not message.answer and not message.authority

@@ -45,17 +45,22 @@ __all__ = [
     "NOERROR",
     "NOTIMP",
     "NXDOMAIN",
+    "PLAIN_UDP_LIMIT",
     "REFUSED",
     "SERVFAIL",
     "build_error",
     "build_refused",
     "build_response",
     "parse_query",
+    "truncate",
+    "udp_limit",
 ]
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 EDNS_PAYLOAD = 1232
 """The UDP payload size we announce in EDNS (the 2020 DNS flag day value)."""
+PLAIN_UDP_LIMIT = 512
+"""The largest UDP response to a query without EDNS (RFC 1035 4.2.1)."""
 
 _QR, _AA, _TC, _RD, _RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
 _HEADER = struct.Struct("!HHHHHH")
@@ -75,6 +80,8 @@ class DnsQuery:
         rdtype: the type asked, as text (``A``, ``TYPE65280`` for unknown ones).
         question: the question section as received, echoed back unchanged.
         edns: whether the query carried EDNS (the response then does too).
+        udp_size: the UDP payload size the client's OPT record announced
+            (0 without EDNS); see :func:`udp_limit`.
     """
 
     id: int
@@ -83,6 +90,7 @@ class DnsQuery:
     rdtype: str
     question: bytes
     edns: bool = False
+    udp_size: int = 0
 
 
 def _header(msg_id: int, flags: int, rcode: int, qd: int, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
@@ -165,12 +173,13 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
             offset += 4
             question = wire[12:offset]
             edns = False
+            udp_size = 0
             if ar == 1:
                 # Only an OPT record at the root is read here; anything else
                 # (TSIG, a bad OPT) takes the full parser below.
                 if wire[offset] != 0:
                     raise ValueError("not an OPT record")
-                rtype, _payload, ttl, rdlen = _RR_TAIL.unpack_from(wire, offset + 1)
+                rtype, udp_size, ttl, rdlen = _RR_TAIL.unpack_from(wire, offset + 1)
                 if rtype != _TYPE_OPT or (ttl >> 16) & 0xFF != 0:
                     raise ValueError("not an OPT record of version 0")
                 offset += 1 + _RR_TAIL.size + rdlen
@@ -184,7 +193,7 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
             if refused is not None:
                 return refused
             return DnsQuery(
-                msg_id, bool(flags & _RD), _name_text(labels), dns.rdatatype.to_text(qtype), question, edns
+                msg_id, bool(flags & _RD), _name_text(labels), dns.rdatatype.to_text(qtype), question, edns, udp_size
             )
     return _parse_slow(wire)
 
@@ -213,6 +222,7 @@ def _parse_slow(wire: bytes) -> DnsQuery | bytes:
         dns.rdatatype.to_text(rrset.rdtype),
         question,
         message.edns >= 0,
+        message.payload if message.edns >= 0 else 0,
     )
 
 
@@ -286,3 +296,31 @@ def build_refused(wire: bytes) -> bytes:
     if isinstance(parsed, bytes):
         return parsed
     return build_error(wire, REFUSED, parsed)
+
+
+def udp_limit(query: DnsQuery, ceiling: int = EDNS_PAYLOAD) -> int:
+    """The largest UDP response ``query`` may get, in bytes (RFC 6891 6.2.3, 6.2.5).
+
+    512 without EDNS; with EDNS, the size the client announced, at least 512
+    (a smaller announcement is read as 512) and at most ``ceiling`` (the
+    server's ``--edns-udp-size``).
+    """
+    if not query.edns:
+        return PLAIN_UDP_LIMIT
+    return max(PLAIN_UDP_LIMIT, min(query.udp_size, max(ceiling, PLAIN_UDP_LIMIT)))
+
+
+def truncate(query: DnsQuery, response: bytes, limit: int) -> bytes:
+    """Return ``response`` if it fits in ``limit`` bytes, else its truncated form with TC set.
+
+    The truncated form keeps the header's ID, flags and rcode, and the
+    question; its answer, authority and additional sections are empty but
+    for our OPT record when the query had EDNS. A client that gets it
+    retries over TCP (RFC 1035 4.2.1, RFC 7766 5). It is at most
+    12 + 259 + 11 bytes, so it always fits in 512.
+    """
+    if len(response) <= limit:
+        return response
+    msg_id, flags = struct.unpack_from("!HH", response)
+    head = _HEADER.pack(msg_id, flags | _TC, 1, 0, 0, 1 if query.edns else 0)
+    return head + query.question + (_opt() if query.edns else b"")
