@@ -74,6 +74,11 @@ async def test_dig_kdig_and_query_against_the_real_server(nursery, upstream, tmp
         assert out.strip() == "beta.lan."
         out = await _run("kdig", "+tcp", "-p", dns_port, "@127.0.0.1", "alias2.test", "A")
         assert "192.0.2.10" in out and "NOERROR" in out
+        # Issue 13: plain dig (UDP) and kdig over UDP reach the same port number.
+        out = await _run("dig", "+short", "+tries=1", "-p", dns_port, "@127.0.0.1", "alpha")
+        assert out.strip() == "10.9.0.1"
+        out = await _run("kdig", "+retry=0", "-p", dns_port, "@127.0.0.1", "www.test", "AAAA")
+        assert "2001:db8::1" in out and "NOERROR" in out and "UDP" in out
 
         out = await _run(
             sys.executable, "-m", "trionet", "names", "query", "--port", str(ports["names"]),

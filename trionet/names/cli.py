@@ -23,6 +23,7 @@ from trionet.cliutil import (
 )
 from trionet.names import client as names_client
 from trionet.names.answer import LINE_TYPES
+from trionet.names.dnswire import EDNS_PAYLOAD
 from trionet.names.protocol import DEFAULT_PORT
 from trionet.names.resolver import parse_upstream, system_upstreams
 from trionet.names.metrics import names_registry
@@ -76,7 +77,24 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     type=click.IntRange(0, 65535),
     default=DEFAULT_DNS_PORT,
     show_default=True,
-    help="TCP port for standard DNS over TCP (dig +tcp); 0 picks a free one.",
+    help="Port for standard DNS, over TCP and (unless --no-dns-udp) UDP on the same number; "
+    "0 picks a free one for both.",
+)
+@click.option(
+    "--dns-udp/--no-dns-udp",
+    "dns_udp",
+    default=True,
+    show_default=True,
+    help="Also answer DNS over UDP on --dns-port. UDP is not admitted: --limit, --quota and the "
+    "timeouts do not apply; an answer too big for the client is truncated (TC) so it asks again over TCP.",
+)
+@click.option(
+    "--edns-udp-size",
+    type=click.IntRange(512, 65535),
+    default=EDNS_PAYLOAD,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest UDP answer, even to a client that announces more in EDNS (512 without EDNS).",
 )
 @click.option(
     "--limit",
@@ -167,6 +185,8 @@ def serve(
     host: str,
     port: int,
     dns_port: int,
+    dns_udp: bool,
+    edns_udp_size: int,
     limit: int,
     quota: int,
     backlog: int,
@@ -182,7 +202,7 @@ def serve(
     grace: float,
     metrics: tuple[str, int] | None,
 ) -> None:
-    """Run the name server: a line protocol on --port and DNS over TCP on --dns-port.
+    """Run the name server: a line protocol on --port and DNS over TCP and UDP on --dns-port.
 
     Lookups go to the hosts file, then the cache, then the upstream DNS
     servers. At most --limit clients are served at once; up to --backlog more
@@ -211,6 +231,8 @@ def serve(
         min_ttl=min_ttl,
         max_ttl=max_ttl,
         upstream_timeout=upstream_timeout,
+        udp=dns_udp,
+        edns_udp_size=edns_udp_size,
     )
     try:
         with open(hosts_path, "rb"):

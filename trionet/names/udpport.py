@@ -1,0 +1,135 @@
+"""The DNS port's UDP shell: one socket, one datagram in, at most one datagram out.
+
+UDP has no connection, so nothing here is admitted, queued or counted in
+``--limit`` or ``--quota``: each datagram is parsed by
+:mod:`~trionet.names.dnswire`, answered from the hosts table or the cache
+at once, or from upstream in a task of its own, and the answer is cut to
+the client's size by :func:`~trionet.names.dnswire.truncate` (TC set, so
+the client asks again over TCP, where the course's rules apply).
+
+At most ``max_lookups`` upstream lookups run at once for all UDP clients
+together; a datagram that would need one more is dropped (and counted):
+the client retries, and a flood of spoofed sources gains no reply to
+reflect.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from trionet.log import get_logger
+from trionet.names import dnswire
+
+if TYPE_CHECKING:
+    from trionet.names.server import NamesServer
+
+__all__ = ["MAX_DATAGRAM", "UDP_LOOKUPS", "UdpStats", "open_udp_socket", "serve_udp"]
+
+log = get_logger("names")
+
+MAX_DATAGRAM = 65535
+"""The largest datagram read (a query is far smaller; the rest is cut off and the parser says FORMERR)."""
+UDP_LOOKUPS = 256
+"""Upstream lookups the UDP port runs at once, for all its clients together."""
+
+
+@dataclass
+class UdpStats:
+    """What the UDP port did, read by the metrics at scrape time.
+
+    Attributes:
+        answered: responses handed to the socket.
+        truncated: responses sent truncated (TC set) because they did not fit.
+        dropped_busy: queries dropped because ``max_lookups`` lookups were running.
+    """
+
+    answered: int = 0
+    truncated: int = 0
+    dropped_busy: int = 0
+
+
+async def open_udp_socket(address: tuple) -> trio.socket.SocketType:
+    """Return a UDP socket bound to ``address`` (a sockname of the TCP DNS listener: same host, same port).
+
+    Error handling: ``OSError`` from ``bind`` (the port is taken for UDP) is raised.
+    """
+    family = socket.AF_INET6 if len(address) == 4 else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as trio's TCP listeners do
+        await sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_udp(
+    server: NamesServer,
+    sock: trio.socket.SocketType,
+    stats: UdpStats,
+    *,
+    max_lookups: int = UDP_LOOKUPS,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer the DNS queries that arrive on ``sock`` until cancelled.
+
+    Resource handling: ``sock`` is closed on the way out; lookup tasks run
+    in a nursery of this call, so cancelling it ends them too.
+
+    Error handling: a datagram that is not a query gets its error response;
+    an ``OSError`` from one ``sendto`` or ``recvfrom`` (an ICMP error
+    reported late, a full buffer) is logged at debug level and the loop goes on.
+    """
+    ceiling = server.config.edns_udp_size
+    lookups = trio.Semaphore(max_lookups)
+
+    async def reply(query: dnswire.DnsQuery, response: bytes, peer) -> None:
+        wire = dnswire.truncate(query, response, dnswire.udp_limit(query, ceiling))
+        if wire is not response:
+            stats.truncated += 1
+        await _send(sock, wire, peer, stats)
+
+    async def resolve(query: dnswire.DnsQuery, peer) -> None:
+        try:
+            answer = await server.lookup(query.qname, query.rdtype)
+            await reply(query, dnswire.build_response(query, answer), peer)
+        finally:
+            lookups.release()
+
+    with sock:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                try:
+                    data, peer = await sock.recvfrom(MAX_DATAGRAM)
+                except OSError as exc:
+                    log.debug("names-dns udp: receive failed: %s", exc)
+                    continue
+                parsed = dnswire.parse_query(data)
+                if isinstance(parsed, bytes):
+                    await _send(sock, parsed, peer, stats)
+                    continue
+                answer = server.lookup_local(parsed.qname, parsed.rdtype)
+                if answer is not None:
+                    await reply(parsed, dnswire.build_response(parsed, answer), peer)
+                    continue
+                try:
+                    lookups.acquire_nowait()
+                except trio.WouldBlock:
+                    stats.dropped_busy += 1
+                    continue
+                nursery.start_soon(resolve, parsed, peer)
+
+
+async def _send(sock: trio.socket.SocketType, wire: bytes, peer, stats: UdpStats) -> None:
+    stats.answered += 1  # before the send's checkpoint: the client may read the answer before we resume
+    try:
+        await sock.sendto(wire, peer)
+    except OSError as exc:
+        log.debug("names-dns udp: send to %s failed: %s", peer, exc)
