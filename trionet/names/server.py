@@ -246,7 +246,14 @@ class NamesServer:
                 line = await services.start(partial(self.line_service.serve, backlog=listen_backlog), host, port)
                 dns = await services.start(partial(self.dns_service.serve, backlog=listen_backlog), host, dns_port)
                 if self.config.udp:
-                    sockets = [await open_udp_socket(address) for address in dns]
+                    sockets = []
+                    try:
+                        for address in dns:
+                            sockets.append(await open_udp_socket(address))
+                    except BaseException:
+                        for sock in sockets:
+                            sock.close()
+                        raise
                     services.start_soon(self._serve_udp, sockets)
                 task_status.started(NamesAddresses(tuple(line[0][:2]), tuple(dns[0][:2])))
 
