@@ -98,3 +98,15 @@ async def test_udp_off_leaves_the_port_to_others(start_names):
     server, addrs = await start_names(udp=False)
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         await sock.bind(addrs.dns)  # would fail with EADDRINUSE if the server held it
+
+
+async def test_edns_on_both_transports(start_names):
+    server, addrs = await start_names(quota=0)
+    for ask in (dns.asyncquery.udp, dns.asyncquery.tcp):
+        future = dns.message.make_query("gw", "A", use_edns=1)
+        badvers = await ask(future, addrs.dns[0], port=addrs.dns[1], timeout=5)
+        assert (badvers.rcode(), badvers.edns) == (dns.rcode.BADVERS, 0)
+        for name, rdtype, rcode in (("gw", "A", dns.rcode.NOERROR), ("gw", "ANY", dns.rcode.NOTIMP)):
+            query = dns.message.make_query(name, rdtype, use_edns=0)
+            response = await ask(query, addrs.dns[0], port=addrs.dns[1], timeout=5)
+            assert (response.rcode(), response.edns, response.payload) == (rcode, 0, 1232)

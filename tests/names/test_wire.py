@@ -7,6 +7,7 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -221,6 +222,31 @@ def test_errors():
     assert rcode(chaos.to_wire()) == dns.rcode.REFUSED
 
 
+def test_edns_errors_carry_our_opt_record():
+    """RFC 6891: BADVERS for an unknown version, an OPT in every answer to an EDNS query, FORMERR for two OPTs."""
+    future = dns.message.make_query("www.test", "A", use_edns=1)
+    badvers = dns.message.from_wire(dnswire.parse_query(future.to_wire()))
+    assert (badvers.id, badvers.rcode(), badvers.edns) == (future.id, dns.rcode.BADVERS, 0)
+    assert badvers.question == future.question
+    for query, expected in (
+        (dns.message.make_query("www.test", "ANY", use_edns=0), dns.rcode.NOTIMP),
+        (dns.message.make_query("version.bind", "TXT", rdclass="CH", use_edns=0), dns.rcode.REFUSED),
+    ):
+        response = dns.message.from_wire(dnswire.parse_query(query.to_wire()))
+        assert (response.rcode(), response.edns, response.payload) == (expected, 0, dnswire.EDNS_PAYLOAD)
+    plain = dns.message.from_wire(dnswire.parse_query(_query("www.test", "ANY")))
+    assert plain.rcode() == dns.rcode.NOTIMP and plain.edns == -1  # no OPT to a query without one
+    query = _query("www.test", "A", use_edns=0)
+    two_opts = bytearray(query + query[-11:])
+    two_opts[10:12] = struct.pack("!H", 2)
+    assert dns.message.from_wire(dnswire.parse_query(bytes(two_opts))).rcode() == dns.rcode.FORMERR
+    # An extra additional record sends the query down dnspython's path: its OPT is answered there too.
+    chaos = dns.message.make_query("version.bind", "TXT", rdclass="CH", use_edns=0)
+    chaos.additional.append(dns.rrset.from_text("extra.test.", 0, "IN", "TXT", "x"))
+    slow = dns.message.from_wire(dnswire.parse_query(chaos.to_wire()))
+    assert slow.rcode() == dns.rcode.REFUSED and slow.edns == 0
+
+
 @given(st.binary(max_size=120))
 @settings(max_examples=400, deadline=None)
 def test_any_bytes_give_a_query_or_an_error_response(wire):
@@ -229,7 +255,8 @@ def test_any_bytes_give_a_query_or_an_error_response(wire):
         assert len(result) >= 12
         assert result[:2] == (wire[:2] if len(wire) >= 2 else b"\x00\x00")
         assert result[2] & 0x80  # QR
-        assert result[3] & 0x0F in (dnswire.FORMERR, dnswire.NOTIMP, dnswire.REFUSED)
+        rcode = dns.message.from_wire(result).rcode()  # every error response is itself well formed
+        assert rcode in (dnswire.FORMERR, dnswire.NOTIMP, dnswire.REFUSED, dnswire.BADVERS)
     else:
         assert isinstance(result, dnswire.DnsQuery)
         dnswire.build_response(result, Answer(result.qname, result.rdtype, "nxdomain"))

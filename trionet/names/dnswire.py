@@ -7,7 +7,11 @@ error response when the message cannot be served:
 - FORMERR: not a DNS message, a response instead of a query, not exactly
   one question, trailing bytes, a broken EDNS record;
 - NOTIMP: an opcode other than QUERY, or a meta type (ANY, AXFR, IXFR, ...);
-- REFUSED: a class other than IN.
+- REFUSED: a class other than IN;
+- BADVERS: an EDNS version other than 0 (RFC 6891 6.1.3).
+
+Every response to a query with one well-formed OPT record carries our OPT
+record (RFC 6891 7), errors included; two OPT records are FORMERR.
 
 :func:`build_response` turns an :class:`~trionet.names.answer.Answer` into
 the response bytes: the CNAME chain then the records in the answer section,
@@ -39,6 +43,7 @@ import dns.rdatatype
 from trionet.names.answer import Answer
 
 __all__ = [
+    "BADVERS",
     "DnsQuery",
     "EDNS_PAYLOAD",
     "FORMERR",
@@ -57,6 +62,8 @@ __all__ = [
 ]
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+"""An extended rcode (RFC 6891 6.1.3): its upper 8 bits go in the OPT record."""
 EDNS_PAYLOAD = 1232
 """The UDP payload size we announce in EDNS (the 2020 DNS flag day value)."""
 PLAIN_UDP_LIMIT = 512
@@ -97,25 +104,27 @@ def _header(msg_id: int, flags: int, rcode: int, qd: int, an: int = 0, ns: int =
     return _HEADER.pack(msg_id, flags | rcode, qd, an, ns, ar)
 
 
-def build_error(wire: bytes, rcode: int, query: DnsQuery | None = None) -> bytes:
+def build_error(wire: bytes, rcode: int, query: DnsQuery | None = None, *, edns: bool = False) -> bytes:
     """Return an error response (``rcode``) to the message ``wire``.
 
     The ID, opcode and RD flag are copied from whatever part of the header
     arrived (ID 0 when not even two bytes did); the question is echoed when
-    ``query`` has it.
+    ``query`` has it. Our OPT record is added when ``query`` had EDNS, or
+    ``edns`` is true; an extended rcode (``BADVERS``) needs it.
     """
     msg_id = int.from_bytes(wire[:2], "big") if len(wire) >= 2 else 0
     flags = (int.from_bytes(wire[2:4], "big") & 0x7900) if len(wire) >= 4 else 0  # opcode and RD
     flags |= _QR | _RA
+    if query is not None:
+        edns = query.edns
+    opt = _opt(rcode >> 4) if edns else b""
     if query is None:
-        return _header(msg_id, flags, rcode, 0)
-    return _header(msg_id, flags, rcode, 1, 0, 0, 1 if query.edns else 0) + query.question + (
-        _opt() if query.edns else b""
-    )
+        return _header(msg_id, flags, rcode & 0xF, 0, 0, 0, 1 if edns else 0) + opt
+    return _header(msg_id, flags, rcode & 0xF, 1, 0, 0, 1 if edns else 0) + query.question + opt
 
 
-def _opt() -> bytes:
-    return b"\x00" + _RR_TAIL.pack(_TYPE_OPT, EDNS_PAYLOAD, 0, 0)
+def _opt(extended_rcode: int = 0) -> bytes:
+    return b"\x00" + _RR_TAIL.pack(_TYPE_OPT, EDNS_PAYLOAD, extended_rcode << 24, 0)
 
 
 def _read_name(wire: bytes, offset: int) -> tuple[list[bytes], int]:
@@ -147,11 +156,11 @@ def _name_text(labels: list[bytes]) -> str:
     return dns.name.Name(labels).to_text(omit_final_dot=True).lower()
 
 
-def _check_type(wire: bytes, qtype: int, qclass: int) -> bytes | None:
+def _check_type(wire: bytes, qtype: int, qclass: int, edns: bool) -> bytes | None:
     if qclass != dns.rdataclass.IN:
-        return build_error(wire, REFUSED)
+        return build_error(wire, REFUSED, edns=edns)
     if dns.rdatatype.is_metatype(qtype) or qtype in (dns.rdatatype.ANY, 0):
-        return build_error(wire, NOTIMP)
+        return build_error(wire, NOTIMP, edns=edns)
     return None
 
 
@@ -189,7 +198,7 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
         except (ValueError, IndexError, struct.error):
             pass  # let the full parser decide, and word the error
         else:
-            refused = _check_type(wire, qtype, qclass)
+            refused = _check_type(wire, qtype, qclass, edns)
             if refused is not None:
                 return refused
             return DnsQuery(
@@ -208,12 +217,13 @@ def _parse_slow(wire: bytes) -> DnsQuery | bytes:
     if len(message.question) != 1:
         return build_error(wire, FORMERR)
     rrset = message.question[0]
+    question = rrset.name.to_wire() + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
     if message.edns > 0:
-        return build_error(wire, FORMERR)  # BADVERS needs an extended rcode; FORMERR is allowed too
-    refused = _check_type(wire, rrset.rdtype, rrset.rdclass)
+        unknown = DnsQuery(message.id, bool(message.flags & _RD), "", "", question, True)
+        return build_error(wire, BADVERS, unknown)
+    refused = _check_type(wire, rrset.rdtype, rrset.rdclass, message.edns >= 0)
     if refused is not None:
         return refused
-    question = rrset.name.to_wire() + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
     qname = rrset.name.to_text(omit_final_dot=True).lower() or "."
     return DnsQuery(
         message.id,
