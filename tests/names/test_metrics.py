@@ -71,6 +71,7 @@ async def test_the_udp_figures(start_names):
     assert figures[("trionet_names_udp_responses_total", ())] == 2
     assert figures[("trionet_names_udp_truncated_total", ())] == 1
     assert figures[("trionet_names_udp_dropped_total", (("reason", "busy"),))] == 0
+    assert figures[("trionet_names_udp_dropped_total", (("reason", "rate"),))] == 0
     assert figures[("trionet_names_slots_in_use", ())] == 0
 
 

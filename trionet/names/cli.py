@@ -97,6 +97,15 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     help="Largest UDP answer, even to a client that announces more in EDNS (512 without EDNS).",
 )
 @click.option(
+    "--udp-rate",
+    type=click.IntRange(0),
+    default=100,
+    show_default=True,
+    metavar="ANSWERS",
+    help="UDP answers per second to one client address (an IPv6 client: its /64), in bursts of as many; "
+    "past it queries are dropped unanswered. 0 for no limit.",
+)
+@click.option(
     "--limit",
     type=click.IntRange(1),
     default=3,
@@ -187,6 +196,7 @@ def serve(
     dns_port: int,
     dns_udp: bool,
     edns_udp_size: int,
+    udp_rate: int,
     limit: int,
     quota: int,
     backlog: int,
@@ -233,6 +243,7 @@ def serve(
         upstream_timeout=upstream_timeout,
         udp=dns_udp,
         edns_udp_size=edns_udp_size,
+        udp_rate=udp_rate,
     )
     try:
         with open(hosts_path, "rb"):

@@ -71,6 +71,7 @@ def _collect(server: NamesServer) -> Iterator[Metric]:
         "trionet_names_udp_dropped", "UDP queries dropped unanswered, by reason.", labels=["reason"]
     )
     dropped.add_metric(["busy"], udp.dropped_busy)
+    dropped.add_metric(["rate"], udp.dropped_rate)
     yield dropped
     resolver = getattr(server, "resolver", None)
     if resolver is not None:

@@ -114,6 +114,8 @@ class NamesConfig:
         udp: whether the DNS port also serves UDP (same host, same port number).
         edns_udp_size: the largest UDP response, in bytes, even to a client
             that announces more in EDNS (512 without EDNS).
+        udp_rate: UDP answers per second per client address (an IPv6 /64),
+            in bursts of as many; past it queries are dropped. 0 for no limit.
     """
 
     limit: int = 3
@@ -131,6 +133,7 @@ class NamesConfig:
     max_in_flight: int = 32
     udp: bool = True
     edns_udp_size: int = EDNS_PAYLOAD
+    udp_rate: int = 100
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ the client asks again over TCP, where the course's rules apply).
 At most ``max_lookups`` upstream lookups run at once for all UDP clients
 together; a datagram that would need one more is dropped (and counted):
 the client retries, and a flood of spoofed sources gains no reply to
-reflect.
+reflect. A client address past its ``udp_rate`` answers per second
+(:class:`~trionet.names.ratelimit.RateLimiter`) is dropped too, before any
+work is done for it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trionet.limits import client_key
 from trionet.log import get_logger
 from trionet.names import dnswire
+from trionet.names.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from trionet.names.server import NamesServer
@@ -45,11 +49,13 @@ class UdpStats:
         answered: responses handed to the socket.
         truncated: responses sent truncated (TC set) because they did not fit.
         dropped_busy: queries dropped because ``max_lookups`` lookups were running.
+        dropped_rate: queries dropped because their address was past ``--udp-rate``.
     """
 
     answered: int = 0
     truncated: int = 0
     dropped_busy: int = 0
+    dropped_rate: int = 0
 
 
 async def open_udp_socket(address: tuple) -> trio.socket.SocketType:
@@ -88,6 +94,7 @@ async def serve_udp(
     """
     ceiling = server.config.edns_udp_size
     lookups = trio.Semaphore(max_lookups)
+    limiter = RateLimiter(server.config.udp_rate)
 
     async def reply(query: dnswire.DnsQuery, response: bytes, peer) -> None:
         wire = dnswire.truncate(query, response, dnswire.udp_limit(query, ceiling))
@@ -110,6 +117,9 @@ async def serve_udp(
                     data, peer = await sock.recvfrom(MAX_DATAGRAM)
                 except OSError as exc:
                     log.debug("names-dns udp: receive failed: %s", exc)
+                    continue
+                if limiter.rate and not limiter.allow(client_key(peer[0]), trio.current_time()):
+                    stats.dropped_rate += 1
                     continue
                 parsed = dnswire.parse_query(data)
                 if isinstance(parsed, bytes):
