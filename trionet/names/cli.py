@@ -97,6 +97,13 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     help="Largest UDP answer, even to a client that announces more in EDNS (512 without EDNS).",
 )
 @click.option(
+    "--log-queries",
+    is_flag=True,
+    default=False,
+    help="Log one line per query, whatever --log-level says (like dnsmasq's log-queries): "
+    "'query CLIENT TRANSPORT NAME TYPE SOURCE RCODE MILLISECONDS'.",
+)
+@click.option(
     "--udp-rate",
     type=click.IntRange(0),
     default=100,
@@ -196,6 +203,7 @@ def serve(
     dns_port: int,
     dns_udp: bool,
     edns_udp_size: int,
+    log_queries: bool,
     udp_rate: int,
     limit: int,
     quota: int,
@@ -226,6 +234,8 @@ def serve(
         raise click.BadParameter("--min-ttl is larger than --max-ttl", param_hint="--min-ttl")
     distinct_ports(port=port, dns_port=dns_port)
     logger = log.get_logger("names")
+    if log_queries:
+        log.get_logger("names.queries").setLevel("INFO")  # asked for by name: shown whatever --log-level says
     upstreams = list(upstreams) or system_upstreams()
     if not upstreams:
         logger.warning("no upstream DNS server: names not in %s will get SERVFAIL", hosts_path)
@@ -244,6 +254,7 @@ def serve(
         udp=dns_udp,
         edns_udp_size=edns_udp_size,
         udp_rate=udp_rate,
+        log_queries=log_queries,
     )
     try:
         with open(hosts_path, "rb"):

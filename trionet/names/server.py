@@ -55,6 +55,7 @@ from trionet.names.dnswire import EDNS_PAYLOAD
 from trionet.names.hosts import HostsTable
 from trionet.names.hostswire import HostsWireCache
 from trionet.names.lineport import serve_line
+from trionet.names.querylog import query_line
 from trionet.names.resolver import Resolver, Transport, Upstream
 from trionet.names.udpport import UdpStats, open_udp_socket, serve_udp
 from trionet.names.session import (
@@ -83,6 +84,7 @@ __all__ = [
 ]
 
 log = get_logger("names")
+query_log = get_logger("names.queries")
 
 DEFAULT_DNS_PORT = 7453
 LINGER = 2.0
@@ -116,6 +118,8 @@ class NamesConfig:
             that announces more in EDNS (512 without EDNS).
         udp_rate: UDP answers per second per client address (an IPv6 /64),
             in bursts of as many; past it queries are dropped. 0 for no limit.
+        log_queries: log one line per query (:mod:`~trionet.names.querylog`),
+            on the ``trionet.names.queries`` logger at INFO.
     """
 
     limit: int = 3
@@ -134,6 +138,7 @@ class NamesConfig:
     udp: bool = True
     edns_udp_size: int = EDNS_PAYLOAD
     udp_rate: int = 100
+    log_queries: bool = False
 
 
 @dataclass(frozen=True)
@@ -319,6 +324,10 @@ class NamesServer:
         elif self.on_lookup is not None:
             self.on_lookup(answer.source, 0.0)
         return answer
+
+    def log_query(self, client: str, transport: str, name: str, rdtype: str, source: str, rcode: str, started: float) -> None:
+        """Log one query's line (the shells call this only when ``config.log_queries`` is on)."""
+        query_log.info(query_line(client, transport, name, rdtype, source, rcode, trio.current_time() - started))
 
     # --- the hosts file -----------------------------------------------------------
 

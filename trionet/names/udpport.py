@@ -23,9 +23,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trionet.addresses import format_address
 from trionet.limits import client_key
 from trionet.log import get_logger
 from trionet.names import dnswire
+from trionet.names.answer import Answer
+from trionet.names.querylog import answer_rcode, error_rcode
 from trionet.names.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -95,17 +98,21 @@ async def serve_udp(
     ceiling = server.config.edns_udp_size
     lookups = trio.Semaphore(max_lookups)
     limiter = RateLimiter(server.config.udp_rate)
+    logging_queries = server.config.log_queries
 
-    async def reply(query: dnswire.DnsQuery, response: bytes, peer) -> None:
+    async def reply(query: dnswire.DnsQuery, answer: Answer, peer, started: float) -> None:
+        response = dnswire.build_response(query, answer)
         wire = dnswire.truncate(query, response, dnswire.udp_limit(query, ceiling))
         if wire is not response:
             stats.truncated += 1
         await _send(sock, wire, peer, stats)
+        if logging_queries:
+            rcode = answer_rcode(answer)
+            server.log_query(format_address(peer), "udp", query.qname, query.rdtype, answer.source, rcode, started)
 
-    async def resolve(query: dnswire.DnsQuery, peer) -> None:
+    async def resolve(query: dnswire.DnsQuery, peer, started: float) -> None:
         try:
-            answer = await server.lookup(query.qname, query.rdtype)
-            await reply(query, dnswire.build_response(query, answer), peer)
+            await reply(query, await server.lookup(query.qname, query.rdtype), peer, started)
         finally:
             lookups.release()
 
@@ -121,20 +128,23 @@ async def serve_udp(
                 if limiter.rate and not limiter.allow(client_key(peer[0]), trio.current_time()):
                     stats.dropped_rate += 1
                     continue
+                started = trio.current_time()
                 parsed = dnswire.parse_query(data)
                 if isinstance(parsed, bytes):
                     await _send(sock, parsed, peer, stats)
+                    if logging_queries:
+                        server.log_query(format_address(peer), "udp", "-", "-", "-", error_rcode(parsed), started)
                     continue
                 answer = server.lookup_local(parsed.qname, parsed.rdtype)
                 if answer is not None:
-                    await reply(parsed, dnswire.build_response(parsed, answer), peer)
+                    await reply(parsed, answer, peer, started)
                     continue
                 try:
                     lookups.acquire_nowait()
                 except trio.WouldBlock:
                     stats.dropped_busy += 1
                     continue
-                nursery.start_soon(resolve, parsed, peer)
+                nursery.start_soon(resolve, parsed, peer, started)
 
 
 async def _send(sock: trio.socket.SocketType, wire: bytes, peer, stats: UdpStats) -> None:
