@@ -57,7 +57,7 @@ async def _queries(query_log) -> list[tuple[str, ...]]:
 
 
 async def test_one_line_per_query_on_every_transport(start_names, query_log):
-    server, addrs = await start_names(quota=0, log_queries=True)
+    _server, addrs = await start_names(quota=0, log_queries=True)
     host, port = addrs.dns
     await dns.asyncquery.udp(dns.message.make_query("gw", "A"), host, port=port, timeout=5)
     await dns.asyncquery.udp(dns.message.make_query("www.test", "AAAA"), host, port=port, timeout=5)
@@ -77,7 +77,7 @@ async def test_one_line_per_query_on_every_transport(start_names, query_log):
 
 
 async def test_no_lines_unless_asked(start_names, query_log):
-    server, addrs = await start_names(quota=0)
+    _server, addrs = await start_names(quota=0)
     await dns.asyncquery.udp(dns.message.make_query("gw", "A"), addrs.dns[0], port=addrs.dns[1], timeout=5)
     await dns.asyncquery.tcp(dns.message.make_query("gw", "A"), addrs.dns[0], port=addrs.dns[1], timeout=5)
     assert not query_log.records

@@ -1,4 +1,6 @@
-"""The UDP port's per-address rate limit: the pure token bucket, and the shell under the mock clock."""
+"""The UDP port's limits: the per-address token bucket (pure), and the shell's rate and lookup caps under the mock clock."""
+
+import errno
 
 import dns.message
 import dns.rcode
@@ -7,6 +9,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trionet.names.answer import Answer
 from trionet.names.hosts import parse_hosts
 from trionet.names.ratelimit import RateLimiter
 from trionet.names.server import NamesConfig, NamesServer
@@ -102,3 +105,45 @@ async def test_the_udp_port_drops_past_the_rate(autojump_clock, nursery):
     await trio.sleep(0.01)
     assert [peer for _, peer in sock.sent].count(flooder) == 10 and stats.dropped_rate == 20
     assert all(dns.message.from_wire(data).rcode() == dns.rcode.NOERROR for data, _ in sock.sent)
+
+
+async def test_the_udp_port_drops_past_its_lookups_but_still_answers_the_hosts_file(autojump_clock, nursery):
+    server = NamesServer(NamesConfig(udp_lookups=2, udp_rate=0), table=parse_hosts(HOSTS)[0])
+    release = trio.Event()
+
+    async def slow_lookup(name: str, rdtype: str):
+        await release.wait()
+        return Answer(name, rdtype, "nxdomain")
+
+    server.lookup = slow_lookup
+    sock, stats = _FakeSocket(), UdpStats()
+    await nursery.start(serve_udp, server, sock, stats)
+    peer = ("192.0.2.1", 5353)
+    for name in ("a.test", "b.test", "c.test", "gw"):
+        await sock.incoming.send((dns.message.make_query(name, "A").to_wire(), peer))
+    await trio.sleep(1)
+    assert stats.dropped_busy == 1  # c.test: two lookups were already waiting
+    assert [dns.message.from_wire(data).question[0].name.to_text() for data, _ in sock.sent] == ["gw."]
+    release.set()
+    await trio.sleep(0.01)
+    answered = sorted(dns.message.from_wire(data).question[0].name.to_text() for data, _ in sock.sent)
+    assert answered == ["a.test.", "b.test.", "gw."]
+
+
+async def test_a_late_icmp_error_does_not_stop_the_udp_port_but_a_broken_socket_does(autojump_clock):
+    server = NamesServer(NamesConfig(), table=parse_hosts(HOSTS)[0])
+    sock = _FakeSocket()
+    query = dns.message.make_query("gw", "A").to_wire()
+    errors = iter([OSError(errno.ECONNREFUSED, "refused"), None, OSError(errno.EBADF, "bad")])
+
+    async def recvfrom(size: int):
+        error = next(errors)
+        if error is not None:
+            raise error
+        return query, ("192.0.2.1", 5353)
+
+    sock.recvfrom = recvfrom
+    with pytest.raises(ExceptionGroup) as caught:  # raised inside serve_udp's nursery
+        await serve_udp(server, sock, UdpStats())
+    assert [exc.errno for exc in caught.value.exceptions] == [errno.EBADF]
+    assert len(sock.sent) == 1  # answered between the two errors

@@ -36,7 +36,7 @@ async def test_udp_is_served_on_the_dns_port_number(start_names):
 
 
 async def test_a_udp_message_that_is_not_a_query_gets_its_error(start_names):
-    server, addrs = await start_names()
+    _server, addrs = await start_names()
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         await sock.connect(addrs.dns)
         await sock.send(b"\xab\xcd\x01\x00not dns at all")
@@ -95,13 +95,13 @@ async def test_shutdown_stops_the_udp_socket():
 
 
 async def test_udp_off_leaves_the_port_to_others(start_names):
-    server, addrs = await start_names(udp=False)
+    _server, addrs = await start_names(udp=False)
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         await sock.bind(addrs.dns)  # would fail with EADDRINUSE if the server held it
 
 
 async def test_edns_on_both_transports(start_names):
-    server, addrs = await start_names(quota=0)
+    _server, addrs = await start_names(quota=0)
     for ask in (dns.asyncquery.udp, dns.asyncquery.tcp):
         future = dns.message.make_query("gw", "A", use_edns=1)
         badvers = await ask(future, addrs.dns[0], port=addrs.dns[1], timeout=5)

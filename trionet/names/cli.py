@@ -104,6 +104,15 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     "'query CLIENT TRANSPORT NAME TYPE SOURCE RCODE MILLISECONDS'.",
 )
 @click.option(
+    "--udp-lookups",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    metavar="QUERIES",
+    help="UDP queries waiting for an upstream at once, all clients together; past it queries are dropped "
+    "unanswered (hosts and cache answers need no wait and are never dropped for this).",
+)
+@click.option(
     "--udp-rate",
     type=click.IntRange(0),
     default=100,
@@ -204,6 +213,7 @@ def serve(
     dns_udp: bool,
     edns_udp_size: int,
     log_queries: bool,
+    udp_lookups: int,
     udp_rate: int,
     limit: int,
     quota: int,
@@ -253,6 +263,7 @@ def serve(
         upstream_timeout=upstream_timeout,
         udp=dns_udp,
         edns_udp_size=edns_udp_size,
+        udp_lookups=udp_lookups,
         udp_rate=udp_rate,
         log_queries=log_queries,
     )

@@ -9,6 +9,7 @@ message answered with an error before any lookup (NAME and TYPE are then
 
 from __future__ import annotations
 
+import dns.exception
 import dns.message
 import dns.rcode
 
@@ -28,7 +29,7 @@ def error_rcode(response: bytes) -> str:
     """The rcode of an error response built by :mod:`~trionet.names.dnswire`, extended ones (BADVERS) included."""
     try:
         return dns.rcode.to_text(dns.message.from_wire(response).rcode())
-    except Exception:  # our own error responses parse; this is only a guard for the log
+    except (dns.exception.DNSException, ValueError, IndexError):  # ours parse; a guard for the log only
         return dns.rcode.to_text(response[3] & 0xF) if len(response) >= 4 else "?"
 
 

@@ -57,7 +57,7 @@ from trionet.names.hostswire import HostsWireCache
 from trionet.names.lineport import serve_line
 from trionet.names.querylog import query_line
 from trionet.names.resolver import Resolver, Transport, Upstream
-from trionet.names.udpport import UdpStats, open_udp_socket, serve_udp
+from trionet.names.udpport import UDP_LOOKUPS, UdpStats, open_udp_socket, serve_udp
 from trionet.names.session import (
     DNS_CLOSE_WAIT,
     WAIT_BUFFER,
@@ -116,6 +116,8 @@ class NamesConfig:
         udp: whether the DNS port also serves UDP (same host, same port number).
         edns_udp_size: the largest UDP response, in bytes, even to a client
             that announces more in EDNS (512 without EDNS).
+        udp_lookups: UDP queries waiting for an upstream at once, all clients
+            together; past it queries are dropped.
         udp_rate: UDP answers per second per client address (an IPv6 /64),
             in bursts of as many; past it queries are dropped. 0 for no limit.
         log_queries: log one line per query (:mod:`~trionet.names.querylog`),
@@ -137,6 +139,7 @@ class NamesConfig:
     max_in_flight: int = 32
     udp: bool = True
     edns_udp_size: int = EDNS_PAYLOAD
+    udp_lookups: int = UDP_LOOKUPS
     udp_rate: int = 100
     log_queries: bool = False
 

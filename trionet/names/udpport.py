@@ -7,7 +7,7 @@ at once, or from upstream in a task of its own, and the answer is cut to
 the client's size by :func:`~trionet.names.dnswire.truncate` (TC set, so
 the client asks again over TCP, where the course's rules apply).
 
-At most ``max_lookups`` upstream lookups run at once for all UDP clients
+At most ``udp_lookups`` upstream lookups run at once for all UDP clients
 together; a datagram that would need one more is dropped (and counted):
 the client retries, and a flood of spoofed sources gains no reply to
 reflect. A client address past its ``udp_rate`` answers per second
@@ -17,6 +17,7 @@ work is done for it.
 
 from __future__ import annotations
 
+import errno
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,7 +42,11 @@ log = get_logger("names")
 MAX_DATAGRAM = 65535
 """The largest datagram read (a query is far smaller; the rest is cut off and the parser says FORMERR)."""
 UDP_LOOKUPS = 256
-"""Upstream lookups the UDP port runs at once, for all its clients together."""
+"""Upstream lookups the UDP port runs at once, for all its clients together (``--udp-lookups``)."""
+_PASSING_ERRORS = frozenset(
+    {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENOBUFS, errno.ENOMEM}
+)
+"""Errors of one receive that say nothing about the socket (a late ICMP error, a full buffer)."""
 
 
 @dataclass
@@ -83,20 +88,27 @@ async def serve_udp(
     sock: trio.socket.SocketType,
     stats: UdpStats,
     *,
-    max_lookups: int = UDP_LOOKUPS,
+    max_lookups: int | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer the DNS queries that arrive on ``sock`` until cancelled.
+
+    Args:
+        server: whose hosts table, cache, resolver and config answer.
+        sock: a bound UDP socket (:func:`open_udp_socket`).
+        stats: the counters to keep.
+        max_lookups: upstream lookups at once; ``server.config.udp_lookups`` when None.
 
     Resource handling: ``sock`` is closed on the way out; lookup tasks run
     in a nursery of this call, so cancelling it ends them too.
 
     Error handling: a datagram that is not a query gets its error response;
-    an ``OSError`` from one ``sendto`` or ``recvfrom`` (an ICMP error
-    reported late, a full buffer) is logged at debug level and the loop goes on.
+    an ``OSError`` from one ``sendto`` is logged at debug level and the
+    loop goes on, and so does one from ``recvfrom`` that says nothing about
+    the socket (a late ICMP error, a full buffer); any other is raised.
     """
     ceiling = server.config.edns_udp_size
-    lookups = trio.Semaphore(max_lookups)
+    lookups = trio.Semaphore(max_lookups or server.config.udp_lookups)
     limiter = RateLimiter(server.config.udp_rate)
     logging_queries = server.config.log_queries
 
@@ -123,6 +135,8 @@ async def serve_udp(
                 try:
                     data, peer = await sock.recvfrom(MAX_DATAGRAM)
                 except OSError as exc:
+                    if exc.errno not in _PASSING_ERRORS:
+                        raise
                     log.debug("names-dns udp: receive failed: %s", exc)
                     continue
                 if limiter.rate and not limiter.allow(client_key(peer[0]), trio.current_time()):
