@@ -61,7 +61,9 @@ async def _run(*argv) -> str:
 async def test_dig_kdig_and_query_against_the_real_server(nursery, upstream, tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("10.9.0.1 alpha.lan alpha\n10.9.0.2 beta.lan\nthis line is bad\n")
-    process, ports, log = await _start_server(nursery, upstream, hosts, "--quota", "0", "--log-level", "info")
+    process, ports, log = await _start_server(
+        nursery, upstream, hosts, "--quota", "0", "--log-level", "info", "--log-queries"
+    )
     try:
         dns_port = str(ports["names-dns"])
         out = await _run("dig", "+tcp", "+short", "-p", dns_port, "@127.0.0.1", "alpha")
@@ -74,6 +76,16 @@ async def test_dig_kdig_and_query_against_the_real_server(nursery, upstream, tmp
         assert out.strip() == "beta.lan."
         out = await _run("kdig", "+tcp", "-p", dns_port, "@127.0.0.1", "alias2.test", "A")
         assert "192.0.2.10" in out and "NOERROR" in out
+        # Issue 13: plain dig (UDP) and kdig over UDP reach the same port number.
+        out = await _run("dig", "+short", "+tries=1", "-p", dns_port, "@127.0.0.1", "alpha")
+        assert out.strip() == "10.9.0.1"
+        out = await _run("kdig", "+retry=0", "-p", dns_port, "@127.0.0.1", "www.test", "AAAA")
+        assert "2001:db8::1" in out and "NOERROR" in out and "UDP" in out
+        # --log-queries: one line per query, UDP and TCP alike.
+        with trio.fail_after(10):
+            while not re.search(rb"query 127\.0\.0\.1:\d+ udp www\.test AAAA cache NOERROR [\d.]+ms", log):
+                await trio.sleep(0.05)
+        assert re.search(rb"query 127\.0\.0\.1:\d+ tcp alpha A hosts NOERROR", log)
 
         out = await _run(
             sys.executable, "-m", "trionet", "names", "query", "--port", str(ports["names"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dns.asyncquery
+import dns.message
 import pytest
 import trio
 
@@ -56,6 +58,21 @@ async def test_the_figures_follow_what_clients_did(start_names, tcp):
     assert figures[("trionet_names_lookup_seconds_count", (("source", "dns"),))] == 1
     assert figures[("trionet_names_lookup_seconds_count", (("source", "cache"),))] == 3
     assert figures[("trionet_connections_total", (("listener", "names"),))] == 2
+
+
+async def test_the_udp_figures(start_names):
+    big = "".join(f"10.1.0.{i} big.lan\n" for i in range(1, 61))
+    server, addrs = await start_names(hosts="10.0.0.1 gw\n" + big)
+    registry = names_registry(server)
+    for name in ("gw", "big.lan"):
+        query = dns.message.make_query(name, "A")
+        await dns.asyncquery.udp(query, addrs.dns[0], port=addrs.dns[1], timeout=5)
+    figures = _samples(registry)
+    assert figures[("trionet_names_udp_responses_total", ())] == 2
+    assert figures[("trionet_names_udp_truncated_total", ())] == 1
+    assert figures[("trionet_names_udp_dropped_total", (("reason", "busy"),))] == 0
+    assert figures[("trionet_names_udp_dropped_total", (("reason", "rate"),))] == 0
+    assert figures[("trionet_names_slots_in_use", ())] == 0
 
 
 def test_an_unreadable_hosts_file_at_start_is_one_line(trionet_cmd, tmp_path):

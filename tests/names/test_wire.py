@@ -7,6 +7,7 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -221,6 +222,31 @@ def test_errors():
     assert rcode(chaos.to_wire()) == dns.rcode.REFUSED
 
 
+def test_edns_errors_carry_our_opt_record():
+    """RFC 6891: BADVERS for an unknown version, an OPT in every answer to an EDNS query, FORMERR for two OPTs."""
+    future = dns.message.make_query("www.test", "A", use_edns=1)
+    badvers = dns.message.from_wire(dnswire.parse_query(future.to_wire()))
+    assert (badvers.id, badvers.rcode(), badvers.edns) == (future.id, dns.rcode.BADVERS, 0)
+    assert badvers.question == future.question
+    for query, expected in (
+        (dns.message.make_query("www.test", "ANY", use_edns=0), dns.rcode.NOTIMP),
+        (dns.message.make_query("version.bind", "TXT", rdclass="CH", use_edns=0), dns.rcode.REFUSED),
+    ):
+        response = dns.message.from_wire(dnswire.parse_query(query.to_wire()))
+        assert (response.rcode(), response.edns, response.payload) == (expected, 0, dnswire.EDNS_PAYLOAD)
+    plain = dns.message.from_wire(dnswire.parse_query(_query("www.test", "ANY")))
+    assert plain.rcode() == dns.rcode.NOTIMP and plain.edns == -1  # no OPT to a query without one
+    query = _query("www.test", "A", use_edns=0)
+    two_opts = bytearray(query + query[-11:])
+    two_opts[10:12] = struct.pack("!H", 2)
+    assert dns.message.from_wire(dnswire.parse_query(bytes(two_opts))).rcode() == dns.rcode.FORMERR
+    # An extra additional record sends the query down dnspython's path: its OPT is answered there too.
+    chaos = dns.message.make_query("version.bind", "TXT", rdclass="CH", use_edns=0)
+    chaos.additional.append(dns.rrset.from_text("extra.test.", 0, "IN", "TXT", "x"))
+    slow = dns.message.from_wire(dnswire.parse_query(chaos.to_wire()))
+    assert slow.rcode() == dns.rcode.REFUSED and slow.edns == 0
+
+
 @given(st.binary(max_size=120))
 @settings(max_examples=400, deadline=None)
 def test_any_bytes_give_a_query_or_an_error_response(wire):
@@ -229,7 +255,8 @@ def test_any_bytes_give_a_query_or_an_error_response(wire):
         assert len(result) >= 12
         assert result[:2] == (wire[:2] if len(wire) >= 2 else b"\x00\x00")
         assert result[2] & 0x80  # QR
-        assert result[3] & 0x0F in (dnswire.FORMERR, dnswire.NOTIMP, dnswire.REFUSED)
+        rcode = dns.message.from_wire(result).rcode()  # every error response is itself well formed
+        assert rcode in (dnswire.FORMERR, dnswire.NOTIMP, dnswire.REFUSED, dnswire.BADVERS)
     else:
         assert isinstance(result, dnswire.DnsQuery)
         dnswire.build_response(result, Answer(result.qname, result.rdtype, "nxdomain"))
@@ -301,3 +328,43 @@ def test_a_turned_away_client_gets_refused_or_its_own_error():
     notify.set_opcode(dns.opcode.NOTIFY)
     assert dns.message.from_wire(dnswire.build_refused(notify.to_wire())).rcode() == dns.rcode.NOTIMP
     assert dnswire.build_refused(b"\x12\x34junk")[:2] == b"\x12\x34"
+
+
+# --- truncation for UDP (RFC 1035 4.2.1, RFC 6891 6.2.5) ------------------------------
+
+
+def test_udp_limit_follows_rfc_6891():
+    query = dnswire.parse_query(dns.message.make_query("a.test", "A").to_wire())
+    assert dnswire.udp_limit(query, 1232) == 512
+    edns = dnswire.parse_query(dns.message.make_query("a.test", "A", use_edns=0, payload=4096).to_wire())
+    assert (edns.udp_size, dnswire.udp_limit(edns, 1232), dnswire.udp_limit(edns, 9000)) == (4096, 1232, 4096)
+    tiny = dnswire.parse_query(dns.message.make_query("a.test", "A", use_edns=0, payload=100).to_wire())
+    assert dnswire.udp_limit(tiny, 1232) == 512
+
+
+@given(
+    st.integers(0, 200),
+    st.booleans(),
+    st.integers(0, 65535),
+    st.integers(0, 5000),
+    st.sampled_from(["ok", "nxdomain", "servfail"]),
+)
+def test_truncate_fits_the_limit_and_keeps_the_question(count, edns, payload, ceiling, status):
+    made = dns.message.make_query("some.long-name.example.test", "A", use_edns=0 if edns else False, payload=payload)
+    query = dnswire.parse_query(made.to_wire())
+    assert query.edns == edns
+    records = tuple(f"10.{i // 256}.{i % 256}.1" for i in range(count)) if status == "ok" else ()
+    response = dnswire.build_response(query, Answer("some.long-name.example.test", "A", status, records, 60, "hosts"))
+    limit = dnswire.udp_limit(query, ceiling)
+    assert 512 <= limit <= max(512, min(ceiling, payload if edns else 512))
+    wire = dnswire.truncate(query, response, limit)
+    assert len(wire) <= limit
+    message = dns.message.from_wire(wire)
+    original = dns.message.from_wire(response)
+    assert message.id == query.id and message.question == original.question
+    assert message.rcode() == original.rcode() and message.edns == original.edns
+    if len(response) <= limit:
+        assert wire == response
+    else:
+        assert message.flags == original.flags | dns.flags.TC
+        assert not message.answer and not message.authority

@@ -23,6 +23,7 @@ from trionet.cliutil import (
 )
 from trionet.names import client as names_client
 from trionet.names.answer import LINE_TYPES
+from trionet.names.dnswire import EDNS_PAYLOAD
 from trionet.names.protocol import DEFAULT_PORT
 from trionet.names.resolver import parse_upstream, system_upstreams
 from trionet.names.metrics import names_registry
@@ -76,7 +77,49 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     type=click.IntRange(0, 65535),
     default=DEFAULT_DNS_PORT,
     show_default=True,
-    help="TCP port for standard DNS over TCP (dig +tcp); 0 picks a free one.",
+    help="Port for standard DNS, over TCP and (unless --no-dns-udp) UDP on the same number; "
+    "0 picks a free one for both.",
+)
+@click.option(
+    "--dns-udp/--no-dns-udp",
+    "dns_udp",
+    default=True,
+    show_default=True,
+    help="Also answer DNS over UDP on --dns-port. UDP is not admitted: --limit, --quota and the "
+    "timeouts do not apply; an answer too big for the client is truncated (TC) so it asks again over TCP.",
+)
+@click.option(
+    "--edns-udp-size",
+    type=click.IntRange(512, 65535),
+    default=EDNS_PAYLOAD,
+    show_default=True,
+    metavar="BYTES",
+    help="Largest UDP answer, even to a client that announces more in EDNS (512 without EDNS).",
+)
+@click.option(
+    "--log-queries",
+    is_flag=True,
+    default=False,
+    help="Log one line per query, whatever --log-level says (like dnsmasq's log-queries): "
+    "'query CLIENT TRANSPORT NAME TYPE SOURCE RCODE MILLISECONDS'.",
+)
+@click.option(
+    "--udp-lookups",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    metavar="QUERIES",
+    help="UDP queries waiting for an upstream at once, all clients together; past it queries are dropped "
+    "unanswered (hosts and cache answers need no wait and are never dropped for this).",
+)
+@click.option(
+    "--udp-rate",
+    type=click.IntRange(0),
+    default=100,
+    show_default=True,
+    metavar="ANSWERS",
+    help="UDP answers per second to one client address (an IPv6 client: its /64), in bursts of as many; "
+    "past it queries are dropped unanswered. 0 for no limit.",
 )
 @click.option(
     "--limit",
@@ -167,6 +210,11 @@ def serve(
     host: str,
     port: int,
     dns_port: int,
+    dns_udp: bool,
+    edns_udp_size: int,
+    log_queries: bool,
+    udp_lookups: int,
+    udp_rate: int,
     limit: int,
     quota: int,
     backlog: int,
@@ -182,7 +230,7 @@ def serve(
     grace: float,
     metrics: tuple[str, int] | None,
 ) -> None:
-    """Run the name server: a line protocol on --port and DNS over TCP on --dns-port.
+    """Run the name server: a line protocol on --port and DNS over TCP and UDP on --dns-port.
 
     Lookups go to the hosts file, then the cache, then the upstream DNS
     servers. At most --limit clients are served at once; up to --backlog more
@@ -196,6 +244,8 @@ def serve(
         raise click.BadParameter("--min-ttl is larger than --max-ttl", param_hint="--min-ttl")
     distinct_ports(port=port, dns_port=dns_port)
     logger = log.get_logger("names")
+    if log_queries:
+        log.get_logger("names.queries").setLevel("INFO")  # asked for by name: shown whatever --log-level says
     upstreams = list(upstreams) or system_upstreams()
     if not upstreams:
         logger.warning("no upstream DNS server: names not in %s will get SERVFAIL", hosts_path)
@@ -211,6 +261,11 @@ def serve(
         min_ttl=min_ttl,
         max_ttl=max_ttl,
         upstream_timeout=upstream_timeout,
+        udp=dns_udp,
+        edns_udp_size=edns_udp_size,
+        udp_lookups=udp_lookups,
+        udp_rate=udp_rate,
+        log_queries=log_queries,
     )
     try:
         with open(hosts_path, "rb"):

@@ -21,6 +21,7 @@ import trio
 
 from trionet.framing import EOF, NEED_DATA, Frame, LengthPrefixFramer, TruncatedFrame, encode_length_prefixed
 from trionet.names import dnswire
+from trionet.names.querylog import answer_rcode, error_rcode
 from trionet.names.session import DNS_CLOSE_WAIT, REFUSE_WAIT, Refused
 from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, receive_event
 
@@ -52,9 +53,11 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
         return
     session_deadline = session.session_deadline()
     pending = session.pending
-    known_answer = server.hosts_wire.get
+    logging_queries = server.config.log_queries
+    # The ready-made answers skip parsing, and so would skip the query's log line.
+    known_answer = _never_known if logging_queries else server.hosts_wire.get
     async with trio.open_nursery() as queries:
-        replies = _Replies(server, client.sends, stream, queries)
+        replies = _Replies(server, client.sends, stream, queries, conn.peer)
         out: list[bytes] = []  # answers to everything that arrived together go out in one send
         while not session.ending:
             if pending:
@@ -90,7 +93,10 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
                 parsed = dnswire.parse_query(payload)
                 if isinstance(parsed, bytes):
                     out.append(_frame(parsed))
+                    if logging_queries:
+                        server.log_query(conn.peer, "tcp", "-", "-", "-", error_rcode(parsed), trio.current_time())
                 else:
+                    started = trio.current_time() if logging_queries else 0.0
                     answer = server.lookup_local(parsed.qname, parsed.rdtype)
                     if answer is None:
                         if out:
@@ -102,6 +108,9 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
                         if answer.source == "hosts":
                             server.hosts_wire.remember(payload, response)
                         out.append(_frame(response))
+                        if logging_queries:
+                            rcode = answer_rcode(answer)
+                            server.log_query(conn.peer, "tcp", parsed.qname, parsed.rdtype, answer.source, rcode, started)
             if session.count():
                 break
         if out:
@@ -158,8 +167,11 @@ class _Replies:
     not read meanwhile.
     """
 
-    def __init__(self, server: NamesServer, sends: SendWatchdog, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, server: NamesServer, sends: SendWatchdog, stream: trio.abc.Stream, nursery: trio.Nursery, peer: str
+    ) -> None:
         self._server = server
+        self._peer = peer
         self._sends = sends
         self._stream = stream
         self._nursery = nursery
@@ -183,12 +195,20 @@ class _Replies:
 
     async def _resolve_and_send(self, query: dnswire.DnsQuery) -> None:
         try:
+            started = trio.current_time()
             answer = await self._server.lookup(query.qname, query.rdtype)
             async with self._lock:
                 await self._sends.send(self._stream, _frame(dnswire.build_response(query, answer)))
+            if self._server.config.log_queries:
+                rcode = answer_rcode(answer)
+                self._server.log_query(self._peer, "tcp", query.qname, query.rdtype, answer.source, rcode, started)
         finally:
             self.resolving -= 1
             self._in_flight.release()
+
+
+def _never_known(_query: bytes) -> None:
+    return None
 
 
 def _frame(wire: bytes) -> bytes:

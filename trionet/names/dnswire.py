@@ -7,7 +7,11 @@ error response when the message cannot be served:
 - FORMERR: not a DNS message, a response instead of a query, not exactly
   one question, trailing bytes, a broken EDNS record;
 - NOTIMP: an opcode other than QUERY, or a meta type (ANY, AXFR, IXFR, ...);
-- REFUSED: a class other than IN.
+- REFUSED: a class other than IN;
+- BADVERS: an EDNS version other than 0 (RFC 6891 6.1.3).
+
+Every response to a query with one well-formed OPT record carries our OPT
+record (RFC 6891 7), errors included; two OPT records are FORMERR.
 
 :func:`build_response` turns an :class:`~trionet.names.answer.Answer` into
 the response bytes: the CNAME chain then the records in the answer section,
@@ -39,23 +43,31 @@ import dns.rdatatype
 from trionet.names.answer import Answer
 
 __all__ = [
+    "BADVERS",
     "DnsQuery",
     "EDNS_PAYLOAD",
     "FORMERR",
     "NOERROR",
     "NOTIMP",
     "NXDOMAIN",
+    "PLAIN_UDP_LIMIT",
     "REFUSED",
     "SERVFAIL",
     "build_error",
     "build_refused",
     "build_response",
     "parse_query",
+    "truncate",
+    "udp_limit",
 ]
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+"""An extended rcode (RFC 6891 6.1.3): its upper 8 bits go in the OPT record."""
 EDNS_PAYLOAD = 1232
 """The UDP payload size we announce in EDNS (the 2020 DNS flag day value)."""
+PLAIN_UDP_LIMIT = 512
+"""The largest UDP response to a query without EDNS (RFC 1035 4.2.1)."""
 
 _QR, _AA, _TC, _RD, _RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
 _HEADER = struct.Struct("!HHHHHH")
@@ -75,6 +87,8 @@ class DnsQuery:
         rdtype: the type asked, as text (``A``, ``TYPE65280`` for unknown ones).
         question: the question section as received, echoed back unchanged.
         edns: whether the query carried EDNS (the response then does too).
+        udp_size: the UDP payload size the client's OPT record announced
+            (0 without EDNS); see :func:`udp_limit`.
     """
 
     id: int
@@ -83,31 +97,34 @@ class DnsQuery:
     rdtype: str
     question: bytes
     edns: bool = False
+    udp_size: int = 0
 
 
 def _header(msg_id: int, flags: int, rcode: int, qd: int, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
     return _HEADER.pack(msg_id, flags | rcode, qd, an, ns, ar)
 
 
-def build_error(wire: bytes, rcode: int, query: DnsQuery | None = None) -> bytes:
+def build_error(wire: bytes, rcode: int, query: DnsQuery | None = None, *, edns: bool = False) -> bytes:
     """Return an error response (``rcode``) to the message ``wire``.
 
     The ID, opcode and RD flag are copied from whatever part of the header
     arrived (ID 0 when not even two bytes did); the question is echoed when
-    ``query`` has it.
+    ``query`` has it. Our OPT record is added when ``query`` had EDNS, or
+    ``edns`` is true; an extended rcode (``BADVERS``) needs it.
     """
     msg_id = int.from_bytes(wire[:2], "big") if len(wire) >= 2 else 0
     flags = (int.from_bytes(wire[2:4], "big") & 0x7900) if len(wire) >= 4 else 0  # opcode and RD
     flags |= _QR | _RA
+    if query is not None:
+        edns = query.edns
+    opt = _opt(rcode >> 4) if edns else b""
     if query is None:
-        return _header(msg_id, flags, rcode, 0)
-    return _header(msg_id, flags, rcode, 1, 0, 0, 1 if query.edns else 0) + query.question + (
-        _opt() if query.edns else b""
-    )
+        return _header(msg_id, flags, rcode & 0xF, 0, 0, 0, 1 if edns else 0) + opt
+    return _header(msg_id, flags, rcode & 0xF, 1, 0, 0, 1 if edns else 0) + query.question + opt
 
 
-def _opt() -> bytes:
-    return b"\x00" + _RR_TAIL.pack(_TYPE_OPT, EDNS_PAYLOAD, 0, 0)
+def _opt(extended_rcode: int = 0) -> bytes:
+    return b"\x00" + _RR_TAIL.pack(_TYPE_OPT, EDNS_PAYLOAD, extended_rcode << 24, 0)
 
 
 def _read_name(wire: bytes, offset: int) -> tuple[list[bytes], int]:
@@ -139,11 +156,11 @@ def _name_text(labels: list[bytes]) -> str:
     return dns.name.Name(labels).to_text(omit_final_dot=True).lower()
 
 
-def _check_type(wire: bytes, qtype: int, qclass: int) -> bytes | None:
+def _check_type(wire: bytes, qtype: int, qclass: int, edns: bool) -> bytes | None:
     if qclass != dns.rdataclass.IN:
-        return build_error(wire, REFUSED)
+        return build_error(wire, REFUSED, edns=edns)
     if dns.rdatatype.is_metatype(qtype) or qtype in (dns.rdatatype.ANY, 0):
-        return build_error(wire, NOTIMP)
+        return build_error(wire, NOTIMP, edns=edns)
     return None
 
 
@@ -165,12 +182,13 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
             offset += 4
             question = wire[12:offset]
             edns = False
+            udp_size = 0
             if ar == 1:
                 # Only an OPT record at the root is read here; anything else
                 # (TSIG, a bad OPT) takes the full parser below.
                 if wire[offset] != 0:
                     raise ValueError("not an OPT record")
-                rtype, _payload, ttl, rdlen = _RR_TAIL.unpack_from(wire, offset + 1)
+                rtype, udp_size, ttl, rdlen = _RR_TAIL.unpack_from(wire, offset + 1)
                 if rtype != _TYPE_OPT or (ttl >> 16) & 0xFF != 0:
                     raise ValueError("not an OPT record of version 0")
                 offset += 1 + _RR_TAIL.size + rdlen
@@ -180,11 +198,11 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
         except (ValueError, IndexError, struct.error):
             pass  # let the full parser decide, and word the error
         else:
-            refused = _check_type(wire, qtype, qclass)
+            refused = _check_type(wire, qtype, qclass, edns)
             if refused is not None:
                 return refused
             return DnsQuery(
-                msg_id, bool(flags & _RD), _name_text(labels), dns.rdatatype.to_text(qtype), question, edns
+                msg_id, bool(flags & _RD), _name_text(labels), dns.rdatatype.to_text(qtype), question, edns, udp_size
             )
     return _parse_slow(wire)
 
@@ -199,12 +217,13 @@ def _parse_slow(wire: bytes) -> DnsQuery | bytes:
     if len(message.question) != 1:
         return build_error(wire, FORMERR)
     rrset = message.question[0]
+    question = rrset.name.to_wire() + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
     if message.edns > 0:
-        return build_error(wire, FORMERR)  # BADVERS needs an extended rcode; FORMERR is allowed too
-    refused = _check_type(wire, rrset.rdtype, rrset.rdclass)
+        unknown = DnsQuery(message.id, bool(message.flags & _RD), "", "", question, True)
+        return build_error(wire, BADVERS, unknown)
+    refused = _check_type(wire, rrset.rdtype, rrset.rdclass, message.edns >= 0)
     if refused is not None:
         return refused
-    question = rrset.name.to_wire() + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
     qname = rrset.name.to_text(omit_final_dot=True).lower() or "."
     return DnsQuery(
         message.id,
@@ -213,6 +232,7 @@ def _parse_slow(wire: bytes) -> DnsQuery | bytes:
         dns.rdatatype.to_text(rrset.rdtype),
         question,
         message.edns >= 0,
+        message.payload if message.edns >= 0 else 0,
     )
 
 
@@ -286,3 +306,31 @@ def build_refused(wire: bytes) -> bytes:
     if isinstance(parsed, bytes):
         return parsed
     return build_error(wire, REFUSED, parsed)
+
+
+def udp_limit(query: DnsQuery, ceiling: int = EDNS_PAYLOAD) -> int:
+    """The largest UDP response ``query`` may get, in bytes (RFC 6891 6.2.3, 6.2.5).
+
+    512 without EDNS; with EDNS, the size the client announced, at least 512
+    (a smaller announcement is read as 512) and at most ``ceiling`` (the
+    server's ``--edns-udp-size``).
+    """
+    if not query.edns:
+        return PLAIN_UDP_LIMIT
+    return max(PLAIN_UDP_LIMIT, min(query.udp_size, max(ceiling, PLAIN_UDP_LIMIT)))
+
+
+def truncate(query: DnsQuery, response: bytes, limit: int) -> bytes:
+    """Return ``response`` if it fits in ``limit`` bytes, else its truncated form with TC set.
+
+    The truncated form keeps the header's ID, flags and rcode, and the
+    question; its answer, authority and additional sections are empty but
+    for our OPT record when the query had EDNS. A client that gets it
+    retries over TCP (RFC 1035 4.2.1, RFC 7766 5). It is at most
+    12 + 259 + 11 bytes, so it always fits in 512.
+    """
+    if len(response) <= limit:
+        return response
+    msg_id, flags = struct.unpack_from("!HH", response)
+    head = _HEADER.pack(msg_id, flags | _TC, 1, 0, 0, 1 if query.edns else 0)
+    return head + query.question + (_opt() if query.edns else b"")

@@ -14,6 +14,7 @@ import trio
 
 from trionet.framing import EOF
 from trionet.names import protocol
+from trionet.names.querylog import answer_rcode
 from trionet.names.session import Refused
 from trionet.serving import Connection, receive_event
 
@@ -85,8 +86,12 @@ async def serve_line(server: NamesServer, conn: Connection, client: Client) -> N
         if isinstance(event, protocol.BadLine):
             reply = protocol.encode_bad_request(event.message)
         else:
+            started = trio.current_time()
             answer = await server.lookup(event.qname, event.rdtype)
             reply = protocol.encode_answer(answer, event.name)
+            if server.config.log_queries:
+                rcode = answer_rcode(answer)
+                server.log_query(conn.peer, "line", event.qname, event.rdtype, answer.source, rcode, started)
         ending = session.after_answer(trio.current_time())
         if ending:
             await sends.send(stream, reply + protocol.encode_bye(ending, session.bye()))

@@ -1,7 +1,7 @@
 """The name server's metrics: what ``names serve --metrics`` serves and SIGUSR1 logs (see :mod:`trionet.metrics`).
 
 Counts are read from the server's own objects when someone scrapes
-(admission, cache, resolver, how sessions ended); the two histograms,
+(admission, cache, resolver, how sessions ended, what the UDP port did); the two histograms,
 admission wait and lookup time, are fed by the observers the server calls
 (``on_admitted``, ``on_lookup``), set here.
 """
@@ -60,6 +60,19 @@ def _collect(server: NamesServer) -> Iterator[Metric]:
     lookups.add_metric(["miss"], cache.stats.misses)
     yield lookups
     yield GaugeMetricFamily("trionet_names_cache_entries", "Answers in the cache now.", value=len(cache))
+    udp = server.udp_stats
+    yield CounterMetricFamily(
+        "trionet_names_udp_responses", "Responses sent over UDP (truncated ones included).", value=udp.answered
+    )
+    yield CounterMetricFamily(
+        "trionet_names_udp_truncated", "UDP responses truncated (TC) to the client's size.", value=udp.truncated
+    )
+    dropped = CounterMetricFamily(
+        "trionet_names_udp_dropped", "UDP queries dropped unanswered, by reason.", labels=["reason"]
+    )
+    dropped.add_metric(["busy"], udp.dropped_busy)
+    dropped.add_metric(["rate"], udp.dropped_rate)
+    yield dropped
     resolver = getattr(server, "resolver", None)
     if resolver is not None:
         stats = resolver.stats

@@ -51,10 +51,13 @@ from trionet.names import protocol
 from trionet.names.answer import Answer
 from trionet.names.cache import AnswerCache
 from trionet.names.dnsport import serve_dns
+from trionet.names.dnswire import EDNS_PAYLOAD
 from trionet.names.hosts import HostsTable
 from trionet.names.hostswire import HostsWireCache
 from trionet.names.lineport import serve_line
+from trionet.names.querylog import query_line
 from trionet.names.resolver import Resolver, Transport, Upstream
+from trionet.names.udpport import UDP_LOOKUPS, UdpStats, open_udp_socket, serve_udp
 from trionet.names.session import (
     DNS_CLOSE_WAIT,
     WAIT_BUFFER,
@@ -81,6 +84,7 @@ __all__ = [
 ]
 
 log = get_logger("names")
+query_log = get_logger("names.queries")
 
 DEFAULT_DNS_PORT = 7453
 LINGER = 2.0
@@ -109,6 +113,15 @@ class NamesConfig:
         reload_interval: seconds between checks of the hosts file.
         max_in_flight: DNS queries of one connection being resolved at once;
             the next one is not read until one finishes.
+        udp: whether the DNS port also serves UDP (same host, same port number).
+        edns_udp_size: the largest UDP response, in bytes, even to a client
+            that announces more in EDNS (512 without EDNS).
+        udp_lookups: UDP queries waiting for an upstream at once, all clients
+            together; past it queries are dropped.
+        udp_rate: UDP answers per second per client address (an IPv6 /64),
+            in bursts of as many; past it queries are dropped. 0 for no limit.
+        log_queries: log one line per query (:mod:`~trionet.names.querylog`),
+            on the ``trionet.names.queries`` logger at INFO.
     """
 
     limit: int = 3
@@ -124,6 +137,11 @@ class NamesConfig:
     upstream_timeout: float = 2.0
     reload_interval: float = 2.0
     max_in_flight: int = 32
+    udp: bool = True
+    edns_udp_size: int = EDNS_PAYLOAD
+    udp_lookups: int = UDP_LOOKUPS
+    udp_rate: int = 100
+    log_queries: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,6 +211,8 @@ class NamesServer:
         self.on_lookup: Callable[[str, float], None] | None = None
         self.line_service = TCPService("names", self.handle_line, log)
         self.dns_service = TCPService("names-dns", self.handle_dns, log)
+        self.udp_stats = UdpStats()
+        self._udp_scope = trio.CancelScope()
         self.resolver: Resolver | None = None
         self._reload_requested = trio.Event()
         if hosts_path is not None and table is None:
@@ -224,14 +244,35 @@ class NamesServer:
         Reports a :class:`NamesAddresses` through ``task_status``, so tests
         use ``port=0, dns_port=0`` and learn the ports.
 
+        Unless ``config.udp`` is off, every address the DNS port's TCP
+        listeners got is also bound for UDP (:mod:`~trionet.names.udpport`),
+        so ``dns_port=0`` serves both on one port number.
+
         Error handling: a port that cannot be listened on raises
-        :class:`~trionet.serving.ListenError` (inside an ``ExceptionGroup``).
+        :class:`~trionet.serving.ListenError` (inside an ``ExceptionGroup``);
+        a DNS port number taken for UDP raises its ``OSError`` the same way.
         """
         async with self.running():
             async with trio.open_nursery() as services:
                 line = await services.start(partial(self.line_service.serve, backlog=listen_backlog), host, port)
                 dns = await services.start(partial(self.dns_service.serve, backlog=listen_backlog), host, dns_port)
+                if self.config.udp:
+                    sockets = []
+                    try:
+                        for address in dns:
+                            sockets.append(await open_udp_socket(address))
+                    except BaseException:
+                        for sock in sockets:
+                            sock.close()
+                        raise
+                    services.start_soon(self._serve_udp, sockets)
                 task_status.started(NamesAddresses(tuple(line[0][:2]), tuple(dns[0][:2])))
+
+    async def _serve_udp(self, sockets: list) -> None:
+        with self._udp_scope:  # cancelled by shutdown(): UDP has no session to let finish
+            async with trio.open_nursery() as nursery:
+                for sock in sockets:
+                    nursery.start_soon(serve_udp, self, sock, self.udp_stats)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -259,6 +300,7 @@ class NamesServer:
         """Stop accepting on both ports; clients get ``bye shutdown`` after the request in hand."""
         self.line_service.shutdown(grace)
         self.dns_service.shutdown(grace)
+        self._udp_scope.cancel()
 
     def request_reload(self) -> None:
         """Reload the hosts file now (what SIGHUP does)."""
@@ -285,6 +327,10 @@ class NamesServer:
         elif self.on_lookup is not None:
             self.on_lookup(answer.source, 0.0)
         return answer
+
+    def log_query(self, client: str, transport: str, name: str, rdtype: str, source: str, rcode: str, started: float) -> None:
+        """Log one query's line (the shells call this only when ``config.log_queries`` is on)."""
+        query_log.info(query_line(client, transport, name, rdtype, source, rcode, trio.current_time() - started))
 
     # --- the hosts file -----------------------------------------------------------
 
