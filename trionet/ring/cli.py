@@ -9,7 +9,16 @@ import click
 import trio
 
 from trionet.cliutil import log_level_option, metrics_option, seconds_option, serve_until_signal
-from trionet.ring.config import ConfigError, count_messages, is_loopback, iter_messages, load_config, load_secret
+from trionet.ring.config import (
+    ConfigError,
+    count_messages,
+    is_loopback,
+    iter_numbered_messages,
+    load_config,
+    load_secret,
+)
+from trionet.ring.journal import JournalError
+from trionet.ring.journal_file import JournalFile, journal_path
 from trionet.ring.metrics import ring_registry
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
 from trionet.ring.core import Summary
@@ -81,7 +90,9 @@ def _read_secret(path: str | None) -> bytes | None:
     metavar="FILE",
     help=(
         "Append one JSON line per message delivered to this node (id, origin, destination, direction, text). "
-        "Never truncated: a node started again adds to its earlier records."
+        "Never truncated: a node started again adds to its earlier records. A journal, FILE.journal, "
+        "records what this node delivered and which of its messages came back, so a node started again "
+        "with the same files never sends or delivers a message twice."
     ),
 )
 @seconds_option(
@@ -144,7 +155,12 @@ def join(
     --insecure is given. Messages naming a node outside the ring are refused.
 
     The deliveries file is appended to, never truncated: a node started
-    again adds to the records of its earlier runs.
+    again adds to the records of its earlier runs. Next to it, the journal
+    (DELIVERIES.journal, fsync'd before each act) makes restarts
+    exactly-once: a message whose return this node saw is not sent again,
+    one delivered here is not delivered again. A message's id is its line
+    number in its sender's messages file, so keep those files unchanged
+    between runs (append only).
 
     Prints a summary when done: messages sent, delivered to this node,
     forwarded, and never sent. Exits 0 after a finalization, 1 on an error.
@@ -164,7 +180,22 @@ def join(
             f"node {node_id} would listen on {where}, which is not a loopback address: "
             f"give the ring's shared secret with --secret-file FILE (or --insecure to accept anyone)"
         )
-    messages = iter_messages(messages_path, config.ids) if messages_path else ()
+    messages = iter_numbered_messages(messages_path, config.ids) if messages_path else ()
+    journal = None
+    if deliveries_path:
+        try:
+            journal = JournalFile(journal_path(deliveries_path))
+        except OSError as exc:
+            raise click.ClickException(f"{journal_path(deliveries_path)}: cannot open the journal: {exc.strerror}") from None
+        except JournalError as exc:
+            raise click.ClickException(str(exc)) from None
+        messages = journal.journal.unsent(messages)
+        if journal.journal.returned or journal.journal.delivered:
+            click.echo(
+                f"node {node_id}: journal {journal.path}: {len(journal.journal.returned)} message(s) already sent "
+                f"and returned (skipped), {len(journal.journal.delivered)} already delivered here",
+                err=True,
+            )
     try:
         deliveries = _open_deliveries(deliveries_path) if deliveries_path else None
     except OSError as exc:
@@ -177,6 +208,7 @@ def join(
         options=NodeOptions(connect_timeout=connect_timeout, handshake_timeout=handshake_timeout),
         listen=listen_at,
         secret=secret,
+        journal=journal,
     )
     click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {total} message(s) to send", err=True)
     try:
@@ -191,6 +223,8 @@ def join(
     finally:
         if deliveries is not None:
             deliveries.close()
+        if journal is not None:
+            journal.close()
     if node.summary is None:
         click.echo(f"node {node_id}: interrupted before the ring finalized", err=True)
         sys.exit(130)

@@ -99,18 +99,18 @@ Action = Send | Deliver | Returned | Finished
 class _Queue:
     """The node's message file as a one-item-lookahead stream."""
 
-    def __init__(self, messages: Iterable[tuple[int, str]]) -> None:
-        self._it: Iterator[tuple[int, str]] = iter(messages)
-        self._head: tuple[int, str] | None = None
+    def __init__(self, messages: Iterable[tuple]) -> None:
+        self._it: Iterator[tuple] = iter(messages)
+        self._head: tuple | None = None
         self._done = False
 
-    def peek(self) -> tuple[int, str] | None:
+    def peek(self) -> tuple | None:
         if self._head is None and not self._done:
             self._head = next(self._it, None)
             self._done = self._head is None
         return self._head
 
-    def pop(self) -> tuple[int, str]:
+    def pop(self) -> tuple:
         head = self.peek()
         assert head is not None
         self._head = None
@@ -132,7 +132,11 @@ class NodeCore:
     Args:
         node_id: this node's id.
         ring: the ids in clockwise order.
-        messages: ``(destination, text)`` pairs, consumed one per token visit.
+        messages: ``(destination, text)`` pairs, consumed one per token visit,
+            numbered 1, 2, 3... as sent; or ``(msg_id, destination, text)``
+            triples whose ids are stable across restarts (the line numbers of
+            the messages file), which the journal (:mod:`trionet.ring.journal`)
+            needs to recognise a message it has seen.
         observer: called as ``observer(event, node_id, detail)`` at each token
             and message step; the simulation checks its invariants with it,
             the demo draws with it. Events: ``token-in``, ``token-out``,
@@ -151,7 +155,7 @@ class NodeCore:
 
     node_id: int
     ring: tuple[int, ...]
-    messages: Iterable[tuple[int, str]] = ()
+    messages: Iterable[tuple[int, str] | tuple[int, int, str]] = ()
     observer: Callable[[str, int, object], None] | None = None
     sent: int = 0
     delivered: int = 0
@@ -317,9 +321,13 @@ class NodeCore:
     def _visit(self, token: Token, now: float) -> list[Action]:
         d = token.direction
         if not (self.is_leader and self.stopping) and self.has_pending():
-            dest, text = self._queue.pop()
+            item = self._queue.pop()
             self.sent += 1
-            msg = Message(d, self.node_id, dest, self.sent, text)
+            if len(item) == 3:  # numbered: the id is stable across restarts (its line number)
+                msg_id, dest, text = item
+            else:
+                (dest, text), msg_id = item, self.sent
+            msg = Message(d, self.node_id, dest, msg_id, text)
             self.holding[d] = Token(d, token.round, True)
             self.in_flight[d] = msg
             self._sent_at[d] = now

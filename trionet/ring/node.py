@@ -46,7 +46,7 @@ from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
 from trionet.ring.handshake import Opening, Side
-from trionet.ring.core import Deliver, Finished, NodeCore, Send, Summary
+from trionet.ring.core import Deliver, Finished, NodeCore, Returned, Send, Summary
 from trionet.ring.frames import (
     NONCE_BYTES,
     DataFrame,
@@ -62,6 +62,7 @@ from trionet.ring.frames import (
     Stop,
     encode_frame,
 )
+from trionet.ring.journal_file import JournalFile
 from trionet.ring.link import Arrival
 from trionet.ring.neighbour import EPOCH, LINK_ERRORS, Neighbour
 from trionet.ring.transport import TcpTransport, Transport
@@ -131,6 +132,12 @@ class RingNode:
         secret: the ring's shared secret: every connection must prove it
             (:mod:`trionet.ring.handshake`). None: no secret, for a ring on
             loopback; such a node refuses nodes that have one, and the reverse.
+        journal: the exactly-once journal (:mod:`trionet.ring.journal`), or
+            None. With one, a return is recorded before the token moves on,
+            a delivery before its line is written, and a message delivered
+            here before (by this or an earlier run) is not written again.
+            ``messages`` should then be numbered (line numbers as ids) and
+            already stripped of returned ones (:meth:`~trionet.ring.journal.Journal.unsent`).
 
     Error handling: :meth:`run` raises :class:`RingError` when a neighbour
     stays unreachable longer than ``options.connect_timeout``; link failures
@@ -149,6 +156,7 @@ class RingNode:
         observer: Callable[[str, int, object], None] | None = None,
         listen: tuple[str, int] | None = None,
         secret: bytes | None = None,
+        journal: JournalFile | None = None,
     ) -> None:
         if secret is not None and not secret:
             raise ValueError("an empty secret; pass None for a ring without one")
@@ -161,6 +169,7 @@ class RingNode:
         self.transport = transport or TcpTransport()
         self.core = NodeCore(node_id, config.ids, messages, observer)
         self._deliveries = deliveries
+        self._journal = journal
         self._rng = random.Random(self.options.seed)
         # The next node's link brings ccw frames; the previous node's brings cw frames.
         acks = dict(ack_delay=self.options.ack_delay, ack_timeout=self.options.ack_timeout)
@@ -361,6 +370,9 @@ class RingNode:
                     self._finalize_forwarded.set()
             elif isinstance(action, Deliver):
                 self._write_delivery(action.message)
+            elif isinstance(action, Returned):
+                if self._journal is not None:  # before the token that follows it moves on
+                    self._journal.append(self._journal.journal.on_return(action.message.msg_id))
             elif isinstance(action, Finished):
                 if self._deliveries is not None:
                     self._deliveries.flush()
@@ -368,6 +380,13 @@ class RingNode:
                 self.finished.set()
 
     def _write_delivery(self, msg: Message) -> None:
+        journal = self._journal
+        if journal is not None:
+            record = journal.journal.on_delivery(msg.origin, msg.msg_id)
+            if record is None:
+                log.info("node %d: message %s was delivered here before; not writing it again", self.me.id, msg.uid)
+                return
+            journal.append(record)
         if self._deliveries is None:
             return
         record = {
@@ -378,6 +397,8 @@ class RingNode:
             "text": msg.text,
         }
         self._deliveries.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if journal is not None:
+            self._deliveries.flush()  # the journal says delivered: the line must not stay in a buffer
 
     # --- connections -------------------------------------------------------------
 
