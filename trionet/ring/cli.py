@@ -1,4 +1,4 @@
-"""``trionet ring`` commands: ``join`` runs one node, ``stop`` asks node 0 to finalize, ``demo`` shows a local ring."""
+"""``trionet ring`` commands: ``join`` runs one node, ``stop`` asks node 0 to finalize, ``status`` asks every node, ``demo`` shows a local ring."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from trionet.ring.config import (
 from trionet.ring.journal import JournalError
 from trionet.ring.journal_file import JournalFile, journal_path
 from trionet.ring.metrics import ring_registry
-from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
+from trionet.ring.node import NodeOptions, RingError, RingNode, request_status, request_stop
+from trionet.ring.status import render_json, render_table, status_entries
 from trionet.ring.core import Summary
 
-__all__ = ["demo", "join", "ring", "stop"]
+__all__ = ["demo", "join", "ring", "status", "stop"]
 
 
 @click.group()
@@ -56,7 +57,7 @@ _secret_option = click.option(
     default=None,
     help=(
         "The ring's shared secret (the file's bytes, surrounding whitespace ignored; e.g. 'openssl rand -hex 32'). "
-        "Every link and every stop request must prove it (HMAC-SHA256 challenge-response), so a process "
+        "Every link and every stop or status request must prove it (HMAC-SHA256 challenge-response), so a process "
         "without it cannot join, pose as a neighbour, finalize, inject or stop. Same file on every node; "
         "keep it mode 600. Refused if empty."
     ),
@@ -209,6 +210,7 @@ def join(
         listen=listen_at,
         secret=secret,
         journal=journal,
+        to_send=max(total - len(journal.journal.returned), 0) if journal else total,  # returned ids are lines of this file
     )
     click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {total} message(s) to send", err=True)
     try:
@@ -289,6 +291,40 @@ def stop(config_path: str, timeout: float, secret_path: str | None) -> None:
     except (ConfigError, RingError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"node 0 at {config.node(0).address} is finalizing the ring")
+
+
+@ring.command()
+@_config_option
+@click.option(
+    "--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="A table for people, or a JSON list of objects (one per node) for scripts.",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, metavar="SECONDS",
+    help="How long each node has to answer; a node that does not is shown with alive false.",
+)
+@_secret_option
+@log_level_option
+def status(config_path: str, output_format: str, timeout: float, secret_path: str | None) -> None:
+    """Ask every node of the ring file how it is doing, and print one entry per node.
+
+    \b
+    Each entry: id, alive, epoch, cw_token and ccw_token (the node's id when
+    it holds that token, node 0 also when parked, else '-'), messages sent,
+    delivered to it, waiting (still to send) and undelivered (0 for now).
+    A node that cannot be reached, or refuses, is shown alive false, with why.
+    A ring started with --secret-file answers only with the same file. Exits 0
+    when every node answered, 1 otherwise.
+    """
+    try:
+        config = load_config(config_path)
+        secret = _read_secret(secret_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    entries = status_entries(trio.run(functools.partial(request_status, config, secret=secret, timeout=timeout)))
+    click.echo(render_json(entries) if output_format == "json" else render_table(entries))
+    if not all(entry["alive"] for entry in entries):
+        sys.exit(1)
 
 
 @ring.command()

@@ -44,6 +44,7 @@ from trionet.ring.frames import (
     Message,
     Probe,
     RemoteProtocolError,
+    StatusReply,
     StopRequest,
     Token,
 )
@@ -142,6 +143,9 @@ class NodeCore:
             the demo draws with it. Events: ``token-in``, ``token-out``,
             ``token-park``, ``send``, ``forward``, ``deliver``, ``return``,
             ``drop``, ``finalize``.
+        to_send: how many messages ``messages`` holds, for :meth:`status`
+            (it is read lazily and cannot tell); by default its ``len()``
+            when it has one, else 0.
 
     Error handling: a frame this node cannot make sense of (a token while it
     already holds that direction's token, a message or stop request naming a
@@ -157,6 +161,7 @@ class NodeCore:
     ring: tuple[int, ...]
     messages: Iterable[tuple[int, str] | tuple[int, int, str]] = ()
     observer: Callable[[str, int, object], None] | None = None
+    to_send: int | None = None
     sent: int = 0
     delivered: int = 0
     forwarded: int = 0
@@ -181,6 +186,8 @@ class NodeCore:
         if self.node_id not in self.ring:
             raise LocalProtocolError(f"node {self.node_id} is not in the ring")
         self._members = frozenset(self.ring)
+        if self.to_send is None:
+            self.to_send = len(self.messages) if hasattr(self.messages, "__len__") else 0
         self._queue = _Queue(self.messages)
 
     @property
@@ -239,6 +246,16 @@ class NodeCore:
     def has_pending(self) -> bool:
         """True while this node's message file has messages not yet sent."""
         return self._queue.peek() is not None
+
+    def status(self, epoch: int) -> StatusReply:
+        """This node as ``trionet ring status`` shows it: tokens held (or parked), counters, messages left.
+
+        Args:
+            epoch: the ring epoch this node runs in.
+        """
+        holds = [self.holding[d] is not None or self.parked[d] is not None for d in Direction]
+        waiting = max((self.to_send or 0) - self.sent, 0)
+        return StatusReply(self.node_id, epoch, holds[0], holds[1], self.sent, self.delivered, waiting, 0)
 
     # --- inputs ---------------------------------------------------------------
 
