@@ -176,3 +176,48 @@ async def test_status_of_a_ring_with_a_node_missing(secret, tmp_path):
     entries = json.loads(result.stdout)
     assert [(e["id"], e["alive"]) for e in entries] == [(0, True), (1, True), (2, False)]
     assert entries[1]["waiting"] == 2 and entries[1]["cw_token"] == "-"
+
+
+@pytest.mark.slow
+async def test_status_command_against_real_processes(tmp_path, ring_cmd):
+    from .conftest import RingProcess
+
+    ports = free_ports(3)
+    config = write_ring(tmp_path / "ring.toml", [(i, "127.0.0.1", ports[i]) for i in range(3)])
+    secret = tmp_path / "ring.secret"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    messages = tmp_path / "m1.txt"
+    messages.write_text("0 one\n# a comment\n2 two\n0 three\n")
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(30):
+            procs = [
+                await RingProcess.start(nursery, [*ring_cmd, "join", "--config", str(config), "--id", str(i),
+                                                  "--secret-file", str(secret), *extra])
+                for i, extra in ((0, []), (1, ["--messages", str(messages)]))
+            ]
+            # Node 0 listens before it dials; once it reached node 1, both listen. Node 2 never starts.
+            await procs[0].wait_for_stderr("connected to node 1")
+            base = [*ring_cmd, "status", "--config", str(config), "--timeout", "5"]
+            table = await trio.run_process([*base, "--secret-file", str(secret)], capture_stdout=True,
+                                           capture_stderr=True, check=False)
+            as_json = await trio.run_process([*base, "--secret-file", str(secret), "--format", "json"],
+                                             capture_stdout=True, capture_stderr=True, check=False)
+            unproven = await trio.run_process([*base, "--format", "json"], capture_stdout=True,
+                                              capture_stderr=True, check=False)
+        for proc in procs:
+            proc.kill()
+            await proc.wait()
+    assert table.returncode == 1, table.stderr
+    rows = [line.split() for line in table.stdout.decode().splitlines()]
+    assert rows[0] == list(FIELDS)
+    assert rows[1] == ["0", "yes", "1", "-", "-", "0", "0", "0", "0"]
+    assert rows[2] == ["1", "yes", "1", "-", "-", "0", "0", "3", "0"]  # three messages waiting
+    assert rows[3][:3] == ["2", "no", "-"]
+    assert rows[4][:2] == ["node", "2:"] and "cannot reach node 2" in table.stdout.decode()
+    entries = json.loads(as_json.stdout)
+    assert [(e["id"], e["alive"], e["waiting"]) for e in entries] == [(0, True, 0), (1, True, 3), (2, False, "-")]
+    # Without the secret file no node answers: each shows alive false, saying why.
+    refused = json.loads(unproven.stdout)
+    assert [e["alive"] for e in refused] == [False, False, False]
+    assert "requires the ring's shared secret" in refused[0]["error"]
