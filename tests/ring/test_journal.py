@@ -98,13 +98,16 @@ def test_a_restarted_core_with_the_journal_sends_nothing_already_returned():
     assert not again.has_pending()
 
 
-def test_the_core_still_forwards_a_message_the_journal_says_was_delivered():
-    # The journal decides whether the line is written; the message itself
-    # must still go back to its origin marked delivered, or the origin waits.
-    core = NodeCore(2, (0, 1, 2))
-    actions = core.receive(Message(Direction.CW, 0, 2, 3, "x"), 0.0)
-    assert [type(a) for a in actions] == [Deliver, Send]
-    assert actions[1].frame.delivered
+def test_the_core_forwards_but_does_not_deliver_again_what_the_journal_has():
+    # Not delivered again, but the message must still go back to its origin
+    # marked delivered, or the origin would hold its token forever.
+    journal = Journal.parse("D 0 3\n")
+    core = NodeCore(2, (0, 1, 2), delivered_before=journal.was_delivered)
+    (send,) = core.receive(Message(Direction.CW, 0, 2, 3, "x"), 0.0)
+    assert isinstance(send, Send) and send.frame.delivered
+    assert (core.delivered, core.already_delivered) == (0, 1)
+    actions = core.receive(Message(Direction.CW, 0, 2, 4, "y"), 0.0)  # a new one is delivered
+    assert [type(a) for a in actions] == [Deliver, Send] and core.delivered == 1
 
 
 async def _run_ring(ring_cmd, config, ids, messages, deliveries) -> dict[int, RingProcess]:
@@ -151,7 +154,7 @@ async def test_a_node_started_again_neither_resends_nor_redelivers(tmp_path, rin
 
     assert first[1].read_bytes() == before  # nothing delivered twice, not even a line more
     out = procs[1].stdout.decode()
-    assert "node 1: sent 1, " in out, procs[1].output  # only the added message went out
+    assert "node 1: sent 1, delivered to it 0, " in out, procs[1].output  # only the added message went out
     assert "9 message(s) already sent and returned (skipped), 9 already delivered here" in procs[1].stderr.decode()
     assert [r["id"] for r in read_deliveries(second[0]) if r["origin"] == 1] == ["1-10"]
     assert len(read_deliveries(second[2])) == 6  # 3 from node 0, 3 from node 2; none from node 1

@@ -142,7 +142,13 @@ class NodeCore:
             and message step; the simulation checks its invariants with it,
             the demo draws with it. Events: ``token-in``, ``token-out``,
             ``token-park``, ``send``, ``forward``, ``deliver``, ``return``,
-            ``drop``, ``finalize``.
+            ``drop``, ``finalize``, ``skip`` (delivered in an earlier run).
+        delivered_before: ``delivered_before(origin, msg_id)`` is True for a
+            message this node delivered in an earlier run (its journal:
+            :mod:`trionet.ring.journal`); such a message is marked delivered
+            and forwarded as usual, but not delivered again (no
+            :class:`Deliver`; counted in :attr:`already_delivered`). Asked
+            only at the message's destination, never per hop.
         to_send: how many messages ``messages`` holds, for :meth:`status`
             (it is read lazily and cannot tell); by default its ``len()``
             when it has one, else 0.
@@ -162,11 +168,13 @@ class NodeCore:
     messages: Iterable[tuple[int, str] | tuple[int, int, str]] = ()
     observer: Callable[[str, int, object], None] | None = None
     to_send: int | None = None
+    delivered_before: Callable[[int, int], bool] | None = None
     sent: int = 0
     delivered: int = 0
     forwarded: int = 0
     returned: int = 0
     dropped: int = 0
+    already_delivered: int = 0
     tokens_seen: list[int] = field(default_factory=lambda: [0, 0])  # by Direction: every token that came in
     started: bool = False
     finished: bool = False
@@ -401,9 +409,13 @@ class NodeCore:
         actions: list[Action] = []
         if msg.destination == self.node_id and not msg.delivered:
             msg = Message(d, msg.origin, msg.destination, msg.msg_id, msg.text, True)
-            self.delivered += 1
-            self._note("deliver", d, msg)
-            actions.append(Deliver(msg))
+            if self.delivered_before is not None and self.delivered_before(msg.origin, msg.msg_id):
+                self.already_delivered += 1
+                self._note("skip", d, msg)
+            else:
+                self.delivered += 1
+                self._note("deliver", d, msg)
+                actions.append(Deliver(msg))
         if not from_here:
             self.forwarded += 1
             self._note("forward", d, msg)

@@ -75,6 +75,10 @@ class Journal:
             if message[0] not in returned:
                 yield message
 
+    def was_delivered(self, origin: int, msg_id: int) -> bool:
+        """True for a message already delivered here (:class:`~trionet.ring.core.NodeCore` skips it)."""
+        return (origin, msg_id) in self.delivered
+
     def on_return(self, msg_id: int) -> str:
         """Record that this node's message ``msg_id`` came back; return the line to append."""
         self.returned.add(msg_id)

@@ -137,7 +137,8 @@ class RingNode:
         journal: the exactly-once journal (:mod:`trionet.ring.journal`), or
             None. With one, a return is recorded before the token moves on,
             a delivery before its line is written, and a message delivered
-            here before (by this or an earlier run) is not written again.
+            here before (by this or an earlier run) is not delivered again
+            (the core asks :meth:`~trionet.ring.journal.Journal.was_delivered`).
             ``messages`` should then be numbered (line numbers as ids) and
             already stripped of returned ones (:meth:`~trionet.ring.journal.Journal.unsent`).
         to_send: how many messages ``messages`` holds, for ``trionet ring
@@ -172,7 +173,8 @@ class RingNode:
         self.prev, self.next = config.neighbours(node_id)
         self.options = options or NodeOptions()
         self.transport = transport or TcpTransport()
-        self.core = NodeCore(node_id, config.ids, messages, observer, to_send)
+        delivered_before = journal.journal.was_delivered if journal is not None else None
+        self.core = NodeCore(node_id, config.ids, messages, observer, to_send, delivered_before)
         self._deliveries = deliveries
         self._journal = journal
         self._rng = random.Random(self.options.seed)
@@ -388,8 +390,7 @@ class RingNode:
         journal = self._journal
         if journal is not None:
             record = journal.journal.on_delivery(msg.origin, msg.msg_id)
-            if record is None:
-                log.info("node %d: message %s was delivered here before; not writing it again", self.me.id, msg.uid)
+            if record is None:  # the core asked the journal first; kept as a last guard
                 return
             journal.append(record)
         if self._deliveries is None:
