@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trionet.ring.config import iter_numbered_messages
 from trionet.ring.core import Deliver, NodeCore, Returned, Send
@@ -33,6 +35,45 @@ def test_unsent_skips_only_returned_ids():
     journal = Journal.parse("R 2\nR 5\n")
     messages = [(1, 0, "a"), (2, 0, "b"), (4, 1, "c"), (5, 1, "d")]
     assert list(journal.unsent(messages)) == [(1, 0, "a"), (4, 1, "c")]
+
+
+_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("deliver"), st.integers(0, 3), st.integers(1, 6)),
+        st.tuples(st.just("return"), st.integers(1, 6)),
+        st.tuples(st.just("restart"), st.integers(0, 4)),  # keep the text, cut its last n characters
+    ),
+    max_size=60,
+)
+
+
+@given(_EVENTS)
+def test_across_restarts_and_torn_writes_nothing_is_delivered_twice(events):
+    # The journal's text is what survives; a restart may tear the last
+    # record (a crash mid-write: the act it announced did not happen).
+    text, journal, acted = "", Journal(), []
+    for event in events:
+        if event[0] == "deliver":
+            line = journal.on_delivery(event[1], event[2])
+            if line is not None:
+                text += line
+                acted.append(("D", event[1], event[2]))
+        elif event[0] == "return":
+            text += journal.on_return(event[1])
+            acted.append(("R", event[1]))
+        else:
+            cut = min(event[1], len(text))
+            if cut and text.endswith("\n"):
+                torn = text[: len(text) - cut]
+                if not torn.endswith("\n"):
+                    acted.pop()  # that act had not happened: its record was not complete
+                    text = torn
+            journal = Journal.parse(text)
+            text = text[: text.rfind("\n") + 1]  # JournalFile cuts a torn record off
+    delivered = [a for a in acted if a[0] == "D"]
+    assert len(delivered) == len(set(delivered))
+    assert Journal.parse(text).delivered == {a[1:] for a in delivered}
+    assert Journal.parse(text).returned == {a[1] for a in acted if a[0] == "R"}
 
 
 def test_an_incomplete_last_line_is_ignored():

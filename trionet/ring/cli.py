@@ -299,9 +299,11 @@ def stop(config_path: str, timeout: float, secret_path: str | None) -> None:
     "--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True,
     help="A table for people, or a JSON list of objects (one per node) for scripts.",
 )
-@click.option(
-    "--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, metavar="SECONDS",
-    help="How long each node has to answer; a node that does not is shown with alive false.",
+@seconds_option(
+    "--timeout",
+    default=5.0,
+    minimum=0.1,
+    help="How long each node has to answer (all are asked at once); a node that does not is shown with alive false.",
 )
 @_secret_option
 @log_level_option
