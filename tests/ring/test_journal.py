@@ -196,6 +196,8 @@ async def test_a_node_started_again_neither_resends_nor_redelivers(tmp_path, rin
     assert first[1].read_bytes() == before  # nothing delivered twice, not even a line more
     out = procs[1].stdout.decode()
     assert "node 1: sent 1, delivered to it 0, " in out, procs[1].output  # only the added message went out
-    assert "9 message(s) already sent and returned (skipped), 9 already delivered here" in procs[1].stderr.decode()
+    err = procs[1].stderr.decode()
+    assert "9 message(s) already sent and returned (skipped), 9 already delivered here" in err
+    assert "joining a ring of 3 with 1 message(s) to send" in err
     assert [r["id"] for r in read_deliveries(second[0]) if r["origin"] == 1] == ["1-10"]
     assert len(read_deliveries(second[2])) == 6  # 3 from node 0, 3 from node 2; none from node 1

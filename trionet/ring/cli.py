@@ -197,6 +197,7 @@ def join(
                 f"and returned (skipped), {len(journal.journal.delivered)} already delivered here",
                 err=True,
             )
+    to_send = max(total - len(journal.journal.returned), 0) if journal else total  # returned ids are lines of this file
     try:
         deliveries = _open_deliveries(deliveries_path) if deliveries_path else None
     except OSError as exc:
@@ -210,9 +211,9 @@ def join(
         listen=listen_at,
         secret=secret,
         journal=journal,
-        to_send=max(total - len(journal.journal.returned), 0) if journal else total,  # returned ids are lines of this file
+        to_send=to_send,
     )
-    click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {total} message(s) to send", err=True)
+    click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {to_send} message(s) to send", err=True)
     try:
         serve_until_signal(
             "ring",
