@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start the 5 nodes of ring.toml on this machine, in a shuffled order, and wait
 # for node 0 to finalize. Deliveries go to deliveries-N.jsonl in $OUT (a new
-# temporary directory unless set).
+# temporary directory unless set). Run again with the same OUT, the journals
+# there (deliveries-N.jsonl.journal) keep every node from sending or
+# delivering a message twice.
 # Usage: examples/ring/run.sh   (from anywhere; needs 'trionet' on PATH)
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -231,6 +231,9 @@ async def test_a_node_started_again_appends_to_its_deliveries_file(tmp_path, rin
     deliveries = tmp_path / "deliveries-0.jsonl"
     deliveries.write_text('{"id": "from-an-earlier-run"}')  # no final newline
     for run in (1, 2):
+        # Without its journal the node forgets what it did: this test is
+        # about the file being appended to (test_journal.py: about the journal).
+        (tmp_path / "deliveries-0.jsonl.journal").unlink(missing_ok=True)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(30):
                 proc = await RingProcess.start(nursery, join_argv(ring_cmd, config, 0, tmp_path, messages))

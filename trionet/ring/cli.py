@@ -1,4 +1,4 @@
-"""``trionet ring`` commands: ``join`` runs one node, ``stop`` asks node 0 to finalize, ``demo`` shows a local ring."""
+"""``trionet ring`` commands: ``join`` runs one node, ``stop`` asks node 0 to finalize, ``status`` asks every node, ``demo`` shows a local ring."""
 
 from __future__ import annotations
 
@@ -9,12 +9,22 @@ import click
 import trio
 
 from trionet.cliutil import log_level_option, metrics_option, seconds_option, serve_until_signal
-from trionet.ring.config import ConfigError, count_messages, is_loopback, iter_messages, load_config, load_secret
+from trionet.ring.config import (
+    ConfigError,
+    count_messages,
+    is_loopback,
+    iter_numbered_messages,
+    load_config,
+    load_secret,
+)
+from trionet.ring.journal import JournalError
+from trionet.ring.journal_file import JournalFile, journal_path
 from trionet.ring.metrics import ring_registry
-from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
+from trionet.ring.node import NodeOptions, RingError, RingNode, request_status, request_stop
+from trionet.ring.status import render_json, render_table, status_entries
 from trionet.ring.core import Summary
 
-__all__ = ["demo", "join", "ring", "stop"]
+__all__ = ["demo", "join", "ring", "status", "stop"]
 
 
 @click.group()
@@ -47,7 +57,7 @@ _secret_option = click.option(
     default=None,
     help=(
         "The ring's shared secret (the file's bytes, surrounding whitespace ignored; e.g. 'openssl rand -hex 32'). "
-        "Every link and every stop request must prove it (HMAC-SHA256 challenge-response), so a process "
+        "Every link and every stop or status request must prove it (HMAC-SHA256 challenge-response), so a process "
         "without it cannot join, pose as a neighbour, finalize, inject or stop. Same file on every node; "
         "keep it mode 600. Refused if empty."
     ),
@@ -81,7 +91,9 @@ def _read_secret(path: str | None) -> bytes | None:
     metavar="FILE",
     help=(
         "Append one JSON line per message delivered to this node (id, origin, destination, direction, text). "
-        "Never truncated: a node started again adds to its earlier records."
+        "Never truncated: a node started again adds to its earlier records. A journal, FILE.journal, "
+        "records what this node delivered and which of its messages came back, so a node started again "
+        "with the same files never sends or delivers a message twice."
     ),
 )
 @seconds_option(
@@ -144,7 +156,12 @@ def join(
     --insecure is given. Messages naming a node outside the ring are refused.
 
     The deliveries file is appended to, never truncated: a node started
-    again adds to the records of its earlier runs.
+    again adds to the records of its earlier runs. Next to it, the journal
+    (DELIVERIES.journal, fsync'd before each act) makes restarts
+    exactly-once: a message whose return this node saw is not sent again,
+    one delivered here is not delivered again. A message's id is its line
+    number in its sender's messages file, so keep those files unchanged
+    between runs (append only).
 
     Prints a summary when done: messages sent, delivered to this node,
     forwarded, and never sent. Exits 0 after a finalization, 1 on an error.
@@ -164,7 +181,23 @@ def join(
             f"node {node_id} would listen on {where}, which is not a loopback address: "
             f"give the ring's shared secret with --secret-file FILE (or --insecure to accept anyone)"
         )
-    messages = iter_messages(messages_path, config.ids) if messages_path else ()
+    messages = iter_numbered_messages(messages_path, config.ids) if messages_path else ()
+    journal = None
+    if deliveries_path:
+        try:
+            journal = JournalFile(journal_path(deliveries_path))
+        except OSError as exc:
+            raise click.ClickException(f"{journal_path(deliveries_path)}: cannot open the journal: {exc.strerror}") from None
+        except JournalError as exc:
+            raise click.ClickException(str(exc)) from None
+        messages = journal.journal.unsent(messages)
+        if journal.journal.returned or journal.journal.delivered:
+            click.echo(
+                f"node {node_id}: journal {journal.path}: {len(journal.journal.returned)} message(s) already sent "
+                f"and returned (skipped), {len(journal.journal.delivered)} already delivered here",
+                err=True,
+            )
+    to_send = max(total - len(journal.journal.returned), 0) if journal else total  # returned ids are lines of this file
     try:
         deliveries = _open_deliveries(deliveries_path) if deliveries_path else None
     except OSError as exc:
@@ -177,8 +210,10 @@ def join(
         options=NodeOptions(connect_timeout=connect_timeout, handshake_timeout=handshake_timeout),
         listen=listen_at,
         secret=secret,
+        journal=journal,
+        to_send=to_send,
     )
-    click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {total} message(s) to send", err=True)
+    click.echo(f"node {node_id}: joining a ring of {len(config.nodes)} with {to_send} message(s) to send", err=True)
     try:
         serve_until_signal(
             "ring",
@@ -191,6 +226,8 @@ def join(
     finally:
         if deliveries is not None:
             deliveries.close()
+        if journal is not None:
+            journal.close()
     if node.summary is None:
         click.echo(f"node {node_id}: interrupted before the ring finalized", err=True)
         sys.exit(130)
@@ -255,6 +292,42 @@ def stop(config_path: str, timeout: float, secret_path: str | None) -> None:
     except (ConfigError, RingError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"node 0 at {config.node(0).address} is finalizing the ring")
+
+
+@ring.command()
+@_config_option
+@click.option(
+    "--format", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True,
+    help="A table for people, or a JSON list of objects (one per node) for scripts.",
+)
+@seconds_option(
+    "--timeout",
+    default=5.0,
+    minimum=0.1,
+    help="How long each node has to answer (all are asked at once); a node that does not is shown with alive false.",
+)
+@_secret_option
+@log_level_option
+def status(config_path: str, output_format: str, timeout: float, secret_path: str | None) -> None:
+    """Ask every node of the ring file how it is doing, and print one entry per node.
+
+    \b
+    Each entry: id, alive, epoch, cw_token and ccw_token (the node's id when
+    it holds that token, node 0 also when parked, else '-'), messages sent,
+    delivered to it, waiting (still to send) and undelivered (0 for now).
+    A node that cannot be reached, or refuses, is shown alive false, with why.
+    A ring started with --secret-file answers only with the same file. Exits 0
+    when every node answered, 1 otherwise.
+    """
+    try:
+        config = load_config(config_path)
+        secret = _read_secret(secret_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    entries = status_entries(trio.run(functools.partial(request_status, config, secret=secret, timeout=timeout)))
+    click.echo(render_json(entries) if output_format == "json" else render_table(entries))
+    if not all(entry["alive"] for entry in entries):
+        sys.exit(1)
 
 
 @ring.command()

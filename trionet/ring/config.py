@@ -41,6 +41,7 @@ __all__ = [
     "count_messages",
     "is_loopback",
     "iter_messages",
+    "iter_numbered_messages",
     "load_config",
     "load_secret",
     "parse_config",
@@ -211,13 +212,27 @@ def iter_messages(path: str | Path, valid_ids: Iterable[int]) -> Iterator[tuple[
         ConfigError: ``file:line: reason`` for the first bad line, or
             ``file: reason`` when the file cannot be read.
     """
+    for _, dest, text in iter_numbered_messages(path, valid_ids):
+        yield dest, text
+
+
+def iter_numbered_messages(path: str | Path, valid_ids: Iterable[int]) -> Iterator[tuple[int, int, str]]:
+    """Yield ``(line number, destination, text)`` for each message of a message file.
+
+    The line number is the message's stable id (``msg_id`` on the wire): the
+    same file read again gives every message the same id, which is what lets
+    a restarted node skip what it already sent (:mod:`trionet.ring.journal`).
+
+    Raises:
+        ConfigError: as :func:`iter_messages`.
+    """
     ids = frozenset(valid_ids)
     try:
         with open(path, "rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 message = _parse_message_line(raw, ids, f"{path}:{lineno}")
                 if message is not None:
-                    yield message
+                    yield lineno, *message
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the message file: {exc.strerror or exc}") from None
 

@@ -44,6 +44,7 @@ from trionet.ring.frames import (
     Message,
     Probe,
     RemoteProtocolError,
+    StatusReply,
     StopRequest,
     Token,
 )
@@ -99,18 +100,18 @@ Action = Send | Deliver | Returned | Finished
 class _Queue:
     """The node's message file as a one-item-lookahead stream."""
 
-    def __init__(self, messages: Iterable[tuple[int, str]]) -> None:
-        self._it: Iterator[tuple[int, str]] = iter(messages)
-        self._head: tuple[int, str] | None = None
+    def __init__(self, messages: Iterable[tuple]) -> None:
+        self._it: Iterator[tuple] = iter(messages)
+        self._head: tuple | None = None
         self._done = False
 
-    def peek(self) -> tuple[int, str] | None:
+    def peek(self) -> tuple | None:
         if self._head is None and not self._done:
             self._head = next(self._it, None)
             self._done = self._head is None
         return self._head
 
-    def pop(self) -> tuple[int, str]:
+    def pop(self) -> tuple:
         head = self.peek()
         assert head is not None
         self._head = None
@@ -132,12 +133,25 @@ class NodeCore:
     Args:
         node_id: this node's id.
         ring: the ids in clockwise order.
-        messages: ``(destination, text)`` pairs, consumed one per token visit.
+        messages: ``(destination, text)`` pairs, consumed one per token visit,
+            numbered 1, 2, 3... as sent; or ``(msg_id, destination, text)``
+            triples whose ids are stable across restarts (the line numbers of
+            the messages file), which the journal (:mod:`trionet.ring.journal`)
+            needs to recognise a message it has seen.
         observer: called as ``observer(event, node_id, detail)`` at each token
             and message step; the simulation checks its invariants with it,
             the demo draws with it. Events: ``token-in``, ``token-out``,
             ``token-park``, ``send``, ``forward``, ``deliver``, ``return``,
-            ``drop``, ``finalize``.
+            ``drop``, ``finalize``, ``skip`` (delivered in an earlier run).
+        delivered_before: ``delivered_before(origin, msg_id)`` is True for a
+            message this node delivered in an earlier run (its journal:
+            :mod:`trionet.ring.journal`); such a message is marked delivered
+            and forwarded as usual, but not delivered again (no
+            :class:`Deliver`; counted in :attr:`already_delivered`). Asked
+            only at the message's destination, never per hop.
+        to_send: how many messages ``messages`` holds, for :meth:`status`
+            (it is read lazily and cannot tell); by default its ``len()``
+            when it has one, else 0.
 
     Error handling: a frame this node cannot make sense of (a token while it
     already holds that direction's token, a message or stop request naming a
@@ -151,13 +165,16 @@ class NodeCore:
 
     node_id: int
     ring: tuple[int, ...]
-    messages: Iterable[tuple[int, str]] = ()
+    messages: Iterable[tuple[int, str] | tuple[int, int, str]] = ()
     observer: Callable[[str, int, object], None] | None = None
+    to_send: int | None = None
+    delivered_before: Callable[[int, int], bool] | None = None
     sent: int = 0
     delivered: int = 0
     forwarded: int = 0
     returned: int = 0
     dropped: int = 0
+    already_delivered: int = 0
     tokens_seen: list[int] = field(default_factory=lambda: [0, 0])  # by Direction: every token that came in
     started: bool = False
     finished: bool = False
@@ -177,6 +194,8 @@ class NodeCore:
         if self.node_id not in self.ring:
             raise LocalProtocolError(f"node {self.node_id} is not in the ring")
         self._members = frozenset(self.ring)
+        if self.to_send is None:
+            self.to_send = len(self.messages) if hasattr(self.messages, "__len__") else 0
         self._queue = _Queue(self.messages)
 
     @property
@@ -235,6 +254,16 @@ class NodeCore:
     def has_pending(self) -> bool:
         """True while this node's message file has messages not yet sent."""
         return self._queue.peek() is not None
+
+    def status(self, epoch: int) -> StatusReply:
+        """This node as ``trionet ring status`` shows it: tokens held (or parked), counters, messages left.
+
+        Args:
+            epoch: the ring epoch this node runs in.
+        """
+        holds = [self.holding[d] is not None or self.parked[d] is not None for d in Direction]
+        waiting = max((self.to_send or 0) - self.sent, 0)
+        return StatusReply(self.node_id, epoch, holds[0], holds[1], self.sent, self.delivered, waiting, 0)
 
     # --- inputs ---------------------------------------------------------------
 
@@ -317,9 +346,13 @@ class NodeCore:
     def _visit(self, token: Token, now: float) -> list[Action]:
         d = token.direction
         if not (self.is_leader and self.stopping) and self.has_pending():
-            dest, text = self._queue.pop()
+            item = self._queue.pop()
             self.sent += 1
-            msg = Message(d, self.node_id, dest, self.sent, text)
+            if len(item) == 3:  # numbered: the id is stable across restarts (its line number)
+                msg_id, dest, text = item
+            else:
+                (dest, text), msg_id = item, self.sent
+            msg = Message(d, self.node_id, dest, msg_id, text)
             self.holding[d] = Token(d, token.round, True)
             self.in_flight[d] = msg
             self._sent_at[d] = now
@@ -376,9 +409,13 @@ class NodeCore:
         actions: list[Action] = []
         if msg.destination == self.node_id and not msg.delivered:
             msg = Message(d, msg.origin, msg.destination, msg.msg_id, msg.text, True)
-            self.delivered += 1
-            self._note("deliver", d, msg)
-            actions.append(Deliver(msg))
+            if self.delivered_before is not None and self.delivered_before(msg.origin, msg.msg_id):
+                self.already_delivered += 1
+                self._note("skip", d, msg)
+            else:
+                self.delivered += 1
+                self._note("deliver", d, msg)
+                actions.append(Deliver(msg))
         if not from_here:
             self.forwarded += 1
             self._note("forward", d, msg)

@@ -42,6 +42,8 @@ __all__ = [
     "Reject",
     "RemoteProtocolError",
     "Role",
+    "StatusReply",
+    "StatusRequest",
     "Stop",
     "StopRequest",
     "Token",
@@ -87,7 +89,7 @@ class Role(enum.IntEnum):
     SUCCESSOR = 1
     """The acceptor's answer: it is the dialer's next node."""
     CONTROL = 2
-    """A ``trionet ring stop`` client; a :class:`Stop` frame follows."""
+    """A ``trionet ring stop`` or ``status`` client; a :class:`Stop` or :class:`StatusRequest` follows."""
 
 
 # --- frames -----------------------------------------------------------------
@@ -151,6 +153,31 @@ class Stop:
     """From ``trionet ring stop`` to node 0: finalize now (gracefully)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """From ``trionet ring status`` to any node, after the handshake: describe yourself."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    """A node's answer to :class:`StatusRequest`.
+
+    ``holds_cw``/``holds_ccw``: the node holds (or, node 0, has parked) that
+    direction's token; ``waiting``: messages of its file not sent yet;
+    ``undelivered``: messages it knows were not delivered (always 0 until
+    failure detection exists).
+    """
+
+    node_id: int
+    epoch: int
+    holds_cw: bool
+    holds_ccw: bool
+    sent: int
+    delivered: int
+    waiting: int
+    undelivered: int = 0
+
+
 # The frames and actions of every hop (Token, Message, Received, Send) are
 # named tuples rather than frozen dataclasses: as immutable, but built about
 # three times faster, which shows on the per-hop path (docs/benchmarks.md).
@@ -198,7 +225,7 @@ class StopRequest:
     origin: int
 
 
-LinkFrame = Hello | Auth | Ack | Reject | Stop | Bye
+LinkFrame = Hello | Auth | Ack | Reject | Stop | Bye | StatusRequest | StatusReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +237,10 @@ DataFrame = Token | Message | Finalize | StopRequest | Probe
 
 _PREFIX = 4  # bytes of the length prefix
 _HEADER = struct.Struct(">BBIQ")  # version, type, epoch, link sequence (0: not a data frame)
-_T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE, _T_BYE, _T_AUTH = range(
-    1, 12
-)
+(
+    _T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE, _T_BYE, _T_AUTH,
+    _T_STATUS, _T_STATUS_REPLY,
+) = range(1, 14)
 _HELLO = struct.Struct(f">IBIQB{NONCE_BYTES}s")
 _AUTH = struct.Struct(f">{PROOF_BYTES}s")
 _ACK = struct.Struct(">Q")
@@ -220,6 +248,7 @@ _TOKEN = struct.Struct(">BIB")
 _MESSAGE = struct.Struct(">BIIQB")
 _FINALIZE = struct.Struct(">BQQQI")
 _STOPREQ = struct.Struct(">I")
+_STATUS_REPLY = struct.Struct(">IIBQQQQ")  # node, epoch, tokens held (bit 0 cw, bit 1 ccw), sent, delivered, waiting, undelivered
 _MESSAGE_PAYLOAD = struct.Struct(">" + _HEADER.format[1:] + _MESSAGE.format[1:])  # header + fields
 _MESSAGE_FRAME = struct.Struct(">I" + _MESSAGE_PAYLOAD.format[1:])  # length prefix + the above
 _TOKEN_FRAME = struct.Struct(">I" + _HEADER.format[1:] + _TOKEN.format[1:])
@@ -281,6 +310,14 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
         kind, body = _T_STOP, b""
     elif isinstance(frame, Bye):
         kind, body = _T_BYE, b""
+    elif isinstance(frame, StatusRequest):
+        kind, body = _T_STATUS, b""
+    elif isinstance(frame, StatusReply):
+        kind = _T_STATUS_REPLY
+        held = int(frame.holds_cw) | int(frame.holds_ccw) << 1
+        body = _STATUS_REPLY.pack(
+            frame.node_id, frame.epoch, held, frame.sent, frame.delivered, frame.waiting, frame.undelivered
+        )
     else:
         raise LocalProtocolError(f"not a ring frame: {frame!r}")
     return encode_length_prefixed(_HEADER.pack(PROTOCOL_VERSION, kind, epoch, seq) + body, _PREFIX)
@@ -328,10 +365,15 @@ def decode_frame(payload: bytes) -> Received:
             frame = StopRequest(origin)
         elif kind == _T_REJECT:
             frame = Reject(payload[_HEADER.size :].decode("utf-8", "replace"))
-        elif kind in (_T_STOP, _T_PROBE, _T_BYE):
+        elif kind in (_T_STOP, _T_PROBE, _T_BYE, _T_STATUS):
             if len(payload) != _HEADER.size:
                 raise ValueError("frame with a body")
-            frame = {_T_STOP: Stop, _T_PROBE: Probe, _T_BYE: Bye}[kind]()
+            frame = {_T_STOP: Stop, _T_PROBE: Probe, _T_BYE: Bye, _T_STATUS: StatusRequest}[kind]()
+        elif kind == _T_STATUS_REPLY:
+            node_id, epoch_, held, sent, delivered, waiting, undelivered = _exact(_STATUS_REPLY, payload)
+            if held > 3:
+                raise ValueError(f"tokens byte {held}")
+            frame = StatusReply(node_id, epoch_, bool(held & 1), bool(held & 2), sent, delivered, waiting, undelivered)
         else:
             raise RemoteProtocolError(f"unknown frame type {kind}")
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError

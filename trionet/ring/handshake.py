@@ -51,6 +51,8 @@ from trionet.ring.frames import (
     Received,
     Reject,
     Role,
+    StatusReply,
+    StatusRequest,
     Stop,
     encode_frame,
 )
@@ -164,7 +166,7 @@ assert PROOF_BYTES == hashlib.sha256().digest_size
 class _Step(enum.Enum):
     GREETING = "greeting"  # waiting for the peer's HELLO
     PROOF = "proof"  # waiting for the peer's AUTH
-    STOP = "stop"  # a stop client proved the secret: waiting for its STOP
+    STOP = "stop"  # a control client proved the secret: waiting for its STOP or STATUS
     DONE = "done"
 
 
@@ -209,6 +211,7 @@ class Opening:
         self._expect: dict[Role, int] = {}
         self._recv_next: Callable[[], int] = lambda: 1
         self._stops = False
+        self._status: Callable[[], StatusReply] | None = None
         self._control = False
         self.peer: Hello | None = None
         """The peer's greeting, once accepted (its ``recv_next`` tells where to resume)."""
@@ -216,6 +219,8 @@ class Opening:
         """Why the handshake failed, once it did (either side refused)."""
         self.stop_requested = False
         """Acceptor: the peer was a stop client, proved the secret, and its ``STOP`` was accepted."""
+        self.status_requested = False
+        """Acceptor: the peer was a status client, proved the secret, and was answered."""
 
     @classmethod
     def dialer(
@@ -246,6 +251,7 @@ class Opening:
         previous: int,
         recv_next: Callable[[], int],
         accepts_stop: bool,
+        status: Callable[[], StatusReply] | None = None,
         **common,
     ) -> Opening:
         """The accepting end: node ``node_id``, which takes its ``previous`` node and stop clients.
@@ -257,12 +263,15 @@ class Opening:
                 frame this node expects from its previous node.
             accepts_stop: whether a proven stop client's ``STOP`` is
                 accepted (node 0 only; others refuse it, naming node 0).
+            status: called when a proven control client sends ``STATUS``:
+                the reply to send. None: such a request is refused.
             common: ``ring``, ``digest``, ``secret``, ``epoch`` and ``nonce``.
         """
         self = cls(Side.ACCEPTOR, node_id=node_id, me=f"node {node_id}", **common)
         self._expect = {Role.PREDECESSOR: previous, Role.CONTROL: node_id}
         self._recv_next = recv_next
         self._stops = accepts_stop
+        self._status = status
         return self
 
     @property
@@ -330,8 +339,14 @@ class Opening:
         return b""
 
     def _on_stop(self, event: Received) -> bytes:
+        if isinstance(event.frame, StatusRequest):
+            if self._status is None:
+                return self._refuse(f"node {self._node_id} does not answer status requests", event, answer=True)
+            self.status_requested = True
+            self._step = _Step.DONE
+            return encode_frame(self._status())
         if not isinstance(event.frame, Stop):
-            return self._refuse(f"expected STOP, got {type(event.frame).__name__}", event, answer=True)
+            return self._refuse(f"expected STOP or STATUS, got {type(event.frame).__name__}", event, answer=True)
         if not self._stops:
             return self._refuse(f"node {self._node_id} is not node 0; send stop to node 0", event, answer=True)
         self.stop_requested = True

@@ -34,7 +34,7 @@ def _collect(node: RingNode) -> Iterator[Metric]:
     messages = CounterMetricFamily(
         "trionet_ring_messages", "Messages by what this node did with them.", labels=["outcome"]
     )
-    for outcome in ("sent", "delivered", "forwarded", "returned", "dropped"):
+    for outcome in ("sent", "delivered", "already_delivered", "forwarded", "returned", "dropped"):
         messages.add_metric([outcome], getattr(core, outcome))
     yield messages
     links = [node.prev_link, node.next_link]

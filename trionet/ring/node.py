@@ -46,7 +46,7 @@ from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
 from trionet.ring.handshake import Opening, Side
-from trionet.ring.core import Deliver, Finished, NodeCore, Send, Summary
+from trionet.ring.core import Deliver, Finished, NodeCore, Returned, Send, Summary
 from trionet.ring.frames import (
     NONCE_BYTES,
     DataFrame,
@@ -59,15 +59,18 @@ from trionet.ring.frames import (
     Reject,
     RemoteProtocolError,
     Role,
+    StatusReply,
+    StatusRequest,
     Stop,
     encode_frame,
 )
+from trionet.ring.journal_file import JournalFile
 from trionet.ring.link import Arrival
 from trionet.ring.neighbour import EPOCH, LINK_ERRORS, Neighbour
 from trionet.ring.transport import TcpTransport, Transport
 from trionet.serving import RECEIVE_CHUNK, receive_event
 
-__all__ = ["NodeOptions", "RingError", "RingNode", "request_stop"]
+__all__ = ["NodeOptions", "RingError", "RingNode", "request_status", "request_stop"]
 
 log = get_logger("ring")
 
@@ -131,6 +134,15 @@ class RingNode:
         secret: the ring's shared secret: every connection must prove it
             (:mod:`trionet.ring.handshake`). None: no secret, for a ring on
             loopback; such a node refuses nodes that have one, and the reverse.
+        journal: the exactly-once journal (:mod:`trionet.ring.journal`), or
+            None. With one, a return is recorded before the token moves on,
+            a delivery before its line is written, and a message delivered
+            here before (by this or an earlier run) is not delivered again
+            (the core asks :meth:`~trionet.ring.journal.Journal.was_delivered`).
+            ``messages`` should then be numbered (line numbers as ids) and
+            already stripped of returned ones (:meth:`~trionet.ring.journal.Journal.unsent`).
+        to_send: how many messages ``messages`` holds, for ``trionet ring
+            status`` (:meth:`~trionet.ring.core.NodeCore.status`).
 
     Error handling: :meth:`run` raises :class:`RingError` when a neighbour
     stays unreachable longer than ``options.connect_timeout``; link failures
@@ -149,6 +161,8 @@ class RingNode:
         observer: Callable[[str, int, object], None] | None = None,
         listen: tuple[str, int] | None = None,
         secret: bytes | None = None,
+        journal: JournalFile | None = None,
+        to_send: int | None = None,
     ) -> None:
         if secret is not None and not secret:
             raise ValueError("an empty secret; pass None for a ring without one")
@@ -159,8 +173,10 @@ class RingNode:
         self.prev, self.next = config.neighbours(node_id)
         self.options = options or NodeOptions()
         self.transport = transport or TcpTransport()
-        self.core = NodeCore(node_id, config.ids, messages, observer)
+        delivered_before = journal.journal.was_delivered if journal is not None else None
+        self.core = NodeCore(node_id, config.ids, messages, observer, to_send, delivered_before)
         self._deliveries = deliveries
+        self._journal = journal
         self._rng = random.Random(self.options.seed)
         # The next node's link brings ccw frames; the previous node's brings cw frames.
         acks = dict(ack_delay=self.options.ack_delay, ack_timeout=self.options.ack_timeout)
@@ -361,6 +377,9 @@ class RingNode:
                     self._finalize_forwarded.set()
             elif isinstance(action, Deliver):
                 self._write_delivery(action.message)
+            elif isinstance(action, Returned):
+                if self._journal is not None:  # before the token that follows it moves on
+                    self._journal.append(self._journal.journal.on_return(action.message.msg_id))
             elif isinstance(action, Finished):
                 if self._deliveries is not None:
                     self._deliveries.flush()
@@ -368,6 +387,12 @@ class RingNode:
                 self.finished.set()
 
     def _write_delivery(self, msg: Message) -> None:
+        journal = self._journal
+        if journal is not None:
+            record = journal.journal.on_delivery(msg.origin, msg.msg_id)
+            if record is None:  # the core asked the journal first; kept as a last guard
+                return
+            journal.append(record)
         if self._deliveries is None:
             return
         record = {
@@ -378,6 +403,8 @@ class RingNode:
             "text": msg.text,
         }
         self._deliveries.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if journal is not None:
+            self._deliveries.flush()  # the journal says delivered: the line must not stay in a buffer
 
     # --- connections -------------------------------------------------------------
 
@@ -445,7 +472,8 @@ class RingNode:
         decoder = FrameDecoder()
         opening = Opening.acceptor(
             node_id=self.me.id, previous=self.prev.id, recv_next=lambda: self.prev_link.state.recv_next,
-            accepts_stop=self.core.is_leader, **self._opening_args(),
+            accepts_stop=self.core.is_leader, status=functools.partial(self.core.status, EPOCH),
+            **self._opening_args(),
         )
         try:
             with trio.fail_after(self.options.handshake_timeout):
@@ -456,7 +484,7 @@ class RingNode:
             await trio.aclose_forcefully(stream)
             return
         if opening.refused:
-            what = "a stop request" if opening.control else "a connection"
+            what = "a control request (stop or status)" if opening.control else "a connection"
             log.warning("node %d: refused %s: %s", self.me.id, what, opening.refused)
             if not opening.control and not self.prev_link.up:  # shown should the previous node never get through
                 self.prev_link.last_error = f"refused a connection: {opening.refused}"
@@ -541,6 +569,67 @@ async def request_stop(
     Raises:
         RingError: the node cannot be reached, failed to prove the secret, or refused.
     """
+    await _control_request(config, node_id, Stop(), secret=secret, timeout=timeout, transport=transport)
+
+
+async def request_status(
+    config: RingConfig,
+    *,
+    secret: bytes | None = None,
+    timeout: float = 5.0,
+    transport: Transport | None = None,
+) -> dict[int, StatusReply | str]:
+    """Ask every node of ``config`` for its status, all at once.
+
+    Each request runs the same handshake as :func:`request_stop` (role
+    control, both proofs), then ``STATUS``.
+
+    Args:
+        config: the ring file.
+        secret: the ring's shared secret, or None for a ring without one.
+        timeout: seconds each node has for the whole exchange.
+        transport: TCP by default.
+
+    Returns:
+        By node id, in ring order: the node's :class:`StatusReply`, or why
+        there is none (unreachable, refused, no answer in time).
+    """
+    results: dict[int, StatusReply | str] = {node.id: "" for node in config.nodes}
+
+    async def ask(node_id: int) -> None:
+        try:
+            reply = await _control_request(
+                config, node_id, StatusRequest(), secret=secret, timeout=timeout, transport=transport
+            )
+        except RingError as exc:
+            results[node_id] = str(exc)
+            return
+        if isinstance(reply, StatusReply) and reply.node_id == node_id:
+            results[node_id] = reply
+        else:
+            results[node_id] = f"node {node_id} answered {type(reply).__name__}, not its status"
+
+    async with trio.open_nursery() as nursery:
+        for node in config.nodes:
+            nursery.start_soon(ask, node.id)
+    return results
+
+
+async def _control_request(
+    config: RingConfig,
+    node_id: int,
+    request: Stop | StatusRequest,
+    *,
+    secret: bytes | None,
+    timeout: float,
+    transport: Transport | None,
+) -> object:
+    """Run a control client's handshake with node ``node_id``, send ``request``, return the answer frame.
+
+    Raises:
+        RingError: the node cannot be reached, failed to prove the secret,
+            refused, closed without an answer or took longer than ``timeout``.
+    """
     node = config.node(node_id)
     transport = transport or TcpTransport()
     opening = Opening.dialer(
@@ -556,7 +645,7 @@ async def request_stop(
                 await _run_opening(opening, stream, decoder)
                 if opening.refused:
                     raise RingError(f"node {node.id} at {node.address}: {opening.refused}")
-                await stream.send_all(encode_frame(Stop()))
+                await stream.send_all(encode_frame(request))
                 event = await receive_event(stream, decoder)
     except trio.TooSlowError:
         raise RingError(f"no answer from node {node.id} at {node.address} within {timeout:g}s") from None
@@ -566,3 +655,4 @@ async def request_stop(
         raise RingError(f"node {node.id} at {node.address} closed the connection without an answer")
     if isinstance(event.frame, Reject):
         raise RingError(f"node {node.id} at {node.address} refused: {event.frame.reason}")
+    return event.frame
