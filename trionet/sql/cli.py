@@ -21,6 +21,7 @@ from trionet.cliutil import (
     log_level_option,
     metrics_option,
     port_option,
+    seconds_option,
     serve_until_signal,
 )
 from trionet.log import get_logger
@@ -110,12 +111,9 @@ def sql() -> None:
     is_flag=True,
     help="Allow writes (the database switches to WAL mode). Without it every write is refused with 'read_only'.",
 )
-@click.option(
+@seconds_option(
     "--query-timeout",
-    type=click.FloatRange(0),
     default=30.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Interrupt a statement once SQLite has worked on it this long (waiting for a slow client "
     "to read its rows does not count); 0 for no limit.",
 )
@@ -204,20 +202,14 @@ def sql() -> None:
     "[default: what the descriptor limit allows (3 per connection, 5 with --read-write), at most 1000; "
     "the server raises its soft limit to the hard limit at start]",
 )
-@click.option(
+@seconds_option(
     "--idle-timeout",
-    type=click.FloatRange(0),
     default=300.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Close a connection that sends no request for this long, with a 'bye' with code 'idle'; 0 for never.",
 )
-@click.option(
+@seconds_option(
     "--idle-transaction-timeout",
-    type=click.FloatRange(0),
     default=60.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Roll back and close a connection idle this long inside a transaction (it may hold the write lock), "
     "with a 'bye' with code 'idle_transaction'; 0 for never.",
 )
