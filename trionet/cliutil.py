@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 __all__ = [
     "describe_os_error",
+    "count_option",
     "distinct_ports",
     "grace_option",
     "host_option",
@@ -93,6 +94,16 @@ def seconds_option(
     kind = click.IntRange(int(minimum)) if whole else click.FloatRange(minimum)
     names = (flag,) if dest is None else (flag, dest)
     return click.option(*names, type=kind, default=default, show_default=True, metavar="SECONDS", help=help)
+
+
+def count_option(flag: str, *, default: int | None, unit: str, help: str, minimum: int = 0) -> Callable:
+    """A whole-number limit, the same everywhere: metavar ``unit`` (BYTES, N, ...), the default shown.
+
+    A default of None is not shown (the help says what it is instead).
+    """
+    return click.option(
+        flag, type=click.IntRange(minimum), default=default, show_default=default is not None, metavar=unit, help=help
+    )
 
 
 def grace_option(fn: Callable) -> Callable:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
-import functools
 import sys
 
 import click
@@ -12,6 +12,7 @@ import trio
 
 from trionet import log
 from trionet.cliutil import (
+    count_option,
     distinct_ports,
     grace_option,
     host_option,
@@ -24,9 +25,9 @@ from trionet.cliutil import (
 from trionet.names import client as names_client
 from trionet.names.answer import LINE_TYPES
 from trionet.names.dnswire import EDNS_PAYLOAD
+from trionet.names.metrics import names_registry
 from trionet.names.protocol import DEFAULT_PORT
 from trionet.names.resolver import parse_upstream, system_upstreams
-from trionet.names.metrics import names_registry
 from trionet.names.server import DEFAULT_DNS_PORT, NamesConfig, NamesServer
 
 __all__ = ["names"]
@@ -103,21 +104,18 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     help="Log one line per query, whatever --log-level says (like dnsmasq's log-queries): "
     "'query CLIENT TRANSPORT NAME TYPE SOURCE RCODE MILLISECONDS'.",
 )
-@click.option(
+@count_option(
     "--udp-lookups",
-    type=click.IntRange(1),
     default=256,
-    show_default=True,
-    metavar="QUERIES",
+    unit="QUERIES",
+    minimum=1,
     help="UDP queries waiting for an upstream at once, all clients together; past it queries are dropped "
     "unanswered (hosts and cache answers need no wait and are never dropped for this).",
 )
-@click.option(
+@count_option(
     "--udp-rate",
-    type=click.IntRange(0),
     default=100,
-    show_default=True,
-    metavar="ANSWERS",
+    unit="ANSWERS",
     help="UDP answers per second to one client address (an IPv6 client: its /64), in bursts of as many; "
     "past it queries are dropped unanswered. 0 for no limit.",
 )
@@ -142,12 +140,10 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     show_default=True,
     help="Clients that may wait in line for a slot; more are told 'busy' and closed.",
 )
-@click.option(
+@count_option(
     "--per-address",
-    type=click.IntRange(0),
     default=8,
-    show_default=True,
-    metavar="N",
+    unit="N",
     help="Slots plus places in line one client address may hold (an IPv6 client: its /64); "
     "more are told 'bye busy per-address ...' (REFUSED on the DNS port). 0 for no limit.",
 )
@@ -168,12 +164,11 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     help="Close an admitted client this long after its admission, whatever its quota left "
     "('bye session-timeout'): the quota is for a burst. 0 for never.",
 )
-@click.option(
+@count_option(
     "--cache-size",
-    type=click.IntRange(1),
     default=10_000,
-    show_default=True,
-    metavar="ANSWERS",
+    unit="ANSWERS",
+    minimum=1,
     help="Answers kept in the cache; the least recently used goes first.",
 )
 @seconds_option(
@@ -194,11 +189,11 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     minimum=0.01,
     help="Wait this long for one upstream before trying the next.",
 )
-@click.option(
+@count_option(
     "--listen-backlog",
-    type=click.IntRange(1),
     default=None,
-    metavar="CONNECTIONS",
+    unit="CONNECTIONS",
+    minimum=1,
     help="The kernel's queue of connections not yet accepted (listen(2)). [default: trio's, the system maximum]",
 )
 @grace_option

@@ -8,7 +8,12 @@ import sys
 import click
 import trio
 
-from trionet.cliutil import log_level_option, metrics_option, seconds_option, serve_until_signal
+from trionet.cliutil import (
+    log_level_option,
+    metrics_option,
+    seconds_option,
+    serve_until_signal,
+)
 from trionet.ring.config import (
     ConfigError,
     count_messages,
@@ -17,12 +22,18 @@ from trionet.ring.config import (
     load_config,
     load_secret,
 )
+from trionet.ring.core import Summary
 from trionet.ring.journal import JournalError
 from trionet.ring.journal_file import JournalFile, journal_path
 from trionet.ring.metrics import ring_registry
-from trionet.ring.node import NodeOptions, RingError, RingNode, request_status, request_stop
+from trionet.ring.node import (
+    NodeOptions,
+    RingError,
+    RingNode,
+    request_status,
+    request_stop,
+)
 from trionet.ring.status import render_json, render_table, status_entries
-from trionet.ring.core import Summary
 
 __all__ = ["demo", "join", "ring", "status", "stop"]
 

@@ -15,6 +15,7 @@ import trio
 from rich.console import Console
 
 from trionet.cliutil import (
+    count_option,
     distinct_ports,
     grace_option,
     host_option,
@@ -29,11 +30,17 @@ from trionet.sql import protocol
 from trionet.sql.client import SqlConnectionError, connect
 from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, limit_sqlite_memory
 from trionet.sql.errors import SqlError
-from trionet.sql.render import FORMATS, changed_line, format_result, row_count, truncation_notice
 from trionet.sql.metrics import sql_registry
 from trionet.sql.pg.config import DEFAULT_PG_PORT as PG_DEFAULT_PORT
 from trionet.sql.pg.config import PgConfig
 from trionet.sql.pg.server import PgServer
+from trionet.sql.render import (
+    FORMATS,
+    changed_line,
+    format_result,
+    row_count,
+    truncation_notice,
+)
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 
 __all__ = ["connection_hint", "default_max_connections", "parse_param", "raise_open_files_limit", "sql"]
@@ -117,12 +124,10 @@ def sql() -> None:
     help="Interrupt a statement once SQLite has worked on it this long (waiting for a slow client "
     "to read its rows does not count); 0 for no limit.",
 )
-@click.option(
+@count_option(
     "--max-rows",
-    type=click.IntRange(0),
     default=100_000,
-    show_default=True,
-    metavar="N",
+    unit="N",
     help="Cut a result after N rows and mark it truncated; 0 for no cap.",
 )
 @click.option(
@@ -149,12 +154,11 @@ def sql() -> None:
     metavar="BYTES",
     help="Most a connection's temporary tables and indexes may hold; past it the answer is 'full'.",
 )
-@click.option(
+@count_option(
     "--max-like-pattern-bytes",
-    type=click.IntRange(2),
     default=50,
-    show_default=True,
-    metavar="BYTES",
+    unit="BYTES",
+    minimum=2,
     help="Longest LIKE or GLOB pattern ('too_big' past it): SQLite matches in time value length x pattern "
     "length, where the query timeout cannot interrupt it.",
 )
@@ -175,29 +179,27 @@ def sql() -> None:
     metavar="BYTES",
     help="Largest result row (its values as sent, blobs in base64); a larger one is answered 'too_big'.",
 )
-@click.option(
+@count_option(
     "--max-batch-bytes",
-    type=click.IntRange(1024),
     default=DEFAULT_BATCH_BYTES,
-    show_default=True,
-    metavar="BYTES",
+    unit="BYTES",
+    minimum=1024,
     help="End a 'rows' frame once its values hold about this many bytes (with at most 256 rows), "
     "so the server holds about this much per connection, plus one row.",
 )
-@click.option(
+@count_option(
     "--query-threads",
-    type=click.IntRange(1),
     default=DEFAULT_STATEMENT_THREADS,
-    show_default=True,
-    metavar="N",
+    unit="N",
+    minimum=1,
     help="Statements running at once (default: one per core); the rest wait their turn. "
     "Greeting and closing connections never wait for these.",
 )
-@click.option(
+@count_option(
     "--max-connections",
-    type=click.IntRange(1),
     default=None,
-    metavar="N",
+    unit="N",
+    minimum=1,
     help="Clients at once; the one over it gets a 'bye' with code 'busy' instead of 'hello'. "
     "[default: what the descriptor limit allows (3 per connection, 5 with --read-write), at most 1000; "
     "the server raises its soft limit to the hard limit at start]",
