@@ -80,3 +80,28 @@ def test_an_unreadable_hosts_file_at_start_is_one_line(trionet_cmd, tmp_path):
     assert result.returncode == 1
     assert f"cannot read the hosts file {tmp_path / 'missing'}: No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_metrics_are_scraped_over_http_while_clients_are_served(start_names, nursery):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from trionet.metrics import serve_metrics
+
+    server, addrs = await start_names(limit=2, quota=0)
+    (_, metrics_port), *_ = await nursery.start(serve_metrics, names_registry(server), "127.0.0.1", 0)
+    async with trionet.names.connect(*addrs.line) as client:
+        for _ in range(3):
+            await client.resolve("gw")
+        stream = await trio.open_tcp_stream("127.0.0.1", metrics_port)  # scraped mid-session
+        async with stream:
+            await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            with trio.fail_after(10):
+                while data := await stream.receive_some(65536):
+                    answer += data
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    families = {f.name: f for f in text_string_to_metric_families(answer.partition(b"\r\n\r\n")[2].decode())}
+    assert families["trionet_names_slots_in_use"].samples[0].value == 1
+    lookups = {s.labels["source"]: s.value for s in families["trionet_names_lookup_seconds"].samples
+               if s.name.endswith("_count")}  # fmt: skip
+    assert lookups["hosts"] == 3

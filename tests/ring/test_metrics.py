@@ -50,3 +50,31 @@ async def test_the_figures_follow_what_the_nodes_did():
         assert figures[("trionet_ring_epoch", nodes[i].prev_link.name)] == 1
     assert sum(_samples(r)[("trionet_ring_messages_total", "delivered")] for r in registries) == 3 * per_node
     assert any(line.startswith('trionet_ring_tokens_total{direction="cw"} ') for line in summary_lines(registries[0]))
+
+
+async def test_a_running_ring_is_scraped_over_http():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from trionet.metrics import serve_metrics
+
+    config = RingConfig.local(2, ports=free_ports(2))
+    nodes = [RingNode(config, i, messages=[(1 - i, f"m{k}") for k in range(3)], options=FAST) for i in range(2)]
+    async with trio.open_nursery() as nursery:
+        (_, port), *_ = await nursery.start(serve_metrics, ring_registry(nodes[1]), "127.0.0.1", 0)
+        for node in nodes:
+            await nursery.start(node.serve)
+        with trio.fail_after(30):
+            await nodes[0].finished.wait()
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            answer = b""
+            with trio.fail_after(10):
+                while data := await stream.receive_some(65536):
+                    answer += data
+        nursery.cancel_scope.cancel()
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    body = answer.partition(b"\r\n\r\n")[2].decode()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    sent = {s.labels["outcome"]: s.value for s in families["trionet_ring_messages"].samples}
+    assert sent["sent"] == 3 and sent["delivered"] == 3
