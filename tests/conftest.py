@@ -149,3 +149,22 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def require_capability():
     """``require_capability(reason_or_None)``: skip when ``reason`` is set (fail under CI=true)."""
     return require
+
+
+async def _http_get(port: int, request: bytes = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n") -> bytes:
+    import trio
+
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        answer = b""
+        with trio.fail_after(10):
+            while data := await stream.receive_some(65536):
+                answer += data
+    return answer
+
+
+@pytest.fixture
+def http_get():
+    """``answer = await http_get(port[, request])``: one HTTP exchange with 127.0.0.1:PORT, read to the close."""
+    return _http_get

@@ -82,7 +82,7 @@ def test_an_unreadable_hosts_file_at_start_is_one_line(trionet_cmd, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-async def test_metrics_are_scraped_over_http_while_clients_are_served(start_names, nursery):
+async def test_metrics_are_scraped_over_http_while_clients_are_served(start_names, nursery, http_get):
     from prometheus_client.parser import text_string_to_metric_families
 
     from trionet.metrics import serve_metrics
@@ -92,13 +92,7 @@ async def test_metrics_are_scraped_over_http_while_clients_are_served(start_name
     async with trionet.names.connect(*addrs.line) as client:
         for _ in range(3):
             await client.resolve("gw")
-        stream = await trio.open_tcp_stream("127.0.0.1", metrics_port)  # scraped mid-session
-        async with stream:
-            await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = b""
-            with trio.fail_after(10):
-                while data := await stream.receive_some(65536):
-                    answer += data
+        answer = await http_get(metrics_port)  # scraped mid-session
     assert answer.startswith(b"HTTP/1.1 200 OK")
     families = {f.name: f for f in text_string_to_metric_families(answer.partition(b"\r\n\r\n")[2].decode())}
     assert families["trionet_names_slots_in_use"].samples[0].value == 1

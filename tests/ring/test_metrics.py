@@ -52,7 +52,7 @@ async def test_the_figures_follow_what_the_nodes_did():
     assert any(line.startswith('trionet_ring_tokens_total{direction="cw"} ') for line in summary_lines(registries[0]))
 
 
-async def test_a_running_ring_is_scraped_over_http():
+async def test_a_running_ring_is_scraped_over_http(http_get):
     from prometheus_client.parser import text_string_to_metric_families
 
     from trionet.metrics import serve_metrics
@@ -65,13 +65,7 @@ async def test_a_running_ring_is_scraped_over_http():
             await nursery.start(node.serve)
         with trio.fail_after(30):
             await nodes[0].finished.wait()
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            answer = b""
-            with trio.fail_after(10):
-                while data := await stream.receive_some(65536):
-                    answer += data
+        answer = await http_get(port, b"GET /metrics HTTP/1.0\r\n\r\n")
         nursery.cancel_scope.cancel()
     assert answer.startswith(b"HTTP/1.1 200 OK")
     body = answer.partition(b"\r\n\r\n")[2].decode()

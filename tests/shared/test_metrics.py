@@ -20,24 +20,13 @@ async def _echo_once(conn) -> None:
     await conn.stream.send_all(data)
 
 
-async def _get(port: int, request: bytes) -> bytes:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(request)
-        answer = b""
-        with trio.fail_after(10):
-            while data := await stream.receive_some(65536):
-                answer += data
-    return answer
-
-
 def _families(answer: bytes) -> dict:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Type: text/plain; version=" in head
     return {f.name: f for f in text_string_to_metric_families(body.decode())}
 
 
-async def test_a_scrape_reports_the_services_connections_and_requests(nursery):
+async def test_a_scrape_reports_the_services_connections_and_requests(nursery, http_get):
     service = TCPService("echo", _echo_once, logging.getLogger("trionet.test"))
     (host, port), *_ = await nursery.start(service.serve, "127.0.0.1", 0)
     registry = new_registry()
@@ -53,7 +42,7 @@ async def test_a_scrape_reports_the_services_connections_and_requests(nursery):
         while len(service.connections) != 1:  # the three closed ones are accounted for
             await trio.sleep(0.01)
 
-    families = _families(await _get(metrics_port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))
+    families = _families(await http_get(metrics_port))
     samples = {(s.name, s.labels.get("listener")): s.value for f in families.values() for s in f.samples}
     assert samples[("trionet_connections_open", "echo")] == 1
     assert samples[("trionet_connections_total", "echo")] == 4
@@ -73,12 +62,12 @@ def test_http_answers_by_method_and_path():
     assert http_response(b"\x00\xff junk\r\n\r\n", registry).startswith(b"HTTP/1.1 400 Bad Request")
 
 
-async def test_a_huge_or_slow_request_head_is_refused_and_closed(nursery, monkeypatch):
+async def test_a_huge_or_slow_request_head_is_refused_and_closed(nursery, monkeypatch, http_get):
     monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 0.2)
     (_, port), *_ = await nursery.start(serve_metrics, new_registry(), "127.0.0.1", 0)
-    huge = await _get(port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * (metrics.MAX_REQUEST_HEAD + 10))
+    huge = await http_get(port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * (metrics.MAX_REQUEST_HEAD + 10))
     assert huge.startswith(b"HTTP/1.1 431 ")
-    slow = await _get(port, b"GET /metrics HTTP/1.1\r\n")  # never ends its head
+    slow = await http_get(port, b"GET /metrics HTTP/1.1\r\n")  # never ends its head
     assert slow.startswith(b"HTTP/1.1 408 ")
 
 
