@@ -46,6 +46,7 @@ class FakeUpstream:
         self.cnames: dict[str, tuple[int, str]] = {}
         self.slow: dict[str, float] = {}
         self.drop: set[str] = set()
+        self.truncate_udp: set[str] = set()  # names answered over UDP with TC and no records
         self.servfail: set[str] = set()
         self.soa_ttl = 3600
         self.soa_minimum = 60
@@ -141,6 +142,10 @@ class FakeUpstream:
         await trio.sleep(delay)
         await self.release(query)
         response = self.respond(query)
+        if query.question[0].name.to_text(omit_final_dot=True).lower() in self.truncate_udp:
+            response.answer.clear()
+            response.authority.clear()
+            response.flags |= dns.flags.TC
         await sock.sendto(response.to_wire(), peer)
 
     async def release(self, query: dns.message.Message) -> None:

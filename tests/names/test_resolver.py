@@ -90,6 +90,18 @@ async def _closed_udp_port() -> int:
     return port
 
 
+async def test_a_truncated_upstream_answer_is_asked_again_over_tcp(start_names, upstream):
+    addresses = [f"192.0.2.{i}" for i in range(1, 41)]
+    upstream.add("big.test", "A", *addresses)
+    upstream.truncate_udp.add("big.test")
+    server, addrs = await start_names(quota=0)
+    async with names.connect(*addrs.line) as conn:
+        answer = await conn.resolve("big.test")
+    assert sorted(answer.addresses) == sorted(addresses)  # all of them: the TCP answer, not the empty TC one
+    assert upstream.counts[("big.test", "A")] == 2  # once over UDP (TC), once over TCP
+    assert server.resolver.stats.upstream_queries == 1
+
+
 async def test_next_upstream_after_unreachable_timeout_and_servfail(start_names, upstream, nursery):
     from .conftest import FakeUpstream
 

@@ -31,6 +31,7 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.resolver
 import trio
 
 from trionet.addresses import format_address
@@ -88,18 +89,16 @@ def parse_upstream(text: str) -> Upstream:
 
 
 def system_upstreams(path: str = "/etc/resolv.conf") -> list[Upstream]:
-    """The nameservers listed in ``path`` (empty if it cannot be read)."""
+    """The nameservers of ``path``, read by dnspython's own resolv.conf parser (empty if none or unreadable).
+
+    A scoped IPv6 address (``fe80::1%eth0``) loses its scope: the upstream
+    socket is opened by address.
+    """
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except OSError:
+        config = dns.resolver.Resolver(filename=path, configure=True)
+    except dns.resolver.NoResolverConfiguration:
         return []
-    servers = []
-    for line in lines:
-        words = line.split("#", 1)[0].split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            servers.append(Upstream(words[1].split("%", 1)[0]))
-    return servers
+    return [Upstream(str(server).split("%", 1)[0], config.port) for server in config.nameservers]
 
 
 class UpstreamFailure(Exception):
@@ -195,14 +194,18 @@ def answer_from_response(name: str, rdtype: str, response: dns.message.Message) 
 async def udp_then_tcp(query: dns.message.Message, upstream: Upstream, timeout: float) -> dns.message.Message:
     """Send ``query`` to ``upstream`` over UDP, and again over TCP if the answer was truncated.
 
+    dnspython's own :func:`dns.asyncquery.udp_with_fallback` (on trio through
+    dnspython's trio backend): a random source port per query, answers from
+    elsewhere or with another ID ignored while it waits.
+
     Raises:
         dns.exception.Timeout: no answer within ``timeout`` seconds.
         OSError: the upstream is unreachable.
         dns.exception.DNSException: the answer is not a valid response.
     """
-    response = await dns.asyncquery.udp(query, upstream.host, timeout=timeout, port=upstream.port, ignore_unexpected=True)
-    if response.flags & dns.flags.TC:
-        response = await dns.asyncquery.tcp(query, upstream.host, timeout=timeout, port=upstream.port)
+    response, _used_tcp = await dns.asyncquery.udp_with_fallback(
+        query, upstream.host, timeout=timeout, port=upstream.port, ignore_unexpected=True
+    )
     return response
 
 
