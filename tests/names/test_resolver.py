@@ -39,6 +39,31 @@ async def test_ten_concurrent_misses_reach_the_upstream_once(start_names, upstre
     assert server.resolver.stats.flights == 1 and server.resolver.stats.merged == 9
 
 
+async def test_past_max_upstream_lookups_a_new_name_gets_servfail_at_once(autojump_clock, memory_names):
+    server = await memory_names(limit=4, quota=0, upstream_timeout=5, max_upstream_lookups=2)
+    first, second, joiner, refused = [await server.connect_memory() for _ in range(4)]
+    for client in (first, second, joiner, refused):
+        assert isinstance(await client.next(), protocol.Welcome)
+    server.fake_upstream.slow.update({"one.test": 3, "two.test": 3})
+    server.fake_upstream.add("one.test", "A", "192.0.2.1")
+    server.fake_upstream.add("two.test", "A", "192.0.2.2")
+    await first.send("one.test")
+    await second.send("two.test")  # two lookups under way: the bound
+    await joiner.send("one.test")  # joins a lookup: no new one
+    while server.resolver.stats.merged < 1:
+        await trio.sleep(0.01)
+    start = trio.current_time()
+    await refused.send("three.test")
+    answer = await refused.next()
+    assert answer.status == "servfail" and "2 upstream lookups already under way" in answer.message
+    assert trio.current_time() - start < 1  # at once, not after the others
+    assert server.resolver.stats.refused == 1
+    assert [(await c.next()).status for c in (first, second, joiner)] == ["ok"] * 3
+    await refused.send("three.test")  # the lookups are over: room again
+    assert (await refused.next()).status == "nxdomain"
+    assert server.fake_upstream.counts[("three.test", "A")] == 1
+
+
 async def test_merged_waiters_each_get_the_failure(autojump_clock, memory_names):
     server = await memory_names(limit=5, quota=0, upstream_timeout=0.3)
     clients = [await server.connect_memory() for _ in range(5)]

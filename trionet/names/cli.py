@@ -190,6 +190,14 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     help="Wait this long for one upstream before trying the next.",
 )
 @count_option(
+    "--max-upstream-lookups",
+    default=1000,
+    unit="NAMES",
+    minimum=1,
+    help="Names looked up upstream at once (a name asked again meanwhile joins its lookup); a new one past it "
+    "is answered SERVFAIL at once, saying the server is busy.",
+)
+@count_option(
     "--listen-backlog",
     default=None,
     unit="CONNECTIONS",
@@ -221,6 +229,7 @@ def serve(
     min_ttl: int,
     max_ttl: int,
     upstream_timeout: float,
+    max_upstream_lookups: int,
     listen_backlog: int | None,
     grace: float,
     metrics: tuple[str, int] | None,
@@ -256,6 +265,7 @@ def serve(
         min_ttl=min_ttl,
         max_ttl=max_ttl,
         upstream_timeout=upstream_timeout,
+        max_upstream_lookups=max_upstream_lookups,
         udp=dns_udp,
         edns_udp_size=edns_udp_size,
         udp_lookups=udp_lookups,

@@ -85,3 +85,7 @@ def _collect(server: NamesServer) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "trionet_names_lookups_merged", "Queries that joined a lookup already under way.", value=stats.merged
         )
+        yield CounterMetricFamily(
+            "trionet_names_lookups_refused", "Lookups answered SERVFAIL at once: --max-upstream-lookups were under way.",
+            value=stats.refused,
+        )  # fmt: skip

@@ -220,6 +220,7 @@ class ResolverStats:
     merged: int = 0
     upstream_queries: int = 0
     failures: int = 0
+    refused: int = 0  # lookups answered SERVFAIL at once: --max-upstream-lookups were in flight
 
 
 @dataclass(eq=False)
@@ -239,6 +240,9 @@ class Resolver:
         transport: ``await transport(query, upstream, timeout)`` sends one
             query and returns the response; the default is :func:`udp_then_tcp`.
             Tests pass an in-memory one to run under trio's mock clock.
+        max_flights: distinct names being looked up upstream at once; a new
+            one past it is answered SERVFAIL at once, saying so (a flood of
+            random names cannot pile up tasks and sockets).
     """
 
     def __init__(
@@ -249,8 +253,10 @@ class Resolver:
         *,
         timeout: float = 2.0,
         transport: Transport | None = None,
+        max_flights: int = 1000,
     ) -> None:
         self.upstreams = list(upstreams)
+        self.max_flights = max_flights
         self._transport = transport or udp_then_tcp
         self.cache = cache
         self.timeout = timeout
@@ -270,6 +276,12 @@ class Resolver:
         key = (name, rdtype)
         flight = self._flights.get(key)
         if flight is None:
+            if len(self._flights) >= self.max_flights:
+                self.stats.refused += 1
+                return Answer(
+                    name, rdtype, "servfail",
+                    message=f"the server is busy: {self.max_flights} upstream lookups already under way; try again",
+                )  # fmt: skip
             flight = self._flights[key] = _Flight()
             self.stats.flights += 1
             self._nursery.start_soon(self._fly, key, flight)

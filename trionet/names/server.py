@@ -110,6 +110,7 @@ class NamesConfig:
         min_ttl: cached answers live at least this many seconds...
         max_ttl: ...and at most this many.
         upstream_timeout: seconds to wait for one upstream server.
+        max_upstream_lookups: names looked up upstream at once; past it SERVFAIL.
         reload_interval: seconds between checks of the hosts file.
         max_in_flight: DNS queries of one connection being resolved at once;
             the next one is not read until one finishes.
@@ -135,6 +136,7 @@ class NamesConfig:
     min_ttl: int = 0
     max_ttl: int = 86_400
     upstream_timeout: float = 2.0
+    max_upstream_lookups: int = 1000
     reload_interval: float = 2.0
     max_in_flight: int = 32
     udp: bool = True
@@ -288,6 +290,7 @@ class NamesServer:
                 background,
                 timeout=self.config.upstream_timeout,
                 transport=self._transport,
+                max_flights=self.config.max_upstream_lookups,
             )
             if self.hosts_path is not None:
                 background.start_soon(self._watch_hosts)
