@@ -64,6 +64,46 @@ async def test_past_max_upstream_lookups_a_new_name_gets_servfail_at_once(autoju
     assert server.fake_upstream.counts[("three.test", "A")] == 1
 
 
+async def test_serve_stale_answers_from_an_expired_entry_while_the_upstream_fails(autojump_clock, memory_names):
+    server = await memory_names(limit=1, quota=0, upstream_timeout=0.5, serve_stale=3600, idle_timeout=0, session_timeout=0)
+    client = await server.connect_memory()
+    assert isinstance(await client.next(), protocol.Welcome)
+    upstream = server.fake_upstream
+    upstream.add("old.test", "A", "192.0.2.7", ttl=60)
+    await client.send("old.test")
+    fresh = await client.next()
+    assert (fresh.status, fresh.source, fresh.records) == ("ok", "dns", ("192.0.2.7",))
+    await trio.sleep(120)  # expired an hour before the stale window closes
+    upstream.drop.add("old.test")  # and now the upstream does not answer
+    await client.send("old.test")
+    stale = await client.next()
+    assert (stale.status, stale.source, stale.ttl, stale.records) == ("ok", "stale", 30, ("192.0.2.7",))
+    assert server.cache.stats.stale == 1
+    upstream.drop.discard("old.test")  # back: the next question refreshes the entry
+    upstream.add("old.test", "A", "192.0.2.8", ttl=60)
+    await client.send("old.test")
+    refreshed = await client.next()
+    assert (refreshed.source, refreshed.records) == ("dns", ("192.0.2.8",))
+    await trio.sleep(60 + 3600 + 1)  # past the stale window
+    upstream.drop.add("old.test")
+    await client.send("old.test")
+    assert (await client.next()).status == "servfail"
+
+
+async def test_without_serve_stale_an_expired_entry_is_not_served(autojump_clock, memory_names):
+    server = await memory_names(limit=1, quota=0, upstream_timeout=0.5, idle_timeout=0, session_timeout=0)
+    client = await server.connect_memory()
+    assert isinstance(await client.next(), protocol.Welcome)
+    server.fake_upstream.add("old.test", "A", "192.0.2.7", ttl=60)
+    await client.send("old.test")
+    assert (await client.next()).source == "dns"
+    await trio.sleep(120)
+    server.fake_upstream.drop.add("old.test")
+    await client.send("old.test")
+    assert (await client.next()).status == "servfail"
+    assert len(server.cache) == 0  # forgotten at expiry, as before
+
+
 async def test_merged_waiters_each_get_the_failure(autojump_clock, memory_names):
     server = await memory_names(limit=5, quota=0, upstream_timeout=0.3)
     clients = [await server.connect_memory() for _ in range(5)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from trionet.names.answer import Answer
 
-__all__ = ["AnswerCache", "CacheStats"]
+__all__ = ["STALE_TTL", "AnswerCache", "CacheStats"]
 
 
 @dataclass
@@ -34,6 +34,11 @@ class CacheStats:
     misses: int = 0
     expired: int = 0
     evicted: int = 0
+    stale: int = 0  # expired answers served because the upstreams failed (RFC 8767)
+
+
+STALE_TTL = 30
+"""The TTL of a stale answer (RFC 8767 section 4 recommends 30 seconds)."""
 
 
 class AnswerCache:
@@ -43,9 +48,14 @@ class AnswerCache:
         max_entries: the LRU bound (at least 1).
         min_ttl: answers are kept at least this many seconds...
         max_ttl: ...and at most this many.
+        stale_for: seconds an expired answer is kept past its TTL, to be
+            served by :meth:`get_stale` while the upstreams fail (RFC 8767
+            serve-stale); 0 forgets it at expiry.
     """
 
-    def __init__(self, max_entries: int = 10_000, *, min_ttl: int = 0, max_ttl: int = 86_400) -> None:
+    def __init__(
+        self, max_entries: int = 10_000, *, min_ttl: int = 0, max_ttl: int = 86_400, stale_for: float = 0
+    ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         if min_ttl < 0 or max_ttl < min_ttl:
@@ -53,6 +63,7 @@ class AnswerCache:
         self.max_entries = max_entries
         self.min_ttl = min_ttl
         self.max_ttl = max_ttl
+        self.stale_for = stale_for
         self.stats = CacheStats()
         self._entries: OrderedDict[tuple[str, str], tuple[Answer, float]] = OrderedDict()
 
@@ -76,13 +87,29 @@ class AnswerCache:
         answer, expires = entry
         remaining = math.floor(expires - now)
         if remaining <= 0:
-            del self._entries[key]
+            if now >= expires + self.stale_for:
+                del self._entries[key]
             self.stats.expired += 1
             self.stats.misses += 1
             return None
         self._entries.move_to_end(key)
         self.stats.hits += 1
         return answer.with_ttl(remaining, "cache")
+
+    def get_stale(self, name: str, rdtype: str, now: float) -> Answer | None:
+        """An expired answer still inside the serve-stale window, with TTL :data:`STALE_TTL`; else None.
+
+        For when every upstream failed (RFC 8767 4: "stale answers ... with
+        a TTL of 30 seconds"); a fresh answer is :meth:`get`'s.
+        """
+        entry = self._entries.get((name, rdtype))
+        if entry is None:
+            return None
+        answer, expires = entry
+        if not expires <= now < expires + self.stale_for:
+            return None
+        self.stats.stale += 1
+        return answer.with_ttl(STALE_TTL, "stale")
 
     def put(self, answer: Answer, now: float) -> int:
         """Store ``answer`` (as fetched from upstream, TTL in ``answer.ttl``) if it may be cached.

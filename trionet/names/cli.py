@@ -189,6 +189,13 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     minimum=0.01,
     help="Wait this long for one upstream before trying the next.",
 )
+@seconds_option(
+    "--serve-stale",
+    default=0.0,
+    help="While every upstream fails, answer from an expired cache entry up to this long past its TTL "
+    "(with TTL 30 and source 'stale', RFC 8767) instead of SERVFAIL; it is refreshed when an upstream "
+    "answers again. 0 for never.",
+)
 @count_option(
     "--max-upstream-lookups",
     default=1000,
@@ -229,6 +236,7 @@ def serve(
     min_ttl: int,
     max_ttl: int,
     upstream_timeout: float,
+    serve_stale: float,
     max_upstream_lookups: int,
     listen_backlog: int | None,
     grace: float,
@@ -266,6 +274,7 @@ def serve(
         max_ttl=max_ttl,
         upstream_timeout=upstream_timeout,
         max_upstream_lookups=max_upstream_lookups,
+        serve_stale=serve_stale,
         udp=dns_udp,
         edns_udp_size=edns_udp_size,
         udp_lookups=udp_lookups,

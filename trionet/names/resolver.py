@@ -297,6 +297,9 @@ class Resolver:
             answer = await self._fetch(name, rdtype)
             if answer.status == "servfail":
                 self.stats.failures += 1
+                # RFC 8767: while the upstreams fail, an expired answer
+                # still inside --serve-stale beats SERVFAIL.
+                answer = self.cache.get_stale(name, rdtype, trio.current_time()) or answer
             else:
                 stored = self.cache.put(answer, trio.current_time())
                 answer = answer.with_ttl(stored or self.cache.clamp(answer.ttl), "dns")

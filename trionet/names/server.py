@@ -111,6 +111,8 @@ class NamesConfig:
         max_ttl: ...and at most this many.
         upstream_timeout: seconds to wait for one upstream server.
         max_upstream_lookups: names looked up upstream at once; past it SERVFAIL.
+        serve_stale: seconds past its TTL an answer may still be served (TTL 30,
+            source ``stale``) while every upstream fails (RFC 8767); 0 for never.
         reload_interval: seconds between checks of the hosts file.
         max_in_flight: DNS queries of one connection being resolved at once;
             the next one is not read until one finishes.
@@ -137,6 +139,7 @@ class NamesConfig:
     max_ttl: int = 86_400
     upstream_timeout: float = 2.0
     max_upstream_lookups: int = 1000
+    serve_stale: float = 0.0
     reload_interval: float = 2.0
     max_in_flight: int = 32
     udp: bool = True
@@ -200,7 +203,12 @@ class NamesServer:
         self.hosts_path = hosts_path
         self.watcher = HostsWatcher(hosts_path, table, log)
         self.hosts_wire = HostsWireCache()
-        self.cache = AnswerCache(self.config.cache_size, min_ttl=self.config.min_ttl, max_ttl=self.config.max_ttl)
+        self.cache = AnswerCache(
+            self.config.cache_size,
+            min_ttl=self.config.min_ttl,
+            max_ttl=self.config.max_ttl,
+            stale_for=self.config.serve_stale,
+        )
         self.admission = AdmissionLimit(
             self.config.limit, self.config.backlog, per_key=self.config.per_address or None
         )
