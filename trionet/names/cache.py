@@ -87,8 +87,8 @@ class AnswerCache:
         answer, expires = entry
         remaining = math.floor(expires - now)
         if remaining <= 0:
-            if now >= expires + self.stale_for:
-                del self._entries[key]
+            if not (self.stale_for and now < expires + self.stale_for):
+                del self._entries[key]  # kept only for serve-stale, within its window
             self.stats.expired += 1
             self.stats.misses += 1
             return None
@@ -106,8 +106,8 @@ class AnswerCache:
         if entry is None:
             return None
         answer, expires = entry
-        if not expires <= now < expires + self.stale_for:
-            return None
+        if math.floor(expires - now) > 0 or now >= expires + self.stale_for:
+            return None  # still fresh (get's), or past the window
         self.stats.stale += 1
         return answer.with_ttl(STALE_TTL, "stale")
 
