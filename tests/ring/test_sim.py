@@ -102,7 +102,7 @@ def test_ring_of_fifty_with_cuts_everywhere():
     assert sum(n.next_link.state.resent for n in result.nodes.values()) > 0  # the cuts did lose frames
 
 
-@pytest.mark.parametrize("secret", [None, b"shared"], ids=["no secret", "secret"])
+@pytest.mark.parametrize("secret", [None, b"ring secret"], ids=["no secret", "secret"])
 def test_a_cut_during_traffic_resends_what_was_lost(secret):
     # With a secret every reconnection proves it again before resending.
     size = 4
@@ -118,7 +118,7 @@ def test_a_cut_during_traffic_resends_what_was_lost(secret):
     # makes frames arrive twice.)
 
 
-@pytest.mark.parametrize("secret", [None, b"shared"], ids=["no secret", "secret"])
+@pytest.mark.parametrize("secret", [None, b"ring secret"], ids=["no secret", "secret"])
 def test_frames_that_arrive_twice_are_dropped_once_and_delivered_once(secret):
     # Node 1 stops reading its link from node 0 (ReadStall): node 0's frames
     # wait unread, no ack comes, node 0 reconnects. Node 1 greets it with

@@ -21,13 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import outcome
 import trio
 
-from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog
+from trionet.serving import Connection, SendWatchdog
 from trionet.sql import protocol, rules
 from trionet.sql.engine import INLINE_BUDGET, Database, FetchResult, OverBudget, Session
 from trionet.sql.errors import SqlError
+from trionet.sql.watch import run_watched
 
 if TYPE_CHECKING:
     from trionet.sql.server import SqlServerConfig
@@ -65,45 +65,11 @@ class RequestRunner:
         """Called with each request's outcome and seconds, when set (the metrics' latency histogram)."""
 
     async def _in_thread(self, conn: Connection, state: ConnState, deadline: float, fn, *args) -> FetchResult:
-        """Run ``fn`` in a worker thread while watching the client and the clock.
-
-        The watcher interrupts the statement from the event loop at the
-        deadline, or at once when the client leaves; inside SQLite only a
-        rare abort check runs (see ``Session._count_instructions``).
-        """
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_while_working, conn, state, deadline)
-            # The watcher never raises, so what the thread raised (an
-            # SqlError, say) is re-raised as is, not wrapped in a group.
-            # The caller holds a statement-thread token (self._limiter) already.
-            result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._thread_tokens_held)
-            nursery.cancel_scope.cancel()
-        return result.unwrap()
-
-    async def _watch_while_working(self, conn: Connection, state: ConnState, deadline: float) -> None:
-        with trio.move_on_at(deadline) as timer:
-            # Read ahead, bounded, so that a client that leaves is noticed now
-            # rather than at the next send; what it pipelined stays queued in
-            # the protocol object for the loop.
-            while state.proto.buffered < self.config.max_request_bytes:
-                try:
-                    data = await conn.stream.receive_some(RECEIVE_CHUNK)
-                except (trio.BrokenResourceError, OSError):
-                    data = b""
-                state.proto.receive_data(data)
-                if not data:
-                    break
-            else:
-                await trio.sleep_forever()
-        # Client gone or time up. SQLite ignores an interrupt that comes
-        # before the statement starts, so repeat it until the thread returns
-        # (this task is cancelled then).
-        while True:
-            if timer.cancelled_caught:
-                state.session.interrupt_for_timeout()
-            else:
-                state.session.interrupt("client gone")
-            await trio.sleep(0.05)
+        """Run ``fn`` in a worker thread, interrupted at ``deadline`` or when the client leaves (:mod:`.watch`)."""
+        return await run_watched(
+            fn, *args, session=state.session, deadline=deadline, stream=conn.stream, proto=state.proto,
+            max_buffered=self.config.max_request_bytes, tokens=self._thread_tokens_held,
+        )  # fmt: skip
 
     async def run(self, conn: Connection, state: ConnState, request: protocol.Request) -> None:
         """Run one request and send its whole answer (columns, rows, done or error).

@@ -24,20 +24,33 @@ from dataclasses import dataclass
 
 from trionet.sql.protocol import encode_bye
 
-__all__ = ["SHUTDOWN_BYE", "IdlePolicy", "RowCap", "WorkClock", "admission_bye", "shutdown_interrupt_at"]
+__all__ = [
+    "SHUTDOWN_BYE",
+    "IdlePolicy",
+    "RowCap",
+    "WorkClock",
+    "admission_bye",
+    "over_connection_limit",
+    "shutdown_interrupt_at",
+]
 
 SHUTDOWN_BYE = encode_bye("server shutting down", "shutdown")
 """The last frame of every connection the server closes at shutdown."""
 
 
-def admission_bye(open_connections: int, max_connections: int) -> bytes | None:
-    """The ``bye busy`` for a connection over the limit, or None to serve it.
+def over_connection_limit(open_connections: int, max_connections: int) -> bool:
+    """Whether a new connection is one too many (both fronts ask; each says so in its own protocol).
 
     Args:
         open_connections: connections open now, this new one included.
         max_connections: the server's ``--max-connections``.
     """
-    if open_connections <= max_connections:
+    return open_connections > max_connections
+
+
+def admission_bye(open_connections: int, max_connections: int) -> bytes | None:
+    """The NDJSON ``bye busy`` for a connection over the limit, or None to serve it (:func:`over_connection_limit`)."""
+    if not over_connection_limit(open_connections, max_connections):
         return None
     return encode_bye(f"the server has {max_connections} connections, its limit; try again later", "busy")
 

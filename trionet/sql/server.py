@@ -33,14 +33,14 @@ from trionet.framing import EOF
 from trionet.log import get_logger
 from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol, rules
-from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, Session
+from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database
 from trionet.sql.execute import ConnState, RequestRunner
+from trionet.sql.watch import SESSION_THREADS, interrupt_when_cancelled
 
 __all__ = ["DEFAULT_STATEMENT_THREADS", "SqlServer", "SqlServerConfig", "serve_sql"]
 
 log = get_logger("sql")
 
-_SESSION_THREADS = 4  # threads opening and closing sessions (a file open, a rollback): short, I/O-bound
 DEFAULT_STATEMENT_THREADS = max(2, os.cpu_count() or 2)
 """Worker threads running statements at once: one per core (at least 2)."""
 
@@ -97,7 +97,7 @@ class SqlServer:
         self.config = config or SqlServerConfig()
         self.service = TCPService("sql", self._handle, log)
         self._limiter = trio.CapacityLimiter(self.config.max_threads)
-        self._session_limiter = trio.CapacityLimiter(_SESSION_THREADS)
+        self._session_limiter = trio.CapacityLimiter(SESSION_THREADS)
         self._idle = rules.IdlePolicy(self.config.idle_timeout, self.config.idle_transaction_timeout)
         self._hello = protocol.encode_hello(
             read_only=not database.read_write,
@@ -157,7 +157,7 @@ class SqlServer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_drain, conn, state, nursery.cancel_scope)
-                nursery.start_soon(self._interrupt_when_cancelled, session)
+                nursery.start_soon(interrupt_when_cancelled, session)
                 with trio.CancelScope() as requests_scope:
                     nursery.start_soon(state.sends.watch, requests_scope)
                     nursery.start_soon(self._watch_idle, state, requests_scope)
@@ -222,16 +222,6 @@ class SqlServer:
         # that would outlive the grace period is interrupted shortly before.
         await trio.sleep_until(rules.shutdown_interrupt_at(trio.current_time(), self.service.grace_deadline))
         state.session.interrupt("the server is shutting down")
-
-    @staticmethod
-    async def _interrupt_when_cancelled(session: Session) -> None:
-        # However this connection ends (client gone, the end of the shutdown
-        # grace, the whole server cancelled), the worker thread must not
-        # outlive it: a thread cannot be cancelled, but its statement can.
-        try:
-            await trio.sleep_forever()
-        finally:
-            session.interrupt("connection closing")
 
     @staticmethod
     async def _send(state: ConnState, conn: Connection, data: bytes) -> None:

@@ -19,10 +19,9 @@ import math
 import sqlite3
 from dataclasses import dataclass, field
 
-import outcome
 import trio
 
-from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog
+from trionet.serving import Connection, SendWatchdog
 from trionet.sql.engine import FetchResult, Session, SqlError
 from trionet.sql.pg import catalog, describe, types
 from trionet.sql.pg import messages as m
@@ -44,6 +43,7 @@ from trionet.sql.pg.sqlstate import (
     sqlstate,
 )
 from trionet.sql.pg.statements import Command, Statement, classify, command_tag, split
+from trionet.sql.watch import StopReason, run_watched
 
 __all__ = ["ConnState", "Executor"]
 
@@ -68,7 +68,7 @@ class ConnState:
     out: bytearray = field(default_factory=bytearray)
     running: Portal | None = None  # the portal whose statement is open in the session
     cancel: trio.Event | None = None  # set by a CancelRequest while a thread works
-    stop_reason: str | None = None  # why the watcher interrupted: cancel, timeout, gone
+    stop: StopReason = field(default_factory=StopReason)  # why the watcher interrupted: cancel, timeout, gone
     busy: bool = False
     in_transaction_before: bool = False
 
@@ -566,7 +566,7 @@ class Executor:
         code = sqlstate(exc.code, exc.message)
         message = exc.message
         if code == QUERY_CANCELED:
-            if st.stop_reason == "cancel":
+            if st.stop.reason == "cancel":
                 message = "canceling statement due to user request"
             elif exc.code == "timeout":
                 message = "canceling statement due to statement timeout (the server's --query-timeout)"
@@ -574,49 +574,11 @@ class Executor:
 
     async def _in_thread(self, st: ConnState, deadline: float, fn, *args):
         st.cancel = trio.Event()
-        st.stop_reason = None
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_while_working, st, deadline)
-                result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, limiter=self._thread_tokens_held)
-                nursery.cancel_scope.cancel()
+            return await run_watched(
+                fn, *args, session=st.session, deadline=deadline, stream=st.conn.stream, proto=st.proto,
+                max_buffered=self.config.max_message_bytes, tokens=self._thread_tokens_held, cancel=st.cancel,
+                stop=st.stop,
+            )  # fmt: skip
         finally:
             st.cancel = None
-        return result.unwrap()
-
-    async def _watch_while_working(self, st: ConnState, deadline: float) -> None:
-        with trio.move_on_at(deadline) as timer:
-            async with trio.open_nursery() as inner:
-                inner.start_soon(self._wait_cancel, st, inner.cancel_scope)
-                await self._read_ahead(st)
-                st.stop_reason = "gone"
-                inner.cancel_scope.cancel()
-        if timer.cancelled_caught:
-            st.stop_reason = "timeout"
-        # SQLite ignores an interrupt that comes before the statement starts,
-        # so it is repeated until the thread returns (and this task is cancelled).
-        while True:
-            if st.stop_reason == "gone":
-                st.session.interrupt("client gone")
-            else:
-                st.session.interrupt_for_timeout()
-            await trio.sleep(0.05)
-
-    @staticmethod
-    async def _wait_cancel(st: ConnState, scope: trio.CancelScope) -> None:
-        await st.cancel.wait()
-        st.stop_reason = "cancel"
-        scope.cancel()
-
-    async def _read_ahead(self, st: ConnState) -> None:
-        # Bounded: what the client pipelines stays in the protocol object for
-        # the loop; reading it now is how a client that left is noticed.
-        while st.proto.buffered < self.config.max_message_bytes:
-            try:
-                data = await st.conn.stream.receive_some(RECEIVE_CHUNK)
-            except (trio.BrokenResourceError, OSError):
-                data = b""
-            st.proto.receive_data(data)
-            if not data:
-                return
-        await trio.sleep_forever()

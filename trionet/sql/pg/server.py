@@ -28,7 +28,8 @@ import trio
 from trionet.framing import EOF
 from trionet.log import get_logger
 from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
-from trionet.sql.engine import Database, Session
+from trionet.sql import rules
+from trionet.sql.engine import Database
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.config import DEFAULT_PG_PORT, PgConfig
 from trionet.sql.pg.executor import ConnState, Executor
@@ -39,13 +40,11 @@ from trionet.sql.pg.protocol import (
 )
 from trionet.sql.pg.session import Settings
 from trionet.sql.pg.sqlstate import PROTOCOL_VIOLATION
+from trionet.sql.watch import SESSION_THREADS, interrupt_when_cancelled
 
 __all__ = ["PgServer", "serve_pg"]
 
 log = get_logger("sql")
-
-_SESSION_THREADS = 4  # threads opening and closing sessions (a file open, a rollback): short, I/O-bound
-
 
 class PgServer:
     """Serve one :class:`~trionet.sql.engine.Database` to PostgreSQL clients (protocol v3).
@@ -68,7 +67,7 @@ class PgServer:
         self.config = config or PgConfig()
         self.service = TCPService("pg", self._handle, log)
         self._executor = Executor(self.config, limiter or trio.CapacityLimiter(self.config.max_threads))
-        self._session_limiter = trio.CapacityLimiter(_SESSION_THREADS)
+        self._session_limiter = trio.CapacityLimiter(SESSION_THREADS)
         self._pids = itertools.count(secrets.randbelow(1 << 20) + 1000)
         self._keys: dict[int, tuple[int, ConnState]] = {}  # BackendKeyData pid -> (secret, connection)
 
@@ -95,7 +94,7 @@ class PgServer:
             )
         if startup is None:
             return
-        if len(self.service.connections) > self.config.max_connections:
+        if rules.over_connection_limit(len(self.service.connections), self.config.max_connections):
             log.warning("pg: refusing %s: %d connections open", conn.peer, len(self.service.connections) - 1)
             await _fatal(conn, proto, "53300", f"sorry, too many clients already ({self.config.max_connections})")
             return
@@ -113,7 +112,7 @@ class PgServer:
         self._keys[pid] = (secret, st)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_interrupt_when_cancelled, session)
+                nursery.start_soon(interrupt_when_cancelled, session)
                 with trio.CancelScope() as messages_scope:
                     nursery.start_soon(st.sends.watch, messages_scope)
                     nursery.start_soon(self._watch_drain, st, messages_scope)
@@ -192,8 +191,7 @@ class PgServer:
         # A busy connection finishes its message and closes; a statement that
         # would outlive the grace period is interrupted shortly before its
         # end, so the client still gets the answer (57014) and the FATAL.
-        deadline = self.service.grace_deadline
-        await trio.sleep_until(deadline - min(1.0, (deadline - trio.current_time()) / 2))
+        await trio.sleep_until(rules.shutdown_interrupt_at(trio.current_time(), self.service.grace_deadline))
         st.session.interrupt("the server is shutting down")
 
 
@@ -204,16 +202,6 @@ async def _fatal(conn: Connection, proto: PgServerProtocol, code: str, message: 
             await conn.stream.send_all(proto.send(m.ErrorResponse(code, message, "FATAL")))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
-
-
-async def _interrupt_when_cancelled(session: Session) -> None:
-    # However the connection ends (client gone, end of the shutdown grace,
-    # the server cancelled), its worker thread must not outlive it: a thread
-    # cannot be cancelled, but its statement can.
-    try:
-        await trio.sleep_forever()
-    finally:
-        session.interrupt("connection closing")
 
 
 async def serve_pg(
