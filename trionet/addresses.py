@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["format_address", "is_loopback"]
+__all__ = ["format_address", "is_loopback", "parse_host_port"]
 
 
 def format_address(host_or_sockaddr, port: int | None = None) -> str:
@@ -39,3 +39,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def parse_host_port(value: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` as ``(host, port)``; port 0 ("any free port") only if allowed.
+
+    Raises:
+        ValueError: ``expected HOST:PORT, got '...'``.
+    """
+    host, sep, port = value.rpartition(":")
+    lowest = 0 if allow_port_zero else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)

@@ -20,7 +20,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from trionet import log
-from trionet.addresses import format_address
+from trionet.addresses import format_address, parse_host_port
 from trionet.errors import leaves
 from trionet.metrics import new_registry, serve_metrics, summary_lines
 from trionet.serving import ListenError
@@ -245,10 +245,10 @@ def metrics_option(fn: Callable) -> Callable:
 def _parse_host_port(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
     if value is None:
         return None
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise click.BadParameter(f"expected HOST:PORT, such as 127.0.0.1:9401; got {value!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc}; for example 127.0.0.1:9401") from None
 
 
 def describe_os_error(exc: OSError) -> str:

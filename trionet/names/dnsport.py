@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trionet.framing import EOF, NEED_DATA, Frame, LengthPrefixFramer, TruncatedFrame, encode_length_prefixed
+from trionet.framing import (
+    EOF,
+    NEED_DATA,
+    Frame,
+    LengthPrefixFramer,
+    TruncatedFrame,
+    encode_length_prefixed,
+)
 from trionet.names import dnswire
 from trionet.names.querylog import answer_rcode, error_rcode
 from trionet.names.session import DNS_CLOSE_WAIT, REFUSE_WAIT, Refused

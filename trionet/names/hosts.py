@@ -18,7 +18,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from trionet.names.answer import Answer, InvalidName, address_from_reverse, normalize_name
+from trionet.names.answer import (
+    Answer,
+    InvalidName,
+    address_from_reverse,
+    normalize_name,
+)
 
 __all__ = ["HOSTS_TTL", "HostsTable", "HostsWarning", "load_hosts", "parse_hosts"]
 

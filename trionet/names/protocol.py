@@ -20,7 +20,13 @@ import ipaddress
 from dataclasses import dataclass
 
 from trionet.framing import LineClientProtocol, LineServerProtocol
-from trionet.names.answer import LINE_TYPES, Answer, InvalidName, normalize_name, reverse_name
+from trionet.names.answer import (
+    LINE_TYPES,
+    Answer,
+    InvalidName,
+    normalize_name,
+    reverse_name,
+)
 
 __all__ = [
     "BYE_REASONS",

@@ -45,7 +45,14 @@ from functools import partial
 import trio
 
 from trionet.errors import leaves
-from trionet.limits import AdmissionLimit, ShareExceeded, Ticket, WaitingRoomFull, WaitTimeout, client_key
+from trionet.limits import (
+    AdmissionLimit,
+    ShareExceeded,
+    Ticket,
+    WaitingRoomFull,
+    WaitTimeout,
+    client_key,
+)
 from trionet.log import get_logger
 from trionet.names import protocol
 from trionet.names.answer import Answer
@@ -57,7 +64,6 @@ from trionet.names.hostswire import HostsWireCache
 from trionet.names.lineport import serve_line
 from trionet.names.querylog import query_line
 from trionet.names.resolver import Resolver, Transport, Upstream
-from trionet.names.udpport import UDP_LOOKUPS, UdpStats, open_udp_socket, serve_udp
 from trionet.names.session import (
     DNS_CLOSE_WAIT,
     WAIT_BUFFER,
@@ -69,6 +75,7 @@ from trionet.names.session import (
     share_message,
     wait_timeout_message,
 )
+from trionet.names.udpport import UDP_LOOKUPS, UdpStats, open_udp_socket, serve_udp
 from trionet.names.watcher import HostsWatcher, read_hosts, stamp
 from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService
 

@@ -7,7 +7,14 @@ and :class:`NodeCore` for the sans-IO token logic. The in-memory simulation
 of a whole ring is a test harness: ``tests/ring/sim.py``.
 """
 
-from trionet.ring.config import ConfigError, NodeAddress, RingConfig, iter_messages, load_config, load_secret
+from trionet.ring.config import (
+    ConfigError,
+    NodeAddress,
+    RingConfig,
+    iter_messages,
+    load_config,
+    load_secret,
+)
 from trionet.ring.core import NodeCore, Summary
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
 

@@ -8,6 +8,7 @@ import sys
 import click
 import trio
 
+from trionet.addresses import parse_host_port
 from trionet.cliutil import (
     log_level_option,
     metrics_option,
@@ -261,10 +262,10 @@ def _open_deliveries(path: str):
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="--listen")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(value, allow_port_zero=False)  # the ring file names this port to the others
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
 
 
 def _print_summary(summary: Summary) -> None:

@@ -21,10 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from trionet.ring.config import NodeAddress, RingConfig
-from trionet.ring.node import NodeOptions, RingNode
-from trionet.ring.transport import TcpTransport
 from trionet.ring.core import Summary
 from trionet.ring.frames import Direction, Message
+from trionet.ring.node import NodeOptions, RingNode
+from trionet.ring.transport import TcpTransport
 
 __all__ = ["DemoView", "free_ports", "run_demo", "run_ring_demo"]
 

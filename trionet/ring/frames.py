@@ -19,7 +19,12 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from trionet.framing import LengthPrefixFramer, Oversized, TruncatedFrame, encode_length_prefixed
+from trionet.framing import (
+    LengthPrefixFramer,
+    Oversized,
+    TruncatedFrame,
+    encode_length_prefixed,
+)
 
 __all__ = [
     "MAX_FRAME",

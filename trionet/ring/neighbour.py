@@ -20,7 +20,14 @@ import trio
 from trionet.errors import first_message
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress
-from trionet.ring.frames import Ack, Bye, DataFrame, Direction, RemoteProtocolError, encode_frame
+from trionet.ring.frames import (
+    Ack,
+    Bye,
+    DataFrame,
+    Direction,
+    RemoteProtocolError,
+    encode_frame,
+)
 from trionet.ring.link import LinkState
 
 __all__ = ["EPOCH", "LINK_ERRORS", "Neighbour"]

@@ -45,13 +45,12 @@ import trio
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
-from trionet.ring.handshake import Opening, Side
 from trionet.ring.core import Deliver, Finished, NodeCore, Returned, Send, Summary
 from trionet.ring.frames import (
     NONCE_BYTES,
     DataFrame,
-    Finalize,
     Direction,
+    Finalize,
     FrameDecoder,
     Hello,
     Message,
@@ -64,6 +63,7 @@ from trionet.ring.frames import (
     Stop,
     encode_frame,
 )
+from trionet.ring.handshake import Opening, Side
 from trionet.ring.journal_file import JournalFile
 from trionet.ring.link import Arrival
 from trionet.ring.neighbour import EPOCH, LINK_ERRORS, Neighbour

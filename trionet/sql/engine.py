@@ -30,7 +30,13 @@ import sqlite3
 from pathlib import Path
 
 from trionet.sql.errors import SqlError
-from trionet.sql.session import DEFAULT_BATCH_BYTES, INLINE_BUDGET, FetchResult, OverBudget, Session
+from trionet.sql.session import (
+    DEFAULT_BATCH_BYTES,
+    INLINE_BUDGET,
+    FetchResult,
+    OverBudget,
+    Session,
+)
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",

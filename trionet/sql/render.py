@@ -28,8 +28,8 @@ from rich import box
 from rich.cells import cell_len
 from rich.table import Table
 
-from trionet.sql.result import Result
 from trionet.sql.protocol import encode_value
+from trionet.sql.result import Result
 
 __all__ = [
     "EXPANDED",

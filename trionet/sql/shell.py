@@ -50,7 +50,13 @@ from typing import TextIO
 from trionet.framing import EOF, NEED_DATA
 from trionet.sql import protocol
 from trionet.sql.errors import SqlConnectionError, SqlError
-from trionet.sql.render import EXPANDED, FORMATS, format_result, row_count, truncation_notice
+from trionet.sql.render import (
+    EXPANDED,
+    FORMATS,
+    format_result,
+    row_count,
+    truncation_notice,
+)
 from trionet.sql.result import Result
 
 __all__ = [

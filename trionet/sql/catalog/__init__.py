@@ -18,7 +18,12 @@ before any server starts.
 
 from trionet.sql.catalog.download import USGS_URL, fetch_usgs
 from trionet.sql.catalog.importer import BadRow, ImportReport, import_usgs
-from trionet.sql.catalog.schema import COLUMNS, REQUIRED_COLUMNS, SCHEMA_SQL, create_schema
+from trionet.sql.catalog.schema import (
+    COLUMNS,
+    REQUIRED_COLUMNS,
+    SCHEMA_SQL,
+    create_schema,
+)
 from trionet.sql.catalog.shipped import (
     CATALOG_VERSION,
     SHIPPED_ROWS,

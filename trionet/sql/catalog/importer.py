@@ -17,7 +17,13 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from trionet.sql.catalog.schema import COLUMNS, NAMES, REQUIRED_COLUMNS, UPSERT_SQL, create_schema
+from trionet.sql.catalog.schema import (
+    COLUMNS,
+    NAMES,
+    REQUIRED_COLUMNS,
+    UPSERT_SQL,
+    create_schema,
+)
 
 __all__ = ["BadRow", "ImportReport", "import_usgs"]
 
