@@ -24,6 +24,7 @@ import trio
 from trionet.addresses import format_address
 from trionet.errors import first_message
 from trionet.framing import NEED_DATA
+from trionet.tls import TLSServerConfig, handshake
 
 __all__ = [
     "Connection",
@@ -62,7 +63,8 @@ class ListenError(OSError):
 class Connection:
     """One accepted client: its stream, and what the log line at close reports."""
 
-    stream: trio.SocketStream
+    stream: trio.abc.Stream
+    """The client's stream: a ``trio.SocketStream``, or a ``trio.SSLStream`` over one when the service has TLS."""
     peer: str
     service: "TCPService"
     opened: float = field(default_factory=trio.current_time)
@@ -87,6 +89,11 @@ class TCPService:
         logger: where open/close lines go.
         quiet: log opened/closed connections at debug level, not info (a
             metrics endpoint scraped every few seconds).
+        tls: serve TLS from the first byte (:mod:`trionet.tls`): each
+            connection's handshake runs, under its own timeout, before the
+            handler is called, so a client that stalls it never reaches the
+            service's admission. Failed handshakes are counted in
+            :attr:`tls_failures_total` and logged at debug level.
 
     Attributes:
         connections: the connections open now.
@@ -95,8 +102,18 @@ class TCPService:
             (those of open ones are on each :class:`Connection`).
     """
 
-    def __init__(self, name: str, handler: Handler, logger: logging.Logger, *, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        handler: Handler,
+        logger: logging.Logger,
+        *,
+        quiet: bool = False,
+        tls: TLSServerConfig | None = None,
+    ) -> None:
         self.name = name
+        self.tls = tls
+        self.tls_failures_total = 0
         self._handler = handler
         self._log = logger
         self._conn_level = logging.DEBUG if quiet else logging.INFO
@@ -195,6 +212,15 @@ class TCPService:
             peer = format_address(stream.socket.getpeername())
         except OSError:
             peer = "?"  # already reset by the peer
+        if self.tls is not None:
+            try:
+                wrapped = await handshake(stream, self.tls.context, self.tls.handshake_timeout)
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.tls_failures_total += 1
+                self._log.debug("%s TLS handshake failed: %s: %s", self.name, peer, _handshake_failure(exc))
+                await trio.aclose_forcefully(stream)
+                return
+            stream = wrapped
         conn = Connection(stream=stream, peer=peer, service=self)
         self.connections.add(conn)
         self.accepted_total += 1
@@ -220,6 +246,13 @@ class TCPService:
                 trio.current_time() - conn.opened,
                 conn.requests,
             )
+
+
+def _handshake_failure(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "not finished in time"
+    cause = exc.__cause__ or exc
+    return str(cause) or type(cause).__name__
 
 
 async def receive_event(stream: trio.abc.ReceiveStream, framer, max_bytes: int = RECEIVE_CHUNK):

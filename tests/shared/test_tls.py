@@ -1,0 +1,96 @@
+"""The shared TLS layer: contexts with clear errors, and a bounded handshake before the handler."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import click
+import pytest
+import trio
+import trustme
+from click.testing import CliRunner
+
+from trionet.serving import TCPService
+from trionet.tls import TLSConfigError, TLSServerConfig, client_context, server_context, server_tls_options
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def pem_files(ca, tmp_path):
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return str(cert_file), str(key_file), str(ca_file)
+
+
+async def _echo_once(conn) -> None:
+    await conn.stream.send_all(b"hello " + await conn.stream.receive_some(100))
+
+
+async def test_a_tls_service_talks_tls_to_a_verifying_client(pem_files, nursery):
+    cert, key, ca_file = pem_files
+    service = TCPService("test", _echo_once, logging.getLogger("test"), tls=TLSServerConfig(server_context(cert, key), cert, key))
+    [(host, port)] = await nursery.start(service.serve, "127.0.0.1", 0)
+    stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=client_context(ca_file))
+    await stream.send_all(b"tls")
+    assert await stream.receive_some(100) == b"hello tls"
+    await stream.aclose()
+
+
+async def test_a_stalled_handshake_is_dropped_and_never_reaches_the_handler(pem_files, nursery):
+    cert, key, _ = pem_files
+    called = []
+
+    async def handler(conn) -> None:
+        called.append(conn)
+
+    config = TLSServerConfig(server_context(cert, key), cert, key, handshake_timeout=0.3)
+    service = TCPService("test", handler, logging.getLogger("test"), tls=config)
+    [(host, port)] = await nursery.start(service.serve, "127.0.0.1", 0)
+    plain = await trio.open_tcp_stream(host, port)  # connects, never says hello
+    with trio.fail_after(5):
+        assert await plain.receive_some(100) == b""  # the server hung up
+    junk = await trio.open_tcp_stream(host, port)
+    await junk.send_all(b"GET / HTTP/1.0\r\n\r\n")  # not TLS at all
+    with trio.fail_after(5):
+        while await junk.receive_some(100):
+            pass
+    await plain.aclose()
+    await junk.aclose()
+    assert called == [] and service.tls_failures_total == 2
+
+
+def test_bad_files_are_named_in_one_line(pem_files, ca, tmp_path):
+    cert, key, ca_file = pem_files
+    with pytest.raises(TLSConfigError, match="--tls-cert .*missing.pem: no such file"):
+        server_context(str(tmp_path / "missing.pem"), key)
+    other_key = tmp_path / "other.pem"
+    ca.issue_cert("example.org").private_key_pem.write_to_path(str(other_key))
+    with pytest.raises(TLSConfigError, match="the key must belong to the certificate"):
+        server_context(cert, str(other_key))
+    with pytest.raises(TLSConfigError, match="--tls-ca .*no such file"):
+        client_context(str(tmp_path / "nope.pem"))
+
+
+def test_the_flags_go_together(pem_files):
+    cert, key, _ = pem_files
+    seen = []
+
+    @click.command()
+    @server_tls_options
+    def cmd(tls):
+        seen.append(tls)
+
+    runner = CliRunner()
+    assert runner.invoke(cmd, []).exit_code == 0 and seen[-1] is None
+    result = runner.invoke(cmd, ["--tls-cert", cert])
+    assert result.exit_code == 2 and "--tls-key is missing" in result.output
+    assert runner.invoke(cmd, ["--tls-cert", cert, "--tls-key", key]).exit_code == 0
+    assert isinstance(seen[-1].context, ssl.SSLContext)

@@ -1,0 +1,203 @@
+"""TLS for every trionet port: one set of flags, one way to build contexts, one bounded handshake.
+
+The SQL server (both ports), the name server's DNS-over-TLS port and, later,
+the ring take the same server flags, ``--tls-cert FILE --tls-key FILE``; the
+client commands take ``--tls`` and ``--tls-ca FILE``. They are defined here
+once, with the contexts they build, so every service refuses the same bad
+files with the same one-line message and speaks the same TLS versions.
+
+A handshake is work a client makes the server do before it has proved
+anything, so it always runs under its own deadline (:func:`handshake`); a
+service calls it before a client is admitted, so a stalled handshake never
+holds a slot.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+import trio
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "TLSConfigError",
+    "TLSServerConfig",
+    "client_context",
+    "client_tls_options",
+    "handshake",
+    "server_context",
+    "server_tls_options",
+]
+
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a client has to finish the TLS handshake (``--tls-handshake-timeout``)."""
+
+
+class TLSConfigError(ValueError):
+    """A certificate, key or CA file that cannot be used: the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class TLSServerConfig:
+    """What ``--tls-cert/--tls-key/--tls-handshake-timeout`` asked for, with the context built from it."""
+
+    context: ssl.SSLContext
+    cert: str
+    key: str
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+
+
+def server_context(cert: str, key: str, *, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """An ``ssl.SSLContext`` for a server: TLS 1.2 or newer, the certificate chain in ``cert``.
+
+    Args:
+        cert: PEM file with the server certificate (and its chain).
+        key: PEM file with the private key.
+        alpn: protocols to offer, e.g. ``["dot"]`` for DNS over TLS.
+
+    Raises:
+        TLSConfigError: a file is missing or unreadable, is not PEM, or the
+            key does not match the certificate.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        _check_readable(flag, path)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise TLSConfigError(
+            f"cannot use --tls-cert {cert} with --tls-key {key}: {exc.reason or exc} "
+            "(both must be PEM files, and the key must belong to the certificate)"
+        ) from None
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+def client_context(ca: str | None = None, *, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """An ``ssl.SSLContext`` for a client that verifies the server.
+
+    Args:
+        ca: PEM file of the certificate authority to trust; None trusts the
+            system's store.
+        alpn: protocols to offer.
+
+    Raises:
+        TLSConfigError: ``ca`` is missing or not a PEM certificate.
+    """
+    if ca is not None:
+        _check_readable("--tls-ca", ca)
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as exc:
+        raise TLSConfigError(f"cannot use --tls-ca {ca}: {exc.reason or exc} (it must be a PEM certificate)") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+def _check_readable(flag: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise TLSConfigError(f"cannot read {flag} {path}: no such file") from None
+    except OSError as exc:
+        raise TLSConfigError(f"cannot read {flag} {path}: {exc.strerror}") from None
+
+
+async def handshake(stream: trio.abc.Stream, context: ssl.SSLContext, timeout: float, **kwargs) -> trio.SSLStream:
+    """Wrap ``stream`` in TLS as the server and finish the handshake within ``timeout`` seconds.
+
+    Args:
+        stream: the accepted connection.
+        context: from :func:`server_context`.
+        timeout: seconds; a peer that has not finished by then is dropped.
+        **kwargs: passed to ``trio.SSLStream`` (``https_compatible``, ...).
+
+    Returns:
+        The TLS stream, ready for application data.
+
+    Raises:
+        trio.TooSlowError: the handshake took longer than ``timeout``.
+        trio.BrokenResourceError: the peer is not speaking TLS, or broke off.
+    """
+    tls = trio.SSLStream(stream, context, server_side=True, **kwargs)
+    with trio.fail_after(timeout):
+        await tls.do_handshake()
+    return tls
+
+
+def server_tls_options(fn: Callable) -> Callable:
+    """``--tls-cert FILE --tls-key FILE --tls-handshake-timeout SECONDS``, given to the command as ``tls``.
+
+    ``tls`` is a :class:`TLSServerConfig`, or None when neither file is
+    given. One file without the other, or files that cannot be used, is a
+    usage error naming the file.
+    """
+
+    @click.option(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate (chain) to serve TLS with; needs --tls-key.",
+    )
+    @click.option("--tls-key", metavar="FILE", help="PEM private key of --tls-cert.")
+    @click.option(
+        "--tls-handshake-timeout",
+        type=click.FloatRange(0, min_open=True),
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        show_default=True,
+        metavar="SECONDS",
+        help="A client that has not finished the TLS handshake by then is dropped (it never holds a slot).",
+    )
+    @functools.wraps(fn)
+    def wrapper(*args, tls_cert: str | None, tls_key: str | None, tls_handshake_timeout: float, **kwargs):
+        kwargs["tls"] = _server_config(tls_cert, tls_key, tls_handshake_timeout)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _server_config(cert: str | None, key: str | None, timeout: float) -> TLSServerConfig | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        missing = "--tls-cert" if cert is None else "--tls-key"
+        raise click.UsageError(f"--tls-cert and --tls-key go together: {missing} is missing")
+    try:
+        return TLSServerConfig(server_context(cert, key), cert, key, timeout)
+    except TLSConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def client_tls_options(fn: Callable) -> Callable:
+    """``--tls`` and ``--tls-ca FILE``, given to the command as ``tls``: an ``ssl.SSLContext`` or None.
+
+    ``--tls-ca`` alone implies ``--tls``.
+    """
+
+    @click.option("--tls", "use_tls", is_flag=True, help="Connect with TLS, verifying the server's certificate.")
+    @click.option(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM certificate of the authority that signed the server's certificate "
+        "(default: the system's trusted ones). Implies --tls.",
+    )
+    @functools.wraps(fn)
+    def wrapper(*args, use_tls: bool, tls_ca: str | None, **kwargs):
+        context = None
+        if use_tls or tls_ca is not None:
+            try:
+                context = client_context(tls_ca)
+            except TLSConfigError as exc:
+                raise click.UsageError(str(exc)) from None
+        kwargs["tls"] = context
+        return fn(*args, **kwargs)
+
+    return wrapper
