@@ -12,9 +12,10 @@ from __future__ import annotations
 import sqlite3
 
 from trionet.sql.engine import FetchResult, Session
+from trionet.sql.pg import params
 from trionet.sql.pg.statements import split
 
-__all__ = ["declared_types", "describe_statement", "null_params", "start_statement"]
+__all__ = ["declared_types", "describe_params", "describe_statement", "null_params", "start_statement"]
 
 _DESCRIBE_VIEW = "_trionet_pg_describe"
 
@@ -56,6 +57,29 @@ def describe_statement(session: Session, source: str) -> tuple[list[str], list[s
     if columns is None:
         return None
     return [name for name, _decl in columns], [decl for _name, decl in columns]
+
+
+def describe_params(session: Session, source: str, oids: tuple[int, ...]) -> tuple[int, ...]:
+    """The statement's parameter OIDs, those the client left 0 inferred from the columns they meet.
+
+    Reads the declared column types of the tables ``source`` names (see
+    :func:`trionet.sql.pg.params.infer_param_oids`).
+    """
+    columns: dict[str, str | None] = {}
+    ambiguous = set()
+    for table in sorted(params.table_names(source))[:16]:
+        try:
+            rows = session.connection.execute("SELECT name, type FROM pragma_table_info(?)", (table,)).fetchall()
+        except sqlite3.Error:
+            continue
+        for name, decl in rows:
+            key = name.lower()
+            if columns.get(key, decl) != decl:
+                ambiguous.add(key)
+            columns[key] = decl
+    for key in ambiguous:
+        columns.pop(key)
+    return params.infer_param_oids(source, oids, columns)
 
 
 def start_statement(

@@ -23,8 +23,9 @@ import trio
 
 from trionet.serving import Connection, SendWatchdog
 from trionet.sql.engine import FetchResult, Session, SqlError
-from trionet.sql.pg import catalog, describe, types
+from trionet.sql.pg import catalog, describe, params, types
 from trionet.sql.pg import messages as m
+from trionet.sql.pg.columns import expression_oids
 from trionet.sql.pg.config import PgConfig
 from trionet.sql.pg.protocol import PgServerProtocol
 from trionet.sql.pg.session import (
@@ -218,6 +219,7 @@ class Executor:
         command = classify(statement) if statement else Command("empty")
         n = max(statement.n_params if statement else 0, len(event.param_oids))
         oids = tuple(event.param_oids) + (0,) * (n - len(event.param_oids))
+        oids = params.cast_oids(event.sql, oids)
         st.statements[event.name] = PreparedStatement(event.sql, statement, command, oids)
         st.out += st.proto.send(m.ParseComplete())
 
@@ -254,6 +256,13 @@ class Executor:
             prepared = st.statements.get(event.name)
             if prepared is None:
                 raise PgError("26000", f'prepared statement "{event.name}" does not exist')
+            if not all(prepared.param_oids) and prepared.command.kind in ("sql", "catalog"):
+                # As PostgreSQL does, the parameters' types come from where they
+                # stand; Bind then reads values sent in those types.
+                portal = self._new_portal(prepared, (), ())  # for its time budget
+                prepared.param_oids = await self._in_sqlite(
+                    st, portal, describe.describe_params, st.session, prepared.source, prepared.param_oids
+                )
             oids = tuple(oid or types.TEXT for oid in prepared.param_oids)
             st.out += st.proto.send(m.ParameterDescription(oids))
             if prepared.columns is None:
@@ -359,7 +368,11 @@ class Executor:
             first = result.rows[0] if result.rows else (None,) * len(names)
             if decl is None or len(decl) != len(names):
                 decl = [None] * len(names)
-            portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decl, first))
+            oids = [types.decltype_oid(d) for d in decl]
+            if None in oids and statement.words[:1] == ("SELECT",):
+                # The same rule as a Describe of the statement, then the first value.
+                oids = [o or s for o, s in zip(oids, expression_oids(statement.sql, len(names)))]
+            portal.columns = tuple(Column(n, o or types.column_oid(None, v)) for n, o, v in zip(names, oids, first))
         self._took(st, portal, result)
         if statement.words[:2] == ("ROLLBACK", "TO"):
             st.txn.on_end()  # back at a savepoint: the block works again, as in PostgreSQL
@@ -390,7 +403,10 @@ class Executor:
                     "this statement cannot be described before it is bound: describe the portal instead",
                 )
             names, decls = described
-            return tuple(Column(n, types.decltype_oid(d) or types.TEXT) for n, d in zip(names, decls))
+            # An expression's type where SQLite's rules fix it (count(*) is an
+            # integer), text otherwise: every row will fit what is announced.
+            sure = expression_oids(statement.sql, len(names))
+            return tuple(Column(n, types.decltype_oid(d) or s or types.TEXT) for n, d, s in zip(names, decls, sure))
         if "RETURNING" in statement.words or "RETURNING" in prepared.source.upper():
             raise PgError(
                 FEATURE_NOT_SUPPORTED, "a RETURNING statement cannot be described before it is bound: describe the portal"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["CATALOG_TABLES", "Command", "Statement", "classify", "command_tag", "split"]
+__all__ = ["CATALOG_TABLES", "Command", "param_casts", "Statement", "classify", "command_tag", "split"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,29 @@ _MAX_PARAM = 65535  # PostgreSQL's limit; a larger $N is left for SQLite to reje
 _MAX_WORDS = 4
 
 
+_CAST_TARGETS = {
+    **dict.fromkeys("int int2 int4 int8 integer smallint bigint".split(), "INTEGER"),
+    **dict.fromkeys("float4 float8 real float double".split(), "REAL"),
+    **dict.fromkeys("numeric decimal".split(), "NUMERIC"),
+    **dict.fromkeys("text varchar char bpchar name character date timestamp time".split(), "TEXT"),
+    "bytea": "BLOB",
+}
+
+
+def _cast_param(match: re.Match) -> str:
+    # A PostgreSQL type name as SQLite's CAST target; bool and the unknown
+    # keep the value as Bind decoded it.
+    target = _CAST_TARGETS.get(match[2].split("(")[0].split()[0].lower())
+    return f"CAST(${match[1]} AS {target})" if target else f"${match[1]}"
+
+
+def param_casts(sql: str) -> dict[int, str]:
+    """The types ``$N::type`` gives its parameters (N -> PostgreSQL type name, lower case)."""
+    if "::" not in sql:
+        return {}
+    return {int(m[1]): " ".join(m[2].split("(")[0].lower().split()) for m in _PARAM_CAST.finditer(sql)}
+
+
 def split(sql: str, placeholder: str = "?{}", limit: int = 0) -> list[Statement]:
     """Split ``sql`` into statements (empty ones dropped), translating ``$N`` to ``?N``.
 
@@ -113,8 +136,9 @@ def split(sql: str, placeholder: str = "?{}", limit: int = 0) -> list[Statement]
             # Placeholders, translated at C speed however many there are.
             numbers = [int(n) for n in _PARAM.findall(token) if len(n) < 6]
             n_params = max(n_params, max((n for n in numbers if n <= _MAX_PARAM), default=0))
-            # $1::INTEGER (SQLAlchemy's LIMIT, asyncpg users) is SQLite's CAST.
-            token = _PARAM_CAST.sub(lambda m: f"CAST(${m[1]} AS {m[2]})", token)
+            # $1::INTEGER (SQLAlchemy's LIMIT, asyncpg users) declares $1's
+            # type (the executor reads it at Parse) and becomes SQLite's CAST.
+            token = _PARAM_CAST.sub(_cast_param, token)
             if placeholder == "?{}":
                 token = _PARAM.sub(r"?\1", token)  # $0 and $99999 become ?0 and ?99999: SQLite rejects them
             else:
