@@ -116,7 +116,10 @@ class Executor:
             self._error(st, exc)
             if isinstance(event, (m.Query, m.FunctionCall)):
                 self._ready(st)
-                await self.flush(st)
+            # Sent at once, as PostgreSQL does: a client that sent Flush (not
+            # Sync) after Describe waits for the answer, and the protocol core
+            # now skips that Flush on its way to Sync.
+            await self.flush(st)
         finally:
             st.busy = False
         if len(st.out) >= _FLUSH_BYTES:
