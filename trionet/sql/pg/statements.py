@@ -253,6 +253,15 @@ def classify(statement: Statement) -> Command:
         return Command("noop", tag=f"DISCARD {second}".strip())
     if first == "DEALLOCATE":
         return Command("noop", tag="DEALLOCATE ALL" if "ALL" in words else "DEALLOCATE")
+    if first == "TRUNCATE":
+        return Command("unsupported", message="TRUNCATE is PostgreSQL's, not SQLite's: use DELETE FROM the table", tag="0A000")
+    if first == "VACUUM" and second and second not in ("MAIN", "TEMP", "INTO"):
+        # pgbench's start (without -n) vacuums its tables one by one.
+        return Command(
+            "unsupported",
+            message="VACUUM of one table is PostgreSQL's; SQLite's VACUUM (no name) rebuilds the whole database",
+            tag="0A000",
+        )
     if first == "COPY":
         return Command("unsupported", message="COPY is not supported by trionet's PostgreSQL front", tag="0A000")
     if first in ("LISTEN", "UNLISTEN", "NOTIFY", "PREPARE", "EXECUTE", "DECLARE", "FETCH", "MOVE", "LOCK"):
