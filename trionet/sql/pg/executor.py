@@ -41,6 +41,7 @@ from trionet.sql.pg.sqlstate import (
     FEATURE_NOT_SUPPORTED,
     PROTOCOL_VIOLATION,
     QUERY_CANCELED,
+    error_position,
     sqlstate,
 )
 from trionet.sql.pg.statements import Command, Statement, classify, command_tag, split
@@ -182,10 +183,13 @@ class Executor:
         if not statements:
             st.out += st.proto.send(m.EmptyQueryResponse())
             return
+        start = 0  # where the next statement's text is searched for (positions in errors)
         for statement in statements:
             if statement.n_params:
                 raise PgError("42P02", f"there is no parameter ${statement.n_params}")
-            prepared = PreparedStatement(statement.sql, statement, classify(statement), ())
+            at = sql.find(statement.sql, start)
+            start = at + len(statement.sql) if at >= 0 else start
+            prepared = PreparedStatement(statement.sql, statement, classify(statement), (), offset=max(0, at))
             portal = self._new_portal(prepared, (), ())
             await self._start(st, portal)
             if portal.returns_rows:
@@ -576,7 +580,10 @@ class Executor:
                 if st.running is portal:
                     st.running = None
                 portal.done = True
-                raise self._sql_error(st, exc) from None
+                error = self._sql_error(st, exc)
+                if exc.code == "sql_error" and (at := error_position(portal.prepared.source, exc.message)):
+                    error.position = portal.prepared.offset + at
+                raise error from None
             finally:
                 portal.work_left -= trio.current_time() - begun
 
