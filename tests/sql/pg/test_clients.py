@@ -187,3 +187,57 @@ async def test_sqlalchemy_connects_queries_and_reflects(start_pg):
     assert pk == ["id"]
     assert indexes == [("quakes_mag", ("mag",)), ("quakes_time", ("time",))]
     assert [tuple(r) for r in core] == [("q00037",)]
+
+
+# --- Describe announces what the rows carry ------------------------------------------------------
+
+EXPRESSIONS = [
+    # (expression, type of the value asyncpg reads after a Describe of the statement)
+    ("count(*)", int),
+    ("avg(mag)", float),
+    ("max(mag)", str),  # no certain type: text, and the rows are sent as text
+    ("sum(nst)", str),
+    ("mag * 2", str),
+    ("upper(place)", str),
+    ("length(place)", int),
+    ("CAST(nst AS REAL)", float),
+    ("CAST(mag AS INTEGER)", int),
+    ("CAST(mag AS TEXT)", str),
+    ("1", int),
+    ("2.5", float),
+    ("'x'", str),
+    ("NULL", type(None)),
+    ("typeof(mag)", str),
+]
+
+
+@pytest.mark.parametrize(("expression", "kind"), EXPRESSIONS, ids=[e for e, _ in EXPRESSIONS])
+async def test_describe_announces_the_types_the_rows_carry(start_pg, expression, kind):
+    _, address = await start_pg()
+    sql = f"SELECT {expression} AS v FROM quakes WHERE nst IS NOT NULL GROUP BY nst % 3 ORDER BY 1 LIMIT 3"
+
+    async def go():
+        conn = await asyncpg_connect(address)
+        try:
+            stmt = await conn.prepare(sql)  # Parse + Describe of the statement, before any row exists
+            announced = stmt.get_attributes()[0].type.name
+            rows = await stmt.fetch()  # binary where asyncpg can: each value decoded as announced
+            return announced, [r[0] for r in rows]
+        finally:
+            await conn.close()
+
+    announced, values = await in_asyncio(go)
+    assert {"int8": int, "float8": float, "text": str}[announced] in (kind, str)
+    assert values and all(isinstance(v, kind) for v in values)
+
+    def psycopg_binary():
+        # The other path: psycopg describes the portal, after the first batch ran.
+        import psycopg
+
+        host, port = address
+        with psycopg.connect(host=host, port=port, dbname="quakes", user="analyst", autocommit=True) as conn:
+            cur = conn.cursor(binary=True)
+            cur.execute(sql)
+            return [r[0] for r in cur.fetchall()]
+
+    assert len(await trio.to_thread.run_sync(psycopg_binary)) == len(values)

@@ -50,7 +50,6 @@ _REWRITES = (
     # rewrite keeps their result columns.
     (re.compile(r"\b(?:unnest|array)\s*\(", re.IGNORECASE), "("),
     (re.compile(r"\bgenerate_subscripts\s*\(([^,()]*),[^()]*\)", re.IGNORECASE), r"(\1)"),
-    (re.compile(r"(\barray_agg\s*\([^()]*(?:\([^()]*\)[^()]*)*?)\s+ORDER\s+BY\s+[^()]*\)", re.IGNORECASE), r"\1)"),
     (re.compile(r"\bbool_and\s*\(", re.IGNORECASE), "min("),
     (re.compile(r"\bbool_or\s*\(", re.IGNORECASE), "max("),
 )
@@ -172,11 +171,38 @@ _DEFAULT_COLUMNS = {
 }
 
 
+_AGGREGATE = re.compile(r"\barray_agg\s*\(", re.IGNORECASE)
+_ORDER_BY = re.compile(r"\s+ORDER\s+BY\s", re.IGNORECASE)
+
+
+def _drop_aggregate_order(sql: str) -> str:
+    # array_agg(x ORDER BY y) -> array_agg(x): SQLite 3.40 has no ordered
+    # aggregates. One pass: each call is read to its closing parenthesis.
+    out, done = [], 0
+    for match in _AGGREGATE.finditer(sql):
+        if match.start() < done:
+            continue
+        depth, i = 1, match.end()
+        while i < len(sql) and depth:
+            depth += {"(": 1, ")": -1}.get(sql[i], 0)
+            i += 1
+        if depth:
+            break  # unclosed: SQLite will say so
+        inner = sql[match.end() : i - 1]
+        order = _ORDER_BY.search(inner)
+        out.append(sql[done : match.end()])
+        out.append(inner[: order.start()] if order else inner)
+        out.append(")")
+        done = i
+    out.append(sql[done:])
+    return "".join(out)
+
+
 def rewrite(sql: str) -> str:
-    """PostgreSQL-isms psql uses in its catalog queries, in SQLite's terms."""
+    """PostgreSQL-isms psql and SQLAlchemy use in their catalog queries, in SQLite's terms."""
     for pattern, replacement in _REWRITES:
         sql = pattern.sub(replacement, sql)
-    return sql
+    return _drop_aggregate_order(sql) if "array_agg" in sql.lower() else sql
 
 
 def _decltype_oid(decltype: str) -> int:

@@ -28,6 +28,9 @@ _TEXT_FUNCTIONS = frozenset(
     "upper lower trim ltrim rtrim substr substring replace printf format group_concat string_agg typeof hex quote"
     " char date time datetime strftime sqlite_version".split()
 )
+_MAX_SQL_CHARS = 100_000  # bounds the work on hostile text: longer statements get no inference
+_MAX_EXPRESSION_CHARS = 2_000
+_COMPOUND = re.compile(r"\b(?:UNION|EXCEPT|INTERSECT)\b", re.IGNORECASE)
 _CALL = re.compile(r"\A([A-Za-z_]\w*)\s*\((.*)\)\Z", re.DOTALL)
 _CAST = re.compile(r"\ACAST\s*\((.*)\s+AS\s+([A-Za-z_][\w ]*?)\s*(?:\(\s*\d+(?:\s*,\s*\d+)?\s*\))?\s*\)\Z", re.IGNORECASE | re.DOTALL)
 _INT_LITERAL = re.compile(r"\A[-+]?\d{1,18}\Z")
@@ -37,18 +40,11 @@ _STRING_LITERAL = re.compile(r"\A'[^']*(?:''[^']*)*'\Z")
 
 def _select_list(sql: str) -> list[str] | None:
     # The top-level items between the first SELECT and its FROM (or the end).
-    tokens = _TOKEN.findall(sql)
-    text = "".join(tokens)
-    match = re.match(r"\s*SELECT\s+(?:ALL\s+|DISTINCT\s+)?", text, re.IGNORECASE)
-    if not match:
-        return None
-    items, current, depth, consumed = [], [], 0, 0
-    for token in tokens:
-        if consumed < match.end():
-            consumed += len(token)
-            if consumed > match.end():  # the token straddles the keyword: keep its tail
-                current.append(token[len(token) - (consumed - match.end()) :])
-            continue
+    match = re.match(r"\s*SELECT\s+(?:ALL\s+|DISTINCT\s+)?", sql, re.IGNORECASE)
+    if not match or _COMPOUND.search(sql):
+        return None  # a compound's later parts may give a column other types
+    items, current, depth = [], [], 0
+    for token in _TOKEN.findall(sql, match.end()):
         if token == "(":
             depth += 1
         elif token == ")":
@@ -72,6 +68,8 @@ def _select_list(sql: str) -> list[str] | None:
 
 def _oid(expression: str) -> int | None:
     expression = expression.strip()
+    if len(expression) > _MAX_EXPRESSION_CHARS:
+        return None
     if _INT_LITERAL.match(expression):
         return types.INT8
     if _REAL_LITERAL.match(expression):
@@ -101,7 +99,7 @@ def expression_oids(sql: str, n_columns: int) -> list[int | None]:
             does not have that many items (a ``*``, a compound), nothing is
             inferred.
     """
-    items = _select_list(sql)
+    items = _select_list(sql) if len(sql) <= _MAX_SQL_CHARS else None
     if items is None or len(items) != n_columns or any(item == "*" or item.endswith(".*") for item in items):
         return [None] * n_columns
     out = []

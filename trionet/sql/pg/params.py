@@ -21,8 +21,9 @@ from trionet.sql.pg.statements import param_casts
 
 __all__ = ["cast_oids", "infer_param_oids", "table_names"]
 
+_MAX_SQL_CHARS = 100_000  # longer statements are not read for types: their parameters are text
 _LITERAL = re.compile(r"'[^']*(?:''[^']*)*'")
-_NAME = r'(?:[A-Za-z_]\w*\s*\.\s*)?"?([A-Za-z_]\w*)"?'
+_NAME = r'(?<![\w$])(?:[A-Za-z_]\w*\s*\.\s*)?"?([A-Za-z_]\w*)"?'
 _OP = r"(?:==|=|!=|<>|<=|>=|<|>|\bLIKE\b|\bGLOB\b|\bIS(?:\s+NOT)?\b)"
 _COLUMN_FIRST = re.compile(rf"{_NAME}\s*(?:NOT\s+)?{_OP}\s*\$(\d+)\b", re.IGNORECASE)
 _PARAM_FIRST = re.compile(rf"\$(\d+)\s*{_OP}\s*{_NAME}", re.IGNORECASE)
@@ -72,6 +73,8 @@ def infer_param_oids(sql: str, oids: tuple[int, ...], columns: Mapping[str, str 
     """
     if all(oids):
         return oids
+    if len(sql) > _MAX_SQL_CHARS:
+        return tuple(oid or types.TEXT for oid in oids)
     text = _LITERAL.sub("''", sql)
     found: dict[int, int] = {}
 
