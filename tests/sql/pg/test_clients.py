@@ -125,6 +125,25 @@ async def test_asyncpg_errors_carry_sqlstate(start_pg):
     assert await in_asyncio(go) == 1
 
 
+async def test_asyncpg_catalog_and_builtins(start_pg):
+    _, address = await start_pg()
+
+    async def go():
+        conn = await asyncpg_connect(address)
+        try:
+            return (
+                # Described before it runs: $1 is compared with pg_type.oid, so asyncpg sends an int.
+                [tuple(r) for r in await conn.fetch("SELECT typname, typlen FROM pg_type WHERE oid = $1", 20)],
+                await conn.fetchval("SELECT current_database()"),
+                await conn.fetchval("SHOW server_version"),
+                await conn.fetchval("SELECT count(*) FROM pg_catalog.pg_class WHERE relname = $1", "quakes"),
+            )
+        finally:
+            await conn.close()
+
+    assert await in_asyncio(go) == ([("int8", 8)], "quakes", "15.0 (trionet)", 1)
+
+
 # --- pg8000 -------------------------------------------------------------------------------------
 
 

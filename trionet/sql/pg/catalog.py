@@ -27,10 +27,10 @@ import sqlite3
 from trionet.sql import sandbox
 from trionet.sql.engine import Session, SqlError
 from trionet.sql.pg import types
-from trionet.sql.pg.describe import declared_types, null_params
+from trionet.sql.pg.describe import declared_types, infer_params, null_params, view_columns
 from trionet.sql.pg.statements import split
 
-__all__ = ["rewrite", "run"]
+__all__ = ["describe", "rewrite", "run"]
 
 _REWRITES = (
     (re.compile(r"\bpg_catalog\s*\.\s*", re.IGNORECASE), ""),
@@ -430,6 +430,24 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
             cat.create_function(name, nargs, fn)
     cat.create_aggregate("array_agg", 1, _ArrayAgg)
     return cat
+
+
+def describe(
+    session: Session, source: str, oids: tuple[int, ...], *, user: str, database: str, version: str
+) -> tuple[tuple[int, ...], list[tuple[str, str]] | None]:
+    """A catalog statement not run yet: its parameter OIDs (0s inferred) and its columns' (name, declared type).
+
+    The columns are None when no view can hold the statement (the client
+    must describe the portal instead).
+    """
+    objects, columns, indexes = _schema_of(session)
+    cat = _build(objects, columns, indexes, user=user, database=database, version=version)
+    cat.create_function("current_setting", -1, lambda *_: None)
+    try:
+        rewritten = rewrite(source)
+        return infer_params(cat, rewritten, oids), view_columns(cat, null_params(rewritten))
+    finally:
+        cat.close()
 
 
 def run(

@@ -263,7 +263,9 @@ class Executor:
             prepared = st.statements.get(event.name)
             if prepared is None:
                 raise PgError("26000", f'prepared statement "{event.name}" does not exist')
-            if not all(prepared.param_oids) and prepared.command.kind in ("sql", "catalog"):
+            if prepared.command.kind == "catalog" and prepared.columns is None:
+                await self._describe_catalog(st, prepared)
+            if not all(prepared.param_oids) and prepared.command.kind == "sql":
                 # As PostgreSQL does, the parameters' types come from where they
                 # stand; Bind then reads values sent in those types.
                 portal = self._new_portal(prepared, (), ())  # for its time budget
@@ -420,6 +422,27 @@ class Executor:
             )
         return ()
 
+    async def _describe_catalog(self, st: ConnState, prepared: PreparedStatement) -> None:
+        """Parameter types and columns of a catalog statement not bound yet, fixed on the statement."""
+        run = functools.partial(
+            catalog.describe,
+            user=st.settings.user,
+            database=st.settings.database,
+            version=self._function_value(st, "version"),
+        )
+        portal = self._new_portal(prepared, (), ())  # for its time budget
+        oids, described = await self._in_sqlite(st, portal, run, st.session, prepared.source, prepared.param_oids)
+        prepared.param_oids = oids
+        if described is None:
+            raise PgError(
+                FEATURE_NOT_SUPPORTED, "this catalog query cannot be described before it is bound: describe the portal"
+            )
+        # Declared types, else the expression rules, else text: rows are sent converted to them.
+        sure = expression_oids(catalog.rewrite(prepared.source), len(described))
+        prepared.columns = tuple(
+            Column(name, types.decltype_oid(decl) or oid or types.TEXT) for (name, decl), oid in zip(described, sure)
+        )
+
     def _took(self, st: ConnState, portal: Portal, result: FetchResult) -> None:
         portal.rows = result.rows
         portal.exhausted = result.exhausted
@@ -476,9 +499,13 @@ class Executor:
             names, decls, rows = await self._in_sqlite(
                 st, portal, run, st.session, portal.prepared.source, portal.params
             )
-            first = rows[0] if rows else (None,) * len(names)
-            decls = decls if decls and len(decls) == len(names) else [None] * len(names)
-            portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decls, first))
+            fixed = portal.prepared.columns
+            if fixed is not None and len(fixed) == len(names):
+                portal.columns = fixed  # described before: the rows follow what was announced
+            else:
+                first = rows[0] if rows else (None,) * len(names)
+                decls = decls if decls and len(decls) == len(names) else [None] * len(names)
+                portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decls, first))
             portal.rows, portal.returns_rows = list(rows), bool(names)
         elif kind == "noop":
             portal.tag = command.tag
