@@ -15,7 +15,7 @@ COLUMNS = {"id": "TEXT", "mag": "REAL", "nst": "INTEGER", "place": "TEXT", "n": 
 def test_parameters_take_the_type_of_what_they_meet():
     sql = (
         "SELECT * FROM quakes q WHERE q.mag > $1 AND $2 = nst AND id BETWEEN $3 AND $4 AND nst IN ($5, $6) "
-        "AND place LIKE $7 AND blob = $8 AND upper(place) = $9 LIMIT $10 OFFSET $11"
+        "AND nst LIKE $7 AND blob = $8 AND upper(place) = $9 LIMIT $10 OFFSET $11"
     )
     assert infer_param_oids(sql, (0,) * 11, COLUMNS) == (
         types.FLOAT8, types.INT8, types.TEXT, types.TEXT, types.INT8, types.INT8, types.TEXT,
