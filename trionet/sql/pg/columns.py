@@ -78,7 +78,8 @@ def _oid(expression: str) -> int | None:
         return types.TEXT
     if cast := _CAST.match(expression):
         oid = types.decltype_oid(cast[2])
-        return None if oid == types.BOOL else oid  # CAST(5 AS BOOLEAN) is 5 in SQLite
+        # CAST(5 AS BOOLEAN) is 5 in SQLite, CAST(x AS NUMERIC) may be inf: neither fits for sure.
+        return None if oid in (types.BOOL, types.NUMERIC) else oid
     if call := _CALL.match(expression):
         name = call[1].lower()
         if name in _INTEGER_FUNCTIONS:
