@@ -78,8 +78,7 @@ def _oid(expression: str) -> int | None:
         return types.TEXT
     if cast := _CAST.match(expression):
         oid = types.decltype_oid(cast[2])
-        # CAST(5 AS BOOLEAN) is 5 in SQLite, CAST(x AS NUMERIC) may be inf: neither fits for sure.
-        return None if oid in (types.BOOL, types.NUMERIC) else oid
+        return None if oid == types.BOOL else oid  # CAST(5 AS BOOLEAN) is 5 in SQLite
     if call := _CALL.match(expression):
         name = call[1].lower()
         if name in _INTEGER_FUNCTIONS:
