@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trionet.sql.pg import types
-from trionet.sql.pg.columns import expression_oids
+from trionet.sql.pg.columns import executed_names, expression_oids
 from trionet.sql.pg.params import cast_oids, infer_param_oids, table_names
 
 COLUMNS = {"id": "TEXT", "mag": "REAL", "nst": "INTEGER", "place": "TEXT", "n": "NUMERIC", "blob": None}
@@ -49,6 +49,12 @@ def test_expression_types_only_where_sqlite_fixes_them():
     assert expression_oids("SELECT *, 1 FROM q", 6) == [None] * 6
     assert expression_oids("SELECT CAST(x AS BOOLEAN) FROM q", 1) == [None]  # SQLite keeps 5 as 5
     assert expression_oids("SELECT CAST(x AS NUMERIC) FROM q", 1) == [types.NUMERIC]  # inf too: numeric Infinity
+
+
+def test_described_names_are_the_names_rows_get():
+    sql = "SELECT CAST(?1 AS INTEGER), ?2 AS b, x, upper(?3) FROM t"
+    described = ["CAST(NULL AS INTEGER)", "b", "x", "upper(NULL)"]
+    assert executed_names(sql, described) == ["CAST(?1 AS INTEGER)", "b", "x", "upper(?3)"]
 
 
 @given(st.text(max_size=200), st.integers(min_value=0, max_value=5))

@@ -16,7 +16,7 @@ import re
 
 from trionet.sql.pg import types
 
-__all__ = ["expression_oids"]
+__all__ = ["executed_names", "expression_oids"]
 
 _TOKEN = re.compile(r"'[^']*(?:''[^']*)*'|\"[^\"]*\"|[(),]|[^'\"(),]+")
 _ALIAS = re.compile(r"\s+(?:AS\s+)?(?:\"[^\"]*\"|[A-Za-z_]\w*)\s*\Z", re.IGNORECASE)
@@ -109,3 +109,18 @@ def expression_oids(sql: str, n_columns: int) -> list[int | None]:
             oid = _oid(item[: alias.start()])
         out.append(oid)
     return out
+
+
+def executed_names(sql: str, described: list[str]) -> list[str]:
+    """The names SQLite gives the columns when ``sql`` runs, from those a view of it (NULL for each ``?N``) gave.
+
+    SQLite names an expression without an alias by its text, so the view's
+    ``CAST(NULL AS INTEGER)`` is ``CAST(?1 AS INTEGER)`` when the statement
+    runs; only such names change.
+    """
+    if "NULL" not in "".join(described) or len(sql) > _MAX_SQL_CHARS:
+        return described
+    items = _select_list(sql)
+    if items is None or len(items) != len(described):
+        return described
+    return [item if "NULL" in name and "?" in item and not _ALIAS.search(item) else name for name, item in zip(described, items)]

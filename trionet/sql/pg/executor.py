@@ -25,7 +25,7 @@ from trionet.serving import Connection, SendWatchdog
 from trionet.sql.engine import FetchResult, Session, SqlError
 from trionet.sql.pg import catalog, describe, params, types
 from trionet.sql.pg import messages as m
-from trionet.sql.pg.columns import expression_oids
+from trionet.sql.pg.columns import executed_names, expression_oids
 from trionet.sql.pg.config import PgConfig
 from trionet.sql.pg.protocol import PgServerProtocol
 from trionet.sql.pg.session import (
@@ -412,6 +412,7 @@ class Executor:
                     "this statement cannot be described before it is bound: describe the portal instead",
                 )
             names, decls = described
+            names = executed_names(statement.sql, names)  # the view saw NULL where $N stands
             # An expression's type where SQLite's rules fix it (count(*) is an
             # integer), text otherwise: every row will fit what is announced.
             sure = expression_oids(statement.sql, len(names))
