@@ -42,7 +42,10 @@ _REWRITES = (
     (re.compile(r"::\s*\"?[A-Za-z_][\w.]*\"?(?:\[\])?"), ""),
     (re.compile(r"\barray\s*\(\s*select\b", re.IGNORECASE), "(select"),
     # pgJDBC's getSchemas(): the first schema of the search path.
-    (re.compile(r"\(\s*(?:pg_catalog\s*\.\s*)?current_schemas\s*\([^()]*\)\s*\)\s*\[\s*1\s*\]", re.IGNORECASE), "current_schema()"),
+    (
+        re.compile(r"\(\s*(?:pg_catalog\s*\.\s*)?current_schemas\s*\([^()]*\)\s*\)\s*\[\s*1\s*\]", re.IGNORECASE),
+        "current_schema()",
+    ),
     (re.compile(r"=\s*any\s*\(\s*array\s*\[([^\]]*)\]\s*\)", re.IGNORECASE), r" IN (\1)"),
     (re.compile(r"(?:!=|<>)\s*all\s*\(\s*array\s*\[([^\]]*)\]\s*\)", re.IGNORECASE), r" NOT IN (\1)"),
     (re.compile(r"=\s*any\s*\(", re.IGNORECASE), " IN ("),
@@ -262,7 +265,9 @@ class _ArrayAgg:
             kind, text = "_INT8", ["NULL" if v is None else str(v) for v in self.items]
         else:
             kind = "_TEXT"
-            text = ["NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in self.items]
+            text = [
+                "NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in self.items
+            ]
         return f"{_ARRAY_MARK}{kind}{{{','.join(text)}}}"
 
 
