@@ -125,6 +125,48 @@ async def test_asyncpg_errors_carry_sqlstate(start_pg):
     assert await in_asyncio(go) == 1
 
 
+async def test_asyncpg_catalog_and_builtins(start_pg):
+    _, address = await start_pg()
+
+    async def go():
+        conn = await asyncpg_connect(address)
+        try:
+            return (
+                # Described before it runs: $1 is compared with pg_type.oid, so asyncpg sends an int.
+                [tuple(r) for r in await conn.fetch("SELECT typname, typlen FROM pg_type WHERE oid = $1", 20)],
+                await conn.fetchval("SELECT current_database()"),
+                await conn.fetchval("SHOW server_version"),
+                await conn.fetchval("SELECT count(*) FROM pg_catalog.pg_class WHERE relname = $1", "quakes"),
+            )
+        finally:
+            await conn.close()
+
+    assert await in_asyncio(go) == ([("int8", 8)], "quakes", "15.0 (trionet)", 1)
+
+
+async def test_asyncpg_transactions_executemany_and_copy(start_pg, typed_db):
+    _, address = await start_pg(db=typed_db, read_write=True)
+
+    async def go():
+        conn = await asyncpg_connect(address)
+        try:
+            await conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, score REAL)")
+            async with conn.transaction():
+                # $1 and $2 take the types of body and score from the INSERT's column list.
+                await conn.executemany("INSERT INTO notes (body, score) VALUES ($1, $2)", [("a", 1.5), ("b", 2.5)])
+            with pytest.raises(RuntimeError):
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO notes (body) VALUES ('rolled back')")
+                    raise RuntimeError
+            with pytest.raises(asyncpg.FeatureNotSupportedError):
+                await conn.copy_from_table("notes", output="/dev/null")
+            return [tuple(r) for r in await conn.fetch("SELECT id, body, score FROM notes ORDER BY id")]
+        finally:
+            await conn.close()
+
+    assert await in_asyncio(go) == [(1, "a", 1.5), (2, "b", 2.5)]
+
+
 # --- pg8000 -------------------------------------------------------------------------------------
 
 
@@ -187,6 +229,35 @@ async def test_sqlalchemy_connects_queries_and_reflects(start_pg):
     assert pk == ["id"]
     assert indexes == [("quakes_mag", ("mag",)), ("quakes_time", ("time",))]
     assert [tuple(r) for r in core] == [("q00037",)]
+
+
+async def test_sqlalchemy_orm_writes(start_pg, typed_db):
+    from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
+
+    _, (host, port) = await start_pg(db=typed_db, read_write=True)
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Note(Base):
+        __tablename__ = "notes"
+        id = mapped_column(sa.Integer, primary_key=True)
+        body = mapped_column(sa.Text, nullable=False)
+
+    def go():
+        engine = sa.create_engine(f"postgresql+psycopg://analyst@{host}:{port}/quakes", poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"))
+            with Session(engine) as session:
+                note = Note(body="hello")
+                session.add(note)
+                session.commit()  # INSERT ... RETURNING id
+                return note.id, [n.body for n in session.scalars(sa.select(Note).where(Note.id == note.id))]
+        finally:
+            engine.dispose()
+
+    assert await trio.to_thread.run_sync(go) == (1, ["hello"])
 
 
 # --- Describe announces what the rows carry ------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import math
+
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trionet.sql.pg import types
-from trionet.sql.pg.columns import expression_oids
+from trionet.sql.pg.columns import executed_names, expression_oids
 from trionet.sql.pg.params import cast_oids, infer_param_oids, table_names
 
 COLUMNS = {"id": "TEXT", "mag": "REAL", "nst": "INTEGER", "place": "TEXT", "n": "NUMERIC", "blob": None}
@@ -15,7 +18,7 @@ COLUMNS = {"id": "TEXT", "mag": "REAL", "nst": "INTEGER", "place": "TEXT", "n": 
 def test_parameters_take_the_type_of_what_they_meet():
     sql = (
         "SELECT * FROM quakes q WHERE q.mag > $1 AND $2 = nst AND id BETWEEN $3 AND $4 AND nst IN ($5, $6) "
-        "AND place LIKE $7 AND blob = $8 AND upper(place) = $9 LIMIT $10 OFFSET $11"
+        "AND nst LIKE $7 AND blob = $8 AND upper(place) = $9 LIMIT $10 OFFSET $11"
     )
     assert infer_param_oids(sql, (0,) * 11, COLUMNS) == (
         types.FLOAT8, types.INT8, types.TEXT, types.TEXT, types.INT8, types.INT8, types.TEXT,
@@ -45,6 +48,13 @@ def test_expression_types_only_where_sqlite_fixes_them():
     assert expression_oids("SELECT 1 UNION SELECT 'a'", 1) == [None]  # a compound's parts may differ
     assert expression_oids("SELECT *, 1 FROM q", 6) == [None] * 6
     assert expression_oids("SELECT CAST(x AS BOOLEAN) FROM q", 1) == [None]  # SQLite keeps 5 as 5
+    assert expression_oids("SELECT CAST(x AS NUMERIC) FROM q", 1) == [types.NUMERIC]  # inf too: numeric Infinity
+
+
+def test_described_names_are_the_names_rows_get():
+    sql = "SELECT CAST(?1 AS INTEGER), ?2 AS b, x, upper(?3) FROM t"
+    described = ["CAST(NULL AS INTEGER)", "b", "x", "upper(NULL)"]
+    assert executed_names(sql, described) == ["CAST(?1 AS INTEGER)", "b", "x", "upper(?3)"]
 
 
 @given(st.text(max_size=200), st.integers(min_value=0, max_value=5))
@@ -59,3 +69,44 @@ def test_select_lists_of_sql_fragments(parts):
     sql = "".join(parts)
     for n in range(4):
         assert len(expression_oids(sql, n)) == n
+
+
+SURE_EXPRESSIONS = [
+    "count(x)", "length(x)", "avg(x)", "total(x)", "upper(x)", "typeof(x)", "hex(x)", "quote(x)",
+    "CAST(x AS INTEGER)", "CAST(x AS REAL)", "CAST(x AS TEXT)", "CAST(x AS BLOB)", "CAST(x AS NUMERIC)",
+    "printf('%s', x)", "group_concat(x)", "instr(x, 'a')", "substr(x, 1, 2)", "1", "-2.5", "'lit'",
+]  # fmt: skip
+VALUES = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20),
+    st.binary(max_size=20),
+)
+
+
+@pytest.mark.parametrize("expression", SURE_EXPRESSIONS)
+@settings(max_examples=60)
+@given(value=VALUES)
+@example(value=math.inf)
+@example(value=math.nan)
+@example(value=b"\xff\xfe")
+@example(value="9" * 30)
+def test_what_an_expression_announces_fits_every_value(expression, value):
+    # The Describe guarantee for expression columns: whatever the data, the
+    # value SQLite computes encodes as the announced type, in text and binary.
+    import sqlite3
+
+    sql = f"SELECT {expression} AS v FROM t"
+    (oid,) = expression_oids(sql, 1)
+    assert oid is not None, expression
+    conn = sqlite3.connect(":memory:")
+    conn.text_factory = lambda b: b.decode("utf-8", "replace")
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (?)", (value,))
+        (result,) = conn.execute(sql).fetchone()
+    finally:
+        conn.close()
+    for binary in (False, True):
+        types.encode_value(result, oid, binary)

@@ -27,10 +27,10 @@ import sqlite3
 from trionet.sql import sandbox
 from trionet.sql.engine import Session, SqlError
 from trionet.sql.pg import types
-from trionet.sql.pg.describe import declared_types, null_params
+from trionet.sql.pg.describe import declared_types, infer_params, null_params, view_columns
 from trionet.sql.pg.statements import split
 
-__all__ = ["rewrite", "run"]
+__all__ = ["describe", "rewrite", "run"]
 
 _REWRITES = (
     (re.compile(r"\bpg_catalog\s*\.\s*", re.IGNORECASE), ""),
@@ -42,7 +42,10 @@ _REWRITES = (
     (re.compile(r"::\s*\"?[A-Za-z_][\w.]*\"?(?:\[\])?"), ""),
     (re.compile(r"\barray\s*\(\s*select\b", re.IGNORECASE), "(select"),
     # pgJDBC's getSchemas(): the first schema of the search path.
-    (re.compile(r"\(\s*(?:pg_catalog\s*\.\s*)?current_schemas\s*\([^()]*\)\s*\)\s*\[\s*1\s*\]", re.IGNORECASE), "current_schema()"),
+    (
+        re.compile(r"\(\s*(?:pg_catalog\s*\.\s*)?current_schemas\s*\([^()]*\)\s*\)\s*\[\s*1\s*\]", re.IGNORECASE),
+        "current_schema()",
+    ),
     (re.compile(r"=\s*any\s*\(\s*array\s*\[([^\]]*)\]\s*\)", re.IGNORECASE), r" IN (\1)"),
     (re.compile(r"(?:!=|<>)\s*all\s*\(\s*array\s*\[([^\]]*)\]\s*\)", re.IGNORECASE), r" NOT IN (\1)"),
     (re.compile(r"=\s*any\s*\(", re.IGNORECASE), " IN ("),
@@ -262,7 +265,9 @@ class _ArrayAgg:
             kind, text = "_INT8", ["NULL" if v is None else str(v) for v in self.items]
         else:
             kind = "_TEXT"
-            text = ["NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in self.items]
+            text = [
+                "NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in self.items
+            ]
         return f"{_ARRAY_MARK}{kind}{{{','.join(text)}}}"
 
 
@@ -430,6 +435,24 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
             cat.create_function(name, nargs, fn)
     cat.create_aggregate("array_agg", 1, _ArrayAgg)
     return cat
+
+
+def describe(
+    session: Session, source: str, oids: tuple[int, ...], *, user: str, database: str, version: str
+) -> tuple[tuple[int, ...], list[tuple[str, str]] | None]:
+    """A catalog statement not run yet: its parameter OIDs (0s inferred) and its columns' (name, declared type).
+
+    The columns are None when no view can hold the statement (the client
+    must describe the portal instead).
+    """
+    objects, columns, indexes = _schema_of(session)
+    cat = _build(objects, columns, indexes, user=user, database=database, version=version)
+    cat.create_function("current_setting", -1, lambda *_: None)
+    try:
+        rewritten = rewrite(source)
+        return infer_params(cat, rewritten, oids), view_columns(cat, null_params(rewritten))
+    finally:
+        cat.close()
 
 
 def run(

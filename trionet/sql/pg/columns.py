@@ -16,7 +16,7 @@ import re
 
 from trionet.sql.pg import types
 
-__all__ = ["expression_oids"]
+__all__ = ["executed_names", "expression_oids"]
 
 _TOKEN = re.compile(r"'[^']*(?:''[^']*)*'|\"[^\"]*\"|[(),]|[^'\"(),]+")
 _ALIAS = re.compile(r"\s+(?:AS\s+)?(?:\"[^\"]*\"|[A-Za-z_]\w*)\s*\Z", re.IGNORECASE)
@@ -32,7 +32,10 @@ _MAX_SQL_CHARS = 100_000  # bounds the work on hostile text: longer statements g
 _MAX_EXPRESSION_CHARS = 2_000
 _COMPOUND = re.compile(r"\b(?:UNION|EXCEPT|INTERSECT)\b", re.IGNORECASE)
 _CALL = re.compile(r"\A([A-Za-z_]\w*)\s*\((.*)\)\Z", re.DOTALL)
-_CAST = re.compile(r"\ACAST\s*\((.*)\s+AS\s+([A-Za-z_][\w ]*?)\s*(?:\(\s*\d+(?:\s*,\s*\d+)?\s*\))?\s*\)\Z", re.IGNORECASE | re.DOTALL)
+_CAST = re.compile(
+    r"\ACAST\s*\((.*)\s+AS\s+([A-Za-z_][\w ]*?)\s*(?:\(\s*\d+(?:\s*,\s*\d+)?\s*\))?\s*\)\Z", re.IGNORECASE | re.DOTALL
+)
+_CLAUSE = re.compile(r"\b(?:FROM|WHERE|GROUP|ORDER|LIMIT|UNION|EXCEPT|INTERSECT|HAVING|WINDOW)\b", re.IGNORECASE)
 _INT_LITERAL = re.compile(r"\A[-+]?\d{1,18}\Z")
 _REAL_LITERAL = re.compile(r"\A[-+]?(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?\Z")
 _STRING_LITERAL = re.compile(r"\A'[^']*(?:''[^']*)*'\Z")
@@ -56,7 +59,7 @@ def _select_list(sql: str) -> list[str] | None:
             current = []
             continue
         elif depth == 0 and token[0] not in "'\"":
-            stop = re.search(r"\b(?:FROM|WHERE|GROUP|ORDER|LIMIT|UNION|EXCEPT|INTERSECT|HAVING|WINDOW)\b", token, re.IGNORECASE)
+            stop = _CLAUSE.search(token)
             if stop:
                 current.append(token[: stop.start()])
                 items.append("".join(current).strip())
@@ -109,3 +112,21 @@ def expression_oids(sql: str, n_columns: int) -> list[int | None]:
             oid = _oid(item[: alias.start()])
         out.append(oid)
     return out
+
+
+def executed_names(sql: str, described: list[str]) -> list[str]:
+    """The names SQLite gives the columns when ``sql`` runs, from those a view of it (NULL for each ``?N``) gave.
+
+    SQLite names an expression without an alias by its text, so the view's
+    ``CAST(NULL AS INTEGER)`` is ``CAST(?1 AS INTEGER)`` when the statement
+    runs; only such names change.
+    """
+    if "NULL" not in "".join(described) or len(sql) > _MAX_SQL_CHARS:
+        return described
+    items = _select_list(sql)
+    if items is None or len(items) != len(described):
+        return described
+    return [
+        item if "NULL" in name and "?" in item and not _ALIAS.search(item) else name
+        for name, item in zip(described, items)
+    ]

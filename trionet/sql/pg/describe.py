@@ -15,7 +15,15 @@ from trionet.sql.engine import FetchResult, Session, SqlError
 from trionet.sql.pg import params
 from trionet.sql.pg.statements import split
 
-__all__ = ["declared_types", "describe_params", "describe_statement", "null_params", "start_statement"]
+__all__ = [
+    "declared_types",
+    "describe_params",
+    "describe_statement",
+    "infer_params",
+    "null_params",
+    "start_statement",
+    "view_columns",
+]
 
 _DESCRIBE_VIEW = "_trionet_pg_describe"
 _STATEMENT_ERRORS = (
@@ -78,11 +86,16 @@ def describe_params(session: Session, source: str, oids: tuple[int, ...]) -> tup
     Reads the declared column types of the tables ``source`` names (see
     :func:`trionet.sql.pg.params.infer_param_oids`).
     """
+    return infer_params(session.connection, source, oids)
+
+
+def infer_params(conn: sqlite3.Connection, source: str, oids: tuple[int, ...]) -> tuple[int, ...]:
+    """:func:`describe_params` on any connection (the emulated catalog's too)."""
     columns: dict[str, str | None] = {}
     ambiguous = set()
     for table in sorted(params.table_names(source))[:16]:
         try:
-            rows = session.connection.execute("SELECT name, type FROM pragma_table_info(?)", (table,)).fetchall()
+            rows = conn.execute("SELECT name, type FROM pragma_table_info(?)", (table,)).fetchall()
         except sqlite3.Error:
             continue
         for name, decl in rows:
@@ -93,6 +106,11 @@ def describe_params(session: Session, source: str, oids: tuple[int, ...]) -> tup
     for key in ambiguous:
         columns.pop(key)
     return params.infer_param_oids(source, oids, columns)
+
+
+def view_columns(conn: sqlite3.Connection, sql: str) -> list[tuple[str, str]] | None:
+    """The (name, declared type) of each column of ``sql``, or None when no view can hold it."""
+    return _view_columns(conn, sql)
 
 
 def start_statement(

@@ -25,7 +25,7 @@ from trionet.serving import Connection, SendWatchdog
 from trionet.sql.engine import FetchResult, Session, SqlError
 from trionet.sql.pg import catalog, describe, params, types
 from trionet.sql.pg import messages as m
-from trionet.sql.pg.columns import expression_oids
+from trionet.sql.pg.columns import executed_names, expression_oids
 from trionet.sql.pg.config import PgConfig
 from trionet.sql.pg.protocol import PgServerProtocol
 from trionet.sql.pg.session import (
@@ -263,7 +263,9 @@ class Executor:
             prepared = st.statements.get(event.name)
             if prepared is None:
                 raise PgError("26000", f'prepared statement "{event.name}" does not exist')
-            if not all(prepared.param_oids) and prepared.command.kind in ("sql", "catalog"):
+            if prepared.command.kind == "catalog" and prepared.columns is None:
+                await self._describe_catalog(st, prepared)
+            if not all(prepared.param_oids) and prepared.command.kind == "sql":
                 # As PostgreSQL does, the parameters' types come from where they
                 # stand; Bind then reads values sent in those types.
                 portal = self._new_portal(prepared, (), ())  # for its time budget
@@ -410,6 +412,7 @@ class Executor:
                     "this statement cannot be described before it is bound: describe the portal instead",
                 )
             names, decls = described
+            names = executed_names(statement.sql, names)  # the view saw NULL where $N stands
             # An expression's type where SQLite's rules fix it (count(*) is an
             # integer), text otherwise: every row will fit what is announced.
             sure = expression_oids(statement.sql, len(names))
@@ -419,6 +422,27 @@ class Executor:
                 FEATURE_NOT_SUPPORTED, "a RETURNING statement cannot be described before it is bound: describe the portal"
             )
         return ()
+
+    async def _describe_catalog(self, st: ConnState, prepared: PreparedStatement) -> None:
+        """Parameter types and columns of a catalog statement not bound yet, fixed on the statement."""
+        run = functools.partial(
+            catalog.describe,
+            user=st.settings.user,
+            database=st.settings.database,
+            version=self._function_value(st, "version"),
+        )
+        portal = self._new_portal(prepared, (), ())  # for its time budget
+        oids, described = await self._in_sqlite(st, portal, run, st.session, prepared.source, prepared.param_oids)
+        prepared.param_oids = oids
+        if described is None:
+            raise PgError(
+                FEATURE_NOT_SUPPORTED, "this catalog query cannot be described before it is bound: describe the portal"
+            )
+        # Declared types, else the expression rules, else text: rows are sent converted to them.
+        sure = expression_oids(catalog.rewrite(prepared.source), len(described))
+        prepared.columns = tuple(
+            Column(name, types.decltype_oid(decl) or oid or types.TEXT) for (name, decl), oid in zip(described, sure)
+        )
 
     def _took(self, st: ConnState, portal: Portal, result: FetchResult) -> None:
         portal.rows = result.rows
@@ -476,9 +500,13 @@ class Executor:
             names, decls, rows = await self._in_sqlite(
                 st, portal, run, st.session, portal.prepared.source, portal.params
             )
-            first = rows[0] if rows else (None,) * len(names)
-            decls = decls if decls and len(decls) == len(names) else [None] * len(names)
-            portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decls, first))
+            fixed = portal.prepared.columns
+            if fixed is not None and len(fixed) == len(names):
+                portal.columns = fixed  # described before: the rows follow what was announced
+            else:
+                first = rows[0] if rows else (None,) * len(names)
+                decls = decls if decls and len(decls) == len(names) else [None] * len(names)
+                portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decls, first))
             portal.rows, portal.returns_rows = list(rows), bool(names)
         elif kind == "noop":
             portal.tag = command.tag

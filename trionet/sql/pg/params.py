@@ -24,7 +24,7 @@ __all__ = ["cast_oids", "infer_param_oids", "table_names"]
 _MAX_SQL_CHARS = 100_000  # longer statements are not read for types: their parameters are text
 _LITERAL = re.compile(r"'[^']*(?:''[^']*)*'")
 _NAME = r'(?<![\w$])(?:[A-Za-z_]\w*\s*\.\s*)?"?([A-Za-z_]\w*)"?'
-_OP = r"(?:==|=|!=|<>|<=|>=|<|>|\bLIKE\b|\bGLOB\b|\bIS(?:\s+NOT)?\b)"
+_OP = r"(?:==|=|!=|<>|<=|>=|<|>|\bIS(?:\s+NOT)?\b)"  # not LIKE/GLOB: a pattern is text whatever the column
 _COLUMN_FIRST = re.compile(rf"{_NAME}\s*(?:NOT\s+)?{_OP}\s*\$(\d+)\b", re.IGNORECASE)
 _PARAM_FIRST = re.compile(rf"\$(\d+)\s*{_OP}\s*{_NAME}", re.IGNORECASE)
 _BETWEEN = re.compile(rf"{_NAME}\s+(?:NOT\s+)?BETWEEN\s+\$(\d+)\s+AND\s+\$(\d+)\b", re.IGNORECASE)

@@ -154,9 +154,7 @@ def _as_decimal(value) -> Decimal:
         number = Decimal(repr(value) if type(value) is float else str(value))
     except InvalidOperation:
         raise ValueFormatError(f"value {value!r:.40} of a numeric column is not a number") from None
-    if not number.is_finite() and not number.is_nan():
-        raise ValueFormatError("infinity cannot be sent as numeric")
-    return number
+    return number  # NaN and ±Infinity included: PostgreSQL 14+ numeric holds them
 
 
 def _as_bool(value) -> bool:
@@ -171,6 +169,8 @@ def _numeric_binary(number: Decimal) -> bytes:
     # PostgreSQL's numeric: ndigits, weight, sign, dscale, then base-10000 digits.
     if number.is_nan():
         return struct.pack("!hhHh", 0, 0, 0xC000, 0)
+    if number.is_infinite():
+        return struct.pack("!hhHh", 0, 0, 0xF000 if number < 0 else 0xD000, 0)
     sign, digits, exponent = number.as_tuple()
     dscale = max(0, -exponent)
     text = "".join(map(str, digits))
