@@ -267,6 +267,20 @@ async def test_a_tls_client_at_its_quota_gets_close_notify(start_dot, client_ssl
     assert "internal error" not in caplog.text
 
 
+async def test_a_client_leaving_without_close_notify_just_left(start_dot, client_ssl, streams, caplog):
+    caplog.set_level(logging.INFO, "trionet")
+    server, addrs = await start_dot(quota=0)
+    polite = await streams.tls(addrs.dot, client_ssl)
+    assert (await _ask(polite, dns.message.make_query("gw", "A"))).answer
+    await polite.aclose()  # close_notify, then FIN
+    abrupt = await streams.tls(addrs.dot, client_ssl)
+    assert (await _ask(abrupt, dns.message.make_query("gw", "A"))).answer
+    await trio.aclose_forcefully(abrupt)  # FIN without close_notify, as dig +tls does
+    await _wait_until(lambda: server.endings["left"] == 2)
+    await _wait_until(lambda: caplog.text.count("names-dot connection closed: ") == 2)
+    assert "closed by peer" not in caplog.text
+
+
 # --- EDNS on connections ----------------------------------------------------------------
 
 
