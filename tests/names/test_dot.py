@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from trionet.cli import main as trionet_cli
 from trionet.framing import EOF, LengthPrefixFramer, encode_length_prefixed
 from trionet.names.hosts import parse_hosts
+from trionet.names.metrics import names_registry
 from trionet.names.server import NamesConfig, NamesServer
 from trionet.serving import receive_event
 from trionet.tls import TLSServerConfig, server_context
@@ -242,6 +243,13 @@ async def test_a_stalled_handshake_never_holds_a_slot(start_dot, client_ssl, str
                 pass
     await _wait_until(lambda: server.dot_service.tls_failures_total == 2)
     assert server.dot_service.accepted_total == 1  # only the real client became a connection
+    figures = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for metric in names_registry(server).collect()
+        for sample in metric.samples
+    }
+    assert figures[("trionet_names_tls_handshake_failures_total", ())] == 2
+    assert figures[("trionet_connections_total", (("listener", "names-dot"),))] == 1
 
 
 async def test_a_tls_client_at_its_quota_gets_close_notify(start_dot, client_ssl, streams, caplog):
@@ -257,6 +265,20 @@ async def test_a_tls_client_at_its_quota_gets_close_notify(start_dot, client_ssl
         assert await receive_event(stream, framer) is EOF  # a clean TLS close, not a reset
     await _wait_until(lambda: "names-dot connection closed" in caplog.text)
     assert "internal error" not in caplog.text
+
+
+async def test_a_client_leaving_without_close_notify_just_left(start_dot, client_ssl, streams, caplog):
+    caplog.set_level(logging.INFO, "trionet")
+    server, addrs = await start_dot(quota=0)
+    polite = await streams.tls(addrs.dot, client_ssl)
+    assert (await _ask(polite, dns.message.make_query("gw", "A"))).answer
+    await polite.aclose()  # close_notify, then FIN
+    abrupt = await streams.tls(addrs.dot, client_ssl)
+    assert (await _ask(abrupt, dns.message.make_query("gw", "A"))).answer
+    await trio.aclose_forcefully(abrupt)  # FIN without close_notify, as dig +tls does
+    await _wait_until(lambda: server.endings["left"] == 2)
+    await _wait_until(lambda: caplog.text.count("names-dot connection closed: ") == 2)
+    assert "closed by peer" not in caplog.text
 
 
 # --- EDNS on connections ----------------------------------------------------------------

@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -407,7 +408,11 @@ class NamesServer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, conn, client, nursery.cancel_scope)
             try:
-                await run_session(self, conn, client)
+                try:
+                    await run_session(self, conn, client)
+                except* trio.BrokenResourceError as group:
+                    if not all(_tls_eof(exc) for exc in leaves(group)):
+                        raise
                 self.endings[client.session.ending or "left"] += 1
             finally:
                 client.session.close()
@@ -518,6 +523,17 @@ class NamesServer:
     async def handle_dns(self, conn: Connection) -> None:
         """Serve one DNS-over-TCP client, or a DNS-over-TLS one after its handshake (both ports' handler)."""
         await self._serve_client(conn, serve_dns)
+
+
+def _tls_eof(exc: BaseException) -> bool:
+    """Whether ``exc`` is a TLS client closing its connection without TLS's close_notify.
+
+    Many DNS-over-TLS clients (``dig +tls``) do. A DNS message carries its
+    own length, so a cut one is seen as such (RFC 7858 does not ask for
+    close_notify); this client simply left, as one closing a TCP connection.
+    """
+    cause = exc.__cause__
+    return isinstance(cause, ssl.SSLEOFError) or "UNEXPECTED_EOF" in str(cause)
 
 
 def _client_key(conn: Connection) -> str:
