@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-from trionet.framing import EOF
+from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import rules
@@ -165,13 +165,15 @@ class PgServer:
         conn = st.conn
         while not conn.draining.is_set():
             in_transaction = st.session.in_transaction
-            idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
-            event = None
-            with trio.move_on_after(idle or math.inf):
-                try:
-                    event = await receive_event(conn.stream, st.proto)
-                except (trio.BrokenResourceError, OSError):
-                    return
+            event = st.proto.next_event()  # pipelined messages are served without a timer each
+            if event is NEED_DATA:
+                idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
+                event = None
+                with trio.move_on_after(idle or math.inf):
+                    try:
+                        event = await receive_event(conn.stream, st.proto)
+                    except (trio.BrokenResourceError, OSError):
+                        return
             if event is None:
                 code, what = ("25P03", "idle-in-transaction") if in_transaction else ("57P05", "idle-session")
                 await _fatal(conn, st.proto, code, f"terminating connection due to {what} timeout")
