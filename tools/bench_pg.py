@@ -31,7 +31,8 @@ when every round meets it, "missed" when none does, else "undecided".
 Besides pgbench's tps and average latency, each server's CPU time per
 transaction is measured from /proc/PID/stat of the server's whole process
 tree (postmaster and backends; supervisor and workers): the running
-processes' utime+stime plus the root's cutime+cstime (backends that ended).
+processes' utime+stime plus their cutime+cstime (children that ended, such
+as backends, are counted in their parent).
 
 Usage::
 
@@ -157,9 +158,9 @@ def _tree_cpu(root: int) -> float:
         fields = _stat(pid)
         if fields is None:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-        if pid == root:
-            total += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped children (ended backends)
+        # utime, stime, and cutime, cstime: the children it reaped (ended
+        # backends, in the postmaster's), each counted once, in its parent.
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
         todo.extend(children.get(pid, []))
     return total / CLK_TCK
 
