@@ -130,6 +130,13 @@ class Server:
         return _tree_cpu(self.process.pid)
 
     def stop(self) -> None:
+        if self.name == "postgres":
+            # The postmaster, not runuser in front of it: SIGINT is PostgreSQL's fast shutdown.
+            pidfile = self.log_path.parent / "pgdata" / "postmaster.pid"
+            try:
+                os.kill(int(pidfile.read_text().split()[0]), signal.SIGINT)
+            except (OSError, ValueError, IndexError):
+                pass
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT if self.name == "postgres" else signal.SIGTERM)
             try:

@@ -156,6 +156,9 @@ def test_sigterm_drains_every_worker_and_exits_0(server_process, quake_db, needs
     server, port, pids = start_workers(server_process, quake_db)
     conns = connect_to_each_worker(port)
     try:
+        server.signal(signal.SIGUSR1)  # forwarded: each worker logs its own figures
+        for index in (0, 1):
+            server.wait_for(rf"\[w{index}\]: SIGUSR1: figures")
         server.signal(signal.SIGTERM)
         assert server.wait() == 0
         for conn in conns.values():  # each was told, not reset
