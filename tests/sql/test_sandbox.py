@@ -231,5 +231,11 @@ def test_a_trial_refuses_at_prepare_what_is_not_fit_for_the_event_loop(quake_db,
         assert db.inline_verdict(sql) is inline
         # A trial is for one call only: the same session then runs the statement normally.
         assert session.execute(sql, None, 10).exhausted
+        if not inline:
+            # Now in sqlite3's statement cache, which skips the authorizer; with its
+            # verdict forgotten (the database keeps 4096), a trial must still refuse it.
+            db._read_only_sql.clear()
+            with pytest.raises(OverBudget):
+                session.execute(sql, None, 10, INLINE_BUDGET, trial=True)
     finally:
         session.close()

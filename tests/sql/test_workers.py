@@ -272,3 +272,66 @@ def test_two_workers_write_to_one_database(server_process, quake_db, needs_psyco
     finally:
         for conn in conns.values():
             conn.close()
+
+
+# --- cancel routing in one process: two workers' PostgreSQL fronts and their mailboxes --------------
+
+
+async def test_a_cancel_reaching_the_wrong_worker_is_posted_to_the_right_one(nursery, quake_db, needs_psycopg):
+    import struct
+
+    import trio
+
+    from trionet.sql import Database
+    from trionet.sql.pg.config import PgConfig
+    from trionet.sql.pg.server import PgServer
+    from trionet.sql.workers import cancel_forwarder, receive_cancels
+    from trionet.workers import WorkerContext
+
+    database = Database(quake_db)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        servers, ports = [], []
+        for index in (0, 1):
+            context = WorkerContext(index, 2, {}, pairs[index][0], [sender for _, sender in pairs], -1)
+            pg = PgServer(
+                database, PgConfig(query_timeout=30), pids=backend_pids(index), forward_cancel=cancel_forwarder(context)
+            )
+            addresses = await nursery.start(pg.serve, "127.0.0.1", 0)
+            nursery.start_soon(receive_cancels, context, pg)
+            servers.append(pg)
+            ports.append(addresses[0][1])
+        conn = await trio.to_thread.run_sync(lambda: psycopg.connect(dsn(ports[0]), autocommit=True))
+        outcome: dict = {}
+
+        def long_query():
+            try:
+                conn.execute(LONG_QUERY)
+            except psycopg.Error as exc:
+                outcome["error"] = exc
+
+        try:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(trio.to_thread.run_sync, long_query)
+                # Wait (by checkpoints) until the statement runs: a cancel before it is ignored.
+                with trio.fail_after(10):
+                    while not any(st.cancel is not None for _, st in servers[0]._keys.values()):
+                        await trio.lowlevel.checkpoint()
+                pid = conn.info.backend_pid
+                secret, _ = servers[0]._keys[pid]
+                assert worker_of(pid) == 0
+                # The CancelRequest goes to worker 1's port, which does not know the key.
+                with trio.fail_after(10):
+                    sock = await trio.open_tcp_stream("127.0.0.1", ports[1])
+                    async with sock:
+                        await sock.send_all(struct.pack("!iiii", 16, 80877102, pid, secret))
+                        assert await sock.receive_some(16) == b""  # closed, answering nothing
+            assert isinstance(outcome.get("error"), psycopg.errors.QueryCanceled), outcome
+            assert "user request" in str(outcome["error"])
+            assert await trio.to_thread.run_sync(lambda: conn.execute("select 1").fetchone()) == (1,)
+        finally:
+            await trio.to_thread.run_sync(conn.close)
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()

@@ -58,6 +58,9 @@ class FetchResult:
     last_insert_rowid: int | None = None
 
 
+_TRIAL_MARK = "\n-- trionet: tried on the event loop"
+
+
 class Session:
     """One client's SQLite connection. Not thread-safe: one call at a time.
 
@@ -198,7 +201,10 @@ class Session:
         try:
             cursor = self.connection.cursor()
             self._cursor = cursor
-            cursor.execute(sql, () if params is None else params)
+            # A trial prepares its own text (a comment more): a statement in
+            # sqlite3's cache is not authorized again, and one cached by a run
+            # that was not a trial (its verdict since forgotten) must not skip it.
+            cursor.execute(sql + _TRIAL_MARK if self._trial else sql, () if params is None else params)
             columns = [d[0] for d in cursor.description] if cursor.description else []
             if self._auth_calls:  # prepared now, not taken from the statement cache
                 self._db._remember(sql, self._auth_read_only)

@@ -42,7 +42,7 @@ from trionet.sql.pg.server import PgServer
 from trionet.sql.server import SqlServer
 from trionet.workers import MAX_WORKERS, Listen, WorkerContext, supervise, watch_lifeline
 
-__all__ = ["backend_pids", "serve_workers", "share", "worker_of"]
+__all__ = ["backend_pids", "cancel_forwarder", "receive_cancels", "serve_workers", "share", "worker_of"]
 
 log = get_logger("sql")
 
@@ -94,14 +94,31 @@ def serve_workers(
     )
 
 
-def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
+def cancel_forwarder(context: WorkerContext) -> Callable[[m.CancelRequest], None]:
+    """What a worker's PgServer does with a CancelRequest for a key it did not hand out: post it to its worker."""
+
     def forward(request: m.CancelRequest) -> None:
         target = worker_of(request.pid)
         if target != context.index and target < context.count:
             sent = context.post(target, _CANCEL.pack(request.pid, request.secret))
             log.debug("pg cancel for a connection of worker %d: %s", target, "forwarded" if sent else "mailbox full")
 
-    server, pg = build(backend_pids(context.index), forward)
+    return forward
+
+
+async def receive_cancels(context: WorkerContext, pg: PgServer) -> None:
+    """Hand the CancelRequests other workers post to this worker's mailbox to ``pg``; runs until cancelled."""
+    sock = trio.socket.from_stdlib_socket(context.mailbox)
+    while True:
+        data = await sock.recv(64)
+        if len(data) == _CANCEL.size:
+            pid, secret = _CANCEL.unpack(data)
+            matched = pg.cancel(m.CancelRequest(pid, secret), forward=False)
+            log.debug("pg cancel forwarded by another worker: %s", "key matched" if matched else "no such key")
+
+
+def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
+    server, pg = build(backend_pids(context.index), cancel_forwarder(context))
     server.service.adopt(context.listeners["sql"])
     if pg is not None:
         pg.service.adopt(context.listeners["pg"])
@@ -115,7 +132,7 @@ def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
         async with trio.open_nursery() as helpers:
             helpers.start_soon(watch_lifeline, context.lifeline, functools.partial(_orphaned, shutdown, grace))
             if pg is not None:
-                helpers.start_soon(_receive_cancels, context, pg)
+                helpers.start_soon(receive_cancels, context, pg)
             async with trio.open_nursery() as services:  # both return after a shutdown, once drained
                 await services.start(server.serve, None, 0)
                 if pg is not None:
@@ -129,13 +146,3 @@ def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
 def _orphaned(shutdown: Callable[[float], None], grace: float) -> None:
     log.warning("the supervisor is gone: draining and exiting")
     shutdown(grace)
-
-
-async def _receive_cancels(context: WorkerContext, pg: PgServer) -> None:
-    sock = trio.socket.from_stdlib_socket(context.mailbox)
-    while True:
-        data = await sock.recv(64)
-        if len(data) == _CANCEL.size:
-            pid, secret = _CANCEL.unpack(data)
-            matched = pg.cancel(m.CancelRequest(pid, secret), forward=False)
-            log.debug("pg cancel forwarded by another worker: %s", "key matched" if matched else "no such key")
