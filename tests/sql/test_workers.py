@@ -123,7 +123,8 @@ def connect_to_each_worker(port: int, count: int = 2, **kwargs) -> dict:
 
 
 def test_two_workers_serve_at_once_and_the_ports_are_logged_once(server_process, quake_db, needs_psycopg):
-    server, port, pids = start_workers(server_process, quake_db)
+    server, port, pids = start_workers(server_process, quake_db, "--max-connections", "5")
+    assert "at most 3 connections per port per worker" in server.output  # a total, shared out
     conns = connect_to_each_worker(port)
     try:
         assert sorted(conns) == [0, 1]
