@@ -24,8 +24,9 @@ import trio
 
 from trionet.serving import Connection, SendWatchdog
 from trionet.sql.engine import INLINE_BUDGET, FetchResult, OverBudget, Session, SqlError
-from trionet.sql.pg import catalog, describe, types
+from trionet.sql.pg import catalog, describe, params, types
 from trionet.sql.pg import messages as m
+from trionet.sql.pg.columns import expression_oids
 from trionet.sql.pg.config import PgConfig
 from trionet.sql.pg.protocol import PgServerProtocol
 from trionet.sql.pg.session import (
@@ -41,6 +42,7 @@ from trionet.sql.pg.sqlstate import (
     FEATURE_NOT_SUPPORTED,
     PROTOCOL_VIOLATION,
     QUERY_CANCELED,
+    error_position,
     sqlstate,
 )
 from trionet.sql.pg.statements import Command, Statement, classify, command_tag, split
@@ -129,7 +131,10 @@ class Executor:
             self._error(st, exc)
             if isinstance(event, (m.Query, m.FunctionCall)):
                 self._ready(st)
-                await self.flush(st)
+            # Sent at once, as PostgreSQL does: a client that sent Flush (not
+            # Sync) after Describe waits for the answer, and the protocol core
+            # now skips that Flush on its way to Sync.
+            await self.flush(st)
         finally:
             st.busy = False
         if len(st.out) >= _FLUSH_BYTES:
@@ -192,10 +197,13 @@ class Executor:
         if not statements:
             st.out += st.proto.send(m.EmptyQueryResponse())
             return
+        start = 0  # where the next statement's text is searched for (positions in errors)
         for statement in statements:
             if statement.n_params:
                 raise PgError("42P02", f"there is no parameter ${statement.n_params}")
-            prepared = PreparedStatement(statement.sql, statement, classify(statement), ())
+            at = sql.find(statement.sql, start)
+            start = at + len(statement.sql) if at >= 0 else start
+            prepared = PreparedStatement(statement.sql, statement, classify(statement), (), offset=max(0, at))
             portal = self._new_portal(prepared, (), ())
             await self._start(st, portal)
             if portal.returns_rows:
@@ -232,6 +240,7 @@ class Executor:
         command = classify(statement) if statement else Command("empty")
         n = max(statement.n_params if statement else 0, len(event.param_oids))
         oids = tuple(event.param_oids) + (0,) * (n - len(event.param_oids))
+        oids = params.cast_oids(event.sql, oids)
         st.statements[event.name] = PreparedStatement(event.sql, statement, command, oids)
         st.out += st.proto.send(m.ParseComplete())
 
@@ -268,6 +277,13 @@ class Executor:
             prepared = st.statements.get(event.name)
             if prepared is None:
                 raise PgError("26000", f'prepared statement "{event.name}" does not exist')
+            if not all(prepared.param_oids) and prepared.command.kind in ("sql", "catalog"):
+                # As PostgreSQL does, the parameters' types come from where they
+                # stand; Bind then reads values sent in those types.
+                portal = self._new_portal(prepared, (), ())  # for its time budget
+                prepared.param_oids = await self._in_sqlite(
+                    st, portal, describe.describe_params, st.session, prepared.source, prepared.param_oids
+                )
             oids = tuple(oid or types.TEXT for oid in prepared.param_oids)
             st.out += st.proto.send(m.ParameterDescription(oids))
             if prepared.columns is None:
@@ -394,7 +410,11 @@ class Executor:
             first = result.rows[0] if result.rows else (None,) * len(names)
             if decl is None or len(decl) != len(names):
                 decl = [None] * len(names)
-            portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decl, first))
+            oids = [types.decltype_oid(d) for d in decl]
+            if None in oids and statement.words[:1] == ("SELECT",):
+                # The same rule as a Describe of the statement, then the first value.
+                oids = [o or s for o, s in zip(oids, expression_oids(statement.sql, len(names)))]
+            portal.columns = tuple(Column(n, o or types.column_oid(None, v)) for n, o, v in zip(names, oids, first))
         self._took(st, portal, result)
         if statement.words[:2] == ("ROLLBACK", "TO"):
             st.txn.on_end()  # back at a savepoint: the block works again, as in PostgreSQL
@@ -425,7 +445,10 @@ class Executor:
                     "this statement cannot be described before it is bound: describe the portal instead",
                 )
             names, decls = described
-            return tuple(Column(n, types.decltype_oid(d) or types.TEXT) for n, d in zip(names, decls))
+            # An expression's type where SQLite's rules fix it (count(*) is an
+            # integer), text otherwise: every row will fit what is announced.
+            sure = expression_oids(statement.sql, len(names))
+            return tuple(Column(n, types.decltype_oid(d) or s or types.TEXT) for n, d, s in zip(names, decls, sure))
         if "RETURNING" in statement.words or "RETURNING" in prepared.source.upper():
             raise PgError(
                 FEATURE_NOT_SUPPORTED, "a RETURNING statement cannot be described before it is bound: describe the portal"
@@ -601,10 +624,7 @@ class Executor:
         except OverBudget:
             return None
         except SqlError as exc:
-            if st.running is portal:
-                st.running = None
-            portal.done = True
-            raise self._sql_error(st, exc) from None
+            raise self._portal_error(st, portal, exc) from None
 
     async def _in_sqlite(self, st: ConnState, portal: Portal, fn, *args):
         self._displace(st, portal)
@@ -613,12 +633,19 @@ class Executor:
             try:
                 return await self._in_thread(st, begun + portal.work_left, fn, *args)
             except SqlError as exc:
-                if st.running is portal:
-                    st.running = None
-                portal.done = True
-                raise self._sql_error(st, exc) from None
+                raise self._portal_error(st, portal, exc) from None
             finally:
                 portal.work_left -= trio.current_time() - begun
+
+    def _portal_error(self, st: ConnState, portal: Portal, exc: SqlError) -> PgError:
+        """What SQLite refused or stopped, for the client; the portal is done."""
+        if st.running is portal:
+            st.running = None
+        portal.done = True
+        error = self._sql_error(st, exc)
+        if exc.code == "sql_error" and (at := error_position(portal.prepared.source, exc.message)):
+            error.position = portal.prepared.offset + at
+        return error
 
     @staticmethod
     def _sql_error(st: ConnState, exc: SqlError) -> PgError:
