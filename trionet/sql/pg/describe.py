@@ -114,17 +114,26 @@ def view_columns(conn: sqlite3.Connection, sql: str) -> list[tuple[str, str]] | 
 
 
 def start_statement(
-    session: Session, sql: str, describe_source: str | None, params, batch: int, max_bytes: int
+    session: Session,
+    sql: str,
+    describe_source: str | None,
+    params,
+    batch: int,
+    max_bytes: int,
+    budget: int = 0,
+    trial: bool = False,
 ) -> tuple[list[str] | None, FetchResult]:
     """Run ``sql`` to its first batch; first, when ``describe_source`` is given, read its declared types.
 
     Args:
         sql: the statement in SQLite's form (``?N`` placeholders).
         describe_source: the statement as the client sent it, or None.
+        budget, trial: for a try on the event loop (:meth:`Session.execute`).
 
     Raises:
         SqlError: from :meth:`Session.execute`.
+        OverBudget: the try on the event loop did not fit.
     """
     session.cancel_statement()  # a displaced portal's cursor would lock the temporary schema
     decl = declared_types(session.connection, null_params(describe_source)) if describe_source else None
-    return decl, session.execute(sql, params, batch, 0, max_bytes)
+    return decl, session.execute(sql, params, batch, budget, max_bytes, trial)

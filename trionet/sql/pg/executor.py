@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import sqlite3
 from dataclasses import dataclass, field
 
 import trio
 
 from trionet.serving import Connection, SendWatchdog
-from trionet.sql.engine import FetchResult, Session, SqlError
+from trionet.sql.engine import INLINE_BUDGET, FetchResult, OverBudget, Session, SqlError
 from trionet.sql.pg import catalog, describe, params, types
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.columns import executed_names, expression_oids
@@ -52,6 +53,18 @@ __all__ = ["ConnState", "Executor"]
 _FLUSH_BYTES = 64 * 1024  # send what is pending once it reaches this much
 _SPLIT_INLINE_CHARS = 64 * 1024  # SQL longer than this is split in a worker thread
 _ROW_WORDS = ("SELECT", "WITH", "VALUES")
+_DECL_CACHE_SIZE = 256  # statement shapes whose declared column types a connection remembers
+# A literal (number or string) in SQL text; quoted names and comments match too, to be kept as they are.
+_LITERAL = re.compile(
+    r"--[^\n]*|/\*.*?(?:\*/|\Z)|\"(?:[^\"]|\"\")*\"|`[^`]*`|\[[^\]]*\]"
+    r"|'(?:[^']|'')*'|\b[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?\b",
+    re.DOTALL,
+)
+
+
+def _shape(sql: str) -> str:
+    """``sql`` with its literals replaced: statements of one shape have the same declared column types."""
+    return _LITERAL.sub(lambda m: "0" if m.group()[0] in "'0123456789" else m.group(), sql)
 
 
 @dataclass(eq=False)
@@ -73,6 +86,7 @@ class ConnState:
     stop: StopReason = field(default_factory=StopReason)  # why the watcher interrupted: cancel, timeout, gone
     busy: bool = False
     in_transaction_before: bool = False
+    decl_cache: dict[str, list[str]] = field(default_factory=dict)  # statement shape -> declared types
 
 
 class Executor:
@@ -354,19 +368,40 @@ class Executor:
     async def _start_sql(self, st: ConnState, portal: Portal) -> None:
         statement = portal.prepared.statement
         fixed = portal.prepared.columns
-        want_decl = fixed is None and statement.words[:1] and statement.words[0] in _ROW_WORDS
-        describe_source = portal.prepared.source if want_decl else None
-        decl, result = await self._in_sqlite(
-            st,
-            portal,
-            describe.start_statement,
-            st.session,
-            statement.sql,
-            describe_source,
-            portal.params,
-            self.config.batch_rows,
+        returns_rows = bool(statement.words[:1]) and statement.words[0] in _ROW_WORDS
+        if not returns_rows:
+            # It may create or drop a (temporary) table: the types may change.
+            st.decl_cache.clear()
+            for prepared in st.statements.values():
+                prepared.decl = None
+        want_decl = fixed is None and returns_rows
+        # Declared types cost a temporary view (four statements, and SQLite
+        # prepares every cached statement again after a schema change): a
+        # connection of a read-only server remembers them per statement shape,
+        # so pgbench's "WHERE aid = 123" asks once, not once per query.
+        cacheable = want_decl and not st.session.database.read_write
+        decl = portal.prepared.decl if cacheable else None
+        shape = ""
+        if cacheable and decl is None:
+            shape = _shape(portal.prepared.source)
+            decl = st.decl_cache.get(shape)
+        describe_source = portal.prepared.source if want_decl and decl is None else None
+        args = (
+            st.session, statement.sql, describe_source, portal.params, self.config.batch_rows,
             self.config.max_batch_bytes,
-        )
+        )  # fmt: skip
+        ran = self._try_inline(st, portal, statement.sql, args)
+        if ran is None:
+            ran = await self._in_sqlite(st, portal, describe.start_statement, *args)
+        found, result = ran
+        if found is not None:
+            decl = found
+            if cacheable:
+                if len(st.decl_cache) >= _DECL_CACHE_SIZE:
+                    st.decl_cache.clear()
+                st.decl_cache[shape] = found
+        if cacheable:
+            portal.prepared.decl = decl
         names = result.columns or []
         portal.returns_rows = bool(names)
         if fixed is not None:
@@ -598,6 +633,27 @@ class Executor:
             running.rows = []
             st.running = None
 
+    def _try_inline(self, st: ConnState, portal: Portal, sql: str, args: tuple):
+        """Start a read on the event loop, as the NDJSON server does; None when it must go to a thread.
+
+        Only on a read-only server, for SQL the authorizer saw only read
+        through cheap functions, or SQL not seen yet, tried so that the
+        authorizer refuses it before it runs if it is not such a read
+        (:meth:`~trionet.sql.session.Session.execute`'s ``trial``); and within
+        :data:`~trionet.sql.engine.INLINE_BUDGET` VM instructions. A thread
+        hop costs more than a point query (docs/benchmarks.md).
+        """
+        verdict = st.session.database.inline_verdict(sql)
+        if verdict is False:
+            return None
+        self._displace(st, portal)
+        try:
+            return describe.start_statement(*args, budget=INLINE_BUDGET, trial=verdict is None)
+        except OverBudget:
+            return None
+        except SqlError as exc:
+            raise self._portal_error(st, portal, exc) from None
+
     async def _in_sqlite(self, st: ConnState, portal: Portal, fn, *args):
         self._displace(st, portal)
         async with self._limiter:
@@ -605,15 +661,19 @@ class Executor:
             try:
                 return await self._in_thread(st, begun + portal.work_left, fn, *args)
             except SqlError as exc:
-                if st.running is portal:
-                    st.running = None
-                portal.done = True
-                error = self._sql_error(st, exc)
-                if exc.code == "sql_error" and (at := error_position(portal.prepared.source, exc.message)):
-                    error.position = portal.prepared.offset + at
-                raise error from None
+                raise self._portal_error(st, portal, exc) from None
             finally:
                 portal.work_left -= trio.current_time() - begun
+
+    def _portal_error(self, st: ConnState, portal: Portal, exc: SqlError) -> PgError:
+        """What SQLite refused or stopped, for the client; the portal is done."""
+        if st.running is portal:
+            st.running = None
+        portal.done = True
+        error = self._sql_error(st, exc)
+        if exc.code == "sql_error" and (at := error_position(portal.prepared.source, exc.message)):
+            error.position = portal.prepared.offset + at
+        return error
 
     @staticmethod
     def _sql_error(st: ConnState, exc: SqlError) -> PgError:

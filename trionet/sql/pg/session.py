@@ -238,6 +238,7 @@ class PreparedStatement:
     command: Command
     param_oids: tuple[int, ...]
     columns: tuple[Column, ...] | None = None  # set by a Describe of the statement, then fixed
+    decl: list[str] | None = None  # the declared types of its columns, once a portal has run it
     offset: int = 0  # where ``source`` starts in the simple Query it came from (error positions)
 
 
