@@ -53,6 +53,7 @@ __all__ = [
     "failure_message",
     "load_users",
     "make_verifier",
+    "name_problem",
     "parse_users",
     "parse_verifier",
 ]
@@ -156,6 +157,13 @@ def parse_verifier(text: str) -> Verifier:
     if len(stored) != _KEY_BYTES or len(server) != _KEY_BYTES:
         raise ValueError(f"StoredKey and ServerKey must be {_KEY_BYTES} bytes each")
     return Verifier(iterations, salt, stored, server)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a user's name in a users file, or None when it can."""
+    if ":" in name:
+        return "it holds a ':'"
+    return _bad_name(name)
 
 
 def _bad_name(name: str) -> str | None:

@@ -31,7 +31,7 @@ from trionet.sql.pg.protocol import PgServerProtocol, ProtocolViolation
 from trionet.sql.pg.sqlstate import PROTOCOL_VIOLATION
 from trionet.tls import TLSServerConfig, handshake
 
-__all__ = ["LoginRefused", "authenticate", "start_tls"]
+__all__ = ["LoginRefused", "authenticate", "close_tls", "start_tls"]
 
 log = get_logger("sql")
 
@@ -67,6 +67,20 @@ async def start_tls(conn: Connection, proto: PgServerProtocol, tls: TLSServerCon
         log.debug("pg TLS handshake failed: %s: %s", conn.peer, exc.__cause__ or exc or type(exc).__name__)
         return False
     return True
+
+
+async def close_tls(conn: Connection) -> None:
+    """End TLS with a close_notify before the socket closes (libpq 17+ reports an EOF without one as an error).
+
+    Bounded by a second; a client already gone is no error.
+    """
+    if not isinstance(conn.stream, trio.SSLStream):
+        return
+    with trio.move_on_after(1):
+        try:
+            await conn.stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
 
 async def authenticate(

@@ -34,7 +34,7 @@ from trionet.sql.pg import messages as m
 from trionet.sql.auth import AuthConfig
 from trionet.sql.pg.config import DEFAULT_PG_PORT, PgConfig
 from trionet.sql.pg.executor import ConnState, Executor
-from trionet.sql.pg.login import INVALID_AUTHORIZATION, LoginRefused, authenticate, start_tls
+from trionet.sql.pg.login import INVALID_AUTHORIZATION, LoginRefused, authenticate, close_tls, start_tls
 from trionet.sql.pg.protocol import (
     EncryptionRefused,
     PgServerProtocol,
@@ -82,7 +82,7 @@ class PgServer:
         self.tls = tls
         self.auth = auth
         self._admitted = 0  # connections past their startup (and login): what max_connections counts
-        self.service = TCPService("pg", self._handle, log)
+        self.service = TCPService("pg", self._handle_then_close_tls, log)
         self._executor = Executor(self.config, limiter or trio.CapacityLimiter(self.config.max_threads))
         self._session_limiter = trio.CapacityLimiter(SESSION_THREADS)
         self._pids = itertools.count(secrets.randbelow(1 << 20) + 1000)
@@ -99,6 +99,12 @@ class PgServer:
         self.service.shutdown(grace)
 
     # --- per connection ---------------------------------------------------------
+
+    async def _handle_then_close_tls(self, conn: Connection) -> None:
+        try:
+            await self._handle(conn)
+        finally:
+            await close_tls(conn)
 
     async def _handle(self, conn: Connection) -> None:
         proto = PgServerProtocol(self.config.max_message_bytes)
