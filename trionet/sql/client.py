@@ -241,7 +241,7 @@ async def connect(
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__
         if isinstance(cause, ssl.SSLCertVerificationError):
-            raise SqlConnectionError(f"TLS with {where} failed: {cause.verify_message}") from None
+            raise SqlConnectionError(f"TLS with {where} failed: certificate verify failed: {cause.verify_message}") from None
         if isinstance(cause, ssl.SSLError):
             raise SqlConnectionError(f"TLS with {where} failed: {cause.reason or cause}") from None
         raise SqlConnectionError(f"{where} closed the connection ({exc.__cause__ or exc})") from None

@@ -223,7 +223,7 @@ class BlockingConnection:
             raise
         except ssl.SSLCertVerificationError as exc:
             self.close()
-            raise SqlConnectionError(f"TLS with {where} failed: {exc.verify_message}") from None
+            raise SqlConnectionError(f"TLS with {where} failed: certificate verify failed: {exc.verify_message}") from None
         except ssl.SSLError as exc:
             self.close()
             raise SqlConnectionError(f"TLS with {where} failed: {exc.reason or exc}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import struct
 
 import pytest
@@ -45,11 +44,6 @@ def start(nursery, quake_db, users):
 @pytest.fixture
 def needs_psycopg(require_capability):
     require_capability(None if psycopg else "psycopg is not installed (pip install 'psycopg[binary]')")
-
-
-@pytest.fixture
-def needs_psql(require_capability):
-    require_capability(None if shutil.which("psql") else "psql is not installed (Debian package: postgresql-client)")
 
 
 def dsn(address, **extra) -> str:
@@ -227,7 +221,8 @@ async def test_a_stalled_tls_handshake_holds_no_slot(start, tls_config, tls_file
 # --- psql and psycopg -------------------------------------------------------------
 
 
-async def test_psql_verify_full_with_pgpassword(start, tls_config, tls_files, needs_psql):
+@pytest.mark.requires_tool("psql", "postgresql-client")
+async def test_psql_verify_full_with_pgpassword(start, tls_config, tls_files):
     _, (host, port) = await start(tls=tls_config)
     conninfo = f"host={host} port={port} dbname=quakes user=alice sslmode=verify-full sslrootcert={tls_files[2]}"
     result = await psql(conninfo, "-c", "select count(*) from quakes", password="s3cret pass")
@@ -235,7 +230,8 @@ async def test_psql_verify_full_with_pgpassword(start, tls_config, tls_files, ne
     assert result.stdout.decode().strip() == "2000"
 
 
-async def test_psql_wrong_password_and_unknown_user_read_alike(start, tls_config, tls_files, needs_psql):
+@pytest.mark.requires_tool("psql", "postgresql-client")
+async def test_psql_wrong_password_and_unknown_user_read_alike(start, tls_config, tls_files):
     _, (host, port) = await start(tls=tls_config)
     for user, password in (("alice", "guess"), ("mallory", "guess")):
         conninfo = f"host={host} port={port} dbname=quakes user={user} sslmode=verify-full sslrootcert={tls_files[2]}"
@@ -244,14 +240,16 @@ async def test_psql_wrong_password_and_unknown_user_read_alike(start, tls_config
         assert f'FATAL:  password authentication failed for user "{user}"' in result.stderr.decode()
 
 
-async def test_psql_without_a_password_is_told_the_server_wants_one(start, needs_psql):
+@pytest.mark.requires_tool("psql", "postgresql-client")
+async def test_psql_without_a_password_is_told_the_server_wants_one(start):
     _, (host, port) = await start()
     result = await psql(f"host={host} port={port} dbname=quakes user=bob sslmode=prefer", "-c", "select 1")
     assert result.returncode == 2
     assert "no password supplied" in result.stderr.decode()
 
 
-async def test_psql_refuses_a_server_its_ca_did_not_sign(start, tls_config, tmp_path, needs_psql):
+@pytest.mark.requires_tool("psql", "postgresql-client")
+async def test_psql_refuses_a_server_its_ca_did_not_sign(start, tls_config, tmp_path):
     import trustme
 
     other = tmp_path / "other-ca.pem"
