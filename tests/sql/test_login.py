@@ -174,3 +174,10 @@ async def test_the_shells_blocking_client_logs_in_over_tls(start, tls_config, tl
     assert await trio.to_thread.run_sync(go, "s3cret pass") == [(2000,)]
     with pytest.raises(SqlConnectionError, match="auth_failed"):
         await trio.to_thread.run_sync(go, "guess")
+
+
+async def test_a_plain_trionet_client_on_a_tls_port_is_told_to_use_tls(start, tls_config):
+    _, (host, port) = await start(tls=tls_config, auth=False)  # handshake timeout: 2 s
+    with pytest.raises(SqlConnectionError, match="without a hello \\(if it serves TLS, use --tls-ca\\)"):
+        async with connect(host, port):
+            pass

@@ -193,6 +193,8 @@ async def _open(
         hello = await receive_event(stream, proto)
         if isinstance(hello, protocol.Bye):
             raise SqlConnectionError(f"{where} refused the connection ({hello.code}): {hello.reason}")
+        if hello is EOF and tls is None:
+            raise SqlConnectionError(f"{where} closed the connection without a hello (if it serves TLS, use --tls-ca)")
         if not isinstance(hello, protocol.Hello):
             raise SqlConnectionError(f"{where} is not a trionet SQL server")
         if hello.auth:

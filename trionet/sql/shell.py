@@ -236,6 +236,9 @@ class BlockingConnection:
         except protocol.RemoteProtocolError as exc:
             self.close()
             raise SqlConnectionError(f"{where} is not a trionet SQL server ({exc})") from None
+        if hello is EOF and self._tls is None:
+            self.close()
+            raise SqlConnectionError(f"{where} closed the connection without a hello (if it serves TLS, use --tls-ca)")
         if not isinstance(hello, protocol.Hello):
             self.close()
             raise SqlConnectionError(f"{where} is not a trionet SQL server")

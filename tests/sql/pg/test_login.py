@@ -9,8 +9,10 @@ import struct
 import pytest
 import trio
 import trio.lowlevel
+from hypothesis import given
+from hypothesis import strategies as st
 
-from trionet.framing import NEED_DATA
+from trionet.framing import EOF, NEED_DATA
 from trionet.sql.auth import AuthConfig
 from trionet.sql.engine import Database
 from trionet.sql.pg import PgConfig, PgServer
@@ -121,6 +123,30 @@ def test_sasl_messages_encode_and_decode():
     for bad in (b"SCRAM-SHA-256\0\xff\xff\xff\xff", b"SCRAM-SHA-256\0\0\0\0\x09abc", b"x"):
         with pytest.raises(m.MessageError):
             m.decode_sasl_initial(bad)
+
+
+@given(st.binary(max_size=64))
+def test_decode_sasl_initial_raises_only_message_error(body):
+    try:
+        mechanism, data = m.decode_sasl_initial(body)
+    except m.MessageError:
+        return
+    assert body == mechanism.encode() + b"\0" + struct.pack("!i", len(data)) + data
+
+
+@given(st.binary(max_size=200))
+def test_the_auth_phase_turns_any_bytes_into_password_messages_or_a_violation(data):
+    proto = PgServerProtocol()
+    proto.receive_data(startup_packet(user="alice"))
+    proto.next_event()
+    proto.send(m.AuthenticationSasl(("SCRAM-SHA-256",)))
+    proto.receive_data(data)
+    proto.receive_data(b"")
+    for _ in range(len(data) + 2):
+        event = proto.next_event()
+        assert isinstance(event, (m.PasswordMessage, m.Terminate, ProtocolViolation)) or event in (NEED_DATA, EOF)
+        if event is EOF:
+            break
 
 
 # --- raw wire -------------------------------------------------------------------
