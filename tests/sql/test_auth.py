@@ -160,6 +160,17 @@ def test_libpq_empty_name_counts_the_startup_user(users):
     assert server.user == "bob"
 
 
+@pytest.mark.parametrize("scram_name", ["*", "someone else", "\u0007bell"])
+def test_any_scram_name_is_ignored_when_the_startup_named_the_user(users, scram_name):
+    client = scramp.ScramClient(["SCRAM-SHA-256"], "placeholder", "hunter2")
+    first = client.get_client_first().replace("n=placeholder,", f"n={scram_name},")
+    client.client_first_bare = first[3:]
+    server = ScramExchange(users, SECRET, "bob")
+    client.set_server_first(server.first(first))
+    client.set_server_final(server.final(client.get_client_final()))
+    assert server.user == "bob"
+
+
 def test_the_startup_user_wins_over_the_scram_name(users):
     with pytest.raises(AuthFailed) as caught:
         login(users, "bob", "hunter2", given_name="alice")  # bob's password, alice's startup name

@@ -297,7 +297,8 @@ class ScramExchange:
         if self._given_name is not None:
             # libpq and most PostgreSQL drivers send an empty name ("n=,"): the
             # StartupMessage's user counts. scramp refuses an empty name, so
-            # it is shown a placeholder, and signs the message as sent.
+            # it is shown a placeholder, and checks the proof against the
+            # message as the client sent (and signed) it.
             client_first, given_bare = _with_placeholder_name(client_first)
         try:
             self._server.set_client_first(client_first)
@@ -333,14 +334,17 @@ class ScramExchange:
 
 
 def _with_placeholder_name(client_first: str) -> tuple[str, str | None]:
-    """``client_first`` with a name in its ``n=`` attribute, and its bare part as the client sent it."""
+    """``client_first`` with ``n=*`` as its name, and its bare part as the client sent it (None if malformed)."""
     header_end = client_first.find(",", client_first.find(",") + 1)
     if header_end < 0:
         return client_first, None  # malformed: scramp says why
     bare = client_first[header_end + 1 :]
-    if bare.startswith("n=,"):
-        return client_first[: header_end + 1] + "n=*," + bare[3:], bare
-    return client_first, bare
+    name_end = bare.find(",")
+    if not bare.startswith("n=") or name_end < 0:
+        return client_first, None  # malformed: scramp says why
+    # Whatever name the client put there (empty from libpq, "*" from pgjdbc),
+    # PostgreSQL ignores it: so do we, even one SASLprep would refuse.
+    return client_first[: header_end + 1] + "n=*" + bare[name_end:], bare
 
 
 class ScramClientExchange:
