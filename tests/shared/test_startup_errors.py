@@ -60,7 +60,8 @@ def test_a_ring_node_whose_port_is_in_use_is_one_line(trionet_cmd, busy_port, tm
 
 def test_an_address_that_is_not_local_is_one_line(trionet_cmd):
     # 192.0.2.1 (TEST-NET-1) is on no interface here: bind() fails at once, nothing is sent.
-    result = trionet_cmd("sql", "serve", "--host", "192.0.2.1", "--port", "0", "--pg-port", "0")
+    # (--insecure-no-auth: a non-loopback --host needs it, or --users, to get as far as bind().)
+    result = trionet_cmd("sql", "serve", "--host", "192.0.2.1", "--port", "0", "--pg-port", "0", "--insecure-no-auth")
     assert result.returncode == 1
     line = _one_error_line(result)
     assert "cannot listen on 192.0.2.1:0" in line and "not one of this machine's" in line

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
+import os
 import shutil
 import sqlite3
 import sys
@@ -26,8 +28,9 @@ from trionet.cliutil import (
     seconds_option,
     serve_until_signal,
 )
+from trionet.addresses import is_loopback
 from trionet.log import get_logger
-from trionet.sql import protocol
+from trionet.sql import auth, protocol
 from trionet.sql.client import SqlConnectionError, connect
 from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, limit_sqlite_memory
 from trionet.sql.errors import SqlError
@@ -45,8 +48,9 @@ from trionet.sql.render import (
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 from trionet.sql.workers import serve_workers, share
 from trionet.workers import resolve_workers
+from trionet.tls import client_tls_options, server_tls_options
 
-__all__ = ["connection_hint", "default_max_connections", "parse_param", "raise_open_files_limit", "sql"]
+__all__ = ["check_open_access", "connection_hint", "load_auth", "read_password", "default_max_connections", "parse_param", "raise_open_files_limit", "sql"]
 
 log = get_logger("sql")
 
@@ -244,13 +248,42 @@ def sql() -> None:
     "a supervisor restarts a worker that dies. --query-threads, --max-sqlite-memory-bytes and an explicit "
     "--max-connections are then totals, shared equally by the workers (docs/protocol/sql.md).",
 )
+@click.option(
+    "--users",
+    "users_path",
+    metavar="FILE",
+    help="Ask every client for a user and password (SCRAM-SHA-256 on both ports; the password never crosses "
+    "the wire). One user a line: NAME:SCRAM-SHA-256$... (make one with 'trionet sql passwd NAME') or "
+    "NAME:PASSWORD; '#' starts a comment. Without it the server trusts every client.",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Listen on a non-loopback --host without --users: anyone who can reach the ports can then read "
+    "(and with --read-write, change) the database. Without this flag such a server refuses to start.",
+)
+@seconds_option(
+    "--auth-timeout",
+    default=auth.DEFAULT_AUTH_TIMEOUT,
+    minimum=0.001,
+    help="With --users, a client has this long to log in (NDJSON port; the PostgreSQL port's whole "
+    "startup has this long too), then it is dropped.",
+)
+@seconds_option(
+    "--auth-failure-delay",
+    default=auth.DEFAULT_AUTH_FAILURE_DELAY,
+    help="Wait this long before answering a wrong password or unknown user, then close: guessing one "
+    "connection after another is slow. Only that connection waits.",
+)
+@server_tls_options
 @grace_option
 @metrics_option
 @log_level_option
 def serve(
     db, host, port, read_write, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
     max_like_pattern_bytes, max_sqlite_memory_bytes, max_row_bytes, max_batch_bytes, query_threads, max_connections,
-    idle_timeout, idle_transaction_timeout, pg_port, no_pg, workers, grace, metrics,
+    idle_timeout, idle_transaction_timeout, pg_port, no_pg, workers, users_path, insecure_no_auth, auth_timeout,
+    auth_failure_delay, tls, grace, metrics,
 ) -> None:
     """Serve an SQLite database to any number of clients over TCP.
 
@@ -272,7 +305,16 @@ def serve(
     Every client, even on a read-only server, is sandboxed: SQLite runs with
     an allow-list of statements, functions and table functions (see
     docs/protocol/sql.md), and every limit above is per connection.
+
+    \b
+    Reachable from other hosts (--host 0.0.0.0), give it --users FILE and
+    --tls-cert/--tls-key: clients then log in with SCRAM-SHA-256, and
+    speak TLS on both ports (psql with sslmode=verify-full, 'trionet sql
+    query --tls-ca CA --user NAME'). A non-loopback --host without --users
+    is refused unless --insecure-no-auth is given.
     """
+    check_open_access(host, users_path, insecure_no_auth)
+    access = load_auth(users_path, timeout=auth_timeout, failure_delay=auth_failure_delay)
     if db is None:
         if read_write:
             raise click.UsageError(
@@ -334,14 +376,18 @@ def serve(
         max_connections=max_connections,
         idle_timeout=idle_timeout,
         idle_transaction_timeout=idle_transaction_timeout,
+        **({"startup_timeout": auth_timeout} if access is not None else {}),
     )
 
     def build(pids=None, forward_cancel=None) -> tuple[SqlServer, PgServer | None]:
-        server = SqlServer(database, config)
+        server = SqlServer(database, config, tls=tls, auth=access)
         if no_pg:
             return server, None
         # One pool of statement threads for both fronts: --query-threads bounds them together.
-        pg = PgServer(database, pg_config, limiter=server.statement_limiter, pids=pids, forward_cancel=forward_cancel)
+        pg = PgServer(
+            database, pg_config, limiter=server.statement_limiter, pids=pids, forward_cancel=forward_cancel,
+            tls=tls, auth=access,
+        )  # fmt: skip
         return server, pg
 
     if workers > 1:
@@ -366,6 +412,72 @@ def serve(
     serve_until_signal(
         "sql", serve_both, shutdown=shutdown, grace=grace, registry=sql_registry(server, pg), metrics=metrics
     )
+
+
+def check_open_access(host: str | None, users_path: str | None, insecure_no_auth: bool) -> None:
+    """Refuse a server that anyone on the network could use: a non-loopback ``--host`` without ``--users``.
+
+    Raises:
+        click.ClickException: one line saying what to add.
+    """
+    if users_path is not None or insecure_no_auth or (host is not None and is_loopback(host)):
+        return
+    where = f"[{host}]" if host and ":" in host else (host or "every address")
+    raise click.ClickException(
+        f"--host {where} is not a loopback address and --users is not given: anyone who can reach the ports "
+        "could use the database; give --users FILE (or --insecure-no-auth to trust every client)"
+    )
+
+
+def load_auth(users_path: str | None, *, timeout: float, failure_delay: float) -> auth.AuthConfig | None:
+    """The :class:`~trionet.sql.auth.AuthConfig` of ``--users`` (None without it); warns about plain passwords.
+
+    Raises:
+        click.ClickException: the file cannot be read or a line is malformed (``FILE:LINE: ...``).
+    """
+    if users_path is None:
+        return None
+    try:
+        users, plain = auth.load_users(users_path)
+    except auth.UsersFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    if plain:
+        lines = ", ".join(str(n) for n in plain)
+        log.warning(
+            "%s keeps plain passwords (line %s): 'trionet sql passwd NAME' prints a SCRAM-SHA-256 line to use instead",
+            users_path,
+            lines,
+        )
+    log.info("%d user(s) from %s: clients log in with %s", len(users), users_path, auth.MECHANISM)
+    return auth.AuthConfig(users, failure_delay=failure_delay, timeout=timeout)
+
+
+PASSWORD_ENV = "TRIONET_PASSWORD"
+
+
+def read_password(user: str | None) -> str | None:
+    """The password for ``--user``: ``$TRIONET_PASSWORD``, else asked at the terminal; None without a user."""
+    if user is None:
+        return None
+    password = os.environ.get(PASSWORD_ENV)
+    if password is not None:
+        return password
+    try:
+        return getpass.getpass(f"Password for {user}: ")
+    except (EOFError, KeyboardInterrupt):
+        raise click.Abort() from None
+
+
+def user_option(fn: Callable) -> Callable:
+    """``--user NAME`` for the client commands (the password: ``$TRIONET_PASSWORD`` or a prompt)."""
+    return click.option(
+        "--user",
+        "-U",
+        envvar="TRIONET_USER",
+        metavar="NAME",
+        help="Log in as NAME, for a server started with --users (also $TRIONET_USER). The password is read "
+        f"from ${PASSWORD_ENV}, or asked for at the terminal.",
+    )(fn)
 
 
 def parse_param(text: str):
@@ -413,7 +525,9 @@ def parse_param(text: str):
     "--timeout", type=click.FloatRange(0), default=60.0, show_default=True, metavar="SECONDS",
     help="Give up waiting for the answer after this long.",
 )
-def query(statement, host, port, params, named, fmt, max_rows, timeout) -> None:
+@user_option
+@client_tls_options
+def query(statement, host, port, params, named, fmt, max_rows, timeout, user, tls) -> None:
     """Run one SQL statement on a trionet SQL server and print the result.
 
     \b
@@ -437,9 +551,11 @@ def query(statement, host, port, params, named, fmt, max_rows, timeout) -> None:
                 raise click.UsageError(f"--named takes NAME=VALUE, got {item!r}")
             bound[name.lstrip(":")] = parse_param(value)
 
+    password = read_password(user)
+
     async def _run():
         with trio.fail_after(timeout if timeout else float("inf")):
-            async with connect(host, port) as conn:
+            async with connect(host, port, tls=tls, user=user, password=password) as conn:
                 return await conn.query(statement, bound, max_rows=max_rows)
 
     try:
@@ -481,7 +597,9 @@ def connection_hint(exc: SqlError, port: int) -> str:
     help="In a script (-f or a pipe), run on past a failed statement; the exit status is still 1.",
 )
 @click.option("--no-pager", is_flag=True, help="Never page long results through $PAGER (default 'less -SFRX').")
-def shell(host, port, script, continue_on_error, no_pager) -> None:
+@user_option
+@client_tls_options
+def shell(host, port, script, continue_on_error, no_pager, user, tls) -> None:
     """An SQL session with line editing, history and completion, or a script runner.
 
     \b
@@ -501,11 +619,46 @@ def shell(host, port, script, continue_on_error, no_pager) -> None:
     from trionet.sql.shell import run_shell
 
     try:
-        status = run_shell(host, port, script=script, continue_on_error=continue_on_error, pager=not no_pager)
+        status = run_shell(
+            host,
+            port,
+            script=script,
+            continue_on_error=continue_on_error,
+            pager=not no_pager,
+            tls=tls,
+            user=user,
+            password=read_password(user),
+        )
     except SqlError as exc:
         click.echo(f"error [{exc.code}]: {exc.message}{connection_hint(exc, port)}", err=True)
         sys.exit(1)
     sys.exit(status)
+
+
+@sql.command()
+@click.argument("name")
+def passwd(name) -> None:
+    """Print a --users line for NAME, with a SCRAM-SHA-256 verifier of a password asked at the terminal.
+
+    \b
+    The line holds no password (only what PostgreSQL keeps in pg_authid:
+    a salt and two keys), so the users file reveals none:
+      trionet sql passwd alice >> users.txt
+      trionet sql serve --users users.txt
+    The password comes from $TRIONET_PASSWORD when it is set.
+    """
+    if problem := auth.name_problem(name):
+        raise click.UsageError(f"cannot use the name {name!r}: {problem}")
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        password = click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True, err=True)
+    if not password:
+        raise click.UsageError("the password is empty")
+    try:
+        verifier = auth.make_verifier(password)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"{name}:{verifier}")
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import trio
 from trionet.framing import EOF
 from trionet.serving import receive_event
 from trionet.sql import protocol
+from trionet.sql.auth import ClientLogin
 from trionet.sql.errors import SqlConnectionError, SqlError
 from trionet.sql.result import Result
 
@@ -177,35 +179,79 @@ class SqlConnection:
                 await pending.send.aclose()
 
 
+async def _open(
+    host: str, port: int, tls: ssl.SSLContext | None, user: str | None, password: str | None
+) -> tuple[trio.abc.Stream, protocol.ClientProtocol, protocol.Hello]:
+    """Connect, handshake TLS when asked, read the hello and log in when the server asks; the caller bounds the time."""
+    where = f"{host}:{port}"
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    try:
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_hostname=host)
+            await stream.do_handshake()
+        proto = protocol.ClientProtocol()
+        hello = await receive_event(stream, proto)
+        if isinstance(hello, protocol.Bye):
+            raise SqlConnectionError(f"{where} refused the connection ({hello.code}): {hello.reason}")
+        if hello is EOF and tls is None:
+            raise SqlConnectionError(f"{where} closed the connection without a hello (if it serves TLS, use --tls-ca)")
+        if not isinstance(hello, protocol.Hello):
+            raise SqlConnectionError(f"{where} is not a trionet SQL server")
+        if hello.auth:
+            login = ClientLogin(hello, user, password, where)
+            line = login.first()
+            while line is not None:
+                await stream.send_all(line)
+                line = login.receive(await receive_event(stream, proto))
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream, proto, hello
+
+
 @asynccontextmanager
 async def connect(
-    host: str = "127.0.0.1", port: int = protocol.DEFAULT_PORT, *, connect_timeout: float = 10.0
+    host: str = "127.0.0.1",
+    port: int = protocol.DEFAULT_PORT,
+    *,
+    connect_timeout: float = 10.0,
+    tls: ssl.SSLContext | None = None,
+    user: str | None = None,
+    password: str | None = None,
 ) -> AsyncIterator[SqlConnection]:
     """Connect to a trionet SQL server.
 
     Args:
         host, port: the server's address.
-        connect_timeout: seconds to wait for the connection and the greeting.
+        connect_timeout: seconds to wait for the connection, the TLS
+            handshake, the greeting and the login.
+        tls: speak TLS, verifying the server with this context
+            (:func:`trionet.tls.client_context`); the server's name is ``host``.
+        user, password: the credentials, for a server started with
+            ``--users`` (the password never crosses the wire: SCRAM-SHA-256).
 
     Raises:
-        SqlConnectionError: the server cannot be reached or is not a trionet SQL server.
+        SqlConnectionError: the server cannot be reached, is not a trionet
+            SQL server, fails the TLS check, or refuses the login.
     """
+    where = f"{host}:{port}"
     try:
         with trio.fail_after(connect_timeout if connect_timeout > 0 else math.inf):
-            stream = await trio.open_tcp_stream(host, port)
-            proto = protocol.ClientProtocol()
-            hello = await receive_event(stream, proto)
+            stream, proto, hello = await _open(host, port, tls, user, password)
     except trio.TooSlowError:
-        raise SqlConnectionError(f"no answer from {host}:{port} within {connect_timeout}s") from None
+        raise SqlConnectionError(f"no answer from {where} within {connect_timeout}s") from None
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            raise SqlConnectionError(f"TLS with {where} failed: certificate verify failed: {cause.verify_message}") from None
+        if isinstance(cause, ssl.SSLError):
+            raise SqlConnectionError(f"TLS with {where} failed: {cause.reason or cause}") from None
+        raise SqlConnectionError(f"{where} closed the connection ({exc.__cause__ or exc})") from None
     except OSError as exc:
-        raise SqlConnectionError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        raise SqlConnectionError(f"cannot connect to {where}: {exc.strerror or exc}") from None
     except protocol.RemoteProtocolError as exc:
-        raise SqlConnectionError(f"{host}:{port} is not a trionet SQL server ({exc})") from None
+        raise SqlConnectionError(f"{where} is not a trionet SQL server ({exc})") from None
     async with stream:
-        if isinstance(hello, protocol.Bye):
-            raise SqlConnectionError(f"{host}:{port} refused the connection ({hello.code}): {hello.reason}")
-        if not isinstance(hello, protocol.Hello):
-            raise SqlConnectionError(f"{host}:{port} is not a trionet SQL server")
         conn = SqlConnection(stream, hello, proto)
         # The reader task never raises (it turns every failure into
         # SqlConnectionError for the callers), so whatever the body raises is

@@ -35,6 +35,10 @@ BYE_CODES: dict[str, str] = {
     "idle_transaction": "the connection left a transaction open and idle for --idle-transaction-timeout; "
     "it was rolled back",
     "busy": "the server already has --max-connections clients; sent instead of hello",
+    "auth_failed": "the user and password did not match the server's --users (the same for an unknown user), "
+    "or the authentication messages were malformed",
+    "auth_required": "the server has --users: authenticate (an 'auth' message) before the first request",
+    "auth_timeout": "the client did not finish authenticating within the server's --auth-timeout",
 }
 """Every ``code`` a ``bye`` frame may carry, with what it means."""
 

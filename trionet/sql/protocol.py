@@ -26,6 +26,9 @@ from trionet.framing import LineClientProtocol, LineServerProtocol
 from trionet.sql.errors import BYE_CODES, ERROR_CODES
 
 __all__ = [
+    "AuthChallenge",
+    "AuthMessage",
+    "AuthOk",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_PORT",
     "ERROR_CODES",
@@ -43,6 +46,9 @@ __all__ = [
     "Rows",
     "ServerProtocol",
     "decode_value",
+    "encode_auth",
+    "encode_auth_challenge",
+    "encode_auth_ok",
     "encode_bye",
     "encode_columns",
     "encode_done",
@@ -127,11 +133,39 @@ class BadRequest:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class AuthMessage:
+    """A client's step of the authentication in the hello exchange: ``{"type": "auth", ...}``.
+
+    ``mechanism`` is set in the first one only (``"SCRAM-SHA-256"``);
+    ``data`` is the SASL message (SCRAM's client-first, then client-final).
+    """
+
+    mechanism: str | None
+    data: str
+
+
 _REQUEST_FIELDS = frozenset({"id", "sql", "params", "max_rows"})
+_AUTH_FIELDS = frozenset({"type", "mechanism", "data"})
 
 
-def parse_request(line: bytes) -> Request | BadRequest | None:
-    """Parse one request line (without its newline); None for a blank line."""
+def _parse_auth(obj: dict) -> AuthMessage | BadRequest:
+    unknown = sorted(set(obj) - _AUTH_FIELDS)
+    if unknown:
+        return BadRequest(None, "bad_request", f"unknown field(s) in an auth message: {', '.join(unknown)}")
+    mechanism, data = obj.get("mechanism"), obj.get("data")
+    if not isinstance(data, str) or not (mechanism is None or isinstance(mechanism, str)):
+        return BadRequest(None, "bad_request", "an auth message has a string 'data' and, first, a 'mechanism'")
+    return AuthMessage(mechanism, data)
+
+
+def parse_request(line: bytes) -> Request | BadRequest | AuthMessage | None:
+    """Parse one request line (without its newline); None for a blank line.
+
+    An ``{"type": "auth", ...}`` object is an :class:`AuthMessage` (the
+    hello exchange's authentication); the server decides whether one is
+    expected.
+    """
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -160,6 +194,8 @@ def parse_request(line: bytes) -> Request | BadRequest | None:
         return BadRequest(None, "bad_request", "'id' must be a string, an integer or null")
     unknown = sorted(set(obj) - _REQUEST_FIELDS)
     if unknown:
+        if obj.get("type") == "auth":  # checked only here: no cost to a request
+            return _parse_auth(obj)
         return BadRequest(req_id, "bad_request", f"unknown field(s): {', '.join(unknown)}")
     sql = obj.get("sql")
     if not isinstance(sql, str) or not sql.strip():
@@ -195,6 +231,15 @@ def _has_lone_surrogate(obj: Any) -> bool:
     return False
 
 
+def encode_auth(data: str, mechanism: str | None = None) -> bytes:
+    """A client's authentication step (``mechanism`` in the first one only)."""
+    obj: dict[str, Any] = {"type": "auth"}
+    if mechanism is not None:
+        obj["mechanism"] = mechanism
+    obj["data"] = data
+    return _dumps(obj)
+
+
 def encode_request(
     sql: str, params: list | tuple | dict | None = None, *, id: str | int | None = None, max_rows: int | None = None
 ) -> bytes:
@@ -214,7 +259,7 @@ def _too_large(limit: int) -> BadRequest:
     return BadRequest(None, "request_too_large", f"request longer than {limit} bytes; it was skipped")
 
 
-class ServerProtocol(LineServerProtocol[Request | BadRequest]):
+class ServerProtocol(LineServerProtocol[Request | BadRequest | AuthMessage]):
     """The server's side of one connection: bytes in, :class:`Request` or :class:`BadRequest` out.
 
     Args:
@@ -238,8 +283,14 @@ def encode_hello(
     query_timeout: float,
     idle_timeout: float | None = None,
     idle_transaction_timeout: float | None = None,
+    auth: list[str] | None = None,
 ) -> bytes:
-    """The greeting the server sends as soon as a client connects."""
+    """The greeting the server sends as soon as a client connects.
+
+    ``auth`` lists the mechanisms the client must authenticate with before
+    its first request (``["SCRAM-SHA-256"]`` with ``--users``); None when the
+    server trusts its clients.
+    """
     hello = {
         "type": "hello",
         "server": "trionet-sql",
@@ -253,7 +304,19 @@ def encode_hello(
         hello["idle_timeout"] = idle_timeout
     if idle_transaction_timeout is not None:
         hello["idle_transaction_timeout"] = idle_transaction_timeout
+    if auth:
+        hello["auth"] = list(auth)
     return _dumps(hello)
+
+
+def encode_auth_challenge(data: str) -> bytes:
+    """The server's next authentication step (SCRAM's server-first message)."""
+    return _dumps({"type": "auth", "data": data})
+
+
+def encode_auth_ok(data: str) -> bytes:
+    """Authentication succeeded; ``data`` is SCRAM's server-final message (the server's proof)."""
+    return _dumps({"type": "auth_ok", "data": data})
 
 
 def encode_columns(req_id: Any, columns: list[str]) -> bytes:
@@ -310,6 +373,22 @@ class Hello:
     query_timeout: float
     idle_timeout: float | None = None
     idle_transaction_timeout: float | None = None
+    auth: tuple[str, ...] = ()
+    """Mechanisms the server asks the client to authenticate with; empty when it trusts clients."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChallenge:
+    """The server's authentication step (SCRAM's server-first message)."""
+
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOk:
+    """Authenticated; ``data`` is SCRAM's server-final message, for the client to check."""
+
+    data: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +426,7 @@ class Bye:
     code: str | None = None  # one of BYE_CODES; None from a server older than the code
 
 
-class ClientProtocol(LineClientProtocol[Hello | Columns | Rows | Done | ErrorReply | Bye]):
+class ClientProtocol(LineClientProtocol[Hello | AuthChallenge | AuthOk | Columns | Rows | Done | ErrorReply | Bye]):
     """The client's side of one connection: bytes in, reply events out.
 
     Raises :class:`RemoteProtocolError` when a line is not a reply frame.
@@ -368,7 +447,7 @@ def _decode_rows(rows: Any) -> list[tuple]:
     return out
 
 
-def parse_reply(line: bytes) -> Hello | Columns | Rows | Done | ErrorReply | Bye:
+def parse_reply(line: bytes) -> Hello | AuthChallenge | AuthOk | Columns | Rows | Done | ErrorReply | Bye:
     """Parse one reply line from the server.
 
     Raises:
@@ -397,7 +476,12 @@ def parse_reply(line: bytes) -> Hello | Columns | Rows | Done | ErrorReply | Bye
                 obj["query_timeout"],
                 obj.get("idle_timeout"),
                 obj.get("idle_transaction_timeout"),
+                tuple(str(a) for a in obj.get("auth") or ()),
             )
+        if kind == "auth":
+            return AuthChallenge(str(obj["data"]))
+        if kind == "auth_ok":
+            return AuthOk(str(obj["data"]))
         if kind == "bye":
             return Bye(obj["reason"], obj.get("code"))
     except (ValueError, KeyError, TypeError) as exc:

@@ -33,9 +33,11 @@ from trionet.framing import EOF
 from trionet.log import get_logger
 from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol, rules
+from trionet.sql.auth import MECHANISM, AuthConfig, HelloLogin
 from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database
 from trionet.sql.execute import ConnState, RequestRunner
 from trionet.sql.watch import SESSION_THREADS, interrupt_when_cancelled
+from trionet.tls import TLSServerConfig
 
 __all__ = ["DEFAULT_STATEMENT_THREADS", "SqlServer", "SqlServerConfig", "serve_sql"]
 
@@ -84,18 +86,33 @@ class SqlServerConfig:
     inline: bool = True
 
 
+_NOT_NOW = "an auth message is valid only right after hello, when the hello lists 'auth'"
+
+
 class SqlServer:
     """Serve one :class:`Database` to any number of TCP clients.
 
     Args:
         database: the database to serve.
         config: the limits.
+        tls: serve TLS from the first byte (``--tls-cert/--tls-key``); the
+            handshake happens before admission, under its own timeout.
+        auth: ask every client for a user and password in the hello
+            exchange (``--users``); None trusts every client.
     """
 
-    def __init__(self, database: Database, config: SqlServerConfig | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        config: SqlServerConfig | None = None,
+        *,
+        tls: TLSServerConfig | None = None,
+        auth: AuthConfig | None = None,
+    ) -> None:
         self.database = database
         self.config = config or SqlServerConfig()
-        self.service = TCPService("sql", self._handle, log)
+        self.auth = auth
+        self.service = TCPService("sql", self._handle, log, tls=tls)
         self._limiter = trio.CapacityLimiter(self.config.max_threads)
         self._session_limiter = trio.CapacityLimiter(SESSION_THREADS)
         self._idle = rules.IdlePolicy(self.config.idle_timeout, self.config.idle_transaction_timeout)
@@ -106,6 +123,7 @@ class SqlServer:
             query_timeout=self.config.query_timeout,
             idle_timeout=self.config.idle_timeout,
             idle_transaction_timeout=self.config.idle_transaction_timeout,
+            auth=[MECHANISM] if auth is not None else None,
         )
         self._runner = RequestRunner(database, self.config, self._limiter)
 
@@ -150,10 +168,11 @@ class SqlServer:
             with trio.move_on_after(1):
                 await conn.stream.send_all(refusal)
             return
+        proto = protocol.ServerProtocol(self.config.max_request_bytes)
+        if self.auth is not None and not await self._login(conn, proto):
+            return
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
-        state = ConnState(
-            session, protocol.ServerProtocol(self.config.max_request_bytes), SendWatchdog(self.config.send_timeout)
-        )
+        state = ConnState(session, proto, SendWatchdog(self.config.send_timeout))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_drain, conn, state, nursery.cancel_scope)
@@ -161,7 +180,7 @@ class SqlServer:
                 with trio.CancelScope() as requests_scope:
                     nursery.start_soon(state.sends.watch, requests_scope)
                     nursery.start_soon(self._watch_idle, state, requests_scope)
-                    await self._serve_requests(conn, state)
+                    await self._serve_requests(conn, state, greeted=self.auth is not None)
                 if state.sends.stalled:
                     # The client has not read what we sent for send_timeout
                     # seconds; the stream may be mid-frame, so it cannot go on.
@@ -175,11 +194,48 @@ class SqlServer:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(session.close, limiter=self._session_limiter)
 
-    async def _serve_requests(self, conn: Connection, state: ConnState) -> None:
+    async def _login(self, conn: Connection, proto: protocol.ServerProtocol) -> bool:
+        """Send hello and run the client's authentication (:class:`~trionet.sql.auth.HelloLogin`); True when it succeeded."""
+        login = HelloLogin(self.auth)
+        with trio.move_on_after(self.auth.timeout) as scope:
+            await conn.stream.send_all(self._hello)
+            while True:
+                try:
+                    event = await receive_event(conn.stream, proto)
+                except (trio.BrokenResourceError, OSError):
+                    return False
+                if event is EOF:
+                    return False
+                step = login.receive(event)
+                if step.log is not None:
+                    log.warning("sql: authentication failed for %s: %s", conn.peer, step.log)
+                if step.done and step.user is not None:
+                    await conn.stream.send_all(step.reply)
+                    log.info("sql: %s authenticated as %r", conn.peer, step.user)
+                    return True
+                if step.done:
+                    break
+                await conn.stream.send_all(step.reply)
+        if scope.cancelled_caught:
+            log.warning("sql: authentication failed for %s: not finished within %ss", conn.peer, self.auth.timeout)
+            step_reply = protocol.encode_bye(
+                f"authentication not finished within {self.auth.timeout} s (--auth-timeout)", "auth_timeout"
+            )
+            delay = 0.0
+        else:
+            step_reply, delay = step.reply, step.delay
+        # The delay is this connection's alone: others are served meanwhile.
+        await trio.sleep(delay)
+        with trio.move_on_after(1):
+            await conn.stream.send_all(step_reply)
+        return False
+
+    async def _serve_requests(self, conn: Connection, state: ConnState, *, greeted: bool = False) -> None:
         # The course's loop, for one connection: wait for a request, handle
         # it, repeat. One request at a time, so a pipelining client is held
         # back by TCP, not by our memory.
-        await self._send(state, conn, self._hello)
+        if not greeted:
+            await self._send(state, conn, self._hello)
         while not conn.draining.is_set():
             state.last_active = trio.current_time()
             try:
@@ -190,10 +246,12 @@ class SqlServer:
                 return  # the client is gone (we do not answer after a half-close)
             conn.requests += 1
             state.busy = True
-            if isinstance(request, protocol.BadRequest):
-                await self._send(state, conn, protocol.encode_error(request.id, request.code, request.message))
-            else:
+            if type(request) is protocol.Request:
                 await self._runner.run(conn, state, request)
+            elif type(request) is protocol.BadRequest:
+                await self._send(state, conn, protocol.encode_error(request.id, request.code, request.message))
+            else:  # an AuthMessage
+                await self._send(state, conn, protocol.encode_error(None, "bad_request", _NOT_NOW))
             state.busy = False
         await self._send(state, conn, rules.SHUTDOWN_BYE)
 

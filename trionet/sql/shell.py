@@ -39,6 +39,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import sqlite3
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from typing import TextIO
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.sql import protocol
+from trionet.sql.auth import ClientLogin
 from trionet.sql.errors import SqlConnectionError, SqlError
 from trionet.sql.render import (
     EXPANDED,
@@ -168,7 +170,9 @@ class BlockingConnection:
 
     Args:
         host, port: the server's address.
-        timeout: seconds to wait for the connection and the greeting.
+        timeout: seconds to wait for the connection, the greeting and the login.
+        tls: speak TLS, verifying the server with this context.
+        user, password: the credentials, for a server with ``--users``.
 
     Error handling: a failed connection raises :class:`SqlConnectionError`;
     anything that interrupts a statement (``KeyboardInterrupt`` included)
@@ -176,10 +180,22 @@ class BlockingConnection:
     statement; the next :meth:`query` connects again.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 10.0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self._tls = tls
+        self._user = user
+        self._password = password
         self.server: protocol.Hello | None = None
         self._sock: socket.socket | None = None
         self._proto = protocol.ClientProtocol()
@@ -196,8 +212,21 @@ class BlockingConnection:
         where = f"{self.host}:{self.port}"
         try:
             self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            if self._tls is not None:
+                self._sock = self._tls.wrap_socket(self._sock, server_hostname=self.host)
             self._proto = protocol.ClientProtocol()
             hello = self._next_event()
+            if isinstance(hello, protocol.Hello) and hello.auth:
+                self._login(hello, where)
+        except SqlConnectionError:
+            self.close()
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise SqlConnectionError(f"TLS with {where} failed: certificate verify failed: {exc.verify_message}") from None
+        except ssl.SSLError as exc:
+            self.close()
+            raise SqlConnectionError(f"TLS with {where} failed: {exc.reason or exc}") from None
         except TimeoutError:
             self.close()
             raise SqlConnectionError(f"no answer from {where} within {self.timeout}s") from None
@@ -207,11 +236,21 @@ class BlockingConnection:
         except protocol.RemoteProtocolError as exc:
             self.close()
             raise SqlConnectionError(f"{where} is not a trionet SQL server ({exc})") from None
+        if hello is EOF and self._tls is None:
+            self.close()
+            raise SqlConnectionError(f"{where} closed the connection without a hello (if it serves TLS, use --tls-ca)")
         if not isinstance(hello, protocol.Hello):
             self.close()
             raise SqlConnectionError(f"{where} is not a trionet SQL server")
         self._sock.settimeout(None)  # a statement may run as long as the server lets it
         self.server = hello
+
+    def _login(self, hello: protocol.Hello, where: str) -> None:
+        login = ClientLogin(hello, self._user, self._password, where)
+        line = login.first()
+        while line is not None:
+            self._sock.sendall(line)
+            line = login.receive(self._next_event())
 
     def close(self) -> None:
         """Close the connection (the server interrupts a statement still running)."""
@@ -649,6 +688,9 @@ def run_shell(
     script: TextIO | None = None,
     continue_on_error: bool = False,
     pager: bool = True,
+    tls: ssl.SSLContext | None = None,
+    user: str | None = None,
+    password: str | None = None,
 ) -> int:
     """Run the shell until ``.quit`` or end of input; return the exit status.
 
@@ -657,6 +699,7 @@ def run_shell(
         script: read statements from this file instead of stdin.
         continue_on_error: in a script, run on past a failed statement.
         pager: page long results on a terminal.
+        tls, user, password: as :class:`BlockingConnection`'s.
 
     Returns:
         0, or 1 when a statement of a script failed.
@@ -665,7 +708,7 @@ def run_shell(
         SqlConnectionError: the server cannot be reached.
     """
     interactive = script is None and sys.stdin.isatty() and sys.stdout.isatty()
-    conn = BlockingConnection(host, port)
+    conn = BlockingConnection(host, port, tls=tls, user=user, password=password)
     conn.connect()
     shell = Shell(
         conn, sys.stdout, sys.stderr, interactive=interactive, continue_on_error=continue_on_error, pager=pager

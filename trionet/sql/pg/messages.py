@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "AuthenticationOk",
+    "AuthenticationSasl",
+    "AuthenticationSaslContinue",
+    "AuthenticationSaslFinal",
     "BackendKeyData",
     "Bind",
     "BindComplete",
@@ -42,6 +45,7 @@ __all__ = [
     "ParameterStatus",
     "Parse",
     "ParseComplete",
+    "PasswordMessage",
     "PortalSuspended",
     "Query",
     "ReadyForQuery",
@@ -52,6 +56,7 @@ __all__ = [
     "Terminate",
     "UnexpectedMessage",
     "decode_message",
+    "decode_sasl_initial",
     "decode_startup",
     "encode",
 ]
@@ -175,6 +180,17 @@ class CopyInMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class PasswordMessage:
+    """A 'p' message: its body means what the authentication in progress asked for.
+
+    For SASL the first one is a SASLInitialResponse (:func:`decode_sasl_initial`),
+    the next ones SASLResponses (the body is the SASL data itself).
+    """
+
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class UnexpectedMessage:
     """A message type a client may not send (or one this server does not know)."""
 
@@ -187,6 +203,27 @@ class UnexpectedMessage:
 @dataclass(frozen=True, slots=True)
 class AuthenticationOk:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticationSasl:
+    """Authentication by SASL, with the mechanisms the server offers."""
+
+    mechanisms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticationSaslContinue:
+    """A SASL challenge (SCRAM's server-first message)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticationSaslFinal:
+    """The SASL outcome (SCRAM's server-final message), sent before AuthenticationOk."""
+
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +450,8 @@ def decode_message(kind: str, body: bytes):
         msg = Flush()
     elif kind == "X":
         msg = Terminate()
+    elif kind == "p":
+        return PasswordMessage(body)
     elif kind == "F":
         return FunctionCall()
     elif kind in "dcf":
@@ -421,6 +460,22 @@ def decode_message(kind: str, body: bytes):
         return UnexpectedMessage(kind)
     r.end()
     return msg
+
+
+def decode_sasl_initial(body: bytes) -> tuple[str, bytes]:
+    """The mechanism and the initial data of a SASLInitialResponse ('p') body.
+
+    Raises:
+        MessageError: the body does not follow the layout, or has no data.
+    """
+    r = _Reader(body)
+    mechanism = r.cstring()
+    n = r.int32()
+    if n < 0:
+        raise MessageError("SASLInitialResponse without its initial response")
+    data = r._take(n)
+    r.end()
+    return mechanism, data
 
 
 # --- encoding ----------------------------------------------------------------
@@ -486,6 +541,12 @@ def encode(msg) -> bytes:
         return _typed(b"S", _cstr(msg.name) + _cstr(msg.value))
     if kind is AuthenticationOk:
         return _typed(b"R", struct.pack("!i", 0))
+    if kind is AuthenticationSasl:
+        return _typed(b"R", struct.pack("!i", 10) + b"".join(_cstr(n) for n in msg.mechanisms) + b"\0")
+    if kind is AuthenticationSaslContinue:
+        return _typed(b"R", struct.pack("!i", 11) + msg.data)
+    if kind is AuthenticationSaslFinal:
+        return _typed(b"R", struct.pack("!i", 12) + msg.data)
     if kind is BackendKeyData:
         return _typed(b"K", struct.pack("!ii", msg.pid, msg.secret))
     if kind is NegotiateProtocolVersion:

@@ -9,9 +9,12 @@ takes what the socket gave (``b""`` at end of stream),
 
 Everything that changes the connection's protocol state lives here:
 
-- the *startup* phase reads untyped packets (an SSLRequest or GSSENCRequest
-  is refused with ``N`` and the phase goes on; a StartupMessage ends it; a
-  CancelRequest is the connection's only message);
+- the *startup* phase reads untyped packets (an SSLRequest is answered
+  ``S`` when the server has TLS, then the phase goes on inside TLS; it and a
+  GSSENCRequest are otherwise refused with ``N``; a StartupMessage ends it;
+  a CancelRequest is the connection's only message);
+- sending an AuthenticationSASL starts the *auth* phase, where only
+  password ('p') messages are valid; sending AuthenticationOk ends it;
 - after an error in the extended query protocol every message up to the
   next Sync is skipped, as PostgreSQL does (the rule is triggered by
   sending the ErrorResponse);
@@ -32,6 +35,7 @@ from trionet.sql.pg import messages as m
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "MAX_STARTUP_BYTES",
+    "EncryptionAccepted",
     "EncryptionRefused",
     "PgServerProtocol",
     "ProtocolViolation",
@@ -57,6 +61,11 @@ class EncryptionRefused:
     """The one-byte ``N`` answer to an SSLRequest or GSSENCRequest."""
 
 
+@dataclass(frozen=True, slots=True)
+class EncryptionAccepted:
+    """The one-byte ``S`` answer to an SSLRequest: the TLS handshake comes next."""
+
+
 class PgServerProtocol:
     """The server side of one PostgreSQL connection, without I/O.
 
@@ -68,7 +77,8 @@ class PgServerProtocol:
         self.max_message_bytes = max_message_bytes
         self._buf = bytearray()
         self._eof = False
-        self._phase = "startup"  # startup -> ready -> closed
+        self._phase = "startup"  # startup -> [auth ->] ready -> closed
+        self._encrypted = False
         self._extended = False  # the last message was part of an extended-query batch
         self._skipping = False  # an extended-query error happened: skip to Sync
 
@@ -81,6 +91,27 @@ class PgServerProtocol:
     def in_startup(self) -> bool:
         """True until the StartupMessage was read."""
         return self._phase == "startup"
+
+    @property
+    def in_auth(self) -> bool:
+        """True between AuthenticationSASL and AuthenticationOk."""
+        return self._phase == "auth"
+
+    def accept_encryption(self) -> bytes | ProtocolViolation:
+        """Answer the SSLRequest just read with ``S`` (the caller then does the TLS handshake).
+
+        Returns:
+            The answer's bytes, or a :class:`ProtocolViolation` (and the
+            connection is over) when the client sent bytes after its
+            SSLRequest without waiting for the answer: they would be read as
+            if they had come through TLS (CVE-2021-23214), or when it asks a
+            second time.
+        """
+        if self._buf or self._encrypted or self._phase != "startup":
+            self._close()
+            return ProtocolViolation("received unencrypted data after SSL request")
+        self._encrypted = True
+        return b"S"
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the client; ``b""`` means it closed its side."""
@@ -114,6 +145,11 @@ class PgServerProtocol:
                 self._skipping = False
             if isinstance(event, m.StartupMessage):
                 self._phase = "ready"
+            elif self._phase == "auth" and not isinstance(event, m.PasswordMessage):
+                self._close()
+                return ProtocolViolation(f"expected a password response, got message type {_type_name(event)}")
+            elif self._phase != "auth" and isinstance(event, m.PasswordMessage):
+                event = m.UnexpectedMessage("p")
             self._extended = isinstance(event, _EXTENDED)
             return event
 
@@ -126,6 +162,10 @@ class PgServerProtocol:
         """
         if isinstance(msg, EncryptionRefused):
             return b"N"
+        if isinstance(msg, m.AuthenticationSasl) and self._phase == "ready":
+            self._phase = "auth"
+        elif isinstance(msg, m.AuthenticationOk) and self._phase == "auth":
+            self._phase = "ready"
         if isinstance(msg, m.ErrorResponse) and self._extended:
             self._skipping = True
         return m.encode(msg)
@@ -172,3 +212,7 @@ class PgServerProtocol:
             return m.decode_message(kind, body)
         except m.MessageError as exc:
             return ProtocolViolation(f"invalid {kind!r} message: {exc}")
+
+
+def _type_name(event) -> str:
+    return repr(event.type) if isinstance(event, m.UnexpectedMessage) else type(event).__name__

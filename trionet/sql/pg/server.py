@@ -32,8 +32,10 @@ from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import rules
 from trionet.sql.engine import Database
 from trionet.sql.pg import messages as m
+from trionet.sql.auth import AuthConfig
 from trionet.sql.pg.config import DEFAULT_PG_PORT, PgConfig
 from trionet.sql.pg.executor import ConnState, Executor
+from trionet.sql.pg.login import INVALID_AUTHORIZATION, LoginRefused, authenticate, close_tls, start_tls
 from trionet.sql.pg.protocol import (
     EncryptionRefused,
     PgServerProtocol,
@@ -42,6 +44,7 @@ from trionet.sql.pg.protocol import (
 from trionet.sql.pg.session import Settings
 from trionet.sql.pg.sqlstate import PROTOCOL_VIOLATION
 from trionet.sql.watch import SESSION_THREADS, interrupt_when_cancelled
+from trionet.tls import TLSServerConfig
 
 __all__ = ["PgServer", "serve_pg"]
 
@@ -60,6 +63,11 @@ class PgServer:
             from a random start); a worker of ``--workers`` encodes itself in them.
         forward_cancel: called with a CancelRequest whose key is not one of
             this server's (another worker's, :mod:`trionet.sql.workers`).
+        tls: answer SSLRequest with ``S`` and TLS (``--tls-cert/--tls-key``);
+            a client that does not ask for TLS is then refused (FATAL 28000),
+            except a CancelRequest (libpq sends those in plain text).
+        auth: authenticate every client with SCRAM-SHA-256 against these
+            users (``--users``); None trusts every client.
 
     Attributes:
         service: the :class:`~trionet.serving.TCPService` (connections, counters).
@@ -73,10 +81,15 @@ class PgServer:
         limiter: trio.CapacityLimiter | None = None,
         pids: Iterator[int] | None = None,
         forward_cancel: Callable[[m.CancelRequest], None] | None = None,
+        tls: TLSServerConfig | None = None,
+        auth: AuthConfig | None = None,
     ) -> None:
         self.database = database
         self.config = config or PgConfig()
-        self.service = TCPService("pg", self._handle, log)
+        self.tls = tls
+        self.auth = auth
+        self._admitted = 0  # connections past their startup (and login): what max_connections counts
+        self.service = TCPService("pg", self._handle_then_close_tls, log)
         self._executor = Executor(self.config, limiter or trio.CapacityLimiter(self.config.max_threads))
         self._session_limiter = trio.CapacityLimiter(SESSION_THREADS)
         self._pids = pids if pids is not None else itertools.count(secrets.randbelow(1 << 20) + 1000)
@@ -95,21 +108,45 @@ class PgServer:
 
     # --- per connection ---------------------------------------------------------
 
+    async def _handle_then_close_tls(self, conn: Connection) -> None:
+        try:
+            await self._handle(conn)
+        finally:
+            await close_tls(conn)
+
     async def _handle(self, conn: Connection) -> None:
         proto = PgServerProtocol(self.config.max_message_bytes)
         startup = None
+        refusal: LoginRefused | None = None
         with trio.move_on_after(self.config.startup_timeout) as startup_scope:
             startup = await self._startup(conn, proto)
+            if startup is not None and self.auth is not None:
+                outcome = await authenticate(conn, proto, self.auth, startup.parameters.get("user", ""))
+                if outcome is not True:
+                    startup = None
+                    refusal = outcome if isinstance(outcome, LoginRefused) else None
         if startup_scope.cancelled_caught:
             await _fatal(
                 conn, proto, "08006", f"the startup took longer than {self.config.startup_timeout} s (startup_timeout)"
             )
+        if refusal is not None:
+            await trio.sleep(refusal.delay)  # this connection's alone: guessing is slow, nobody else waits
+            await _fatal(conn, proto, refusal.code, refusal.message)
         if startup is None:
             return
-        if rules.over_connection_limit(len(self.service.connections), self.config.max_connections):
-            log.warning("pg: refusing %s: %d connections open", conn.peer, len(self.service.connections) - 1)
+        # Only connections past their startup count: one that stalls its TLS
+        # handshake or its login holds no slot (the startup timeout ends it).
+        if rules.over_connection_limit(self._admitted + 1, self.config.max_connections):
+            log.warning("pg: refusing %s: %d connections open", conn.peer, self._admitted)
             await _fatal(conn, proto, "53300", f"sorry, too many clients already ({self.config.max_connections})")
             return
+        self._admitted += 1
+        try:
+            await self._serve_admitted(conn, proto, startup)
+        finally:
+            self._admitted -= 1
+
+    async def _serve_admitted(self, conn: Connection, proto: PgServerProtocol, startup: m.StartupMessage) -> None:
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
         pid = next(self._pids)
         secret = secrets.randbits(31)
@@ -148,9 +185,18 @@ class PgServer:
                 event = await receive_event(conn.stream, proto)
             except (trio.BrokenResourceError, OSError):
                 return None
-            if isinstance(event, (m.SslRequest, m.GssEncRequest)):
-                await conn.stream.send_all(proto.send(EncryptionRefused()))  # no TLS yet: go on in plain text
+            if isinstance(event, m.SslRequest) and self.tls is not None and not _encrypted(conn):
+                outcome = await start_tls(conn, proto, self.tls)
+                if isinstance(outcome, LoginRefused):
+                    await _fatal(conn, proto, outcome.code, outcome.message)
+                if outcome is not True:
+                    return None
+            elif isinstance(event, (m.SslRequest, m.GssEncRequest)):
+                await conn.stream.send_all(proto.send(EncryptionRefused()))  # go on as we are
             elif isinstance(event, m.StartupMessage):
+                if self.tls is not None and not _encrypted(conn):
+                    await _fatal(conn, proto, INVALID_AUTHORIZATION, _TLS_REQUIRED)
+                    return None
                 return event
             elif isinstance(event, m.CancelRequest):
                 self.cancel(event)
@@ -217,6 +263,16 @@ class PgServer:
         # end, so the client still gets the answer (57014) and the FATAL.
         await trio.sleep_until(rules.shutdown_interrupt_at(trio.current_time(), self.service.grace_deadline))
         st.session.interrupt("the server is shutting down")
+
+
+_TLS_REQUIRED = (
+    "this server accepts only TLS connections (it was started with --tls-cert): "
+    "connect with sslmode=require, or verify-full with sslrootcert=CA-FILE"
+)
+
+
+def _encrypted(conn: Connection) -> bool:
+    return isinstance(conn.stream, trio.SSLStream)
 
 
 async def _fatal(conn: Connection, proto: PgServerProtocol, code: str, message: str) -> None:
