@@ -6,7 +6,8 @@ error response when the message cannot be served:
 
 - FORMERR: not a DNS message, a response instead of a query, not exactly
   one question, trailing bytes, a broken EDNS record;
-- NOTIMP: an opcode other than QUERY, or a meta type (ANY, AXFR, IXFR, ...);
+- NOTIMP: an opcode other than QUERY, or a meta type (AXFR, IXFR, ...; ANY
+  is answered, per RFC 8482: see :func:`~trionet.names.answer.any_answer`);
 - REFUSED: a class other than IN;
 - BADVERS: an EDNS version other than 0 (RFC 6891 6.1.3).
 
@@ -40,7 +41,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from trionet.names.answer import Answer
+from trionet.names.answer import Answer, record_type
 
 __all__ = [
     "BADVERS",
@@ -159,7 +160,7 @@ def _name_text(labels: list[bytes]) -> str:
 def _check_type(wire: bytes, qtype: int, qclass: int, edns: bool) -> bytes | None:
     if qclass != dns.rdataclass.IN:
         return build_error(wire, REFUSED, edns=edns)
-    if dns.rdatatype.is_metatype(qtype) or qtype in (dns.rdatatype.ANY, 0):
+    if (dns.rdatatype.is_metatype(qtype) and qtype != dns.rdatatype.ANY) or qtype == 0:
         return build_error(wire, NOTIMP, edns=edns)
     return None
 
@@ -285,9 +286,10 @@ def build_response(query: DnsQuery, answer: Answer) -> bytes:
         records.append(_rr(owner, dns.rdatatype.CNAME, ttl, target_wire))
         owner = target_wire
     if answer.status == "ok":
-        rdtype = dns.rdatatype.from_text(answer.rdtype)
+        type_text = record_type(answer.rdtype)  # HINFO for ANY (RFC 8482)
+        rdtype = dns.rdatatype.from_text(type_text)
         for text in answer.records:
-            records.append(_rr(owner, rdtype, ttl, _rdata_wire(answer.rdtype, text)))
+            records.append(_rr(owner, rdtype, ttl, _rdata_wire(type_text, text)))
     authority = b""
     if answer.soa is not None and answer.status != "ok":
         zone, soa_text = answer.soa

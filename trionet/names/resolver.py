@@ -36,7 +36,7 @@ import trio
 
 from trionet.addresses import format_address
 from trionet.log import get_logger
-from trionet.names.answer import Answer
+from trionet.names.answer import Answer, any_answer
 from trionet.names.cache import AnswerCache
 
 __all__ = [
@@ -269,7 +269,11 @@ class Resolver:
 
         Never raises for a DNS failure: the answer is then SERVFAIL with a
         message. Takes at most about ``timeout`` seconds per upstream and CNAME hop.
+        ANY is answered at once with one HINFO record, never asked upstream
+        (RFC 8482; :func:`~trionet.names.answer.any_answer` says why).
         """
+        if rdtype == "ANY":
+            return any_answer(name)
         cached = self.cache.get(name, rdtype, trio.current_time())
         if cached is not None:
             return cached
