@@ -139,3 +139,15 @@ async def test_lru_bound_through_the_server(autojump_clock, memory_names):
         await _ask(client, name)
     assert len(server.cache) == 2
     assert up.counts[("www.test", "A")] == 2  # evicted by target.test, asked again
+
+
+def test_an_entry_in_the_last_tenth_of_its_ttl_is_due():
+    cache = AnswerCache(10)
+    due: list[tuple[str, str]] = []
+    cache.on_due = lambda name, rdtype: due.append((name, rdtype))
+    cache.put(Answer("a.test", "MX", "ok", ("10 mx.test.",), 200), now=0)
+    assert cache.get("a.test", "MX", now=179.9) is not None and due == []
+    assert cache.get("a.test", "MX", now=180).ttl == 20 and due == [("a.test", "MX")]
+    cache.put(Answer("a.test", "MX", "ok", ("20 mx.test.",), 200), now=185)  # the refresh replaces it
+    assert cache.get("a.test", "MX", now=190).records == ("20 mx.test.",) and len(due) == 1
+    assert cache.stats.due == 1

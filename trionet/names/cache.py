@@ -13,17 +13,22 @@ a clock, so tests drive it with plain numbers or trio's mock clock.
   source ``cache``; an answer expires when its TTL reaches 0.
 - At most ``max_entries`` answers are kept; storing one more evicts the
   least recently used.
+- Prefetch: an entry read in the last :data:`PREFETCH_SHARE` of its TTL is
+  *due*: :meth:`AnswerCache.get` still returns it, and tells ``on_due``
+  (the resolver refreshes it in the background, see
+  :class:`~trionet.names.resolver.Resolver`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from trionet.names.answer import Answer
 
-__all__ = ["STALE_TTL", "AnswerCache", "CacheStats"]
+__all__ = ["PREFETCH_SHARE", "STALE_TTL", "AnswerCache", "CacheStats"]
 
 
 @dataclass
@@ -35,10 +40,13 @@ class CacheStats:
     expired: int = 0
     evicted: int = 0
     stale: int = 0  # expired answers served because the upstreams failed (RFC 8767)
+    due: int = 0  # hits in the last PREFETCH_SHARE of an entry's TTL (each one told on_due)
 
 
 STALE_TTL = 30
 """The TTL of a stale answer (RFC 8767 section 4 recommends 30 seconds)."""
+PREFETCH_SHARE = 0.1
+"""An entry asked for in this last share of its TTL is refreshed in the background."""
 
 
 class AnswerCache:
@@ -51,6 +59,11 @@ class AnswerCache:
         stale_for: seconds an expired answer is kept past its TTL, to be
             served by :meth:`get_stale` while the upstreams fail (RFC 8767
             serve-stale); 0 forgets it at expiry.
+
+    Attributes:
+        on_due: called as ``on_due(name, rdtype)`` by :meth:`get` when it
+            returns an entry in the last :data:`PREFETCH_SHARE` of its TTL
+            (every time, until the entry is replaced); None for no prefetch.
     """
 
     def __init__(
@@ -65,7 +78,9 @@ class AnswerCache:
         self.max_ttl = max_ttl
         self.stale_for = stale_for
         self.stats = CacheStats()
-        self._entries: OrderedDict[tuple[str, str], tuple[Answer, float]] = OrderedDict()
+        self.on_due: Callable[[str, str], None] | None = None
+        # (answer, expires, due): due is when the last PREFETCH_SHARE of its TTL begins.
+        self._entries: OrderedDict[tuple[str, str], tuple[Answer, float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -84,7 +99,7 @@ class AnswerCache:
         if entry is None:
             self.stats.misses += 1
             return None
-        answer, expires = entry
+        answer, expires, due = entry
         remaining = math.floor(expires - now)
         if remaining <= 0:
             if not (self.stale_for and now < expires + self.stale_for):
@@ -94,6 +109,9 @@ class AnswerCache:
             return None
         self._entries.move_to_end(key)
         self.stats.hits += 1
+        if now >= due and self.on_due is not None:
+            self.stats.due += 1
+            self.on_due(name, rdtype)
         return answer.with_ttl(remaining, "cache")
 
     def get_stale(self, name: str, rdtype: str, now: float) -> Answer | None:
@@ -105,7 +123,7 @@ class AnswerCache:
         entry = self._entries.get((name, rdtype))
         if entry is None:
             return None
-        answer, expires = entry
+        answer, expires, _due = entry
         if math.floor(expires - now) > 0 or now >= expires + self.stale_for:
             return None  # still fresh (get's), or past the window
         self.stats.stale += 1
@@ -127,7 +145,7 @@ class AnswerCache:
         if ttl <= 0:
             return 0
         key = (answer.name, answer.rdtype)
-        self._entries[key] = (answer, now + ttl)
+        self._entries[key] = (answer, now + ttl, now + ttl * (1 - PREFETCH_SHARE))
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

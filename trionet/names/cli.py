@@ -203,7 +203,8 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     unit="NAMES",
     minimum=1,
     help="Names looked up upstream at once (a name asked again meanwhile joins its lookup); a new one past it "
-    "is answered SERVFAIL at once, saying the server is busy.",
+    "is answered SERVFAIL at once, saying the server is busy. Background refreshes of cached names asked for "
+    "in the last tenth of their TTL (prefetch) count too, and are skipped when it is reached.",
 )
 @count_option(
     "--listen-backlog",
