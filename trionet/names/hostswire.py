@@ -23,10 +23,11 @@ class HostsWireCache:
         entries: the most responses kept.
     """
 
-    __slots__ = ("_entries", "_max", "get")
+    __slots__ = ("_entries", "_linked", "_max", "get")
 
     def __init__(self, entries: int = HOSTS_WIRE_ENTRIES) -> None:
         self._entries: dict[bytes, bytes] = {}
+        self._linked: list[HostsWireCache] = []
         self._max = entries
         self.get = self._entries.get
         """``get(query[2:])``: the response after its ID, or None."""
@@ -41,5 +42,18 @@ class HostsWireCache:
         self._entries[query[2:]] = response[2:]
 
     def clear(self) -> None:
-        """Forget every response (the hosts table changed)."""
+        """Forget every response (the hosts table changed), the linked caches' too."""
         self._entries.clear()
+        for cache in self._linked:
+            cache.clear()
+
+    def linked(self) -> HostsWireCache:
+        """A new cache, emptied whenever this one is (the UDP port's: its answers may be truncated)."""
+        cache = HostsWireCache(self._max)
+        self._linked.append(cache)
+        return cache
+
+    def unlink(self, cache: HostsWireCache) -> None:
+        """Stop clearing ``cache`` with this one (its port stopped)."""
+        if cache in self._linked:
+            self._linked.remove(cache)
