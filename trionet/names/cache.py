@@ -49,6 +49,19 @@ PREFETCH_SHARE = 0.1
 """An entry asked for in this last share of its TTL is refreshed in the background."""
 
 
+class _Entry:
+    """One cached answer: when it expires, when it is due for prefetch, and the copy last served."""
+
+    __slots__ = ("answer", "due", "expires", "served", "served_ttl")
+
+    def __init__(self, answer: Answer, expires: float, due: float) -> None:
+        self.answer = answer
+        self.expires = expires
+        self.due = due  # when the last PREFETCH_SHARE of its TTL begins
+        self.served = answer
+        self.served_ttl = -1  # the TTL of ``served``; -1: none served yet
+
+
 class AnswerCache:
     """A bounded, TTL-aware cache of :class:`~trionet.names.answer.Answer` keyed by (name, type).
 
@@ -79,8 +92,7 @@ class AnswerCache:
         self.stale_for = stale_for
         self.stats = CacheStats()
         self.on_due: Callable[[str, str], None] | None = None
-        # (answer, expires, due): due is when the last PREFETCH_SHARE of its TTL begins.
-        self._entries: OrderedDict[tuple[str, str], tuple[Answer, float, float]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -99,20 +111,22 @@ class AnswerCache:
         if entry is None:
             self.stats.misses += 1
             return None
-        answer, expires, due = entry
-        remaining = math.floor(expires - now)
+        remaining = math.floor(entry.expires - now)
         if remaining <= 0:
-            if not (self.stale_for and now < expires + self.stale_for):
+            if not (self.stale_for and now < entry.expires + self.stale_for):
                 del self._entries[key]  # kept only for serve-stale, within its window
             self.stats.expired += 1
             self.stats.misses += 1
             return None
         self._entries.move_to_end(key)
         self.stats.hits += 1
-        if now >= due and self.on_due is not None:
+        if now >= entry.due and self.on_due is not None:
             self.stats.due += 1
             self.on_due(name, rdtype)
-        return answer.with_ttl(remaining, "cache")
+        if entry.served_ttl != remaining:  # answers are immutable: one per remaining second will do
+            entry.served = entry.answer.with_ttl(remaining, "cache")
+            entry.served_ttl = remaining
+        return entry.served
 
     def get_stale(self, name: str, rdtype: str, now: float) -> Answer | None:
         """An expired answer still inside the serve-stale window, with TTL :data:`STALE_TTL`; else None.
@@ -123,11 +137,10 @@ class AnswerCache:
         entry = self._entries.get((name, rdtype))
         if entry is None:
             return None
-        answer, expires, _due = entry
-        if math.floor(expires - now) > 0 or now >= expires + self.stale_for:
+        if math.floor(entry.expires - now) > 0 or now >= entry.expires + self.stale_for:
             return None  # still fresh (get's), or past the window
         self.stats.stale += 1
-        return answer.with_ttl(STALE_TTL, "stale")
+        return entry.answer.with_ttl(STALE_TTL, "stale")
 
     def put(self, answer: Answer, now: float) -> int:
         """Store ``answer`` (as fetched from upstream, TTL in ``answer.ttl``) if it may be cached.
@@ -145,7 +158,7 @@ class AnswerCache:
         if ttl <= 0:
             return 0
         key = (answer.name, answer.rdtype)
-        self._entries[key] = (answer, now + ttl, now + ttl * (1 - PREFETCH_SHARE))
+        self._entries[key] = _Entry(answer, now + ttl, now + ttl * (1 - PREFETCH_SHARE))
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -74,7 +74,8 @@ _QR, _AA, _TC, _RD, _RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
 _HEADER = struct.Struct("!HHHHHH")
 _RR_TAIL = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _TYPE_OPT = 41
-_SIMPLE_LABEL = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_SIMPLE_NAME = b".abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_TYPE_TEXT: dict[int, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +153,20 @@ def _read_name(wire: bytes, offset: int) -> tuple[list[bytes], int]:
 def _name_text(labels: list[bytes]) -> str:
     if not labels:
         return "."
-    if all(_SIMPLE_LABEL.issuperset(label) for label in labels):
-        return b".".join(labels).decode("ascii").lower()
+    text = b".".join(labels)
+    # Only letters, digits, - and _ (one test for the whole name; the dots
+    # counted, so a label holding a dot of its own takes dnspython's way).
+    if not text.translate(None, _SIMPLE_NAME) and text.count(b".") == len(labels) - 1:
+        return text.decode("ascii").lower()
     return dns.name.Name(labels).to_text(omit_final_dot=True).lower()
+
+
+def _type_text(qtype: int) -> str:
+    """``dns.rdatatype.to_text``, remembered: it builds an enum member per call."""
+    text = _TYPE_TEXT.get(qtype)
+    if text is None:
+        text = _TYPE_TEXT[qtype] = dns.rdatatype.to_text(qtype)
+    return text
 
 
 def _check_type(wire: bytes, qtype: int, qclass: int, edns: bool) -> bytes | None:
@@ -203,7 +215,7 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
             if refused is not None:
                 return refused
             return DnsQuery(
-                msg_id, bool(flags & _RD), _name_text(labels), dns.rdatatype.to_text(qtype), question, edns, udp_size
+                msg_id, bool(flags & _RD), _name_text(labels), _type_text(qtype), question, edns, udp_size
             )
     return _parse_slow(wire)
 
