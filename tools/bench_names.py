@@ -139,28 +139,30 @@ def running(argv: list[str], port: int, probe: str, **kwargs):
                 process.wait()
 
 
-def trionet_server(hosts: Path, port: int, limit: int, quota: int, _tmp: Path):
+def trionet_server(hosts: Path, port: int, limit: int, quota: int, _tmp: Path, upstream: int | None = None):
     line_port = free_port()
     while line_port == port:  # a port just closed may come back at once; the server refuses the same two
         line_port = free_port()
     argv = [
         sys.executable, "-m", "trionet", "names", "serve",
-        "--hosts", str(hosts), "--dns-port", str(port), "--port", str(line_port),
+        *(["--hosts", str(hosts)] if upstream is None else []),
+        "--dns-port", str(port), "--port", str(line_port),
         "--limit", str(limit), "--quota", str(quota), "--backlog", "1000",
         # All the load comes from 127.0.0.1: the per-address share (issue 9,
         # default 8) would refuse 24 of the open scenario's 32 connections.
         "--per-address", "0",
         # ...and the UDP rate limit (default 100 answers/s per address) would drop most of the udp scenario.
         "--udp-rate", "0",
-        "--upstream", "127.0.0.1:9", "--log-level", "warning",
+        "--upstream", f"127.0.0.1:{upstream or 9}", "--log-level", "warning",
     ]
     return argv, {}
 
 
-def dnsmasq_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
+def dnsmasq_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path, upstream: int | None = None):
     argv = [
         shutil.which("dnsmasq") or "dnsmasq",
-        "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
+        "--keep-in-foreground", "--no-resolv", "--no-hosts",
+        f"--addn-hosts={hosts}" if upstream is None else f"--server=127.0.0.1#{upstream}",
         f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
         "--cache-size=10000", "--user=root", "--group=root", "--pid-file=",
         "--conf-file=/dev/null",
@@ -171,7 +173,9 @@ def dnsmasq_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
     return argv, {}
 
 
-def unbound_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
+def unbound_server(
+    hosts: Path, port: int, limit: int, quota: int, tmp: Path, upstream: int | None = None, *, ttl: int = 0, name: str = "unbound"
+):
     lines = [
         "server:",
         f"  interface: 127.0.0.1@{port}",
@@ -179,17 +183,39 @@ def unbound_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
         "  do-daemonize: no", '  username: ""', '  chroot: ""', f'  directory: "{tmp}"',
         '  pidfile: ""', "  use-syslog: no", "  verbosity: 0", "  num-threads: 1",
         "  incoming-num-tcp: 128", "  do-ip6: no", "  access-control: 127.0.0.0/8 allow",
-        '  module-config: "iterator"', '  local-zone: "bench.lan." static',
+        '  module-config: "iterator"',
     ]
-    for line in hosts.read_text().splitlines():
-        address, name = line.split()
-        lines.append(f'  local-data: "{name}. 0 IN A {address}"')
-    conf = tmp / "unbound.conf"
+    if upstream is None:
+        lines.append('  local-zone: "bench.lan." static')
+        for line in hosts.read_text().splitlines():
+            address, host = line.split()
+            lines.append(f'  local-data: "{host}. {ttl} IN A {address}"')
+    else:
+        lines += ["  do-not-query-localhost: no", "forward-zone:", '  name: "bench.lan."', f"  forward-addr: 127.0.0.1@{upstream}"]
+    conf = tmp / f"{name}.conf"
     conf.write_text("\n".join(lines) + "\n")
     return [shutil.which("unbound") or "unbound", "-d", "-c", str(conf)], {}
 
 
 SERVERS = {"trionet": trionet_server, "dnsmasq": dnsmasq_server, "unbound": unbound_server}
+
+
+def start_upstream(hosts: Path, tmp: Path, stack: contextlib.ExitStack, probe: str) -> int:
+    """The ``--answers cache`` upstream: an unbound serving every name with TTL 3600; returns its port."""
+    if not shutil.which("unbound"):
+        sys.exit("--answers cache needs unbound as the upstream (Debian: apt-get install unbound)")
+    port = free_port()
+    argv, kwargs = unbound_server(hosts, port, 0, 0, tmp, ttl=3600, name="upstream")
+    stack.enter_context(running(argv, port, probe, **kwargs))
+    return port
+
+
+def warm_up(port: int, queries: Path) -> None:
+    """Ask every name once over UDP, so the measured queries are cache hits."""
+    subprocess.run(
+        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-n", "1", "-q", "32"],
+        capture_output=True, timeout=120, check=False,
+    )
 
 
 def available(server: str) -> bool:
@@ -304,6 +330,10 @@ def main() -> None:
                         help="load generator; auto = dnsperf when installed, else trio")
     parser.add_argument("--servers", default="trionet,dnsmasq,unbound",
                         help="comma-separated servers to measure, when installed (default: all three)")
+    parser.add_argument("--answers", choices=["hosts", "cache"], default="hosts",
+                        help="hosts: every server answers from the generated hosts file (default); cache: every "
+                        "server forwards to an upstream unbound (TTL 3600) and is warmed up first, so answers "
+                        "come from its cache")
     parser.add_argument("--names", type=int, default=1000, help="entries in the generated hosts file (default 1000)")
     parser.add_argument("--window", type=int, default=8,
                         help="trio generator: queries outstanding per connection (default 8)")
@@ -336,11 +366,14 @@ def main() -> None:
             ports: dict[str, int] = {}
             argvs: dict[str, list[str]] = {}
             with contextlib.ExitStack() as servers_running:
+                upstream = start_upstream(hosts, tmp, servers_running, names[0]) if args.answers == "cache" else None
                 for server in servers:
                     port = free_port()
-                    argv, kwargs = SERVERS[server](hosts, port, limit, quota, tmp)
+                    argv, kwargs = SERVERS[server](hosts, port, limit, quota, tmp, upstream)
                     servers_running.enter_context(running(argv, port, names[0], **kwargs))
                     ports[server], argvs[server] = port, argv
+                    if upstream is not None:
+                        warm_up(port, queries)
                 # Interleave the servers, so that a burst of load from elsewhere
                 # on the machine does not land on one server only.
                 runs: dict[str, list[Result]] = {server: [] for server in servers}
@@ -361,7 +394,7 @@ def main() -> None:
                 results.append(median)
 
     print()
-    print(f"Median of {args.repeat} run(s) of {args.duration:g}s each, servers interleaved.")
+    print(f"Median of {args.repeat} run(s) of {args.duration:g}s each, servers interleaved; answers from {args.answers}.")
     print()
     print("| scenario | server | queries/s (median) | min - max | vs dnsmasq | avg latency | lost |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")

@@ -128,6 +128,18 @@ class AnswerCache:
             entry.served_ttl = remaining
         return entry.served
 
+    def unchanged_until(self, name: str, rdtype: str) -> float:
+        """Until when the answer :meth:`get` just returned stays the same (its TTL drops a second, or prefetch is due).
+
+        The DNS ports keep the response bytes until then
+        (:class:`~trionet.names.hostswire.TimedWireCache`); 0 for an entry
+        that is not cached.
+        """
+        entry = self._entries.get((name, rdtype))
+        if entry is None or entry.served_ttl < 0:
+            return 0.0
+        return min(entry.expires - entry.served_ttl, entry.due)
+
     def get_stale(self, name: str, rdtype: str, now: float) -> Answer | None:
         """An expired answer still inside the serve-stale window, with TTL :data:`STALE_TTL`; else None.
 

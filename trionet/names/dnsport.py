@@ -2,7 +2,8 @@
 
 Messages are framed by a 2-byte length (:class:`~trionet.framing.LengthPrefixFramer`)
 and parsed and answered by :mod:`~trionet.names.dnswire`; a repeated
-hosts-file query is answered from :class:`~trionet.names.hostswire.HostsWireCache`.
+hosts-file query is answered from :class:`~trionet.names.hostswire.HostsWireCache`,
+a repeated cached one from :class:`~trionet.names.hostswire.TimedWireCache`.
 What happens next (the quota, the deadlines, whether the client may close
 first) is the :class:`~trionet.names.session.Session`'s call; admission, the
 shutdown watcher and the gentle close around it are
@@ -66,6 +67,8 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
     logging_queries = server.config.log_queries
     # The ready-made answers skip parsing, and so would skip the query's log line.
     known_answer = _never_known if logging_queries else server.hosts_wire.get
+    cached_answer = _never_cached if logging_queries else server.cache_wire.get
+    cache_stats = server.cache.stats
     async with trio.open_nursery() as queries:
         io = DirectSocketIO(stream)
         replies = _Replies(server, client.sends, stream, queries, conn.peer, io)
@@ -102,6 +105,10 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
             conn.requests += 1
             payload = event.payload
             known = known_answer(payload[2:])
+            if known is None:
+                known = cached_answer(payload[2:], trio.current_time())
+                if known is not None:
+                    cache_stats.hits += 1  # a cache hit that did not need the cache's lookup
             if known is not None:
                 out.append(_frame(payload[:2] + known))
             else:
@@ -122,6 +129,10 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
                         response = dnswire.build_response(parsed, answer)
                         if answer.source == "hosts":
                             server.hosts_wire.remember(payload, response)
+                        elif answer.source == "cache":
+                            until = server.cache.unchanged_until(parsed.qname, parsed.rdtype)
+                            if until > trio.current_time():
+                                server.cache_wire.remember(payload, response, until)
                         out.append(_frame(response))
                         if logging_queries:
                             rcode = answer_rcode(answer)
@@ -234,6 +245,10 @@ class _Replies:
 
 
 def _never_known(_query: bytes) -> None:
+    return None
+
+
+def _never_cached(_query: bytes, _now: float) -> None:
     return None
 
 

@@ -30,6 +30,7 @@ from trionet.limits import client_key
 from trionet.log import get_logger
 from trionet.names import dnswire
 from trionet.names.answer import Answer
+from trionet.names.hostswire import TimedWireCache
 from trionet.names.querylog import answer_rcode, error_rcode
 from trionet.names.ratelimit import RateLimiter
 
@@ -116,6 +117,9 @@ async def serve_udp(
     # bytes decide its size limit). They skip parsing, and so the log line.
     known = server.hosts_wire.linked()
     known_answer = known.get if not logging_queries else _never_known
+    cached = server.hosts_wire.link(TimedWireCache())  # ...and to cached names, until their TTL changes
+    cached_answer = cached.get if not logging_queries else _never_cached
+    cache_stats = server.cache.stats
     datagrams = _Datagrams(sock, stats)
 
     async def reply(query: dnswire.DnsQuery, answer: Answer, peer, started: float, wire: bytes | None = None) -> None:
@@ -123,8 +127,13 @@ async def serve_udp(
         out = dnswire.truncate(query, response, dnswire.udp_limit(query, ceiling))
         if out is not response:
             stats.truncated += 1
-        if wire is not None and answer.source == "hosts":
-            known.remember(wire, out)
+        if wire is not None:
+            if answer.source == "hosts":
+                known.remember(wire, out)
+            elif answer.source == "cache":
+                until = server.cache.unchanged_until(query.qname, query.rdtype)
+                if until > started:
+                    cached.remember(wire, out, until)
         await datagrams.send(out, peer)
         if logging_queries:
             rcode = answer_rcode(answer)
@@ -156,6 +165,11 @@ async def serve_udp(
                         await datagrams.send(data[:2] + ready, peer)
                         continue
                     started = trio.current_time()
+                    ready = cached_answer(data[2:], started)
+                    if ready is not None:
+                        cache_stats.hits += 1  # a cache hit that did not need the cache's lookup
+                        await datagrams.send(data[:2] + ready, peer)
+                        continue
                     parsed = dnswire.parse_query(data)
                     if isinstance(parsed, bytes):
                         await datagrams.send(parsed, peer)
@@ -174,9 +188,14 @@ async def serve_udp(
                     nursery.start_soon(resolve, parsed, peer, started)
         finally:
             server.hosts_wire.unlink(known)
+            server.hosts_wire.unlink(cached)
 
 
 def _never_known(_query: bytes) -> None:
+    return None
+
+
+def _never_cached(_query: bytes, _now: float) -> None:
     return None
 
 
