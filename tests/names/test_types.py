@@ -94,7 +94,12 @@ def test_records_survive_the_line_protocol(items, ttl):
     assert line.count(b"\n") == 1 and line.endswith(b"\n")
     reply = protocol.parse_reply(line[:-1])
     assert (reply.status, reply.rdtype, reply.ttl) == ("ok", rdtype, ttl)
+    assert reply.records == records  # as the server had them
     assert [dns.rdata.from_text(dns.rdataclass.IN, rdtype, text) for text in reply.records] == rdatas
+    shown = line.decode().split(" ", 5)[5].rstrip("\n")  # what nc shows: valid presentation text too
+    if rdtype not in ("A", "PTR"):
+        shown_records = shown.split(" | ")
+        assert [dns.rdata.from_text(dns.rdataclass.IN, rdtype, text) for text in shown_records] == rdatas
 
 
 @given(st.text(max_size=30))
@@ -182,3 +187,25 @@ async def test_dig_asks_for_several_types(start_names, upstream):
     assert (await _dig(*where, "private.test", "TYPE65280")).strip() == "\\# 4 0A000001"
     assert (await _dig(*where, "-x", "192.0.2.9")).strip() == "nine.test."
     assert (await _dig(*where, "www.test", "ANY")).strip() == '"RFC8482" ""'
+
+
+async def test_names_query_takes_any_type_name(start_names, upstream):
+    import json
+    import sys
+
+    _zone(upstream)
+    _server, addrs = await start_names(quota=0)
+    base = [sys.executable, "-m", "trionet", "names", "query", "--port", str(addrs.line[1])]
+    with trio.fail_after(30):
+        result = await trio.run_process([*base, "--type", "mx", "mx.test"], capture_stdout=True, capture_stderr=True)
+        line = result.stdout.decode()
+        data, _, rest = line.partition("  (")
+        assert rest.startswith("ttl 300s, source dns")
+        assert data.startswith("mx.test MX ") and set(data[len("mx.test MX ") :].split(" | ")) == set(ZONE[("mx.test", "MX")])
+        result = await trio.run_process(
+            [*base, "--format", "json", "--type", "TYPE16", "txt.test"], capture_stdout=True, capture_stderr=True
+        )
+        answer = json.loads(result.stdout)
+        assert answer["type"] == "TXT" and sorted(answer["records"]) == sorted(ZONE[("txt.test", "TXT")])  # "|" back
+        bad = await trio.run_process([*base, "--type", "AXFR", "mx.test"], capture_stderr=True, check=False)
+        assert bad.returncode == 2 and b"AXFR is not a type a resolver answers" in bad.stderr

@@ -17,6 +17,7 @@ records for ``ok`` and a sentence for the others. Control lines (``welcome``,
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from trionet.framing import LineClientProtocol, LineServerProtocol
@@ -197,12 +198,23 @@ def encode_records(rdtype: str, records: tuple[str, ...]) -> str:
 
 
 def decode_records(rdtype: str, text: str) -> tuple[str, ...]:
-    """The records of an ``ok`` line's data (the inverse of :func:`encode_records`)."""
+    """The records of an ``ok`` line's data, as the server had them (the inverse of :func:`encode_records`).
+
+    ``\\124`` becomes ``|`` again; an escaped backslash (``\\\\``) is
+    skipped over, so ``\\\\124`` (a backslash, then ``124``) stays as it is.
+    """
     if not text:
         return ()
     if rdtype in ONE_WORD_TYPES:
         return tuple(text.split(" "))
-    return tuple(text.split(RECORD_SEPARATOR))
+    return tuple(_BAR_ESCAPED.sub(_unescape_bar, record) for record in text.split(RECORD_SEPARATOR))
+
+
+_BAR_ESCAPED = re.compile(r"\\\\|\\124")
+
+
+def _unescape_bar(match: re.Match) -> str:
+    return "|" if match.group() == _BAR_ESCAPE else match.group()
 
 
 def encode_answer(answer: Answer, name: str | None = None) -> bytes:
