@@ -56,6 +56,9 @@ import dns.query
 import dns.rcode
 import trio
 
+REPO = Path(__file__).resolve().parents[1]
+"""The checkout whose ``trionet`` is measured as ``trionet``."""
+
 SCENARIOS = {
     # name: (trionet --limit, --quota, load clients, queries per connection)
     "course": (3, 4, 3, 4),
@@ -155,7 +158,9 @@ def trionet_server(hosts: Path, port: int, limit: int, quota: int, _tmp: Path, u
         "--udp-rate", "0",
         "--upstream", f"127.0.0.1:{upstream or 9}", "--log-level", "warning",
     ]
-    return argv, {}
+    # The checkout this tool belongs to, whatever the working directory
+    # (``python -m`` puts the working directory first on sys.path).
+    return argv, {"env": dict(os.environ, PYTHONPATH=str(REPO)), "cwd": str(REPO)}
 
 
 def dnsmasq_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path, upstream: int | None = None):
@@ -218,8 +223,18 @@ def warm_up(port: int, queries: Path) -> None:
     )
 
 
+def server_command(server: str, *args):
+    """``trionet@DIR`` is trionet run from another checkout (``PYTHONPATH=DIR``), for before/after runs."""
+    if server.startswith("trionet@"):
+        argv, kwargs = trionet_server(*args)
+        checkout = os.path.abspath(server.partition("@")[2])
+        # Run from there too: ``python -m`` puts the working directory first on sys.path.
+        return argv, {**kwargs, "env": dict(os.environ, PYTHONPATH=checkout), "cwd": checkout}
+    return SERVERS[server](*args)
+
+
 def available(server: str) -> bool:
-    return server == "trionet" or shutil.which(server) is not None
+    return server == "trionet" or server.startswith("trionet@") or shutil.which(server) is not None
 
 
 def run_dnsperf(port: int, queries: Path, clients: int, per_conn: int, duration: float) -> tuple[Result, str]:
@@ -329,7 +344,8 @@ def main() -> None:
     parser.add_argument("--generator", choices=["auto", "dnsperf", "trio"], default="auto",
                         help="load generator; auto = dnsperf when installed, else trio")
     parser.add_argument("--servers", default="trionet,dnsmasq,unbound",
-                        help="comma-separated servers to measure, when installed (default: all three)")
+                        help="comma-separated servers to measure, when installed (default: all three); "
+                        "trionet@DIR runs trionet from the checkout DIR (a before/after comparison in one run)")
     parser.add_argument("--answers", choices=["hosts", "cache"], default="hosts",
                         help="hosts: every server answers from the generated hosts file (default); cache: every "
                         "server forwards to an upstream unbound (TTL 3600) and is warmed up first, so answers "
@@ -357,6 +373,7 @@ def main() -> None:
           + (f" (not installed: {', '.join(missing)})" if missing else ""))
 
     results: list[Result] = []
+    paired: dict[tuple[str, str], tuple[float, float, float] | None] = {}
     with tempfile.TemporaryDirectory(prefix="bench-names-") as tmpdir:
         tmp = Path(tmpdir)
         os.chmod(tmp, 0o755)
@@ -369,7 +386,7 @@ def main() -> None:
                 upstream = start_upstream(hosts, tmp, servers_running, names[0]) if args.answers == "cache" else None
                 for server in servers:
                     port = free_port()
-                    argv, kwargs = SERVERS[server](hosts, port, limit, quota, tmp, upstream)
+                    argv, kwargs = server_command(server, hosts, port, limit, quota, tmp, upstream)
                     servers_running.enter_context(running(argv, port, names[0], **kwargs))
                     ports[server], argvs[server] = port, argv
                     if upstream is not None:
@@ -386,6 +403,9 @@ def main() -> None:
                         runs[server].append(result)
                         print(f"# {scenario:<6} {server:<8} {result.qps:10.0f} q/s  lost {result.lost}", file=sys.stderr)
             for server in servers:
+                if "dnsmasq" in runs:  # rounds are interleaved: compare each round with dnsmasq's own
+                    ratios = sorted(r.qps / b.qps for r, b in zip(runs[server], runs["dnsmasq"]) if b.qps)
+                    paired[(scenario, server)] = (ratios[len(ratios) // 2], ratios[0], ratios[-1]) if ratios else None
                 ordered = sorted(runs[server], key=lambda r: r.qps)
                 median = ordered[len(ordered) // 2]
                 median.server, median.scenario = server, scenario
@@ -396,15 +416,19 @@ def main() -> None:
     print()
     print(f"Median of {args.repeat} run(s) of {args.duration:g}s each, servers interleaved; answers from {args.answers}.")
     print()
-    print("| scenario | server | queries/s (median) | min - max | vs dnsmasq | avg latency | lost |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("The per-round ratio divides each round's figure by dnsmasq's in the same round (median, min - max).")
+    print()
+    print("| scenario | server | queries/s (median) | min - max | vs dnsmasq | per-round ratio | avg latency | lost |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for scenario in scenarios:
         base = next((r.qps for r in results if r.scenario == scenario and r.server == "dnsmasq"), None)
         for r in (r for r in results if r.scenario == scenario):
             ratio = f"{r.qps / base:.2f}x" if base else "-"
+            rounds = paired.get((scenario, r.server))
+            per_round = f"{rounds[0]:.2f}x ({rounds[1]:.2f} - {rounds[2]:.2f})" if rounds else "-"
             low, high = r.spread
             print(
-                f"| {scenario} | {r.server} | {r.qps:,.0f} | {low:,.0f} - {high:,.0f} | {ratio} "
+                f"| {scenario} | {r.server} | {r.qps:,.0f} | {low:,.0f} - {high:,.0f} | {ratio} | {per_round} "
                 f"| {r.avg_latency_ms:.2f} ms | {r.lost} |"
             )
     print()
