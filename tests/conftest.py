@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import re
@@ -83,6 +84,20 @@ class ServerProcess:
             self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
         self.proc.stdout.close()
+
+
+@pytest.fixture(autouse=True)
+def _trionet_logger_restored():
+    """Undo what a CLI command run in-process did to the ``trionet`` logger (``trionet.log.configure``).
+
+    ``configure`` stops propagation to the root logger, where ``caplog``
+    listens; without this, a test reading the log passes alone and fails
+    after any test that ran a command.
+    """
+    logger = logging.getLogger("trionet")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture
