@@ -122,3 +122,19 @@ def test_bare_catalog_names_are_routed_to_the_catalog():
     assert classify(split("SELECT typname FROM pg_type t WHERE t.oid = $1")[0]).kind == "catalog"
     assert classify(split("SELECT * FROM quakes JOIN pg_namespace n ON 1")[0]).kind == "catalog"
     assert classify(split("SELECT * FROM pg_my_own_table")[0]).kind == "sql"
+
+
+def test_information_schema_tables_and_columns(quake_db):
+    _, _, rows = run(
+        quake_db,
+        "SELECT table_schema, table_name, table_type FROM information_schema.tables ORDER BY table_name",
+    )
+    assert rows == [("main", "kinds", "BASE TABLE"), ("main", "quakes", "BASE TABLE")]
+    _, _, rows = run(
+        quake_db,
+        "SELECT column_name, data_type, is_nullable, udt_name FROM information_schema.columns "
+        "WHERE table_name = $1 ORDER BY ordinal_position",
+        ("quakes",),
+    )
+    # SQLite lets a TEXT PRIMARY KEY hold NULL unless it is declared NOT NULL.
+    assert rows[:3] == [("id", "text", "YES", "text"), ("time", "text", "YES", "text"), ("mag", "double precision", "YES", "float8")]

@@ -229,7 +229,8 @@ def test_split_and_classify_never_raise(sql):
         ("rollback to savepoint a", "sql", "", None),
         ("copy quakes to stdout", "unsupported", "", None),
         ("SELECT c.relname FROM pg_catalog.pg_class c", "catalog", "", None),
-        ("select * from information_schema.tables", "unsupported", "", None),
+        ("select * from information_schema.tables", "catalog", "", None),
+        ("select * from information_schema.routines", "unsupported", "", None),
     ],
 )
 def test_classify(sql, kind, name, value):

@@ -356,6 +356,50 @@ def _schema_of(session: Session) -> tuple[list[tuple], dict[str, list[tuple]], d
     return objects, columns, indexes
 
 
+_INFORMATION_SCHEMA = """
+CREATE TABLE information_schema.schemata (catalog_name TEXT, schema_name TEXT, schema_owner TEXT);
+CREATE TABLE information_schema.tables (
+    table_catalog TEXT, table_schema TEXT, table_name TEXT, table_type TEXT, is_insertable_into TEXT
+);
+CREATE TABLE information_schema.columns (
+    table_catalog TEXT, table_schema TEXT, table_name TEXT, column_name TEXT, ordinal_position INTEGER,
+    column_default TEXT, is_nullable TEXT, data_type TEXT, character_maximum_length INTEGER,
+    numeric_precision INTEGER, numeric_scale INTEGER, udt_name TEXT, is_identity TEXT, is_generated TEXT
+);
+CREATE TABLE information_schema.views (table_catalog TEXT, table_schema TEXT, table_name TEXT, view_definition TEXT);
+"""
+
+
+def _information_schema(cat: sqlite3.Connection, database: str, user: str) -> None:
+    # The SQL standard's views of the same names, as tables of an attached
+    # in-memory schema (Grafana's and DBeaver's query builders read them).
+    cat.execute("ATTACH DATABASE ':memory:' AS information_schema")
+    cat.executescript(_INFORMATION_SCHEMA)
+    cat.execute(
+        "INSERT INTO information_schema.schemata SELECT ?1, nspname, ?2 FROM pg_namespace", (database, user)
+    )
+    cat.execute(
+        "INSERT INTO information_schema.tables SELECT ?1, n.nspname, c.relname,"
+        " CASE c.relkind WHEN 'v' THEN 'VIEW' ELSE 'BASE TABLE' END, CASE c.relkind WHEN 'v' THEN 'NO' ELSE 'YES' END"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'v')",
+        (database,),
+    )
+    cat.execute(
+        "INSERT INTO information_schema.columns SELECT ?1, 'main', c.relname, a.attname, a.attnum, d.adbin,"
+        " CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END, format_type(a.atttypid, a.atttypmod), NULL,"
+        " CASE a.atttypid WHEN 20 THEN 64 WHEN 701 THEN 53 END, CASE a.atttypid WHEN 20 THEN 0 END,"
+        " t.typname, 'NO', 'NEVER'"
+        " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON t.oid = a.atttypid"
+        " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum",
+        (database,),
+    )
+    cat.execute(
+        "INSERT INTO information_schema.views SELECT ?1, 'main', c.relname, pg_get_viewdef(c.oid)"
+        " FROM pg_class c WHERE c.relkind = 'v'",
+        (database,),
+    )
+
+
 def _build(objects, columns, indexes, *, user: str, database: str, version: str) -> sqlite3.Connection:
     cat = sqlite3.connect(":memory:", isolation_level=None)
     cat.executescript(_SCHEMA)
@@ -434,6 +478,7 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
         if fn is not None:
             cat.create_function(name, nargs, fn)
     cat.create_aggregate("array_agg", 1, _ArrayAgg)
+    _information_schema(cat, database, user)
     return cat
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["CATALOG_TABLES", "Command", "param_casts", "Statement", "classify", "command_tag", "split"]
+__all__ = ["CATALOG_TABLES", "INFORMATION_SCHEMA_TABLES", "Command", "param_casts", "Statement", "classify", "command_tag", "split"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +176,7 @@ CATALOG_TABLES = frozenset(
     pg_settings pg_statistic_ext pg_tablespace pg_trigger pg_type pg_views pg_tables pg_matviews
     pg_user pg_authid pg_extension""".split()
 )  # what trionet/sql/pg/catalog.py emulates
+INFORMATION_SCHEMA_TABLES = frozenset({"schemata", "tables", "columns", "views"})  # catalog.py fills them
 # Catalog tables named without their schema (psycopg's and asyncpg's type
 # look-ups say FROM pg_type): PostgreSQL finds them on its search path.
 _BARE_CATALOG = re.compile(r"\b(?:FROM|JOIN)\s+(pg_[a-z_]+)\b", re.IGNORECASE)
@@ -239,15 +240,16 @@ def classify(statement: Statement) -> Command:
         # database has these functions (and no data to read).
         return Command("catalog")
     if match := _CATALOG.search(bare):
-        if match[1].lower() == "pg_catalog":
+        if match[1].lower() == "pg_catalog" or match[2].lower() in INFORMATION_SCHEMA_TABLES:
             return Command("catalog")
         return Command(
             "unsupported",
-            message=f"{match[1]}.{match[2]} is not emulated by trionet's PostgreSQL front yet; "
-            "use sqlite_schema or PRAGMA table_info",
+            message=f"{match[1]}.{match[2]} is not emulated by trionet's PostgreSQL front; "
+            f"information_schema has {', '.join(sorted(INFORMATION_SCHEMA_TABLES))}",
             tag="0A000",
         )
-    if (match := _BARE_CATALOG.search(bare)) and match[1].lower() in CATALOG_TABLES:
+    # (the substring test first: the regex costs microseconds on every statement)
+    if ("pg_" in bare or "PG_" in bare) and (m := _BARE_CATALOG.search(bare)) and m[1].lower() in CATALOG_TABLES:
         return Command("catalog")
     if first == "DISCARD":
         return Command("noop", tag=f"DISCARD {second}".strip())
