@@ -30,6 +30,7 @@ Prints a Markdown table, ready for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import platform
@@ -282,7 +283,8 @@ def run_trio_load(port, names, clients, per_conn, duration, window) -> Result:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
-    parser.add_argument("--scenario", choices=["course", "open", "both"], default="both")
+    parser.add_argument("--scenario", choices=["course", "open", "both", "dot-course", "dot-open", "dot"], default="both",
+                        help="TCP scenarios (course, open, both), or DNS over TLS against unbound (dot-course, dot-open, dot)")
     parser.add_argument("--generator", choices=["auto", "dnsperf", "trio"], default="auto",
                         help="load generator; auto = dnsperf when installed, else trio")
     parser.add_argument("--servers", default="trionet,dnsmasq,unbound",
@@ -291,7 +293,11 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8,
                         help="trio generator: queries outstanding per connection (default 8)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements per server and scenario; the median is reported (default 3)")
+    parser.add_argument("--base-checkout", metavar="DIR",
+                        help="DoT scenarios: also measure the trionet package found in DIR (PYTHONPATH=DIR) as 'trionet-base'")
     args = parser.parse_args()
+    if args.scenario.startswith("dot"):
+        return dot_main(args)
 
     generator = args.generator
     if generator == "auto":
@@ -357,6 +363,191 @@ def main() -> None:
     print()
     for r in results:
         print(f"<!-- {r.scenario} / {r.server}\n{r.command}\n-->")
+
+
+
+# --- DNS over TLS (issue 13): trionet's --dot-port against unbound's tls-port -------------
+
+DOT_SCENARIOS = {
+    # name: (trionet --limit, --quota, load clients, queries per connection), as the TCP ones
+    "dot-course": (3, 4, 3, 4),
+    "dot-open": (64, 0, 32, 99),
+}
+DOT_SERVERS = ("trionet", "unbound")  # dnsmasq has no DNS over TLS
+
+
+def write_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A trustme CA and a certificate for 127.0.0.1 signed by it: ``(cert, key, ca)`` PEM files."""
+    import trustme
+
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca_file = directory / "dot-cert.pem", directory / "dot-key.pem", directory / "dot-ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    for extra in issued.cert_chain_pems[1:]:
+        extra.write_to_path(str(cert), append=True)
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return cert, key, ca_file
+
+
+def wait_until_answers_tls(port: int, name: str, ca_file: Path, timeout: float = 15.0) -> None:
+    """Poll with a DNS-over-TLS query, verifying the certificate, until the server answers."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca_file))
+    query = dns.message.make_query(name, "A")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = dns.query.tls(
+                query, "127.0.0.1", port=port, timeout=1, ssl_context=context, server_hostname="127.0.0.1"
+            )
+            if response.rcode() == dns.rcode.NOERROR and response.answer:
+                return
+        except (OSError, dns.exception.DNSException):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answers {name} over TLS on port {port}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_dot(argv: list[str], port: int, probe: str, ca_file: Path, env: dict[str, str] | None = None):
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        try:
+            wait_until_answers_tls(port, probe, ca_file)
+        except RuntimeError:
+            process.kill()
+            _, err = process.communicate(timeout=5)
+            raise RuntimeError(f"{argv[0]} did not start: {err.decode(errors='replace')[-2000:]}") from None
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def trionet_dot_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path, cert: Path, key: Path):
+    argv, _ = trionet_server(hosts, 0, limit, quota, tmp)
+    # Only the DoT port is measured: the other two take whatever is free, so none collides with it.
+    argv[argv.index("--port") + 1] = "0"
+    return [*argv, "--dot-port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)]
+
+
+def unbound_dot_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path, cert: Path, key: Path):
+    argv, _ = unbound_server(hosts, port, limit, quota, tmp)
+    conf = tmp / "unbound.conf"
+    lines = conf.read_text().splitlines()
+    # The interface's port is the TLS port: unbound speaks TLS on it (and TLS only).
+    lines[1:1] = [f"  tls-port: {port}", f'  tls-service-key: "{key}"', f'  tls-service-pem: "{cert}"']
+    dot_conf = tmp / "unbound-dot.conf"
+    dot_conf.write_text("\n".join(lines) + "\n")
+    return [argv[0], "-d", "-c", str(dot_conf)]
+
+
+def run_dnsperf_dot(port: int, queries: Path, clients: int, per_conn: int, duration: float) -> Result:
+    argv = [
+        "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-m", "dot", "-d", str(queries),
+        "-l", str(duration), "-c", str(clients), "-O", f"num-queries-per-conn={per_conn}",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
+
+    def number(pattern: str) -> float:
+        match = re.search(pattern, out)
+        return float(match.group(1)) if match else float("nan")
+
+    return Result(
+        "", "", "dnsperf", number(r"Queries per second:\s+([\d.]+)"), int(number(r"Queries completed:\s+(\d+)")),
+        int(number(r"Queries lost:\s+(\d+)")), number(r"Average Latency \(s\):\s+([\d.]+)") * 1000, " ".join(argv),
+    )  # fmt: skip
+
+
+def dot_main(args: argparse.Namespace) -> None:
+    """The DoT scenarios: dnsperf -m dot against trionet's --dot-port and unbound's tls-port, interleaved."""
+    if not shutil.which("dnsperf"):
+        sys.exit("the DoT scenarios need dnsperf (Debian: apt-get install dnsperf)")
+    scenarios = ["dot-course", "dot-open"] if args.scenario == "dot" else [args.scenario]
+    servers = [s for s in args.servers.split(",") if s in DOT_SERVERS and available(s)]
+    factories = {"trionet": trionet_dot_server, "unbound": unbound_dot_server}
+    envs: dict[str, dict[str, str] | None] = {server: None for server in servers}
+    if args.base_checkout:
+        # Another version of trionet (a `git archive` of an older commit, say),
+        # measured in the same interleaved run: before and after, same noise.
+        servers.insert(1, "trionet-base")
+        factories["trionet-base"] = trionet_dot_server
+        envs["trionet-base"] = {**os.environ, "PYTHONPATH": str(Path(args.base_checkout).resolve())}
+    print(f"# {platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
+    print(f"# generator: dnsperf -m dot; servers: {', '.join(servers)}")
+    results: list[Result] = []
+    # The server's CPU time per answered query (its own process, from /proc):
+    # far less sensitive than queries/s to what else runs on the machine.
+    cpu_per_query: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    processes: dict[str, subprocess.Popen] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-names-dot-") as tmpdir:
+        tmp = Path(tmpdir)
+        os.chmod(tmp, 0o755)
+        hosts, queries, names = write_inputs(tmp, args.names)
+        cert, key, ca_file = write_certificate(tmp)
+        for scenario in scenarios:
+            limit, quota, clients, per_conn = DOT_SCENARIOS[scenario]
+            ports: dict[str, int] = {}
+            argvs: dict[str, list[str]] = {}
+            with contextlib.ExitStack() as servers_running:
+                for server in servers:
+                    port = free_port()
+                    argv = factories[server](hosts, port, limit, quota, tmp, cert, key)
+                    processes[server] = servers_running.enter_context(
+                        running_dot(argv, port, names[0], ca_file, envs[server])
+                    )
+                    ports[server], argvs[server] = port, argv
+                runs: dict[str, list[Result]] = {server: [] for server in servers}
+                for _ in range(args.repeat):
+                    for server in servers:  # interleaved, as the TCP scenarios
+                        before = cpu_seconds(processes[server].pid)
+                        result = run_dnsperf_dot(ports[server], queries, clients, per_conn, args.duration)
+                        used = cpu_seconds(processes[server].pid) - before
+                        cpu_per_query[(scenario, server)].append(used / max(result.answered, 1) * 1e6)
+                        runs[server].append(result)
+                        print(f"# {scenario:<10} {server:<8} {result.qps:10.0f} q/s  lost {result.lost}", file=sys.stderr)
+            for server in servers:
+                ordered = sorted(runs[server], key=lambda r: r.qps)
+                median = ordered[len(ordered) // 2]
+                median.server, median.scenario = server, scenario
+                median.spread = (ordered[0].qps, ordered[-1].qps)
+                median.command = f"server: {' '.join(argvs[server])}\nload: {median.command}"
+                results.append(median)
+    print()
+    print(f"Median of {args.repeat} run(s) of {args.duration:g}s each, servers interleaved.")
+    print()
+    print("| scenario | server | queries/s (median) | min - max | vs unbound | avg latency | lost "
+          "| server CPU µs/query (median, min - max) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for scenario in scenarios:
+        base = next((r.qps for r in results if r.scenario == scenario and r.server == "unbound"), None)
+        for r in (r for r in results if r.scenario == scenario):
+            ratio = f"{r.qps / base:.2f}x" if base else "-"
+            low, high = r.spread
+            cpu = sorted(cpu_per_query[(scenario, r.server)])
+            print(
+                f"| {scenario} | {r.server} | {r.qps:,.0f} | {low:,.0f} - {high:,.0f} | {ratio} "
+                f"| {r.avg_latency_ms:.2f} ms | {r.lost} | {cpu[len(cpu) // 2]:.0f} ({cpu[0]:.0f} - {cpu[-1]:.0f}) |"
+            )
+    print()
+    for r in results:
+        print(f"<!-- {r.scenario} / {r.server}\n{r.command}\n-->")
+
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -258,6 +258,9 @@ async def _load_main(spec: LoadSpec) -> dict:
 # --- servers ---------------------------------------------------------------------
 
 
+TRIONET_ARGS: list[str] = []  # --trionet-args
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -279,7 +282,7 @@ def _trionet_cli_command(db: Path, port: int) -> list[str] | None:
         cmd.append("--no-pg")  # the NDJSON port alone is measured here (tools/bench_pg.py: the other)
     if "--log-level" in helptext.stdout:
         cmd += ["--log-level", "warning"]
-    return cmd
+    return cmd + TRIONET_ARGS
 
 
 def _server_command(name: str, db: Path, port: int, use_cli: bool) -> list[str]:
@@ -308,8 +311,8 @@ class RunningServer:
     log_path: Path
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the server process, all its threads."""
-        return _process_cpu(self.process.pid)
+        """User + system CPU of the server process, all its threads, and of its children (``--workers``)."""
+        return _tree_cpu(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -319,6 +322,28 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _tree_cpu(root: int) -> float:
+    """User + system CPU seconds of ``root`` and its descendants, live or reaped."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+        todo.extend(children.get(pid, []))
+    return total
 
 
 def _process_cpu(pid: int) -> float:
@@ -732,14 +757,18 @@ def _print_report(results: list[Result], targets: list[dict], slow_info: dict) -
 @click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
               help="Rounds of every scenario on every server, interleaved; medians and ranges are reported.")  # fmt: skip
 @click.option("--no-cli", is_flag=True, help="Start trionet with this script's launcher, not 'python3 -m trionet'.")
+@click.option("--trionet-args", default="", metavar="ARGS",
+              help="More arguments for 'trionet sql serve', e.g. '--workers auto'.")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 @click.pass_context
 def main(
-    ctx, clients, duration, warmup, slow_seconds, servers, scenarios, load_procs, wait_quiet, repeat, no_cli, json_path
+    ctx, clients, duration, warmup, slow_seconds, servers, scenarios, load_procs, wait_quiet, repeat, no_cli,
+    trionet_args, json_path,
 ) -> None:
     """Measure trionet sql against an echo server and a select()-loop server."""
     if ctx.invoked_subcommand is not None:
         return
+    TRIONET_ARGS[:] = shlex.split(trionet_args)
     servers = [s for s in servers.split(",") if s]
     scenarios = [s for s in scenarios.split(",") if s]
     for s in servers:

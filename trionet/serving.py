@@ -124,6 +124,17 @@ class TCPService:
         self._accept_scope: trio.CancelScope | None = None
         self._conn_scope: trio.CancelScope | None = None
         self._pending_grace: float | None = None
+        self._adopted: list | None = None
+
+    def adopt(self, sockets: list) -> None:
+        """Serve these listening sockets (``socket.socket``) instead of binding ``host``:``port`` in :meth:`serve`.
+
+        For the worker processes of a multi-process server
+        (:mod:`trionet.workers`): the supervisor binds and logs the port, each
+        worker serves its share. The service owns the sockets from now on and
+        closes them when it stops. Their "listening" line is logged at debug level.
+        """
+        self._adopted = list(sockets)
 
     async def serve(
         self,
@@ -139,10 +150,15 @@ class TCPService:
         works in tests), and returns once :meth:`shutdown` was called and
         every connection has finished or the grace period ran out.
         """
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
-        except OSError as exc:
-            raise ListenError(exc, self.name, (host or "*", port)) from exc
+        listen_level = logging.INFO
+        if self._adopted is not None:
+            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in self._adopted]
+            listen_level = logging.DEBUG  # the supervisor said it once for every worker
+        else:
+            try:
+                listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+            except OSError as exc:
+                raise ListenError(exc, self.name, (host or "*", port)) from exc
         addresses = [l.socket.getsockname()[:2] for l in listeners]
         try:
             async with trio.open_nursery() as conn_nursery:
@@ -154,7 +170,7 @@ class TCPService:
                         for listener in listeners:
                             accept_nursery.start_soon(self._accept_loop, listener, conn_nursery)
                         for address in addresses:
-                            self._log.info("%s listening on %s", self.name, format_address(address))
+                            self._log.log(listen_level, "%s listening on %s", self.name, format_address(address))
                         task_status.started(addresses)
                 # Close the listeners now, not when the last connection ends:
                 # new clients are refused at once instead of queueing unseen.

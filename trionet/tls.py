@@ -15,6 +15,7 @@ holds a slot.
 from __future__ import annotations
 
 import functools
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,7 +132,29 @@ async def handshake(stream: trio.abc.Stream, context: ssl.SSLContext, timeout: f
     tls = trio.SSLStream(stream, context, server_side=True, **kwargs)
     with trio.fail_after(timeout):
         await tls.do_handshake()
+    _acknowledge_now(stream)
     return tls
+
+
+def _acknowledge_now(stream: trio.abc.Stream) -> None:
+    """Acknowledge the client's last handshake flight at once, not after the delayed-ACK timer.
+
+    A TLS 1.3 client is done with the handshake once it has sent its
+    Finished, and sends its first request right behind it. Without
+    TCP_NODELAY (dnsperf, Python's ``ssl`` sockets) Nagle's algorithm holds
+    that request until the Finished is acknowledged, and a server with
+    nothing to send yet delays that ACK: 40 ms on Linux, on every new
+    connection (measured with unbound as with trionet). TCP_QUICKACK sends
+    the pending ACK now. Where the option does not exist this does nothing.
+    """
+    sock = getattr(stream, "socket", None)
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if sock is None or quickack is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+    except OSError:
+        pass  # already reset by the peer: the next read says so
 
 
 def server_tls_options(fn: Callable) -> Callable:

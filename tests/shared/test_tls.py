@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 
 import click
@@ -94,3 +95,27 @@ def test_the_flags_go_together(pem_files):
     assert result.exit_code == 2 and "--tls-key is missing" in result.output
     assert runner.invoke(cmd, ["--tls-cert", cert, "--tls-key", key]).exit_code == 0
     assert isinstance(seen[-1].context, ssl.SSLContext)
+
+
+class _RecordingSocket:
+    def __init__(self) -> None:
+        self.options: list[tuple[int, int, int]] = []
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.options.append((level, option, value))
+
+
+async def test_the_handshake_ends_with_an_immediate_ack(pem_files, nursery):
+    """The client's request behind its Finished is not held 40 ms by Nagle waiting for a delayed ACK."""
+    from trionet.tls import handshake
+
+    cert, key, ca_file = pem_files
+    client_end, server_end = trio.testing.memory_stream_pair()
+    server_end.socket = _RecordingSocket()  # what a SocketStream has; recorded instead of set
+    client = trio.SSLStream(client_end, client_context(ca_file), server_hostname="localhost")
+    nursery.start_soon(client.do_handshake)
+    tls = await handshake(server_end, server_context(cert, key), timeout=5)
+    quickack = getattr(socket, "TCP_QUICKACK", None)  # Linux's; elsewhere nothing is set
+    assert server_end.socket.options == ([(socket.IPPROTO_TCP, quickack, 1)] if quickack else [])
+    await trio.aclose_forcefully(tls)
+    await trio.aclose_forcefully(client)

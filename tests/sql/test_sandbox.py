@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trionet.sql import Database, SqlError, connect
+from trionet.sql.engine import INLINE_BUDGET, OverBudget
 from trionet.sql.sandbox import ALLOWED_FUNCTIONS
 
 # Registers a tokenizer at address 0x4141414141414141, then makes FTS3 call it.
@@ -203,3 +204,38 @@ def test_only_statements_of_cheap_functions_are_tried_on_the_event_loop(quake_db
     db = Database(quake_db)
     run(db, sql)
     assert db.may_run_inline(sql) is inline
+
+
+@pytest.mark.parametrize(
+    "sql, inline",
+    [
+        ("SELECT mag FROM quakes WHERE id = 'q00001'", True),
+        ("SELECT count(*) FROM quakes WHERE place LIKE '%aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa%'", False),
+        ("SELECT hex(zeroblob(1000))", False),
+        ("CREATE TEMP TABLE t(x)", False),
+    ],
+)
+def test_a_trial_refuses_at_prepare_what_is_not_fit_for_the_event_loop(quake_db, sql, inline):
+    db = Database(quake_db)
+    session = db.open_session()
+    try:
+        assert db.inline_verdict(sql) is None
+        if inline:
+            result = session.execute(sql, None, 10, INLINE_BUDGET, trial=True)
+            assert result.rows
+        else:
+            with pytest.raises(OverBudget):
+                session.execute(sql, None, 10, INLINE_BUDGET, trial=True)
+            # Refused before it ran: the temporary table was not created.
+            assert session.connection.execute("SELECT count(*) FROM temp.sqlite_schema").fetchone() == (0,)
+        assert db.inline_verdict(sql) is inline
+        # A trial is for one call only: the same session then runs the statement normally.
+        assert session.execute(sql, None, 10).exhausted
+        if not inline:
+            # Now in sqlite3's statement cache, which skips the authorizer; with its
+            # verdict forgotten (the database keeps 4096), a trial must still refuse it.
+            db._read_only_sql.clear()
+            with pytest.raises(OverBudget):
+                session.execute(sql, None, 10, INLINE_BUDGET, trial=True)
+    finally:
+        session.close()

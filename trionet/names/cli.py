@@ -29,6 +29,7 @@ from trionet.names.metrics import names_registry
 from trionet.names.protocol import DEFAULT_PORT
 from trionet.names.resolver import parse_upstream, system_upstreams
 from trionet.names.server import DEFAULT_DNS_PORT, NamesConfig, NamesServer
+from trionet.tls import server_tls_options
 
 __all__ = ["names"]
 
@@ -38,7 +39,7 @@ def names() -> None:
     """A name server: hosts file, DNS-backed cache, a client limit, a backlog and a quota.
 
     \b
-      trionet names serve   run the server (line protocol and DNS over TCP)
+      trionet names serve   run the server (line protocol; DNS over TCP, UDP and, with a certificate, TLS)
       trionet names query   ask a running server for names, on one connection
 
     Try it: 'trionet names serve --hosts examples/names/hosts' in one terminal,
@@ -81,6 +82,16 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     help="Port for standard DNS, over TCP and (unless --no-dns-udp) UDP on the same number; "
     "0 picks a free one for both.",
 )
+@click.option(
+    "--dot-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="PORT",
+    help="Also serve DNS over TLS (RFC 7858) on this port, with --tls-cert and --tls-key; 0 picks a free one "
+    "(logged). Its clients count in --limit with the other ports, under the same quota and timeouts; "
+    "the TLS handshake comes first, within --tls-handshake-timeout, and holds no slot. [default: off]",
+)
+@server_tls_options
 @click.option(
     "--dns-udp/--no-dns-udp",
     "dns_udp",
@@ -220,6 +231,8 @@ def serve(
     host: str,
     port: int,
     dns_port: int,
+    dot_port: int | None,
+    tls,
     dns_udp: bool,
     edns_udp_size: int,
     log_queries: bool,
@@ -242,7 +255,7 @@ def serve(
     grace: float,
     metrics: tuple[str, int] | None,
 ) -> None:
-    """Run the name server: a line protocol on --port and DNS over TCP and UDP on --dns-port.
+    """Run the name server: a line protocol on --port, DNS over TCP and UDP on --dns-port, DNS over TLS on --dot-port.
 
     Lookups go to the hosts file, then the cache, then the upstream DNS
     servers. At most --limit clients are served at once; up to --backlog more
@@ -254,7 +267,11 @@ def serve(
     """
     if min_ttl > max_ttl:
         raise click.BadParameter("--min-ttl is larger than --max-ttl", param_hint="--min-ttl")
-    distinct_ports(port=port, dns_port=dns_port)
+    distinct_ports(port=port, dns_port=dns_port, dot_port=dot_port or 0)
+    if dot_port is not None and tls is None:
+        raise click.UsageError("--dot-port serves DNS over TLS: give it --tls-cert FILE and --tls-key FILE")
+    if tls is not None and dot_port is None:
+        raise click.UsageError("--tls-cert and --tls-key are for DNS over TLS: give --dot-port PORT too")
     logger = log.get_logger("names")
     if log_queries:
         log.get_logger("names.queries").setLevel("INFO")  # asked for by name: shown whatever --log-level says
@@ -288,7 +305,7 @@ def serve(
         raise click.ClickException(
             f"cannot read the hosts file {hosts_path}: {exc.strerror or exc}; give a readable file with --hosts"
         ) from None
-    server = NamesServer(config, upstreams=upstreams, hosts_path=hosts_path)
+    server = NamesServer(config, upstreams=upstreams, hosts_path=hosts_path, tls=tls)
     logger.info(
         "limit %d, quota %s, backlog %d, per address %s, upstreams %s",
         limit,
@@ -300,7 +317,7 @@ def serve(
 
     serve_until_signal(
         "names",
-        functools.partial(server.serve, host, port, dns_port, listen_backlog=listen_backlog),
+        functools.partial(server.serve, host, port, dns_port, dot_port=dot_port, listen_backlog=listen_backlog),
         shutdown=server.shutdown,
         grace=grace,
         reload=server.request_reload,

@@ -1,4 +1,4 @@
-"""The DNS port's shell: moves one DNS-over-TCP client's bytes between its socket and its session.
+"""The DNS port's shell: moves one DNS-over-TCP (or DNS-over-TLS) client's bytes between its socket and its session.
 
 Messages are framed by a 2-byte length (:class:`~trionet.framing.LengthPrefixFramer`)
 and parsed and answered by :mod:`~trionet.names.dnswire`; a repeated
@@ -7,6 +7,12 @@ What happens next (the quota, the deadlines, whether the client may close
 first) is the :class:`~trionet.names.session.Session`'s call; admission, the
 shutdown watcher and the gentle close around it are
 :class:`~trionet.names.server.NamesServer`'s.
+
+The DNS-over-TLS port (RFC 7858) runs the same shell on the TLS stream its
+:class:`~trionet.serving.TCPService` handed over after the handshake; what
+differs is only the EDNS options the answers carry
+(:func:`~trionet.names.dnswire.add_stream_options`: padding over TLS only)
+and the transport named in the query log.
 
 This is the benchmark's hot path: the loop answers everything that arrived
 together with one send, checks the clock once per read rather than per
@@ -63,8 +69,10 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
     logging_queries = server.config.log_queries
     # The ready-made answers skip parsing, and so would skip the query's log line.
     known_answer = _never_known if logging_queries else server.hosts_wire.get
+    options = _StreamOptions(server, conn)
+    transport = options.transport
     async with trio.open_nursery() as queries:
-        replies = _Replies(server, client.sends, stream, queries, conn.peer)
+        replies = _Replies(server, client.sends, stream, queries, conn.peer, options)
         out: list[bytes] = []  # answers to everything that arrived together go out in one send
         while not session.ending:
             if pending:
@@ -97,11 +105,11 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
             if known is not None:
                 out.append(_frame(payload[:2] + known))
             else:
-                parsed = dnswire.parse_query(payload)
+                parsed = dnswire.parse_stream_query(payload)
                 if isinstance(parsed, bytes):
                     out.append(_frame(parsed))
                     if logging_queries:
-                        server.log_query(conn.peer, "tcp", "-", "-", "-", error_rcode(parsed), trio.current_time())
+                        server.log_query(conn.peer, transport, "-", "-", "-", error_rcode(parsed), trio.current_time())
                 else:
                     started = trio.current_time() if logging_queries else 0.0
                     answer = server.lookup_local(parsed.qname, parsed.rdtype)
@@ -112,12 +120,15 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
                         await replies.resolve_soon(parsed)
                     else:
                         response = dnswire.build_response(parsed, answer)
-                        if answer.source == "hosts":
+                        if parsed.keepalive >= 0 or parsed.padding:
+                            # Not remembered: a padded answer is for TLS only.
+                            response = options.add(parsed, response)
+                        elif answer.source == "hosts":
                             server.hosts_wire.remember(payload, response)
                         out.append(_frame(response))
                         if logging_queries:
                             rcode = answer_rcode(answer)
-                            server.log_query(conn.peer, "tcp", parsed.qname, parsed.rdtype, answer.source, rcode, started)
+                            server.log_query(conn.peer, transport, parsed.qname, parsed.rdtype, answer.source, rcode, started)
             if session.count():
                 break
         if out:
@@ -162,6 +173,25 @@ async def _refuse(client: Client, stream: trio.abc.Stream, framer: LengthPrefixF
         await client.sends.send(stream, b"".join(_frame(dnswire.build_refused(frame.payload)) for frame in frames))
 
 
+class _StreamOptions:
+    """What a connection's answers carry besides the answer: the keepalive value, padding if TLS.
+
+    ``transport`` is ``tls`` when the connection came through the TLS port's
+    handshake, else ``tcp`` (the query log's word for it).
+    """
+
+    __slots__ = ("keepalive", "pad", "transport")
+
+    def __init__(self, server: NamesServer, conn: Connection) -> None:
+        self.keepalive = dnswire.keepalive_units(server.config.idle_timeout)
+        self.pad = conn.service.tls is not None
+        self.transport = "tls" if self.pad else "tcp"
+
+    def add(self, query: dnswire.DnsQuery, response: bytes) -> bytes:
+        """``response`` with the options ``query`` asked for (see :func:`~trionet.names.dnswire.add_stream_options`)."""
+        return dnswire.add_stream_options(query, response, self.keepalive, self.pad)
+
+
 class _Replies:
     """Where a DNS connection's responses go out: the read loop's batches and the resolver tasks' answers.
 
@@ -175,9 +205,16 @@ class _Replies:
     """
 
     def __init__(
-        self, server: NamesServer, sends: SendWatchdog, stream: trio.abc.Stream, nursery: trio.Nursery, peer: str
+        self,
+        server: NamesServer,
+        sends: SendWatchdog,
+        stream: trio.abc.Stream,
+        nursery: trio.Nursery,
+        peer: str,
+        options: _StreamOptions,
     ) -> None:
         self._server = server
+        self._options = options
         self._peer = peer
         self._sends = sends
         self._stream = stream
@@ -204,11 +241,13 @@ class _Replies:
         try:
             started = trio.current_time()
             answer = await self._server.lookup(query.qname, query.rdtype)
+            response = self._options.add(query, dnswire.build_response(query, answer))
             async with self._lock:
-                await self._sends.send(self._stream, _frame(dnswire.build_response(query, answer)))
+                await self._sends.send(self._stream, _frame(response))
             if self._server.config.log_queries:
                 rcode = answer_rcode(answer)
-                self._server.log_query(self._peer, "tcp", query.qname, query.rdtype, answer.source, rcode, started)
+                transport = self._options.transport
+                self._server.log_query(self._peer, transport, query.qname, query.rdtype, answer.source, rcode, started)
         finally:
             self.resolving -= 1
             self._in_flight.release()

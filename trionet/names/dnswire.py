@@ -13,6 +13,13 @@ error response when the message cannot be served:
 Every response to a query with one well-formed OPT record carries our OPT
 record (RFC 6891 7), errors included; two OPT records are FORMERR.
 
+On a connection (TCP, TLS) :func:`parse_stream_query` and
+:func:`add_stream_options` add what RFC 7828 and RFC 7830 ask: the
+edns-tcp-keepalive option (the idle timeout) in the answer to a query that
+carried it, FORMERR for one that carried it with a value, and, over TLS,
+the answer padded to a multiple of :data:`PADDING_BLOCK` bytes when the
+query carried a padding option (RFC 8467 4.1).
+
 :func:`build_response` turns an :class:`~trionet.names.answer.Answer` into
 the response bytes: the CNAME chain then the records in the answer section,
 the SOA in the authority section for a negative answer (RFC 2308), AA set
@@ -44,6 +51,9 @@ from trionet.names.answer import Answer
 
 __all__ = [
     "BADVERS",
+    "KEEPALIVE_OPTION",
+    "PADDING_BLOCK",
+    "PADDING_OPTION",
     "DnsQuery",
     "EDNS_PAYLOAD",
     "FORMERR",
@@ -53,10 +63,13 @@ __all__ = [
     "PLAIN_UDP_LIMIT",
     "REFUSED",
     "SERVFAIL",
+    "add_stream_options",
     "build_error",
     "build_refused",
     "build_response",
+    "keepalive_units",
     "parse_query",
+    "parse_stream_query",
     "truncate",
     "udp_limit",
 ]
@@ -68,10 +81,17 @@ EDNS_PAYLOAD = 1232
 """The UDP payload size we announce in EDNS (the 2020 DNS flag day value)."""
 PLAIN_UDP_LIMIT = 512
 """The largest UDP response to a query without EDNS (RFC 1035 4.2.1)."""
+KEEPALIVE_OPTION = 11
+"""The EDNS option code of edns-tcp-keepalive (RFC 7828)."""
+PADDING_OPTION = 12
+"""The EDNS option code of padding (RFC 7830)."""
+PADDING_BLOCK = 468
+"""Padded responses are a multiple of this many bytes (RFC 8467 4.1, the Block-Length Padding strategy)."""
 
 _QR, _AA, _TC, _RD, _RA = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080
 _HEADER = struct.Struct("!HHHHHH")
 _RR_TAIL = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_OPTION = struct.Struct("!HH")  # EDNS option code, length
 _TYPE_OPT = 41
 _SIMPLE_LABEL = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
@@ -89,6 +109,9 @@ class DnsQuery:
         edns: whether the query carried EDNS (the response then does too).
         udp_size: the UDP payload size the client's OPT record announced
             (0 without EDNS); see :func:`udp_limit`.
+        keepalive: the length of the query's edns-tcp-keepalive option, -1
+            without one (a client must send it empty, RFC 7828 3.2.1).
+        padding: whether the query carried a padding option (RFC 7830).
     """
 
     id: int
@@ -98,6 +121,8 @@ class DnsQuery:
     question: bytes
     edns: bool = False
     udp_size: int = 0
+    keepalive: int = -1
+    padding: bool = False
 
 
 def _header(msg_id: int, flags: int, rcode: int, qd: int, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
@@ -183,6 +208,7 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
             question = wire[12:offset]
             edns = False
             udp_size = 0
+            keepalive, padding = -1, False
             if ar == 1:
                 # Only an OPT record at the root is read here; anything else
                 # (TSIG, a bad OPT) takes the full parser below.
@@ -191,7 +217,10 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
                 rtype, udp_size, ttl, rdlen = _RR_TAIL.unpack_from(wire, offset + 1)
                 if rtype != _TYPE_OPT or (ttl >> 16) & 0xFF != 0:
                     raise ValueError("not an OPT record of version 0")
-                offset += 1 + _RR_TAIL.size + rdlen
+                offset += 1 + _RR_TAIL.size
+                if rdlen:
+                    keepalive, padding = _read_options(wire, offset, offset + rdlen)
+                offset += rdlen
                 edns = True
             if offset != len(wire):
                 raise ValueError("trailing bytes")
@@ -202,7 +231,15 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
             if refused is not None:
                 return refused
             return DnsQuery(
-                msg_id, bool(flags & _RD), _name_text(labels), dns.rdatatype.to_text(qtype), question, edns, udp_size
+                msg_id,
+                bool(flags & _RD),
+                _name_text(labels),
+                dns.rdatatype.to_text(qtype),
+                question,
+                edns,
+                udp_size,
+                keepalive,
+                padding,
             )
     return _parse_slow(wire)
 
@@ -225,6 +262,12 @@ def _parse_slow(wire: bytes) -> DnsQuery | bytes:
     if refused is not None:
         return refused
     qname = rrset.name.to_text(omit_final_dot=True).lower() or "."
+    keepalive, padding = -1, False
+    for option in message.options:
+        if option.otype == KEEPALIVE_OPTION:
+            keepalive = len(option.to_wire())
+        elif option.otype == PADDING_OPTION:
+            padding = True
     return DnsQuery(
         message.id,
         bool(message.flags & _RD),
@@ -233,7 +276,29 @@ def _parse_slow(wire: bytes) -> DnsQuery | bytes:
         question,
         message.edns >= 0,
         message.payload if message.edns >= 0 else 0,
+        keepalive,
+        padding,
     )
+
+
+def _read_options(wire: bytes, offset: int, end: int) -> tuple[int, bool]:
+    """Walk the options of an OPT record's data; return (keepalive length or -1, padding seen).
+
+    Raises ``struct.error`` or ``ValueError`` when an option runs past the
+    record (the full parser then words the FORMERR).
+    """
+    keepalive, padding = -1, False
+    while offset < end:
+        code, length = _OPTION.unpack_from(wire, offset)
+        offset += 4
+        if code == KEEPALIVE_OPTION:
+            keepalive = length
+        elif code == PADDING_OPTION:
+            padding = True
+        offset += length
+    if offset != end:
+        raise ValueError("an EDNS option runs past its record")
+    return keepalive, padding
 
 
 @functools.lru_cache(maxsize=4096)
@@ -334,3 +399,61 @@ def truncate(query: DnsQuery, response: bytes, limit: int) -> bytes:
     msg_id, flags = struct.unpack_from("!HH", response)
     head = _HEADER.pack(msg_id, flags | _TC, 1, 0, 0, 1 if query.edns else 0)
     return head + query.question + (_opt() if query.edns else b"")
+
+
+# --- connections: edns-tcp-keepalive and padding ------------------------------------
+
+
+def parse_stream_query(wire: bytes) -> DnsQuery | bytes:
+    """:func:`parse_query` for a message that came over a connection (TCP or TLS).
+
+    Also FORMERR: an edns-tcp-keepalive option with a value, which only a
+    server may send (RFC 7828 3.2.1). Over UDP the option is ignored
+    (RFC 7828 3.3.1), so :func:`parse_query` lets it pass.
+    """
+    parsed = parse_query(wire)
+    if type(parsed) is DnsQuery and parsed.keepalive > 0:
+        return build_error(wire, FORMERR, parsed)
+    return parsed
+
+
+def keepalive_units(idle_timeout: float) -> int:
+    """The edns-tcp-keepalive TIMEOUT for ``idle_timeout`` seconds: units of 100 ms (RFC 7828 3.1).
+
+    Rounded down, so the client never counts on more than the server
+    keeps; no idle timeout (0) is the largest value the field holds, 6553.5 s.
+    """
+    if idle_timeout <= 0:
+        return 0xFFFF
+    return min(0xFFFF, int(idle_timeout * 10))
+
+
+def add_stream_options(query: DnsQuery, response: bytes, keepalive: int, pad: bool) -> bytes:
+    """Add a connection's EDNS options to ``response``, the answer to ``query``, as the query asked.
+
+    - edns-tcp-keepalive with the value ``keepalive`` (from
+      :func:`keepalive_units`) when the query carried the option: the
+      client learns how long the server keeps an idle connection open
+      (RFC 7828 3.3.2; a query without it gets none, as from unbound);
+    - padding, when ``pad`` (the connection is encrypted) and the query
+      carried a padding option: zeros that make the whole message a multiple
+      of :data:`PADDING_BLOCK` bytes (RFC 7830 4, RFC 8467 4.1). A message
+      that cannot grow that far within 65535 bytes is sent unpadded.
+
+    ``response`` must come from this module (its OPT record, empty, is the
+    last record); one without an OPT (a query without EDNS) is returned
+    unchanged, as options live only in the OPT record.
+    """
+    if not query.edns or response[-11:-8] != b"\x00\x00\x29" or response[-2:] != b"\x00\x00":
+        return response
+    options = b""
+    if query.keepalive == 0:
+        options = _OPTION.pack(KEEPALIVE_OPTION, 2) + keepalive.to_bytes(2, "big")
+    if pad and query.padding:
+        unpadded = len(response) + len(options) + _OPTION.size
+        size = -(-unpadded // PADDING_BLOCK) * PADDING_BLOCK
+        if size <= 0xFFFF:
+            options += _OPTION.pack(PADDING_OPTION, size - unpadded) + bytes(size - unpadded)
+    if not options:
+        return response
+    return response[:-2] + len(options).to_bytes(2, "big") + options

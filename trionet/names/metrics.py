@@ -28,7 +28,10 @@ def names_registry(server: NamesServer) -> CollectorRegistry:
     Attaches the server's ``on_admitted`` and ``on_lookup`` observers.
     """
     registry = new_registry()
-    registry.register(ServiceCollector([server.line_service, server.dns_service]))
+    services = [server.line_service, server.dns_service]
+    if server.dot_service is not None:
+        services.append(server.dot_service)
+    registry.register(ServiceCollector(services))
     registry.register(FunctionCollector(lambda: _collect(server)))
     waits = Histogram(
         "trionet_names_admission_wait_seconds", "Time admitted clients spent in line.",
@@ -73,6 +76,12 @@ def _collect(server: NamesServer) -> Iterator[Metric]:
     dropped.add_metric(["busy"], udp.dropped_busy)
     dropped.add_metric(["rate"], udp.dropped_rate)
     yield dropped
+    if server.dot_service is not None:
+        yield CounterMetricFamily(
+            "trionet_names_tls_handshake_failures",
+            "DNS-over-TLS clients dropped before admission: handshake failed or took longer than --tls-handshake-timeout.",
+            value=server.dot_service.tls_failures_total,
+        )
     resolver = getattr(server, "resolver", None)
     if resolver is not None:
         stats = resolver.stats

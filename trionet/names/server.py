@@ -1,9 +1,10 @@
-"""The trio shell of the name server: two ports, one admission limit, the hosts watcher.
+"""The trio shell of the name server: its ports, one admission limit, the hosts watcher.
 
 :class:`NamesServer` runs two :class:`~trionet.serving.TCPService` s, the
-line protocol and DNS over TCP, that share one
+line protocol and DNS over TCP, and a third for DNS over TLS (RFC 7858) when
+it has a certificate, that share one
 :class:`~trionet.limits.AdmissionLimit`: at most ``limit`` clients are served
-at once across both ports, the next ``backlog`` wait in FIFO order, and the
+at once across the ports, the next ``backlog`` wait in FIFO order, and the
 rest are turned away with a "busy" reply; so is a client whose address
 already holds ``per_address`` slots and places in line.
 
@@ -13,7 +14,10 @@ the sans-IO cores; they decide nothing themselves. What a connection does
 next is the :class:`~trionet.names.session.Session`'s call: its stages
 (waiting, admitted, closing), what it keeps while it waits, its quota, its
 idle and session deadlines and its bye reason. The hosts table is
-:mod:`~trionet.names.watcher`'s. What happens here, for both ports:
+:mod:`~trionet.names.watcher`'s. A DNS-over-TLS client's handshake runs in
+its :class:`~trionet.serving.TCPService`, under ``--tls-handshake-timeout``,
+before any of this: a client that stalls it or fails it never waits in
+line or holds a slot. What happens here, for every port:
 
 1. *waiting*: while it waits for a slot (:meth:`NamesServer.admit`) the
    client's input is read and given to its session, so that a client that
@@ -36,7 +40,9 @@ The hosts file is reloaded when it changes (checked every
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -78,10 +84,12 @@ from trionet.names.session import (
 from trionet.names.udpport import UDP_LOOKUPS, UdpStats, open_udp_socket, serve_udp
 from trionet.names.watcher import HostsWatcher, read_hosts, stamp
 from trionet.serving import RECEIVE_CHUNK, Connection, SendWatchdog, TCPService
+from trionet.tls import TLSServerConfig, server_context
 
 __all__ = [
     "DEFAULT_DNS_PORT",
     "DNS_CLOSE_WAIT",
+    "DOT_ALPN",
     "LINGER",
     "WAIT_BUFFER",
     "NamesAddresses",
@@ -96,6 +104,8 @@ query_log = get_logger("names.queries")
 DEFAULT_DNS_PORT = 7453
 LINGER = 2.0
 """Seconds a closing connection may take to read what the client still sends after our EOF."""
+DOT_ALPN = "dot"
+"""The ALPN protocol ID of DNS over TLS (RFC 7858, IANA registry)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,8 @@ class NamesAddresses:
 
     line: tuple[str, int]
     dns: tuple[str, int]
+    dot: tuple[str, int] | None = None
+    """The DNS-over-TLS port, when the server was given one."""
 
 
 @dataclass(eq=False)
@@ -189,6 +201,9 @@ class NamesServer:
         table: a table to use instead of (or until) ``hosts_path`` is loaded.
         transport: how upstream queries are sent (see
             :class:`~trionet.names.resolver.Resolver`); UDP then TCP by default.
+        tls: the certificate to serve DNS over TLS with (``--tls-cert``,
+            ``--tls-key``); its context is rebuilt to offer ALPN ``dot``.
+            Needed for :meth:`serve`'s ``dot_port``.
 
     Resource handling: the resolver's flights and the hosts watcher run in
     the nursery of :meth:`running`; each connection is a task of its port's
@@ -203,6 +218,7 @@ class NamesServer:
         hosts_path: str | None = None,
         table: HostsTable | None = None,
         transport: Transport | None = None,
+        tls: TLSServerConfig | None = None,
     ) -> None:
         self._transport = transport
         self.config = config or NamesConfig()
@@ -228,6 +244,11 @@ class NamesServer:
         self.on_lookup: Callable[[str, float], None] | None = None
         self.line_service = TCPService("names", self.handle_line, log)
         self.dns_service = TCPService("names-dns", self.handle_dns, log)
+        self.dot_service: TCPService | None = None
+        if tls is not None:
+            tls = dataclasses.replace(tls, context=server_context(tls.cert, tls.key, alpn=[DOT_ALPN]))
+            # The same handler as the DNS port: the session sees a stream either way.
+            self.dot_service = TCPService("names-dot", self.handle_dns, log, tls=tls)
         self.udp_stats = UdpStats()
         self._udp_scope = trio.CancelScope()
         self.resolver: Resolver | None = None
@@ -253,13 +274,15 @@ class NamesServer:
         port: int = protocol.DEFAULT_PORT,
         dns_port: int = DEFAULT_DNS_PORT,
         *,
+        dot_port: int | None = None,
         listen_backlog: int | None = None,
         task_status: trio.TaskStatus[NamesAddresses] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on both ports and serve until cancelled or shut down.
+        """Listen on the ports and serve until cancelled or shut down.
 
         Reports a :class:`NamesAddresses` through ``task_status``, so tests
-        use ``port=0, dns_port=0`` and learn the ports.
+        use ``port=0, dns_port=0`` (and ``dot_port=0``) and learn the ports.
+        ``dot_port`` serves DNS over TLS; None (the default) serves none.
 
         Unless ``config.udp`` is off, every address the DNS port's TCP
         listeners got is also bound for UDP (:mod:`~trionet.names.udpport`),
@@ -268,7 +291,10 @@ class NamesServer:
         Error handling: a port that cannot be listened on raises
         :class:`~trionet.serving.ListenError` (inside an ``ExceptionGroup``);
         a DNS port number taken for UDP raises its ``OSError`` the same way.
+        ``dot_port`` without ``tls`` given to the server raises ``ValueError``.
         """
+        if dot_port is not None and self.dot_service is None:
+            raise ValueError("a DNS-over-TLS port needs a certificate: NamesServer(tls=...)")
         async with self.running():
             async with trio.open_nursery() as services:
                 line = await services.start(partial(self.line_service.serve, backlog=listen_backlog), host, port)
@@ -283,7 +309,11 @@ class NamesServer:
                             sock.close()
                         raise
                     services.start_soon(self._serve_udp, sockets)
-                task_status.started(NamesAddresses(tuple(line[0][:2]), tuple(dns[0][:2])))
+                dot = None
+                if dot_port is not None:
+                    dot = await services.start(partial(self.dot_service.serve, backlog=listen_backlog), host, dot_port)
+                    dot = tuple(dot[0][:2])
+                task_status.started(NamesAddresses(tuple(line[0][:2]), tuple(dns[0][:2]), dot))
 
     async def _serve_udp(self, sockets: list) -> None:
         with self._udp_scope:  # cancelled by shutdown(): UDP has no session to let finish
@@ -315,9 +345,11 @@ class NamesServer:
                 background.cancel_scope.cancel()
 
     def shutdown(self, grace: float) -> None:
-        """Stop accepting on both ports; clients get ``bye shutdown`` after the request in hand."""
+        """Stop accepting on every port; clients get ``bye shutdown`` after the request in hand."""
         self.line_service.shutdown(grace)
         self.dns_service.shutdown(grace)
+        if self.dot_service is not None:
+            self.dot_service.shutdown(grace)
         self._udp_scope.cancel()
 
     def request_reload(self) -> None:
@@ -376,7 +408,11 @@ class NamesServer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, conn, client, nursery.cancel_scope)
             try:
-                await run_session(self, conn, client)
+                try:
+                    await run_session(self, conn, client)
+                except* trio.BrokenResourceError as group:
+                    if not all(_tls_eof(exc) for exc in leaves(group)):
+                        raise
                 self.endings[client.session.ending or "left"] += 1
             finally:
                 client.session.close()
@@ -460,9 +496,16 @@ class NamesServer:
 
     @staticmethod
     async def _close_gently(stream: trio.abc.Stream) -> None:
-        """Send EOF, then read and drop what the client still sends until it closes (bounded)."""
+        """Send EOF, then read and drop what the client still sends until it closes (bounded).
+
+        TLS cannot half-close: a TLS stream gets its close_notify instead
+        (the DNS session has already let the client close first).
+        """
         with trio.move_on_after(LINGER):
             try:
+                if isinstance(stream, trio.SSLStream):
+                    await stream.aclose()
+                    return
                 await stream.send_eof()
                 while await stream.receive_some(RECEIVE_CHUNK):
                     pass
@@ -478,13 +521,27 @@ class NamesServer:
     # --- the DNS port -----------------------------------------------------------------
 
     async def handle_dns(self, conn: Connection) -> None:
-        """Serve one DNS-over-TCP client (the DNS port's TCPService handler)."""
+        """Serve one DNS-over-TCP client, or a DNS-over-TLS one after its handshake (both ports' handler)."""
         await self._serve_client(conn, serve_dns)
+
+
+def _tls_eof(exc: BaseException) -> bool:
+    """Whether ``exc`` is a TLS client closing its connection without TLS's close_notify.
+
+    Many DNS-over-TLS clients (``dig +tls``) do. A DNS message carries its
+    own length, so a cut one is seen as such (RFC 7858 does not ask for
+    close_notify); this client simply left, as one closing a TCP connection.
+    """
+    cause = exc.__cause__
+    return isinstance(cause, ssl.SSLEOFError) or "UNEXPECTED_EOF" in str(cause)
 
 
 def _client_key(conn: Connection) -> str:
     """The key of the client's per-address share: its address (an IPv6 /64), else what the log calls it."""
-    sock = getattr(conn.stream, "socket", None)
+    stream = conn.stream
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    sock = getattr(stream, "socket", None)
     try:
         host = sock.getpeername()[0] if sock is not None else conn.peer
     except OSError:
@@ -498,7 +555,8 @@ async def serve_names(
     port: int = protocol.DEFAULT_PORT,
     dns_port: int = DEFAULT_DNS_PORT,
     *,
+    dot_port: int | None = None,
     task_status: trio.TaskStatus[NamesAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``server`` until cancelled; ``await nursery.start(serve_names, server, "127.0.0.1", 0, 0)``."""
-    await server.serve(host, port, dns_port, task_status=task_status)
+    await server.serve(host, port, dns_port, dot_port=dot_port, task_status=task_status)

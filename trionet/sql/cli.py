@@ -18,6 +18,7 @@ from rich.console import Console
 
 from trionet.cliutil import (
     count_option,
+    describe_os_error,
     distinct_ports,
     grace_option,
     host_option,
@@ -45,9 +46,20 @@ from trionet.sql.render import (
     truncation_notice,
 )
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
+from trionet.sql.workers import serve_workers, share
 from trionet.tls import client_tls_options, server_tls_options
+from trionet.workers import resolve_workers
 
-__all__ = ["check_open_access", "connection_hint", "load_auth", "read_password", "default_max_connections", "parse_param", "raise_open_files_limit", "sql"]
+__all__ = [
+    "check_open_access",
+    "connection_hint",
+    "default_max_connections",
+    "load_auth",
+    "parse_param",
+    "raise_open_files_limit",
+    "read_password",
+    "sql",
+]
 
 log = get_logger("sql")
 
@@ -87,6 +99,13 @@ def default_max_connections(open_files: int, read_write: bool) -> int:
     """
     per_connection = 5 if read_write else 3
     return max(1, min(_MAX_CONNECTIONS_CAP, (open_files - _RESERVED_FDS) // per_connection))
+
+
+def _parse_workers(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return resolve_workers(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group()
@@ -229,6 +248,16 @@ def sql() -> None:
 )
 @click.option("--no-pg", is_flag=True, help="Do not listen for PostgreSQL clients.")
 @click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    metavar="N|auto",
+    callback=_parse_workers,
+    help="Serve from N processes (auto: one per core) sharing both ports, so N cores answer queries; "
+    "a supervisor restarts a worker that dies. --query-threads, --max-sqlite-memory-bytes and an explicit "
+    "--max-connections are then totals, shared equally by the workers (docs/protocol/sql.md).",
+)
+@click.option(
     "--users",
     "users_path",
     metavar="FILE",
@@ -262,7 +291,7 @@ def sql() -> None:
 def serve(
     db, host, port, read_write, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
     max_like_pattern_bytes, max_sqlite_memory_bytes, max_row_bytes, max_batch_bytes, query_threads, max_connections,
-    idle_timeout, idle_transaction_timeout, pg_port, no_pg, users_path, insecure_no_auth, auth_timeout,
+    idle_timeout, idle_transaction_timeout, pg_port, no_pg, workers, users_path, insecure_no_auth, auth_timeout,
     auth_failure_delay, tls, grace, metrics,
 ) -> None:
     """Serve an SQLite database to any number of clients over TCP.
@@ -321,6 +350,13 @@ def serve(
         )
     except SqlError as exc:
         raise click.ClickException(exc.message) from None
+    if workers > 1:
+        if metrics is not None:
+            raise click.UsageError("--metrics serves one process's figures: it cannot be used with --workers yet")
+        # Server-wide totals, shared by the workers (trionet/sql/workers.py).
+        query_threads = share(query_threads, workers)
+        max_sqlite_memory_bytes = max_sqlite_memory_bytes and share(max_sqlite_memory_bytes, workers)
+        max_connections = max_connections and share(max_connections, workers)
     limit_sqlite_memory(max_sqlite_memory_bytes)
     open_files = raise_open_files_limit()
     if max_connections is None:
@@ -328,8 +364,9 @@ def serve(
         max_connections = default_max_connections(open_files, read_write) // (1 if no_pg else 2)
     distinct_ports(port=port, pg_port=0 if no_pg else pg_port)
     log.info(
-        "at most %d connections%s (%d descriptors)", max_connections, "" if no_pg else " per port", open_files
-    )
+        "at most %d connections%s%s (%d descriptors)", max_connections, "" if no_pg else " per port",
+        " per worker" if workers > 1 else "", open_files,
+    )  # fmt: skip
     config = SqlServerConfig(
         query_timeout=query_timeout,
         max_rows=max_rows,
@@ -340,21 +377,35 @@ def serve(
         idle_timeout=idle_timeout,
         idle_transaction_timeout=idle_transaction_timeout,
     )
-    server = SqlServer(database, config, tls=tls, auth=access)
-    pg = None
-    if not no_pg:
-        pg_config = PgConfig(
-            query_timeout=query_timeout,
-            max_rows=max_rows,
-            max_batch_bytes=max_batch_bytes,
-            max_threads=query_threads,
-            max_connections=max_connections,
-            idle_timeout=idle_timeout,
-            idle_transaction_timeout=idle_transaction_timeout,
-            **({"startup_timeout": auth_timeout} if access is not None else {}),
-        )
+    pg_config = PgConfig(
+        query_timeout=query_timeout,
+        max_rows=max_rows,
+        max_batch_bytes=max_batch_bytes,
+        max_threads=query_threads,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        idle_transaction_timeout=idle_transaction_timeout,
+        **({"startup_timeout": auth_timeout} if access is not None else {}),
+    )
+
+    def build(pids=None, forward_cancel=None) -> tuple[SqlServer, PgServer | None]:
+        server = SqlServer(database, config, tls=tls, auth=access)
+        if no_pg:
+            return server, None
         # One pool of statement threads for both fronts: --query-threads bounds them together.
-        pg = PgServer(database, pg_config, limiter=server.statement_limiter, tls=tls, auth=access)
+        pg = PgServer(
+            database, pg_config, limiter=server.statement_limiter, pids=pids, forward_cancel=forward_cancel,
+            tls=tls, auth=access,
+        )  # fmt: skip
+        return server, pg
+
+    if workers > 1:
+        try:
+            serve_workers(workers, host=host, port=port, pg_port=None if no_pg else pg_port, grace=grace, build=build)
+        except OSError as exc:
+            raise click.ClickException(describe_os_error(exc)) from None
+        return
+    server, pg = build()
 
     async def serve_both() -> None:
         async with trio.open_nursery() as nursery:

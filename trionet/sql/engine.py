@@ -149,6 +149,17 @@ class Database:
         """
         return not self.read_write and self._read_only_sql.get(sql, False)
 
+    def inline_verdict(self, sql: str) -> bool | None:
+        """:meth:`may_run_inline`, or None when ``sql`` was not seen yet (it may be tried with ``trial``).
+
+        See :meth:`Session.execute`: a trial lets the authorizer refuse the
+        statement while it is prepared, before it runs, if it is not fit
+        for the event loop.
+        """
+        if self.read_write:
+            return False
+        return self._read_only_sql.get(sql)
+
     def _remember(self, sql: str, read_only: bool) -> None:
         if len(self._read_only_sql) >= _CLASSIFIED_MAX:
             self._read_only_sql.clear()

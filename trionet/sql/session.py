@@ -58,6 +58,9 @@ class FetchResult:
     last_insert_rowid: int | None = None
 
 
+_TRIAL_MARK = "\n-- trionet: tried on the event loop"
+
+
 class Session:
     """One client's SQLite connection. Not thread-safe: one call at a time.
 
@@ -97,6 +100,8 @@ class Session:
         self.connection = conn
         self._cursor: sqlite3.Cursor | None = None
         self._counting = False  # counting an event-loop budget, or only watching for aborts?
+        self._trial = False  # refuse, at prepare, a statement not known to be fit for the event loop
+        self._trial_refused = False
         self._abort_reason: str | None = None
         self._timed_out = False
         self._denial: tuple[str, str] | None = None
@@ -113,6 +118,9 @@ class Session:
         self._auth_calls += 1
         if action not in _READ_ACTIONS or (action == sqlite3.SQLITE_FUNCTION and not sandbox.cheap_call(str(arg2))):
             self._auth_read_only = False  # not for the event loop (see Database.may_run_inline)
+            if self._trial:
+                self._trial_refused = True
+                return sqlite3.SQLITE_DENY
         verdict = sandbox.judge(
             action, arg1, arg2, dbname, read_write=self._db.read_write, modules=self._db.modules
         )
@@ -145,8 +153,19 @@ class Session:
 
     # --- running statements -------------------------------------------------
 
+    @property
+    def database(self) -> "Database":
+        """The database this session belongs to."""
+        return self._db
+
     def execute(
-        self, sql: str, params: Any, batch: int, budget: int = 0, max_bytes: int = DEFAULT_BATCH_BYTES
+        self,
+        sql: str,
+        params: Any,
+        batch: int,
+        budget: int = 0,
+        max_bytes: int = DEFAULT_BATCH_BYTES,
+        trial: bool = False,
     ) -> FetchResult:
         """Start ``sql`` and return its column names and first batch of rows.
 
@@ -158,6 +177,11 @@ class Session:
                 instructions and raise :class:`OverBudget` (for statements
                 tried on the event loop, which :meth:`Database.may_run_inline`
                 allows).
+            trial: with a budget, for SQL the database has no verdict on yet
+                (:meth:`Database.inline_verdict` is None): the authorizer
+                refuses, while SQLite prepares it, anything that is not a read
+                through cheap functions, and that raises :class:`OverBudget`
+                before any of it runs (the verdict is remembered either way).
 
         Raises:
             SqlError: SQLite rejected or stopped the statement.
@@ -172,10 +196,15 @@ class Session:
         self._count_instructions(budget > 0)
         self._auth_calls = 0
         self._auth_read_only = True
+        self._trial = trial and budget > 0
+        self._trial_refused = False
         try:
             cursor = self.connection.cursor()
             self._cursor = cursor
-            cursor.execute(sql, () if params is None else params)
+            # A trial prepares its own text (a comment more): a statement in
+            # sqlite3's cache is not authorized again, and one cached by a run
+            # that was not a trial (its verdict since forgotten) must not skip it.
+            cursor.execute(sql + _TRIAL_MARK if self._trial else sql, () if params is None else params)
             columns = [d[0] for d in cursor.description] if cursor.description else []
             if self._auth_calls:  # prepared now, not taken from the statement cache
                 self._db._remember(sql, self._auth_read_only)
@@ -184,10 +213,14 @@ class Session:
             raise
         except Exception as exc:
             self._close_cursor()
+            if self._trial_refused:
+                self._db._remember(sql, False)
+                raise OverBudget from None
             if self._over_budget:
                 raise OverBudget from None
             raise self._map_error(exc) from None
         finally:
+            self._trial = False
             self._count_instructions(False)
 
     def fetch(self, batch: int, max_bytes: int = DEFAULT_BATCH_BYTES) -> FetchResult:

@@ -82,3 +82,43 @@ def test_regular_expressions_that_could_run_for_ever_are_refused(quake_db, patte
 def test_psql_patterns_match(quake_db):
     _, _, rows = run(quake_db, "SELECT relname FROM pg_catalog.pg_class WHERE relname ~ $1 ORDER BY 1", ("^(qu.*)$",))
     assert rows == [("quakes",), ("quakes_mag",), ("quakes_pkey",), ("quakes_time",)]
+
+
+def test_rewrite_sqlalchemy_and_jdbc_isms():
+    assert catalog.rewrite("x = ANY (ARRAY[$1::VARCHAR, $2::VARCHAR]) AND y != ALL (ARRAY['a'])") == (
+        "x  IN ($1, $2) AND y  NOT IN ('a')"
+    )
+    assert catalog.rewrite("select array_agg(CAST(a AS TEXT) ORDER BY t.ord) AS c, array_agg(b)") == (
+        "select array_agg(CAST(a AS TEXT)) AS c, array_agg(b)"
+    )
+    assert catalog.rewrite("nspname = (pg_catalog.current_schemas(true))[1]") == "nspname = current_schema()"
+
+
+def test_array_agg_is_announced_as_an_array(quake_db):
+    names, decls, rows = run(
+        quake_db,
+        "SELECT array_agg(a.attname) AS names, array_agg(a.attnum) AS nums FROM pg_catalog.pg_attribute a "
+        "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid WHERE c.relname = $1",
+        ("kinds",),
+    )
+    assert decls == ["_TEXT", "_INT8"]
+    assert rows == [('{"i","r","t","b","n"}', "{1,2,3,4,5}")]
+
+
+def test_primary_keys_are_constraints_and_pg_type_is_complete(quake_db):
+    _, _, rows = run(
+        quake_db,
+        "SELECT con.conname, con.contype, c.relname FROM pg_catalog.pg_constraint con "
+        "JOIN pg_catalog.pg_class c ON c.oid = con.conindid",
+    )
+    assert rows == [("quakes_pkey", "p", "quakes_pkey")]
+    _, _, rows = run(quake_db, "SELECT typname, typarray, typlen FROM pg_type WHERE oid = to_regtype($1)", ("bigint",))
+    assert rows == [("int8", 1016, 8)]
+
+
+def test_bare_catalog_names_are_routed_to_the_catalog():
+    from trionet.sql.pg.statements import classify, split
+
+    assert classify(split("SELECT typname FROM pg_type t WHERE t.oid = $1")[0]).kind == "catalog"
+    assert classify(split("SELECT * FROM quakes JOIN pg_namespace n ON 1")[0]).kind == "catalog"
+    assert classify(split("SELECT * FROM pg_my_own_table")[0]).kind == "sql"

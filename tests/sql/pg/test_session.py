@@ -81,3 +81,20 @@ def test_failed_block_refuses_all_but_its_end():
     rule.on_end()
     assert rule.status(False) == "I"
     _check(rule, "select 1")
+
+
+@pytest.mark.parametrize(
+    "a, b, same",
+    [
+        ("SELECT abalance FROM t WHERE aid = 1", "SELECT abalance FROM t WHERE aid = 99999", True),
+        ("SELECT x FROM t WHERE s = 'a'", "SELECT x FROM t WHERE s = 'it''s'", True),
+        ("SELECT 1.5e3, x FROM t1", "SELECT 2, x FROM t1", True),
+        ("SELECT x FROM t1", "SELECT x FROM t2", False),  # a digit in a name is not a literal
+        ('SELECT "a 1" FROM t', 'SELECT "a 2" FROM t', False),  # nor in a quoted name
+        ("SELECT a -- '\n, b FROM t -- '", "SELECT a -- '\n, c FROM t -- '", False),  # a quote in a comment
+    ],
+)
+def test_statement_shapes_differ_only_in_literals(a, b, same):
+    from trionet.sql.pg.executor import _shape
+
+    assert (_shape(a) == _shape(b)) is same

@@ -278,3 +278,17 @@ def test_command_tag(sql, rows, changes, returns_rows, tag):
 )
 def test_sqlstate(code, message, state):
     assert sqlstate(code, message) == state
+
+
+@pytest.mark.parametrize(
+    ("value", "text", "binary"),
+    [
+        (math.inf, b"Infinity", struct.pack("!hhHh", 0, 0, 0xD000, 0)),
+        (-math.inf, b"-Infinity", struct.pack("!hhHh", 0, 0, 0xF000, 0)),
+        (math.nan, b"NaN", struct.pack("!hhHh", 0, 0, 0xC000, 0)),
+    ],
+)
+def test_numeric_special_values_as_postgresql_15_sends_them(value, text, binary):
+    assert t.encode_value(value, t.NUMERIC, False) == text
+    assert t.encode_value(value, t.NUMERIC, True) == binary
+    assert t.decode_numeric_binary(binary).is_nan() or t.decode_numeric_binary(binary) == Decimal(value)

@@ -20,16 +20,17 @@ Everything here blocks; the executor calls :func:`run` in a worker thread.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 
 from trionet.sql import sandbox
 from trionet.sql.engine import Session, SqlError
 from trionet.sql.pg import types
-from trionet.sql.pg.describe import declared_types, null_params
+from trionet.sql.pg.describe import declared_types, infer_params, null_params, view_columns
 from trionet.sql.pg.statements import split
 
-__all__ = ["rewrite", "run"]
+__all__ = ["describe", "rewrite", "run"]
 
 _REWRITES = (
     (re.compile(r"\bpg_catalog\s*\.\s*", re.IGNORECASE), ""),
@@ -40,7 +41,22 @@ _REWRITES = (
     (re.compile(r"\bCOLLATE\s+\"?default\"?", re.IGNORECASE), ""),
     (re.compile(r"::\s*\"?[A-Za-z_][\w.]*\"?(?:\[\])?"), ""),
     (re.compile(r"\barray\s*\(\s*select\b", re.IGNORECASE), "(select"),
+    # pgJDBC's getSchemas(): the first schema of the search path.
+    (
+        re.compile(r"\(\s*(?:pg_catalog\s*\.\s*)?current_schemas\s*\([^()]*\)\s*\)\s*\[\s*1\s*\]", re.IGNORECASE),
+        "current_schema()",
+    ),
+    (re.compile(r"=\s*any\s*\(\s*array\s*\[([^\]]*)\]\s*\)", re.IGNORECASE), r" IN (\1)"),
+    (re.compile(r"(?:!=|<>)\s*all\s*\(\s*array\s*\[([^\]]*)\]\s*\)", re.IGNORECASE), r" NOT IN (\1)"),
     (re.compile(r"=\s*any\s*\(", re.IGNORECASE), " IN ("),
+    # SQLAlchemy's constraint and index reflection: set-returning functions
+    # in the select list and ordered aggregates, which SQLite 3.40 has not.
+    # trionet's catalog lists no constraints, so these run on no rows; the
+    # rewrite keeps their result columns.
+    (re.compile(r"\b(?:unnest|array)\s*\(", re.IGNORECASE), "("),
+    (re.compile(r"\bgenerate_subscripts\s*\(([^,()]*),[^()]*\)", re.IGNORECASE), r"(\1)"),
+    (re.compile(r"\bbool_and\s*\(", re.IGNORECASE), "min("),
+    (re.compile(r"\bbool_or\s*\(", re.IGNORECASE), "max("),
 )
 _OID_BASE = 16384  # PostgreSQL's first user OID
 _MAIN_NAMESPACE = 2200
@@ -48,13 +64,40 @@ _STEP_BUDGET = 200  # progress-handler calls of 1000 VM instructions: 200 000 in
 _MAX_REGEX_QUANTIFIERS = 3
 _MAX_REGEX_SUBJECT = 128
 
-_TYPES = ((16, "bool"), (17, "bytea"), (20, "int8"), (25, "text"), (701, "float8"), (1700, "numeric"))  # oid, typname
-_TYPE_NAMES = {16: "boolean", 17: "bytea", 20: "bigint", 25: "text", 701: "double precision", 1700: "numeric"}  # format_type
+# oid, typname, typlen, typbyval, typcategory, typarray, format_type's name: the
+# types trionet announces or accepts as parameters, as PostgreSQL 15 has them.
+_TYPES = (
+    (16, "bool", 1, 1, "B", 1000, "boolean"),
+    (17, "bytea", -1, 0, "U", 1001, "bytea"),
+    (19, "name", 64, 0, "S", 1003, "name"),
+    (20, "int8", 8, 1, "N", 1016, "bigint"),
+    (21, "int2", 2, 1, "N", 1005, "smallint"),
+    (23, "int4", 4, 1, "N", 1007, "integer"),
+    (25, "text", -1, 0, "S", 1009, "text"),
+    (26, "oid", 4, 1, "N", 1028, "oid"),
+    (700, "float4", 4, 1, "N", 1021, "real"),
+    (701, "float8", 8, 1, "N", 1022, "double precision"),
+    (705, "unknown", -2, 0, "X", 0, "unknown"),
+    (1042, "bpchar", -1, 0, "S", 1014, "character"),
+    (1043, "varchar", -1, 0, "S", 1015, "character varying"),
+    (1082, "date", 4, 1, "D", 1182, "date"),
+    (1114, "timestamp", 8, 1, "D", 1115, "timestamp without time zone"),
+    (1700, "numeric", -1, 0, "N", 1231, "numeric"),
+)
+_TYPE_NAMES = {t[0]: t[6] for t in _TYPES}  # format_type
+_TYPE_OIDS = {name: t[0] for t in _TYPES for name in (t[1], t[6])}  # to_regtype
 
 _SCHEMA = """
 CREATE TABLE pg_namespace (oid INTEGER PRIMARY KEY, nspname TEXT, nspowner INTEGER);
 CREATE TABLE pg_am (oid INTEGER PRIMARY KEY, amname TEXT);
-CREATE TABLE pg_type (oid INTEGER PRIMARY KEY, typname TEXT, typnamespace INTEGER, typcollation INTEGER);
+CREATE TABLE pg_type (
+    oid INTEGER PRIMARY KEY, typname TEXT, typnamespace INTEGER, typowner INTEGER, typlen INTEGER,
+    typbyval BOOLEAN, typtype TEXT, typcategory TEXT, typispreferred BOOLEAN, typisdefined BOOLEAN,
+    typdelim TEXT, typrelid INTEGER, typsubscript TEXT, typelem INTEGER, typarray INTEGER, typinput TEXT,
+    typoutput TEXT, typreceive TEXT, typsend TEXT, typmodin TEXT, typmodout TEXT, typanalyze TEXT,
+    typalign TEXT, typstorage TEXT, typnotnull BOOLEAN, typbasetype INTEGER, typtypmod INTEGER,
+    typndims INTEGER, typcollation INTEGER, typdefaultbin TEXT, typdefault TEXT, typacl TEXT
+);
 CREATE TABLE pg_class (
     oid INTEGER PRIMARY KEY, relname TEXT, relnamespace INTEGER, relkind TEXT, relowner INTEGER,
     relam INTEGER, relchecks INTEGER, relhasindex BOOLEAN, relhasrules BOOLEAN, relhastriggers BOOLEAN,
@@ -98,14 +141,73 @@ CREATE TABLE pg_tablespace (oid INTEGER PRIMARY KEY, spcname TEXT);
 CREATE TABLE pg_database (oid INTEGER PRIMARY KEY, datname TEXT, datdba INTEGER, encoding INTEGER,
     datcollate TEXT, datctype TEXT, datacl TEXT);
 CREATE TABLE pg_roles (oid INTEGER PRIMARY KEY, rolname TEXT);
+CREATE TABLE pg_sequence (seqrelid INTEGER, seqtypid INTEGER, seqstart INTEGER, seqincrement INTEGER,
+    seqmax INTEGER, seqmin INTEGER, seqcache INTEGER, seqcycle BOOLEAN);
+CREATE TABLE pg_enum (oid INTEGER PRIMARY KEY, enumtypid INTEGER, enumsortorder REAL, enumlabel TEXT);
+CREATE TABLE pg_range (rngtypid INTEGER, rngsubtype INTEGER, rngmultitypid INTEGER);
+CREATE TABLE pg_proc (oid INTEGER PRIMARY KEY, proname TEXT, pronamespace INTEGER);
+CREATE TABLE pg_opclass (oid INTEGER PRIMARY KEY, opcmethod INTEGER, opcname TEXT, opsnamespace INTEGER,
+    opcowner INTEGER, opcfamily INTEGER, opcintype INTEGER, opcdefault BOOLEAN, opckeytype INTEGER);
+CREATE TABLE pg_extension (oid INTEGER PRIMARY KEY, extname TEXT, extversion TEXT);
 """
+
+# Columns that no trionet object has a value of its own for, added once the
+# rows are in (ALTER TABLE ADD COLUMN with a default costs nothing per row):
+# SQLAlchemy's reflection names every column of its pg_catalog tables.
+_DEFAULT_COLUMNS = {
+    "pg_am": "amhandler TEXT DEFAULT '-', amtype TEXT DEFAULT 't'",
+    "pg_attribute": "attlen INTEGER DEFAULT -1, attndims INTEGER DEFAULT 0, attcacheoff INTEGER DEFAULT -1,"
+    " attbyval BOOLEAN DEFAULT 0, attalign TEXT DEFAULT 'i', atthasmissing BOOLEAN DEFAULT 0,"
+    " attislocal BOOLEAN DEFAULT 1, attinhcount INTEGER DEFAULT 0",
+    "pg_class": "reltype INTEGER DEFAULT 0, relfilenode INTEGER DEFAULT 0, relpages INTEGER DEFAULT 0,"
+    " reltuples REAL DEFAULT -1, relallvisible INTEGER DEFAULT 0, relisshared BOOLEAN DEFAULT 0,"
+    " relhassubclass BOOLEAN DEFAULT 0, relispopulated BOOLEAN DEFAULT 1, relrewrite INTEGER DEFAULT 0",
+    "pg_collation": "collnamespace INTEGER DEFAULT 11, collowner INTEGER DEFAULT 10, collprovider TEXT DEFAULT 'd',"
+    " collisdeterministic BOOLEAN DEFAULT 1, collencoding INTEGER DEFAULT -1, collcollate TEXT, collctype TEXT,"
+    " colliculocale TEXT, collicurules TEXT, collversion TEXT",
+    "pg_constraint": "contypid INTEGER DEFAULT 0, confupdtype TEXT DEFAULT 'a', confdeltype TEXT DEFAULT 'a',"
+    " confmatchtype TEXT DEFAULT 's', coninhcount INTEGER DEFAULT 0, connoinherit BOOLEAN DEFAULT 1,"
+    " conkey TEXT, confkey TEXT",
+    "pg_index": "indnatts INTEGER DEFAULT 1, indnkeyatts INTEGER DEFAULT 1, indisexclusion BOOLEAN DEFAULT 0,"
+    " indimmediate BOOLEAN DEFAULT 1, indcheckxmin BOOLEAN DEFAULT 0, indisready BOOLEAN DEFAULT 1,"
+    " indislive BOOLEAN DEFAULT 1, indcollation TEXT DEFAULT '', indclass TEXT DEFAULT '',"
+    " indoption TEXT DEFAULT '', indexprs TEXT, indpred TEXT",
+    "pg_tablespace": "spcowner INTEGER DEFAULT 10, spcoptions TEXT",
+}
+
+
+_AGGREGATE = re.compile(r"\barray_agg\s*\(", re.IGNORECASE)
+_ORDER_BY = re.compile(r"\s+ORDER\s+BY\s", re.IGNORECASE)
+
+
+def _drop_aggregate_order(sql: str) -> str:
+    # array_agg(x ORDER BY y) -> array_agg(x): SQLite 3.40 has no ordered
+    # aggregates. One pass: each call is read to its closing parenthesis.
+    out, done = [], 0
+    for match in _AGGREGATE.finditer(sql):
+        if match.start() < done:
+            continue
+        depth, i = 1, match.end()
+        while i < len(sql) and depth:
+            depth += {"(": 1, ")": -1}.get(sql[i], 0)
+            i += 1
+        if depth:
+            break  # unclosed: SQLite will say so
+        inner = sql[match.end() : i - 1]
+        order = _ORDER_BY.search(inner)
+        out.append(sql[done : match.end()])
+        out.append(inner[: order.start()] if order else inner)
+        out.append(")")
+        done = i
+    out.append(sql[done:])
+    return "".join(out)
 
 
 def rewrite(sql: str) -> str:
-    """PostgreSQL-isms psql uses in its catalog queries, in SQLite's terms."""
+    """PostgreSQL-isms psql and SQLAlchemy use in their catalog queries, in SQLite's terms."""
     for pattern, replacement in _REWRITES:
         sql = pattern.sub(replacement, sql)
-    return sql
+    return _drop_aggregate_order(sql) if "array_agg" in sql.lower() else sql
 
 
 def _decltype_oid(decltype: str) -> int:
@@ -140,9 +242,67 @@ def _regexp(pattern, value):
         raise ValueError("invalid regular expression") from None
 
 
+def _json_object(*pairs):
+    return json.dumps(dict(zip(pairs[::2], pairs[1::2])))
+
+
+_ARRAY_MARK = "\x1e"  # starts array_agg's results, so run() can announce the column as an array
+
+
+class _ArrayAgg:
+    """array_agg, as PostgreSQL's text form of a one-dimensional array of int8 or text."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+
+    def step(self, value) -> None:
+        if len(self.items) < 1000:
+            self.items.append(value)
+
+    def finalize(self) -> str:
+        values = [v for v in self.items if v is not None]
+        if all(type(v) is int for v in values):
+            kind, text = "_INT8", ["NULL" if v is None else str(v) for v in self.items]
+        else:
+            kind = "_TEXT"
+            text = [
+                "NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in self.items
+            ]
+        return f"{_ARRAY_MARK}{kind}{{{','.join(text)}}}"
+
+
+def _arrays(decls: list[str] | None, names: list[str], rows: list) -> tuple[list[str] | None, list]:
+    # Columns array_agg made: their type from the mark, the mark taken off.
+    marked = {
+        i for row in rows for i, v in enumerate(row) if type(v) is str and v.startswith(_ARRAY_MARK)
+    }
+    if not marked:
+        return decls, rows
+    decls = list(decls) if decls and len(decls) == len(names) else [""] * len(names)
+    kinds = {}
+    for row in rows:
+        for i in marked:
+            v = row[i]
+            if type(v) is str and v.startswith(_ARRAY_MARK):
+                kind = v[1:6]
+                kinds[i] = kind if kinds.get(i, kind) == kind else "_TEXT"  # {1,2} is a text[] too
+    for i, kind in kinds.items():
+        decls[i] = kind
+    fixed = [
+        tuple(v[6:] if i in marked and type(v) is str and v.startswith(_ARRAY_MARK) else v for i, v in enumerate(row))
+        for row in rows
+    ]
+    return decls, fixed
+
+
 _CATALOG_FUNCTIONS = {
     "regexp": (2, _regexp),
     "pg_table_is_visible": (1, lambda oid: 1),
+    "pg_type_is_visible": (1, lambda oid: 1),
+    "pg_collation_is_visible": (1, lambda oid: 1),
+    "pg_function_is_visible": (1, lambda oid: 1),
+    "pg_get_partkeydef": (1, lambda oid: None),
+    "quote_ident": (1, lambda name: name),
     "pg_get_userbyid": (1, None),  # set per connection: the session's user
     "format_type": (2, _format_type),
     "pg_get_expr": (-1, lambda expr, *_: expr),
@@ -159,13 +319,16 @@ _CATALOG_FUNCTIONS = {
     "pg_size_pretty": (1, lambda _: "0 bytes"),
     "version": (0, None),  # set per connection
     "current_schema": (0, lambda: "main"),
+    "json_build_object": (-1, _json_object),
+    "pg_get_serial_sequence": (2, lambda *_: None),
+    "to_regtype": (1, lambda name: _TYPE_OIDS.get(str(name).lower()) if name is not None else None),
     "current_schemas": (1, lambda _: "{main}"),
     "current_database": (0, None),
     "has_table_privilege": (-1, lambda *_: 1),
     "current_setting": (-1, None),  # set per statement: the session's settings
     "pg_has_role": (-1, lambda *_: 1),
 }
-_ALLOWED = frozenset(_CATALOG_FUNCTIONS) | sandbox.ALLOWED_FUNCTIONS
+_ALLOWED = frozenset(_CATALOG_FUNCTIONS) | sandbox.ALLOWED_FUNCTIONS | {"array_agg"}
 _READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ})
 
 
@@ -198,7 +361,12 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
     cat.executescript(_SCHEMA)
     cat.execute("INSERT INTO pg_namespace VALUES (?, 'main', 10), (11, 'pg_catalog', 10), (99, 'pg_toast', 10)", (_MAIN_NAMESPACE,))
     cat.execute("INSERT INTO pg_am VALUES (2, 'heap'), (403, 'btree')")
-    cat.executemany("INSERT INTO pg_type VALUES (?, ?, 11, 0)", _TYPES)
+    cat.executemany(
+        "INSERT INTO pg_type VALUES (?1, ?2, 11, 10, ?3, ?4, 'b', ?5, 0, 1, ',', 0, '-', 0, ?6, ?2 || 'in',"
+        " ?2 || 'out', ?2 || 'recv', ?2 || 'send', '-', '-', '-', 'i', 'p', 0, 0, -1, 0,"
+        " CASE WHEN ?5 = 'S' THEN 100 ELSE 0 END, NULL, NULL, NULL)",
+        [t[:6] for t in _TYPES],
+    )
     cat.execute("INSERT INTO pg_database VALUES (1, ?, 10, 6, 'C', 'C', NULL)", (database,))
     cat.execute("INSERT INTO pg_roles VALUES (10, ?)", (user,))
     oids = {name: _OID_BASE + i for i, (_kind, name, _tbl, _sql) in enumerate(objects)}
@@ -237,9 +405,25 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
                 (oid, shown, _MAIN_NAMESPACE, len(key_names)),
             )
             cat.execute("INSERT INTO pg_index VALUES (?, ?, ?, ?, 0, 1, 0, ?, 0)", (oid, oids[tbl], primary, unique, keys))
+            if primary or auto:
+                # The constraint behind the index, as PostgreSQL lists it (SQLAlchemy reflects keys from it).
+                cat.execute(
+                    "INSERT INTO pg_constraint VALUES (?, ?, ?, ?, 0, 0, ?, 0, 0, 1, ?, 1)",
+                    (oid + len(oids), shown, oids[tbl], "p" if primary else "u", oid, _MAIN_NAMESPACE),
+                )
             # PostgreSQL's form; psql prints what follows " USING ".
             listed = ", ".join(k or "<expression>" for k in key_names)
             index_sql[oid] = f"CREATE {'UNIQUE ' if unique else ''}INDEX {shown} ON main.{tbl} USING btree ({listed})"
+    for table, columns in _DEFAULT_COLUMNS.items():
+        for column in columns.split(", "):
+            cat.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    for oid, keys in cat.execute("SELECT indexrelid, indkey FROM pg_index").fetchall():
+        zeros = " ".join("0" for _ in keys.split())  # int2vector/oidvector, one per key column
+        cat.execute(
+            "UPDATE pg_index SET indnatts = ?3, indnkeyatts = ?3, indoption = ?1, indclass = ?1, indcollation = ?1"
+            " WHERE indexrelid = ?2",
+            (zeros, oid, len(keys.split())),
+        )
     cat.create_function("pg_get_userbyid", 1, lambda _oid: user, deterministic=True)
     cat.create_function("pg_get_indexdef", -1, lambda oid, *_: index_sql.get(oid), deterministic=True)
     view_sql = {oids[name]: sql for kind, name, _tbl, sql in objects if kind == "view"}
@@ -249,7 +433,26 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
     for name, (nargs, fn) in _CATALOG_FUNCTIONS.items():
         if fn is not None:
             cat.create_function(name, nargs, fn)
+    cat.create_aggregate("array_agg", 1, _ArrayAgg)
     return cat
+
+
+def describe(
+    session: Session, source: str, oids: tuple[int, ...], *, user: str, database: str, version: str
+) -> tuple[tuple[int, ...], list[tuple[str, str]] | None]:
+    """A catalog statement not run yet: its parameter OIDs (0s inferred) and its columns' (name, declared type).
+
+    The columns are None when no view can hold the statement (the client
+    must describe the portal instead).
+    """
+    objects, columns, indexes = _schema_of(session)
+    cat = _build(objects, columns, indexes, user=user, database=database, version=version)
+    cat.create_function("current_setting", -1, lambda *_: None)
+    try:
+        rewritten = rewrite(source)
+        return infer_params(cat, rewritten, oids), view_columns(cat, null_params(rewritten))
+    finally:
+        cat.close()
 
 
 def run(
@@ -320,6 +523,7 @@ def run(
             functions.close()
         if len(rows) > max_rows:
             raise SqlError("too_big", f"a catalog result holds more than {max_rows} rows")
+        decls, rows = _arrays(decls, names, rows)
         return names, decls, rows
     finally:
         cat.close()

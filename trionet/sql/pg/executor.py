@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import sqlite3
 from dataclasses import dataclass, field
 
 import trio
 
 from trionet.serving import Connection, SendWatchdog
-from trionet.sql.engine import FetchResult, Session, SqlError
-from trionet.sql.pg import catalog, describe, types
+from trionet.sql.engine import INLINE_BUDGET, FetchResult, OverBudget, Session, SqlError
+from trionet.sql.pg import catalog, describe, params, types
 from trionet.sql.pg import messages as m
+from trionet.sql.pg.columns import executed_names, expression_oids
 from trionet.sql.pg.config import PgConfig
 from trionet.sql.pg.protocol import PgServerProtocol
 from trionet.sql.pg.session import (
@@ -40,6 +42,7 @@ from trionet.sql.pg.sqlstate import (
     FEATURE_NOT_SUPPORTED,
     PROTOCOL_VIOLATION,
     QUERY_CANCELED,
+    error_position,
     sqlstate,
 )
 from trionet.sql.pg.statements import Command, Statement, classify, command_tag, split
@@ -50,6 +53,18 @@ __all__ = ["ConnState", "Executor"]
 _FLUSH_BYTES = 64 * 1024  # send what is pending once it reaches this much
 _SPLIT_INLINE_CHARS = 64 * 1024  # SQL longer than this is split in a worker thread
 _ROW_WORDS = ("SELECT", "WITH", "VALUES")
+_DECL_CACHE_SIZE = 256  # statement shapes whose declared column types a connection remembers
+# A literal (number or string) in SQL text; quoted names and comments match too, to be kept as they are.
+_LITERAL = re.compile(
+    r"--[^\n]*|/\*.*?(?:\*/|\Z)|\"(?:[^\"]|\"\")*\"|`[^`]*`|\[[^\]]*\]"
+    r"|'(?:[^']|'')*'|\b[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?\b",
+    re.DOTALL,
+)
+
+
+def _shape(sql: str) -> str:
+    """``sql`` with its literals replaced: statements of one shape have the same declared column types."""
+    return _LITERAL.sub(lambda m: "0" if m.group()[0] in "'0123456789" else m.group(), sql)
 
 
 @dataclass(eq=False)
@@ -71,6 +86,7 @@ class ConnState:
     stop: StopReason = field(default_factory=StopReason)  # why the watcher interrupted: cancel, timeout, gone
     busy: bool = False
     in_transaction_before: bool = False
+    decl_cache: dict[str, list[str]] = field(default_factory=dict)  # statement shape -> declared types
 
 
 class Executor:
@@ -115,7 +131,10 @@ class Executor:
             self._error(st, exc)
             if isinstance(event, (m.Query, m.FunctionCall)):
                 self._ready(st)
-                await self.flush(st)
+            # Sent at once, as PostgreSQL does: a client that sent Flush (not
+            # Sync) after Describe waits for the answer, and the protocol core
+            # now skips that Flush on its way to Sync.
+            await self.flush(st)
         finally:
             st.busy = False
         if len(st.out) >= _FLUSH_BYTES:
@@ -178,10 +197,13 @@ class Executor:
         if not statements:
             st.out += st.proto.send(m.EmptyQueryResponse())
             return
+        start = 0  # where the next statement's text is searched for (positions in errors)
         for statement in statements:
             if statement.n_params:
                 raise PgError("42P02", f"there is no parameter ${statement.n_params}")
-            prepared = PreparedStatement(statement.sql, statement, classify(statement), ())
+            at = sql.find(statement.sql, start)
+            start = at + len(statement.sql) if at >= 0 else start
+            prepared = PreparedStatement(statement.sql, statement, classify(statement), (), offset=max(0, at))
             portal = self._new_portal(prepared, (), ())
             await self._start(st, portal)
             if portal.returns_rows:
@@ -218,6 +240,7 @@ class Executor:
         command = classify(statement) if statement else Command("empty")
         n = max(statement.n_params if statement else 0, len(event.param_oids))
         oids = tuple(event.param_oids) + (0,) * (n - len(event.param_oids))
+        oids = params.cast_oids(event.sql, oids)
         st.statements[event.name] = PreparedStatement(event.sql, statement, command, oids)
         st.out += st.proto.send(m.ParseComplete())
 
@@ -254,6 +277,15 @@ class Executor:
             prepared = st.statements.get(event.name)
             if prepared is None:
                 raise PgError("26000", f'prepared statement "{event.name}" does not exist')
+            if prepared.command.kind == "catalog" and prepared.columns is None:
+                await self._describe_catalog(st, prepared)
+            if not all(prepared.param_oids) and prepared.command.kind == "sql":
+                # As PostgreSQL does, the parameters' types come from where they
+                # stand; Bind then reads values sent in those types.
+                portal = self._new_portal(prepared, (), ())  # for its time budget
+                prepared.param_oids = await self._in_sqlite(
+                    st, portal, describe.describe_params, st.session, prepared.source, prepared.param_oids
+                )
             oids = tuple(oid or types.TEXT for oid in prepared.param_oids)
             st.out += st.proto.send(m.ParameterDescription(oids))
             if prepared.columns is None:
@@ -336,19 +368,40 @@ class Executor:
     async def _start_sql(self, st: ConnState, portal: Portal) -> None:
         statement = portal.prepared.statement
         fixed = portal.prepared.columns
-        want_decl = fixed is None and statement.words[:1] and statement.words[0] in _ROW_WORDS
-        describe_source = portal.prepared.source if want_decl else None
-        decl, result = await self._in_sqlite(
-            st,
-            portal,
-            describe.start_statement,
-            st.session,
-            statement.sql,
-            describe_source,
-            portal.params,
-            self.config.batch_rows,
+        returns_rows = bool(statement.words[:1]) and statement.words[0] in _ROW_WORDS
+        if not returns_rows:
+            # It may create or drop a (temporary) table: the types may change.
+            st.decl_cache.clear()
+            for prepared in st.statements.values():
+                prepared.decl = None
+        want_decl = fixed is None and returns_rows
+        # Declared types cost a temporary view (four statements, and SQLite
+        # prepares every cached statement again after a schema change): a
+        # connection of a read-only server remembers them per statement shape,
+        # so pgbench's "WHERE aid = 123" asks once, not once per query.
+        cacheable = want_decl and not st.session.database.read_write
+        decl = portal.prepared.decl if cacheable else None
+        shape = ""
+        if cacheable and decl is None:
+            shape = _shape(portal.prepared.source)
+            decl = st.decl_cache.get(shape)
+        describe_source = portal.prepared.source if want_decl and decl is None else None
+        args = (
+            st.session, statement.sql, describe_source, portal.params, self.config.batch_rows,
             self.config.max_batch_bytes,
-        )
+        )  # fmt: skip
+        ran = self._try_inline(st, portal, statement.sql, args)
+        if ran is None:
+            ran = await self._in_sqlite(st, portal, describe.start_statement, *args)
+        found, result = ran
+        if found is not None:
+            decl = found
+            if cacheable:
+                if len(st.decl_cache) >= _DECL_CACHE_SIZE:
+                    st.decl_cache.clear()
+                st.decl_cache[shape] = found
+        if cacheable:
+            portal.prepared.decl = decl
         names = result.columns or []
         portal.returns_rows = bool(names)
         if fixed is not None:
@@ -359,7 +412,11 @@ class Executor:
             first = result.rows[0] if result.rows else (None,) * len(names)
             if decl is None or len(decl) != len(names):
                 decl = [None] * len(names)
-            portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decl, first))
+            oids = [types.decltype_oid(d) for d in decl]
+            if None in oids and statement.words[:1] == ("SELECT",):
+                # The same rule as a Describe of the statement, then the first value.
+                oids = [o or s for o, s in zip(oids, expression_oids(statement.sql, len(names)))]
+            portal.columns = tuple(Column(n, o or types.column_oid(None, v)) for n, o, v in zip(names, oids, first))
         self._took(st, portal, result)
         if statement.words[:2] == ("ROLLBACK", "TO"):
             st.txn.on_end()  # back at a savepoint: the block works again, as in PostgreSQL
@@ -390,12 +447,37 @@ class Executor:
                     "this statement cannot be described before it is bound: describe the portal instead",
                 )
             names, decls = described
-            return tuple(Column(n, types.decltype_oid(d) or types.TEXT) for n, d in zip(names, decls))
+            names = executed_names(statement.sql, names)  # the view saw NULL where $N stands
+            # An expression's type where SQLite's rules fix it (count(*) is an
+            # integer), text otherwise: every row will fit what is announced.
+            sure = expression_oids(statement.sql, len(names))
+            return tuple(Column(n, types.decltype_oid(d) or s or types.TEXT) for n, d, s in zip(names, decls, sure))
         if "RETURNING" in statement.words or "RETURNING" in prepared.source.upper():
             raise PgError(
                 FEATURE_NOT_SUPPORTED, "a RETURNING statement cannot be described before it is bound: describe the portal"
             )
         return ()
+
+    async def _describe_catalog(self, st: ConnState, prepared: PreparedStatement) -> None:
+        """Parameter types and columns of a catalog statement not bound yet, fixed on the statement."""
+        run = functools.partial(
+            catalog.describe,
+            user=st.settings.user,
+            database=st.settings.database,
+            version=self._function_value(st, "version"),
+        )
+        portal = self._new_portal(prepared, (), ())  # for its time budget
+        oids, described = await self._in_sqlite(st, portal, run, st.session, prepared.source, prepared.param_oids)
+        prepared.param_oids = oids
+        if described is None:
+            raise PgError(
+                FEATURE_NOT_SUPPORTED, "this catalog query cannot be described before it is bound: describe the portal"
+            )
+        # Declared types, else the expression rules, else text: rows are sent converted to them.
+        sure = expression_oids(catalog.rewrite(prepared.source), len(described))
+        prepared.columns = tuple(
+            Column(name, types.decltype_oid(decl) or oid or types.TEXT) for (name, decl), oid in zip(described, sure)
+        )
 
     def _took(self, st: ConnState, portal: Portal, result: FetchResult) -> None:
         portal.rows = result.rows
@@ -453,9 +535,13 @@ class Executor:
             names, decls, rows = await self._in_sqlite(
                 st, portal, run, st.session, portal.prepared.source, portal.params
             )
-            first = rows[0] if rows else (None,) * len(names)
-            decls = decls if decls and len(decls) == len(names) else [None] * len(names)
-            portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decls, first))
+            fixed = portal.prepared.columns
+            if fixed is not None and len(fixed) == len(names):
+                portal.columns = fixed  # described before: the rows follow what was announced
+            else:
+                first = rows[0] if rows else (None,) * len(names)
+                decls = decls if decls and len(decls) == len(names) else [None] * len(names)
+                portal.columns = tuple(Column(n, types.column_oid(d, v)) for n, d, v in zip(names, decls, first))
             portal.rows, portal.returns_rows = list(rows), bool(names)
         elif kind == "noop":
             portal.tag = command.tag
@@ -547,6 +633,27 @@ class Executor:
             running.rows = []
             st.running = None
 
+    def _try_inline(self, st: ConnState, portal: Portal, sql: str, args: tuple):
+        """Start a read on the event loop, as the NDJSON server does; None when it must go to a thread.
+
+        Only on a read-only server, for SQL the authorizer saw only read
+        through cheap functions, or SQL not seen yet, tried so that the
+        authorizer refuses it before it runs if it is not such a read
+        (:meth:`~trionet.sql.session.Session.execute`'s ``trial``); and within
+        :data:`~trionet.sql.engine.INLINE_BUDGET` VM instructions. A thread
+        hop costs more than a point query (docs/benchmarks.md).
+        """
+        verdict = st.session.database.inline_verdict(sql)
+        if verdict is False:
+            return None
+        self._displace(st, portal)
+        try:
+            return describe.start_statement(*args, budget=INLINE_BUDGET, trial=verdict is None)
+        except OverBudget:
+            return None
+        except SqlError as exc:
+            raise self._portal_error(st, portal, exc) from None
+
     async def _in_sqlite(self, st: ConnState, portal: Portal, fn, *args):
         self._displace(st, portal)
         async with self._limiter:
@@ -554,12 +661,19 @@ class Executor:
             try:
                 return await self._in_thread(st, begun + portal.work_left, fn, *args)
             except SqlError as exc:
-                if st.running is portal:
-                    st.running = None
-                portal.done = True
-                raise self._sql_error(st, exc) from None
+                raise self._portal_error(st, portal, exc) from None
             finally:
                 portal.work_left -= trio.current_time() - begun
+
+    def _portal_error(self, st: ConnState, portal: Portal, exc: SqlError) -> PgError:
+        """What SQLite refused or stopped, for the client; the portal is done."""
+        if st.running is portal:
+            st.running = None
+        portal.done = True
+        error = self._sql_error(st, exc)
+        if exc.code == "sql_error" and (at := error_position(portal.prepared.source, exc.message)):
+            error.position = portal.prepared.offset + at
+        return error
 
     @staticmethod
     def _sql_error(st: ConnState, exc: SqlError) -> PgError:

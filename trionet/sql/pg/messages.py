@@ -291,6 +291,7 @@ class ErrorResponse:
     severity: str = "ERROR"
     detail: str | None = None
     hint: str | None = None
+    position: int | None = None  # 1-based character of the statement where the error is
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,12 +490,16 @@ def _typed(kind: bytes, body: bytes) -> bytes:
     return kind + struct.pack("!i", len(body) + 4) + body
 
 
-def _fields(code: str, message: str, severity: str, detail: str | None = None, hint: str | None = None) -> bytes:
+def _fields(
+    code: str, message: str, severity: str, detail: str | None = None, hint: str | None = None, position: int | None = None
+) -> bytes:
     body = b"S" + _cstr(severity) + b"V" + _cstr(severity) + b"C" + _cstr(code) + b"M" + _cstr(message)
     if detail:
         body += b"D" + _cstr(detail)
     if hint:
         body += b"H" + _cstr(hint)
+    if position:
+        body += b"P" + _cstr(str(position))
     return body + b"\0"
 
 
@@ -529,7 +534,7 @@ def encode(msg) -> bytes:
     if kind is ReadyForQuery:
         return _typed(b"Z", msg.status.encode("ascii"))
     if kind is ErrorResponse:
-        return _typed(b"E", _fields(msg.code, msg.message, msg.severity, msg.detail, msg.hint))
+        return _typed(b"E", _fields(msg.code, msg.message, msg.severity, msg.detail, msg.hint, msg.position))
     if kind is NoticeResponse:
         return _typed(b"N", _fields(msg.code, msg.message, msg.severity))
     if kind is ParameterStatus:

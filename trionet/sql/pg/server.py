@@ -22,10 +22,11 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
+from collections.abc import Callable, Iterator
 
 import trio
 
-from trionet.framing import EOF
+from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
 from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
 from trionet.sql import rules
@@ -58,6 +59,10 @@ class PgServer:
         limiter: the statement threads; pass the NDJSON server's to share
             one pool of ``max_threads`` between both fronts (default: a pool
             of ``config.max_threads`` of its own).
+        pids: the BackendKeyData process ids to hand out (default: counting
+            from a random start); a worker of ``--workers`` encodes itself in them.
+        forward_cancel: called with a CancelRequest whose key is not one of
+            this server's (another worker's, :mod:`trionet.sql.workers`).
         tls: answer SSLRequest with ``S`` and TLS (``--tls-cert/--tls-key``);
             a client that does not ask for TLS is then refused (FATAL 28000),
             except a CancelRequest (libpq sends those in plain text).
@@ -74,6 +79,8 @@ class PgServer:
         config: PgConfig | None = None,
         *,
         limiter: trio.CapacityLimiter | None = None,
+        pids: Iterator[int] | None = None,
+        forward_cancel: Callable[[m.CancelRequest], None] | None = None,
         tls: TLSServerConfig | None = None,
         auth: AuthConfig | None = None,
     ) -> None:
@@ -85,7 +92,8 @@ class PgServer:
         self.service = TCPService("pg", self._handle_then_close_tls, log)
         self._executor = Executor(self.config, limiter or trio.CapacityLimiter(self.config.max_threads))
         self._session_limiter = trio.CapacityLimiter(SESSION_THREADS)
-        self._pids = itertools.count(secrets.randbelow(1 << 20) + 1000)
+        self._pids = pids if pids is not None else itertools.count(secrets.randbelow(1 << 20) + 1000)
+        self._forward_cancel = forward_cancel
         self._keys: dict[int, tuple[int, ConnState]] = {}  # BackendKeyData pid -> (secret, connection)
 
     async def serve(
@@ -191,7 +199,7 @@ class PgServer:
                     return None
                 return event
             elif isinstance(event, m.CancelRequest):
-                self._cancel(event)
+                self.cancel(event)
                 return None
             elif isinstance(event, ProtocolViolation):
                 await _fatal(conn, proto, PROTOCOL_VIOLATION, event.message)
@@ -203,13 +211,15 @@ class PgServer:
         conn = st.conn
         while not conn.draining.is_set():
             in_transaction = st.session.in_transaction
-            idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
-            event = None
-            with trio.move_on_after(idle or math.inf):
-                try:
-                    event = await receive_event(conn.stream, st.proto)
-                except (trio.BrokenResourceError, OSError):
-                    return
+            event = st.proto.next_event()  # pipelined messages are served without a timer each
+            if event is NEED_DATA:
+                idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
+                event = None
+                with trio.move_on_after(idle or math.inf):
+                    try:
+                        event = await receive_event(conn.stream, st.proto)
+                    except (trio.BrokenResourceError, OSError):
+                        return
             if event is None:
                 code, what = ("25P03", "idle-in-transaction") if in_transaction else ("57P05", "idle-session")
                 await _fatal(conn, st.proto, code, f"terminating connection due to {what} timeout")
@@ -225,13 +235,23 @@ class PgServer:
             conn.requests += 1
             await self._executor.handle(st, event)
 
-    def _cancel(self, request: m.CancelRequest) -> None:
+    def cancel(self, request: m.CancelRequest, *, forward: bool = True) -> bool:
+        """Interrupt the statement of the connection ``request`` names, if its secret matches.
+
+        A key this server did not hand out goes to ``forward_cancel`` (when
+        ``forward`` and one was given); PostgreSQL answers nothing either way.
+        Returns whether the key was one of this server's connections.
+        """
         entry = self._keys.get(request.pid)
         if entry is None:
-            return  # PostgreSQL says nothing either way
+            if forward and self._forward_cancel is not None:
+                self._forward_cancel(request)
+            return False
         secret, target = entry
-        if secrets.compare_digest(secret.to_bytes(4, "big"), (request.secret & 0xFFFFFFFF).to_bytes(4, "big")):
-            self._executor.cancel(target)
+        if not secrets.compare_digest(secret.to_bytes(4, "big"), (request.secret & 0xFFFFFFFF).to_bytes(4, "big")):
+            return False
+        self._executor.cancel(target)
+        return True
 
     async def _watch_drain(self, st: ConnState, scope: trio.CancelScope) -> None:
         await st.conn.draining.wait()

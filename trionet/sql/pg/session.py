@@ -27,14 +27,15 @@ SERVER_VERSION = "15.0 (trionet)"
 class PgError(Exception):
     """An error to answer with an ErrorResponse: SQLSTATE ``code`` and ``message``."""
 
-    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+    def __init__(self, code: str, message: str, *, fatal: bool = False, position: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.fatal = fatal
+        self.position = position
 
     def response(self) -> m.ErrorResponse:
-        return m.ErrorResponse(self.code, self.message, "FATAL" if self.fatal else "ERROR")
+        return m.ErrorResponse(self.code, self.message, "FATAL" if self.fatal else "ERROR", position=self.position)
 
 
 # name -> (canonical name, default); the ones PostgreSQL reports with ParameterStatus are in _REPORTED.
@@ -237,6 +238,8 @@ class PreparedStatement:
     command: Command
     param_oids: tuple[int, ...]
     columns: tuple[Column, ...] | None = None  # set by a Describe of the statement, then fixed
+    decl: list[str] | None = None  # the declared types of its columns, once a portal has run it
+    offset: int = 0  # where ``source`` starts in the simple Query it came from (error positions)
 
 
 @dataclass

@@ -8,12 +8,15 @@ The table is in docs/protocol/pg.md. Pure functions.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "ACTIVE_SQL_TRANSACTION",
     "FEATURE_NOT_SUPPORTED",
     "IN_FAILED_TRANSACTION",
     "PROTOCOL_VIOLATION",
     "QUERY_CANCELED",
+    "error_position",
     "sqlstate",
 ]
 
@@ -74,3 +77,27 @@ def sqlstate(code: str, message: str) -> str:
         if kind == code and words in message:
             return state
     return "XX000"
+
+
+# SQLite names the token or object an error is about; PostgreSQL clients
+# (psql's caret line) want where it is. Python's sqlite3 does not expose
+# sqlite3_error_offset, so the position is the first place the name stands.
+_NAMED = re.compile(
+    r'near "(?P<near>[^"]*)": syntax error|no such (?:table|column|function): (?:\w+\.)*(?P<name>\w+)'
+    r"|unrecognized token: \"(?P<token>[^\"]*)\""
+)
+
+
+def error_position(sql: str, message: str) -> int | None:
+    """The 1-based character of ``sql`` that SQLite's ``message`` is about, or None when it names nothing findable."""
+    match = _NAMED.search(message)
+    if match is None:
+        return None
+    if match["name"] is not None:
+        found = re.search(rf"(?<![\w$]){re.escape(match['name'])}(?!\w)", sql, re.IGNORECASE)
+        return found.start() + 1 if found else None
+    needle = match["near"] if match["near"] is not None else match["token"]
+    if not needle:
+        return None
+    at = sql.find(needle)
+    return at + 1 if at >= 0 else None

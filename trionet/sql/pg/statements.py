@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Command", "Statement", "classify", "command_tag", "split"]
+__all__ = ["CATALOG_TABLES", "Command", "param_casts", "Statement", "classify", "command_tag", "split"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +67,35 @@ _TOKEN = re.compile(
 )
 _RUN_WORDS = re.compile(r"[A-Za-z_][A-Za-z_0-9]*|[^\s()]")
 _PARAM = re.compile(r"\$([0-9]+)")
+_PARAM_CAST = re.compile(
+    r"\$([0-9]+)\s*::\s*((?:double\s+precision|character\s+varying|[A-Za-z_][\w]*)(?:\s*\(\s*\d+(?:\s*,\s*\d+)?\s*\))?)",
+    re.IGNORECASE,
+)
 _MAX_PARAM = 65535  # PostgreSQL's limit; a larger $N is left for SQLite to reject
 _MAX_WORDS = 4
+
+
+_CAST_TARGETS = {
+    **dict.fromkeys("int int2 int4 int8 integer smallint bigint".split(), "INTEGER"),
+    **dict.fromkeys("float4 float8 real float double".split(), "REAL"),
+    **dict.fromkeys("numeric decimal".split(), "NUMERIC"),
+    **dict.fromkeys("text varchar char bpchar name character date timestamp time".split(), "TEXT"),
+    "bytea": "BLOB",
+}
+
+
+def _cast_param(match: re.Match) -> str:
+    # A PostgreSQL type name as SQLite's CAST target; bool and the unknown
+    # keep the value as Bind decoded it.
+    target = _CAST_TARGETS.get(match[2].split("(")[0].split()[0].lower())
+    return f"CAST(${match[1]} AS {target})" if target else f"${match[1]}"
+
+
+def param_casts(sql: str) -> dict[int, str]:
+    """The types ``$N::type`` gives its parameters (N -> PostgreSQL type name, lower case)."""
+    if "::" not in sql:
+        return {}
+    return {int(m[1]): " ".join(m[2].split("(")[0].lower().split()) for m in _PARAM_CAST.finditer(sql)}
 
 
 def split(sql: str, placeholder: str = "?{}", limit: int = 0) -> list[Statement]:
@@ -103,10 +130,15 @@ def split(sql: str, placeholder: str = "?{}", limit: int = 0) -> list[Statement]
             out.append(token)  # a comment: neither content nor keyword
             continue
         has_content = has_content or not token.isspace()
-        if "$" in token and first not in "'\"`[":
+        # [...] is SQLite's quoted name but PostgreSQL's array subscript or
+        # ARRAY[$1, $2]: placeholders in it count.
+        if "$" in token and first not in "'\"`":
             # Placeholders, translated at C speed however many there are.
             numbers = [int(n) for n in _PARAM.findall(token) if len(n) < 6]
             n_params = max(n_params, max((n for n in numbers if n <= _MAX_PARAM), default=0))
+            # $1::INTEGER (SQLAlchemy's LIMIT, asyncpg users) declares $1's
+            # type (the executor reads it at Parse) and becomes SQLite's CAST.
+            token = _PARAM_CAST.sub(_cast_param, token)
             if placeholder == "?{}":
                 token = _PARAM.sub(r"?\1", token)  # $0 and $99999 become ?0 and ?99999: SQLite rejects them
             else:
@@ -137,6 +169,16 @@ _SET = re.compile(
 _SET_TIME_ZONE = re.compile(r"\A\s*SET\s+(?:SESSION\s+|LOCAL\s+)?TIME\s+ZONE\s+(?P<value>.*?)\s*\Z", re.IGNORECASE | re.DOTALL)
 _ONE_NAME = re.compile(r"\A\s*(?:RESET|SHOW)\s+(?P<name>[A-Za-z_][\w.]*|ALL)\s*\Z", re.IGNORECASE)
 _CATALOG = re.compile(r"\b(pg_catalog|information_schema)\s*\.\s*(\w+)", re.IGNORECASE)
+CATALOG_TABLES = frozenset(
+    """pg_am pg_attrdef pg_attribute pg_class pg_collation pg_constraint pg_database pg_description
+    pg_enum pg_foreign_table pg_index pg_inherits pg_namespace pg_partitioned_table pg_policy pg_proc
+    pg_publication pg_publication_namespace pg_publication_rel pg_range pg_rewrite pg_roles pg_sequence
+    pg_settings pg_statistic_ext pg_tablespace pg_trigger pg_type pg_views pg_tables pg_matviews
+    pg_user pg_authid pg_extension""".split()
+)  # what trionet/sql/pg/catalog.py emulates
+# Catalog tables named without their schema (psycopg's and asyncpg's type
+# look-ups say FROM pg_type): PostgreSQL finds them on its search path.
+_BARE_CATALOG = re.compile(r"\b(?:FROM|JOIN)\s+(pg_[a-z_]+)\b", re.IGNORECASE)
 _CATALOG_FUNCTIONS = re.compile(
     r"\b(version|current_database|current_schema|current_setting)\s*\(", re.IGNORECASE
 )
@@ -205,10 +247,21 @@ def classify(statement: Statement) -> Command:
             "use sqlite_schema or PRAGMA table_info",
             tag="0A000",
         )
+    if (match := _BARE_CATALOG.search(bare)) and match[1].lower() in CATALOG_TABLES:
+        return Command("catalog")
     if first == "DISCARD":
         return Command("noop", tag=f"DISCARD {second}".strip())
     if first == "DEALLOCATE":
         return Command("noop", tag="DEALLOCATE ALL" if "ALL" in words else "DEALLOCATE")
+    if first == "TRUNCATE":
+        return Command("unsupported", message="TRUNCATE is PostgreSQL's, not SQLite's: use DELETE FROM the table", tag="0A000")
+    if first == "VACUUM" and second and second not in ("MAIN", "TEMP", "INTO"):
+        # pgbench's start (without -n) vacuums its tables one by one.
+        return Command(
+            "unsupported",
+            message="VACUUM of one table is PostgreSQL's; SQLite's VACUUM (no name) rebuilds the whole database",
+            tag="0A000",
+        )
     if first == "COPY":
         return Command("unsupported", message="COPY is not supported by trionet's PostgreSQL front", tag="0A000")
     if first in ("LISTEN", "UNLISTEN", "NOTIFY", "PREPARE", "EXECUTE", "DECLARE", "FETCH", "MOVE", "LOCK"):

@@ -25,8 +25,10 @@ __all__ = [
     "INT2",
     "INT4",
     "INT8",
+    "INT8_ARRAY",
     "NUMERIC",
     "TEXT",
+    "TEXT_ARRAY",
     "UNKNOWN",
     "VARCHAR",
     "ValueFormatError",
@@ -40,6 +42,9 @@ __all__ = [
 
 BOOL, BYTEA, NAME, INT8, INT2, INT4, TEXT = 16, 17, 19, 20, 21, 23, 25
 FLOAT4, FLOAT8, UNKNOWN, BPCHAR, VARCHAR, NUMERIC = 700, 701, 705, 1042, 1043, 1700
+INT8_ARRAY, TEXT_ARRAY = 1016, 1009  # only the emulated catalog's array_agg makes these
+_ARRAYS = {"_INT8": (INT8_ARRAY, INT8), "_TEXT": (TEXT_ARRAY, TEXT)}  # declared type: (array OID, element OID)
+_ELEMENTS = {array: element for array, element in _ARRAYS.values()}
 
 _INT_FORMATS = {INT2: ("!h", 16), INT4: ("!i", 32), INT8: ("!q", 64)}
 _SIZES = {BOOL: 1, INT2: 2, INT4: 4, INT8: 8, FLOAT4: 4, FLOAT8: 8}
@@ -69,6 +74,8 @@ def decltype_oid(decltype: str | None) -> int | None:
     if not decltype:
         return None
     t = decltype.upper()
+    if t in _ARRAYS:  # PostgreSQL's own names of array types: the catalog's array_agg columns
+        return _ARRAYS[t][0]
     if "INT" in t:
         return INT8
     if "CHAR" in t or "CLOB" in t or "TEXT" in t:
@@ -147,9 +154,7 @@ def _as_decimal(value) -> Decimal:
         number = Decimal(repr(value) if type(value) is float else str(value))
     except InvalidOperation:
         raise ValueFormatError(f"value {value!r:.40} of a numeric column is not a number") from None
-    if not number.is_finite() and not number.is_nan():
-        raise ValueFormatError("infinity cannot be sent as numeric")
-    return number
+    return number  # NaN and ±Infinity included: PostgreSQL 14+ numeric holds them
 
 
 def _as_bool(value) -> bool:
@@ -164,6 +169,8 @@ def _numeric_binary(number: Decimal) -> bytes:
     # PostgreSQL's numeric: ndigits, weight, sign, dscale, then base-10000 digits.
     if number.is_nan():
         return struct.pack("!hhHh", 0, 0, 0xC000, 0)
+    if number.is_infinite():
+        return struct.pack("!hhHh", 0, 0, 0xF000 if number < 0 else 0xD000, 0)
     sign, digits, exponent = number.as_tuple()
     dscale = max(0, -exponent)
     text = "".join(map(str, digits))
@@ -221,7 +228,49 @@ def encode_value(value, oid: int, binary: bool) -> bytes | None:
     if oid == NUMERIC:
         number = _as_decimal(value)
         return _numeric_binary(number) if binary else str(number).encode("ascii")
+    if oid in _ELEMENTS:
+        return _array_binary(value, _ELEMENTS[oid]) if binary else str(value).encode("utf-8")
     raise ValueFormatError(f"no encoding for type OID {oid}", "XX000")
+
+
+def _array_items(literal: str) -> list[str | None]:
+    # The one-dimensional text form the catalog's array_agg writes: {"a","b\\"c",NULL,1}.
+    body = literal[1:-1]
+    items: list[str | None] = []
+    i = 0
+    while i < len(body):
+        if body[i] == '"':
+            j, chars = i + 1, []
+            while body[j] != '"':
+                if body[j] == "\\":
+                    j += 1
+                chars.append(body[j])
+                j += 1
+            items.append("".join(chars))
+            i = j + 2
+        else:
+            j = body.find(",", i)
+            j = len(body) if j < 0 else j
+            word = body[i:j]
+            items.append(None if word == "NULL" else word)
+            i = j + 1
+    return items
+
+
+def _array_binary(value, element: int) -> bytes:
+    if type(value) is not str or not (value.startswith("{") and value.endswith("}")):
+        raise ValueFormatError(f"value {value!r:.40} of an array column is not an array")
+    items = _array_items(value)
+    if not items:
+        return struct.pack("!iii", 0, 0, element)
+    out = [struct.pack("!iiiii", 1, any(v is None for v in items), element, len(items), 1)]
+    for item in items:
+        if item is None:
+            out.append(struct.pack("!i", -1))
+        else:
+            data = encode_value(item, element, True)
+            out.append(struct.pack("!i", len(data)) + data)
+    return b"".join(out)
 
 
 # --- parameters ----------------------------------------------------------------

@@ -1,0 +1,346 @@
+"""``trionet sql serve --workers N``: worker processes behind shared ports, supervised, drained, cancels routed."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import threading
+
+import pytest
+
+from trionet.sql.workers import backend_pids, share, worker_of
+from trionet.workers import MAX_WORKERS, RestartPolicy, bind_reuseport, resolve_workers
+
+try:
+    import psycopg
+except ImportError:  # the test extra installs it; a developer without it skips, CI fails
+    psycopg = None
+
+LONG_QUERY = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c"
+
+
+# --- the pure parts ---------------------------------------------------------------
+
+
+def test_restart_pause_doubles_for_quick_deaths_and_resets_after_a_stable_run():
+    policy = RestartPolicy(first=0.1, ceiling=1.0, stable=30.0)
+    assert [policy.delay(0, started=t, died=t + 1) for t in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert policy.delay(1, started=0, died=1) == 0.1  # each worker has its own history
+    assert policy.delay(0, started=100, died=200) == 0.1  # a worker that ran a while starts over
+
+
+def test_resolve_workers():
+    assert resolve_workers("auto") == max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    assert resolve_workers("3") == 3
+    for bad in ("0", "-1", "many", str(MAX_WORKERS + 1)):
+        with pytest.raises(ValueError):
+            resolve_workers(bad)
+
+
+def test_shares_of_server_wide_limits_round_up():
+    assert share(8, 2) == 4 and share(5, 2) == 3 and share(1, 4) == 1
+
+
+def test_backend_pids_name_their_worker():
+    for index in (0, 1, 7, MAX_WORKERS - 1):
+        pids = backend_pids(index)
+        taken = [next(pids) for _ in range(100)]
+        assert len(set(taken)) == 100
+        assert all(worker_of(pid) == index and 0 < pid < 2**31 for pid in taken)
+
+
+def test_reuseport_listeners_share_one_port_even_when_asked_for_port_0():
+    groups = bind_reuseport("127.0.0.1", 0, 3)
+    try:
+        ports = {group[0].getsockname()[1] for group in groups}
+        assert len(groups) == 3 and len(ports) == 1 and ports != {0}
+        with socket.create_connection(("127.0.0.1", ports.pop()), timeout=5):
+            pass
+    finally:
+        for group in groups:
+            for sock in group:
+                sock.close()
+
+
+def test_a_port_in_use_fails_before_any_worker_starts(server_process, quake_db):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = server_process("sql", "serve", "--db", str(quake_db), "--port", str(port), "--no-pg", "--workers", "2")
+        assert server.wait() == 1
+    assert "cannot listen on 127.0.0.1:" in server.output and "workers started" not in server.output
+
+
+def test_metrics_with_workers_is_refused_with_a_reason(trionet_cmd, quake_db):
+    result = trionet_cmd("sql", "serve", "--db", str(quake_db), "--no-pg", "--workers", "2", "--metrics", "127.0.0.1:0")
+    assert result.returncode == 2 and "--metrics" in result.stderr and "--workers" in result.stderr
+
+
+# --- the real command ------------------------------------------------------------------
+
+
+@pytest.fixture
+def needs_psycopg(require_capability):
+    require_capability(None if psycopg else "psycopg is not installed (pip install 'psycopg[binary]')")
+
+
+def start_workers(server_process, quake_db, *extra: str):
+    """``trionet sql serve --workers 2``; returns (process, pg port, worker pids by index)."""
+    server = server_process(
+        "sql", "serve", "--db", str(quake_db), "--port", "0", "--pg-port", "0", "--workers", "2", *extra
+    )
+    pg_port = int(server.wait_for(r"pg listening on 127\.0\.0\.1:(\d+)").group(1))
+    pids = [int(p) for p in server.wait_for(r"2 workers started \(pids (\d+) (\d+)\)").groups()]
+    return server, pg_port, pids
+
+
+def dsn(port: int) -> str:
+    return f"host=127.0.0.1 port={port} dbname=quakes user=analyst connect_timeout=10"
+
+
+def connect_to_each_worker(port: int, count: int = 2, **kwargs) -> dict:
+    """Open connections until one has landed on each worker (the kernel spreads them by a hash); close the rest."""
+    chosen: dict[int, psycopg.Connection] = {}
+    spare = []
+    try:
+        for _ in range(200):
+            conn = psycopg.connect(dsn(port), autocommit=True, **kwargs)
+            index = worker_of(conn.info.backend_pid)
+            if index in chosen:
+                spare.append(conn)
+            else:
+                chosen[index] = conn
+            if len(chosen) == count:
+                return chosen
+        raise AssertionError(f"200 connections reached only workers {sorted(chosen)}")
+    finally:
+        for conn in spare:
+            conn.close()
+
+
+def test_two_workers_serve_at_once_and_the_ports_are_logged_once(server_process, quake_db, needs_psycopg):
+    server, port, pids = start_workers(server_process, quake_db, "--max-connections", "5")
+    assert "at most 3 connections per port per worker" in server.output  # a total, shared out
+    conns = connect_to_each_worker(port)
+    try:
+        assert sorted(conns) == [0, 1]
+        # Both hold a connection open at once, each in its own process.
+        results = [conns[i].execute("select count(*) from quakes").fetchone() for i in (0, 1)]
+        assert results == [(2000,), (2000,)]
+    finally:
+        for conn in conns.values():
+            conn.close()
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert sum("pg listening on" in line for line in server.lines) == 1
+    assert sum("sql listening on" in line for line in server.lines) == 1
+
+
+def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(server_process, quake_db, needs_psycopg):
+    server, port, pids = start_workers(server_process, quake_db)
+    os.kill(pids[0], signal.SIGKILL)
+    server.wait_for(rf"worker 0 \(pid {pids[0]}\) was killed by SIGKILL after [\d.]+s; restarting it in")
+    new_pid = int(server.wait_for(r"worker 0 restarted \(pid (\d+)\)").group(1))
+    assert new_pid not in pids
+    conns = connect_to_each_worker(port)  # worker 0 answers again, under its new pid
+    try:
+        assert [conns[i].execute("select 1").fetchone() for i in (0, 1)] == [(1,), (1,)]
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def test_sigterm_drains_every_worker_and_exits_0(server_process, quake_db, needs_psycopg):
+    server, port, pids = start_workers(server_process, quake_db)
+    conns = connect_to_each_worker(port)
+    try:
+        server.signal(signal.SIGUSR1)  # forwarded: each worker logs its own figures
+        for index in (0, 1):
+            server.wait_for(rf"\[w{index}\]: SIGUSR1: figures")
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
+        for conn in conns.values():  # each was told, not reset
+            with pytest.raises(psycopg.errors.AdminShutdown):
+                conn.execute("select 1")
+    finally:
+        for conn in conns.values():
+            conn.close()
+    assert len(re.findall(r"\[w\d\]: SIGTERM: shutting down", server.output)) == 2
+    assert "every worker has stopped" in server.output
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_workers_drain_when_the_supervisor_is_killed(server_process, quake_db):
+    server, _, pids = start_workers(server_process, quake_db)
+    server.proc.kill()
+    server.wait()
+    for index in (0, 1):
+        server.wait_for(rf"\[w{index}\]: the supervisor is gone")
+    for pid in pids:  # reparented; they exit on their own
+        _wait_gone(pid)
+
+
+def _wait_gone(pid: int) -> None:
+    """Wait for a process that is not our child to exit (a pidfd reads ready then)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], 20)
+        assert ready, f"pid {pid} still running after 20 s"
+    finally:
+        os.close(fd)
+
+
+_FORWARDED = re.compile(r"\[w\d\]: pg cancel for a connection of worker \d: forwarded")
+_MATCHED = re.compile(r"\[w\d\]: pg cancel forwarded by another worker: key matched")
+
+
+def test_a_cancel_reaches_the_worker_running_the_statement(server_process, quake_db, needs_psycopg):
+    server, port, _ = start_workers(server_process, quake_db, "--log-level", "debug", "--query-timeout", "60")
+    conns = connect_to_each_worker(port)
+    try:
+        # Each cancel request opens a new connection, which lands on either
+        # worker; cancels sent before the statement runs are ignored (as in
+        # PostgreSQL), so keep sending until the statement ends. Repeat until
+        # some cancel has reached the other worker and been forwarded (each
+        # does with probability 1/2: 40 rounds leave a chance of 2**-40).
+        for _ in range(20):
+            for conn in conns.values():
+                outcome: dict = {}
+                done = threading.Event()
+
+                def long_query(conn=conn, outcome=outcome, done=done):
+                    try:
+                        conn.execute(LONG_QUERY)
+                    except psycopg.Error as exc:
+                        outcome["error"] = exc
+                    finally:
+                        done.set()
+
+                thread = threading.Thread(target=long_query)
+                thread.start()
+                while not done.is_set():
+                    conn.cancel_safe(timeout=10)
+                thread.join()
+                assert isinstance(outcome.get("error"), psycopg.errors.QueryCanceled), outcome
+                assert "user request" in str(outcome["error"])
+                assert conn.execute("select 1").fetchone() == (1,)
+            if _FORWARDED.search(server.output) and _MATCHED.search(server.output):
+                break
+    finally:
+        for conn in conns.values():
+            conn.close()
+    # Some cancels landed on the other worker and were forwarded, and the
+    # worker running the statement found the key (each worker logs both).
+    server.wait_for(_FORWARDED.pattern, timeout=5)
+    server.wait_for(_MATCHED.pattern, timeout=5)
+
+
+def test_two_workers_write_to_one_database(server_process, quake_db, needs_psycopg):
+    server, port, _ = start_workers(server_process, quake_db, "--read-write")
+    conns = connect_to_each_worker(port)
+    try:
+        conns[0].execute("create table t(worker integer, n integer)")
+        errors: list = []
+
+        def insert(index: int) -> None:
+            try:
+                for n in range(100):
+                    conns[index].execute("insert into t values (%s, %s)", (index, n))
+            except psycopg.Error as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=insert, args=(i,)) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        counts = conns[1].execute("select worker, count(*) from t group by worker order by worker").fetchall()
+        assert counts == [(0, 100), (1, 100)]
+        # A transaction belongs to its connection: worker 1 does not see worker 0's until COMMIT.
+        conns[0].execute("begin")
+        conns[0].execute("insert into t values (0, 100)")
+        assert conns[1].execute("select count(*) from t where worker = 0").fetchone() == (100,)
+        # While it holds the write lock, the other worker's write waits the busy timeout, then
+        # gets the retryable 55P03 (lock_not_available), and the same write succeeds once it is free.
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conns[1].execute("insert into t values (1, 100)")
+        conns[0].execute("commit")
+        conns[1].execute("insert into t values (1, 100)")
+        assert conns[1].execute("select count(*) from t").fetchone() == (202,)
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+# --- cancel routing in one process: two workers' PostgreSQL fronts and their mailboxes --------------
+
+
+async def test_a_cancel_reaching_the_wrong_worker_is_posted_to_the_right_one(nursery, quake_db, needs_psycopg):
+    import struct
+
+    import trio
+
+    from trionet.sql import Database
+    from trionet.sql.pg.config import PgConfig
+    from trionet.sql.pg.server import PgServer
+    from trionet.sql.workers import cancel_forwarder, receive_cancels
+    from trionet.workers import WorkerContext
+
+    database = Database(quake_db)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        servers, ports = [], []
+        for index in (0, 1):
+            context = WorkerContext(index, 2, {}, pairs[index][0], [sender for _, sender in pairs], -1)
+            pg = PgServer(
+                database, PgConfig(query_timeout=30), pids=backend_pids(index), forward_cancel=cancel_forwarder(context)
+            )
+            addresses = await nursery.start(pg.serve, "127.0.0.1", 0)
+            nursery.start_soon(receive_cancels, context, pg)
+            servers.append(pg)
+            ports.append(addresses[0][1])
+        conn = await trio.to_thread.run_sync(lambda: psycopg.connect(dsn(ports[0]), autocommit=True))
+        outcome: dict = {}
+
+        def long_query():
+            try:
+                conn.execute(LONG_QUERY)
+            except psycopg.Error as exc:
+                outcome["error"] = exc
+
+        try:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(trio.to_thread.run_sync, long_query)
+                # Wait (by checkpoints) until the statement runs: a cancel before it is ignored.
+                with trio.fail_after(10):
+                    while not any(st.cancel is not None for _, st in servers[0]._keys.values()):
+                        await trio.lowlevel.checkpoint()
+                pid = conn.info.backend_pid
+                secret, _ = servers[0]._keys[pid]
+                assert worker_of(pid) == 0
+                # The CancelRequest goes to worker 1's port, which does not know the key.
+                with trio.fail_after(10):
+                    sock = await trio.open_tcp_stream("127.0.0.1", ports[1])
+                    async with sock:
+                        await sock.send_all(struct.pack("!iiii", 16, 80877102, pid, secret))
+                        assert await sock.receive_some(16) == b""  # closed, answering nothing
+            assert isinstance(outcome.get("error"), psycopg.errors.QueryCanceled), outcome
+            assert "user request" in str(outcome["error"])
+            assert await trio.to_thread.run_sync(lambda: conn.execute("select 1").fetchone()) == (1,)
+        finally:
+            await trio.to_thread.run_sync(conn.close)
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
