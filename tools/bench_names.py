@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark ``trionet names`` against dnsmasq and unbound: cached-hit queries per second over DNS-over-TCP.
+"""Benchmark ``trionet names`` against dnsmasq and unbound: cached-hit queries per second over DNS over TCP and UDP.
 
 Every server answers the same generated hosts file (``--names`` entries), so
 every query is a hit that needs no upstream. Two scenarios, from issue 3:
@@ -7,7 +7,12 @@ every query is a hit that needs no upstream. Two scenarios, from issue 3:
 - ``course``: ``trionet names serve --limit 3 --quota 4``; load from 3
   concurrent connections, 4 queries per connection (each connection is
   closed after its 4th answer and a new one opened);
-- ``open``: ``--limit 64 --quota 0``; 32 connections, 99 queries each.
+- ``open``: ``--limit 64 --quota 0``; 32 connections, 99 queries each;
+- ``udp`` (issue 13): the same server as ``open``, asked over UDP by
+  ``dnsperf`` (no ``-m tcp``) with 32 queries outstanding (``-q 32``). UDP
+  has no connection and no quota; trionet runs with ``--udp-rate 0``
+  (every query comes from 127.0.0.1). dnsperf only: the trio generator
+  speaks TCP.
 
 trionet runs with ``--per-address 0`` in both: every load connection comes
 from 127.0.0.1.
@@ -52,11 +57,17 @@ import dns.query
 import dns.rcode
 import trio
 
+REPO = Path(__file__).resolve().parents[1]
+"""The checkout whose ``trionet`` is measured as ``trionet``."""
+
 SCENARIOS = {
     # name: (trionet --limit, --quota, load clients, queries per connection)
     "course": (3, 4, 3, 4),
     "open": (64, 0, 32, 99),
+    "udp": (64, 0, 1, 0),  # one dnsperf client; per_conn 0: datagrams, no connections
 }
+UDP_OUTSTANDING = 32
+"""Queries dnsperf keeps outstanding in the udp scenario (``-q``)."""
 
 
 @dataclass
@@ -132,26 +143,32 @@ def running(argv: list[str], port: int, probe: str, **kwargs):
                 process.wait()
 
 
-def trionet_server(hosts: Path, port: int, limit: int, quota: int, _tmp: Path):
+def trionet_server(hosts: Path, port: int, limit: int, quota: int, _tmp: Path, upstream: int | None = None):
     line_port = free_port()
     while line_port == port:  # a port just closed may come back at once; the server refuses the same two
         line_port = free_port()
     argv = [
         sys.executable, "-m", "trionet", "names", "serve",
-        "--hosts", str(hosts), "--dns-port", str(port), "--port", str(line_port),
+        *(["--hosts", str(hosts)] if upstream is None else []),
+        "--dns-port", str(port), "--port", str(line_port),
         "--limit", str(limit), "--quota", str(quota), "--backlog", "1000",
         # All the load comes from 127.0.0.1: the per-address share (issue 9,
         # default 8) would refuse 24 of the open scenario's 32 connections.
         "--per-address", "0",
-        "--upstream", "127.0.0.1:9", "--log-level", "warning",
+        # ...and the UDP rate limit (default 100 answers/s per address) would drop most of the udp scenario.
+        "--udp-rate", "0",
+        "--upstream", f"127.0.0.1:{upstream or 9}", "--log-level", "warning",
     ]
-    return argv, {}
+    # The checkout this tool belongs to, whatever the working directory
+    # (``python -m`` puts the working directory first on sys.path).
+    return argv, {"env": dict(os.environ, PYTHONPATH=str(REPO)), "cwd": str(REPO)}
 
 
-def dnsmasq_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
+def dnsmasq_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path, upstream: int | None = None):
     argv = [
         shutil.which("dnsmasq") or "dnsmasq",
-        "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
+        "--keep-in-foreground", "--no-resolv", "--no-hosts",
+        f"--addn-hosts={hosts}" if upstream is None else f"--server=127.0.0.1#{upstream}",
         f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
         "--cache-size=10000", "--user=root", "--group=root", "--pid-file=",
         "--conf-file=/dev/null",
@@ -162,7 +179,9 @@ def dnsmasq_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
     return argv, {}
 
 
-def unbound_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
+def unbound_server(
+    hosts: Path, port: int, limit: int, quota: int, tmp: Path, upstream: int | None = None, *, ttl: int = 0, name: str = "unbound"
+):
     lines = [
         "server:",
         f"  interface: 127.0.0.1@{port}",
@@ -170,12 +189,16 @@ def unbound_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
         "  do-daemonize: no", '  username: ""', '  chroot: ""', f'  directory: "{tmp}"',
         '  pidfile: ""', "  use-syslog: no", "  verbosity: 0", "  num-threads: 1",
         "  incoming-num-tcp: 128", "  do-ip6: no", "  access-control: 127.0.0.0/8 allow",
-        '  module-config: "iterator"', '  local-zone: "bench.lan." static',
+        '  module-config: "iterator"',
     ]
-    for line in hosts.read_text().splitlines():
-        address, name = line.split()
-        lines.append(f'  local-data: "{name}. 0 IN A {address}"')
-    conf = tmp / "unbound.conf"
+    if upstream is None:
+        lines.append('  local-zone: "bench.lan." static')
+        for line in hosts.read_text().splitlines():
+            address, host = line.split()
+            lines.append(f'  local-data: "{host}. {ttl} IN A {address}"')
+    else:
+        lines += ["  do-not-query-localhost: no", "forward-zone:", '  name: "bench.lan."', f"  forward-addr: 127.0.0.1@{upstream}"]
+    conf = tmp / f"{name}.conf"
     conf.write_text("\n".join(lines) + "\n")
     return [shutil.which("unbound") or "unbound", "-d", "-c", str(conf)], {}
 
@@ -183,15 +206,49 @@ def unbound_server(hosts: Path, port: int, limit: int, quota: int, tmp: Path):
 SERVERS = {"trionet": trionet_server, "dnsmasq": dnsmasq_server, "unbound": unbound_server}
 
 
+def start_upstream(hosts: Path, tmp: Path, stack: contextlib.ExitStack, probe: str) -> int:
+    """The ``--answers cache`` upstream: an unbound serving every name with TTL 3600; returns its port."""
+    if not shutil.which("unbound"):
+        sys.exit("--answers cache needs unbound as the upstream (Debian: apt-get install unbound)")
+    port = free_port()
+    argv, kwargs = unbound_server(hosts, port, 0, 0, tmp, ttl=3600, name="upstream")
+    stack.enter_context(running(argv, port, probe, **kwargs))
+    return port
+
+
+def warm_up(port: int, queries: Path) -> None:
+    """Ask every name once over UDP, so the measured queries are cache hits."""
+    subprocess.run(
+        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-n", "1", "-q", "32"],
+        capture_output=True, timeout=120, check=False,
+    )
+
+
+def server_command(server: str, *args):
+    """``trionet@DIR`` is trionet run from another checkout (``PYTHONPATH=DIR``), for before/after runs."""
+    if server.startswith("trionet@"):
+        argv, kwargs = trionet_server(*args)
+        checkout = os.path.abspath(server.partition("@")[2])
+        # Run from there too: ``python -m`` puts the working directory first on sys.path.
+        return argv, {**kwargs, "env": dict(os.environ, PYTHONPATH=checkout), "cwd": checkout}
+    return SERVERS[server](*args)
+
+
 def available(server: str) -> bool:
-    return server == "trionet" or shutil.which(server) is not None
+    return server == "trionet" or server.startswith("trionet@") or shutil.which(server) is not None
 
 
 def run_dnsperf(port: int, queries: Path, clients: int, per_conn: int, duration: float) -> tuple[Result, str]:
-    argv = [
-        "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-m", "tcp", "-d", str(queries),
-        "-l", str(duration), "-c", str(clients), "-O", f"num-queries-per-conn={per_conn}",
-    ]
+    if per_conn:
+        argv = [
+            "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-m", "tcp", "-d", str(queries),
+            "-l", str(duration), "-c", str(clients), "-O", f"num-queries-per-conn={per_conn}",
+        ]
+    else:  # UDP
+        argv = [
+            "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries),
+            "-l", str(duration), "-c", str(clients), "-q", str(UDP_OUTSTANDING),
+        ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
 
     def number(pattern: str) -> float:
@@ -283,12 +340,19 @@ def run_trio_load(port, names, clients, per_conn, duration, window) -> Result:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
-    parser.add_argument("--scenario", choices=["course", "open", "both", "dot-course", "dot-open", "dot"], default="both",
-                        help="TCP scenarios (course, open, both), or DNS over TLS against unbound (dot-course, dot-open, dot)")
+    parser.add_argument("--scenario", choices=["course", "open", "udp", "both", "all", "dot-course", "dot-open", "dot"],
+                        default="all",
+                        help="both = course and open; all = course, open and udp (default); "
+                        "DNS over TLS against unbound: dot-course, dot-open, dot (both)")
     parser.add_argument("--generator", choices=["auto", "dnsperf", "trio"], default="auto",
                         help="load generator; auto = dnsperf when installed, else trio")
     parser.add_argument("--servers", default="trionet,dnsmasq,unbound",
-                        help="comma-separated servers to measure, when installed (default: all three)")
+                        help="comma-separated servers to measure, when installed (default: all three); "
+                        "trionet@DIR runs trionet from the checkout DIR (a before/after comparison in one run)")
+    parser.add_argument("--answers", choices=["hosts", "cache"], default="hosts",
+                        help="hosts: every server answers from the generated hosts file (default); cache: every "
+                        "server forwards to an upstream unbound (TTL 3600) and is warmed up first, so answers "
+                        "come from its cache")
     parser.add_argument("--names", type=int, default=1000, help="entries in the generated hosts file (default 1000)")
     parser.add_argument("--window", type=int, default=8,
                         help="trio generator: queries outstanding per connection (default 8)")
@@ -304,7 +368,10 @@ def main() -> None:
         generator = "dnsperf" if shutil.which("dnsperf") else "trio"
     if generator == "dnsperf" and not shutil.which("dnsperf"):
         sys.exit("dnsperf is not installed (Debian: apt-get install dnsperf)")
-    scenarios = ["course", "open"] if args.scenario == "both" else [args.scenario]
+    scenarios = {"both": ["course", "open"], "all": ["course", "open", "udp"]}.get(args.scenario, [args.scenario])
+    if generator == "trio" and "udp" in scenarios:
+        print("# the trio generator speaks TCP only: udp scenario left out", file=sys.stderr)
+        scenarios.remove("udp")
     servers = [s for s in args.servers.split(",") if s]
     missing = [s for s in servers if not available(s)]
     servers = [s for s in servers if available(s)]
@@ -313,6 +380,7 @@ def main() -> None:
           + (f" (not installed: {', '.join(missing)})" if missing else ""))
 
     results: list[Result] = []
+    paired: dict[tuple[str, str], tuple[float, float, float] | None] = {}
     with tempfile.TemporaryDirectory(prefix="bench-names-") as tmpdir:
         tmp = Path(tmpdir)
         os.chmod(tmp, 0o755)
@@ -322,11 +390,14 @@ def main() -> None:
             ports: dict[str, int] = {}
             argvs: dict[str, list[str]] = {}
             with contextlib.ExitStack() as servers_running:
+                upstream = start_upstream(hosts, tmp, servers_running, names[0]) if args.answers == "cache" else None
                 for server in servers:
                     port = free_port()
-                    argv, kwargs = SERVERS[server](hosts, port, limit, quota, tmp)
+                    argv, kwargs = server_command(server, hosts, port, limit, quota, tmp, upstream)
                     servers_running.enter_context(running(argv, port, names[0], **kwargs))
                     ports[server], argvs[server] = port, argv
+                    if upstream is not None:
+                        warm_up(port, queries)
                 # Interleave the servers, so that a burst of load from elsewhere
                 # on the machine does not land on one server only.
                 runs: dict[str, list[Result]] = {server: [] for server in servers}
@@ -339,6 +410,9 @@ def main() -> None:
                         runs[server].append(result)
                         print(f"# {scenario:<6} {server:<8} {result.qps:10.0f} q/s  lost {result.lost}", file=sys.stderr)
             for server in servers:
+                if "dnsmasq" in runs:  # rounds are interleaved: compare each round with dnsmasq's own
+                    ratios = sorted(r.qps / b.qps for r, b in zip(runs[server], runs["dnsmasq"]) if b.qps)
+                    paired[(scenario, server)] = (ratios[len(ratios) // 2], ratios[0], ratios[-1]) if ratios else None
                 ordered = sorted(runs[server], key=lambda r: r.qps)
                 median = ordered[len(ordered) // 2]
                 median.server, median.scenario = server, scenario
@@ -347,17 +421,21 @@ def main() -> None:
                 results.append(median)
 
     print()
-    print(f"Median of {args.repeat} run(s) of {args.duration:g}s each, servers interleaved.")
+    print(f"Median of {args.repeat} run(s) of {args.duration:g}s each, servers interleaved; answers from {args.answers}.")
     print()
-    print("| scenario | server | queries/s (median) | min - max | vs dnsmasq | avg latency | lost |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("The per-round ratio divides each round's figure by dnsmasq's in the same round (median, min - max).")
+    print()
+    print("| scenario | server | queries/s (median) | min - max | vs dnsmasq | per-round ratio | avg latency | lost |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for scenario in scenarios:
         base = next((r.qps for r in results if r.scenario == scenario and r.server == "dnsmasq"), None)
         for r in (r for r in results if r.scenario == scenario):
             ratio = f"{r.qps / base:.2f}x" if base else "-"
+            rounds = paired.get((scenario, r.server))
+            per_round = f"{rounds[0]:.2f}x ({rounds[1]:.2f} - {rounds[2]:.2f})" if rounds else "-"
             low, high = r.spread
             print(
-                f"| {scenario} | {r.server} | {r.qps:,.0f} | {low:,.0f} - {high:,.0f} | {ratio} "
+                f"| {scenario} | {r.server} | {r.qps:,.0f} | {low:,.0f} - {high:,.0f} | {ratio} | {per_round} "
                 f"| {r.avg_latency_ms:.2f} ms | {r.lost} |"
             )
     print()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from trionet.tls import TLSServerConfig, handshake
 __all__ = [
     "Connection",
     "ListenError",
+    "DirectSocketIO",
     "SendWatchdog",
     "TCPService",
     "format_address",
@@ -324,3 +326,71 @@ class SendWatchdog:
                 scope.cancel()
                 return
             seen = self.sends if self.sending else -1
+
+
+
+class DirectSocketIO:
+    """Reads and sends on a plain TCP stream's socket that skip trio's scheduler when they can finish at once.
+
+    ``await stream.receive_some()`` and ``await stream.send_all()`` each go
+    through the scheduler (a checkpoint) and two context managers even when
+    the socket is ready; on a DNS port answering small queries from memory,
+    those round trips cost more than the answer. Here :meth:`read_ready`
+    reads what has already arrived without waiting, :meth:`wait` waits
+    until something arrives (under the caller's cancel scope), and
+    :meth:`send_now` writes what the socket takes at once. The caller keeps
+    trio's rules: a loop that read without waiting checkpoints once per
+    round (:func:`trio.lowlevel.checkpoint`), so a client that never pauses
+    gets one scheduler round per read, like every other task, and
+    cancellation reaches it.
+
+    For a stream that is not a :class:`trio.SocketStream` (TLS, in-memory
+    streams in tests), :meth:`read_ready` reads nothing, :meth:`wait` is the
+    stream's ``receive_some`` and :meth:`send_now` sends nothing: the
+    stream's own methods do the work.
+
+    Args:
+        stream: the connection's stream.
+
+    Error handling: a reset connection raises ``OSError`` from the direct
+    calls (``trio.BrokenResourceError`` from the stream's), which the
+    :class:`TCPService` treats alike.
+    """
+
+    __slots__ = ("_sock", "_stream", "direct")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self.direct = type(stream) is trio.SocketStream
+        """Whether the socket is used directly (a plain :class:`trio.SocketStream`)."""
+        self._sock = stream.socket if self.direct else None
+
+    def read_ready(self, framer) -> bool:
+        """Feed ``framer`` what has already arrived (``b""`` at EOF); False when nothing had, or not direct."""
+        if not self.direct:
+            return False
+        try:
+            # fileno() each time, never a kept number: once the socket is
+            # closed it is -1 (EBADF), not a number another connection may get.
+            data = os.read(self._sock.fileno(), RECEIVE_CHUNK)
+        except BlockingIOError:
+            return False
+        framer.receive_data(data)
+        return True
+
+    async def wait(self, framer) -> None:
+        """Wait until the peer sends something (direct: until it can be read; else: read it into ``framer``)."""
+        if self.direct:
+            await trio.lowlevel.wait_readable(self._sock)
+        else:
+            framer.receive_data(await self._stream.receive_some(RECEIVE_CHUNK))
+
+    def send_now(self, data: bytes) -> bytes:
+        """Write what the socket takes at once; return the rest (``b""`` when all of it went, ``data`` when not direct)."""
+        if not self.direct:
+            return data
+        try:
+            sent = os.write(self._sock.fileno(), data)
+        except BlockingIOError:
+            return data
+        return data[sent:]

@@ -139,3 +139,77 @@ async def test_lru_bound_through_the_server(autojump_clock, memory_names):
         await _ask(client, name)
     assert len(server.cache) == 2
     assert up.counts[("www.test", "A")] == 2  # evicted by target.test, asked again
+
+
+def test_an_entry_in_the_last_tenth_of_its_ttl_is_due():
+    cache = AnswerCache(10)
+    due: list[tuple[str, str]] = []
+    cache.on_due = lambda name, rdtype: due.append((name, rdtype))
+    cache.put(Answer("a.test", "MX", "ok", ("10 mx.test.",), 200), now=0)
+    assert cache.get("a.test", "MX", now=179.9) is not None and due == []
+    assert cache.get("a.test", "MX", now=180).ttl == 20 and due == [("a.test", "MX")]
+    cache.put(Answer("a.test", "MX", "ok", ("20 mx.test.",), 200), now=185)  # the refresh replaces it
+    assert cache.get("a.test", "MX", now=190).records == ("20 mx.test.",) and len(due) == 1
+    assert cache.stats.due == 1
+
+
+def test_a_served_answer_is_unchanged_until_its_ttl_drops_a_second_or_prefetch_is_due():
+    cache = AnswerCache(10)
+    cache.put(ok("a.test", 100), now=0)
+    assert cache.unchanged_until("a.test", "A") == 0.0  # nothing served yet
+    assert cache.get("a.test", "A", now=5.3).ttl == 94
+    assert cache.unchanged_until("a.test", "A") == 6.0  # at 6.0+ the TTL reads 93
+    assert cache.get("a.test", "A", now=89.5).ttl == 10
+    assert cache.unchanged_until("a.test", "A") == 90.0  # the prefetch window opens
+    assert cache.get("a.test", "A", now=95).ttl == 5
+    assert cache.unchanged_until("a.test", "A") == 90.0  # in the past: not to be kept
+    assert cache.unchanged_until("other.test", "A") == 0.0
+
+
+def test_timed_wire_cache():
+    from trionet.names.hostswire import TimedWireCache
+
+    wire = TimedWireCache(entries=2)
+    wire.remember(b"\x00\x01query", b"\x00\x01answer", until=10)
+    assert wire.get(b"query", 9.9) == b"answer"
+    assert wire.get(b"query", 10) is None and len(wire) == 0  # expired, and forgotten
+    for i in range(3):
+        wire.remember(b"\x00\x01q%d" % i, b"\x00\x01a", until=10)
+    assert len(wire) == 1  # full means emptied
+
+
+async def test_repeated_dns_queries_count_down_the_ttl_and_still_prefetch(autojump_clock, memory_names):
+    """The ready-made responses of cache hits never show a stale TTL, and hits in the last tenth still prefetch."""
+    import dns.message
+
+    from trionet.framing import LengthPrefixFramer, encode_length_prefixed
+    from trionet.serving import receive_event
+
+    server = await memory_names(limit=1, quota=0, idle_timeout=0, session_timeout=0)
+    server.fake_upstream.add("hot.test", "A", "192.0.2.9", ttl=100)
+    client = await server.connect_memory("dns")
+    framer = LengthPrefixFramer(2, 65535)
+    query = dns.message.make_query("hot.test", "A")
+
+    async def ask() -> int:
+        await client.stream.send_all(encode_length_prefixed(query.to_wire(), 2))
+        response = dns.message.from_wire((await receive_event(client.stream, framer)).payload)
+        assert response.id == query.id and response.answer[0][0].to_text() == "192.0.2.9"
+        return response.answer[0].ttl
+
+    start = trio.current_time()
+    assert await ask() == 100  # from upstream
+    await trio.sleep(0.5)
+    assert [await ask() for _ in range(3)] == [99, 99, 99]  # the last two are ready-made
+    assert len(server.cache_wire) == 1
+    hits = server.cache.stats.hits
+    assert hits == 3
+    await trio.sleep_until(start + 1.5)
+    assert [await ask() for _ in range(2)] == [98, 98]
+    await trio.sleep_until(start + 89.5)
+    assert [await ask() for _ in range(2)] == [10, 10]
+    assert server.resolver.stats.prefetches == 0
+    await trio.sleep_until(start + 90.2)
+    assert await ask() == 9
+    assert server.resolver.stats.prefetches == 1  # the window opened: the hit went through the cache
+    assert server.cache.stats.hits == hits + 5

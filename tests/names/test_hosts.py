@@ -121,3 +121,19 @@ def test_any_text_parses_without_raising(text):
         assert str(warning).startswith(f"f:{warning.lineno}:")
     for name in table.names():
         assert name == name.lower() and not name.endswith(".")
+
+
+def test_a_linked_wire_cache_is_emptied_with_its_parent():
+    from trionet.names.hostswire import HostsWireCache
+
+    tcp = HostsWireCache()
+    udp = tcp.linked()
+    tcp.remember(b"\x00\x01query", b"\x00\x01answer")
+    udp.remember(b"\x00\x02query", b"\x00\x02cut")
+    assert udp.get(b"query") == b"cut" and tcp.get(b"query") == b"answer"
+    tcp.clear()  # the table changed
+    assert udp.get(b"query") is None and len(tcp) == 0
+    tcp.unlink(udp)
+    udp.remember(b"\x00\x02query", b"\x00\x02cut")
+    tcp.clear()
+    assert udp.get(b"query") == b"cut"  # no longer linked

@@ -1,5 +1,6 @@
 """The hosts file is reloaded when it changes, without dropping connected clients."""
 
+import pytest
 import trio
 
 import trionet.names as names
@@ -45,7 +46,8 @@ async def test_request_reload_and_a_missing_file(start_names, tmp_path):
     assert server.table.lookup("back.lan", "A").records == ("10.1.0.9",)
 
 
-async def test_dns_port_answers_follow_a_reload(start_names, tmp_path):
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_dns_port_answers_follow_a_reload(start_names, tmp_path, transport):
     import dns.asyncquery
     import dns.message
 
@@ -55,7 +57,8 @@ async def test_dns_port_answers_follow_a_reload(start_names, tmp_path):
     query = dns.message.make_query("moving.lan", "A")
 
     async def ask() -> str:
-        response = await dns.asyncquery.tcp(query, addrs.dns[0], port=addrs.dns[1], timeout=5)
+        ask = dns.asyncquery.tcp if transport == "tcp" else dns.asyncquery.udp
+        response = await ask(query, addrs.dns[0], port=addrs.dns[1], timeout=5)
         return response.answer[0][0].to_text()
 
     assert await ask() == "10.1.0.1"

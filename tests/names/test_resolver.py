@@ -313,3 +313,72 @@ async def test_a_foreign_soa_is_not_passed_on(start_names, upstream):
     assert response.rcode() == dns.rcode.NXDOMAIN
     assert [r.name.to_text() for r in response.authority] == ["test."]
     assert response.authority[0].ttl <= 60  # the test zone's negative TTL, not com.'s day
+
+
+# --- prefetch: an entry asked for near the end of its TTL is refreshed in the background ---
+
+
+async def test_prefetch_refreshes_an_entry_asked_for_in_its_last_tenth(autojump_clock, memory_names):
+    server = await memory_names(limit=2, quota=0, idle_timeout=0, session_timeout=0, upstream_timeout=30)
+    client, other = await server.connect_memory(), await server.connect_memory()
+    for c in (client, other):
+        assert isinstance(await c.next(), protocol.Welcome)
+    upstream = server.fake_upstream
+    upstream.add("hot.test", "A", "192.0.2.50", ttl=100)
+    await client.send("hot.test")
+    assert (await client.next()).source == "dns"
+    await trio.sleep(50)  # half its TTL: no prefetch
+    await client.send("hot.test")
+    assert (await client.next()).ttl == 50
+    await trio.sleep(5)
+    assert upstream.counts[("hot.test", "A")] == 1 and server.resolver.stats.prefetches == 0
+
+    await trio.sleep(40)  # 95 s: in the last 10 s of its TTL
+    upstream.add("hot.test", "A", "192.0.2.51", ttl=100)
+    upstream.slow["hot.test"] = 3  # the refresh takes 3 s; clients do not wait for it
+    start = trio.current_time()
+    for c in (client, other, client):
+        await c.send("hot.test")
+        cached = await c.next()
+        assert (cached.source, cached.ttl, cached.records) == ("cache", 5, ("192.0.2.50",))
+    assert trio.current_time() - start < 0.1
+    await trio.sleep(1)
+    assert ("hot.test", "A") in server.resolver._flights  # the refresh, under way
+    assert server.resolver.stats.prefetches == 1 and server.cache.stats.due == 3  # one at a time
+    await trio.sleep(3)  # the refresh is in
+    assert upstream.counts[("hot.test", "A")] == 2
+    await client.send("hot.test")
+    fresh = await client.next()
+    assert (fresh.source, fresh.records) == ("cache", ("192.0.2.51",)) and fresh.ttl > 90
+    assert upstream.counts[("hot.test", "A")] == 2
+
+
+async def test_prefetch_gives_way_to_max_upstream_lookups_and_a_failed_one_keeps_the_entry(autojump_clock, memory_names):
+    server = await memory_names(limit=2, quota=0, idle_timeout=0, session_timeout=0, upstream_timeout=1, max_upstream_lookups=1)
+    client, busy = await server.connect_memory(), await server.connect_memory()
+    for c in (client, busy):
+        assert isinstance(await c.next(), protocol.Welcome)
+    upstream = server.fake_upstream
+    upstream.add("hot.test", "A", "192.0.2.50", ttl=100)
+    await client.send("hot.test")
+    assert (await client.next()).source == "dns"
+    await trio.sleep(95)
+    upstream.held["busy.test"] = trio.Event()
+    upstream.add("busy.test", "A", "192.0.2.60")
+    await busy.send("busy.test")  # holds the only upstream lookup
+    while not server.resolver._flights:
+        await trio.sleep(0.01)
+    await client.send("hot.test")
+    assert (await client.next()).records == ("192.0.2.50",)  # served, and no refresh: no room
+    assert server.resolver.stats.prefetches_skipped == 1 and upstream.counts[("hot.test", "A")] == 1
+    upstream.held["busy.test"].set()
+    assert (await busy.next()).status == "ok"
+
+    upstream.drop.add("hot.test")  # now a refresh times out...
+    await client.send("hot.test")
+    assert (await client.next()).records == ("192.0.2.50",)
+    await trio.sleep(2)
+    assert server.resolver.stats.prefetches == 1 and server.resolver.stats.failures == 1
+    await client.send("hot.test")  # ...and the entry is still there, counting down
+    kept = await client.next()
+    assert (kept.source, kept.records) == ("cache", ("192.0.2.50",)) and kept.ttl <= 3

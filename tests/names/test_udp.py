@@ -106,7 +106,7 @@ async def test_edns_on_both_transports(start_names):
         future = dns.message.make_query("gw", "A", use_edns=1)
         badvers = await ask(future, addrs.dns[0], port=addrs.dns[1], timeout=5)
         assert (badvers.rcode(), badvers.edns) == (dns.rcode.BADVERS, 0)
-        for name, rdtype, rcode in (("gw", "A", dns.rcode.NOERROR), ("gw", "ANY", dns.rcode.NOTIMP)):
+        for name, rdtype, rcode in (("gw", "A", dns.rcode.NOERROR), ("gw", "AXFR", dns.rcode.NOTIMP), ("gw", "ANY", dns.rcode.NOERROR)):
             query = dns.message.make_query(name, rdtype, use_edns=0)
             response = await ask(query, addrs.dns[0], port=addrs.dns[1], timeout=5)
             assert (response.rcode(), response.edns, response.payload) == (rcode, 0, 1232)

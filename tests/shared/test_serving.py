@@ -1,4 +1,4 @@
-"""The shared trio layer: the send watchdog (under the mock clock)."""
+"""The shared trio layer: the send watchdog (under the mock clock), direct socket I/O."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from trionet.framing import EOF
 from trionet.serving import SendWatchdog
 
 
@@ -38,3 +39,42 @@ async def test_send_watchdog_leaves_a_slow_but_steady_reader_alone(autojump_cloc
                 await watchdog.send(sender, b"x")
         nursery.cancel_scope.cancel()
     assert not watchdog.stalled and not scope.cancelled_caught
+
+
+async def test_direct_socket_io_reads_and_sends_without_waiting_when_it_can():
+    from trionet.framing import LengthPrefixFramer
+    from trionet.serving import DirectSocketIO
+
+    left, right = trio.socket.socketpair()
+    ours, theirs = trio.SocketStream(left), trio.SocketStream(right)
+    async with ours, theirs:
+        io = DirectSocketIO(ours)
+        framer = LengthPrefixFramer(2, 100)
+        assert io.direct and not io.read_ready(framer)  # nothing has arrived
+        await theirs.send_all(b"\x00\x03abc")
+        with trio.fail_after(5):
+            await io.wait(framer)
+        assert io.read_ready(framer) and framer.next_payload() == b"abc"
+        assert io.send_now(b"hello") == b""
+        assert await theirs.receive_some(100) == b"hello"
+        rest = b""
+        while not rest:  # nobody reads: the socket's buffer fills, and the rest is handed back
+            rest = io.send_now(b"x" * 65536)
+        assert 0 < len(rest) <= 65536
+        await theirs.send_eof()
+        while io.read_ready(framer) is False:
+            await io.wait(framer)
+        assert framer.next_event() is EOF
+
+
+async def test_direct_socket_io_leaves_other_streams_to_their_own_methods():
+    from trionet.framing import LengthPrefixFramer
+    from trionet.serving import DirectSocketIO
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    io = DirectSocketIO(ours)
+    framer = LengthPrefixFramer(2, 100)
+    assert not io.direct and not io.read_ready(framer) and io.send_now(b"data") == b"data"
+    await theirs.send_all(b"\x00\x01z")
+    await io.wait(framer)  # the stream's own receive_some
+    assert framer.next_payload() == b"z"

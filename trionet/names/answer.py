@@ -11,13 +11,21 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
+import dns.rdatatype
+
 __all__ = [
+    "ANY_HINFO",
+    "ANY_TTL",
     "Answer",
-    "LINE_TYPES",
+    "ONE_WORD_TYPES",
     "STATUSES",
     "InvalidName",
+    "InvalidType",
     "address_from_reverse",
+    "any_answer",
     "normalize_name",
+    "parse_type",
+    "record_type",
     "reverse_name",
 ]
 
@@ -25,12 +33,46 @@ STATUSES = ("ok", "nxdomain", "nodata", "servfail")
 """``ok``: records found; ``nxdomain``: no such name; ``nodata``: the name
 exists but has no record of the type; ``servfail``: the upstreams failed."""
 
-LINE_TYPES = ("A", "AAAA", "PTR", "CNAME", "NS")
-"""Record types the line protocol accepts (their data is one word each)."""
+ONE_WORD_TYPES = frozenset({"A", "AAAA", "PTR", "CNAME", "NS", "DNAME"})
+"""Record types whose data is always one word (an address or a name): the
+line protocol separates their records with spaces, every other type's with `` | ``."""
+
+ANY_HINFO = '"RFC8482" ""'
+"""The data of the one HINFO record every ANY query gets (RFC 8482 4.2)."""
+ANY_TTL = 3600
+"""Its TTL: long enough that a client does not ask again at once (RFC 8482 4.2 leaves it to the operator)."""
 
 
 class InvalidName(ValueError):
     """A string that cannot be a domain name."""
+
+
+class InvalidType(ValueError):
+    """A string that is not a record type one can ask for."""
+
+
+def parse_type(text: str) -> str:
+    """Return the record type ``text`` names, in dnspython's spelling (``mx`` and ``TYPE15`` give ``MX``).
+
+    Any type dnspython knows by name is accepted, and any ``TYPEnnn``
+    (RFC 3597), and ``ANY`` (answered per RFC 8482, see :func:`any_answer`).
+
+    Raises:
+        InvalidType: not a type, or a meta type other than ANY (AXFR, IXFR,
+            OPT, TSIG, ...): those are not questions a resolver answers.
+    """
+    try:
+        value = dns.rdatatype.from_text(text)
+    except (dns.rdatatype.UnknownRdatatype, ValueError):
+        raise InvalidType(f"unknown record type {text[:20]!r}") from None
+    if value == 0 or (dns.rdatatype.is_metatype(value) and value != dns.rdatatype.ANY):
+        raise InvalidType(f"{dns.rdatatype.to_text(value)} is not a type a resolver answers")
+    return dns.rdatatype.to_text(value)
+
+
+def record_type(rdtype: str) -> str:
+    """The type of the records that answer a question of type ``rdtype`` (HINFO for ANY, else itself)."""
+    return "HINFO" if rdtype == "ANY" else rdtype
 
 
 def normalize_name(name: str) -> str:
@@ -101,7 +143,10 @@ class Answer:
         rdtype: the record type asked for, as text (``A``).
         status: one of :data:`STATUSES`.
         records: the data of the records, as DNS presentation text
-            (addresses for A/AAAA, names for PTR); empty unless ``ok``.
+            (addresses for A/AAAA, absolute names for PTR, ``10
+            mail.example.`` for MX, RFC 3597's ``\\# 4 0a000001`` for a type
+            dnspython does not know); empty unless ``ok``. The records are of
+            type :func:`record_type` (``rdtype``, or HINFO for ANY).
         ttl: seconds the answer stays valid from now (counted down by the cache).
         source: ``hosts``, ``cache`` or ``dns``.
         owner: the name the records belong to: ``name`` itself, or the end
@@ -130,3 +175,14 @@ class Answer:
     def with_ttl(self, ttl: int, source: str) -> "Answer":
         """Return a copy with another remaining TTL and source."""
         return replace(self, ttl=ttl, source=source)
+
+
+def any_answer(name: str) -> Answer:
+    """The answer to an ANY query for ``name``: one synthesized HINFO record (RFC 8482 4.2).
+
+    Chosen over "some RRset of the cache" (4.3 allows both): it costs no
+    upstream query, has the same small size for every name (no
+    amplification over UDP), and does not depend on what happens to be
+    cached. It is not cached itself; it costs nothing to make.
+    """
+    return Answer(name, "ANY", "ok", (ANY_HINFO,), ANY_TTL, "rfc8482")

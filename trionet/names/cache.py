@@ -13,17 +13,22 @@ a clock, so tests drive it with plain numbers or trio's mock clock.
   source ``cache``; an answer expires when its TTL reaches 0.
 - At most ``max_entries`` answers are kept; storing one more evicts the
   least recently used.
+- Prefetch: an entry read in the last :data:`PREFETCH_SHARE` of its TTL is
+  *due*: :meth:`AnswerCache.get` still returns it, and tells ``on_due``
+  (the resolver refreshes it in the background, see
+  :class:`~trionet.names.resolver.Resolver`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from trionet.names.answer import Answer
 
-__all__ = ["STALE_TTL", "AnswerCache", "CacheStats"]
+__all__ = ["PREFETCH_SHARE", "STALE_TTL", "AnswerCache", "CacheStats"]
 
 
 @dataclass
@@ -35,10 +40,26 @@ class CacheStats:
     expired: int = 0
     evicted: int = 0
     stale: int = 0  # expired answers served because the upstreams failed (RFC 8767)
+    due: int = 0  # hits in the last PREFETCH_SHARE of an entry's TTL (each one told on_due)
 
 
 STALE_TTL = 30
 """The TTL of a stale answer (RFC 8767 section 4 recommends 30 seconds)."""
+PREFETCH_SHARE = 0.1
+"""An entry asked for in this last share of its TTL is refreshed in the background."""
+
+
+class _Entry:
+    """One cached answer: when it expires, when it is due for prefetch, and the copy last served."""
+
+    __slots__ = ("answer", "due", "expires", "served", "served_ttl")
+
+    def __init__(self, answer: Answer, expires: float, due: float) -> None:
+        self.answer = answer
+        self.expires = expires
+        self.due = due  # when the last PREFETCH_SHARE of its TTL begins
+        self.served = answer
+        self.served_ttl = -1  # the TTL of ``served``; -1: none served yet
 
 
 class AnswerCache:
@@ -51,6 +72,11 @@ class AnswerCache:
         stale_for: seconds an expired answer is kept past its TTL, to be
             served by :meth:`get_stale` while the upstreams fail (RFC 8767
             serve-stale); 0 forgets it at expiry.
+
+    Attributes:
+        on_due: called as ``on_due(name, rdtype)`` by :meth:`get` when it
+            returns an entry in the last :data:`PREFETCH_SHARE` of its TTL
+            (every time, until the entry is replaced); None for no prefetch.
     """
 
     def __init__(
@@ -65,7 +91,8 @@ class AnswerCache:
         self.max_ttl = max_ttl
         self.stale_for = stale_for
         self.stats = CacheStats()
-        self._entries: OrderedDict[tuple[str, str], tuple[Answer, float]] = OrderedDict()
+        self.on_due: Callable[[str, str], None] | None = None
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -84,17 +111,34 @@ class AnswerCache:
         if entry is None:
             self.stats.misses += 1
             return None
-        answer, expires = entry
-        remaining = math.floor(expires - now)
+        remaining = math.floor(entry.expires - now)
         if remaining <= 0:
-            if not (self.stale_for and now < expires + self.stale_for):
+            if not (self.stale_for and now < entry.expires + self.stale_for):
                 del self._entries[key]  # kept only for serve-stale, within its window
             self.stats.expired += 1
             self.stats.misses += 1
             return None
         self._entries.move_to_end(key)
         self.stats.hits += 1
-        return answer.with_ttl(remaining, "cache")
+        if now >= entry.due and self.on_due is not None:
+            self.stats.due += 1
+            self.on_due(name, rdtype)
+        if entry.served_ttl != remaining:  # answers are immutable: one per remaining second will do
+            entry.served = entry.answer.with_ttl(remaining, "cache")
+            entry.served_ttl = remaining
+        return entry.served
+
+    def unchanged_until(self, name: str, rdtype: str) -> float:
+        """Until when the answer :meth:`get` just returned stays the same (its TTL drops a second, or prefetch is due).
+
+        The DNS ports keep the response bytes until then
+        (:class:`~trionet.names.hostswire.TimedWireCache`); 0 for an entry
+        that is not cached.
+        """
+        entry = self._entries.get((name, rdtype))
+        if entry is None or entry.served_ttl < 0:
+            return 0.0
+        return min(entry.expires - entry.served_ttl, entry.due)
 
     def get_stale(self, name: str, rdtype: str, now: float) -> Answer | None:
         """An expired answer still inside the serve-stale window, with TTL :data:`STALE_TTL`; else None.
@@ -105,11 +149,10 @@ class AnswerCache:
         entry = self._entries.get((name, rdtype))
         if entry is None:
             return None
-        answer, expires = entry
-        if math.floor(expires - now) > 0 or now >= expires + self.stale_for:
+        if math.floor(entry.expires - now) > 0 or now >= entry.expires + self.stale_for:
             return None  # still fresh (get's), or past the window
         self.stats.stale += 1
-        return answer.with_ttl(STALE_TTL, "stale")
+        return entry.answer.with_ttl(STALE_TTL, "stale")
 
     def put(self, answer: Answer, now: float) -> int:
         """Store ``answer`` (as fetched from upstream, TTL in ``answer.ttl``) if it may be cached.
@@ -127,7 +170,7 @@ class AnswerCache:
         if ttl <= 0:
             return 0
         key = (answer.name, answer.rdtype)
-        self._entries[key] = (answer, now + ttl)
+        self._entries[key] = _Entry(answer, now + ttl, now + ttl * (1 - PREFETCH_SHARE))
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

@@ -23,7 +23,8 @@ from trionet.cliutil import (
     serve_until_signal,
 )
 from trionet.names import client as names_client
-from trionet.names.answer import LINE_TYPES
+from trionet.names import protocol as names_protocol
+from trionet.names.answer import InvalidType, parse_type
 from trionet.names.dnswire import EDNS_PAYLOAD
 from trionet.names.metrics import names_registry
 from trionet.names.protocol import DEFAULT_PORT
@@ -213,7 +214,8 @@ def _upstream(ctx: click.Context, param: click.Parameter, values: tuple[str, ...
     unit="NAMES",
     minimum=1,
     help="Names looked up upstream at once (a name asked again meanwhile joins its lookup); a new one past it "
-    "is answered SERVFAIL at once, saying the server is busy.",
+    "is answered SERVFAIL at once, saying the server is busy. Background refreshes of cached names asked for "
+    "in the last tenth of their TTL (prefetch) count too, and are skipped when it is reached.",
 )
 @count_option(
     "--listen-backlog",
@@ -326,16 +328,30 @@ def serve(
     )
 
 
+class _RecordType(click.ParamType):
+    """A record type name as dnspython spells it (``mx`` gives ``MX``), see :func:`~trionet.names.answer.parse_type`."""
+
+    name = "type"
+
+    def convert(self, value, param, ctx) -> str:
+        try:
+            return parse_type(value)
+        except InvalidType as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @names.command()
 @host_option()
 @port_option(DEFAULT_PORT)
 @click.option(
     "--type",
     "rdtype",
-    type=click.Choice(LINE_TYPES, case_sensitive=False),
+    type=_RecordType(),
     default=None,
     metavar="TYPE",
-    help=f"Record type to ask for: {', '.join(LINE_TYPES)} (any case). [default: A; PTR for an IP address]",
+    help="Record type to ask for, any case: A, AAAA, MX, TXT, SRV, NS, SOA, CAA, HTTPS, PTR, ..., "
+    "TYPEnnn for a numbered one, or ANY (answered with one HINFO record, RFC 8482). "
+    "[default: A; PTR for an IP address]",
 )
 @click.option(
     "--format",
@@ -343,7 +359,7 @@ def serve(
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    help="'json' prints one JSON object per answer (name, type, status, addresses, ttl, source, latency_ms).",
+    help="'json' prints one JSON object per answer (name, type, status, records (also as addresses), ttl, source, latency_ms).",
 )
 @click.option(
     "--reconnect/--no-reconnect",
@@ -364,8 +380,6 @@ def query(host: str, port: int, rdtype: str | None, fmt: str, reconnect: bool, t
     Exits 0 when every name got an answer (NXDOMAIN counts as an answer),
     1 when some were left unanswered, 2 on a usage error.
     """
-    rdtype = rdtype.upper() if rdtype else None
-
     def note(text: str) -> None:
         click.echo(text, err=True)
 
@@ -424,7 +438,7 @@ def _print_answer(answer: names_client.Resolved, fmt: str) -> None:
         return
     latency = f"{answer.latency * 1000:.1f}ms"
     if answer.ok:
-        data = " ".join(answer.addresses)
+        data = names_protocol.encode_records(answer.rdtype, answer.addresses)
     else:
         data = f"{answer.status.upper()}: {answer.message}"
     click.echo(f"{answer.name} {answer.rdtype} {data}  (ttl {answer.ttl}s, source {answer.source}, {latency})")

@@ -69,9 +69,11 @@ class Resolved:
         name: the name (or address) asked.
         rdtype: the record type.
         status: ``ok``, ``nxdomain``, ``nodata``, ``servfail`` or ``bad-request``.
-        addresses: the records (addresses; names for PTR).
+        addresses: the records, as DNS presentation text (addresses for
+            A/AAAA, names for PTR, ``10 mail.example.`` for MX, ...); also
+            known as :attr:`records`.
         ttl: seconds the answer stays valid.
-        source: ``hosts``, ``cache`` or ``dns``.
+        source: ``hosts``, ``cache``, ``dns``, ``stale`` or ``rfc8482``.
         message: why, for anything but ``ok``.
         latency: seconds between sending the query and reading the answer.
     """
@@ -86,6 +88,11 @@ class Resolved:
     latency: float
 
     @property
+    def records(self) -> tuple[str, ...]:
+        """The records, whatever their type (the same tuple as :attr:`addresses`)."""
+        return self.addresses
+
+    @property
     def ok(self) -> bool:
         """True when the name has records of the type."""
         return self.status == "ok"
@@ -97,6 +104,7 @@ class Resolved:
             "type": self.rdtype,
             "status": self.status,
             "addresses": list(self.addresses),
+            "records": list(self.addresses),
             "ttl": self.ttl,
             "source": self.source,
             "message": self.message,

@@ -6,7 +6,8 @@ error response when the message cannot be served:
 
 - FORMERR: not a DNS message, a response instead of a query, not exactly
   one question, trailing bytes, a broken EDNS record;
-- NOTIMP: an opcode other than QUERY, or a meta type (ANY, AXFR, IXFR, ...);
+- NOTIMP: an opcode other than QUERY, or a meta type (AXFR, IXFR, ...; ANY
+  is answered, per RFC 8482: see :func:`~trionet.names.answer.any_answer`);
 - REFUSED: a class other than IN;
 - BADVERS: an EDNS version other than 0 (RFC 6891 6.1.3).
 
@@ -47,7 +48,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from trionet.names.answer import Answer
+from trionet.names.answer import Answer, record_type
 
 __all__ = [
     "BADVERS",
@@ -93,7 +94,8 @@ _HEADER = struct.Struct("!HHHHHH")
 _RR_TAIL = struct.Struct("!HHIH")  # type, class, ttl, rdlength
 _OPTION = struct.Struct("!HH")  # EDNS option code, length
 _TYPE_OPT = 41
-_SIMPLE_LABEL = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_SIMPLE_NAME = b".abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+_TYPE_TEXT: dict[int, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,15 +178,26 @@ def _read_name(wire: bytes, offset: int) -> tuple[list[bytes], int]:
 def _name_text(labels: list[bytes]) -> str:
     if not labels:
         return "."
-    if all(_SIMPLE_LABEL.issuperset(label) for label in labels):
-        return b".".join(labels).decode("ascii").lower()
+    text = b".".join(labels)
+    # Only letters, digits, - and _ (one test for the whole name; the dots
+    # counted, so a label holding a dot of its own takes dnspython's way).
+    if not text.translate(None, _SIMPLE_NAME) and text.count(b".") == len(labels) - 1:
+        return text.decode("ascii").lower()
     return dns.name.Name(labels).to_text(omit_final_dot=True).lower()
+
+
+def _type_text(qtype: int) -> str:
+    """``dns.rdatatype.to_text``, remembered: it builds an enum member per call."""
+    text = _TYPE_TEXT.get(qtype)
+    if text is None:
+        text = _TYPE_TEXT[qtype] = dns.rdatatype.to_text(qtype)
+    return text
 
 
 def _check_type(wire: bytes, qtype: int, qclass: int, edns: bool) -> bytes | None:
     if qclass != dns.rdataclass.IN:
         return build_error(wire, REFUSED, edns=edns)
-    if dns.rdatatype.is_metatype(qtype) or qtype in (dns.rdatatype.ANY, 0):
+    if (dns.rdatatype.is_metatype(qtype) and qtype != dns.rdatatype.ANY) or qtype == 0:
         return build_error(wire, NOTIMP, edns=edns)
     return None
 
@@ -234,7 +247,7 @@ def parse_query(wire: bytes) -> DnsQuery | bytes:
                 msg_id,
                 bool(flags & _RD),
                 _name_text(labels),
-                dns.rdatatype.to_text(qtype),
+                _type_text(qtype),
                 question,
                 edns,
                 udp_size,
@@ -272,7 +285,7 @@ def _parse_slow(wire: bytes) -> DnsQuery | bytes:
         message.id,
         bool(message.flags & _RD),
         qname,
-        dns.rdatatype.to_text(rrset.rdtype),
+        _type_text(rrset.rdtype),
         question,
         message.edns >= 0,
         message.payload if message.edns >= 0 else 0,
@@ -350,9 +363,10 @@ def build_response(query: DnsQuery, answer: Answer) -> bytes:
         records.append(_rr(owner, dns.rdatatype.CNAME, ttl, target_wire))
         owner = target_wire
     if answer.status == "ok":
-        rdtype = dns.rdatatype.from_text(answer.rdtype)
+        type_text = record_type(answer.rdtype)  # HINFO for ANY (RFC 8482)
+        rdtype = dns.rdatatype.from_text(type_text)
         for text in answer.records:
-            records.append(_rr(owner, rdtype, ttl, _rdata_wire(answer.rdtype, text)))
+            records.append(_rr(owner, rdtype, ttl, _rdata_wire(type_text, text)))
     authority = b""
     if answer.soa is not None and answer.status != "ok":
         zone, soa_text = answer.soa

@@ -99,8 +99,11 @@ class HostsTable:
 
         Returns:
             An ``ok`` or ``nodata`` answer with source ``hosts``, or None when
-            the name (or, for PTR, the address) is not in the table.
+            the name (or, for PTR, the address) is not in the table, and
+            for ANY (the resolver answers that one, for every name: RFC 8482).
         """
+        if rdtype == "ANY":
+            return None
         if rdtype == "PTR":
             address = address_from_reverse(name)
             if address is not None:

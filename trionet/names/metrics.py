@@ -98,3 +98,12 @@ def _collect(server: NamesServer) -> Iterator[Metric]:
             "trionet_names_lookups_refused", "Lookups answered SERVFAIL at once: --max-upstream-lookups were under way.",
             value=stats.refused,
         )  # fmt: skip
+        prefetch = CounterMetricFamily(
+            "trionet_names_prefetches",
+            "Cache entries asked for in the last tenth of their TTL: refreshed in the background, "
+            "or skipped because --max-upstream-lookups were under way.",
+            labels=["outcome"],
+        )
+        prefetch.add_metric(["started"], stats.prefetches)
+        prefetch.add_metric(["skipped"], stats.prefetches_skipped)
+        yield prefetch

@@ -17,20 +17,24 @@ records for ``ok`` and a sentence for the others. Control lines (``welcome``,
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from trionet.framing import LineClientProtocol, LineServerProtocol
 from trionet.names.answer import (
-    LINE_TYPES,
+    ONE_WORD_TYPES,
     Answer,
     InvalidName,
+    InvalidType,
     normalize_name,
+    parse_type,
     reverse_name,
 )
 
 __all__ = [
     "BYE_REASONS",
     "DEFAULT_PORT",
+    "RECORD_SEPARATOR",
     "MAX_LINE",
     "BadLine",
     "Bye",
@@ -45,7 +49,9 @@ __all__ = [
     "encode_answer",
     "encode_bad_request",
     "encode_bye",
+    "decode_records",
     "encode_query",
+    "encode_records",
     "encode_wait",
     "encode_welcome",
     "parse_line",
@@ -55,6 +61,12 @@ __all__ = [
 DEFAULT_PORT = 7402
 MAX_LINE = 1024
 """The longest request line, in bytes; a longer one is answered ``bad-request`` and skipped."""
+
+RECORD_SEPARATOR = " | "
+"""Between the records of a type whose data may hold spaces (MX, TXT, SOA, ...; not :data:`ONE_WORD_TYPES`)."""
+_BAR_ESCAPE = "\\124"
+"""A ``|`` inside a record's text is written as this decimal escape, which
+DNS presentation format reads back as ``|`` (RFC 1035 5.1)."""
 
 BYE_REASONS = ("quit", "quota-reached", "busy", "wait-timeout", "idle-timeout", "session-timeout", "shutdown")
 
@@ -94,7 +106,9 @@ def parse_line(line: bytes) -> Query | Quit | BadLine | None:
     """Parse one request line (without its line ending); None for a blank line.
 
     Accepted: ``NAME``, ``NAME TYPE``, ``ADDRESS`` (reverse), ``ADDRESS PTR``
-    and ``quit``; keywords and types are case-insensitive.
+    and ``quit``; keywords and types are case-insensitive. ``TYPE`` is any
+    type dnspython knows by name, ``TYPEnnn``, or ``ANY``
+    (:func:`~trionet.names.answer.parse_type`).
     """
     try:
         text = line.decode("utf-8")
@@ -107,9 +121,12 @@ def parse_line(line: bytes) -> Query | Quit | BadLine | None:
         return Quit()
     if len(words) > 2:
         return BadLine("expected NAME [TYPE], ADDRESS or quit")
-    rdtype = words[1].upper() if len(words) == 2 else None
-    if rdtype is not None and rdtype not in LINE_TYPES:
-        return BadLine(f"unsupported type {words[1][:20]!r}; use one of {', '.join(LINE_TYPES)}")
+    rdtype = None
+    if len(words) == 2:
+        try:
+            rdtype = parse_type(words[1])
+        except InvalidType as exc:
+            return BadLine(f"{exc}; use a record type such as A, AAAA, MX, TXT, SRV or TYPE65280")
     target = words[0]
     try:
         address = ipaddress.ip_address(target)
@@ -169,11 +186,44 @@ def _sentence(answer: Answer) -> str:
     return answer.message or "upstream failure"
 
 
+def encode_records(rdtype: str, records: tuple[str, ...]) -> str:
+    """The records of an ``ok`` line: space-separated for :data:`ONE_WORD_TYPES`, else joined by :data:`RECORD_SEPARATOR`.
+
+    A ``|`` inside a record is written ``\\124``, so the line splits back
+    into the same records, each still valid presentation text.
+    """
+    if rdtype in ONE_WORD_TYPES:
+        return " ".join(records)
+    return RECORD_SEPARATOR.join(record.replace("|", _BAR_ESCAPE) for record in records)
+
+
+def decode_records(rdtype: str, text: str) -> tuple[str, ...]:
+    """The records of an ``ok`` line's data, as the server had them (the inverse of :func:`encode_records`).
+
+    ``\\124`` becomes ``|`` again; an escaped backslash (``\\\\``) is
+    skipped over, so ``\\\\124`` (a backslash, then ``124``) stays as it is.
+    """
+    if not text:
+        return ()
+    if rdtype in ONE_WORD_TYPES:
+        return tuple(text.split(" "))
+    return tuple(_BAR_ESCAPED.sub(_unescape_bar, record) for record in text.split(RECORD_SEPARATOR))
+
+
+_BAR_ESCAPED = re.compile(r"\\\\|\\124")
+
+
+def _unescape_bar(match: re.Match) -> str:
+    return "|" if match.group() == _BAR_ESCAPE else match.group()
+
+
 def encode_answer(answer: Answer, name: str | None = None) -> bytes:
     """Return the reply line for ``answer``; ``name`` overrides the name shown (an address)."""
     shown = name or answer.name
     if answer.status == "ok":
-        return _line("ok", shown, answer.rdtype, answer.ttl, answer.source, *answer.records)
+        if answer.rdtype in ONE_WORD_TYPES:
+            return _line("ok", shown, answer.rdtype, answer.ttl, answer.source, *answer.records)
+        return _line("ok", shown, answer.rdtype, answer.ttl, answer.source, encode_records(answer.rdtype, answer.records))
     return _line(answer.status, shown, answer.rdtype, answer.ttl, answer.source, _sentence(answer))
 
 
@@ -261,7 +311,7 @@ def parse_reply(line: bytes) -> Reply | Welcome | Wait | Bye:
         if kind in ("ok", "nxdomain", "nodata", "servfail", "bad-request"):
             status, name, rdtype, ttl, source, *rest = words
             if kind == "ok":
-                return Reply(status, name, rdtype, int(ttl), source, tuple(rest))
+                return Reply(status, name, rdtype, int(ttl), source, decode_records(rdtype, " ".join(rest)))
             return Reply(status, name, rdtype, int(ttl), source, (), " ".join(rest))
         if kind == "welcome":
             fields = dict(w.split("=", 1) for w in words[1:])

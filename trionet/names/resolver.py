@@ -6,6 +6,14 @@ does not die with the client that started it) and every later one waits on
 the flight's :class:`trio.Event`. Each waiter then gets its own answer, or
 its own SERVFAIL answer saying what failed.
 
+An entry the cache finds in the last tenth of its TTL
+(:data:`~trionet.names.cache.PREFETCH_SHARE`) is *prefetched*: the client
+gets the cached answer at once, and a flight refreshes the entry in the
+background, unless one for it is already under way (one refresh per entry at
+a time) or ``max_flights`` are (prefetch is the first thing to give up, it
+is never refused with SERVFAIL). A refresh that fails leaves the entry as it
+was.
+
 Upstreams are tried in order; a timeout, an unreachable upstream, or an
 answer other than NOERROR/NXDOMAIN moves on to the next one. When every
 upstream failed, the answer is SERVFAIL with the reasons. Every wait is
@@ -36,7 +44,7 @@ import trio
 
 from trionet.addresses import format_address
 from trionet.log import get_logger
-from trionet.names.answer import Answer
+from trionet.names.answer import Answer, any_answer
 from trionet.names.cache import AnswerCache
 
 __all__ = [
@@ -221,6 +229,8 @@ class ResolverStats:
     upstream_queries: int = 0
     failures: int = 0
     refused: int = 0  # lookups answered SERVFAIL at once: --max-upstream-lookups were in flight
+    prefetches: int = 0  # background refreshes of entries near the end of their TTL
+    prefetches_skipped: int = 0  # due entries not refreshed: --max-upstream-lookups were in flight
 
 
 @dataclass(eq=False)
@@ -263,13 +273,18 @@ class Resolver:
         self.stats = ResolverStats()
         self._nursery = nursery
         self._flights: dict[tuple[str, str], _Flight] = {}
+        cache.on_due = self._prefetch
 
     async def resolve(self, name: str, rdtype: str) -> Answer:
         """Return the answer for ``name``/``rdtype``: cached, merged with a flight, or fetched.
 
         Never raises for a DNS failure: the answer is then SERVFAIL with a
         message. Takes at most about ``timeout`` seconds per upstream and CNAME hop.
+        ANY is answered at once with one HINFO record, never asked upstream
+        (RFC 8482; :func:`~trionet.names.answer.any_answer` says why).
         """
+        if rdtype == "ANY":
+            return any_answer(name)
         cached = self.cache.get(name, rdtype, trio.current_time())
         if cached is not None:
             return cached
@@ -290,6 +305,18 @@ class Resolver:
         await flight.done.wait()
         assert flight.answer is not None
         return flight.answer
+
+    def _prefetch(self, name: str, rdtype: str) -> None:
+        """Refresh ``name``/``rdtype`` in the background (the cache found it near its end); never waits."""
+        key = (name, rdtype)
+        if key in self._flights:
+            return  # its refresh (or a lookup) is already under way
+        if len(self._flights) >= self.max_flights:
+            self.stats.prefetches_skipped += 1
+            return
+        flight = self._flights[key] = _Flight()
+        self.stats.prefetches += 1
+        self._nursery.start_soon(self._fly, key, flight)
 
     async def _fly(self, key: tuple[str, str], flight: _Flight) -> None:
         name, rdtype = key

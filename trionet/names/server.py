@@ -66,7 +66,7 @@ from trionet.names.cache import AnswerCache
 from trionet.names.dnsport import serve_dns
 from trionet.names.dnswire import EDNS_PAYLOAD
 from trionet.names.hosts import HostsTable
-from trionet.names.hostswire import HostsWireCache
+from trionet.names.hostswire import HostsWireCache, TimedWireCache
 from trionet.names.lineport import serve_line
 from trionet.names.querylog import query_line
 from trionet.names.resolver import Resolver, Transport, Upstream
@@ -226,6 +226,7 @@ class NamesServer:
         self.hosts_path = hosts_path
         self.watcher = HostsWatcher(hosts_path, table, log)
         self.hosts_wire = HostsWireCache()
+        self.cache_wire = self.hosts_wire.link(TimedWireCache())  # the DNS-over-TCP responses of cache hits
         self.cache = AnswerCache(
             self.config.cache_size,
             min_ttl=self.config.min_ttl,
