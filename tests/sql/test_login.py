@@ -69,6 +69,24 @@ async def test_wrong_password_and_unknown_user_get_the_same_bye(start, sql_log):
     assert any("'mallory': unknown user" in line for line in sql_log)
 
 
+async def test_failed_logins_and_handshakes_are_counted_in_the_metrics(start, tls_config, tls_files):
+    from trionet.sql.metrics import sql_registry
+
+    server, (host, port) = await start(tls=tls_config)
+    registry = sql_registry(server)
+    with pytest.raises(SqlConnectionError):
+        async with connect(host, port, tls=client_context(tls_files[2]), user="alice", password="guess"):
+            pass
+    plain = await trio.open_tcp_stream(host, port)
+    async with plain:
+        await plain.send_all(b"SELECT 1\n")
+        with trio.fail_after(10):
+            while await plain.receive_some(1000):
+                pass
+    assert registry.get_sample_value("trionet_sql_auth_failures_total", {"port": "sql"}) == 1
+    assert registry.get_sample_value("trionet_sql_tls_failures_total", {"port": "sql"}) == 1
+
+
 async def test_no_credentials_to_a_server_that_wants_them(start):
     _, (host, port) = await start()
     with pytest.raises(SqlConnectionError, match="needs a user and password: give --user NAME"):
