@@ -94,3 +94,20 @@ def users():
 
     parsed, _ = parse_users(f"alice:{make_verifier('s3cret pass')}\nbob:hunter2\n")
     return parsed
+
+
+@pytest.fixture
+def sql_log():
+    """The messages ``trionet.sql`` logs during the test, whatever an earlier in-process command configured."""
+    import logging
+
+    messages: list[str] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("trionet.sql")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import scramp
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trionet.sql import protocol
@@ -94,6 +94,7 @@ def test_a_verifier_made_by_postgresql_15_is_read_and_made_alike():
     login(users, "v", "postgres")
 
 
+@settings(deadline=None)  # each plain password costs a PBKDF2 of 4096 rounds (a few ms)
 @given(st.text(max_size=300))
 def test_parse_users_raises_only_its_own_error(text):
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import trio
@@ -54,7 +53,7 @@ async def test_login_without_tls(start):
         assert (await conn.query("select 1")).rows == [(1,)]
 
 
-async def test_wrong_password_and_unknown_user_get_the_same_bye(start, caplog):
+async def test_wrong_password_and_unknown_user_get_the_same_bye(start, sql_log):
     _, (host, port) = await start()
     messages = []
     for user in ("alice", "mallory"):
@@ -66,9 +65,26 @@ async def test_wrong_password_and_unknown_user_get_the_same_bye(start, caplog):
         f'{host}:{port} refused the login (auth_failed): password authentication failed for user "{user}"'
         for user in ("alice", "mallory")
     ]
-    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("authentication failed for 127.0.0.1:" in line and "'alice': wrong password" in line for line in logged)
-    assert any("'mallory': unknown user" in line for line in logged)
+    assert any("authentication failed for 127.0.0.1:" in line and "'alice': wrong password" in line for line in sql_log)
+    assert any("'mallory': unknown user" in line for line in sql_log)
+
+
+async def test_failed_logins_and_handshakes_are_counted_in_the_metrics(start, tls_config, tls_files):
+    from trionet.sql.metrics import sql_registry
+
+    server, (host, port) = await start(tls=tls_config)
+    registry = sql_registry(server)
+    with pytest.raises(SqlConnectionError):
+        async with connect(host, port, tls=client_context(tls_files[2]), user="alice", password="guess"):
+            pass
+    plain = await trio.open_tcp_stream(host, port)
+    async with plain:
+        await plain.send_all(b"SELECT 1\n")
+        with trio.fail_after(10):
+            while await plain.receive_some(1000):
+                pass
+    assert registry.get_sample_value("trionet_sql_auth_failures_total", {"port": "sql"}) == 1
+    assert registry.get_sample_value("trionet_sql_tls_failures_total", {"port": "sql"}) == 1
 
 
 async def test_no_credentials_to_a_server_that_wants_them(start):

@@ -47,10 +47,19 @@ from trionet.sql.render import (
 )
 from trionet.sql.server import DEFAULT_STATEMENT_THREADS, SqlServer, SqlServerConfig
 from trionet.sql.workers import serve_workers, share
-from trionet.workers import resolve_workers
 from trionet.tls import client_tls_options, server_tls_options
+from trionet.workers import resolve_workers
 
-__all__ = ["check_open_access", "connection_hint", "load_auth", "read_password", "default_max_connections", "parse_param", "raise_open_files_limit", "sql"]
+__all__ = [
+    "check_open_access",
+    "connection_hint",
+    "default_max_connections",
+    "load_auth",
+    "parse_param",
+    "raise_open_files_limit",
+    "read_password",
+    "sql",
+]
 
 log = get_logger("sql")
 

@@ -28,6 +28,7 @@ def sql_registry(server: SqlServer, pg: PgServer | None = None) -> CollectorRegi
     registry = new_registry()
     registry.register(ServiceCollector([server.service] + ([pg.service] if pg is not None else [])))
     registry.register(FunctionCollector(lambda: _collect(server)))
+    registry.register(FunctionCollector(lambda: _collect_access(server, pg)))
     latency = Histogram(
         "trionet_sql_request_seconds", "Time to answer one request (NDJSON port), by outcome.",
         ["outcome"], buckets=_LATENCY_BUCKETS, registry=registry,
@@ -54,3 +55,19 @@ def _collect(server: SqlServer) -> Iterator[Metric]:
     places.add_metric(["inline"], runner.inline_runs)
     places.add_metric(["inline_fallback"], runner.inline_fallbacks)
     yield places
+
+
+def _collect_access(server: SqlServer, pg: PgServer | None) -> Iterator[Metric]:
+    fronts = [("sql", server)] + ([("pg", pg)] if pg is not None else [])
+    auth = CounterMetricFamily(
+        "trionet_sql_auth_failures", "Logins refused with --users (wrong password, unknown user, malformed, "
+        "too slow), by port.", labels=["port"],
+    )  # fmt: skip
+    tls = CounterMetricFamily(
+        "trionet_sql_tls_failures", "TLS handshakes that failed or stalled, by port.", labels=["port"]
+    )
+    for name, front in fronts:
+        auth.add_metric([name], front.auth_failures_total)
+        tls.add_metric([name], front.service.tls_failures_total)
+    yield auth
+    yield tls

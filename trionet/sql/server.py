@@ -112,6 +112,8 @@ class SqlServer:
         self.database = database
         self.config = config or SqlServerConfig()
         self.auth = auth
+        self.auth_failures_total = 0
+        """Logins that failed (wrong password, unknown user, a request first, too slow); :mod:`trionet.sql.metrics`."""
         self.service = TCPService("sql", self._handle, log, tls=tls)
         self._limiter = trio.CapacityLimiter(self.config.max_threads)
         self._session_limiter = trio.CapacityLimiter(SESSION_THREADS)
@@ -216,6 +218,7 @@ class SqlServer:
                 if step.done:
                     break
                 await conn.stream.send_all(step.reply)
+        self.auth_failures_total += 1
         if scope.cancelled_caught:
             log.warning("sql: authentication failed for %s: not finished within %ss", conn.peer, self.auth.timeout)
             step_reply = protocol.encode_bye(

@@ -166,8 +166,8 @@ async def send_wrong_proof(stream, user: str = "alice") -> None:
     await stream.send_all(typed(b"p", b"c=biws,r=" + nonce + b",p=" + b"A" * 43 + b"="))
 
 
-async def test_a_wrong_password_is_28p01_and_the_log_names_the_peer(start, caplog):
-    _, address = await start()
+async def test_a_wrong_password_is_28p01_and_the_log_names_the_peer(start, sql_log):
+    server, address = await start()
     stream = await trio.open_tcp_stream(*address)
     async with stream:
         await send_wrong_proof(stream)
@@ -175,7 +175,8 @@ async def test_a_wrong_password_is_28p01_and_the_log_names_the_peer(start, caplo
     assert kind == "E"
     fields = error_fields(body)
     assert (fields["S"], fields["C"], fields["M"]) == ("FATAL", "28P01", 'password authentication failed for user "alice"')
-    assert any("authentication failed for 127.0.0.1:" in r.getMessage() and "wrong password" in r.getMessage() for r in caplog.records)
+    assert any("authentication failed for 127.0.0.1:" in line and "'alice': wrong password" in line for line in sql_log)
+    assert server.auth_failures_total == 1
 
 
 async def test_a_failed_login_waits_alone(start, needs_psycopg):

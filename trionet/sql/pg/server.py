@@ -88,6 +88,8 @@ class PgServer:
         self.config = config or PgConfig()
         self.tls = tls
         self.auth = auth
+        self.auth_failures_total = 0
+        """Logins refused (wrong password, unknown user, a malformed exchange); :mod:`trionet.sql.metrics`."""
         self._admitted = 0  # connections past their startup (and login): what max_connections counts
         self.service = TCPService("pg", self._handle_then_close_tls, log)
         self._executor = Executor(self.config, limiter or trio.CapacityLimiter(self.config.max_threads))
@@ -125,6 +127,8 @@ class PgServer:
                 if outcome is not True:
                     startup = None
                     refusal = outcome if isinstance(outcome, LoginRefused) else None
+                    if refusal is not None:
+                        self.auth_failures_total += 1
         if startup_scope.cancelled_caught:
             await _fatal(
                 conn, proto, "08006", f"the startup took longer than {self.config.startup_timeout} s (startup_timeout)"
