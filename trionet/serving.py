@@ -254,6 +254,8 @@ class TCPService:
         finally:
             self.connections.discard(conn)
             self.requests_closed_total += conn.requests
+            if self.tls is not None:
+                await _close_tls(stream)
             await trio.aclose_forcefully(stream)
             self._log.log(
                 self._conn_level,
@@ -264,6 +266,19 @@ class TCPService:
                 trio.current_time() - conn.opened,
                 conn.requests,
             )
+
+
+TLS_CLOSE_SECONDS = 1.0
+"""How long a TLS connection's close_notify may take to send; a peer that never reads is not waited for."""
+
+
+async def _close_tls(stream: trio.abc.Stream) -> None:
+    """Say close_notify, so a TLS client sees a clean end, not a truncation attack (bounded, errors ignored)."""
+    with trio.move_on_after(TLS_CLOSE_SECONDS):
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
 
 def _handshake_failure(exc: BaseException) -> str:

@@ -42,6 +42,7 @@ async def test_a_tls_service_talks_tls_to_a_verifying_client(pem_files, nursery)
     stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=client_context(ca_file))
     await stream.send_all(b"tls")
     assert await stream.receive_some(100) == b"hello tls"
+    assert await stream.receive_some(100) == b""  # a clean close_notify, not a truncated stream
     await stream.aclose()
 
 
