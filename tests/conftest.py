@@ -183,3 +183,22 @@ async def _http_get(port: int, request: bytes = b"GET /metrics HTTP/1.1\r\nHost:
 def http_get():
     """``answer = await http_get(port[, request])``: one HTTP exchange with 127.0.0.1:PORT, read to the close."""
     return _http_get
+
+
+@pytest.fixture(scope="session")
+def tls_ca():
+    """A certificate authority made for this test run (trustme): never a checked-in key."""
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_files(tls_ca, tmp_path):
+    """``(cert, key, ca)``: PEM files of a certificate for 127.0.0.1/localhost and the CA that signed it."""
+    cert = tls_ca.issue_cert("127.0.0.1", "localhost")
+    paths = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(paths[0]))
+    cert.private_key_pem.write_to_path(str(paths[1]))
+    tls_ca.cert_pem.write_to_path(str(paths[2]))
+    return tuple(str(p) for p in paths)

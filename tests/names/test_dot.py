@@ -19,7 +19,6 @@ import dns.query
 import dns.rcode
 import pytest
 import trio
-import trustme
 from click.testing import CliRunner
 
 from trionet.cli import main as trionet_cli
@@ -35,37 +34,21 @@ from .conftest import HOSTS
 KEEPALIVE, PADDING = dns.edns.OptionType.KEEPALIVE, dns.edns.OptionType.PADDING
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
-def pem_files(ca, tmp_path):
-    """``(cert, key, ca)`` PEM file names: a certificate for 127.0.0.1 and localhost, and its CA."""
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
-    return str(cert_file), str(key_file), str(ca_file)
-
-
-@pytest.fixture
-def client_ssl(ca) -> ssl.SSLContext:
+def client_ssl(tls_ca) -> ssl.SSLContext:
     context = ssl.create_default_context()
-    ca.configure_trust(context)
+    tls_ca.configure_trust(context)
     context.set_alpn_protocols(["dot"])
     return context
 
 
 @pytest.fixture
-def start_dot(nursery, upstream, pem_files):
+def start_dot(nursery, upstream, tls_files):
     """``server, addrs = await start_dot(limit=1, ...)``: a names server with a DoT port, on free ports."""
 
     async def start(handshake_timeout: float = 10.0, **config):
         config.setdefault("upstream_timeout", 0.5)
-        cert, key, _ = pem_files
+        cert, key, _ = tls_files
         tls = TLSServerConfig(server_context(cert, key), cert, key, handshake_timeout)
         server = NamesServer(
             NamesConfig(**config), upstreams=[upstream.upstream], table=parse_hosts(HOSTS)[0], tls=tls
@@ -152,9 +135,9 @@ async def test_alpn_dot_is_offered(start_dot, client_ssl, streams):
 
 
 @pytest.mark.requires_tool("kdig", "knot-dnsutils")
-async def test_kdig_over_tls_pads_and_is_told_the_keepalive(start_dot, pem_files):
+async def test_kdig_over_tls_pads_and_is_told_the_keepalive(start_dot, tls_files):
     server, addrs = await start_dot(quota=0, idle_timeout=12.5)
-    _, _, ca_file = pem_files
+    _, _, ca_file = tls_files
     argv = [
         "kdig", "+tls", f"+tls-ca={ca_file}", "+tls-hostname=localhost", "+ednsopt=11",
         "-p", str(addrs.dot[1]), "@127.0.0.1",
@@ -336,14 +319,14 @@ async def test_two_opt_records_are_formerr_over_tls(start_dot, client_ssl, strea
 # --- the command line ----------------------------------------------------------------------
 
 
-def test_dot_port_needs_a_certificate_and_a_certificate_needs_the_port(pem_files, tmp_path):
+def test_dot_port_needs_a_certificate_and_a_certificate_needs_the_port(tls_files, tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("10.0.0.1 gw\n")
     runner = CliRunner()
     base = ["names", "serve", "--hosts", str(hosts), "--port", "0", "--dns-port", "0"]
     result = runner.invoke(trionet_cli, [*base, "--dot-port", "0"])
     assert result.exit_code == 2 and "--dot-port serves DNS over TLS: give it --tls-cert" in result.output
-    cert, key, _ = pem_files
+    cert, key, _ = tls_files
     result = runner.invoke(trionet_cli, [*base, "--tls-cert", cert, "--tls-key", key])
     assert result.exit_code == 2 and "give --dot-port PORT too" in result.output
     result = runner.invoke(trionet_cli, [*base, "--dot-port", "0", "--tls-cert", cert])
@@ -352,8 +335,8 @@ def test_dot_port_needs_a_certificate_and_a_certificate_needs_the_port(pem_files
 
 @pytest.mark.slow
 @pytest.mark.requires_tool("kdig", "knot-dnsutils")
-async def test_the_real_command_serves_dot(upstream, pem_files, tmp_path):
-    cert, key, ca_file = pem_files
+async def test_the_real_command_serves_dot(upstream, tls_files, tmp_path):
+    cert, key, ca_file = tls_files
     hosts = tmp_path / "hosts"
     hosts.write_text("10.9.0.1 alpha.lan\n")
     process = await trio.lowlevel.open_process(

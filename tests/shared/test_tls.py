@@ -9,34 +9,18 @@ import ssl
 import click
 import pytest
 import trio
-import trustme
 from click.testing import CliRunner
 
 from trionet.serving import TCPService
 from trionet.tls import TLSConfigError, TLSServerConfig, client_context, server_context, server_tls_options
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def pem_files(ca, tmp_path):
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
-    return str(cert_file), str(key_file), str(ca_file)
-
-
 async def _echo_once(conn) -> None:
     await conn.stream.send_all(b"hello " + await conn.stream.receive_some(100))
 
 
-async def test_a_tls_service_talks_tls_to_a_verifying_client(pem_files, nursery):
-    cert, key, ca_file = pem_files
+async def test_a_tls_service_talks_tls_to_a_verifying_client(tls_files, nursery):
+    cert, key, ca_file = tls_files
     service = TCPService("test", _echo_once, logging.getLogger("test"), tls=TLSServerConfig(server_context(cert, key), cert, key))
     [(host, port)] = await nursery.start(service.serve, "127.0.0.1", 0)
     stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=client_context(ca_file))
@@ -46,8 +30,8 @@ async def test_a_tls_service_talks_tls_to_a_verifying_client(pem_files, nursery)
     await stream.aclose()
 
 
-async def test_a_stalled_handshake_is_dropped_and_never_reaches_the_handler(pem_files, nursery):
-    cert, key, _ = pem_files
+async def test_a_stalled_handshake_is_dropped_and_never_reaches_the_handler(tls_files, nursery):
+    cert, key, _ = tls_files
     called = []
 
     async def handler(conn) -> None:
@@ -69,20 +53,20 @@ async def test_a_stalled_handshake_is_dropped_and_never_reaches_the_handler(pem_
     assert called == [] and service.tls_failures_total == 2
 
 
-def test_bad_files_are_named_in_one_line(pem_files, ca, tmp_path):
-    cert, key, ca_file = pem_files
+def test_bad_files_are_named_in_one_line(tls_files, tls_ca, tmp_path):
+    cert, key, ca_file = tls_files
     with pytest.raises(TLSConfigError, match="--tls-cert .*missing.pem: no such file"):
         server_context(str(tmp_path / "missing.pem"), key)
     other_key = tmp_path / "other.pem"
-    ca.issue_cert("example.org").private_key_pem.write_to_path(str(other_key))
+    tls_ca.issue_cert("example.org").private_key_pem.write_to_path(str(other_key))
     with pytest.raises(TLSConfigError, match="the key must belong to the certificate"):
         server_context(cert, str(other_key))
     with pytest.raises(TLSConfigError, match="--tls-ca .*no such file"):
         client_context(str(tmp_path / "nope.pem"))
 
 
-def test_the_flags_go_together(pem_files):
-    cert, key, _ = pem_files
+def test_the_flags_go_together(tls_files):
+    cert, key, _ = tls_files
     seen = []
 
     @click.command()
@@ -106,11 +90,11 @@ class _RecordingSocket:
         self.options.append((level, option, value))
 
 
-async def test_the_handshake_ends_with_an_immediate_ack(pem_files, nursery):
+async def test_the_handshake_ends_with_an_immediate_ack(tls_files, nursery):
     """The client's request behind its Finished is not held 40 ms by Nagle waiting for a delayed ACK."""
     from trionet.tls import handshake
 
-    cert, key, ca_file = pem_files
+    cert, key, ca_file = tls_files
     client_end, server_end = trio.testing.memory_stream_pair()
     server_end.socket = _RecordingSocket()  # what a SocketStream has; recorded instead of set
     client = trio.SSLStream(client_end, client_context(ca_file), server_hostname="localhost")

@@ -60,24 +60,6 @@ def start_sql(nursery, quake_db):
     return start
 
 
-@pytest.fixture(scope="session")
-def tls_ca():
-    import trustme
-
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_files(tls_ca, tmp_path):
-    """``(cert, key, ca)``: PEM files of a certificate for 127.0.0.1/localhost and the CA that signed it."""
-    cert = tls_ca.issue_cert("127.0.0.1", "localhost")
-    paths = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(paths[0]))
-    cert.private_key_pem.write_to_path(str(paths[1]))
-    tls_ca.cert_pem.write_to_path(str(paths[2]))
-    return tuple(str(p) for p in paths)
-
-
 @pytest.fixture
 def tls_config(tls_files):
     """A server's :class:`~trionet.tls.TLSServerConfig` for ``tls_files`` (a short handshake timeout)."""
