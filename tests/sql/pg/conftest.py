@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Awaitable, Callable
 
 import pytest
+import trio
+import trio.lowlevel
 
 from trionet.sql.engine import Database
 from trionet.sql.pg import PgConfig, PgServer
@@ -56,3 +59,33 @@ def error_fields(body: bytes) -> dict[str, str]:
         if part:
             fields[chr(part[0])] = part[1:].decode()
     return fields
+
+
+ENDLESS_QUERY = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c"
+"""A statement that runs until it is interrupted."""
+
+
+async def cancel_an_endless_query(server: PgServer, conn, cancel: Callable[[], Awaitable[None]]) -> BaseException | None:
+    """Run :data:`ENDLESS_QUERY` on psycopg ``conn`` (in a thread), call ``await cancel()`` once it runs; its error.
+
+    A cancel that arrives before the statement runs is ignored (as in
+    PostgreSQL), so this waits, by checkpoints, until ``server`` has the
+    statement in its thread.
+    """
+    import psycopg
+
+    outcome: dict[str, BaseException] = {}
+
+    def long_query() -> None:
+        try:
+            conn.execute(ENDLESS_QUERY)
+        except psycopg.Error as exc:
+            outcome["error"] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, long_query)
+        with trio.fail_after(10):
+            while not any(st.cancel is not None for _, st in server._keys.values()):
+                await trio.lowlevel.checkpoint()
+        await cancel()
+    return outcome.get("error")

@@ -18,7 +18,7 @@ from trionet.sql.pg import PgConfig, PgServer
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.protocol import PgServerProtocol, ProtocolViolation
 
-from .conftest import error_fields, read_messages, startup_packet, typed
+from .conftest import cancel_an_endless_query, error_fields, read_messages, startup_packet, typed
 
 try:
     import psycopg
@@ -318,29 +318,20 @@ async def test_cancel_reaches_a_statement_on_a_tls_server(start, tls_config, tls
     conn = await run(lambda: psycopg.connect(
         dsn(address, user="bob", password="hunter2", sslmode="verify-full", sslrootcert=tls_files[2]), autocommit=True
     ))
-    outcome = {}
 
-    def long_query():
-        try:
-            conn.execute("with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c")
-        except psycopg.Error as exc:
-            outcome["error"] = exc
+    async def cancel() -> None:
+        if inside_tls:
+            await run(conn.cancel_safe)
+        else:
+            [(pid, (secret, _))] = server._keys.items()
+            async with await trio.open_tcp_stream(*address) as plain:
+                await plain.send_all(struct.pack("!iiii", 16, 80877102, pid, secret))
+                with trio.fail_after(10):
+                    assert await plain.receive_some(10) == b""
 
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, long_query)
-            with trio.fail_after(10):
-                while not any(st.cancel is not None for _, st in server._keys.values()):
-                    await trio.lowlevel.checkpoint()
-            if inside_tls:
-                await run(conn.cancel_safe)
-            else:
-                [(pid, (secret, _))] = server._keys.items()
-                async with await trio.open_tcp_stream(*address) as plain:
-                    await plain.send_all(struct.pack("!iiii", 16, 80877102, pid, secret))
-                    with trio.fail_after(10):
-                        assert await plain.receive_some(10) == b""
-        assert isinstance(outcome["error"], psycopg.errors.QueryCanceled)
+        error = await cancel_an_endless_query(server, conn, cancel)
+        assert isinstance(error, psycopg.errors.QueryCanceled)
     finally:
         await run(conn.close)
 

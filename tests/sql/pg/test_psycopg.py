@@ -9,6 +9,8 @@ import pytest
 import trio
 import trio.lowlevel
 
+from .conftest import cancel_an_endless_query
+
 try:
     import psycopg
 except ImportError:  # the test extra installs it; a developer without it skips, CI fails
@@ -219,25 +221,10 @@ async def test_server_side_cursor_rows_in_parts(start_pg):
 async def test_cancel_interrupts_a_running_query(start_pg):
     server, address = await start_pg(query_timeout=60)
     conn = await run(lambda: psycopg.connect(dsn(address), autocommit=True))
-    outcome = {}
-
-    def long_query():
-        try:
-            conn.execute("with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c")
-        except psycopg.Error as exc:
-            outcome["error"] = exc
-
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, long_query)
-            # A cancel before the statement runs is ignored (as in PostgreSQL):
-            # wait, by checkpoints, until it runs in its thread.
-            with trio.fail_after(10):
-                while not any(st.cancel is not None for _, st in server._keys.values()):
-                    await trio.lowlevel.checkpoint()
-            await run(conn.cancel_safe)
-        assert isinstance(outcome["error"], psycopg.errors.QueryCanceled)
-        assert "user request" in str(outcome["error"])
+        error = await cancel_an_endless_query(server, conn, lambda: run(conn.cancel_safe))
+        assert isinstance(error, psycopg.errors.QueryCanceled)
+        assert "user request" in str(error)
         assert await run(lambda: conn.execute("select 1").fetchone()) == (1,)
     finally:
         await run(conn.close)
