@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import re
@@ -83,6 +84,24 @@ class ServerProcess:
             self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
         self.proc.stdout.close()
+
+
+@pytest.fixture(autouse=True)
+def _trionet_logger_restored():
+    """Put the ``trionet`` logger back as it was after every test.
+
+    A command run in-process (click's ``CliRunner``) calls
+    ``trionet.log.configure``, which stops propagation to the root logger
+    and points the handler at the runner's stream: without this, a later
+    test's ``caplog`` sees nothing (the SQL login tests failed in the whole
+    suite after the names and TLS tests, and passed alone).
+    """
+    logger = logging.getLogger("trionet")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture
