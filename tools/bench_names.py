@@ -492,7 +492,10 @@ def wait_until_answers_tls(port: int, name: str, ca_file: Path, timeout: float =
 
 @contextlib.contextmanager
 def running_dot(argv: list[str], port: int, probe: str, ca_file: Path, env: dict[str, str] | None = None):
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # A trionet runs from the checkout its PYTHONPATH names: ``python -m`` puts
+    # the working directory first on sys.path, ahead of PYTHONPATH.
+    cwd = env["PYTHONPATH"] if env and "PYTHONPATH" in env else None
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     try:
         try:
             wait_until_answers_tls(port, probe, ca_file)
@@ -554,6 +557,8 @@ def dot_main(args: argparse.Namespace) -> None:
     servers = [s for s in args.servers.split(",") if s in DOT_SERVERS and available(s)]
     factories = {"trionet": trionet_dot_server, "unbound": unbound_dot_server}
     envs: dict[str, dict[str, str] | None] = {server: None for server in servers}
+    if "trionet" in envs:
+        envs["trionet"] = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout, wherever the tool runs from
     if args.base_checkout:
         # Another version of trionet (a `git archive` of an older commit, say),
         # measured in the same interleaved run: before and after, same noise.
