@@ -88,16 +88,20 @@ class ServerProcess:
 
 @pytest.fixture(autouse=True)
 def _trionet_logger_restored():
-    """Undo what a CLI command run in-process did to the ``trionet`` logger (``trionet.log.configure``).
+    """Put the ``trionet`` logger back as it was after every test.
 
-    ``configure`` stops propagation to the root logger, where ``caplog``
-    listens; without this, a test reading the log passes alone and fails
-    after any test that ran a command.
+    A command run in-process (click's ``CliRunner``) calls
+    ``trionet.log.configure``, which stops propagation to the root logger
+    and points the handler at the runner's stream: without this, a later
+    test's ``caplog`` sees nothing (the SQL login tests failed in the whole
+    suite after the names and TLS tests, and passed alone).
     """
     logger = logging.getLogger("trionet")
-    saved = logger.handlers[:], logger.level, logger.propagate
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture

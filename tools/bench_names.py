@@ -381,6 +381,11 @@ def main() -> None:
 
     results: list[Result] = []
     paired: dict[tuple[str, str], tuple[float, float, float] | None] = {}
+    # The server's CPU time per answered query (its process and the children it
+    # reaped: dnsmasq forks one per TCP connection), from /proc: far less
+    # sensitive than queries/s to what else runs on the machine.
+    cpu_per_query: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    pids: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-names-") as tmpdir:
         tmp = Path(tmpdir)
         os.chmod(tmp, 0o755)
@@ -394,7 +399,7 @@ def main() -> None:
                 for server in servers:
                     port = free_port()
                     argv, kwargs = server_command(server, hosts, port, limit, quota, tmp, upstream)
-                    servers_running.enter_context(running(argv, port, names[0], **kwargs))
+                    pids[server] = servers_running.enter_context(running(argv, port, names[0], **kwargs)).pid
                     ports[server], argvs[server] = port, argv
                     if upstream is not None:
                         warm_up(port, queries)
@@ -403,10 +408,13 @@ def main() -> None:
                 runs: dict[str, list[Result]] = {server: [] for server in servers}
                 for _ in range(args.repeat):
                     for server in servers:
+                        used = cpu_seconds(pids[server], children=True)
                         if generator == "dnsperf":
                             result, _raw = run_dnsperf(ports[server], queries, clients, per_conn, args.duration)
                         else:
                             result = run_trio_load(ports[server], names, clients, per_conn, args.duration, args.window)
+                        used = cpu_seconds(pids[server], children=True) - used
+                        cpu_per_query[(scenario, server)].append(used / max(result.answered, 1) * 1e6)
                         runs[server].append(result)
                         print(f"# {scenario:<6} {server:<8} {result.qps:10.0f} q/s  lost {result.lost}", file=sys.stderr)
             for server in servers:
@@ -425,8 +433,9 @@ def main() -> None:
     print()
     print("The per-round ratio divides each round's figure by dnsmasq's in the same round (median, min - max).")
     print()
-    print("| scenario | server | queries/s (median) | min - max | vs dnsmasq | per-round ratio | avg latency | lost |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| scenario | server | queries/s (median) | min - max | vs dnsmasq | per-round ratio | avg latency | lost "
+          "| server CPU µs/query (median, min - max) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for scenario in scenarios:
         base = next((r.qps for r in results if r.scenario == scenario and r.server == "dnsmasq"), None)
         for r in (r for r in results if r.scenario == scenario):
@@ -434,9 +443,10 @@ def main() -> None:
             rounds = paired.get((scenario, r.server))
             per_round = f"{rounds[0]:.2f}x ({rounds[1]:.2f} - {rounds[2]:.2f})" if rounds else "-"
             low, high = r.spread
+            cpu = sorted(cpu_per_query[(scenario, r.server)])
             print(
                 f"| {scenario} | {r.server} | {r.qps:,.0f} | {low:,.0f} - {high:,.0f} | {ratio} | {per_round} "
-                f"| {r.avg_latency_ms:.2f} ms | {r.lost} |"
+                f"| {r.avg_latency_ms:.2f} ms | {r.lost} | {cpu[len(cpu) // 2]:.0f} ({cpu[0]:.0f} - {cpu[-1]:.0f}) |"
             )
     print()
     for r in results:
@@ -492,7 +502,10 @@ def wait_until_answers_tls(port: int, name: str, ca_file: Path, timeout: float =
 
 @contextlib.contextmanager
 def running_dot(argv: list[str], port: int, probe: str, ca_file: Path, env: dict[str, str] | None = None):
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # A trionet runs from the checkout its PYTHONPATH names: ``python -m`` puts
+    # the working directory first on sys.path, ahead of PYTHONPATH.
+    cwd = env["PYTHONPATH"] if env and "PYTHONPATH" in env else None
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     try:
         try:
             wait_until_answers_tls(port, probe, ca_file)
@@ -554,6 +567,8 @@ def dot_main(args: argparse.Namespace) -> None:
     servers = [s for s in args.servers.split(",") if s in DOT_SERVERS and available(s)]
     factories = {"trionet": trionet_dot_server, "unbound": unbound_dot_server}
     envs: dict[str, dict[str, str] | None] = {server: None for server in servers}
+    if "trionet" in envs:
+        envs["trionet"] = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout, wherever the tool runs from
     if args.base_checkout:
         # Another version of trionet (a `git archive` of an older commit, say),
         # measured in the same interleaved run: before and after, same noise.
@@ -622,10 +637,17 @@ def dot_main(args: argparse.Namespace) -> None:
 
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` so far (Linux /proc), in seconds."""
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux /proc), in seconds.
+
+    With ``children``, that of the children it has waited for too (a
+    dnsmasq's TCP children, once their connection is over).
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
