@@ -17,6 +17,9 @@ import struct
 from dataclasses import dataclass, field
 
 __all__ = [
+    "BIND_COMPLETE",
+    "PARSE_COMPLETE",
+    "READY_FOR_QUERY",
     "AuthenticationOk",
     "AuthenticationSasl",
     "AuthenticationSaslContinue",
@@ -55,6 +58,8 @@ __all__ = [
     "Sync",
     "Terminate",
     "UnexpectedMessage",
+    "command_complete",
+    "data_row",
     "decode_message",
     "decode_sasl_initial",
     "decode_startup",
@@ -503,15 +508,24 @@ def _fields(
     return body + b"\0"
 
 
-def _encode_data_row(values: tuple[bytes | None, ...]) -> bytes:
-    parts = [struct.pack("!h", len(values))]
+_INT32 = struct.Struct("!i").pack
+_DATA_ROW_HEAD = struct.Struct("!cih").pack
+
+
+def data_row(values) -> bytes:
+    """The bytes of ``DataRow(values)``: each value already encoded (bytes), or None for NULL."""
+    parts = []
     for value in values:
         if value is None:
             parts.append(b"\xff\xff\xff\xff")
         else:
-            parts.append(struct.pack("!i", len(value)))
+            parts.append(_INT32(len(value)))
             parts.append(value)
-    return _typed(b"D", b"".join(parts))
+    body = b"".join(parts)
+    return _DATA_ROW_HEAD(b"D", len(body) + 6, len(values)) + body
+
+
+_encode_data_row = data_row
 
 
 def encode(msg) -> bytes:
@@ -568,3 +582,23 @@ _SIMPLE = {
     NoData: _typed(b"n", b""),
     PortalSuspended: _typed(b"s", b""),
 }
+
+
+# Pre-encoded answers of the hot path (:func:`encode` gives the same bytes).
+PARSE_COMPLETE = _SIMPLE[ParseComplete]
+BIND_COMPLETE = _SIMPLE[BindComplete]
+READY_FOR_QUERY = {status: _typed(b"Z", status.encode("ascii")) for status in "ITE"}
+"""ReadyForQuery's bytes by transaction status."""
+_TAGS: dict[str, bytes] = {}
+_TAGS_MAX = 1024
+
+
+def command_complete(tag: str) -> bytes:
+    """The bytes of ``CommandComplete(tag)``, remembered for tags seen before (``SELECT 1``...)."""
+    data = _TAGS.get(tag)
+    if data is None:
+        data = _typed(b"C", _cstr(tag))
+        if len(_TAGS) >= _TAGS_MAX:
+            _TAGS.clear()
+        _TAGS[tag] = data
+    return data
