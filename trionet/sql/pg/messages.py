@@ -419,12 +419,88 @@ def decode_startup(body: bytes) -> StartupMessage | SslRequest | GssEncRequest |
     return StartupMessage(major, minor, params)
 
 
+_UNPACK_INT16 = struct.Struct("!h").unpack_from
+_UNPACK_INT32 = struct.Struct("!i").unpack_from
+_SYNC = Sync()
+_FLUSH = Flush()
+
+
+def _cstring_at(body: bytes, pos: int) -> tuple[str, int]:
+    end = body.find(b"\0", pos)
+    if end < 0:
+        raise MessageError("a string is missing its terminating zero byte")
+    try:
+        return body[pos:end].decode("utf-8"), end + 1
+    except UnicodeDecodeError:
+        raise MessageError("a string is not valid UTF-8") from None
+
+
+def _formats_at(body: bytes, pos: int) -> tuple[tuple[int, ...], int]:
+    (n,) = _UNPACK_INT16(body, pos)
+    if n < 0:
+        raise MessageError("negative count")
+    codes = struct.unpack_from(f"!{n}h", body, pos + 2) if n else ()
+    return codes, pos + 2 + 2 * n
+
+
+def _decode_bind(body: bytes) -> Bind:
+    # Bind, Execute, Describe and Sync are a prepared statement's every
+    # transaction: read with struct, not field by field through a _Reader.
+    portal, pos = _cstring_at(body, 0)
+    statement, pos = _cstring_at(body, pos)
+    try:
+        formats, pos = _formats_at(body, pos)
+        (n,) = _UNPACK_INT16(body, pos)
+        if n < 0:
+            raise MessageError("negative count")
+        pos += 2
+        params = []
+        size = len(body)
+        for _ in range(n):
+            (length,) = _UNPACK_INT32(body, pos)
+            pos += 4
+            if length == -1:
+                params.append(None)
+                continue
+            if length < 0 or pos + length > size:
+                raise MessageError("message is shorter than its contents say")
+            params.append(body[pos : pos + length])
+            pos += length
+        results, pos = _formats_at(body, pos)
+    except struct.error:
+        raise MessageError("message is shorter than its contents say") from None
+    if pos != len(body):
+        raise MessageError("message is longer than its contents")
+    for f in formats:
+        if f != 0 and f != 1:
+            raise MessageError("a format code is neither 0 (text) nor 1 (binary)")
+    for f in results:
+        if f != 0 and f != 1:
+            raise MessageError("a format code is neither 0 (text) nor 1 (binary)")
+    return Bind(portal, statement, formats, tuple(params), results)
+
+
+def _decode_execute(body: bytes) -> Execute:
+    portal, pos = _cstring_at(body, 0)
+    if len(body) - pos != 4:
+        raise MessageError("message is shorter than its contents say" if len(body) - pos < 4 else "message is longer than its contents")
+    return Execute(portal, _UNPACK_INT32(body, pos)[0])
+
+
 def decode_message(kind: str, body: bytes):
     """Decode the body of a typed frontend message of type ``kind``.
 
     Raises:
         MessageError: the body does not match the layout of ``kind``.
     """
+    if kind == "B":
+        return _decode_bind(body)
+    if kind == "E":
+        return _decode_execute(body)
+    if kind == "S":
+        if body:
+            raise MessageError("message is longer than its contents")
+        return _SYNC
     r = _Reader(body)
     if kind == "Q":
         msg = Query(r.cstring())
@@ -452,7 +528,7 @@ def decode_message(kind: str, body: bytes):
     elif kind == "S":
         msg = Sync()
     elif kind == "H":
-        msg = Flush()
+        msg = _FLUSH
     elif kind == "X":
         msg = Terminate()
     elif kind == "p":
