@@ -146,10 +146,11 @@ class Executor:
             # Sync) after Describe waits for the answer, and the protocol core
             # now skips that Flush on its way to Sync.
             await self.flush(st)
+        else:
+            if len(st.out) >= _FLUSH_BYTES:
+                await self.flush(st)
         finally:
-            st.busy = False
-        if len(st.out) >= _FLUSH_BYTES:
-            await self.flush(st)
+            st.busy = False  # after the flush: a drain must not cut a send in the middle of a message
 
     def cancel(self, st: ConnState) -> None:
         """A CancelRequest for this connection: interrupt the statement it has running, if any."""
