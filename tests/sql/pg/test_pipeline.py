@@ -8,7 +8,7 @@ import trio
 
 from trionet.serving import DirectSocketIO
 
-from .conftest import read_messages, typed
+from .conftest import error_fields, read_messages, typed
 from .test_hostile import _close_streams, read_until, start_session  # noqa: F401 (the fixture closes the streams)
 
 
@@ -79,3 +79,28 @@ async def test_answers_pipelined_before_a_violation_come_before_the_fatal(start_
     kinds = [kind for kind, _ in messages]
     assert ("D", b"\0\x01\0\0\0\x018") in messages
     assert kinds.index("Z") < kinds.index("E")
+
+
+async def test_a_message_trickled_byte_by_byte_still_meets_the_idle_timeout(start_pg):
+    # Each partial read keeps the deadline of the message being waited for:
+    # a client cannot hold its connection by sending one byte at a time.
+    _, address = await start_pg(idle_timeout=0.3)
+    stream = await start_session(address)
+    message = typed(b"Q", b"select '" + b"x" * 5000 + b"'\0")  # 2.5 s at one byte per 0.5 ms at best
+
+    async def trickle():
+        try:
+            for i in range(len(message)):
+                await stream.send_all(message[i : i + 1])
+                await trio.sleep(0.0005)  # the client's pace, not a wait for the server
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trickle)
+            messages = await read_until(stream, "E")
+            nursery.cancel_scope.cancel()
+    assert [kind for kind, _ in messages] == ["E"]  # the query never arrived whole
+    fields = error_fields(messages[-1][1])
+    assert (fields["S"], fields["C"]) == ("FATAL", "57P05")

@@ -225,6 +225,8 @@ class PgServer:
         io = st.io
         handle = self._executor.handle
         draining = conn.draining
+        idle_deadline = None  # when the message waited for is overdue: set at the first wait, kept across partial reads
+        in_transaction = False
         try:
             while not draining.is_set():
                 event = proto.next_event()  # pipelined messages are served without a timer each
@@ -238,10 +240,12 @@ class PgServer:
                     if ready:
                         await trio.lowlevel.checkpoint()  # read without waiting: let the others run
                         continue
-                    in_transaction = st.session.in_transaction
-                    idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
+                    if idle_deadline is None:
+                        in_transaction = st.session.in_transaction
+                        idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
+                        idle_deadline = trio.current_time() + (idle or math.inf)
                     event = None
-                    with trio.move_on_after(idle or math.inf):
+                    with trio.move_on_at(idle_deadline):
                         try:
                             if io.direct:
                                 await io.wait(proto)
@@ -256,7 +260,8 @@ class PgServer:
                         await _fatal(conn, proto, code, f"terminating connection due to {what} timeout")
                         return
                     if event is NEED_DATA:
-                        continue  # a part of a message, or a spurious wake-up
+                        continue  # a part of a message, or a spurious wake-up: the same deadline
+                idle_deadline = None
                 kind = type(event)
                 if event is EOF or kind is m.Terminate:
                     return
