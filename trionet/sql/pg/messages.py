@@ -601,8 +601,6 @@ def data_row(values) -> bytes:
     return _DATA_ROW_HEAD(b"D", len(body) + 6, len(values)) + body
 
 
-_encode_data_row = data_row
-
 
 def encode(msg) -> bytes:
     """Encode one backend message.
@@ -612,7 +610,7 @@ def encode(msg) -> bytes:
     """
     kind = type(msg)
     if kind is DataRow:
-        return _encode_data_row(msg.values)
+        return data_row(msg.values)
     if kind is CommandComplete:
         return _typed(b"C", _cstr(msg.tag))
     if kind is RowDescription:
