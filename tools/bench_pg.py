@@ -19,7 +19,10 @@ Servers:
   settings, trust authentication, listening on 127.0.0.1 on a free port;
 - ``trionet``: ``python3 -m trionet sql serve --db FILE --pg-port PORT
   --workers auto`` (``--trionet-args`` to change), read-only, default limits;
-- ``trionet-1``: the same with ``--workers 1``, one process (``--no-single`` drops it).
+- ``trionet-1``: the same with ``--workers 1``, one process (``--no-single`` drops it);
+- ``trionet-before`` (with ``--compare-tree DIR``): trionet from another
+  source tree (an older commit: ``git archive COMMIT | tar -x -C DIR``) with
+  the same arguments, so a change is measured before and after in one run.
 
 Every server is started once; each round runs every case (clients x mode)
 on every server, the servers in an order that rotates from round to round,
@@ -196,13 +199,14 @@ def start_postgres(workdir: Path, rows: int) -> Server:
     return Server("postgres", proc, port, "postgres", log_path)
 
 
-def start_trionet(name: str, db: Path, workdir: Path, extra: list[str]) -> Server:
+def start_trionet(name: str, db: Path, workdir: Path, extra: list[str], tree: Path = ROOT) -> Server:
     log_path = workdir / f"{name}.log"
+    env = dict(os.environ, PYTHONPATH=str(tree))  # the code of ``tree``, not the installed package
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
             [PY, "-m", "trionet", "sql", "serve", "--db", str(db), "--port", "0", "--pg-port", "0",
              "--log-level", "info", *extra],
-            cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+            cwd=tree, env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )  # fmt: skip
     deadline = time.monotonic() + 60
     while True:  # a benchmark may poll its log (tests may not)
@@ -360,8 +364,14 @@ def print_table(summaries: list[Summary]) -> None:
 @click.option("--rows", type=int, default=100_000, show_default=True, help="Rows in pgbench_accounts.")
 @click.option("--trionet-args", default="--workers auto", show_default=True, help="Extra `sql serve` arguments.")
 @click.option("--no-single", is_flag=True, help="Do not also measure trionet with --workers 1.")
+@click.option(
+    "--compare-tree",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Also run trionet from this source tree (e.g. `git worktree add /tmp/before COMMIT`) as `trionet-before`, "
+    "with the same --trionet-args, interleaved with the others: a before/after in one run.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every run here.")
-def main(seconds, rounds, rows, trionet_args, no_single, json_path) -> None:
+def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, json_path) -> None:
     """Run pgbench's point select against PostgreSQL 15 and trionet, interleaved, and print the medians."""
     if not (PG_BIN / "initdb").exists() or shutil.which("pgbench") is None:
         raise click.ClickException(f"needs PostgreSQL 15 in {PG_BIN} and pgbench (apt-get install postgresql-15)")
@@ -379,6 +389,8 @@ def main(seconds, rounds, rows, trionet_args, no_single, json_path) -> None:
             servers.append(start_trionet("trionet", db, workdir, trionet_args.split()))
             if not no_single:
                 servers.append(start_trionet("trionet-1", db, workdir, ["--workers", "1"]))
+            if compare_tree is not None:
+                servers.append(start_trionet("trionet-before", db, workdir, trionet_args.split(), compare_tree))
             names = [s.name for s in servers]
             info = machine()
             print(f"machine: {info}", file=sys.stderr)
@@ -407,6 +419,7 @@ def main(seconds, rounds, rows, trionet_args, no_single, json_path) -> None:
     if json_path is not None:
         json_path.write_text(json.dumps(
             {"machine": info, "seconds": seconds, "rounds": rounds, "rows": rows, "trionet_args": trionet_args,
+             "compare_tree": str(compare_tree) if compare_tree else None,
              "runs": [[r.__dict__ for r in rnd] for rnd in runs], "summary": [s.__dict__ for s in summaries]},
             indent=1,
         ))  # fmt: skip

@@ -103,23 +103,27 @@ def dsn(port: int) -> str:
 
 
 def connect_to_each_worker(port: int, count: int = 2, **kwargs) -> dict:
-    """Open connections until one has landed on each worker (the kernel spreads them by a hash); close the rest."""
+    """Open connections until one has landed on each worker (the kernel spreads them by a hash); close the rest.
+
+    A spare is closed at once: kept open, four landing on one worker would
+    pass a small ``--max-connections`` (3 per worker) and fail the test by luck.
+    """
     chosen: dict[int, psycopg.Connection] = {}
-    spare = []
     try:
         for _ in range(200):
             conn = psycopg.connect(dsn(port), autocommit=True, **kwargs)
             index = worker_of(conn.info.backend_pid)
             if index in chosen:
-                spare.append(conn)
+                conn.close()
             else:
                 chosen[index] = conn
             if len(chosen) == count:
                 return chosen
         raise AssertionError(f"200 connections reached only workers {sorted(chosen)}")
-    finally:
-        for conn in spare:
+    except BaseException:
+        for conn in chosen.values():
             conn.close()
+        raise
 
 
 def test_two_workers_serve_at_once_and_the_ports_are_logged_once(server_process, quake_db, needs_psycopg):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from trionet.serving import Connection, SendWatchdog
+from trionet.serving import Connection, DirectSocketIO, SendWatchdog
 from trionet.sql.engine import INLINE_BUDGET, FetchResult, OverBudget, Session, SqlError
 from trionet.sql.pg import catalog, describe, params, types
 from trionet.sql.pg import messages as m
@@ -67,6 +67,16 @@ def _shape(sql: str) -> str:
     return _LITERAL.sub(lambda m: "0" if m.group()[0] in "'0123456789" else m.group(), sql)
 
 
+@functools.lru_cache(maxsize=512)
+def _row_description(columns: tuple[Column, ...], binary: tuple[bool, ...]) -> bytes:
+    """RowDescription's bytes, remembered: a prepared statement's portals announce the same columns each time."""
+    return m.encode(
+        m.RowDescription(
+            tuple(m.Field(c.name, c.oid, types.type_size(c.oid), 1 if b else 0) for c, b in zip(columns, binary))
+        )
+    )
+
+
 @dataclass(eq=False)
 class ConnState:
     """One connection's state: its stream and protocol core, its SQLite session, and the PostgreSQL session over it."""
@@ -77,6 +87,7 @@ class ConnState:
     session: Session
     settings: Settings
     pid: int
+    io: DirectSocketIO
     txn: TransactionRule = field(default_factory=TransactionRule)
     statements: dict[str, PreparedStatement] = field(default_factory=dict)
     portals: dict[str, Portal] = field(default_factory=dict)
@@ -135,10 +146,11 @@ class Executor:
             # Sync) after Describe waits for the answer, and the protocol core
             # now skips that Flush on its way to Sync.
             await self.flush(st)
+        else:
+            if len(st.out) >= _FLUSH_BYTES:
+                await self.flush(st)
         finally:
-            st.busy = False
-        if len(st.out) >= _FLUSH_BYTES:
-            await self.flush(st)
+            st.busy = False  # after the flush: a drain must not cut a send in the middle of a message
 
     def cancel(self, st: ConnState) -> None:
         """A CancelRequest for this connection: interrupt the statement it has running, if any."""
@@ -149,8 +161,7 @@ class Executor:
         kind = type(event)
         if kind is m.Query:
             await self._simple_query(st, event.sql)
-            self._ready(st)
-            await self.flush(st)
+            self._ready(st)  # sent by the server's loop, with whatever else was pipelined
         elif kind is m.Parse:
             await self._parse(st, event)
         elif kind is m.Bind:
@@ -166,8 +177,7 @@ class Executor:
                 self._drop_portals(st)
             else:
                 self._drop_portal(st, "")
-            self._ready(st)
-            await self.flush(st)
+            self._ready(st)  # sent by the server's loop, with whatever else was pipelined
         elif kind is m.Flush:
             await self.flush(st)
         elif kind is m.FunctionCall:
@@ -177,14 +187,16 @@ class Executor:
     # --- output -------------------------------------------------------------------
 
     async def flush(self, st: ConnState) -> None:
-        """Send what is pending."""
+        """Send what is pending (what the socket takes at once without a scheduler round)."""
         if st.out:
             data = bytes(st.out)
             st.out.clear()
-            await st.sends.send(st.conn.stream, data)
+            rest = st.io.send_now(data)
+            if rest:
+                await st.sends.send(st.conn.stream, rest)
 
     def _ready(self, st: ConnState) -> None:
-        st.out += st.proto.send(m.ReadyForQuery(st.txn.status(st.session.in_transaction)))
+        st.out += m.READY_FOR_QUERY[st.txn.status(st.session.in_transaction)]
 
     def _error(self, st: ConnState, exc: PgError) -> None:
         st.txn.on_error(st.in_transaction_before, st.session.in_transaction)
@@ -207,7 +219,7 @@ class Executor:
             portal = self._new_portal(prepared, (), ())
             await self._start(st, portal)
             if portal.returns_rows:
-                st.out += st.proto.send(self._row_description(portal, portal.formats()))
+                st.out += self._row_description(portal, portal.formats())
             await self._send_rows(st, portal, 0)
             st.in_transaction_before = st.session.in_transaction
 
@@ -242,7 +254,7 @@ class Executor:
         oids = tuple(event.param_oids) + (0,) * (n - len(event.param_oids))
         oids = params.cast_oids(event.sql, oids)
         st.statements[event.name] = PreparedStatement(event.sql, statement, command, oids)
-        st.out += st.proto.send(m.ParseComplete())
+        st.out += m.PARSE_COMPLETE
 
     def _bind(self, st: ConnState, event: m.Bind) -> None:
         prepared = st.statements.get(event.statement)
@@ -270,7 +282,7 @@ class Executor:
         used = prepared.statement.n_params if prepared.statement else 0
         self._drop_portal(st, event.portal)
         st.portals[event.portal] = self._new_portal(prepared, tuple(values[:used]), event.result_formats)
-        st.out += st.proto.send(m.BindComplete())
+        st.out += m.BIND_COMPLETE
 
     async def _describe(self, st: ConnState, event: m.Describe) -> None:
         if event.kind == "S":
@@ -300,7 +312,7 @@ class Executor:
         if not portal.started:
             await self._start(st, portal)
         if portal.returns_rows:
-            st.out += st.proto.send(self._row_description(portal, portal.formats()))
+            st.out += self._row_description(portal, portal.formats())
         else:
             st.out += st.proto.send(m.NoData())
 
@@ -308,7 +320,7 @@ class Executor:
         portal = self._portal(st, event.portal)
         if portal.done:
             # PostgreSQL answers a finished portal with an empty completion.
-            st.out += st.proto.send(m.CommandComplete(portal.tag))
+            st.out += m.command_complete(portal.tag)
             return
         if portal.prepared.statement is None:
             st.out += st.proto.send(m.EmptyQueryResponse())
@@ -345,13 +357,8 @@ class Executor:
 
     # --- running a portal ------------------------------------------------------------------
 
-    def _row_description(self, portal: Portal, binary: tuple[bool, ...]) -> m.RowDescription:
-        return m.RowDescription(
-            tuple(
-                m.Field(c.name, c.oid, types.type_size(c.oid), 1 if b else 0)
-                for c, b in zip(portal.columns, binary)
-            )
-        )
+    def _row_description(self, portal: Portal, binary: tuple[bool, ...]) -> bytes:
+        return _row_description(portal.columns, binary)
 
     async def _start(self, st: ConnState, portal: Portal) -> None:
         """Run the portal's statement up to its first batch of rows, and fix its columns."""
@@ -570,6 +577,9 @@ class Executor:
         cap = self.config.max_rows
         count = 0
         encode = types.encode_value
+        data_row = m.data_row
+        oids = [c.oid for c in columns]
+        out = st.out
         while True:
             rows = portal.rows
             take = len(rows) if not limit else min(len(rows), limit - count)
@@ -579,9 +589,8 @@ class Executor:
                 raise PgError("54000", f"the result has more than {cap} rows, the server's limit (--max-rows); add a LIMIT")
             try:
                 for row in rows[:take]:
-                    values = tuple(encode(v, c.oid, b) for v, c, b in zip(row, columns, binary))
-                    st.out += st.proto.send(m.DataRow(values))
-                    if len(st.out) >= _FLUSH_BYTES:
+                    out += data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)])
+                    if len(out) >= _FLUSH_BYTES:
                         await self.flush(st)
             except types.ValueFormatError as exc:
                 self._abandon(st, portal)
@@ -603,12 +612,11 @@ class Executor:
         if not portal.tag:
             words = portal.prepared.statement.words
             portal.tag = command_tag(words, rows=portal.sent, changes=portal.changes, returns_rows=portal.returns_rows)
-        st.out += st.proto.send(m.CommandComplete(portal.tag))
+        st.out += m.command_complete(portal.tag)
 
     def _cut(self, st: ConnState, portal: Portal, take: int, columns, binary) -> None:
         for row in portal.rows[:take]:
-            values = tuple(types.encode_value(v, c.oid, b) for v, c, b in zip(row, columns, binary))
-            st.out += st.proto.send(m.DataRow(values))
+            st.out += m.data_row([types.encode_value(v, c.oid, b) for v, c, b in zip(row, columns, binary)])
         portal.sent += take
         self._abandon(st, portal)
 
@@ -655,6 +663,8 @@ class Executor:
             raise self._portal_error(st, portal, exc) from None
 
     async def _in_sqlite(self, st: ConnState, portal: Portal, fn, *args):
+        # The answers to earlier pipelined messages do not wait for a statement that may take long.
+        await self.flush(st)
         self._displace(st, portal)
         async with self._limiter:
             begun = trio.current_time()

@@ -17,6 +17,9 @@ import struct
 from dataclasses import dataclass, field
 
 __all__ = [
+    "BIND_COMPLETE",
+    "PARSE_COMPLETE",
+    "READY_FOR_QUERY",
     "AuthenticationOk",
     "AuthenticationSasl",
     "AuthenticationSaslContinue",
@@ -55,6 +58,8 @@ __all__ = [
     "Sync",
     "Terminate",
     "UnexpectedMessage",
+    "command_complete",
+    "data_row",
     "decode_message",
     "decode_sasl_initial",
     "decode_startup",
@@ -414,12 +419,88 @@ def decode_startup(body: bytes) -> StartupMessage | SslRequest | GssEncRequest |
     return StartupMessage(major, minor, params)
 
 
+_UNPACK_INT16 = struct.Struct("!h").unpack_from
+_UNPACK_INT32 = struct.Struct("!i").unpack_from
+_SYNC = Sync()
+_FLUSH = Flush()
+
+
+def _cstring_at(body: bytes, pos: int) -> tuple[str, int]:
+    end = body.find(b"\0", pos)
+    if end < 0:
+        raise MessageError("a string is missing its terminating zero byte")
+    try:
+        return body[pos:end].decode("utf-8"), end + 1
+    except UnicodeDecodeError:
+        raise MessageError("a string is not valid UTF-8") from None
+
+
+def _formats_at(body: bytes, pos: int) -> tuple[tuple[int, ...], int]:
+    (n,) = _UNPACK_INT16(body, pos)
+    if n < 0:
+        raise MessageError("negative count")
+    codes = struct.unpack_from(f"!{n}h", body, pos + 2) if n else ()
+    return codes, pos + 2 + 2 * n
+
+
+def _decode_bind(body: bytes) -> Bind:
+    # Bind, Execute, Describe and Sync are a prepared statement's every
+    # transaction: read with struct, not field by field through a _Reader.
+    portal, pos = _cstring_at(body, 0)
+    statement, pos = _cstring_at(body, pos)
+    try:
+        formats, pos = _formats_at(body, pos)
+        (n,) = _UNPACK_INT16(body, pos)
+        if n < 0:
+            raise MessageError("negative count")
+        pos += 2
+        params = []
+        size = len(body)
+        for _ in range(n):
+            (length,) = _UNPACK_INT32(body, pos)
+            pos += 4
+            if length == -1:
+                params.append(None)
+                continue
+            if length < 0 or pos + length > size:
+                raise MessageError("message is shorter than its contents say")
+            params.append(body[pos : pos + length])
+            pos += length
+        results, pos = _formats_at(body, pos)
+    except struct.error:
+        raise MessageError("message is shorter than its contents say") from None
+    if pos != len(body):
+        raise MessageError("message is longer than its contents")
+    for f in formats:
+        if f != 0 and f != 1:
+            raise MessageError("a format code is neither 0 (text) nor 1 (binary)")
+    for f in results:
+        if f != 0 and f != 1:
+            raise MessageError("a format code is neither 0 (text) nor 1 (binary)")
+    return Bind(portal, statement, formats, tuple(params), results)
+
+
+def _decode_execute(body: bytes) -> Execute:
+    portal, pos = _cstring_at(body, 0)
+    if len(body) - pos != 4:
+        raise MessageError("message is shorter than its contents say" if len(body) - pos < 4 else "message is longer than its contents")
+    return Execute(portal, _UNPACK_INT32(body, pos)[0])
+
+
 def decode_message(kind: str, body: bytes):
     """Decode the body of a typed frontend message of type ``kind``.
 
     Raises:
         MessageError: the body does not match the layout of ``kind``.
     """
+    if kind == "B":
+        return _decode_bind(body)
+    if kind == "E":
+        return _decode_execute(body)
+    if kind == "S":
+        if body:
+            raise MessageError("message is longer than its contents")
+        return _SYNC
     r = _Reader(body)
     if kind == "Q":
         msg = Query(r.cstring())
@@ -447,7 +528,7 @@ def decode_message(kind: str, body: bytes):
     elif kind == "S":
         msg = Sync()
     elif kind == "H":
-        msg = Flush()
+        msg = _FLUSH
     elif kind == "X":
         msg = Terminate()
     elif kind == "p":
@@ -503,15 +584,22 @@ def _fields(
     return body + b"\0"
 
 
-def _encode_data_row(values: tuple[bytes | None, ...]) -> bytes:
-    parts = [struct.pack("!h", len(values))]
+_INT32 = struct.Struct("!i").pack
+_DATA_ROW_HEAD = struct.Struct("!cih").pack
+
+
+def data_row(values) -> bytes:
+    """The bytes of ``DataRow(values)``: each value already encoded (bytes), or None for NULL."""
+    parts = []
     for value in values:
         if value is None:
             parts.append(b"\xff\xff\xff\xff")
         else:
-            parts.append(struct.pack("!i", len(value)))
+            parts.append(_INT32(len(value)))
             parts.append(value)
-    return _typed(b"D", b"".join(parts))
+    body = b"".join(parts)
+    return _DATA_ROW_HEAD(b"D", len(body) + 6, len(values)) + body
+
 
 
 def encode(msg) -> bytes:
@@ -522,7 +610,7 @@ def encode(msg) -> bytes:
     """
     kind = type(msg)
     if kind is DataRow:
-        return _encode_data_row(msg.values)
+        return data_row(msg.values)
     if kind is CommandComplete:
         return _typed(b"C", _cstr(msg.tag))
     if kind is RowDescription:
@@ -568,3 +656,23 @@ _SIMPLE = {
     NoData: _typed(b"n", b""),
     PortalSuspended: _typed(b"s", b""),
 }
+
+
+# Pre-encoded answers of the hot path (:func:`encode` gives the same bytes).
+PARSE_COMPLETE = _SIMPLE[ParseComplete]
+BIND_COMPLETE = _SIMPLE[BindComplete]
+READY_FOR_QUERY = {status: _typed(b"Z", status.encode("ascii")) for status in "ITE"}
+"""ReadyForQuery's bytes by transaction status."""
+_TAGS: dict[str, bytes] = {}
+_TAGS_MAX = 1024
+
+
+def command_complete(tag: str) -> bytes:
+    """The bytes of ``CommandComplete(tag)``, remembered for tags seen before (``SELECT 1``...)."""
+    data = _TAGS.get(tag)
+    if data is None:
+        data = _typed(b"C", _cstr(tag))
+        if len(_TAGS) >= _TAGS_MAX:
+            _TAGS.clear()
+        _TAGS[tag] = data
+    return data

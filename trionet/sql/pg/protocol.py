@@ -46,7 +46,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 MAX_STARTUP_BYTES = 10_000
 """The largest startup packet, as PostgreSQL's MAX_STARTUP_PACKET_LENGTH."""
 
-_EXTENDED = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close, m.Flush)
+_UNPACK_LENGTH = struct.Struct("!i").unpack_from
+_EXTENDED = frozenset((m.Parse, m.Bind, m.Describe, m.Execute, m.Close, m.Flush))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,9 @@ class ProtocolViolation:
     """The client broke the protocol; answer FATAL 08P01 with ``message`` and close."""
 
     message: str
+
+
+_ENDING = frozenset((ProtocolViolation, m.CancelRequest, m.Terminate))  # the connection is over
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,29 +132,32 @@ class PgServerProtocol:
         the connection is over: every later call returns ``EOF``.
         """
         while True:
-            if self._phase == "closed":
+            phase = self._phase
+            if phase == "closed":
                 return EOF
-            event = self._startup_event() if self._phase == "startup" else self._typed_event()
-            if isinstance(event, (ProtocolViolation, m.CancelRequest, m.Terminate)):
+            event = self._startup_event() if phase == "startup" else self._typed_event()
+            if event is NEED_DATA:
+                return NEED_DATA
+            kind = type(event)
+            if kind in _ENDING:
                 self._close()
                 return event
             if event is EOF:
                 self._close()
                 return EOF
-            if event is NEED_DATA:
-                return NEED_DATA
             if self._skipping:
-                if not isinstance(event, m.Sync):
+                if kind is not m.Sync:
                     continue  # discarded, as PostgreSQL does after an extended-query error
                 self._skipping = False
-            if isinstance(event, m.StartupMessage):
+            if kind is m.StartupMessage:
                 self._phase = "ready"
-            elif self._phase == "auth" and not isinstance(event, m.PasswordMessage):
-                self._close()
-                return ProtocolViolation(f"expected a password response, got message type {_type_name(event)}")
-            elif self._phase != "auth" and isinstance(event, m.PasswordMessage):
+            elif phase == "auth":
+                if kind is not m.PasswordMessage:
+                    self._close()
+                    return ProtocolViolation(f"expected a password response, got message type {_type_name(event)}")
+            elif kind is m.PasswordMessage:
                 event = m.UnexpectedMessage("p")
-            self._extended = isinstance(event, _EXTENDED)
+            self._extended = kind in _EXTENDED
             return event
 
     def send(self, msg) -> bytes:
@@ -197,7 +204,7 @@ class PgServerProtocol:
         if len(buf) < 5:
             return EOF if self._eof else NEED_DATA
         kind = chr(buf[0])
-        (length,) = struct.unpack_from("!i", buf, 1)
+        (length,) = _UNPACK_LENGTH(buf, 1)
         if length < 4:
             return ProtocolViolation(f"invalid message length {length}")
         if length > self.max_message_bytes:

@@ -28,7 +28,7 @@ import trio
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
-from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
+from trionet.serving import Connection, DirectSocketIO, SendWatchdog, TCPService, receive_event
 from trionet.sql import rules
 from trionet.sql.engine import Database
 from trionet.sql.pg import messages as m
@@ -161,6 +161,7 @@ class PgServer:
             session,
             Settings(startup.parameters, read_only=not self.database.read_write),
             pid,
+            DirectSocketIO(conn.stream),
         )
         self._keys[pid] = (secret, st)
         try:
@@ -212,32 +213,89 @@ class PgServer:
                 return None  # EOF: a truncated startup packet, or a port scan
 
     async def _serve_messages(self, st: ConnState) -> None:
+        """Answer the client's messages until it leaves, breaks the protocol, idles too long or the server drains.
+
+        Answers pile up in ``st.out`` and go out in one send when every
+        message that arrived has been handled (before the loop waits for
+        more), so a pipeline of Bind/Describe/Execute/Sync, or of many
+        Syncs, costs one send; the executor also sends before a statement
+        goes to a thread and once 64 KB are pending. On a plain TCP socket
+        reads and sends that can finish at once skip trio's scheduler
+        (:class:`~trionet.serving.DirectSocketIO`): one scheduler round per
+        read, a checkpoint when the read did not have to wait.
+        """
         conn = st.conn
-        while not conn.draining.is_set():
-            in_transaction = st.session.in_transaction
-            event = st.proto.next_event()  # pipelined messages are served without a timer each
-            if event is NEED_DATA:
-                idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
-                event = None
-                with trio.move_on_after(idle or math.inf):
+        proto = st.proto
+        io = st.io
+        handle = self._executor.handle
+        draining = conn.draining
+        idle_deadline = None  # when the message waited for is overdue: set at the first wait, kept across partial reads
+        in_transaction = False
+        try:
+            while not draining.is_set():
+                event = proto.next_event()  # pipelined messages are served without a timer each
+                if event is NEED_DATA:
+                    if st.out:
+                        await self._send_pending(st)
                     try:
-                        event = await receive_event(conn.stream, st.proto)
-                    except (trio.BrokenResourceError, OSError):
+                        ready = io.read_ready(proto)
+                    except OSError:  # reset by the peer
                         return
-            if event is None:
-                code, what = ("25P03", "idle-in-transaction") if in_transaction else ("57P05", "idle-session")
-                await _fatal(conn, st.proto, code, f"terminating connection due to {what} timeout")
-                return
-            if event is EOF or isinstance(event, m.Terminate):
-                return
-            if isinstance(event, ProtocolViolation):
-                await _fatal(conn, st.proto, PROTOCOL_VIOLATION, event.message)
-                return
-            if isinstance(event, m.UnexpectedMessage):
-                await _fatal(conn, st.proto, PROTOCOL_VIOLATION, f"invalid frontend message type {event.type!r}")
-                return
-            conn.requests += 1
-            await self._executor.handle(st, event)
+                    if ready:
+                        await trio.lowlevel.checkpoint()  # read without waiting: let the others run
+                        continue
+                    if idle_deadline is None:
+                        in_transaction = st.session.in_transaction
+                        idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
+                        idle_deadline = trio.current_time() + (idle or math.inf)
+                    event = None
+                    with trio.move_on_at(idle_deadline):
+                        try:
+                            if io.direct:
+                                await io.wait(proto)
+                                io.read_ready(proto)  # what woke us up (EOF reads b"")
+                                event = proto.next_event()
+                            else:
+                                event = await receive_event(conn.stream, proto)
+                        except (trio.BrokenResourceError, OSError):
+                            return
+                    if event is None:
+                        code, what = ("25P03", "idle-in-transaction") if in_transaction else ("57P05", "idle-session")
+                        await _fatal(conn, proto, code, f"terminating connection due to {what} timeout")
+                        return
+                    if event is NEED_DATA:
+                        continue  # a part of a message, or a spurious wake-up: the same deadline
+                idle_deadline = None
+                kind = type(event)
+                if event is EOF or kind is m.Terminate:
+                    return
+                if kind is ProtocolViolation:
+                    await self._send_pending(st)
+                    await _fatal(conn, proto, PROTOCOL_VIOLATION, event.message)
+                    return
+                if kind is m.UnexpectedMessage:
+                    await self._send_pending(st)
+                    await _fatal(conn, proto, PROTOCOL_VIOLATION, f"invalid frontend message type {event.type!r}")
+                    return
+                conn.requests += 1
+                await handle(st, event)
+        finally:
+            if st.out and not st.sends.stalled:
+                # What was answered before the loop ended (Terminate or EOF
+                # after a pipeline, a drain, an error) still reaches the client.
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await self._send_pending(st)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
+
+    async def _send_pending(self, st: ConnState) -> None:
+        # Busy while sending: a drain must not cut a send in the middle of a message.
+        st.busy = True
+        try:
+            await self._executor.flush(st)
+        finally:
+            st.busy = False
 
     def cancel(self, request: m.CancelRequest, *, forward: bool = True) -> bool:
         """Interrupt the statement of the connection ``request`` names, if its secret matches.
