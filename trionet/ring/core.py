@@ -235,6 +235,7 @@ class NodeCore:
     _first_sent: dict[int, float] = field(default_factory=dict)  # msg_id -> when first sent
     _retry: deque[tuple[int, int, str]] = field(default_factory=deque)  # sent, not back delivered: again
     _delivered_ids: set[tuple[int, int]] = field(default_factory=set)
+    _absent_since: dict[int, float] = field(default_factory=dict)  # destination -> first undelivered return
     _injected: int = 0
     _proposed_at: float = 0.0
     _queue: _Queue = field(init=False)
@@ -568,6 +569,7 @@ class NodeCore:
         d = msg.direction
         if msg.origin not in self._members or msg.destination not in self._members:
             raise RemoteProtocolError(self._outsider(msg))
+        self.ring_seen = True  # messages exist only once a view's tokens were injected
         mine = self.in_flight[d]
         from_here = msg.origin == self.node_id
         if from_here and (mine is None or mine[:5] != msg[:5]):
@@ -599,10 +601,15 @@ class NodeCore:
         sent_at = self._sent_at.pop(d)
         if msg.delivered:
             self.returned += 1
+            self._absent_since.pop(msg.destination, None)
             self._first_sent.pop(msg.msg_id, None)
             self._note("return", d, msg)
             actions.append(Returned(msg, now - sent_at))
-        elif now - self._first_sent.get(msg.msg_id, now) >= self.undeliverable_after:
+        elif now - min(
+            self._first_sent.get(msg.msg_id, now), self._absent_since.setdefault(msg.destination, now)
+        ) >= self.undeliverable_after:
+            # (Counted from when this message was first sent, or its destination
+            # was first missed, whichever is earlier: one wait per dead node, not per message.)
             self._first_sent.pop(msg.msg_id, None)
             self.undelivered += 1
             self._note("undeliverable", d, msg)
