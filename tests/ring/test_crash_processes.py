@@ -80,3 +80,16 @@ async def test_kill_9_of_middle_nodes_closes_the_ring_around_them(tmp_path, ring
     _, given_up = _check_once(tmp_path, ids, messages, dead=victims)
     sent, delivered, unsent, how = ring_totals(procs[0].stdout.decode())
     assert how == "the ring was quiescent" and unsent == 0
+
+
+def test_join_help_names_the_crash_options():
+    from click.testing import CliRunner
+
+    from trionet.ring.cli import ring
+
+    result = CliRunner().invoke(ring, ["join", "--help"])
+    assert result.exit_code == 0
+    for option in ("--failure-timeout", "--undeliverable-after", "--undelivered"):
+        assert option in result.output
+    text = " ".join(result.output.split())  # (click wraps the help text)
+    assert "default: 3.0;" in text and "default: 30.0;" in text
