@@ -24,11 +24,15 @@ import trio
 import trio.testing
 
 from trionet.ring.config import NodeAddress, RingConfig
-from trionet.ring.node import NodeOptions, RingNode
+from trionet.ring.node import NodeOptions, RingError, RingNode
 from trionet.ring.core import Summary
 from trionet.ring.frames import Direction, Message
+from trionet.ring.journal import Journal
 
-__all__ = ["InvariantViolation", "LinkCut", "ReadStall", "RingMonitor", "SimNetwork", "SimResult", "simulate"]
+__all__ = [
+    "Crash", "InvariantViolation", "LinkCut", "MemoryJournal", "ReadStall", "RingMonitor", "SimNetwork", "SimResult",
+    "simulate",
+]
 
 
 class InvariantViolation(AssertionError):
@@ -208,28 +212,35 @@ class _SimTransport:
 class RingMonitor:
     """Check the ring's invariants at every step of every node core.
 
-    - never more than one token per direction: each token leaves its holder
-      before the next node (and only that node) takes it;
-    - a node never has more than one message of its own in flight per direction;
-    - each message is delivered once, at its destination, and comes back to
-      its origin once.
+    - at most one token per direction per epoch: a token of an epoch is
+      injected once, by that view's monitor, and afterwards only moves from
+      its holder, over one link, to one node (who takes it may be any node:
+      the ring closes around dead ones);
+    - a node sends only while it holds its direction's token;
+    - each message is delivered at most once, at its destination, across
+      crashes and restarts, and comes back to its origin at most once.
 
     Raises :class:`InvariantViolation` from inside the offending node.
 
     Args:
         size: the ring's size (ids 0..size-1, clockwise in id order).
+        epoch_of: the current epoch of a node's core (the epoch of the
+            event the core reports).
     """
 
     size: int
-    holder: dict[Direction, int | None] = field(default_factory=lambda: {d: None for d in Direction})
-    on_wire: dict[Direction, int | None] = field(default_factory=lambda: {d: None for d in Direction})
-    injected: set[Direction] = field(default_factory=set)
-    in_flight: dict[tuple[int, Direction], int] = field(default_factory=collections.Counter)
+    epoch_of: Callable[[int], int] = lambda node: 1
+    holder: dict[tuple[Direction, int], int | None] = field(default_factory=dict)
+    on_wire: dict[tuple[Direction, int], bool] = field(default_factory=dict)
+    injected: set[tuple[Direction, int]] = field(default_factory=set)
+    _injecting: dict[tuple[Direction, int], int] = field(default_factory=dict)
     delivered: dict[str, list[int]] = field(default_factory=lambda: collections.defaultdict(list))
     returned: dict[str, int] = field(default_factory=collections.Counter)
+    undeliverable: dict[str, int] = field(default_factory=collections.Counter)
     sent: dict[str, Message] = field(default_factory=dict)
     token_passes: int = 0
     message_hops: int = 0
+    views: int = 0
     finalized: list[int] = field(default_factory=list)
 
     @property
@@ -237,35 +248,50 @@ class RingMonitor:
         """Frames moved from one node to the next: token passes plus message hops."""
         return self.token_passes + self.message_hops
 
+    def holders(self, direction: Direction) -> set[int]:
+        """The nodes holding (or having parked) a token of ``direction``, any epoch."""
+        return {node for (d, _), node in self.holder.items() if d is direction and node is not None}
+
+    def crashed(self, node: int) -> None:
+        """``node`` died: the tokens it held are gone."""
+        for key, holder in self.holder.items():
+            if holder == node:
+                self.holder[key] = None
+
     def __call__(self, event: str, node: int, detail: object) -> None:
         direction, payload = detail
-        if event == "token-in":
-            if direction not in self.injected:
-                if node != 0 or self.holder[direction] is not None:
-                    raise InvariantViolation(f"{direction.label} token appeared at node {node}")
-                self.injected.add(direction)
-            else:
-                expected = self.on_wire[direction]
-                if expected is None or self.holder[direction] is not None:
-                    raise InvariantViolation(f"a second {direction.label} token arrived at node {node}")
-                if expected != node:
-                    raise InvariantViolation(f"{direction.label} token for node {expected} taken by node {node}")
-                self.on_wire[direction] = None
-            self.holder[direction] = node
+        if event == "view":
+            self.views += 1
+            _, _, old = payload
+            for d in Direction:  # the node forgets the tokens of its old view
+                if self.holder.get((d, old)) == node:
+                    self.holder[d, old] = None
+            return
+        epoch = self.epoch_of(node)
+        key = (direction, epoch)
+        if event == "inject":
+            if key in self.injected:
+                raise InvariantViolation(f"a second {direction.label} token injected in epoch {epoch} (node {node})")
+            self.injected.add(key)
+            self._injecting[key] = node
+        elif event == "token-in":
+            if self._injecting.get(key) == node:
+                del self._injecting[key]
+            elif key not in self.injected:
+                raise InvariantViolation(f"{direction.label} token of epoch {epoch} appeared at node {node}")
+            elif not self.on_wire.get(key) or self.holder.get(key) is not None:
+                raise InvariantViolation(f"a second {direction.label} token of epoch {epoch} arrived at node {node}")
+            self.on_wire[key] = False
+            self.holder[key] = node
         elif event == "token-out":
-            if self.holder[direction] != node:
+            if self.holder.get(key) != node:
                 raise InvariantViolation(f"node {node} passed a {direction.label} token it does not hold")
-            step = 1 if direction is Direction.CW else -1
-            self.holder[direction] = None
-            self.on_wire[direction] = (node + step) % self.size
+            self.holder[key] = None
+            self.on_wire[key] = True
             self.token_passes += 1
         elif event == "send":
-            key = (node, direction)
-            if self.holder[direction] != node:
+            if self.holder.get(key) != node:
                 raise InvariantViolation(f"node {node} sent {direction.label} without the token")
-            self.in_flight[key] += 1
-            if self.in_flight[key] > 1:
-                raise InvariantViolation(f"node {node} has two {direction.label} messages in flight")
             self.sent[payload.uid] = payload
             self.message_hops += 1
         elif event == "forward":
@@ -279,12 +305,42 @@ class RingMonitor:
         elif event == "return":
             if payload.origin != node:
                 raise InvariantViolation(f"message {payload.uid} of {payload.origin} returned at {node}")
-            self.in_flight[node, direction] -= 1
             self.returned[payload.uid] += 1
             if self.returned[payload.uid] > 1:
                 raise InvariantViolation(f"message {payload.uid} returned twice")
+        elif event == "undeliverable":
+            self.undeliverable[payload.uid] += 1
+            if self.undeliverable[payload.uid] > 1 or self.returned[payload.uid]:
+                raise InvariantViolation(f"message {payload.uid} given up twice, or after it came back")
         elif event == "finalize":
             self.finalized.append(node)
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Kill node ``node`` at ``at`` seconds (its connections close, as after ``kill -9``); start it again after ``down_for``.
+
+    ``down_for`` None: it stays dead. A restarted node has the same
+    messages and the same journal (in memory here), as ``trionet ring join``
+    given the same files.
+    """
+
+    node: int
+    at: float
+    down_for: float | None = 5.0
+    secret: bytes | None = None
+    """The restarted process's secret instead of the ring's (an intruder at the node's address)."""
+
+
+class MemoryJournal:
+    """A journal that survives a simulated crash: :class:`~trionet.ring.journal_file.JournalFile` without the file."""
+
+    def __init__(self) -> None:
+        self.journal = Journal()
+        self.records: list[str] = []
+
+    def append(self, line: str) -> None:
+        self.records.append(line)
 
 
 @dataclass
@@ -296,6 +352,7 @@ class SimResult:
     network: SimNetwork
     nodes: dict[int, RingNode]
     elapsed: float
+    undelivered: dict[int, list[str]] = field(default_factory=dict)
 
 
 async def simulate(
@@ -306,11 +363,13 @@ async def simulate(
     link_delays: Mapping[int, float] | None = None,
     cuts: Sequence[LinkCut] = (),
     stalls: Sequence[ReadStall] = (),
+    crashes: Sequence[Crash] = (),
     stop_at: float | None = None,
     options: NodeOptions | None = None,
     node_options: Mapping[int, NodeOptions] | None = None,
     time_limit: float = 3600.0,
     secret: bytes | None = None,
+    secrets: Mapping[int, bytes | None] | None = None,
 ) -> SimResult:
     """Run a ring of ``size`` nodes (ids 0..size-1) to completion over in-memory links.
 
@@ -321,12 +380,14 @@ async def simulate(
         link_delays: per node, the delay of every write on its link to the next node.
         cuts: link outages to apply.
         stalls: readers to stall (:class:`ReadStall`).
+        crashes: nodes to kill, and maybe start again (:class:`Crash`).
         stop_at: ask node 0 to stop at this time (as SIGINT would).
         options: node timing; the defaults suit a simulation.
         node_options: timing of particular nodes, instead of ``options``.
         time_limit: fail if the ring has not finished by then.
         secret: the ring's shared secret (every connection and reconnection
             then runs the authenticated handshake), or None.
+        secrets: a particular node's secret instead (an intruder's wrong one).
 
     Raises:
         InvariantViolation: an invariant broke (from the node where it did).
@@ -334,28 +395,64 @@ async def simulate(
     """
     config = RingConfig.local(size, ports=range(1, size + 1))
     network = SimNetwork()
-    monitor = RingMonitor(size)
+    nodes: dict[int, RingNode] = {}
+    monitor = RingMonitor(size, lambda node: nodes[node].core.epoch)
     options = options or NodeOptions(connect_timeout=120.0, seed=size)
     for source, delay in (link_delays or {}).items():
         network.delays[source, (source + 1) % size] = delay
-    nodes = {
-        i: RingNode(
+    journals = {i: MemoryJournal() for i in range(size)}
+    undelivered: dict[int, list[str]] = {i: [] for i in range(size)}
+
+    class _Lines(list):
+        def write(self, text: str) -> None:
+            self.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    def make_node(i: int, secret_override: bytes | None = None) -> RingNode:
+        numbered = [(k, dest, text) for k, (dest, text) in enumerate(messages.get(i, ()), 1)]
+        journal = journals[i]
+        return RingNode(
             config,
             i,
-            messages=list(messages.get(i, ())),
+            messages=list(journal.journal.unsent(numbered)),
             transport=network.transport(i),
             options=(node_options or {}).get(i) or NodeOptions(**{**options.__dict__, "seed": (options.seed or 0) * 1000 + i}),
             observer=monitor,
-            secret=secret,
+            secret=secret_override or (secrets or {}).get(i, secret),
+            journal=journal,
+            undelivered=_Lines(),
         )
-        for i in range(size)
-    }
+
     summaries: dict[int, Summary] = {}
+    created = {i: trio.Event() for i in range(size)}
+    scopes: dict[int, trio.CancelScope] = {}
     started = trio.current_time()
 
-    async def run_node(i: int) -> None:
-        await trio.sleep((start_delays or {}).get(i, 0.0))
-        summaries[i] = await nodes[i].run()
+    async def run_node(i: int, delay: float, secret_override: bytes | None = None) -> None:
+        await trio.sleep(delay)
+        node = nodes[i] = make_node(i, secret_override)
+        created[i].set()
+        with trio.CancelScope() as scope:
+            scopes[i] = scope
+            try:
+                summaries[i] = await node.run()
+            except* RingError:
+                if secret_override is None:
+                    raise
+                # An intruder gives up: nobody lets it in.
+        if node._undelivered is not None:
+            undelivered[i] += node._undelivered
+
+    async def apply_crash(crash: Crash, ring_nursery: trio.Nursery) -> None:
+        await trio.sleep(crash.at)
+        if crash.node not in scopes or crash.node in summaries:
+            return  # not started yet, or already finished
+        scopes.pop(crash.node).cancel()
+        monitor.crashed(crash.node)
+        if crash.down_for is not None:
+            ring_nursery.start_soon(run_node, crash.node, crash.down_for, crash.secret)
 
     async def apply_cut(cut: LinkCut) -> None:
         await trio.sleep(cut.at)
@@ -369,13 +466,16 @@ async def simulate(
 
     async def stop_later() -> None:
         await trio.sleep(stop_at)
+        await created[0].wait()  # (a late start: it is asked as soon as it runs)
         nodes[0].request_stop()
 
     with trio.fail_after(time_limit):
         async with trio.open_nursery() as nursery:
             async with trio.open_nursery() as ring_nursery:
                 for i in range(size):
-                    ring_nursery.start_soon(run_node, i)
+                    ring_nursery.start_soon(run_node, i, (start_delays or {}).get(i, 0.0))
+                for crash in crashes:
+                    nursery.start_soon(apply_crash, crash, ring_nursery)
                 for cut in cuts:
                     nursery.start_soon(apply_cut, cut)
                 for stall in stalls:
@@ -383,4 +483,4 @@ async def simulate(
                 if stop_at is not None:
                     nursery.start_soon(stop_later)
             nursery.cancel_scope.cancel()
-    return SimResult(summaries, monitor, network, nodes, trio.current_time() - started)
+    return SimResult(summaries, monitor, network, nodes, trio.current_time() - started, undelivered)

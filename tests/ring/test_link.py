@@ -7,7 +7,7 @@ import trio.testing
 
 from trionet.ring.config import NodeAddress
 from trionet.ring.neighbour import Neighbour
-from trionet.ring.frames import Direction, Token
+from trionet.ring.frames import Direction, Hello, Role, Token
 
 
 class StuckStream(trio.abc.Stream):
@@ -40,7 +40,7 @@ async def test_a_send_cancelled_mid_frame_restarts_the_connection_and_keeps_the_
     link = Neighbour("test", NodeAddress(1, "127.0.0.1", 1), Direction.CCW, ack_delay=0.2, ack_timeout=5.0)
     stream = StuckStream()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.run_connection, stream, 1, _read_nothing)
+        nursery.start_soon(link.run_connection, stream, Hello(1, Role.SUCCESSOR, 0, 1), _read_nothing)
         await link.wait_up()
         with trio.CancelScope() as scope:
             nursery.start_soon(_cancel_soon, scope)

@@ -197,7 +197,7 @@ def _utf8(data: bytes) -> bool:
 
 def test_version_and_bad_fields_are_rejected():
     wire = encode_frame(Token(CW), seq=1)[4:]
-    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node speaks 2"):
+    with pytest.raises(RemoteProtocolError, match="protocol version 1, this node speaks 3"):
         decode_frame(bytes([1]) + wire[1:])  # a node from before the handshake's proofs
     with pytest.raises(RemoteProtocolError, match="with link sequence 0"):
         decode_frame(wire[:6] + bytes(8) + wire[14:])
@@ -229,8 +229,7 @@ def test_probe_travels_clockwise_and_tokens_follow_only_when_it_is_back():
     assert sends(node2.receive(Probe())) == [(CW, Probe())]
     assert not node0.started
     assert sends(inject(node0)) == [(CW, Token(CW)), (CCW, Token(CCW))]
-    with pytest.raises(RemoteProtocolError, match="came back twice"):
-        node0.receive(Probe())
+    assert node0.receive(Probe()) == []  # a view's tokens are injected once
 
 
 def test_token_visit_send_forward_deliver_return():

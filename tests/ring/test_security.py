@@ -23,6 +23,7 @@ from trionet.ring.demo import free_ports
 from trionet.ring.handshake import Side, make_proof
 from trionet.ring.node import NodeOptions, RingError, RingNode, request_stop
 from trionet.ring.frames import (
+    Heartbeat,
     NONCE_BYTES,
     Auth,
     Direction,
@@ -48,11 +49,12 @@ def _hello(config: RingConfig, node_id: int, role: Role, *, secured: bool, recv_
 
 
 async def _frames_until_closed(stream: trio.abc.Stream, decoder: FrameDecoder) -> list:
-    """Every frame the node sends until it closes the connection (bounded by the caller)."""
+    """Every frame the node sends until it closes the connection (bounded by the caller), heartbeats aside."""
     frames = []
     try:
         while (event := await receive_event(stream, decoder)) is not EOF:
-            frames.append(event.frame)
+            if not isinstance(event.frame, Heartbeat):
+                frames.append(event.frame)
     except (trio.BrokenResourceError, OSError):
         pass
     return frames

@@ -111,7 +111,36 @@ def _read_secret(path: str | None) -> bytes | None:
 @seconds_option(
     "--connect-timeout",
     default=60.0,
-    help="Give up (exit 1) when a neighbour stays unreachable this long, at startup or after a drop. 0: wait forever.",
+    help=(
+        "Before the ring first closes: give up (exit 1) when the next node stays unreachable this long. "
+        "0: wait forever. (Once the ring has run, a dead neighbour is bypassed instead.)"
+    ),
+)
+@click.option(
+    "--failure-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=NodeOptions.failure_timeout,
+    show_default=True,
+    metavar="SECONDS",
+    help=(
+        "A neighbour silent this long (no frame, no heartbeat; heartbeats go out every third of it) or refusing "
+        "connections this long is taken for dead: the ring closes around it and its tokens are regenerated."
+    ),
+)
+@click.option(
+    "--undeliverable-after",
+    type=click.FloatRange(0, min_open=True),
+    default=NodeOptions.undeliverable_after,
+    show_default=True,
+    metavar="SECONDS",
+    help="A message whose destination is not in the ring is sent again until this long after its first sending, then given up.",
+)
+@click.option(
+    "--undelivered",
+    "undelivered_path",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Append one JSON line per message given up (id, origin, destination, text, reason).",
 )
 @click.option(
     "--handshake-timeout",
@@ -147,6 +176,9 @@ def join(
     messages_path: str | None,
     deliveries_path: str | None,
     connect_timeout: float,
+    failure_timeout: float,
+    undeliverable_after: float,
+    undelivered_path: str | None,
     handshake_timeout: float,
     listen: str | None,
     secret_path: str | None,
@@ -174,6 +206,14 @@ def join(
     one delivered here is not delivered again. A message's id is its line
     number in its sender's messages file, so keep those files unchanged
     between runs (append only).
+
+    Crashes: a neighbour that dies (or fails the handshake) is bypassed
+    after --failure-timeout; the tokens it held are regenerated under a new
+    epoch, the messages it held are sent again by their senders and
+    delivered once; a node started again with the same arguments joins
+    between its neighbours. A message to a node that stays down is given up
+    after --undeliverable-after and recorded in --undelivered. Finalization
+    waits for node 0.
 
     Prints a summary when done: messages sent, delivered to this node,
     forwarded, and never sent. Exits 0 after a finalization, 1 on an error.
@@ -214,12 +254,20 @@ def join(
         deliveries = _open_deliveries(deliveries_path) if deliveries_path else None
     except OSError as exc:
         raise click.ClickException(f"{deliveries_path}: cannot write the deliveries file: {exc.strerror}") from None
+    try:
+        undelivered = _open_deliveries(undelivered_path) if undelivered_path else None
+    except OSError as exc:
+        raise click.ClickException(f"{undelivered_path}: cannot write the undelivered file: {exc.strerror}") from None
     node = RingNode(
         config,
         node_id,
         messages=messages,
         deliveries=deliveries,
-        options=NodeOptions(connect_timeout=connect_timeout, handshake_timeout=handshake_timeout),
+        options=NodeOptions(
+            connect_timeout=connect_timeout, handshake_timeout=handshake_timeout, failure_timeout=failure_timeout,
+            undeliverable_after=undeliverable_after,
+        ),
+        undelivered=undelivered,
         listen=listen_at,
         secret=secret,
         journal=journal,
@@ -238,6 +286,8 @@ def join(
     finally:
         if deliveries is not None:
             deliveries.close()
+        if undelivered is not None:
+            undelivered.close()
         if journal is not None:
             journal.close()
     if node.summary is None:

@@ -28,10 +28,26 @@ The rules, in one place:
   message, if any, has returned), then finalizes the same way;
 - ``Finalize`` travels clockwise; each node adds its counters, forwards it and
   finishes; node 0 finishes when it comes back.
+
+Surviving crashes (``docs/protocol/ring.md``, "Crashes"):
+
+- the node holds a *view* ``(epoch, monitor)``; :meth:`NodeCore.propose`
+  starts a better one and sends its :class:`Probe`; a probe of a better
+  view is adopted (tokens held are forgotten, the message in flight goes
+  back to the queue) and forwarded; when its own probe comes back the
+  monitor injects the tokens of that epoch, once;
+- a data frame of another epoch than the node's is dropped;
+- the monitor keeps the rounds (node 0 once it is the monitor, which it
+  makes itself whenever it can); a monitor other than node 0 pauses a
+  clean token instead of parking it;
+- every node remembers what was delivered to it and delivers nothing
+  twice; a message that comes back undelivered is sent again on later
+  visits until ``undeliverable_after``, then reported :class:`Undeliverable`.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -49,14 +65,16 @@ from trionet.ring.frames import (
     Token,
 )
 
-__all__ = ["Action", "Deliver", "Finished", "NodeCore", "Returned", "Send", "Summary"]
+__all__ = ["Action", "Deliver", "Finished", "NodeCore", "Returned", "Send", "Summary", "Undeliverable"]
 
 
 class Send(NamedTuple):
-    """Send ``frame`` to the next node in ``direction``."""
+    """Send ``frame`` to the next node in ``direction``, as a frame of ring epoch ``epoch``, after ``pause`` seconds."""
 
     direction: Direction
     frame: DataFrame
+    epoch: int = 1
+    pause: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +90,14 @@ class Returned:
 
     message: Message
     round_trip: float
+
+
+@dataclass(frozen=True, slots=True)
+class Undeliverable:
+    """This node's ``message`` could not be delivered for ``undeliverable_after``: record it, with ``reason``."""
+
+    message: Message
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +120,7 @@ class Finished:
     summary: Summary
 
 
-Action = Send | Deliver | Returned | Finished
+Action = Send | Deliver | Returned | Finished | Undeliverable
 
 
 class _Queue:
@@ -142,7 +168,11 @@ class NodeCore:
             and message step; the simulation checks its invariants with it,
             the demo draws with it. Events: ``token-in``, ``token-out``,
             ``token-park``, ``send``, ``forward``, ``deliver``, ``return``,
-            ``drop``, ``finalize``, ``skip`` (delivered in an earlier run).
+            ``drop``, ``finalize``, ``skip`` (delivered before), and for
+            views: ``propose``, ``view`` (``(epoch, monitor, old epoch)``),
+            ``inject`` (before its ``token-in``), ``drop-probe``, ``stale``
+            (a frame of another epoch dropped), ``retry`` (came back
+            undelivered), ``undeliverable``.
         delivered_before: ``delivered_before(origin, msg_id)`` is True for a
             message this node delivered in an earlier run (its journal:
             :mod:`trionet.ring.journal`); such a message is marked delivered
@@ -152,6 +182,15 @@ class NodeCore:
         to_send: how many messages ``messages`` holds, for :meth:`status`
             (it is read lazily and cannot tell); by default its ``len()``
             when it has one, else 0.
+        undeliverable_after: seconds (of the ``now`` passed in) after its
+            first sending that a message still coming back undelivered is
+            given up (:class:`Undeliverable`).
+        idle_pause: seconds a monitor other than node 0 keeps a token that
+            came back clean, so that an idle ring without node 0 does not spin.
+        probe_timeout: seconds after which a view this node proposed and
+            whose probe has not come back is proposed again, higher
+            (:meth:`probe_overdue`): the probe was lost with a node that
+            died, or waits for a node that is not there.
 
     Error handling: a frame this node cannot make sense of (a token while it
     already holds that direction's token, a message or stop request naming a
@@ -169,6 +208,16 @@ class NodeCore:
     observer: Callable[[str, int, object], None] | None = None
     to_send: int | None = None
     delivered_before: Callable[[int, int], bool] | None = None
+    undeliverable_after: float = 30.0
+    idle_pause: float = 1.0
+    probe_timeout: float = 6.0
+    epoch: int = 0
+    monitor: int | None = None
+    max_epoch: int = 0
+    ring_seen: bool = False
+    undelivered: int = 0
+    stale: int = 0
+    resent: int = 0
     sent: int = 0
     delivered: int = 0
     forwarded: int = 0
@@ -183,6 +232,12 @@ class NodeCore:
     in_flight: dict[Direction, Message | None] = field(default_factory=lambda: {d: None for d in Direction})
     parked: dict[Direction, Token | None] = field(default_factory=lambda: {d: None for d in Direction})
     _sent_at: dict[Direction, float] = field(default_factory=dict)
+    _first_sent: dict[int, float] = field(default_factory=dict)  # msg_id -> when first sent
+    _retry: deque[tuple[int, int, str]] = field(default_factory=deque)  # sent, not back delivered: again
+    _delivered_ids: set[tuple[int, int]] = field(default_factory=set)
+    _absent_since: dict[int, float] = field(default_factory=dict)  # destination -> first undelivered return
+    _injected: int = 0
+    _proposed_at: float = 0.0
     _queue: _Queue = field(init=False)
     _finalize_sent: bool = False
     _probe_sent: bool = False
@@ -200,8 +255,13 @@ class NodeCore:
 
     @property
     def is_leader(self) -> bool:
-        """True for node 0, which injects the tokens and finalizes."""
+        """True for node 0, which finalizes (and injects the first tokens)."""
         return self.node_id == 0
+
+    @property
+    def keeps_rounds(self) -> bool:
+        """True for the monitor of the current view: it counts rounds, clears ``busy``, parks or pauses."""
+        return self.monitor == self.node_id
 
     @property
     def finalizing(self) -> bool:
@@ -237,6 +297,7 @@ class NodeCore:
             self.tokens_seen[frame.direction] += 1  # every frame comes here first: one count per token visit
             return (
                 not self.is_leader
+                and self.monitor != self.node_id
                 and not self.finished
                 and self.holding[frame.direction] is None
                 and not self.has_pending()
@@ -252,8 +313,8 @@ class NodeCore:
         self._queue.peek()
 
     def has_pending(self) -> bool:
-        """True while this node's message file has messages not yet sent."""
-        return self._queue.peek() is not None
+        """True while this node has messages to send: from its file, or to send again."""
+        return bool(self._retry) or self._queue.peek() is not None
 
     def status(self, epoch: int) -> StatusReply:
         """This node as ``trionet ring status`` shows it: tokens held (or parked), counters, messages left.
@@ -262,31 +323,119 @@ class NodeCore:
             epoch: the ring epoch this node runs in.
         """
         holds = [self.holding[d] is not None or self.parked[d] is not None for d in Direction]
-        waiting = max((self.to_send or 0) - self.sent, 0)
-        return StatusReply(self.node_id, epoch, holds[0], holds[1], self.sent, self.delivered, waiting, 0)
+        waiting = max((self.to_send or 0) - self.sent, 0) + len(self._retry)
+        return StatusReply(
+            self.node_id, epoch, holds[0], holds[1], self.sent, self.delivered, waiting, self.undelivered
+        )
 
     # --- inputs ---------------------------------------------------------------
 
     def start(self, now: float = 0.0) -> list[Action]:
-        """Node 0 checks that the ring is closed: it sends a :class:`Probe` clockwise (others: nothing).
+        """Node 0 checks that the ring is closed: it proposes the first view (others: nothing).
 
-        A link carries a frame only while it is up, so when the probe comes
-        back every link of the ring has been established; node 0 then
-        injects the tokens.
+        Its :class:`Probe` goes round clockwise; a link carries a frame only
+        while it is up, so when the probe comes back every link of the ring
+        has been established; node 0 then injects the tokens.
         """
         if self._probe_sent or not self.is_leader:
             return []
         self._probe_sent = True
-        return [Send(Direction.CW, Probe())]
+        return self.propose(now)
+
+    def note_epoch(self, epoch: int, ring: bool = False) -> None:
+        """An epoch was seen (a greeting, a frame): the next proposal must be above it.
+
+        ``ring``: it proves a ring has existed (a token of it, or a peer's
+        greeting, which names an epoch only once its node saw a ring).
+        """
+        if epoch > self.max_epoch:
+            self.max_epoch = epoch
+        if ring and epoch >= 1:
+            self.ring_seen = True
+
+    @property
+    def announced_epoch(self) -> int:
+        """The epoch this node's greetings carry: the highest seen, once it has seen a ring (else 0)."""
+        return self.max_epoch if self.ring_seen else 0
+
+    def propose(self, now: float = 0.0) -> list[Action]:
+        """Start a new view ``(highest epoch seen + 1, this node)``: adopt it, send its probe clockwise.
+
+        The node layer calls this when a link of this node was reset (a new
+        or restarted neighbour) once a ring has existed; node 0 at the start.
+        """
+        if self.finalizing:
+            return []  # the ring is ending: no new view (its tokens would never be parked)
+        epoch = self.next_epoch()
+        self._proposed_at = now
+        actions = self._adopt(epoch, self.node_id)
+        self._note("propose", Direction.CW, epoch)
+        return actions + [Send(Direction.CW, Probe(self.node_id), epoch)]
+
+    def probe_overdue(self, now: float) -> bool:
+        """True when this node's own view has waited ``probe_timeout`` for its probe: propose again."""
+        return (
+            self.monitor == self.node_id
+            and self._injected != self.epoch
+            and not self.finalizing
+            and now - self._proposed_at >= self.probe_timeout
+        )
+
+    def next_epoch(self) -> int:
+        """The epoch this node would propose: the first above every epoch seen that is *its own*.
+
+        Epochs are dealt out by place in the ring file: the node at place
+        ``r`` (0-based) of ``n`` proposes only epochs ``k * n + r + 1``. So two
+        nodes never propose the same epoch, and an epoch names one view
+        (one monitor) even when a partition lets each side close its own ring.
+        """
+        n, r = len(self.ring), self.ring.index(self.node_id) + 1
+        epoch = (self.max_epoch // n) * n + r
+        return epoch if epoch > self.max_epoch else epoch + n
+
+    def _adopt(self, epoch: int, monitor: int) -> list[Action]:
+        """Enter view ``(epoch, monitor)``: forget the tokens, take back the messages in flight."""
+        self.note_epoch(epoch)
+        old = self.epoch
+        self.epoch, self.monitor = epoch, monitor
+        for d in Direction:
+            self.holding[d] = None
+            self.parked[d] = None
+            msg = self.in_flight[d]
+            if msg is not None:
+                self.in_flight[d] = None
+                self._sent_at.pop(d, None)
+                self._retry.appendleft((msg.msg_id, msg.destination, msg.text))
+        self._note("view", Direction.CW, (epoch, monitor, old))
+        return []
+
+    def _on_probe(self, probe: Probe, epoch: int, now: float) -> list[Action]:
+        self.note_epoch(epoch)
+        if self.finalizing:
+            return []
+        mine = (self.epoch, -(self.monitor if self.monitor is not None else 1 << 33))
+        theirs = (epoch, -probe.monitor)
+        if theirs > mine:
+            self._adopt(epoch, probe.monitor)
+            if self.is_leader and self._probe_sent:
+                # Node 0 finalizes, so it keeps the rounds: it takes the monitor's part.
+                return self.propose(now)
+            return [Send(Direction.CW, probe, epoch)]
+        if theirs == mine and probe.monitor == self.node_id and self._injected != epoch:
+            self._injected = epoch
+            return self._inject(now)
+        self._note("drop-probe", Direction.CW, (epoch, probe.monitor))
+        return []
 
     def _inject(self, now: float) -> list[Action]:
-        if self.started:
-            raise RemoteProtocolError("the ring-closure probe came back twice")
+        first = not self.started
         self.started = True
-        if self.stopping:
+        self.ring_seen = True
+        if self.stopping and first:
             return self._finalize()
         actions: list[Action] = []
         for direction in Direction:
+            self._note("inject", direction, self.epoch)
             self._note("token-in", direction)
             actions += self._visit(Token(direction), now)
         return actions
@@ -296,7 +445,7 @@ class NodeCore:
         if self.finished or self.stopping:
             return []
         if not self.is_leader:
-            return [Send(Direction.CW, StopRequest(self.node_id))]
+            return [Send(Direction.CW, StopRequest(self.node_id), self.epoch)]
         self.stopping = True
         if not self.started:
             return []
@@ -307,8 +456,20 @@ class NodeCore:
                 actions += self._park(token)
         return actions + self._maybe_finalize()
 
-    def receive(self, frame: DataFrame, now: float = 0.0) -> list[Action]:
-        """Handle one data frame that arrived from a neighbour."""
+    def receive(self, frame: DataFrame, now: float = 0.0, epoch: int | None = None) -> list[Action]:
+        """Handle one data frame that arrived from a neighbour, sent in ring epoch ``epoch`` (None: this node's).
+
+        A token or message of another epoch than this node's is dropped
+        (counted in :attr:`stale`): it belongs to a view that is over.
+        """
+        if epoch is not None and epoch != self.epoch:
+            if type(frame) is Probe:
+                return self._on_probe(frame, epoch, now)
+            if type(frame) in (Token, Message):
+                self.note_epoch(epoch, ring=True)
+                self.stale += 1
+                self._note("stale", frame.direction, frame)
+                return []
         if isinstance(frame, Message):
             return self._on_message(frame, now)
         if isinstance(frame, Token):
@@ -320,11 +481,11 @@ class NodeCore:
                 raise RemoteProtocolError(f"stop request from node {frame.origin}, which is not in the ring")
             if self.is_leader:
                 return self.request_stop(now)
-            return [Send(Direction.CW, frame)]
+            if frame.origin == self.node_id:
+                return []  # it went round without meeting node 0 (down): nobody can finalize now
+            return [Send(Direction.CW, frame, self.epoch)]
         if isinstance(frame, Probe):
-            if self.is_leader:
-                return self._inject(now)
-            return [Send(Direction.CW, frame)]
+            return self._on_probe(frame, self.epoch if epoch is None else epoch, now)
         raise LocalProtocolError(f"not a data frame: {frame!r}")
 
     # --- tokens -----------------------------------------------------------------
@@ -336,39 +497,49 @@ class NodeCore:
         if self.finished:
             raise RemoteProtocolError(f"{d.label} token after finalization")
         self._note("token-in", d)
-        if self.is_leader:
-            # The token is back at node 0: one round is complete.
-            if self.stopping or not token.busy:
+        self.ring_seen = True
+        if self.keeps_rounds:
+            # The token is back at the monitor: one round is complete.
+            if self.is_leader and (self.stopping or not token.busy):
                 return self._park(token) + self._maybe_finalize()
+            clean = not token.busy
             token = Token(d, token.round + 1, busy=False)
+            if clean and not self.has_pending():
+                # Not node 0: nobody may finalize; keep the idle ring from spinning.
+                return self._pass(token, self.idle_pause)
         return self._visit(token, now)
 
     def _visit(self, token: Token, now: float) -> list[Action]:
         d = token.direction
         if not (self.is_leader and self.stopping) and self.has_pending():
-            item = self._queue.pop()
-            self.sent += 1
-            if len(item) == 3:  # numbered: the id is stable across restarts (its line number)
-                msg_id, dest, text = item
+            if self._retry:
+                msg_id, dest, text = self._retry.popleft()
+                self.resent += 1
             else:
-                (dest, text), msg_id = item, self.sent
+                item = self._queue.pop()
+                self.sent += 1
+                if len(item) == 3:  # numbered: the id is stable across restarts (its line number)
+                    msg_id, dest, text = item
+                else:
+                    (dest, text), msg_id = item, self.sent
+                self._first_sent[msg_id] = now
             msg = Message(d, self.node_id, dest, msg_id, text)
             self.holding[d] = Token(d, token.round, True)
             self.in_flight[d] = msg
             self._sent_at[d] = now
             self._note("send", d, msg)
-            return [Send(d, msg)]
+            return [Send(d, msg, self.epoch)]
         # (Frames are built directly, not with dataclasses.replace: this is
         # the per-hop path, and replace() costs several times more.)
         return self._pass(Token(d, token.round, token.busy or self.has_pending()))
 
-    def _pass(self, token: Token) -> list[Action]:
+    def _pass(self, token: Token, pause: float = 0.0) -> list[Action]:
         d = token.direction
         self.holding[d] = None
-        if self.is_leader and self.stopping:
+        if self.is_leader and self.stopping and self.keeps_rounds:
             return self._park(token) + self._maybe_finalize()
         self._note("token-out", d)
-        return [Send(d, token)]
+        return [Send(d, token, self.epoch, pause)]
 
     def _park(self, token: Token) -> list[Action]:
         self.holding[token.direction] = None
@@ -383,11 +554,11 @@ class NodeCore:
 
     def _finalize(self) -> list[Action]:
         self._finalize_sent = True
-        unsent = self._queue.drain()
+        unsent = self._queue.drain() + len(self._retry)
         fin = Finalize(self.stopping, self.sent, self.delivered, unsent, 1)
         self._unsent = unsent
         self._note("finalize", Direction.CW)
-        return [Send(Direction.CW, fin)]
+        return [Send(Direction.CW, fin, self.epoch)]
 
     # --- messages ---------------------------------------------------------------
 
@@ -398,6 +569,7 @@ class NodeCore:
         d = msg.direction
         if msg.origin not in self._members or msg.destination not in self._members:
             raise RemoteProtocolError(self._outsider(msg))
+        self.ring_seen = True  # messages exist only once a view's tokens were injected
         mine = self.in_flight[d]
         from_here = msg.origin == self.node_id
         if from_here and (mine is None or mine[:5] != msg[:5]):
@@ -409,22 +581,50 @@ class NodeCore:
         actions: list[Action] = []
         if msg.destination == self.node_id and not msg.delivered:
             msg = Message(d, msg.origin, msg.destination, msg.msg_id, msg.text, True)
-            if self.delivered_before is not None and self.delivered_before(msg.origin, msg.msg_id):
+            key = (msg.origin, msg.msg_id)
+            if key in self._delivered_ids or (
+                self.delivered_before is not None and self.delivered_before(msg.origin, msg.msg_id)
+            ):
                 self.already_delivered += 1
                 self._note("skip", d, msg)
             else:
+                self._delivered_ids.add(key)
                 self.delivered += 1
                 self._note("deliver", d, msg)
                 actions.append(Deliver(msg))
         if not from_here:
             self.forwarded += 1
             self._note("forward", d, msg)
-            actions.append(Send(d, msg))
+            actions.append(Send(d, msg, self.epoch))
             return actions
         self.in_flight[d] = None
-        self.returned += 1
-        self._note("return", d, msg)
-        actions.append(Returned(msg, now - self._sent_at.pop(d)))
+        sent_at = self._sent_at.pop(d)
+        if msg.delivered:
+            self.returned += 1
+            self._absent_since.pop(msg.destination, None)
+            self._first_sent.pop(msg.msg_id, None)
+            self._note("return", d, msg)
+            actions.append(Returned(msg, now - sent_at))
+        elif now - min(
+            self._first_sent.get(msg.msg_id, now), self._absent_since.setdefault(msg.destination, now)
+        ) >= self.undeliverable_after:
+            # (Counted from when this message was first sent, or its destination
+            # was first missed, whichever is earlier: one wait per dead node, not per message.)
+            self._first_sent.pop(msg.msg_id, None)
+            self.undelivered += 1
+            self._note("undeliverable", d, msg)
+            reason = (
+                f"node {msg.destination} was not in the ring for {self.undeliverable_after:g}s"
+                if msg.destination != self.node_id else "never came back delivered"
+            )
+            actions.append(Undeliverable(msg, reason))
+        else:
+            # Its destination is not in the ring (down, or not back yet): again on a later visit.
+            self._retry.append((msg.msg_id, msg.destination, msg.text))
+            self._note("retry", d, msg)
+            token = self.holding[d]
+            # Hold the token a moment: until its destination is back the ring would resend it at full speed.
+            return actions + self._pass(Token(d, token.round, True), self.idle_pause)
         token = self.holding[d]
         assert token is not None  # held since the message was sent
         return actions + self._pass(token)
@@ -439,13 +639,13 @@ class NodeCore:
             summary = Summary(self.node_id, self.sent, self.delivered, self.forwarded, self._unsent, fin.requested, fin)
             self._note("finalize", Direction.CW, fin)
             return [Finished(summary)]
-        unsent = self._queue.drain()
+        unsent = self._queue.drain() + len(self._retry)
         total = Finalize(
             fin.requested, fin.sent + self.sent, fin.delivered + self.delivered, fin.unsent + unsent, fin.nodes + 1
         )
         self._note("finalize", Direction.CW, total)
         summary = Summary(self.node_id, self.sent, self.delivered, self.forwarded, unsent, fin.requested)
-        return [Send(Direction.CW, total), Finished(summary)]
+        return [Send(Direction.CW, total, self.epoch), Finished(summary)]
 
     def _note(self, event: str, direction: Direction, detail: object = None) -> None:
         if self.observer is not None:

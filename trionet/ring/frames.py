@@ -38,6 +38,7 @@ __all__ = [
     "Direction",
     "Finalize",
     "FrameDecoder",
+    "Heartbeat",
     "Hello",
     "LinkFrame",
     "LocalProtocolError",
@@ -56,8 +57,9 @@ __all__ = [
     "encode_frame",
 ]
 
-PROTOCOL_VERSION = 2
-"""Version 2 added the nonce and ``secured`` flag to ``HELLO`` and the ``AUTH`` frame."""
+PROTOCOL_VERSION = 3
+"""Version 2 added the nonce and ``secured`` flag to ``HELLO`` and the ``AUTH`` frame; version 3 the
+link sessions in ``HELLO``, the monitor in ``PROBE`` and ``HEARTBEAT`` (surviving crashes)."""
 NONCE_BYTES = 32
 """The random challenge each side puts in its ``HELLO``."""
 PROOF_BYTES = 32
@@ -108,7 +110,9 @@ class Hello:
     peer: everything below it arrived, so the peer drops those frames and
     resends the rest. ``secured`` says whether the sender has the ring's
     shared secret; ``nonce`` is its fresh random challenge, which the peer's
-    proof must cover (:mod:`trionet.ring.handshake`).
+    proof must cover (:mod:`trionet.ring.handshake`). ``session`` names the
+    sender's link state, ``peer_session`` the peer's as last seen (0: never):
+    the link resumes only when both match (:meth:`~trionet.ring.link.LinkState.resumes`).
     """
 
     node_id: int
@@ -117,6 +121,8 @@ class Hello:
     recv_next: int
     secured: bool = False
     nonce: bytes = bytes(NONCE_BYTES)
+    session: int = 0
+    peer_session: int = 0
 
     def __post_init__(self) -> None:
         if len(self.nonce) != NONCE_BYTES:
@@ -154,6 +160,11 @@ class Bye:
 
 
 @dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The sender is alive: sent on a link that has carried nothing for a while (failure detection)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """From ``trionet ring stop`` to node 0: finalize now (gracefully)."""
 
@@ -170,7 +181,7 @@ class StatusReply:
     ``holds_cw``/``holds_ccw``: the node holds (or, node 0, has parked) that
     direction's token; ``waiting``: messages of its file not sent yet;
     ``undelivered``: messages it knows were not delivered (always 0 until
-    failure detection exists).
+    failure detection existed; now the messages it recorded as undeliverable).
     """
 
     node_id: int
@@ -230,12 +241,18 @@ class StopRequest:
     origin: int
 
 
-LinkFrame = Hello | Auth | Ack | Reject | Stop | Bye | StatusRequest | StatusReply
+LinkFrame = Hello | Auth | Ack | Reject | Stop | Bye | StatusRequest | StatusReply | Heartbeat
 
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """Node 0's ring-closure check: each node forwards it clockwise once both its links are up."""
+    """A proposed view, going round clockwise: ``monitor`` proposed it, the frame's epoch is its epoch.
+
+    When it comes back to its monitor the ring is closed under that view and
+    the monitor injects the tokens (:class:`~trionet.ring.core.NodeCore`).
+    """
+
+    monitor: int = 0
 
 
 DataFrame = Token | Message | Finalize | StopRequest | Probe
@@ -244,9 +261,10 @@ _PREFIX = 4  # bytes of the length prefix
 _HEADER = struct.Struct(">BBIQ")  # version, type, epoch, link sequence (0: not a data frame)
 (
     _T_HELLO, _T_ACK, _T_REJECT, _T_STOP, _T_TOKEN, _T_MESSAGE, _T_FINALIZE, _T_STOPREQ, _T_PROBE, _T_BYE, _T_AUTH,
-    _T_STATUS, _T_STATUS_REPLY,
-) = range(1, 14)
-_HELLO = struct.Struct(f">IBIQB{NONCE_BYTES}s")
+    _T_STATUS, _T_STATUS_REPLY, _T_HEARTBEAT,
+) = range(1, 15)
+_HELLO = struct.Struct(f">IBIQBQQ{NONCE_BYTES}s")
+_PROBE = struct.Struct(">I")
 _AUTH = struct.Struct(f">{PROOF_BYTES}s")
 _ACK = struct.Struct(">Q")
 _TOKEN = struct.Struct(">BIB")
@@ -299,7 +317,10 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
         kind, body = _T_ACK, _ACK.pack(frame.ack)
     elif isinstance(frame, Hello):
         kind = _T_HELLO
-        body = _HELLO.pack(frame.node_id, frame.role, frame.ring, frame.recv_next, frame.secured, frame.nonce)
+        body = _HELLO.pack(
+            frame.node_id, frame.role, frame.ring, frame.recv_next, frame.secured, frame.session,
+            frame.peer_session, frame.nonce,
+        )
     elif isinstance(frame, Auth):
         kind, body = _T_AUTH, _AUTH.pack(frame.proof)
     elif isinstance(frame, Finalize):
@@ -308,13 +329,15 @@ def encode_frame(frame: LinkFrame | DataFrame, *, seq: int = 0, epoch: int = 1) 
     elif isinstance(frame, StopRequest):
         kind, body = _T_STOPREQ, _STOPREQ.pack(frame.origin)
     elif isinstance(frame, Probe):
-        kind, body = _T_PROBE, b""
+        kind, body = _T_PROBE, _PROBE.pack(frame.monitor)
     elif isinstance(frame, Reject):
         kind, body = _T_REJECT, frame.reason.encode("utf-8")[:1000]
     elif isinstance(frame, Stop):
         kind, body = _T_STOP, b""
     elif isinstance(frame, Bye):
         kind, body = _T_BYE, b""
+    elif isinstance(frame, Heartbeat):
+        kind, body = _T_HEARTBEAT, b""
     elif isinstance(frame, StatusRequest):
         kind, body = _T_STATUS, b""
     elif isinstance(frame, StatusReply):
@@ -355,10 +378,10 @@ def decode_frame(payload: bytes) -> Received:
             (ack,) = _exact(_ACK, payload)
             frame = Ack(ack)
         elif kind == _T_HELLO:
-            node_id, role, ring, recv_next, secured, nonce = _exact(_HELLO, payload)
+            node_id, role, ring, recv_next, secured, session, peer_session, nonce = _exact(_HELLO, payload)
             if recv_next < 1:
                 raise ValueError("recv_next must be at least 1")
-            frame = Hello(node_id, Role(role), ring, recv_next, _flag(secured), nonce)
+            frame = Hello(node_id, Role(role), ring, recv_next, _flag(secured), nonce, session, peer_session)
         elif kind == _T_AUTH:
             (proof,) = _exact(_AUTH, payload)
             frame = Auth(proof)
@@ -370,10 +393,13 @@ def decode_frame(payload: bytes) -> Received:
             frame = StopRequest(origin)
         elif kind == _T_REJECT:
             frame = Reject(payload[_HEADER.size :].decode("utf-8", "replace"))
-        elif kind in (_T_STOP, _T_PROBE, _T_BYE, _T_STATUS):
+        elif kind == _T_PROBE:
+            (monitor,) = _exact(_PROBE, payload)
+            frame = Probe(monitor)
+        elif kind in (_T_STOP, _T_BYE, _T_STATUS, _T_HEARTBEAT):
             if len(payload) != _HEADER.size:
                 raise ValueError("frame with a body")
-            frame = {_T_STOP: Stop, _T_PROBE: Probe, _T_BYE: Bye, _T_STATUS: StatusRequest}[kind]()
+            frame = {_T_STOP: Stop, _T_BYE: Bye, _T_STATUS: StatusRequest, _T_HEARTBEAT: Heartbeat}[kind]()
         elif kind == _T_STATUS_REPLY:
             node_id, epoch_, held, sent, delivered, waiting, undelivered = _exact(_STATUS_REPLY, payload)
             if held > 3:

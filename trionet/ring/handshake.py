@@ -59,8 +59,8 @@ from trionet.ring.frames import (
 
 __all__ = ["Opening", "Side", "check_greeting", "check_proof", "make_proof"]
 
-_LABEL = b"trionet ring v2 handshake proof\0"
-_GREETING = struct.Struct(">IBIQB")  # node_id, role, ring, recv_next, secured (then the nonce)
+_LABEL = b"trionet ring v3 handshake proof\0"
+_GREETING = struct.Struct(">IBIQBQQ")  # node_id, role, ring, recv_next, secured, session, peer_session (then the nonce)
 
 
 class Side(enum.Enum):
@@ -71,7 +71,9 @@ class Side(enum.Enum):
 
 
 def _greeting_bytes(hello: Hello) -> bytes:
-    return _GREETING.pack(hello.node_id, hello.role, hello.ring, hello.recv_next, hello.secured) + hello.nonce
+    return _GREETING.pack(
+        hello.node_id, hello.role, hello.ring, hello.recv_next, hello.secured, hello.session, hello.peer_session
+    ) + hello.nonce
 
 
 def make_proof(secret: bytes, side: Side, dialer: Hello, acceptor: Hello, digest: bytes) -> bytes:
@@ -115,7 +117,6 @@ def check_proof(
 def check_greeting(
     event: Received,
     *,
-    epoch: int,
     role: Role,
     node_id: int,
     ring: int,
@@ -127,10 +128,12 @@ def check_greeting(
 
     Args:
         event: the first frame from the peer (a ``REJECT`` is reported as such).
-        epoch: this node's ring epoch.
+            Its epoch is the highest the peer has seen: information, not a check
+            (a restarted node knows none; the views sort epochs out: ``core.py``).
         role: the role the greeting must have.
         node_id: the id it must carry (the previous node, the next node, or,
-            for a stop client, the node it wants).
+            for a stop client, the node it wants); None: any node of the ring
+            (the acceptor then asks its ``admit`` callback).
         ring: this node's ring-file fingerprint.
         secured: whether this side has a secret; both sides must agree.
         me: who checks, for the messages (``node 3``, ``this client``).
@@ -143,11 +146,9 @@ def check_greeting(
         got = f"a {hello.role.name.lower()} greeting" if isinstance(hello, Hello) else type(hello).__name__
         return f"expected a {role.name.lower()} greeting, got {got}"
     peer = peer or f"node {hello.node_id}"
-    if event.epoch != epoch:
-        return f"ring epoch {event.epoch}, {me} is at {epoch}"
     if hello.ring != ring:
         return f"the ring files differ ({peer} and {me} list other nodes)"
-    if hello.node_id != node_id:
+    if node_id is not None and hello.node_id != node_id:
         if role is Role.PREDECESSOR:
             return f"{me} accepts only its previous node {node_id}, not node {hello.node_id}"
         if role is Role.CONTROL and me == f"node {node_id}":
@@ -209,7 +210,10 @@ class Opening:
         self._step = _Step.GREETING
         self._mine: Hello | None = None
         self._expect: dict[Role, int] = {}
-        self._recv_next: Callable[[], int] = lambda: 1
+        self._link: Callable[[Hello], tuple[int, int, int]] = lambda peer: (1, 0, 0)
+        self._admit: Callable[[int, int], str | None] | None = None
+        self.peer_epoch = 0
+        """The highest epoch the peer has seen (its greeting's header)."""
         self._stops = False
         self._status: Callable[[], StatusReply] | None = None
         self._control = False
@@ -224,7 +228,16 @@ class Opening:
 
     @classmethod
     def dialer(
-        cls, *, node_id: int, role: Role, peer_id: int, recv_next: int, me: str, **common
+        cls,
+        *,
+        node_id: int,
+        role: Role,
+        peer_id: int,
+        recv_next: int,
+        me: str,
+        session: int = 0,
+        peer_session: int = 0,
+        **common,
     ) -> Opening:
         """The connecting end: a node dialing its next node (``PREDECESSOR``) or a stop client (``CONTROL``).
 
@@ -234,10 +247,11 @@ class Opening:
             peer_id: the node it must reach.
             recv_next: the next link frame the dialer expects (1 for a stop client).
             me: who dials, in messages (``node 3``, ``this client``).
+            session: the dialer's link session; peer_session: the peer's as last seen.
             common: ``ring``, ``digest``, ``secret``, ``epoch`` and ``nonce``.
         """
         self = cls(Side.DIALER, node_id=node_id, me=me, **common)
-        self._mine = Hello(node_id, role, self._ring, recv_next, self._secured, self._nonce)
+        self._mine = Hello(node_id, role, self._ring, recv_next, self._secured, self._nonce, session, peer_session)
         answer = Role.CONTROL if role is Role.CONTROL else Role.SUCCESSOR
         self._expect = {answer: peer_id}
         self._control = role is Role.CONTROL
@@ -249,18 +263,28 @@ class Opening:
         *,
         node_id: int,
         previous: int,
-        recv_next: Callable[[], int],
+        recv_next: Callable[[], int] | None = None,
         accepts_stop: bool,
         status: Callable[[], StatusReply] | None = None,
+        admit: Callable[[int, int], str | None] | None = None,
+        link: Callable[[Hello], tuple[int, int, int]] | None = None,
         **common,
     ) -> Opening:
         """The accepting end: node ``node_id``, which takes its ``previous`` node and stop clients.
 
         Args:
             node_id: this node's id.
-            previous: the only node that may connect as ``PREDECESSOR``.
+            previous: the only node that may connect as ``PREDECESSOR``
+                (unless ``admit`` is given).
             recv_next: read when the greeting is answered: the next link
                 frame this node expects from its previous node.
+            admit: ``admit(node_id, epoch)`` decides instead of ``previous``
+                (``epoch``: the greeting's): None to take that node as
+                predecessor, else why not (bypass:
+                :func:`trionet.ring.membership.admits`).
+            link: ``link(hello)`` gives ``(recv_next, session, peer_session)``
+                to answer the predecessor's greeting with
+                (:meth:`~trionet.ring.link.LinkState.answer`); instead of ``recv_next``.
             accepts_stop: whether a proven stop client's ``STOP`` is
                 accepted (node 0 only; others refuse it, naming node 0).
             status: called when a proven control client sends ``STATUS``:
@@ -268,8 +292,12 @@ class Opening:
             common: ``ring``, ``digest``, ``secret``, ``epoch`` and ``nonce``.
         """
         self = cls(Side.ACCEPTOR, node_id=node_id, me=f"node {node_id}", **common)
-        self._expect = {Role.PREDECESSOR: previous, Role.CONTROL: node_id}
-        self._recv_next = recv_next
+        self._expect = {Role.PREDECESSOR: None if admit else previous, Role.CONTROL: node_id}
+        self._admit = admit
+        if link is not None:
+            self._link = link
+        elif recv_next is not None:
+            self._link = lambda peer: (recv_next(), 0, 0)
         self._stops = accepts_stop
         self._status = status
         return self
@@ -278,6 +306,14 @@ class Opening:
     def finished(self) -> bool:
         """True once the peer was accepted or the handshake failed."""
         return self._step is _Step.DONE
+
+    @property
+    def resumes(self) -> bool:
+        """Once accepted: the link continues its sequence state (the acceptor's decision, echoed)."""
+        mine, peer = self._mine, self.peer
+        if self.side is Side.ACCEPTOR:
+            return mine.peer_session != 0 and mine.peer_session == peer.session
+        return peer.peer_session != 0 and peer.peer_session == mine.session
 
     @property
     def control(self) -> bool:
@@ -309,19 +345,24 @@ class Opening:
             role = frame.role
             self._control = role is Role.CONTROL
         reason = check_greeting(
-            event, epoch=self._epoch, role=role, node_id=self._expect[role], ring=self._ring,
+            event, role=role, node_id=self._expect[role], ring=self._ring,
             secured=self._secured, me=self._me, peer="the stop client" if self.side is Side.ACCEPTOR and role is Role.CONTROL else None,
         )
+        if not reason and self._admit is not None and role is Role.PREDECESSOR:
+            reason = self._admit(frame.node_id, event.epoch)
         if reason:
             # A dialer has said nothing but its greeting: it just closes.
             return self._refuse(reason, event, answer=self.side is Side.ACCEPTOR)
         self.peer = frame
+        self.peer_epoch = event.epoch
         self._step = _Step.PROOF
         if self.side is Side.DIALER:
             return b""
         mine_role = Role.CONTROL if role is Role.CONTROL else Role.SUCCESSOR
-        recv_next = 1 if role is Role.CONTROL else self._recv_next()
-        self._mine = Hello(self._node_id, mine_role, self._ring, recv_next, self._secured, self._nonce)
+        recv_next, session, peer_session = (1, 0, 0) if role is Role.CONTROL else self._link(frame)
+        self._mine = Hello(
+            self._node_id, mine_role, self._ring, recv_next, self._secured, self._nonce, session, peer_session
+        )
         return encode_frame(self._mine, epoch=self._epoch) + self._proof()
 
     def _on_proof(self, event: Received) -> bytes:

@@ -10,11 +10,13 @@ in the sequence. Pure: it sees frames and numbers, never a socket or a clock.
 from __future__ import annotations
 
 import enum
+import secrets
 from collections import deque
 
 from trionet.ring.frames import (
     Ack,
     Bye,
+    Heartbeat,
     DataFrame,
     Direction,
     LinkFrame,
@@ -42,6 +44,8 @@ class Arrival(enum.Enum):
     """An acknowledgement, applied: frames up to it left :attr:`LinkState.unacked`."""
     BYE = "bye"
     """The peer has finished and needs nothing more on this link."""
+    HEARTBEAT = "heartbeat"
+    """The peer is alive (it had nothing else to say)."""
 
 
 class LinkState:
@@ -51,32 +55,105 @@ class LinkState:
     :attr:`unacked` until the peer acknowledges them; after a reconnect,
     :meth:`on_connect` returns what must be sent again. Every frame received
     after the handshake goes through :meth:`receive`, which refuses what a
-    correct neighbour never sends (another ring epoch, a token or message of
-    the wrong direction, a gap in the sequence, a handshake frame) and tells
-    a duplicate (the peer resent it because our ack was lost) from a new frame.
+    correct neighbour never sends (a token or message of the wrong direction,
+    a gap in the sequence, a handshake frame) and tells a duplicate (the peer
+    resent it because our ack was lost) from a new frame. A frame's ring
+    epoch is the node's business (:class:`~trionet.ring.core.NodeCore` drops
+    the frames of other epochs), not the link's.
+
+    A link state has a random :attr:`session`; the greetings of a new
+    connection carry both ends' sessions, and the connection resumes this
+    state only when each end still has the session the other saw last
+    (:meth:`resumes`); otherwise both ends :meth:`reset` (a new peer, a
+    restarted one): sequence numbers start again and the unacknowledged
+    frames are dropped (the ring's epochs recover what they held).
 
     Args:
-        epoch: the ring epoch written in every frame, and required of every
-            data frame received.
+        epoch: the ring epoch written in the frames :meth:`wrap` numbers
+            unless it is given one.
         incoming: the direction of the tokens and messages this link brings
             (clockwise from the previous node, counter-clockwise from the
             next); None accepts either (tests of sequencing alone).
+        peer: the node at the other end (None: not yet known).
     """
 
-    def __init__(self, epoch: int = 1, incoming: Direction | None = None) -> None:
+    def __init__(self, epoch: int = 1, incoming: Direction | None = None, peer: int | None = None) -> None:
         self.epoch = epoch
         self.incoming = incoming
+        self.peer = peer
+        self.peer_session = 0
+        self.resent = 0
+        self.duplicates = 0
+        self.resets = 0
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self.session = secrets.randbits(63) + 1
+        self._next_session = secrets.randbits(63) + 1  # for the next peer, announced before it is taken
+        self._clear()
+
+    def _clear(self) -> None:
         self.next_seq = 1
         self.unacked: deque[tuple[int, bytes]] = deque()
         self.recv_next = 1
-        self.resent = 0
-        self.duplicates = 0
 
-    def wrap(self, frame: DataFrame) -> bytes:
-        """Number ``frame``, keep it until acknowledged, and return its bytes."""
+    def greeting(self, peer: int) -> tuple[int, int, int]:
+        """The dialer's ``(recv_next, session, peer_session)`` to greet ``peer`` with (nothing changes yet).
+
+        For a peer other than the one this state is for, the greeting of a
+        fresh state: what is queued was for the other node.
+        """
+        if peer != self.peer:
+            return 1, self._next_session, 0
+        return self.recv_next, self.session, self.peer_session
+
+    def answer(self, peer: int, peer_session: int, seen_session: int) -> tuple[int, int, int]:
+        """The acceptor's greeting to ``peer``, which greeted with its session and the one it saw from us.
+
+        The acceptor decides alone whether the link continues, on what both
+        greetings say, and tells the dialer by echoing the dialer's session
+        as its ``peer_session`` (0: start again). It continues when each end
+        still has what the other saw last, or on the very first contact
+        (neither ever saw the other). Nothing changes until :meth:`connect`.
+        """
+        if peer != self.peer:
+            go_on = seen_session == 0
+            return (1, self._next_session, peer_session if go_on else 0)
+        go_on = (seen_session == 0 and self.peer_session == 0) or (
+            seen_session == self.session and peer_session == self.peer_session
+        )
+        return self.recv_next, self.session, peer_session if go_on else 0
+
+    def connect(self, peer: int, peer_session: int, resume: bool, peer_recv_next: int) -> tuple[bytes, bool]:
+        """A connection's handshake with ``peer`` is over: resume, or start again; return ``(bytes to resend, reset)``.
+
+        ``resume`` is the acceptor's decision (:meth:`answer`): the dialer
+        reads it in the answer, the acceptor remembers it. On a resume the
+        frames the peer has not got are resent; otherwise the sequence
+        state starts again on both ends (``reset`` True; so it is for a new
+        peer, which gets a fresh state).
+
+        Raises:
+            RemoteProtocolError: a resumed peer asks for a frame that is gone.
+        """
+        switched = peer != self.peer
+        if switched:
+            self.peer = peer
+            self.session = self._next_session
+            self._next_session = secrets.randbits(63) + 1
+            self._clear()
+        self.peer_session = peer_session
+        if resume:
+            return self.on_connect(peer_recv_next), switched
+        self.resets += 1
+        self._clear()
+        return b"", True
+
+    def wrap(self, frame: DataFrame, epoch: int | None = None) -> bytes:
+        """Number ``frame``, keep it until acknowledged, and return its bytes (sent in ``epoch``)."""
         seq = self.next_seq
         self.next_seq += 1
-        data = encode_frame(frame, seq=seq, epoch=self.epoch)
+        data = encode_frame(frame, seq=seq, epoch=self.epoch if epoch is None else epoch)
         self.unacked.append((seq, data))
         return data
 
@@ -111,14 +188,12 @@ class LinkState:
         before then is accepted again when resent.
 
         Raises:
-            RemoteProtocolError: a data frame of another ring epoch, a token
+            RemoteProtocolError: a token
                 or message of the direction this link does not carry, a gap
                 (a later frame before an earlier one), an ``ACK`` of a frame
                 never sent, or a frame that belongs to the handshake.
         """
         if seq:  # a data frame (the decoder numbers exactly those)
-            if epoch != self.epoch:
-                raise RemoteProtocolError(f"frame of ring epoch {epoch}, this ring is at {self.epoch}")
             if self.incoming is not None and type(frame) in _DIRECTED and frame.direction is not self.incoming:
                 raise RemoteProtocolError(
                     f"{frame.direction.label} frame on a link that carries {self.incoming.label}"
@@ -132,6 +207,8 @@ class LinkState:
         if type(frame) is Ack:
             self.on_ack(frame.ack)
             return Arrival.ACKED
+        if type(frame) is Heartbeat:
+            return Arrival.HEARTBEAT
         if type(frame) is Bye:
             return Arrival.BYE
         raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame after the handshake")

@@ -34,18 +34,18 @@ def _collect(node: RingNode) -> Iterator[Metric]:
     messages = CounterMetricFamily(
         "trionet_ring_messages", "Messages by what this node did with them.", labels=["outcome"]
     )
-    for outcome in ("sent", "delivered", "already_delivered", "forwarded", "returned", "dropped"):
+    for outcome in ("sent", "delivered", "already_delivered", "forwarded", "returned", "dropped", "resent", "undelivered", "stale"):
         messages.add_metric([outcome], getattr(core, outcome))
     yield messages
     links = [node.prev_link, node.next_link]
-    epoch = GaugeMetricFamily("trionet_ring_epoch", "The ring epoch of each link's frames.", labels=["link"])
+    epoch = GaugeMetricFamily("trionet_ring_epoch", "The ring epoch this node is in (the frames each link sends).", labels=["link"])
     connects = CounterMetricFamily("trionet_ring_link_connects", "Connections made on each link.", labels=["link"])
     resent = CounterMetricFamily("trionet_ring_link_resent_frames", "Frames resent after a reconnect.", labels=["link"])
     duplicates = CounterMetricFamily(
         "trionet_ring_link_duplicate_frames", "Frames received twice and dropped.", labels=["link"]
     )
     for link in links:
-        epoch.add_metric([link.name], link.state.epoch)
+        epoch.add_metric([link.name], core.epoch)
         connects.add_metric([link.name], link.connects)
         resent.add_metric([link.name], link.state.resent)
         duplicates.add_metric([link.name], link.state.duplicates)

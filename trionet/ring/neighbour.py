@@ -4,9 +4,11 @@ A :class:`Neighbour` outlives its connections: its
 :class:`~trionet.ring.link.LinkState` keeps every frame sent until the peer
 acknowledges it, so a new connection resends exactly what was lost. Per
 connection it runs the node's reader (given to :meth:`Neighbour.run_connection`)
-beside two tasks of its own: one sends the cumulative ``ACK`` a moment after
+beside tasks of its own: one sends the cumulative ``ACK`` a moment after
 frames arrive, one closes the connection when the peer's acks stop coming
-(a connection dead without a reset). Writes come from several tasks and
+(a connection dead without a reset), one sends a ``HEARTBEAT`` when the
+link has carried nothing for a while, and one closes the connection when
+the peer has been silent for the failure timeout (failure detection). Writes come from several tasks and
 hold one semaphore, a frame at a time (:meth:`Neighbour.send`).
 """
 
@@ -25,6 +27,8 @@ from trionet.ring.frames import (
     Bye,
     DataFrame,
     Direction,
+    Heartbeat,
+    Hello,
     RemoteProtocolError,
     encode_frame,
 )
@@ -35,7 +39,7 @@ __all__ = ["EPOCH", "LINK_ERRORS", "Neighbour"]
 log = get_logger("ring")
 
 EPOCH = 1
-"""The ring epoch of this implementation; a token-regeneration scheme would raise it."""
+"""The epoch of the first view (node 0's at the start); later views count up from the highest seen."""
 
 LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, RemoteProtocolError)
 """What ends one connection (and only it): the next one repairs the link."""
@@ -67,10 +71,11 @@ class Neighbour:
         *,
         ack_delay: float,
         ack_timeout: float,
+        failure_timeout: float = 3.0,
     ) -> None:
         self.name = name
         self.peer = peer
-        self.state = LinkState(EPOCH, incoming)
+        self.state = LinkState(EPOCH, incoming, peer.id)
         # One writer at a time on the stream. A semaphore rather than a Lock:
         # Lock tracks its owner task (and registers it to break the lock if
         # that task exits), which is measurable on the per-hop path.
@@ -90,7 +95,15 @@ class Neighbour:
         self._ack_urgent = trio.Event()
         self._ack_delay = ack_delay
         self._ack_timeout = ack_timeout
+        self._failure_timeout = failure_timeout
         self.last_error = "never connected"
+        self.last_heard = 0.0
+        self.down_since = -float("inf")
+        """When the link last went down (never up: long ago)."""
+        """When the reader last got bytes from the peer (the node's reader sets it)."""
+        self._wrote = False
+        self.heartbeats = 0
+        self.silences = 0
 
     async def wait_up(self, up: bool = True) -> None:
         """Return once the link is up (or down, with ``up=False``)."""
@@ -134,7 +147,14 @@ class Neighbour:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def send(self, frame: DataFrame) -> None:
+    def drop_connection(self, reason: str) -> None:
+        """End the current connection (another one will take its place)."""
+        current = self._current
+        if current is not None:
+            self.last_error = reason
+            current.scope.cancel()
+
+    async def send(self, frame: DataFrame, epoch: int = EPOCH) -> None:
         """Number ``frame``, keep it until acknowledged, and write it if the link is up.
 
         Called by the token tasks and by the other link's reader (passing a
@@ -150,7 +170,8 @@ class Neighbour:
         corrupt the stream, and the reconnect resends the frame at once.
         """
         was_idle = not self.state.unacked
-        data = self.state.wrap(frame)
+        data = self.state.wrap(frame, epoch)
+        self._wrote = True
         if was_idle:
             self._notify()  # wakes the ack watchdog
         stream = self._stream
@@ -181,13 +202,26 @@ class Neighbour:
             current.scope.cancel()
 
     async def run_connection(
-        self, stream: trio.abc.Stream, peer_recv_next: int, read: Callable[[trio.abc.Stream], Awaitable[None]]
+        self,
+        stream: trio.abc.Stream,
+        hello: Hello,
+        read: Callable[[trio.abc.Stream], Awaitable[None]],
+        *,
+        resume: bool = True,
+        peer: NodeAddress | None = None,
+        on_ready: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
         """Use ``stream`` for this link until it fails (it replaces any older connection).
 
-        Resends what the peer has not got, then runs ``read(stream)`` (the
-        node's reader: :meth:`~trionet.ring.node.RingNode._read_frames`) beside this link's ack
-        tasks until the connection ends.
+        ``hello`` is the peer's accepted greeting; ``resume`` says whether
+        the link continues or starts again (the handshake's decision:
+        :meth:`~trionet.ring.link.LinkState.answer`); on a resume, resends
+        what the peer has not got. ``peer`` is the node at the other end
+        when it changed (bypass, rejoin). Then ``on_ready(reset)`` is
+        awaited (``reset``: the link started again, frames may have been
+        lost), and ``read(stream)`` (the node's reader:
+        :meth:`~trionet.ring.node.RingNode._read_frames`) runs beside this
+        link's ack, heartbeat and silence tasks until the connection ends.
 
         Error handling: returns normally on every connection failure
         (reset, EOF, a protocol error), with the reason in :attr:`last_error`.
@@ -205,17 +239,24 @@ class Neighbour:
         try:
             with conn.scope:
                 async with self._lock:
-                    resend = self.state.on_connect(peer_recv_next)
+                    if peer is not None:
+                        self.peer = peer
+                    resend, reset = self.state.connect(hello.node_id, hello.session, resume, hello.recv_next)
                     if resend:
                         log.info("%s: resending %d byte(s) after reconnect", self.name, len(resend))
                         await stream.send_all(resend)
                     self._stream = stream
                 self.up = True
                 self.connects += 1
+                self.last_heard = trio.current_time()
                 self._notify()
+                if on_ready is not None:
+                    await on_ready(reset)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._ack_loop, stream)
                     nursery.start_soon(self._ack_watchdog, stream)
+                    nursery.start_soon(self._heartbeat_loop, stream)
+                    nursery.start_soon(self._silence_watchdog, stream)
                     await read(stream)
                     nursery.cancel_scope.cancel()
                 self.last_error = "closed by the peer"
@@ -227,6 +268,7 @@ class Neighbour:
             self._current = None
             if self.up:
                 self.up = False
+                self.down_since = trio.current_time()
                 self._notify()
             conn.done.set()
             await trio.aclose_forcefully(stream)
@@ -254,6 +296,34 @@ class Neighbour:
         except LINK_ERRORS as exc:
             self._fail(stream, exc)
 
+
+    async def _heartbeat_loop(self, stream: trio.abc.Stream) -> None:
+        # Silence means death to the peer (_silence_watchdog there): on a
+        # link with nothing to say, say that we live, a few times per timeout.
+        interval = self._failure_timeout / 3
+        try:
+            while True:
+                self._wrote = False
+                await trio.sleep(interval)
+                if self._wrote:
+                    continue
+                async with self._lock:
+                    await stream.send_all(encode_frame(Heartbeat()))
+                self.heartbeats += 1
+        except LINK_ERRORS as exc:
+            self._fail(stream, exc)
+
+    async def _silence_watchdog(self, stream: trio.abc.Stream) -> None:
+        # A live peer writes at least a heartbeat every failure_timeout/3
+        # (its own tasks, not its token tasks: a slow node still answers).
+        timeout = self._failure_timeout
+        while True:
+            deadline = self.last_heard + timeout
+            await trio.sleep_until(deadline)
+            if trio.current_time() >= self.last_heard + timeout:  # (not now - last: floats round)
+                self.silences += 1
+                self._fail(stream, TimeoutError(f"node {self.peer.id} silent for {timeout:g}s"))
+                return
 
     async def _ack_watchdog(self, stream: trio.abc.Stream) -> None:
         # A connection can die without a reset (a cable pulled, a host
