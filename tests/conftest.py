@@ -14,6 +14,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# In CI (.ci/run sets CI=true) hypothesis draws the same examples every run:
+# a landing is not decided by the luck of one draw. Locally each run draws
+# fresh examples, and tools/soak_tests.py runs the suite many times to look
+# for the rare case; a failure found there gets its own @example.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
