@@ -1,7 +1,7 @@
 """Real ``trionet ring join`` processes killed with SIGKILL: the ring closes around them.
 
-(Node 0 killed and restarted, and every other restart, are in the simulation:
-tests/ring/test_sim.py; the same process test for node 0 does not pass yet.)
+Node 0 killed and restarted with the same arguments rejoins and finalizes.
+(Every other restart is in the simulation: tests/ring/test_sim.py.)
 """
 
 from __future__ import annotations
@@ -81,6 +81,43 @@ async def test_kill_9_of_middle_nodes_closes_the_ring_around_them(tmp_path, ring
     sent, delivered, unsent, how = ring_totals(procs[0].stdout.decode())
     assert how == "the ring was quiescent" and unsent == 0
 
+
+
+def _delivered_count(tmp_path, ids):
+    return sum(len(read_deliveries(tmp_path / f"deliveries-{i}.jsonl")) for i in ids)
+
+
+@pytest.mark.parametrize("when", ["at once", "after the bypass"])
+async def test_kill_9_of_node_0_then_restart_finalizes_once_it_is_back(tmp_path, ring_cmd, when):
+    """Node 0 dies: the others go on without it; restarted with the same arguments, it rejoins and finalizes."""
+    ids = [0, 1, 2, 3, 4]
+    ports = free_ports(len(ids))
+    config = write_ring(tmp_path / "ring.toml", [(i, "127.0.0.1", ports[i]) for i in ids])
+    messages = make_messages(tmp_path, ids, 60, seed=5)
+    # Messages to node 0 wait for it (the default 30 s, not FAST's 3: a loaded machine may restart it slowly).
+    argv = {i: _argv(ring_cmd, config, i, tmp_path, messages) + ["--undeliverable-after", "30"] for i in ids}
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(90):
+            procs = {i: await RingProcess.start(nursery, argv[i]) for i in ids}
+            await procs[0].wait_for_stderr("injecting the cw and ccw tokens")
+            await _traffic_everywhere(tmp_path, ids)
+            first = procs[0]
+            first.kill()
+            await first.wait()
+            if when == "after the bypass":
+                await procs[4].wait_for_stderr("bypassing node 0")
+                before = _delivered_count(tmp_path, ids[1:])
+                while _delivered_count(tmp_path, ids[1:]) == before:  # the ring without node 0 delivers
+                    await trio.sleep(0.05)  # polling files the nodes write: there is no event to wait on
+            procs[0] = await RingProcess.start(nursery, argv[0])
+            codes = {i: await procs[i].wait() for i in ids}
+        nursery.cancel_scope.cancel()
+    for i in ids:
+        assert codes[i] == 0, procs[i].output
+    assert "ring finalized" not in first.stdout.decode()
+    _check_once(tmp_path, ids, messages)  # nothing twice; every message delivered (node 0 came back)
+    sent, delivered, unsent, how = ring_totals(procs[0].stdout.decode())
+    assert how == "the ring was quiescent" and unsent == 0, procs[0].output
 
 def test_join_help_names_the_crash_options():
     from click.testing import CliRunner

@@ -11,7 +11,7 @@ from trionet.ring.config import iter_numbered_messages
 from trionet.ring.core import Deliver, NodeCore, Returned, Send
 from trionet.ring.frames import Direction, Message, Token
 from trionet.ring.journal import Journal, JournalError
-from trionet.ring.journal_file import JournalFile, journal_path
+from trionet.ring.journal_file import JournalFile, delivery_lines, journal_path
 
 from .conftest import RingProcess, read_deliveries, write_ring
 
@@ -108,6 +108,21 @@ def test_the_file_keeps_records_across_opens(tmp_path):
     third = JournalFile(path)
     third.close()
     assert third.journal.returned == {2, 8}  # the cut record did not swallow the next one
+
+
+def test_a_delivery_record_without_its_line_is_forgotten():
+    """Killed inside the record's fsync (the record outlives a kill -9), the line never written."""
+    journal = Journal.parse("D 1 3\nD 2 4\nR 5\n")
+    assert journal.keep_delivered({(2, 4), (0, 9)}) == {(1, 3)}
+    assert journal.delivered == {(2, 4)} and journal.returned == {5}
+    assert journal.on_delivery(1, 3) == "D 1 3\n"  # delivered once when it comes again
+
+
+def test_delivery_lines_reads_the_ids_of_complete_records(tmp_path):
+    path = tmp_path / "deliveries.jsonl"
+    assert delivery_lines(path) == set()
+    path.write_text('{"id": "1-3", "origin": 1}\n{"id": "12-40", "origin": 12}\n{"id": "2-')  # the last one cut short
+    assert delivery_lines(path) == {(1, 3), (12, 40)}
 
 
 def test_numbered_messages_carry_their_line_numbers(tmp_path):

@@ -25,7 +25,7 @@ from trionet.ring.config import (
 )
 from trionet.ring.core import Summary
 from trionet.ring.journal import JournalError
-from trionet.ring.journal_file import JournalFile, journal_path
+from trionet.ring.journal_file import JournalFile, delivery_lines, journal_path
 from trionet.ring.metrics import ring_registry
 from trionet.ring.node import (
     NodeOptions,
@@ -242,6 +242,16 @@ def join(
             raise click.ClickException(f"{journal_path(deliveries_path)}: cannot open the journal: {exc.strerror}") from None
         except JournalError as exc:
             raise click.ClickException(str(exc)) from None
+        try:
+            lines = delivery_lines(deliveries_path)
+        except OSError as exc:
+            raise click.ClickException(f"{deliveries_path}: cannot read the deliveries file: {exc.strerror}") from None
+        for origin, msg_id in sorted(journal.journal.keep_delivered(lines)):
+            click.echo(
+                f"node {node_id}: journal {journal.path}: message {origin}-{msg_id} is recorded as delivered but has "
+                f"no line in {deliveries_path} (the node died in between): it will be delivered when it comes again",
+                err=True,
+            )
         messages = journal.journal.unsent(messages)
         if journal.journal.returned or journal.journal.delivered:
             click.echo(

@@ -68,6 +68,21 @@ class Journal:
                 raise JournalError(f"{source}:{lineno}: not a journal record: {line[:40]!r}")
         return journal
 
+    def keep_delivered(self, lines: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Forget the ``D`` records whose deliveries line is missing; return them.
+
+        ``lines`` are the ``(origin, msg_id)`` of the deliveries file's lines.
+        A ``D`` record is written before its line, so a record without a line
+        means the node died between the two: within the record's ``fsync``
+        (the record was already in the kernel's page cache and outlives a
+        ``kill -9``), or before the line reached the file. The message was not
+        delivered; forgetting the record lets it be delivered once when it
+        comes again (a line without a record cannot happen).
+        """
+        missing = self.delivered - set(lines)
+        self.delivered -= missing
+        return missing
+
     def unsent(self, messages: Iterable[tuple[int, int, str]]) -> Iterator[tuple[int, int, str]]:
         """The ``(msg_id, destination, text)`` messages still to send: those whose return was not seen."""
         returned = self.returned

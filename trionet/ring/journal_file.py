@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from trionet.ring.journal import Journal
 
-__all__ = ["JournalFile", "journal_path"]
+__all__ = ["JournalFile", "delivery_lines", "journal_path"]
 
 
 def journal_path(deliveries: str | Path) -> Path:
     """Where the journal of a node with this deliveries file lives: ``DELIVERIES.journal``."""
     return Path(f"{deliveries}.journal")
+
+
+def delivery_lines(deliveries: str | Path) -> set[tuple[int, int]]:
+    """The ``(origin, msg_id)`` of the complete records of a deliveries file (none if it is missing).
+
+    A line that is not a delivery record (one cut short by a crash) names
+    no delivery.
+    """
+    found = set()
+    try:
+        text = Path(deliveries).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return found
+    for line in text.splitlines():
+        try:
+            origin, _, msg_id = json.loads(line)["id"].partition("-")
+            found.add((int(origin), int(msg_id)))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return found
 
 
 class JournalFile:
