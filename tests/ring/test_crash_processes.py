@@ -7,6 +7,7 @@ Node 0 killed and restarted with the same arguments rejoins and finalizes.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import trio
@@ -118,6 +119,80 @@ async def test_kill_9_of_node_0_then_restart_finalizes_once_it_is_back(tmp_path,
     _check_once(tmp_path, ids, messages)  # nothing twice; every message delivered (node 0 came back)
     sent, delivered, unsent, how = ring_totals(procs[0].stdout.decode())
     assert how == "the ring was quiescent" and unsent == 0, procs[0].output
+
+
+async def test_a_restarted_node_with_a_wrong_secret_is_closed_out_and_carries_no_frame(tmp_path, ring_cmd):
+    """Node 2 is killed and a process with another secret takes its address: the ring closes around it."""
+    ids = [0, 1, 2, 3, 4]
+    ports = free_ports(len(ids))
+    config = write_ring(tmp_path / "ring.toml", [(i, "127.0.0.1", ports[i]) for i in ids])
+    messages = make_messages(tmp_path, ids, 60, seed=11)
+    good, wrong = tmp_path / "secret", tmp_path / "wrong-secret"
+    good.write_text("the ring's secret\n")
+    wrong.write_text("another secret\n")
+    good.chmod(0o600)
+    wrong.chmod(0o600)
+    argv = {i: _argv(ring_cmd, config, i, tmp_path, messages) + ["--secret-file", str(good)] for i in ids}
+    intruder_argv = [*argv[2][: argv[2].index("--secret-file")], "--secret-file", str(wrong)]
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(90):
+            procs = {i: await RingProcess.start(nursery, argv[i]) for i in ids}
+            await procs[0].wait_for_stderr("injecting the cw and ccw tokens")
+            await _traffic_everywhere(tmp_path, ids)
+            procs[2].kill()
+            await procs[2].wait()
+            lines_of_2 = (tmp_path / "deliveries-2.jsonl").read_bytes()
+            intruder = await RingProcess.start(nursery, intruder_argv)
+            live = [0, 1, 3, 4]
+            codes = {i: await procs[i].wait() for i in live}
+            intruder.kill()
+            await intruder.wait()
+        nursery.cancel_scope.cancel()
+    for i in live:
+        assert codes[i] == 0, procs[i].output
+    assert "bypassing node 2" in procs[1].stderr.decode(), procs[1].output
+    assert "failed to prove it knows the ring's secret" in procs[1].stderr.decode() + intruder.stderr.decode()
+    # The intruder never completed a handshake: no link, no epoch, no frame, no delivery.
+    said = intruder.stderr.decode()
+    assert "connected" not in said and "epoch" not in said and "injecting" not in said, intruder.output
+    assert (tmp_path / "deliveries-2.jsonl").read_bytes() == lines_of_2
+    _check_once(tmp_path, ids, messages, dead=[2])
+    sent, delivered, unsent, how = ring_totals(procs[0].stdout.decode())
+    assert how == "the ring was quiescent" and unsent == 0
+
+
+async def test_a_middle_node_restarted_with_its_journal_does_not_deliver_again(tmp_path, ring_cmd):
+    """Node 2 is killed after delivering, restarted with the same arguments: what it delivered stays delivered once."""
+    ids = [0, 1, 2, 3, 4]
+    ports = free_ports(len(ids))
+    config = write_ring(tmp_path / "ring.toml", [(i, "127.0.0.1", ports[i]) for i in ids])
+    messages = make_messages(tmp_path, ids, 60, seed=13)
+    argv = {i: _argv(ring_cmd, config, i, tmp_path, messages) + ["--undeliverable-after", "30"] for i in ids}
+    deliveries_2 = tmp_path / "deliveries-2.jsonl"
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(90):
+            procs = {i: await RingProcess.start(nursery, argv[i]) for i in ids}
+            await procs[0].wait_for_stderr("injecting the cw and ccw tokens")
+            await _traffic_everywhere(tmp_path, ids)
+            first = procs[2]
+            first.kill()
+            await first.wait()
+            before = deliveries_2.read_text()
+            procs[2] = await RingProcess.start(nursery, argv[2])
+            codes = {i: await procs[i].wait() for i in ids}
+        nursery.cancel_scope.cancel()
+    for i in ids:
+        assert codes[i] == 0, procs[i].output
+    kept = len(read_deliveries(deliveries_2)) - len(before.splitlines())
+    # The journal it restarts with names exactly the deliveries of its first run (a record without its line is dropped).
+    journal_says = re.search(r"(\d+) already delivered here", procs[2].stderr.decode())
+    assert journal_says and int(journal_says[1]) == len({json.loads(line)["id"] for line in before.splitlines()}), procs[2].output
+    assert kept >= 0
+    assert deliveries_2.read_text().startswith(before)  # appended to, never rewritten
+    delivered, _ = _check_once(tmp_path, ids, messages)  # nothing twice; everything delivered
+    assert procs[2].stdout.decode().startswith(f"node 2: sent ") and f"delivered to it {kept}," in procs[2].stdout.decode()
+    sent, _, unsent, how = ring_totals(procs[0].stdout.decode())
+    assert how == "the ring was quiescent" and unsent == 0
 
 def test_join_help_names_the_crash_options():
     from click.testing import CliRunner
