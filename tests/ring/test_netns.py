@@ -75,6 +75,19 @@ def namespaces(require_capability):
         assert not any(ns in leftover for ns in created), leftover
 
 
+def _join_in(namespaces, i, ring_cmd, config, tmp_path, secret, *extra):
+    argv = ["ip", "netns", "exec", namespaces[i][0], *ring_cmd, "join", "--config", str(config), "--id", str(i)]
+    argv += ["--messages", str(tmp_path / f"m{i}.txt"), "--deliveries", str(tmp_path / f"d{i}.jsonl")]
+    return argv + ["--connect-timeout", "30", "--secret-file", str(secret), *extra]
+
+
+def _secret(tmp_path):
+    secret = tmp_path / "ring.secret"
+    secret.write_text(os.urandom(32).hex() + "\n")
+    secret.chmod(0o600)
+    return secret
+
+
 async def test_ring_across_network_namespaces(tmp_path, ring_cmd, namespaces):
     # Every node listens on the same port: they are on different hosts.
     config = write_ring(tmp_path / "ring.toml", [(i, addr, 7500) for i, (_, addr) in enumerate(namespaces)])
@@ -83,20 +96,14 @@ async def test_ring_across_network_namespaces(tmp_path, ring_cmd, namespaces):
         (tmp_path / f"m{i}.txt").write_text("".join(f"{(i + k) % NODES} from {i} #{k}\n" for k in range(per_node)))
     # Non-loopback addresses: a node refuses to listen there without the
     # ring's secret; passing one also proves the handshake across hosts.
-    secret = tmp_path / "ring.secret"
-    secret.write_text(os.urandom(32).hex() + "\n")
-    secret.chmod(0o600)
+    secret = _secret(tmp_path)
     order = random.sample(range(NODES), NODES)
     procs = {}
     async with trio.open_nursery() as nursery:
         try:
             with trio.fail_after(90):
                 for i in order:
-                    ns = namespaces[i][0]
-                    argv = ["ip", "netns", "exec", ns, *ring_cmd, "join", "--config", str(config), "--id", str(i)]
-                    argv += ["--messages", str(tmp_path / f"m{i}.txt"), "--deliveries", str(tmp_path / f"d{i}.jsonl")]
-                    argv += ["--connect-timeout", "30", "--secret-file", str(secret)]
-                    procs[i] = await RingProcess.start(nursery, argv)
+                    procs[i] = await RingProcess.start(nursery, _join_in(namespaces, i, ring_cmd, config, tmp_path, secret))
                 codes = {i: await p.wait() for i, p in procs.items()}
         finally:
             for p in procs.values():
@@ -111,3 +118,40 @@ async def test_ring_across_network_namespaces(tmp_path, ring_cmd, namespaces):
     records = [r for i in range(NODES) for r in read_deliveries(tmp_path / f"d{i}.jsonl")]
     assert len(records) == len({r["id"] for r in records}) == NODES * per_node
     assert f"{NODES} node(s), {NODES * per_node} message(s) sent, {NODES * per_node} delivered, 0 never sent" in procs[0].stdout.decode()
+
+
+async def test_a_link_taken_down_and_back_within_the_failure_timeout_loses_nothing(tmp_path, ring_cmd, namespaces):
+    """Node 2's host loses its link for a moment shorter than F: TCP carries on, nobody is bypassed, nothing is lost."""
+    config = write_ring(tmp_path / "ring.toml", [(i, addr, 7500) for i, (_, addr) in enumerate(namespaces)])
+    per_node = 60
+    for i in range(NODES):
+        (tmp_path / f"m{i}.txt").write_text("".join(f"{(i + k) % NODES} from {i} #{k}\n" for k in range(per_node)))
+    secret = _secret(tmp_path)
+    extra = ["--failure-timeout", "3", "--undeliverable-after", "30"]
+    ns2 = namespaces[2][0]
+    procs = {}
+    async with trio.open_nursery() as nursery:
+        try:
+            with trio.fail_after(90):
+                for i in range(NODES):
+                    procs[i] = await RingProcess.start(nursery, _join_in(namespaces, i, ring_cmd, config, tmp_path, secret, *extra))
+                await procs[0].wait_for_stderr("injecting the cw and ccw tokens")
+                while not all((tmp_path / f"d{i}.jsonl").exists() and (tmp_path / f"d{i}.jsonl").stat().st_size for i in range(NODES)):
+                    await trio.sleep(0.05)  # polling files the nodes write: there is no event to wait on
+                _ip("-n", ns2, "link", "set", "eth0", "down")
+                assert all(p.process.returncode is None for p in procs.values())  # the cut hits a running ring
+                delivered_before = sum(len(read_deliveries(tmp_path / f"d{i}.jsonl")) for i in range(NODES))
+                await trio.sleep(0.5)  # the outage itself (a sixth of F), not a wait for a server
+                _ip("-n", ns2, "link", "set", "eth0", "up")
+                codes = {i: await p.wait() for i, p in procs.items()}
+        finally:
+            for p in procs.values():
+                p.kill()
+            nursery.cancel_scope.cancel()
+    for i, p in procs.items():
+        assert codes[i] == 0, p.output
+        assert "bypassing" not in p.stderr.decode(), p.output  # a live node is not closed out for a short cut
+    records = [r for i in range(NODES) for r in read_deliveries(tmp_path / f"d{i}.jsonl")]
+    assert delivered_before < len(records)  # messages were still on their way when the link went down
+    assert len(records) == len({r["id"] for r in records}) == NODES * per_node
+    assert f"{NODES * per_node} message(s) sent, {NODES * per_node} delivered, 0 never sent" in procs[0].stdout.decode()
