@@ -45,6 +45,14 @@ Usage::
 
     python tools/bench_ring.py --repeat 7      # the full run recorded in docs/benchmarks.md
     python tools/bench_ring.py --quick         # a smaller run to check it works
+    python tools/bench_ring.py --crash --sizes 3,8 --repeat 5   # crashes (below)
+
+With ``--crash`` it measures instead, each against a baseline in the same run,
+interleaved: (a) hop latency with the links' shared secret (``--secret-file``)
+against without; (b) the time from ``kill -9`` of a node of 4 to the first
+complete circle of each token in the new epoch, at each ``--failure-timeouts``
+value; (c) delivered messages per second of a run through a ``kill -9`` and a
+restart of one node against the same run without.
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ else:
     from trionet.serving import EagerSocketStream  # noqa: E402
 
 TEXT = "benchmark message " + "x" * 30  # about the size of a chat line
+SECRET = bytes(range(32))  # the shared secret of the --secret-file runs (what join reads from the file)
 
 
 def _env() -> dict[str, str]:
@@ -89,7 +98,9 @@ def _env() -> dict[str, str]:
 RING_COMMAND = [sys.executable, "-m", "trionet", "ring"]
 
 
-def run_ring(size: int, per_node: dict[int, int], workdir: Path, measure: str = "all") -> list[dict]:
+def run_ring(
+    size: int, per_node: dict[int, int], workdir: Path, measure: str = "all", extra: tuple[str, ...] = ()
+) -> list[dict]:
     """Run a ring of ``size`` node processes to finalization; return each node's stats.
 
     ``measure``: ``all`` times every node's messages; ``latency`` times node
@@ -111,6 +122,7 @@ def run_ring(size: int, per_node: dict[int, int], workdir: Path, measure: str = 
             watch = "all" if measure == "all" or (measure == "latency" and i == 0) else "none"
             argv = [sys.executable, __file__, "_node", str(config), str(i), str(messages), str(stats), watch]
             argv += ["--links"] if measure == "latency" and i == 0 else []
+            argv += list(extra)
         else:
             argv = [*RING_COMMAND, "join", "--config", str(config), "--id", str(i), "--messages", str(messages)]
             argv += ["--stats", str(stats), "--log-level", "warning", "--connect-timeout", "120"]
@@ -133,12 +145,214 @@ def ring_throughput(size: int, messages: int, workdir: Path) -> float:
     return size * messages / (end - start)
 
 
-def ring_hop_latency(size: int, messages: int, workdir: Path) -> tuple[float, float, float]:
+def ring_hop_latency(
+    size: int, messages: int, workdir: Path, secret: bool = False
+) -> tuple[float, float, float]:
     """Median hop latency at the links and as node 0's core sees it (round trips / size), and the
-    forwarding nodes' mean CPU per frame."""
-    stats = run_ring(size, {0: messages}, workdir, "latency")
+    forwarding nodes' mean CPU per frame. ``secret``: the links authenticate (``--secret-file``)."""
+    extra = ("--secret", SECRET.hex()) if secret else ()
+    stats = run_ring(size, {0: messages}, workdir, "latency", extra)
     cpu = statistics.mean(s["cpu_busy"] / s["frames_received"] for s in stats[1:] if s["frames_received"])
     return stats[0]["link_round_trip_median"] / size, cpu, stats[0]["round_trip_median"] / size
+
+
+# --- crashes: recovery time, throughput through a crash and a restart -------------
+
+
+def _wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.02)  # a benchmark polling files, not a test
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _first_circle(arrivals: dict[int, list[tuple[float, int]]], after: float, old_epoch: int) -> float | None:
+    """When one direction's token first completed a circle of the live nodes in an epoch above ``old_epoch``.
+
+    ``arrivals``: by live node, its ``(time, epoch)`` token arrivals in that
+    direction. A circle is complete at the second arrival, in the same epoch,
+    at the node where the token of that epoch arrived first, once every live
+    node has seen it: a full turn (and at most one hop more than a turn
+    counted from the node that injected it).
+    """
+    best = None
+    epochs = {e for rows in arrivals.values() for t, e in rows if t > after and e > old_epoch}
+    for epoch in epochs:
+        firsts = {n: [t for t, e in rows if t > after and e == epoch] for n, rows in arrivals.items()}
+        if not all(firsts.values()):
+            continue
+        start_node = min(firsts, key=lambda n: firsts[n][0])
+        seen_all = max(ts[0] for ts in firsts.values())
+        again = [t for t in firsts[start_node][1:] if t >= seen_all]
+        if again and (best is None or again[0] < best):
+            best = again[0]
+    return best
+
+
+def crash_recovery(size: int, victim: int, failure_timeout: float, workdir: Path) -> tuple[float, float]:
+    """Seconds from ``kill -9`` of node ``victim`` to each token's first complete circle in a new epoch (cw, ccw).
+
+    Every live node sends a long stream of messages to the other live nodes
+    (the victim sends none and is sent none), so the tokens never park and
+    the ring does not finalize under the measurement. Each node process
+    writes the wall-clock time and epoch of every token arrival; after the
+    kill, once ``failure_timeout`` + 8 s have passed, every process is killed.
+    """
+    ports = free_ports(size)
+    config = workdir / f"crash{size}.toml"
+    config.write_text(RingConfig.local(size, ports=ports).to_toml())
+    live = [i for i in range(size) if i != victim]
+    rng = random.Random(victim)
+    procs, event_files = [], {}
+    for i in range(size):
+        messages = workdir / f"cm{i}.txt"
+        with open(messages, "w") as fh:
+            for _ in range(0 if i == victim else 100_000):
+                fh.write(f"{rng.choice([n for n in live if n != i])} {TEXT}\n")
+        event_files[i] = workdir / f"events{i}.txt"
+        event_files[i].write_text("")
+        argv = [sys.executable, __file__, "_node", str(config), str(i), str(messages), str(workdir / "unused.json"),
+                "none", "--failure-timeout", str(failure_timeout), "--events", str(event_files[i])]
+        procs.append(subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        _wait_for(lambda: event_files[victim].stat().st_size > 0, 60, "the ring to run")
+        time.sleep(1.0)  # the ring in its stride, messages in flight
+        killed_at = time.time()
+        procs[victim].kill()
+        time.sleep(failure_timeout + 8)
+    finally:
+        _kill_all(procs)
+    arrivals: dict[int, dict[int, list[tuple[float, int]]]] = {0: {}, 1: {}}
+    old_epoch = 0
+    for i in live:
+        for line in event_files[i].read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 3:
+                continue  # the last line, cut by the kill
+            t, direction, epoch = float(parts[0]), int(parts[1]), int(parts[2])
+            arrivals[direction].setdefault(i, []).append((t, epoch))
+            if t <= killed_at:
+                old_epoch = max(old_epoch, epoch)
+    result = []
+    for direction in (0, 1):
+        done = _first_circle(arrivals[direction], killed_at, old_epoch)
+        result.append(float("nan") if done is None else done - killed_at)
+    return result[0], result[1]
+
+
+def crash_restart_rate(size: int, victim: int, per_node: int, crash: bool, down: float, workdir: Path) -> tuple[float, int]:
+    """Delivered messages per second of a run of ``trionet ring join`` processes to finalization, and duplicates.
+
+    Every node but ``victim`` sends ``per_node`` messages to random nodes
+    (the victim included); every node keeps a deliveries file (and so a
+    journal). With ``crash``, the victim is killed with ``kill -9`` once it
+    has delivered 20 messages, and started again with the same arguments
+    ``down`` seconds later. The rate is all deliveries over the time from
+    starting the processes to node 0's exit: startup counts in both runs.
+    """
+    run = workdir / f"rate-{int(crash)}-{time.monotonic_ns()}"
+    run.mkdir()
+    ports = free_ports(size)
+    config = run / "ring.toml"
+    config.write_text(RingConfig.local(size, ports=ports).to_toml())
+    rng = random.Random(size)
+    argvs = []
+    for i in range(size):
+        messages = run / f"m{i}.txt"
+        with open(messages, "w") as fh:
+            for _ in range(0 if i == victim else per_node):
+                fh.write(f"{rng.choice([n for n in range(size) if n != i])} {TEXT}\n")
+        argvs.append([*RING_COMMAND, "join", "--config", str(config), "--id", str(i), "--messages", str(messages),
+                      "--deliveries", str(run / f"d{i}.jsonl"), "--failure-timeout", "1", "--log-level", "warning"])
+    logs = [open(run / f"log{i}.txt", "w") for i in range(size)]
+    started = time.perf_counter()
+    procs = [subprocess.Popen(a, env=_env(), stdout=subprocess.DEVNULL, stderr=log) for a, log in zip(argvs, logs)]
+    try:
+        if crash:
+            victim_file = run / f"d{victim}.jsonl"
+            _wait_for(lambda: victim_file.exists() and victim_file.read_text().count("\n") >= 20, 60,
+                      "the victim's deliveries")
+            procs[victim].kill()
+            procs[victim].wait()
+            time.sleep(down)
+            procs[victim] = subprocess.Popen(argvs[victim], env=_env(), stdout=subprocess.DEVNULL, stderr=logs[victim])
+        code = procs[0].wait(timeout=300)
+        elapsed = time.perf_counter() - started
+        for proc in procs[1:]:
+            proc.wait(timeout=60)
+    finally:
+        _kill_all(procs)
+        for log in logs:
+            log.close()
+    if code != 0:
+        raise SystemExit(f"node 0 exited {code}: {(run / 'log0.txt').read_text()[-2000:]}")
+    ids = [json.loads(line)["id"] for i in range(size) for line in (run / f"d{i}.jsonl").read_text().splitlines()]
+    if len(set(ids)) != (size - 1) * per_node:
+        raise SystemExit(f"{len(set(ids))} distinct deliveries, expected {(size - 1) * per_node}")
+    return len(set(ids)) / elapsed, len(ids) - len(set(ids))
+
+
+def crash_main(args: argparse.Namespace) -> None:
+    """The crash measurements: --secret-file hop latency, recovery time, throughput through a crash."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        print("(a) hop latency with --secret-file against without (only node 0 sends "
+              f"{args.latency_messages} messages; interleaved, {args.repeat} rounds):")
+        print()
+        print("| nodes | without secret | with secret | ratio (secret / none) |")
+        print("| ---: | ---: | ---: | ---: |")
+        for size in [int(s) for s in args.sizes.split(",")]:
+            runs: dict[bool, list[tuple[float, ...]]] = {False: [], True: []}
+            for i in range(args.repeat):
+                for secret in ((False, True) if i % 2 == 0 else (True, False)):
+                    runs[secret].append(ring_hop_latency(size, args.latency_messages, workdir, secret))
+            ratios = [s[0] / n[0] for s, n in zip(runs[True], runs[False])]
+            print(f"| {size} | {_spread_us(runs[False])} | {_spread_us(runs[True])} | {_spread(ratios)} |", flush=True)
+        print()
+        print(f"(b) kill -9 of node 2 of 4 to the first complete circle of each token in the new epoch "
+              f"({args.repeat} rounds per timeout, interleaved):")
+        print()
+        print("| --failure-timeout | cw token | ccw token | target |")
+        print("| ---: | ---: | ---: | ---: |")
+        timeouts = [float(t) for t in args.failure_timeouts.split(",")]
+        recovery: dict[float, list[tuple[float, float]]] = {t: [] for t in timeouts}
+        for i in range(args.repeat):
+            for timeout in (timeouts if i % 2 == 0 else timeouts[::-1]):
+                recovery[timeout].append(crash_recovery(4, 2, timeout, workdir))
+                print(f"  round {i}, F={timeout:g}: cw {recovery[timeout][-1][0]:.2f} s, "
+                      f"ccw {recovery[timeout][-1][1]:.2f} s", flush=True)
+        for timeout in timeouts:
+            cells = []
+            for d in (0, 1):
+                values = [r[d] for r in recovery[timeout]]
+                cells.append(f"{statistics.median(values):.2f} s [{min(values):.2f}-{max(values):.2f}]")
+            print(f"| {timeout:g} s | {cells[0]} | {cells[1]} | ≤ {timeout + 1:g} s |")
+        print()
+        print(f"(c) delivered msg/s, 4 nodes, nodes 0, 1, 3 send {args.crash_messages} each, start to node 0's exit; "
+              f"crash: kill -9 of node 2, started again {args.down:g} s later (--failure-timeout 1); "
+              f"{args.repeat} rounds, interleaved:")
+        print()
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        duplicates = 0
+        for i in range(args.repeat):
+            for crash in ((False, True) if i % 2 == 0 else (True, False)):
+                rate, dup = crash_restart_rate(4, 2, args.crash_messages, crash, args.down, workdir)
+                rates[crash].append(rate)
+                duplicates += dup
+        ratios = [c / s for c, s in zip(rates[True], rates[False])]
+        print("| steady | crash and restart | ratio (crash / steady) | deliveries seen twice |")
+        print("| ---: | ---: | ---: | ---: |")
+        print(f"| {statistics.median(rates[False]):,.0f} msg/s [{min(rates[False]):,.0f}-{max(rates[False]):,.0f}] "
+              f"| {statistics.median(rates[True]):,.0f} msg/s [{min(rates[True]):,.0f}-{max(rates[True]):,.0f}] "
+              f"| {_spread(ratios)} | {duplicates} |")
 
 
 # --- the baselines: a ring of bare trio relays ------------------------------------
@@ -267,6 +481,12 @@ def _node(argv: list[str]) -> None:
     parser.add_argument("watch", choices=("all", "none"))
     parser.add_argument("--links", action="store_true", help="time this node's messages at its links too")
     parser.add_argument("--trace", metavar="FILE")
+    parser.add_argument("--secret", metavar="HEX", help="the ring's shared secret, as --secret-file gives it")
+    parser.add_argument("--failure-timeout", type=float, default=3.0)
+    parser.add_argument(
+        "--events", metavar="FILE",
+        help="write 'wall-time direction epoch' for each token arrival, flushed at once, and no stats",
+    )
     args = parser.parse_args(argv)
     from trionet.ring.frames import Message, Token
     from trionet.ring.config import iter_messages, load_config
@@ -281,8 +501,19 @@ def _node(argv: list[str]) -> None:
         args.node_id,
         messages=iter_messages(args.messages_path, config.ids),
         transport=TcpTransport(stream=log.stream) if log else None,
-        options=NodeOptions(connect_timeout=120),
+        options=NodeOptions(connect_timeout=120, failure_timeout=args.failure_timeout),
+        secret=bytes.fromhex(args.secret) if args.secret else None,
     )
+    if args.events:
+        events = open(args.events, "w", buffering=1)  # one line each: the process is killed, not stopped
+
+        def watch(event: str, node_id: int, detail: object) -> None:
+            if event == "token-in":
+                events.write(f"{time.time():.6f} {int(detail[0])} {node.core.epoch}\n")
+
+        node.core.observer = watch
+        trio.run(node.run)
+        return
     stats = NodeStats(round_trips=args.watch == "all")
     trio.run(run_measured, node, stats)
     Path(args.stats_path).write_text(json.dumps(stats.report(node, log if args.links else None)))
@@ -338,6 +569,13 @@ def main() -> None:
     parser.add_argument("--rss-messages", type=int, default=1000, help="lines per message file (N; then 10N)")
     parser.add_argument("--repeat", type=int, default=5, help="latency runs per size (the median counts)")
     parser.add_argument("--quick", action="store_true", help="a small run: sizes 3,8; fewer messages")
+    parser.add_argument(
+        "--crash", action="store_true",
+        help="measure crashes instead: --secret-file hop latency, recovery after kill -9, msg/s through a restart",
+    )
+    parser.add_argument("--failure-timeouts", default="1,3", help="with --crash: the --failure-timeout values")
+    parser.add_argument("--crash-messages", type=int, default=300, help="with --crash: messages per sending node")
+    parser.add_argument("--down", type=float, default=1.0, help="with --crash: seconds the killed node stays down")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.messages, args.latency_messages, args.rss_messages, args.repeat = "3,8", 30, 30, 200, 1
@@ -347,6 +585,9 @@ def main() -> None:
     print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"command: python tools/bench_ring.py {' '.join(sys.argv[1:])}".rstrip())
     print()
+    if args.crash:
+        crash_main(args)
+        return
     latency_rows, cpu_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -32,3 +34,34 @@ def test_listen_option_is_checked(tmp_path):
     config.write_text('[[node]]\nid = 0\nhost = "127.0.0.1"\nport = 7500\n')
     result = CliRunner().invoke(ring, ["join", "--config", str(config), "--id", "0", "--listen", "nowhere"])
     assert result.exit_code == 2 and "expected HOST:PORT, got 'nowhere'" in result.output
+
+
+async def test_demo_kill_shows_the_crash_the_bypass_and_the_new_epoch_then_finalizes():
+    out = io.StringIO()
+    summaries = await run_ring_demo(
+        Console(file=out, width=120), nodes=4, messages_per_node=3, pace=0.0, seed=7,
+        kill=2, failure_timeout=0.5, undeliverable_after=1.5,
+    )
+    assert sorted(summaries) == [0, 1, 3]  # node 2 was killed: no summary
+    ring = summaries[0].ring
+    assert ring.nodes == 3 and ring.unsent == 0
+    text = out.getvalue()
+    assert "node 2 killed" in text and "✗ killed" in text
+    assert "bypassing node 2" in text and "previous node is now node 1" in text
+    assert "regenerates the cw token in epoch" in text and "regenerates the ccw token in epoch" in text
+    assert "node 2 was killed; the ring closed around it and finished without it" in text
+    assert "node 0 finalized" in text
+
+
+async def test_demo_kill_refuses_node_0_and_strangers():
+    for kill, nodes, why in ((0, 4, "node 0 finalizes"), (4, 4, "from 1 to 3"), (1, 2, "at least 3 nodes")):
+        with pytest.raises(ValueError, match=why):
+            await run_ring_demo(Console(file=io.StringIO()), nodes=nodes, kill=kill)
+
+
+def test_demo_kill_help_and_checks():
+    result = CliRunner().invoke(ring, ["demo", "--help"])
+    assert result.exit_code == 0
+    assert "--kill ID" in result.output and "--failure-timeout" in result.output and "new epoch" in result.output
+    result = CliRunner().invoke(ring, ["demo", "--nodes", "3", "--kill", "3"])
+    assert result.exit_code == 2 and "node 3 is not in a ring of 3" in result.output

@@ -413,18 +413,64 @@ def status(config_path: str, output_format: str, timeout: float, secret_path: st
     help="Slow each network write by this much, so the tokens can be followed by eye.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for the generated messages and start order.")
-def demo(nodes: int, messages_per_node: int, pace: float, seed: int | None) -> None:
+@click.option(
+    "--kill",
+    "kill_id",
+    type=click.IntRange(1),
+    default=None,
+    metavar="ID",
+    help=(
+        "Kill node ID (not 0, which finalizes the ring) once the first message is delivered, and watch the "
+        "ring recover: its neighbours bypass it, a new epoch starts, the tokens are regenerated, messages "
+        "to it are given up."
+    ),
+)
+@seconds_option(
+    "--failure-timeout",
+    default=1.0,
+    minimum=0.1,
+    help="With --kill: silence after which a neighbour is taken for dead (as ring join's option).",
+)
+@seconds_option(
+    "--undeliverable-after",
+    default=3.0,
+    help="With --kill: how long messages to the dead node wait before they are given up.",
+)
+def demo(
+    nodes: int,
+    messages_per_node: int,
+    pace: float,
+    seed: int | None,
+    kill_id: int | None,
+    failure_timeout: float,
+    undeliverable_after: float,
+) -> None:
     """Run a ring on loopback in this process and watch the tokens and deliveries live.
 
     Each node gets generated messages; the nodes start in a random order on
     free ports of 127.0.0.1. The view shows where each token is, which message
     it waits for, and the latest deliveries. Exits when node 0 has finalized.
     The links authenticate with a random secret that never leaves the process.
+
+    With --kill ID, node ID stops dead mid-run (its task is cancelled, so its
+    sockets close as a killed process's do). The view then shows, live, the
+    crash, its neighbours bypassing it, the new epoch with its regenerated
+    tokens, and the messages to it given up; node 0 then finalizes the ring
+    without it. Example: trionet ring demo --nodes 5 --kill 2
     """
     from rich.console import Console
 
     from trionet import log
     from trionet.ring.demo import run_ring_demo
 
+    if kill_id is not None and kill_id >= nodes:
+        raise click.BadParameter(f"node {kill_id} is not in a ring of {nodes} (ids 0 to {nodes - 1})", param_hint="--kill")
+    if kill_id is not None and nodes < 3:
+        raise click.BadParameter("needs at least 3 nodes, so that two remain", param_hint="--kill")
     log.configure("warning")
-    trio.run(lambda: run_ring_demo(Console(highlight=False), nodes=nodes, messages_per_node=messages_per_node, pace=pace, seed=seed))
+    trio.run(
+        lambda: run_ring_demo(
+            Console(highlight=False), nodes=nodes, messages_per_node=messages_per_node, pace=pace, seed=seed,
+            kill=kill_id, failure_timeout=failure_timeout, undeliverable_after=undeliverable_after,
+        )
+    )

@@ -3,11 +3,18 @@
 Every node is a real :class:`~trionet.ring.node.RingNode` over TCP on
 127.0.0.1, all in this process. Each write is slowed down by ``pace`` seconds
 so the eye can follow the two tokens; the protocol itself is untouched.
+
+With ``kill``, one node's task is cancelled mid-run, which closes its
+listener and connections as a ``kill -9`` of its process would (the kernel
+closes a killed process's sockets alike). The view then shows the crash, its
+neighbours bypassing it, the new epoch and the regenerated tokens, and the
+messages to the dead node given up, until node 0 finalizes the smaller ring.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import random
 import secrets
 import socket
@@ -20,6 +27,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
 from trionet.ring.core import Summary
 from trionet.ring.frames import Direction, Message
@@ -116,9 +124,35 @@ class DemoView:
     deliveries: collections.deque = field(default_factory=lambda: collections.deque(maxlen=8))
     position: dict[Direction, int | None] = field(default_factory=lambda: {d: None for d in Direction})
     finalized: list[int] = field(default_factory=list)
+    epoch: dict[int, int] = field(default_factory=dict)
+    killed: set[int] = field(default_factory=set)
+    events: list[str] = field(default_factory=list)
+    delivered_uids: collections.Counter = field(default_factory=collections.Counter)
+    first_delivery: trio.Event = field(default_factory=trio.Event)
+    given_up: int = 0
+    _epochs_told: set[int] = field(default_factory=set)
+    _retried: set[str] = field(default_factory=set)
+
+    def note(self, line: str) -> None:
+        """Add a line to the ring events panel (crashes, bypasses, epochs)."""
+        self.events.append(line)
 
     def __call__(self, event: str, node: int, detail: object) -> None:
         direction, payload = detail
+        if event == "view":
+            epoch, monitor, _old = payload
+            self.epoch[node] = epoch
+            if epoch not in self._epochs_told and epoch > 1:  # epoch 1: the ring's start
+                self._epochs_told.add(epoch)
+                self.note(f"[yellow]epoch {epoch}[/yellow]: node {node} enters it, monitor node {monitor}")
+        elif event == "inject" and payload > 1:
+            self.note(f"node {node} regenerates the {direction.label} token in epoch {payload}")
+        elif event == "retry" and payload.uid not in self._retried:
+            self._retried.add(payload.uid)  # once: it retries until its destination is back, or gives up
+            self.note(f"node {node} will send {payload.uid} again (lost with a dead node, or its destination is down)")
+        elif event == "undeliverable":
+            self.given_up += 1
+            self.note(f"[red]{payload.uid}[/red] to node {payload.destination} given up: undeliverable")
         if event in ("token-in", "token-park"):
             self.holder[direction] = node
             self.position[direction] = node
@@ -133,17 +167,28 @@ class DemoView:
         elif event == "deliver":
             self.counts[node]["delivered"] += 1
             self.deliveries.appendleft(payload)
+            self.delivered_uids[payload.uid] += 1
+            self.first_delivery.set()
         elif event == "return":
             self.carrying[direction] = None
         elif event == "finalize":
             self.finalized.append(node)
 
-    def render(self) -> Group:
-        """The ring as a table (one row per node) and the latest deliveries."""
+    def render(self, final: bool = False) -> Group:
+        """The ring as a table (one row per node), the latest deliveries, and the ring events.
+
+        Args:
+            final: the run is over: every ring event in order, not only the latest.
+        """
         table = Table(title=f"ring of {self.size} nodes", expand=False)
-        for name in ("node", "cw token", "ccw token", "sent", "delivered", "forwarded"):
-            table.add_column(name, justify="right" if name in ("node", "sent", "delivered", "forwarded") else "left")
+        for name in ("node", "epoch", "cw token", "ccw token", "sent", "delivered", "forwarded"):
+            table.add_column(name, justify="left" if "token" in name else "right")
         for i in range(self.size):
+            c = self.counts[i]
+            if i in self.killed:
+                dead = Text("✗ killed", style="bold red")
+                table.add_row(str(i), "-", dead, dead, str(c["sent"]), str(c["delivered"]), str(c["forwarded"]))
+                continue
             marks = []
             for d, colour in ((Direction.CW, "cyan"), (Direction.CCW, "magenta")):
                 if self.holder[d] == i:
@@ -154,22 +199,64 @@ class DemoView:
                     marks.append(Text(f"✉ {self.carrying[d].uid} passing", style=colour))
                 else:
                     marks.append(Text(""))
-            c = self.counts[i]
-            table.add_row(str(i), marks[0], marks[1], str(c["sent"]), str(c["delivered"]), str(c["forwarded"]))
+            epoch = str(self.epoch.get(i, "-"))
+            table.add_row(str(i), epoch, marks[0], marks[1], str(c["sent"]), str(c["delivered"]), str(c["forwarded"]))
         lines = [
             f"[green]{m.uid}[/green] {m.origin}→{m.destination} ({m.direction.label}): {m.text}" for m in self.deliveries
         ]
         status = f"finalization command passed {len(set(self.finalized))} node(s)" if self.finalized else "running"
-        return Group(table, Panel("\n".join(lines) or "(none yet)", title="latest deliveries"), Text(status))
+        parts = [table, Panel("\n".join(lines) or "(none yet)", title="latest deliveries")]
+        if self.events and final:
+            parts.append(Panel("\n".join(self.events), title="ring events"))
+        elif self.events:
+            parts.append(Panel("\n".join(reversed(self.events[-12:])), title="ring events (latest first)"))
+        return Group(*parts, Text(status))
+
+
+class _EventLog(logging.Handler):
+    """Feeds the ring's bypass and lost-link log lines into the view's events panel."""
+
+    def __init__(self, view: DemoView) -> None:
+        super().__init__(logging.WARNING)
+        self._view = view
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "undeliverable" not in text:  # the view notes those itself
+            self._view.note(text)
 
 
 async def run_ring_demo(
-    console: Console, *, nodes: int = 5, messages_per_node: int = 4, pace: float = 0.05, seed: int | None = None
+    console: Console,
+    *,
+    nodes: int = 5,
+    messages_per_node: int = 4,
+    pace: float = 0.05,
+    seed: int | None = None,
+    kill: int | None = None,
+    failure_timeout: float = 1.0,
+    undeliverable_after: float = 3.0,
 ) -> dict[int, Summary]:
     """Run a local ring of ``nodes`` nodes with generated messages and show it live on ``console``.
 
-    Returns each node's summary once node 0 has finalized.
+    Args:
+        kill: a node id (not 0: node 0 finalizes the ring) whose task is
+            cancelled once the first message has been delivered, as if its
+            process had been killed; the ring closes around it.
+        failure_timeout: with ``kill``, the nodes' ``--failure-timeout``.
+        undeliverable_after: with ``kill``, the nodes' ``--undeliverable-after``:
+            how long messages to the dead node wait before they are given up.
+
+    Returns:
+        Each surviving node's summary once node 0 has finalized.
+
+    Raises:
+        ValueError: ``kill`` is 0 or not a node of the ring, or leaves fewer than two nodes.
     """
+    if kill is not None and not 0 < kill < nodes:
+        raise ValueError(f"--kill takes a node id from 1 to {nodes - 1}: node 0 finalizes the ring")
+    if kill is not None and nodes < 3:
+        raise ValueError("--kill needs at least 3 nodes, so that two remain")
     rng = random.Random(seed)
     config = RingConfig.local(nodes, ports=free_ports(nodes))
     view = DemoView(nodes)
@@ -177,6 +264,12 @@ async def run_ring_demo(
     # The demo's links authenticate as a real ring's do, with a secret that
     # lives only in this process.
     secret = secrets.token_bytes(32)
+    options = NodeOptions(connect_timeout=10.0, backoff_initial=0.01, backoff_max=0.2)
+    if kill is not None:
+        options = NodeOptions(
+            connect_timeout=10.0, backoff_initial=0.01, backoff_max=0.2,
+            failure_timeout=failure_timeout, undeliverable_after=undeliverable_after,
+        )
     ring_nodes = [
         RingNode(
             config,
@@ -186,37 +279,70 @@ async def run_ring_demo(
                 for _ in range(messages_per_node)
             ],
             transport=transport,
-            options=NodeOptions(connect_timeout=10.0, backoff_initial=0.01, backoff_max=0.2),
+            options=options,
             observer=view,
             secret=secret,
         )
         for i in range(nodes)
     ]
     summaries: dict[int, Summary] = {}
+    scopes = {i: trio.CancelScope() for i in range(nodes)}
 
     async def run_node(node: RingNode) -> None:
-        summaries[node.me.id] = await node.run()
+        with scopes[node.me.id]:
+            summaries[node.me.id] = await node.run()
 
-    with Live(view.render(), console=console, refresh_per_second=12, transient=False) as live:
-        async with trio.open_nursery() as nursery:
-            async with trio.open_nursery() as ring_nursery:
-                for node in rng.sample(ring_nodes, len(ring_nodes)):  # any start order works
-                    ring_nursery.start_soon(run_node, node)
+    async def kill_node(victim: int) -> None:
+        await view.first_delivery.wait()
+        scopes[victim].cancel()  # its listener and connections close, as a killed process's do
+        view.killed.add(victim)
+        view.note(
+            f"[bold red]node {victim} killed[/bold red]: its neighbours take it for dead when it refuses "
+            f"connections or after {failure_timeout:g} s of silence"
+        )
 
-                async def refresh() -> None:
-                    while True:
-                        live.update(view.render())
-                        await trio.sleep(1 / 12)
+    # The node's bypass and lost-link warnings go to the events panel instead
+    # of the terminal, which the live view owns.
+    ring_log = get_logger("ring")
+    handler = _EventLog(view)
+    saved = (ring_log.level, ring_log.propagate)
+    if kill is not None:
+        ring_log.addHandler(handler)
+        ring_log.setLevel(logging.WARNING)
+        ring_log.propagate = False
+    try:
+        with Live(view.render(), console=console, refresh_per_second=12, transient=False) as live:
+            async with trio.open_nursery() as nursery:
+                async with trio.open_nursery() as ring_nursery:
+                    for node in rng.sample(ring_nodes, len(ring_nodes)):  # any start order works
+                        ring_nursery.start_soon(run_node, node)
+                    if kill is not None:
+                        ring_nursery.start_soon(kill_node, kill)
 
-                nursery.start_soon(refresh)
-            nursery.cancel_scope.cancel()
-        live.update(view.render())
+                    async def refresh() -> None:
+                        while True:
+                            live.update(view.render())
+                            await trio.sleep(1 / 12)
+
+                    nursery.start_soon(refresh)
+                nursery.cancel_scope.cancel()
+            live.update(view.render(final=True))
+    finally:
+        if kill is not None:
+            ring_log.removeHandler(handler)
+            ring_log.setLevel(saved[0])
+            ring_log.propagate = saved[1]
     console.print()
     ring = summaries[0].ring
     if ring is not None:
         console.print(
             f"node 0 finalized: {ring.sent} message(s) sent, {ring.delivered} delivered, "
             f"{ring.unsent} never sent, across {ring.nodes} node(s)"
+        )
+    if kill is not None:
+        console.print(
+            f"node {kill} was killed; the ring closed around it and finished without it "
+            f"({view.given_up} message(s) to it given up as undeliverable)"
         )
     return summaries
 
