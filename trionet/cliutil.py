@@ -79,7 +79,14 @@ def port_option(default: int, *, serving: bool = False) -> Callable:
 
 
 def seconds_option(
-    flag: str, *, default: float, help: str, minimum: float = 0, whole: bool = False, dest: str | None = None
+    flag: str,
+    *,
+    default: float,
+    help: str,
+    minimum: float = 0,
+    whole: bool = False,
+    positive: bool = False,
+    dest: str | None = None,
 ) -> Callable:
     """A duration option, the same everywhere: metavar ``SECONDS``, the default shown, at least ``minimum``.
 
@@ -89,9 +96,10 @@ def seconds_option(
         help: what it bounds; say what 0 means where 0 is allowed.
         minimum: the smallest value accepted.
         whole: whole seconds only (a TTL).
+        positive: more than ``minimum``, not equal to it (a timeout where 0 means nothing sensible).
         dest: the parameter's name, when not derived from ``flag``.
     """
-    kind = click.IntRange(int(minimum)) if whole else click.FloatRange(minimum)
+    kind = click.IntRange(int(minimum), min_open=positive) if whole else click.FloatRange(minimum, min_open=positive)
     names = (flag,) if dest is None else (flag, dest)
     return click.option(*names, type=kind, default=default, show_default=True, metavar="SECONDS", help=help)
 

@@ -116,23 +116,19 @@ def _read_secret(path: str | None) -> bytes | None:
         "0: wait forever. (Once the ring has run, a dead neighbour is bypassed instead.)"
     ),
 )
-@click.option(
+@seconds_option(
     "--failure-timeout",
-    type=click.FloatRange(0, min_open=True),
     default=NodeOptions.failure_timeout,
-    show_default=True,
-    metavar="SECONDS",
+    positive=True,
     help=(
         "A neighbour silent this long (no frame, no heartbeat; heartbeats go out every third of it) or refusing "
         "connections this long is taken for dead: the ring closes around it and its tokens are regenerated."
     ),
 )
-@click.option(
+@seconds_option(
     "--undeliverable-after",
-    type=click.FloatRange(0, min_open=True),
     default=NodeOptions.undeliverable_after,
-    show_default=True,
-    metavar="SECONDS",
+    positive=True,
     help="A message whose destination is not in the ring is sent again until this long after its first sending, then given up.",
 )
 @click.option(
@@ -142,12 +138,10 @@ def _read_secret(path: str | None) -> bytes | None:
     metavar="FILE",
     help="Append one JSON line per message given up (id, origin, destination, text, reason).",
 )
-@click.option(
+@seconds_option(
     "--handshake-timeout",
-    type=click.FloatRange(0, min_open=True),
     default=NodeOptions.handshake_timeout,
-    show_default=True,
-    metavar="SECONDS",
+    positive=True,
     help=(
         "A connection must complete the handshake (greetings and proofs) within this; a peer that stalls "
         "is dropped, so a silent connection holds nothing for longer."
