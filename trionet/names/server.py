@@ -499,14 +499,14 @@ class NamesServer:
     async def _close_gently(stream: trio.abc.Stream) -> None:
         """Send EOF, then read and drop what the client still sends until it closes (bounded).
 
-        TLS cannot half-close: a TLS stream gets its close_notify instead
-        (the DNS session has already let the client close first).
+        TLS cannot half-close: a TLS stream is left to its
+        :class:`~trionet.serving.TCPService`, which ends every TLS connection
+        with close_notify (the DNS session has already let the client close first).
         """
+        if isinstance(stream, trio.SSLStream):
+            return
         with trio.move_on_after(LINGER):
             try:
-                if isinstance(stream, trio.SSLStream):
-                    await stream.aclose()
-                    return
                 await stream.send_eof()
                 while await stream.receive_some(RECEIVE_CHUNK):
                     pass
