@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import re
+import importlib.util
 import shutil
 import signal
 import subprocess
@@ -167,10 +168,19 @@ def require(missing: str | None) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """``@pytest.mark.requires_tool("dig", "dnsutils")``: the test needs that command on PATH."""
+    """The markers that say what a test needs from the machine.
+
+    ``@pytest.mark.requires_tool("dig", "dnsutils")``: that command on PATH.
+    ``@pytest.mark.requires_module("psycopg", ...)``: those Python packages,
+    which the ``test`` extra installs (a test module imports them inside
+    ``try``, so that a developer without them still collects the rest).
+    """
     for mark in item.iter_markers("requires_tool"):
         name, package = mark.args
         require(None if shutil.which(name) else f"{name} is not installed (Debian package: {package})")
+    for mark in item.iter_markers("requires_module"):
+        missing = [name for name in mark.args if importlib.util.find_spec(name) is None]
+        require(f"{', '.join(missing)} not installed (pip install -e '.[test]')" if missing else None)
 
 
 @pytest.fixture

@@ -83,11 +83,6 @@ def test_metrics_with_workers_is_refused_with_a_reason(trionet_cmd, quake_db):
 # --- the real command ------------------------------------------------------------------
 
 
-@pytest.fixture
-def needs_psycopg(require_capability):
-    require_capability(None if psycopg else "psycopg is not installed (pip install 'psycopg[binary]')")
-
-
 def start_workers(server_process, quake_db, *extra: str):
     """``trionet sql serve --workers 2``; returns (process, pg port, worker pids by index)."""
     server = server_process(
@@ -126,7 +121,8 @@ def connect_to_each_worker(port: int, count: int = 2, **kwargs) -> dict:
         raise
 
 
-def test_two_workers_serve_at_once_and_the_ports_are_logged_once(server_process, quake_db, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+def test_two_workers_serve_at_once_and_the_ports_are_logged_once(server_process, quake_db):
     server, port, pids = start_workers(server_process, quake_db, "--max-connections", "5")
     assert "at most 3 connections per port per worker" in server.output  # a total, shared out
     conns = connect_to_each_worker(port)
@@ -143,7 +139,8 @@ def test_two_workers_serve_at_once_and_the_ports_are_logged_once(server_process,
     assert sum("sql listening on" in line for line in server.lines) == 1
 
 
-def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(server_process, quake_db, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(server_process, quake_db):
     server, port, pids = start_workers(server_process, quake_db)
     os.kill(pids[0], signal.SIGKILL)
     server.wait_for(rf"worker 0 \(pid {pids[0]}\) was killed by SIGKILL after [\d.]+s; restarting it in")
@@ -157,7 +154,8 @@ def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(server_pro
             conn.close()
 
 
-def test_sigterm_drains_every_worker_and_exits_0(server_process, quake_db, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+def test_sigterm_drains_every_worker_and_exits_0(server_process, quake_db):
     server, port, pids = start_workers(server_process, quake_db)
     conns = connect_to_each_worker(port)
     try:
@@ -208,7 +206,8 @@ _FORWARDED = re.compile(r"\[w\d\]: pg cancel for a connection of worker \d: forw
 _MATCHED = re.compile(r"\[w\d\]: pg cancel forwarded by another worker: key matched")
 
 
-def test_a_cancel_reaches_the_worker_running_the_statement(server_process, quake_db, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+def test_a_cancel_reaches_the_worker_running_the_statement(server_process, quake_db):
     server, port, _ = start_workers(server_process, quake_db, "--log-level", "debug", "--query-timeout", "60")
     conns = connect_to_each_worker(port)
     try:
@@ -249,7 +248,8 @@ def test_a_cancel_reaches_the_worker_running_the_statement(server_process, quake
     server.wait_for(_MATCHED.pattern, timeout=5)
 
 
-def test_two_workers_write_to_one_database(server_process, quake_db, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+def test_two_workers_write_to_one_database(server_process, quake_db):
     server, port, _ = start_workers(server_process, quake_db, "--read-write")
     conns = connect_to_each_worker(port)
     try:
@@ -290,7 +290,8 @@ def test_two_workers_write_to_one_database(server_process, quake_db, needs_psyco
 # --- cancel routing in one process: two workers' PostgreSQL fronts and their mailboxes --------------
 
 
-async def test_a_cancel_reaching_the_wrong_worker_is_posted_to_the_right_one(nursery, quake_db, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+async def test_a_cancel_reaching_the_wrong_worker_is_posted_to_the_right_one(nursery, quake_db):
     import struct
 
     import trio

@@ -18,9 +18,7 @@ except ImportError:  # the test extra installs them; a developer without them sk
     asyncpg = None
 
 
-@pytest.fixture(autouse=True)
-def _needs_clients(require_capability):
-    require_capability(None if asyncpg else "asyncpg, pg8000 or sqlalchemy is missing (pip install -e '.[test]')")
+pytestmark = pytest.mark.requires_module("asyncpg", "pg8000", "sqlalchemy")
 
 
 @pytest.fixture

@@ -42,11 +42,6 @@ def start(nursery, quake_db, users):
     return go
 
 
-@pytest.fixture
-def needs_psycopg(require_capability):
-    require_capability(None if psycopg else "psycopg is not installed (pip install 'psycopg[binary]')")
-
-
 def dsn(address, **extra) -> str:
     host, port = address
     params = {"host": host, "port": port, "dbname": "quakes", "connect_timeout": 10, **extra}
@@ -179,7 +174,8 @@ async def test_a_wrong_password_is_28p01_and_the_log_names_the_peer(start, sql_l
     assert server.auth_failures_total == 1
 
 
-async def test_a_failed_login_waits_alone(start, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+async def test_a_failed_login_waits_alone(start):
     """While one client waits out its failure delay, another logs in and is served."""
     _, address = await start(failure_delay=60)
     wrong = await trio.open_tcp_stream(*address)
@@ -226,7 +222,8 @@ async def test_bytes_after_an_ssl_request_are_refused_before_any_tls(start, tls_
     assert kind == "E" and error_fields(body)["C"] == "08P01"
 
 
-async def test_a_stalled_tls_handshake_holds_no_slot(start, tls_config, tls_files, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+async def test_a_stalled_tls_handshake_holds_no_slot(start, tls_config, tls_files):
     server, address = await start(tls=tls_config, auth=False, max_connections=1)
     staller = await trio.open_tcp_stream(*address)
     async with staller:
@@ -286,7 +283,8 @@ async def test_psql_refuses_a_server_its_ca_did_not_sign(start, tls_config, tmp_
 
 
 @pytest.mark.parametrize("sslmode", ["require", "verify-full"])
-async def test_psycopg_over_tls_with_scram(start, tls_config, tls_files, sslmode, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+async def test_psycopg_over_tls_with_scram(start, tls_config, tls_files, sslmode):
     _, address = await start(tls=tls_config)
 
     def go():
@@ -297,7 +295,8 @@ async def test_psycopg_over_tls_with_scram(start, tls_config, tls_files, sslmode
     assert await run(go) == ((3.1,), True, "alice")
 
 
-async def test_psycopg_unknown_user_is_28p01_like_a_wrong_password(start, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+async def test_psycopg_unknown_user_is_28p01_like_a_wrong_password(start):
     _, address = await start()
 
     def go(user):
@@ -311,7 +310,8 @@ async def test_psycopg_unknown_user_is_28p01_like_a_wrong_password(start, needs_
 
 
 @pytest.mark.parametrize("inside_tls", [False, True])
-async def test_cancel_reaches_a_statement_on_a_tls_server(start, tls_config, tls_files, inside_tls, needs_psycopg):
+@pytest.mark.requires_module("psycopg")
+async def test_cancel_reaches_a_statement_on_a_tls_server(start, tls_config, tls_files, inside_tls):
     # libpq before 17 (psql 15's Ctrl-C) sends its CancelRequest in plain text, even to a TLS server;
     # libpq 17's PQcancelCreate (psycopg's cancel_safe) sends it inside TLS.
     server, address = await start(tls=tls_config, query_timeout=60)

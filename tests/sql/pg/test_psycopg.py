@@ -17,9 +17,7 @@ except ImportError:  # the test extra installs it; a developer without it skips,
     psycopg = None
 
 
-@pytest.fixture(autouse=True)
-def _needs_psycopg(require_capability):
-    require_capability(None if psycopg else "psycopg is not installed (pip install 'psycopg[binary]')")
+pytestmark = pytest.mark.requires_module("psycopg")
 
 
 def dsn(address, **extra) -> str:

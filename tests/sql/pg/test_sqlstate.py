@@ -20,9 +20,7 @@ except ImportError:
     psycopg = None
 
 
-@pytest.fixture(autouse=True)
-def _needs_psycopg(require_capability):
-    require_capability(None if psycopg else "psycopg is not installed (pip install 'psycopg[binary]')")
+pytestmark = pytest.mark.requires_module("psycopg")
 
 
 @pytest.fixture
