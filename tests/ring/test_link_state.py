@@ -18,32 +18,22 @@ from trionet.ring.frames import (
     Auth,
     Bye,
     Direction,
-    Finalize,
     FrameDecoder,
     Hello,
     Message,
-    Probe,
     Reject,
     RemoteProtocolError,
     Role,
     Stop,
-    StopRequest,
     Token,
     decode_frame,
     encode_frame,
 )
 from trionet.ring.link import Arrival, LinkState
 
+from .strategies import data_frames, directions
+
 CW, CCW = Direction.CW, Direction.CCW
-directions = st.sampled_from(list(Direction))
-u32 = st.integers(0, 2**32 - 1)
-data_frames = st.one_of(
-    st.builds(Token, directions, u32, st.booleans()),
-    st.builds(Message, directions, u32, u32, u32, st.text(max_size=20), st.booleans()),
-    st.builds(Finalize, st.booleans(), u32, u32, u32, u32),
-    st.builds(StopRequest, u32),
-    st.just(Probe()),
-)
 
 
 def test_link_resends_unacknowledged_frames_after_reconnect():

@@ -36,18 +36,9 @@ from trionet.ring.frames import (
     encode_frame,
 )
 
-CW, CCW = Direction.CW, Direction.CCW
-u32 = st.integers(0, 2**32 - 1)
-u64 = st.integers(0, 2**64 - 1)
-directions = st.sampled_from(list(Direction))
+from .strategies import data_frames, directions, u32, u64
 
-data_frames = st.one_of(
-    st.builds(Token, directions, u32, st.booleans()),
-    st.builds(Message, directions, u32, u32, u64, st.text(max_size=200), st.booleans()),
-    st.builds(Finalize, st.booleans(), u64, u64, u64, u32),
-    st.builds(StopRequest, u32),
-    st.just(Probe()),
-)
+CW, CCW = Direction.CW, Direction.CCW
 link_frames = st.one_of(
     st.builds(
         Hello, u32, st.sampled_from(list(Role)), u32, st.integers(1, 2**64 - 1), st.booleans(),
