@@ -81,7 +81,7 @@ def port_option(default: int, *, serving: bool = False) -> Callable:
 def seconds_option(
     flag: str,
     *,
-    default: float,
+    default: float | None,
     help: str,
     minimum: float = 0,
     whole: bool = False,
@@ -92,7 +92,8 @@ def seconds_option(
 
     Args:
         flag: ``--name``.
-        default: seconds.
+        default: seconds; None for an option that is off unless given, or
+            whose default depends on other options (the help says which).
         help: what it bounds; say what 0 means where 0 is allowed.
         minimum: the smallest value accepted.
         whole: whole seconds only (a TTL).
@@ -101,7 +102,9 @@ def seconds_option(
     """
     kind = click.IntRange(int(minimum), min_open=positive) if whole else click.FloatRange(minimum, min_open=positive)
     names = (flag,) if dest is None else (flag, dest)
-    return click.option(*names, type=kind, default=default, show_default=True, metavar="SECONDS", help=help)
+    return click.option(
+        *names, type=kind, default=default, show_default=default is not None, metavar="SECONDS", help=help
+    )
 
 
 def count_option(flag: str, *, default: int | None, unit: str, help: str, minimum: int = 0) -> Callable:

@@ -117,8 +117,10 @@ async def test_kill_9_of_node_0_then_restart_finalizes_once_it_is_back(tmp_path,
         assert codes[i] == 0, procs[i].output
     assert "ring finalized" not in first.stdout.decode()
     _check_once(tmp_path, ids, messages)  # nothing twice; every message delivered (node 0 came back)
-    _, _, unsent, how = ring_totals(procs[0].stdout.decode())
+    sent, delivered, unsent, how = ring_totals(procs[0].stdout.decode())
     assert how == "the ring was quiescent" and unsent == 0, procs[0].output
+    # Node 0's counters carried on from its journal: each message counted once, whichever run sent it.
+    assert sent == delivered == 5 * 60, procs[0].output
 
 
 async def test_a_restarted_node_with_a_wrong_secret_is_closed_out_and_carries_no_frame(tmp_path, ring_cmd):
@@ -190,9 +192,12 @@ async def test_a_middle_node_restarted_with_its_journal_does_not_deliver_again(t
     assert kept >= 0
     assert deliveries_2.read_text().startswith(before)  # appended to, never rewritten
     _check_once(tmp_path, ids, messages)  # nothing twice; everything delivered
-    assert procs[2].stdout.decode().startswith("node 2: sent ") and f"delivered to it {kept}," in procs[2].stdout.decode()
-    _, _, unsent, how = ring_totals(procs[0].stdout.decode())
+    # Its counters carry on from the journal: both runs' deliveries, each once.
+    both_runs = len(read_deliveries(deliveries_2))
+    assert procs[2].stdout.decode().startswith("node 2: sent 60,") and f"delivered to it {both_runs}," in procs[2].stdout.decode()
+    sent, delivered, unsent, how = ring_totals(procs[0].stdout.decode())
     assert how == "the ring was quiescent" and unsent == 0
+    assert sent == delivered == 5 * 60, procs[0].output
 
 def test_join_help_names_the_crash_options():
     from click.testing import CliRunner

@@ -25,7 +25,7 @@ from trionet.ring.config import (
 )
 from trionet.ring.core import Summary
 from trionet.ring.journal import JournalError
-from trionet.ring.journal_file import JournalFile, delivery_lines, journal_path
+from trionet.ring.journal_file import open_deliveries, resume
 from trionet.ring.metrics import ring_registry
 from trionet.ring.node import (
     NodeOptions,
@@ -83,7 +83,6 @@ def _read_secret(path: str | None) -> bytes | None:
     if warning:
         click.echo(f"warning: {warning}", err=True)
     return secret
-
 
 
 @ring.command()
@@ -228,38 +227,21 @@ def join(
             f"give the ring's shared secret with --secret-file FILE (or --insecure to accept anyone)"
         )
     messages = iter_numbered_messages(messages_path, config.ids) if messages_path else ()
-    journal = None
+    journal, to_send = None, total
     if deliveries_path:
         try:
-            journal = JournalFile(journal_path(deliveries_path))
-        except OSError as exc:
-            raise click.ClickException(f"{journal_path(deliveries_path)}: cannot open the journal: {exc.strerror}") from None
+            resumed = resume(node_id, deliveries_path, messages, total)
         except JournalError as exc:
             raise click.ClickException(str(exc)) from None
-        try:
-            lines = delivery_lines(deliveries_path)
-        except OSError as exc:
-            raise click.ClickException(f"{deliveries_path}: cannot read the deliveries file: {exc.strerror}") from None
-        for origin, msg_id in sorted(journal.journal.keep_delivered(lines)):
-            click.echo(
-                f"node {node_id}: journal {journal.path}: message {origin}-{msg_id} is recorded as delivered but has "
-                f"no line in {deliveries_path} (the node died in between): it will be delivered when it comes again",
-                err=True,
-            )
-        messages = journal.journal.unsent(messages)
-        if journal.journal.returned or journal.journal.delivered:
-            click.echo(
-                f"node {node_id}: journal {journal.path}: {len(journal.journal.returned)} message(s) already sent "
-                f"and returned (skipped), {len(journal.journal.delivered)} already delivered here",
-                err=True,
-            )
-    to_send = max(total - len(journal.journal.returned), 0) if journal else total  # returned ids are lines of this file
+        for note in resumed.notes:
+            click.echo(note, err=True)
+        journal, messages, to_send = resumed.journal, resumed.messages, resumed.to_send
     try:
-        deliveries = _open_deliveries(deliveries_path) if deliveries_path else None
+        deliveries = open_deliveries(deliveries_path) if deliveries_path else None
     except OSError as exc:
         raise click.ClickException(f"{deliveries_path}: cannot write the deliveries file: {exc.strerror}") from None
     try:
-        undelivered = _open_deliveries(undelivered_path) if undelivered_path else None
+        undelivered = open_deliveries(undelivered_path) if undelivered_path else None
     except OSError as exc:
         raise click.ClickException(f"{undelivered_path}: cannot write the undelivered file: {exc.strerror}") from None
     node = RingNode(
@@ -298,21 +280,6 @@ def join(
         click.echo(f"node {node_id}: interrupted before the ring finalized", err=True)
         sys.exit(130)
     _print_summary(node.summary)
-
-
-def _open_deliveries(path: str):
-    """Open the deliveries file for appending, so that a restarted node never loses earlier records.
-
-    A last line cut short by a crash is ended first, so the new records start
-    on a line of their own.
-    """
-    fh = open(path, "a", encoding="utf-8")
-    if fh.tell() > 0:
-        with open(path, "rb") as raw:
-            raw.seek(-1, 2)
-            if raw.read(1) != b"\n":
-                fh.write("\n")
-    return fh
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
@@ -410,14 +377,20 @@ def status(config_path: str, output_format: str, timeout: float, secret_path: st
 @click.option(
     "--kill",
     "kill_id",
-    type=click.IntRange(1),
+    type=click.IntRange(0),
     default=None,
     metavar="ID",
     help=(
-        "Kill node ID (not 0, which finalizes the ring) once the first message is delivered, and watch the "
-        "ring recover: its neighbours bypass it, a new epoch starts, the tokens are regenerated, messages "
-        "to it are given up."
+        "Kill node ID once the first message is delivered, and watch the ring recover: its neighbours "
+        "bypass it, a new epoch starts, the tokens are regenerated, messages to it wait and are given up. "
+        "Node 0 (which alone finalizes) only with --restart-after."
     ),
+)
+@seconds_option(
+    "--restart-after",
+    default=None,
+    help="With --kill: start the node again this long after, from its journal, and watch it rejoin; "
+    "it delivers nothing twice and sends nothing again that already came back.",
 )
 @seconds_option(
     "--failure-timeout",
@@ -427,8 +400,9 @@ def status(config_path: str, output_format: str, timeout: float, secret_path: st
 )
 @seconds_option(
     "--undeliverable-after",
-    default=3.0,
-    help="With --kill: how long messages to the dead node wait before they are given up.",
+    default=None,
+    help="With --kill: how long messages to the dead node wait before they are given up "
+    "[default: 3; with --restart-after, that delay plus 10, so that they wait for its return].",
 )
 def demo(
     nodes: int,
@@ -436,8 +410,9 @@ def demo(
     pace: float,
     seed: int | None,
     kill_id: int | None,
+    restart_after: float | None,
     failure_timeout: float,
-    undeliverable_after: float,
+    undeliverable_after: float | None,
 ) -> None:
     """Run a ring on loopback in this process and watch the tokens and deliveries live.
 
@@ -451,6 +426,13 @@ def demo(
     crash, its neighbours bypassing it, the new epoch with its regenerated
     tokens, and the messages to it given up; node 0 then finalizes the ring
     without it. Example: trionet ring demo --nodes 5 --kill 2
+
+    With --restart-after SECONDS as well, the killed node is started again,
+    as ring join with the same arguments would be (from its journal and
+    deliveries file), and rejoins between its neighbours; nothing is
+    delivered twice. Node 0 can be killed so: the others go on without it,
+    and it finalizes once it is back. Example: trionet ring demo --kill 0
+    --restart-after 2
     """
     from rich.console import Console
 
@@ -461,10 +443,19 @@ def demo(
         raise click.BadParameter(f"node {kill_id} is not in a ring of {nodes} (ids 0 to {nodes - 1})", param_hint="--kill")
     if kill_id is not None and nodes < 3:
         raise click.BadParameter("needs at least 3 nodes, so that two remain", param_hint="--kill")
+    if kill_id == 0 and restart_after is None:
+        raise click.BadParameter(
+            "node 0 finalizes the ring: killing it needs --restart-after, so that it comes back", param_hint="--kill"
+        )
+    if restart_after is not None and kill_id is None:
+        raise click.BadParameter("restarts the node --kill names; give --kill ID too", param_hint="--restart-after")
+    if undeliverable_after is None:
+        undeliverable_after = 3.0 if restart_after is None else restart_after + 10.0
     log.configure("warning")
     trio.run(
         lambda: run_ring_demo(
             Console(highlight=False), nodes=nodes, messages_per_node=messages_per_node, pace=pace, seed=seed,
-            kill=kill_id, failure_timeout=failure_timeout, undeliverable_after=undeliverable_after,
+            kill=kill_id, restart_after=restart_after, failure_timeout=failure_timeout,
+            undeliverable_after=undeliverable_after,
         )
     )

@@ -9,6 +9,11 @@ listener and connections as a ``kill -9`` of its process would (the kernel
 closes a killed process's sockets alike). The view then shows the crash, its
 neighbours bypassing it, the new epoch and the regenerated tokens, and the
 messages to the dead node given up, until node 0 finalizes the smaller ring.
+With ``restart_after`` as well, the node is started again after that many
+seconds, as ``ring join`` with the same arguments would: from its journal and
+deliveries file (in a temporary directory), so it sends again nothing whose
+return it saw and delivers nothing twice; it rejoins between its neighbours.
+Node 0 can be killed only so, since finalization is node 0's alone.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import logging
 import random
 import secrets
 import socket
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 from rich.console import Console, Group
@@ -31,6 +38,7 @@ from trionet.log import get_logger
 from trionet.ring.config import NodeAddress, RingConfig
 from trionet.ring.core import Summary
 from trionet.ring.frames import Direction, Message
+from trionet.ring.journal_file import open_deliveries, resume
 from trionet.ring.node import NodeOptions, RingNode
 from trionet.ring.transport import TcpTransport
 
@@ -126,6 +134,7 @@ class DemoView:
     finalized: list[int] = field(default_factory=list)
     epoch: dict[int, int] = field(default_factory=dict)
     killed: set[int] = field(default_factory=set)
+    restarted: set[int] = field(default_factory=set)
     events: list[str] = field(default_factory=list)
     delivered_uids: collections.Counter = field(default_factory=collections.Counter)
     first_delivery: trio.Event = field(default_factory=trio.Event)
@@ -200,7 +209,8 @@ class DemoView:
                 else:
                     marks.append(Text(""))
             epoch = str(self.epoch.get(i, "-"))
-            table.add_row(str(i), epoch, marks[0], marks[1], str(c["sent"]), str(c["delivered"]), str(c["forwarded"]))
+            name = f"{i} ↻" if i in self.restarted else str(i)
+            table.add_row(name, epoch, marks[0], marks[1], str(c["sent"]), str(c["delivered"]), str(c["forwarded"]))
         lines = [
             f"[green]{m.uid}[/green] {m.origin}→{m.destination} ({m.direction.label}): {m.text}" for m in self.deliveries
         ]
@@ -234,15 +244,19 @@ async def run_ring_demo(
     pace: float = 0.05,
     seed: int | None = None,
     kill: int | None = None,
+    restart_after: float | None = None,
     failure_timeout: float = 1.0,
     undeliverable_after: float = 3.0,
 ) -> dict[int, Summary]:
     """Run a local ring of ``nodes`` nodes with generated messages and show it live on ``console``.
 
     Args:
-        kill: a node id (not 0: node 0 finalizes the ring) whose task is
-            cancelled once the first message has been delivered, as if its
-            process had been killed; the ring closes around it.
+        kill: a node id whose task is cancelled once the first message has
+            been delivered, as if its process had been killed; the ring
+            closes around it. Node 0 only with ``restart_after``: it alone
+            finalizes the ring.
+        restart_after: with ``kill``, start the node again after this many
+            seconds, from its journal; it rejoins the ring.
         failure_timeout: with ``kill``, the nodes' ``--failure-timeout``.
         undeliverable_after: with ``kill``, the nodes' ``--undeliverable-after``:
             how long messages to the dead node wait before they are given up.
@@ -251,10 +265,13 @@ async def run_ring_demo(
         Each surviving node's summary once node 0 has finalized.
 
     Raises:
-        ValueError: ``kill`` is 0 or not a node of the ring, or leaves fewer than two nodes.
+        ValueError: ``kill`` is not a node of the ring, is 0 without
+            ``restart_after``, or leaves fewer than two nodes.
     """
-    if kill is not None and not 0 < kill < nodes:
-        raise ValueError(f"--kill takes a node id from 1 to {nodes - 1}: node 0 finalizes the ring")
+    if kill is not None and not 0 <= kill < nodes:
+        raise ValueError(f"--kill takes a node id from 0 to {nodes - 1}")
+    if kill == 0 and restart_after is None:
+        raise ValueError("node 0 finalizes the ring: --kill 0 needs --restart-after, so that it comes back")
     if kill is not None and nodes < 3:
         raise ValueError("--kill needs at least 3 nodes, so that two remain")
     rng = random.Random(seed)
@@ -270,27 +287,43 @@ async def run_ring_demo(
             connect_timeout=10.0, backoff_initial=0.01, backoff_max=0.2,
             failure_timeout=failure_timeout, undeliverable_after=undeliverable_after,
         )
-    ring_nodes = [
-        RingNode(
-            config,
-            i,
-            messages=[
-                (rng.randrange(nodes), f"{rng.choice(_WORDS)} {rng.choice(_WORDS)} from {i}")
-                for _ in range(messages_per_node)
-            ],
-            transport=transport,
-            options=options,
-            observer=view,
-            secret=secret,
-        )
+    plans = {
+        i: [
+            (number, rng.randrange(nodes), f"{rng.choice(_WORDS)} {rng.choice(_WORDS)} from {i}")
+            for number in range(1, messages_per_node + 1)
+        ]
         for i in range(nodes)
-    ]
+    }
+    # The restarted node's journal and deliveries file, as ``ring join --deliveries`` keeps them.
+    scratch = tempfile.TemporaryDirectory(prefix="trionet-ring-demo-") if restart_after is not None else None
+    files = Path(scratch.name) if scratch is not None else None
+
+    def make_node(i: int) -> tuple[RingNode, list]:
+        """Node ``i`` as ``ring join`` makes it: with a journal and a deliveries file when it may restart."""
+        if files is None or i != kill:
+            return RingNode(config, i, messages=plans[i], transport=transport, options=options,
+                            observer=view, secret=secret), []  # fmt: skip
+        resumed = resume(i, files / f"deliveries-{i}.jsonl", plans[i], len(plans[i]))
+        for note in resumed.notes:
+            view.note(note)
+        deliveries = open_deliveries(files / f"deliveries-{i}.jsonl")
+        node = RingNode(
+            config, i, messages=resumed.messages, to_send=resumed.to_send, deliveries=deliveries,
+            journal=resumed.journal, transport=transport, options=options, observer=view, secret=secret,
+        )  # fmt: skip
+        return node, [deliveries, resumed.journal]
+
     summaries: dict[int, Summary] = {}
     scopes = {i: trio.CancelScope() for i in range(nodes)}
 
-    async def run_node(node: RingNode) -> None:
-        with scopes[node.me.id]:
-            summaries[node.me.id] = await node.run()
+    async def run_node(i: int) -> None:
+        node, to_close = make_node(i)
+        try:
+            with scopes[i]:
+                summaries[i] = await node.run()
+        finally:
+            for fh in to_close:
+                fh.close()
 
     async def kill_node(victim: int) -> None:
         await view.first_delivery.wait()
@@ -300,6 +333,17 @@ async def run_ring_demo(
             f"[bold red]node {victim} killed[/bold red]: its neighbours take it for dead when it refuses "
             f"connections or after {failure_timeout:g} s of silence"
         )
+        if restart_after is None:
+            return
+        await trio.sleep(restart_after)
+        scopes[victim] = trio.CancelScope()
+        view.killed.discard(victim)
+        view.restarted.add(victim)
+        view.note(
+            f"[bold green]node {victim} restarted[/bold green] with the same arguments: it reads its journal "
+            f"and rejoins between its neighbours"
+        )
+        ring_nursery.start_soon(run_node, victim)
 
     # The node's bypass and lost-link warnings go to the events panel instead
     # of the terminal, which the live view owns.
@@ -314,8 +358,8 @@ async def run_ring_demo(
         with Live(view.render(), console=console, refresh_per_second=12, transient=False) as live:
             async with trio.open_nursery() as nursery:
                 async with trio.open_nursery() as ring_nursery:
-                    for node in rng.sample(ring_nodes, len(ring_nodes)):  # any start order works
-                        ring_nursery.start_soon(run_node, node)
+                    for i in rng.sample(range(nodes), nodes):  # any start order works
+                        ring_nursery.start_soon(run_node, i)
                     if kill is not None:
                         ring_nursery.start_soon(kill_node, kill)
 
@@ -328,6 +372,8 @@ async def run_ring_demo(
                 nursery.cancel_scope.cancel()
             live.update(view.render(final=True))
     finally:
+        if scratch is not None:
+            scratch.cleanup()
         if kill is not None:
             ring_log.removeHandler(handler)
             ring_log.setLevel(saved[0])
@@ -339,7 +385,13 @@ async def run_ring_demo(
             f"node 0 finalized: {ring.sent} message(s) sent, {ring.delivered} delivered, "
             f"{ring.unsent} never sent, across {ring.nodes} node(s)"
         )
-    if kill is not None:
+    if kill is not None and restart_after is not None:
+        twice = sum(1 for count in view.delivered_uids.values() if count > 1)
+        console.print(
+            f"node {kill} was killed and restarted after {restart_after:g} s; it rejoined the ring "
+            f"({view.given_up} message(s) given up as undeliverable, {twice} delivered twice)"
+        )
+    elif kill is not None:
         console.print(
             f"node {kill} was killed; the ring closed around it and finished without it "
             f"({view.given_up} message(s) to it given up as undeliverable)"

@@ -149,6 +149,10 @@ class RingNode:
             (the core asks :meth:`~trionet.ring.journal.Journal.was_delivered`).
             ``messages`` should then be numbered (line numbers as ids) and
             already stripped of returned ones (:meth:`~trionet.ring.journal.Journal.unsent`).
+            The node's counters carry on from the journal: messages it saw
+            return count as sent, messages it delivered as delivered, so the
+            ring's final tally and ``ring status`` count each message once
+            however often a node restarted.
         to_send: how many messages ``messages`` holds, for ``trionet ring
             status`` (:meth:`~trionet.ring.core.NodeCore.status`).
         undelivered: a text file for the JSON lines of the messages given
@@ -187,10 +191,14 @@ class RingNode:
         self.options = options or NodeOptions()
         self.transport = transport or TcpTransport()
         delivered_before = journal.journal.was_delivered if journal is not None else None
+        sent_before = len(journal.journal.returned) if journal is not None else 0
+        if to_send is None and hasattr(messages, "__len__"):
+            to_send = len(messages)
         self.core = NodeCore(
-            node_id, config.ids, messages, observer, to_send, delivered_before,
-            undeliverable_after=self.options.undeliverable_after, idle_pause=self.options.failure_timeout / 3,
-            probe_timeout=2 * self.options.failure_timeout,
+            node_id, config.ids, messages, observer, None if to_send is None else to_send + sent_before,
+            delivered_before, undeliverable_after=self.options.undeliverable_after,
+            idle_pause=self.options.failure_timeout / 3, probe_timeout=2 * self.options.failure_timeout,
+            sent=sent_before, delivered=len(journal.journal.delivered) if journal is not None else 0,
         )
         self._deliveries = deliveries
         self._undelivered = undelivered
