@@ -351,8 +351,6 @@ def serve(
     except SqlError as exc:
         raise click.ClickException(exc.message) from None
     if workers > 1:
-        if metrics is not None:
-            raise click.UsageError("--metrics serves one process's figures: it cannot be used with --workers yet")
         # Server-wide totals, shared by the workers (trionet/sql/workers.py).
         query_threads = share(query_threads, workers)
         max_sqlite_memory_bytes = max_sqlite_memory_bytes and share(max_sqlite_memory_bytes, workers)
@@ -401,7 +399,10 @@ def serve(
 
     if workers > 1:
         try:
-            serve_workers(workers, host=host, port=port, pg_port=None if no_pg else pg_port, grace=grace, build=build)
+            serve_workers(
+                workers, host=host, port=port, pg_port=None if no_pg else pg_port, grace=grace, build=build,
+                metrics=metrics,
+            )  # fmt: skip
         except OSError as exc:
             raise click.ClickException(describe_os_error(exc)) from None
         return
