@@ -255,7 +255,8 @@ def sql() -> None:
     callback=_parse_workers,
     help="Serve from N processes (auto: one per core) sharing both ports, so N cores answer queries; "
     "a supervisor restarts a worker that dies. --query-threads, --max-sqlite-memory-bytes and an explicit "
-    "--max-connections are then totals, shared equally by the workers (docs/protocol/sql.md).",
+    "--max-connections are then totals, shared equally by the workers, and --metrics shows every worker's "
+    "figures labelled worker=\"N\" (docs/protocol/sql.md).",
 )
 @click.option(
     "--users",
