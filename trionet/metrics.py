@@ -25,7 +25,10 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import math
+import socket
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import trio
 from prometheus_client import (
@@ -37,6 +40,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from trionet.serving import Connection, TCPService
@@ -45,8 +49,10 @@ __all__ = [
     "MAX_REQUEST_HEAD",
     "REQUEST_TIMEOUT",
     "FunctionCollector",
+    "MetricsEndpoint",
     "ServiceCollector",
     "http_response",
+    "merge_families",
     "new_registry",
     "serve_metrics",
     "summary_lines",
@@ -124,7 +130,7 @@ def http_response(head: bytes, registry: CollectorRegistry) -> bytes:
 
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-            408: b"Request Timeout", 431: b"Request Header Fields Too Large"}  # fmt: skip
+            408: b"Request Timeout", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error"}  # fmt: skip
 
 
 def _response(
@@ -176,6 +182,141 @@ async def serve_metrics(
 
     service = TCPService("metrics", handle, log, quiet=True)
     await service.serve(host, port, task_status=task_status)
+
+
+MAX_ENDPOINT_CONNECTIONS = 16
+"""Scrapers a :class:`MetricsEndpoint` serves at once; one more is closed at once."""
+
+
+@dataclass
+class _Scrape:
+    sock: socket.socket
+    deadline: float
+    head: bytes = b""
+    out: bytes | None = None  # the response not sent yet, once the head is complete
+
+
+@dataclass
+class MetricsEndpoint:
+    """``/metrics`` without an event loop: for a process that must not run trio (the workers' supervisor).
+
+    Same answers and bounds as :func:`serve_metrics` (a head of at most
+    :data:`MAX_REQUEST_HEAD` bytes within :data:`REQUEST_TIMEOUT` seconds,
+    one request per connection), on non-blocking sockets the owner polls:
+    it calls :meth:`step` whenever one of them may be ready (``watch(sock)``
+    is called on each socket so the owner can learn that, e.g. by SIGIO) and
+    again by the deadline :meth:`step` returns. Nothing in it blocks, except
+    collecting ``registry`` itself, which is the owner's to bound.
+
+    Args:
+        listeners: bound, listening sockets (made non-blocking here).
+        registry: what ``GET /metrics`` exposes.
+        watch: called on each listener and accepted connection.
+    """
+
+    listeners: list[socket.socket]
+    registry: CollectorRegistry
+    watch: Callable[[socket.socket], None] = lambda sock: None
+    scrapes: list[_Scrape] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for sock in self.listeners:
+            sock.setblocking(False)
+            self.watch(sock)
+
+    def step(self, now: float) -> float:
+        """Accept, read, answer and write what is ready now; returns when to call again at the latest."""
+        for listener in self.listeners:
+            self._accept(listener, now)
+        for scrape in list(self.scrapes):
+            if not self._advance(scrape, now):
+                scrape.sock.close()
+                self.scrapes.remove(scrape)
+        return min((s.deadline for s in self.scrapes), default=math.inf)
+
+    def close(self) -> None:
+        """Close every socket (the listeners too)."""
+        for sock in self.listeners + [s.sock for s in self.scrapes]:
+            sock.close()
+        self.scrapes.clear()
+
+    def _accept(self, listener: socket.socket, now: float) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ECONNABORTED, EMFILE: this one is lost, the endpoint goes on
+                return
+            if len(self.scrapes) >= MAX_ENDPOINT_CONNECTIONS:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self.watch(sock)
+            self.scrapes.append(_Scrape(sock, now + REQUEST_TIMEOUT))
+
+    def _advance(self, scrape: _Scrape, now: float) -> bool:
+        """Move one connection on; False once it is done with (answered, refused, gone or too slow)."""
+        try:
+            if scrape.out is None:
+                while b"\r\n\r\n" not in scrape.head and b"\n\n" not in scrape.head:
+                    if len(scrape.head) > MAX_REQUEST_HEAD:
+                        scrape.sock.send(_response(431, b"request head too large\n"))
+                        return False
+                    if now >= scrape.deadline:
+                        scrape.sock.send(_response(408, b"request head not received in time\n"))
+                        return False
+                    try:
+                        data = scrape.sock.recv(4096)
+                    except BlockingIOError:
+                        return True
+                    if not data:
+                        return False
+                    scrape.head += data
+                try:
+                    scrape.out = http_response(scrape.head, self.registry)
+                except Exception:  # a collector's bug must not end the process that serves this
+                    logging.getLogger("trionet.metrics").exception("collecting the metrics failed")
+                    scrape.out = _response(500, b"collecting the metrics failed: see the server's log\n")
+                scrape.deadline = now + REQUEST_TIMEOUT  # to take the answer
+            while scrape.out:
+                if now >= scrape.deadline:
+                    return False
+                try:
+                    sent = scrape.sock.send(scrape.out)
+                except BlockingIOError:
+                    return True
+                scrape.out = scrape.out[sent:]
+        except OSError:
+            return False
+        return False
+
+
+def merge_families(own: Iterable[Metric], others: Mapping[str, str], label: str) -> list[Metric]:
+    """One family per name from this process's metrics and other processes' expositions, told apart by ``label``.
+
+    ``others`` maps a label value (a worker's index) to that process's
+    exposition text; each of its samples gets ``label="VALUE"``. This
+    process's own samples keep their labels. A name that two processes give
+    different types keeps the first one's, and the other's samples are left
+    out (the exposition must not name a family twice).
+    """
+    merged: dict[str, Metric] = {}
+
+    def add(family: Metric, extra: dict[str, str]) -> None:
+        target = merged.get(family.name)
+        if target is None:
+            target = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+        elif target.type != family.type:
+            return
+        target.samples.extend(s._replace(labels={**s.labels, **extra}) for s in family.samples)
+
+    for family in own:
+        add(family, {})
+    for value, text in others.items():
+        for family in text_string_to_metric_families(text):
+            add(family, {label: value})
+    return list(merged.values())
 
 
 def summary_lines(registry: CollectorRegistry) -> list[str]:

@@ -35,15 +35,34 @@ Messages between workers (a PostgreSQL CancelRequest that reached the wrong
 one): every worker has a mailbox, a datagram socket pair made by the
 supervisor before the first fork; every worker inherits the sending ends of
 all mailboxes and the receiving end of its own.
+
+Metrics (``--metrics``): the supervisor serves ``/metrics`` itself, so one
+address shows every worker. Each worker's samples are its own registry's
+exposition, fetched at scrape time over a stream socket pair the supervisor
+makes before each fork of that worker (its *scrape channel*: the worker
+keeps one end, the supervisor the other): the supervisor writes a scrape
+number, the worker answers it with the number and its exposition text
+(:func:`answer_scrapes`), and the supervisor gives each of that worker's
+samples the label ``worker="INDEX"`` (:func:`trionet.metrics.merge_families`).
+A worker that does not answer within :data:`SCRAPE_TIMEOUT` seconds (dead,
+restarting, or stuck) is left out of that scrape, which says so with
+``trionet_worker_up{worker="INDEX"} 0``; an answer that comes later is
+recognised by its number and dropped. The supervisor stays one thread
+without trio: the endpoint's sockets raise SIGIO
+(``O_ASYNC``), which the supervisor waits for with the other signals, and a
+scrape holds its loop for at most :data:`SCRAPE_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
+import select
 import signal
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -52,9 +71,11 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "KILL_MARGIN",
+    "SCRAPE_TIMEOUT",
     "Listen",
     "RestartPolicy",
     "WorkerContext",
+    "answer_scrapes",
     "bind_reuseport",
     "resolve_workers",
     "supervise",
@@ -66,6 +87,11 @@ KILL_MARGIN = 5.0
 LISTEN_BACKLOG = 4096
 MAX_WORKERS = 256
 """A PostgreSQL backend key carries the worker's index in its low byte."""
+SCRAPE_TIMEOUT = 1.0
+"""Seconds the supervisor waits for the workers' figures when ``/metrics`` is scraped."""
+
+_SCRAPE = struct.Struct("!I")  # supervisor -> worker: the scrape's number
+_SCRAPE_ANSWER = struct.Struct("!II")  # worker -> supervisor: the number, then the length of the text that follows
 
 
 def resolve_workers(value: str) -> int:
@@ -94,8 +120,13 @@ class Listen:
     port: int
 
 
-def bind_reuseport(host: str, port: int, count: int, backlog: int = LISTEN_BACKLOG) -> list[list[socket.socket]]:
+def bind_reuseport(
+    host: str, port: int, count: int, backlog: int = LISTEN_BACKLOG, *, reuseport: bool = True
+) -> list[list[socket.socket]]:
     """Bind ``count`` listening TCP sockets per address of ``host``, all on one port with ``SO_REUSEPORT``.
+
+    (``reuseport=False`` for a port only this process serves, with ``count`` 1:
+    then no other process can join it.)
 
     Returns one list per worker, each with a socket for every address
     ``host`` resolves to (as ``trio.open_tcp_listeners`` binds them). With
@@ -114,7 +145,8 @@ def bind_reuseport(host: str, port: int, count: int, backlog: int = LISTEN_BACKL
                 sock = socket.socket(family, kind, proto)
                 per_worker[index].append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if reuseport:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(bound)
@@ -164,6 +196,8 @@ class WorkerContext:
         mailbox: this worker's receiving end (a datagram socket).
         mailboxes: the sending ends, by worker index (this one's included).
         lifeline: a pipe's read end that reads EOF when the supervisor is gone.
+        scrapes: this worker's end of its scrape channel (:func:`answer_scrapes`);
+            None when the server has no ``--metrics``.
     """
 
     index: int
@@ -172,6 +206,7 @@ class WorkerContext:
     mailbox: socket.socket
     mailboxes: list[socket.socket]
     lifeline: int
+    scrapes: socket.socket | None = None
 
     def post(self, index: int, message: bytes) -> bool:
         """Send a datagram to worker ``index``'s mailbox without waiting; False if it could not be sent now."""
@@ -197,12 +232,44 @@ async def watch_lifeline(fd: int, on_lost: Callable[[], None]) -> None:
             return
 
 
+async def answer_scrapes(sock: socket.socket, registry) -> None:
+    """Answer the supervisor's scrapes on ``sock`` with ``registry``'s exposition; runs until cancelled.
+
+    Returns when the supervisor is gone. Requests that queued up while one was
+    being answered get one answer, to the newest (the supervisor has given
+    up on the older ones).
+    """
+    import trio
+    from prometheus_client import generate_latest
+
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    pending = b""
+    try:
+        while True:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            pending += data
+            whole = len(pending) - len(pending) % _SCRAPE.size
+            if not whole:
+                continue
+            (number,) = _SCRAPE.unpack_from(pending, whole - _SCRAPE.size)
+            pending = pending[whole:]
+            text = generate_latest(registry)
+            await stream.send_all(_SCRAPE_ANSWER.pack(number, len(text)) + text)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+
+
 @dataclass
 class _Worker:
     index: int
     pid: int = 0
     started: float = 0.0
     restart_at: float = math.inf
+    restarts: int = 0
+    scrapes: socket.socket | None = None  # the supervisor's end of the scrape channel (--metrics)
+    answers: bytearray = field(default_factory=bytearray)
 
 
 @dataclass
@@ -213,6 +280,7 @@ class _Supervisor:
     log: logging.Logger
     grace: float
     forward_hup: bool
+    metrics: list[socket.socket] | None = None  # the bound --metrics listeners
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     listeners: dict[str, list[list[socket.socket]]] = field(default_factory=dict)
     workers: list[_Worker] = field(default_factory=list)
@@ -222,14 +290,23 @@ class _Supervisor:
     old_mask: set = field(default_factory=set)
 
     def start(self, worker: _Worker) -> None:
+        theirs = None
+        if self.metrics is not None:  # a fresh channel for each run: nothing a dead one left half-said
+            if worker.scrapes is not None:
+                worker.scrapes.close()
+            worker.scrapes, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            worker.scrapes.setblocking(False)
+            worker.answers.clear()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            self._become_worker(worker.index)  # never returns
+            self._become_worker(worker.index, theirs)  # never returns
+        if theirs is not None:
+            theirs.close()  # so that the worker's death reads as EOF here
         worker.pid, worker.started, worker.restart_at = pid, time.monotonic(), math.inf
 
-    def _become_worker(self, index: int) -> None:
+    def _become_worker(self, index: int, scrapes: socket.socket | None) -> None:
         code = 1
         try:
             os.setpgid(0, 0)
@@ -247,6 +324,11 @@ class _Supervisor:
             for other, (receiver, _) in enumerate(self._mailboxes):
                 if other != index:
                     receiver.close()
+            if self._endpoint is not None:
+                self._endpoint.close()
+            for worker in self.workers:
+                if worker.scrapes is not None:
+                    worker.scrapes.close()
             _tag_log_records(index)
             context = WorkerContext(
                 index=index,
@@ -255,6 +337,7 @@ class _Supervisor:
                 mailbox=self._mailboxes[index][0],
                 mailboxes=[sender for _, sender in self._mailboxes],
                 lifeline=self._lifeline_r,
+                scrapes=scrapes,
             )
             code = self.run(context)
         except SystemExit as exc:
@@ -278,9 +361,15 @@ class _Supervisor:
         wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD}
         if self.forward_hup:
             wanted.add(signal.SIGHUP)
+        if self.metrics is not None:
+            wanted.add(signal.SIGIO)
         self.signals = frozenset(wanted)
         self.old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+        self._endpoint = None
+        self._scrape_number = 0
         try:
+            if self.metrics is not None:
+                self._endpoint = self._open_endpoint(self.metrics)
             self.workers = [_Worker(i) for i in range(self.count)]
             for worker in self.workers:
                 self.start(worker)
@@ -295,6 +384,11 @@ class _Supervisor:
             self._reap(final=True)
             signal.pthread_sigmask(signal.SIG_SETMASK, self.old_mask)
             self._close_listeners()
+            if self._endpoint is not None:
+                self._endpoint.close()
+            for worker in self.workers:
+                if worker.scrapes is not None:
+                    worker.scrapes.close()
             os.close(self._lifeline_w)
             os.close(self._lifeline_r)
             for pair in self._mailboxes:
@@ -305,6 +399,7 @@ class _Supervisor:
         while True:
             self._reap()
             now = time.monotonic()
+            endpoint_due = self._endpoint.step(now) if self._endpoint is not None else math.inf
             if self.stopping and not any(w.pid for w in self.workers):
                 self.log.info("every worker has stopped")
                 return 0
@@ -318,10 +413,10 @@ class _Supervisor:
                 if not self.stopping and not worker.pid and worker.restart_at <= now:
                     self.start(worker)
                     self.log.info("worker %d restarted (pid %d)", worker.index, worker.pid)
-            wake = min([self.kill_at] + [w.restart_at for w in self.workers if not w.pid])
+            wake = min([self.kill_at, endpoint_due] + [w.restart_at for w in self.workers if not w.pid])
             timeout = max(0.0, min(1.0, wake - time.monotonic()))
             received = signal.sigtimedwait(self.signals, timeout)
-            if received is None or received.si_signo == signal.SIGCHLD:
+            if received is None or received.si_signo in (signal.SIGCHLD, signal.SIGIO):
                 continue
             signum = received.si_signo
             if signum in (signal.SIGINT, signal.SIGTERM):
@@ -337,6 +432,93 @@ class _Supervisor:
                 self._forward(signal.SIGTERM)
             else:
                 self._forward(signum)
+
+    def _open_endpoint(self, listeners: list[socket.socket]):
+        from prometheus_client import CollectorRegistry
+
+        from trionet.metrics import FunctionCollector, MetricsEndpoint, new_registry
+
+        own = new_registry()  # the supervisor's own process figures, without a worker label
+
+        def collect():
+            from trionet.metrics import merge_families
+
+            texts = self._scrape_workers()  # first: the families below say who answered
+            return merge_families([*own.collect(), *self._worker_families()], texts, "worker")
+
+        registry = CollectorRegistry()
+        registry.register(FunctionCollector(collect))
+        return MetricsEndpoint(listeners, registry, watch=_raise_sigio)
+
+    def _worker_families(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        up = GaugeMetricFamily(
+            "trionet_worker_up", f"1 if the worker answered this scrape within {SCRAPE_TIMEOUT:g}s, else 0 "
+            "(dead, restarting or stuck: its figures are then absent).", labels=["worker"],
+        )  # fmt: skip
+        restarts = CounterMetricFamily(
+            "trionet_worker_restarts", "Times the worker was started again after it died.", labels=["worker"]
+        )
+        for worker in self.workers:
+            up.add_metric([str(worker.index)], 1 if worker.index in self._answered else 0)
+            restarts.add_metric([str(worker.index)], worker.restarts)
+        return [up, restarts]
+
+    def _scrape_workers(self) -> dict[str, str]:
+        """Every live worker's exposition text by index (as a label value), waiting at most :data:`SCRAPE_TIMEOUT`."""
+        self._scrape_number = number = (self._scrape_number + 1) % (1 << 32)
+        waiting: dict[int, _Worker] = {}
+        for worker in self.workers:
+            if worker.pid and worker.scrapes is not None:
+                try:
+                    worker.scrapes.send(_SCRAPE.pack(number))
+                except OSError:  # gone, or so stuck that its channel is full
+                    continue
+                waiting[worker.scrapes.fileno()] = worker
+        texts: dict[str, str] = {}
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + SCRAPE_TIMEOUT
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                worker = waiting[fd]
+                text = self._read_answer(worker, number)
+                if text is not None:
+                    if text:
+                        texts[str(worker.index)] = text
+                    del waiting[fd]
+                    poller.unregister(fd)
+        for worker in waiting.values():
+            self.log.warning(
+                "worker %d did not answer the scrape within %.1fs: its figures are left out", worker.index, SCRAPE_TIMEOUT
+            )
+        self._answered = {int(index) for index in texts}
+        return texts
+
+    def _read_answer(self, worker: _Worker, number: int) -> str | None:
+        """Read what ``worker`` sent: its text for scrape ``number``; "" if it is gone; None for more to wait."""
+        try:
+            data = worker.scrapes.recv(1 << 16)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            return ""
+        buffer = worker.answers
+        buffer += data
+        while len(buffer) >= _SCRAPE_ANSWER.size:
+            answered, length = _SCRAPE_ANSWER.unpack_from(buffer)
+            end = _SCRAPE_ANSWER.size + length
+            if len(buffer) < end:
+                return None
+            text = bytes(buffer[_SCRAPE_ANSWER.size : end])
+            del buffer[:end]
+            if answered == number:  # an older one came too late for its scrape: dropped
+                return text.decode()
+        return None
 
     def _forward(self, signum: int) -> None:
         for worker in self.workers:
@@ -356,6 +538,7 @@ class _Supervisor:
                     worker.pid = 0
                     if final or self.stopping:
                         break
+                    worker.restarts += 1
                     now = time.monotonic()
                     pause = self.policy.delay(worker.index, worker.started, now)
                     worker.restart_at = now + pause
@@ -385,6 +568,12 @@ def _describe_status(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
+def _raise_sigio(sock: socket.socket) -> None:
+    """Have the kernel send this process SIGIO when ``sock`` becomes ready (the supervisor waits for signals)."""
+    fcntl.fcntl(sock.fileno(), fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(sock.fileno(), fcntl.F_SETFL, fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+
+
 def _tag_log_records(index: int) -> None:
     """Name the worker in each log line it writes: ``trionet.sql[w1]``."""
 
@@ -404,6 +593,7 @@ def supervise(
     logger: logging.Logger,
     grace: float,
     forward_hup: bool = False,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Bind the shared ports, fork ``count`` workers that each call ``run(context)``, and supervise them.
 
@@ -422,6 +612,9 @@ def supervise(
         forward_hup: forward SIGHUP (the service reloads on it); else SIGHUP
             keeps its default action here (and the workers drain once the
             supervisor is gone).
+        metrics: ``(host, port)`` where the supervisor serves every worker's
+            figures at ``/metrics`` (see the module's docstring); each worker
+            must then run :func:`answer_scrapes` on ``context.scrapes``.
 
     Error handling: a port that cannot be bound raises
     :class:`~trionet.serving.ListenError` before any worker starts.
@@ -438,7 +631,16 @@ def supervise(
                 raise ListenError(exc, listen.name, (listen.host or "*", listen.port)) from exc
             for sock in supervisor.listeners[listen.name][0]:
                 logger.info("%s listening on %s", listen.name, format_address(sock.getsockname()[:2]))
+        if metrics is not None:
+            try:
+                supervisor.metrics = bind_reuseport(*metrics, 1, reuseport=False)[0]
+            except OSError as exc:
+                raise ListenError(exc, "metrics", (metrics[0] or "*", metrics[1])) from exc
+            for sock in supervisor.metrics:
+                logger.info("metrics listening on %s", format_address(sock.getsockname()[:2]))
     except BaseException:
         supervisor._close_listeners()
+        for sock in supervisor.metrics or []:
+            sock.close()
         raise
     return supervisor.serve()

@@ -104,3 +104,46 @@ def test_sql_serve_serves_metrics_and_logs_them_on_sigusr1(server_process):
     server.wait_for(r"SIGUSR1: figures")
     server.wait_for(r'    trionet_connections_open\{listener="sql"\} 0')
     assert server.proc.poll() is None  # SIGUSR1 no longer kills a server
+
+
+def test_merged_families_label_each_process_and_name_each_family_once():
+    from prometheus_client import generate_latest
+
+    worker = new_registry()
+    Counter("demo_queries", "Queries.", ["source"], registry=worker).labels("cache").inc(3)
+    text = generate_latest(worker).decode()
+    own = list(new_registry().collect())
+    merged = metrics.merge_families(own, {"0": text, "1": text}, "worker")
+    names = [family.name for family in merged]
+    assert len(names) == len(set(names))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in merged for s in f.samples}
+    for index in ("0", "1"):
+        assert samples[("demo_queries_total", (("source", "cache"), ("worker", index)))] == 3
+        assert ("process_open_fds", (("worker", index),)) in samples
+    assert ("process_open_fds", ()) in samples  # this process's own, unlabelled
+
+
+def test_the_loopless_endpoint_answers_and_bounds_slow_and_huge_heads():
+    """MetricsEndpoint (the workers' supervisor): the same answers as serve_metrics, time passed in."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    endpoint = metrics.MetricsEndpoint([listener], new_registry())
+    port = listener.getsockname()[1]
+    try:
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        clients[0].sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        clients[1].sendall(b"GET /metrics HTTP/1.1\r\n")  # never ends its head
+        clients[2].sendall(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * (metrics.MAX_REQUEST_HEAD + 10))
+        for _ in range(50):  # the kernel hands over what was sent; no clock involved
+            if endpoint.step(now=0.0) == metrics.REQUEST_TIMEOUT and len(endpoint.scrapes) == 1:
+                break
+        assert len(endpoint.scrapes) == 1  # the slow one is still waited for, until its deadline
+        assert endpoint.step(now=metrics.REQUEST_TIMEOUT) == float("inf") and not endpoint.scrapes
+        answers = [b"".join(iter(lambda c=c: c.recv(65536), b"")) for c in clients]
+        assert "process_open_fds" in _families(answers[0])
+        assert answers[1].startswith(b"HTTP/1.1 408 ") and answers[2].startswith(b"HTTP/1.1 431 ")
+        for client in clients:
+            client.close()
+    finally:
+        endpoint.close()

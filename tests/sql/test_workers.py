@@ -75,9 +75,6 @@ def test_a_port_in_use_fails_before_any_worker_starts(server_process, quake_db):
     assert "cannot listen on 127.0.0.1:" in server.output and "workers started" not in server.output
 
 
-def test_metrics_with_workers_is_refused_with_a_reason(trionet_cmd, quake_db):
-    result = trionet_cmd("sql", "serve", "--db", str(quake_db), "--no-pg", "--workers", "2", "--metrics", "127.0.0.1:0")
-    assert result.returncode == 2 and "--metrics" in result.stderr and "--workers" in result.stderr
 
 
 # --- the real command ------------------------------------------------------------------
@@ -282,6 +279,59 @@ def test_two_workers_write_to_one_database(server_process, quake_db):
         conns[0].execute("commit")
         conns[1].execute("insert into t values (1, 100)")
         assert conns[1].execute("select count(*) from t").fetchone() == (202,)
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def _scrape(port: int) -> dict[tuple, float]:
+    """``GET /metrics`` from the supervisor: ``(sample name, sorted labels) -> value``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def test_the_supervisor_serves_every_workers_figures_and_a_gap_for_a_stopped_one(
+    server_process, quake_db, needs_psycopg
+):
+    server, port, pids = start_workers(server_process, quake_db, "--metrics", "127.0.0.1:0")
+    metrics_port = int(server.wait_for(r"metrics listening on 127\.0\.0\.1:(\d+)").group(1))
+    assert sum("metrics listening on" in line for line in server.lines) == 1
+    conns = connect_to_each_worker(port)
+    try:
+        figures = _scrape(metrics_port)
+        for index in ("0", "1"):  # each worker's own count, told apart by a label
+            assert figures[("trionet_worker_up", (("worker", index),))] == 1
+            assert figures[("trionet_connections_open", (("listener", "pg"), ("worker", index)))] == 1
+            assert figures[("trionet_connections_total", (("listener", "pg"), ("worker", index)))] >= 1
+        assert ("process_open_fds", ()) in figures  # the supervisor's own, without a worker label
+
+        # A worker that cannot answer (stopped here; dead or stuck alike) is a
+        # gap after SCRAPE_TIMEOUT, not a hung scrape; the other still counts.
+        os.kill(pids[1], signal.SIGSTOP)
+        try:
+            figures = _scrape(metrics_port)
+        finally:
+            os.kill(pids[1], signal.SIGCONT)
+        assert figures[("trionet_worker_up", (("worker", "1"),))] == 0
+        assert figures[("trionet_worker_up", (("worker", "0"),))] == 1
+        assert not any(("worker", "1") in labels for name, labels in figures if not name.startswith("trionet_worker_"))
+        assert figures[("trionet_connections_open", (("listener", "pg"), ("worker", "0")))] == 1
+        server.wait_for(r"worker 1 did not answer the scrape within")
+
+        # Its late answer is dropped, and the next scrape has it again.
+        figures = _scrape(metrics_port)
+        assert figures[("trionet_worker_up", (("worker", "1"),))] == 1
+        assert figures[("trionet_connections_open", (("listener", "pg"), ("worker", "1")))] == 1
     finally:
         for conn in conns.values():
             conn.close()

@@ -255,7 +255,8 @@ def sql() -> None:
     callback=_parse_workers,
     help="Serve from N processes (auto: one per core) sharing both ports, so N cores answer queries; "
     "a supervisor restarts a worker that dies. --query-threads, --max-sqlite-memory-bytes and an explicit "
-    "--max-connections are then totals, shared equally by the workers (docs/protocol/sql.md).",
+    "--max-connections are then totals, shared equally by the workers, and --metrics shows every worker's "
+    "figures labelled worker=\"N\" (docs/protocol/sql.md).",
 )
 @click.option(
     "--users",
@@ -351,8 +352,6 @@ def serve(
     except SqlError as exc:
         raise click.ClickException(exc.message) from None
     if workers > 1:
-        if metrics is not None:
-            raise click.UsageError("--metrics serves one process's figures: it cannot be used with --workers yet")
         # Server-wide totals, shared by the workers (trionet/sql/workers.py).
         query_threads = share(query_threads, workers)
         max_sqlite_memory_bytes = max_sqlite_memory_bytes and share(max_sqlite_memory_bytes, workers)
@@ -401,7 +400,10 @@ def serve(
 
     if workers > 1:
         try:
-            serve_workers(workers, host=host, port=port, pg_port=None if no_pg else pg_port, grace=grace, build=build)
+            serve_workers(
+                workers, host=host, port=port, pg_port=None if no_pg else pg_port, grace=grace, build=build,
+                metrics=metrics,
+            )  # fmt: skip
         except OSError as exc:
             raise click.ClickException(describe_os_error(exc)) from None
         return

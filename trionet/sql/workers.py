@@ -13,7 +13,9 @@ is per server in one process is split as follows (documented in
   client that lands on a full worker is refused even if another has room);
   the default comes from the descriptor limit, which is per process, so it
   is per worker;
-- every per-connection limit (timeouts, rows, bytes, temp storage) is unchanged.
+- every per-connection limit (timeouts, rows, bytes, temp storage) is unchanged;
+- ``--metrics`` is served by the supervisor, with each worker's figures
+  labelled ``worker="INDEX"`` (:mod:`trionet.workers`, "Metrics").
 
 A PostgreSQL CancelRequest arrives on a new connection, which the kernel
 gives to any worker. So the BackendKeyData's process id carries the worker's
@@ -40,7 +42,7 @@ from trionet.sql.metrics import sql_registry
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.server import PgServer
 from trionet.sql.server import SqlServer
-from trionet.workers import MAX_WORKERS, Listen, WorkerContext, supervise, watch_lifeline
+from trionet.workers import MAX_WORKERS, Listen, WorkerContext, answer_scrapes, supervise, watch_lifeline
 
 __all__ = ["backend_pids", "cancel_forwarder", "receive_cancels", "serve_workers", "share", "worker_of"]
 
@@ -75,6 +77,7 @@ def serve_workers(
     pg_port: int | None,
     grace: float,
     build: Build,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Run the SQL server as ``count`` worker processes behind shared ports until a stop signal.
 
@@ -84,14 +87,16 @@ def serve_workers(
         grace: the shutdown grace of each worker.
         build: ``build(pids, forward_cancel)`` makes one worker's servers
             (called in the worker, after the fork).
+        metrics: ``(host, port)`` where the supervisor serves every worker's figures.
 
     Returns:
         0 after a graceful stop.
     """
     listens = [Listen("sql", host, port)] + ([Listen("pg", host, pg_port)] if pg_port is not None else [])
     return supervise(
-        count, listens, functools.partial(_run_worker, build=build, grace=grace), logger=log, grace=grace
-    )
+        count, listens, functools.partial(_run_worker, build=build, grace=grace), logger=log, grace=grace,
+        metrics=metrics,
+    )  # fmt: skip
 
 
 def cancel_forwarder(context: WorkerContext) -> Callable[[m.CancelRequest], None]:
@@ -119,6 +124,7 @@ async def receive_cancels(context: WorkerContext, pg: PgServer) -> None:
 
 def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
     server, pg = build(backend_pids(context.index), cancel_forwarder(context))
+    registry = sql_registry(server, pg)
     server.service.adopt(context.listeners["sql"])
     if pg is not None:
         pg.service.adopt(context.listeners["pg"])
@@ -133,13 +139,15 @@ def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
             helpers.start_soon(watch_lifeline, context.lifeline, functools.partial(_orphaned, shutdown, grace))
             if pg is not None:
                 helpers.start_soon(receive_cancels, context, pg)
+            if context.scrapes is not None:
+                helpers.start_soon(answer_scrapes, context.scrapes, registry)
             async with trio.open_nursery() as services:  # both return after a shutdown, once drained
                 await services.start(server.serve, None, 0)
                 if pg is not None:
                     await services.start(pg.serve, None, 0)
             helpers.cancel_scope.cancel()
 
-    serve_until_signal("sql", serve, shutdown=shutdown, grace=grace, registry=sql_registry(server, pg))
+    serve_until_signal("sql", serve, shutdown=shutdown, grace=grace, registry=registry)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from trionet.sql.engine import Database, SqlError
@@ -88,8 +90,12 @@ def test_rewrite_sqlalchemy_and_jdbc_isms():
     assert catalog.rewrite("x = ANY (ARRAY[$1::VARCHAR, $2::VARCHAR]) AND y != ALL (ARRAY['a'])") == (
         "x  IN ($1, $2) AND y  NOT IN ('a')"
     )
+    # An ordered aggregate: the key becomes array_agg's second argument (SQLite 3.40 has no ORDER BY in calls).
     assert catalog.rewrite("select array_agg(CAST(a AS TEXT) ORDER BY t.ord) AS c, array_agg(b)") == (
-        "select array_agg(CAST(a AS TEXT)) AS c, array_agg(b)"
+        "select array_agg(CAST(a AS TEXT), t.ord) AS c, array_agg(b)"
+    )
+    assert catalog.rewrite("select array_agg(a ORDER BY o DESC), array_agg(b ORDER BY x, y)") == (
+        "select array_agg(a, o, 1), array_agg(b)"
     )
     assert catalog.rewrite("nspname = (pg_catalog.current_schemas(true))[1]") == "nspname = current_schema()"
 
@@ -138,3 +144,49 @@ def test_information_schema_tables_and_columns(quake_db):
     )
     # SQLite lets a TEXT PRIMARY KEY hold NULL unless it is declared NOT NULL.
     assert rows[:3] == [("id", "text", "YES", "text"), ("time", "text", "YES", "text"), ("mag", "double precision", "YES", "float8")]
+
+
+def test_unnest_in_a_select_list_becomes_a_join_with_json_each():
+    rewritten = catalog.rewrite(
+        "SELECT c.conname, unnest(i.indkey) AS attnum, generate_subscripts(i.indkey, $1::INTEGER) AS ord "
+        "FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_index i ON c.conindid = i.indexrelid WHERE c.contype = 'p'"
+    )
+    assert rewritten == (
+        "SELECT c.conname, _unnest0.value AS attnum, (_unnest0.key + 1) AS ord "
+        "FROM pg_constraint c JOIN pg_index i ON c.conindid = i.indexrelid "
+        "JOIN json_each(pg_array_json(i.indkey)) AS _unnest0 WHERE c.contype = 'p'"
+    )
+    # Two in one select list run side by side, as PostgreSQL zips them.
+    assert catalog.rewrite("SELECT unnest(i.indkey) AS k, unnest(i.indclass) AS c FROM pg_index i") == (
+        "SELECT _unnest0.value AS k, pg_array_item(i.indclass, _unnest0.key) AS c FROM pg_index i "
+        "JOIN json_each(pg_array_json(i.indkey)) AS _unnest0 "
+    )
+    # Not in a select list with a FROM: left to the older rewrite (no rows).
+    assert catalog.rewrite("select x from (select 1) where 1 = any(select unnest(y))") == (
+        "select x from (select 1) where 1  IN (select (y))"
+    )
+
+
+def test_multi_column_primary_keys_and_their_names(tmp_path):
+    db = tmp_path / "keys.sqlite"
+    setup = sqlite3.connect(db)
+    setup.executescript(
+        "create table pair (a text, b integer, c real, constraint pair_key primary key (b, a));"
+        "create table rowid_key (id integer primary key, v text);"
+        "create table bare (k text, j integer, primary key (k, j)) without rowid;"
+    )
+    setup.close()
+    _, _, rows = run(
+        db,
+        "SELECT t.relname, con.conname, array_agg(a.attname ORDER BY k.ord) FROM pg_catalog.pg_constraint con "
+        "JOIN pg_catalog.pg_class t ON t.oid = con.conrelid "
+        "JOIN (SELECT conindid, unnest(conkey) AS attnum, generate_subscripts(conkey, 1) AS ord, conrelid "
+        "      FROM pg_catalog.pg_constraint WHERE contype = 'p') k ON k.conindid = con.conindid "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum "
+        "WHERE con.contype = 'p' GROUP BY t.relname, con.conname ORDER BY 1",
+    )
+    assert rows == [
+        ("bare", "bare_pkey", '{"k","j"}'),  # WITHOUT ROWID: no index of SQLite's, one made up
+        ("pair", "pair_key", '{"b","a"}'),  # the key's order, not the table's; its CONSTRAINT name
+        ("rowid_key", "rowid_key_pkey", '{"id"}'),  # INTEGER PRIMARY KEY: the rowid, no index either
+    ]

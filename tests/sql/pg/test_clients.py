@@ -229,6 +229,42 @@ async def test_sqlalchemy_connects_queries_and_reflects(start_pg):
     assert [tuple(r) for r in core] == [("q00037",)]
 
 
+async def test_sqlalchemy_reflects_multi_column_primary_keys_with_their_names(start_pg, tmp_path):
+    db = tmp_path / "keys.sqlite"
+    setup = sqlite3.connect(db)
+    setup.executescript(
+        "create table pair (a text not null, b integer, c real, constraint pair_key primary key (b, a));"
+        "create table rowid_key (id integer primary key, v text);"
+        "create table bare (k text, j integer, primary key (j, k)) without rowid;"
+        "create index pair_cb on pair (c, b);"
+    )
+    setup.close()
+    _, (host, port) = await start_pg(db=db)
+
+    def go():
+        engine = sa.create_engine(f"postgresql+psycopg://analyst@{host}:{port}/quakes", poolclass=sa.pool.NullPool)
+        try:
+            inspector = sa.inspect(engine)
+            keys = {name: inspector.get_pk_constraint(name) for name in ("pair", "rowid_key", "bare")}
+            indexes = [(i["name"], i["column_names"]) for i in inspector.get_indexes("pair")]
+            metadata = sa.MetaData()
+            metadata.reflect(engine)
+            return {name: (key["name"], key["constrained_columns"]) for name, key in keys.items()}, [
+                c.name for c in metadata.tables["pair"].primary_key.columns
+            ], indexes
+        finally:
+            engine.dispose()
+
+    keys, reflected, indexes = await trio.to_thread.run_sync(go)
+    assert keys == {
+        "pair": ("pair_key", ["b", "a"]),  # the key's own order and its CONSTRAINT name
+        "rowid_key": ("rowid_key_pkey", ["id"]),  # INTEGER PRIMARY KEY: the rowid, PostgreSQL's default name
+        "bare": ("bare_pkey", ["j", "k"]),  # WITHOUT ROWID
+    }
+    assert reflected == ["b", "a"]
+    assert indexes == [("pair_cb", ["c", "b"])]  # the key of many columns, not the primary key's
+
+
 async def test_sqlalchemy_orm_writes(start_pg, typed_db):
     from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 

@@ -129,7 +129,55 @@ async def test_backslash_d_of_a_view(start_pg, tmp_path):
     setup.executescript("create table t (a integer not null, b text default 'x'); create view big as select a from t where a > 1;")
     setup.close()
     _, address = await start_pg(db=db)
-    result = await psql(address, "-c", "\\d big", "-c", "\\d t")  # \d+ needs unnest(): not yet
+    result = await psql(address, "-c", "\\d big", "-c", "\\d t")
     out = result.stdout.decode()
     assert 'View "main.big"' in out
     assert 'Table "main.t"' in out and "not null" in out and "'x'" in out
+    result = await psql(address, "-A", "-c", "\\d+ big")
+    lines = result.stdout.decode().splitlines()
+    assert lines[1:3] == ["Column|Type|Collation|Nullable|Default|Storage|Description", "a|bigint||||plain|"]
+    assert lines[-2:] == ["View definition:", "select a from t where a > 1"]  # pg_get_viewdef: the query only
+
+
+async def test_backslash_d_plus_describes_storage_keys_and_access_method(start_pg, tmp_path):
+    db = tmp_path / "keys.sqlite"
+    setup = sqlite3.connect(db)
+    setup.executescript(
+        "create table pair (a text not null, b integer, note text default 'x', constraint pair_key primary key (b, a));"
+        "create table n (id integer primary key, v blob unique);"
+    )
+    setup.close()
+    _, address = await start_pg(db=db)
+    result = await psql(address, "-A", "-c", "\\d+ pair", "-c", "\\d+ n")
+    assert result.stdout.decode().splitlines() == [
+        'Table "main.pair"',
+        "Column|Type|Collation|Nullable|Default|Storage|Compression|Stats target|Description",
+        "a|text||not null||extended|||",
+        "b|bigint||||plain|||",
+        "note|text|||'x'|extended|||",
+        "Indexes:",
+        '    "pair_key" PRIMARY KEY, btree (b, a)',
+        "Access method: heap",
+        'Table "main.n"',
+        "Column|Type|Collation|Nullable|Default|Storage|Compression|Stats target|Description",
+        "id|bigint||||plain|||",
+        "v|bytea||||extended|||",
+        "Indexes:",
+        '    "n_pkey" PRIMARY KEY, btree (id)',  # the rowid: SQLite keeps no index, PostgreSQL would show one
+        '    "sqlite_autoindex_n_1" UNIQUE CONSTRAINT, btree (v)',
+        "Access method: heap",
+    ]
+
+
+async def test_backslash_l_lists_the_one_database_and_df_no_functions(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-A", "-c", "\\l", "-c", "\\df")
+    assert result.stdout.decode().splitlines() == [
+        "List of databases",
+        "Name|Owner|Encoding|Collate|Ctype|ICU Locale|Locale Provider|Access privileges",
+        "quakes|analyst|UTF8|C|C||libc|",
+        "(1 row)",
+        "List of functions",
+        "Schema|Name|Result data type|Argument data types|Type",
+        "(0 rows)",
+    ]

@@ -1,4 +1,4 @@
-"""Enough of PostgreSQL's ``pg_catalog`` for psql's ``\\dt`` and ``\\d table``, built from SQLite's schema.
+"""Enough of PostgreSQL's ``pg_catalog`` for psql's ``\\dt``, ``\\d+ table``, ``\\l``, ``\\df``, built from SQLite's schema.
 
 A statement that names ``pg_catalog`` is not run on the database: it is
 rewritten (``pg_catalog.`` prefixes, ``~`` regex operators, ``::`` casts
@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from dataclasses import dataclass
 
 from trionet.sql import sandbox
 from trionet.sql.engine import Session, SqlError
@@ -32,8 +33,23 @@ from trionet.sql.pg.statements import split
 
 __all__ = ["describe", "rewrite", "run"]
 
-_REWRITES = (
+_FIRST_REWRITES = (
     (re.compile(r"\bpg_catalog\s*\.\s*", re.IGNORECASE), ""),
+    # psql's \d+: a table's options and its TOAST table's, as one string
+    # (trionet's tables have neither).
+    (
+        re.compile(
+            r"array_to_string\(\s*c\.reloptions\s*\|\|\s*array\s*\(\s*select\s+'toast\.'\s*\|\|\s*x\s+from\s+"
+            r"unnest\s*\(\s*tc\.reloptions\s*\)\s*x\s*\)\s*,\s*', '\s*\)",
+            re.IGNORECASE,
+        ),
+        "c.reloptions",
+    ),
+    # PostgreSQL's escape strings (psql's \l joins with E'\n'): SQLite's plain literal.
+    (re.compile(r"\bE'((?:[^'\\]|\\.|'')*)'"), lambda m: _escape_string(m.group(1))),
+)
+# Then unnest() in a select list becomes a join (_unnest_in_select_lists), then:
+_REWRITES = (
     (re.compile(r"OPERATOR\s*\(\s*~\s*\)", re.IGNORECASE), " REGEXP "),
     (re.compile(r"OPERATOR\s*\(\s*!~\s*\)", re.IGNORECASE), " NOT REGEXP "),
     (re.compile(r"!~\*?"), " NOT REGEXP "),
@@ -49,15 +65,23 @@ _REWRITES = (
     (re.compile(r"=\s*any\s*\(\s*array\s*\[([^\]]*)\]\s*\)", re.IGNORECASE), r" IN (\1)"),
     (re.compile(r"(?:!=|<>)\s*all\s*\(\s*array\s*\[([^\]]*)\]\s*\)", re.IGNORECASE), r" NOT IN (\1)"),
     (re.compile(r"=\s*any\s*\(", re.IGNORECASE), " IN ("),
-    # SQLAlchemy's constraint and index reflection: set-returning functions
-    # in the select list and ordered aggregates, which SQLite 3.40 has not.
-    # trionet's catalog lists no constraints, so these run on no rows; the
-    # rewrite keeps their result columns.
+    # Set-returning functions left (not in a select list with a FROM), which
+    # SQLite 3.40 has not: they run on no rows, and the rewrite keeps their
+    # result columns.
     (re.compile(r"\b(?:unnest|array)\s*\(", re.IGNORECASE), "("),
     (re.compile(r"\bgenerate_subscripts\s*\(([^,()]*),[^()]*\)", re.IGNORECASE), r"(\1)"),
     (re.compile(r"\bbool_and\s*\(", re.IGNORECASE), "min("),
     (re.compile(r"\bbool_or\s*\(", re.IGNORECASE), "max("),
 )
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
+def _escape_string(body: str) -> str:
+    """The text of an ``E'...'`` literal's body as an SQLite literal (``\\n`` and the like; octal and hex left out)."""
+    text = re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), body, flags=re.DOTALL)
+    return "'" + text.replace("''", "'").replace("'", "''") + "'"
+
+
 _OID_BASE = 16384  # PostgreSQL's first user OID
 _MAIN_NAMESPACE = 2200
 _STEP_BUDGET = 200  # progress-handler calls of 1000 VM instructions: 200 000 instructions per statement
@@ -85,6 +109,7 @@ _TYPES = (
     (1700, "numeric", -1, 0, "N", 1231, "numeric"),
 )
 _TYPE_NAMES = {t[0]: t[6] for t in _TYPES}  # format_type
+_STORAGE = {t[0]: "p" for t in _TYPES if t[2] > 0}  # typstorage: plain when fixed-length, else extended
 _TYPE_OIDS = {name: t[0] for t in _TYPES for name in (t[1], t[6])}  # to_regtype
 
 _SCHEMA = """
@@ -139,13 +164,15 @@ CREATE TABLE pg_foreign_table (ftrelid INTEGER);
 CREATE TABLE pg_partitioned_table (partrelid INTEGER);
 CREATE TABLE pg_tablespace (oid INTEGER PRIMARY KEY, spcname TEXT);
 CREATE TABLE pg_database (oid INTEGER PRIMARY KEY, datname TEXT, datdba INTEGER, encoding INTEGER,
-    datcollate TEXT, datctype TEXT, datacl TEXT);
+    datcollate TEXT, datctype TEXT, datacl TEXT, daticulocale TEXT, datlocprovider TEXT, dattablespace INTEGER);
 CREATE TABLE pg_roles (oid INTEGER PRIMARY KEY, rolname TEXT);
 CREATE TABLE pg_sequence (seqrelid INTEGER, seqtypid INTEGER, seqstart INTEGER, seqincrement INTEGER,
     seqmax INTEGER, seqmin INTEGER, seqcache INTEGER, seqcycle BOOLEAN);
 CREATE TABLE pg_enum (oid INTEGER PRIMARY KEY, enumtypid INTEGER, enumsortorder REAL, enumlabel TEXT);
 CREATE TABLE pg_range (rngtypid INTEGER, rngsubtype INTEGER, rngmultitypid INTEGER);
-CREATE TABLE pg_proc (oid INTEGER PRIMARY KEY, proname TEXT, pronamespace INTEGER);
+CREATE TABLE pg_proc (oid INTEGER PRIMARY KEY, proname TEXT, pronamespace INTEGER, prokind TEXT, prorettype INTEGER,
+    proargtypes TEXT, proretset BOOLEAN, provolatile TEXT, proparallel TEXT, prosecdef BOOLEAN, proleakproof BOOLEAN,
+    prolang INTEGER, prosrc TEXT, proowner INTEGER, proacl TEXT);
 CREATE TABLE pg_opclass (oid INTEGER PRIMARY KEY, opcmethod INTEGER, opcname TEXT, opsnamespace INTEGER,
     opcowner INTEGER, opcfamily INTEGER, opcintype INTEGER, opcdefault BOOLEAN, opckeytype INTEGER);
 CREATE TABLE pg_extension (oid INTEGER PRIMARY KEY, extname TEXT, extversion TEXT);
@@ -181,8 +208,10 @@ _ORDER_BY = re.compile(r"\s+ORDER\s+BY\s", re.IGNORECASE)
 
 
 def _drop_aggregate_order(sql: str) -> str:
-    # array_agg(x ORDER BY y) -> array_agg(x): SQLite 3.40 has no ordered
-    # aggregates. One pass: each call is read to its closing parenthesis.
+    # array_agg(x ORDER BY y [DESC]) -> array_agg(x, y[, 1]): SQLite 3.40 has
+    # no ordered aggregates, so _ArrayAgg sorts by its second argument; an
+    # order by several keys is dropped. One pass: each call is read to its
+    # closing parenthesis.
     out, done = [], 0
     for match in _AGGREGATE.finditer(sql):
         if match.start() < done:
@@ -197,6 +226,12 @@ def _drop_aggregate_order(sql: str) -> str:
         order = _ORDER_BY.search(inner)
         out.append(sql[done : match.end()])
         out.append(inner[: order.start()] if order else inner)
+        if order:
+            key = inner[order.end() :].strip()
+            descending = re.search(r"\s+DESC\s*$", key, re.IGNORECASE)
+            key = re.sub(r"\s+(?:ASC|DESC)\s*$", "", key, flags=re.IGNORECASE)
+            if key and "," not in key:
+                out.append(f", {key}, 1" if descending else f", {key}")
         out.append(")")
         done = i
     out.append(sql[done:])
@@ -205,9 +240,144 @@ def _drop_aggregate_order(sql: str) -> str:
 
 def rewrite(sql: str) -> str:
     """PostgreSQL-isms psql and SQLAlchemy use in their catalog queries, in SQLite's terms."""
+    for pattern, replacement in _FIRST_REWRITES:
+        sql = pattern.sub(replacement, sql)
+    if "unnest" in sql.lower() and len(sql) <= _MAX_UNNEST_SQL and len(_UNNEST.findall(sql)) <= _MAX_UNNESTS:
+        sql = _unnest_in_select_lists(sql)
     for pattern, replacement in _REWRITES:
         sql = pattern.sub(replacement, sql)
     return _drop_aggregate_order(sql) if "array_agg" in sql.lower() else sql
+
+
+_UNNEST = re.compile(r"\bunnest\s*\(", re.IGNORECASE)
+_WORD = re.compile(r"[A-Za-z_]\w*")
+_CLAUSE_END = frozenset({"where", "group", "order", "limit", "union", "having", "window", "except", "intersect"})
+_MAX_UNNESTS = 8
+_MAX_UNNEST_SQL = 16384  # bytes: the rewrite reads the statement once per unnest; clients' queries are a few KiB
+
+
+def _depths(sql: str) -> list[int]:
+    """The parenthesis depth at each character, quoted strings and names skipped over (they keep their depth)."""
+    depths, depth, quote = [], 0, None
+    for ch in sql:
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        depths.append(depth)  # a ")" has the depth after it
+    return depths
+
+
+def _words_at(sql: str, depths: list[int], start: int, depth: int):
+    """(position, lower-case word) of each word at ``depth`` from ``start``, until the depth drops below it."""
+    scanned = start  # depths[start:scanned] are all >= depth: each character is looked at once
+    for match in _WORD.finditer(sql, start):
+        if min(depths[scanned : match.start() + 1], default=depth) < depth:
+            return
+        scanned = match.start() + 1
+        if depths[match.start()] == depth and (match.start() == 0 or sql[match.start() - 1] not in "'\"."):
+            yield match.start(), match.group().lower()
+
+
+def _unnest_in_select_lists(sql: str) -> str:
+    """``SELECT unnest(A) AS x, generate_subscripts(A, 1) AS i FROM t ...`` as a join with ``json_each``.
+
+    SQLite has no set-returning function in a select list, but it joins a
+    table-valued function whose argument names the tables to its left:
+    ``... FROM t JOIN json_each(pg_array_json(A)) AS _unnest0`` gives one row
+    per element, ``_unnest0.value`` is the element and ``_unnest0.key + 1``
+    its subscript. An ``unnest`` that is not in the select list of a SELECT
+    with a FROM is left alone, and so is a statement longer than
+    :data:`_MAX_UNNEST_SQL` or with more than :data:`_MAX_UNNESTS` of them
+    (each costs a pass over the statement).
+    """
+    for number in range(_MAX_UNNESTS):
+        depths = _depths(sql)
+        for match in _UNNEST.finditer(sql):
+            start = match.start()
+            depth = depths[start]
+            end = match.end()
+            while end < len(sql) and depths[end] > depth:
+                end += 1
+            if end >= len(sql):
+                break
+            argument = sql[match.end() : end]
+            # The select list it is in: the SELECT before it, the FROM after it, at its depth.
+            selects = [p for p, w in _words_at(sql, depths, _opening(depths, start, depth), depth) if w == "select" and p < start]
+            words = [(p, w) for p, w in _words_at(sql, depths, end + 1, depth)]
+            froms = [p for p, w in words if w == "from"]
+            if not selects or not froms or any(w == "from" and selects[-1] < p < start for p, w in
+                                              _words_at(sql, depths, selects[-1], depth)):
+                continue
+            after_from = [p for p, w in words if p > froms[0] and w in _CLAUSE_END]
+            clause_end = after_from[0] if after_from else _closing(depths, froms[0], depth, len(sql))
+            alias = f"_unnest{number}"
+            joined = f" JOIN json_each(pg_array_json({argument})) AS {alias} "
+            select_list = sql[end + 1 : froms[0]]
+            subscripts = re.compile(r"\bgenerate_subscripts\s*\(\s*" + re.escape(argument) + r"\s*,[^()]*(?:\([^()]*\)[^()]*)*\)", re.IGNORECASE)
+            select_list = subscripts.sub(f"({alias}.key + 1)", select_list)
+            select_list = _zip_unnests(select_list, alias)
+            sql = (
+                sql[:start] + f"{alias}.value" + select_list + sql[froms[0] : clause_end].rstrip()
+                + joined + sql[clause_end:]
+            )  # fmt: skip
+            break
+        else:
+            return sql
+    return sql
+
+
+def _zip_unnests(select_list: str, alias: str) -> str:
+    """Further ``unnest(B)`` of a select list read B's element at the first one's position (PostgreSQL zips them)."""
+    out, done = [], 0
+    for match in _UNNEST.finditer(select_list):
+        if match.start() < done:
+            continue
+        depth, i = 1, match.end()
+        while i < len(select_list) and depth:
+            depth += {"(": 1, ")": -1}.get(select_list[i], 0)
+            i += 1
+        if depth:
+            break
+        out.append(select_list[done : match.start()])
+        out.append(f"pg_array_item({select_list[match.end() : i - 1]}, {alias}.key)")
+        done = i
+    out.append(select_list[done:])
+    return "".join(out)
+
+
+def _array_item(value, index):
+    """Element ``index`` (from 0) of a PostgreSQL array's text, NULL past its end."""
+    items = json.loads(_array_json(value))
+    return items[index] if isinstance(index, int) and 0 <= index < len(items) else None
+
+
+def _opening(depths: list[int], position: int, depth: int) -> int:
+    """Where the parenthesised expression holding ``position`` (at ``depth``) starts."""
+    while position > 0 and depths[position - 1] >= depth:
+        position -= 1
+    return position
+
+
+def _closing(depths: list[int], position: int, depth: int, default: int) -> int:
+    """The first position past ``position`` where the depth drops below ``depth`` (its ``)``)."""
+    for i in range(position, len(depths)):
+        if depths[i] < depth:
+            return i
+    return default
+
+
+def _array_json(value) -> str:
+    """A PostgreSQL array's text (``{1,2}``, or an int2vector's ``1 2``) as a JSON array, for ``json_each``."""
+    if value is None:
+        return "[]"
+    items = [item for item in re.split(r"[\s,]+", str(value).strip().strip("{}")) if item]
+    return json.dumps([int(item) if re.fullmatch(r"-?\d+", item) else item.strip('"') for item in items])
 
 
 def _decltype_oid(decltype: str) -> int:
@@ -250,16 +420,31 @@ _ARRAY_MARK = "\x1e"  # starts array_agg's results, so run() can announce the co
 
 
 class _ArrayAgg:
-    """array_agg, as PostgreSQL's text form of a one-dimensional array of int8 or text."""
+    """array_agg, as PostgreSQL's text form of a one-dimensional array of int8 or text.
+
+    ``array_agg(x, key[, descending])`` is ``array_agg(x ORDER BY key [DESC])``
+    (NULL keys last, as PostgreSQL's ascending order puts them).
+    """
 
     def __init__(self) -> None:
         self.items: list = []
+        self.keys: list = []
+        self.descending = False
 
-    def step(self, value) -> None:
+    def step(self, value, key=None, descending=0) -> None:
         if len(self.items) < 1000:
             self.items.append(value)
+            self.keys.append(key)
+            self.descending = bool(descending)
 
     def finalize(self) -> str:
+        if any(key is not None for key in self.keys):
+            keyed = [(key is None, key if key is not None else 0, i) for i, key in enumerate(self.keys)]
+            try:
+                keyed.sort(reverse=self.descending)
+            except TypeError:  # keys of several types: left in arrival order
+                keyed.sort(key=lambda k: k[2])
+            self.items = [self.items[i] for _, _, i in keyed]
         values = [v for v in self.items if v is not None]
         if all(type(v) is int for v in values):
             kind, text = "_INT8", ["NULL" if v is None else str(v) for v in self.items]
@@ -316,7 +501,10 @@ _CATALOG_FUNCTIONS = {
     "array_to_string": (-1, lambda value, *_: value),
     "pg_total_relation_size": (1, lambda _: 0),
     "pg_relation_size": (1, lambda _: 0),
-    "pg_size_pretty": (1, lambda _: "0 bytes"),
+    "pg_size_pretty": (1, lambda size: None if size is None else "0 bytes"),
+    # psql's \dt+, \di+, \l+: sizes are not known to the catalog (shown blank).
+    "pg_table_size": (1, lambda _: None),
+    "pg_database_size": (1, lambda _: None),
     "version": (0, None),  # set per connection
     "current_schema": (0, lambda: "main"),
     "json_build_object": (-1, _json_object),
@@ -325,10 +513,17 @@ _CATALOG_FUNCTIONS = {
     "current_schemas": (1, lambda _: "{main}"),
     "current_database": (0, None),
     "has_table_privilege": (-1, lambda *_: 1),
+    "has_database_privilege": (-1, lambda *_: 1),
     "current_setting": (-1, None),  # set per statement: the session's settings
     "pg_has_role": (-1, lambda *_: 1),
+    "pg_array_json": (1, _array_json),
+    "pg_array_item": (2, _array_item),
+    # psql's \df: pg_proc has no rows (SQLite has no stored functions), but the query must run.
+    "pg_get_function_result": (1, lambda _: None),
+    "pg_get_function_arguments": (1, lambda _: None),
+    "pg_get_function_identity_arguments": (1, lambda _: None),
 }
-_ALLOWED = frozenset(_CATALOG_FUNCTIONS) | sandbox.ALLOWED_FUNCTIONS | {"array_agg"}
+_ALLOWED = frozenset(_CATALOG_FUNCTIONS) | sandbox.ALLOWED_FUNCTIONS | {"array_agg", "pg_get_viewdef"}
 _READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ})
 
 
@@ -400,6 +595,94 @@ def _information_schema(cat: sqlite3.Connection, database: str, user: str) -> No
     )
 
 
+_VIEW_HEAD = re.compile(
+    r"\s*CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"(?:\"(?:[^\"]|\"\")*\"|\[[^\]]*\]|`[^`]*`|[^\s(]+)\s*(?:\([^()]*\)\s*)?AS\s",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class _Index:
+    oid: int
+    name: str  # as PostgreSQL would show it: TABLE_pkey, or the PRIMARY KEY constraint's own name
+    table: str
+    key_names: list[str]
+    keys: list[int]  # attnums, 0 for an expression
+    primary: bool
+    unique: bool
+    constraint: str | None  # pg_constraint.contype: "p", "u", or None for a plain index
+
+
+_PK_NAME = re.compile(
+    r"\bCONSTRAINT\s+(\"(?:[^\"]|\"\")+\"|\[[^\]]+\]|`[^`]+`|\w+)\s+PRIMARY\s+KEY\b", re.IGNORECASE
+)
+
+
+def _primary_key_name(table: str, sql: str | None) -> str:
+    """``CONSTRAINT name PRIMARY KEY`` of a table's SQL, unquoted, else PostgreSQL's default ``TABLE_pkey``."""
+    match = _PK_NAME.search(sql or "")
+    if not match:
+        return f"{table}_pkey"
+    name = match.group(1)
+    if name[0] in "\"[`":
+        name = name[1:-1].replace('""', '"') if name[0] == '"' else name[1:-1]
+    return name
+
+
+def _indexes(objects, columns, indexes, oids: dict[str, int]) -> list[_Index]:
+    """Every index as pg_index shows it, with one for each primary key SQLite keeps without an index.
+
+    SQLite makes an index (``sqlite_autoindex_*``, no SQL) for a PRIMARY KEY
+    or UNIQUE constraint, except for an INTEGER PRIMARY KEY (the rowid
+    itself) and a WITHOUT ROWID table's key (the table is its index): for
+    those the primary key's index is made up here, as PostgreSQL has one.
+    """
+    table_sql = {name: sql for kind, name, _tbl, sql in objects if kind == "table"}
+    primary_keys = {
+        name: [c[1] for c in sorted(cols, key=lambda c: c[5]) if c[5]] for name, cols in columns.items() if name in table_sql
+    }
+    found, indexed = [], set()
+    for kind, name, tbl, sql in objects:
+        if kind != "index" or tbl not in oids:
+            continue
+        table_columns = {c[1]: c[0] + 1 for c in columns.get(tbl, [])}
+        key_names = [r[0] for r in indexes.get(name, [])]
+        auto = sql is None  # made by SQLite for a PRIMARY KEY or UNIQUE constraint
+        primary = auto and key_names == primary_keys.get(tbl) and tbl not in indexed
+        unique = auto or sql.lstrip().upper().startswith("CREATE UNIQUE")
+        if primary:
+            indexed.add(tbl)
+        found.append(_Index(
+            oids[name], _primary_key_name(tbl, table_sql.get(tbl)) if primary else name, tbl, key_names,
+            [table_columns.get(k, 0) for k in key_names], primary, unique, "p" if primary else "u" if auto else None,
+        ))  # fmt: skip
+    next_oid = _OID_BASE + 2 * len(oids)  # past the objects' OIDs and their constraints'
+    for table, key_names in primary_keys.items():
+        if key_names and table not in indexed:
+            table_columns = {c[1]: c[0] + 1 for c in columns[table]}
+            found.append(_Index(
+                next_oid, _primary_key_name(table, table_sql[table]), table, key_names,
+                [table_columns[k] for k in key_names], True, True, "p",
+            ))  # fmt: skip
+            next_oid += 1
+    return found
+
+
+def _oid(value) -> int | None:
+    """An OID as clients write it: an integer, or a string (psql's ``'16386'::pg_catalog.oid``)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _view_query(sql: str | None) -> str | None:
+    """The query of a view, as ``pg_get_viewdef`` gives it: its ``CREATE VIEW`` without the head."""
+    match = _VIEW_HEAD.match(sql or "")
+    return sql[match.end() :].strip() if match else sql
+
+
 def _build(objects, columns, indexes, *, user: str, database: str, version: str) -> sqlite3.Connection:
     cat = sqlite3.connect(":memory:", isolation_level=None)
     cat.executescript(_SCHEMA)
@@ -407,11 +690,12 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
     cat.execute("INSERT INTO pg_am VALUES (2, 'heap'), (403, 'btree')")
     cat.executemany(
         "INSERT INTO pg_type VALUES (?1, ?2, 11, 10, ?3, ?4, 'b', ?5, 0, 1, ',', 0, '-', 0, ?6, ?2 || 'in',"
-        " ?2 || 'out', ?2 || 'recv', ?2 || 'send', '-', '-', '-', 'i', 'p', 0, 0, -1, 0,"
-        " CASE WHEN ?5 = 'S' THEN 100 ELSE 0 END, NULL, NULL, NULL)",
+        " ?2 || 'out', ?2 || 'recv', ?2 || 'send', '-', '-', '-', 'i', CASE WHEN ?3 > 0 THEN 'p' ELSE 'x' END,"
+        " 0, 0, -1, 0, CASE WHEN ?5 = 'S' THEN 100 ELSE 0 END, NULL, NULL, NULL)",
         [t[:6] for t in _TYPES],
     )
-    cat.execute("INSERT INTO pg_database VALUES (1, ?, 10, 6, 'C', 'C', NULL)", (database,))
+    cat.execute("INSERT INTO pg_database VALUES (1, ?, 10, 6, 'C', 'C', NULL, NULL, 'c', 1663)", (database,))
+    cat.execute("INSERT INTO pg_tablespace (oid, spcname) VALUES (1663, 'pg_default')")
     cat.execute("INSERT INTO pg_roles VALUES (10, ?)", (user,))
     oids = {name: _OID_BASE + i for i, (_kind, name, _tbl, _sql) in enumerate(objects)}
     by_table: dict[str, list[str]] = {}
@@ -429,38 +713,40 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
                 (oid, name, _MAIN_NAMESPACE, relkind, 2 if kind == "table" else 0, bool(by_table.get(name)), len(cols)),
             )
             for cid, col, decl, notnull, default, _pk in cols:
+                type_oid = _decltype_oid(decl)
                 cat.execute(
-                    "INSERT INTO pg_attribute VALUES (?, ?, ?, -1, ?, ?, ?, 0, '', '', 0, -1, 'x', '')",
-                    (oid, col, _decltype_oid(decl), cid + 1, notnull, default is not None),
+                    "INSERT INTO pg_attribute VALUES (?, ?, ?, -1, ?, ?, ?, 0, '', '', 0, -1, ?, '')",
+                    (oid, col, type_oid, cid + 1, notnull, default is not None, _STORAGE.get(type_oid, "x")),
                 )
                 if default is not None:
                     cat.execute("INSERT INTO pg_attrdef (adrelid, adnum, adbin) VALUES (?, ?, ?)", (oid, cid + 1, default))
-        elif kind == "index" and tbl in oids:
-            table_columns = {c[1]: c[0] + 1 for c in columns.get(tbl, [])}
-            key_names = [r[0] for r in indexes.get(name, [])]
-            keys = " ".join(str(table_columns.get(k, 0)) for k in key_names)
-            auto = sql is None  # made by SQLite for a PRIMARY KEY or UNIQUE constraint
-            primary_key = [c[1] for c in sorted(columns.get(tbl, []), key=lambda c: c[5]) if c[5]]
-            primary = auto and key_names == primary_key
-            unique = auto or sql.lstrip().upper().startswith("CREATE UNIQUE")
-            shown = f"{tbl}_pkey" if primary else name
+    conkeys = {}
+    for index in _indexes(objects, columns, indexes, oids):
+        cat.execute(
+            "INSERT INTO pg_class VALUES (?, ?, ?, 'i', 10, 403, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'p', 'd', 0, ?, 0, NULL, NULL)",
+            (index.oid, index.name, _MAIN_NAMESPACE, len(index.keys)),
+        )
+        cat.execute(
+            "INSERT INTO pg_index VALUES (?, ?, ?, ?, 0, 1, 0, ?, 0)",
+            (index.oid, oids[index.table], index.primary, index.unique, " ".join(map(str, index.keys))),
+        )
+        cat.execute("UPDATE pg_class SET relhasindex = 1 WHERE oid = ?", (oids[index.table],))
+        if index.constraint:
+            # The constraint behind the index, as PostgreSQL lists it (SQLAlchemy reflects keys from it).
             cat.execute(
-                "INSERT INTO pg_class VALUES (?, ?, ?, 'i', 10, 403, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'p', 'd', 0, ?, 0, NULL, NULL)",
-                (oid, shown, _MAIN_NAMESPACE, len(key_names)),
+                "INSERT INTO pg_constraint VALUES (?, ?, ?, ?, 0, 0, ?, 0, 0, 1, ?, 1)",
+                (index.oid + len(oids), index.name, oids[index.table], index.constraint, index.oid, _MAIN_NAMESPACE),
             )
-            cat.execute("INSERT INTO pg_index VALUES (?, ?, ?, ?, 0, 1, 0, ?, 0)", (oid, oids[tbl], primary, unique, keys))
-            if primary or auto:
-                # The constraint behind the index, as PostgreSQL lists it (SQLAlchemy reflects keys from it).
-                cat.execute(
-                    "INSERT INTO pg_constraint VALUES (?, ?, ?, ?, 0, 0, ?, 0, 0, 1, ?, 1)",
-                    (oid + len(oids), shown, oids[tbl], "p" if primary else "u", oid, _MAIN_NAMESPACE),
-                )
-            # PostgreSQL's form; psql prints what follows " USING ".
-            listed = ", ".join(k or "<expression>" for k in key_names)
-            index_sql[oid] = f"CREATE {'UNIQUE ' if unique else ''}INDEX {shown} ON main.{tbl} USING btree ({listed})"
+            conkeys[index.oid + len(oids)] = "{" + ",".join(map(str, index.keys)) + "}"
+        # PostgreSQL's form; psql prints what follows " USING ".
+        listed = ", ".join(k or "<expression>" for k in index.key_names)
+        index_sql[index.oid] = (
+            f"CREATE {'UNIQUE ' if index.unique else ''}INDEX {index.name} ON main.{index.table} USING btree ({listed})"
+        )
     for table, columns in _DEFAULT_COLUMNS.items():
         for column in columns.split(", "):
             cat.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    cat.executemany("UPDATE pg_constraint SET conkey = ?2 WHERE oid = ?1", conkeys.items())
     for oid, keys in cat.execute("SELECT indexrelid, indkey FROM pg_index").fetchall():
         zeros = " ".join("0" for _ in keys.split())  # int2vector/oidvector, one per key column
         cat.execute(
@@ -469,15 +755,16 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
             (zeros, oid, len(keys.split())),
         )
     cat.create_function("pg_get_userbyid", 1, lambda _oid: user, deterministic=True)
-    cat.create_function("pg_get_indexdef", -1, lambda oid, *_: index_sql.get(oid), deterministic=True)
-    view_sql = {oids[name]: sql for kind, name, _tbl, sql in objects if kind == "view"}
-    cat.create_function("pg_get_viewdef", -1, lambda oid, *_: view_sql.get(oid), deterministic=True)
+    cat.create_function("pg_get_indexdef", -1, lambda oid, *_: index_sql.get(_oid(oid)), deterministic=True)
+    view_sql = {oids[name]: _view_query(sql) for kind, name, _tbl, sql in objects if kind == "view"}
+    cat.create_function("pg_get_viewdef", -1, lambda oid, *_: view_sql.get(_oid(oid)), deterministic=True)
     cat.create_function("version", 0, lambda: version)
     cat.create_function("current_database", 0, lambda: database)
     for name, (nargs, fn) in _CATALOG_FUNCTIONS.items():
         if fn is not None:
             cat.create_function(name, nargs, fn)
-    cat.create_aggregate("array_agg", 1, _ArrayAgg)
+    for nargs in (1, 2, 3):
+        cat.create_aggregate("array_agg", nargs, _ArrayAgg)
     _information_schema(cat, database, user)
     return cat
 
