@@ -300,9 +300,8 @@ def _scrape(port: int) -> dict[tuple, float]:
     }
 
 
-def test_the_supervisor_serves_every_workers_figures_and_a_gap_for_a_stopped_one(
-    server_process, quake_db, needs_psycopg
-):
+@pytest.mark.requires_module("psycopg")
+def test_the_supervisor_serves_every_workers_figures_and_a_gap_for_a_stopped_one(server_process, quake_db):
     server, port, pids = start_workers(server_process, quake_db, "--metrics", "127.0.0.1:0")
     metrics_port = int(server.wait_for(r"metrics listening on 127\.0\.0\.1:(\d+)").group(1))
     assert sum("metrics listening on" in line for line in server.lines) == 1
