@@ -39,6 +39,7 @@ from trionet.sql.pg.login import INVALID_AUTHORIZATION, LoginRefused, authentica
 from trionet.sql.pg.protocol import (
     EncryptionRefused,
     PgServerProtocol,
+    PortalRun,
     ProtocolViolation,
 )
 from trionet.sql.pg.session import Settings
@@ -117,7 +118,8 @@ class PgServer:
             await close_tls(conn)
 
     async def _handle(self, conn: Connection) -> None:
-        proto = PgServerProtocol(self.config.max_message_bytes)
+        # coalesce: a whole Bind/Describe/Execute/Sync comes as one PortalRun (the executor's fast path).
+        proto = PgServerProtocol(self.config.max_message_bytes, coalesce=True)
         startup = None
         refusal: LoginRefused | None = None
         with trio.move_on_after(self.config.startup_timeout) as startup_scope:
@@ -277,7 +279,7 @@ class PgServer:
                     await self._send_pending(st)
                     await _fatal(conn, proto, PROTOCOL_VIOLATION, f"invalid frontend message type {event.type!r}")
                     return
-                conn.requests += 1
+                conn.requests += event.count if kind is PortalRun else 1
                 await handle(st, event)
         finally:
             if st.out and not st.sends.stalled:
