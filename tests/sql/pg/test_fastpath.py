@@ -116,3 +116,60 @@ async def test_a_failed_transaction_block_refuses_a_prepared_run(start_pg, fast_
     await _round_trip(stream, typed(b"Q", b"rollback\0"))
     assert [k for k, _ in await _round_trip(stream, run)] == ["2", "D", "C", "Z"]
     assert fast_runs == [False, False, True]
+
+
+@pytest.fixture
+def fast_queries(monkeypatch):
+    """The results of Executor._fast_query, in order (True: answered by the fast path)."""
+    results: list[bool] = []
+    original = Executor._fast_query
+
+    def spy(self, st_, sql):
+        results.append(original(self, st_, sql))
+        return results[-1]
+
+    monkeypatch.setattr(Executor, "_fast_query", spy)
+    return results
+
+
+async def test_a_simple_query_of_a_known_shape_answers_as_the_slow_path_does(start_pg, fast_queries):
+    _, address = await start_pg()
+    stream = await start_session(address)
+
+    async def query(sql: str) -> list[tuple[str, bytes]]:
+        return await _round_trip(stream, typed(b"Q", sql.encode() + b"\0"))
+
+    first = await query("select id, mag, place from quakes where nst = 7 order by id")
+    again = await query("select id, mag, place from quakes where nst = 7 order by id;")
+    other = await query("select id, mag, place from quakes where nst = 8 order by id")
+    assert first == again and first[0] == other[0] and first != other
+    assert [k for k, _ in first[-2:]] == ["C", "Z"] and first[-2][1] == f"SELECT {len(first) - 3}\0".encode()
+    assert fast_queries == [False, True, True]
+    # An expression column's type may follow its literal (1, 'a'): such a shape never has a plan.
+    one = await query("select id, 1 from quakes where nst = 7")
+    text = await query("select id, 'a' from quakes where nst = 7")
+    assert one[0] != text[0]
+    # Two statements, or an error, take the slow path.
+    assert [k for k, _ in await query("select id, mag, place from quakes where nst = 9; select 2")].count("Z") == 1
+    answer = await query("select id, mag, place from quakes where nst = 7 and nosuch = 1")
+    assert [k for k, _ in answer] == ["E", "Z"] and error_fields(answer[0][1])["C"] == "42703"
+    assert fast_queries[3:] == [False, False, False, False]
+
+
+async def test_a_statement_that_is_not_a_read_forgets_the_plans(start_pg, fast_queries, fast_runs):
+    _, address = await start_pg()
+    stream = await start_session(address)
+    query = typed(b"Q", b"select id from quakes where nst = 7\0")
+    await _round_trip(stream, _parse("select id from quakes where nst = $1", name="s", oids=(20,)) + SYNC)
+    run = _bind(b"7", statement="s") + _execute() + SYNC
+    for _ in range(2):
+        await _round_trip(stream, query)
+        await _round_trip(stream, run)
+    # It may create or drop a table (a temporary one, here): the declared types may change.
+    answer = await _round_trip(stream, typed(b"Q", b"create temp table t(x integer)\0"))
+    assert [k for k, _ in answer] == ["C", "Z"]
+    for _ in range(2):
+        await _round_trip(stream, query)
+        await _round_trip(stream, run)
+    assert fast_queries == [False, True, False, False, True]
+    assert fast_runs == [False, True, False, True]

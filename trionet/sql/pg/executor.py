@@ -104,6 +104,9 @@ class ConnState:
     # its last Parse made, and the parameter types Parse gave it; a Parse of
     # the same text in a PortalRun takes its fast plan over.
     parsed: dict[tuple[str, tuple[int, ...]], tuple[PreparedStatement, tuple[int, ...]]] = field(default_factory=dict)
+    # A simple Query's statement shape -> the plan of a read of that shape
+    # whose columns all have declared types (what literals cannot change).
+    query_plans: dict[str, FastPlan] = field(default_factory=dict)
 
 
 class Executor:
@@ -140,7 +143,10 @@ class Executor:
         the protocol core skips to Sync. A ``trio.BrokenResourceError``
         (the client left) propagates.
         """
-        if type(event) is PortalRun:
+        kind = type(event)
+        if kind is m.Query and self._fast_query(st, event.sql):
+            return
+        if kind is PortalRun:
             if self._fast_run(st, event):
                 if len(st.out) >= _FLUSH_BYTES:
                     st.busy = True
@@ -282,6 +288,65 @@ class Executor:
         out += m.READY_FOR_QUERY[st.txn.status(in_transaction)]
         return True
 
+    def _fast_query(self, st: ConnState, sql: str) -> bool:
+        """Answer a simple Query of one read whose shape has a plan in one step; False to take the slow path.
+
+        The shape is the text with its literals replaced (what the declared
+        types are kept by, :func:`_shape`): a Query of the same shape reads
+        the same columns of the same tables. The plan of a shape is kept only
+        when every column has a declared type, so literals cannot change what
+        is announced (``SELECT 1`` and ``SELECT 'a'`` have one shape, not one
+        type). The statement runs as the slow path runs it (SQL not seen yet
+        is tried with the authorizer refusing anything but a read, within
+        the budget of VM instructions); anything unusual returns False before
+        anything is sent, as :meth:`_fast_run` does.
+        """
+        plans = st.query_plans
+        if not plans or st.running is not None or st.txn.failed or len(sql) > _SPLIT_INLINE_CHARS:
+            return False
+        statements = split(sql, limit=1)
+        if len(statements) != 1:
+            return False
+        statement = statements[0]
+        shape = _shape(statement.sql)
+        plan = plans.get(shape)
+        if plan is None or statement.n_params or classify(statement).kind != "sql":
+            return False
+        session = st.session
+        verdict = session.database.inline_verdict(statement.sql)
+        if verdict is False:
+            return False
+        config = self.config
+        try:
+            result = session.execute(
+                statement.sql, None, config.batch_rows, INLINE_BUDGET, config.max_batch_bytes, trial=verdict is None
+            )
+        except OverBudget:
+            plans.pop(shape, None)  # not again: the slow path tries it once more on the loop, then in a thread
+            return False
+        except SqlError:
+            return False
+        rows = result.rows
+        count = len(rows)
+        if not result.exhausted or result.columns != plan.names or (config.max_rows and count > config.max_rows):
+            session.cancel_statement()
+            return False
+        binary = (False,) * len(plan.columns)
+        oids = plan.oids
+        encode = types.encode_value
+        data_row = m.data_row
+        try:
+            encoded = [data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows]
+        except types.ValueFormatError:
+            return False
+        out = st.out
+        out += _row_description(plan.columns, binary)
+        for row in encoded:
+            out += row
+        out += m.command_complete(command_tag(statement.words, rows=count, changes=result.changes, returns_rows=True))
+        out += m.READY_FOR_QUERY[st.txn.status(session.in_transaction)]
+        return True
+
     def cancel(self, st: ConnState) -> None:
         """A CancelRequest for this connection: interrupt the statement it has running, if any."""
         if st.cancel is not None:
@@ -348,6 +413,10 @@ class Executor:
             prepared = PreparedStatement(statement.sql, statement, classify(statement), (), offset=max(0, at))
             portal = self._new_portal(prepared, (), ())
             await self._start(st, portal)
+            if prepared.plan is not None and prepared.plan.declared and len(statements) == 1:
+                if len(st.query_plans) >= _DECL_CACHE_SIZE:
+                    st.query_plans.clear()
+                st.query_plans[_shape(statement.sql)] = prepared.plan
             if portal.returns_rows:
                 st.out += self._row_description(portal, portal.formats())
             await self._send_rows(st, portal, 0)
@@ -515,6 +584,7 @@ class Executor:
             # It may create or drop a (temporary) table: the types may change.
             st.decl_cache.clear()
             st.parsed.clear()
+            st.query_plans.clear()
             for prepared in st.statements.values():
                 prepared.decl = None
                 prepared.plan = None
@@ -549,6 +619,7 @@ class Executor:
             portal.prepared.decl = decl
         names = result.columns or []
         portal.returns_rows = bool(names)
+        declared = False  # every column's type is its declared type (a simple Query's plan may then serve its shape)
         if fixed is not None:
             if len(fixed) != len(names):
                 raise PgError("0A000", "the statement's columns changed since it was described; prepare it again")
@@ -563,8 +634,11 @@ class Executor:
                 oids = [o or s for o, s in zip(oids, expression_oids(statement.sql, len(names)))]
             portal.columns = tuple(Column(n, o or types.column_oid(None, v)) for n, o, v in zip(names, oids, first))
             fixed = None if None in oids else portal.columns  # the same whatever the values
+            declared = fixed is not None and None not in (types.decltype_oid(d) for d in decl)
         if fixed is not None and portal.returns_rows and ran_inline:
-            portal.prepared.plan = FastPlan(fixed, names, portal.prepared.columns, tuple(c.oid for c in fixed))
+            portal.prepared.plan = FastPlan(
+                fixed, names, portal.prepared.columns, tuple(c.oid for c in fixed), declared=declared
+            )
         self._took(st, portal, result)
         if statement.words[:2] == ("ROLLBACK", "TO"):
             st.txn.on_end()  # back at a savepoint: the block works again, as in PostgreSQL

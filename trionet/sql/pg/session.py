@@ -245,6 +245,7 @@ class FastPlan:
     names: list[str]  # the column names SQLite reported: a run that reports others takes the slow path
     fixed: tuple[Column, ...] | None  # the statement's described columns when the plan was made
     oids: tuple[int, ...]
+    declared: bool = False  # every column has a declared type (no expression rule, no Describe)
     descriptions: dict[tuple[int, ...], tuple[tuple[bool, ...], bytes]] = field(default_factory=dict)
     """Bind's result format codes -> (binary per column, RowDescription's bytes)."""
 
