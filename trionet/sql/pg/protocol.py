@@ -97,6 +97,7 @@ class PortalRun:
 _RUN_SHAPES = frozenset((b"BES", b"BDES", b"PBES", b"PBDES"))
 _RUN_FIRST = frozenset(b"PB")
 _SYNC_TYPE = ord("S")
+_PARSE_TYPE = ord("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,18 +287,22 @@ class PgServerProtocol:
         shape = bytes(kinds)
         if shape not in _RUN_SHAPES:
             return None
+        # Describe, Execute and Sync of the unnamed portal have one layout
+        # each: compared as bytes (anything else is left to _typed_event).
+        if len(shape) - (shape[0] == _PARSE_TYPE) == 4 and buf[spans[-3][0] : spans[-3][1]] != b"P\0":
+            return None
+        start, end = spans[-2]
+        if end - start != 5 or buf[start] != 0 or spans[-1][0] != spans[-1][1]:
+            return None
         try:
-            events = [m.decode_message(chr(k), bytes(buf[a:b])) for k, (a, b) in zip(shape, spans)]
+            parse = m.decode_message("P", bytes(buf[slice(*spans[0])])) if shape[0] == _PARSE_TYPE else None
+            bind = m.decode_message("B", bytes(buf[slice(*spans[parse is not None])]))
         except m.MessageError:
             return None
-        parse = events[0] if shape[0] == ord("P") else None
-        bind = events[1 if parse else 0]
-        execute = events[-2]
+        if bind.portal or (parse is not None and (parse.name or bind.statement)):
+            return None
+        execute = m.Execute("", _UNPACK_LENGTH(buf, start + 1)[0])
         describe = len(shape) - (parse is not None) == 4
-        if describe and events[-3] != m.Describe("P", ""):
-            return None
-        if bind.portal or execute.portal or (parse is not None and (parse.name or bind.statement)):
-            return None
         del buf[:pos]
         return PortalRun(parse, bind, describe, execute)
 
