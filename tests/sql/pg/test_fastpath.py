@@ -140,11 +140,14 @@ async def test_a_simple_query_of_a_known_shape_answers_as_the_slow_path_does(sta
         return await _round_trip(stream, typed(b"Q", sql.encode() + b"\0"))
 
     first = await query("select id, mag, place from quakes where nst = 7 order by id")
-    again = await query("select id, mag, place from quakes where nst = 7 order by id;")
+    again = await query("select id, mag, place from quakes where nst = 7 order by id")
     other = await query("select id, mag, place from quakes where nst = 8 order by id")
     assert first == again and first[0] == other[0] and first != other
     assert [k for k, _ in first[-2:]] == ["C", "Z"] and first[-2][1] == f"SELECT {len(first) - 3}\0".encode()
     assert fast_queries == [False, True, True]
+    # Another text of the same statement (a semicolon) is another shape: the slow path, same answer.
+    assert await query("select id, mag, place from quakes where nst = 7 order by id;") == first
+    assert fast_queries.pop() is False
     # An expression column's type may follow its literal (1, 'a'): such a shape never has a plan.
     one = await query("select id, 1 from quakes where nst = 7")
     text = await query("select id, 'a' from quakes where nst = 7")

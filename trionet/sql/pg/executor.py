@@ -104,9 +104,10 @@ class ConnState:
     # its last Parse made, and the parameter types Parse gave it; a Parse of
     # the same text in a PortalRun takes its fast plan over.
     parsed: dict[tuple[str, tuple[int, ...]], tuple[PreparedStatement, tuple[int, ...]]] = field(default_factory=dict)
-    # A simple Query's statement shape -> the plan of a read of that shape
-    # whose columns all have declared types (what literals cannot change).
-    query_plans: dict[str, FastPlan] = field(default_factory=dict)
+    # A simple Query's shape (its whole text, literals replaced) -> the plan
+    # and first keywords of the one read it held, whose columns all have
+    # declared types (what literals cannot change).
+    query_plans: dict[str, tuple[FastPlan, tuple[str, ...]]] = field(default_factory=dict)
 
 
 class Executor:
@@ -291,35 +292,37 @@ class Executor:
     def _fast_query(self, st: ConnState, sql: str) -> bool:
         """Answer a simple Query of one read whose shape has a plan in one step; False to take the slow path.
 
-        The shape is the text with its literals replaced (what the declared
-        types are kept by, :func:`_shape`): a Query of the same shape reads
-        the same columns of the same tables. The plan of a shape is kept only
-        when every column has a declared type, so literals cannot change what
-        is announced (``SELECT 1`` and ``SELECT 'a'`` have one shape, not one
-        type). The statement runs as the slow path runs it (SQL not seen yet
-        is tried with the authorizer refusing anything but a read, within
-        the budget of VM instructions); anything unusual returns False before
-        anything is sent, as :meth:`_fast_run` does.
+        The shape is the whole text with its literals replaced (what the
+        declared types are kept by, :func:`_shape`). Texts of one shape
+        split into the same statements (a literal cannot hold a statement's
+        end) and are classified alike (what :func:`classify` looks for is
+        never inside a literal), so a shape whose text was one read that
+        SQLite answered on the event loop is one read again: its text runs
+        as it is (SQLite ignores a trailing semicolon and comments), without
+        being split and classified again. The plan of a shape is kept only
+        when every column has a declared type, so literals cannot change
+        what is announced (``SELECT 1`` and ``SELECT 'a'`` have one shape,
+        not one type). The statement runs as the slow path runs it (SQL not
+        seen yet is tried with the authorizer refusing anything but a read,
+        within the budget of VM instructions); anything unusual returns
+        False before anything is sent, as :meth:`_fast_run` does.
         """
         plans = st.query_plans
-        if not plans or st.running is not None or st.txn.failed or len(sql) > _SPLIT_INLINE_CHARS:
+        if not plans or st.running is not None or st.txn.failed or len(sql) > _SPLIT_INLINE_CHARS or "$" in sql:
             return False
-        statements = split(sql, limit=1)
-        if len(statements) != 1:
+        shape = _shape(sql)
+        known = plans.get(shape)
+        if known is None:
             return False
-        statement = statements[0]
-        shape = _shape(statement.sql)
-        plan = plans.get(shape)
-        if plan is None or statement.n_params or classify(statement).kind != "sql":
-            return False
+        plan, words = known
         session = st.session
-        verdict = session.database.inline_verdict(statement.sql)
+        verdict = session.database.inline_verdict(sql)
         if verdict is False:
             return False
         config = self.config
         try:
             result = session.execute(
-                statement.sql, None, config.batch_rows, INLINE_BUDGET, config.max_batch_bytes, trial=verdict is None
+                sql, None, config.batch_rows, INLINE_BUDGET, config.max_batch_bytes, trial=verdict is None
             )
         except OverBudget:
             plans.pop(shape, None)  # not again: the slow path tries it once more on the loop, then in a thread
@@ -343,7 +346,7 @@ class Executor:
         out += _row_description(plan.columns, binary)
         for row in encoded:
             out += row
-        out += m.command_complete(command_tag(statement.words, rows=count, changes=result.changes, returns_rows=True))
+        out += m.command_complete(command_tag(words, rows=count, changes=result.changes, returns_rows=True))
         out += m.READY_FOR_QUERY[st.txn.status(session.in_transaction)]
         return True
 
@@ -413,10 +416,10 @@ class Executor:
             prepared = PreparedStatement(statement.sql, statement, classify(statement), (), offset=max(0, at))
             portal = self._new_portal(prepared, (), ())
             await self._start(st, portal)
-            if prepared.plan is not None and prepared.plan.declared and len(statements) == 1:
+            if prepared.plan is not None and prepared.plan.declared and len(statements) == 1 and "$" not in sql:
                 if len(st.query_plans) >= _DECL_CACHE_SIZE:
                     st.query_plans.clear()
-                st.query_plans[_shape(statement.sql)] = prepared.plan
+                st.query_plans[_shape(sql)] = (prepared.plan, statement.words)
             if portal.returns_rows:
                 st.out += self._row_description(portal, portal.formats())
             await self._send_rows(st, portal, 0)
