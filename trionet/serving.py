@@ -31,6 +31,7 @@ __all__ = [
     "Connection",
     "ListenError",
     "DirectSocketIO",
+    "IdleWatch",
     "SendWatchdog",
     "TCPService",
     "format_address",
@@ -342,6 +343,45 @@ class SendWatchdog:
                 return
             seen = self.sends if self.sending else -1
 
+
+
+class IdleWatch:
+    """An idle timeout for a loop that waits once per request, without a cancel scope per wait.
+
+    ``with trio.move_on_at(deadline):`` around every wait for the next
+    request enters and leaves a cancel scope and registers its deadline in
+    trio's heap each time: measured on the PostgreSQL port, about as much
+    as the wait itself (docs/benchmarks.md). Here the loop only writes down
+    when its wait must end (:attr:`deadline`; None while it is not waiting)
+    and :meth:`watch`, one sleeping task per connection, cancels the loop's
+    scope once that moment has passed while the loop still waits, and sets
+    :attr:`expired`. The deadline is exact: the watcher wakes at the
+    deadline it saw or after ``period`` seconds, whichever comes first, and
+    ``period`` is at most the shortest timeout, so a deadline set while it
+    sleeps is never earlier than its next look.
+
+    The loop must check :attr:`expired` right after a wait returns, before
+    any checkpoint: a wait that ends at its deadline may have been woken by
+    data just as the watcher cancelled the scope.
+    """
+
+    __slots__ = ("deadline", "expired")
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.expired = False
+
+    async def watch(self, scope: trio.CancelScope, period: float) -> None:
+        """Cancel ``scope`` once :attr:`deadline` has passed; runs until cancelled or it expires."""
+        while True:
+            deadline = self.deadline
+            now = trio.current_time()
+            if deadline is not None and now >= deadline:
+                self.expired = True
+                scope.cancel()
+                return
+            # Never longer than period: a shorter deadline may be set meanwhile.
+            await trio.sleep_until(now + period if deadline is None else min(deadline, now + period))
 
 
 class DirectSocketIO:

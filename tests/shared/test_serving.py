@@ -1,4 +1,4 @@
-"""The shared trio layer: the send watchdog (under the mock clock), direct socket I/O."""
+"""The shared trio layer: the send watchdog and the idle watch (under the mock clock), direct socket I/O."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from trionet.framing import EOF
-from trionet.serving import SendWatchdog
+from trionet.serving import IdleWatch, SendWatchdog
 
 
 async def test_send_watchdog_cancels_a_stuck_send(autojump_clock):
@@ -78,3 +78,34 @@ async def test_direct_socket_io_leaves_other_streams_to_their_own_methods():
     await theirs.send_all(b"\x00\x01z")
     await io.wait(framer)  # the stream's own receive_some
     assert framer.next_payload() == b"z"
+
+
+async def test_idle_watch_ends_a_wait_at_its_deadline_even_one_set_while_it_slept(autojump_clock):
+    idle = IdleWatch()
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(idle.watch, scope, 5)
+            idle.deadline = trio.current_time() + 300  # a long timeout first (outside a transaction)
+            await trio.sleep(12)
+            idle.deadline = None  # a request came
+            await trio.sleep(1)
+            started = trio.current_time()
+            idle.deadline = started + 7  # the next wait has a shorter one (in a transaction)
+            await trio.sleep(1000)
+        nursery.cancel_scope.cancel()
+    assert idle.expired and scope.cancelled_caught
+    assert abs(trio.current_time() - started - 7) < 1e-6
+
+
+async def test_idle_watch_leaves_a_loop_that_keeps_getting_requests_alone(autojump_clock):
+    idle = IdleWatch()
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(idle.watch, scope, 5)
+            for _ in range(100):
+                idle.deadline = trio.current_time() + 5
+                await trio.sleep(4.9)
+                idle.deadline = None
+                await trio.sleep(3)  # busy with a request: no deadline however long it takes
+        nursery.cancel_scope.cancel()
+    assert not idle.expired and not scope.cancelled_caught

@@ -13,6 +13,7 @@ from trionet.sql.pg.protocol import (
     MAX_STARTUP_BYTES,
     EncryptionRefused,
     PgServerProtocol,
+    PortalRun,
     ProtocolViolation,
 )
 
@@ -198,3 +199,91 @@ def test_any_bytes_give_events_or_a_violation(chunks, after_startup, end):
             assert event is not NEED_DATA
         else:
             raise AssertionError("no EOF after the end of stream")
+
+
+# --- PortalRun: a whole unnamed-portal round trip at once ----------------------------
+
+
+def _parse(sql: str, name: str = "", oids: tuple[int, ...] = ()) -> bytes:
+    body = name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack(f"!h{len(oids)}i", len(oids), *oids)
+    return typed(b"P", body)
+
+
+def _bind(*values: bytes | None, statement: str = "", portal: str = "", results: tuple[int, ...] = ()) -> bytes:
+    body = portal.encode() + b"\0" + statement.encode() + b"\0" + struct.pack("!hh", 0, len(values))
+    for value in values:
+        body += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value)) + value
+    return typed(b"B", body + struct.pack(f"!h{len(results)}h", len(results), *results))
+
+
+def _describe_portal(name: str = "") -> bytes:
+    return typed(b"D", b"P" + name.encode() + b"\0")
+
+
+def _execute(max_rows: int = 0, portal: str = "") -> bytes:
+    return typed(b"E", portal.encode() + b"\0" + struct.pack("!i", max_rows))
+
+
+SYNC = typed(b"S")
+
+
+_MESSAGES = [
+    _parse("select $1"),
+    _parse("select 1", name="s"),
+    _bind(b"1"),
+    _bind(b"1", statement="s"),
+    _bind(b"1", statement="bad"),
+    _bind(portal="p"),
+    _describe_portal(),
+    _describe_portal("p"),
+    typed(b"D", b"S\0"),
+    _execute(),
+    _execute(2),
+    _execute(portal="p"),
+    SYNC,
+    typed(b"H"),
+    typed(b"Q", b"select 1\0"),
+    typed(b"B", b"\0"),  # malformed: a protocol violation
+]
+
+
+def _events(data: bytes, cuts: list[int], coalesce: bool) -> list:
+    """Every message, as the executor would see it; an error is answered after each Bind of statement "bad"."""
+    proto = PgServerProtocol(coalesce=coalesce)
+    proto.receive_data(startup_packet(user="u"))
+    assert isinstance(proto.next_event(), m.StartupMessage)
+    seen = []
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    for piece in pieces:
+        proto.receive_data(piece)
+        while True:
+            event = proto.next_event()
+            if event is NEED_DATA or event is EOF:
+                break
+            for part in proto.expand(event) if type(event) is PortalRun else [event]:
+                seen.append(part)
+                if type(part) is m.Bind and part.statement == "bad":
+                    proto.send(m.ErrorResponse("XX000", "x"))
+    return seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_MESSAGES), max_size=14), st.lists(st.integers(0, 400), max_size=4))
+def test_coalescing_changes_no_message_and_no_skip(messages, cuts):
+    data = b"".join(messages)
+    cuts = sorted(c for c in cuts if c < len(data))
+    assert _events(data, cuts, coalesce=True) == _events(data, cuts, coalesce=False)
+
+
+def test_a_whole_run_comes_as_one_event():
+    proto = PgServerProtocol(coalesce=True)
+    proto.receive_data(startup_packet(user="u"))
+    proto.next_event()
+    proto.receive_data(_bind(b"7", statement="s") + _describe_portal() + _execute() + SYNC)
+    run = proto.next_event()
+    assert type(run) is PortalRun and run.count == 4 and run.describe and run.parse is None
+    assert run.bind.statement == "s" and run.bind.params == (b"7",)
+    assert proto.next_event() is NEED_DATA
+    # A named portal is not a run: the messages come one by one.
+    proto.receive_data(_bind(portal="p") + _execute(portal="p") + SYNC)
+    assert type(proto.next_event()) is m.Bind

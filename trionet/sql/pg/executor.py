@@ -28,10 +28,11 @@ from trionet.sql.pg import catalog, describe, params, types
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.columns import executed_names, expression_oids
 from trionet.sql.pg.config import PgConfig
-from trionet.sql.pg.protocol import PgServerProtocol
+from trionet.sql.pg.protocol import PgServerProtocol, PortalRun
 from trionet.sql.pg.session import (
     SERVER_VERSION,
     Column,
+    FastPlan,
     PgError,
     Portal,
     PreparedStatement,
@@ -54,6 +55,7 @@ _FLUSH_BYTES = 64 * 1024  # send what is pending once it reaches this much
 _SPLIT_INLINE_CHARS = 64 * 1024  # SQL longer than this is split in a worker thread
 _ROW_WORDS = ("SELECT", "WITH", "VALUES")
 _DECL_CACHE_SIZE = 256  # statement shapes whose declared column types a connection remembers
+_PARSED_CACHE_SIZE = 64  # unnamed-statement texts whose Parse (and fast plan) a connection remembers
 # A literal (number or string) in SQL text; quoted names and comments match too, to be kept as they are.
 _LITERAL = re.compile(
     r"--[^\n]*|/\*.*?(?:\*/|\Z)|\"(?:[^\"]|\"\")*\"|`[^`]*`|\[[^\]]*\]"
@@ -98,6 +100,14 @@ class ConnState:
     busy: bool = False
     in_transaction_before: bool = False
     decl_cache: dict[str, list[str]] = field(default_factory=dict)  # statement shape -> declared types
+    # An unnamed statement's (text, Parse's parameter types) -> the statement
+    # its last Parse made, and the parameter types Parse gave it; a Parse of
+    # the same text in a PortalRun takes its fast plan over.
+    parsed: dict[tuple[str, tuple[int, ...]], tuple[PreparedStatement, tuple[int, ...]]] = field(default_factory=dict)
+    # A simple Query's shape (its whole text, literals replaced) -> the plan
+    # and first keywords of the one read it held, whose columns all have
+    # declared types (what literals cannot change).
+    query_plans: dict[str, tuple[FastPlan, tuple[str, ...]]] = field(default_factory=dict)
 
 
 class Executor:
@@ -134,6 +144,21 @@ class Executor:
         the protocol core skips to Sync. A ``trio.BrokenResourceError``
         (the client left) propagates.
         """
+        kind = type(event)
+        if kind is m.Query and self._fast_query(st, event.sql):
+            return
+        if kind is PortalRun:
+            if self._fast_run(st, event):
+                if len(st.out) >= _FLUSH_BYTES:
+                    st.busy = True
+                    try:
+                        await self.flush(st)
+                    finally:
+                        st.busy = False
+                return
+            for part in st.proto.expand(event):
+                await self.handle(st, part)
+            return
         st.busy = True
         st.in_transaction_before = st.session.in_transaction
         try:
@@ -151,6 +176,179 @@ class Executor:
                 await self.flush(st)
         finally:
             st.busy = False  # after the flush: a drain must not cut a send in the middle of a message
+
+    def _fast_run(self, st: ConnState, run: PortalRun) -> bool:
+        """Answer a whole PortalRun of a statement with a :class:`FastPlan` in one step; False to take the slow path.
+
+        The same statement, through the same :meth:`Session.execute` (the
+        authorizer, the VM-instruction budget on the event loop, the row
+        size cap), answered with the same bytes as Parse, Bind, Describe,
+        Execute and Sync one by one, without a portal: the plan holds what
+        is the same every time (columns, formats, RowDescription). Anything
+        unusual (no plan, a parameter or format error, a statement over its
+        budget or failing, more rows than one batch, the row cap, a row
+        limit reached, a transaction in the failed state, another portal's
+        statement open) returns False before anything is sent, and the slow
+        path runs the messages one by one from the start, errors and all.
+        Running the read again there is harmless: it only reads.
+        """
+        if st.running is not None or st.txn.failed:
+            return False
+        bind = run.bind
+        parse = run.parse
+        if parse is None:
+            prepared = st.statements.get(bind.statement)
+        else:
+            known = st.parsed.get((parse.sql, parse.param_oids))
+            if known is None or known[0].plan is None:
+                return False
+            template, oids = known
+            prepared = PreparedStatement(parse.sql, template.statement, template.command, oids, plan=template.plan)
+        if prepared is None:
+            return False
+        plan = prepared.plan
+        if plan is None or prepared.columns is not plan.fixed:
+            return False
+        param_oids = prepared.param_oids
+        data = bind.params
+        n = len(param_oids)
+        formats = bind.param_formats
+        if len(data) != n or len(formats) not in (0, 1, n):
+            return False
+        decode = types.decode_param
+        try:
+            if not formats or (len(formats) == 1 and not formats[0]):
+                values = [decode(v, oid or types.UNKNOWN, False) for v, oid in zip(data, param_oids)]
+            else:
+                values = [
+                    decode(v, oid or types.UNKNOWN, bool(formats[0 if len(formats) == 1 else i]))
+                    for i, (v, oid) in enumerate(zip(data, param_oids))
+                ]
+        except types.ValueFormatError:
+            return False
+        described = plan.descriptions.get(bind.result_formats)
+        if described is None:
+            codes = bind.result_formats
+            width = len(plan.columns)
+            if len(codes) not in (0, 1, width):
+                return False
+            binary = tuple(c == 1 for c in codes) if len(codes) == width else ((bool(codes) and codes[0] == 1),) * width
+            described = plan.descriptions[codes] = (binary, _row_description(plan.columns, binary))
+        statement = prepared.statement
+        session = st.session
+        if session.database.inline_verdict(statement.sql) is not True:
+            return False
+        config = self.config
+        try:
+            result = session.execute(
+                statement.sql, values[: statement.n_params], config.batch_rows, INLINE_BUDGET, config.max_batch_bytes
+            )
+        except OverBudget:
+            prepared.plan = None  # not again: the slow path tries it once more on the loop, then in a thread
+            if parse is not None:
+                template.plan = None
+            return False
+        except SqlError:
+            return False
+        rows = result.rows
+        count = len(rows)
+        limit = run.execute.max_rows
+        if (
+            not result.exhausted
+            or result.columns != plan.names
+            or (config.max_rows and count > config.max_rows)
+            or (limit > 0 and count > limit)
+        ):
+            session.cancel_statement()
+            return False
+        binary, description = described
+        oids = plan.oids
+        encode = types.encode_value
+        data_row = m.data_row
+        try:
+            encoded = [data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows]
+        except types.ValueFormatError:
+            return False
+        if parse is not None:
+            st.statements[""] = prepared
+            st.out += m.PARSE_COMPLETE
+        out = st.out
+        out += m.BIND_COMPLETE
+        if run.describe:
+            out += description
+        for row in encoded:
+            out += row
+        out += m.command_complete(command_tag(statement.words, rows=count, changes=result.changes, returns_rows=True))
+        # Sync: the unnamed portal never existed; outside a transaction block every portal ends.
+        in_transaction = session.in_transaction
+        if st.portals:
+            if in_transaction:
+                self._drop_portal(st, "")
+            else:
+                self._drop_portals(st)
+        out += m.READY_FOR_QUERY[st.txn.status(in_transaction)]
+        return True
+
+    def _fast_query(self, st: ConnState, sql: str) -> bool:
+        """Answer a simple Query of one read whose shape has a plan in one step; False to take the slow path.
+
+        The shape is the whole text with its literals replaced (what the
+        declared types are kept by, :func:`_shape`). Texts of one shape
+        split into the same statements (a literal cannot hold a statement's
+        end) and are classified alike (what :func:`classify` looks for is
+        never inside a literal), so a shape whose text was one read that
+        SQLite answered on the event loop is one read again: its text runs
+        as it is (SQLite ignores a trailing semicolon and comments), without
+        being split and classified again. The plan of a shape is kept only
+        when every column has a declared type, so literals cannot change
+        what is announced (``SELECT 1`` and ``SELECT 'a'`` have one shape,
+        not one type). The statement runs as the slow path runs it (SQL not
+        seen yet is tried with the authorizer refusing anything but a read,
+        within the budget of VM instructions); anything unusual returns
+        False before anything is sent, as :meth:`_fast_run` does.
+        """
+        plans = st.query_plans
+        if not plans or st.running is not None or st.txn.failed or len(sql) > _SPLIT_INLINE_CHARS or "$" in sql:
+            return False
+        shape = _shape(sql)
+        known = plans.get(shape)
+        if known is None:
+            return False
+        plan, words = known
+        session = st.session
+        verdict = session.database.inline_verdict(sql)
+        if verdict is False:
+            return False
+        config = self.config
+        try:
+            result = session.execute(
+                sql, None, config.batch_rows, INLINE_BUDGET, config.max_batch_bytes, trial=verdict is None
+            )
+        except OverBudget:
+            plans.pop(shape, None)  # not again: the slow path tries it once more on the loop, then in a thread
+            return False
+        except SqlError:
+            return False
+        rows = result.rows
+        count = len(rows)
+        if not result.exhausted or result.columns != plan.names or (config.max_rows and count > config.max_rows):
+            session.cancel_statement()
+            return False
+        binary = (False,) * len(plan.columns)
+        oids = plan.oids
+        encode = types.encode_value
+        data_row = m.data_row
+        try:
+            encoded = [data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows]
+        except types.ValueFormatError:
+            return False
+        out = st.out
+        out += _row_description(plan.columns, binary)
+        for row in encoded:
+            out += row
+        out += m.command_complete(command_tag(words, rows=count, changes=result.changes, returns_rows=True))
+        out += m.READY_FOR_QUERY[st.txn.status(session.in_transaction)]
+        return True
 
     def cancel(self, st: ConnState) -> None:
         """A CancelRequest for this connection: interrupt the statement it has running, if any."""
@@ -218,6 +416,10 @@ class Executor:
             prepared = PreparedStatement(statement.sql, statement, classify(statement), (), offset=max(0, at))
             portal = self._new_portal(prepared, (), ())
             await self._start(st, portal)
+            if prepared.plan is not None and prepared.plan.declared and len(statements) == 1 and "$" not in sql:
+                if len(st.query_plans) >= _DECL_CACHE_SIZE:
+                    st.query_plans.clear()
+                st.query_plans[_shape(sql)] = (prepared.plan, statement.words)
             if portal.returns_rows:
                 st.out += self._row_description(portal, portal.formats())
             await self._send_rows(st, portal, 0)
@@ -253,7 +455,12 @@ class Executor:
         n = max(statement.n_params if statement else 0, len(event.param_oids))
         oids = tuple(event.param_oids) + (0,) * (n - len(event.param_oids))
         oids = params.cast_oids(event.sql, oids)
-        st.statements[event.name] = PreparedStatement(event.sql, statement, command, oids)
+        prepared = PreparedStatement(event.sql, statement, command, oids)
+        st.statements[event.name] = prepared
+        if not event.name and command.kind == "sql":
+            if len(st.parsed) >= _PARSED_CACHE_SIZE:
+                st.parsed.clear()
+            st.parsed[(event.sql, event.param_oids)] = (prepared, oids)
         st.out += m.PARSE_COMPLETE
 
     def _bind(self, st: ConnState, event: m.Bind) -> None:
@@ -379,8 +586,11 @@ class Executor:
         if not returns_rows:
             # It may create or drop a (temporary) table: the types may change.
             st.decl_cache.clear()
+            st.parsed.clear()
+            st.query_plans.clear()
             for prepared in st.statements.values():
                 prepared.decl = None
+                prepared.plan = None
         want_decl = fixed is None and returns_rows
         # Declared types cost a temporary view (four statements, and SQLite
         # prepares every cached statement again after a schema change): a
@@ -398,6 +608,7 @@ class Executor:
             self.config.max_batch_bytes,
         )  # fmt: skip
         ran = self._try_inline(st, portal, statement.sql, args)
+        ran_inline = ran is not None
         if ran is None:
             ran = await self._in_sqlite(st, portal, describe.start_statement, *args)
         found, result = ran
@@ -411,6 +622,7 @@ class Executor:
             portal.prepared.decl = decl
         names = result.columns or []
         portal.returns_rows = bool(names)
+        declared = False  # every column's type is its declared type (a simple Query's plan may then serve its shape)
         if fixed is not None:
             if len(fixed) != len(names):
                 raise PgError("0A000", "the statement's columns changed since it was described; prepare it again")
@@ -424,6 +636,12 @@ class Executor:
                 # The same rule as a Describe of the statement, then the first value.
                 oids = [o or s for o, s in zip(oids, expression_oids(statement.sql, len(names)))]
             portal.columns = tuple(Column(n, o or types.column_oid(None, v)) for n, o, v in zip(names, oids, first))
+            fixed = None if None in oids else portal.columns  # the same whatever the values
+            declared = fixed is not None and None not in (types.decltype_oid(d) for d in decl)
+        if fixed is not None and portal.returns_rows and ran_inline:
+            portal.prepared.plan = FastPlan(
+                fixed, names, portal.prepared.columns, tuple(c.oid for c in fixed), declared=declared
+            )
         self._took(st, portal, result)
         if statement.words[:2] == ("ROLLBACK", "TO"):
             st.txn.on_end()  # back at a savepoint: the block works again, as in PostgreSQL

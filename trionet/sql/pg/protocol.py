@@ -38,6 +38,7 @@ __all__ = [
     "EncryptionAccepted",
     "EncryptionRefused",
     "PgServerProtocol",
+    "PortalRun",
     "ProtocolViolation",
 ]
 
@@ -61,6 +62,45 @@ _ENDING = frozenset((ProtocolViolation, m.CancelRequest, m.Terminate))  # the co
 
 
 @dataclass(frozen=True, slots=True)
+class PortalRun:
+    """An unnamed portal's whole round trip, read at once: [Parse] Bind [Describe portal] Execute Sync.
+
+    What ``pgbench -M prepared`` (and libpq's ``PQexecPrepared``) sends for
+    every transaction, and ``-M extended`` (``PQexecParams``) with the Parse
+    of the unnamed statement. Returned by :meth:`PgServerProtocol.next_event`
+    only when the protocol was made with ``coalesce=True``, all of it is in
+    the buffer, every part decodes, the portal is the unnamed one, and so
+    is the statement when the run holds its Parse; the executor may answer it
+    in one step, or take it apart with :meth:`PgServerProtocol.expand`.
+    """
+
+    parse: m.Parse | None
+    bind: m.Bind
+    describe: bool
+    execute: m.Execute
+
+    @property
+    def count(self) -> int:
+        """How many frontend messages it stands for."""
+        return 3 + (self.parse is not None) + self.describe
+
+    def messages(self) -> list:
+        """The frontend messages, in the order they came."""
+        parts = [self.parse] if self.parse is not None else []
+        parts.append(self.bind)
+        if self.describe:
+            parts.append(m.Describe("P", ""))
+        return parts + [self.execute, m.decode_message("S", b"")]
+
+
+# Message type sequences a PortalRun is made of (the type bytes, Sync last).
+_RUN_SHAPES = frozenset((b"BES", b"BDES", b"PBES", b"PBDES"))
+_RUN_FIRST = frozenset(b"PB")
+_SYNC_TYPE = ord("S")
+_PARSE_TYPE = ord("P")
+
+
+@dataclass(frozen=True, slots=True)
 class EncryptionRefused:
     """The one-byte ``N`` answer to an SSLRequest or GSSENCRequest."""
 
@@ -77,8 +117,10 @@ class PgServerProtocol:
         max_message_bytes: the largest typed message accepted, length field included.
     """
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, coalesce: bool = False) -> None:
         self.max_message_bytes = max_message_bytes
+        self.coalesce = coalesce
+        """Return a :class:`PortalRun` for a whole unnamed-portal round trip found in the buffer."""
         self._buf = bytearray()
         self._eof = False
         self._phase = "startup"  # startup -> [auth ->] ready -> closed
@@ -135,6 +177,11 @@ class PgServerProtocol:
             phase = self._phase
             if phase == "closed":
                 return EOF
+            if self.coalesce and phase == "ready" and not self._skipping and self._buf and self._buf[0] in _RUN_FIRST:
+                run = self._portal_run()
+                if run is not None:
+                    self._extended = False  # it ends with its Sync
+                    return run
             event = self._startup_event() if phase == "startup" else self._typed_event()
             if event is NEED_DATA:
                 return NEED_DATA
@@ -159,6 +206,22 @@ class PgServerProtocol:
                 event = m.UnexpectedMessage("p")
             self._extended = kind in _EXTENDED
             return event
+
+    def expand(self, run: PortalRun):
+        """Yield the messages of ``run`` as :meth:`next_event` would have returned them one by one.
+
+        The rule after an extended-query error holds inside the run too: once
+        an ErrorResponse was sent for one of its messages, the rest up to its
+        Sync are skipped. The caller handles each message before taking the next.
+        """
+        for event in run.messages():
+            kind = type(event)
+            if self._skipping:
+                if kind is not m.Sync:
+                    continue
+                self._skipping = False
+            self._extended = kind in _EXTENDED
+            yield event
 
     def send(self, msg) -> bytes:
         """Return the bytes of backend message ``msg`` (or of an :class:`EncryptionRefused`).
@@ -198,6 +261,50 @@ class PgServerProtocol:
             return m.decode_startup(body)
         except m.MessageError as exc:
             return ProtocolViolation(str(exc))
+
+    def _portal_run(self) -> PortalRun | None:
+        # Only the framing is read first (type bytes and lengths): a buffer
+        # holding anything but a whole run is left to _typed_event, which
+        # reports any violation in order.
+        buf = self._buf
+        size = len(buf)
+        pos = 0
+        spans = []
+        kinds = bytearray()
+        while True:
+            if size - pos < 5 or len(kinds) == 5:
+                return None
+            kind = buf[pos]
+            (length,) = _UNPACK_LENGTH(buf, pos + 1)
+            end = pos + 1 + length
+            if length < 4 or length > self.max_message_bytes or end > size:
+                return None
+            kinds.append(kind)
+            spans.append((pos + 5, end))
+            pos = end
+            if kind == _SYNC_TYPE:
+                break
+        shape = bytes(kinds)
+        if shape not in _RUN_SHAPES:
+            return None
+        # Describe, Execute and Sync of the unnamed portal have one layout
+        # each: compared as bytes (anything else is left to _typed_event).
+        if len(shape) - (shape[0] == _PARSE_TYPE) == 4 and buf[spans[-3][0] : spans[-3][1]] != b"P\0":
+            return None
+        start, end = spans[-2]
+        if end - start != 5 or buf[start] != 0 or spans[-1][0] != spans[-1][1]:
+            return None
+        try:
+            parse = m.decode_message("P", bytes(buf[slice(*spans[0])])) if shape[0] == _PARSE_TYPE else None
+            bind = m.decode_message("B", bytes(buf[slice(*spans[parse is not None])]))
+        except m.MessageError:
+            return None
+        if bind.portal or (parse is not None and (parse.name or bind.statement)):
+            return None
+        execute = m.Execute("", _UNPACK_LENGTH(buf, start + 1)[0])
+        describe = len(shape) - (parse is not None) == 4
+        del buf[:pos]
+        return PortalRun(parse, bind, describe, execute)
 
     def _typed_event(self):
         buf = self._buf

@@ -20,7 +20,6 @@ interrupted).
 from __future__ import annotations
 
 import itertools
-import math
 import secrets
 from collections.abc import Callable, Iterator
 
@@ -28,7 +27,7 @@ import trio
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
-from trionet.serving import Connection, DirectSocketIO, SendWatchdog, TCPService, receive_event
+from trionet.serving import Connection, DirectSocketIO, IdleWatch, SendWatchdog, TCPService, receive_event
 from trionet.sql import rules
 from trionet.sql.engine import Database
 from trionet.sql.pg import messages as m
@@ -39,6 +38,7 @@ from trionet.sql.pg.login import INVALID_AUTHORIZATION, LoginRefused, authentica
 from trionet.sql.pg.protocol import (
     EncryptionRefused,
     PgServerProtocol,
+    PortalRun,
     ProtocolViolation,
 )
 from trionet.sql.pg.session import Settings
@@ -117,7 +117,8 @@ class PgServer:
             await close_tls(conn)
 
     async def _handle(self, conn: Connection) -> None:
-        proto = PgServerProtocol(self.config.max_message_bytes)
+        # coalesce: a whole Bind/Describe/Execute/Sync comes as one PortalRun (the executor's fast path).
+        proto = PgServerProtocol(self.config.max_message_bytes, coalesce=True)
         startup = None
         refusal: LoginRefused | None = None
         with trio.move_on_after(self.config.startup_timeout) as startup_scope:
@@ -170,8 +171,12 @@ class PgServer:
                 with trio.CancelScope() as messages_scope:
                     nursery.start_soon(st.sends.watch, messages_scope)
                     nursery.start_soon(self._watch_drain, st, messages_scope)
+                    idle, idle_scope = IdleWatch(), trio.CancelScope()
+                    timeouts = [t for t in (self.config.idle_timeout, self.config.idle_transaction_timeout) if t > 0]
+                    if timeouts:
+                        nursery.start_soon(idle.watch, idle_scope, min(timeouts))
                     await self._executor.greet(st, startup, secret)
-                    await self._serve_messages(st)
+                    await self._serve_messages(st, idle, idle_scope)
                 if st.sends.stalled:
                     # Unread for send_timeout: the stream may be mid-message, it cannot go on.
                     raise trio.BrokenResourceError(f"client read nothing for {self.config.send_timeout}s")
@@ -212,7 +217,7 @@ class PgServer:
             else:
                 return None  # EOF: a truncated startup packet, or a port scan
 
-    async def _serve_messages(self, st: ConnState) -> None:
+    async def _serve_messages(self, st: ConnState, idle: IdleWatch, idle_scope: trio.CancelScope) -> None:
         """Answer the client's messages until it leaves, breaks the protocol, idles too long or the server drains.
 
         Answers pile up in ``st.out`` and go out in one send when every
@@ -223,14 +228,29 @@ class PgServer:
         reads and sends that can finish at once skip trio's scheduler
         (:class:`~trionet.serving.DirectSocketIO`): one scheduler round per
         read, a checkpoint when the read did not have to wait.
+
+        The idle timeouts: before a wait the loop sets ``idle.deadline``
+        (kept across the reads of one message), and ``idle``'s watcher
+        cancels ``idle_scope`` if it passes while the loop still waits: no
+        cancel scope per wait (:class:`~trionet.serving.IdleWatch`).
         """
+        with idle_scope:
+            await self._message_loop(st, idle)
+        if idle.expired:
+            # Nothing ran while the loop waited: the transaction state is the one it waited in.
+            if st.session.in_transaction:
+                code, what = "25P03", "idle-in-transaction"
+            else:
+                code, what = "57P05", "idle-session"
+            await _fatal(st.conn, st.proto, code, f"terminating connection due to {what} timeout")
+
+    async def _message_loop(self, st: ConnState, idle: IdleWatch) -> None:
         conn = st.conn
         proto = st.proto
         io = st.io
         handle = self._executor.handle
         draining = conn.draining
-        idle_deadline = None  # when the message waited for is overdue: set at the first wait, kept across partial reads
-        in_transaction = False
+        config = self.config
         try:
             while not draining.is_set():
                 event = proto.next_event()  # pipelined messages are served without a timer each
@@ -244,28 +264,26 @@ class PgServer:
                     if ready:
                         await trio.lowlevel.checkpoint()  # read without waiting: let the others run
                         continue
-                    if idle_deadline is None:
-                        in_transaction = st.session.in_transaction
-                        idle = self.config.idle_transaction_timeout if in_transaction else self.config.idle_timeout
-                        idle_deadline = trio.current_time() + (idle or math.inf)
-                    event = None
-                    with trio.move_on_at(idle_deadline):
-                        try:
-                            if io.direct:
-                                await io.wait(proto)
-                                io.read_ready(proto)  # what woke us up (EOF reads b"")
-                                event = proto.next_event()
-                            else:
-                                event = await receive_event(conn.stream, proto)
-                        except (trio.BrokenResourceError, OSError):
-                            return
-                    if event is None:
-                        code, what = ("25P03", "idle-in-transaction") if in_transaction else ("57P05", "idle-session")
-                        await _fatal(conn, proto, code, f"terminating connection due to {what} timeout")
+                    if idle.deadline is None:
+                        timeout = config.idle_transaction_timeout if st.session.in_transaction else config.idle_timeout
+                        if timeout > 0:
+                            idle.deadline = trio.current_time() + timeout
+                    try:
+                        if io.direct:
+                            await io.wait(proto)
+                            if idle.expired:
+                                return
+                            io.read_ready(proto)  # what woke us up (EOF reads b"")
+                            event = proto.next_event()
+                        else:
+                            event = await receive_event(conn.stream, proto)
+                    except (trio.BrokenResourceError, OSError):
+                        return
+                    if idle.expired:
                         return
                     if event is NEED_DATA:
                         continue  # a part of a message, or a spurious wake-up: the same deadline
-                idle_deadline = None
+                idle.deadline = None
                 kind = type(event)
                 if event is EOF or kind is m.Terminate:
                     return
@@ -277,9 +295,10 @@ class PgServer:
                     await self._send_pending(st)
                     await _fatal(conn, proto, PROTOCOL_VIOLATION, f"invalid frontend message type {event.type!r}")
                     return
-                conn.requests += 1
+                conn.requests += event.count if kind is PortalRun else 1
                 await handle(st, event)
         finally:
+            idle.deadline = None
             if st.out and not st.sends.stalled:
                 # What was answered before the loop ended (Terminate or EOF
                 # after a pipeline, a drain, an error) still reaches the client.

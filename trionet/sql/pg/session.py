@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.statements import Command, Statement
 
-__all__ = ["SERVER_VERSION", "Column", "PgError", "Portal", "PreparedStatement", "Settings", "TransactionRule"]
+__all__ = ["SERVER_VERSION", "Column", "FastPlan", "PgError", "Portal", "PreparedStatement", "Settings", "TransactionRule"]
 
 SERVER_VERSION = "15.0 (trionet)"
 """What ``server_version`` says: PostgreSQL 15's protocol and catalogue expectations, served by trionet."""
@@ -229,6 +229,27 @@ class Column:
     oid: int
 
 
+@dataclass(eq=False)
+class FastPlan:
+    """What every run of a read-only prepared statement repeats, kept once a portal of it has run.
+
+    The executor's fast path (:meth:`~trionet.sql.pg.executor.Executor.handle`
+    of a :class:`~trionet.sql.pg.protocol.PortalRun`) answers Bind, Describe,
+    Execute and Sync of such a statement from it, without a portal. Kept only
+    when the columns' types do not depend on the values (declared types, the
+    expression rules, or fixed by a Describe of the statement), so every run
+    announces what the first announced.
+    """
+
+    columns: tuple[Column, ...]
+    names: list[str]  # the column names SQLite reported: a run that reports others takes the slow path
+    fixed: tuple[Column, ...] | None  # the statement's described columns when the plan was made
+    oids: tuple[int, ...]
+    declared: bool = False  # every column has a declared type (no expression rule, no Describe)
+    descriptions: dict[tuple[int, ...], tuple[tuple[bool, ...], bytes]] = field(default_factory=dict)
+    """Bind's result format codes -> (binary per column, RowDescription's bytes)."""
+
+
 @dataclass
 class PreparedStatement:
     """What Parse made: the statement (None for an empty query), its command, its parameter types."""
@@ -240,6 +261,7 @@ class PreparedStatement:
     columns: tuple[Column, ...] | None = None  # set by a Describe of the statement, then fixed
     decl: list[str] | None = None  # the declared types of its columns, once a portal has run it
     offset: int = 0  # where ``source`` starts in the simple Query it came from (error positions)
+    plan: FastPlan | None = None  # set once a portal of it ran as a read on the event loop (see FastPlan)
 
 
 @dataclass
