@@ -262,12 +262,8 @@ class Executor:
             session.cancel_statement()
             return False
         binary, description = described
-        oids = plan.oids
-        encode = types.encode_value
-        data_row = m.data_row
-        try:
-            encoded = [data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows]
-        except types.ValueFormatError:
+        encoded = _encode_rows(rows, plan.oids, binary)
+        if encoded is None:
             return False
         if parse is not None:
             st.statements[""] = prepared
@@ -335,12 +331,8 @@ class Executor:
             session.cancel_statement()
             return False
         binary = (False,) * len(plan.columns)
-        oids = plan.oids
-        encode = types.encode_value
-        data_row = m.data_row
-        try:
-            encoded = [data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows]
-        except types.ValueFormatError:
+        encoded = _encode_rows(rows, plan.oids, binary)
+        if encoded is None:
             return False
         out = st.out
         out += _row_description(plan.columns, binary)
@@ -924,3 +916,17 @@ class Executor:
             )  # fmt: skip
         finally:
             st.cancel = None
+
+
+def _encode_rows(rows: list, oids: tuple[int, ...], binary: tuple[bool, ...]) -> list[bytes] | None:
+    """The fast paths' DataRows, each value by its announced type and format; None if one does not fit its type.
+
+    A value that does not fit (:class:`~trionet.sql.pg.types.ValueFormatError`)
+    sends the run to the slow path, which reports it as an error.
+    """
+    encode = types.encode_value
+    data_row = m.data_row
+    try:
+        return [data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows]
+    except types.ValueFormatError:
+        return None
