@@ -321,6 +321,7 @@ class SendWatchdog:
         self.sending = False
         self.sends = 0
         self.stalled = False
+        self._seen = -1
 
     async def send(self, stream: trio.abc.SendStream, data: bytes) -> None:
         """``stream.send_all(data)``, watched."""
@@ -333,14 +334,23 @@ class SendWatchdog:
 
     async def watch(self, scope: trio.CancelScope) -> None:
         """Cancel ``scope`` (and set :attr:`stalled`) when a send is stuck; runs until cancelled."""
-        seen = -1
         while True:
             await trio.sleep(self.timeout / 2)
-            if self.sending and self.sends == seen:
-                self.stalled = True
+            if self.look():
                 scope.cancel()
                 return
-            seen = self.sends if self.sending else -1
+
+    def look(self) -> bool:
+        """One of :meth:`watch`'s looks, for a caller that watches many connections with one task.
+
+        Call it every ``timeout / 2`` seconds; True (and :attr:`stalled`
+        set) when the same send was blocked at this look and the previous one.
+        """
+        if self.sending and self.sends == self._seen:
+            self.stalled = True
+            return True
+        self._seen = self.sends if self.sending else -1
+        return False
 
 
 
