@@ -256,7 +256,8 @@ class TCPService:
             self.requests_closed_total += conn.requests
             if self.tls is not None:
                 await _close_tls(stream)
-            await trio.aclose_forcefully(stream)
+            if not _close_socket(stream):
+                await trio.aclose_forcefully(stream)
             self._log.log(
                 self._conn_level,
                 "%s connection %s: %s, %.3fs, %d request(s)",
@@ -266,6 +267,23 @@ class TCPService:
                 trio.current_time() - conn.opened,
                 conn.requests,
             )
+
+
+def _close_socket(stream: trio.abc.Stream) -> bool:
+    """Close the socket of a plain TCP stream (or of the one under a TLS stream) now; False for other streams.
+
+    What ``aclose_forcefully`` does for it, without its checkpoint: that
+    checkpoint runs in a cancelled scope, so trio registers a deadline for
+    it, expires it, and raises and catches ``Cancelled``, on every
+    connection (the largest single item of a short DNS connection's
+    close in a profile, docs/benchmarks.md).
+    """
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if type(stream) is not trio.SocketStream:
+        return False
+    stream.socket.close()
+    return True
 
 
 TLS_CLOSE_SECONDS = 1.0
