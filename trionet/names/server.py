@@ -191,6 +191,7 @@ class Client:
     key: str = ""  # the client's address, as its per-address share counts it
     wait_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     scope: trio.CancelScope | None = None  # the whole session's: cancelled when a send stays blocked
+    peer_closed: bool = False  # its EOF was read: nothing is left to linger for
 
 
 class NamesServer:
@@ -426,7 +427,8 @@ class NamesServer:
                 self._clients.discard(client)
                 client.session.close()
                 self.release(client)
-        await self._close_gently(conn.stream)
+        if not client.peer_closed:
+            await self._close_gently(conn.stream)
 
     async def admit(self, conn: Connection, client: Client, decoder, on_wait) -> bool:
         """Wait for a slot while the session keeps the client's input; True once admitted (both ports use it).
@@ -518,6 +520,9 @@ class NamesServer:
     @staticmethod
     async def _close_gently(stream: trio.abc.Stream) -> None:
         """Send EOF, then read and drop what the client still sends until it closes (bounded).
+
+        Not called once the client's EOF was read: its data is all read, so
+        closing cannot reset the connection, and there is nothing to wait for.
 
         TLS cannot half-close: a TLS stream is left to its
         :class:`~trionet.serving.TCPService`, which ends every TLS connection
