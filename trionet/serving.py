@@ -25,7 +25,7 @@ import trio
 from trionet.addresses import format_address
 from trionet.errors import first_message
 from trionet.framing import NEED_DATA
-from trionet.tls import TLSServerConfig, handshake
+from trionet.tls import EagerSocketStream, TLSServerConfig, handshake
 
 __all__ = [
     "Connection",
@@ -280,6 +280,8 @@ def _close_socket(stream: trio.abc.Stream) -> bool:
     """
     if isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
+    if isinstance(stream, EagerSocketStream):
+        stream = stream.stream
     if type(stream) is not trio.SocketStream:
         return False
     stream.socket.close()
