@@ -578,6 +578,7 @@ def dot_main(args: argparse.Namespace) -> None:
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}")
     print(f"# generator: dnsperf -m dot; servers: {', '.join(servers)}")
     results: list[Result] = []
+    paired: dict[tuple[str, str], tuple[float, float, float] | None] = {}
     # The server's CPU time per answered query (its own process, from /proc):
     # far less sensitive than queries/s to what else runs on the machine.
     cpu_per_query: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
@@ -609,6 +610,9 @@ def dot_main(args: argparse.Namespace) -> None:
                         runs[server].append(result)
                         print(f"# {scenario:<10} {server:<8} {result.qps:10.0f} q/s  lost {result.lost}", file=sys.stderr)
             for server in servers:
+                if "unbound" in runs:  # rounds are interleaved: compare each round with unbound's own
+                    ratios = sorted(r.qps / b.qps for r, b in zip(runs[server], runs["unbound"]) if b.qps)
+                    paired[(scenario, server)] = (ratios[len(ratios) // 2], ratios[0], ratios[-1]) if ratios else None
                 ordered = sorted(runs[server], key=lambda r: r.qps)
                 median = ordered[len(ordered) // 2]
                 median.server, median.scenario = server, scenario
@@ -618,17 +622,21 @@ def dot_main(args: argparse.Namespace) -> None:
     print()
     print(f"Median of {args.repeat} run(s) of {args.duration:g}s each, servers interleaved.")
     print()
-    print("| scenario | server | queries/s (median) | min - max | vs unbound | avg latency | lost "
+    print("The per-round ratio divides each round's figure by unbound's in the same round (median, min - max).")
+    print()
+    print("| scenario | server | queries/s (median) | min - max | vs unbound | per-round ratio | avg latency | lost "
           "| server CPU µs/query (median, min - max) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for scenario in scenarios:
         base = next((r.qps for r in results if r.scenario == scenario and r.server == "unbound"), None)
         for r in (r for r in results if r.scenario == scenario):
             ratio = f"{r.qps / base:.2f}x" if base else "-"
+            rounds = paired.get((scenario, r.server))
+            per_round = f"{rounds[0]:.2f}x ({rounds[1]:.2f} - {rounds[2]:.2f})" if rounds else "-"
             low, high = r.spread
             cpu = sorted(cpu_per_query[(scenario, r.server)])
             print(
-                f"| {scenario} | {r.server} | {r.qps:,.0f} | {low:,.0f} - {high:,.0f} | {ratio} "
+                f"| {scenario} | {r.server} | {r.qps:,.0f} | {low:,.0f} - {high:,.0f} | {ratio} | {per_round} "
                 f"| {r.avg_latency_ms:.2f} ms | {r.lost} | {cpu[len(cpu) // 2]:.0f} ({cpu[0]:.0f} - {cpu[-1]:.0f}) |"
             )
     print()

@@ -14,7 +14,9 @@ holds a slot.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -25,6 +27,7 @@ import trio
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "EagerSocketStream",
     "TLSConfigError",
     "TLSServerConfig",
     "client_context",
@@ -129,11 +132,106 @@ async def handshake(stream: trio.abc.Stream, context: ssl.SSLContext, timeout: f
         trio.TooSlowError: the handshake took longer than ``timeout``.
         trio.BrokenResourceError: the peer is not speaking TLS, or broke off.
     """
-    tls = trio.SSLStream(stream, context, server_side=True, **kwargs)
+    transport = EagerSocketStream(stream) if type(stream) is trio.SocketStream else stream
+    tls = trio.SSLStream(transport, context, server_side=True, **kwargs)
     with trio.fail_after(timeout):
         await tls.do_handshake()
     _acknowledge_now(stream)
     return tls
+
+
+_RECEIVE_SIZE = 65536
+
+
+class EagerSocketStream(trio.abc.HalfCloseableStream):
+    """The TCP stream under a server's ``trio.SSLStream``: its sends finish without a scheduler round when they can.
+
+    ``trio.SSLStream`` moves every TLS record through its transport's
+    ``send_all`` and ``receive_some``; on a ``trio.SocketStream`` each of
+    those takes a scheduler round and four context managers even when the
+    socket is ready, and a short DNS-over-TLS connection makes about a
+    dozen of them (handshake flight, answers, close_notify, reads): more
+    Python than the TLS itself (docs/benchmarks.md). Here a send writes
+    directly what the socket takes and waits (:func:`trio.lowlevel.wait_writable`)
+    only for the rest, and a read reads directly and waits only when
+    nothing has arrived; neither takes a scheduler round of its own.
+    Cancellation is checked before every operation.
+
+    Only for use under ``trio.SSLStream``: it takes its inner send or
+    receive lock around every call to its transport, and acquiring a
+    ``trio.Lock`` is a checkpoint (a scheduler round). So a connection that
+    never pauses still lets the others run once per record, and a second
+    round here would only cost (three per short DNS connection, counted
+    with a trio Instrument).
+
+    Args:
+        stream: the accepted ``trio.SocketStream``; its ``socket`` is this one's.
+
+    Error handling: as ``trio.SocketStream``: a reset connection raises
+    ``trio.BrokenResourceError``, a closed socket ``trio.ClosedResourceError``.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.socket = stream.socket
+
+    def _fd(self) -> int:
+        # fileno() each time, never a kept number: a closed socket's is -1.
+        fd = self.socket.fileno()
+        if fd == -1:
+            raise trio.ClosedResourceError("socket was already closed")
+        return fd
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with memoryview(data) as view:
+            while view:
+                try:
+                    sent = os.write(self._fd(), view)
+                except BlockingIOError:
+                    await self._wait(trio.lowlevel.wait_writable)
+                    continue
+                except OSError as exc:
+                    raise _stream_error(exc) from exc
+                view = view[sent:]
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = os.read(self._fd(), max_bytes or _RECEIVE_SIZE)
+            except BlockingIOError:
+                await self._wait(trio.lowlevel.wait_readable)
+                continue
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+            return data
+
+    async def _wait(self, wait) -> None:
+        try:
+            await wait(self.socket)
+        except trio.ClosedResourceError:
+            raise
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        # SocketStream.aclose is this close and a checkpoint; SSLStream.aclose
+        # has checkpointed already (its send lock, or its own checkpoint).
+        self.socket.close()
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+
+def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+        return trio.ClosedResourceError("socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
 def _acknowledge_now(stream: trio.abc.Stream) -> None:

@@ -233,6 +233,51 @@ async def test_idle_dns_client_is_closed(autojump_clock, memory_names):
     assert server.admission.in_use == 0
 
 
+class _LockstepServerEnd(trio.abc.HalfCloseableStream):
+    """The server's end of a lockstep pair (a send blocks until the client reads it), with a no-op EOF."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def test_a_dns_client_that_stops_reading_loses_its_slot(autojump_clock, memory_names):
+    """An answer whose send stays blocked for the idle timeout (the stuck-send limit) ends the session."""
+    import dns.message
+
+    from trionet.framing import encode_length_prefixed
+    from trionet.serving import Connection
+
+    server = await memory_names(limit=1, quota=0, idle_timeout=10)
+    client_end, server_end = trio.testing.lockstep_stream_pair()
+    conn = Connection(stream=_LockstepServerEnd(server_end), peer="reader", service=server.dns_service)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_dns, conn)
+        query = dns.message.make_query("gw.lan", "A").to_wire()
+        await client_end.send_all(encode_length_prefixed(query, 2))  # read by the server; its answer is never read
+        assert server.admission.in_use == 1
+        waiting = await server.connect_memory()
+        assert isinstance(await waiting.next(), protocol.Wait)
+        welcome = await waiting.next()
+        # Looked at every idle_timeout / 2 seconds: blocked at two looks in a row, so cut within 5 to 10 s.
+        assert isinstance(welcome, protocol.Welcome) and 5 <= welcome.waited <= 10
+        await client_end.aclose()
+
+
 async def test_a_slow_trickle_is_cut_at_the_idle_timeout(autojump_clock, memory_names):
     server = await memory_names(limit=2, quota=0, idle_timeout=5)
     slow = await server.connect_memory()

@@ -104,3 +104,40 @@ async def test_the_handshake_ends_with_an_immediate_ack(tls_files, nursery):
     assert server_end.socket.options == ([(socket.IPPROTO_TCP, quickack, 1)] if quickack else [])
     await trio.aclose_forcefully(tls)
     await trio.aclose_forcefully(client)
+
+
+async def test_the_server_tls_transport_waits_for_room_and_reports_a_reset(tls_files, nursery):
+    """Records larger than the socket buffers are sent whole; a client's reset is a broken stream, not a hang."""
+    import struct
+
+    from trionet.tls import EagerSocketStream
+
+    cert, key, ca_file = tls_files
+    size = 16_000_000  # more than loopback's socket buffers hold (4 to 6 MB at most): the server must wait for room
+    outcomes: list[str] = []
+    done = trio.Event()
+
+    async def handler(conn) -> None:
+        try:
+            assert isinstance(conn.stream.transport_stream, EagerSocketStream)
+            assert await conn.stream.receive_some(10) == b"go"
+            await conn.stream.send_all(b"x" * size)
+            await conn.stream.receive_some(10)  # the client resets instead of sending
+        except trio.BrokenResourceError:
+            outcomes.append("broken")
+        finally:
+            done.set()
+
+    service = TCPService("test", handler, logging.getLogger("test"), tls=TLSServerConfig(server_context(cert, key), cert, key))
+    [(host, port)] = await nursery.start(service.serve, "127.0.0.1", 0)
+    stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=client_context(ca_file))
+    await stream.send_all(b"go")
+    received = 0
+    with trio.fail_after(10):
+        while received < size:
+            received += len(await stream.receive_some(65536))
+        raw = stream.transport_stream.socket
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        raw.close()
+        await done.wait()
+    assert received == size and outcomes == ["broken"]

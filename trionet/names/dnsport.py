@@ -108,6 +108,7 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
                     io.read_ready(framer)  # what woke us up (a direct socket's wait reads nothing)
                     continue
             if event is EOF or type(event) is TruncatedFrame:
+                client.peer_closed = True
                 break
             # A 2-byte length prefix cannot announce more than MAX_DNS_MESSAGE: always a Frame.
             conn.requests += 1
@@ -155,10 +156,10 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
     # Every answer is sent; give the slot to the next client before closing.
     server.release(client)
     if session.lets_client_close_first:
-        await _let_client_close(stream, framer)
+        client.peer_closed = await _let_client_close(stream, framer)
 
 
-async def _let_client_close(stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:
+async def _let_client_close(stream: trio.abc.Stream, framer: LengthPrefixFramer) -> bool:
     """After the quota, give a DNS client a moment to close first, as RFC 7766 6.2.3 asks of clients.
 
     The side that closes first keeps the TIME_WAIT state, so a server
@@ -166,14 +167,17 @@ async def _let_client_close(stream: trio.abc.Stream, framer: LengthPrefixFramer)
     queries (``dnsperf -O num-queries-per-conn=N``) is not surprised by
     an EOF while it closes. A client that sends more, or stays silent for
     :data:`DNS_CLOSE_WAIT` seconds, is closed by the server at once.
+
+    Returns True when the client closed (its EOF was read).
     """
     if framer.next_event() is not NEED_DATA:
-        return  # it already sent more than its quota
+        return False  # it already sent more than its quota
     with trio.move_on_after(DNS_CLOSE_WAIT):
         try:
-            await stream.receive_some(RECEIVE_CHUNK)
+            return not await stream.receive_some(RECEIVE_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+    return False
 
 
 async def _refuse(client: Client, stream: trio.abc.Stream, framer: LengthPrefixFramer) -> None:

@@ -182,13 +182,16 @@ class NamesAddresses:
 
 
 class Client:
-    """The trio side of one connection: its :class:`Session`, and what the shutdown watcher touches."""
+    """The trio side of one connection: its :class:`Session`, and what the server's watcher touches."""
 
     session: Session
     sends: SendWatchdog
+    draining: trio.Event | None = None  # its port's: set when that port shuts down
     ticket: Ticket | None = None
     key: str = ""  # the client's address, as its per-address share counts it
     wait_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    scope: trio.CancelScope | None = None  # the whole session's: cancelled when a send stays blocked
+    peer_closed: bool = False  # its EOF was read: nothing is left to linger for
 
 
 class NamesServer:
@@ -246,6 +249,7 @@ class NamesServer:
         self.line_service = TCPService("names", self.handle_line, log)
         self.dns_service = TCPService("names-dns", self.handle_dns, log)
         self.dot_service: TCPService | None = None
+        self._clients: set[Client] = set()  # the connections being served, for the watcher
         if tls is not None:
             tls = dataclasses.replace(tls, context=server_context(tls.cert, tls.key, alpn=[DOT_ALPN]))
             # The same handler as the DNS port: the session sees a stream either way.
@@ -340,6 +344,7 @@ class NamesServer:
             )
             if self.hosts_path is not None:
                 background.start_soon(self._watch_hosts)
+            background.start_soon(self._watch_clients)
             try:
                 yield
             finally:
@@ -403,11 +408,14 @@ class NamesServer:
     # --- what both ports do around a session ------------------------------------------
 
     async def _serve_client(self, conn: Connection, run_session) -> None:
-        # The watcher (shutdown, stuck sends), giving back the client's slot,
-        # and a gentle close.
-        client = Client(Session(self.rules), SendWatchdog(self.rules.stuck_send))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch, conn, client, nursery.cancel_scope)
+        # Watched by the server's one watcher (shutdown, stuck sends), then
+        # the client's slot given back, and a gentle close.
+        client = Client(Session(self.rules), SendWatchdog(self.rules.stuck_send), conn.draining)
+        client.scope = trio.CancelScope()
+        with client.scope:
+            self._clients.add(client)
+            if conn.draining.is_set():
+                _end_for_shutdown(client)
             try:
                 try:
                     await run_session(self, conn, client)
@@ -416,10 +424,11 @@ class NamesServer:
                         raise
                 self.endings[client.session.ending or "left"] += 1
             finally:
+                self._clients.discard(client)
                 client.session.close()
                 self.release(client)
-                nursery.cancel_scope.cancel()
-        await self._close_gently(conn.stream)
+        if not client.peer_closed:
+            await self._close_gently(conn.stream)
 
     async def admit(self, conn: Connection, client: Client, decoder, on_wait) -> bool:
         """Wait for a slot while the session keeps the client's input; True once admitted (both ports use it).
@@ -480,24 +489,40 @@ class NamesServer:
             self.admission.leave(client.ticket)
             client.ticket = None
 
-    async def _watch(self, conn: Connection, client: Client, scope: trio.CancelScope) -> None:
-        """End the session at shutdown, and cancel ``scope`` when one send stays blocked too long.
+    async def _watch_clients(self) -> None:
+        """End every session at its port's shutdown, and cancel one whose send stays blocked too long.
 
         A client that does not read its answers must not hold its slot
         forever. A cancel scope around every send would cost more than the
-        send itself on the DNS fast path, so the shared
-        :class:`~trionet.serving.SendWatchdog` watches the sends instead.
+        send itself on the DNS fast path, so each connection's
+        :class:`~trionet.serving.SendWatchdog` counts its sends, and this one
+        task looks at all of them every ``stuck_send / 2`` seconds (a
+        watcher task per connection cost two task starts and a nursery per
+        connection, measured in docs/benchmarks.md). Runs in :meth:`running`.
         """
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.sends.watch, scope)
-            await conn.draining.wait()
-            client.session.end("shutdown")
-            client.wait_scope.cancel()
-        # (the watchdog runs until the connection's nursery is cancelled)
+            for service in (self.line_service, self.dns_service, self.dot_service):
+                if service is not None:
+                    nursery.start_soon(self._end_sessions_at_shutdown, service.draining)
+            period = self.rules.stuck_send / 2
+            while True:
+                await trio.sleep(period)
+                for client in self._clients:
+                    if client.sends.look():
+                        client.scope.cancel()
+
+    async def _end_sessions_at_shutdown(self, draining: trio.Event) -> None:
+        await draining.wait()
+        for client in self._clients:
+            if client.draining is draining:
+                _end_for_shutdown(client)
 
     @staticmethod
     async def _close_gently(stream: trio.abc.Stream) -> None:
         """Send EOF, then read and drop what the client still sends until it closes (bounded).
+
+        Not called once the client's EOF was read: its data is all read, so
+        closing cannot reset the connection, and there is nothing to wait for.
 
         TLS cannot half-close: a TLS stream is left to its
         :class:`~trionet.serving.TCPService`, which ends every TLS connection
@@ -524,6 +549,12 @@ class NamesServer:
     async def handle_dns(self, conn: Connection) -> None:
         """Serve one DNS-over-TCP client, or a DNS-over-TLS one after its handshake (both ports' handler)."""
         await self._serve_client(conn, serve_dns)
+
+
+def _end_for_shutdown(client: Client) -> None:
+    """The client's port is shutting down: its session ends after the request in hand, a wait ends now."""
+    client.session.end("shutdown")
+    client.wait_scope.cancel()
 
 
 def _tls_eof(exc: BaseException) -> bool:
