@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trionet.sql.engine import Database, SqlError
 from trionet.sql.pg import catalog
@@ -24,7 +26,7 @@ def test_rewrite_psql_isms():
         "'^(quakes)$' COLLATE pg_catalog.default AND n.nspname !~ '^pg_toast' AND x = any (y)"
     )
     assert catalog.rewrite(sql) == (
-        "SELECT c.oid FROM pg_class c WHERE c.relname  REGEXP  '^(quakes)$'  AND n.nspname  NOT REGEXP  "
+        "SELECT pg_regclass(c.oid) FROM pg_class c WHERE c.relname  REGEXP  '^(quakes)$'  AND n.nspname  NOT REGEXP  "
         "'^pg_toast' AND x  IN (y)"
     )
 
@@ -190,3 +192,74 @@ def test_multi_column_primary_keys_and_their_names(tmp_path):
         ("pair", "pair_key", '{"b","a"}'),  # the key's order, not the table's; its CONSTRAINT name
         ("rowid_key", "rowid_key_pkey", '{"id"}'),  # INTEGER PRIMARY KEY: the rowid, no index either
     ]
+
+
+def test_constraints_of_create_table_text():
+    from trionet.sql.pg.ddl import TableConstraint, table_constraints
+
+    sql = (
+        'CREATE TABLE "t 3" ([a b] text constraint uq unique constraint "c,1" check (length([a b]) < 5 /* ) */),'
+        " b int not null default (1 + 2) references p deferrable initially deferred,"
+        " unique (b, \"a b\" collate nocase desc) on conflict fail, check (b <> ')'),"
+        " constraint k foreign key (b) references \"P\" (x) on delete cascade not deferrable)"
+    )
+    assert table_constraints(sql) == (
+        TableConstraint("u", "uq", ("a b",)),
+        TableConstraint("c", "c,1", ("a b",), "length([a b]) < 5"),
+        TableConstraint("f", None, ("b",), None, "p", True, True),
+        TableConstraint("u", None, ("b", "a b")),
+        TableConstraint("c", None, (), "b <> ')'"),
+        TableConstraint("f", "k", ("b",), None, "P", False, False),
+    )
+    assert table_constraints("create table x as select 1") == ()
+    assert table_constraints("create table y (a check (") == (TableConstraint("c", None, ("a",), ""),)
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_reading_create_table_never_fails(text):
+    from trionet.sql.pg.ddl import table_constraints
+
+    for sql in (text, "create table t (" + text, "create table t (a int " + text + ")"):
+        for constraint in table_constraints(sql):
+            assert constraint.kind in "pucf"
+
+
+def test_foreign_keys_uniques_and_checks_in_pg_constraint(tmp_path):
+    db = tmp_path / "fk.sqlite"
+    setup = sqlite3.connect(db)
+    setup.executescript(
+        "create table parent (id integer primary key, code text unique, \"Odd\" int, \"select\" int, unique (\"Odd\", \"select\"));"
+        "create table child (id integer primary key, p integer references parent on update set null,"
+        " q integer references nowhere (x), r integer references parent (code) match full, check (p > q), check (r <> 0),"
+        " foreign key (q) references parent (id) deferrable initially deferred, check (q > 0));"
+        "create table child_check (x);"  # takes the name child_check: PostgreSQL numbers the next
+    )
+    setup.close()
+    _, _, rows = run(
+        db,
+        "SELECT conname, contype, pg_get_constraintdef(oid, true), pg_get_constraintdef(oid), conkey, confkey,"
+        " conrelid::regclass, confrelid, confupdtype, confdeltype, confmatchtype, condeferrable, condeferred"
+        " FROM pg_catalog.pg_constraint ORDER BY conrelid, contype, conname",
+    )
+    parent = 16384
+    assert rows == [
+        ("parent_pkey", "p", "PRIMARY KEY (id)", "PRIMARY KEY (id)", "{1}", None, "parent", 0, "a", "a", "s", 0, 0),
+        ("parent_Odd_select_key", "u", 'UNIQUE ("Odd", "select")', 'UNIQUE ("Odd", "select")', "{3,4}", None, "parent", 0, "a", "a", "s", 0, 0),
+        ("parent_code_key", "u", "UNIQUE (code)", "UNIQUE (code)", "{2}", None, "parent", 0, "a", "a", "s", 0, 0),
+        ("child_check1", "c", "CHECK (p > q)", "CHECK ((p > q))", "{2,3}", None, "child", 0, "a", "a", "s", 0, 0),
+        ("child_q_check", "c", "CHECK (q > 0)", "CHECK ((q > 0))", "{3}", None, "child", 0, "a", "a", "s", 0, 0),
+        ("child_r_check", "c", "CHECK (r <> 0)", "CHECK ((r <> 0))", "{4}", None, "child", 0, "a", "a", "s", 0, 0),
+        ("child_p_fkey", "f", "FOREIGN KEY (p) REFERENCES parent(id) ON UPDATE SET NULL", "FOREIGN KEY (p) REFERENCES parent(id) ON UPDATE SET NULL",
+         "{2}", "{1}", "child", parent, "n", "a", "s", 0, 0),
+        ("child_q_fkey", "f", "FOREIGN KEY (q) REFERENCES nowhere(x)", "FOREIGN KEY (q) REFERENCES nowhere(x)",
+         "{3}", "{0}", "child", 0, "a", "a", "s", 0, 0),  # its parent is not there: SQLite allows that
+        ("child_q_fkey1", "f", "FOREIGN KEY (q) REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED",
+         "FOREIGN KEY (q) REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED", "{3}", "{1}", "child", parent, "a", "a", "s", 1, 1),
+        # SQLite reads MATCH and ignores it (PRAGMA foreign_key_list says NONE): PostgreSQL's default shown.
+        ("child_r_fkey", "f", "FOREIGN KEY (r) REFERENCES parent(code)", "FOREIGN KEY (r) REFERENCES parent(code)",
+         "{4}", "{2}", "child", parent, "a", "a", "s", 0, 0),
+        ("child_pkey", "p", "PRIMARY KEY (id)", "PRIMARY KEY (id)", "{1}", None, "child", 0, "a", "a", "s", 0, 0),
+    ]
+    _, _, rows = run(db, "SELECT relname, relchecks, relhastriggers FROM pg_catalog.pg_class WHERE relkind = 'r' ORDER BY oid")
+    assert rows == [("parent", 0, 1), ("child", 3, 1), ("child_check", 0, 0)]
