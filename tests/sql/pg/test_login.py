@@ -254,6 +254,15 @@ async def test_psql_verify_full_with_pgpassword(start, tls_config, tls_files):
 
 
 @pytest.mark.requires_tool("psql", "postgresql-client")
+async def test_psql_du_lists_the_users_of_the_users_file(start):
+    _, (host, port) = await start()
+    result = await psql(f"host={host} port={port} dbname=quakes user=bob", "-c", "\\du", "-c", "\\du a*", password="hunter2")
+    assert result.returncode == 0, result.stderr.decode()
+    # Every user logs in and has no other attribute (none is a superuser: is_superuser is off).
+    assert result.stdout.decode().splitlines() == ["alice||{}", "bob||{}", "alice||{}"]
+
+
+@pytest.mark.requires_tool("psql", "postgresql-client")
 async def test_psql_wrong_password_and_unknown_user_read_alike(start, tls_config, tls_files):
     _, (host, port) = await start(tls=tls_config)
     for user, password in (("alice", "guess"), ("mallory", "guess")):

@@ -223,3 +223,19 @@ async def test_backslash_l_lists_the_one_database_and_df_no_functions(start_pg):
         "Schema|Name|Result data type|Argument data types|Type",
         "(0 rows)",
     ]
+
+
+async def test_backslash_du_lists_the_startup_user_and_df_plus_no_functions(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-A", "-c", "\\du", "-c", "\\df+", "-c", "\\du nobody")
+    assert result.stdout.decode().splitlines() == [
+        "List of roles",
+        "Role name|Attributes|Member of",
+        "analyst||{}",  # the server trusts its clients: the one role is whoever connected
+        "List of functions",
+        "Schema|Name|Result data type|Argument data types|Type|Volatility|Parallel|Owner|Security|Access privileges"
+        "|Language|Source code|Description",
+        "(0 rows)",
+        "List of roles",
+        "Role name|Attributes|Member of",
+    ]

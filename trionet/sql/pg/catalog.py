@@ -68,6 +68,8 @@ _REWRITES = (
     (re.compile(r"~\*?"), " REGEXP "),
     (re.compile(r"\bCOLLATE\s+\"?default\"?", re.IGNORECASE), ""),
     (re.compile(r"::\s*\"?[A-Za-z_][\w.]*\"?(?:\[\])?"), ""),
+    # psql's \du: the roles a role is a member of, as an array ({} for none).
+    (re.compile(r"\barray\s*\(\s*select\s+b\.rolname\b", re.IGNORECASE), "(select '{' || coalesce(group_concat(b.rolname, ','), '') || '}'"),
     (re.compile(r"\barray\s*\(\s*select\b", re.IGNORECASE), "(select"),
     # pgJDBC's getSchemas(): the first schema of the search path.
     (
@@ -95,6 +97,7 @@ def _escape_string(body: str) -> str:
 
 
 _OID_BASE = 16384  # PostgreSQL's first user OID
+_ROLE_OID_BASE = 1 << 30  # roles other than the client's (which is 10, the bootstrap role's): apart from objects' OIDs
 _MAIN_NAMESPACE = 2200
 _STEP_BUDGET = 200  # progress-handler calls of 1000 VM instructions: 200 000 instructions per statement
 _MAX_REGEX_QUANTIFIERS = 3
@@ -177,7 +180,12 @@ CREATE TABLE pg_partitioned_table (partrelid INTEGER);
 CREATE TABLE pg_tablespace (oid INTEGER PRIMARY KEY, spcname TEXT);
 CREATE TABLE pg_database (oid INTEGER PRIMARY KEY, datname TEXT, datdba INTEGER, encoding INTEGER,
     datcollate TEXT, datctype TEXT, datacl TEXT, daticulocale TEXT, datlocprovider TEXT, dattablespace INTEGER);
-CREATE TABLE pg_roles (oid INTEGER PRIMARY KEY, rolname TEXT);
+CREATE TABLE pg_roles (oid INTEGER PRIMARY KEY, rolname TEXT, rolsuper BOOLEAN, rolinherit BOOLEAN,
+    rolcreaterole BOOLEAN, rolcreatedb BOOLEAN, rolcanlogin BOOLEAN, rolreplication BOOLEAN, rolconnlimit INTEGER,
+    rolpassword TEXT, rolvaliduntil TEXT, rolbypassrls BOOLEAN, rolconfig TEXT);
+CREATE TABLE pg_auth_members (roleid INTEGER, member INTEGER, grantor INTEGER, admin_option BOOLEAN);
+CREATE TABLE pg_language (oid INTEGER PRIMARY KEY, lanname TEXT, lanowner INTEGER, lanispl BOOLEAN,
+    lanpltrusted BOOLEAN, lanplcallfoid INTEGER, laninline INTEGER, lanvalidator INTEGER, lanacl TEXT);
 CREATE TABLE pg_sequence (seqrelid INTEGER, seqtypid INTEGER, seqstart INTEGER, seqincrement INTEGER,
     seqmax INTEGER, seqmin INTEGER, seqcache INTEGER, seqcycle BOOLEAN);
 CREATE TABLE pg_enum (oid INTEGER PRIMARY KEY, enumtypid INTEGER, enumsortorder REAL, enumlabel TEXT);
@@ -537,6 +545,7 @@ _CATALOG_FUNCTIONS = {
     "pg_get_function_result": (1, lambda _: None),
     "pg_get_function_arguments": (1, lambda _: None),
     "pg_get_function_identity_arguments": (1, lambda _: None),
+    "pg_get_function_sqlbody": (1, lambda _: None),  # psql's \df+
 }
 _ALLOWED = frozenset(_CATALOG_FUNCTIONS) | sandbox.ALLOWED_FUNCTIONS | {"array_agg", "pg_get_viewdef"}
 _READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ})
@@ -880,7 +889,18 @@ def _build(
     )
     cat.execute("INSERT INTO pg_database VALUES (1, ?, 10, 6, 'C', 'C', NULL, NULL, 'c', 1663)", (database,))
     cat.execute("INSERT INTO pg_tablespace (oid, spcname) VALUES (1663, 'pg_default')")
-    cat.execute("INSERT INTO pg_roles VALUES (10, ?)", (user,))
+    # The roles: the users of --users (or only the client's user, when the
+    # server trusts everyone). Each may log in and has no other attribute:
+    # every user may do what the server allows, no more (is_superuser is off).
+    role_oids = {user: 10}
+    for name in roles:
+        role_oids.setdefault(name, _ROLE_OID_BASE + len(role_oids))
+    cat.executemany(
+        "INSERT INTO pg_roles VALUES (?, ?, 0, 1, 0, 0, 1, 0, -1, '********', NULL, 0, NULL)",
+        [(oid, name) for name, oid in role_oids.items()],
+    )
+    cat.execute("INSERT INTO pg_language (oid, lanname, lanowner, lanispl, lanpltrusted) VALUES"
+                " (12, 'internal', 10, 0, 0), (13, 'c', 10, 0, 0), (14, 'sql', 10, 0, 1)")
     oids = {name: _OID_BASE + i for i, (_kind, name, _tbl, _sql) in enumerate(objects)}
     by_table: dict[str, list[str]] = {}
     for kind, name, tbl, sql in objects:
@@ -970,7 +990,8 @@ def _build(
             " WHERE indexrelid = ?2",
             (zeros, oid, len(keys.split())),
         )
-    cat.create_function("pg_get_userbyid", 1, lambda _oid: user, deterministic=True)
+    owners = {oid: name for name, oid in role_oids.items()}
+    cat.create_function("pg_get_userbyid", 1, lambda oid: owners.get(_oid(oid), user), deterministic=True)
     cat.create_function(
         "pg_get_constraintdef", -1, lambda oid, pretty=0, *_: definitions.get(_oid(oid), (None, None))[not pretty]
     )

@@ -92,7 +92,11 @@ class PgServer:
         """Logins refused (wrong password, unknown user, a malformed exchange); :mod:`trionet.sql.metrics`."""
         self._admitted = 0  # connections past their startup (and login): what max_connections counts
         self.service = TCPService("pg", self._handle_then_close_tls, log)
-        self._executor = Executor(self.config, limiter or trio.CapacityLimiter(self.config.max_threads))
+        self._executor = Executor(
+            self.config,
+            limiter or trio.CapacityLimiter(self.config.max_threads),
+            roles=tuple(auth.users) if auth is not None else (),
+        )
         self._session_limiter = trio.CapacityLimiter(SESSION_THREADS)
         self._pids = pids if pids is not None else itertools.count(secrets.randbelow(1 << 20) + 1000)
         self._forward_cancel = forward_cancel
