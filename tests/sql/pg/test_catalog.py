@@ -232,8 +232,8 @@ def test_foreign_keys_uniques_and_checks_in_pg_constraint(tmp_path):
         "create table parent (id integer primary key, code text unique, \"Odd\" int, \"select\" int, unique (\"Odd\", \"select\"));"
         "create table child (id integer primary key, p integer references parent on update set null,"
         " q integer references nowhere (x), r integer references parent (code) match full, check (p > q), check (r <> 0),"
-        " foreign key (q) references parent (id) deferrable initially deferred, check (q > 0));"
-        "create table child_check (x);"  # takes the name child_check: PostgreSQL numbers the next
+        " foreign key (q) references parent (id) deferrable initially deferred, check (q > 0), check (r > p));"
+        "create table child_r_check (x);"  # a relation: no conflict with a CHECK's name, as in PostgreSQL
     )
     setup.close()
     _, _, rows = run(
@@ -247,7 +247,8 @@ def test_foreign_keys_uniques_and_checks_in_pg_constraint(tmp_path):
         ("parent_pkey", "p", "PRIMARY KEY (id)", "PRIMARY KEY (id)", "{1}", None, "parent", 0, "a", "a", "s", 0, 0),
         ("parent_Odd_select_key", "u", 'UNIQUE ("Odd", "select")', 'UNIQUE ("Odd", "select")', "{3,4}", None, "parent", 0, "a", "a", "s", 0, 0),
         ("parent_code_key", "u", "UNIQUE (code)", "UNIQUE (code)", "{2}", None, "parent", 0, "a", "a", "s", 0, 0),
-        ("child_check1", "c", "CHECK (p > q)", "CHECK ((p > q))", "{2,3}", None, "child", 0, "a", "a", "s", 0, 0),
+        ("child_check", "c", "CHECK (p > q)", "CHECK ((p > q))", "{2,3}", None, "child", 0, "a", "a", "s", 0, 0),
+        ("child_check1", "c", "CHECK (r > p)", "CHECK ((r > p))", "{2,4}", None, "child", 0, "a", "a", "s", 0, 0),
         ("child_q_check", "c", "CHECK (q > 0)", "CHECK ((q > 0))", "{3}", None, "child", 0, "a", "a", "s", 0, 0),
         ("child_r_check", "c", "CHECK (r <> 0)", "CHECK ((r <> 0))", "{4}", None, "child", 0, "a", "a", "s", 0, 0),
         ("child_p_fkey", "f", "FOREIGN KEY (p) REFERENCES parent(id) ON UPDATE SET NULL", "FOREIGN KEY (p) REFERENCES parent(id) ON UPDATE SET NULL",
@@ -262,4 +263,4 @@ def test_foreign_keys_uniques_and_checks_in_pg_constraint(tmp_path):
         ("child_pkey", "p", "PRIMARY KEY (id)", "PRIMARY KEY (id)", "{1}", None, "child", 0, "a", "a", "s", 0, 0),
     ]
     _, _, rows = run(db, "SELECT relname, relchecks, relhastriggers FROM pg_catalog.pg_class WHERE relkind = 'r' ORDER BY oid")
-    assert rows == [("parent", 0, 1), ("child", 3, 1), ("child_check", 0, 0)]
+    assert rows == [("parent", 0, 1), ("child", 4, 1), ("child_r_check", 0, 0)]

@@ -690,24 +690,30 @@ def _idents(names) -> str:
 class _Names:
     """Constraint names as PostgreSQL chooses them: the one written, else ``TABLE_COLUMNS_LABEL``, numbered if taken.
 
-    Taken are every name of ``sqlite_schema`` and every ``CONSTRAINT name``
-    written, compared without case as SQLite does (PostgreSQL keeps them
-    unique per schema too).
+    As in PostgreSQL, a foreign key's or a CHECK's name must differ from the
+    schema's other constraint names (every ``CONSTRAINT name`` written, and
+    the names chosen so far), a UNIQUE constraint's also from every
+    relation's (its index bears it); compared without case, as SQLite does.
     """
 
     def __init__(self, objects) -> None:
-        self.taken = {name.lower() for _kind, name, _tbl, _sql in objects}
-        for kind, _name, _tbl, sql in objects:
+        self.relations = {name.lower() for _kind, name, _tbl, _sql in objects}
+        self.constraints = set()
+        for kind, name, _tbl, sql in objects:
             if kind == "table":
-                self.taken.update(c.name.lower() for c in ddl.table_constraints(sql) if c.name)
+                self.constraints.update(c.name.lower() for c in ddl.table_constraints(sql) if c.name)
+                self.constraints.add(_primary_key_name(name, sql).lower())
 
     def choose(self, table: str, columns, label: str) -> str:
         base = "_".join([table, *columns])
+        taken = self.constraints | self.relations if label == "key" else self.constraints
         name, number = f"{base}_{label}", 0
-        while name.lower() in self.taken:
+        while name.lower() in taken:
             number += 1
             name = f"{base}_{label}{number}"
-        self.taken.add(name.lower())
+        self.constraints.add(name.lower())
+        if label == "key":
+            self.relations.add(name.lower())
         return name
 
     def unique(self, table: str, sql: str | None, key_names) -> str:
