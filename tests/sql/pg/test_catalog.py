@@ -264,3 +264,60 @@ def test_foreign_keys_uniques_and_checks_in_pg_constraint(tmp_path):
     ]
     _, _, rows = run(db, "SELECT relname, relchecks, relhastriggers FROM pg_catalog.pg_class WHERE relkind = 'r' ORDER BY oid")
     assert rows == [("parent", 0, 1), ("child", 4, 1), ("child_r_check", 0, 0)]
+
+
+_NAMES = st.sampled_from(["a", "b", "c", "Odd Name", "select", "x1"])
+
+
+@st.composite
+def _tables(draw):
+    """A child table's CREATE TABLE with random UNIQUE, CHECK and FOREIGN KEY constraints, some named, and what it holds."""
+    columns = draw(st.lists(_NAMES, min_size=1, max_size=4, unique=True))
+    quoted = {c: '"' + c + '"' for c in columns}
+    parts, expected, names = [], {"u": 0, "c": 0, "f": 0}, []
+    for column in columns:
+        text = f"{quoted[column]} INTEGER"
+        for kind in draw(st.lists(st.sampled_from(["unique", "check", "references"]), max_size=2, unique=True)):
+            name = draw(st.none() | st.sampled_from(["k1", "k2", "k 3"]).filter(lambda n: n not in [m for m, _ in names]))
+            if name:
+                names.append((name, kind))
+                text += f' CONSTRAINT "{name}"'
+            text += {"unique": " UNIQUE", "check": f" CHECK ({quoted[column]} > 0)", "references": " REFERENCES parent (id)"}[kind]
+            expected[kind[0].replace("r", "f")] += 1
+        parts.append(text)
+    for kind in draw(st.lists(st.sampled_from(["unique", "check", "foreign"]), max_size=3)):
+        keys = draw(st.lists(st.sampled_from(columns), min_size=1, max_size=2, unique=True))
+        listed = ", ".join(quoted[k] for k in keys)
+        parts.append({
+            "unique": f"UNIQUE ({listed})", "check": f"CHECK ({' + '.join(quoted[k] for k in keys)} <> 7)",
+            "foreign": f"FOREIGN KEY ({listed}) REFERENCES parent ({', '.join(['id', 'v'][: len(keys)])})",
+        }[kind])  # fmt: skip
+        expected[kind[0]] += 1
+    return "CREATE TABLE child (" + ", ".join(parts) + ")", expected, names
+
+
+@given(_tables())
+@settings(max_examples=40, deadline=None)
+def test_every_constraint_sqlite_keeps_is_listed_once(table):
+    import tempfile
+
+    sql, expected, names = table
+    with tempfile.TemporaryDirectory() as tmp:
+        db = f"{tmp}/t.sqlite"
+        setup = sqlite3.connect(db)
+        setup.executescript(f"create table parent (id integer primary key, v integer, unique (id, v)); {sql};")
+        autoindexes = setup.execute("select count(*) from pragma_index_list('child') where origin = 'u'").fetchone()[0]
+        setup.close()
+        _, _, rows = run(
+            db,
+            "SELECT con.contype, con.conname FROM pg_catalog.pg_constraint con JOIN pg_catalog.pg_class c ON c.oid = con.conrelid"
+            " WHERE c.relname = 'child'",
+        )
+    kinds = [kind for kind, _ in rows]
+    # SQLite merges UNIQUE constraints on the same columns into one index: PostgreSQL would list each.
+    assert kinds.count("u") == autoindexes <= expected["u"]
+    assert (kinds.count("c"), kinds.count("f")) == (expected["c"], expected["f"])
+    conames = [name for _, name in rows]
+    assert len(set(conames)) == len(conames)  # unique names, as PostgreSQL's
+    for name, kind in names:  # a written name is kept (a UNIQUE's may be merged away with its twin)
+        assert conames.count(name) == 1 or (kind == "unique" and conames.count(name) == 0)
