@@ -90,22 +90,6 @@ class _RecordingSocket:
         self.options.append((level, option, value))
 
 
-async def test_the_handshake_ends_with_an_immediate_ack(tls_files, nursery):
-    """The client's request behind its Finished is not held 40 ms by Nagle waiting for a delayed ACK."""
-    from trionet.tls import handshake
-
-    cert, key, ca_file = tls_files
-    client_end, server_end = trio.testing.memory_stream_pair()
-    server_end.socket = _RecordingSocket()  # what a SocketStream has; recorded instead of set
-    client = trio.SSLStream(client_end, client_context(ca_file), server_hostname="localhost")
-    nursery.start_soon(client.do_handshake)
-    tls = await handshake(server_end, server_context(cert, key), timeout=5)
-    quickack = getattr(socket, "TCP_QUICKACK", None)  # Linux's; elsewhere nothing is set
-    assert server_end.socket.options == ([(socket.IPPROTO_TCP, quickack, 1)] if quickack else [])
-    await trio.aclose_forcefully(tls)
-    await trio.aclose_forcefully(client)
-
-
 @pytest.mark.parametrize("key_type", ["RSA", "ECDSA"])
 def test_server_end_point_is_the_certificate_hash_scramp_and_libpq_compute(tmp_path, key_type):
     import trustme
@@ -122,3 +106,20 @@ def test_server_end_point_is_the_certificate_hash_scramp_and_libpq_compute(tmp_p
     (tmp_path / "junk.pem").write_text("-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n")
     assert server_end_point(str(tmp_path / "junk.pem")) is None
     assert server_end_point(str(tmp_path / "missing.pem")) is None
+
+
+async def test_the_handshake_ends_with_an_immediate_ack(tls_files, nursery):
+    """The client's request behind its Finished is not held 40 ms by Nagle waiting for a delayed ACK."""
+    from trionet.tls import handshake
+
+    cert, key, ca_file = tls_files
+    client_end, server_end = trio.testing.memory_stream_pair()
+    server_end.socket = _RecordingSocket()  # what a SocketStream has; recorded instead of set
+    client = trio.SSLStream(client_end, client_context(ca_file), server_hostname="localhost")
+    nursery.start_soon(client.do_handshake)
+    tls = await handshake(server_end, server_context(cert, key), timeout=5)
+    quickack = getattr(socket, "TCP_QUICKACK", None)  # Linux's; elsewhere nothing is set
+    assert server_end.socket.options == ([(socket.IPPROTO_TCP, quickack, 1)] if quickack else [])
+    await trio.aclose_forcefully(tls)
+    await trio.aclose_forcefully(client)
+
