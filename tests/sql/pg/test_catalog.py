@@ -321,3 +321,23 @@ def test_every_constraint_sqlite_keeps_is_listed_once(table):
     assert len(set(conames)) == len(conames)  # unique names, as PostgreSQL's
     for name, kind in names:  # a written name is kept (a UNIQUE's may be merged away with its twin)
         assert conames.count(name) == 1 or (kind == "unique" and conames.count(name) == 0)
+
+
+def test_long_default_names_are_cut_to_63_bytes_as_postgresql_cuts_them(tmp_path):
+    table, column = "parent_" + "x" * 56, "é" + "y" * 40
+    db = tmp_path / "long.sqlite"
+    setup = sqlite3.connect(db)
+    setup.execute(
+        f'create table {table} (id int primary key, "{column}" int unique, z int,'
+        f' check (z > "{column}"), check (z > 0), check (z > 1))'
+    )
+    setup.close()
+    _, _, rows = run(db, "SELECT conname FROM pg_catalog.pg_constraint ORDER BY 1")
+    # What PostgreSQL 15 names the same constraints (the longer part shortened first, never inside a character).
+    assert [r[0] for r in rows] == [
+        "parent_xxxxxxxxxxxxxxxxxxxxxx_éyyyyyyyyyyyyyyyyyyyyyyyyyyy_key",
+        "parent_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx_z_check1",
+        "parent_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx_z_check",
+        "parent_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx_check",
+        "parent_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx_pkey",
+    ]

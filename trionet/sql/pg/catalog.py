@@ -655,7 +655,7 @@ def _primary_key_name(table: str, sql: str | None) -> str:
     """``CONSTRAINT name PRIMARY KEY`` of a table's SQL, unquoted, else PostgreSQL's default ``TABLE_pkey``."""
     match = _PK_NAME.search(sql or "")
     if not match:
-        return f"{table}_pkey"
+        return _object_name(table, "", "pkey")
     name = match.group(1)
     if name[0] in "\"[`":
         name = name[1:-1].replace('""', '"') if name[0] == '"' else name[1:-1]
@@ -687,6 +687,23 @@ def _idents(names) -> str:
     return ", ".join(_ident(n) for n in names)
 
 
+_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+def _object_name(table: str, columns: str, label: str) -> str:
+    """PostgreSQL's ``makeObjectName``: ``table_columns_label`` in 63 bytes, the longer part shortened first."""
+    first, second = table.encode(), columns.encode()
+    room = _NAME_BYTES - len(label.encode()) - 1 - (1 if columns else 0)
+    keep1, keep2 = len(first), len(second)
+    while keep1 + keep2 > room and keep1 + keep2 > 0:
+        if keep1 > keep2:
+            keep1 -= 1
+        else:
+            keep2 -= 1
+    parts = [first[:keep1].decode("utf-8", "ignore"), second[:keep2].decode("utf-8", "ignore") if columns else None, label]
+    return "_".join(p for p in parts if p is not None)
+
+
 class _Names:
     """Constraint names as PostgreSQL chooses them: the one written, else ``TABLE_COLUMNS_LABEL``, numbered if taken.
 
@@ -705,12 +722,12 @@ class _Names:
                 self.constraints.add(_primary_key_name(name, sql).lower())
 
     def choose(self, table: str, columns, label: str) -> str:
-        base = "_".join([table, *columns])
+        joined = "_".join(columns)
         taken = self.constraints | self.relations if label == "key" else self.constraints
-        name, number = f"{base}_{label}", 0
+        name, number = _object_name(table, joined, label), 0
         while name.lower() in taken:
             number += 1
-            name = f"{base}_{label}{number}"
+            name = _object_name(table, joined, f"{label}{number}")
         self.constraints.add(name.lower())
         if label == "key":
             self.relations.add(name.lower())
