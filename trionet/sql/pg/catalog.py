@@ -1,4 +1,4 @@
-"""Enough of PostgreSQL's ``pg_catalog`` for psql's ``\\dt``, ``\\d+ table``, ``\\l``, ``\\df``, built from SQLite's schema.
+"""Enough of PostgreSQL's ``pg_catalog`` for psql's ``\\dt``, ``\\d+ table``, ``\\l``, ``\\df``, ``\\du`` and SQLAlchemy's reflection, built from SQLite's schema.
 
 A statement that names ``pg_catalog`` is not run on the database: it is
 rewritten (``pg_catalog.`` prefixes, ``~`` regex operators, ``::`` casts
