@@ -122,4 +122,3 @@ async def test_the_handshake_ends_with_an_immediate_ack(tls_files, nursery):
     assert server_end.socket.options == ([(socket.IPPROTO_TCP, quickack, 1)] if quickack else [])
     await trio.aclose_forcefully(tls)
     await trio.aclose_forcefully(client)
-
