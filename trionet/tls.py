@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import os
 import socket
 import ssl
@@ -34,6 +35,7 @@ __all__ = [
     "client_tls_options",
     "handshake",
     "server_context",
+    "server_end_point",
     "server_tls_options",
 ]
 
@@ -81,6 +83,83 @@ def server_context(cert: str, key: str, *, alpn: list[str] | None = None) -> ssl
     if alpn:
         context.set_alpn_protocols(alpn)
     return context
+
+
+# A certificate's signatureAlgorithm -> the hash of its tls-server-end-point
+# channel binding (RFC 5929 4.1: the signature's hash, SHA-256 for MD5 and SHA-1).
+_END_POINT_HASHES = {
+    "1.2.840.113549.1.1.4": "sha256",  # md5WithRSAEncryption
+    "1.2.840.113549.1.1.5": "sha256",  # sha1WithRSAEncryption
+    "1.2.840.113549.1.1.11": "sha256",
+    "1.2.840.113549.1.1.12": "sha384",
+    "1.2.840.113549.1.1.13": "sha512",
+    "1.2.840.113549.1.1.14": "sha224",
+    "1.2.840.10045.4.1": "sha256",  # ecdsa-with-SHA1
+    "1.2.840.10045.4.3.1": "sha224",
+    "1.2.840.10045.4.3.2": "sha256",
+    "1.2.840.10045.4.3.3": "sha384",
+    "1.2.840.10045.4.3.4": "sha512",
+}
+_PEM_CERTIFICATE = ("-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----")
+
+
+def server_end_point(cert: str) -> bytes | None:
+    """The ``tls-server-end-point`` channel binding (RFC 5929) of the first certificate in the PEM file ``cert``.
+
+    That is the hash of the certificate (DER), by the hash of its signature
+    algorithm, as PostgreSQL's SCRAM-SHA-256-PLUS and libpq compute it: a
+    client that compares it with the certificate it was shown knows that no
+    one relays the TLS session in the middle.
+
+    Returns:
+        None when the file holds no readable certificate, or its signature
+        algorithm has no single hash (Ed25519, RSA-PSS): channel binding is
+        then not offered, as PostgreSQL does not.
+    """
+    try:
+        with open(cert, encoding="ascii", errors="replace") as f:
+            text = f.read(1 << 20)
+        begin = text.index(_PEM_CERTIFICATE[0])
+        end = text.index(_PEM_CERTIFICATE[1], begin) + len(_PEM_CERTIFICATE[1])
+        der = ssl.PEM_cert_to_DER_cert(text[begin:end])
+        algorithm = _signature_algorithm(der)
+    except (OSError, ValueError, IndexError):
+        return None
+    name = _END_POINT_HASHES.get(algorithm)
+    return hashlib.new(name, der).digest() if name else None
+
+
+def _signature_algorithm(der: bytes) -> str:
+    """The dotted OID of a DER certificate's signatureAlgorithm (Certificate ::= SEQUENCE {tbs, algorithm, value})."""
+    _, start, _ = _der_item(der, 0, 0x30)
+    _, _, tbs_end = _der_item(der, start, 0x30)
+    _, algorithm, _ = _der_item(der, tbs_end, 0x30)
+    _, oid_start, oid_end = _der_item(der, algorithm, 0x06)
+    body = der[oid_start:oid_end]
+    if not body:
+        raise ValueError("empty OID")
+    parts, value = [body[0] // 40, body[0] % 40], 0
+    for byte in body[1:]:
+        value = value << 7 | byte & 0x7F
+        if not byte & 0x80:
+            parts.append(value)
+            value = 0
+    return ".".join(map(str, parts))
+
+
+def _der_item(der: bytes, i: int, tag: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER item at ``i``, which must have ``tag``."""
+    if der[i] != tag:
+        raise ValueError(f"expected DER tag {tag:#x} at {i}")
+    length, i = der[i + 1], i + 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4:
+            raise ValueError("unsupported DER length")
+        length, i = int.from_bytes(der[i : i + count], "big"), i + count
+    if i + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, i, i + length
 
 
 def client_context(ca: str | None = None, *, alpn: list[str] | None = None) -> ssl.SSLContext:

@@ -90,6 +90,24 @@ class _RecordingSocket:
         self.options.append((level, option, value))
 
 
+@pytest.mark.parametrize("key_type", ["RSA", "ECDSA"])
+def test_server_end_point_is_the_certificate_hash_scramp_and_libpq_compute(tmp_path, key_type):
+    import trustme
+    from scramp.core import CBindData
+
+    from trionet.tls import server_end_point
+
+    kind = getattr(trustme.KeyType, key_type)
+    cert = trustme.CA(key_type=kind).issue_cert("127.0.0.1", key_type=kind)
+    path = tmp_path / "cert.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(path))  # the key first, then the chain: the first CERTIFICATE counts
+    der = ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
+    assert server_end_point(str(path)) == CBindData.from_der(der).data
+    (tmp_path / "junk.pem").write_text("-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n")
+    assert server_end_point(str(tmp_path / "junk.pem")) is None
+    assert server_end_point(str(tmp_path / "missing.pem")) is None
+
+
 async def test_the_handshake_ends_with_an_immediate_ack(tls_files, nursery):
     """The client's request behind its Finished is not held 40 ms by Nagle waiting for a delayed ACK."""
     from trionet.tls import handshake

@@ -12,6 +12,8 @@ from trionet.sql.auth import (
     AuthConfig,
     AuthFailed,
     ClientLogin,
+    MECHANISM,
+    MECHANISM_PLUS,
     HelloLogin,
     ScramClientExchange,
     ScramExchange,
@@ -189,6 +191,50 @@ def test_an_exchange_cannot_be_replayed(users):
     other.first(ScramClientExchange("bob", "hunter2").first())
     with pytest.raises(AuthFailed):  # a proof for another nonce
         other.final(final)
+
+
+END_POINT = bytes(range(32))  # a certificate's tls-server-end-point hash
+
+
+def bound_login(users, *, offered, client_binding, server_mechanism, server_binding=END_POINT):
+    """A whole exchange with channel binding: scramp's client (as pg8000 uses it) against ScramExchange."""
+    binding = ("tls-server-end-point", client_binding) if client_binding else None
+    client = scramp.ScramClient(offered, "bob", "hunter2", channel_binding=binding)
+    server = ScramExchange(users, SECRET, "bob", mechanism=server_mechanism, channel_binding=server_binding)
+    client.set_server_first(server.first(client.get_client_first()))
+    client.set_server_final(server.final(client.get_client_final()))
+    return server
+
+
+def test_scram_sha_256_plus_binds_the_server_certificate(users):
+    both = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+    server = bound_login(users, offered=both, client_binding=END_POINT, server_mechanism=MECHANISM_PLUS)
+    assert (server.user, server.mechanism) == ("bob", "SCRAM-SHA-256-PLUS")
+    # A relay in the middle shows the client its own certificate: the hashes differ, the login fails.
+    with pytest.raises(AuthFailed) as relayed:
+        bound_login(users, offered=both, client_binding=b"\xff" * 32, server_mechanism=MECHANISM_PLUS)
+    assert "channel bindings don't match" in relayed.value.reason
+
+
+def test_channel_binding_negotiation_follows_postgresql(users):
+    # Over TLS, a client that does not bind ("n") may use plain SCRAM-SHA-256 (libpq's channel_binding=disable).
+    assert bound_login(users, offered=["SCRAM-SHA-256"], client_binding=None, server_mechanism=MECHANISM).user == "bob"
+    # "y": the client could bind but believes the server cannot: someone removed the -PLUS offer.
+    with pytest.raises(AuthFailed, match="doesn't think the server supports channel binding"):
+        bound_login(users, offered=["SCRAM-SHA-256"], client_binding=END_POINT, server_mechanism=MECHANISM)
+    # Without TLS (no binding on the server), "y" is the honest answer and logs in.
+    assert bound_login(
+        users, offered=["SCRAM-SHA-256"], client_binding=END_POINT, server_mechanism=MECHANISM, server_binding=None
+    ).user == "bob"
+    # Binding data under the plain mechanism's name, or -PLUS without binding: refused.
+    client = scramp.ScramClient(["SCRAM-SHA-256-PLUS"], "bob", "hunter2", channel_binding=("tls-server-end-point", END_POINT))
+    with pytest.raises(AuthFailed, match="binds a channel"):
+        ScramExchange(users, SECRET, "bob", channel_binding=END_POINT).first(client.get_client_first())
+    plus = ScramExchange(users, SECRET, "bob", mechanism=MECHANISM_PLUS, channel_binding=END_POINT)
+    with pytest.raises(AuthFailed):
+        plus.first(ScramClientExchange("bob", "hunter2").first())
+    with pytest.raises(ValueError):
+        ScramExchange(users, SECRET, "bob", mechanism=MECHANISM_PLUS)  # -PLUS needs the certificate's hash
 
 
 @given(st.text(max_size=200), st.text(max_size=200))

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_AUTH_FAILURE_DELAY",
     "DEFAULT_AUTH_TIMEOUT",
     "MECHANISM",
+    "MECHANISM_PLUS",
     "AuthFailed",
     "ClientLogin",
     "HelloLogin",
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 MECHANISM = "SCRAM-SHA-256"
+MECHANISM_PLUS = "SCRAM-SHA-256-PLUS"
+"""SCRAM-SHA-256 with channel binding (``tls-server-end-point``): offered on the PostgreSQL port over TLS."""
+_CHANNEL_BINDING = "tls-server-end-point"
 DEFAULT_ITERATIONS = 4096
 """PBKDF2 rounds of a verifier made here: PostgreSQL's default ``scram_iterations``."""
 DEFAULT_AUTH_FAILURE_DELAY = 1.0
@@ -259,18 +263,43 @@ class ScramExchange:
         user: the name the client already gave (PostgreSQL's StartupMessage,
             whose name wins over the SCRAM message's, usually empty); None
             takes the name from the SCRAM message (the NDJSON port).
+        mechanism: the one the client selected: :data:`MECHANISM`, or
+            :data:`MECHANISM_PLUS` when ``channel_binding`` is given.
+        channel_binding: the server certificate's ``tls-server-end-point``
+            data (:func:`trionet.tls.server_end_point`) when the connection
+            is TLS and the server offered :data:`MECHANISM_PLUS`; None otherwise.
 
-    Error handling: malformed messages, an unknown user and a wrong proof all
-    raise :class:`AuthFailed`; nothing else escapes.
+    With ``channel_binding``, the rules of RFC 5802 and PostgreSQL hold:
+    :data:`MECHANISM_PLUS` must bind to ``tls-server-end-point`` with this
+    data (the proof covers it, so a relay in the middle, whose certificate
+    differs, fails); :data:`MECHANISM` must say ``n`` (the client does not
+    bind), since ``y`` (the client thinks the server cannot) means someone
+    removed the ``-PLUS`` offer, and ``p`` belongs to the other mechanism.
+
+    Error handling: malformed messages, a channel binding that does not
+    match, an unknown user and a wrong proof all raise :class:`AuthFailed`;
+    nothing else escapes.
     """
 
-    def __init__(self, users: Mapping[str, Verifier], secret: bytes, user: str | None = None) -> None:
+    def __init__(
+        self,
+        users: Mapping[str, Verifier],
+        secret: bytes,
+        user: str | None = None,
+        *,
+        mechanism: str = MECHANISM,
+        channel_binding: bytes | None = None,
+    ) -> None:
+        if mechanism not in (MECHANISM, MECHANISM_PLUS) or (mechanism == MECHANISM_PLUS and not channel_binding):
+            raise ValueError(f"cannot run {mechanism} {'with' if channel_binding else 'without'} channel binding")
         self.user = user or ""
+        self.mechanism = mechanism
         self._users = users
         self._secret = secret
         self._given_name = user
         self._known = False
-        self._server = scramp.ScramMechanism(MECHANISM).make_server(self._lookup)
+        binding = (_CHANNEL_BINDING, channel_binding) if channel_binding else None
+        self._server = scramp.ScramMechanism(mechanism).make_server(self._lookup, channel_binding=binding)
         self._done = False
 
     def _lookup(self, scram_name: str):
@@ -293,6 +322,10 @@ class ScramExchange:
         """
         if self._done:
             raise AuthFailed(self.user, "the exchange is over")
+        if self.mechanism == MECHANISM and client_first.startswith("p="):
+            # scramp would quietly switch to -PLUS; PostgreSQL refuses the mix.
+            self._done = True
+            raise AuthFailed(self.user, f"malformed SCRAM message: {MECHANISM} selected, but the client binds a channel")
         given_bare = None
         if self._given_name is not None:
             # libpq and most PostgreSQL drivers send an empty name ("n=,"): the

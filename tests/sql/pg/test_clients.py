@@ -265,6 +265,51 @@ async def test_sqlalchemy_reflects_multi_column_primary_keys_with_their_names(st
     assert indexes == [("pair_cb", ["c", "b"])]  # the key of many columns, not the primary key's
 
 
+async def test_sqlalchemy_reflects_foreign_keys_unique_and_check_constraints(start_pg, tmp_path):
+    db = tmp_path / "fk.sqlite"
+    setup = sqlite3.connect(db)
+    setup.executescript(
+        "create table parent (id integer primary key, code text unique, a integer, b integer, constraint parent_ab unique (a, b));"
+        "create table child (id integer primary key, parent_id integer references parent(id) on delete cascade,"
+        " a integer, b integer, qty integer check (qty > 0),"
+        " constraint child_ab_fkey foreign key (a, b) references parent (a, b), constraint positive check (a >= 0 and b >= 0));"
+    )
+    setup.close()
+    _, (host, port) = await start_pg(db=db)
+
+    def go():
+        engine = sa.create_engine(f"postgresql+psycopg://analyst@{host}:{port}/quakes", poolclass=sa.pool.NullPool)
+        try:
+            inspector = sa.inspect(engine)
+            fks = inspector.get_foreign_keys("child")
+            uniques = [(u["name"], u["column_names"]) for u in inspector.get_unique_constraints("parent")]
+            checks = [(c["name"], c["sqltext"]) for c in inspector.get_check_constraints("child")]
+            metadata = sa.MetaData()
+            child = sa.Table("child", metadata, autoload_with=engine)
+            reflected = sorted(
+                (fk.constraint.name, fk.parent.name, fk.target_fullname, fk.ondelete) for fk in child.foreign_keys
+            )
+            return fks, uniques, checks, reflected, sorted(metadata.tables)
+        finally:
+            engine.dispose()
+
+    fks, uniques, checks, reflected, tables = await trio.to_thread.run_sync(go)
+    assert fks == [
+        {"name": "child_ab_fkey", "constrained_columns": ["a", "b"], "referred_schema": None, "referred_table": "parent",
+         "referred_columns": ["a", "b"], "options": {}, "comment": None},
+        {"name": "child_parent_id_fkey", "constrained_columns": ["parent_id"], "referred_schema": None,
+         "referred_table": "parent", "referred_columns": ["id"], "options": {"ondelete": "CASCADE"}, "comment": None},
+    ]  # fmt: skip
+    assert uniques == [("parent_ab", ["a", "b"]), ("parent_code_key", ["code"])]  # not sqlite_autoindex_parent_N
+    assert checks == [("child_qty_check", "qty > 0"), ("positive", "a >= 0 and b >= 0")]
+    assert reflected == [
+        ("child_ab_fkey", "a", "parent.a", None),
+        ("child_ab_fkey", "b", "parent.b", None),
+        ("child_parent_id_fkey", "parent_id", "parent.id", "CASCADE"),
+    ]
+    assert tables == ["child", "parent"]  # autoload_with followed the keys to the parent table
+
+
 async def test_sqlalchemy_orm_writes(start_pg, typed_db):
     from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 

@@ -254,6 +254,40 @@ async def test_psql_verify_full_with_pgpassword(start, tls_config, tls_files):
 
 
 @pytest.mark.requires_tool("psql", "postgresql-client")
+async def test_psql_du_lists_the_users_of_the_users_file(start):
+    _, (host, port) = await start()
+    result = await psql(f"host={host} port={port} dbname=quakes user=bob", "-c", "\\du", "-c", "\\du a*", password="hunter2")
+    assert result.returncode == 0, result.stderr.decode()
+    # Every user logs in and has no other attribute (none is a superuser: is_superuser is off).
+    assert result.stdout.decode().splitlines() == ["alice||{}", "bob||{}", "alice||{}"]
+
+
+@pytest.mark.requires_tool("psql", "postgresql-client")
+async def test_psql_channel_binding_require_over_tls_uses_scram_sha_256_plus(start, tls_config, tls_files, sql_log):
+    _, (host, port) = await start(tls=tls_config)
+    base = f"host={host} port={port} dbname=quakes user=alice sslmode=verify-full sslrootcert={tls_files[2]}"
+    for binding in ("require", "disable"):
+        result = await psql(f"{base} channel_binding={binding}", "-c", "select 1", password="s3cret pass")
+        assert result.returncode == 0, result.stderr.decode()
+    logins = [line.rsplit(" ", 1)[-1] for line in sql_log if "authenticated as 'alice'" in line]
+    assert logins == ["(SCRAM-SHA-256-PLUS)", "(SCRAM-SHA-256)"]  # the server offers both over TLS
+
+
+@pytest.mark.requires_tool("psql", "postgresql-client")
+async def test_psql_channel_binding_require_fails_clearly_without_tls(start, tls_config):
+    _, (host, port) = await start()  # --users, no TLS: only SCRAM-SHA-256 is offered
+    result = await psql(f"host={host} port={port} dbname=quakes user=alice channel_binding=require", "-c", "select 1", password="s3cret pass")
+    assert result.returncode == 2
+    assert "channel binding required, but SSL not in use" in result.stderr.decode()
+    _, (host, port) = await start(tls=tls_config, auth=False)  # TLS, but the server trusts: nothing to bind
+    result = await psql(
+        f"host={host} port={port} dbname=quakes user=alice sslmode=require channel_binding=require", "-c", "select 1"
+    )
+    assert result.returncode == 2
+    assert "channel binding required, but server authenticated client without channel binding" in result.stderr.decode()
+
+
+@pytest.mark.requires_tool("psql", "postgresql-client")
 async def test_psql_wrong_password_and_unknown_user_read_alike(start, tls_config, tls_files):
     _, (host, port) = await start(tls=tls_config)
     for user, password in (("alice", "guess"), ("mallory", "guess")):
@@ -293,6 +327,27 @@ async def test_psycopg_over_tls_with_scram(start, tls_config, tls_files, sslmode
             return row, conn.info.pgconn.ssl_in_use, conn.info.user
 
     assert await run(go) == ((3.1,), True, "alice")
+
+
+@pytest.mark.requires_module("psycopg")
+async def test_psycopg_channel_binding_require(start, tls_config, tls_files, sql_log):
+    _, tls_address = await start(tls=tls_config)
+    _, plain_address = await start()
+
+    def go():
+        with psycopg.connect(dsn(tls_address, user="bob", password="hunter2", sslmode="verify-full",
+                                 sslrootcert=tls_files[2], channel_binding="require")) as conn:
+            row = conn.execute("select count(*) from quakes").fetchone()
+        try:
+            psycopg.connect(dsn(plain_address, user="bob", password="hunter2", channel_binding="require"))
+        except psycopg.OperationalError as exc:
+            return row, str(exc)
+        return row, None
+
+    row, refused = await run(go)
+    assert row == (2000,)
+    assert any("authenticated as 'bob' (SCRAM-SHA-256-PLUS)" in line for line in sql_log)
+    assert refused is not None and "channel binding required, but SSL not in use" in refused
 
 
 @pytest.mark.requires_module("psycopg")

@@ -113,7 +113,7 @@ async def test_backslash_d_describes_a_table(start_pg):
         "Indexes:",
         '    "quakes_pkey" PRIMARY KEY, btree (id)',
         '    "quakes_mag" btree (mag)',
-        '    "quakes_time" btree (time)',
+        '    "quakes_time" btree ("time")',  # quoted, as PostgreSQL quotes a keyword
     ]
 
 
@@ -164,8 +164,50 @@ async def test_backslash_d_plus_describes_storage_keys_and_access_method(start_p
         "v|bytea||||extended|||",
         "Indexes:",
         '    "n_pkey" PRIMARY KEY, btree (id)',  # the rowid: SQLite keeps no index, PostgreSQL would show one
-        '    "sqlite_autoindex_n_1" UNIQUE CONSTRAINT, btree (v)',
+        '    "n_v_key" UNIQUE CONSTRAINT, btree (v)',  # PostgreSQL's name, not sqlite_autoindex_n_1
         "Access method: heap",
+    ]
+
+
+KEYS_SCHEMA = (
+    "create table parent (id integer primary key, code text unique, a integer, b integer, constraint parent_ab unique (a, b));"
+    "create table child (id integer primary key, parent_id integer references parent(id) on delete cascade,"
+    " a integer, b integer, qty integer check (qty > 0),"
+    " constraint child_ab_fkey foreign key (a, b) references parent (a, b), constraint positive check (a >= 0 and b >= 0));"
+)
+
+
+async def test_backslash_d_shows_checks_foreign_keys_and_referenced_by(start_pg, tmp_path):
+    db = tmp_path / "fk.sqlite"
+    setup = sqlite3.connect(db)
+    setup.executescript(KEYS_SCHEMA)
+    setup.close()
+    _, address = await start_pg(db=db)
+    result = await psql(address, "-A", "-c", "\\d child", "-c", "\\d parent")
+    lines = result.stdout.decode().splitlines()
+    # What PostgreSQL 15 prints for the same schema, but for SQLite's types and its CHECK text as written.
+    assert lines[lines.index("Indexes:") :] == [
+        "Indexes:",
+        '    "child_pkey" PRIMARY KEY, btree (id)',
+        "Check constraints:",
+        '    "child_qty_check" CHECK (qty > 0)',
+        '    "positive" CHECK (a >= 0 and b >= 0)',
+        "Foreign-key constraints:",
+        '    "child_ab_fkey" FOREIGN KEY (a, b) REFERENCES parent(a, b)',
+        '    "child_parent_id_fkey" FOREIGN KEY (parent_id) REFERENCES parent(id) ON DELETE CASCADE',
+        'Table "main.parent"',
+        "Column|Type|Collation|Nullable|Default",
+        "id|bigint|||",
+        "code|text|||",
+        "a|bigint|||",
+        "b|bigint|||",
+        "Indexes:",
+        '    "parent_pkey" PRIMARY KEY, btree (id)',
+        '    "parent_ab" UNIQUE CONSTRAINT, btree (a, b)',
+        '    "parent_code_key" UNIQUE CONSTRAINT, btree (code)',
+        "Referenced by:",
+        '    TABLE "child" CONSTRAINT "child_ab_fkey" FOREIGN KEY (a, b) REFERENCES parent(a, b)',
+        '    TABLE "child" CONSTRAINT "child_parent_id_fkey" FOREIGN KEY (parent_id) REFERENCES parent(id) ON DELETE CASCADE',
     ]
 
 
@@ -180,4 +222,20 @@ async def test_backslash_l_lists_the_one_database_and_df_no_functions(start_pg):
         "List of functions",
         "Schema|Name|Result data type|Argument data types|Type",
         "(0 rows)",
+    ]
+
+
+async def test_backslash_du_lists_the_startup_user_and_df_plus_no_functions(start_pg):
+    _, address = await start_pg()
+    result = await psql(address, "-A", "-c", "\\du", "-c", "\\df+", "-c", "\\du nobody")
+    assert result.stdout.decode().splitlines() == [
+        "List of roles",
+        "Role name|Attributes|Member of",
+        "analyst||{}",  # the server trusts its clients: the one role is whoever connected
+        "List of functions",
+        "Schema|Name|Result data type|Argument data types|Type|Volatility|Parallel|Owner|Security|Access privileges"
+        "|Language|Source code|Description",
+        "(0 rows)",
+        "List of roles",
+        "Role name|Attributes|Member of",
     ]

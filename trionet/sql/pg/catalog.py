@@ -1,4 +1,4 @@
-"""Enough of PostgreSQL's ``pg_catalog`` for psql's ``\\dt``, ``\\d+ table``, ``\\l``, ``\\df``, built from SQLite's schema.
+"""Enough of PostgreSQL's ``pg_catalog`` for psql's ``\\dt``, ``\\d+ table``, ``\\l``, ``\\df``, ``\\du`` and SQLAlchemy's reflection, built from SQLite's schema.
 
 A statement that names ``pg_catalog`` is not run on the database: it is
 rewritten (``pg_catalog.`` prefixes, ``~`` regex operators, ``::`` casts
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from trionet.sql import sandbox
 from trionet.sql.engine import Session, SqlError
-from trionet.sql.pg import types
+from trionet.sql.pg import ddl, types
 from trionet.sql.pg.describe import declared_types, infer_params, null_params, view_columns
 from trionet.sql.pg.statements import split
 
@@ -35,6 +35,9 @@ __all__ = ["describe", "rewrite", "run"]
 
 _FIRST_REWRITES = (
     (re.compile(r"\bpg_catalog\s*\.\s*", re.IGNORECASE), ""),
+    # x::regclass of a column is its relation's name (psql's "Referenced by:
+    # TABLE ..."); a literal's ('16384'::regclass) stays the OID it names.
+    (re.compile(r"(?<![\w.'\"])((?:[A-Za-z_]\w*\.)?[A-Za-z_]\w*)\s*::\s*regclass\b", re.IGNORECASE), r"pg_regclass(\1)"),
     # psql's \d+: a table's options and its TOAST table's, as one string
     # (trionet's tables have neither).
     (
@@ -44,6 +47,15 @@ _FIRST_REWRITES = (
             re.IGNORECASE,
         ),
         "c.reloptions",
+    ),
+    # psql's \d of a table with triggers: partitions' ancestors (there are no
+    # partitions: a relation is its own only ancestor, at depth 1).
+    (
+        re.compile(
+            r"\bpg_partition_ancestors\s*\(([^()]*)\)\s*WITH\s+ORDINALITY\s+AS\s+(\w+)\s*\(\s*(\w+)\s*,\s*(\w+)\s*\)",
+            re.IGNORECASE,
+        ),
+        r"(SELECT \1 AS \3, 1 AS \4) AS \2",
     ),
     # PostgreSQL's escape strings (psql's \l joins with E'\n'): SQLite's plain literal.
     (re.compile(r"\bE'((?:[^'\\]|\\.|'')*)'"), lambda m: _escape_string(m.group(1))),
@@ -56,6 +68,8 @@ _REWRITES = (
     (re.compile(r"~\*?"), " REGEXP "),
     (re.compile(r"\bCOLLATE\s+\"?default\"?", re.IGNORECASE), ""),
     (re.compile(r"::\s*\"?[A-Za-z_][\w.]*\"?(?:\[\])?"), ""),
+    # psql's \du: the roles a role is a member of, as an array ({} for none).
+    (re.compile(r"\barray\s*\(\s*select\s+b\.rolname\b", re.IGNORECASE), "(select '{' || coalesce(group_concat(b.rolname, ','), '') || '}'"),
     (re.compile(r"\barray\s*\(\s*select\b", re.IGNORECASE), "(select"),
     # pgJDBC's getSchemas(): the first schema of the search path.
     (
@@ -83,6 +97,7 @@ def _escape_string(body: str) -> str:
 
 
 _OID_BASE = 16384  # PostgreSQL's first user OID
+_ROLE_OID_BASE = 1 << 30  # roles other than the client's (which is 10, the bootstrap role's): apart from objects' OIDs
 _MAIN_NAMESPACE = 2200
 _STEP_BUDGET = 200  # progress-handler calls of 1000 VM instructions: 200 000 instructions per statement
 _MAX_REGEX_QUANTIFIERS = 3
@@ -165,7 +180,12 @@ CREATE TABLE pg_partitioned_table (partrelid INTEGER);
 CREATE TABLE pg_tablespace (oid INTEGER PRIMARY KEY, spcname TEXT);
 CREATE TABLE pg_database (oid INTEGER PRIMARY KEY, datname TEXT, datdba INTEGER, encoding INTEGER,
     datcollate TEXT, datctype TEXT, datacl TEXT, daticulocale TEXT, datlocprovider TEXT, dattablespace INTEGER);
-CREATE TABLE pg_roles (oid INTEGER PRIMARY KEY, rolname TEXT);
+CREATE TABLE pg_roles (oid INTEGER PRIMARY KEY, rolname TEXT, rolsuper BOOLEAN, rolinherit BOOLEAN,
+    rolcreaterole BOOLEAN, rolcreatedb BOOLEAN, rolcanlogin BOOLEAN, rolreplication BOOLEAN, rolconnlimit INTEGER,
+    rolpassword TEXT, rolvaliduntil TEXT, rolbypassrls BOOLEAN, rolconfig TEXT);
+CREATE TABLE pg_auth_members (roleid INTEGER, member INTEGER, grantor INTEGER, admin_option BOOLEAN);
+CREATE TABLE pg_language (oid INTEGER PRIMARY KEY, lanname TEXT, lanowner INTEGER, lanispl BOOLEAN,
+    lanpltrusted BOOLEAN, lanplcallfoid INTEGER, laninline INTEGER, lanvalidator INTEGER, lanacl TEXT);
 CREATE TABLE pg_sequence (seqrelid INTEGER, seqtypid INTEGER, seqstart INTEGER, seqincrement INTEGER,
     seqmax INTEGER, seqmin INTEGER, seqcache INTEGER, seqcycle BOOLEAN);
 CREATE TABLE pg_enum (oid INTEGER PRIMARY KEY, enumtypid INTEGER, enumsortorder REAL, enumlabel TEXT);
@@ -495,8 +515,11 @@ _CATALOG_FUNCTIONS = {
     "col_description": (-1, lambda *_: None),
     "shobj_description": (-1, lambda *_: None),
     "pg_get_indexdef": (-1, None),  # set per connection
-    "pg_get_constraintdef": (-1, lambda *_: None),
+    "pg_get_constraintdef": (-1, None),  # set per connection
+    "pg_regclass": (1, None),  # set per connection: an OID's relation name, for x::regclass
+    "pg_partition_ancestors": (1, lambda oid: oid),  # no partitions: a relation is its only ancestor
     "pg_get_statisticsobjdef_columns": (1, lambda _: None),
+    "pg_get_triggerdef": (-1, lambda *_: None),  # pg_trigger has no rows
     "pg_encoding_to_char": (1, lambda _: "UTF8"),
     "array_to_string": (-1, lambda value, *_: value),
     "pg_total_relation_size": (1, lambda _: 0),
@@ -522,6 +545,7 @@ _CATALOG_FUNCTIONS = {
     "pg_get_function_result": (1, lambda _: None),
     "pg_get_function_arguments": (1, lambda _: None),
     "pg_get_function_identity_arguments": (1, lambda _: None),
+    "pg_get_function_sqlbody": (1, lambda _: None),  # psql's \df+
 }
 _ALLOWED = frozenset(_CATALOG_FUNCTIONS) | sandbox.ALLOWED_FUNCTIONS | {"array_agg", "pg_get_viewdef"}
 _READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ})
@@ -535,7 +559,8 @@ def _authorize(action, arg1, arg2, dbname, source):
     return sqlite3.SQLITE_DENY
 
 
-def _schema_of(session: Session) -> tuple[list[tuple], dict[str, list[tuple]], dict[str, list[tuple]]]:
+def _schema_of(session: Session) -> tuple[list[tuple], dict[str, list[tuple]], dict[str, list[tuple]], dict[str, list[tuple]]]:
+    """sqlite_schema's objects, and by name: columns (tables, views), key columns (indexes), foreign keys (tables)."""
     conn = session.connection
     objects = conn.execute(
         "SELECT type, name, tbl_name, sql FROM sqlite_schema"
@@ -543,12 +568,19 @@ def _schema_of(session: Session) -> tuple[list[tuple], dict[str, list[tuple]], d
     ).fetchall()
     columns = {}
     indexes = {}
+    foreign_keys = {}
     for kind, name, _tbl, _sql in objects:
         if kind in ("table", "view"):
             columns[name] = conn.execute("SELECT cid, name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?)", (name,)).fetchall()
+        if kind == "table":
+            foreign_keys[name] = conn.execute(
+                "SELECT id, \"table\", \"from\", \"to\", on_update, on_delete, match FROM pragma_foreign_key_list(?)"
+                " ORDER BY id, seq",
+                (name,),
+            ).fetchall()
         if kind == "index":
             indexes[name] = conn.execute("SELECT name FROM pragma_index_info(?) ORDER BY seqno", (name,)).fetchall()
-    return objects, columns, indexes
+    return objects, columns, indexes, foreign_keys
 
 
 _INFORMATION_SCHEMA = """
@@ -623,20 +655,191 @@ def _primary_key_name(table: str, sql: str | None) -> str:
     """``CONSTRAINT name PRIMARY KEY`` of a table's SQL, unquoted, else PostgreSQL's default ``TABLE_pkey``."""
     match = _PK_NAME.search(sql or "")
     if not match:
-        return f"{table}_pkey"
+        return _object_name(table, "", "pkey")
     name = match.group(1)
     if name[0] in "\"[`":
         name = name[1:-1].replace('""', '"') if name[0] == '"' else name[1:-1]
     return name
 
 
-def _indexes(objects, columns, indexes, oids: dict[str, int]) -> list[_Index]:
+# PostgreSQL's keywords that quote_ident quotes (all but the unreserved ones).
+_KEYWORDS = frozenset("""
+all analyse analyze and any array as asc asymmetric authorization between bigint binary bit boolean both case cast
+char character check coalesce collate collation column concurrently constraint create cross current_catalog
+current_date current_role current_schema current_time current_timestamp current_user dec decimal default deferrable
+desc distinct do else end except exists extract false fetch float for foreign freeze from full grant greatest group
+grouping having ilike in initially inner inout int integer intersect interval into is isnull join lateral leading
+least left like limit localtime localtimestamp national natural nchar none normalize not notnull null nullif numeric
+offset on only or order out outer overlaps overlay placing position precision primary real references returning
+right row select session_user setof similar smallint some substring symmetric system_user table tablesample then time
+timestamp to trailing treat trim true union unique user using values varchar variadic verbose when where window with
+""".split())
+
+
+def _ident(name: str) -> str:
+    """A name as PostgreSQL's ``quote_ident`` writes it: bare when lower-case and not a keyword, else double-quoted."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name) and name not in _KEYWORDS:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _idents(names) -> str:
+    return ", ".join(_ident(n) for n in names)
+
+
+_NAME_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+def _object_name(table: str, columns: str, label: str) -> str:
+    """PostgreSQL's ``makeObjectName``: ``table_columns_label`` in 63 bytes, the longer part shortened first."""
+    first, second = table.encode(), columns.encode()
+    room = _NAME_BYTES - len(label.encode()) - 1 - (1 if columns else 0)
+    keep1, keep2 = len(first), len(second)
+    while keep1 + keep2 > room and keep1 + keep2 > 0:
+        if keep1 > keep2:
+            keep1 -= 1
+        else:
+            keep2 -= 1
+    parts = [first[:keep1].decode("utf-8", "ignore"), second[:keep2].decode("utf-8", "ignore") if columns else None, label]
+    return "_".join(p for p in parts if p is not None)
+
+
+class _Names:
+    """Constraint names as PostgreSQL chooses them: the one written, else ``TABLE_COLUMNS_LABEL``, numbered if taken.
+
+    As in PostgreSQL, a foreign key's or a CHECK's name must differ from the
+    schema's other constraint names (every ``CONSTRAINT name`` written, and
+    the names chosen so far), a UNIQUE constraint's also from every
+    relation's (its index bears it); compared without case, as SQLite does.
+    """
+
+    def __init__(self, objects) -> None:
+        self.relations = {name.lower() for _kind, name, _tbl, _sql in objects}
+        self.constraints = set()
+        for kind, name, _tbl, sql in objects:
+            if kind == "table":
+                self.constraints.update(c.name.lower() for c in ddl.table_constraints(sql) if c.name)
+                self.constraints.add(_primary_key_name(name, sql).lower())
+
+    def choose(self, table: str, columns, label: str) -> str:
+        joined = "_".join(columns)
+        taken = self.constraints | self.relations if label == "key" else self.constraints
+        name, number = _object_name(table, joined, label), 0
+        while name.lower() in taken:
+            number += 1
+            name = _object_name(table, joined, f"{label}{number}")
+        self.constraints.add(name.lower())
+        if label == "key":
+            self.relations.add(name.lower())
+        return name
+
+    def unique(self, table: str, sql: str | None, key_names) -> str:
+        wanted = [k.lower() for k in key_names]
+        for constraint in ddl.table_constraints(sql):
+            if constraint.kind == "u" and constraint.name and [c.lower() for c in constraint.columns] == wanted:
+                return constraint.name
+        return self.choose(table, key_names, "key")
+
+
+@dataclass(frozen=True)
+class _Constraint:
+    """A foreign key or CHECK constraint's row of pg_constraint, and its ``pg_get_constraintdef`` (pretty, plain)."""
+
+    name: str
+    table: str
+    kind: str  # "f" or "c"
+    keys: list[int]  # conkey
+    definition: tuple[str, str]
+    parent: str | None = None  # "f": confrelid's table, None when it is not in the database
+    parent_keys: list[int] | None = None  # confkey
+    actions: tuple[str, str, str] = ("a", "a", "s")  # confupdtype, confdeltype, confmatchtype
+    deferrable: bool = False
+    deferred: bool = False
+
+
+_ACTIONS = {"NO ACTION": "a", "RESTRICT": "r", "CASCADE": "c", "SET NULL": "n", "SET DEFAULT": "d"}
+_MATCHES = {"FULL": "f", "PARTIAL": "p"}
+
+
+def _foreign_keys(table: str, sql: str | None, rows, columns, names: _Names) -> list[_Constraint]:
+    """A table's foreign keys from ``PRAGMA foreign_key_list`` (rows ordered by id, seq), named from its SQL.
+
+    A key without parent columns (``REFERENCES parent``) refers to the
+    parent's primary key; one whose parent has none, or is not in the
+    database, cannot be shown with its columns and is left out.
+    """
+    tables = {name.lower(): name for name in columns}
+    written = [c for c in ddl.table_constraints(sql) if c.kind == "f"]
+    found, by_id = [], {}
+    for fk_id, parent, source, target, on_update, on_delete, match in rows:
+        by_id.setdefault(fk_id, []).append((parent, source, target, on_update, on_delete, match))
+    for _fk_id, parts in sorted(by_id.items(), reverse=True):  # SQLite numbers them from the last one written
+        parent_written, _, _, on_update, on_delete, match = parts[0]
+        parent = tables.get(str(parent_written).lower())
+        sources = [p[1] for p in parts]
+        targets = [p[2] for p in parts]
+        if any(t is None for t in targets):
+            if parent is None:
+                continue
+            targets = [c[1] for c in sorted(columns[parent], key=lambda c: c[5]) if c[5]]
+            if len(targets) != len(sources):
+                continue
+        same = next(
+            (c for c in written if [x.lower() for x in c.columns] == [x.lower() for x in sources]
+             and str(c.references).lower() == str(parent_written).lower()),
+            None,
+        )  # fmt: skip
+        if same is not None:
+            written.remove(same)
+        name = same.name if same is not None and same.name else names.choose(table, sources, "fkey")
+        text = f"FOREIGN KEY ({_idents(sources)}) REFERENCES {_ident(parent or parent_written)}({_idents(targets)})"
+        matching = _MATCHES.get(str(match).upper())
+        if matching:
+            text += f" MATCH {str(match).upper()}"
+        for verb, action in (("UPDATE", on_update), ("DELETE", on_delete)):
+            if str(action).upper() in _ACTIONS and str(action).upper() != "NO ACTION":
+                text += f" ON {verb} {str(action).upper()}"
+        deferrable = same is not None and same.deferrable
+        deferred = same is not None and same.deferred
+        text += " DEFERRABLE" * deferrable + " INITIALLY DEFERRED" * deferred
+        own = {c[1].lower(): c[0] + 1 for c in columns[table]}
+        theirs = {c[1].lower(): c[0] + 1 for c in columns.get(parent, [])}
+        found.append(_Constraint(
+            name, table, "f", [own.get(s.lower(), 0) for s in sources], (text, text), parent,
+            [theirs.get(str(t).lower(), 0) for t in targets],
+            (_ACTIONS.get(str(on_update).upper(), "a"), _ACTIONS.get(str(on_delete).upper(), "a"), matching or "s"),
+            deferrable, deferred,
+        ))  # fmt: skip
+    return found
+
+
+def _checks(table: str, sql: str | None, columns, names: _Names) -> list[_Constraint]:
+    """A table's CHECK constraints, as its SQL wrote them; unnamed ones named as PostgreSQL would.
+
+    PostgreSQL names a CHECK after the one column its expression reads
+    (``TABLE_COLUMN_check``), or ``TABLE_check`` when it reads several.
+    """
+    own = {c[1].lower(): (c[1], c[0] + 1) for c in columns[table]}
+    found = []
+    for constraint in ddl.table_constraints(sql):
+        if constraint.kind != "c":
+            continue
+        read = sorted((own[n] for n in ddl.identifiers(constraint.text or "") if n in own), key=lambda c: c[1])
+        name = constraint.name or names.choose(table, [read[0][0]] if len(read) == 1 else [], "check")
+        text = constraint.text or ""
+        found.append(_Constraint(name, table, "c", [c[1] for c in read], (f"CHECK ({text})", f"CHECK (({text}))")))
+    return found
+
+
+def _indexes(objects, columns, indexes, oids: dict[str, int], names: _Names) -> list[_Index]:
     """Every index as pg_index shows it, with one for each primary key SQLite keeps without an index.
 
     SQLite makes an index (``sqlite_autoindex_*``, no SQL) for a PRIMARY KEY
     or UNIQUE constraint, except for an INTEGER PRIMARY KEY (the rowid
     itself) and a WITHOUT ROWID table's key (the table is its index): for
     those the primary key's index is made up here, as PostgreSQL has one.
+    A UNIQUE constraint's index is named as PostgreSQL names both: its
+    ``CONSTRAINT name``, else ``TABLE_COLUMNS_key``.
     """
     table_sql = {name: sql for kind, name, _tbl, sql in objects if kind == "table"}
     primary_keys = {
@@ -653,8 +856,14 @@ def _indexes(objects, columns, indexes, oids: dict[str, int]) -> list[_Index]:
         unique = auto or sql.lstrip().upper().startswith("CREATE UNIQUE")
         if primary:
             indexed.add(tbl)
+        if primary:
+            shown = _primary_key_name(tbl, table_sql.get(tbl))
+        elif auto:
+            shown = names.unique(tbl, table_sql.get(tbl), key_names)
+        else:
+            shown = name
         found.append(_Index(
-            oids[name], _primary_key_name(tbl, table_sql.get(tbl)) if primary else name, tbl, key_names,
+            oids[name], shown, tbl, key_names,
             [table_columns.get(k, 0) for k in key_names], primary, unique, "p" if primary else "u" if auto else None,
         ))  # fmt: skip
     next_oid = _OID_BASE + 2 * len(oids)  # past the objects' OIDs and their constraints'
@@ -667,6 +876,11 @@ def _indexes(objects, columns, indexes, oids: dict[str, int]) -> list[_Index]:
             ))  # fmt: skip
             next_oid += 1
     return found
+
+
+def _array(items) -> str:
+    """A PostgreSQL array's text (``{1,2}``), as the catalog stores int2[] columns."""
+    return "{" + ",".join(map(str, items)) + "}"
 
 
 def _oid(value) -> int | None:
@@ -683,7 +897,9 @@ def _view_query(sql: str | None) -> str | None:
     return sql[match.end() :].strip() if match else sql
 
 
-def _build(objects, columns, indexes, *, user: str, database: str, version: str) -> sqlite3.Connection:
+def _build(
+    objects, columns, indexes, foreign_keys, *, user: str, database: str, version: str, roles=()
+) -> sqlite3.Connection:
     cat = sqlite3.connect(":memory:", isolation_level=None)
     cat.executescript(_SCHEMA)
     cat.execute("INSERT INTO pg_namespace VALUES (?, 'main', 10), (11, 'pg_catalog', 10), (99, 'pg_toast', 10)", (_MAIN_NAMESPACE,))
@@ -696,7 +912,18 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
     )
     cat.execute("INSERT INTO pg_database VALUES (1, ?, 10, 6, 'C', 'C', NULL, NULL, 'c', 1663)", (database,))
     cat.execute("INSERT INTO pg_tablespace (oid, spcname) VALUES (1663, 'pg_default')")
-    cat.execute("INSERT INTO pg_roles VALUES (10, ?)", (user,))
+    # The roles: the users of --users (or only the client's user, when the
+    # server trusts everyone). Each may log in and has no other attribute:
+    # every user may do what the server allows, no more (is_superuser is off).
+    role_oids = {user: 10}
+    for name in roles:
+        role_oids.setdefault(name, _ROLE_OID_BASE + len(role_oids))
+    cat.executemany(
+        "INSERT INTO pg_roles VALUES (?, ?, 0, 1, 0, 0, 1, 0, -1, '********', NULL, 0, NULL)",
+        [(oid, name) for name, oid in role_oids.items()],
+    )
+    cat.execute("INSERT INTO pg_language (oid, lanname, lanowner, lanispl, lanpltrusted) VALUES"
+                " (12, 'internal', 10, 0, 0), (13, 'c', 10, 0, 0), (14, 'sql', 10, 0, 1)")
     oids = {name: _OID_BASE + i for i, (_kind, name, _tbl, _sql) in enumerate(objects)}
     by_table: dict[str, list[str]] = {}
     for kind, name, tbl, sql in objects:
@@ -720,8 +947,10 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
                 )
                 if default is not None:
                     cat.execute("INSERT INTO pg_attrdef (adrelid, adnum, adbin) VALUES (?, ?, ?)", (oid, cid + 1, default))
-    conkeys = {}
-    for index in _indexes(objects, columns, indexes, oids):
+    names = _Names(objects)
+    constraints = []  # pg_constraint's rows, inserted once its default columns are there
+    definitions = {}  # pg_get_constraintdef: oid -> (pretty, plain)
+    for index in _indexes(objects, columns, indexes, oids, names):
         cat.execute(
             "INSERT INTO pg_class VALUES (?, ?, ?, 'i', 10, 403, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'p', 'd', 0, ?, 0, NULL, NULL)",
             (index.oid, index.name, _MAIN_NAMESPACE, len(index.keys)),
@@ -733,20 +962,50 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
         cat.execute("UPDATE pg_class SET relhasindex = 1 WHERE oid = ?", (oids[index.table],))
         if index.constraint:
             # The constraint behind the index, as PostgreSQL lists it (SQLAlchemy reflects keys from it).
-            cat.execute(
-                "INSERT INTO pg_constraint VALUES (?, ?, ?, ?, 0, 0, ?, 0, 0, 1, ?, 1)",
-                (index.oid + len(oids), index.name, oids[index.table], index.constraint, index.oid, _MAIN_NAMESPACE),
-            )
-            conkeys[index.oid + len(oids)] = "{" + ",".join(map(str, index.keys)) + "}"
+            constraints.append((
+                index.oid + len(oids), index.name, oids[index.table], index.constraint, 0, 0, index.oid, 0,
+                "a", "a", "s", _array(index.keys), None,
+            ))  # fmt: skip
+            text = f"{'PRIMARY KEY' if index.constraint == 'p' else 'UNIQUE'} ({_idents(index.key_names)})"
+            definitions[index.oid + len(oids)] = (text, text)
         # PostgreSQL's form; psql prints what follows " USING ".
-        listed = ", ".join(k or "<expression>" for k in index.key_names)
+        listed = ", ".join(_ident(k) if k else "<expression>" for k in index.key_names)
         index_sql[index.oid] = (
             f"CREATE {'UNIQUE ' if index.unique else ''}INDEX {index.name} ON main.{index.table} USING btree ({listed})"
         )
-    for table, columns in _DEFAULT_COLUMNS.items():
-        for column in columns.split(", "):
+    for table, added in _DEFAULT_COLUMNS.items():
+        for column in added.split(", "):
             cat.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-    cat.executemany("UPDATE pg_constraint SET conkey = ?2 WHERE oid = ?1", conkeys.items())
+    next_oid = _OID_BASE + 4 * len(oids)  # past the objects', their indexes' and the keys' constraints
+    for kind, name, _tbl, sql in objects:
+        if kind != "table":
+            continue
+        made = _foreign_keys(name, sql, foreign_keys.get(name, ()), columns, names) + _checks(name, sql, columns, names)
+        for constraint in made:
+            constraints.append((
+                next_oid, constraint.name, oids[name], constraint.kind, constraint.deferrable, constraint.deferred, 0,
+                oids.get(constraint.parent, 0), *constraint.actions, _array(constraint.keys),
+                None if constraint.parent_keys is None else _array(constraint.parent_keys),
+            ))  # fmt: skip
+            definitions[next_oid] = constraint.definition
+            next_oid += 1
+        checks = sum(c.kind == "c" for c in made)
+        if checks:
+            cat.execute("UPDATE pg_class SET relchecks = ? WHERE oid = ?", (checks, oids[name]))
+        # A foreign key's triggers (PostgreSQL's RI triggers, on both tables):
+        # psql lists keys and "Referenced by" only for tables that have some.
+        for constraint in made:
+            if constraint.kind == "f":
+                cat.execute(
+                    "UPDATE pg_class SET relhastriggers = 1 WHERE oid IN (?, ?)",
+                    (oids[name], oids.get(constraint.parent, 0)),
+                )
+    cat.executemany(
+        "INSERT INTO pg_constraint (oid, conname, conrelid, contype, condeferrable, condeferred, conindid, confrelid,"
+        " conparentid, conislocal, connamespace, convalidated, confupdtype, confdeltype, confmatchtype, conkey, confkey)"
+        f" VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 1, {_MAIN_NAMESPACE}, 1, ?9, ?10, ?11, ?12, ?13)",
+        constraints,
+    )
     for oid, keys in cat.execute("SELECT indexrelid, indkey FROM pg_index").fetchall():
         zeros = " ".join("0" for _ in keys.split())  # int2vector/oidvector, one per key column
         cat.execute(
@@ -754,7 +1013,15 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
             " WHERE indexrelid = ?2",
             (zeros, oid, len(keys.split())),
         )
-    cat.create_function("pg_get_userbyid", 1, lambda _oid: user, deterministic=True)
+    owners = {oid: name for name, oid in role_oids.items()}
+    cat.create_function("pg_get_userbyid", 1, lambda oid: owners.get(_oid(oid), user), deterministic=True)
+    cat.create_function(
+        "pg_get_constraintdef", -1, lambda oid, pretty=0, *_: definitions.get(_oid(oid), (None, None))[not pretty]
+    )
+    relnames = dict(cat.execute("SELECT oid, relname FROM pg_class").fetchall())
+    cat.create_function(
+        "pg_regclass", 1, lambda oid: _ident(relnames[_oid(oid)]) if _oid(oid) in relnames else oid, deterministic=True
+    )
     cat.create_function("pg_get_indexdef", -1, lambda oid, *_: index_sql.get(_oid(oid)), deterministic=True)
     view_sql = {oids[name]: _view_query(sql) for kind, name, _tbl, sql in objects if kind == "view"}
     cat.create_function("pg_get_viewdef", -1, lambda oid, *_: view_sql.get(_oid(oid)), deterministic=True)
@@ -770,15 +1037,14 @@ def _build(objects, columns, indexes, *, user: str, database: str, version: str)
 
 
 def describe(
-    session: Session, source: str, oids: tuple[int, ...], *, user: str, database: str, version: str
+    session: Session, source: str, oids: tuple[int, ...], *, user: str, database: str, version: str, roles=()
 ) -> tuple[tuple[int, ...], list[tuple[str, str]] | None]:
     """A catalog statement not run yet: its parameter OIDs (0s inferred) and its columns' (name, declared type).
 
     The columns are None when no view can hold the statement (the client
     must describe the portal instead).
     """
-    objects, columns, indexes = _schema_of(session)
-    cat = _build(objects, columns, indexes, user=user, database=database, version=version)
+    cat = _build(*_schema_of(session), user=user, database=database, version=version, roles=roles)
     cat.create_function("current_setting", -1, lambda *_: None)
     try:
         rewritten = rewrite(source)
@@ -797,6 +1063,7 @@ def run(
     version: str,
     max_rows: int,
     settings: dict[str, str] | None = None,
+    roles=(),
 ):
     """Run a catalog statement: returns ``(column names, declared types or None, rows)``.
 
@@ -813,8 +1080,7 @@ def run(
         SqlError: ``denied`` for anything but reading the catalog,
             ``sql_error`` for what SQLite refuses, ``too_big`` past ``max_rows``.
     """
-    objects, columns, indexes = _schema_of(session)
-    cat = _build(objects, columns, indexes, user=user, database=database, version=version)
+    cat = _build(*_schema_of(session), user=user, database=database, version=version, roles=roles)
     known = settings or {}
     cat.create_function("current_setting", -1, lambda name, *_: known.get(str(name).lower()))
     try:

@@ -118,9 +118,10 @@ class Executor:
         limiter: statement threads at once (shared by every connection).
     """
 
-    def __init__(self, config: PgConfig, limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, config: PgConfig, limiter: trio.CapacityLimiter, *, roles: tuple[str, ...] = ()) -> None:
         self.config = config
         self._limiter = limiter
+        self._roles = roles  # the users of --users, for the catalog's pg_roles (psql's \du)
         self._thread_tokens_held = trio.CapacityLimiter(math.inf)  # counted by self._limiter, not trio's default 40
 
     async def greet(self, st: ConnState, startup: m.StartupMessage, secret: int) -> None:
@@ -680,6 +681,7 @@ class Executor:
         run = functools.partial(
             catalog.describe,
             user=st.settings.user,
+            roles=self._roles,
             database=st.settings.database,
             version=self._function_value(st, "version"),
         )
@@ -744,6 +746,7 @@ class Executor:
             run = functools.partial(
                 catalog.run,
                 user=st.settings.user,
+                roles=self._roles,
                 database=st.settings.database,
                 version=self._function_value(st, "version"),
                 settings=st.settings.values(),

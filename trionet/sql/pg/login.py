@@ -25,7 +25,7 @@ import trio
 from trionet.framing import EOF
 from trionet.log import get_logger
 from trionet.serving import Connection, receive_event
-from trionet.sql.auth import MECHANISM, AuthConfig, AuthFailed, ScramExchange, failure_message
+from trionet.sql.auth import MECHANISM, MECHANISM_PLUS, AuthConfig, AuthFailed, ScramExchange, failure_message
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.protocol import PgServerProtocol, ProtocolViolation
 from trionet.sql.pg.sqlstate import PROTOCOL_VIOLATION
@@ -84,9 +84,13 @@ async def close_tls(conn: Connection) -> None:
 
 
 async def authenticate(
-    conn: Connection, proto: PgServerProtocol, auth: AuthConfig, user: str
+    conn: Connection, proto: PgServerProtocol, auth: AuthConfig, user: str, *, channel_binding: bytes | None = None
 ) -> LoginRefused | bool:
     """Run SCRAM-SHA-256 with the client of ``conn`` for ``user`` (the StartupMessage's).
+
+    With ``channel_binding`` (the server certificate's ``tls-server-end-point``
+    data, given when ``conn`` is TLS), SCRAM-SHA-256-PLUS is offered first
+    and SCRAM-SHA-256 second, as PostgreSQL does; without it, SCRAM-SHA-256 only.
 
     Returns:
         True when the client proved the password (AuthenticationSASLFinal
@@ -97,9 +101,9 @@ async def authenticate(
     Error handling: the caller bounds the time; ``trio.BrokenResourceError``
     and ``OSError`` from the stream count as the client leaving.
     """
-    exchange = ScramExchange(auth.users, auth.secret, user)
+    offered = (MECHANISM_PLUS, MECHANISM) if channel_binding else (MECHANISM,)
     try:
-        await conn.stream.send_all(proto.send(m.AuthenticationSasl((MECHANISM,))))
+        await conn.stream.send_all(proto.send(m.AuthenticationSasl(offered)))
         event = await _password_message(conn, proto)
         if not isinstance(event, m.PasswordMessage):
             return event
@@ -107,8 +111,9 @@ async def authenticate(
             mechanism, data = m.decode_sasl_initial(event.body)
         except m.MessageError as exc:
             return LoginRefused(PROTOCOL_VIOLATION, f"malformed SASLInitialResponse: {exc}")
-        if mechanism != MECHANISM:
+        if mechanism not in offered:
             return LoginRefused(INVALID_AUTHORIZATION, "client selected an invalid SASL authentication mechanism")
+        exchange = ScramExchange(auth.users, auth.secret, user, mechanism=mechanism, channel_binding=channel_binding)
         server_first = exchange.first(_text(data, user))
         await conn.stream.send_all(proto.send(m.AuthenticationSaslContinue(server_first.encode())))
         event = await _password_message(conn, proto)
@@ -121,7 +126,7 @@ async def authenticate(
         return LoginRefused(INVALID_PASSWORD, failure_message(user), auth.failure_delay)
     except (trio.BrokenResourceError, OSError):
         return False
-    log.info("pg: %s authenticated as %r", conn.peer, user)
+    log.info("pg: %s authenticated as %r (%s)", conn.peer, user, exchange.mechanism)
     return True
 
 

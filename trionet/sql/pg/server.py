@@ -44,7 +44,7 @@ from trionet.sql.pg.protocol import (
 from trionet.sql.pg.session import Settings
 from trionet.sql.pg.sqlstate import PROTOCOL_VIOLATION
 from trionet.sql.watch import SESSION_THREADS, interrupt_when_cancelled
-from trionet.tls import TLSServerConfig
+from trionet.tls import TLSServerConfig, server_end_point
 
 __all__ = ["PgServer", "serve_pg"]
 
@@ -88,11 +88,19 @@ class PgServer:
         self.config = config or PgConfig()
         self.tls = tls
         self.auth = auth
+        # SCRAM-SHA-256-PLUS's channel binding: the certificate's hash, read once.
+        self._end_point = server_end_point(tls.cert) if tls is not None and auth is not None else None
+        if tls is not None and auth is not None and self._end_point is None:
+            log.warning("pg: SCRAM-SHA-256-PLUS not offered: no channel binding for the signature of %s", tls.cert)
         self.auth_failures_total = 0
         """Logins refused (wrong password, unknown user, a malformed exchange); :mod:`trionet.sql.metrics`."""
         self._admitted = 0  # connections past their startup (and login): what max_connections counts
         self.service = TCPService("pg", self._handle_then_close_tls, log)
-        self._executor = Executor(self.config, limiter or trio.CapacityLimiter(self.config.max_threads))
+        self._executor = Executor(
+            self.config,
+            limiter or trio.CapacityLimiter(self.config.max_threads),
+            roles=tuple(auth.users) if auth is not None else (),
+        )
         self._session_limiter = trio.CapacityLimiter(SESSION_THREADS)
         self._pids = pids if pids is not None else itertools.count(secrets.randbelow(1 << 20) + 1000)
         self._forward_cancel = forward_cancel
@@ -124,7 +132,8 @@ class PgServer:
         with trio.move_on_after(self.config.startup_timeout) as startup_scope:
             startup = await self._startup(conn, proto)
             if startup is not None and self.auth is not None:
-                outcome = await authenticate(conn, proto, self.auth, startup.parameters.get("user", ""))
+                binding = self._end_point if isinstance(conn.stream, trio.SSLStream) else None
+                outcome = await authenticate(conn, proto, self.auth, startup.parameters.get("user", ""), channel_binding=binding)
                 if outcome is not True:
                     startup = None
                     refusal = outcome if isinstance(outcome, LoginRefused) else None

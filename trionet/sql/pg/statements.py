@@ -174,7 +174,7 @@ CATALOG_TABLES = frozenset(
     pg_enum pg_foreign_table pg_index pg_inherits pg_namespace pg_partitioned_table pg_policy pg_proc
     pg_publication pg_publication_namespace pg_publication_rel pg_range pg_rewrite pg_roles pg_sequence
     pg_settings pg_statistic_ext pg_tablespace pg_trigger pg_type pg_views pg_tables pg_matviews
-    pg_user pg_authid pg_extension""".split()
+    pg_user pg_authid pg_extension pg_auth_members pg_language""".split()
 )  # what trionet/sql/pg/catalog.py emulates
 INFORMATION_SCHEMA_TABLES = frozenset({"schemata", "tables", "columns", "views"})  # catalog.py fills them
 # Catalog tables named without their schema (psycopg's and asyncpg's type
