@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -23,6 +25,16 @@ def start_pg(nursery, quake_db):
         return server, addresses[0]
 
     return start
+
+
+def make_db(path: Path, script: str) -> Path:
+    """An SQLite file at ``path`` made by running ``script`` (statements separated by ``;``)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(script)
+    finally:
+        conn.close()
+    return path
 
 
 def startup_packet(**params: str) -> bytes:

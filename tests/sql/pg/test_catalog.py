@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from trionet.sql.engine import Database, SqlError
 from trionet.sql.pg import catalog
 
+from .conftest import make_db
+
 
 def run(quake_db, sql: str, params=()):
     session = Database(quake_db).open_session()
@@ -171,13 +173,12 @@ def test_unnest_in_a_select_list_becomes_a_join_with_json_each():
 
 def test_multi_column_primary_keys_and_their_names(tmp_path):
     db = tmp_path / "keys.sqlite"
-    setup = sqlite3.connect(db)
-    setup.executescript(
+    make_db(
+        db,
         "create table pair (a text, b integer, c real, constraint pair_key primary key (b, a));"
         "create table rowid_key (id integer primary key, v text);"
         "create table bare (k text, j integer, primary key (k, j)) without rowid;"
     )
-    setup.close()
     _, _, rows = run(
         db,
         "SELECT t.relname, con.conname, array_agg(a.attname ORDER BY k.ord) FROM pg_catalog.pg_constraint con "
@@ -227,15 +228,14 @@ def test_reading_create_table_never_fails(text):
 
 def test_foreign_keys_uniques_and_checks_in_pg_constraint(tmp_path):
     db = tmp_path / "fk.sqlite"
-    setup = sqlite3.connect(db)
-    setup.executescript(
+    make_db(
+        db,
         "create table parent (id integer primary key, code text unique, \"Odd\" int, \"select\" int, unique (\"Odd\", \"select\"));"
         "create table child (id integer primary key, p integer references parent on update set null,"
         " q integer references nowhere (x), r integer references parent (code) match full, check (p > q), check (r <> 0),"
         " foreign key (q) references parent (id) deferrable initially deferred, check (q > 0), check (r > p));"
         "create table child_r_check (x);"  # a relation: no conflict with a CHECK's name, as in PostgreSQL
     )
-    setup.close()
     _, _, rows = run(
         db,
         "SELECT conname, contype, pg_get_constraintdef(oid, true), pg_get_constraintdef(oid), conkey, confkey,"

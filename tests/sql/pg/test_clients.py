@@ -10,6 +10,8 @@ import sqlite3
 import pytest
 import trio
 
+from .conftest import make_db
+
 try:
     import asyncpg
     import pg8000.native
@@ -194,31 +196,41 @@ async def test_pg8000_native_queries_with_parameters(start_pg, typed_db):
 # --- SQLAlchemy 2 with psycopg -------------------------------------------------------------------
 
 
-async def test_sqlalchemy_connects_queries_and_reflects(start_pg):
-    _, (host, port) = await start_pg()
+async def in_engine(address, fn):
+    """``fn(engine)`` in a worker thread, with an SQLAlchemy engine (psycopg driver, no pool) on the server."""
+    host, port = address
 
-    def go():
+    def run():
         engine = sa.create_engine(f"postgresql+psycopg://analyst@{host}:{port}/quakes", poolclass=sa.pool.NullPool)
         try:
-            with engine.connect() as conn:
-                rows = conn.execute(
-                    sa.text("SELECT id, mag FROM quakes WHERE mag > :m ORDER BY id LIMIT 2"), {"m": 6.5}
-                ).all()
-            inspector = sa.inspect(engine)
-            columns = [(c["name"], type(c["type"]).__name__) for c in inspector.get_columns("quakes")]
-            tables = sorted(inspector.get_table_names())
-            pk = inspector.get_pk_constraint("quakes")["constrained_columns"]
-            indexes = sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes("quakes"))
-            metadata = sa.MetaData()
-            metadata.reflect(engine)
-            quakes = metadata.tables["quakes"]
-            with engine.connect() as conn:
-                core = conn.execute(sa.select(quakes.c.id).where(quakes.c.nst == 37).order_by(quakes.c.id).limit(1)).all()
-            return rows, columns, tables, pk, indexes, core
+            return fn(engine)
         finally:
             engine.dispose()
 
-    rows, columns, tables, pk, indexes, core = await trio.to_thread.run_sync(go)
+    return await trio.to_thread.run_sync(run)
+
+
+async def test_sqlalchemy_connects_queries_and_reflects(start_pg):
+    _, (host, port) = await start_pg()
+
+    def go(engine):
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT id, mag FROM quakes WHERE mag > :m ORDER BY id LIMIT 2"), {"m": 6.5}
+            ).all()
+        inspector = sa.inspect(engine)
+        columns = [(c["name"], type(c["type"]).__name__) for c in inspector.get_columns("quakes")]
+        tables = sorted(inspector.get_table_names())
+        pk = inspector.get_pk_constraint("quakes")["constrained_columns"]
+        indexes = sorted((i["name"], tuple(i["column_names"])) for i in inspector.get_indexes("quakes"))
+        metadata = sa.MetaData()
+        metadata.reflect(engine)
+        quakes = metadata.tables["quakes"]
+        with engine.connect() as conn:
+            core = conn.execute(sa.select(quakes.c.id).where(quakes.c.nst == 37).order_by(quakes.c.id).limit(1)).all()
+        return rows, columns, tables, pk, indexes, core
+
+    rows, columns, tables, pk, indexes, core = await in_engine((host, port), go)
     assert [tuple(r) for r in rows] == [("q00036", 6.6), ("q00037", 6.7)]
     assert columns == [
         ("id", "TEXT"), ("time", "TEXT"), ("mag", "DOUBLE_PRECISION"), ("place", "TEXT"), ("nst", "BIGINT")
@@ -231,31 +243,26 @@ async def test_sqlalchemy_connects_queries_and_reflects(start_pg):
 
 async def test_sqlalchemy_reflects_multi_column_primary_keys_with_their_names(start_pg, tmp_path):
     db = tmp_path / "keys.sqlite"
-    setup = sqlite3.connect(db)
-    setup.executescript(
+    make_db(
+        db,
         "create table pair (a text not null, b integer, c real, constraint pair_key primary key (b, a));"
         "create table rowid_key (id integer primary key, v text);"
         "create table bare (k text, j integer, primary key (j, k)) without rowid;"
         "create index pair_cb on pair (c, b);"
     )
-    setup.close()
     _, (host, port) = await start_pg(db=db)
 
-    def go():
-        engine = sa.create_engine(f"postgresql+psycopg://analyst@{host}:{port}/quakes", poolclass=sa.pool.NullPool)
-        try:
-            inspector = sa.inspect(engine)
-            keys = {name: inspector.get_pk_constraint(name) for name in ("pair", "rowid_key", "bare")}
-            indexes = [(i["name"], i["column_names"]) for i in inspector.get_indexes("pair")]
-            metadata = sa.MetaData()
-            metadata.reflect(engine)
-            return {name: (key["name"], key["constrained_columns"]) for name, key in keys.items()}, [
-                c.name for c in metadata.tables["pair"].primary_key.columns
-            ], indexes
-        finally:
-            engine.dispose()
+    def go(engine):
+        inspector = sa.inspect(engine)
+        keys = {name: inspector.get_pk_constraint(name) for name in ("pair", "rowid_key", "bare")}
+        indexes = [(i["name"], i["column_names"]) for i in inspector.get_indexes("pair")]
+        metadata = sa.MetaData()
+        metadata.reflect(engine)
+        return {name: (key["name"], key["constrained_columns"]) for name, key in keys.items()}, [
+            c.name for c in metadata.tables["pair"].primary_key.columns
+        ], indexes
 
-    keys, reflected, indexes = await trio.to_thread.run_sync(go)
+    keys, reflected, indexes = await in_engine((host, port), go)
     assert keys == {
         "pair": ("pair_key", ["b", "a"]),  # the key's own order and its CONSTRAINT name
         "rowid_key": ("rowid_key_pkey", ["id"]),  # INTEGER PRIMARY KEY: the rowid, PostgreSQL's default name
@@ -267,33 +274,28 @@ async def test_sqlalchemy_reflects_multi_column_primary_keys_with_their_names(st
 
 async def test_sqlalchemy_reflects_foreign_keys_unique_and_check_constraints(start_pg, tmp_path):
     db = tmp_path / "fk.sqlite"
-    setup = sqlite3.connect(db)
-    setup.executescript(
+    make_db(
+        db,
         "create table parent (id integer primary key, code text unique, a integer, b integer, constraint parent_ab unique (a, b));"
         "create table child (id integer primary key, parent_id integer references parent(id) on delete cascade,"
         " a integer, b integer, qty integer check (qty > 0),"
         " constraint child_ab_fkey foreign key (a, b) references parent (a, b), constraint positive check (a >= 0 and b >= 0));"
     )
-    setup.close()
     _, (host, port) = await start_pg(db=db)
 
-    def go():
-        engine = sa.create_engine(f"postgresql+psycopg://analyst@{host}:{port}/quakes", poolclass=sa.pool.NullPool)
-        try:
-            inspector = sa.inspect(engine)
-            fks = inspector.get_foreign_keys("child")
-            uniques = [(u["name"], u["column_names"]) for u in inspector.get_unique_constraints("parent")]
-            checks = [(c["name"], c["sqltext"]) for c in inspector.get_check_constraints("child")]
-            metadata = sa.MetaData()
-            child = sa.Table("child", metadata, autoload_with=engine)
-            reflected = sorted(
-                (fk.constraint.name, fk.parent.name, fk.target_fullname, fk.ondelete) for fk in child.foreign_keys
-            )
-            return fks, uniques, checks, reflected, sorted(metadata.tables)
-        finally:
-            engine.dispose()
+    def go(engine):
+        inspector = sa.inspect(engine)
+        fks = inspector.get_foreign_keys("child")
+        uniques = [(u["name"], u["column_names"]) for u in inspector.get_unique_constraints("parent")]
+        checks = [(c["name"], c["sqltext"]) for c in inspector.get_check_constraints("child")]
+        metadata = sa.MetaData()
+        child = sa.Table("child", metadata, autoload_with=engine)
+        reflected = sorted(
+            (fk.constraint.name, fk.parent.name, fk.target_fullname, fk.ondelete) for fk in child.foreign_keys
+        )
+        return fks, uniques, checks, reflected, sorted(metadata.tables)
 
-    fks, uniques, checks, reflected, tables = await trio.to_thread.run_sync(go)
+    fks, uniques, checks, reflected, tables = await in_engine((host, port), go)
     assert fks == [
         {"name": "child_ab_fkey", "constrained_columns": ["a", "b"], "referred_schema": None, "referred_table": "parent",
          "referred_columns": ["a", "b"], "options": {}, "comment": None},
@@ -323,20 +325,16 @@ async def test_sqlalchemy_orm_writes(start_pg, typed_db):
         id = mapped_column(sa.Integer, primary_key=True)
         body = mapped_column(sa.Text, nullable=False)
 
-    def go():
-        engine = sa.create_engine(f"postgresql+psycopg://analyst@{host}:{port}/quakes", poolclass=sa.pool.NullPool)
-        try:
-            with engine.begin() as conn:
-                conn.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"))
-            with Session(engine) as session:
-                note = Note(body="hello")
-                session.add(note)
-                session.commit()  # INSERT ... RETURNING id
-                return note.id, [n.body for n in session.scalars(sa.select(Note).where(Note.id == note.id))]
-        finally:
-            engine.dispose()
+    def go(engine):
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"))
+        with Session(engine) as session:
+            note = Note(body="hello")
+            session.add(note)
+            session.commit()  # INSERT ... RETURNING id
+            return note.id, [n.body for n in session.scalars(sa.select(Note).where(Note.id == note.id))]
 
-    assert await trio.to_thread.run_sync(go) == (1, ["hello"])
+    assert await in_engine((host, port), go) == (1, ["hello"])
 
 
 # --- Describe announces what the rows carry ------------------------------------------------------

@@ -9,6 +9,8 @@ import subprocess
 import pytest
 import trio
 
+from .conftest import make_db
+
 pytestmark = pytest.mark.requires_tool("psql", "postgresql-client")
 
 
@@ -125,9 +127,7 @@ async def test_backslash_d_of_a_missing_table(start_pg):
 
 async def test_backslash_d_of_a_view(start_pg, tmp_path):
     db = tmp_path / "views.sqlite"
-    setup = sqlite3.connect(db)
-    setup.executescript("create table t (a integer not null, b text default 'x'); create view big as select a from t where a > 1;")
-    setup.close()
+    make_db(db, "create table t (a integer not null, b text default 'x'); create view big as select a from t where a > 1;")
     _, address = await start_pg(db=db)
     result = await psql(address, "-c", "\\d big", "-c", "\\d t")
     out = result.stdout.decode()
@@ -141,12 +141,11 @@ async def test_backslash_d_of_a_view(start_pg, tmp_path):
 
 async def test_backslash_d_plus_describes_storage_keys_and_access_method(start_pg, tmp_path):
     db = tmp_path / "keys.sqlite"
-    setup = sqlite3.connect(db)
-    setup.executescript(
+    make_db(
+        db,
         "create table pair (a text not null, b integer, note text default 'x', constraint pair_key primary key (b, a));"
         "create table n (id integer primary key, v blob unique);"
     )
-    setup.close()
     _, address = await start_pg(db=db)
     result = await psql(address, "-A", "-c", "\\d+ pair", "-c", "\\d+ n")
     assert result.stdout.decode().splitlines() == [
@@ -179,9 +178,7 @@ KEYS_SCHEMA = (
 
 async def test_backslash_d_shows_checks_foreign_keys_and_referenced_by(start_pg, tmp_path):
     db = tmp_path / "fk.sqlite"
-    setup = sqlite3.connect(db)
-    setup.executescript(KEYS_SCHEMA)
-    setup.close()
+    make_db(db, KEYS_SCHEMA)
     _, address = await start_pg(db=db)
     result = await psql(address, "-A", "-c", "\\d child", "-c", "\\d parent")
     lines = result.stdout.decode().splitlines()
