@@ -192,6 +192,8 @@ class RingNode:
             undeliverable_after=self.options.undeliverable_after, idle_pause=self.options.failure_timeout / 3,
             probe_timeout=2 * self.options.failure_timeout,
         )
+        if journal is not None:  # a restart proposes above every epoch it took part in (even if all were down)
+            self.core.note_epoch(journal.journal.epoch)
         self._deliveries = deliveries
         self._undelivered = undelivered
         self._journal = journal
@@ -412,6 +414,10 @@ class RingNode:
         await self._perform(self.core.request_stop(trio.current_time()))
 
     async def _perform(self, actions: list) -> None:
+        journal = self._journal
+        if journal is not None and self.core.epoch > journal.journal.epoch:
+            # A view proposed or adopted: recorded before its probe goes on (journal "E").
+            journal.append(journal.journal.on_epoch(self.core.epoch))
         for action in actions:
             if type(action) is Send:
                 frame = action.frame
@@ -511,7 +517,7 @@ class RingNode:
                     nursery.start_soon(self._look_closer, target.id, closer)
                 await link.run_connection(
                     stream, hello, functools.partial(self._read_frames, link, decoder), peer=target,
-                    resume=resume, on_ready=self._link_ready,
+                    resume=resume, on_ready=functools.partial(self._link_ready, link),
                 )
                 nursery.cancel_scope.cancel()
             if closer:
@@ -567,9 +573,17 @@ class RingNode:
                 self.next_link.drop_connection(f"node {result[0].id}, closer, is back")
                 return
 
-    async def _link_ready(self, reset: bool) -> None:
-        """A link is up; if it started again (a new or restarted neighbour), propose a new view."""
-        if reset and self.bypassing and not self.core.finalizing:
+    async def _link_ready(self, link: Neighbour, reset: bool) -> None:
+        """A link is up; if it started again (a new or restarted neighbour), propose a new view.
+
+        Once the ring is ending, the neighbour gets the finalization command
+        instead, should it lack it (:meth:`~trionet.ring.core.NodeCore.link_reset`).
+        """
+        if not reset:
+            return
+        if self.core.finalizing:
+            await self._perform(self.core.link_reset(Direction.CW if link is self.next_link else Direction.CCW))
+        elif self.bypassing:
             log.info("node %d: a link changed; proposing epoch %d", self.me.id, self.core.next_epoch())
             await self._perform(self.core.propose(trio.current_time()))
 
@@ -658,7 +672,7 @@ class RingNode:
         link = self.prev_link
         await link.run_connection(
             stream, opening.peer, functools.partial(self._read_frames, link, decoder), peer=peer,
-            resume=opening.resumes, on_ready=self._link_ready,
+            resume=opening.resumes, on_ready=functools.partial(self._link_ready, link),
         )
 
     def _answer(self, hello: Hello) -> tuple[int, int, int]:
