@@ -494,3 +494,33 @@ def test_a_restarted_node_that_finds_the_ring_over_is_counted_late():
     cuts = [LinkCut(2, 11.8, 6e-40, True), LinkCut(1, 5.19, 0.056, False)]
     result = run_sim(size, messages, crashes=crashes, link_delays={0: 0.029, 4: 0.042, 6: 0.015}, cuts=cuts, options=FAST_FAIL)
     _check_crashes(result, size, messages, crashes)
+
+
+@pytest.mark.parametrize("down_for, late", [(0.5, set()), (2.0, {2})])
+def test_node2_killed_with_the_command_then_again_for_good(down_for, late):
+    # The plan of a failure of the last session ("node 2 crashing again for
+    # good: the ring never finishes"): node 2 is killed at 0.5 s with the
+    # command on its way to it. Node 1 sends it again: to node 2 back at
+    # 1 s, or to node 0 once it bypasses node 2 (back at 2.5 s: the ring is
+    # over, nobody is left, it gives up). Its second death changes nothing.
+    size = 3
+    messages = {0: [(0, "a")] * 2, 1: [(0, "bbb"), (0, "ac"), (0, "a")], 2: [(0, "ab")] * 2}
+    crashes = [Crash(2, 0.5, down_for), Crash(2, 0.5 + down_for + 1.5, None)]
+    result = run_sim(size, messages, crashes=crashes, link_delays={0: 0.0426}, options=FAST_FAIL)
+    _check_crashes(result, size, messages, crashes)
+    assert result.monitor.refinalized == [(1, Direction.CW)] and result.late == late
+
+
+def test_node0_killed_right_after_sending_the_command_finalizes_in_its_next_life():
+    # Node 0 sends the command at 10.6 s and is killed before node 1 has it:
+    # nobody took it, so the restarted node 0 may end the ring (once).
+    size = 5
+    messages = {0: [], 1: [(2, "bcb")], 2: [(0, "aaca")], 3: [(2, "bc"), (4, "caca")], 4: []}
+    crashes = [Crash(0, 10.66474962475968, 7.011817204737447), Crash(4, 1.083868009070602, 5.715496229813615)]
+    cuts = [LinkCut(4, 3.457195702856528, 0.25719158518139734, True), LinkCut(0, 2.220446049250313e-16, 0.5795187756400195, False)]
+    result = run_sim(
+        size, messages, crashes=crashes, link_delays={0: 0.04725391174647536, 1: 0.002870151008919498, 4: 0.024277503917939675},
+        cuts=cuts, options=FAST_FAIL,
+    )
+    _check_crashes(result, size, messages, crashes)
+    assert result.monitor.finalized[:2] == [0, 0] and result.monitor.ended == 1
