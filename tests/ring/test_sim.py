@@ -524,3 +524,25 @@ def test_node0_killed_right_after_sending_the_command_finalizes_in_its_next_life
     )
     _check_crashes(result, size, messages, crashes)
     assert result.monitor.finalized[:2] == [0, 0] and result.monitor.ended == 1
+
+
+def test_a_stalled_first_handshake_then_a_stop_counts_every_message_once():
+    # Found by fresh draws of test_stop_on_demand_loses_nothing. Node 7
+    # stalls reading its link from node 6 during the first handshake; node
+    # 6 reconnects after 3 s. Node 7 used to reset that link (a stale
+    # greeting: it had never learned node 6's session), making a needless
+    # new view whose messages taken back were then counted both as sent and
+    # as never sent at the stop (sent + unsent = 21 of 19).
+    size = 9
+    messages = {
+        0: [], 1: [(3, "za")], 2: [(3, " aby")], 3: [(3, "xbzxaycx"), (6, "y xacbzx"), (4, "zyaa  ac")],
+        4: [(2, "xa"), (2, "ycybyccx")], 5: [(8, "b "), (0, "yy"), (6, "xyxzz  ")],
+        6: [(3, "bc"), (7, "zcx z zx"), (8, "a")], 7: [(4, " b  "), (4, "a z"), (2, "ba xy bx")],
+        8: [(5, "xzc zxxy"), (1, "a"), (4, " x")],
+    }
+    link_delays = {2: 0.0289, 3: 0.05, 5: 0.0452, 6: 0.0368, 7: 2.2e-309, 8: 2.2e-313}
+    cuts = [LinkCut(5, 5.0, 0.28), LinkCut(0, 0.2, 0.0, True)]
+    stalls = [ReadStall(4, 0.99999), ReadStall(6, 2.5e-55)]
+    result = run_sim(size, messages, link_delays=link_delays, cuts=cuts, stalls=stalls, stop_at=5.666)
+    check_complete(result, size, messages, stopped=True)
+    assert result.nodes[0].core.epoch == 1  # no view but the first: no link was reset

@@ -243,6 +243,7 @@ class NodeCore:
     _finalize_frame: Finalize | None = None  # the command this node sent or forwarded, to repeat on a new link
     _probe_sent: bool = False
     _unsent: int = 0
+    _final_sent: int = 0
     _members: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
@@ -558,11 +559,21 @@ class NodeCore:
             return []
         return self._finalize()
 
+    def _final_counts(self) -> tuple[int, int]:
+        """``(sent, never sent)`` at the end: each message of the file counted once.
+
+        A message waiting to be sent again (taken back by a new view, or
+        back undelivered) when the ring ends went out at least once: it
+        counts as sent, not as never sent (before, it was in both, and
+        ``sent + unsent`` exceeded the file).
+        """
+        return self.sent, self._queue.drain()
+
     def _finalize(self) -> list[Action]:
         self._finalize_sent = True
-        unsent = self._queue.drain() + len(self._retry)
-        fin = Finalize(self.stopping, self.sent, self.delivered, unsent, 1)
-        self._unsent = unsent
+        sent, unsent = self._final_counts()
+        fin = Finalize(self.stopping, sent, self.delivered, unsent, 1)
+        self._final_sent, self._unsent = sent, unsent
         self._finalize_frame = fin
         self._note("finalize", Direction.CW)
         return [Send(Direction.CW, fin, self.epoch)]
@@ -663,18 +674,18 @@ class NodeCore:
             return []
         self.finished = True
         if self.is_leader:
-            summary = Summary(self.node_id, self.sent, self.delivered, self.forwarded, self._unsent, fin.requested, fin)
+            summary = Summary(self.node_id, self._final_sent, self.delivered, self.forwarded, self._unsent, fin.requested, fin)
             self._note("finalize", Direction.CW, fin)
             if self._finalize_frame is None:  # restarted after sending it: its first life's command came back
                 self._finalize_frame = fin
             return [Finished(summary)]
-        unsent = self._queue.drain() + len(self._retry)
+        sent, unsent = self._final_counts()
         total = Finalize(
-            fin.requested, fin.sent + self.sent, fin.delivered + self.delivered, fin.unsent + unsent, fin.nodes + 1
+            fin.requested, fin.sent + sent, fin.delivered + self.delivered, fin.unsent + unsent, fin.nodes + 1
         )
         self._note("finalize", Direction.CW, total)
         self._finalize_frame = total
-        summary = Summary(self.node_id, self.sent, self.delivered, self.forwarded, unsent, fin.requested)
+        summary = Summary(self.node_id, sent, self.delivered, self.forwarded, unsent, fin.requested)
         return [Send(Direction.CW, total, self.epoch), Finished(summary)]
 
     def _note(self, event: str, direction: Direction, detail: object = None) -> None:
