@@ -212,6 +212,7 @@ class RingNode:
         self._hand_over = (cw[0], ccw[0])
         self._token_inbox = (cw[1], ccw[1])
         self._failing: dict[int, float] = {}  # candidate successor -> when its failures began
+        self._retry_by = math.inf  # when the candidate that stopped the last round becomes suspected
         self._stop_requested = trio.Event()
         self._finalize_forwarded = trio.Event()
         self.finished = trio.Event()
@@ -501,7 +502,12 @@ class RingNode:
             if found is None:
                 found = await self._try_candidates(self._candidates())
             if found is None:
-                await trio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+                # Backing off, but not past the moment the candidate that stopped
+                # the round becomes suspected: the bypass is tried then, not up
+                # to a backoff later (that added up to 1.5 s to a recovery).
+                delay = backoff * self._rng.uniform(0.5, 1.0)
+                retry_by, self._retry_by = self._retry_by, math.inf
+                await trio.sleep_until(min(trio.current_time() + delay, retry_by))
                 backoff = min(backoff * 2, self.options.backoff_max)
                 continue
             backoff = self.options.backoff_initial
@@ -554,8 +560,9 @@ class RingNode:
             except (*_LINK_ERRORS, trio.TooSlowError, _Rejected) as exc:
                 link.last_error = str(exc) or type(exc).__name__
                 log.debug("node %d: cannot reach node %d: %s", self.me.id, node_id, link.last_error)
-                since = self._failing.setdefault(node_id, trio.current_time())
-                if trio.current_time() - since < self.options.failure_timeout:
+                suspected_at = self._failing.setdefault(node_id, trio.current_time()) + self.options.failure_timeout
+                if trio.current_time() < suspected_at:
+                    self._retry_by = suspected_at
                     return None  # not suspected yet: try it again after a backoff
                 continue
             self._failing.pop(node_id, None)
@@ -628,8 +635,11 @@ class RingNode:
         if not (self.bypassing or epoch >= 1) and dialer != self.prev.id:
             return f"node {self.me.id} accepts only its previous node {self.prev.id}, not node {dialer}"
         link = self.prev_link
-        # A link down for less than the failure timeout may be a short cut: its node has that long to come back.
-        alive = link.up or trio.current_time() - link.down_since < self.options.failure_timeout
+        # A link down a short while may be a short cut: its node has that long to come back. Half the
+        # failure timeout: the dialer has waited the whole of it for that node already, and both ends noticed
+        # the same death at about the same moment; the whole of it made the dialer's first try lose the race
+        # about half the time, and wait a backoff (up to 2 s) to try again.
+        alive = link.up or trio.current_time() - link.down_since < self.options.failure_timeout / 2
         return admits(self.config.ids, self.me.id, dialer, link.state.peer, alive)
 
     async def _on_incoming(self, stream: trio.abc.Stream) -> None:
