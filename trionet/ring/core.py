@@ -42,7 +42,10 @@ Surviving crashes (``docs/protocol/ring.md``, "Crashes"):
   clean token instead of parking it;
 - every node remembers what was delivered to it and delivers nothing
   twice; a message that comes back undelivered is sent again on later
-  visits until ``undeliverable_after``, then reported :class:`Undeliverable`.
+  visits until ``undeliverable_after``, then reported :class:`Undeliverable`;
+- the ring ends once: a node that has the finalization command sends it
+  again on a link that starts again (:meth:`NodeCore.link_reset`), drops a
+  second copy, and no longer greets with an epoch once it has finished.
 """
 
 from __future__ import annotations
