@@ -65,7 +65,9 @@ def check_complete(result, size, messages, *, stopped=False, dead=(), crashed=Fa
             if node not in dead:
                 assert [(m.destination, m.text) for m in ours] == list(items)
     ring = result.summaries[0].ring
-    assert ring.nodes == len(live)
+    # (A command sent again over a new link carries the totals of its sender's
+    # copy: after a crash during the end, the nodes that had it already are not in them.)
+    assert ring.nodes == len(live) or (crashed and 1 <= ring.nodes < len(live))
     if not crashed and not dead:
         assert all(monitor.returned[uid] == 1 for uid in sent) or stopped
         assert ring.sent == len(sent) and ring.delivered == len(monitor.delivered)
@@ -546,3 +548,24 @@ def test_a_stalled_first_handshake_then_a_stop_counts_every_message_once():
     result = run_sim(size, messages, link_delays=link_delays, cuts=cuts, stalls=stalls, stop_at=5.666)
     check_complete(result, size, messages, stopped=True)
     assert result.nodes[0].core.epoch == 1  # no view but the first: no link was reset
+
+
+def test_a_node_killed_with_the_command_after_the_nodes_before_it_left():
+    # Node 1 passed the command to node 2 and left; node 2 passed it to node
+    # 3 (not yet acknowledged) and was killed. Nobody before node 3 had the
+    # command to send again: nodes 2 (restarted at 7.3 s) to 5 ran for ever.
+    # Node 0 now keeps dialing its successor until the command is back,
+    # bypasses the nodes gone and sends it again on the new link.
+    size = 6
+    messages = {
+        0: [], 1: [(0, "ac"), (0, "abcc"), (0, "c"), (0, "cc")], 2: [(0, "bbb")],
+        3: [(1, "aa"), (3, "babb"), (5, "aacb"), (0, "a")], 4: [(2, "a"), (0, "cc"), (0, "cb"), (5, "ccca")],
+        5: [(2, "caab"), (3, "b"), (0, "a"), (3, "c")],
+    }
+    crashes = [Crash(2, 1.3491509497052727, 6.0)]
+    result = run_sim(
+        size, messages, crashes=crashes, link_delays={2: 0.0443458296793347, 5: 0.04612851738443641}, options=FAST_FAIL,
+        time_limit=600,
+    )
+    _check_crashes(result, size, messages, crashes)
+    assert (0, Direction.CW) in result.monitor.refinalized

@@ -399,8 +399,14 @@ class RingNode:
 
     async def _close_next_when_done(self) -> None:
         # Once the next node has the finalization command, this node has
-        # nothing more to say to it; closing tells it so (node 0 still waits
-        # for the command to come back on its other link).
+        # nothing more to say to it; closing tells it so. Not node 0, until
+        # the command is back (run() closes it then): should a node die with
+        # the command before passing it on, after the nodes before it left,
+        # node 0 is the one left to repair the ring; it keeps dialing its
+        # successor, bypasses the nodes gone, and sends the command again on
+        # the new link (NodeCore.link_reset).
+        if self.core.is_leader:
+            return
         await self._finalize_forwarded.wait()
         with trio.move_on_after(self.options.connect_timeout):
             await self.next_link.wait_drained()
