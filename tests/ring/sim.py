@@ -218,7 +218,11 @@ class RingMonitor:
       the ring closes around dead ones);
     - a node sends only while it holds its direction's token;
     - each message is delivered at most once, at its destination, across
-      crashes and restarts, and comes back to its origin at most once.
+      crashes and restarts, and comes back to its origin at most once;
+    - the ring ends once: once a node has taken the finalization command,
+      no node injects tokens or starts a finalization again (a node 0
+      restarted after the end used to close a ring of its own and
+      finalize it: a second end).
 
     Raises :class:`InvariantViolation` from inside the offending node.
 
@@ -242,6 +246,12 @@ class RingMonitor:
     message_hops: int = 0
     views: int = 0
     finalized: list[int] = field(default_factory=list)
+    refinalized: list[tuple[int, Direction]] = field(default_factory=list)
+    ended: int | None = None
+    """The first node that took the finalization command: the ring is over."""
+    """Finalization commands sent again over a new link (who, which way)."""
+    closed: trio.Event = field(default_factory=trio.Event)
+    """Set when the ring first closed (the first view's tokens were injected)."""
 
     @property
     def hops(self) -> int:
@@ -269,11 +279,15 @@ class RingMonitor:
             return
         epoch = self.epoch_of(node)
         key = (direction, epoch)
+        if event == "inject" or (event == "finalize" and payload is None):  # (None: node 0 starts it)
+            if self.ended is not None:
+                raise InvariantViolation(f"node {node} {'injected tokens' if event == 'inject' else 'finalized again'} after the ring ended at node {self.ended}")
         if event == "inject":
             if key in self.injected:
                 raise InvariantViolation(f"a second {direction.label} token injected in epoch {epoch} (node {node})")
             self.injected.add(key)
             self._injecting[key] = node
+            self.closed.set()
         elif event == "token-in":
             if self._injecting.get(key) == node:
                 del self._injecting[key]
@@ -314,13 +328,24 @@ class RingMonitor:
                 raise InvariantViolation(f"message {payload.uid} given up twice, or after it came back")
         elif event == "finalize":
             self.finalized.append(node)
+            if payload is not None and self.ended is None:
+                self.ended = node
+        elif event == "refinalize":
+            self.refinalized.append((node, direction))
 
 
 @dataclass(frozen=True)
 class Crash:
     """Kill node ``node`` at ``at`` seconds (its connections close, as after ``kill -9``); start it again after ``down_for``.
 
-    ``down_for`` None: it stays dead. A restarted node has the same
+    ``down_for`` None: it stays dead, killed at ``at`` but not before the
+    ring first closed and every running node has seen it (a node killed
+    before that is waited for, not bypassed: ``docs/protocol/ring.md``,
+    "Limits"; a cut can delay the first closure by a handshake timeout).
+    A node restarted once node 0 has finished finds the ring over: it
+    finishes if a neighbour still there sends it the finalization
+    command, or gives up after ``--connect-timeout`` (:attr:`SimResult.late`).
+    A restarted node has the same
     messages and the same journal (in memory here), as ``trionet ring join``
     given the same files.
     """
@@ -353,6 +378,8 @@ class SimResult:
     nodes: dict[int, RingNode]
     elapsed: float
     undelivered: dict[int, list[str]] = field(default_factory=dict)
+    late: set[int] = field(default_factory=set)
+    """Nodes restarted after node 0 had finished that gave up (nobody was left to tell them the ring was over), never having finished."""
 
 
 async def simulate(
@@ -428,18 +455,24 @@ async def simulate(
     summaries: dict[int, Summary] = {}
     created = {i: trio.Event() for i in range(size)}
     scopes: dict[int, trio.CancelScope] = {}
+    late_nodes: set[int] = set()
     started = trio.current_time()
 
-    async def run_node(i: int, delay: float, secret_override: bytes | None = None) -> None:
+    async def run_node(i: int, delay: float, secret_override: bytes | None = None, restart: bool = False) -> None:
         await trio.sleep(delay)
+        late = restart and nodes[0].core.finished  # the ring is over: it may find nobody
         node = nodes[i] = make_node(i, secret_override)
         created[i].set()
         with trio.CancelScope() as scope:
             scopes[i] = scope
             try:
-                summaries[i] = await node.run()
+                summary = await node.run()
+                summaries.setdefault(i, summary)  # a restart after it finished has nothing more to say
             except* RingError:
-                if secret_override is None:
+                if late:
+                    if i not in summaries:  # (else it had finished, in its first life)
+                        late_nodes.add(i)
+                elif secret_override is None:
                     raise
                 # An intruder gives up: nobody lets it in.
         if node._undelivered is not None:
@@ -447,12 +480,20 @@ async def simulate(
 
     async def apply_crash(crash: Crash, ring_nursery: trio.Nursery) -> None:
         await trio.sleep(crash.at)
+        if crash.down_for is None:
+            # Not before every running node has seen the ring (the doc's limit:
+            # a node killed before that is waited for, not bypassed).
+            await monitor.closed.wait()
+            while not all(nodes[i].core.ring_seen for i in scopes):
+                await trio.sleep(0.05)
         if crash.node not in scopes or crash.node in summaries:
             return  # not started yet, or already finished
         scopes.pop(crash.node).cancel()
+        if nodes[crash.node].summary is not None:  # it had finished, and only lingered for its neighbours
+            summaries.setdefault(crash.node, nodes[crash.node].summary)
         monitor.crashed(crash.node)
         if crash.down_for is not None:
-            ring_nursery.start_soon(run_node, crash.node, crash.down_for, crash.secret)
+            ring_nursery.start_soon(run_node, crash.node, crash.down_for, crash.secret, True)
 
     async def apply_cut(cut: LinkCut) -> None:
         await trio.sleep(cut.at)
@@ -483,4 +524,4 @@ async def simulate(
                 if stop_at is not None:
                     nursery.start_soon(stop_later)
             nursery.cancel_scope.cancel()
-    return SimResult(summaries, monitor, network, nodes, trio.current_time() - started, undelivered)
+    return SimResult(summaries, monitor, network, nodes, trio.current_time() - started, undelivered, late_nodes)

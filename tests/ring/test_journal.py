@@ -24,6 +24,15 @@ def test_records_round_trip_through_the_text():
     assert again.delivered == {(2, 7)}
 
 
+def test_the_epoch_is_recorded_when_it_grows():
+    # "E": only a higher epoch is written (one record per view change, not per frame).
+    journal = Journal()
+    text = journal.on_epoch(4) + (journal.on_epoch(3) or "") + (journal.on_epoch(4) or "") + journal.on_epoch(9)
+    assert text == "E 4\nE 9\n"
+    assert Journal.parse(text + "R 1\n").epoch == 9
+    assert Journal.parse("R 1\n").epoch == 0
+
+
 def test_a_second_delivery_is_refused_and_not_recorded():
     journal = Journal()
     assert journal.on_delivery(1, 4) == "D 1 4\n"
@@ -82,7 +91,7 @@ def test_an_incomplete_last_line_is_ignored():
     assert journal.delivered == {(3, 4)}
 
 
-@pytest.mark.parametrize("line", ["X 1", "R", "R one", "D 1", "D 1 2 3", "R 1 2"])
+@pytest.mark.parametrize("line", ["X 1", "R", "R one", "D 1", "D 1 2 3", "R 1 2", "E", "E x", "E 1 2"])
 def test_a_complete_line_that_is_no_record_is_an_error(line):
     with pytest.raises(JournalError, match=r"<journal>:2: not a journal record"):
         Journal.parse(f"R 1\n{line}\n")

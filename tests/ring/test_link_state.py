@@ -137,6 +137,27 @@ def test_an_answer_decided_before_another_connection_finished_still_agrees():
     assert reset_a == reset_b
 
 
+def test_a_stale_greeting_resumes_rather_than_resets():
+    # b answered a first connection but never read a's proof (its reader
+    # stalled), so it never learned a's session; a finished that connection
+    # and sent a frame on it, which b never read. a's next greeting names
+    # b's session: b resumes (it read nothing, so a resends from 1), where a
+    # reset made a needless new view (found by the stop simulation: 21 views in a ring without a crash).
+    a, b = LinkState(incoming=CCW, peer=2), LinkState(incoming=CW, peer=1)
+    first = a.greeting(2)
+    first_answer = b.answer(1, first[1], first[2])
+    a.connect(2, first_answer[1], first_answer[2] == first[1], first_answer[0])
+    lost = a.wrap(Token(CW))
+    second = a.greeting(2)
+    second_answer = b.answer(1, second[1], second[2])
+    assert second_answer[2] == second[1]  # resume
+    assert a.connect(2, second_answer[1], True, second_answer[0]) == (lost, False)
+    assert b.connect(1, second[1], True, second[0]) == (b"", False)
+    # A restarted b (a new session) still resets.
+    b = LinkState(incoming=CW, peer=1)
+    assert b.answer(1, a.greeting(2)[1], a.greeting(2)[2])[2] == 0
+
+
 @pytest.mark.parametrize("kind", ["token", "message"])
 def test_a_token_or_message_of_the_other_direction_is_refused(kind):
     # The previous node's link carries clockwise traffic only; a

@@ -277,8 +277,39 @@ def test_other_nodes_add_their_counters_forward_finalize_and_finish():
     actions = node.receive(Finalize(True, 5, 4, 1, 1))
     assert sends(actions) == [(CW, Finalize(True, 5, 4, 3, 2))]
     assert isinstance(actions[-1], Finished) and actions[-1].summary.unsent == 2
-    with pytest.raises(RemoteProtocolError, match="second finalization"):
-        node.receive(Finalize())
+    # A second copy (sent again over a new link, NodeCore.link_reset) is dropped: the ring ended here already.
+    assert node.receive(Finalize()) == []
+
+
+def test_the_finalization_command_is_sent_again_on_a_new_link():
+    # Node 4 forwarded the command; its successor changes (the old one died
+    # with the copy in flight): the new one gets it. A predecessor that
+    # connects anew (restarted after the command passed it) gets it back.
+    node = NodeCore(4, (0, 2, 4))
+    [(_, fin)] = sends(node.receive(Finalize(False, 1, 1, 0, 2)))
+    assert sends(node.link_reset(CW)) == [(CW, fin)]
+    assert sends(node.link_reset(CCW)) == [(CCW, fin)]
+    # Before the command, a reset link is a matter of views, not of this.
+    assert NodeCore(2, (0, 2, 4)).link_reset(CW) == []
+
+
+def test_node0_sends_the_command_again_forward_only_until_it_is_back():
+    node = NodeCore(0, (0, 1))
+    inject(node)
+    node.receive(Token(CW, 0, busy=False))
+    [(_, fin)] = sends(node.receive(Token(CCW, 0, busy=False)))
+    assert sends(node.link_reset(CW)) == [(CW, fin)]
+    assert node.link_reset(CCW) == []  # its predecessor has not had it yet: it comes round
+    node.receive(fin)
+    assert sends(node.link_reset(CCW)) == [(CCW, fin)]
+
+
+def test_node0_restarted_after_sending_the_command_finishes_when_it_comes_back():
+    # Its first life sent the command; the ring carried it round; the last
+    # node sends it again over the new link to the restarted node 0.
+    node = NodeCore(0, (0, 1))
+    [finished] = node.receive(Finalize(False, 3, 3, 0, 2))
+    assert isinstance(finished, Finished) and finished.summary.ring.nodes == 2
 
 
 def test_stop_waits_for_the_message_in_flight():

@@ -39,7 +39,10 @@ def check_complete(result, size, messages, *, stopped=False, dead=(), crashed=Fa
     total = sum(len(v) for k, v in messages.items() if k not in dead)
     # Every live node finished after node 0's command, and node 0 saw it come back.
     assert sorted(result.summaries) == live
-    assert monitor.finalized.count(0) == 2 and set(live) <= set(monitor.finalized)
+    # Node 0 sent the command and took it back (the monitor checks that the
+    # ring ends once: after a crash node 0 may take it again, in a second life).
+    assert monitor.finalized.count(0) == 2 or (crashed and monitor.finalized.count(0) > 2)
+    assert set(live) <= set(monitor.finalized)
     sent = monitor.sent
     # Nothing delivered twice, nowhere but at its destination (the monitor checks as it goes).
     for uid, msg in sent.items():
@@ -62,7 +65,9 @@ def check_complete(result, size, messages, *, stopped=False, dead=(), crashed=Fa
             if node not in dead:
                 assert [(m.destination, m.text) for m in ours] == list(items)
     ring = result.summaries[0].ring
-    assert ring.nodes == len(live)
+    # (A command sent again over a new link carries the totals of its sender's
+    # copy: after a crash during the end, the nodes that had it already are not in them.)
+    assert ring.nodes == len(live) or (crashed and 1 <= ring.nodes < len(live))
     if not crashed and not dead:
         assert all(monitor.returned[uid] == 1 for uid in sent) or stopped
         assert ring.sent == len(sent) and ring.delivered == len(monitor.delivered)
@@ -348,6 +353,22 @@ def test_an_intruder_with_a_wrong_secret_is_treated_as_dead():
     assert sorted(result.summaries) == [0, 1, 3]
 
 
+def _all_down_at_once(size, crashes):
+    """Whether ``crashes`` can leave no node running at some moment.
+
+    Each crash counts as down from ``at`` for ``down_for`` (for good: to the
+    end). The simulation skips a crash of a node that is down already, and
+    kills a node for good no earlier than ``at``: the real outages are within
+    these, so a False here is sure.
+    """
+    moments = sorted({c.at for c in crashes})
+    return any(
+        all(any(c.node == node and c.at <= t and (c.down_for is None or t < c.at + c.down_for) for c in crashes)
+            for node in range(size))
+        for t in moments
+    )
+
+
 @st.composite
 def crashing_rings(draw):
     size = draw(st.integers(2, 7))
@@ -367,7 +388,8 @@ def crashing_rings(draw):
     crashes = [c if c.down_for is not None or c.at >= 2.0 else Crash(c.node, c.at + 2.0, None) for c in crashes]
     crashes = [c if c.node != 0 or c.down_for is not None else Crash(0, c.at, 1.0) for c in crashes]
     dead = {c.node for c in crashes if c.down_for is None}
-    if len(dead) > size - 2:
+    if len(dead) > size - 2 or (dead and _all_down_at_once(size, crashes)):
+        # (After every node was down at once the ring starts again whole, and waits for the dead: the doc's limits.)
         crashes = [c for c in crashes if c.down_for is not None]
     link_delays = {i: draw(st.floats(0, 0.05)) for i in draw(st.sets(st.integers(0, size - 1), max_size=3))}
     cuts = draw(st.lists(st.builds(LinkCut, st.integers(0, size - 1), st.floats(0, 12), st.floats(0, 0.8), st.booleans()), max_size=2))
@@ -385,5 +407,165 @@ def test_crashes_restarts_slow_links_and_lost_frames_keep_every_invariant(ring):
     for crash in sorted(crashes, key=lambda c: c.at):
         if crash.down_for is None:
             crashed_for_good.add(crash.node)
-    dead = {i for i in crashed_for_good if i not in result.summaries}
+    # (A node restarted after the ring was over may find nobody left to tell it: result.late.)
+    dead = {i for i in crashed_for_good if i not in result.summaries} | result.late
     check_complete(result, size, messages, dead=dead, crashed=bool(crashes))
+
+
+# --- regressions found by fresh draws of the crash simulation (issue 14) ---------------------
+
+
+def _check_crashes(result, size, messages, crashes):
+    crashed_for_good = {c.node for c in crashes if c.down_for is None}
+    dead = {i for i in crashed_for_good if i not in result.summaries} | result.late
+    check_complete(result, size, messages, dead=dead, crashed=True)
+
+
+def test_node0_killed_after_it_finalized_does_not_end_the_ring_again():
+    # The ring is over by 0.42 s; node 0 lingers for its neighbours' goodbyes
+    # and is killed there. Restarted, it used to learn an epoch from node 1
+    # (still lingering), close a ring of its own and finalize it alone: the
+    # ring ended twice. Now node 1, finished, greets with epoch 0 and sends
+    # the command back on the new link: node 0 takes it and finishes.
+    size, messages, crashes = 2, {0: [], 1: [(0, "a"), (0, "a")]}, [Crash(0, 0.5, 1.0)]
+    result = run_sim(size, messages, crashes=crashes, link_delays={0: 0.046875}, options=FAST_FAIL)
+    _check_crashes(result, size, messages, crashes)
+    assert result.monitor.refinalized == [(1, Direction.CCW)]
+
+
+def test_a_node_killed_after_it_finalized_and_restarted_after_the_end_gives_up():
+    # Node 1 restarted after the ring was over (node 0 gone) cannot know it:
+    # as at the very start, it waits --connect-timeout and fails (result.late).
+    size, messages, crashes = 2, {0: [], 1: [(0, "a"), (0, "a")]}, [Crash(1, 0.5, 1.0)]
+    result = run_sim(size, messages, crashes=crashes, link_delays={0: 0.046875}, options=FAST_FAIL)
+    _check_crashes(result, size, messages, crashes)
+    assert result.late == set() and 1 in result.summaries  # (it had finished in its first life)
+
+
+@pytest.mark.parametrize("down_for", [0.3, 1.6])
+def test_a_node_killed_while_the_finalization_command_passes(down_for):
+    # Node 3 dies with the command on its way to it (node 2 forwarded it).
+    # The copy in flight is dropped with the link; node 2 sends the command
+    # again on its new link: to node 3 restarted (0.3 s), or to node 4 once it
+    # bypasses node 3 (1.6 s; node 3, back after everyone left, gives up).
+    # Before, node 4 never got it and node 0 waited for ever.
+    size = 5
+    messages = {0: [], 1: [], 2: [(0, "a")] * 4, 3: [], 4: []}
+    crashes = [Crash(3, 0.5, down_for)]
+    result = run_sim(size, messages, crashes=crashes, link_delays={0: 0.04539714465707334}, options=FAST_FAIL)
+    _check_crashes(result, size, messages, crashes)
+    assert result.monitor.refinalized == [(2, Direction.CW)]
+    assert result.late == (set() if down_for < 1 else {3})
+
+
+def test_a_ring_down_all_at_once_starts_again_in_a_new_epoch():
+    # Node 1 is down from 0.5 s to 3.5 s, node 0 from 2.5 s to 3.5 s: no node
+    # runs in between. Both start again as a new ring; node 0 used to inject
+    # the tokens of epoch 1 a second time. The journals' "E" records make it propose above.
+    size = 2
+    messages = {0: [(1, "a"), (0, "a")], 1: [(0, "a")] * 4}
+    crashes = [Crash(0, 2.5, 1.0), Crash(1, 0.5, 3.0)]
+    result = run_sim(size, messages, crashes=crashes, link_delays={0: 0.046875}, options=FAST_FAIL)
+    _check_crashes(result, size, messages, crashes)
+    assert result.nodes[0].core.epoch > 1 and "E 1\n" in result.nodes[0]._journal.records
+
+
+def test_a_node_killed_for_good_before_everyone_saw_the_ring_is_killed_after():
+    # A silent cut at the start holds the first link for a handshake timeout;
+    # node 3's death for good (6 s) then came before the ring had closed,
+    # which the protocol answers by waiting for it (docs: "Limits"), not a
+    # bypass. The simulation kills for good only once every node saw the ring.
+    size = 4
+    messages = {0: [], 1: [(2, "b"), (0, "cb"), (2, "acba"), (0, "bacc")], 2: [], 3: [(0, "bc"), (3, "bcaa"), (0, "cba")]}
+    crashes = [Crash(3, 11.08, None), Crash(3, 6.0, None)]
+    cuts = [LinkCut(3, 1e-105, 5e-324, True), LinkCut(2, 10.6, 0.41, False)]
+    result = run_sim(size, messages, crashes=crashes, link_delays={3: 0.038}, cuts=cuts, options=FAST_FAIL)
+    _check_crashes(result, size, messages, crashes)
+    assert 3 not in result.summaries and result.nodes[2].next_link.peer.id == 0
+
+
+def test_a_restarted_node_that_finds_the_ring_over_is_counted_late():
+    # Node 2 is down from 0.96 s to 6.96 s, the ring is over by then and its
+    # neighbours gone: it gives up after --connect-timeout (result.late), and nothing is lost.
+    size = 7
+    messages = {
+        0: [], 1: [(4, "b"), (2, "a"), (3, "a"), (6, "bccc")], 2: [], 3: [(3, "ba"), (0, "a")],
+        4: [(4, "c"), (5, "a"), (2, "bccc")], 5: [(6, "bac"), (5, "acab"), (0, "ca")], 6: [(1, "baca")],
+    }
+    crashes = [Crash(1, 9.49, None), Crash(2, 0.96, 6.0), Crash(6, 6.03, 3.67)]
+    cuts = [LinkCut(2, 11.8, 6e-40, True), LinkCut(1, 5.19, 0.056, False)]
+    result = run_sim(size, messages, crashes=crashes, link_delays={0: 0.029, 4: 0.042, 6: 0.015}, cuts=cuts, options=FAST_FAIL)
+    _check_crashes(result, size, messages, crashes)
+
+
+@pytest.mark.parametrize("down_for, late", [(0.5, set()), (2.0, {2})])
+def test_node2_killed_with_the_command_then_again_for_good(down_for, late):
+    # The plan of a failure of the last session ("node 2 crashing again for
+    # good: the ring never finishes"): node 2 is killed at 0.5 s with the
+    # command on its way to it. Node 1 sends it again: to node 2 back at
+    # 1 s, or to node 0 once it bypasses node 2 (back at 2.5 s: the ring is
+    # over, nobody is left, it gives up). Its second death changes nothing.
+    size = 3
+    messages = {0: [(0, "a")] * 2, 1: [(0, "bbb"), (0, "ac"), (0, "a")], 2: [(0, "ab")] * 2}
+    crashes = [Crash(2, 0.5, down_for), Crash(2, 0.5 + down_for + 1.5, None)]
+    result = run_sim(size, messages, crashes=crashes, link_delays={0: 0.0426}, options=FAST_FAIL)
+    _check_crashes(result, size, messages, crashes)
+    assert result.monitor.refinalized == [(1, Direction.CW)] and result.late == late
+
+
+def test_node0_killed_right_after_sending_the_command_finalizes_in_its_next_life():
+    # Node 0 sends the command at 10.6 s and is killed before node 1 has it:
+    # nobody took it, so the restarted node 0 may end the ring (once).
+    size = 5
+    messages = {0: [], 1: [(2, "bcb")], 2: [(0, "aaca")], 3: [(2, "bc"), (4, "caca")], 4: []}
+    crashes = [Crash(0, 10.66474962475968, 7.011817204737447), Crash(4, 1.083868009070602, 5.715496229813615)]
+    cuts = [LinkCut(4, 3.457195702856528, 0.25719158518139734, True), LinkCut(0, 2.220446049250313e-16, 0.5795187756400195, False)]
+    result = run_sim(
+        size, messages, crashes=crashes, link_delays={0: 0.04725391174647536, 1: 0.002870151008919498, 4: 0.024277503917939675},
+        cuts=cuts, options=FAST_FAIL,
+    )
+    _check_crashes(result, size, messages, crashes)
+    assert result.monitor.finalized[:2] == [0, 0] and result.monitor.ended == 1
+
+
+def test_a_stalled_first_handshake_then_a_stop_counts_every_message_once():
+    # Found by fresh draws of test_stop_on_demand_loses_nothing. Node 7
+    # stalls reading its link from node 6 during the first handshake; node
+    # 6 reconnects after 3 s. Node 7 used to reset that link (a stale
+    # greeting: it had never learned node 6's session), making a needless
+    # new view whose messages taken back were then counted both as sent and
+    # as never sent at the stop (sent + unsent = 21 of 19).
+    size = 9
+    messages = {
+        0: [], 1: [(3, "za")], 2: [(3, " aby")], 3: [(3, "xbzxaycx"), (6, "y xacbzx"), (4, "zyaa  ac")],
+        4: [(2, "xa"), (2, "ycybyccx")], 5: [(8, "b "), (0, "yy"), (6, "xyxzz  ")],
+        6: [(3, "bc"), (7, "zcx z zx"), (8, "a")], 7: [(4, " b  "), (4, "a z"), (2, "ba xy bx")],
+        8: [(5, "xzc zxxy"), (1, "a"), (4, " x")],
+    }
+    link_delays = {2: 0.0289, 3: 0.05, 5: 0.0452, 6: 0.0368, 7: 2.2e-309, 8: 2.2e-313}
+    cuts = [LinkCut(5, 5.0, 0.28), LinkCut(0, 0.2, 0.0, True)]
+    stalls = [ReadStall(4, 0.99999), ReadStall(6, 2.5e-55)]
+    result = run_sim(size, messages, link_delays=link_delays, cuts=cuts, stalls=stalls, stop_at=5.666)
+    check_complete(result, size, messages, stopped=True)
+    assert result.nodes[0].core.epoch == 1  # no view but the first: no link was reset
+
+
+def test_a_node_killed_with_the_command_after_the_nodes_before_it_left():
+    # Node 1 passed the command to node 2 and left; node 2 passed it to node
+    # 3 (not yet acknowledged) and was killed. Nobody before node 3 had the
+    # command to send again: nodes 2 (restarted at 7.3 s) to 5 ran for ever.
+    # Node 0 now keeps dialing its successor until the command is back,
+    # bypasses the nodes gone and sends it again on the new link.
+    size = 6
+    messages = {
+        0: [], 1: [(0, "ac"), (0, "abcc"), (0, "c"), (0, "cc")], 2: [(0, "bbb")],
+        3: [(1, "aa"), (3, "babb"), (5, "aacb"), (0, "a")], 4: [(2, "a"), (0, "cc"), (0, "cb"), (5, "ccca")],
+        5: [(2, "caab"), (3, "b"), (0, "a"), (3, "c")],
+    }
+    crashes = [Crash(2, 1.3491509497052727, 6.0)]
+    result = run_sim(
+        size, messages, crashes=crashes, link_delays={2: 0.0443458296793347, 5: 0.04612851738443641}, options=FAST_FAIL,
+        time_limit=600,
+    )
+    _check_crashes(result, size, messages, crashes)
+    assert (0, Direction.CW) in result.monitor.refinalized

@@ -42,7 +42,10 @@ Surviving crashes (``docs/protocol/ring.md``, "Crashes"):
   clean token instead of parking it;
 - every node remembers what was delivered to it and delivers nothing
   twice; a message that comes back undelivered is sent again on later
-  visits until ``undeliverable_after``, then reported :class:`Undeliverable`.
+  visits until ``undeliverable_after``, then reported :class:`Undeliverable`;
+- the ring ends once: a node that has the finalization command sends it
+  again on a link that starts again (:meth:`NodeCore.link_reset`), drops a
+  second copy, and no longer greets with an epoch once it has finished.
 """
 
 from __future__ import annotations
@@ -240,8 +243,10 @@ class NodeCore:
     _proposed_at: float = 0.0
     _queue: _Queue = field(init=False)
     _finalize_sent: bool = False
+    _finalize_frame: Finalize | None = None  # the command this node sent or forwarded, to repeat on a new link
     _probe_sent: bool = False
     _unsent: int = 0
+    _final_sent: int = 0
     _members: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
@@ -355,8 +360,13 @@ class NodeCore:
 
     @property
     def announced_epoch(self) -> int:
-        """The epoch this node's greetings carry: the highest seen, once it has seen a ring (else 0)."""
-        return self.max_epoch if self.ring_seen else 0
+        """The epoch this node's greetings carry: the highest seen, once it has seen a ring (else 0).
+
+        0 again once it has finished: the ring it vouched for is over, and a
+        node restarted after the end that reaches it must not take it for a
+        live ring (it would close a ring of its own around the nodes gone).
+        """
+        return self.max_epoch if self.ring_seen and not self.finished else 0
 
     def propose(self, now: float = 0.0) -> list[Action]:
         """Start a new view ``(highest epoch seen + 1, this node)``: adopt it, send its probe clockwise.
@@ -552,11 +562,22 @@ class NodeCore:
             return []
         return self._finalize()
 
+    def _final_counts(self) -> tuple[int, int]:
+        """``(sent, never sent)`` at the end: each message of the file counted once.
+
+        A message waiting to be sent again (taken back by a new view, or
+        back undelivered) when the ring ends went out at least once: it
+        counts as sent, not as never sent (before, it was in both, and
+        ``sent + unsent`` exceeded the file).
+        """
+        return self.sent, self._queue.drain()
+
     def _finalize(self) -> list[Action]:
         self._finalize_sent = True
-        unsent = self._queue.drain() + len(self._retry)
-        fin = Finalize(self.stopping, self.sent, self.delivered, unsent, 1)
-        self._unsent = unsent
+        sent, unsent = self._final_counts()
+        fin = Finalize(self.stopping, sent, self.delivered, unsent, 1)
+        self._final_sent, self._unsent = sent, unsent
+        self._finalize_frame = fin
         self._note("finalize", Direction.CW)
         return [Send(Direction.CW, fin, self.epoch)]
 
@@ -631,20 +652,43 @@ class NodeCore:
 
     # --- finalization -------------------------------------------------------------
 
+    def link_reset(self, direction: Direction) -> list[Action]:
+        """The link that carries ``direction`` away from this node started again (a new or restarted neighbour).
+
+        While the ring is ending, the neighbour may lack the finalization
+        command: the copy in flight on the old link was dropped with it, or
+        the neighbour was down when the command passed. So a node that has
+        sent or forwarded the command sends it again on a new link to its
+        successor, and a node that has finished sends it back on a new link
+        to its predecessor (a node restarted after the command passed it).
+        A node that has the command already drops the copy (:meth:`_on_finalize`).
+        Otherwise a reset link makes a new view (:meth:`propose`).
+        """
+        fin = self._finalize_frame
+        if fin is None or (direction is Direction.CCW and not self.finished):
+            return []
+        self._note("refinalize", direction, fin)
+        return [Send(direction, fin, self.epoch)]
+
     def _on_finalize(self, fin: Finalize) -> list[Action]:
         if self.finished:
-            raise RemoteProtocolError(f"a second finalization command at node {self.node_id}")
+            # A copy sent again over a new link (link_reset): the ring has ended here already.
+            self._note("drop-finalize", Direction.CW, fin)
+            return []
         self.finished = True
         if self.is_leader:
-            summary = Summary(self.node_id, self.sent, self.delivered, self.forwarded, self._unsent, fin.requested, fin)
+            summary = Summary(self.node_id, self._final_sent, self.delivered, self.forwarded, self._unsent, fin.requested, fin)
             self._note("finalize", Direction.CW, fin)
+            if self._finalize_frame is None:  # restarted after sending it: its first life's command came back
+                self._finalize_frame = fin
             return [Finished(summary)]
-        unsent = self._queue.drain() + len(self._retry)
+        sent, unsent = self._final_counts()
         total = Finalize(
-            fin.requested, fin.sent + self.sent, fin.delivered + self.delivered, fin.unsent + unsent, fin.nodes + 1
+            fin.requested, fin.sent + sent, fin.delivered + self.delivered, fin.unsent + unsent, fin.nodes + 1
         )
         self._note("finalize", Direction.CW, total)
-        summary = Summary(self.node_id, self.sent, self.delivered, self.forwarded, unsent, fin.requested)
+        self._finalize_frame = total
+        summary = Summary(self.node_id, sent, self.delivered, self.forwarded, unsent, fin.requested)
         return [Send(Direction.CW, total, self.epoch), Finished(summary)]
 
     def _note(self, event: str, direction: Direction, detail: object = None) -> None:

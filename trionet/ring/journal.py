@@ -11,9 +11,13 @@ fsync'd, by the shell: :class:`trionet.ring.journal_file.JournalFile`)
 before the node acts on it:
 
 - ``R MSG_ID``: this node's message on line ``MSG_ID`` came back; never send it again;
-- ``D ORIGIN MSG_ID``: the message ``ORIGIN-MSG_ID`` was delivered here; never again.
+- ``D ORIGIN MSG_ID``: the message ``ORIGIN-MSG_ID`` was delivered here; never again;
+- ``E EPOCH``: the highest ring epoch this node has proposed or adopted,
+  written before its probe goes on; a restarted node proposes above it, so
+  an epoch names one view even after every node was down at once (the
+  restarted ring starts again from the journals, not from epoch 1).
 
-Both are written only where the node already does work for the message
+``R`` and ``D`` are written only where the node already does work for the message
 (its return at the origin, its delivery at the destination), never per hop.
 A line cut short by a crash (no final newline) is ignored: its record was
 not complete, so the act it announced had not happened yet.
@@ -38,10 +42,12 @@ class Journal:
     Attributes:
         returned: ids (line numbers) of this node's messages that came back.
         delivered: ``(origin, msg_id)`` of the messages delivered to this node.
+        epoch: the highest epoch recorded (``E`` records), 0 if none.
     """
 
     returned: set[int] = field(default_factory=set)
     delivered: set[tuple[int, int]] = field(default_factory=set)
+    epoch: int = 0
 
     @classmethod
     def parse(cls, data: str, source: str = "<journal>") -> Journal:
@@ -61,6 +67,9 @@ class Journal:
                     continue
                 if len(fields) == 3 and fields[0] == "D":
                     journal.delivered.add((int(fields[1]), int(fields[2])))
+                    continue
+                if len(fields) == 2 and fields[0] == "E":
+                    journal.epoch = max(journal.epoch, int(fields[1]))
                     continue
             except ValueError:
                 pass
@@ -106,3 +115,10 @@ class Journal:
             return None
         self.delivered.add(key)
         return f"D {origin} {msg_id}\n"
+
+    def on_epoch(self, epoch: int) -> str | None:
+        """Record ``epoch`` if it is above every one recorded; return the line to append, or None."""
+        if epoch <= self.epoch:
+            return None
+        self.epoch = epoch
+        return f"E {epoch}\n"

@@ -119,8 +119,16 @@ class LinkState:
         if peer != self.peer:
             go_on = seen_session == 0
             return (1, self._next_session, peer_session if go_on else 0)
-        go_on = (seen_session == 0 and self.peer_session == 0) or (
-            seen_session == self.session and peer_session == self.peer_session
+        # The third case: a stale greeting. This end answered an earlier
+        # connection, the dialer finished it (it has our session), but this
+        # end never read the dialer's proof (a reader that stalled): it
+        # never learned the dialer's session, nor read a frame of it. The
+        # dialer numbered from our answer's recv_next, which is still ours:
+        # resuming loses nothing (a reset here made a needless new view).
+        go_on = (
+            (seen_session == 0 and self.peer_session == 0)
+            or (seen_session == self.session and peer_session == self.peer_session)
+            or (seen_session == self.session and self.peer_session == 0)
         )
         return self.recv_next, self.session, peer_session if go_on else 0
 

@@ -200,6 +200,8 @@ class RingNode:
             idle_pause=self.options.failure_timeout / 3, probe_timeout=2 * self.options.failure_timeout,
             sent=sent_before, delivered=len(journal.journal.delivered) if journal is not None else 0,
         )
+        if journal is not None:  # a restart proposes above every epoch it took part in (even if all were down)
+            self.core.note_epoch(journal.journal.epoch)
         self._deliveries = deliveries
         self._undelivered = undelivered
         self._journal = journal
@@ -218,6 +220,7 @@ class RingNode:
         self._hand_over = (cw[0], ccw[0])
         self._token_inbox = (cw[1], ccw[1])
         self._failing: dict[int, float] = {}  # candidate successor -> when its failures began
+        self._retry_by = math.inf  # when the candidate that stopped the last round becomes suspected
         self._stop_requested = trio.Event()
         self._finalize_forwarded = trio.Event()
         self.finished = trio.Event()
@@ -404,8 +407,14 @@ class RingNode:
 
     async def _close_next_when_done(self) -> None:
         # Once the next node has the finalization command, this node has
-        # nothing more to say to it; closing tells it so (node 0 still waits
-        # for the command to come back on its other link).
+        # nothing more to say to it; closing tells it so. Not node 0, until
+        # the command is back (run() closes it then): should a node die with
+        # the command before passing it on, after the nodes before it left,
+        # node 0 is the one left to repair the ring; it keeps dialing its
+        # successor, bypasses the nodes gone, and sends the command again on
+        # the new link (NodeCore.link_reset).
+        if self.core.is_leader:
+            return
         await self._finalize_forwarded.wait()
         with trio.move_on_after(self.options.connect_timeout):
             await self.next_link.wait_drained()
@@ -420,6 +429,10 @@ class RingNode:
         await self._perform(self.core.request_stop(trio.current_time()))
 
     async def _perform(self, actions: list) -> None:
+        journal = self._journal
+        if journal is not None and self.core.epoch > journal.journal.epoch:
+            # A view proposed or adopted: recorded before its probe goes on (journal "E").
+            journal.append(journal.journal.on_epoch(self.core.epoch))
         for action in actions:
             if type(action) is Send:
                 frame = action.frame
@@ -503,7 +516,12 @@ class RingNode:
             if found is None:
                 found = await self._try_candidates(self._candidates())
             if found is None:
-                await trio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+                # Backing off, but not past the moment the candidate that stopped
+                # the round becomes suspected: the bypass is tried then, not up
+                # to a backoff later (that added up to 1.5 s to a recovery).
+                delay = backoff * self._rng.uniform(0.5, 1.0)
+                retry_by, self._retry_by = self._retry_by, math.inf
+                await trio.sleep_until(min(trio.current_time() + delay, retry_by))
                 backoff = min(backoff * 2, self.options.backoff_max)
                 continue
             backoff = self.options.backoff_initial
@@ -519,7 +537,7 @@ class RingNode:
                     nursery.start_soon(self._look_closer, target.id, closer)
                 await link.run_connection(
                     stream, hello, functools.partial(self._read_frames, link, decoder), peer=target,
-                    resume=resume, on_ready=self._link_ready,
+                    resume=resume, on_ready=functools.partial(self._link_ready, link),
                 )
                 nursery.cancel_scope.cancel()
             if closer:
@@ -556,8 +574,9 @@ class RingNode:
             except (*_LINK_ERRORS, trio.TooSlowError, _Rejected) as exc:
                 link.last_error = str(exc) or type(exc).__name__
                 log.debug("node %d: cannot reach node %d: %s", self.me.id, node_id, link.last_error)
-                since = self._failing.setdefault(node_id, trio.current_time())
-                if trio.current_time() - since < self.options.failure_timeout:
+                suspected_at = self._failing.setdefault(node_id, trio.current_time()) + self.options.failure_timeout
+                if trio.current_time() < suspected_at:
+                    self._retry_by = suspected_at
                     return None  # not suspected yet: try it again after a backoff
                 continue
             self._failing.pop(node_id, None)
@@ -575,9 +594,17 @@ class RingNode:
                 self.next_link.drop_connection(f"node {result[0].id}, closer, is back")
                 return
 
-    async def _link_ready(self, reset: bool) -> None:
-        """A link is up; if it started again (a new or restarted neighbour), propose a new view."""
-        if reset and self.bypassing and not self.core.finalizing:
+    async def _link_ready(self, link: Neighbour, reset: bool) -> None:
+        """A link is up; if it started again (a new or restarted neighbour), propose a new view.
+
+        Once the ring is ending, the neighbour gets the finalization command
+        instead, should it lack it (:meth:`~trionet.ring.core.NodeCore.link_reset`).
+        """
+        if not reset:
+            return
+        if self.core.finalizing:
+            await self._perform(self.core.link_reset(Direction.CW if link is self.next_link else Direction.CCW))
+        elif self.bypassing:
             log.info("node %d: a link changed; proposing epoch %d", self.me.id, self.core.next_epoch())
             await self._perform(self.core.propose(trio.current_time()))
 
@@ -622,8 +649,11 @@ class RingNode:
         if not (self.bypassing or epoch >= 1) and dialer != self.prev.id:
             return f"node {self.me.id} accepts only its previous node {self.prev.id}, not node {dialer}"
         link = self.prev_link
-        # A link down for less than the failure timeout may be a short cut: its node has that long to come back.
-        alive = link.up or trio.current_time() - link.down_since < self.options.failure_timeout
+        # A link down a short while may be a short cut: its node has that long to come back. Half the
+        # failure timeout: the dialer has waited the whole of it for that node already, and both ends noticed
+        # the same death at about the same moment; the whole of it made the dialer's first try lose the race
+        # about half the time, and wait a backoff (up to 2 s) to try again.
+        alive = link.up or trio.current_time() - link.down_since < self.options.failure_timeout / 2
         return admits(self.config.ids, self.me.id, dialer, link.state.peer, alive)
 
     async def _on_incoming(self, stream: trio.abc.Stream) -> None:
@@ -666,7 +696,7 @@ class RingNode:
         link = self.prev_link
         await link.run_connection(
             stream, opening.peer, functools.partial(self._read_frames, link, decoder), peer=peer,
-            resume=opening.resumes, on_ready=self._link_ready,
+            resume=opening.resumes, on_ready=functools.partial(self._link_ready, link),
         )
 
     def _answer(self, hello: Hello) -> tuple[int, int, int]:
