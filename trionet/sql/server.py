@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import trio
 
-from trionet.framing import EOF
+from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
-from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
+from trionet.serving import Connection, DirectSocketIO, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol, rules
 from trionet.sql.auth import MECHANISM, AuthConfig, HelloLogin
 from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database
@@ -174,7 +174,7 @@ class SqlServer:
         if self.auth is not None and not await self._login(conn, proto):
             return
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
-        state = ConnState(session, proto, SendWatchdog(self.config.send_timeout))
+        state = ConnState(session, proto, SendWatchdog(self.config.send_timeout), DirectSocketIO(conn.stream))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_drain, conn, state, nursery.cancel_scope)
@@ -239,10 +239,23 @@ class SqlServer:
         # back by TCP, not by our memory.
         if not greeted:
             await self._send(state, conn, self._hello)
-        while not conn.draining.is_set():
+        io = state.io
+        proto = state.proto
+        draining = conn.draining
+        while not draining.is_set():
             state.last_active = trio.current_time()
+            # The next request: on a plain socket, what has arrived is read
+            # without a scheduler round (a checkpoint then lets the others
+            # run), and the loop waits only when nothing has
+            # (trionet.serving.DirectSocketIO, as the PostgreSQL port and the
+            # DNS port do). The idle timeout needs no scope here: _watch_idle.
             try:
-                request = await receive_event(conn.stream, state.proto)
+                while (request := proto.next_event()) is NEED_DATA:
+                    if io.read_ready(proto):
+                        await trio.lowlevel.checkpoint()
+                    else:
+                        await io.wait(proto)
+                        io.read_ready(proto)  # direct: what woke us up (EOF reads b"")
             except (trio.BrokenResourceError, OSError):
                 return  # reset by the client
             if request is EOF or state.session.aborted:
@@ -286,7 +299,7 @@ class SqlServer:
 
     @staticmethod
     async def _send(state: ConnState, conn: Connection, data: bytes) -> None:
-        await state.sends.send(conn.stream, data)
+        await state.send(conn, data)
 
 
 async def serve_sql(
