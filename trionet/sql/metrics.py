@@ -6,7 +6,7 @@ histogram is fed by the observer the request runner calls (``on_request``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -33,7 +33,17 @@ def sql_registry(server: SqlServer, pg: PgServer | None = None) -> CollectorRegi
         "trionet_sql_request_seconds", "Time to answer one request (NDJSON port), by outcome.",
         ["outcome"], buckets=_LATENCY_BUCKETS, registry=registry,
     )  # fmt: skip
-    server.runner.on_request = lambda outcome, seconds: latency.labels(outcome).observe(seconds)
+    # One child per outcome, looked up once: labels() takes a lock and
+    # validates the label values on every call (a per-request cost).
+    observers: dict[str, Callable[[float], None]] = {}
+
+    def observe(outcome: str, seconds: float) -> None:
+        observer = observers.get(outcome)
+        if observer is None:
+            observer = observers[outcome] = latency.labels(outcome).observe
+        observer(seconds)
+
+    server.runner.on_request = observe
     return registry
 
 
