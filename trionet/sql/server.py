@@ -244,18 +244,26 @@ class SqlServer:
         draining = conn.draining
         while not draining.is_set():
             state.last_active = trio.current_time()
-            # The next request: on a plain socket, what has arrived is read
-            # without a scheduler round (a checkpoint then lets the others
-            # run), and the loop waits only when nothing has
-            # (trionet.serving.DirectSocketIO, as the PostgreSQL port and the
-            # DNS port do). The idle timeout needs no scope here: _watch_idle.
+            # The next request. On a plain socket the loop waits until the
+            # socket is readable and reads it directly, without
+            # receive_some's scheduler round and context managers
+            # (trionet.serving.DirectSocketIO). It waits before trying to
+            # read: the answer just went out, so a client that waits for its
+            # answers cannot have sent more yet (a read would only fail with
+            # EAGAIN), and one that pipelines has its requests in the
+            # framer's buffer. The wait is the connection's checkpoint; a
+            # request found in the buffer gets one of its own, so a client
+            # that pipelines takes turns with the others (the direct send
+            # has none). The idle timeout needs no scope here: _watch_idle.
             try:
-                while (request := proto.next_event()) is NEED_DATA:
-                    if io.read_ready(proto):
-                        await trio.lowlevel.checkpoint()
-                    else:
+                request = proto.next_event()
+                if request is NEED_DATA:
+                    while request is NEED_DATA:
                         await io.wait(proto)
                         io.read_ready(proto)  # direct: what woke us up (EOF reads b"")
+                        request = proto.next_event()
+                else:
+                    await trio.lowlevel.checkpoint()
             except (trio.BrokenResourceError, OSError):
                 return  # reset by the client
             if request is EOF or state.session.aborted:
