@@ -15,7 +15,11 @@ Servers:
 - ``echo``: ``tools/baselines/echo_server.py``, a trio server that echoes each
   chunk (the request line comes back as the whole reply);
 - ``floor``: ``tools/baselines/trio_sql_floor.py``, the least a trio SQL
-  server can do (no safety, no limits): what trio itself costs per request.
+  server can do (no safety, no limits): what trio itself costs per request;
+- ``trionet-before`` (with ``--compare-tree DIR``): trionet from another
+  source tree (``git archive main | tar -x -C DIR``), with the same
+  ``--trionet-args``, interleaved with the others in every round: a before and
+  after measured in one run.
 
 Scenarios:
 
@@ -76,8 +80,10 @@ BASELINES = ROOT / "tools/baselines"
 PY = sys.executable
 
 SERVERS = ("trionet", "trionet-noinline", "select", "echo", "floor")
+OPTIONAL_SERVERS = ("trionet-before",)  # not in the default list
 SCENARIOS = ("point", "mixed", "slow")
-SQL_SERVERS = frozenset({"trionet", "trionet-noinline", "select", "floor"})
+SQL_SERVERS = frozenset({"trionet", "trionet-before", "trionet-noinline", "select", "floor"})
+BEFORE_TREE: list[Path] = []  # --compare-tree: where trionet-before's code is
 
 POINT_SQL = "SELECT * FROM quakes WHERE id = ?"
 RANGE_SQL = "SELECT id, time, mag, place FROM quakes WHERE time >= ? AND time < ? ORDER BY time"
@@ -267,12 +273,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _trionet_cli_command(db: Path, port: int) -> list[str] | None:
+def _tree(name: str) -> Path:
+    """The source tree a server's code comes from: ``--compare-tree`` for trionet-before, else this one."""
+    return BEFORE_TREE[0] if name == "trionet-before" else ROOT
+
+
+def _server_env(name: str) -> dict[str, str] | None:
+    """trionet-before imports its own tree's package, whatever PYTHONPATH this script was started with."""
+    return {**os.environ, "PYTHONPATH": str(BEFORE_TREE[0])} if name == "trionet-before" else None
+
+
+def _trionet_cli_command(db: Path, port: int, root: Path = ROOT) -> list[str] | None:
     """The ``trionet sql serve`` command line, or None if this checkout has no such CLI yet."""
     try:
         helptext = subprocess.run(
-            [PY, "-m", "trionet", "sql", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
-        )
+            [PY, "-m", "trionet", "sql", "serve", "--help"], cwd=root, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )  # fmt: skip
     except subprocess.TimeoutExpired:
         return None
     if helptext.returncode != 0 or "--db" not in helptext.stdout:
@@ -286,6 +303,11 @@ def _trionet_cli_command(db: Path, port: int) -> list[str] | None:
 
 
 def _server_command(name: str, db: Path, port: int, use_cli: bool) -> list[str]:
+    if name == "trionet-before":
+        cmd = _trionet_cli_command(db, port, BEFORE_TREE[0])
+        if cmd is None:
+            raise click.ClickException(f"{BEFORE_TREE[0]} has no 'trionet sql serve --db'")
+        return cmd
     if name == "trionet" and use_cli:
         cmd = _trionet_cli_command(db, port)
         if cmd is not None:
@@ -384,7 +406,7 @@ def _start_server_once(name: str, db: Path, workdir: Path, use_cli: bool) -> Run
     cmd = _server_command(name, db, port, use_cli)
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=_tree(name), env=_server_env(name), stdout=log_file, stderr=subprocess.STDOUT)
     server = RunningServer(name, cmd, proc, port, log_path)
     # A benchmark may poll (tests may not): connect until the server answers.
     deadline = time.monotonic() + 30
@@ -633,7 +655,17 @@ def _targets(results: list[Result]) -> list[dict]:
     if value is not None:
         targets.append({"target": "point q/s trionet / floor", "value": value, "limit": None,
                         "verdict": "info", "detail": "the cost of trionet's safety"})  # fmt: skip
-    for name in ("trionet-noinline", "select"):
+    b = by.get(("point", "trionet-before"))
+    for what, attr in (("q/s", "qps"), ("server us/q", "server_us_per_query")):
+        value = ratio(t, b, attr)
+        if value is not None:
+            targets.append({"target": f"point {what} trionet / trionet-before", "value": value, "limit": None,
+                            "verdict": "info", "detail": "after / before (--compare-tree)"})  # fmt: skip
+    value = ratio(b, s, "qps")
+    if value is not None:
+        targets.append({"target": "point q/s trionet-before / select", "value": value, "limit": None,
+                        "verdict": "info", "detail": "the before tree against the target's baseline"})  # fmt: skip
+    for name in ("trionet-before", "trionet-noinline", "select"):
         slow, alone = by.get(("slow", name)), by.get(("point", name))
         if slow and alone:
             value = ratio(slow, alone, "p99_ms")
@@ -759,20 +791,28 @@ def _print_report(results: list[Result], targets: list[dict], slow_info: dict) -
 @click.option("--no-cli", is_flag=True, help="Start trionet with this script's launcher, not 'python3 -m trionet'.")
 @click.option("--trionet-args", default="", metavar="ARGS",
               help="More arguments for 'trionet sql serve', e.g. '--workers auto'.")  # fmt: skip
+@click.option("--compare-tree", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR",
+              help="Also run trionet from this source tree as 'trionet-before', interleaved with the others.")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 @click.pass_context
 def main(
     ctx, clients, duration, warmup, slow_seconds, servers, scenarios, load_procs, wait_quiet, repeat, no_cli,
-    trionet_args, json_path,
+    trionet_args, compare_tree, json_path,
 ) -> None:
     """Measure trionet sql against an echo server and a select()-loop server."""
     if ctx.invoked_subcommand is not None:
         return
     TRIONET_ARGS[:] = shlex.split(trionet_args)
     servers = [s for s in servers.split(",") if s]
+    if compare_tree is not None:
+        BEFORE_TREE[:] = [compare_tree.resolve()]
+        if "trionet-before" not in servers:
+            servers.insert(servers.index("trionet") + 1 if "trionet" in servers else 0, "trionet-before")
+    elif "trionet-before" in servers:
+        raise click.BadParameter("trionet-before needs --compare-tree DIR", param_hint="--servers")
     scenarios = [s for s in scenarios.split(",") if s]
     for s in servers:
-        if s not in SERVERS:
+        if s not in SERVERS + OPTIONAL_SERVERS:
             raise click.BadParameter(f"unknown server {s!r}", param_hint="--servers")
     for s in scenarios:
         if s not in SCENARIOS:
@@ -839,7 +879,7 @@ def main(
         doc = {
             "command": shlex.join([Path(PY).name, *sys.argv]),
             "machine": machine,
-            "options": {**opts, "slow_seconds": slow_seconds},
+            "options": {**opts, "slow_seconds": slow_seconds, "compare_tree": str(compare_tree) if compare_tree else None},
             "servers": commands,
             "queries": {"point": POINT_SQL, "range": RANGE_SQL, "top10": TOP_SQL, "slow": slow_info},
             "results": [asdict(r) for r in results],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -85,6 +86,50 @@ def test_rows_round_trip_keeps_storage_classes(rows):
     assert reply == protocol.Rows(3, [tuple(r) for r in rows])
     for sent, got in zip(rows, reply.rows):
         assert [type(v) for v in sent] == [type(v) for v in got]
+
+
+def _generic(obj) -> bytes:
+    """A frame as a plain json.dumps writes it: what the server's pre-encoded frames must equal, byte for byte."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
+
+
+_ids = st.one_of(st.none(), st.integers(-(2**70), 2**70), st.text(max_size=8))
+
+
+@given(
+    _ids,
+    st.lists(st.text(max_size=6), max_size=4),
+    st.lists(st.tuples(sqlite_values | st.floats(), sqlite_values), max_size=4),
+    st.integers(0, 10**6),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+    st.floats(0, 1e7),
+)
+def test_fast_frames_are_the_generic_encoders_bytes(req_id, columns, rows, count, truncated, rowid, ms):
+    assert protocol.encode_columns(req_id, columns) == _generic({"id": req_id, "type": "columns", "columns": columns})
+    encoded = [[protocol.encode_value(v) for v in row] for row in rows]
+    assert protocol.encode_rows(req_id, rows) == _generic({"id": req_id, "type": "rows", "rows": encoded})
+    done = protocol.encode_done(
+        req_id, rows=count, truncated=truncated, changes=count // 2, last_insert_rowid=rowid, elapsed_ms=ms
+    )
+    assert done == _generic(
+        {"id": req_id, "type": "done", "rows": count, "truncated": truncated, "changes": count // 2,
+         "last_insert_rowid": rowid, "ms": round(ms, 3)}
+    )  # fmt: skip
+
+
+def _no_fast_scan(text, idx):
+    raise StopIteration(idx)
+
+
+@given(st.dictionaries(st.sampled_from(["id", "sql", "params", "max_rows", "x"]), _ids | st.lists(sqlite_values)))
+def test_fast_parse_answers_as_json_loads_does(obj):
+    # The reference is the parser with its fast scanner refused: json.loads alone.
+    line = json.dumps(obj, default=lambda b: {"$blob": "AA=="}).encode()
+    for variant in (line, line + b" {}", line[:-1], line.replace(b"{", b"[", 1)):
+        got = parse_request(variant)
+        with mock.patch.object(protocol, "_scan_json", _no_fast_scan):
+            assert got == parse_request(variant)
 
 
 def test_non_finite_reals_survive():

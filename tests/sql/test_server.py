@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from unittest import mock
 
 import pytest
 import trio
@@ -109,6 +110,31 @@ async def test_pipelined_requests_are_answered_in_order(raw, start_sql):
     assert {e.id for e in a} == {"a"} and a[1].rows == [(1,)]
     assert b == [protocol.ErrorReply("b", "sql_error", "no such column: nope")]
     assert {e.id for e in c} == {"c"} and c[1].rows == [(3,)]
+
+
+async def test_a_pipelining_client_takes_turns_with_the_others(raw, start_sql):
+    # Requests found in the buffer run on the event loop and are sent
+    # without a scheduler round; each still gets a checkpoint, so a client
+    # that pipelines hundreds of them cannot hold the others until it is done.
+    server, address = await start_sql()
+    order: list = []
+    run = server.runner.run
+
+    async def recording_run(conn, state, request):
+        order.append(request.id)
+        await run(conn, state, request)
+
+    server.runner.run = recording_run
+    busy, other = await raw(address), await raw(address)
+    sql = "SELECT id FROM quakes LIMIT 1"
+    await busy.send(protocol.encode_request(sql, id="warm"))  # known now: the next ones run inline
+    await busy.answer()
+    await busy.send(b"".join(protocol.encode_request(sql, id=i) for i in range(300)))
+    await other.send(protocol.encode_request(sql, id="other"))
+    assert (await other.answer())[-1] == protocol.Done("other", 1, False, 0, None, mock.ANY)
+    assert order.index("other") < 20  # measured: 2-3 (187 without the checkpoint)
+    for _ in range(300):
+        assert isinstance((await busy.answer())[-1], protocol.Done)
 
 
 async def test_client_api_pipelines_across_tasks(start_sql):

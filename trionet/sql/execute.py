@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trionet.serving import Connection, SendWatchdog
+from trionet.serving import Connection, DirectSocketIO, SendWatchdog
 from trionet.sql import protocol, rules
 from trionet.sql.engine import INLINE_BUDGET, Database, FetchResult, OverBudget, Session
 from trionet.sql.errors import SqlError
@@ -116,7 +116,7 @@ class RequestRunner:
                     out += protocol.encode_rows(req_id, rows)
                 if rows_left.truncated or result.exhausted:
                     break
-                await state.sends.send(conn.stream, out)  # backpressure: the next batch waits for this one
+                await state.send(conn, out)  # backpressure: the next batch waits for this one
                 out = b""
                 result = await in_sqlite(session.fetch, rows_left.want(), max_bytes)
             if rows_left.truncated and not result.exhausted:
@@ -137,7 +137,7 @@ class RequestRunner:
         self.rows_sent += rows_left.sent
         if self.on_request is not None:
             self.on_request(ending, time.perf_counter() - started)
-        await state.sends.send(conn.stream, out)
+        await state.send(conn, out)
 
 
 @dataclass(eq=False)
@@ -147,6 +147,18 @@ class ConnState:
     session: Session
     proto: protocol.ServerProtocol
     sends: SendWatchdog
+    io: DirectSocketIO
     busy: bool = False
     last_active: float = field(default_factory=trio.current_time)
     idle_bye: bytes | None = None  # set when the idle watcher closes the connection
+
+    async def send(self, conn: Connection, data: bytes) -> None:
+        """Send ``data``: what the socket takes at once directly, the rest through the send watchdog.
+
+        A direct write skips trio's scheduler round (:class:`~trionet.serving.DirectSocketIO`);
+        the request loop checkpoints once per request, so the connection still
+        takes its turn.
+        """
+        rest = self.io.send_now(data)
+        if rest:
+            await self.sends.send(conn.stream, rest)

@@ -106,6 +106,38 @@ def _dumps(obj: Any) -> bytes:
     return _encode(obj).encode() + b"\n"
 
 
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+# The per-request frames (columns, rows, done) are written from pre-encoded
+# parts around json's C encoder, called directly: JSONEncoder.encode builds a
+# new C encoder object (and a dict for its cycle check) on every call, which
+# cost more than encoding a point query's row (docs/benchmarks.md). Result
+# rows are flat tuples of scalars, so they need no cycle check. The bytes are
+# the same as _dumps gives (the tests compare them).
+_encode_rows_c = (
+    json.encoder.c_make_encoder(None, _refuse, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    if json.encoder.c_make_encoder is not None  # None: an interpreter without the C accelerator
+    else None
+)
+
+
+def _json_id(req_id: Any) -> bytes:
+    """``req_id`` as JSON (an int, a string or null: what the request parser lets through)."""
+    if req_id is None:
+        return b"null"
+    if type(req_id) is int:
+        return str(req_id).encode()
+    return _encode(req_id).encode()
+
+
+def _json_rows(rows: list[tuple]) -> str:
+    if _encode_rows_c is not None:
+        return "".join(_encode_rows_c(rows, 0))
+    return _encode(rows)
+
+
 # --- requests (client -> server) ---------------------------------------------
 
 
@@ -146,6 +178,11 @@ class AuthMessage:
 
 
 _REQUEST_FIELDS = frozenset({"id", "sql", "params", "max_rows"})
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # what decode_value returns as it is
+
+# json.loads's scanner without its wrapper (type checks, a regex for the
+# whitespace around the value): the request line is already stripped.
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())
 _AUTH_FIELDS = frozenset({"type", "mechanism", "data"})
 
 
@@ -176,13 +213,23 @@ def parse_request(line: bytes) -> Request | BadRequest | AuthMessage | None:
     if not stripped.startswith("{"):
         return Request(id=None, sql=stripped, bare=True)
     try:
-        obj = json.loads(stripped)
+        obj, end = _scan_json(stripped, 0)
+        if end != len(stripped):
+            raise ValueError("extra data")  # json.loads below says where
+    except (StopIteration, ValueError):
+        # The error (or an extra-data line) the slow way, for json's own message.
+        obj = None
     except RecursionError:
         return BadRequest(None, "bad_request", "invalid JSON: nested too deeply")
-    except ValueError as exc:
-        # JSONDecodeError, and the plain ValueError of an integer literal
-        # longer than sys.get_int_max_str_digits() (4300 digits by default).
-        return BadRequest(None, "bad_request", f"invalid JSON: {str(exc)[:200]}")
+    if obj is None:
+        try:
+            obj = json.loads(stripped)
+        except RecursionError:
+            return BadRequest(None, "bad_request", "invalid JSON: nested too deeply")
+        except ValueError as exc:
+            # JSONDecodeError, and the plain ValueError of an integer literal
+            # longer than sys.get_int_max_str_digits() (4300 digits by default).
+            return BadRequest(None, "bad_request", f"invalid JSON: {str(exc)[:200]}")
     if not isinstance(obj, dict):
         return BadRequest(None, "bad_request", "a JSON request must be an object")
     if "\\u" in stripped and _has_lone_surrogate(obj):
@@ -192,10 +239,10 @@ def parse_request(line: bytes) -> Request | BadRequest | AuthMessage | None:
     req_id = obj.get("id")
     if not (req_id is None or isinstance(req_id, (str, int)) and not isinstance(req_id, bool)):
         return BadRequest(None, "bad_request", "'id' must be a string, an integer or null")
-    unknown = sorted(set(obj) - _REQUEST_FIELDS)
-    if unknown:
+    if not _REQUEST_FIELDS.issuperset(obj):
         if obj.get("type") == "auth":  # checked only here: no cost to a request
             return _parse_auth(obj)
+        unknown = sorted(set(obj) - _REQUEST_FIELDS)
         return BadRequest(req_id, "bad_request", f"unknown field(s): {', '.join(unknown)}")
     sql = obj.get("sql")
     if not isinstance(sql, str) or not sql.strip():
@@ -207,8 +254,12 @@ def parse_request(line: bytes) -> Request | BadRequest | AuthMessage | None:
     try:
         if raw_params is None:
             params = None
-        elif isinstance(raw_params, list):
-            params = tuple(decode_value(v) for v in raw_params)
+        elif type(raw_params) is list:
+            params = tuple(raw_params)
+            for value in params:
+                if type(value) not in _PLAIN:  # a $blob or $real, or not a value: decode them all
+                    params = tuple(decode_value(v) for v in raw_params)
+                    break
         elif isinstance(raw_params, dict):
             params = {}
             for key, value in raw_params.items():
@@ -319,35 +370,41 @@ def encode_auth_ok(data: str) -> bytes:
     return _dumps({"type": "auth_ok", "data": data})
 
 
+_COLUMNS_TAILS: dict[tuple, bytes] = {}
+_COLUMNS_CACHE = 256
+
+
 def encode_columns(req_id: Any, columns: list[str]) -> bytes:
     """The first frame of a result: the column names (empty for a statement with no result)."""
-    return _dumps({"id": req_id, "type": "columns", "columns": columns})
+    key = tuple(columns)
+    tail = _COLUMNS_TAILS.get(key)
+    if tail is None:
+        tail = b',"type":"columns","columns":' + _encode(columns).encode() + b"}\n"
+        if len(_COLUMNS_TAILS) >= _COLUMNS_CACHE:
+            _COLUMNS_TAILS.clear()  # a bound, not an LRU: the same few shapes come back
+        _COLUMNS_TAILS[key] = tail
+    return b'{"id":' + _json_id(req_id) + tail
 
 
 def encode_rows(req_id: Any, rows: list[tuple]) -> bytes:
     """One batch of result rows."""
     try:
-        return _dumps({"id": req_id, "type": "rows", "rows": rows})
+        body = _json_rows(rows)
     except (TypeError, ValueError):  # a BLOB or a non-finite REAL: take the slow path
-        encoded = [[encode_value(v) for v in row] for row in rows]
-        return _dumps({"id": req_id, "type": "rows", "rows": encoded})
+        body = _encode([[encode_value(v) for v in row] for row in rows])
+    return b'{"id":' + _json_id(req_id) + b',"type":"rows","rows":' + body.encode() + b"}\n"
 
 
 def encode_done(
     req_id: Any, *, rows: int, truncated: bool, changes: int, last_insert_rowid: int | None, elapsed_ms: float
 ) -> bytes:
     """The last frame of a successful result."""
-    return _dumps(
-        {
-            "id": req_id,
-            "type": "done",
-            "rows": rows,
-            "truncated": truncated,
-            "changes": changes,
-            "last_insert_rowid": last_insert_rowid,
-            "ms": round(elapsed_ms, 3),
-        }
-    )
+    return b"".join((
+        b'{"id":', _json_id(req_id), b',"type":"done","rows":', str(rows).encode(),
+        b',"truncated":true,"changes":' if truncated else b',"truncated":false,"changes":', str(changes).encode(),
+        b',"last_insert_rowid":', b"null" if last_insert_rowid is None else str(last_insert_rowid).encode(),
+        b',"ms":', repr(round(elapsed_ms, 3)).encode(), b"}\n",
+    ))  # fmt: skip
 
 
 def encode_error(req_id: Any, code: str, message: str) -> bytes:

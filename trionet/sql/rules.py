@@ -129,8 +129,10 @@ class RowCap:
     def __init__(self, server_max_rows: int, request_max_rows: int | None, batch_rows: int) -> None:
         # None is "no cap". A request's max_rows of 0 asks for no rows at all
         # (the columns only); it must not lift the server's cap.
-        caps = [c for c in (server_max_rows or None, request_max_rows) if c is not None]
-        self.cap: int | None = min(caps) if caps else None
+        cap = server_max_rows or None
+        if request_max_rows is not None and (cap is None or request_max_rows < cap):
+            cap = request_max_rows
+        self.cap: int | None = cap
         self.batch_rows = batch_rows
         self.sent = 0
         self.truncated = False
@@ -139,7 +141,8 @@ class RowCap:
         """Rows to ask SQLite for next: one past the cap, so that a cut result is known to be cut."""
         if self.cap is None:
             return self.batch_rows
-        return max(1, min(self.batch_rows, self.cap - self.sent + 1))
+        left = self.cap - self.sent + 1  # >= 1: take() never sends more than the cap
+        return left if left < self.batch_rows else self.batch_rows
 
     def take(self, rows: list[tuple]) -> list[tuple]:
         """The part of ``rows`` that may be sent; sets :attr:`truncated` when the cap cut them."""

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import trio
 
-from trionet.framing import EOF
+from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
-from trionet.serving import Connection, SendWatchdog, TCPService, receive_event
+from trionet.serving import Connection, DirectSocketIO, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol, rules
 from trionet.sql.auth import MECHANISM, AuthConfig, HelloLogin
 from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database
@@ -174,7 +174,7 @@ class SqlServer:
         if self.auth is not None and not await self._login(conn, proto):
             return
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
-        state = ConnState(session, proto, SendWatchdog(self.config.send_timeout))
+        state = ConnState(session, proto, SendWatchdog(self.config.send_timeout), DirectSocketIO(conn.stream))
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_drain, conn, state, nursery.cancel_scope)
@@ -239,10 +239,31 @@ class SqlServer:
         # back by TCP, not by our memory.
         if not greeted:
             await self._send(state, conn, self._hello)
-        while not conn.draining.is_set():
+        io = state.io
+        proto = state.proto
+        draining = conn.draining
+        while not draining.is_set():
             state.last_active = trio.current_time()
+            # The next request. On a plain socket the loop waits until the
+            # socket is readable and reads it directly, without
+            # receive_some's scheduler round and context managers
+            # (trionet.serving.DirectSocketIO). It waits before trying to
+            # read: the answer just went out, so a client that waits for its
+            # answers cannot have sent more yet (a read would only fail with
+            # EAGAIN), and one that pipelines has its requests in the
+            # framer's buffer. The wait is the connection's checkpoint; a
+            # request found in the buffer gets one of its own, so a client
+            # that pipelines takes turns with the others (the direct send
+            # has none). The idle timeout needs no scope here: _watch_idle.
             try:
-                request = await receive_event(conn.stream, state.proto)
+                request = proto.next_event()
+                if request is NEED_DATA:
+                    while request is NEED_DATA:
+                        await io.wait(proto)
+                        io.read_ready(proto)  # direct: what woke us up (EOF reads b"")
+                        request = proto.next_event()
+                else:
+                    await trio.lowlevel.checkpoint()
             except (trio.BrokenResourceError, OSError):
                 return  # reset by the client
             if request is EOF or state.session.aborted:
@@ -286,7 +307,7 @@ class SqlServer:
 
     @staticmethod
     async def _send(state: ConnState, conn: Connection, data: bytes) -> None:
-        await state.sends.send(conn.stream, data)
+        await state.send(conn, data)
 
 
 async def serve_sql(
