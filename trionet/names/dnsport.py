@@ -17,7 +17,8 @@ and the transport named in the query log.
 
 This is the benchmark's hot path: the loop answers everything that arrived
 together with one send, checks the clock once per read rather than per
-message, answers a read at once and yields before the next one, opens the
+message, yields before a read rather than after it while reads find data
+(so what it reads is answered at once), opens the
 resolver nursery (and takes the send lock) only once a query must go
 upstream, and reads and sends directly on the socket when it is ready
 (:class:`~trionet.serving.DirectSocketIO`: one scheduler round per read
@@ -107,11 +108,11 @@ async def _answer(
     transport = options.transport
     io = replies.io
     out: list[bytes] = []  # answers to everything that arrived together go out in one send
-    # Whether the task read without waiting since it last let the others
-    # run. Such a read is answered at once, and the task yields before its
-    # next read: a client that never pauses still gets one scheduler round
-    # per read, and its answers no longer wait that round in the framer.
-    owe_checkpoint = False
+    streak = False  # the last read found data without waiting
+    if not pending:
+        # What came with the connection: the task's start (or the wait for
+        # a resolver slot) was this read's scheduling point.
+        io.read_ready(framer)
     while not session.ending:
         if pending:
             event = pending.popleft()  # kept while waiting: Frame, TruncatedFrame or EOF
@@ -128,10 +129,20 @@ async def _answer(
                 if now >= session_deadline:
                     session.end("session-timeout")
                     break
-                if owe_checkpoint:
+                # One read answered per scheduling point (a client that never
+                # pauses cannot keep the others waiting). While reads find
+                # data without waiting, the task yields before the next one,
+                # so what it reads is answered at once; else it reads first
+                # (most often nothing: it waits, which is a scheduling point)
+                # and yields only if it got something.
+                if streak:
                     await trio.lowlevel.checkpoint()
-                owe_checkpoint = io.read_ready(framer)
-                if owe_checkpoint:
+                    streak = io.read_ready(framer)
+                else:
+                    streak = io.read_ready(framer)
+                    if streak:
+                        await trio.lowlevel.checkpoint()
+                if streak:
                     continue
                 deadline, reason = session.read_deadline(now)
                 client.wait_scope = trio.CancelScope(deadline=deadline)
@@ -140,7 +151,7 @@ async def _answer(
                 if client.wait_scope.cancelled_caught:
                     session.end(reason)
                     break
-                owe_checkpoint = io.read_ready(framer)  # what woke us up (a direct socket's wait reads nothing)
+                io.read_ready(framer)  # what woke us up (a direct socket's wait reads nothing)
                 continue
         if type(payload) is not bytes:  # EOF or TruncatedFrame
             client.peer_closed = True
