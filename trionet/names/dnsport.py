@@ -17,10 +17,9 @@ and the transport named in the query log.
 
 This is the benchmark's hot path: the loop answers everything that arrived
 together with one send, checks the clock once per read rather than per
-message, yields before a read rather than after it while reads find data
-(so what it reads is answered at once), opens the
-resolver nursery (and takes the send lock) only once a query must go
-upstream, and reads and sends directly on the socket when it is ready
+message, opens the resolver nursery (and takes the send lock) only once a
+query must go upstream, and reads and sends directly on the socket when it
+is ready
 (:class:`~trionet.serving.DirectSocketIO`: one scheduler round per read
 instead of one per call, measured in docs/benchmarks.md).
 """
@@ -108,11 +107,6 @@ async def _answer(
     transport = options.transport
     io = replies.io
     out: list[bytes] = []  # answers to everything that arrived together go out in one send
-    streak = False  # the last read found data without waiting
-    if not pending:
-        # What came with the connection: the task's start (or the wait for
-        # a resolver slot) was this read's scheduling point.
-        io.read_ready(framer)
     while not session.ending:
         if pending:
             event = pending.popleft()  # kept while waiting: Frame, TruncatedFrame or EOF
@@ -129,20 +123,8 @@ async def _answer(
                 if now >= session_deadline:
                     session.end("session-timeout")
                     break
-                # One read answered per scheduling point (a client that never
-                # pauses cannot keep the others waiting). While reads find
-                # data without waiting, the task yields before the next one,
-                # so what it reads is answered at once; else it reads first
-                # (most often nothing: it waits, which is a scheduling point)
-                # and yields only if it got something.
-                if streak:
-                    await trio.lowlevel.checkpoint()
-                    streak = io.read_ready(framer)
-                else:
-                    streak = io.read_ready(framer)
-                    if streak:
-                        await trio.lowlevel.checkpoint()
-                if streak:
+                if io.read_ready(framer):
+                    await trio.lowlevel.checkpoint()  # read without waiting: let the others run
                     continue
                 deadline, reason = session.read_deadline(now)
                 client.wait_scope = trio.CancelScope(deadline=deadline)
