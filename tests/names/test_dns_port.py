@@ -91,6 +91,20 @@ async def test_dns_quota_closes_cleanly_after_the_last_answer(start_names, tcp):
     assert await receive_event(stream, framer) is EOF
 
 
+async def test_an_upstream_query_after_hosts_answers_holds_nothing_back_and_counts(start_names, tcp):
+    # The resolver nursery opens at the connection's first upstream query,
+    # here the second message: the ones after it are still answered first,
+    # and it is counted against the quota like every other.
+    server, addrs = await start_names(quota=4)
+    stream = await tcp(addrs.dns)
+    queries = [dns.message.make_query(n, "A") for n in ("gw", "slow.test", "printer", "multi.lan", "gw")]
+    await stream.send_all(b"".join(encode_length_prefixed(q.to_wire(), 2) for q in queries))
+    framer = LengthPrefixFramer(2, 65535)
+    ids = [dns.message.from_wire((await receive_event(stream, framer)).payload).id for _ in range(4)]
+    assert ids == [queries[0].id, queries[2].id, queries[3].id, queries[1].id]
+    assert await receive_event(stream, framer) is EOF  # the fifth is over the quota
+
+
 async def test_a_length_prefix_without_its_body(start_names, tcp):
     server, addrs = await start_names(quota=0, limit=2)
     stream = await tcp(addrs.dns)

@@ -17,8 +17,9 @@ and the transport named in the query log.
 
 This is the benchmark's hot path: the loop answers everything that arrived
 together with one send, checks the clock once per read rather than per
-message, takes the send lock only while resolver tasks run, and reads and
-sends directly on the socket when it is ready
+message, opens the resolver nursery (and takes the send lock) only once a
+query must go upstream, and reads and sends directly on the socket when it
+is ready
 (:class:`~trionet.serving.DirectSocketIO`: one scheduler round per read
 instead of one per call, measured in docs/benchmarks.md).
 """
@@ -30,11 +31,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from trionet.framing import (
-    EOF,
     NEED_DATA,
     Frame,
     LengthPrefixFramer,
-    TruncatedFrame,
     encode_length_prefixed,
 )
 from trionet.names import dnswire
@@ -68,6 +67,35 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
         return
     if not admitted:
         return
+    io = DirectSocketIO(stream)
+    replies = _Replies(server, client.sends, stream, conn.peer, _StreamOptions(server, conn), io)
+    # The nursery for resolver tasks is opened only when a query must go
+    # upstream: a connection answered from the hosts file and the cache
+    # (the benchmark's, and most clients') never pays for one.
+    upstream = await _answer(server, conn, client, framer, replies)
+    if upstream is not None:
+        async with trio.open_nursery() as queries:
+            replies.open_resolving(queries)
+            await replies.resolve_soon(upstream)
+            if not session.count():
+                await _answer(server, conn, client, framer, replies)
+    # Every answer is sent; give the slot to the next client before closing.
+    server.release(client)
+    if session.lets_client_close_first:
+        client.peer_closed = await _let_client_close(stream, framer)
+
+
+async def _answer(
+    server: NamesServer, conn: Connection, client: Client, framer: LengthPrefixFramer, replies: _Replies
+) -> dnswire.DnsQuery | None:
+    """Answer the client's queries until its session ends, pipelined; or stop at one that must go upstream.
+
+    Hosts-file, cached and error answers are made here; a query to resolve
+    goes to :meth:`_Replies.resolve_soon`, which needs the resolver
+    nursery. While none is open, every answer so far is sent and the query
+    is returned, for :func:`serve_dns` to open it and call this again.
+    """
+    session = client.session
     session_deadline = session.session_deadline()
     pending = session.pending
     logging_queries = server.config.log_queries
@@ -75,89 +103,86 @@ async def serve_dns(server: NamesServer, conn: Connection, client: Client) -> No
     known_answer = _never_known if logging_queries else server.hosts_wire.get
     cached_answer = _never_cached if logging_queries else server.cache_wire.get
     cache_stats = server.cache.stats
-    options = _StreamOptions(server, conn)
+    options = replies.options
     transport = options.transport
-    async with trio.open_nursery() as queries:
-        io = DirectSocketIO(stream)
-        replies = _Replies(server, client.sends, stream, queries, conn.peer, options, io)
-        out: list[bytes] = []  # answers to everything that arrived together go out in one send
-        while not session.ending:
-            if pending:
-                event = pending.popleft()
+    io = replies.io
+    out: list[bytes] = []  # answers to everything that arrived together go out in one send
+    while not session.ending:
+        if pending:
+            event = pending.popleft()  # kept while waiting: Frame, TruncatedFrame or EOF
+            payload = event.payload if type(event) is Frame else event
+        else:
+            # The bare payload: no Frame is built per message only to be taken apart.
+            payload = framer.next_payload()
+            if payload is NEED_DATA:
+                if out:
+                    await replies.send(b"".join(out))
+                    out.clear()
+                # Checked once per read, not per message: the fast path stays fast.
+                now = trio.current_time()
+                if now >= session_deadline:
+                    session.end("session-timeout")
+                    break
+                if io.read_ready(framer):
+                    await trio.lowlevel.checkpoint()  # read without waiting: let the others run
+                    continue
+                deadline, reason = session.read_deadline(now)
+                client.wait_scope = trio.CancelScope(deadline=deadline)
+                with client.wait_scope:
+                    await io.wait(framer)
+                if client.wait_scope.cancelled_caught:
+                    session.end(reason)
+                    break
+                io.read_ready(framer)  # what woke us up (a direct socket's wait reads nothing)
+                continue
+        if type(payload) is not bytes:  # EOF or TruncatedFrame
+            client.peer_closed = True
+            break
+        # A 2-byte length prefix cannot announce more than MAX_DNS_MESSAGE: never Oversized.
+        conn.requests += 1
+        known = known_answer(payload[2:])
+        if known is None:
+            known = cached_answer(payload[2:], trio.current_time())
+            if known is not None:
+                cache_stats.hits += 1  # a cache hit that did not need the cache's lookup
+        if known is not None:
+            out.append(_frame(payload[:2] + known))
+        else:
+            parsed = dnswire.parse_stream_query(payload)
+            if isinstance(parsed, bytes):
+                out.append(_frame(parsed))
+                if logging_queries:
+                    server.log_query(conn.peer, transport, "-", "-", "-", error_rcode(parsed), trio.current_time())
             else:
-                event = framer.next_event()
-                if event is NEED_DATA:
+                started = trio.current_time() if logging_queries else 0.0
+                answer = server.lookup_local(parsed.qname, parsed.rdtype)
+                if answer is None:
                     if out:
                         await replies.send(b"".join(out))
                         out.clear()
-                    # Checked once per read, not per message: the fast path stays fast.
-                    now = trio.current_time()
-                    if now >= session_deadline:
-                        session.end("session-timeout")
-                        break
-                    if io.read_ready(framer):
-                        await trio.lowlevel.checkpoint()  # read without waiting: let the others run
-                        continue
-                    deadline, reason = session.read_deadline(now)
-                    client.wait_scope = trio.CancelScope(deadline=deadline)
-                    with client.wait_scope:
-                        await io.wait(framer)
-                    if client.wait_scope.cancelled_caught:
-                        session.end(reason)
-                        break
-                    io.read_ready(framer)  # what woke us up (a direct socket's wait reads nothing)
-                    continue
-            if event is EOF or type(event) is TruncatedFrame:
-                client.peer_closed = True
-                break
-            # A 2-byte length prefix cannot announce more than MAX_DNS_MESSAGE: always a Frame.
-            conn.requests += 1
-            payload = event.payload
-            known = known_answer(payload[2:])
-            if known is None:
-                known = cached_answer(payload[2:], trio.current_time())
-                if known is not None:
-                    cache_stats.hits += 1  # a cache hit that did not need the cache's lookup
-            if known is not None:
-                out.append(_frame(payload[:2] + known))
-            else:
-                parsed = dnswire.parse_stream_query(payload)
-                if isinstance(parsed, bytes):
-                    out.append(_frame(parsed))
-                    if logging_queries:
-                        server.log_query(conn.peer, transport, "-", "-", "-", error_rcode(parsed), trio.current_time())
+                    if replies.nursery is None:
+                        return parsed  # not counted yet: the caller counts it
+                    await replies.resolve_soon(parsed)
                 else:
-                    started = trio.current_time() if logging_queries else 0.0
-                    answer = server.lookup_local(parsed.qname, parsed.rdtype)
-                    if answer is None:
-                        if out:
-                            await replies.send(b"".join(out))
-                            out.clear()
-                        await replies.resolve_soon(parsed)
-                    else:
-                        response = dnswire.build_response(parsed, answer)
-                        if parsed.keepalive >= 0 or parsed.padding:
-                            # Not remembered: a padded answer is for TLS only.
-                            response = options.add(parsed, response)
-                        elif answer.source == "hosts":
-                            server.hosts_wire.remember(payload, response)
-                        elif answer.source == "cache":
-                            until = server.cache.unchanged_until(parsed.qname, parsed.rdtype)
-                            if until > trio.current_time():
-                                server.cache_wire.remember(payload, response, until)
-                        out.append(_frame(response))
-                        if logging_queries:
-                            rcode = answer_rcode(answer)
-                            server.log_query(conn.peer, transport, parsed.qname, parsed.rdtype, answer.source, rcode, started)
-            if session.count():
-                break
-        if out:
-            await replies.send(b"".join(out))
-    # Every answer is sent; give the slot to the next client before closing.
-    server.release(client)
-    if session.lets_client_close_first:
-        client.peer_closed = await _let_client_close(stream, framer)
-
+                    response = dnswire.build_response(parsed, answer)
+                    if parsed.keepalive >= 0 or parsed.padding:
+                        # Not remembered: a padded answer is for TLS only.
+                        response = options.add(parsed, response)
+                    elif answer.source == "hosts":
+                        server.hosts_wire.remember(payload, response)
+                    elif answer.source == "cache":
+                        until = server.cache.unchanged_until(parsed.qname, parsed.rdtype)
+                        if until > trio.current_time():
+                            server.cache_wire.remember(payload, response, until)
+                    out.append(_frame(response))
+                    if logging_queries:
+                        rcode = answer_rcode(answer)
+                        server.log_query(conn.peer, transport, parsed.qname, parsed.rdtype, answer.source, rcode, started)
+        if session.count():
+            break
+    if out:
+        await replies.send(b"".join(out))
+    return None
 
 async def _let_client_close(stream: trio.abc.Stream, framer: LengthPrefixFramer) -> bool:
     """After the quota, give a DNS client a moment to close first, as RFC 7766 6.2.3 asks of clients.
@@ -224,29 +249,39 @@ class _Replies:
     scheduling point, as much as the send itself on the hosts-file fast path.
     At most ``max_in_flight`` queries resolve at once; :meth:`resolve_soon`
     waits for one to finish before it starts another, so the next message is
-    not read meanwhile.
+    not read meanwhile. The resolver nursery, the lock and the bound exist
+    only once :meth:`open_resolving` is called, at the connection's first
+    query that must go upstream.
     """
+
+    __slots__ = ("_in_flight", "_lock", "_peer", "_sends", "_server", "_stream", "io", "nursery", "options", "resolving")
 
     def __init__(
         self,
         server: NamesServer,
         sends: SendWatchdog,
         stream: trio.abc.Stream,
-        nursery: trio.Nursery,
         peer: str,
         options: _StreamOptions,
         io: DirectSocketIO,
     ) -> None:
         self._server = server
-        self._options = options
-        self._io = io
+        self.options = options
+        self.io = io
         self._peer = peer
         self._sends = sends
         self._stream = stream
-        self._nursery = nursery
-        self._lock = trio.Lock()
-        self._in_flight = trio.Semaphore(server.config.max_in_flight)
+        self.nursery: trio.Nursery | None = None
+        """Where resolver tasks run; None until :meth:`open_resolving`."""
+        self._lock: trio.Lock | None = None
+        self._in_flight: trio.Semaphore | None = None
         self.resolving = 0
+
+    def open_resolving(self, nursery: trio.Nursery) -> None:
+        """From now on queries may resolve in tasks of ``nursery``, at most ``max_in_flight`` at once."""
+        self.nursery = nursery
+        self._lock = trio.Lock()
+        self._in_flight = trio.Semaphore(self._server.config.max_in_flight)
 
     async def send(self, wire: bytes) -> None:
         """Send ``wire`` from the read loop."""
@@ -256,7 +291,7 @@ class _Replies:
         else:
             # Nobody else can be sending: no lock to take, and what the
             # socket takes at once needs no scheduler round.
-            rest = self._io.send_now(wire)
+            rest = self.io.send_now(wire)
             if rest:
                 await self._sends.send(self._stream, rest)
 
@@ -264,18 +299,18 @@ class _Replies:
         """Start resolving ``query`` in a task that sends its answer (waits while too many are in flight)."""
         await self._in_flight.acquire()
         self.resolving += 1
-        self._nursery.start_soon(self._resolve_and_send, query)
+        self.nursery.start_soon(self._resolve_and_send, query)
 
     async def _resolve_and_send(self, query: dnswire.DnsQuery) -> None:
         try:
             started = trio.current_time()
             answer = await self._server.lookup(query.qname, query.rdtype)
-            response = self._options.add(query, dnswire.build_response(query, answer))
+            response = self.options.add(query, dnswire.build_response(query, answer))
             async with self._lock:
                 await self._sends.send(self._stream, _frame(response))
             if self._server.config.log_queries:
                 rcode = answer_rcode(answer)
-                transport = self._options.transport
+                transport = self.options.transport
                 self._server.log_query(self._peer, transport, query.qname, query.rdtype, answer.source, rcode, started)
         finally:
             self.resolving -= 1
