@@ -184,7 +184,10 @@ class NodeCore:
             only at the message's destination, never per hop.
         to_send: how many messages ``messages`` holds, for :meth:`status`
             (it is read lazily and cannot tell); by default its ``len()``
-            when it has one, else 0.
+            when it has one, else 0. A node restarted from its journal
+            starts with ``sent`` at the messages an earlier run saw return
+            (not in ``messages`` any more); they are added here, so that
+            ``to_send - sent`` is what is left.
         undeliverable_after: seconds (of the ``now`` passed in) after its
             first sending that a message still coming back undelivered is
             given up (:class:`Undeliverable`).
@@ -256,6 +259,7 @@ class NodeCore:
         self._members = frozenset(self.ring)
         if self.to_send is None:
             self.to_send = len(self.messages) if hasattr(self.messages, "__len__") else 0
+        self.to_send += self.sent  # sent by earlier runs (the journal's returns), no longer in messages
         self._queue = _Queue(self.messages)
 
     @property

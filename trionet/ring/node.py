@@ -191,14 +191,12 @@ class RingNode:
         self.options = options or NodeOptions()
         self.transport = transport or TcpTransport()
         delivered_before = journal.journal.was_delivered if journal is not None else None
-        sent_before = len(journal.journal.returned) if journal is not None else 0
-        if to_send is None and hasattr(messages, "__len__"):
-            to_send = len(messages)
         self.core = NodeCore(
-            node_id, config.ids, messages, observer, None if to_send is None else to_send + sent_before,
-            delivered_before, undeliverable_after=self.options.undeliverable_after,
-            idle_pause=self.options.failure_timeout / 3, probe_timeout=2 * self.options.failure_timeout,
-            sent=sent_before, delivered=len(journal.journal.delivered) if journal is not None else 0,
+            node_id, config.ids, messages, observer, to_send, delivered_before,
+            undeliverable_after=self.options.undeliverable_after, idle_pause=self.options.failure_timeout / 3,
+            probe_timeout=2 * self.options.failure_timeout,
+            sent=len(journal.journal.returned) if journal is not None else 0,
+            delivered=len(journal.journal.delivered) if journal is not None else 0,
         )
         if journal is not None:  # a restart proposes above every epoch it took part in (even if all were down)
             self.core.note_epoch(journal.journal.epoch)
