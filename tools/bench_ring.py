@@ -89,6 +89,12 @@ TEXT = "benchmark message " + "x" * 30  # about the size of a chat line
 SECRET = bytes(range(32))  # the shared secret of the --secret-file runs (what join reads from the file)
 
 
+def write_local_ring(path: Path, size: int) -> Path:
+    """Write a ring file of ``size`` nodes on free ports of 127.0.0.1 to ``path``; return ``path``."""
+    path.write_text(RingConfig.local(size, ports=free_ports(size)).to_toml())
+    return path
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -107,9 +113,7 @@ def run_ring(
     0's, at its core and at its links, and lets the other nodes forward
     unwatched; ``none`` only reports CPU and memory.
     """
-    ports = free_ports(size)
-    config = workdir / f"ring{size}.toml"
-    config.write_text(RingConfig.local(size, ports=ports).to_toml())
+    config = write_local_ring(workdir / f"ring{size}.toml", size)
     rng = random.Random(size)
     procs = []
     for i in range(size):
@@ -206,9 +210,7 @@ def crash_recovery(size: int, victim: int, failure_timeout: float, workdir: Path
     writes the wall-clock time and epoch of every token arrival; after the
     kill, once ``failure_timeout`` + 8 s have passed, every process is killed.
     """
-    ports = free_ports(size)
-    config = workdir / f"crash{size}.toml"
-    config.write_text(RingConfig.local(size, ports=ports).to_toml())
+    config = write_local_ring(workdir / f"crash{size}.toml", size)
     live = [i for i in range(size) if i != victim]
     rng = random.Random(victim)
     procs, event_files = [], {}
@@ -260,9 +262,7 @@ def crash_restart_rate(size: int, victim: int, per_node: int, crash: bool, down:
     """
     run = workdir / f"rate-{int(crash)}-{time.monotonic_ns()}"
     run.mkdir()
-    ports = free_ports(size)
-    config = run / "ring.toml"
-    config.write_text(RingConfig.local(size, ports=ports).to_toml())
+    config = write_local_ring(run / "ring.toml", size)
     rng = random.Random(size)
     argvs = []
     for i in range(size):

@@ -43,9 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trionet.ring.config import RingConfig  # noqa: E402
-from trionet.ring.demo import free_ports  # noqa: E402
-from bench_ring import TEXT  # noqa: E402  (the same messages as the benchmark)
+from bench_ring import TEXT, write_local_ring  # noqa: E402  (the same messages and ring files as the benchmark)
 
 TOKEN, MESSAGE = 5, 6
 
@@ -55,9 +53,7 @@ def run_ring(tree: Path, workdir: Path, messages: int) -> dict[int, list[tuple[i
     if not (tree / "trionet" / "ring" / "stats.py").exists():
         raise SystemExit(f"{tree}: no trionet/ring/stats.py, the hook this tool traces with")
     size = 3
-    ports = free_ports(size)
-    config = workdir / "ring.toml"
-    config.write_text(RingConfig.local(size, ports=ports).to_toml())
+    config = write_local_ring(workdir / "ring.toml", size)
     rng = random.Random(size)
     procs = []
     for i in range(size):
