@@ -85,81 +85,35 @@ def server_context(cert: str, key: str, *, alpn: list[str] | None = None) -> ssl
     return context
 
 
-# A certificate's signatureAlgorithm -> the hash of its tls-server-end-point
-# channel binding (RFC 5929 4.1: the signature's hash, SHA-256 for MD5 and SHA-1).
-_END_POINT_HASHES = {
-    "1.2.840.113549.1.1.4": "sha256",  # md5WithRSAEncryption
-    "1.2.840.113549.1.1.5": "sha256",  # sha1WithRSAEncryption
-    "1.2.840.113549.1.1.11": "sha256",
-    "1.2.840.113549.1.1.12": "sha384",
-    "1.2.840.113549.1.1.13": "sha512",
-    "1.2.840.113549.1.1.14": "sha224",
-    "1.2.840.10045.4.1": "sha256",  # ecdsa-with-SHA1
-    "1.2.840.10045.4.3.1": "sha224",
-    "1.2.840.10045.4.3.2": "sha256",
-    "1.2.840.10045.4.3.3": "sha384",
-    "1.2.840.10045.4.3.4": "sha512",
-}
-_PEM_CERTIFICATE = ("-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----")
-
-
 def server_end_point(cert: str) -> bytes | None:
     """The ``tls-server-end-point`` channel binding (RFC 5929) of the first certificate in the PEM file ``cert``.
 
     That is the hash of the certificate (DER), by the hash of its signature
-    algorithm, as PostgreSQL's SCRAM-SHA-256-PLUS and libpq compute it: a
-    client that compares it with the certificate it was shown knows that no
-    one relays the TLS session in the middle.
+    algorithm (SHA-256 for MD5 and SHA-1), as PostgreSQL's SCRAM-SHA-256-PLUS
+    and libpq compute it: a client that compares it with the certificate it
+    was shown knows that no one relays the TLS session in the middle. The
+    certificate is read with ``asn1crypto`` (what scramp reads it with).
 
     Returns:
-        None when the file holds no readable certificate, or its signature
-        algorithm has no single hash (Ed25519, RSA-PSS): channel binding is
-        then not offered, as PostgreSQL does not.
+        None when the file holds no readable certificate, or its signature is
+        neither RSA PKCS#1 v1.5 nor ECDSA (Ed25519, RSA-PSS, DSA): channel
+        binding is then not offered, as libpq could not compute it.
     """
+    # Imported here: only a PostgreSQL port with TLS and --users needs it, once at start.
+    from asn1crypto import pem
+    from asn1crypto.x509 import Certificate
+
     try:
-        with open(cert, encoding="ascii", errors="replace") as f:
-            text = f.read(1 << 20)
-        begin = text.index(_PEM_CERTIFICATE[0])
-        end = text.index(_PEM_CERTIFICATE[1], begin) + len(_PEM_CERTIFICATE[1])
-        der = ssl.PEM_cert_to_DER_cert(text[begin:end])
-        algorithm = _signature_algorithm(der)
-    except (OSError, ValueError, IndexError):
+        with open(cert, "rb") as f:
+            pem_bytes = f.read(1 << 20)
+        der = next(d for kind, _, d in pem.unarmor(pem_bytes, multiple=True) if kind == "CERTIFICATE")
+        signature = Certificate.load(der)["signature_algorithm"]
+        if signature.signature_algo not in ("rsassa_pkcs1v15", "ecdsa"):
+            return None
+        name = signature.hash_algo
+    except (OSError, ValueError, TypeError, KeyError, StopIteration):
         return None
-    name = _END_POINT_HASHES.get(algorithm)
-    return hashlib.new(name, der).digest() if name else None
-
-
-def _signature_algorithm(der: bytes) -> str:
-    """The dotted OID of a DER certificate's signatureAlgorithm (Certificate ::= SEQUENCE {tbs, algorithm, value})."""
-    _, start, _ = _der_item(der, 0, 0x30)
-    _, _, tbs_end = _der_item(der, start, 0x30)
-    _, algorithm, _ = _der_item(der, tbs_end, 0x30)
-    _, oid_start, oid_end = _der_item(der, algorithm, 0x06)
-    body = der[oid_start:oid_end]
-    if not body:
-        raise ValueError("empty OID")
-    parts, value = [body[0] // 40, body[0] % 40], 0
-    for byte in body[1:]:
-        value = value << 7 | byte & 0x7F
-        if not byte & 0x80:
-            parts.append(value)
-            value = 0
-    return ".".join(map(str, parts))
-
-
-def _der_item(der: bytes, i: int, tag: int) -> tuple[int, int, int]:
-    """(tag, content start, content end) of the DER item at ``i``, which must have ``tag``."""
-    if der[i] != tag:
-        raise ValueError(f"expected DER tag {tag:#x} at {i}")
-    length, i = der[i + 1], i + 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 1 <= count <= 4:
-            raise ValueError("unsupported DER length")
-        length, i = int.from_bytes(der[i : i + count], "big"), i + count
-    if i + length > len(der):
-        raise ValueError("truncated DER")
-    return tag, i, i + length
+    return hashlib.new("sha256" if name in ("md5", "sha1") else name, der).digest()
 
 
 def client_context(ca: str | None = None, *, alpn: list[str] | None = None) -> ssl.SSLContext:
