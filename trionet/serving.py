@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import math
+import os
+import select
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import outcome
 import trio
 
 from trionet.addresses import format_address
@@ -32,6 +34,7 @@ __all__ = [
     "ListenError",
     "DirectSocketIO",
     "IdleWatch",
+    "ReadyLoop",
     "SendWatchdog",
     "TCPService",
     "format_address",
@@ -128,6 +131,8 @@ class TCPService:
         self._conn_scope: trio.CancelScope | None = None
         self._pending_grace: float | None = None
         self._adopted: list | None = None
+        self.ready = ReadyLoop()
+        """Where connections waiting for their next request can park (:class:`ReadyLoop`); runs while :meth:`serve` does."""
 
     def adopt(self, sockets: list) -> None:
         """Serve these listening sockets (``socket.socket``) instead of binding ``host``:``port`` in :meth:`serve`.
@@ -164,29 +169,39 @@ class TCPService:
                 raise ListenError(exc, self.name, (host or "*", port)) from exc
         addresses = [l.socket.getsockname()[:2] for l in listeners]
         try:
-            async with trio.open_nursery() as conn_nursery:
-                self._conn_scope = conn_nursery.cancel_scope
-                with trio.CancelScope() as self._accept_scope:
-                    if self._pending_grace is not None:
-                        self._accept_scope.cancel()
-                    async with trio.open_nursery() as accept_nursery:
-                        for listener in listeners:
-                            accept_nursery.start_soon(self._accept_loop, listener, conn_nursery)
-                        for address in addresses:
-                            self._log.log(listen_level, "%s listening on %s", self.name, format_address(address))
-                        task_status.started(addresses)
-                # Close the listeners now, not when the last connection ends:
-                # new clients are refused at once instead of queueing unseen.
-                for listener in listeners:
-                    await trio.aclose_forcefully(listener)
-                if self._pending_grace is not None:
-                    self._arm_grace(self._pending_grace)
-                self._log.info(
-                    "%s stopped accepting; %d connection(s) finishing", self.name, len(self.connections)
-                )
+            async with trio.open_nursery() as ready_nursery:
+                # The ready loop outlives every connection: it stops once the
+                # last one has ended (a parked task is woken to go on alone).
+                await ready_nursery.start(self.ready.run)
+                try:
+                    await self._serve_connections(listeners, addresses, listen_level, task_status)
+                finally:
+                    ready_nursery.cancel_scope.cancel()
         finally:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
+
+    async def _serve_connections(self, listeners: list, addresses: list, listen_level: int, task_status) -> None:
+        async with trio.open_nursery() as conn_nursery:
+            self._conn_scope = conn_nursery.cancel_scope
+            with trio.CancelScope() as self._accept_scope:
+                if self._pending_grace is not None:
+                    self._accept_scope.cancel()
+                async with trio.open_nursery() as accept_nursery:
+                    for listener in listeners:
+                        accept_nursery.start_soon(self._accept_loop, listener, conn_nursery)
+                    for address in addresses:
+                        self._log.log(listen_level, "%s listening on %s", self.name, format_address(address))
+                    task_status.started(addresses)
+            # Close the listeners now, not when the last connection ends:
+            # new clients are refused at once instead of queueing unseen.
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            if self._pending_grace is not None:
+                self._arm_grace(self._pending_grace)
+            self._log.info(
+                "%s stopped accepting; %d connection(s) finishing", self.name, len(self.connections)
+            )
 
     @property
     def grace_deadline(self) -> float:
@@ -470,6 +485,10 @@ class DirectSocketIO:
         else:
             framer.receive_data(await self._stream.receive_some(RECEIVE_CHUNK))
 
+    async def park(self, ready: ReadyLoop, serve: Callable[[], bool]) -> bool:
+        """Direct only: wait for the next request in ``ready`` (:meth:`ReadyLoop.park`), which may serve it with ``serve``."""
+        return await ready.park(self._sock, serve)
+
     def send_now(self, data: bytes) -> bytes:
         """Write what the socket takes at once; return the rest (``b""`` when all of it went, ``data`` when not direct)."""
         if not self.direct:
@@ -479,3 +498,134 @@ class DirectSocketIO:
         except BlockingIOError:
             return data
         return data[sent:]
+
+
+class ReadyLoop:
+    """The course's select loop inside trio: one task serves the waiting connections whose requests it can answer at once.
+
+    A connection task that waits for its next request costs trio a wake-up
+    of that task per request: an ``epoll_ctl`` to re-arm its socket, a pass
+    through the run loop, and the task's own loop around the wait (measured
+    in docs/benchmarks.md at about a third of a point query's CPU). With
+    many clients, most of that is the same work done once per socket. So a
+    connection task whose socket has nothing to read may :meth:`park` it
+    here with a ``serve`` function; the loop keeps every parked socket in an
+    epoll set of its own (level-triggered, registered once per park, not
+    once per request), waits for that set with one
+    :func:`trio.lowlevel.wait_readable`, and calls ``serve()`` for each
+    socket that became readable, in its own task, without waking the
+    connection's. ``serve()`` reads, answers what it can answer right away
+    (a read from the cache of plans, within the event loop's budget) and
+    returns True to stay parked, or False to hand the connection back to its
+    task (anything slow, unusual, an error, EOF, a send the socket did not
+    take whole): the task's :meth:`park` then returns, and it carries on
+    with whatever ``serve()`` left in the connection's buffers.
+
+    Structured concurrency stays whole: the connection's task still owns
+    the connection and waits in :meth:`park` under its own cancel scopes
+    (the idle and send watchdogs, the drain, the grace deadline cancel it
+    as before, and the socket leaves the set at once); the loop only
+    borrows the socket while the task waits. Fairness: the loop serves one
+    batch (at most ``max_events`` sockets, one read each), then waits again,
+    which is a checkpoint; a socket with more to read is simply ready again
+    in the next batch.
+
+    Rules for ``serve``: it runs in the loop's task, so it must not block,
+    and it must either read the socket (consume what made it ready) or
+    return False, or the loop would see the same socket ready for ever. An
+    exception it raises goes to the parked task, as if its own read had
+    raised it.
+
+    Where ``select.epoll`` does not exist, or the loop is not running,
+    :meth:`park` waits for the socket itself and returns when it is
+    readable: the caller's own loop serves it, as it would without one.
+    """
+
+    def __init__(self, max_events: int = 256) -> None:
+        self.max_events = max_events
+        self._epoll = None
+        self._parked: dict[int, tuple[trio.lowlevel.Task, Callable[[], bool]]] = {}
+        self.batches = 0
+        """Batches served (wake-ups of the loop's task): with :attr:`served`, how much one wake-up did."""
+        self.served = 0
+        """``serve()`` calls that kept their connection parked."""
+
+    @property
+    def parked(self) -> int:
+        """Connections parked now."""
+        return len(self._parked)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve parked sockets until cancelled; then wake every parked task, which goes on alone."""
+        if not hasattr(select, "epoll"):
+            task_status.started()
+            await trio.sleep_forever()
+        self._epoll = epoll = select.epoll()
+        parked = self._parked
+        try:
+            task_status.started()
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                events = epoll.poll(0, self.max_events)
+                self.batches += 1
+                for fd, _ in events:
+                    entry = parked.get(fd)
+                    if entry is None:
+                        continue
+                    task, serve = entry
+                    try:
+                        if serve():
+                            self.served += 1
+                            continue
+                        result = outcome.Value(True)
+                    except Exception as exc:  # the connection's error, not the loop's
+                        result = outcome.Error(exc)
+                    self._unpark(fd)
+                    trio.lowlevel.reschedule(task, result)
+        finally:
+            self._epoll = None
+            for fd, (task, _) in list(parked.items()):
+                self._unpark(fd, epoll)
+                trio.lowlevel.reschedule(task, outcome.Value(False))
+            trio.lowlevel.notify_closing(epoll.fileno())
+            epoll.close()
+
+    async def park(self, sock, serve: Callable[[], bool]) -> bool:
+        """Wait until ``serve()`` hands the connection back (returns False or raises); see the class.
+
+        Returns True when ``serve()`` handed it back; False when this only
+        waited until ``sock`` was readable (no loop running) or the loop
+        stopped: the caller reads the socket itself then.
+
+        Args:
+            sock: the connection's socket (anything with ``fileno()``),
+                readable or not; the loop calls ``serve()`` each time it is.
+            serve: called in the loop's task when ``sock`` is readable;
+                True to stay parked.
+
+        Raises:
+            whatever ``serve()`` raised; ``trio.Cancelled`` when the task's
+            scope is cancelled (the socket has then left the set).
+        """
+        epoll = self._epoll
+        if epoll is None:
+            await trio.lowlevel.wait_readable(sock)
+            return False
+        fd = sock.fileno()
+        epoll.register(fd, select.EPOLLIN)
+        self._parked[fd] = (trio.lowlevel.current_task(), serve)
+
+        def abort(_raise_cancel) -> trio.lowlevel.Abort:
+            self._unpark(fd)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _unpark(self, fd: int, epoll=None) -> None:
+        del self._parked[fd]
+        epoll = epoll or self._epoll
+        if epoll is not None:
+            try:
+                epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # closed meanwhile: the kernel dropped it from the set already

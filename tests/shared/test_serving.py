@@ -1,7 +1,8 @@
-"""The shared trio layer: the send watchdog and the idle watch (under the mock clock), direct socket I/O."""
+"""The shared trio layer: the send watchdog and the idle watch (under the mock clock), direct socket I/O, the ready loop."""
 
 from __future__ import annotations
 
+import socket
 
 import trio
 import trio.testing
@@ -109,3 +110,156 @@ async def test_idle_watch_leaves_a_loop_that_keeps_getting_requests_alone(autoju
                 await trio.sleep(3)  # busy with a request: no deadline however long it takes
         nursery.cancel_scope.cancel()
     assert not idle.expired and not scope.cancelled_caught
+
+
+def _socketpair():
+    """Plain sockets (synchronous send and recv, as a ReadyLoop's serve() uses them), not blocking."""
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    return left, right
+
+
+async def _parked_pair(ready, serve, nursery):
+    """A socketpair whose first end a task parks in ``ready``; returns (theirs, the task's results)."""
+    left, right = _socketpair()
+    results: list = []
+
+    async def task() -> None:
+        try:
+            results.append(await ready.park(left, serve))
+        except Exception as exc:
+            results.append(exc)
+        finally:
+            left.close()
+
+    nursery.start_soon(task)
+    await trio.testing.wait_all_tasks_blocked()
+    return right, results
+
+
+async def test_ready_loop_serves_parked_sockets_in_batches_without_waking_their_tasks():
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop()
+    seen: list[bytes] = []
+    socks = {}
+
+    def server(name):
+        def serve() -> bool:
+            data = socks[name].recv(100)
+            seen.append(data)
+            return data != b"bye"  # hand the connection back on "bye"
+
+        return serve
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ready.run)
+        pairs = {}
+        for name in ("a", "b", "c"):
+            left, right = _socketpair()
+            socks[name] = left
+            results: list = []
+
+            async def task(left=left, name=name, results=results) -> None:
+                results.append(await ready.park(left, server(name)))
+
+            nursery.start_soon(task)
+            pairs[name] = (right, results)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ready.parked == 3
+        for name, (right, _) in pairs.items():
+            right.send(name.encode())
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(seen) == [b"a", b"b", b"c"] and ready.served == 3
+        assert ready.batches == 1  # three sockets, one wake-up of the loop
+        assert all(results == [] for _, results in pairs.values())  # no task woke up
+        pairs["b"][0].send(b"bye")
+        await trio.testing.wait_all_tasks_blocked()
+        assert pairs["b"][1] == [True] and ready.parked == 2  # handed back, out of the set
+        nursery.cancel_scope.cancel()
+    for sock in socks.values():
+        sock.close()
+    for right, _ in pairs.values():
+        right.close()
+
+
+async def test_ready_loop_hands_serves_exception_to_the_parked_task():
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop()
+
+    def serve() -> bool:
+        raise ConnectionResetError("reset by peer")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ready.run)
+        theirs, results = await _parked_pair(ready, serve, nursery)
+        theirs.send(b"x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(results) == 1 and isinstance(results[0], ConnectionResetError)
+        assert ready.parked == 0
+        nursery.cancel_scope.cancel()  # the loop itself carried on
+    theirs.close()
+
+
+async def test_a_cancelled_parked_task_leaves_the_set_at_once():
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop()
+    calls: list = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ready.run)
+        left, right = _socketpair()
+        with trio.CancelScope() as scope:
+            nursery.start_soon(lambda: trio.sleep(0))  # something else runs meanwhile
+            scope.cancel()
+            await ready.park(left, lambda: calls.append(1) or True)
+        assert scope.cancelled_caught and ready.parked == 0
+        right.send(b"late")  # readable now, but nobody is parked on it
+        await trio.testing.wait_all_tasks_blocked()
+        assert calls == []
+        nursery.cancel_scope.cancel()
+    left.close()
+    right.close()
+
+
+async def test_parked_tasks_go_on_alone_when_the_loop_stops_or_never_ran():
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop()
+    async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as loop_nursery:
+            await loop_nursery.start(ready.run)
+            theirs, results = await _parked_pair(ready, lambda: True, nursery)
+            loop_nursery.cancel_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == [False] and ready.parked == 0  # woken: the task reads for itself
+        theirs.close()
+        # No loop running: park only waits until the socket is readable.
+        theirs, results = await _parked_pair(ready, lambda: True, nursery)
+        assert results == []
+        theirs.send(b"x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == [False]
+        theirs.close()
+
+
+async def test_a_service_with_parked_connections_still_drains_and_stops():
+    import logging
+
+    from trionet.serving import TCPService
+
+    async def handler(conn) -> None:
+        await conn.service.ready.park(conn.stream.socket, lambda: True)
+
+    service = TCPService("test", handler, logging.getLogger("test"))
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            (address, *_) = await nursery.start(service.serve, "127.0.0.1", 0)
+            clients = [await trio.open_tcp_stream(*address) for _ in range(3)]
+            await trio.testing.wait_all_tasks_blocked()
+            assert service.ready.parked == 3
+            service.shutdown(grace=0.1)  # the grace deadline cancels the parked handlers
+        assert service.ready.parked == 0 and not service.connections
+    for client in clients:
+        await client.aclose()
