@@ -83,6 +83,19 @@ async def test_an_idle_connection_gets_bye_idle(start_sql):
         assert await events_until_close(client) == [protocol.Bye("no request for 0.3s", "idle")]
 
 
+async def test_requests_answered_by_the_ready_loop_reset_the_idle_clock(start_sql):
+    # After the first, these reads are answered by the service's ReadyLoop
+    # while the connection's task stays parked: each must count as activity.
+    _, address = await start_sql(idle_timeout=0.5)
+    client = await RawClient.open(address)
+    async with client.stream:
+        for _ in range(4):  # 1.2 s in all, never 0.5 s silent
+            await client.send(b"SELECT 1\n")
+            assert isinstance((await client.answer())[-1], protocol.Done)
+            await trio.sleep(0.3)
+        assert await events_until_close(client) == [protocol.Bye("no request for 0.5s", "idle")]
+
+
 async def test_an_idle_transaction_is_rolled_back_and_frees_the_write_lock(start_sql):
     _, address = await start_sql(read_write=True, idle_transaction_timeout=0.3)
     holder = await RawClient.open(address)

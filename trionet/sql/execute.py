@@ -71,6 +71,64 @@ class RequestRunner:
             max_buffered=self.config.max_request_bytes, tokens=self._thread_tokens_held,
         )  # fmt: skip
 
+    def answer_now(self, state: ConnState, request: protocol.Request) -> bytes | None:
+        """The whole answer to ``request`` if it is a read answered on the event loop in one batch; else None.
+
+        For a caller that must not wait (the server's :class:`~trionet.serving.ReadyLoop`):
+        the same statement through the same :meth:`Session.execute` (the
+        authorizer, the VM-instruction budget, the byte and row caps) and the
+        same frames and counts as :meth:`run`. None leaves nothing behind
+        for :meth:`run` to trip on: a result of more than one batch is
+        closed (:meth:`run` runs it again from the start; it only reads), and
+        a statement over the event loop's budget sets
+        ``state.inline_refused``, so that :meth:`run` takes it straight to a
+        worker thread instead of trying the loop twice.
+        """
+        if not (self.config.inline and self.database.may_run_inline(request.sql)):
+            return None
+        session = state.session
+        started = time.perf_counter()
+        req_id = request.id
+        rows_left = rules.RowCap(self.config.max_rows, request.max_rows, self.config.batch_rows)
+        try:
+            result = session.execute(
+                request.sql, request.params, rows_left.want(), INLINE_BUDGET, self.config.max_batch_bytes
+            )
+        except OverBudget:
+            self.inline_fallbacks += 1
+            state.inline_refused = True
+            return None
+        except SqlError as exc:
+            self._finish(exc.code, started, 0)
+            return protocol.encode_error(req_id, exc.code, exc.message)
+        self.inline_runs += 1
+        rows = rows_left.take(result.rows)
+        if not (rows_left.truncated or result.exhausted):
+            session.cancel_statement()
+            return None
+        if not result.exhausted:
+            session.cancel_statement()
+        out = protocol.encode_columns(req_id, result.columns or [])
+        if rows:
+            out += protocol.encode_rows(req_id, rows)
+        out += protocol.encode_done(
+            req_id,
+            rows=rows_left.sent,
+            truncated=rows_left.truncated,
+            changes=result.changes,
+            last_insert_rowid=result.last_insert_rowid,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+        self._finish("truncated" if rows_left.truncated else "ok", started, rows_left.sent)
+        return out
+
+    def _finish(self, ending: str, started: float, rows: int) -> None:
+        """Count one answered request (outcome, rows, the latency histogram)."""
+        self.outcomes[ending] += 1
+        self.rows_sent += rows
+        if self.on_request is not None:
+            self.on_request(ending, time.perf_counter() - started)
+
     async def run(self, conn: Connection, state: ConnState, request: protocol.Request) -> None:
         """Run one request and send its whole answer (columns, rows, done or error).
 
@@ -99,7 +157,8 @@ class RequestRunner:
 
         try:
             result = None
-            if self.config.inline and self.database.may_run_inline(request.sql):
+            inline, state.inline_refused = not state.inline_refused, False
+            if inline and self.config.inline and self.database.may_run_inline(request.sql):
                 # A short read costs less here than a thread hop (docs/benchmarks.md);
                 # the VM-instruction budget bounds how long it holds the event loop.
                 try:
@@ -133,10 +192,7 @@ class RequestRunner:
         except SqlError as exc:
             out += protocol.encode_error(req_id, exc.code, exc.message)
             ending = exc.code
-        self.outcomes[ending] += 1
-        self.rows_sent += rows_left.sent
-        if self.on_request is not None:
-            self.on_request(ending, time.perf_counter() - started)
+        self._finish(ending, started, rows_left.sent)
         await state.send(conn, out)
 
 
@@ -151,6 +207,8 @@ class ConnState:
     busy: bool = False
     last_active: float = field(default_factory=trio.current_time)
     idle_bye: bytes | None = None  # set when the idle watcher closes the connection
+    inline_refused: bool = False  # RequestRunner.answer_now found the request over the event loop's budget
+    unsent: bytes = b""  # what the ready loop's direct send left for the connection's task to send
 
     async def send(self, conn: Connection, data: bytes) -> None:
         """Send ``data``: what the socket takes at once directly, the rest through the send watchdog.

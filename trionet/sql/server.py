@@ -242,6 +242,8 @@ class SqlServer:
         io = state.io
         proto = state.proto
         draining = conn.draining
+        ready = conn.service.ready
+        serve, take_handback = self._parked_server(conn, state)
         while not draining.is_set():
             state.last_active = trio.current_time()
             # The next request. On a plain socket the loop waits until the
@@ -255,12 +257,26 @@ class SqlServer:
             # request found in the buffer gets one of its own, so a client
             # that pipelines takes turns with the others (the direct send
             # has none). The idle timeout needs no scope here: _watch_idle.
+            # On a plain socket the wait is parked in the service's
+            # ReadyLoop, which answers the requests it can answer at once
+            # (RequestRunner.answer_now) without waking this task, and hands
+            # anything else back here.
             try:
                 request = proto.next_event()
                 if request is NEED_DATA:
                     while request is NEED_DATA:
-                        await io.wait(proto)
-                        io.read_ready(proto)  # direct: what woke us up (EOF reads b"")
+                        if not io.direct:
+                            await io.wait(proto)
+                        elif await io.park(ready, serve):
+                            if state.unsent:
+                                unsent, state.unsent = state.unsent, b""
+                                await state.sends.send(conn.stream, unsent)
+                            request = take_handback()
+                            if request is None:
+                                request = proto.next_event()  # EOF, or requests left in the buffer
+                            continue
+                        else:
+                            io.read_ready(proto)  # direct: what woke us up (EOF reads b"")
                         request = proto.next_event()
                 else:
                     await trio.lowlevel.checkpoint()
@@ -278,6 +294,58 @@ class SqlServer:
                 await self._send(state, conn, protocol.encode_error(None, "bad_request", _NOT_NOW))
             state.busy = False
         await self._send(state, conn, rules.SHUTDOWN_BYE)
+
+    def _parked_server(self, conn: Connection, state: ConnState):
+        """The ``serve`` function for :meth:`ReadyLoop.park`, and one to take the request it handed back.
+
+        ``serve()`` runs in the ready loop's task when the socket is
+        readable: it reads once, answers the requests that are reads
+        answered on the event loop in one batch
+        (:meth:`RequestRunner.answer_now`), sends the answers, and stays
+        parked. It hands the connection back to its task (False) for a
+        request that needs more (kept for the task, in order), an answer
+        the socket did not take whole (``state.unsent``), EOF, more than
+        :data:`_PARKED_BURST` requests in one read, or a drain.
+        """
+        proto = state.proto
+        io = state.io
+        draining = conn.draining
+        answer_now = self._runner.answer_now
+        handback = None
+
+        def serve() -> bool:
+            nonlocal handback
+            if not io.read_ready(proto):
+                return True  # nothing after all
+            out = b""
+            answered = 0
+            while True:
+                request = proto.next_event()
+                if request is NEED_DATA:
+                    break
+                answer = None
+                if answered < _PARKED_BURST and type(request) is protocol.Request and not state.session.aborted:
+                    answer = answer_now(state, request)
+                if answer is None:
+                    handback = request
+                    break
+                conn.requests += 1
+                answered += 1
+                out += answer
+            if out:
+                state.last_active = trio.current_time()
+                rest = io.send_now(out)
+                if rest:
+                    state.unsent = rest  # the task sends it, under the send watchdog
+                    return False
+            return handback is None and not draining.is_set()
+
+        def take_handback():
+            nonlocal handback
+            request, handback = handback, None
+            return request
+
+        return serve, take_handback
 
     async def _watch_idle(self, state: ConnState, scope: trio.CancelScope) -> None:
         # One sleeping task per connection, not a cancel scope per request
@@ -308,6 +376,10 @@ class SqlServer:
     @staticmethod
     async def _send(state: ConnState, conn: Connection, data: bytes) -> None:
         await state.send(conn, data)
+
+
+_PARKED_BURST = 32
+"""Requests the ready loop answers from one read before it hands a (pipelining) connection back to its task."""
 
 
 async def serve_sql(

@@ -251,6 +251,22 @@ async def test_idle_connection_is_closed_with_57P05(start_pg):
     assert (fields["S"], fields["C"]) == ("FATAL", "57P05")
 
 
+async def test_the_idle_timeout_counts_from_the_last_answer_of_the_ready_loop(start_pg):
+    # Queries of a known shape are answered by the service's ReadyLoop while
+    # the connection's task stays parked: each answer must move the deadline.
+    _, address = await start_pg(idle_timeout=0.5)
+    stream = await start_session(address)
+    query = typed(b"Q", b"select id from quakes where nst = 3\0")
+    for _ in range(4):  # 1.2 s in all, never 0.5 s silent
+        await stream.send_all(query)
+        assert (await read_until(stream, "Z"))[-1] == ("Z", b"I")
+        await trio.sleep(0.3)
+    last = trio.current_time()
+    fields = error_fields((await read_until(stream, "E"))[-1][1])
+    assert (fields["S"], fields["C"]) == ("FATAL", "57P05")
+    assert trio.current_time() - last >= 0.5 - 0.3 - 0.05  # 0.5 s after the last answer, not the first
+
+
 async def test_idle_in_transaction_is_closed_with_25P03(start_pg):
     _, address = await start_pg(idle_transaction_timeout=0.2)
     stream = await start_session(address)

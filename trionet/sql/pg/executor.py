@@ -137,8 +137,10 @@ class Executor:
         out += st.proto.send(m.ReadyForQuery("I"))
         await self.flush(st)
 
-    async def handle(self, st: ConnState, event) -> None:
+    async def handle(self, st: ConnState, event, *, fast: bool = True) -> None:
         """Handle one frontend message (not Terminate, EOF or a violation: the server ends the connection).
+
+        ``fast=False`` skips the fast paths (:meth:`answer_now` already said no to this event).
 
         Error handling: a :class:`PgError` becomes an ErrorResponse; after a
         simple Query or a FunctionCall it is followed by ReadyForQuery, in an extended batch
@@ -146,10 +148,10 @@ class Executor:
         (the client left) propagates.
         """
         kind = type(event)
-        if kind is m.Query and self._fast_query(st, event.sql):
+        if fast and kind is m.Query and self._fast_query(st, event.sql):
             return
         if kind is PortalRun:
-            if self._fast_run(st, event):
+            if fast and self._fast_run(st, event):
                 if len(st.out) >= _FLUSH_BYTES:
                     st.busy = True
                     try:
@@ -177,6 +179,20 @@ class Executor:
                 await self.flush(st)
         finally:
             st.busy = False  # after the flush: a drain must not cut a send in the middle of a message
+
+    def answer_now(self, st: ConnState, event) -> bool:
+        """Answer ``event`` at once through a fast path, into ``st.out``; False (nothing done) when it needs :meth:`handle`.
+
+        For a caller that must not wait (the server's :class:`~trionet.serving.ReadyLoop`):
+        a simple Query of a known shape or a PortalRun of a statement with a
+        plan, answered exactly as :meth:`handle` would answer it.
+        """
+        kind = type(event)
+        if kind is PortalRun:
+            return self._fast_run(st, event)
+        if kind is m.Query:
+            return self._fast_query(st, event.sql)
+        return False
 
     def _fast_run(self, st: ConnState, run: PortalRun) -> bool:
         """Answer a whole PortalRun of a statement with a :class:`FastPlan` in one step; False to take the slow path.

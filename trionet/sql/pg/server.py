@@ -259,31 +259,35 @@ class PgServer:
         io = st.io
         handle = self._executor.handle
         draining = conn.draining
-        config = self.config
+        ready = conn.service.ready
+        serve, take_handback = self._parked_server(st, idle)
+        fast = True  # False for an event the ready loop's fast paths already refused
         try:
             while not draining.is_set():
                 event = proto.next_event()  # pipelined messages are served without a timer each
                 if event is NEED_DATA:
                     if st.out:
                         await self._send_pending(st)
-                    try:
-                        ready = io.read_ready(proto)
-                    except OSError:  # reset by the peer
-                        return
-                    if ready:
-                        await trio.lowlevel.checkpoint()  # read without waiting: let the others run
-                        continue
                     if idle.deadline is None:
-                        timeout = config.idle_transaction_timeout if st.session.in_transaction else config.idle_timeout
-                        if timeout > 0:
-                            idle.deadline = trio.current_time() + timeout
+                        idle.deadline = self._idle_deadline(st)
                     try:
                         if io.direct:
-                            await io.wait(proto)
-                            if idle.expired:
-                                return
-                            io.read_ready(proto)  # what woke us up (EOF reads b"")
-                            event = proto.next_event()
+                            # Wait parked in the service's ReadyLoop, which
+                            # answers what the fast paths can answer without
+                            # waking this task; anything else comes back here.
+                            # No read first: an answer just went out, so a
+                            # client that waits for it has sent nothing yet.
+                            if await io.park(ready, serve):
+                                if idle.expired:
+                                    return
+                                event, fast = take_handback()
+                                if event is None:
+                                    continue  # EOF, more messages, a send left over: the loop's top
+                            else:
+                                if idle.expired:
+                                    return
+                                io.read_ready(proto)  # what woke us up (EOF reads b"")
+                                event = proto.next_event()
                         else:
                             event = await receive_event(conn.stream, proto)
                     except (trio.BrokenResourceError, OSError):
@@ -305,7 +309,8 @@ class PgServer:
                     await _fatal(conn, proto, PROTOCOL_VIOLATION, f"invalid frontend message type {event.type!r}")
                     return
                 conn.requests += event.count if kind is PortalRun else 1
-                await handle(st, event)
+                await handle(st, event, fast=fast)
+                fast = True
         finally:
             idle.deadline = None
             if st.out and not st.sends.stalled:
@@ -316,6 +321,68 @@ class PgServer:
                         await self._send_pending(st)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
+
+    def _idle_deadline(self, st: ConnState) -> float | None:
+        """When the wait for the next message ends (idle or idle-in-transaction timeout), or None for never."""
+        config = self.config
+        timeout = config.idle_transaction_timeout if st.session.in_transaction else config.idle_timeout
+        return trio.current_time() + timeout if timeout > 0 else None
+
+    def _parked_server(self, st: ConnState, idle: IdleWatch):
+        """The ``serve`` function for :meth:`ReadyLoop.park`, and one to take what it handed back.
+
+        ``serve()`` runs in the ready loop's task when the socket is
+        readable: it reads once, answers the messages the executor can
+        answer at once (:meth:`Executor.answer_now`: the fast paths), sends
+        the answers, and stays parked with a fresh idle deadline. It hands
+        the connection back to its task (False) for a message that needs
+        more (its event is kept for the task, in order), a send the socket
+        did not take whole, EOF, more than :data:`_PARKED_BURST` messages
+        in one read (a pipelining client goes on with the task's
+        checkpoints), or a drain.
+        """
+        proto = st.proto
+        io = st.io
+        conn = st.conn
+        draining = conn.draining
+        answer_now = self._executor.answer_now
+        handback = None
+        tried = False  # whether answer_now refused the event handed back
+
+        def serve() -> bool:
+            nonlocal handback, tried
+            if not io.read_ready(proto):
+                return True  # nothing after all
+            answered = 0
+            while True:
+                event = proto.next_event()
+                if event is NEED_DATA:
+                    break
+                if answered == _PARKED_BURST:
+                    handback, tried = event, False
+                    break
+                if not answer_now(st, event):
+                    handback, tried = event, True
+                    break
+                answered += 1
+                conn.requests += event.count if type(event) is PortalRun else 1
+            if st.out:
+                rest = io.send_now(bytes(st.out))
+                st.out.clear()
+                if rest:
+                    st.out += rest  # the task sends it, under the send watchdog
+                    return False
+            if answered:
+                idle.deadline = self._idle_deadline(st)
+            return handback is None and not draining.is_set()
+
+        def take_handback():
+            """The event ``serve()`` handed back (or None), and whether the fast paths may still try it."""
+            nonlocal handback
+            event, handback = handback, None
+            return event, not tried
+
+        return serve, take_handback
 
     async def _send_pending(self, st: ConnState) -> None:
         # Busy while sending: a drain must not cut a send in the middle of a message.
@@ -354,6 +421,9 @@ class PgServer:
         await trio.sleep_until(rules.shutdown_interrupt_at(trio.current_time(), self.service.grace_deadline))
         st.session.interrupt("the server is shutting down")
 
+
+_PARKED_BURST = 32
+"""Messages the ready loop answers from one read before it hands a (pipelining) connection back to its task."""
 
 _TLS_REQUIRED = (
     "this server accepts only TLS connections (it was started with --tls-cert): "
