@@ -378,7 +378,7 @@ class SqlServer:
         await state.send(conn, data)
 
 
-_PARKED_BURST = 32
+_PARKED_BURST = 8
 """Requests the ready loop answers from one read before it hands a (pipelining) connection back to its task."""
 
 

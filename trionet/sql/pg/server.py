@@ -422,7 +422,7 @@ class PgServer:
         st.session.interrupt("the server is shutting down")
 
 
-_PARKED_BURST = 32
+_PARKED_BURST = 8
 """Messages the ready loop answers from one read before it hands a (pipelining) connection back to its task."""
 
 _TLS_REQUIRED = (
