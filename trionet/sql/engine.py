@@ -65,6 +65,16 @@ def limit_sqlite_memory(max_bytes: int) -> None:
     finally:
         probe.close()
 
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the SQLite file at ``path`` is in WAL mode (its header's read and write versions are 2)."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False  # the session that opens it says what is wrong
+    return len(header) == 20 and header[18:20] == b"\x02\x02"
+
+
 class Database:
     """The database file the server owns, and the limits its sessions apply.
 
@@ -81,6 +91,22 @@ class Database:
         max_row_bytes: the largest result row (its values as sent, blobs in
             base64), refused with ``too_big`` before it is encoded.
         busy_timeout: seconds a writer waits for another writer's lock.
+        external_writes: read-only only: let other processes write the file
+            while sessions are open. Without it (the default) each read-only
+            session holds SQLite's shared lock from its first read until it
+            closes (``PRAGMA locking_mode=EXCLUSIVE``, which on a read-only
+            connection takes only the shared lock): SQLite then skips, on
+            every statement, the lock and unlock calls, the hot-journal check
+            and the re-read of the file header that tell it whether another
+            process changed the file (9 system calls of a point query's 11,
+            docs/benchmarks.md). Readers, other sessions and other workers
+            are not held back; a process that writes the file meanwhile gets
+            "database is locked". A file in WAL mode is always read with
+            per-statement locks (an exclusive-mode WAL reader would keep
+            every other process out).
+
+    Attributes:
+        holds_read_lock: whether sessions hold the shared lock (see ``external_writes``).
 
     Raises:
         SqlError: the file is missing, or is not an SQLite database.
@@ -97,9 +123,11 @@ class Database:
         max_like_pattern_bytes: int = 50,
         max_row_bytes: int = 32 << 20,
         busy_timeout: float = 5.0,
+        external_writes: bool = False,
     ) -> None:
         self.path = Path(path)
         self.read_write = read_write
+        self.holds_read_lock = not read_write and not external_writes and not _in_wal_mode(self.path)
         self.max_value_bytes = max_value_bytes
         self.max_sql_bytes = max_sql_bytes
         self.max_temp_bytes = max_temp_bytes

@@ -90,6 +90,8 @@ class Session:
         # OS page cache holds the file for everyone. Measured with
         # tools/bench_sql_memory.py: 2.5 MB -> 1.0 MB per connection, same q/s.
         conn.execute("PRAGMA cache_size=-512")
+        if database.holds_read_lock:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # read-only: the shared lock, held (Database's external_writes)
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, database.max_value_bytes)
         conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, database.max_sql_bytes)

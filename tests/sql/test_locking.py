@@ -1,0 +1,80 @@
+"""A read-only server's sessions hold SQLite's shared lock, unless other writers are allowed (--allow-external-writes)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import trio
+
+from trionet.sql import Database, connect
+
+
+def _read(session) -> list:
+    return session.execute("SELECT count(*) FROM quakes", None, 10).rows
+
+
+def _write_from_another_process(path) -> None:
+    writer = sqlite3.connect(path, timeout=0)
+    try:
+        writer.execute("CREATE TABLE IF NOT EXISTS outside (x)")
+        writer.commit()
+    finally:
+        writer.close()
+
+
+def test_read_only_sessions_hold_the_shared_lock_until_they_close(quake_db):
+    db = Database(quake_db)
+    assert db.holds_read_lock
+    first, second = db.open_session(), db.open_session()
+    try:
+        assert _read(first) == _read(second)  # readers share the lock
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            _write_from_another_process(quake_db)
+        assert _read(first) == _read(second)  # and go on reading
+    finally:
+        first.close()
+        second.close()
+    _write_from_another_process(quake_db)  # every session closed: the lock is gone
+
+
+def test_with_external_writes_a_session_sees_what_another_process_wrote(quake_db):
+    db = Database(quake_db, external_writes=True)
+    assert not db.holds_read_lock
+    session = db.open_session()
+    try:
+        _read(session)
+        _write_from_another_process(quake_db)
+        assert session.execute("SELECT count(*) FROM outside", None, 10).rows == [(0,)]
+    finally:
+        session.close()
+
+
+def test_a_file_in_wal_mode_and_a_read_write_server_lock_per_statement(quake_db):
+    assert not Database(quake_db, read_write=True).holds_read_lock  # switches the file to WAL
+    db = Database(quake_db)
+    assert not db.holds_read_lock  # an exclusive-mode WAL reader would shut other processes out
+    session = db.open_session()
+    try:
+        _read(session)
+        _write_from_another_process(quake_db)
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_the_serve_flag_lets_other_processes_write_while_clients_are_connected(server_process, quake_db, flag):
+    args = ["sql", "serve", "--db", str(quake_db), "--port", "0", "--no-pg"]
+    server = server_process(*args, *(["--allow-external-writes"] if flag else []))
+    port = server.wait_listening()
+
+    async def write_while_connected() -> str:
+        async with connect("127.0.0.1", port) as conn:
+            await conn.query("SELECT count(*) FROM quakes")
+            try:
+                _write_from_another_process(quake_db)
+            except sqlite3.OperationalError as exc:
+                return str(exc)
+            return "written"
+
+    assert trio.run(write_while_connected) == ("written" if flag else "database is locked")
