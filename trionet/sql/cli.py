@@ -146,7 +146,7 @@ def sql() -> None:
     "external_writes",
     is_flag=True,
     help="Read-only server: let other processes write the database file while clients are connected. "
-    "Without it each client's session holds SQLite's shared lock, which spares SQLite 9 system calls per "
+    "Without it each client's session holds SQLite's shared lock, which spares SQLite 8 system calls per "
     "statement (its check for changes made by others), and a process that writes the file meanwhile gets "
     "'database is locked'. To change the data live, serve it --read-write. (Files in WAL mode: always allowed.)",
 )

@@ -98,7 +98,7 @@ class Database:
             connection takes only the shared lock): SQLite then skips, on
             every statement, the lock and unlock calls, the hot-journal check
             and the re-read of the file header that tell it whether another
-            process changed the file (9 system calls of a point query's 11,
+            process changed the file (8 of the 11 system calls of a point query,
             docs/benchmarks.md). Readers, other sessions and other workers
             are not held back; a process that writes the file meanwhile gets
             "database is locked". A file in WAL mode is always read with
