@@ -428,8 +428,14 @@ class Executor:
             if prepared.plan is not None and prepared.plan.declared and len(statements) == 1 and "$" not in sql:
                 if len(st.query_plans) >= _DECL_CACHE_SIZE:
                     st.query_plans.clear()
-                bindable = statement.words[:1] in (("SELECT",), ("WITH",)) and not st.session.database.value_indexes
-                st.query_plans[_shape(sql)] = (prepared.plan, statement.words, bindable)
+                shape = _shape(sql)
+                known = st.query_plans.get(shape)
+                bindable = (
+                    statement.words[:1] in (("SELECT",), ("WITH",))
+                    and not st.session.database.value_indexes
+                    and (known is None or known[2])  # a bound run of the shape did not fit: not again
+                )
+                st.query_plans[shape] = (prepared.plan, statement.words, bindable)
             if portal.returns_rows:
                 st.out += self._row_description(portal, portal.formats())
             await self._send_rows(st, portal, 0)
