@@ -28,6 +28,11 @@ def test_a_point_select_binds_its_literal():
         "select a from t where (b)>=?1 and c<>?2 -- = 5",
         ("it's", 9223372036854775807),
     )
+    # What does not qualify stays in the text beside what does.
+    assert bind_literals("select a from t where r > 1.5 and i = 5abc and s = 'x' and b<<2 and i = 7") == (
+        "select a from t where r > 1.5 and i = 5abc and s = ?1 and b<<2 and i = ?2",
+        ("x", 7),
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,14 +16,15 @@ is the same value, with the same (no) affinity, in the one place where its
 position gives it no other meaning: an integer that fits in 64 bits
 (digits only, no sign, no ``.`` or exponent) or a plain ``'..'`` string
 (``''`` inside it is one quote), standing right after a comparison operator
-(``= == <> != < > <= >=``, with nothing but spaces and closing parentheses
-between the operator and the token before it). Reals are never bound: SQLite's
-reading of a decimal is not guaranteed to round as Python's does. A text with
-a parameter of its own (``? :a @a $a``), an unterminated quote, or a number
-run into letters is not rewritten at all. The caller still checks the
-rest: that the statement is one read whose columns all have declared types
-(so no select-list literal is ever an announced column), and that the
-answer's column names are those of the text.
+(``= == <> != < > <= >=``, spaces between; not the end of ``<< >> -> ->>``,
+and a ``-`` or ``+`` sign means an operator stands between). Reals are never
+bound: SQLite's reading of a decimal is not guaranteed to round as Python's
+does. Anything else after an operator (``= 1.5``, ``= X'00'``, ``= (5)``,
+``= 5abc``) stays in the text. A text with a parameter of its own
+(``? :a @a $a``) or an unterminated quote is not rewritten at all. The
+caller still checks the rest: that the statement is one read whose columns
+all have declared types (so no select-list literal is ever an announced
+column), and that the answer's column names are those of the text.
 
 Pure functions, no SQLite.
 """
@@ -37,21 +38,21 @@ __all__ = ["MAX_BOUND", "bind_literals"]
 MAX_BOUND = 100  # a text with more bindable literals than this runs as it is
 
 _ID_CHARS = r"\w$\x80-\U0010ffff"  # what SQLite reads as part of a name (any byte >= 0x80 too)
-# Every token that may hold something that looks like a literal, in SQLite's
-# terms: comments and quoted names (kept as they are), names (so "t1" is not a
-# number), strings, numbers, and what makes the text unfit for binding.
+_OPERATOR = r"(?<![<>!=\-])(?:==|=|<>|!=|<=|>=|<|>)\s*"  # not the end of << >> -> ->> or = =
+# Only what the rule needs stops the scan: comments, quoted names and strings
+# (kept as they are, so what is inside them is never read as SQL), a
+# comparison operator with the literal after it, and what makes the text
+# unfit for binding. Names and other numbers are passed over without a stop
+# (a number run into a name, ``= 5abc``, is not bound: SQLite's error stays).
 _TOKEN = re.compile(
     rf"""
-    (?P<skip>--[^\n]*|/\*.*?(?:\*/|\Z)|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|[A-Za-z_\x80-\U0010ffff][{_ID_CHARS}]*)
-    |(?P<string>'(?:[^']|'')*')
-    |(?P<number>(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)(?![{_ID_CHARS}.])
-    |(?P<bad>['"`\[?:@$#]|[0-9.][{_ID_CHARS}.]*)
+    (?=[-/"`\['<>!=?:@$\#])  # no alternative starts elsewhere: a quick test at each character
+    (?:(?P<skip>--[^\n]*|/\*.*?(?:\*/|\Z)|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|'(?:[^']|'')*')
+    |{_OPERATOR}(?:(?P<string>'(?:[^']|'')*')(?![{_ID_CHARS}])|(?P<number>[0-9]+)(?![{_ID_CHARS}.]))
+    |(?P<bad>['"`\[?:@$\#]))
     """,
     re.DOTALL | re.VERBOSE,
 )
-# What may stand between the previous token and a bindable literal: a comparison operator.
-_AFTER_COMPARISON = re.compile(r"[\s)]*(?:==|=|<>|!=|<=|>=|<|>)\s*\Z")
-_NAME_CHAR = re.compile(rf"[{_ID_CHARS}]")
 _INT64_MAX = (1 << 63) - 1
 
 
@@ -64,38 +65,33 @@ def bind_literals(sql: str) -> tuple[str, tuple[int | str, ...]] | None:
     Returns:
         The rewritten text and the values in parameter order, or None when
         nothing is bound (no literal qualifies, or the text is unfit: it has
-        parameters of its own, an unterminated quote, a number run into a
-        name, or more than :data:`MAX_BOUND` literals to bind). Run with
+        parameters of its own, an unterminated quote, or more than
+        :data:`MAX_BOUND` literals to bind). Run with
         these values, the text answers what ``sql`` answers (see the module
         docstring for the rule and why).
     """
     parts: list[str] = []
     values: list[int | str] = []
     done = 0  # sql[:done] is in parts
-    previous_end = 0  # where the previous token ended
     for match in _TOKEN.finditer(sql):
         kind = match.lastgroup
+        if kind == "skip":
+            continue
         if kind == "bad":
             return None
-        start, end = match.span()
-        after_comparison = previous_end > 0 and _AFTER_COMPARISON.fullmatch(sql, previous_end, start) is not None
-        previous_end = end
-        if kind == "skip" or not after_comparison:
-            continue
-        token = match.group()
+        token = match.group(kind)
         if kind == "number":
-            if len(token) > 19 or not token.isdigit() or (value := int(token)) > _INT64_MAX:
-                continue
+            if len(token) > 19 or (value := int(token)) > _INT64_MAX:
+                continue  # a real to SQLite
         else:
             value = token[1:-1].replace("''", "'")
-            if _NAME_CHAR.match(sql, end):
-                continue  # 'a'b: not a string SQLite reads as one token
         if len(values) == MAX_BOUND:
             return None
         values.append(value)
+        start = match.start(kind)
         parts.append(sql[done:start])
         parts.append(f"?{len(values)}")
-        done = end
+        done = start + len(token)
     if not values:
         return None
     parts.append(sql[done:])
