@@ -60,6 +60,8 @@ def test_a_point_select_binds_its_literal():
         "select a from t where 5 = b",  # before the operator: left as it is
         "select a from t where b = 5abc",  # a number run into a name: SQLite's error, untouched
         "select a from t where b = 'x'y",
+        "select a from t where b = 't'.b",  # SQLite reads a string before a dot as a table's name
+        "select a from t where b = 't' . b",
         "select a from t where b = ? and c = 5",  # parameters of its own
         "select a from t where b = :b and c = 5",
         "select a from t where b = @b and c = 5",
@@ -122,7 +124,7 @@ _literals = st.one_of(
     st.sampled_from([0, 5, -5, 42, (1 << 63) - 1, 1 << 63, -(1 << 63)]).map(str),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=6).map(_as_literal),
-    st.sampled_from(["''", "'5'", "'-5'", "'42'", "'it''s'", "'Z'", "'5.5'"]),
+    st.sampled_from(["''", "'5'", "'-5'", "'42'", "'it''s'", "'Z'", "'5.5'", "'t'.s", "'t' . i"]),
     st.binary(max_size=3).map(lambda b: f"X'{b.hex()}'"),
 )
 _selects = st.builds(

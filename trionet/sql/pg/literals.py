@@ -20,11 +20,12 @@ position gives it no other meaning: an integer that fits in 64 bits
 and a ``-`` or ``+`` sign means an operator stands between). Reals are never
 bound: SQLite's reading of a decimal is not guaranteed to round as Python's
 does. Anything else after an operator (``= 1.5``, ``= X'00'``, ``= (5)``,
-``= 5abc``) stays in the text. A text with a parameter of its own
-(``? :a @a $a``) or an unterminated quote is not rewritten at all. The
-caller still checks the rest: that the statement is one read whose columns
-all have declared types (so no select-list literal is ever an announced
-column), and that the answer's column names are those of the text.
+``= 5abc``, ``= 't'.b``: a string before a dot is SQLite's table name)
+stays in the text. A text with a parameter of its own (``? :a @a $a``) or
+an unterminated quote is not rewritten at all. The caller still checks the
+rest: that the statement is one read whose columns all have declared types
+(so no select-list literal is ever an announced column), and that the
+answer's column names are those of the text.
 
 Pure functions, no SQLite.
 """
@@ -48,7 +49,7 @@ _TOKEN = re.compile(
     rf"""
     (?=[-/"`\['<>!=?:@$\#])  # no alternative starts elsewhere: a quick test at each character
     (?:(?P<skip>--[^\n]*|/\*.*?(?:\*/|\Z)|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|'(?:[^']|'')*')
-    |{_OPERATOR}(?:(?P<string>'(?:[^']|'')*')(?![{_ID_CHARS}])|(?P<number>[0-9]+)(?![{_ID_CHARS}.]))
+    |{_OPERATOR}(?:(?P<string>'(?:[^']|'')*')(?![{_ID_CHARS}]|\s*\.)|(?P<number>[0-9]+)(?![{_ID_CHARS}.]))
     |(?P<bad>['"`\[?:@$\#]))
     """,
     re.DOTALL | re.VERBOSE,
