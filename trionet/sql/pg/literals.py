@@ -67,9 +67,9 @@ def bind_literals(sql: str) -> tuple[str, tuple[int | str, ...]] | None:
         The rewritten text and the values in parameter order, or None when
         nothing is bound (no literal qualifies, or the text is unfit: it has
         parameters of its own, an unterminated quote, or more than
-        :data:`MAX_BOUND` literals to bind). Run with
-        these values, the text answers what ``sql`` answers (see the module
-        docstring for the rule and why).
+        :data:`MAX_BOUND` literals to bind). Run with these values, the text
+        answers what ``sql`` answers (see the module docstring for the rule
+        and why).
     """
     parts: list[str] = []
     values: list[int | str] = []
