@@ -9,6 +9,8 @@ Both servers serve the same table, loaded with the same rows::
 
     pgbench -n -T SECONDS -f select.sql [-c 1 | -c 32 -j 2] -M simple|prepared
 
+(``--clients`` and ``--modes`` choose other cases; from 2 clients on, ``-j 2``)
+
 with the script ``\\set aid random(1, 100000)`` / ``SELECT abalance FROM
 pgbench_accounts WHERE aid = :aid;``.
 
@@ -306,9 +308,14 @@ def _median_range(values: list[float]) -> tuple[float, tuple[float, float]]:
     return statistics.median(values), (min(values), max(values))
 
 
-def summarize(runs: list[list[Run]], servers: list[str]) -> list[Summary]:
+def cases(clients: str, modes: str) -> list[tuple[int, int, str]]:
+    """(clients, pgbench threads, mode) for each of ``clients`` x ``modes`` (comma-separated): -j 2 from 2 clients on."""
+    return [(int(c), min(int(c), 2), mode) for c in clients.split(",") for mode in modes.split(",")]
+
+
+def summarize(runs: list[list[Run]], servers: list[str], cases: list[tuple[int, int, str]] = CASES) -> list[Summary]:
     out = []
-    for clients, _, mode in CASES:
+    for clients, _, mode in cases:
         base = [next(r for r in rnd if r.server == "postgres" and r.clients == clients and r.mode == mode) for rnd in runs]
         for name in servers:
             mine = [next(r for r in rnd if r.server == name and r.clients == clients and r.mode == mode) for rnd in runs]
@@ -317,7 +324,7 @@ def summarize(runs: list[list[Run]], servers: list[str]) -> list[Summary]:
             cpu, cpu_range = _median_range([r.cpu_us_per_tx for r in mine])
             summary = Summary(name, clients, mode, tps, tps_range, lat, lat_range, cpu, cpu_range,
                               rounds=[r.tps for r in mine])  # fmt: skip
-            if name != "postgres":
+            if name != "postgres" and clients in TARGETS:
                 ratios = [m.tps / b.tps for m, b in zip(mine, base)]
                 summary.ratio, summary.ratio_range = _median_range(ratios)
                 target = TARGETS[clients]
@@ -370,9 +377,12 @@ def print_table(summaries: list[Summary]) -> None:
     help="Also run trionet from this source tree (e.g. `git worktree add /tmp/before COMMIT`) as `trionet-before`, "
     "with the same --trionet-args, interleaved with the others: a before/after in one run.",
 )
+@click.option("--clients", default="1,32", show_default=True, help="pgbench -c of each case, comma-separated.")
+@click.option("--modes", default="simple,prepared", show_default=True, help="pgbench -M of each case, comma-separated.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every run here.")
-def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, json_path) -> None:
+def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, modes, json_path) -> None:
     """Run pgbench's point select against PostgreSQL 15 and trionet, interleaved, and print the medians."""
+    run_cases = cases(clients, modes)
     if not (PG_BIN / "initdb").exists() or shutil.which("pgbench") is None:
         raise click.ClickException(f"needs PostgreSQL 15 in {PG_BIN} and pgbench (apt-get install postgresql-15)")
     servers: list[Server] = []
@@ -399,12 +409,12 @@ def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, json_path
             runs: list[list[Run]] = []
             for rnd in range(rounds):
                 this_round = []
-                for clients, threads, mode in CASES:
+                for n_clients, threads, mode in run_cases:
                     order = servers[rnd % len(servers):] + servers[: rnd % len(servers)]
                     for server in order:
-                        run = run_pgbench(server, script, clients, threads, mode, seconds)
+                        run = run_pgbench(server, script, n_clients, threads, mode, seconds)
                         print(
-                            f"round {rnd + 1} -c {clients} -M {mode} {server.name}: {run.tps:,.0f} tps, "
+                            f"round {rnd + 1} -c {n_clients} -M {mode} {server.name}: {run.tps:,.0f} tps, "
                             f"{run.latency_ms:.3f} ms, {run.cpu_us_per_tx:.0f} µs CPU/tx, "
                             f"machine {run.machine_busy:.2f} cores busy",
                             file=sys.stderr,
@@ -414,12 +424,12 @@ def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, json_path
         finally:
             for server in servers:
                 server.stop()
-    summaries = summarize(runs, [n for n in names if n != "postgres"] + ["postgres"])
+    summaries = summarize(runs, [n for n in names if n != "postgres"] + ["postgres"], run_cases)
     print_table(summaries)
     if json_path is not None:
         json_path.write_text(json.dumps(
             {"machine": info, "seconds": seconds, "rounds": rounds, "rows": rows, "trionet_args": trionet_args,
-             "compare_tree": str(compare_tree) if compare_tree else None,
+             "compare_tree": str(compare_tree) if compare_tree else None, "cases": run_cases,
              "runs": [[r.__dict__ for r in rnd] for rnd in runs], "summary": [s.__dict__ for s in summaries]},
             indent=1,
         ))  # fmt: skip

@@ -26,6 +26,7 @@ The safety rules live in SQLite's own hooks, not in string matching:
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -49,6 +50,10 @@ __all__ = [
 ]
 
 _CLASSIFIED_MAX = 4096  # SQL texts whose read-only verdict a Database remembers
+# A partial index, or a literal after a comparison in an index's text (an
+# index on "a = 5"): where SQLite's planner matches a query's literal, which a
+# bound parameter in its place does not match. Errs on the side of yes.
+_VALUE_INDEX = re.compile(r"\bWHERE\b|(?:=|<>|<|>)\s*['0-9]", re.IGNORECASE)
 
 
 def limit_sqlite_memory(max_bytes: int) -> None:
@@ -108,6 +113,14 @@ class Database:
     Attributes:
         holds_read_lock: whether sessions hold the shared lock (see ``external_writes``).
 
+    Attributes:
+        value_indexes: at start, the schema had a partial index or an index
+            whose text compares with a literal: a query's literal may then
+            let SQLite use an index that a bound parameter in its place would
+            not (same rows, perhaps in another order), so the PostgreSQL
+            port does not bind a simple Query's literals
+            (:mod:`trionet.sql.pg.literals`).
+
     Raises:
         SqlError: the file is missing, or is not an SQLite database.
     """
@@ -157,6 +170,13 @@ class Database:
             session = self.open_session()
             try:
                 session.connection.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+                # Read once, at start: the schema of a read-only server stays as it is.
+                self.value_indexes = any(
+                    _VALUE_INDEX.search(sql)
+                    for (sql,) in session.connection.execute(
+                        "SELECT sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL"
+                    )
+                )
             finally:
                 session.close()
         except sqlite3.DatabaseError as exc:
