@@ -38,6 +38,22 @@ def test_read_only_sessions_hold_the_shared_lock_until_they_close(quake_db):
     _write_from_another_process(quake_db)  # every session closed: the lock is gone
 
 
+def _pragma(session, name: str):
+    conn = session.connection
+    conn.set_authorizer(None)  # the sandbox refuses clients this PRAGMA
+    return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def test_a_session_holding_the_lock_reads_pages_through_a_memory_map(quake_db):
+    held, free = Database(quake_db).open_session(), Database(quake_db, external_writes=True).open_session()
+    try:
+        assert (_pragma(held, "locking_mode"), _pragma(held, "mmap_size")) == ("exclusive", 1 << 30)
+        assert (_pragma(free, "locking_mode"), _pragma(free, "mmap_size")) == ("normal", 0)
+    finally:
+        held.close()
+        free.close()
+
+
 def test_with_external_writes_a_session_sees_what_another_process_wrote(quake_db):
     db = Database(quake_db, external_writes=True)
     assert not db.holds_read_lock

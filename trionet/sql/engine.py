@@ -104,7 +104,8 @@ class Database:
             every statement, the lock and unlock calls, the hot-journal check
             and the re-read of the file header that tell it whether another
             process changed the file (8 of the 11 system calls of a point query,
-            docs/benchmarks.md). Readers, other sessions and other workers
+            docs/benchmarks.md), and pages are read through a memory map
+            instead of a pread each. Readers, other sessions and other workers
             are not held back; a process that writes the file meanwhile gets
             "database is locked". A file in WAL mode is always read with
             per-statement locks (an exclusive-mode WAL reader would keep
