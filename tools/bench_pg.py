@@ -53,6 +53,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -253,6 +254,7 @@ class Run:
     failed: int
     cpu_us_per_tx: float
     machine_busy: float  # cores busy on the whole machine during the run
+    pgbench_us_per_tx: float = 0.0  # the load generator's own CPU (its rusage), per transaction
 
 
 def _machine_busy() -> tuple[float, float]:
@@ -268,7 +270,9 @@ def run_pgbench(server: Server, script: Path, clients: int, threads: int, mode: 
         "-M", mode, "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", server.database,
     ]  # fmt: skip
     cpu0, (busy0, total0) = server.cpu_seconds(), _machine_busy()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, capture_output=True, text=True)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     time.sleep(0.3)  # let ended backends be reaped into the postmaster's cutime
     cpu1, (busy1, total1) = server.cpu_seconds(), _machine_busy()
     if done.returncode != 0:
@@ -284,6 +288,8 @@ def run_pgbench(server: Server, script: Path, clients: int, threads: int, mode: 
         server.name, clients, threads, mode, tps, latency, transactions, failed,
         (cpu1 - cpu0) / max(1, transactions) * 1e6,
         (busy1 - busy0) / max(1e-9, total1 - total0) * ncpu,
+        (children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime)
+        / max(1, transactions) * 1e6,
     )  # fmt: skip
 
 
@@ -416,6 +422,7 @@ def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, 
                         print(
                             f"round {rnd + 1} -c {n_clients} -M {mode} {server.name}: {run.tps:,.0f} tps, "
                             f"{run.latency_ms:.3f} ms, {run.cpu_us_per_tx:.0f} µs CPU/tx, "
+                            f"pgbench {run.pgbench_us_per_tx:.0f} µs CPU/tx, "
                             f"machine {run.machine_busy:.2f} cores busy",
                             file=sys.stderr,
                         )
