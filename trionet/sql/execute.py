@@ -111,14 +111,7 @@ class RequestRunner:
         out = protocol.encode_columns(req_id, result.columns or [])
         if rows:
             out += protocol.encode_rows(req_id, rows)
-        out += protocol.encode_done(
-            req_id,
-            rows=rows_left.sent,
-            truncated=rows_left.truncated,
-            changes=result.changes,
-            last_insert_rowid=result.last_insert_rowid,
-            elapsed_ms=(time.perf_counter() - started) * 1000,
-        )
+        out += _done(req_id, rows_left, result, started)
         self._finish("truncated" if rows_left.truncated else "ok", started, rows_left.sent)
         return out
 
@@ -180,20 +173,25 @@ class RequestRunner:
                 result = await in_sqlite(session.fetch, rows_left.want(), max_bytes)
             if rows_left.truncated and not result.exhausted:
                 session.cancel_statement()
-            out += protocol.encode_done(
-                req_id,
-                rows=rows_left.sent,
-                truncated=rows_left.truncated,
-                changes=result.changes,
-                last_insert_rowid=result.last_insert_rowid,
-                elapsed_ms=(time.perf_counter() - started) * 1000,
-            )
+            out += _done(req_id, rows_left, result, started)
             ending = "truncated" if rows_left.truncated else "ok"
         except SqlError as exc:
             out += protocol.encode_error(req_id, exc.code, exc.message)
             ending = exc.code
         self._finish(ending, started, rows_left.sent)
         await state.send(conn, out)
+
+
+def _done(req_id, rows_left: rules.RowCap, result: FetchResult, started: float) -> bytes:
+    """The ``done`` frame that ends an answer: rows sent, truncation, changes, and the time since ``started``."""
+    return protocol.encode_done(
+        req_id,
+        rows=rows_left.sent,
+        truncated=rows_left.truncated,
+        changes=result.changes,
+        last_insert_rowid=result.last_insert_rowid,
+        elapsed_ms=(time.perf_counter() - started) * 1000,
+    )
 
 
 @dataclass(eq=False)
