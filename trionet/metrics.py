@@ -89,12 +89,24 @@ class ServiceCollector(Collector):
         requests = CounterMetricFamily(
             "trionet_requests", "Requests read from clients (connections still open included).", labels=["listener"]
         )
+        wakeups = CounterMetricFamily(
+            "trionet_ready_loop_wakeups",
+            "Wake-ups of the listener's ready loop (each serves every parked connection with something to read).",
+            labels=["listener"],
+        )
+        answered = CounterMetricFamily(
+            "trionet_ready_loop_answers",
+            "Reads the ready loop answered without waking the connection's task; per wake-up, how much it batched.",
+            labels=["listener"],
+        )
         for service in self._services:
             open_.add_metric([service.name], len(service.connections))
             total.add_metric([service.name], service.accepted_total)
             live = sum(conn.requests for conn in service.connections)
             requests.add_metric([service.name], service.requests_closed_total + live)
-        yield from (open_, total, requests)
+            wakeups.add_metric([service.name], service.ready.batches)
+            answered.add_metric([service.name], service.ready.served)
+        yield from (open_, total, requests, wakeups, answered)
 
 
 class FunctionCollector(Collector):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import trio
@@ -49,6 +50,35 @@ async def test_a_scrape_reports_the_services_connections_and_requests(nursery, h
     assert samples[("trionet_requests_total", "echo")] == 3
     assert "process_resident_memory_bytes" in families and "process_open_fds" in families
     await idle.aclose()
+
+
+async def _echo_parked(conn) -> None:
+    fd = conn.stream.socket.fileno()
+
+    def serve() -> bool:  # in the service's ready loop
+        data = os.read(fd, 100)
+        if data:
+            conn.requests += 1
+            os.write(fd, data)
+        return bool(data)  # EOF: hand the connection back, and it ends
+
+    await conn.service.ready.park(conn.stream.socket, serve)
+
+
+async def test_a_scrape_reports_what_the_ready_loop_answered(nursery, http_get):
+    service = TCPService("echo", _echo_parked, logging.getLogger("trionet.test"))
+    (host, port), *_ = await nursery.start(service.serve, "127.0.0.1", 0)
+    registry = new_registry()
+    registry.register(ServiceCollector([service]))
+    (_, metrics_port), *_ = await nursery.start(serve_metrics, registry, "127.0.0.1", 0)
+    async with await trio.open_tcp_stream(host, port) as client:
+        for word in (b"one", b"two", b"three"):
+            await client.send_all(word)
+            assert await client.receive_some(100) == word
+    families = _families(await http_get(metrics_port))
+    samples = {(s.name, s.labels.get("listener")): s.value for f in families.values() for s in f.samples}
+    assert samples[("trionet_ready_loop_answers_total", "echo")] == 3
+    assert samples[("trionet_ready_loop_wakeups_total", "echo")] >= 3  # one request at a time: a wake-up each
 
 
 def test_http_answers_by_method_and_path():
