@@ -94,3 +94,20 @@ def test_the_serve_flag_lets_other_processes_write_while_clients_are_connected(s
             return "written"
 
     assert trio.run(write_while_connected) == ("written" if flag else "database is locked")
+
+
+
+def test_import_into_a_file_a_server_holds_says_why_it_cannot(monkeypatch, tmp_path):
+    # The lock itself is the test above; this is what the importer says when it meets it.
+    from click.testing import CliRunner
+
+    from trionet.cli import main
+    from trionet.sql import catalog
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(catalog, "import_usgs", locked)
+    done = CliRunner().invoke(main, ["sql", "import-usgs", "--db", str(tmp_path / "q.sqlite")])
+    assert done.exit_code == 1
+    assert "database is locked" in done.output and "--allow-external-writes" in done.output

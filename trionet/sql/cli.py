@@ -726,6 +726,13 @@ def import_usgs(csv_files, db) -> None:
                 csv_files = [stack.enter_context(catalog.shipped_csv())]
             progress = stack.enter_context(_import_progress("importing"))
             report = catalog.import_usgs(csv_files, db, progress=progress)
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise click.ClickException(str(exc)) from None
+        raise click.ClickException(
+            f"{db}: database is locked: another program is using it; a read-only 'trionet sql serve' holds it "
+            "while clients are connected (start it with --allow-external-writes, or stop it, to import)"
+        ) from None
     except (ValueError, OSError, sqlite3.Error) as exc:
         raise click.ClickException(str(exc)) from None
     for bad in report.bad_rows:
