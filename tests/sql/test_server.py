@@ -144,6 +144,36 @@ async def test_a_pipelining_client_takes_turns_with_the_others(raw, start_sql):
         assert isinstance((await busy.answer())[-1], protocol.Done)
 
 
+async def test_an_answer_the_socket_takes_only_in_part_is_finished_by_the_connections_task(raw, start_sql, monkeypatch):
+    # The ready loop's direct send leaves the rest in state.unsent for the
+    # connection's task, which sends it under the send watchdog and parks again.
+    from trionet.serving import DirectSocketIO, SendWatchdog
+
+    send_now, watched_send = DirectSocketIO.send_now, SendWatchdog.send
+    watched: list[int] = []
+
+    def partial(io, data: bytes) -> bytes:  # the socket takes 5 bytes at once (a full buffer, for the test)
+        return send_now(io, data[:5]) + data[5:]
+
+    async def counting(watchdog, stream, data: bytes) -> None:
+        watched.append(len(data))
+        await watched_send(watchdog, stream, data)
+
+    monkeypatch.setattr(DirectSocketIO, "send_now", partial)
+    monkeypatch.setattr(SendWatchdog, "send", counting)
+    _, address = await start_sql()
+    client = await raw(address)
+    answers = []
+    for _ in range(4):  # the first through the task, the others from the ready loop: all cut after 5 bytes
+        await client.send(protocol.encode_request("SELECT id FROM quakes LIMIT 2", id="q"))
+        with trio.fail_after(10):  # a rest that was dropped would leave us waiting
+            answers.append(await client.answer())
+    for columns, rows, done in answers:  # whole answers, in order
+        assert (columns, rows) == (protocol.Columns("q", ["id"]), protocol.Rows("q", [("q00000",), ("q00001",)]))
+        assert isinstance(done, protocol.Done) and done.rows == 2
+    assert len(watched) == 5  # the hello, then each answer's rest went out under the send watchdog
+
+
 async def test_client_api_pipelines_across_tasks(start_sql):
     _, address = await start_sql()
     results = {}

@@ -267,6 +267,37 @@ async def test_the_idle_timeout_counts_from_the_last_answer_of_the_ready_loop(st
     assert trio.current_time() - last >= 0.5 - 0.3 - 0.05  # 0.5 s after the last answer, not the first
 
 
+async def test_an_answer_the_socket_takes_only_in_part_is_finished_by_the_connections_task(start_pg, monkeypatch):
+    # The ready loop's direct send hands what the socket did not take to the
+    # connection's task (the send watchdog's path), which parks again after.
+    from trionet.serving import DirectSocketIO, SendWatchdog
+
+    send_now, watched_send = DirectSocketIO.send_now, SendWatchdog.send
+    watched: list[int] = []
+
+    def partial(io, data: bytes) -> bytes:  # the socket takes 5 bytes at once (a full buffer, for the test)
+        return send_now(io, data[:5]) + data[5:]
+
+    async def counting(watchdog, stream, data: bytes) -> None:
+        watched.append(len(data))
+        await watched_send(watchdog, stream, data)
+
+    monkeypatch.setattr(DirectSocketIO, "send_now", partial)
+    monkeypatch.setattr(SendWatchdog, "send", counting)
+    _, address = await start_pg()
+    stream = await start_session(address)
+    watched.clear()
+    query = typed(b"Q", b"select id from quakes where nst = 3\0")
+    answers = []
+    for _ in range(4):  # the first through the task, the others from the ready loop: all cut after 5 bytes
+        await stream.send_all(query)
+        answers.append(await read_until(stream, "Z"))
+    assert answers[0] == answers[1] == answers[2] == answers[3]
+    kinds = [k for k, _ in answers[0]]
+    assert kinds[0] == "T" and kinds[-2:] == ["C", "Z"] and answers[0][-1] == ("Z", b"I")
+    assert len(watched) == 4  # each answer's rest went out under the send watchdog
+
+
 async def test_idle_in_transaction_is_closed_with_25P03(start_pg):
     _, address = await start_pg(idle_transaction_timeout=0.2)
     stream = await start_session(address)
