@@ -81,6 +81,18 @@ def _row_description(columns: tuple[Column, ...], binary: tuple[bool, ...]) -> b
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _completion(words: tuple[str, ...], rows: int, changes: int) -> bytes:
+    """CommandComplete's bytes for a statement that returned rows, remembered (a fast path sends ``SELECT 1`` again and again)."""
+    return m.command_complete(command_tag(words, rows=rows, changes=changes, returns_rows=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _textual(param_oids: tuple[int, ...]) -> bool:
+    """Whether every parameter of these types, sent in text format, binds as the text itself (what decode_param does)."""
+    return all(oid in types.TEXTUAL for oid in param_oids)
+
+
 @dataclass(eq=False)
 class ConnState:
     """One connection's state: its stream and protocol core, its SQLite session, and the PostgreSQL session over it."""
@@ -238,13 +250,16 @@ class Executor:
         decode = types.decode_param
         try:
             if not formats or (len(formats) == 1 and not formats[0]):
-                values = [decode(v, oid or types.UNKNOWN, False) for v, oid in zip(data, param_oids)]
+                if _textual(param_oids):  # pgbench's parameters (type 0: unknown): the text, as decode_param gives it
+                    values = [None if v is None else v.decode("utf-8") for v in data]
+                else:
+                    values = [decode(v, oid or types.UNKNOWN, False) for v, oid in zip(data, param_oids)]
             else:
                 values = [
                     decode(v, oid or types.UNKNOWN, bool(formats[0 if len(formats) == 1 else i]))
                     for i, (v, oid) in enumerate(zip(data, param_oids))
                 ]
-        except types.ValueFormatError:
+        except (types.ValueFormatError, UnicodeDecodeError):
             return False
         described = plan.descriptions.get(bind.result_formats)
         if described is None:
@@ -294,7 +309,7 @@ class Executor:
             out += description
         for row in encoded:
             out += row
-        out += m.command_complete(command_tag(statement.words, rows=count, changes=result.changes, returns_rows=True))
+        out += _completion(statement.words, count, result.changes)
         # Sync: the unnamed portal never existed; outside a transaction block every portal ends.
         in_transaction = session.in_transaction
         if st.portals:
@@ -372,7 +387,7 @@ class Executor:
         out += _row_description(plan.columns, binary)
         for row in encoded:
             out += row
-        out += m.command_complete(command_tag(words, rows=count, changes=result.changes, returns_rows=True))
+        out += _completion(words, count, result.changes)
         out += m.READY_FOR_QUERY[st.txn.status(session.in_transaction)]
         return True
 
