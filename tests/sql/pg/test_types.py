@@ -317,3 +317,15 @@ def test_numeric_special_values_as_postgresql_15_sends_them(value, text, binary)
     assert t.encode_value(value, t.NUMERIC, False) == text
     assert t.encode_value(value, t.NUMERIC, True) == binary
     assert t.decode_numeric_binary(binary).is_nan() or t.decode_numeric_binary(binary) == Decimal(value)
+
+
+_WORDS = st.sampled_from(["SELECT", "WITH", "VALUES", "INSERT", "REPLACE", "UPDATE", "DELETE", "CREATE", "DROP",
+                          "ALTER", "TABLE", "INDEX", "OR", "TEMP", "SAVEPOINT", "PRAGMA", "ROLLBACK", "", "X" * 40])
+
+
+@given(st.lists(_WORDS, max_size=4).map(tuple), st.integers(0, 300), st.integers(0, 300))
+def test_remembered_completions_are_command_tags(words, rows, changes):
+    from trionet.sql.pg.executor import _completion
+
+    expected = m.command_complete(command_tag(words, rows=rows, changes=changes, returns_rows=True))
+    assert _completion(words, rows, changes) == expected

@@ -81,16 +81,22 @@ def _row_description(columns: tuple[Column, ...], binary: tuple[bool, ...]) -> b
     )
 
 
-@functools.lru_cache(maxsize=1024)
 def _completion(words: tuple[str, ...], rows: int, changes: int) -> bytes:
-    """CommandComplete's bytes for a statement that returned rows, remembered (a fast path sends ``SELECT 1`` again and again)."""
-    return m.command_complete(command_tag(words, rows=rows, changes=changes, returns_rows=True))
+    """CommandComplete's bytes for a statement that returned rows (a fast path sends ``SELECT 1`` again and again).
+
+    Remembered by the first word only, where the tag depends on no other
+    (all but CREATE, DROP and ALTER) and the word is short: the cache holds
+    no client text of any length.
+    """
+    first = words[0] if words else ""
+    if len(first) > 16 or first in ("CREATE", "DROP", "ALTER"):
+        return m.command_complete(command_tag(words, rows=rows, changes=changes, returns_rows=True))
+    return _first_word_completion(first, rows, changes)
 
 
-@functools.lru_cache(maxsize=256)
-def _textual(param_oids: tuple[int, ...]) -> bool:
-    """Whether every parameter of these types, sent in text format, binds as the text itself (what decode_param does)."""
-    return all(oid in types.TEXTUAL for oid in param_oids)
+@functools.lru_cache(maxsize=1024)
+def _first_word_completion(first: str, rows: int, changes: int) -> bytes:
+    return m.command_complete(command_tag((first,), rows=rows, changes=changes, returns_rows=True))
 
 
 @dataclass(eq=False)
@@ -250,7 +256,7 @@ class Executor:
         decode = types.decode_param
         try:
             if not formats or (len(formats) == 1 and not formats[0]):
-                if _textual(param_oids):  # pgbench's parameters (type 0: unknown): the text, as decode_param gives it
+                if types.TEXTUAL.issuperset(param_oids):  # pgbench's (type 0: unknown): the text, as decode_param gives it
                     values = [None if v is None else v.decode("utf-8") for v in data]
                 else:
                     values = [decode(v, oid or types.UNKNOWN, False) for v, oid in zip(data, param_oids)]
