@@ -51,6 +51,22 @@ async def test_prepared_runs_answer_as_the_slow_path_does(start_pg, fast_runs):
     assert fast_runs == [False, True, True, True, True, True, True, True, True]
 
 
+async def test_pgbench_shaped_runs_answer_as_the_slow_path_does(start_pg, fast_runs):
+    # One column, and a parameter whose type the client left to the server (as pgbench's): the
+    # fast path decodes its text and encodes one value a row itself; the first run of each is the slow path's.
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await _round_trip(stream, _parse("select id from quakes where nst = $1", name="P_0") + SYNC)
+    for value in (b"3", "é".encode(), b"\xff"):
+        for results in ((), (0,), (1,)):
+            run = _bind(value, statement="P_0", results=results) + _describe_portal() + _execute() + SYNC
+            answers = [await _round_trip(stream, run) for _ in range(2)]
+            assert answers[0] == answers[1]
+    # b"\xff" is not UTF-8: the slow path's error each time (22021), never a fast answer.
+    assert [k for k, _ in answers[0]] == ["E", "Z"] and error_fields(answers[0][0][1])["C"] == "22021"
+    assert fast_runs == [False] + [True] * 11 + [False] * 6
+
+
 async def test_extended_mode_runs_reuse_the_unnamed_statements_plan(start_pg, fast_runs):
     _, address = await start_pg()
     stream = await start_session(address)

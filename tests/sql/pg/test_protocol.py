@@ -287,3 +287,77 @@ def test_a_whole_run_comes_as_one_event():
     # A named portal is not a run: the messages come one by one.
     proto.receive_data(_bind(portal="p") + _execute(portal="p") + SYNC)
     assert type(proto.next_event()) is m.Bind
+
+
+# What pgbench -M prepared (libpq's PQexecPrepared) sends for every transaction, byte for byte (captured).
+PGBENCH_RUN = (
+    b"B\x00\x00\x00\x19\x00P_0\x00\x00\x00\x00\x01\x00\x00\x00\x043073\x00\x01\x00\x00"
+    b"D\x00\x00\x00\x06P\x00E\x00\x00\x00\t\x00\x00\x00\x00\x00S\x00\x00\x00\x04"
+)
+
+
+def _one_by_one(data: bytes) -> list:
+    proto = started()
+    proto.receive_data(data)
+    return events(proto)
+
+
+@given(st.sampled_from([PGBENCH_RUN, PGBENCH_RUN.replace(b"D\x00\x00\x00\x06P\x00", b"")]))
+def test_libpq_runs_come_as_one_event_holding_the_same_messages(data):
+    proto = started(coalesce=True)
+    proto.receive_data(data)
+    [run] = events(proto)
+    assert type(run) is PortalRun and run.messages() == _one_by_one(data)
+    assert proto.buffered == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=20), st.integers(0, 60))
+def test_a_libpq_tail_after_other_bytes_gives_the_messages_one_by_one(junk, cut):
+    # The tail alone says nothing: whatever comes before it is framed as usual.
+    data = junk + PGBENCH_RUN[cut:]
+    coalesced = started(coalesce=True)
+    coalesced.receive_data(data)
+    seen = []
+    for event in events(coalesced):
+        seen.extend(coalesced.expand(event) if type(event) is PortalRun else [event])
+    assert seen == _one_by_one(data)
+
+
+def _bind_body(portal, statement, formats, params, results) -> bytes:
+    body = portal + b"\0" + statement + b"\0" + struct.pack(f"!h{len(formats)}h", len(formats), *formats)
+    body += struct.pack("!h", len(params))
+    for value in params:
+        body += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value)) + value
+    return body + struct.pack(f"!h{len(results)}h", len(results), *results)
+
+
+_NAMES = st.sampled_from([b"", b"P_0", b"s", b"\xff", "é".encode()])
+_CODES = st.lists(st.sampled_from([0, 1, 2, -1, 256]), max_size=3)
+_BIND_BODIES = st.builds(
+    _bind_body, _NAMES, _NAMES, _CODES, st.lists(st.none() | st.binary(max_size=6), max_size=3), _CODES
+)
+
+
+def _decoded(decode, body: bytes):
+    try:
+        return decode(body)
+    except m.MessageError as exc:
+        return ("MessageError", str(exc))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_BIND_BODIES, st.integers(-3, 3), st.binary(max_size=3))
+def test_bind_decoder_equals_the_checked_one(body, cut, extra):
+    # Well-formed bodies, cut short or with bytes more: same Bind or the same error.
+    if cut < 0:
+        body = body[:cut]
+    elif cut > 0:
+        body += extra
+    assert _decoded(m._decode_bind, body) == _decoded(m._decode_bind_checked, body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=40))
+def test_bind_decoder_equals_the_checked_one_on_any_bytes(body):
+    assert _decoded(m._decode_bind, body) == _decoded(m._decode_bind_checked, body)

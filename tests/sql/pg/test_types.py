@@ -113,6 +113,18 @@ def test_any_param_bytes_decode_or_raise_value_format_error(data, oid, binary):
         pass
 
 
+@given(st.one_of(st.none(), st.binary(max_size=12), st.text(max_size=6).map(str.encode)), st.sampled_from(sorted(t.TEXTUAL)))
+def test_textual_parameters_bind_as_their_text(data, oid):
+    # The fast path decodes text-format parameters of these types itself: as decode_param does, or it gives up.
+    try:
+        expected = t.decode_param(data, oid or t.UNKNOWN, False)
+    except t.ValueFormatError:
+        with pytest.raises(UnicodeDecodeError):
+            data.decode("utf-8")
+    else:
+        assert expected == (None if data is None else data.decode("utf-8"))
+
+
 # --- results -----------------------------------------------------------------------------
 
 
@@ -136,6 +148,18 @@ def test_encode_value(value, oid, text, binary):
     assert t.encode_value(value, oid, False) == text
     assert t.encode_value(value, oid, True) == binary
     assert t.encode_value(None, oid, True) is None
+
+
+@given(st.integers(-(2**64), 2**64) | st.sampled_from([2**15, -(2**15) - 1, 2**31, -(2**31) - 1, 2**63, -(2**63) - 1]),
+       st.sampled_from([(t.INT2, "!h"), (t.INT4, "!i"), (t.INT8, "!q")]), st.booleans())
+def test_integers_encode_within_their_range(value, layout, binary):
+    oid, fmt = layout
+    bits = struct.calcsize(fmt) * 8
+    if -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        assert t.encode_value(value, oid, binary) == (struct.pack(fmt, value) if binary else str(value).encode())
+    else:
+        with pytest.raises(t.ValueFormatError, match=f"integer out of range for int{bits // 8}"):
+            t.encode_value(value, oid, binary)
 
 
 @pytest.mark.parametrize(
@@ -293,3 +317,15 @@ def test_numeric_special_values_as_postgresql_15_sends_them(value, text, binary)
     assert t.encode_value(value, t.NUMERIC, False) == text
     assert t.encode_value(value, t.NUMERIC, True) == binary
     assert t.decode_numeric_binary(binary).is_nan() or t.decode_numeric_binary(binary) == Decimal(value)
+
+
+_WORDS = st.sampled_from(["SELECT", "WITH", "VALUES", "INSERT", "REPLACE", "UPDATE", "DELETE", "CREATE", "DROP",
+                          "ALTER", "TABLE", "INDEX", "OR", "TEMP", "SAVEPOINT", "PRAGMA", "ROLLBACK", "", "X" * 40])
+
+
+@given(st.lists(_WORDS, max_size=4).map(tuple), st.integers(0, 300), st.integers(0, 300))
+def test_remembered_completions_are_command_tags(words, rows, changes):
+    from trionet.sql.pg.executor import _completion
+
+    expected = m.command_complete(command_tag(words, rows=rows, changes=changes, returns_rows=True))
+    assert _completion(words, rows, changes) == expected

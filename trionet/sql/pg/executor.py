@@ -81,6 +81,24 @@ def _row_description(columns: tuple[Column, ...], binary: tuple[bool, ...]) -> b
     )
 
 
+def _completion(words: tuple[str, ...], rows: int, changes: int) -> bytes:
+    """CommandComplete's bytes for a statement that returned rows (a fast path sends ``SELECT 1`` again and again).
+
+    Remembered by the first word only, where the tag depends on no other
+    (all but CREATE, DROP and ALTER) and the word is short: the cache holds
+    no client text of any length.
+    """
+    first = words[0] if words else ""
+    if len(first) > 16 or first in ("CREATE", "DROP", "ALTER"):
+        return m.command_complete(command_tag(words, rows=rows, changes=changes, returns_rows=True))
+    return _first_word_completion(first, rows, changes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _first_word_completion(first: str, rows: int, changes: int) -> bytes:
+    return m.command_complete(command_tag((first,), rows=rows, changes=changes, returns_rows=True))
+
+
 @dataclass(eq=False)
 class ConnState:
     """One connection's state: its stream and protocol core, its SQLite session, and the PostgreSQL session over it."""
@@ -238,13 +256,16 @@ class Executor:
         decode = types.decode_param
         try:
             if not formats or (len(formats) == 1 and not formats[0]):
-                values = [decode(v, oid or types.UNKNOWN, False) for v, oid in zip(data, param_oids)]
+                if types.TEXTUAL.issuperset(param_oids):  # pgbench's (type 0: unknown): the text, as decode_param gives it
+                    values = [None if v is None else v.decode("utf-8") for v in data]
+                else:
+                    values = [decode(v, oid or types.UNKNOWN, False) for v, oid in zip(data, param_oids)]
             else:
                 values = [
                     decode(v, oid or types.UNKNOWN, bool(formats[0 if len(formats) == 1 else i]))
                     for i, (v, oid) in enumerate(zip(data, param_oids))
                 ]
-        except types.ValueFormatError:
+        except (types.ValueFormatError, UnicodeDecodeError):
             return False
         described = plan.descriptions.get(bind.result_formats)
         if described is None:
@@ -294,7 +315,7 @@ class Executor:
             out += description
         for row in encoded:
             out += row
-        out += m.command_complete(command_tag(statement.words, rows=count, changes=result.changes, returns_rows=True))
+        out += _completion(statement.words, count, result.changes)
         # Sync: the unnamed portal never existed; outside a transaction block every portal ends.
         in_transaction = session.in_transaction
         if st.portals:
@@ -372,7 +393,7 @@ class Executor:
         out += _row_description(plan.columns, binary)
         for row in encoded:
             out += row
-        out += m.command_complete(command_tag(words, rows=count, changes=result.changes, returns_rows=True))
+        out += _completion(words, count, result.changes)
         out += m.READY_FOR_QUERY[st.txn.status(session.in_transaction)]
         return True
 
@@ -970,6 +991,9 @@ def _encode_rows(rows: list, oids: tuple[int, ...], binary: tuple[bool, ...]) ->
     encode = types.encode_value
     data_row = m.data_row
     try:
+        if len(oids) == 1:  # one column (a point query's): without the inner loop, 0.3 us less a row
+            oid, code = oids[0], binary[0]
+            return [data_row((encode(row[0], oid, code),)) for row in rows]
         return [data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows]
     except types.ValueFormatError:
         return None

@@ -443,9 +443,67 @@ def _formats_at(body: bytes, pos: int) -> tuple[tuple[int, ...], int]:
     return codes, pos + 2 + 2 * n
 
 
+_NO_CODES = ()
+_TEXT_CODES = (0,)
+_BINARY_CODES = (1,)
+
+
 def _decode_bind(body: bytes) -> Bind:
     # Bind, Execute, Describe and Sync are a prepared statement's every
-    # transaction: read with struct, not field by field through a _Reader.
+    # transaction. The shapes clients send (no format code or one, each 0
+    # or 1; every length in range) are read here with few calls; anything
+    # else, errors included, by _decode_bind_checked, which says what is wrong.
+    try:
+        end = body.index(0)
+        portal = body[:end].decode("utf-8") if end else ""
+        pos = end + 1
+        end = body.index(0, pos)
+        statement = body[pos:end].decode("utf-8")
+        pos = end + 1
+        (n,) = _UNPACK_INT16(body, pos)
+        if n == 0:
+            formats = _NO_CODES
+        elif n == 1:
+            code = body[pos + 3] if body[pos + 2] == 0 else -1
+            formats = _TEXT_CODES if code == 0 else _BINARY_CODES if code == 1 else None
+        else:
+            formats = None
+        if formats is None:
+            return _decode_bind_checked(body)
+        pos += 2 + 2 * n
+        (n,) = _UNPACK_INT16(body, pos)
+        pos += 2
+        params = []
+        size = len(body)
+        for _ in range(n):
+            (length,) = _UNPACK_INT32(body, pos)
+            pos += 4
+            if length < 0:
+                if length != -1:
+                    return _decode_bind_checked(body)
+                params.append(None)
+            else:
+                end = pos + length
+                if end > size:
+                    return _decode_bind_checked(body)
+                params.append(body[pos:end])
+                pos = end
+        (n,) = _UNPACK_INT16(body, pos)
+        if n == 0:
+            results = _NO_CODES
+        elif n == 1 and body[pos + 2] == 0 and body[pos + 3] in (0, 1):
+            results = _BINARY_CODES if body[pos + 3] else _TEXT_CODES
+        else:
+            return _decode_bind_checked(body)
+        if pos + 2 + 2 * n != size:
+            return _decode_bind_checked(body)
+    except (ValueError, IndexError, struct.error):  # UnicodeDecodeError is a ValueError
+        return _decode_bind_checked(body)
+    return Bind(portal, statement, formats, tuple(params), results)
+
+
+def _decode_bind_checked(body: bytes) -> Bind:
+    """Bind read field by field, every count and length checked: the reference :func:`_decode_bind` follows."""
     portal, pos = _cstring_at(body, 0)
     statement, pos = _cstring_at(body, pos)
     try:

@@ -98,6 +98,13 @@ _RUN_SHAPES = frozenset((b"BES", b"BDES", b"PBES", b"PBDES"))
 _RUN_FIRST = frozenset(b"PB")
 _SYNC_TYPE = ord("S")
 _PARSE_TYPE = ord("P")
+_BIND_TYPE = ord("B")
+# What libpq's PQexecPrepared sends after its Bind (Describe portal "", Execute "" of all rows, Sync),
+# and the same without the Describe: pgbench -M prepared's every transaction ends with one of them.
+_DESCRIBE_EXECUTE_SYNC = b"D\0\0\0\x06P\0" b"E\0\0\0\x09\0\0\0\0\0" b"S\0\0\0\x04"
+_EXECUTE_SYNC = _DESCRIBE_EXECUTE_SYNC[7:]
+_DESCRIBED_TAIL, _UNDESCRIBED_TAIL = len(_DESCRIBE_EXECUTE_SYNC), len(_EXECUTE_SYNC)
+_EXECUTE_ALL = m.Execute("", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +275,24 @@ class PgServerProtocol:
         # reports any violation in order.
         buf = self._buf
         size = len(buf)
+        if buf[0] == _BIND_TYPE and size > 5:
+            # The buffer is one Bind and the constant tail that libpq sends
+            # after it: compared as bytes, no walk over the messages.
+            (length,) = _UNPACK_LENGTH(buf, 1)
+            end = 1 + length
+            tail = size - end
+            if 4 <= length <= self.max_message_bytes and (
+                (tail == _DESCRIBED_TAIL and buf.endswith(_DESCRIBE_EXECUTE_SYNC))
+                or (tail == _UNDESCRIBED_TAIL and buf.endswith(_EXECUTE_SYNC))
+            ):
+                try:
+                    bind = m.decode_message("B", bytes(buf[5:end]))
+                except m.MessageError:
+                    return None
+                if bind.portal:
+                    return None
+                buf.clear()
+                return PortalRun(None, bind, tail == _DESCRIBED_TAIL, _EXECUTE_ALL)
         pos = 0
         spans = []
         kinds = bytearray()

@@ -28,6 +28,7 @@ __all__ = [
     "INT8_ARRAY",
     "NUMERIC",
     "TEXT",
+    "TEXTUAL",
     "TEXT_ARRAY",
     "UNKNOWN",
     "VARCHAR",
@@ -46,9 +47,13 @@ INT8_ARRAY, TEXT_ARRAY = 1016, 1009  # only the emulated catalog's array_agg mak
 _ARRAYS = {"_INT8": (INT8_ARRAY, INT8), "_TEXT": (TEXT_ARRAY, TEXT)}  # declared type: (array OID, element OID)
 _ELEMENTS = {array: element for array, element in _ARRAYS.values()}
 
-_INT_FORMATS = {INT2: ("!h", 16), INT4: ("!i", 32), INT8: ("!q", 64)}
+# OID -> (binary layout, bits, lowest, highest + 1): the bounds computed once, not per value.
+_INT_FORMATS = {oid: (fmt, bits, -(2 ** (bits - 1)), 2 ** (bits - 1)) for oid, fmt, bits in (
+    (INT2, "!h", 16), (INT4, "!i", 32), (INT8, "!q", 64))}
 _SIZES = {BOOL: 1, INT2: 2, INT4: 4, INT8: 8, FLOAT4: 4, FLOAT8: 8}
 _TEXTUAL = frozenset({0, TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN})
+TEXTUAL = _TEXTUAL
+"""Parameter types whose text-format value binds as the text itself (:func:`decode_param` returns it decoded)."""
 
 
 class ValueFormatError(ValueError):
@@ -210,10 +215,11 @@ def encode_value(value, oid: int, binary: bool) -> bytes | None:
         if type(value) is float:
             return _float_text(value)
         return str(value).encode("utf-8", "surrogatepass")
-    if oid in _INT_FORMATS:
-        number = _as_int(value)
-        fmt, bits = _INT_FORMATS[oid]
-        if not -(2 ** (bits - 1)) <= number < 2 ** (bits - 1):
+    layout = _INT_FORMATS.get(oid)
+    if layout is not None:
+        number = value if type(value) is int else _as_int(value)
+        fmt, bits, low, high = layout
+        if not low <= number < high:
             raise ValueFormatError(f"integer out of range for int{bits // 8}", "22003")
         return struct.pack(fmt, number) if binary else str(number).encode("ascii")
     if oid == FLOAT8:

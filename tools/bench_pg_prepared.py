@@ -1,0 +1,145 @@
+"""CPU per transaction of pgbench's point select through the PostgreSQL port's fast paths, in-process.
+
+No pgbench and no socket in the timed part: a 100,000-row
+``pgbench_accounts`` in a temporary SQLite file, a :class:`PgServer` on
+loopback that one connection reaches to log in, prepare ``P_0`` as pgbench
+does and run each path once (so the fast paths have their plans); then that
+connection's protocol core and :meth:`Executor.answer_now` are fed the bytes
+pgbench sends for each transaction (captured from ``pgbench -M prepared``
+and ``-M simple``, a new random ``aid`` each), as the server's ready loop
+feeds them, and the answer is checked byte for byte against the one that
+came over the socket. Measured:
+
+- ``prepared``: Bind, Describe portal, Execute, Sync in one packet (libpq's
+  ``PQexecPrepared``) -> ``next_event`` -> ``answer_now``;
+- ``simple``: one Query -> the same;
+- ``core-prepared`` / ``core-simple``: ``receive_data`` + ``next_event`` only.
+
+Rounds alternate the four; figures are process CPU per transaction, median
+over rounds [lowest-highest]. To compare trees, run the same tool with
+``PYTHONPATH`` set to each (``git archive COMMIT | tar -x -C DIR``).
+What the server adds (system calls, the ready loop, the kernel's TCP) is
+not here: ``tools/bench_pg.py`` measures the whole.
+
+Usage: PYTHONPATH=. python3 tools/bench_pg_prepared.py [--transactions 20000] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import trio
+
+import trionet
+from trionet.sql.engine import Database
+from trionet.sql.pg import PgConfig, PgServer
+
+STARTUP = b"\x00\x00\x004\x00\x03\x00\x00user\x00x\x00database\x00x\x00application_name\x00pgbench\x00\x00"
+PARSE = b"P\x00\x00\x00@P_0\x00SELECT abalance FROM pgbench_accounts WHERE aid = $1;\x00\x00\x00S\x00\x00\x00\x04"
+READY = b"Z\x00\x00\x00\x05I"
+
+
+def prepared_bytes(aid: int) -> bytes:
+    """What ``pgbench -M prepared`` sends for one transaction."""
+    value = str(aid).encode()
+    body = b"\x00P_0\x00" + b"\x00\x00" + b"\x00\x01" + struct.pack("!i", len(value)) + value + b"\x00\x01\x00\x00"
+    bind = b"B" + struct.pack("!i", len(body) + 4) + body
+    return bind + b"D\x00\x00\x00\x06P\x00" + b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + b"S\x00\x00\x00\x04"
+
+
+def simple_bytes(aid: int) -> bytes:
+    """What ``pgbench -M simple`` sends for one transaction."""
+    body = f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};".encode() + b"\0"
+    return b"Q" + struct.pack("!i", len(body) + 4) + body
+
+
+def _load(path: Path, rows: int) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE pgbench_accounts(aid INTEGER PRIMARY KEY, bid INTEGER, abalance INTEGER, filler TEXT)")
+        conn.executemany("INSERT INTO pgbench_accounts VALUES (?, 1, 0, ?)", ((i, " " * 84) for i in range(1, rows + 1)))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def _answer(stream, data: bytes) -> bytes:
+    await stream.send_all(data)
+    answer = b""
+    while not answer.endswith(READY):
+        answer += await stream.receive_some(65536)
+    return answer
+
+
+def _measure(executor, st, transactions: int, rounds: int, expected: dict[str, bytes]) -> dict[str, list[float]]:
+    proto = st.proto
+    answer_now = executor.answer_now
+    out = st.out
+    for name, make in (("prepared", prepared_bytes), ("simple", simple_bytes)):
+        proto.receive_data(make(7))
+        if not answer_now(st, proto.next_event()) or bytes(out) != expected[name]:
+            raise SystemExit(f"{name}: the fast path did not answer as the server did")
+        out.clear()
+
+    def whole(batch):
+        for data in batch:
+            proto.receive_data(data)
+            answer_now(st, proto.next_event())
+            out.clear()
+
+    def core(batch):
+        for data in batch:
+            proto.receive_data(data)
+            proto.next_event()
+
+    ways = {"prepared": (whole, prepared_bytes), "simple": (whole, simple_bytes),
+            "core-prepared": (core, prepared_bytes), "core-simple": (core, simple_bytes)}  # fmt: skip
+    figures: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, (run, make) in ways.items():
+            batch = [make(random.randint(1, 100_000)) for _ in range(transactions)]
+            start = time.process_time()
+            run(batch)
+            figures[name].append((time.process_time() - start) / transactions * 1e6)
+    return figures
+
+
+@click.command()
+@click.option("--transactions", type=int, default=20_000, show_default=True, help="Transactions per round and way.")
+@click.option("--rounds", type=int, default=7, show_default=True, help="Rounds, each way once per round.")
+def main(transactions: int, rounds: int) -> None:
+    """Print µs of CPU per transaction for each way, each round's and the medians."""
+
+    async def run() -> dict[str, list[float]]:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "bench.sqlite"
+            _load(path, 100_000)
+            server = PgServer(Database(path, read_write=False), PgConfig())
+            async with trio.open_nursery() as nursery:
+                addresses = await nursery.start(server.serve, "127.0.0.1", 0)
+                stream = await trio.open_tcp_stream(*addresses[0][:2])
+                await _answer(stream, STARTUP)
+                await _answer(stream, PARSE)
+                for _ in range(3):  # the first runs make the plans
+                    expected = {"prepared": await _answer(stream, prepared_bytes(7)),
+                                "simple": await _answer(stream, simple_bytes(7))}  # fmt: skip
+                ((_secret, st),) = server._keys.values()
+                figures = _measure(server._executor, st, transactions, rounds, expected)
+                nursery.cancel_scope.cancel()
+            return figures
+
+    print(f"trionet from {Path(trionet.__file__).parent.parent}")
+    for name, values in trio.run(run).items():
+        print(f"{name:14s} {statistics.median(values):6.2f} µs [{min(values):.2f}-{max(values):.2f}]")
+
+
+if __name__ == "__main__":
+    main()
