@@ -485,9 +485,9 @@ class DirectSocketIO:
         else:
             framer.receive_data(await self._stream.receive_some(RECEIVE_CHUNK))
 
-    async def park(self, ready: ReadyLoop, serve: Callable[[], bool]) -> bool:
+    async def park(self, ready: ReadyLoop, serve: Callable[[], bool], flush: Callable[[], bool] | None = None) -> bool:
         """Direct only: wait for the next request in ``ready`` (:meth:`ReadyLoop.park`), which may serve it with ``serve``."""
-        return await ready.park(self._sock, serve)
+        return await ready.park(self._sock, serve, flush)
 
     def send_now(self, data: bytes) -> bytes:
         """Write what the socket takes at once; return the rest (``b""`` when all of it went, ``data`` when not direct)."""
@@ -544,7 +544,7 @@ class ReadyLoop:
     def __init__(self, max_events: int = 256) -> None:
         self.max_events = max_events
         self._epoll = None
-        self._parked: dict[int, tuple[trio.lowlevel.Task, Callable[[], bool]]] = {}
+        self._parked: dict[int, tuple[trio.lowlevel.Task, Callable[[], bool], Callable[[], bool] | None]] = {}
         self.batches = 0
         """Batches served (wake-ups of the loop's task): with :attr:`served`, how much one wake-up did."""
         self.served = 0
@@ -568,29 +568,45 @@ class ReadyLoop:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 events = epoll.poll(0, self.max_events)
                 self.batches += 1
+                flushes = []
                 for fd, _ in events:
                     entry = parked.get(fd)
                     if entry is None:
                         continue
-                    task, serve = entry
+                    task, serve, flush = entry
                     try:
                         if serve():
                             self.served += 1
+                            if flush is not None:
+                                flushes.append((fd, task, flush))
                             continue
                         result = outcome.Value(True)
                     except Exception as exc:  # the connection's error, not the loop's
                         result = outcome.Error(exc)
                     self._unpark(fd)
                     trio.lowlevel.reschedule(task, result)
+                # Then the answers go out together, as the course's loop
+                # sends its queued replies after handling every readable
+                # socket: a client with many connections (pgbench's threads)
+                # finds several answers at each wake-up instead of one.
+                for fd, task, flush in flushes:
+                    try:
+                        if flush():
+                            continue
+                        result = outcome.Value(True)
+                    except Exception as exc:
+                        result = outcome.Error(exc)
+                    self._unpark(fd)
+                    trio.lowlevel.reschedule(task, result)
         finally:
             self._epoll = None
-            for fd, (task, _) in list(parked.items()):
+            for fd, (task, _, _) in list(parked.items()):
                 self._unpark(fd, epoll)
                 trio.lowlevel.reschedule(task, outcome.Value(False))
             trio.lowlevel.notify_closing(epoll.fileno())
             epoll.close()
 
-    async def park(self, sock, serve: Callable[[], bool]) -> bool:
+    async def park(self, sock, serve: Callable[[], bool], flush: Callable[[], bool] | None = None) -> bool:
         """Wait until ``serve()`` hands the connection back (returns False or raises); see the class.
 
         Returns True when ``serve()`` handed it back; False when this only
@@ -602,6 +618,10 @@ class ReadyLoop:
                 readable or not; the loop calls ``serve()`` each time it is.
             serve: called in the loop's task when ``sock`` is readable;
                 True to stay parked.
+            flush: called after every ``serve()`` of the batch that kept
+                its connection parked (answers computed first, sent
+                together); True to stay parked, False (or raise) to hand
+                the connection back, as ``serve()``.
 
         Raises:
             whatever ``serve()`` raised; ``trio.Cancelled`` when the task's
@@ -613,7 +633,7 @@ class ReadyLoop:
             return False
         fd = sock.fileno()
         epoll.register(fd, select.EPOLLIN)
-        self._parked[fd] = (trio.lowlevel.current_task(), serve)
+        self._parked[fd] = (trio.lowlevel.current_task(), serve, flush)
 
         def abort(_raise_cancel) -> trio.lowlevel.Abort:
             self._unpark(fd)

@@ -263,3 +263,50 @@ async def test_a_service_with_parked_connections_still_drains_and_stops():
         assert service.ready.parked == 0 and not service.connections
     for client in clients:
         await client.aclose()
+
+
+async def test_a_batch_is_served_first_and_its_answers_flushed_together():
+    # As the course's loop: handle every readable socket, then send the queued replies.
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop()
+    calls: list[str] = []
+    socks, peers, results = {}, {}, {}
+
+    def server(name):
+        def serve() -> bool:
+            socks[name].recv(100)
+            calls.append(f"serve {name}")
+            return True
+
+        def flush() -> bool:
+            calls.append(f"flush {name}")
+            if name == "c":
+                raise ConnectionResetError("gone")
+            return name != "b"  # b: the socket took only part of it, the task takes over
+
+        return serve, flush
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ready.run)
+        for name in "abc":
+            socks[name], peers[name] = _socketpair()
+            results[name] = []
+
+            async def task(name=name) -> None:
+                try:
+                    results[name].append(await ready.park(socks[name], *server(name)))
+                except Exception as exc:
+                    results[name].append(exc)
+
+            nursery.start_soon(task)
+        await trio.testing.wait_all_tasks_blocked()
+        for name in "abc":
+            peers[name].send(b"x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert [c.split()[0] for c in calls] == ["serve"] * 3 + ["flush"] * 3 and ready.batches == 1
+        assert results["a"] == [] and results["b"] == [True] and isinstance(results["c"][0], ConnectionResetError)
+        assert ready.parked == 1
+        nursery.cancel_scope.cancel()
+    for sock in [*socks.values(), *peers.values()]:
+        sock.close()

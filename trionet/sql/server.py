@@ -243,7 +243,7 @@ class SqlServer:
         proto = state.proto
         draining = conn.draining
         ready = conn.service.ready
-        serve, take_handback = self._parked_server(conn, state)
+        serve, flush, take_handback = self._parked_server(conn, state)
         while not draining.is_set():
             state.last_active = trio.current_time()
             # The next request. On a plain socket the loop waits until the
@@ -267,7 +267,7 @@ class SqlServer:
                     while request is NEED_DATA:
                         if not io.direct:
                             await io.wait(proto)
-                        elif await io.park(ready, serve):
+                        elif await io.park(ready, serve, flush):
                             if state.unsent:
                                 unsent, state.unsent = state.unsent, b""
                                 await state.sends.send(conn.stream, unsent)
@@ -296,13 +296,14 @@ class SqlServer:
         await self._send(state, conn, rules.SHUTDOWN_BYE)
 
     def _parked_server(self, conn: Connection, state: ConnState):
-        """The ``serve`` function for :meth:`ReadyLoop.park`, and one to take the request it handed back.
+        """The ``serve`` and ``flush`` functions for :meth:`ReadyLoop.park`, and one to take the request handed back.
 
         ``serve()`` runs in the ready loop's task when the socket is
         readable: it reads once, answers the requests that are reads
         answered on the event loop in one batch
-        (:meth:`RequestRunner.answer_now`), sends the answers, and stays
-        parked. It hands the connection back to its task (False) for a
+        (:meth:`RequestRunner.answer_now`) into ``state.unsent``, and stays
+        parked; ``flush()`` sends them once the loop has served its whole
+        batch. It hands the connection back to its task (False) for a
         request that needs more (kept for the task, in order), an answer
         the socket did not take whole (``state.unsent``), EOF, more than
         :data:`_PARKED_BURST` requests in one read, or a drain.
@@ -334,18 +335,22 @@ class SqlServer:
                 out += answer
             if out:
                 state.last_active = trio.current_time()
-                rest = io.send_now(out)
-                if rest:
-                    state.unsent = rest  # the task sends it, under the send watchdog
-                    return False
+                state.unsent = out  # sent by flush(), or by the task if this hands the connection back
             return handback is None and not draining.is_set()
+
+        def flush() -> bool:
+            if not state.unsent:
+                return True
+            rest = io.send_now(state.unsent)
+            state.unsent = rest  # the task sends what the socket did not take, under the send watchdog
+            return not rest
 
         def take_handback():
             nonlocal handback
             request, handback = handback, None
             return request
 
-        return serve, take_handback
+        return serve, flush, take_handback
 
     async def _watch_idle(self, state: ConnState, scope: trio.CancelScope) -> None:
         # One sleeping task per connection, not a cancel scope per request

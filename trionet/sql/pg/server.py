@@ -260,7 +260,7 @@ class PgServer:
         handle = self._executor.handle
         draining = conn.draining
         ready = conn.service.ready
-        serve, take_handback = self._parked_server(st, idle)
+        serve, flush, take_handback = self._parked_server(st, idle)
         fast = True  # False for an event the ready loop's fast paths already refused
         try:
             while not draining.is_set():
@@ -277,7 +277,7 @@ class PgServer:
                             # waking this task; anything else comes back here.
                             # No read first: an answer just went out, so a
                             # client that waits for it has sent nothing yet.
-                            if await io.park(ready, serve):
+                            if await io.park(ready, serve, flush):
                                 if idle.expired:
                                     return
                                 event, fast = take_handback()
@@ -329,12 +329,13 @@ class PgServer:
         return trio.current_time() + timeout if timeout > 0 else None
 
     def _parked_server(self, st: ConnState, idle: IdleWatch):
-        """The ``serve`` function for :meth:`ReadyLoop.park`, and one to take what it handed back.
+        """The ``serve`` and ``flush`` functions for :meth:`ReadyLoop.park`, and one to take what was handed back.
 
         ``serve()`` runs in the ready loop's task when the socket is
         readable: it reads once, answers the messages the executor can
-        answer at once (:meth:`Executor.answer_now`: the fast paths), sends
-        the answers, and stays parked with a fresh idle deadline. It hands
+        answer at once (:meth:`Executor.answer_now`: the fast paths) into
+        ``st.out``, and stays parked with a fresh idle deadline; ``flush()``
+        sends the answers once the loop has served its whole batch. It hands
         the connection back to its task (False) for a message that needs
         more (its event is kept for the task, in order), a send the socket
         did not take whole, EOF, more than :data:`_PARKED_BURST` messages
@@ -366,15 +367,18 @@ class PgServer:
                     break
                 answered += 1
                 conn.requests += event.count if type(event) is PortalRun else 1
+            if answered:
+                idle.deadline = self._idle_deadline(st)
+            return handback is None and not draining.is_set()  # handed back: the task sends st.out
+
+        def flush() -> bool:
             if st.out:
                 rest = io.send_now(bytes(st.out))
                 st.out.clear()
                 if rest:
                     st.out += rest  # the task sends it, under the send watchdog
                     return False
-            if answered:
-                idle.deadline = self._idle_deadline(st)
-            return handback is None and not draining.is_set()
+            return True
 
         def take_handback():
             """The event ``serve()`` handed back (or None), and whether the fast paths may still try it."""
@@ -382,7 +386,7 @@ class PgServer:
             event, handback = handback, None
             return event, not tried
 
-        return serve, take_handback
+        return serve, flush, take_handback
 
     async def _send_pending(self, st: ConnState) -> None:
         # Busy while sending: a drain must not cut a send in the middle of a message.
