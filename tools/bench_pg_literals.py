@@ -17,7 +17,6 @@ Usage: python3 tools/bench_pg_literals.py [--queries 20000] [--rounds 7]
 from __future__ import annotations
 
 import random
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -28,15 +27,8 @@ import click
 from trionet.sql.engine import INLINE_BUDGET, Database
 from trionet.sql.pg.literals import bind_literals
 
+from bench_pg import load_sqlite  # the benchmark's own pgbench_accounts rows (tools/ is on sys.path)
 
-def _load(path: Path, rows: int) -> None:
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("CREATE TABLE pgbench_accounts(aid INTEGER PRIMARY KEY, bid INTEGER, abalance INTEGER, filler TEXT)")
-        conn.executemany("INSERT INTO pgbench_accounts VALUES (?, 1, 0, ?)", ((i, " " * 84) for i in range(1, rows + 1)))
-        conn.commit()
-    finally:
-        conn.close()
 
 
 @click.command()
@@ -46,7 +38,7 @@ def main(queries: int, rounds: int) -> None:
     """Print µs of CPU per query, text against bound, each round and the medians."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.sqlite"
-        _load(path, 100_000)
+        load_sqlite(path, 100_000)
         db = Database(path)
         session = db.open_session()
 

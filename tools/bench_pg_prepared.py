@@ -40,6 +40,8 @@ import trionet
 from trionet.sql.engine import Database
 from trionet.sql.pg import PgConfig, PgServer
 
+from bench_pg import load_sqlite  # the benchmark's own pgbench_accounts rows (tools/ is on sys.path)
+
 STARTUP = b"\x00\x00\x004\x00\x03\x00\x00user\x00x\x00database\x00x\x00application_name\x00pgbench\x00\x00"
 PARSE = b"P\x00\x00\x00@P_0\x00SELECT abalance FROM pgbench_accounts WHERE aid = $1;\x00\x00\x00S\x00\x00\x00\x04"
 READY = b"Z\x00\x00\x00\x05I"
@@ -58,17 +60,6 @@ def simple_bytes(aid: int) -> bytes:
     body = f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};".encode() + b"\0"
     return b"Q" + struct.pack("!i", len(body) + 4) + body
 
-
-def _load(path: Path, rows: int) -> None:
-    import sqlite3
-
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("CREATE TABLE pgbench_accounts(aid INTEGER PRIMARY KEY, bid INTEGER, abalance INTEGER, filler TEXT)")
-        conn.executemany("INSERT INTO pgbench_accounts VALUES (?, 1, 0, ?)", ((i, " " * 84) for i in range(1, rows + 1)))
-        conn.commit()
-    finally:
-        conn.close()
 
 
 async def _answer(stream, data: bytes) -> bytes:
@@ -121,7 +112,7 @@ def main(transactions: int, rounds: int) -> None:
     async def run() -> dict[str, list[float]]:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "bench.sqlite"
-            _load(path, 100_000)
+            load_sqlite(path, 100_000)
             server = PgServer(Database(path, read_write=False), PgConfig())
             async with trio.open_nursery() as nursery:
                 addresses = await nursery.start(server.serve, "127.0.0.1", 0)

@@ -27,12 +27,22 @@ def _families(answer: bytes) -> dict:
     return {f.name: f for f in text_string_to_metric_families(body.decode())}
 
 
-async def test_a_scrape_reports_the_services_connections_and_requests(nursery, http_get):
-    service = TCPService("echo", _echo_once, logging.getLogger("trionet.test"))
+async def _serve_with_metrics(nursery, handler) -> tuple[TCPService, tuple[str, int], int]:
+    """An ``echo`` service running ``handler`` and a /metrics endpoint with its collector: (service, its address, metrics port)."""
+    service = TCPService("echo", handler, logging.getLogger("trionet.test"))
     (host, port), *_ = await nursery.start(service.serve, "127.0.0.1", 0)
     registry = new_registry()
     registry.register(ServiceCollector([service]))
     (_, metrics_port), *_ = await nursery.start(serve_metrics, registry, "127.0.0.1", 0)
+    return service, (host, port), metrics_port
+
+
+def _samples(answer: bytes) -> dict:
+    return {(s.name, s.labels.get("listener")): s.value for f in _families(answer).values() for s in f.samples}
+
+
+async def test_a_scrape_reports_the_services_connections_and_requests(nursery, http_get):
+    service, (host, port), metrics_port = await _serve_with_metrics(nursery, _echo_once)
 
     idle = await trio.open_tcp_stream(host, port)  # stays open during the scrape
     for _ in range(3):
@@ -66,17 +76,12 @@ async def _echo_parked(conn) -> None:
 
 
 async def test_a_scrape_reports_what_the_ready_loop_answered(nursery, http_get):
-    service = TCPService("echo", _echo_parked, logging.getLogger("trionet.test"))
-    (host, port), *_ = await nursery.start(service.serve, "127.0.0.1", 0)
-    registry = new_registry()
-    registry.register(ServiceCollector([service]))
-    (_, metrics_port), *_ = await nursery.start(serve_metrics, registry, "127.0.0.1", 0)
+    _, (host, port), metrics_port = await _serve_with_metrics(nursery, _echo_parked)
     async with await trio.open_tcp_stream(host, port) as client:
         for word in (b"one", b"two", b"three"):
             await client.send_all(word)
             assert await client.receive_some(100) == word
-    families = _families(await http_get(metrics_port))
-    samples = {(s.name, s.labels.get("listener")): s.value for f in families.values() for s in f.samples}
+    samples = _samples(await http_get(metrics_port))
     assert samples[("trionet_ready_loop_answers_total", "echo")] == 3
     assert samples[("trionet_ready_loop_wakeups_total", "echo")] >= 3  # one request at a time: a wake-up each
 

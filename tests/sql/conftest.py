@@ -93,3 +93,27 @@ def sql_log():
     yield messages
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@pytest.fixture
+def partial_sends(monkeypatch) -> list[int]:
+    """Every direct send takes only 5 bytes at once (a full socket buffer); returns the sizes the send watchdog sent.
+
+    For tests of what happens to the rest of an answer: the ready loop
+    hands it to the connection's task, which sends it under the watchdog.
+    """
+    from trionet.serving import DirectSocketIO, SendWatchdog
+
+    send_now, watched_send = DirectSocketIO.send_now, SendWatchdog.send
+    watched: list[int] = []
+
+    def partial(io, data: bytes) -> bytes:
+        return send_now(io, data[:5]) + data[5:]
+
+    async def counting(watchdog, stream, data: bytes) -> None:
+        watched.append(len(data))
+        await watched_send(watchdog, stream, data)
+
+    monkeypatch.setattr(DirectSocketIO, "send_now", partial)
+    monkeypatch.setattr(SendWatchdog, "send", counting)
+    return watched

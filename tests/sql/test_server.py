@@ -144,23 +144,10 @@ async def test_a_pipelining_client_takes_turns_with_the_others(raw, start_sql):
         assert isinstance((await busy.answer())[-1], protocol.Done)
 
 
-async def test_an_answer_the_socket_takes_only_in_part_is_finished_by_the_connections_task(raw, start_sql, monkeypatch):
+async def test_an_answer_the_socket_takes_only_in_part_is_finished_by_the_connections_task(raw, start_sql, partial_sends):
     # The ready loop's direct send leaves the rest in state.unsent for the
     # connection's task, which sends it under the send watchdog and parks again.
-    from trionet.serving import DirectSocketIO, SendWatchdog
-
-    send_now, watched_send = DirectSocketIO.send_now, SendWatchdog.send
-    watched: list[int] = []
-
-    def partial(io, data: bytes) -> bytes:  # the socket takes 5 bytes at once (a full buffer, for the test)
-        return send_now(io, data[:5]) + data[5:]
-
-    async def counting(watchdog, stream, data: bytes) -> None:
-        watched.append(len(data))
-        await watched_send(watchdog, stream, data)
-
-    monkeypatch.setattr(DirectSocketIO, "send_now", partial)
-    monkeypatch.setattr(SendWatchdog, "send", counting)
+    watched = partial_sends
     _, address = await start_sql()
     client = await raw(address)
     answers = []

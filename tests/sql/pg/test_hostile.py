@@ -267,23 +267,10 @@ async def test_the_idle_timeout_counts_from_the_last_answer_of_the_ready_loop(st
     assert trio.current_time() - last >= 0.5 - 0.3 - 0.05  # 0.5 s after the last answer, not the first
 
 
-async def test_an_answer_the_socket_takes_only_in_part_is_finished_by_the_connections_task(start_pg, monkeypatch):
+async def test_an_answer_the_socket_takes_only_in_part_is_finished_by_the_connections_task(start_pg, partial_sends):
     # The ready loop's direct send hands what the socket did not take to the
     # connection's task (the send watchdog's path), which parks again after.
-    from trionet.serving import DirectSocketIO, SendWatchdog
-
-    send_now, watched_send = DirectSocketIO.send_now, SendWatchdog.send
-    watched: list[int] = []
-
-    def partial(io, data: bytes) -> bytes:  # the socket takes 5 bytes at once (a full buffer, for the test)
-        return send_now(io, data[:5]) + data[5:]
-
-    async def counting(watchdog, stream, data: bytes) -> None:
-        watched.append(len(data))
-        await watched_send(watchdog, stream, data)
-
-    monkeypatch.setattr(DirectSocketIO, "send_now", partial)
-    monkeypatch.setattr(SendWatchdog, "send", counting)
+    watched = partial_sends
     _, address = await start_pg()
     stream = await start_session(address)
     watched.clear()
