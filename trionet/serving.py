@@ -519,7 +519,11 @@ class ReadyLoop:
     returns True to stay parked, or False to hand the connection back to its
     task (anything slow, unusual, an error, EOF, a send the socket did not
     take whole): the task's :meth:`park` then returns, and it carries on
-    with whatever ``serve()`` left in the connection's buffers.
+    with whatever ``serve()`` left in the connection's buffers. A ``flush()``
+    given with ``serve`` runs after every ``serve()`` of the batch, so the
+    answers go out together (as the course's loop sends its queued replies
+    after it has handled every readable socket): a client with many
+    connections then finds several answers per wake-up (docs/benchmarks.md).
 
     Structured concurrency stays whole: the connection's task still owns
     the connection and waits in :meth:`park` under its own cancel scopes
