@@ -575,33 +575,16 @@ class ReadyLoop:
                 flushes = []
                 for fd, _ in events:
                     entry = parked.get(fd)
-                    if entry is None:
-                        continue
-                    task, serve, flush = entry
-                    try:
-                        if serve():
-                            self.served += 1
-                            if flush is not None:
-                                flushes.append((fd, task, flush))
-                            continue
-                        result = outcome.Value(True)
-                    except Exception as exc:  # the connection's error, not the loop's
-                        result = outcome.Error(exc)
-                    self._unpark(fd)
-                    trio.lowlevel.reschedule(task, result)
+                    if entry is not None and self._turn(fd, entry[0], entry[1]):
+                        self.served += 1
+                        if entry[2] is not None:
+                            flushes.append((fd, entry[0], entry[2]))
                 # Then the answers go out together, as the course's loop
                 # sends its queued replies after handling every readable
                 # socket: a client with many connections (pgbench's threads)
                 # finds several answers at each wake-up instead of one.
                 for fd, task, flush in flushes:
-                    try:
-                        if flush():
-                            continue
-                        result = outcome.Value(True)
-                    except Exception as exc:
-                        result = outcome.Error(exc)
-                    self._unpark(fd)
-                    trio.lowlevel.reschedule(task, result)
+                    self._turn(fd, task, flush)
         finally:
             self._epoll = None
             for fd, (task, _, _) in list(parked.items()):
@@ -644,6 +627,18 @@ class ReadyLoop:
             return trio.lowlevel.Abort.SUCCEEDED
 
         return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _turn(self, fd: int, task: trio.lowlevel.Task, step: Callable[[], bool]) -> bool:
+        """Call a parked connection's ``serve`` or ``flush``; True: it stays parked, else its task has it back."""
+        try:
+            if step():
+                return True
+            result = outcome.Value(True)
+        except Exception as exc:  # the connection's error, not the loop's
+            result = outcome.Error(exc)
+        self._unpark(fd)
+        trio.lowlevel.reschedule(task, result)
+        return False
 
     def _unpark(self, fd: int, epoll=None) -> None:
         del self._parked[fd]

@@ -113,8 +113,6 @@ class Database:
 
     Attributes:
         holds_read_lock: whether sessions hold the shared lock (see ``external_writes``).
-
-    Attributes:
         value_indexes: at start, the schema had a partial index or an index
             whose text compares with a literal: a query's literal may then
             let SQLite use an index that a bound parameter in its place would

@@ -246,21 +246,18 @@ class SqlServer:
         serve, flush, take_handback = self._parked_server(conn, state)
         while not draining.is_set():
             state.last_active = trio.current_time()
-            # The next request. On a plain socket the loop waits until the
-            # socket is readable and reads it directly, without
-            # receive_some's scheduler round and context managers
-            # (trionet.serving.DirectSocketIO). It waits before trying to
-            # read: the answer just went out, so a client that waits for its
-            # answers cannot have sent more yet (a read would only fail with
+            # The next request. On a plain socket the wait is parked in the
+            # service's ReadyLoop, which reads the socket directly and
+            # answers the requests it can answer at once
+            # (RequestRunner.answer_now) without waking this task; anything
+            # else comes back here. It waits before trying to read: the
+            # answer just went out, so a client that waits for its answers
+            # cannot have sent more yet (a read would only fail with
             # EAGAIN), and one that pipelines has its requests in the
             # framer's buffer. The wait is the connection's checkpoint; a
             # request found in the buffer gets one of its own, so a client
             # that pipelines takes turns with the others (the direct send
             # has none). The idle timeout needs no scope here: _watch_idle.
-            # On a plain socket the wait is parked in the service's
-            # ReadyLoop, which answers the requests it can answer at once
-            # (RequestRunner.answer_now) without waking this task, and hands
-            # anything else back here.
             try:
                 request = proto.next_event()
                 if request is NEED_DATA:

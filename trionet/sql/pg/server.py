@@ -277,15 +277,14 @@ class PgServer:
                             # waking this task; anything else comes back here.
                             # No read first: an answer just went out, so a
                             # client that waits for it has sent nothing yet.
-                            if await io.park(ready, serve, flush):
-                                if idle.expired:
-                                    return
+                            handed_back = await io.park(ready, serve, flush)
+                            if idle.expired:
+                                return
+                            if handed_back:
                                 event, fast = take_handback()
                                 if event is None:
                                     continue  # EOF, more messages, a send left over: the loop's top
                             else:
-                                if idle.expired:
-                                    return
                                 io.read_ready(proto)  # what woke us up (EOF reads b"")
                                 event = proto.next_event()
                         else:

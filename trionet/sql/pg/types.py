@@ -51,8 +51,7 @@ _ELEMENTS = {array: element for array, element in _ARRAYS.values()}
 _INT_FORMATS = {oid: (fmt, bits, -(2 ** (bits - 1)), 2 ** (bits - 1)) for oid, fmt, bits in (
     (INT2, "!h", 16), (INT4, "!i", 32), (INT8, "!q", 64))}
 _SIZES = {BOOL: 1, INT2: 2, INT4: 4, INT8: 8, FLOAT4: 4, FLOAT8: 8}
-_TEXTUAL = frozenset({0, TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN})
-TEXTUAL = _TEXTUAL
+TEXTUAL = frozenset({0, TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN})
 """Parameter types whose text-format value binds as the text itself (:func:`decode_param` returns it decoded)."""
 
 
@@ -348,7 +347,7 @@ def _decode_binary(data: bytes, oid: int):
         return data
     if oid == NUMERIC:
         return _decode_numeric_binary(data)
-    if oid in _TEXTUAL:
+    if oid in TEXTUAL:
         return _text(data)
     raise ValueFormatError(f"binary parameters of type OID {oid} are not supported", "0A000")
 
