@@ -34,6 +34,7 @@ __all__ = [
     "ListenError",
     "DirectSocketIO",
     "IdleWatch",
+    "ParkedServer",
     "ReadyLoop",
     "SendWatchdog",
     "TCPService",
@@ -648,3 +649,93 @@ class ReadyLoop:
                 epoll.unregister(fd)
             except (OSError, ValueError):
                 pass  # closed meanwhile: the kernel dropped it from the set already
+
+
+class ParkedServer:
+    """What a connection parked in a :class:`ReadyLoop` does when its socket is readable: its ``serve`` and ``flush``.
+
+    One read (:meth:`DirectSocketIO.read_ready`) into the connection's
+    sans-IO core, then each complete event offered to ``answer``, which
+    either answers it at once (into ``out``) or says no; then, once the
+    loop has served its whole batch, :meth:`flush` sends ``out``. The
+    connection goes back to its task (:meth:`serve` or :meth:`flush`
+    returns False) with the first event ``answer`` refused or that came past
+    ``burst`` answers from one read (:meth:`take_handback`), at EOF (which
+    the core reports as an event), when the socket did not take all of
+    ``out`` (the rest stays in it, for the task to send under its send
+    watchdog), or when ``draining`` is set. Everything ``answer`` answered is
+    in ``out``, in order, before the event handed back.
+
+    Args:
+        io: the connection's direct socket I/O.
+        framer: its sans-IO core (``receive_data``, ``next_event``).
+        answer: ``answer(event) -> bool``, in the loop's task: answer
+            ``event`` into ``out`` at once, or return False having done
+            nothing.
+        out: the connection's pending answers.
+        draining: set when the server drains.
+        answered: called after a read that answered something (the idle
+            clock starts again).
+        burst: the most events answered from one read: a pipelining client
+            goes on with its task's checkpoints.
+    """
+
+    __slots__ = ("_io", "_framer", "_answer", "_out", "_draining", "_answered", "_burst", "_handback", "_tried")
+
+    def __init__(
+        self,
+        io: DirectSocketIO,
+        framer,
+        answer: Callable[[object], bool],
+        out: bytearray,
+        draining: trio.Event,
+        answered: Callable[[], None],
+        burst: int,
+    ) -> None:
+        self._io = io
+        self._framer = framer
+        self._answer = answer
+        self._out = out
+        self._draining = draining
+        self._answered = answered
+        self._burst = burst
+        self._handback = None
+        self._tried = False  # whether answer refused the event handed back
+
+    def serve(self) -> bool:
+        """The ready loop's ``serve``: read once and answer what can be answered now; False hands the connection back."""
+        framer = self._framer
+        if not self._io.read_ready(framer):
+            return True  # nothing after all
+        answer = self._answer
+        count = 0
+        while True:
+            event = framer.next_event()
+            if event is NEED_DATA:
+                break
+            if count == self._burst:
+                self._handback, self._tried = event, False
+                break
+            if not answer(event):
+                self._handback, self._tried = event, True
+                break
+            count += 1
+        if count:
+            self._answered()
+        return self._handback is None and not self._draining.is_set()
+
+    def flush(self) -> bool:
+        """The ready loop's ``flush``: send ``out``; False (the rest left in ``out``) if the socket did not take it all."""
+        out = self._out
+        if out:
+            rest = self._io.send_now(bytes(out))
+            out.clear()
+            if rest:
+                out += rest
+                return False
+        return True
+
+    def take_handback(self) -> tuple[object | None, bool]:
+        """The event :meth:`serve` handed back (or None), and whether ``answer`` may still be tried on it."""
+        event, self._handback = self._handback, None
+        return event, not self._tried

@@ -206,7 +206,7 @@ class ConnState:
     last_active: float = field(default_factory=trio.current_time)
     idle_bye: bytes | None = None  # set when the idle watcher closes the connection
     inline_refused: bool = False  # RequestRunner.answer_now found the request over the event loop's budget
-    unsent: bytes = b""  # what the ready loop's direct send left for the connection's task to send
+    unsent: bytearray = field(default_factory=bytearray)  # the ready loop's answers not sent yet (serving.ParkedServer)
 
     async def send(self, conn: Connection, data: bytes) -> None:
         """Send ``data``: what the socket takes at once directly, the rest through the send watchdog.

@@ -31,7 +31,7 @@ import trio
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
-from trionet.serving import Connection, DirectSocketIO, SendWatchdog, TCPService, receive_event
+from trionet.serving import Connection, DirectSocketIO, ParkedServer, SendWatchdog, TCPService, receive_event
 from trionet.sql import protocol, rules
 from trionet.sql.auth import MECHANISM, AuthConfig, HelloLogin
 from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database
@@ -243,7 +243,7 @@ class SqlServer:
         proto = state.proto
         draining = conn.draining
         ready = conn.service.ready
-        serve, flush, take_handback = self._parked_server(conn, state)
+        parked = self._parked_server(conn, state)
         while not draining.is_set():
             state.last_active = trio.current_time()
             # The next request. On a plain socket the wait is parked in the
@@ -264,11 +264,12 @@ class SqlServer:
                     while request is NEED_DATA:
                         if not io.direct:
                             await io.wait(proto)
-                        elif await io.park(ready, serve, flush):
+                        elif await io.park(ready, parked.serve, parked.flush):
                             if state.unsent:
-                                unsent, state.unsent = state.unsent, b""
+                                unsent = bytes(state.unsent)
+                                state.unsent.clear()
                                 await state.sends.send(conn.stream, unsent)
-                            request = take_handback()
+                            request, _ = parked.take_handback()  # answer_now tried it: run() knows (inline_refused)
                             if request is None:
                                 request = proto.next_event()  # EOF, or requests left in the buffer
                             continue
@@ -292,62 +293,30 @@ class SqlServer:
             state.busy = False
         await self._send(state, conn, rules.SHUTDOWN_BYE)
 
-    def _parked_server(self, conn: Connection, state: ConnState):
-        """The ``serve`` and ``flush`` functions for :meth:`ReadyLoop.park`, and one to take the request handed back.
+    def _parked_server(self, conn: Connection, state: ConnState) -> ParkedServer:
+        """What the ready loop does for this connection: answer the reads :meth:`RequestRunner.answer_now` answers.
 
-        ``serve()`` runs in the ready loop's task when the socket is
-        readable: it reads once, answers the requests that are reads
-        answered on the event loop in one batch
-        (:meth:`RequestRunner.answer_now`) into ``state.unsent``, and stays
-        parked; ``flush()`` sends them once the loop has served its whole
-        batch. It hands the connection back to its task (False) for a
-        request that needs more (kept for the task, in order), an answer
-        the socket did not take whole (``state.unsent``), EOF, more than
-        :data:`_PARKED_BURST` requests in one read, or a drain.
+        The answers go into ``state.unsent``; each is counted, and a read
+        that answered something is activity for the idle watcher; anything
+        else goes back to the task (:class:`~trionet.serving.ParkedServer`).
         """
-        proto = state.proto
-        io = state.io
-        draining = conn.draining
         answer_now = self._runner.answer_now
-        handback = None
+        unsent = state.unsent
 
-        def serve() -> bool:
-            nonlocal handback
-            if not io.read_ready(proto):
-                return True  # nothing after all
-            out = b""
-            answered = 0
-            while True:
-                request = proto.next_event()
-                if request is NEED_DATA:
-                    break
-                answer = None
-                if answered < _PARKED_BURST and type(request) is protocol.Request and not state.session.aborted:
-                    answer = answer_now(state, request)
-                if answer is None:
-                    handback = request
-                    break
-                conn.requests += 1
-                answered += 1
-                out += answer
-            if out:
-                state.last_active = trio.current_time()
-                state.unsent = out  # sent by flush(), or by the task if this hands the connection back
-            return handback is None and not draining.is_set()
+        def answer(request) -> bool:
+            if type(request) is not protocol.Request or state.session.aborted:
+                return False
+            reply = answer_now(state, request)
+            if reply is None:
+                return False
+            unsent.extend(reply)
+            conn.requests += 1
+            return True
 
-        def flush() -> bool:
-            if not state.unsent:
-                return True
-            rest = io.send_now(state.unsent)
-            state.unsent = rest  # the task sends what the socket did not take, under the send watchdog
-            return not rest
+        def answered() -> None:
+            state.last_active = trio.current_time()
 
-        def take_handback():
-            nonlocal handback
-            request, handback = handback, None
-            return request
-
-        return serve, flush, take_handback
+        return ParkedServer(state.io, state.proto, answer, unsent, conn.draining, answered, _PARKED_BURST)
 
     async def _watch_idle(self, state: ConnState, scope: trio.CancelScope) -> None:
         # One sleeping task per connection, not a cancel scope per request

@@ -27,7 +27,15 @@ import trio
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
-from trionet.serving import Connection, DirectSocketIO, IdleWatch, SendWatchdog, TCPService, receive_event
+from trionet.serving import (
+    Connection,
+    DirectSocketIO,
+    IdleWatch,
+    ParkedServer,
+    SendWatchdog,
+    TCPService,
+    receive_event,
+)
 from trionet.sql import rules
 from trionet.sql.engine import Database
 from trionet.sql.pg import messages as m
@@ -260,7 +268,7 @@ class PgServer:
         handle = self._executor.handle
         draining = conn.draining
         ready = conn.service.ready
-        serve, flush, take_handback = self._parked_server(st, idle)
+        parked = self._parked_server(st, idle)
         fast = True  # False for an event the ready loop's fast paths already refused
         try:
             while not draining.is_set():
@@ -277,11 +285,11 @@ class PgServer:
                             # waking this task; anything else comes back here.
                             # No read first: an answer just went out, so a
                             # client that waits for it has sent nothing yet.
-                            handed_back = await io.park(ready, serve, flush)
+                            handed_back = await io.park(ready, parked.serve, parked.flush)
                             if idle.expired:
                                 return
                             if handed_back:
-                                event, fast = take_handback()
+                                event, fast = parked.take_handback()
                                 if event is None:
                                     continue  # EOF, more messages, a send left over: the loop's top
                             else:
@@ -327,65 +335,26 @@ class PgServer:
         timeout = config.idle_transaction_timeout if st.session.in_transaction else config.idle_timeout
         return trio.current_time() + timeout if timeout > 0 else None
 
-    def _parked_server(self, st: ConnState, idle: IdleWatch):
-        """The ``serve`` and ``flush`` functions for :meth:`ReadyLoop.park`, and one to take what was handed back.
+    def _parked_server(self, st: ConnState, idle: IdleWatch) -> ParkedServer:
+        """What the ready loop does for this connection: answer what the fast paths answer, into ``st.out``.
 
-        ``serve()`` runs in the ready loop's task when the socket is
-        readable: it reads once, answers the messages the executor can
-        answer at once (:meth:`Executor.answer_now`: the fast paths) into
-        ``st.out``, and stays parked with a fresh idle deadline; ``flush()``
-        sends the answers once the loop has served its whole batch. It hands
-        the connection back to its task (False) for a message that needs
-        more (its event is kept for the task, in order), a send the socket
-        did not take whole, EOF, more than :data:`_PARKED_BURST` messages
-        in one read (a pipelining client goes on with the task's
-        checkpoints), or a drain.
+        Each message :meth:`Executor.answer_now` answers is counted, and a
+        read that answered something starts the idle clock again; anything
+        else goes back to the task (:class:`~trionet.serving.ParkedServer`).
         """
-        proto = st.proto
-        io = st.io
         conn = st.conn
-        draining = conn.draining
         answer_now = self._executor.answer_now
-        handback = None
-        tried = False  # whether answer_now refused the event handed back
 
-        def serve() -> bool:
-            nonlocal handback, tried
-            if not io.read_ready(proto):
-                return True  # nothing after all
-            answered = 0
-            while True:
-                event = proto.next_event()
-                if event is NEED_DATA:
-                    break
-                if answered == _PARKED_BURST:
-                    handback, tried = event, False
-                    break
-                if not answer_now(st, event):
-                    handback, tried = event, True
-                    break
-                answered += 1
-                conn.requests += event.count if type(event) is PortalRun else 1
-            if answered:
-                idle.deadline = self._idle_deadline(st)
-            return handback is None and not draining.is_set()  # handed back: the task sends st.out
-
-        def flush() -> bool:
-            if st.out:
-                rest = io.send_now(bytes(st.out))
-                st.out.clear()
-                if rest:
-                    st.out += rest  # the task sends it, under the send watchdog
-                    return False
+        def answer(event) -> bool:
+            if not answer_now(st, event):
+                return False
+            conn.requests += event.count if type(event) is PortalRun else 1
             return True
 
-        def take_handback():
-            """The event ``serve()`` handed back (or None), and whether the fast paths may still try it."""
-            nonlocal handback
-            event, handback = handback, None
-            return event, not tried
+        def answered() -> None:
+            idle.deadline = self._idle_deadline(st)
 
-        return serve, flush, take_handback
+        return ParkedServer(st.io, st.proto, answer, st.out, conn.draining, answered, _PARKED_BURST)
 
     async def _send_pending(self, st: ConnState) -> None:
         # Busy while sending: a drain must not cut a send in the middle of a message.
