@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import trio
@@ -263,6 +264,56 @@ async def test_a_service_with_parked_connections_still_drains_and_stops():
         assert service.ready.parked == 0 and not service.connections
     for client in clients:
         await client.aclose()
+
+
+async def test_the_loop_yields_the_cpu_once_after_a_batch_it_answered_and_never_after_one_it_did_not(
+    monkeypatch,
+):
+    # The clients its answers woke get the CPU before the loop looks again
+    # (one bigger next batch); a batch that sent nothing gives nothing up.
+    from trionet import serving
+
+    calls: list[str] = []
+    monkeypatch.setattr(serving, "_sched_yield", lambda: calls.append("yield"))
+    ready = serving.ReadyLoop()
+    socks, peers = {}, {}
+
+    def server(name):
+        def serve() -> bool:
+            socks[name].recv(100)
+            calls.append("serve")
+            return True
+
+        def flush() -> bool:
+            calls.append("flush")
+            return True
+
+        return serve, (flush if name != "quiet" else None)
+
+    with contextlib.ExitStack() as closing:
+        for name in ("a", "b", "quiet"):
+            socks[name], peers[name] = _socketpair()
+            closing.enter_context(socks[name])
+            closing.enter_context(peers[name])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ready.run)
+            for name in socks:
+                nursery.start_soon(ready.park, socks[name], *server(name))
+            await trio.testing.wait_all_tasks_blocked()
+            peers["a"].send(b"x")
+            peers["b"].send(b"x")
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls == ["serve", "serve", "flush", "flush", "yield"]
+            calls.clear()
+            peers["quiet"].send(b"x")  # served, nothing to flush
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls == ["serve"]
+            calls.clear()
+            ready.yield_after_flush = False
+            peers["a"].send(b"x")
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls == ["serve", "flush"]
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_batch_is_served_first_and_its_answers_flushed_together():
