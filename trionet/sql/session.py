@@ -111,9 +111,15 @@ class Session:
         self._functions.install(conn)
         conn.set_authorizer(self._authorize)
         conn.set_progress_handler(self._progress, _THREAD_PROGRESS_STEPS)
-        self.connection = conn
-        self._cursor: sqlite3.Cursor | None = None
+        self._conn = conn
+        self._cursor: sqlite3.Cursor | None = None  # the running statement's (see _spare)
+        # The cursor the next statement runs on: every statement takes it,
+        # and it stays here once its rows are all fetched (SQLite has reset
+        # that statement: it holds no lock and pins no schema). A cursor closed
+        # (an error, a statement displaced or cancelled) is dropped from here.
+        self._spare: sqlite3.Cursor | None = None
         self._counting = False  # counting an event-loop budget, or only watching for aborts?
+        self._loop_steps = False  # is the handler installed every _PROGRESS_STEPS (the event loop's)?
         self._trial = False  # refuse, at prepare, a statement not known to be fit for the event loop
         self._trial_refused = False
         self._abort_reason: str | None = None
@@ -153,7 +159,7 @@ class Session:
                 return 1
         return 0
 
-    def _count_instructions(self, on: bool) -> None:
+    def _install_progress(self, loop: bool) -> None:
         # On the event loop the handler counts the budget, every 1000 VM
         # instructions. In a worker thread it only checks for an abort, every
         # million: a Python handler needs the GIL, and asking for it every few
@@ -161,9 +167,25 @@ class Session:
         # (measured: a 3 s query took over 8 s under load). Threads are
         # stopped by interrupt(); the check catches an interrupt that came
         # before the statement started, which SQLite ignores.
-        if on != self._counting:
-            self.connection.set_progress_handler(self._progress, _PROGRESS_STEPS if on else _THREAD_PROGRESS_STEPS)
-            self._counting = on
+        #
+        # The event loop's handler stays installed after its statement (not
+        # counting any more), as the next statement most likely runs on the
+        # loop too: two C calls fewer per statement. Whatever may run in a
+        # thread puts the thread's back first: a statement without a budget,
+        # fetch(), and the connection handed out by the `connection` property.
+        self._conn.set_progress_handler(self._progress, _PROGRESS_STEPS if loop else _THREAD_PROGRESS_STEPS)
+        self._loop_steps = loop
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for a caller that runs its own statements on it (in a worker thread, say).
+
+        The worker thread's progress handler is installed first if the
+        event loop's was (see ``_install_progress``).
+        """
+        if self._loop_steps:
+            self._install_progress(False)
+        return self._conn
 
     # --- running statements -------------------------------------------------
 
@@ -201,28 +223,39 @@ class Session:
             SqlError: SQLite rejected or stopped the statement.
             OverBudget: the budget ran out; nothing was returned yet.
         """
-        self._close_cursor()
+        if self._cursor is not None:
+            self._close_cursor()
         self._timed_out = False
         self._denial = None
-        self._functions.reset()
+        if self._functions.refusal is not None:
+            self._functions.reset()
         self._budget = budget
         self._over_budget = False
-        self._count_instructions(budget > 0)
+        if budget > 0:
+            if not self._loop_steps:
+                self._install_progress(True)
+            self._counting = True
+            self._trial = trial
+        elif self._loop_steps:
+            self._install_progress(False)
         self._auth_calls = 0
         self._auth_read_only = True
-        self._trial = trial and budget > 0
         self._trial_refused = False
         try:
-            cursor = self.connection.cursor()
+            cursor = self._spare
+            if cursor is None:
+                cursor = self._spare = self._conn.cursor()
             self._cursor = cursor
             # A trial prepares its own text (a comment more): a statement in
             # sqlite3's cache is not authorized again, and one cached by a run
             # that was not a trial (its verdict since forgotten) must not skip it.
             cursor.execute(sql + _TRIAL_MARK if self._trial else sql, () if params is None else params)
-            columns = [d[0] for d in cursor.description] if cursor.description else []
+            description = cursor.description
             if self._auth_calls:  # prepared now, not taken from the statement cache
                 self._db._remember(sql, self._auth_read_only)
-            return self._fetch(columns, batch, max_bytes)
+            return self._fetch(
+                cursor, [d[0] for d in description] if description else [], bool(description), batch, max_bytes
+            )
         except SqlError:
             raise
         except Exception as exc:
@@ -235,29 +268,29 @@ class Session:
             raise self._map_error(exc) from None
         finally:
             self._trial = False
-            self._count_instructions(False)
+            self._counting = False
 
     def fetch(self, batch: int, max_bytes: int = DEFAULT_BATCH_BYTES) -> FetchResult:
         """Return the next batch of rows of the running statement (at most ``batch`` rows, about ``max_bytes``)."""
-        return self._fetch(None, batch, max_bytes)
-
-    def _fetch(self, columns: list[str] | None, batch: int, max_bytes: int) -> FetchResult:
         cursor = self._cursor
         if cursor is None:
             raise SqlError("internal", "no statement is running")
+        if self._loop_steps:
+            self._install_progress(False)
+        return self._fetch(cursor, None, bool(cursor.description), batch, max_bytes)
+
+    def _fetch(
+        self, cursor: sqlite3.Cursor, columns: list[str] | None, has_rows: bool, batch: int, max_bytes: int
+    ) -> FetchResult:
+        # The running statement's next rows (if it has result columns), at
+        # most batch of them. Row by row, so that a batch is cut by its size
+        # as well as its count: 256 rows of 16 MB values would be 4 GB in one batch.
         rows: list[tuple] = []
-        full = False
-        try:
-            if cursor.description:
-                # Row by row, so that a batch is cut by its size as well as its
-                # count: 256 rows of 16 MB values would be 4 GB in one batch.
-                fetchone = cursor.fetchone
+        if has_rows and batch > 0:
+            try:
                 max_row = self._db.max_row_bytes
                 size = 0
-                while len(rows) < batch:
-                    row = fetchone()
-                    if row is None:
-                        break
+                for row in cursor:  # fetchone(), without a method call per row
                     row_size = 0
                     for value in row:
                         kind = type(value)
@@ -273,34 +306,41 @@ class Session:
                     rows.append(row)
                     size += row_size
                     if size >= max_bytes:
-                        full = True
+                        return FetchResult(columns, rows, False)
+                    if len(rows) >= batch:
                         break
-        except SqlError:
-            self._close_cursor()
-            raise
-        except Exception as exc:
-            self._close_cursor()
-            if self._over_budget:
-                raise OverBudget from None
-            raise self._map_error(exc) from None
-        if full or len(rows) == batch:
-            return FetchResult(columns, rows, exhausted=False)
+            except SqlError:
+                self._close_cursor()
+                raise
+            except Exception as exc:
+                self._close_cursor()
+                if self._over_budget:
+                    raise OverBudget from None
+                raise self._map_error(exc) from None
+        if len(rows) == batch:
+            return FetchResult(columns, rows, False)
         changes = max(cursor.rowcount, 0)
-        last = cursor.lastrowid if changes else None
-        self._close_cursor()
-        return FetchResult(columns, rows, exhausted=True, changes=changes, last_insert_rowid=last)
+        if batch > 0 or not has_rows:
+            self._cursor = None  # done, so SQLite reset its statement: it stays the spare for the next one
+        else:
+            self._close_cursor()  # a negative batch: its rows were not even read
+        # Positional: keyword arguments cost a slotted dataclass's __init__ about 0.2 µs more.
+        return FetchResult(columns, rows, True, changes, cursor.lastrowid if changes else None)
 
     def cancel_statement(self) -> None:
         """Drop the running statement (for example when a result was truncated)."""
         self._close_cursor()
 
     def _close_cursor(self) -> None:
-        if self._cursor is not None:
+        cursor = self._cursor
+        if cursor is not None:
+            self._cursor = None
+            if cursor is self._spare:
+                self._spare = None
             try:
-                self._cursor.close()
+                cursor.close()
             except sqlite3.Error:
                 pass
-            self._cursor = None
 
     def interrupt(self, reason: str) -> None:
         """Stop the running statement from any thread (client gone, shutdown).
@@ -311,26 +351,27 @@ class Session:
         with self._lock:
             self._abort_reason = reason
             if not self._closed:
-                self.connection.interrupt()
+                self._conn.interrupt()
 
     def interrupt_for_timeout(self) -> None:
         """Stop the running statement because its time is up (any thread)."""
         with self._lock:
             self._timed_out = True
             if not self._closed:
-                self.connection.interrupt()
+                self._conn.interrupt()
 
     def close(self) -> None:
         """Roll back an open transaction and close the connection."""
         with self._lock:
             self._closed = True
         self._close_cursor()
+        self._spare = None
         try:
-            if self.connection.in_transaction:
-                self.connection.rollback()
+            if self._conn.in_transaction:
+                self._conn.rollback()
         except sqlite3.Error:
             pass
-        self.connection.close()
+        self._conn.close()
         self._functions.close()
 
     @property
@@ -340,7 +381,7 @@ class Session:
 
     @property
     def in_transaction(self) -> bool:
-        return self.connection.in_transaction
+        return self._conn.in_transaction
 
     def _map_error(self, exc: Exception) -> SqlError:
         message = str(exc)
