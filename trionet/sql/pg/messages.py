@@ -64,6 +64,7 @@ __all__ = [
     "decode_sasl_initial",
     "decode_startup",
     "encode",
+    "one_value_row",
 ]
 
 PROTOCOL_3_0 = 3 << 16
@@ -658,6 +659,16 @@ def data_row(values) -> bytes:
     body = b"".join(parts)
     return _DATA_ROW_HEAD(b"D", len(body) + 6, len(values)) + body
 
+
+_ONE_VALUE_HEAD = struct.Struct("!cihi").pack
+_ONE_NULL_ROW = _DATA_ROW_HEAD(b"D", 10, 1) + b"\xff\xff\xff\xff"
+
+
+def one_value_row(value: bytes | None) -> bytes:
+    """The bytes of ``DataRow((value,))`` (what :func:`data_row` gives), without its loop: a point query's row."""
+    if value is None:
+        return _ONE_NULL_ROW
+    return _ONE_VALUE_HEAD(b"D", len(value) + 10, 1, len(value)) + value
 
 
 def encode(msg) -> bytes:
