@@ -130,6 +130,9 @@ class ConnState:
     # declared types (what literals cannot change), and whether its literals
     # may run bound (:func:`bind_literals`; False once a bound run did not fit).
     query_plans: dict[str, tuple[FastPlan, tuple[str, ...], bool]] = field(default_factory=dict)
+    # The last CommandComplete of a fast PortalRun: (words, rows, changes, its bytes), what
+    # _completion gave for them (a pure function); a statement's repeats compare the words by identity.
+    last_completion: tuple = ((), -1, -1, b"")
 
 
 class Executor:
@@ -283,7 +286,11 @@ class Executor:
         config = self.config
         try:
             result = session.execute(
-                statement.sql, values[: statement.n_params], config.batch_rows, INLINE_BUDGET, config.max_batch_bytes
+                statement.sql,
+                values if statement.n_params >= n else values[: statement.n_params],
+                config.batch_rows,
+                INLINE_BUDGET,
+                config.max_batch_bytes,
             )
         except OverBudget:
             prepared.plan = None  # not again: the slow path tries it once more on the loop, then in a thread
@@ -315,7 +322,14 @@ class Executor:
         if describe_portal:
             out += description
         out += encoded
-        out += _completion(statement.words, count, result.changes)
+        words, changes = statement.words, result.changes
+        last = st.last_completion
+        if last[0] is words and last[1] == count and last[2] == changes:
+            out += last[3]
+        else:
+            completion = _completion(words, count, changes)
+            st.last_completion = (words, count, changes, completion)
+            out += completion
         # Sync: the unnamed portal never existed; outside a transaction block every portal ends.
         in_transaction = session.in_transaction
         if st.portals:

@@ -308,9 +308,8 @@ class PgServerProtocol:
                     # The same statement, formats and result formats as the
                     # last such Bind, one value: its bytes are the last Bind's
                     # but for the value, which is one slice.
-                    head, foot, statement, formats, results = memo
-                    start = 9 + len(head)  # the value's first byte
-                    stop = end - len(foot)
+                    head, start, foot, foot_size, statement, formats, results = memo
+                    stop = end - foot_size
                     if (
                         stop >= start
                         and buf.startswith(head, 5)
@@ -398,13 +397,17 @@ def _bind_parts(body: bytes, bind: m.Bind) -> tuple:
     """What a Bind of the unnamed portal with one value (not NULL) shares with the next ones of its statement.
 
     Its bytes before the value's length (portal, statement, format codes,
-    the count 1) and after the value (the result format codes), and what
-    they decoded to. A body that has both, with a value of the length its
-    length field says in between, decodes to the same Bind but for the value.
+    the count 1), where the value starts in a message (type byte and length
+    included), its bytes after the value (the result format codes) and their
+    size, and what they decoded to. A body that has both, with a value of
+    the length its length field says in between, decodes to the same Bind
+    but for the value.
     """
     head = body.index(0, 1) + 5 + 2 * len(bind.param_formats)  # two zero bytes end portal "" and the statement
     foot = 2 + 2 * len(bind.result_formats)
-    return body[:head], body[len(body) - foot :], bind.statement, bind.param_formats, bind.result_formats
+    return (
+        body[:head], 9 + head, body[len(body) - foot :], foot, bind.statement, bind.param_formats, bind.result_formats
+    )
 
 
 def _type_name(event) -> str:
