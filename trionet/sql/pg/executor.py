@@ -95,6 +95,33 @@ def _completion(words: tuple[str, ...], rows: int, changes: int) -> bytes:
     return _first_word_completion(first, rows, changes)
 
 
+def _remembered_completion(st: ConnState, words: tuple[str, ...], rows: int, changes: int) -> bytes:
+    """:func:`_completion`, the connection's last one kept: a statement's runs repeat it (``SELECT 1``).
+
+    The words are compared by identity (a plan's, the same tuple each run,
+    and held by the memo so it cannot be another's): equal words then.
+    """
+    last = st.last_completion
+    if last[0] is words and last[1] == rows and last[2] == changes:
+        return last[3]
+    data = _completion(words, rows, changes)
+    st.last_completion = (words, rows, changes, data)
+    return data
+
+
+def _describe_plan(plan: FastPlan, codes: tuple[int, ...]) -> tuple[tuple[bool, ...], bytes] | None:
+    """(binary or not per column, RowDescription's bytes) for Bind's result format codes, kept in the plan.
+
+    None when the number of codes fits neither all columns (0 or 1) nor each.
+    """
+    width = len(plan.columns)
+    if len(codes) not in (0, 1, width):
+        return None
+    binary = tuple(c == 1 for c in codes) if len(codes) == width else ((bool(codes) and codes[0] == 1),) * width
+    described = plan.descriptions[codes] = (binary, _row_description(plan.columns, binary))
+    return described
+
+
 @functools.lru_cache(maxsize=1024)
 def _first_word_completion(first: str, rows: int, changes: int) -> bytes:
     return m.command_complete(command_tag((first,), rows=rows, changes=changes, returns_rows=True))
@@ -130,8 +157,7 @@ class ConnState:
     # declared types (what literals cannot change), and whether its literals
     # may run bound (:func:`bind_literals`; False once a bound run did not fit).
     query_plans: dict[str, tuple[FastPlan, tuple[str, ...], bool]] = field(default_factory=dict)
-    # The last CommandComplete of a fast PortalRun: (words, rows, changes, its bytes), what
-    # _completion gave for them (a pure function); a statement's repeats compare the words by identity.
+    # The last CommandComplete of a fast path: (words, rows, changes, its bytes), see _remembered_completion.
     last_completion: tuple = ((), -1, -1, b"")
 
 
@@ -273,12 +299,9 @@ class Executor:
             return False
         described = plan.descriptions.get(result_formats)
         if described is None:
-            codes = result_formats
-            width = len(plan.columns)
-            if len(codes) not in (0, 1, width):
+            described = _describe_plan(plan, result_formats)
+            if described is None:
                 return False
-            binary = tuple(c == 1 for c in codes) if len(codes) == width else ((bool(codes) and codes[0] == 1),) * width
-            described = plan.descriptions[codes] = (binary, _row_description(plan.columns, binary))
         statement = prepared.statement
         session = st.session
         if session.database.inline_verdict(statement.sql) is not True:
@@ -322,14 +345,7 @@ class Executor:
         if describe_portal:
             out += description
         out += encoded
-        words, changes = statement.words, result.changes
-        last = st.last_completion
-        if last[0] is words and last[1] == count and last[2] == changes:
-            out += last[3]
-        else:
-            completion = _completion(words, count, changes)
-            st.last_completion = (words, count, changes, completion)
-            out += completion
+        out += _remembered_completion(st, statement.words, count, result.changes)
         # Sync: the unnamed portal never existed; outside a transaction block every portal ends.
         in_transaction = session.in_transaction
         if st.portals:
@@ -399,14 +415,14 @@ class Executor:
             if bound is not None and result.columns != plan.names:
                 plans[shape] = (plan, words, False)  # a select-list subquery's text names its column
             return False
-        binary = (False,) * len(plan.columns)
+        binary, description = plan.descriptions.get(()) or _describe_plan(plan, ())  # no codes: all text
         encoded = _encode_rows(rows, plan.oids, binary)
         if encoded is None:
             return False
         out = st.out
-        out += _row_description(plan.columns, binary)
+        out += description
         out += encoded
-        out += _completion(words, count, result.changes)
+        out += _remembered_completion(st, words, count, result.changes)
         out += m.READY_FOR_QUERY[st.txn.status(session.in_transaction)]
         return True
 
