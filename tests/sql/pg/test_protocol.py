@@ -434,3 +434,20 @@ def test_a_repeated_libpq_bind_gives_its_own_value_each_time():
     proto.receive_data(_libpq_run(_bind_body(b"", b"s", [0], [b"5"], [0]), _LIBPQ_TAILS[1]))
     [run] = events(proto)
     assert run.bind == m.Bind("", "s", (0,), (b"5",), (0,))
+
+
+def _query_read_by_reader(body: bytes):
+    # The layout read field by field, as the other messages are: what _decode_query must give.
+    r = m._Reader(body)
+    query = m.Query(r.cstring())
+    r.end()
+    return query
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(max_size=12)
+    | st.builds(lambda text, rest: text.encode() + b"\0" + rest, st.text(max_size=8), st.binary(max_size=2))
+)
+def test_query_decoder_equals_the_reader(body):
+    assert _decoded(lambda b: m.decode_message("Q", b), body) == _decoded(_query_read_by_reader, body)
