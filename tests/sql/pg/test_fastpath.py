@@ -67,6 +67,20 @@ async def test_pgbench_shaped_runs_answer_as_the_slow_path_does(start_pg, fast_r
     assert fast_runs == [False] + [True] * 11 + [False] * 6
 
 
+async def test_fast_runs_tag_each_run_with_its_own_row_count(start_pg, fast_runs):
+    # The last CommandComplete is remembered per connection: a run with another count gets its own tag.
+    _, address = await start_pg()
+    stream = await start_session(address)
+    await _round_trip(stream, _parse("select id from quakes where nst < $1", name="P_0") + SYNC)
+    counts = []
+    for value in (b"3", b"3", b"0", b"3", b"4", b"0", b"4"):
+        answer = await _round_trip(stream, _bind(value, statement="P_0") + _describe_portal() + _execute() + SYNC)
+        kinds = [k for k, _ in answer]
+        counts.append(kinds.count("D"))
+        assert answer[-2] == ("C", f"SELECT {counts[-1]}\0".encode())
+    assert len(set(counts)) == 3 and fast_runs[1:] == [True] * 6
+
+
 async def test_extended_mode_runs_reuse_the_unnamed_statements_plan(start_pg, fast_runs):
     _, address = await start_pg()
     stream = await start_session(address)

@@ -361,3 +361,93 @@ def test_bind_decoder_equals_the_checked_one(body, cut, extra):
 @given(st.binary(max_size=40))
 def test_bind_decoder_equals_the_checked_one_on_any_bytes(body):
     assert _decoded(m._decode_bind, body) == _decoded(m._decode_bind_checked, body)
+
+
+# --- the last Bind's memo: a repeat is read as its constant parts and one value ----------
+
+
+_LIBPQ_TAILS = [b"D\0\0\0\x06P\0" + _execute() + SYNC, _execute() + SYNC]
+
+
+def _libpq_run(body: bytes, tail: bytes) -> bytes:
+    return typed(b"B", body) + tail
+
+
+def _corrupted(body: bytes, at: int, byte: int) -> bytes:
+    at %= len(body) + 1
+    return body[:at] + bytes([byte]) + body[at + 1 :]
+
+
+_VALID_CODES = st.lists(st.sampled_from([0, 1]), max_size=3)
+_ONE_VALUE_BODIES = st.builds(
+    lambda statement, formats, value, results: _bind_body(b"", statement, formats, [value], results),
+    st.sampled_from([b"", b"P_0", b"s", "é".encode()]),
+    _VALID_CODES,
+    st.binary(max_size=6),
+    _VALID_CODES,
+)
+
+
+@st.composite
+def _first_and_then(draw):
+    """A one-value Bind body, and a next one: the same but for its value (maybe cut or changed), or any other."""
+    statement = draw(st.sampled_from([b"", b"P_0", b"s", "é".encode()]))
+    formats, results = draw(_VALID_CODES), draw(_VALID_CODES)
+    first = _bind_body(b"", statement, formats, [draw(st.binary(max_size=6))], results)
+    again = _bind_body(b"", statement, formats, [draw(st.none() | st.binary(max_size=6))], results)
+    then = draw(
+        st.sampled_from([again, again + b"\0", again[:-1]])
+        | st.builds(_corrupted, st.just(again), st.integers(0, 40), st.integers(0, 255))
+        | _ONE_VALUE_BODIES
+        | _BIND_BODIES
+    )
+    return first, then
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_first_and_then(), st.sampled_from(_LIBPQ_TAILS), st.sampled_from(_LIBPQ_TAILS))
+def test_a_bind_after_a_remembered_one_reads_as_on_a_fresh_connection(bodies, first_tail, then_tail):
+    # The first run leaves its Bind's constant parts remembered; what the
+    # next run gives may not depend on them.
+    first, then = bodies
+    remembered = started(coalesce=True)
+    remembered.receive_data(_libpq_run(first, first_tail))
+    assert all(type(event) is PortalRun for event in events(remembered))  # the connection goes on
+    fresh = started(coalesce=True)
+    data = _libpq_run(then, then_tail)
+    remembered.receive_data(data)
+    fresh.receive_data(data)
+    assert events(remembered) == events(fresh)
+    assert remembered.buffered == fresh.buffered
+
+
+def test_a_repeated_libpq_bind_gives_its_own_value_each_time():
+    proto = started(coalesce=True)
+    for value in (b"1", b"22", b"", b"333", b"4"):
+        proto.receive_data(_libpq_run(_bind_body(b"", b"P_0", [0], [value], [0]), _LIBPQ_TAILS[0]))
+        [run] = events(proto)
+        assert run.bind == m.Bind("", "P_0", (0,), (value,), (0,)) and run.describe
+    # A NULL value, or another statement, is decoded as usual.
+    proto.receive_data(_libpq_run(_bind_body(b"", b"P_0", [0], [None], [0]), _LIBPQ_TAILS[1]))
+    [run] = events(proto)
+    assert run.bind == m.Bind("", "P_0", (0,), (None,), (0,)) and not run.describe
+    proto.receive_data(_libpq_run(_bind_body(b"", b"s", [0], [b"5"], [0]), _LIBPQ_TAILS[1]))
+    [run] = events(proto)
+    assert run.bind == m.Bind("", "s", (0,), (b"5",), (0,))
+
+
+def _query_read_by_reader(body: bytes):
+    # The layout read field by field, as the other messages are: what _decode_query must give.
+    r = m._Reader(body)
+    query = m.Query(r.cstring())
+    r.end()
+    return query
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.binary(max_size=12)
+    | st.builds(lambda text, rest: text.encode() + b"\0" + rest, st.text(max_size=8), st.binary(max_size=2))
+)
+def test_query_decoder_equals_the_reader(body):
+    assert _decoded(lambda b: m.decode_message("Q", b), body) == _decoded(_query_read_by_reader, body)

@@ -329,3 +329,38 @@ def test_remembered_completions_are_command_tags(words, rows, changes):
 
     expected = m.command_complete(command_tag(words, rows=rows, changes=changes, returns_rows=True))
     assert _completion(words, rows, changes) == expected
+
+
+@given(st.none() | st.binary(max_size=300))
+def test_one_value_row_is_data_row(value):
+    assert m.one_value_row(value) == m.data_row((value,))
+
+
+_SQLITE_VALUES = (
+    st.none()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.integers(-40_000, 40_000)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8)
+    | st.sampled_from(["12", " 7 ", "t", "1.5", "abc"])
+    | st.binary(max_size=8)
+)
+_OIDS = st.sampled_from([t.INT2, t.INT4, t.INT8, t.TEXT, t.FLOAT8, t.BOOL, t.BYTEA, t.NUMERIC, t.VARCHAR])
+
+
+def _generic_rows(rows, oids, binary):
+    # What the slow path sends (Executor._send_rows): data_row of encode_value, row by row.
+    try:
+        return b"".join(m.data_row([t.encode_value(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows)
+    except t.ValueFormatError:
+        return None
+
+
+@given(st.data(), st.integers(1, 3), st.integers(0, 3))
+def test_fast_path_rows_are_the_generic_encoders_bytes(data, width, count):
+    from trionet.sql.pg.executor import _encode_rows
+
+    oids = tuple(data.draw(_OIDS) for _ in range(width))
+    binary = tuple(data.draw(st.booleans()) for _ in range(width))
+    rows = [tuple(data.draw(_SQLITE_VALUES) for _ in range(width)) for _ in range(count)]
+    assert _encode_rows(rows, oids, binary) == _generic_rows(rows, oids, binary)

@@ -55,6 +55,7 @@ __all__ = ["ConnState", "Executor"]
 _FLUSH_BYTES = 64 * 1024  # send what is pending once it reaches this much
 _SPLIT_INLINE_CHARS = 64 * 1024  # SQL longer than this is split in a worker thread
 _ROW_WORDS = ("SELECT", "WITH", "VALUES")
+_TEXTUAL = types.TEXTUAL
 _DECL_CACHE_SIZE = 256  # statement shapes whose declared column types a connection remembers
 _PARSED_CACHE_SIZE = 64  # unnamed-statement texts whose Parse (and fast plan) a connection remembers
 # A literal (number or string) in SQL text; quoted names and comments match too, to be kept as they are.
@@ -94,6 +95,33 @@ def _completion(words: tuple[str, ...], rows: int, changes: int) -> bytes:
     return _first_word_completion(first, rows, changes)
 
 
+def _remembered_completion(st: ConnState, words: tuple[str, ...], rows: int, changes: int) -> bytes:
+    """:func:`_completion`, the connection's last one kept: a statement's runs repeat it (``SELECT 1``).
+
+    The words are compared by identity (a plan's, the same tuple each run,
+    and held by the memo so it cannot be another's): equal words then.
+    """
+    last = st.last_completion
+    if last[0] is words and last[1] == rows and last[2] == changes:
+        return last[3]
+    data = _completion(words, rows, changes)
+    st.last_completion = (words, rows, changes, data)
+    return data
+
+
+def _describe_plan(plan: FastPlan, codes: tuple[int, ...]) -> tuple[tuple[bool, ...], bytes] | None:
+    """(binary or not per column, RowDescription's bytes) for Bind's result format codes, kept in the plan.
+
+    None when the number of codes fits neither all columns (0 or 1) nor each.
+    """
+    width = len(plan.columns)
+    if len(codes) not in (0, 1, width):
+        return None
+    binary = tuple(c == 1 for c in codes) if len(codes) == width else ((bool(codes) and codes[0] == 1),) * width
+    described = plan.descriptions[codes] = (binary, _row_description(plan.columns, binary))
+    return described
+
+
 @functools.lru_cache(maxsize=1024)
 def _first_word_completion(first: str, rows: int, changes: int) -> bytes:
     return m.command_complete(command_tag((first,), rows=rows, changes=changes, returns_rows=True))
@@ -129,6 +157,8 @@ class ConnState:
     # declared types (what literals cannot change), and whether its literals
     # may run bound (:func:`bind_literals`; False once a bound run did not fit).
     query_plans: dict[str, tuple[FastPlan, tuple[str, ...], bool]] = field(default_factory=dict)
+    # The last CommandComplete of a fast path: (words, rows, changes, its bytes), see _remembered_completion.
+    last_completion: tuple = ((), -1, -1, b"")
 
 
 class Executor:
@@ -232,10 +262,9 @@ class Executor:
         """
         if st.running is not None or st.txn.failed:
             return False
-        bind = run.bind
-        parse = run.parse
+        parse, name, formats, data, result_formats, describe_portal, execute = run
         if parse is None:
-            prepared = st.statements.get(bind.statement)
+            prepared = st.statements.get(name)
         else:
             known = st.parsed.get((parse.sql, parse.param_oids))
             if known is None or known[0].plan is None:
@@ -248,15 +277,16 @@ class Executor:
         if plan is None or prepared.columns is not plan.fixed:
             return False
         param_oids = prepared.param_oids
-        data = bind.params
         n = len(param_oids)
-        formats = bind.param_formats
         if len(data) != n or len(formats) not in (0, 1, n):
             return False
         decode = types.decode_param
         try:
             if not formats or (len(formats) == 1 and not formats[0]):
-                if types.TEXTUAL.issuperset(param_oids):  # pgbench's (type 0: unknown): the text, as decode_param gives it
+                if n == 1 and param_oids[0] in _TEXTUAL:  # pgbench's one value (type 0: unknown), as below
+                    value = data[0]
+                    values = [None if value is None else value.decode("utf-8")]
+                elif _TEXTUAL.issuperset(param_oids):  # the text, as decode_param gives it
                     values = [None if v is None else v.decode("utf-8") for v in data]
                 else:
                     values = [decode(v, oid or types.UNKNOWN, False) for v, oid in zip(data, param_oids)]
@@ -267,14 +297,11 @@ class Executor:
                 ]
         except (types.ValueFormatError, UnicodeDecodeError):
             return False
-        described = plan.descriptions.get(bind.result_formats)
+        described = plan.descriptions.get(result_formats)
         if described is None:
-            codes = bind.result_formats
-            width = len(plan.columns)
-            if len(codes) not in (0, 1, width):
+            described = _describe_plan(plan, result_formats)
+            if described is None:
                 return False
-            binary = tuple(c == 1 for c in codes) if len(codes) == width else ((bool(codes) and codes[0] == 1),) * width
-            described = plan.descriptions[codes] = (binary, _row_description(plan.columns, binary))
         statement = prepared.statement
         session = st.session
         if session.database.inline_verdict(statement.sql) is not True:
@@ -282,7 +309,11 @@ class Executor:
         config = self.config
         try:
             result = session.execute(
-                statement.sql, values[: statement.n_params], config.batch_rows, INLINE_BUDGET, config.max_batch_bytes
+                statement.sql,
+                values if statement.n_params >= n else values[: statement.n_params],
+                config.batch_rows,
+                INLINE_BUDGET,
+                config.max_batch_bytes,
             )
         except OverBudget:
             prepared.plan = None  # not again: the slow path tries it once more on the loop, then in a thread
@@ -293,7 +324,7 @@ class Executor:
             return False
         rows = result.rows
         count = len(rows)
-        limit = run.execute.max_rows
+        limit = execute.max_rows
         if (
             not result.exhausted
             or result.columns != plan.names
@@ -311,11 +342,10 @@ class Executor:
             st.out += m.PARSE_COMPLETE
         out = st.out
         out += m.BIND_COMPLETE
-        if run.describe:
+        if describe_portal:
             out += description
-        for row in encoded:
-            out += row
-        out += _completion(statement.words, count, result.changes)
+        out += encoded
+        out += _remembered_completion(st, statement.words, count, result.changes)
         # Sync: the unnamed portal never existed; outside a transaction block every portal ends.
         in_transaction = session.in_transaction
         if st.portals:
@@ -385,15 +415,14 @@ class Executor:
             if bound is not None and result.columns != plan.names:
                 plans[shape] = (plan, words, False)  # a select-list subquery's text names its column
             return False
-        binary = (False,) * len(plan.columns)
+        binary, description = plan.descriptions.get(()) or _describe_plan(plan, ())  # no codes: all text
         encoded = _encode_rows(rows, plan.oids, binary)
         if encoded is None:
             return False
         out = st.out
-        out += _row_description(plan.columns, binary)
-        for row in encoded:
-            out += row
-        out += _completion(words, count, result.changes)
+        out += description
+        out += encoded
+        out += _remembered_completion(st, words, count, result.changes)
         out += m.READY_FOR_QUERY[st.txn.status(session.in_transaction)]
         return True
 
@@ -982,18 +1011,21 @@ class Executor:
             st.cancel = None
 
 
-def _encode_rows(rows: list, oids: tuple[int, ...], binary: tuple[bool, ...]) -> list[bytes] | None:
+def _encode_rows(rows: list, oids: tuple[int, ...], binary: tuple[bool, ...]) -> bytes | None:
     """The fast paths' DataRows, each value by its announced type and format; None if one does not fit its type.
 
     A value that does not fit (:class:`~trionet.sql.pg.types.ValueFormatError`)
     sends the run to the slow path, which reports it as an error.
     """
     encode = types.encode_value
-    data_row = m.data_row
     try:
-        if len(oids) == 1:  # one column (a point query's): without the inner loop, 0.3 us less a row
+        if len(oids) == 1:  # one column (a point query's): no inner loop, DataRow's framing in one call
             oid, code = oids[0], binary[0]
-            return [data_row((encode(row[0], oid, code),)) for row in rows]
-        return [data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows]
+            if len(rows) == 1:
+                return m.one_value_row(encode(rows[0][0], oid, code))
+            one_value_row = m.one_value_row
+            return b"".join([one_value_row(encode(row[0], oid, code)) for row in rows])
+        data_row = m.data_row
+        return b"".join([data_row([encode(v, o, b) for v, o, b in zip(row, oids, binary)]) for row in rows])
     except types.ValueFormatError:
         return None

@@ -64,6 +64,7 @@ __all__ = [
     "decode_sasl_initial",
     "decode_startup",
     "encode",
+    "one_value_row",
 ]
 
 PROTOCOL_3_0 = 3 << 16
@@ -545,6 +546,14 @@ def _decode_execute(body: bytes) -> Execute:
     return Execute(portal, _UNPACK_INT32(body, pos)[0])
 
 
+def _decode_query(body: bytes) -> Query:
+    # A simple Query is pgbench -M simple's every transaction: its one string read without a _Reader.
+    sql, pos = _cstring_at(body, 0)
+    if pos != len(body):
+        raise MessageError("message is longer than its contents")
+    return Query(sql)
+
+
 def decode_message(kind: str, body: bytes):
     """Decode the body of a typed frontend message of type ``kind``.
 
@@ -553,6 +562,8 @@ def decode_message(kind: str, body: bytes):
     """
     if kind == "B":
         return _decode_bind(body)
+    if kind == "Q":
+        return _decode_query(body)
     if kind == "E":
         return _decode_execute(body)
     if kind == "S":
@@ -560,9 +571,7 @@ def decode_message(kind: str, body: bytes):
             raise MessageError("message is longer than its contents")
         return _SYNC
     r = _Reader(body)
-    if kind == "Q":
-        msg = Query(r.cstring())
-    elif kind == "P":
+    if kind == "P":
         name, sql = r.cstring(), r.cstring()
         msg = Parse(name, sql, tuple(r.int32() & 0xFFFFFFFF for _ in range(r.count())))
     elif kind == "B":
@@ -658,6 +667,16 @@ def data_row(values) -> bytes:
     body = b"".join(parts)
     return _DATA_ROW_HEAD(b"D", len(body) + 6, len(values)) + body
 
+
+_ONE_VALUE_HEAD = struct.Struct("!cihi").pack
+_ONE_NULL_ROW = _DATA_ROW_HEAD(b"D", 10, 1) + b"\xff\xff\xff\xff"
+
+
+def one_value_row(value: bytes | None) -> bytes:
+    """The bytes of ``DataRow((value,))`` (what :func:`data_row` gives), without its loop: a point query's row."""
+    if value is None:
+        return _ONE_NULL_ROW
+    return _ONE_VALUE_HEAD(b"D", len(value) + 10, 1, len(value)) + value
 
 
 def encode(msg) -> bytes:
