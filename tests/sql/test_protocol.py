@@ -449,3 +449,12 @@ def test_a_parsed_request_is_the_frozen_dataclass_it_always_was():
 def test_encode_result_is_the_columns_then_the_rows_frame(req_id, columns, rows):
     expected = protocol.encode_columns(req_id, columns) + (protocol.encode_rows(req_id, rows) if rows else b"")
     assert protocol.encode_result(req_id, columns, rows) == expected
+
+
+def test_the_columns_frame_follows_the_names_not_the_list_it_came_in():
+    names = ["a", "b"]
+    assert protocol.encode_columns(1, names) == b'{"id":1,"type":"columns","columns":["a","b"]}\n'
+    names.append("c")  # the same list, changed: the remembered shape must not answer for it
+    assert protocol.encode_columns(1, names) == b'{"id":1,"type":"columns","columns":["a","b","c"]}\n'
+    assert protocol.encode_columns(1, ["a", "b"]) == b'{"id":1,"type":"columns","columns":["a","b"]}\n'
+    assert protocol.encode_columns(1, []) == b'{"id":1,"type":"columns","columns":[]}\n'

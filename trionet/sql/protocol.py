@@ -394,8 +394,18 @@ _COLUMNS_TAILS: dict[tuple, str] = {}
 _COLUMNS_CACHE = 256
 
 
+# The last shape asked for, before the dict: a list compared with a list
+# costs less than a tuple of fresh names (sqlite3 makes new ones for each
+# statement) hashed and then compared.
+_last_columns: tuple[list[str], str] = ([], ',"type":"columns","columns":[]}\n')
+
+
 def _columns_tail(columns: list[str]) -> str:
     """The ``columns`` frame after its id (the same few shapes come back: they are kept, at most 256)."""
+    global _last_columns
+    last = _last_columns
+    if columns == last[0]:
+        return last[1]
     key = tuple(columns)
     tail = _COLUMNS_TAILS.get(key)
     if tail is None:
@@ -403,12 +413,13 @@ def _columns_tail(columns: list[str]) -> str:
         if len(_COLUMNS_TAILS) >= _COLUMNS_CACHE:
             _COLUMNS_TAILS.clear()  # a bound, not an LRU: the same few shapes come back
         _COLUMNS_TAILS[key] = tail
+    _last_columns = (list(key), tail)  # a copy: the caller's list may change
     return tail
 
 
 # The frames below are built as one str with an f-string and encoded once:
-# fewer objects than joining pre-encoded bytes (docs/benchmarks.md). The
-# tests compare their bytes with json.dumps's.
+# fewer objects than joining pre-encoded bytes. The tests compare their
+# bytes with json.dumps's.
 
 
 def encode_columns(req_id: Any, columns: list[str]) -> bytes:
