@@ -261,10 +261,11 @@ def parse_request(line: bytes) -> Request | BadRequest | AuthMessage | None:
         if raw_params is None:
             params = None
         elif type(raw_params) is list:
-            if _PLAIN.issuperset(map(type, raw_params)):
-                params = tuple(raw_params)
-            else:  # a $blob or $real, or not a value: decode them all
-                params = tuple([decode_value(v) for v in raw_params])
+            params = tuple(raw_params)
+            for value in params:
+                if type(value) not in _PLAIN:  # a $blob or $real, or not a value: decode them all
+                    params = tuple(decode_value(v) for v in raw_params)
+                    break
         elif type(raw_params) is dict:
             params = {}
             for key, value in raw_params.items():
