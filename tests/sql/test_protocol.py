@@ -458,3 +458,8 @@ def test_the_columns_frame_follows_the_names_not_the_list_it_came_in():
     assert protocol.encode_columns(1, names) == b'{"id":1,"type":"columns","columns":["a","b","c"]}\n'
     assert protocol.encode_columns(1, ["a", "b"]) == b'{"id":1,"type":"columns","columns":["a","b"]}\n'
     assert protocol.encode_columns(1, []) == b'{"id":1,"type":"columns","columns":[]}\n'
+
+
+@given(st.floats(0, 1e13) | st.floats() | st.sampled_from([0.0, -0.0, 0.0005, 0.0015, 2.5e-4, 1e12, 999999999999.9995]))
+def test_the_done_frames_ms_is_reprs_text_of_the_rounded_value(ms):
+    assert protocol._json_ms(ms) == repr(round(ms, 3))
