@@ -457,15 +457,15 @@ def encode_done(
 
 
 def _json_ms(ms: float) -> str:
-    """``repr(round(ms, 3))``, the done frame's ``ms``; for the values it has, in two thirds of the time.
+    """``repr(round(ms, 3))``, the done frame's ``ms``, in two thirds of the time for the values it has.
 
-    ``%.3f`` rounds as ``round`` does (both take the correctly rounded
+    ``.3f`` rounds as ``round`` does (both take the correctly rounded
     decimal digits of the same dtoa call), and below 1e12 that decimal has
     at most 15 significant digits, so no shorter text names its float: it
     is what ``repr`` writes, once its trailing zeros go.
     """
     if 0.0 <= ms < 1e12:
-        text = "%.3f" % ms
+        text = f"{ms:.3f}"
         text = text.rstrip("0")
         return text + "0" if text[-1] == "." else text
     return repr(round(ms, 3))
