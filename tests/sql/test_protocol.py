@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.sql import Database, SqlError, protocol
-from trionet.sql.protocol import BadRequest, Request, ServerProtocol, parse_request
+from trionet.sql.protocol import (
+    _REQUEST_FIELDS,
+    BadRequest,
+    Request,
+    ServerProtocol,
+    _has_lone_surrogate,
+    _parse_auth,
+    decode_value,
+    parse_request,
+)
 
 sqlite_values = st.one_of(
     st.none(),
@@ -331,3 +340,136 @@ def test_every_parsed_request_gets_a_precise_answer_from_a_session(quake_db, obj
         assert exc.code in protocol.ERROR_CODES and exc.code != "internal", exc
     finally:
         session.close()
+
+
+# --- the fast paths against the general ones -----------------------------------
+
+# The request parser's rules without its fast paths: the oracle the fast one
+# is held to. The parser of main at 67ce1b5 with only json.loads and
+# isinstance checks (no scanner call, no type tests, no direct slot writes).
+
+
+def reference_parse_request(line: bytes):
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRequest(None, "bad_request", f"request is not valid UTF-8 (byte {exc.start})")
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if not stripped.startswith("{"):
+        return Request(id=None, sql=stripped, bare=True)
+    try:
+        obj = json.loads(stripped)
+    except RecursionError:
+        return BadRequest(None, "bad_request", "invalid JSON: nested too deeply")
+    except ValueError as exc:
+        return BadRequest(None, "bad_request", f"invalid JSON: {str(exc)[:200]}")
+    if not isinstance(obj, dict):
+        return BadRequest(None, "bad_request", "a JSON request must be an object")
+    if "\\u" in stripped and _has_lone_surrogate(obj):
+        return BadRequest(None, "bad_request", "a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text")
+    req_id = obj.get("id")
+    if not (req_id is None or isinstance(req_id, (str, int)) and not isinstance(req_id, bool)):
+        return BadRequest(None, "bad_request", "'id' must be a string, an integer or null")
+    if not _REQUEST_FIELDS.issuperset(obj):
+        if obj.get("type") == "auth":
+            return _parse_auth(obj)
+        unknown = sorted(set(obj) - _REQUEST_FIELDS)
+        return BadRequest(req_id, "bad_request", f"unknown field(s): {', '.join(unknown)}")
+    sql = obj.get("sql")
+    if not isinstance(sql, str) or not sql.strip():
+        return BadRequest(req_id, "bad_request", "'sql' must be a non-empty string")
+    max_rows = obj.get("max_rows")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
+        return BadRequest(req_id, "bad_request", "'max_rows' must be a non-negative integer")
+    raw_params = obj.get("params")
+    try:
+        if raw_params is None:
+            params = None
+        elif isinstance(raw_params, list):
+            params = tuple(decode_value(v) for v in raw_params)
+        elif isinstance(raw_params, dict):
+            params = {}
+            for key, value in raw_params.items():
+                params[key.lstrip(":@$")] = decode_value(value)
+        else:
+            return BadRequest(req_id, "bad_request", "'params' must be an array or an object")
+    except ValueError as exc:
+        return BadRequest(req_id, "bad_param", str(exc))
+    return Request(id=req_id, sql=sql, params=params, max_rows=max_rows)
+
+
+_request_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=6),
+    st.sampled_from(["", " ", "\t\n", "\u3000", "\x1c", "SELECT 1", " SELECT 2 "]),
+)  # fmt: skip
+_json_params = st.one_of(
+    _request_scalars,
+    st.lists(
+        _request_scalars | st.sampled_from([{"$blob": "AAE="}, {"$blob": "!"}, {"$real": "NaN"}, [1], {}]), max_size=4
+    ),
+    st.dictionaries(
+        st.sampled_from([":a", "@b", "$c", "d", ""]), _request_scalars | st.just({"$blob": "AA=="}), max_size=3
+    ),
+)
+_request_objects = st.dictionaries(
+    st.sampled_from(["id", "sql", "params", "max_rows", "type", "data", "x"]), _json_params, max_size=5
+) | st.fixed_dictionaries(  # mostly good requests, the fast path's whole way
+    {"sql": st.text(min_size=1, max_size=8)},
+    optional={
+        "id": _request_scalars, "params": _json_params, "max_rows": st.none() | st.integers(-2, 5) | st.booleans(),
+    },
+)
+
+
+def _same_event(got, want) -> bool:
+    # == on the params too: nan != nan, so compare their JSON-ish reprs.
+    return type(got) is type(want) and repr(got) == repr(want)
+
+
+@given(_request_objects | _requests, st.sampled_from([b"", b" ", b"\t", b"\r"]))
+def test_fast_request_parse_gives_the_reference_parsers_events(obj, pad):
+    """parse_request's type tests and direct slot writes give what the isinstance-based parser gave."""
+    line = pad + json.dumps(obj).encode() + pad
+    got, want = parse_request(line), reference_parse_request(line)
+    assert _same_event(got, want), (line, got, want)
+
+
+@given(st.binary(max_size=80) | st.text(max_size=40).map(str.encode))
+def test_fast_request_parse_matches_the_reference_on_any_bytes(line):
+    assert _same_event(parse_request(line), reference_parse_request(line))
+
+
+def test_a_parsed_request_is_the_frozen_dataclass_it_always_was():
+    import dataclasses
+
+    req = parse_request(b'{"id": 3, "sql": "SELECT ?", "params": [1], "max_rows": 2}')
+    assert type(req) is Request and req == Request(3, "SELECT ?", (1,), 2)
+    assert hash(req) == hash(Request(3, "SELECT ?", (1,), 2)) and req.bare is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        req.sql = "DROP TABLE t"
+
+
+@given(
+    _ids,
+    st.lists(st.text(max_size=6), max_size=4),
+    st.lists(st.tuples(sqlite_values | st.floats(), sqlite_values), max_size=4),
+)
+def test_encode_result_is_the_columns_then_the_rows_frame(req_id, columns, rows):
+    expected = protocol.encode_columns(req_id, columns) + (protocol.encode_rows(req_id, rows) if rows else b"")
+    assert protocol.encode_result(req_id, columns, rows) == expected
+
+
+def test_the_columns_frame_follows_the_names_not_the_list_it_came_in():
+    names = ["a", "b"]
+    assert protocol.encode_columns(1, names) == b'{"id":1,"type":"columns","columns":["a","b"]}\n'
+    names.append("c")  # the same list, changed: the remembered shape must not answer for it
+    assert protocol.encode_columns(1, names) == b'{"id":1,"type":"columns","columns":["a","b","c"]}\n'
+    assert protocol.encode_columns(1, ["a", "b"]) == b'{"id":1,"type":"columns","columns":["a","b"]}\n'
+    assert protocol.encode_columns(1, []) == b'{"id":1,"type":"columns","columns":[]}\n'
+
+
+@given(st.floats(0, 1e13) | st.floats() | st.sampled_from([0.0, -0.0, 5e-4, 0.0015, 2.5e-4, 1e12, 999999999999.9995]))
+def test_the_done_frames_ms_is_reprs_text_of_the_rounded_value(ms):
+    assert protocol._json_ms(ms) == repr(round(ms, 3))
