@@ -91,16 +91,36 @@ def _measure(executor, st, transactions: int, rounds: int, expected: dict[str, b
             proto.receive_data(data)
             proto.next_event()
 
-    ways = {"prepared": (whole, prepared_bytes), "simple": (whole, simple_bytes),
-            "core-prepared": (core, prepared_bytes), "core-simple": (core, simple_bytes)}  # fmt: skip
+    def batches(make):
+        return lambda count: [make(random.randint(1, 100_000)) for _ in range(count)]
+
+    ways = {"prepared": (whole, batches(prepared_bytes)), "simple": (whole, batches(simple_bytes)),
+            "core-prepared": (core, batches(prepared_bytes)), "core-simple": (core, batches(simple_bytes))}  # fmt: skip
+    return cpu_per_item(ways, rounds, transactions)
+
+
+def cpu_per_item(ways: dict, rounds: int, count: int) -> dict[str, list[float]]:
+    """Process CPU µs per item of each way, a figure per round, the ways taking turns within each round.
+
+    ``ways`` maps a name to ``(run, make_batch)``: ``make_batch(count)``
+    builds the round's input, untimed; ``run(batch)`` is timed.
+    """
     figures: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(rounds):
-        for name, (run, make) in ways.items():
-            batch = [make(random.randint(1, 100_000)) for _ in range(transactions)]
+        for name, (run, make_batch) in ways.items():
+            batch = make_batch(count)
             start = time.process_time()
             run(batch)
-            figures[name].append((time.process_time() - start) / transactions * 1e6)
+            figures[name].append((time.process_time() - start) / count * 1e6)
     return figures
+
+
+def print_figures(figures: dict[str, list[float]]) -> None:
+    """The tree measured, then each way's median over rounds and its range."""
+    print(f"trionet from {Path(trionet.__file__).parent.parent}")
+    width = max(map(len, figures)) + 1
+    for name, values in figures.items():
+        print(f"{name:{width}s} {statistics.median(values):6.2f} µs [{min(values):.2f}-{max(values):.2f}]")
 
 
 @click.command()
@@ -127,9 +147,7 @@ def main(transactions: int, rounds: int) -> None:
                 nursery.cancel_scope.cancel()
             return figures
 
-    print(f"trionet from {Path(trionet.__file__).parent.parent}")
-    for name, values in trio.run(run).items():
-        print(f"{name:14s} {statistics.median(values):6.2f} µs [{min(values):.2f}-{max(values):.2f}]")
+    print_figures(trio.run(run))
 
 
 if __name__ == "__main__":

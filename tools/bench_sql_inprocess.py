@@ -33,20 +33,19 @@ import json
 import random
 import re
 import sqlite3
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import click
 import trio
 
-import trionet
 from trionet.sql import protocol
 from trionet.sql.catalog import build_catalogue
 from trionet.sql.engine import Database
 from trionet.sql.execute import ConnState
 from trionet.sql.server import SqlServer, SqlServerConfig
+
+from bench_pg_prepared import cpu_per_item, print_figures  # tools/ is on sys.path
 
 POINT_SQL = "SELECT * FROM quakes WHERE id = ?"  # tools/bench_sql.py's point query
 _MS = re.compile(rb'"ms":[0-9.e+-]+\}')
@@ -99,17 +98,11 @@ def _measure(runner, state: ConnState, ids: list[str], requests: int, rounds: in
             out.append(proto.next_event())
         return out
 
-    ways = {"point": (whole, None), "answer": (answer_only, parsed), "core": (core, None)}
-    figures: dict[str, list[float]] = {name: [] for name in ways}
-    for _ in range(rounds):
-        for name, (run, prepare) in ways.items():
-            batch = [request_bytes(random.randint(1, 1024), random.choice(ids)) for _ in range(requests)]
-            if prepare is not None:
-                batch = prepare(batch)
-            start = time.process_time()
-            run(batch)
-            figures[name].append((time.process_time() - start) / requests * 1e6)
-    return figures
+    def lines(count):
+        return [request_bytes(random.randint(1, 1024), random.choice(ids)) for _ in range(count)]
+
+    ways = {"point": (whole, lines), "answer": (answer_only, lambda count: parsed(lines(count))), "core": (core, lines)}
+    return cpu_per_item(ways, rounds, requests)
 
 
 @click.command()
@@ -145,9 +138,7 @@ def main(requests: int, rounds: int) -> None:
                 nursery.cancel_scope.cancel()
             return figures
 
-    print(f"trionet from {Path(trionet.__file__).parent.parent}")
-    for name, values in trio.run(run).items():
-        print(f"{name:8s} {statistics.median(values):6.2f} µs [{min(values):.2f}-{max(values):.2f}]")
+    print_figures(trio.run(run))
 
 
 if __name__ == "__main__":
