@@ -176,6 +176,11 @@ class Session:
         self._conn.set_progress_handler(self._progress, _PROGRESS_STEPS if loop else _THREAD_PROGRESS_STEPS)
         self._loop_steps = loop
 
+    def _for_threads(self) -> None:
+        """Install the worker thread's progress handler if the event loop's is installed (``_install_progress``)."""
+        if self._loop_steps:
+            self._install_progress(False)
+
     @property
     def connection(self) -> sqlite3.Connection:
         """The SQLite connection, for a caller that runs its own statements on it (in a worker thread, say).
@@ -183,8 +188,7 @@ class Session:
         The worker thread's progress handler is installed first if the
         event loop's was (see ``_install_progress``).
         """
-        if self._loop_steps:
-            self._install_progress(False)
+        self._for_threads()
         return self._conn
 
     # --- running statements -------------------------------------------------
@@ -236,8 +240,8 @@ class Session:
                 self._install_progress(True)
             self._counting = True
             self._trial = trial
-        elif self._loop_steps:
-            self._install_progress(False)
+        else:
+            self._for_threads()
         self._auth_calls = 0
         self._auth_read_only = True
         self._trial_refused = False
@@ -275,8 +279,7 @@ class Session:
         cursor = self._cursor
         if cursor is None:
             raise SqlError("internal", "no statement is running")
-        if self._loop_steps:
-            self._install_progress(False)
+        self._for_threads()
         return self._fetch(cursor, None, bool(cursor.description), batch, max_bytes)
 
     def _fetch(
