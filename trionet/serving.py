@@ -18,11 +18,13 @@ import logging
 import math
 import os
 import select
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import outcome
 import trio
+import trio.testing
 
 from trionet.addresses import format_address
 from trionet.errors import first_message
@@ -505,7 +507,7 @@ _sched_yield = getattr(os, "sched_yield", lambda: None)
 
 
 class ReadyLoop:
-    """The course's select loop inside trio: one task serves the waiting connections whose requests it can answer at once.
+    """The course's select loop beside trio: one loop serves the waiting connections whose requests it can answer at once.
 
     A connection task that waits for its next request costs trio a wake-up
     of that task per request: an ``epoll_ctl`` to re-arm its socket, a pass
@@ -515,50 +517,72 @@ class ReadyLoop:
     connection task whose socket has nothing to read may :meth:`park` it
     here with a ``serve`` function; the loop keeps every parked socket in an
     epoll set of its own (level-triggered, registered once per park, not
-    once per request), waits for that set with one
-    :func:`trio.lowlevel.wait_readable`, and calls ``serve()`` for each
-    socket that became readable, in its own task, without waking the
-    connection's. ``serve()`` reads, answers what it can answer right away
-    (a read from the cache of plans, within the event loop's budget) and
-    returns True to stay parked, or False to hand the connection back to its
-    task (anything slow, unusual, an error, EOF, a send the socket did not
-    take whole): the task's :meth:`park` then returns, and it carries on
-    with whatever ``serve()`` left in the connection's buffers. A ``flush()``
-    given with ``serve`` runs after every ``serve()`` of the batch, so the
-    answers go out together (as the course's loop sends its queued replies
-    after it has handled every readable socket): a client with many
-    connections then finds several answers per wake-up (docs/benchmarks.md).
+    once per request), waits for that set, and calls ``serve()`` for each
+    socket that became readable, without waking the connection's task.
+    ``serve()`` reads, answers what it can answer right away (a read from
+    the cache of plans, within the event loop's budget) and returns True to
+    stay parked, or False to hand the connection back to its task (anything
+    slow, unusual, an error, EOF, a send the socket did not take whole): the
+    task's :meth:`park` then returns, and it carries on with whatever
+    ``serve()`` left in the connection's buffers. A ``flush()`` given with
+    ``serve`` runs after every ``serve()`` of the batch, so the answers go
+    out together (as the course's loop sends its queued replies after it
+    has handled every readable socket): a client with many connections then
+    finds several answers per wake-up (docs/benchmarks.md).
+
+    Where the loop runs. Under trio's own clock the loop is a thread of its
+    own (started and stopped by :meth:`run`), blocked in ``epoll_wait`` on
+    its set: a request then costs one wake-up of that thread and no pass
+    through trio's run loop, which at one client was about half of the
+    server's CPU per request (docs/benchmarks.md, ``tools/bench_wake.py``).
+    Under a :class:`trio.testing.MockClock` (tests, ``autojump_clock``) it
+    is a task instead, waiting for the set with one
+    :func:`trio.lowlevel.wait_readable`: a thread trio cannot see would let
+    the clock jump while it serves. ``thread=False`` asks for the task.
 
     Structured concurrency stays whole: the connection's task still owns
     the connection and waits in :meth:`park` under its own cancel scopes
     (the idle and send watchdogs, the drain, the grace deadline cancel it
     as before, and the socket leaves the set at once); the loop only
-    borrows the socket while the task waits. Fairness: the loop serves one
-    batch (at most ``max_events`` sockets, one read each), then waits again,
-    which is a checkpoint; a socket with more to read is simply ready again
-    in the next batch. After a batch that sent answers the loop yields the
-    CPU to other processes (``sched_yield``), so that the clients those
-    answers woke can send their next requests before it looks again.
+    borrows the socket while the task waits, and :meth:`run` does not
+    return before its thread has ended. A lock makes each ``serve()`` and
+    ``flush()`` and each park and unpark one step: a task is never woken
+    while the loop is inside its ``serve()``, so the connection is only
+    ever touched by one of them (a cancellation that comes meanwhile takes
+    effect once the step is done). Fairness: the loop serves one batch (at
+    most ``max_events`` sockets, one read each), then waits again; a socket
+    with more to read is simply ready again in the next batch. After a
+    batch that sent answers the loop yields the CPU to other processes
+    (``sched_yield``), so that the clients those answers woke can send their
+    next requests before it looks again.
 
-    Rules for ``serve``: it runs in the loop's task, so it must not block,
-    and it must either read the socket (consume what made it ready) or
-    return False, or the loop would see the same socket ready for ever. An
-    exception it raises goes to the parked task, as if its own read had
-    raised it.
+    Rules for ``serve``: it must not block and must not call trio (it may
+    run in the loop's thread; :attr:`now` is its clock), and it must either
+    read the socket (consume what made it ready) or return False, or the
+    loop would see the same socket ready for ever. An exception it raises
+    goes to the parked task, as if its own read had raised it.
 
     Where ``select.epoll`` does not exist, or the loop is not running,
     :meth:`park` waits for the socket itself and returns when it is
     readable: the caller's own loop serves it, as it would without one.
     """
 
-    def __init__(self, max_events: int = 256, yield_after_flush: bool = True) -> None:
+    def __init__(self, max_events: int = 256, yield_after_flush: bool = True, thread: bool = True) -> None:
         self.max_events = max_events
         self.yield_after_flush = yield_after_flush
         """Whether the loop gives up the CPU (``sched_yield``) after each batch that sent answers."""
+        self.thread = thread
+        """Whether the loop may run in a thread of its own (under trio's own clock; see the class)."""
+        self.threaded = False
+        """Whether the running loop is a thread."""
+        self.now: Callable[[], float] = trio.current_time
+        """trio's clock, readable from the loop's thread: what ``serve()`` uses for "now"."""
         self._epoll = None
+        self._lock = threading.Lock()
+        self._wake: Callable[[trio.lowlevel.Task, outcome.Outcome], None] = trio.lowlevel.reschedule
         self._parked: dict[int, tuple[trio.lowlevel.Task, Callable[[], bool], Callable[[], bool] | None]] = {}
         self.batches = 0
-        """Batches served (wake-ups of the loop's task): with :attr:`served`, how much one wake-up did."""
+        """Batches served (wake-ups of the loop): with :attr:`served`, how much one wake-up did."""
         self.served = 0
         """``serve()`` calls that kept their connection parked."""
 
@@ -572,44 +596,107 @@ class ReadyLoop:
         if not hasattr(select, "epoll"):
             task_status.started()
             await trio.sleep_forever()
-        self._epoll = epoll = select.epoll()
-        parked = self._parked
+        clock = trio.lowlevel.current_clock()
+        self.now = clock.current_time
+        threaded = self.thread and not isinstance(clock, trio.testing.MockClock)
+        epoll = select.epoll()
         try:
-            task_status.started()
-            while True:
-                await trio.lowlevel.wait_readable(epoll.fileno())
-                events = epoll.poll(0, self.max_events)
-                self.batches += 1
-                flushes = []
-                for fd, _ in events:
-                    entry = parked.get(fd)
-                    if entry is not None and self._turn(fd, entry[0], entry[1]):
-                        self.served += 1
-                        if entry[2] is not None:
-                            flushes.append((fd, entry[0], entry[2]))
-                # Then the answers go out together, as the course's loop
-                # sends its queued replies after handling every readable
-                # socket: a client with many connections (pgbench's threads)
-                # finds several answers at each wake-up instead of one.
-                for fd, task, flush in flushes:
-                    self._turn(fd, task, flush)
-                if flushes and self.yield_after_flush:
-                    # The answers just sent woke their clients. On a shared
-                    # machine (a load generator beside the server, two
-                    # workers on two cores) yielding now lets them run and
-                    # send their next requests before this loop looks
-                    # again: one bigger batch, instead of being preempted by
-                    # each woken client half-way through the flush and
-                    # woken again for each request (docs/benchmarks.md).
-                    # With nothing else runnable the call returns at once.
-                    _sched_yield()
+            if threaded:
+                await self._run_thread(epoll, task_status)
+            else:
+                self._epoll = epoll
+                task_status.started()
+                await self._run_task(epoll)
         finally:
-            self._epoll = None
-            for fd, (task, _, _) in list(parked.items()):
-                self._unpark(fd, epoll)
-                trio.lowlevel.reschedule(task, outcome.Value(False))
+            with self._lock:
+                self._epoll = None
+                self.threaded = False
+                self._wake = trio.lowlevel.reschedule
+                for fd, (task, _, _) in list(self._parked.items()):
+                    self._unpark(fd, epoll)
+                    trio.lowlevel.reschedule(task, outcome.Value(False))
             trio.lowlevel.notify_closing(epoll.fileno())
             epoll.close()
+
+    async def _run_task(self, epoll) -> None:
+        # The loop as a trio task: one wait_readable on the set per batch.
+        while True:
+            await trio.lowlevel.wait_readable(epoll.fileno())
+            self._batch(epoll.poll(0, self.max_events), -1)
+
+    async def _run_thread(self, epoll, task_status) -> None:
+        # The loop as a thread; this task waits for it and stops it: a byte
+        # on the wake pipe (in the set) ends it, and the task returns (or is
+        # cancelled) only once the thread has.
+        token = trio.lowlevel.current_trio_token()
+        ended = trio.Event()
+        result: list[outcome.Outcome] = []
+        wake_r, wake_w = os.pipe()
+
+        def deliver(value: outcome.Outcome) -> None:  # in the thread, as it ends
+            result.append(value)
+            token.run_sync_soon(ended.set)
+
+        try:
+            epoll.register(wake_r, select.EPOLLIN)
+            with self._lock:
+                self._epoll = epoll
+                self.threaded = True
+                self._wake = lambda task, value: token.run_sync_soon(trio.lowlevel.reschedule, task, value)
+            trio.lowlevel.start_thread_soon(lambda: self._thread_loop(epoll, wake_r), deliver, name="trionet ready loop")
+            task_status.started()
+            try:
+                await ended.wait()
+            finally:
+                os.write(wake_w, b"x")
+                with trio.CancelScope(shield=True):
+                    await ended.wait()
+            result[0].unwrap()  # the loop's own failure (never a connection's: those go to its task)
+            raise RuntimeError("the ready loop's thread ended")  # it ends only when told to
+        finally:
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def _thread_loop(self, epoll, wake_fd: int) -> None:
+        max_events = self.max_events
+        while True:
+            events = epoll.poll(-1, max_events)  # the GIL is released while it waits
+            if not self._batch(events, wake_fd):
+                return
+
+    def _batch(self, events: list[tuple[int, int]], wake_fd: int) -> bool:
+        """Serve one batch of ready sockets, then flush; False if told to stop (``wake_fd`` was ready)."""
+        self.batches += 1
+        parked = self._parked
+        lock = self._lock
+        flushes = []
+        for fd, _ in events:
+            if fd == wake_fd:
+                return False
+            with lock:
+                entry = parked.get(fd)
+                if entry is not None and self._turn(fd, entry[0], entry[1]):
+                    self.served += 1
+                    if entry[2] is not None:
+                        flushes.append((fd, entry))
+        # Then the answers go out together, as the course's loop sends its
+        # queued replies after handling every readable socket: a client
+        # with many connections (pgbench's threads) finds several answers
+        # at each wake-up instead of one.
+        for fd, entry in flushes:
+            with lock:
+                if parked.get(fd) is entry:  # (a task cancelled meanwhile sends its own answers)
+                    self._turn(fd, entry[0], entry[2])
+        if flushes and self.yield_after_flush:
+            # The answers just sent woke their clients. On a shared machine
+            # (a load generator beside the server, two workers on two cores)
+            # yielding now lets them run and send their next requests before
+            # this loop looks again: one bigger batch, instead of being
+            # preempted by each woken client half-way through the flush and
+            # woken again for each request (docs/benchmarks.md). With nothing
+            # else runnable the call returns at once.
+            _sched_yield()
+        return True
 
     async def park(self, sock, serve: Callable[[], bool], flush: Callable[[], bool] | None = None) -> bool:
         """Wait until ``serve()`` hands the connection back (returns False or raises); see the class.
@@ -621,8 +708,8 @@ class ReadyLoop:
         Args:
             sock: the connection's socket (anything with ``fileno()``),
                 readable or not; the loop calls ``serve()`` each time it is.
-            serve: called in the loop's task when ``sock`` is readable;
-                True to stay parked.
+            serve: called by the loop when ``sock`` is readable; True to
+                stay parked.
             flush: called after every ``serve()`` of the batch that kept
                 its connection parked (answers computed first, sent
                 together); True to stay parked, False (or raise) to hand
@@ -637,17 +724,25 @@ class ReadyLoop:
             await trio.lowlevel.wait_readable(sock)
             return False
         fd = sock.fileno()
-        epoll.register(fd, select.EPOLLIN)
-        self._parked[fd] = (trio.lowlevel.current_task(), serve, flush)
+        entry = (trio.lowlevel.current_task(), serve, flush)
+        with self._lock:
+            self._parked[fd] = entry  # before the set: the thread may see the socket ready at once
+            epoll.register(fd, select.EPOLLIN)
 
         def abort(_raise_cancel) -> trio.lowlevel.Abort:
-            self._unpark(fd)
+            with self._lock:  # waits out a serve() or flush() of this connection under way
+                if self._parked.get(fd) is not entry:
+                    # The loop handed it back meanwhile: that wake-up is on
+                    # its way, and the cancellation reaches the task at its
+                    # next checkpoint.
+                    return trio.lowlevel.Abort.FAILED
+                self._unpark(fd)
             return trio.lowlevel.Abort.SUCCEEDED
 
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
     def _turn(self, fd: int, task: trio.lowlevel.Task, step: Callable[[], bool]) -> bool:
-        """Call a parked connection's ``serve`` or ``flush``; True: it stays parked, else its task has it back."""
+        """Call a parked connection's ``serve`` or ``flush`` (the lock held); True: it stays parked, else its task has it back."""
         try:
             if step():
                 return True
@@ -655,7 +750,7 @@ class ReadyLoop:
         except Exception as exc:  # the connection's error, not the loop's
             result = outcome.Error(exc)
         self._unpark(fd)
-        trio.lowlevel.reschedule(task, result)
+        self._wake(task, result)
         return False
 
     def _unpark(self, fd: int, epoll=None) -> None:

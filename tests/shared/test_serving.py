@@ -141,7 +141,7 @@ async def _parked_pair(ready, serve, nursery):
 async def test_ready_loop_serves_parked_sockets_in_batches_without_waking_their_tasks():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
     seen: list[bytes] = []
     socks = {}
 
@@ -187,7 +187,7 @@ async def test_ready_loop_serves_parked_sockets_in_batches_without_waking_their_
 async def test_ready_loop_hands_serves_exception_to_the_parked_task():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
 
     def serve() -> bool:
         raise ConnectionResetError("reset by peer")
@@ -206,7 +206,7 @@ async def test_ready_loop_hands_serves_exception_to_the_parked_task():
 async def test_a_cancelled_parked_task_leaves_the_set_at_once():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
     calls: list = []
     async with trio.open_nursery() as nursery:
         await nursery.start(ready.run)
@@ -227,7 +227,7 @@ async def test_a_cancelled_parked_task_leaves_the_set_at_once():
 async def test_parked_tasks_go_on_alone_when_the_loop_stops_or_never_ran():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
     async with trio.open_nursery() as nursery:
         async with trio.open_nursery() as loop_nursery:
             await loop_nursery.start(ready.run)
@@ -275,7 +275,7 @@ async def test_the_loop_yields_the_cpu_once_after_a_batch_it_answered_and_never_
 
     calls: list[str] = []
     monkeypatch.setattr(serving, "_sched_yield", lambda: calls.append("yield"))
-    ready = serving.ReadyLoop()
+    ready = serving.ReadyLoop(thread=False)
     socks, peers = {}, {}
 
     def server(name):
@@ -320,7 +320,7 @@ async def test_a_batch_is_served_first_and_its_answers_flushed_together():
     # As the course's loop: handle every readable socket, then send the queued replies.
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
     calls: list[str] = []
     socks, peers, results = {}, {}, {}
 
@@ -361,3 +361,137 @@ async def test_a_batch_is_served_first_and_its_answers_flushed_together():
         nursery.cancel_scope.cancel()
     for sock in [*socks.values(), *peers.values()]:
         sock.close()
+
+
+# --- the loop in its own thread (trio's own clock) ------------------------------------
+
+
+async def _answer_of(peer: socket.socket) -> bytes:
+    """What the loop sent back to ``peer`` (a client waiting for its answer)."""
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(peer)
+    return peer.recv(100)
+
+
+async def test_under_trios_clock_the_loop_is_a_thread_that_answers_without_waking_the_task():
+    import threading
+
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop()
+    mine, peer = _socketpair()
+    peer.setblocking(False)
+    threads: set[str] = set()
+    results: list = []
+
+    def serve() -> bool:
+        data = mine.recv(100)
+        threads.add(threading.current_thread().name)
+        if data == b"bye":
+            return False
+        mine.send(data.upper())
+        return True
+
+    handed_back = trio.Event()
+
+    async def task() -> None:
+        results.append(await ready.park(mine, serve))
+        handed_back.set()
+
+    with mine, peer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ready.run)
+            assert ready.threaded
+            nursery.start_soon(task)
+            await trio.testing.wait_all_tasks_blocked()
+            for word in (b"one", b"two", b"three"):
+                peer.send(word)
+                assert await _answer_of(peer) == word.upper()
+            assert results == [] and ready.served == 3  # three answers, the task never woke
+            assert threads == {"trionet ready loop"}
+            peer.send(b"bye")
+            with trio.fail_after(5):
+                await handed_back.wait()  # the hand-back reaches the task through trio's token
+            assert results == [True] and ready.parked == 0
+            nursery.cancel_scope.cancel()
+        assert not ready.threaded  # run() returned only after its thread had ended
+
+
+async def test_a_cancellation_waits_for_the_serve_under_way_in_the_thread():
+    # The task must never run while the loop's thread is inside its serve():
+    # both would use the connection at once.
+    import threading
+    import time
+
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop()
+    mine, peer = _socketpair()
+    token = trio.lowlevel.current_trio_token()
+    cancelling = threading.Event()
+    inside: list[bool] = []
+    seen_by_task: list = []
+
+    with mine, peer, trio.CancelScope() as scope:
+
+        def cancel() -> None:
+            cancelling.set()
+            scope.cancel()  # calls the park's abort, which waits for the lock
+
+        def serve() -> bool:
+            inside.append(True)
+            mine.recv(100)
+            token.run_sync_soon(cancel)
+            cancelling.wait(5)
+            time.sleep(0.05)  # inside serve() while the trio thread tries to cancel the task
+            inside.append(False)
+            return True
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ready.run)
+            try:
+                peer.send(b"x")
+                await ready.park(mine, serve)
+            except trio.Cancelled:
+                seen_by_task.append(list(inside))
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    assert scope.cancelled_caught
+    assert seen_by_task == [[True, False]]  # woken only once serve() had returned
+    assert ready.parked == 0
+
+
+async def test_the_threads_loop_hands_every_parked_task_back_when_it_stops():
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop()
+    results: list = []
+    pairs = [_socketpair() for _ in range(3)]
+
+    async def task(sock) -> None:
+        results.append(await ready.park(sock, lambda: True))
+
+    async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as loop_nursery:
+            await loop_nursery.start(ready.run)
+            for mine, _ in pairs:
+                nursery.start_soon(task, mine)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ready.parked == 3 and ready.threaded
+            loop_nursery.cancel_scope.cancel()
+    assert results == [False, False, False] and ready.parked == 0
+    for mine, peer in pairs:
+        mine.close()
+        peer.close()
+
+
+async def test_under_the_mock_clock_the_loop_stays_a_task(autojump_clock):
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ready.run)
+        assert not ready.threaded  # a thread would let the clock jump while it serves
+        assert ready.now() == trio.current_time()
+        nursery.cancel_scope.cancel()

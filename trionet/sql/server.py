@@ -313,8 +313,10 @@ class SqlServer:
             conn.requests += 1
             return True
 
+        now = conn.service.ready.now  # trio's clock, read in the ready loop's thread
+
         def answered() -> None:
-            state.last_active = trio.current_time()
+            state.last_active = now()
 
         return ParkedServer(state.io, state.proto, answer, unsent, conn.draining, answered, _PARKED_BURST)
 

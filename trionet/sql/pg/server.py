@@ -329,11 +329,15 @@ class PgServer:
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
 
-    def _idle_deadline(self, st: ConnState) -> float | None:
-        """When the wait for the next message ends (idle or idle-in-transaction timeout), or None for never."""
+    def _idle_deadline(self, st: ConnState, now: Callable[[], float] = trio.current_time) -> float | None:
+        """When the wait for the next message ends (idle or idle-in-transaction timeout), or None for never.
+
+        ``now`` is trio's clock; the ready loop passes its own reading of it
+        (:attr:`~trionet.serving.ReadyLoop.now`), which works in its thread.
+        """
         config = self.config
         timeout = config.idle_transaction_timeout if st.session.in_transaction else config.idle_timeout
-        return trio.current_time() + timeout if timeout > 0 else None
+        return now() + timeout if timeout > 0 else None
 
     def _parked_server(self, st: ConnState, idle: IdleWatch) -> ParkedServer:
         """What the ready loop does for this connection: answer what the fast paths answer, into ``st.out``.
@@ -351,8 +355,10 @@ class PgServer:
             conn.requests += event.count if type(event) is PortalRun else 1
             return True
 
+        now = conn.service.ready.now
+
         def answered() -> None:
-            idle.deadline = self._idle_deadline(st)
+            idle.deadline = self._idle_deadline(st, now)
 
         return ParkedServer(st.io, st.proto, answer, st.out, conn.draining, answered, _PARKED_BURST)
 
