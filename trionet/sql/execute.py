@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class RequestRunner:
         """Rows sent to clients."""
         self.on_request: Callable[[str, float], None] | None = None
         """Called with each request's outcome and seconds, when set (the metrics' latency histogram)."""
+        # The counts (and on_request) are updated from two threads: the event
+        # loop's and the ready loop's (answer_now), so under one lock.
+        self._counting = threading.Lock()
         # What answer_now reads per request, looked up once (the config is frozen).
         self._inline = config.inline
         self._may_run_inline = database.may_run_inline
@@ -102,13 +106,15 @@ class RequestRunner:
         try:
             result = session.execute(sql, request.params, rows_left.want(), INLINE_BUDGET, self._max_batch_bytes)
         except OverBudget:
-            self.inline_fallbacks += 1
+            with self._counting:
+                self.inline_fallbacks += 1
             state.inline_refused = True
             return None
         except SqlError as exc:
             self._finish(exc.code, started, 0)
             return protocol.encode_error(req_id, exc.code, exc.message)
-        self.inline_runs += 1
+        with self._counting:
+            self.inline_runs += 1
         rows = rows_left.take(result.rows)
         if not (rows_left.truncated or result.exhausted):
             session.cancel_statement()
@@ -121,11 +127,13 @@ class RequestRunner:
 
     def _finish(self, ending: str, started: float, rows: int) -> None:
         """Count one answered request (outcome, rows, the latency histogram)."""
-        self.outcomes[ending] += 1
-        self.rows_sent += rows
-        on_request = self.on_request
-        if on_request is not None:
-            on_request(ending, _clock() - started)
+        seconds = _clock() - started
+        with self._counting:
+            self.outcomes[ending] += 1
+            self.rows_sent += rows
+            on_request = self.on_request
+            if on_request is not None:
+                on_request(ending, seconds)
 
     async def run(self, conn: Connection, state: ConnState, request: protocol.Request) -> None:
         """Run one request and send its whole answer (columns, rows, done or error).
@@ -161,9 +169,11 @@ class RequestRunner:
                 # the VM-instruction budget bounds how long it holds the event loop.
                 try:
                     result = session.execute(request.sql, request.params, rows_left.want(), INLINE_BUDGET, max_bytes)
-                    self.inline_runs += 1
+                    with self._counting:
+                        self.inline_runs += 1
                 except OverBudget:
-                    self.inline_fallbacks += 1
+                    with self._counting:
+                        self.inline_fallbacks += 1
             if result is None:
                 result = await in_sqlite(session.execute, request.sql, request.params, rows_left.want(), 0, max_bytes)
             out = protocol.encode_columns(req_id, result.columns or [])

@@ -46,8 +46,9 @@ class _LatencyHistogram:
     ``prometheus_client.Histogram`` takes a lock for its sum and another for
     the bucket on every observation, and ``labels()`` one more: about 2.5 µs
     per request of the NDJSON port's point query (py-spy, docs/benchmarks.md).
-    Requests are observed on the event loop only, one at a time, so the
-    counts need no lock.
+    Requests are observed one at a time, under the request runner's lock
+    (the ready loop's thread answers requests as well as the event loop),
+    so the counts need no lock of their own.
     """
 
     def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
