@@ -16,7 +16,14 @@ came over the socket. Measured:
 - ``core-prepared`` / ``core-simple``: ``receive_data`` + ``next_event`` only.
 
 Rounds alternate the four; figures are process CPU per transaction, median
-over rounds [lowest-highest]. To compare trees, run the same tool with
+over rounds [lowest-highest].
+
+``--evict-kb 256,2048,...`` adds ``prepared after N KB``: each transaction
+timed alone (the thread's CPU clock, less the clock's own cost), right
+after the process wrote one byte in every cache line of an N KB buffer, as
+the kernel, trio or another process would have touched that much memory
+between two requests. The hot loop above keeps the path's code and data in
+the CPU's caches; a server answering one client at a time does not. To compare trees, run the same tool with
 ``PYTHONPATH`` set to each (``git archive COMMIT | tar -x -C DIR``).
 What the server adds (system calls, the ready loop, the kernel's TCP) is
 not here: ``tools/bench_pg.py`` measures the whole.
@@ -99,6 +106,33 @@ def _measure(executor, st, transactions: int, rounds: int, expected: dict[str, b
     return cpu_per_item(ways, rounds, transactions)
 
 
+def _measure_cold(executor, st, transactions: int, rounds: int, sizes: list[int]) -> dict[str, list[float]]:
+    """The prepared path, each transaction timed alone after writing every cache line of a ``size`` KB buffer."""
+    proto, answer_now, out = st.proto, executor.answer_now, st.out
+    clock = time.thread_time_ns
+    figures: dict[str, list[float]] = {f"prepared after {kb} KB": [] for kb in sizes}
+    for _ in range(rounds):
+        empty = []
+        for _ in range(transactions):
+            start = clock()
+            empty.append(clock() - start)
+        cost_of_clock = statistics.median(empty)
+        for kb in sizes:
+            buffer = bytearray(kb * 1024)
+            ones = b"\x01" * len(buffer[::64])
+            batch = [prepared_bytes(random.randint(1, 100_000)) for _ in range(transactions)]
+            times = []
+            for data in batch:
+                buffer[::64] = ones
+                start = clock()
+                proto.receive_data(data)
+                answer_now(st, proto.next_event())
+                out.clear()
+                times.append(clock() - start)
+            figures[f"prepared after {kb} KB"].append((statistics.median(times) - cost_of_clock) / 1000)
+    return figures
+
+
 def cpu_per_item(ways: dict, rounds: int, count: int) -> dict[str, list[float]]:
     """Process CPU µs per item of each way, a figure per round, the ways taking turns within each round.
 
@@ -126,7 +160,11 @@ def print_figures(figures: dict[str, list[float]]) -> None:
 @click.command()
 @click.option("--transactions", type=int, default=20_000, show_default=True, help="Transactions per round and way.")
 @click.option("--rounds", type=int, default=7, show_default=True, help="Rounds, each way once per round.")
-def main(transactions: int, rounds: int) -> None:
+@click.option(
+    "--evict-kb", default="", metavar="KB,KB,...",
+    help="Also time the prepared path with this much memory written between transactions (see above).",
+)  # fmt: skip
+def main(transactions: int, rounds: int, evict_kb: str) -> None:
     """Print µs of CPU per transaction for each way, each round's and the medians."""
 
     async def run() -> dict[str, list[float]]:
@@ -144,6 +182,9 @@ def main(transactions: int, rounds: int) -> None:
                                 "simple": await _answer(stream, simple_bytes(7))}  # fmt: skip
                 ((_secret, st),) = server._keys.values()
                 figures = _measure(server._executor, st, transactions, rounds, expected)
+                if evict_kb:
+                    sizes = [int(kb) for kb in evict_kb.split(",")]
+                    figures |= _measure_cold(server._executor, st, min(transactions, 5000), rounds, sizes)
                 nursery.cancel_scope.cancel()
             return figures
 
