@@ -106,15 +106,13 @@ class RequestRunner:
         try:
             result = session.execute(sql, request.params, rows_left.want(), INLINE_BUDGET, self._max_batch_bytes)
         except OverBudget:
-            with self._counting:
-                self.inline_fallbacks += 1
+            self._count_inline(False)
             state.inline_refused = True
             return None
         except SqlError as exc:
             self._finish(exc.code, started, 0)
             return protocol.encode_error(req_id, exc.code, exc.message)
-        with self._counting:
-            self.inline_runs += 1
+        self._count_inline(True)
         rows = rows_left.take(result.rows)
         if not (rows_left.truncated or result.exhausted):
             session.cancel_statement()
@@ -124,6 +122,14 @@ class RequestRunner:
         out = protocol.encode_result(req_id, result.columns or [], rows) + _done(req_id, rows_left, result, started)
         self._finish("truncated" if rows_left.truncated else "ok", started, rows_left.sent)
         return out
+
+    def _count_inline(self, ran: bool) -> None:
+        """Count one statement tried on the event loop: answered there, or over its budget (off to a thread)."""
+        with self._counting:
+            if ran:
+                self.inline_runs += 1
+            else:
+                self.inline_fallbacks += 1
 
     def _finish(self, ending: str, started: float, rows: int) -> None:
         """Count one answered request (outcome, rows, the latency histogram)."""
@@ -169,11 +175,9 @@ class RequestRunner:
                 # the VM-instruction budget bounds how long it holds the event loop.
                 try:
                     result = session.execute(request.sql, request.params, rows_left.want(), INLINE_BUDGET, max_bytes)
-                    with self._counting:
-                        self.inline_runs += 1
+                    self._count_inline(True)
                 except OverBudget:
-                    with self._counting:
-                        self.inline_fallbacks += 1
+                    self._count_inline(False)
             if result is None:
                 result = await in_sqlite(session.execute, request.sql, request.params, rows_left.want(), 0, max_bytes)
             out = protocol.encode_columns(req_id, result.columns or [])
