@@ -530,16 +530,24 @@ class ReadyLoop:
     has handled every readable socket): a client with many connections then
     finds several answers per wake-up (docs/benchmarks.md).
 
-    Where the loop runs. Under trio's own clock the loop is a thread of its
-    own (started and stopped by :meth:`run`), blocked in ``epoll_wait`` on
-    its set: a request then costs one wake-up of that thread and no pass
-    through trio's run loop (at one client, 17.5 µs of server CPU per round
-    trip of a constant answer instead of 31.5: ``tools/bench_wake.py``,
-    docs/benchmarks.md).
-    Under a :class:`trio.testing.MockClock` (tests, ``autojump_clock``) it
-    is a task instead, waiting for the set with one
-    :func:`trio.lowlevel.wait_readable`: a thread trio cannot see would let
-    the clock jump while it serves. ``thread=False`` asks for the task.
+    Where the loop runs. By default it is a trio task, waiting for the set
+    with one :func:`trio.lowlevel.wait_readable`. With ``thread=True`` (and
+    trio's own clock) it is a thread of its own (started and stopped by
+    :meth:`run`), blocked in ``epoll_wait`` on its set: a request then costs
+    one wake-up of that thread and no pass through trio's run loop (at one
+    client, 17.5 µs of server CPU per round trip of a constant answer
+    instead of 31.5: ``tools/bench_wake.py``, docs/benchmarks.md). It is not
+    the default because it loses a guarantee the task keeps: a client that
+    pipelines hundreds of requests is answered by the event loop one
+    checkpoint at a time, and the task loop serves the others between two of
+    them; the thread must win the GIL and a CPU from the event loop first,
+    and on a busy machine it lost for long enough that 30-82 of the
+    pipelined requests went before another client's one (3 runs in 25 of
+    ``test_a_pipelining_client_takes_turns_with_the_others``, with or
+    without a CPU hog beside it; always 10 with the task). Under a
+    :class:`trio.testing.MockClock` (tests, ``autojump_clock``) it is a
+    task whatever ``thread`` says: a thread trio cannot see would let the
+    clock jump while it serves.
 
     Structured concurrency stays whole: the connection's task still owns
     the connection and waits in :meth:`park` under its own cancel scopes
@@ -568,7 +576,7 @@ class ReadyLoop:
     readable: the caller's own loop serves it, as it would without one.
     """
 
-    def __init__(self, max_events: int = 256, yield_after_flush: bool = True, thread: bool = True) -> None:
+    def __init__(self, max_events: int = 256, yield_after_flush: bool = True, thread: bool = False) -> None:
         self.max_events = max_events
         self.yield_after_flush = yield_after_flush
         """Whether the loop gives up the CPU (``sched_yield``) after each batch that sent answers."""

@@ -141,7 +141,7 @@ async def _parked_pair(ready, serve, nursery):
 async def test_ready_loop_serves_parked_sockets_in_batches_without_waking_their_tasks():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
+    ready = ReadyLoop()
     seen: list[bytes] = []
     socks = {}
 
@@ -187,7 +187,7 @@ async def test_ready_loop_serves_parked_sockets_in_batches_without_waking_their_
 async def test_ready_loop_hands_serves_exception_to_the_parked_task():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
+    ready = ReadyLoop()
 
     def serve() -> bool:
         raise ConnectionResetError("reset by peer")
@@ -206,7 +206,7 @@ async def test_ready_loop_hands_serves_exception_to_the_parked_task():
 async def test_a_cancelled_parked_task_leaves_the_set_at_once():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
+    ready = ReadyLoop()
     calls: list = []
     async with trio.open_nursery() as nursery:
         await nursery.start(ready.run)
@@ -227,7 +227,7 @@ async def test_a_cancelled_parked_task_leaves_the_set_at_once():
 async def test_parked_tasks_go_on_alone_when_the_loop_stops_or_never_ran():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
+    ready = ReadyLoop()
     async with trio.open_nursery() as nursery:
         async with trio.open_nursery() as loop_nursery:
             await loop_nursery.start(ready.run)
@@ -275,7 +275,7 @@ async def test_the_loop_yields_the_cpu_once_after_a_batch_it_answered_and_never_
 
     calls: list[str] = []
     monkeypatch.setattr(serving, "_sched_yield", lambda: calls.append("yield"))
-    ready = serving.ReadyLoop(thread=False)
+    ready = serving.ReadyLoop()
     socks, peers = {}, {}
 
     def server(name):
@@ -320,7 +320,7 @@ async def test_a_batch_is_served_first_and_its_answers_flushed_together():
     # As the course's loop: handle every readable socket, then send the queued replies.
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked sees it
+    ready = ReadyLoop()
     calls: list[str] = []
     socks, peers, results = {}, {}, {}
 
@@ -363,7 +363,7 @@ async def test_a_batch_is_served_first_and_its_answers_flushed_together():
         sock.close()
 
 
-# --- the loop in its own thread (trio's own clock) ------------------------------------
+# --- the loop in its own thread (thread=True, trio's own clock) ---------------------------
 
 
 async def _answer_of(peer: socket.socket) -> bytes:
@@ -378,7 +378,7 @@ async def test_under_trios_clock_the_loop_is_a_thread_that_answers_without_wakin
 
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=True)
     mine, peer = _socketpair()
     peer.setblocking(False)
     threads: set[str] = set()
@@ -425,7 +425,7 @@ async def test_a_cancellation_waits_for_the_serve_under_way_in_the_thread():
 
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=True)
     mine, peer = _socketpair()
     token = trio.lowlevel.current_trio_token()
     cancelling = threading.Event()
@@ -465,7 +465,7 @@ async def test_a_cancellation_waits_for_the_serve_under_way_in_the_thread():
 async def test_the_threads_loop_hands_every_parked_task_back_when_it_stops():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=True)
     results: list = []
     pairs = [_socketpair() for _ in range(3)]
 
@@ -486,10 +486,22 @@ async def test_the_threads_loop_hands_every_parked_task_back_when_it_stops():
         peer.close()
 
 
-async def test_under_the_mock_clock_the_loop_stays_a_task(autojump_clock):
+async def test_by_default_the_loop_is_a_task():
+    # The thread loses the pipelining client's turns to the others on a
+    # busy machine (see ReadyLoop): it is asked for, never the default.
     from trionet.serving import ReadyLoop
 
     ready = ReadyLoop()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ready.run)
+        assert not ready.threaded
+        nursery.cancel_scope.cancel()
+
+
+async def test_under_the_mock_clock_the_loop_stays_a_task(autojump_clock):
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop(thread=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(ready.run)
         assert not ready.threaded  # a thread would let the clock jump while it serves
