@@ -505,6 +505,9 @@ class DirectSocketIO:
 
 _sched_yield = getattr(os, "sched_yield", lambda: None)
 
+GIVE_WAY_TIMEOUT = 0.01
+"""The longest :meth:`ReadyLoop.give_way` waits for the loop's thread to finish a batch (a safety net: a batch takes microseconds)."""
+
 
 class ReadyLoop:
     """The course's select loop beside trio: one loop serves the waiting connections it can answer at once.
@@ -536,18 +539,13 @@ class ReadyLoop:
     :meth:`run`), blocked in ``epoll_wait`` on its set: a request then costs
     one wake-up of that thread and no pass through trio's run loop (at one
     client, 17.5 µs of server CPU per round trip of a constant answer
-    instead of 31.5: ``tools/bench_wake.py``, docs/benchmarks.md). It is not
-    the default because it loses a guarantee the task keeps: a client that
-    pipelines hundreds of requests is answered by the event loop one
-    checkpoint at a time, and the task loop serves the others between two of
-    them; the thread must win the GIL and a CPU from the event loop first,
-    and on a busy machine it lost for long enough that 30-82 of the
-    pipelined requests went before another client's one (3 runs in 25 of
-    ``test_a_pipelining_client_takes_turns_with_the_others``, with or
-    without a CPU hog beside it; always 10 with the task). Under a
-    :class:`trio.testing.MockClock` (tests, ``autojump_clock``) it is a
-    task whatever ``thread`` says: a thread trio cannot see would let the
-    clock jump while it serves.
+    instead of 31.5: ``tools/bench_wake.py``, docs/benchmarks.md). A task
+    that answers a pipelining client one request per checkpoint calls
+    :meth:`give_way` before each checkpoint, so the thread, which gets no
+    turn at a checkpoint, serves the other clients between two of them as
+    the task loop does. Under a :class:`trio.testing.MockClock` (tests,
+    ``autojump_clock``) it is a task whatever ``thread`` says: a thread
+    trio cannot see would let the clock jump while it serves.
 
     Structured concurrency stays whole: the connection's task still owns
     the connection and waits in :meth:`park` under its own cancel scopes
@@ -590,6 +588,9 @@ class ReadyLoop:
         self._lock = threading.Lock()
         self._wake: Callable[[trio.lowlevel.Task, outcome.Outcome], None] = trio.lowlevel.reschedule
         self._parked: dict[int, tuple[trio.lowlevel.Task, Callable[[], bool], Callable[[], bool] | None]] = {}
+        self._done = threading.Condition(threading.Lock())
+        self._finished = 0  # batches finished, under _done
+        self._waiting = 0  # event-loop callers of give_way waiting on _done
         self.batches = 0
         """Batches served (wake-ups of the loop): with :attr:`served`, how much one wake-up did."""
         self.served = 0
@@ -701,6 +702,10 @@ class ReadyLoop:
             with lock:
                 if parked.get(fd) is entry:  # (a task cancelled meanwhile sends its own answers)
                     self._turn(fd, entry[0], entry[2])
+        with self._done:  # (uncontended but for give_way: about 0.1 µs a batch)
+            self._finished += 1
+            if self._waiting:
+                self._done.notify_all()
         if flushes and self.yield_after_flush:
             # The answers just sent woke their clients. On a shared machine
             # (a load generator beside the server, two workers on two cores)
@@ -711,6 +716,39 @@ class ReadyLoop:
             # else runnable the call returns at once.
             _sched_yield()
         return True
+
+    def give_way(self) -> None:
+        """At a checkpoint of a task that goes on without waiting: let the loop's thread serve the sockets ready first.
+
+        For the event loop's thread only, right before
+        ``trio.lowlevel.checkpoint()`` in a loop that handles a pipelining
+        client's requests one after the other. The checkpoint lets trio's
+        other tasks run, but not the loop's thread: that one runs only when
+        it wins the GIL, which the event loop, busy with the pipeline, gives
+        up only every ``sys.getswitchinterval()`` (5 ms, a hundred requests).
+        So when the loop runs as a thread and its set has a socket ready,
+        this waits (the GIL released) until the thread has finished a batch,
+        at most :data:`GIVE_WAY_TIMEOUT`: each pipelined request then lets
+        the parked connections have one turn, as the task loop does. It
+        costs one ``epoll_wait`` that does not wait when the loop is a
+        thread, and nothing when it is a task.
+        """
+        epoll = self._epoll
+        if not self.threaded or epoll is None:
+            return
+        done = self._done
+        with done:
+            seen = self._finished  # read first: a batch that ends after the look below must count
+            try:
+                if not epoll.poll(0, 1):
+                    return
+            except (OSError, ValueError):
+                return  # closed by run() as it ended
+            self._waiting += 1
+            try:
+                done.wait_for(lambda: self._finished != seen, GIVE_WAY_TIMEOUT)
+            finally:
+                self._waiting -= 1
 
     async def park(self, sock, serve: Callable[[], bool], flush: Callable[[], bool] | None = None) -> bool:
         """Wait until ``serve()`` hands the connection back (returns False or raises); see the class.

@@ -141,7 +141,7 @@ async def _parked_pair(ready, serve, nursery):
 async def test_ready_loop_serves_parked_sockets_in_batches_without_waking_their_tasks():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)  # a task: wait_all_tasks_blocked() means it has served
     seen: list[bytes] = []
     socks = {}
 
@@ -187,7 +187,7 @@ async def test_ready_loop_serves_parked_sockets_in_batches_without_waking_their_
 async def test_ready_loop_hands_serves_exception_to_the_parked_task():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)
 
     def serve() -> bool:
         raise ConnectionResetError("reset by peer")
@@ -206,7 +206,7 @@ async def test_ready_loop_hands_serves_exception_to_the_parked_task():
 async def test_a_cancelled_parked_task_leaves_the_set_at_once():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)
     calls: list = []
     async with trio.open_nursery() as nursery:
         await nursery.start(ready.run)
@@ -227,7 +227,7 @@ async def test_a_cancelled_parked_task_leaves_the_set_at_once():
 async def test_parked_tasks_go_on_alone_when_the_loop_stops_or_never_ran():
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)
     async with trio.open_nursery() as nursery:
         async with trio.open_nursery() as loop_nursery:
             await loop_nursery.start(ready.run)
@@ -275,7 +275,7 @@ async def test_the_loop_yields_the_cpu_once_after_a_batch_it_answered_and_never_
 
     calls: list[str] = []
     monkeypatch.setattr(serving, "_sched_yield", lambda: calls.append("yield"))
-    ready = serving.ReadyLoop()
+    ready = serving.ReadyLoop(thread=False)
     socks, peers = {}, {}
 
     def server(name):
@@ -320,7 +320,7 @@ async def test_a_batch_is_served_first_and_its_answers_flushed_together():
     # As the course's loop: handle every readable socket, then send the queued replies.
     from trionet.serving import ReadyLoop
 
-    ready = ReadyLoop()
+    ready = ReadyLoop(thread=False)
     calls: list[str] = []
     socks, peers, results = {}, {}, {}
 
@@ -496,6 +496,40 @@ async def test_by_default_the_loop_is_a_task():
         await nursery.start(ready.run)
         assert not ready.threaded
         nursery.cancel_scope.cancel()
+
+
+async def test_give_way_lets_the_threads_loop_serve_between_two_steps_of_a_busy_task():
+    # A task working through a client's pipeline checkpoints once per
+    # request, which lets trio's other tasks run but not the loop's thread:
+    # that one waits for the GIL, which a busy event loop gives up only every
+    # switch interval (5 ms). give_way() hands it over when the set has work.
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop(thread=True)
+    mine, peer = _socketpair()
+    steps = 0
+    served_at: list[int] = []
+
+    def serve() -> bool:
+        mine.recv(100)
+        served_at.append(steps)
+        return True
+
+    with mine, peer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ready.run)
+            nursery.start_soon(ready.park, mine, serve)
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(20):
+                peer.send(b"x")
+                start = steps
+                while len(served_at) < _ + 1 and steps < start + 5000:
+                    ready.give_way()
+                    await trio.lowlevel.checkpoint()
+                    sum(range(2000))  # a request's work: tens of microseconds
+                    steps += 1
+                assert served_at[-1] - start <= 1  # measured: 0 (without give_way: 640 steps)
+            nursery.cancel_scope.cancel()
 
 
 async def test_under_the_mock_clock_the_loop_stays_a_task(autojump_clock):

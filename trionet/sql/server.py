@@ -277,6 +277,7 @@ class SqlServer:
                             io.read_ready(proto)  # direct: what woke us up (EOF reads b"")
                         request = proto.next_event()
                 else:
+                    ready.give_way()  # the ready loop's thread, if it runs as one, first
                     await trio.lowlevel.checkpoint()
             except (trio.BrokenResourceError, OSError):
                 return  # reset by the client
