@@ -533,19 +533,20 @@ class ReadyLoop:
     has handled every readable socket): a client with many connections then
     finds several answers per wake-up (docs/benchmarks.md).
 
-    Where the loop runs. By default it is a trio task, waiting for the set
-    with one :func:`trio.lowlevel.wait_readable`. With ``thread=True`` (and
-    trio's own clock) it is a thread of its own (started and stopped by
-    :meth:`run`), blocked in ``epoll_wait`` on its set: a request then costs
-    one wake-up of that thread and no pass through trio's run loop (at one
-    client, 17.5 µs of server CPU per round trip of a constant answer
-    instead of 31.5: ``tools/bench_wake.py``, docs/benchmarks.md). A task
-    that answers a pipelining client one request per checkpoint calls
-    :meth:`give_way` before each checkpoint, so the thread, which gets no
-    turn at a checkpoint, serves the other clients between two of them as
-    the task loop does. Under a :class:`trio.testing.MockClock` (tests,
-    ``autojump_clock``) it is a task whatever ``thread`` says: a thread
-    trio cannot see would let the clock jump while it serves.
+    Where the loop runs. By default (``thread=True``, under trio's own
+    clock) it is a thread of its own, started at the first :meth:`park`
+    (a service that never parks has none) and stopped by :meth:`run`,
+    blocked in ``epoll_wait`` on its set: a request then costs one wake-up
+    of that thread and no pass through trio's run loop (at one client, 17.5
+    µs of server CPU per round trip of a constant answer instead of 31.5:
+    ``tools/bench_wake.py``, docs/benchmarks.md). With ``thread=False``, or
+    under a :class:`trio.testing.MockClock` (tests, ``autojump_clock``: a
+    thread trio cannot see would let the clock jump while it serves), it is
+    a trio task waiting for the set with one
+    :func:`trio.lowlevel.wait_readable`. A task that answers a pipelining
+    client one request per checkpoint calls :meth:`give_way` before each
+    checkpoint, so the thread, which gets no turn at a checkpoint, serves
+    the other clients between two of them as the task loop does.
 
     Structured concurrency stays whole: the connection's task still owns
     the connection and waits in :meth:`park` under its own cancel scopes
@@ -574,17 +575,18 @@ class ReadyLoop:
     readable: the caller's own loop serves it, as it would without one.
     """
 
-    def __init__(self, max_events: int = 256, yield_after_flush: bool = True, thread: bool = False) -> None:
+    def __init__(self, max_events: int = 256, yield_after_flush: bool = True, thread: bool = True) -> None:
         self.max_events = max_events
         self.yield_after_flush = yield_after_flush
         """Whether the loop gives up the CPU (``sched_yield``) after each batch that sent answers."""
         self.thread = thread
         """Whether the loop may run in a thread of its own (under trio's own clock; see the class)."""
         self.threaded = False
-        """Whether the running loop is a thread."""
+        """Whether the running loop is a thread (from the first :meth:`park` on)."""
         self.now: Callable[[], float] = trio.current_time
         """trio's clock, readable from the loop's thread: what ``serve()`` uses for "now"."""
         self._epoll = None
+        self._first_park: trio.Event | None = None  # set by the first park: the thread starts then
         self._lock = threading.Lock()
         self._wake: Callable[[trio.lowlevel.Task, outcome.Outcome], None] = trio.lowlevel.reschedule
         self._parked: dict[int, tuple[trio.lowlevel.Task, Callable[[], bool], Callable[[], bool] | None]] = {}
@@ -621,6 +623,7 @@ class ReadyLoop:
                 task_status.started()
                 await self._run_task(epoll)
         finally:
+            self._first_park = None
             with self._lock:
                 self._epoll = None
                 self.threaded = False
@@ -640,7 +643,14 @@ class ReadyLoop:
     async def _run_thread(self, epoll, task_status) -> None:
         # The loop as a thread; this task waits for it and stops it: a byte
         # on the wake pipe (in the set) ends it, and the task returns (or is
-        # cancelled) only once the thread has.
+        # cancelled) only once the thread has. The thread starts at the
+        # first park: a service whose connections never park (names, ring,
+        # metrics) never has one. Parks before then go in the set already.
+        first_park = self._first_park = trio.Event()
+        with self._lock:
+            self._epoll = epoll
+        task_status.started()
+        await first_park.wait()
         token = trio.lowlevel.current_trio_token()
         ended = trio.Event()
         result: list[outcome.Outcome] = []
@@ -653,13 +663,11 @@ class ReadyLoop:
         try:
             epoll.register(wake_r, select.EPOLLIN)
             with self._lock:
-                self._epoll = epoll
                 self.threaded = True
                 self._wake = lambda task, value: token.run_sync_soon(trio.lowlevel.reschedule, task, value)
             trio.lowlevel.start_thread_soon(
                 lambda: self._thread_loop(epoll, wake_r), deliver, name="trionet ready loop"
             )
-            task_status.started()
             try:
                 await ended.wait()
             finally:
@@ -780,6 +788,10 @@ class ReadyLoop:
         with self._lock:
             self._parked[fd] = entry  # before the set: the thread may see the socket ready at once
             epoll.register(fd, select.EPOLLIN)
+        first_park = self._first_park
+        if first_park is not None:
+            self._first_park = None
+            first_park.set()  # the loop's thread starts
 
         def abort(_raise_cancel) -> trio.lowlevel.Abort:
             with self._lock:  # waits out a serve() or flush() of this connection under way

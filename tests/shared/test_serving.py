@@ -401,9 +401,9 @@ async def test_under_trios_clock_the_loop_is_a_thread_that_answers_without_wakin
     with mine, peer:
         async with trio.open_nursery() as nursery:
             await nursery.start(ready.run)
-            assert ready.threaded
             nursery.start_soon(task)
             await trio.testing.wait_all_tasks_blocked()
+            assert ready.threaded
             for word in (b"one", b"two", b"three"):
                 peer.send(word)
                 assert await _answer_of(peer) == word.upper()
@@ -486,16 +486,28 @@ async def test_the_threads_loop_hands_every_parked_task_back_when_it_stops():
         peer.close()
 
 
-async def test_by_default_the_loop_is_a_task():
-    # The thread loses the pipelining client's turns to the others on a
-    # busy machine (see ReadyLoop): it is asked for, never the default.
+async def test_by_default_the_loop_is_a_thread_started_by_the_first_park():
+    import threading
+
     from trionet.serving import ReadyLoop
 
+    def loop_threads() -> int:
+        return sum(t.name == "trionet ready loop" for t in threading.enumerate())
+
     ready = ReadyLoop()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ready.run)
-        assert not ready.threaded
-        nursery.cancel_scope.cancel()
+    mine, peer = _socketpair()
+    with mine, peer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ready.run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not ready.threaded and loop_threads() == 0  # a service that never parks has no thread
+            nursery.start_soon(ready.park, mine, lambda: mine.send(mine.recv(100).upper()) > 0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ready.threaded
+            peer.send(b"x")  # parked before the thread ran, served by it
+            assert await _answer_of(peer) == b"X" and ready.served == 1
+            assert loop_threads() == 1
+            nursery.cancel_scope.cancel()
 
 
 async def test_give_way_lets_the_threads_loop_serve_between_two_steps_of_a_busy_task():
