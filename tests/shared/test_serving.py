@@ -532,10 +532,10 @@ async def test_give_way_lets_the_threads_loop_serve_between_two_steps_of_a_busy_
             await nursery.start(ready.run)
             nursery.start_soon(ready.park, mine, serve)
             await trio.testing.wait_all_tasks_blocked()
-            for _ in range(20):
+            for sent in range(1, 21):
                 peer.send(b"x")
                 start = steps
-                while len(served_at) < _ + 1 and steps < start + 5000:
+                while len(served_at) < sent and steps < start + 5000:
                     ready.give_way()
                     await trio.lowlevel.checkpoint()
                     sum(range(2000))  # a request's work: tens of microseconds
