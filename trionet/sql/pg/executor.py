@@ -157,6 +157,10 @@ class ConnState:
     # declared types (what literals cannot change), and whether its literals
     # may run bound (:func:`bind_literals`; False once a bound run did not fit).
     query_plans: dict[str, tuple[FastPlan, tuple[str, ...], bool]] = field(default_factory=dict)
+    # A simple Query's text with its literals bound (bind_literals) -> its
+    # shape: one scan of each text instead of two (texts that bind alike have
+    # one shape; see _fast_query).
+    bound_shapes: dict[str, str] = field(default_factory=dict)
     # The last CommandComplete of a fast path: (words, rows, changes, its bytes), see _remembered_completion.
     last_completion: tuple = ((), -1, -1, b"")
 
@@ -385,14 +389,31 @@ class Executor:
         plans = st.query_plans
         if not plans or st.running is not None or st.txn.failed or len(sql) > _SPLIT_INLINE_CHARS or "$" in sql:
             return False
-        shape = _shape(sql)
+        session = st.session
+        if session.database.value_indexes:  # nothing is bound (see _simple_query)
+            bound = None
+            shape = _shape(sql)
+        else:
+            # Bind first: the text bound is the shape's key too. Two texts
+            # that bind to one text differ only in the literals bound, each
+            # of which _shape reads as one literal in the same place, so
+            # they have one shape (hypothesis checks it, tests/sql/pg).
+            bound = bind_literals(sql)
+            shapes = st.bound_shapes
+            shape = None if bound is None else shapes.get(bound[0])
+            if shape is None:
+                shape = _shape(sql)
+                if bound is not None:
+                    if len(shapes) >= _DECL_CACHE_SIZE:
+                        shapes.clear()
+                    shapes[bound[0]] = shape
         known = plans.get(shape)
         if known is None:
             return False
         plan, words, bindable = known
-        bound = bind_literals(sql) if bindable else None
+        if not bindable:
+            bound = None
         text, values = (sql, None) if bound is None else bound
-        session = st.session
         verdict = session.database.inline_verdict(text)
         if verdict is False:
             return False
