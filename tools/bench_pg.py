@@ -22,6 +22,10 @@ Servers:
 - ``trionet``: ``python3 -m trionet sql serve --db FILE --pg-port PORT
   --workers auto`` (``--trionet-args`` to change), read-only, default limits;
 - ``trionet-1``: the same with ``--workers 1``, one process (``--no-single`` drops it);
+- ``pg-floor`` and ``pg-floor-canned`` (with ``--floor``):
+  ``tools/baselines/pg_floor.py``, one worker per core: the least a Python
+  server can do per transaction (an ``epoll`` loop, SQLite inline), and the
+  same loop answering without SQLite;
 - ``trionet-before`` (with ``--compare-tree DIR``): trionet from another
   source tree (an older commit: ``git archive COMMIT | tar -x -C DIR``) with
   the same arguments, so a change is measured before and after in one run.
@@ -223,6 +227,20 @@ def start_trionet(name: str, db: Path, workdir: Path, extra: list[str], tree: Pa
     return Server(name, proc, port, "bench", log_path)
 
 
+def start_floor(name: str, db: Path, workdir: Path, extra: list[str]) -> Server:
+    """``tools/baselines/pg_floor.py``: the least a Python server can do per transaction."""
+    log_path = workdir / f"{name}.log"
+    port = _free_port()
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [PY, str(ROOT / "tools" / "baselines" / "pg_floor.py"), "--db", str(db), "--port", str(port),
+             "--workers", str(os.cpu_count() or 1), *extra],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    _wait_ready(proc, port, log_path)
+    return Server(name, proc, port, "bench", log_path)
+
+
 def _wait_ready(proc: subprocess.Popen, port: int, log_path: Path) -> None:
     deadline = time.monotonic() + 60
     while True:
@@ -385,8 +403,9 @@ def print_table(summaries: list[Summary]) -> None:
 )
 @click.option("--clients", default="1,32", show_default=True, help="pgbench -c of each case, comma-separated.")
 @click.option("--modes", default="simple,prepared", show_default=True, help="pgbench -M of each case, comma-separated.")
+@click.option("--floor", is_flag=True, help="Also measure tools/baselines/pg_floor.py, with and without SQLite.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every run here.")
-def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, modes, json_path) -> None:
+def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, modes, floor, json_path) -> None:
     """Run pgbench's point select against PostgreSQL 15 and trionet, interleaved, and print the medians."""
     run_cases = cases(clients, modes)
     if not (PG_BIN / "initdb").exists() or shutil.which("pgbench") is None:
@@ -407,6 +426,9 @@ def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, 
                 servers.append(start_trionet("trionet-1", db, workdir, ["--workers", "1"]))
             if compare_tree is not None:
                 servers.append(start_trionet("trionet-before", db, workdir, trionet_args.split(), compare_tree))
+            if floor:
+                servers.append(start_floor("pg-floor", db, workdir, []))
+                servers.append(start_floor("pg-floor-canned", db, workdir, ["--canned"]))
             names = [s.name for s in servers]
             info = machine()
             print(f"machine: {info}", file=sys.stderr)
@@ -436,7 +458,7 @@ def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, 
     if json_path is not None:
         json_path.write_text(json.dumps(
             {"machine": info, "seconds": seconds, "rounds": rounds, "rows": rows, "trionet_args": trionet_args,
-             "compare_tree": str(compare_tree) if compare_tree else None, "cases": run_cases,
+             "compare_tree": str(compare_tree) if compare_tree else None, "floor": floor, "cases": run_cases,
              "runs": [[r.__dict__ for r in rnd] for rnd in runs], "summary": [s.__dict__ for s in summaries]},
             indent=1,
         ))  # fmt: skip
