@@ -206,3 +206,33 @@ async def test_a_statement_that_is_not_a_read_forgets_the_plans(start_pg, fast_q
         await _round_trip(stream, run)
     assert fast_queries == [False, True, False, False, True]
     assert fast_runs == [False, True, False, True]
+
+
+async def test_the_shapes_remembered_by_bound_text_stay_few_short_and_useful(start_pg, monkeypatch):
+    # ConnState.bound_shapes: a client sending endless distinct texts must not grow it.
+    states = []
+    original = Executor._fast_query
+
+    def spy(self, st_, sql):
+        states.append(st_)
+        return original(self, st_, sql)
+
+    monkeypatch.setattr(Executor, "_fast_query", spy)
+    _, address = await start_pg()
+    stream = await start_session(address)
+
+    async def query(sql: str) -> list[tuple[str, bytes]]:
+        return await _round_trip(stream, typed(b"Q", sql.encode() + b"\0"))
+
+    await query("select id from quakes where nst = 7 and mag > 1.5")  # the slow path: its shape gets a plan
+    for n in range(300):  # the real is not bound: 300 bound texts of one shape
+        answer = await query(f"select id from quakes where nst = {n % 9} and mag > {n}.5")
+        assert [k for k, _ in answer[-2:]] == ["C", "Z"]
+    for _ in range(2):  # a long text: its shape gets a plan, its bound text is not kept
+        await query("select id from quakes where nst = 3" + " " * 2000)
+    for _ in range(2):  # an expression column: this shape never gets a plan, its bound text is not kept
+        await query("select id, 1 from quakes where nst = 3")
+    shapes = states[-1].bound_shapes
+    assert 0 < len(shapes) <= 256
+    assert all(len(text) <= 1024 and shape in states[-1].query_plans for text, shape in shapes.items())
+    assert "select id from quakes where nst = ?1 and mag > 299.5" in shapes

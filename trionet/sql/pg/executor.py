@@ -57,6 +57,7 @@ _SPLIT_INLINE_CHARS = 64 * 1024  # SQL longer than this is split in a worker thr
 _ROW_WORDS = ("SELECT", "WITH", "VALUES")
 _TEXTUAL = types.TEXTUAL
 _DECL_CACHE_SIZE = 256  # statement shapes whose declared column types a connection remembers
+_BOUND_KEY_CHARS = 1024  # the longest bound text whose shape a connection remembers (ConnState.bound_shapes)
 _PARSED_CACHE_SIZE = 64  # unnamed-statement texts whose Parse (and fast plan) a connection remembers
 # A literal (number or string) in SQL text; quoted names and comments match too, to be kept as they are.
 # The lookahead lets the scan pass over every other character at once (half the time of a pgbench query's shape).
@@ -403,7 +404,9 @@ class Executor:
             shape = None if bound is None else shapes.get(bound[0])
             if shape is None:
                 shape = _shape(sql)
-                if bound is not None:
+                # Only what the plans can use, and short texts: at most
+                # _DECL_CACHE_SIZE keys of _BOUND_KEY_CHARS each per connection.
+                if bound is not None and shape in plans and len(bound[0]) <= _BOUND_KEY_CHARS:
                     if len(shapes) >= _DECL_CACHE_SIZE:
                         shapes.clear()
                     shapes[bound[0]] = shape
