@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from trionet.sql.pg import executor
 from trionet.sql.pg.executor import Executor, _shape
-from trionet.sql.pg.literals import MAX_BOUND, bind_literals
+from trionet.sql.pg.literals import MAX_BOUND, bind_literals, bind_one_number, rebind
 from trionet.sql.session import Session
 
 from .conftest import make_db, startup_packet, typed
@@ -119,6 +119,35 @@ def test_texts_that_bind_to_one_text_have_one_shape(slots, tail):
         assert _shape(a) == _shape(b)
 
 
+_DIGITS = st.text(alphabet=st.sampled_from("0123456789 x.e-'\u0663\u00b2"), min_size=1, max_size=22)
+
+
+@given(
+    st.lists(st.tuples(_FRAGMENT, st.sampled_from(["=", " = ", "<>", ">=  "]), _VALUE, _VALUE), min_size=1, max_size=3),
+    _FRAGMENT,
+    st.integers(0, (1 << 64)) | _DIGITS,
+)
+@example([("SELECT abalance FROM pgbench_accounts WHERE aid ", "= ", 1, 1)], ";", 99999)
+@example([("a ", "= ", 5, 5)], "", "9" * 19)
+@example([("a ", "= ", 5, 5)], "", "\u0663")
+@example([("a ", "= ", 5, 5)], " ;", "0" * 19 + "1")  # 20 digits: a real to SQLite, whatever their value
+@example([("a ", "= ", 5, 5)], "", "12.5")
+def test_a_text_rebound_by_its_memo_binds_as_the_scan_binds_it(slots, tail, other):
+    sql = "".join(f + op + _as_literal(x) for f, op, x, _ in slots) + tail
+    found, memo = bind_one_number(sql)
+    assert found == bind_literals(sql)
+    if memo is None:
+        assert found is None or len(found[1]) != 1 or not isinstance(found[1][0], int)
+        return
+    head, rest, text = memo
+    assert head + str(found[1][0]) + rest == sql or int(sql[len(head) : len(sql) - len(rest)]) == found[1][0]
+    again = head + str(other) + rest
+    rebound = rebind(again, memo)
+    assert rebound is None or rebound == bind_literals(again)
+    if isinstance(other, int) and other < 1 << 63:
+        assert rebound == (text, (other,))  # another integer: always rebound
+
+
 # --- identical answers in SQLite -----------------------------------------------------------
 
 _SCHEMA = "CREATE TABLE t(id INTEGER PRIMARY KEY, i INTEGER, r REAL, s TEXT, b BLOB);"
@@ -202,15 +231,23 @@ async def _session(address) -> trio.SocketStream:
 
 @pytest.fixture
 def bound(monkeypatch):
-    """What :func:`bind_literals` returned for each simple Query the fast path tried."""
+    """What the fast path bound for each simple Query it tried: by the last text's memo, or by a scan."""
     results: list[tuple | None] = []
-    original = executor.bind_literals
+    rebind, scan = executor.rebind, executor.bind_one_number
 
-    def spy(sql):
-        results.append(original(sql))
-        return results[-1]
+    def rebind_spy(sql, memo):
+        found = rebind(sql, memo)
+        if found is not None:
+            results.append(found)
+        return found
 
-    monkeypatch.setattr(executor, "bind_literals", spy)
+    def scan_spy(sql):
+        found = scan(sql)
+        results.append(found[0])
+        return found
+
+    monkeypatch.setattr(executor, "rebind", rebind_spy)
+    monkeypatch.setattr(executor, "bind_one_number", scan_spy)
     return results
 
 

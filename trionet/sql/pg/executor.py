@@ -28,7 +28,7 @@ from trionet.sql.pg import catalog, describe, params, types
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.columns import executed_names, expression_oids
 from trionet.sql.pg.config import PgConfig
-from trionet.sql.pg.literals import bind_literals
+from trionet.sql.pg.literals import bind_one_number, rebind
 from trionet.sql.pg.protocol import PgServerProtocol, PortalRun
 from trionet.sql.pg.session import (
     SERVER_VERSION,
@@ -162,6 +162,8 @@ class ConnState:
     # shape: one scan of each text instead of two (texts that bind alike have
     # one shape; see _fast_query).
     bound_shapes: dict[str, str] = field(default_factory=dict)
+    # The last simple Query that bound one integer, cut around it (bind_one_number).
+    bind_memo: tuple[str, str, str] | None = None
     # The last CommandComplete of a fast path: (words, rows, changes, its bytes), see _remembered_completion.
     last_completion: tuple = ((), -1, -1, b"")
 
@@ -399,7 +401,11 @@ class Executor:
             # that bind to one text differ only in the literals bound, each
             # of which _shape reads as one literal in the same place, so
             # they have one shape (hypothesis checks it, tests/sql/pg).
-            bound = bind_literals(sql)
+            memo = st.bind_memo
+            bound = None if memo is None else rebind(sql, memo)  # the same text, another integer: no scan
+            if bound is None:
+                bound, memo = bind_one_number(sql)
+                st.bind_memo = memo if len(sql) <= _BOUND_KEY_CHARS else None
             shapes = st.bound_shapes
             shape = None if bound is None else shapes.get(bound[0])
             if shape is None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MAX_BOUND", "bind_literals"]
+__all__ = ["MAX_BOUND", "bind_literals", "bind_one_number", "rebind"]
 
 MAX_BOUND = 100  # a text with more bindable literals than this runs as it is
 
@@ -71,9 +71,53 @@ def bind_literals(sql: str) -> tuple[str, tuple[int | str, ...]] | None:
         answers what ``sql`` answers (see the module docstring for the rule
         and why).
     """
+    found = _bind(sql)
+    return None if found is None else found[:2]
+
+
+def bind_one_number(sql: str) -> tuple[tuple[str, tuple[int | str, ...]] | None, tuple[str, str, str] | None]:
+    """:func:`bind_literals`'s answer for ``sql``, and a memo for :func:`rebind` when it bound one integer, else None.
+
+    The memo is the text around the integer (head and tail) and the text
+    bound: pgbench's ``... WHERE aid = 48213;`` gives ``("... WHERE aid = ",
+    ";", "... WHERE aid = ?1;")``.
+    """
+    found = _bind(sql)
+    if found is None:
+        return None, None
+    text, values, (start, end) = found
+    if len(values) != 1 or type(values[0]) is not int:
+        return (text, values), None
+    return (text, values), (sql[:start], sql[end:], text)
+
+
+def rebind(sql: str, memo: tuple[str, str, str]) -> tuple[str, tuple[int]] | None:
+    """What :func:`bind_literals` gives ``sql`` when it is ``memo``'s text with another integer; else None.
+
+    Without a scan: ``sql`` must be the memo's head, then ASCII digits of a
+    64-bit integer, then its tail. Everything around the integer is the text
+    that bound one integer there, so the scan would read it alike: the head
+    ends with the comparison operator (and its spaces), the tail starts with
+    what made the old digits a whole number, and no comment or quote in the
+    head reaches past it (or the old integer would not have been bound).
+    Hypothesis holds it against :func:`bind_literals` (tests/sql/pg/test_literals.py).
+    """
+    head, tail, text = memo
+    if not sql.startswith(head) or not sql.endswith(tail):
+        return None
+    digits = sql[len(head) : len(sql) - len(tail)]  # "" when the two overlap
+    if len(digits) > 19 or not (digits.isascii() and digits.isdigit()):
+        return None
+    value = int(digits)
+    return None if value > _INT64_MAX else (text, (value,))
+
+
+def _bind(sql: str) -> tuple[str, tuple[int | str, ...], tuple[int, int]] | None:
+    # bind_literals, and where in sql its first value was.
     parts: list[str] = []
     values: list[int | str] = []
     done = 0  # sql[:done] is in parts
+    first = (0, 0)
     for match in _TOKEN.finditer(sql):
         kind = match.lastgroup
         if kind == "skip":
@@ -93,7 +137,9 @@ def bind_literals(sql: str) -> tuple[str, tuple[int | str, ...]] | None:
         parts.append(sql[done:start])
         parts.append(f"?{len(values)}")
         done = start + len(token)
+        if len(values) == 1:
+            first = (start, done)
     if not values:
         return None
     parts.append(sql[done:])
-    return "".join(parts), tuple(values)
+    return "".join(parts), tuple(values), first
