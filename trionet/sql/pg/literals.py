@@ -106,10 +106,17 @@ def rebind(sql: str, memo: tuple[str, str, str]) -> tuple[str, tuple[int]] | Non
     if not sql.startswith(head) or not sql.endswith(tail):
         return None
     digits = sql[len(head) : len(sql) - len(tail)]  # "" when the two overlap
-    if len(digits) > 19 or not (digits.isascii() and digits.isdigit()):
+    if not (digits.isascii() and digits.isdigit()) or (value := _int64(digits)) is None:
+        return None
+    return text, (value,)
+
+
+def _int64(digits: str) -> int | None:
+    # The value of ASCII digits SQLite reads as a 64-bit integer; None: it reads a real.
+    if len(digits) > 19:
         return None
     value = int(digits)
-    return None if value > _INT64_MAX else (text, (value,))
+    return value if value <= _INT64_MAX else None
 
 
 def _bind(sql: str) -> tuple[str, tuple[int | str, ...], tuple[int, int]] | None:
@@ -126,7 +133,7 @@ def _bind(sql: str) -> tuple[str, tuple[int | str, ...], tuple[int, int]] | None
             return None
         token = match.group(kind)
         if kind == "number":
-            if len(token) > 19 or (value := int(token)) > _INT64_MAX:
+            if (value := _int64(token)) is None:
                 continue  # a real to SQLite
         else:
             value = token[1:-1].replace("''", "'")
