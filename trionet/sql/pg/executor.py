@@ -393,10 +393,8 @@ class Executor:
         if not plans or st.running is not None or st.txn.failed or len(sql) > _SPLIT_INLINE_CHARS or "$" in sql:
             return False
         session = st.session
-        if session.database.value_indexes:  # nothing is bound (see _simple_query)
-            bound = None
-            shape = _shape(sql)
-        else:
+        bound = None  # nothing is bound on a database with value indexes (see _simple_query)
+        if not session.database.value_indexes:
             # Bind first: the text bound is the shape's key too. Two texts
             # that bind to one text differ only in the literals bound, each
             # of which _shape reads as one literal in the same place, so
@@ -406,16 +404,16 @@ class Executor:
             if bound is None:
                 bound, memo = bind_one_number(sql)
                 st.bind_memo = memo if len(sql) <= _BOUND_KEY_CHARS else None
-            shapes = st.bound_shapes
-            shape = None if bound is None else shapes.get(bound[0])
-            if shape is None:
-                shape = _shape(sql)
-                # Only what the plans can use, and short texts: at most
-                # _DECL_CACHE_SIZE keys of _BOUND_KEY_CHARS each per connection.
-                if bound is not None and shape in plans and len(bound[0]) <= _BOUND_KEY_CHARS:
-                    if len(shapes) >= _DECL_CACHE_SIZE:
-                        shapes.clear()
-                    shapes[bound[0]] = shape
+        shapes = st.bound_shapes
+        shape = None if bound is None else shapes.get(bound[0])
+        if shape is None:
+            shape = _shape(sql)
+            # Only what the plans can use, and short texts: at most
+            # _DECL_CACHE_SIZE keys of _BOUND_KEY_CHARS each per connection.
+            if bound is not None and shape in plans and len(bound[0]) <= _BOUND_KEY_CHARS:
+                if len(shapes) >= _DECL_CACHE_SIZE:
+                    shapes.clear()
+                shapes[bound[0]] = shape
         known = plans.get(shape)
         if known is None:
             return False
