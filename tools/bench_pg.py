@@ -26,6 +26,9 @@ Servers:
   ``tools/baselines/pg_floor.py``, one worker per core: the least a Python
   server can do per transaction (an ``epoll`` loop, SQLite inline), and the
   same loop answering without SQLite;
+- ``pg-floor-apsw`` (with ``--floor --floor-apsw``): the floor calling
+  SQLite through apsw (``pip install apsw``, for the benchmark only), a
+  thinner wrapper than the standard ``sqlite3`` module;
 - ``trionet-before`` (with ``--compare-tree DIR``): trionet from another
   source tree (an older commit: ``git archive COMMIT | tar -x -C DIR``) with
   the same arguments, so a change is measured before and after in one run.
@@ -52,6 +55,7 @@ Figures: ``docs/benchmarks.md``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -404,10 +408,18 @@ def print_table(summaries: list[Summary]) -> None:
 @click.option("--clients", default="1,32", show_default=True, help="pgbench -c of each case, comma-separated.")
 @click.option("--modes", default="simple,prepared", show_default=True, help="pgbench -M of each case, comma-separated.")
 @click.option("--floor", is_flag=True, help="Also measure tools/baselines/pg_floor.py, with and without SQLite.")
+@click.option(
+    "--floor-apsw", is_flag=True,
+    help="With --floor: also the floor calling SQLite through apsw instead of sqlite3 (pip install apsw first).",
+)  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every run here.")
-def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, modes, floor, json_path) -> None:
+def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, modes, floor, floor_apsw, json_path):
     """Run pgbench's point select against PostgreSQL 15 and trionet, interleaved, and print the medians."""
     run_cases = cases(clients, modes)
+    if floor_apsw and not floor:
+        raise click.UsageError("--floor-apsw goes with --floor")
+    if floor_apsw and importlib.util.find_spec("apsw") is None:
+        raise click.ClickException("--floor-apsw needs apsw (pip install apsw): the benchmark's own, not trionet's")
     if not (PG_BIN / "initdb").exists() or shutil.which("pgbench") is None:
         raise click.ClickException(f"needs PostgreSQL 15 in {PG_BIN} and pgbench (apt-get install postgresql-15)")
     servers: list[Server] = []
@@ -429,6 +441,8 @@ def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, 
             if floor:
                 servers.append(start_floor("pg-floor", db, workdir, []))
                 servers.append(start_floor("pg-floor-canned", db, workdir, ["--canned"]))
+                if floor_apsw:
+                    servers.append(start_floor("pg-floor-apsw", db, workdir, ["--apsw"]))
             names = [s.name for s in servers]
             info = machine()
             print(f"machine: {info}", file=sys.stderr)
@@ -458,7 +472,7 @@ def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, 
     if json_path is not None:
         json_path.write_text(json.dumps(
             {"machine": info, "seconds": seconds, "rounds": rounds, "rows": rows, "trionet_args": trionet_args,
-             "compare_tree": str(compare_tree) if compare_tree else None, "floor": floor, "cases": run_cases,
+             "compare_tree": str(compare_tree) if compare_tree else None, "floor": floor, "floor_apsw": floor_apsw, "cases": run_cases,
              "runs": [[r.__dict__ for r in rnd] for rnd in runs], "summary": [s.__dict__ for s in summaries]},
             indent=1,
         ))  # fmt: skip
