@@ -99,6 +99,12 @@ class ServiceCollector(Collector):
             "Reads the ready loop answered without waking the connection's task; per wake-up, how much it batched.",
             labels=["listener"],
         )
+        polled = CounterMetricFamily(
+            "trionet_ready_loop_polled",
+            "Wake-ups of the ready loop that found their requests while it was still polling for them "
+            "(--busy-poll-us), so it neither slept nor was woken.",
+            labels=["listener"],
+        )
         for service in self._services:
             open_.add_metric([service.name], len(service.connections))
             total.add_metric([service.name], service.accepted_total)
@@ -106,7 +112,8 @@ class ServiceCollector(Collector):
             requests.add_metric([service.name], service.requests_closed_total + live)
             wakeups.add_metric([service.name], service.ready.batches)
             answered.add_metric([service.name], service.ready.served)
-        yield from (open_, total, requests, wakeups, answered)
+            polled.add_metric([service.name], service.ready.polled)
+        yield from (open_, total, requests, wakeups, answered, polled)
 
 
 class FunctionCollector(Collector):

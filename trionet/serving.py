@@ -20,6 +20,7 @@ import os
 import select
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -505,6 +506,27 @@ class DirectSocketIO:
 
 _sched_yield = getattr(os, "sched_yield", lambda: None)
 
+DEFAULT_BUSY_POLL = 200e-6
+"""The default longest poll of :meth:`ReadyLoop`'s thread before it sleeps (``--busy-poll-us``), as Linux's haltpoll."""
+
+
+def poll_window(window: float, gap: float, limit: float) -> float:
+    """The next poll window of a loop that polled ``window`` seconds, then slept, and saw a request ``gap`` after it began.
+
+    The rule of Linux's guest halt-polling (``cpuidle-haltpoll``): a gap
+    within ``limit`` would have been caught by polling longer, so the
+    window doubles (from a quarter of ``limit``, up to ``limit``); a longer
+    gap means the client is idle or slow, and the window halves, down to 0
+    below an eighth of ``limit``. A loop that polls and finds the request
+    keeps its window. So a client that sends its next request soon after
+    its answer finds the loop awake (no sleep and wake-up between two
+    requests: on a virtual machine a wake-up costs tens of µs), and a quiet
+    server does not poll at all.
+    """
+    if gap <= limit:
+        return min(max(window * 2, limit / 4), limit)
+    return window / 2 if window > limit / 8 else 0.0
+
 GIVE_WAY_TIMEOUT = 0.01
 """The longest :meth:`ReadyLoop.give_way` waits for the loop's thread to finish a batch (a safety net: a batch takes microseconds)."""
 
@@ -548,6 +570,16 @@ class ReadyLoop:
     checkpoint, so the thread, which gets no turn at a checkpoint, serves
     the other clients between two of them as the task loop does.
 
+    Polling before sleeping. A thread that sleeps in ``epoll_wait`` after
+    each answer is woken for each request, and with one client at a time
+    that wake-up (tens of µs on a virtual machine, and caches gone cold)
+    costs more than answering. So the thread first polls the set for up to
+    a window (``epoll_wait`` with no timeout, yielding the CPU to anything
+    runnable between two looks), and sleeps only when nothing came. The
+    window follows :func:`poll_window`, Linux's halt-polling rule: it opens
+    while clients send again within :attr:`busy_poll` of their answers
+    (``--busy-poll-us``) and closes when they do not, so an idle server
+    does not poll. :attr:`polled` counts the batches found that way.
     Structured concurrency stays whole: the connection's task still owns
     the connection and waits in :meth:`park` under its own cancel scopes
     (the idle and send watchdogs, the drain, the grace deadline cancel it
@@ -593,10 +625,14 @@ class ReadyLoop:
         self._done = threading.Condition(threading.Lock())
         self._finished = 0  # batches finished, under _done
         self._waiting = 0  # event-loop callers of give_way waiting on _done
+        self.busy_poll = DEFAULT_BUSY_POLL
+        """The longest the loop's thread polls for the next request before it sleeps, in seconds (0: never polls)."""
         self.batches = 0
         """Batches served (wake-ups of the loop): with :attr:`served`, how much one wake-up did."""
         self.served = 0
         """``serve()`` calls that kept their connection parked."""
+        self.polled = 0
+        """Batches the thread found while it polled (:attr:`busy_poll`), before it would have slept."""
 
     @property
     def parked(self) -> int:
@@ -682,8 +718,25 @@ class ReadyLoop:
 
     def _thread_loop(self, epoll, wake_fd: int) -> None:
         max_events = self.max_events
+        clock = time.perf_counter
+        window = 0.0  # how long to poll before sleeping: adapted to the gaps seen (poll_window)
         while True:
-            events = epoll.poll(-1, max_events)  # the GIL is released while it waits
+            events = None
+            if window:
+                until = clock() + window
+                while True:
+                    events = epoll.poll(0, max_events)  # (the GIL is released in each)
+                    if events or clock() >= until:
+                        break
+                    # Polite: a process waiting for this CPU (the client
+                    # itself, on a small machine) runs first.
+                    _sched_yield()
+                if events:
+                    self.polled += 1
+            if not events:
+                start = clock()
+                events = epoll.poll(-1, max_events)  # the GIL is released while it waits
+                window = poll_window(window, window + clock() - start, self.busy_poll)
             if not self._batch(events, wake_fd):
                 return
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import socket
 
+import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trionet.framing import EOF
 from trionet.serving import IdleWatch, SendWatchdog
@@ -562,3 +565,72 @@ async def test_under_the_mock_clock_the_loop_stays_a_task(autojump_clock):
         assert not ready.threaded  # a thread would let the clock jump while it serves
         assert ready.now() == trio.current_time()
         nursery.cancel_scope.cancel()
+
+
+def test_the_poll_window_grows_while_clients_come_back_soon_and_closes_when_they_do_not():
+    from trionet.serving import poll_window
+
+    limit = 200e-6
+
+    def next_window(window: float, gap: float) -> float:
+        # The loop's rule: a request within the window is found by polling
+        # (the window stays); a later one is slept for, and adapts it.
+        return window if gap <= window else poll_window(window, gap, limit)
+
+    window, seen = 0.0, []
+    for _ in range(4):  # a client that asks again 80 µs after each answer
+        window = next_window(window, 80e-6)
+        seen.append(window)
+    assert seen == [limit / 4, limit / 2, limit / 2, limit / 2]  # found by polling from the third on
+    seen = []
+    for _ in range(3):  # then one that thinks for 5 ms between requests
+        window = next_window(window, 5e-3)
+        seen.append(window)
+    assert seen == [limit / 4, limit / 8, 0.0]  # halved, and below an eighth: no polling at all
+    assert poll_window(0.0, 10e-6, 0.0) == 0.0  # --busy-poll-us 0: never
+
+
+@given(
+    limit=st.floats(0, 0.01),
+    steps=st.lists(st.tuples(st.booleans(), st.floats(0, 0.1)), max_size=30),
+)
+def test_the_poll_window_stays_within_its_limit(limit, steps):
+    from trionet.serving import poll_window
+
+    window = 0.0
+    for slept, gap in steps:
+        window = poll_window(window, window + gap if slept else gap, limit)
+        assert 0.0 <= window <= limit
+        if limit == 0.0:
+            assert window == 0.0
+
+
+@pytest.mark.parametrize("busy_poll", [0.0, 0.05])
+async def test_a_client_that_asks_again_at_once_finds_the_thread_still_polling(busy_poll):
+    # With polling, a client that sends its next request right after each
+    # answer is served by the thread while it still polls: the wake-ups it
+    # finds that way are counted in `polled`. Without it, none are.
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop(thread=True)
+    ready.busy_poll = busy_poll  # 50 ms: far longer than a round trip, even on a loaded machine
+    mine, peer = _socketpair()
+
+    def serve() -> bool:
+        mine.send(mine.recv(100).upper())
+        return True
+
+    with mine, peer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ready.run)
+            nursery.start_soon(ready.park, mine, serve)
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(30):
+                peer.send(b"x")
+                assert await _answer_of(peer) == b"X"
+            nursery.cancel_scope.cancel()
+    assert ready.served == 30
+    if busy_poll:
+        assert ready.polled >= 20  # the first few grow the window; then nearly every one
+    else:
+        assert ready.polled == 0
