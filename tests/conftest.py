@@ -115,6 +115,29 @@ def _trionet_logger_restored():
 
 
 @pytest.fixture
+def scrape_metrics():
+    """``scrape(port)``: ``GET /metrics`` from a server's metrics port, as ``(sample name, sorted labels) -> value``."""
+    return _scrape_metrics
+
+
+def _scrape_metrics(port: int) -> dict[tuple, float]:
+    import socket
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+@pytest.fixture
 def server_process():
     """Start ``trionet ARGS...`` processes; they are killed at the end of the test."""
     started: list[ServerProcess] = []

@@ -284,30 +284,16 @@ def test_two_workers_write_to_one_database(server_process, quake_db):
             conn.close()
 
 
-def _scrape(port: int) -> dict[tuple, float]:
-    """``GET /metrics`` from the supervisor: ``(sample name, sorted labels) -> value``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        answer = b"".join(iter(lambda: sock.recv(65536), b""))
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 OK")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
-
-
 @pytest.mark.requires_module("psycopg")
-def test_the_supervisor_serves_every_workers_figures_and_a_gap_for_a_stopped_one(server_process, quake_db):
+def test_the_supervisor_serves_every_workers_figures_and_a_gap_for_a_stopped_one(
+    server_process, quake_db, scrape_metrics
+):
     server, port, pids = start_workers(server_process, quake_db, "--metrics", "127.0.0.1:0")
     metrics_port = int(server.wait_for(r"metrics listening on 127\.0\.0\.1:(\d+)").group(1))
     assert sum("metrics listening on" in line for line in server.lines) == 1
     conns = connect_to_each_worker(port)
     try:
-        figures = _scrape(metrics_port)
+        figures = scrape_metrics(metrics_port)
         for index in ("0", "1"):  # each worker's own count, told apart by a label
             assert figures[("trionet_worker_up", (("worker", index),))] == 1
             assert figures[("trionet_connections_open", (("listener", "pg"), ("worker", index)))] == 1
@@ -318,7 +304,7 @@ def test_the_supervisor_serves_every_workers_figures_and_a_gap_for_a_stopped_one
         # gap after SCRAPE_TIMEOUT, not a hung scrape; the other still counts.
         os.kill(pids[1], signal.SIGSTOP)
         try:
-            figures = _scrape(metrics_port)
+            figures = scrape_metrics(metrics_port)
         finally:
             os.kill(pids[1], signal.SIGCONT)
         assert figures[("trionet_worker_up", (("worker", "1"),))] == 0
@@ -328,7 +314,7 @@ def test_the_supervisor_serves_every_workers_figures_and_a_gap_for_a_stopped_one
         server.wait_for(r"worker 1 did not answer the scrape within")
 
         # Its late answer is dropped, and the next scrape has it again.
-        figures = _scrape(metrics_port)
+        figures = scrape_metrics(metrics_port)
         assert figures[("trionet_worker_up", (("worker", "1"),))] == 1
         assert figures[("trionet_connections_open", (("listener", "pg"), ("worker", "1")))] == 1
     finally:
