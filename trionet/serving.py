@@ -506,8 +506,17 @@ class DirectSocketIO:
 
 _sched_yield = getattr(os, "sched_yield", lambda: None)
 
-DEFAULT_BUSY_POLL = 200e-6
+DEFAULT_BUSY_POLL = 50e-6
 """The default longest poll of :meth:`ReadyLoop`'s thread before it sleeps (``--busy-poll-us``), as Linux's haltpoll."""
+
+
+POLL_MOST_PARKED = 4
+"""The most connections parked in a :class:`ReadyLoop` for its thread to poll: polling is for a few busy clients.
+
+With more, the loop's next batch is rarely far off, and polling measured
+costly: with 32 NDJSON clients over two workers, 12% more server CPU per
+query and 0.88x the queries per second (docs/benchmarks.md, "Session 12").
+"""
 
 
 def poll_window(window: float, gap: float, limit: float) -> float:
@@ -579,7 +588,10 @@ class ReadyLoop:
     window follows :func:`poll_window`, Linux's halt-polling rule: it opens
     while clients send again within :attr:`busy_poll` of their answers
     (``--busy-poll-us``) and closes when they do not, so an idle server
-    does not poll. :attr:`polled` counts the batches found that way.
+    does not poll; and the thread polls only while at most
+    :data:`POLL_MOST_PARKED` connections are parked, since with many
+    clients the next batch is rarely far off. :attr:`polled` counts the
+    batches found that way.
     Structured concurrency stays whole: the connection's task still owns
     the connection and waits in :meth:`park` under its own cancel scopes
     (the idle and send watchdogs, the drain, the grace deadline cancel it
@@ -720,9 +732,10 @@ class ReadyLoop:
         max_events = self.max_events
         clock = time.perf_counter
         window = 0.0  # how long to poll before sleeping: adapted to the gaps seen (poll_window)
+        parked = self._parked
         while True:
             events = None
-            if window:
+            if window and len(parked) <= POLL_MOST_PARKED:
                 until = clock() + window
                 while True:
                     events = epoll.poll(0, max_events)  # (the GIL is released in each)

@@ -605,32 +605,45 @@ def test_the_poll_window_stays_within_its_limit(limit, steps):
             assert window == 0.0
 
 
-@pytest.mark.parametrize("busy_poll", [0.0, 0.05])
-async def test_a_client_that_asks_again_at_once_finds_the_thread_still_polling(busy_poll):
+@pytest.mark.parametrize(
+    ("busy_poll", "idle_clients", "polls"),
+    [(0.05, 0, True), (0.0, 0, False), (0.05, 4, False)],
+    ids=["polling", "busy-poll-0", "more-than-POLL_MOST_PARKED"],
+)
+async def test_a_client_that_asks_again_at_once_finds_the_thread_still_polling(busy_poll, idle_clients, polls):
     # With polling, a client that sends its next request right after each
     # answer is served by the thread while it still polls: the wake-ups it
-    # finds that way are counted in `polled`. Without it, none are.
-    from trionet.serving import ReadyLoop
+    # finds that way are counted in `polled`. Without it (--busy-poll-us 0),
+    # or with more connections parked than POLL_MOST_PARKED, none are.
+    from trionet.serving import POLL_MOST_PARKED, ReadyLoop
 
+    assert idle_clients == 0 or idle_clients + 1 > POLL_MOST_PARKED
     ready = ReadyLoop(thread=True)
     ready.busy_poll = busy_poll  # 50 ms: far longer than a round trip, even on a loaded machine
     mine, peer = _socketpair()
+    idle = [_socketpair() for _ in range(idle_clients)]
 
     def serve() -> bool:
         mine.send(mine.recv(100).upper())
         return True
 
-    with mine, peer:
+    with mine, peer, contextlib.ExitStack() as stack:
+        for pair in idle:
+            for end in pair:
+                stack.enter_context(end)
         async with trio.open_nursery() as nursery:
             await nursery.start(ready.run)
             nursery.start_soon(ready.park, mine, serve)
+            for theirs, _ in idle:
+                nursery.start_soon(ready.park, theirs, lambda: True)  # never readable: they send nothing
             await trio.testing.wait_all_tasks_blocked()
+            assert ready.parked == 1 + idle_clients
             for _ in range(30):
                 peer.send(b"x")
                 assert await _answer_of(peer) == b"X"
             nursery.cancel_scope.cancel()
     assert ready.served == 30
-    if busy_poll:
+    if polls:
         assert ready.polled >= 20  # the first few grow the window; then nearly every one
     else:
         assert ready.polled == 0

@@ -30,7 +30,7 @@ from trionet.cliutil import (
     serve_until_signal,
 )
 from trionet.log import get_logger
-from trionet.serving import DEFAULT_BUSY_POLL
+from trionet.serving import DEFAULT_BUSY_POLL, POLL_MOST_PARKED
 from trionet.sql import auth, protocol
 from trionet.sql.client import SqlConnectionError, connect
 from trionet.sql.engine import DEFAULT_BATCH_BYTES, Database, limit_sqlite_memory
@@ -263,10 +263,10 @@ def sql() -> None:
     default=round(DEFAULT_BUSY_POLL * 1e6),
     show_default=True,
     metavar="MICROSECONDS",
-    help="After answering, look for the next request for up to this long before sleeping, as long as clients "
-    "have been sending again that soon (Linux's halt-polling rule): one client querying back to back is "
-    "answered sooner, without the wake-up between two requests. Idle or slow clients make it stop; 0 never "
-    "looks.",
+    help="After answering, look for the next request for up to this long before sleeping, while clients "
+    f"have been sending again that soon and at most {POLL_MOST_PARKED} connections wait (Linux's halt-polling rule): a client "
+    "querying back to back is answered sooner, without a wake-up between two requests. Idle or slow clients "
+    "make it stop; 0 never looks.",
 )
 @click.option(
     "--workers",
