@@ -509,7 +509,6 @@ _sched_yield = getattr(os, "sched_yield", lambda: None)
 DEFAULT_BUSY_POLL = 50e-6
 """The default longest poll of :meth:`ReadyLoop`'s thread before it sleeps (``--busy-poll-us``), as Linux's haltpoll."""
 
-
 POLL_MOST_PARKED = 4
 """The most connections parked in a :class:`ReadyLoop` for its thread to poll: polling is for a few busy clients.
 
@@ -535,6 +534,7 @@ def poll_window(window: float, gap: float, limit: float) -> float:
     if gap <= limit:
         return min(max(window * 2, limit / 4), limit)
     return window / 2 if window > limit / 8 else 0.0
+
 
 GIVE_WAY_TIMEOUT = 0.01
 """The longest :meth:`ReadyLoop.give_way` waits for the loop's thread to finish a batch (a safety net: a batch takes microseconds)."""
@@ -592,6 +592,7 @@ class ReadyLoop:
     :data:`POLL_MOST_PARKED` connections are parked, since with many
     clients the next batch is rarely far off. :attr:`polled` counts the
     batches found that way.
+
     Structured concurrency stays whole: the connection's task still owns
     the connection and waits in :meth:`park` under its own cancel scopes
     (the idle and send watchdogs, the drain, the grace deadline cancel it

@@ -409,9 +409,11 @@ def serve(
         **({"startup_timeout": auth_timeout} if access is not None else {}),
     )
 
+    busy_poll = busy_poll_us / 1e6  # both ports' ready loops, in seconds
+
     def build(pids=None, forward_cancel=None) -> tuple[SqlServer, PgServer | None]:
         server = SqlServer(database, config, tls=tls, auth=access)
-        server.service.ready.busy_poll = busy_poll_us / 1e6
+        server.service.ready.busy_poll = busy_poll
         if no_pg:
             return server, None
         # One pool of statement threads for both fronts: --query-threads bounds them together.
@@ -419,7 +421,7 @@ def serve(
             database, pg_config, limiter=server.statement_limiter, pids=pids, forward_cancel=forward_cancel,
             tls=tls, auth=access,
         )  # fmt: skip
-        pg.service.ready.busy_poll = busy_poll_us / 1e6
+        pg.service.ready.busy_poll = busy_poll
         return server, pg
 
     if workers > 1:
