@@ -198,6 +198,8 @@ class PgServerProtocol:
         the connection is over: every later call returns ``EOF``.
         """
         while True:
+            if not self._buf and not self._eof and self._phase != "closed":
+                return NEED_DATA  # (every read ends so: the ready loop asks once more after its last message)
             phase = self._phase
             if phase == "closed":
                 return EOF
@@ -292,6 +294,22 @@ class PgServerProtocol:
         # reports any violation in order.
         buf = self._buf
         size = len(buf)
+        memo = self._bind_memo
+        if memo is not None and size >= memo[1] and buf[0] == _BIND_TYPE:
+            # The same statement, formats and result formats as the last
+            # such Bind (one value), then libpq's constant tail: its bytes are
+            # the last Bind's but for the value (and the two lengths that
+            # count it). One unpack reads the Bind's length, the bytes up to
+            # the value's length and that length; one comparison the rest.
+            unpack, start, head, foot_size, ends, statement, formats, results = memo
+            length, seen, value_size = unpack(buf, 1)
+            stop = start + value_size
+            if seen == head and value_size >= 0 and length == stop + foot_size - 1 <= self.max_message_bytes:
+                described, foot = ends.get(size - stop, _NO_END)
+                if foot is not None and buf.endswith(foot):
+                    value = bytes(buf[start:stop])
+                    buf.clear()
+                    return _new_run(PortalRun, (None, statement, formats, (value,), results, described, _EXECUTE_ALL))
         if buf[0] == _BIND_TYPE and size > 5:
             # The buffer is one Bind and the constant tail that libpq sends
             # after it: compared as bytes, no walk over the messages.
@@ -303,22 +321,6 @@ class PgServerProtocol:
                 or (tail == _UNDESCRIBED_TAIL and buf.endswith(_EXECUTE_SYNC))
             ):
                 described = tail == _DESCRIBED_TAIL
-                memo = self._bind_memo
-                if memo is not None:
-                    # The same statement, formats and result formats as the
-                    # last such Bind, one value: its bytes are the last Bind's
-                    # but for the value, which is one slice.
-                    head, start, foot, foot_size, statement, formats, results = memo
-                    stop = end - foot_size
-                    if (
-                        stop >= start
-                        and buf.startswith(head, 5)
-                        and buf.startswith(foot, stop, end)
-                        and _UNPACK_LENGTH(buf, start - 4)[0] == stop - start
-                    ):
-                        value = bytes(buf[start:stop])
-                        buf.clear()
-                        return _new_run(PortalRun, (None, statement, formats, (value,), results, described, _EXECUTE_ALL))
                 body = bytes(buf[5:end])
                 try:
                     bind = m.decode_message("B", body)
@@ -397,17 +399,28 @@ def _bind_parts(body: bytes, bind: m.Bind) -> tuple:
     """What a Bind of the unnamed portal with one value (not NULL) shares with the next ones of its statement.
 
     Its bytes before the value's length (portal, statement, format codes,
-    the count 1), where the value starts in a message (type byte and length
-    included), its bytes after the value (the result format codes) and their
-    size, and what they decoded to. A body that has both, with a value of
-    the length its length field says in between, decodes to the same Bind
-    but for the value.
+    the count 1) and a :class:`struct.Struct` unpack that reads, from a
+    buffer's second byte, the Bind's length, those bytes and the value's
+    length; where the value starts (type byte and length included); the
+    size of its bytes after the value (the result format codes); those
+    bytes followed by each tail libpq sends (Describe, Execute, Sync or
+    Execute, Sync), by the tail's size with whether it describes; and what
+    they decoded to. A buffer that has the head, a value of the length its
+    length field says, one of the ends and the Bind length that counts
+    them decodes to the same Bind, the value aside, and that tail.
     """
     head = body.index(0, 1) + 5 + 2 * len(bind.param_formats)  # two zero bytes end portal "" and the statement
-    foot = 2 + 2 * len(bind.result_formats)
-    return (
-        body[:head], 9 + head, body[len(body) - foot :], foot, bind.statement, bind.param_formats, bind.result_formats
-    )
+    foot_size = 2 + 2 * len(bind.result_formats)
+    foot = body[len(body) - foot_size :]
+    ends = {
+        foot_size + _DESCRIBED_TAIL: (True, foot + _DESCRIBE_EXECUTE_SYNC),
+        foot_size + _UNDESCRIBED_TAIL: (False, foot + _EXECUTE_SYNC),
+    }
+    unpack = struct.Struct(f"!i{head}si").unpack_from
+    return (unpack, 9 + head, body[:head], foot_size, ends, bind.statement, bind.param_formats, bind.result_formats)
+
+
+_NO_END = (False, None)
 
 
 def _type_name(event) -> str:
