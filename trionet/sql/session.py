@@ -16,10 +16,10 @@ with a stable code.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trionet.sql import sandbox
 from trionet.sql.errors import SqlError
@@ -49,13 +49,13 @@ class OverBudget(Exception):
     """A statement tried on the event loop needed more than its budget; run it in a thread."""
 
 
-@dataclass(slots=True)
-class FetchResult:
+class FetchResult(NamedTuple):
     """What one call into SQLite produced: a batch of rows, and what follows.
 
-    Not frozen: a frozen dataclass's ``__init__`` sets each field through
-    ``object.__setattr__``, about 1 µs more per statement; nothing keeps or
-    shares a result past the request that fetched it.
+    A tuple, made in :meth:`Session._fetch` with ``tuple.__new__`` (no
+    ``__init__`` or ``__new__`` in Python, several per statement: about
+    1 µs less than a dataclass); nothing keeps or shares a result past the
+    request that fetched it.
     """
 
     columns: list[str] | None  # set on the first batch of a statement
@@ -65,7 +65,11 @@ class FetchResult:
     last_insert_rowid: int | None = None
 
 
+_new_result = tuple.__new__  # FetchResult(...) without NamedTuple's __new__ in Python: its fields in order
+
+
 _TRIAL_MARK = "\n-- trionet: tried on the event loop"
+_FIRST = operator.itemgetter(0)  # a column's name in cursor.description (map: no comprehension's frame)
 
 
 class Session:
@@ -77,6 +81,8 @@ class Session:
 
     def __init__(self, database: "Database") -> None:
         self._db = database
+        self.database = database
+        """The database this session belongs to (an attribute, not a property: read on every fast-path run)."""
         if database.read_write:
             conn = sqlite3.connect(
                 database.path, isolation_level=None, check_same_thread=False, timeout=database.busy_timeout
@@ -193,11 +199,6 @@ class Session:
 
     # --- running statements -------------------------------------------------
 
-    @property
-    def database(self) -> "Database":
-        """The database this session belongs to."""
-        return self._db
-
     def execute(
         self,
         sql: str,
@@ -257,9 +258,8 @@ class Session:
             description = cursor.description
             if self._auth_calls:  # prepared now, not taken from the statement cache
                 self._db._remember(sql, self._auth_read_only)
-            return self._fetch(
-                cursor, [d[0] for d in description] if description else [], bool(description), batch, max_bytes
-            )
+            names = list(map(_FIRST, description)) if description else []
+            return self._fetch(cursor, names, bool(description), batch, max_bytes)
         except SqlError:
             raise
         except Exception as exc:
@@ -309,7 +309,7 @@ class Session:
                     rows.append(row)
                     size += row_size
                     if size >= max_bytes:
-                        return FetchResult(columns, rows, False)
+                        return _new_result(FetchResult, (columns, rows, False, 0, None))
                     if len(rows) >= batch:
                         break
             except SqlError:
@@ -321,14 +321,13 @@ class Session:
                     raise OverBudget from None
                 raise self._map_error(exc) from None
         if len(rows) == batch:
-            return FetchResult(columns, rows, False)
+            return _new_result(FetchResult, (columns, rows, False, 0, None))
         changes = max(cursor.rowcount, 0)
         if batch > 0 or not has_rows:
             self._cursor = None  # done, so SQLite reset its statement: it stays the spare for the next one
         else:
             self._close_cursor()  # a negative batch: its rows were not even read
-        # Positional: keyword arguments cost a slotted dataclass's __init__ about 0.2 µs more.
-        return FetchResult(columns, rows, True, changes, cursor.lastrowid if changes else None)
+        return _new_result(FetchResult, (columns, rows, True, changes, cursor.lastrowid if changes else None))
 
     def cancel_statement(self) -> None:
         """Drop the running statement (for example when a result was truncated)."""
