@@ -342,23 +342,20 @@ class PgServer:
     def _parked_server(self, st: ConnState, idle: IdleWatch) -> ParkedServer:
         """What the ready loop does for this connection: answer what the fast paths answer, into ``st.out``.
 
-        Each message :meth:`Executor.answer_now` answers is counted, and a
-        read that answered something starts the idle clock again; anything
-        else goes back to the task (:class:`~trionet.serving.ParkedServer`).
+        Each message :meth:`Executor.answerer` answers is counted, and a
+        read that answered something starts the idle clock again (as
+        :meth:`_idle_deadline` would); anything else goes back to the task
+        (:class:`~trionet.serving.ParkedServer`).
         """
         conn = st.conn
-        answer_now = self._executor.answer_now
-
-        def answer(event) -> bool:
-            if not answer_now(st, event):
-                return False
-            conn.requests += event.count if type(event) is PortalRun else 1
-            return True
-
+        answer = self._executor.answerer(st)
         now = conn.service.ready.now
+        session = st.session
+        idle_timeout, transaction_timeout = self.config.idle_timeout, self.config.idle_transaction_timeout
 
         def answered() -> None:
-            idle.deadline = self._idle_deadline(st, now)
+            timeout = transaction_timeout if session.in_transaction else idle_timeout
+            idle.deadline = now() + timeout if timeout > 0 else None
 
         return ParkedServer(st.io, st.proto, answer, st.out, conn.draining, answered, _PARKED_BURST)
 
