@@ -322,7 +322,9 @@ class Session:
                 raise self._map_error(exc) from None
         if len(rows) == batch:
             return _new_result(FetchResult, (columns, rows, False, 0, None))
-        changes = max(cursor.rowcount, 0)
+        changes = cursor.rowcount
+        if changes < 0:  # -1: not a write
+            changes = 0
         if batch > 0 or not has_rows:
             self._cursor = None  # done, so SQLite reset its statement: it stays the spare for the next one
         else:

@@ -321,7 +321,7 @@ class Executor:
             if not formats or (len(formats) == 1 and not formats[0]):
                 if n == 1 and param_oids[0] in _TEXTUAL:  # pgbench's one value (type 0: unknown), as below
                     value = data[0]
-                    values = [None if value is None else value.decode("utf-8")]
+                    values = [None if value is None else value.decode()]  # (UTF-8)
                 elif _TEXTUAL.issuperset(param_oids):  # the text, as decode_param gives it
                     values = [None if v is None else v.decode("utf-8") for v in data]
                 else:
@@ -376,7 +376,11 @@ class Executor:
         if parse is not None:
             st.statements[""] = prepared
             st.out += m.PARSE_COMPLETE
-        completion = _remembered_completion(st, statement.words, count, result.changes)
+        last = st.last_completion  # _remembered_completion's, without its call when it repeats
+        if last[0] is statement.words and last[1] == count and last[2] == result.changes:
+            completion = last[3]
+        else:
+            completion = _remembered_completion(st, statement.words, count, result.changes)
         # Sync: the unnamed portal never existed; outside a transaction block every portal ends.
         in_transaction = session.in_transaction
         if st.portals:
@@ -1081,7 +1085,8 @@ def _encode_rows(rows: list, oids: tuple[int, ...], binary: tuple[bool, ...]) ->
             if len(rows) == 1:
                 value = rows[0][0]
                 if type(value) is int and oid == types.INT8 and not code:  # int8 holds every SQLite integer
-                    return m.one_value_row(str(value).encode())
+                    text = str(value).encode()
+                    return m.ONE_VALUE_HEAD(b"D", len(text) + 10, 1, len(text)) + text  # m.one_value_row's bytes
                 return m.one_value_row(encode(value, oid, code))
             one_value_row = m.one_value_row
             return b"".join([one_value_row(encode(row[0], oid, code)) for row in rows])

@@ -668,7 +668,8 @@ def data_row(values) -> bytes:
     return _DATA_ROW_HEAD(b"D", len(body) + 6, len(values)) + body
 
 
-_ONE_VALUE_HEAD = struct.Struct("!cihi").pack
+ONE_VALUE_HEAD = struct.Struct("!cihi").pack
+"""The head of a DataRow of one value that is not NULL: ``ONE_VALUE_HEAD(b"D", len(value) + 10, 1, len(value))``."""
 _ONE_NULL_ROW = _DATA_ROW_HEAD(b"D", 10, 1) + b"\xff\xff\xff\xff"
 
 
@@ -676,7 +677,7 @@ def one_value_row(value: bytes | None) -> bytes:
     """The bytes of ``DataRow((value,))`` (what :func:`data_row` gives), without its loop: a point query's row."""
     if value is None:
         return _ONE_NULL_ROW
-    return _ONE_VALUE_HEAD(b"D", len(value) + 10, 1, len(value)) + value
+    return ONE_VALUE_HEAD(b"D", len(value) + 10, 1, len(value)) + value
 
 
 def encode(msg) -> bytes:
