@@ -503,6 +503,14 @@ class DirectSocketIO:
             return data
         return data[sent:]
 
+    def send_some(self, data: bytearray) -> None:
+        """Direct only: write what the socket takes of ``data`` at once, and delete that from ``data`` (no copy of it)."""
+        try:
+            sent = os.write(self._sock.fileno(), data)
+        except BlockingIOError:
+            return
+        del data[:sent]
+
 
 _sched_yield = getattr(os, "sched_yield", lambda: None)
 
@@ -983,11 +991,8 @@ class ParkedServer:
         """The ready loop's ``flush``: send ``out``; False (the rest left in ``out``) if the socket did not take it all."""
         out = self._out
         if out:
-            rest = self._io.send_now(bytes(out))
-            out.clear()
-            if rest:
-                out += rest
-                return False
+            self._io.send_some(out)
+            return not out
         return True
 
     def take_handback(self) -> tuple[object | None, bool]:

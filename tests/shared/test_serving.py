@@ -63,9 +63,22 @@ async def test_direct_socket_io_reads_and_sends_without_waiting_when_it_can():
         assert io.send_now(b"hello") == b""
         assert await theirs.receive_some(100) == b"hello"
         rest = b""
+        sent = 0
         while not rest:  # nobody reads: the socket's buffer fills, and the rest is handed back
             rest = io.send_now(b"x" * 65536)
+            sent += 65536 - len(rest)
         assert 0 < len(rest) <= 65536
+        pending = bytearray(b"y" * 1000)
+        io.send_some(pending)  # the socket is full: nothing went, nothing was lost
+        assert pending == b"y" * 1000
+        while sent:  # the peer reads it all
+            sent -= len(await theirs.receive_some(sent))
+        io.send_some(pending)  # now the socket takes it: it leaves the buffer
+        assert pending == b""
+        got = b""
+        while len(got) < 1000:
+            got += await theirs.receive_some(1000)
+        assert got == b"y" * 1000
         await theirs.send_eof()
         while io.read_ready(framer) is False:
             await io.wait(framer)

@@ -104,16 +104,23 @@ def partial_sends(monkeypatch) -> list[int]:
     """
     from trionet.serving import DirectSocketIO, SendWatchdog
 
-    send_now, watched_send = DirectSocketIO.send_now, SendWatchdog.send
+    send_now, send_some, watched_send = DirectSocketIO.send_now, DirectSocketIO.send_some, SendWatchdog.send
     watched: list[int] = []
 
     def partial(io, data: bytes) -> bytes:
         return send_now(io, data[:5]) + data[5:]
+
+    def partial_some(io, data: bytearray) -> None:
+        rest = data[5:]
+        del data[5:]
+        send_some(io, data)
+        data += rest
 
     async def counting(watchdog, stream, data: bytes) -> None:
         watched.append(len(data))
         await watched_send(watchdog, stream, data)
 
     monkeypatch.setattr(DirectSocketIO, "send_now", partial)
+    monkeypatch.setattr(DirectSocketIO, "send_some", partial_some)
     monkeypatch.setattr(SendWatchdog, "send", counting)
     return watched

@@ -125,6 +125,8 @@ def _describe_plan(plan: FastPlan, codes: tuple[int, ...]) -> tuple[tuple[bool, 
 
 
 _READY_IDLE, _READY_IN_BLOCK = m.READY_FOR_QUERY["I"], m.READY_FOR_QUERY["T"]
+# A DataRow of one integer in text, by the text's length (at most 20: -9223372036854775808): its head, packed once.
+_INT_ROW_HEADS = tuple(m.ONE_VALUE_HEAD(b"D", size + 10, 1, size) for size in range(21))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1086,7 +1088,7 @@ def _encode_rows(rows: list, oids: tuple[int, ...], binary: tuple[bool, ...]) ->
                 value = rows[0][0]
                 if type(value) is int and oid == types.INT8 and not code:  # int8 holds every SQLite integer
                     text = str(value).encode()
-                    return m.ONE_VALUE_HEAD(b"D", len(text) + 10, 1, len(text)) + text  # m.one_value_row's bytes
+                    return _INT_ROW_HEADS[len(text)] + text  # m.one_value_row's bytes
                 return m.one_value_row(encode(value, oid, code))
             one_value_row = m.one_value_row
             return b"".join([one_value_row(encode(row[0], oid, code)) for row in rows])
