@@ -4,14 +4,14 @@ No pgbench and no socket in the timed part: a 100,000-row
 ``pgbench_accounts`` in a temporary SQLite file, a :class:`PgServer` on
 loopback that one connection reaches to log in, prepare ``P_0`` as pgbench
 does and run each path once (so the fast paths have their plans); then that
-connection's protocol core and :meth:`Executor.answer_now` are fed the bytes
+connection's protocol core and :meth:`Executor.answerer`'s answer are fed the bytes
 pgbench sends for each transaction (captured from ``pgbench -M prepared``
 and ``-M simple``, a new random ``aid`` each), as the server's ready loop
 feeds them, and the answer is checked byte for byte against the one that
 came over the socket. Measured:
 
 - ``prepared``: Bind, Describe portal, Execute, Sync in one packet (libpq's
-  ``PQexecPrepared``) -> ``next_event`` -> ``answer_now``;
+  ``PQexecPrepared``) -> ``next_event`` -> ``answer``;
 - ``simple``: one Query -> the same;
 - ``core-prepared`` / ``core-simple``: ``receive_data`` + ``next_event`` only.
 
@@ -79,18 +79,18 @@ async def _answer(stream, data: bytes) -> bytes:
 
 def _measure(executor, st, transactions: int, rounds: int, expected: dict[str, bytes]) -> dict[str, list[float]]:
     proto = st.proto
-    answer_now = executor.answer_now
+    answer = executor.answerer(st)
     out = st.out
     for name, make in (("prepared", prepared_bytes), ("simple", simple_bytes)):
         proto.receive_data(make(7))
-        if not answer_now(st, proto.next_event()) or bytes(out) != expected[name]:
+        if not answer(proto.next_event()) or bytes(out) != expected[name]:
             raise SystemExit(f"{name}: the fast path did not answer as the server did")
         out.clear()
 
     def whole(batch):
         for data in batch:
             proto.receive_data(data)
-            answer_now(st, proto.next_event())
+            answer(proto.next_event())
             out.clear()
 
     def core(batch):
@@ -108,7 +108,7 @@ def _measure(executor, st, transactions: int, rounds: int, expected: dict[str, b
 
 def _measure_cold(executor, st, transactions: int, rounds: int, sizes: list[int]) -> dict[str, list[float]]:
     """The prepared path, each transaction timed alone after writing every cache line of a ``size`` KB buffer."""
-    proto, answer_now, out = st.proto, executor.answer_now, st.out
+    proto, answer, out = st.proto, executor.answerer(st), st.out
     clock = time.thread_time_ns
     figures: dict[str, list[float]] = {f"prepared after {kb} KB": [] for kb in sizes}
     for _ in range(rounds):
@@ -126,7 +126,7 @@ def _measure_cold(executor, st, transactions: int, rounds: int, sizes: list[int]
                 buffer[::64] = ones
                 start = clock()
                 proto.receive_data(data)
-                answer_now(st, proto.next_event())
+                answer(proto.next_event())
                 out.clear()
                 times.append(clock() - start)
             figures[f"prepared after {kb} KB"].append((statistics.median(times) - cost_of_clock) / 1000)

@@ -204,7 +204,7 @@ class Executor:
     async def handle(self, st: ConnState, event, *, fast: bool = True) -> None:
         """Handle one frontend message (not Terminate, EOF or a violation: the server ends the connection).
 
-        ``fast=False`` skips the fast paths (:meth:`answer_now` already said no to this event).
+        ``fast=False`` skips the fast paths (:meth:`answerer`'s answer already said no to this event).
 
         Error handling: a :class:`PgError` becomes an ErrorResponse; after a
         simple Query or a FunctionCall it is followed by ReadyForQuery, in an extended batch
@@ -244,27 +244,16 @@ class Executor:
         finally:
             st.busy = False  # after the flush: a drain must not cut a send in the middle of a message
 
-    def answer_now(self, st: ConnState, event) -> bool:
-        """Answer ``event`` at once through a fast path, into ``st.out``; False (nothing done) when it needs :meth:`handle`.
-
-        For a caller that must not wait (the server's :class:`~trionet.serving.ReadyLoop`):
-        a simple Query of a known shape or a PortalRun of a statement with a
-        plan, answered exactly as :meth:`handle` would answer it.
-        """
-        kind = type(event)
-        if kind is PortalRun:
-            return self._fast_run(st, event)
-        if kind is m.Query:
-            return self._fast_query(st, event.sql)
-        return False
-
     def answerer(self, st: ConnState) -> Callable[[object], bool]:
-        """:meth:`answer_now` for one connection, as the server's ready loop calls it: ``answer(event) -> bool``.
+        """The fast paths for one connection, for a caller that must not wait (the server's ready loop).
 
-        It also adds the frontend messages it answered to the connection's
-        request count (``st.conn.requests``), as the server's message loop
-        does for the ones it handles. One call per message fewer than
-        :meth:`answer_now` behind a closure of the server's.
+        ``answer(event) -> bool`` answers ``event`` at once into ``st.out``
+        (a simple Query of a known shape, or a PortalRun of a statement
+        with a plan, exactly as :meth:`handle` would answer it) and adds the
+        frontend messages it answered to the connection's request count
+        (``st.conn.requests``), as the server's message loop does for the
+        ones it handles; False (nothing done) when the event needs
+        :meth:`handle`.
         """
         fast_run, fast_query, conn = self._fast_run, self._fast_query, st.conn
         portal_run, query = PortalRun, m.Query
