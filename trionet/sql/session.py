@@ -80,7 +80,6 @@ class Session:
     """
 
     def __init__(self, database: "Database") -> None:
-        self._db = database
         self.database = database
         """The database this session belongs to (an attribute, not a property: read on every fast-path run)."""
         if database.read_write:
@@ -148,7 +147,7 @@ class Session:
                 self._trial_refused = True
                 return sqlite3.SQLITE_DENY
         verdict = sandbox.judge(
-            action, arg1, arg2, dbname, read_write=self._db.read_write, modules=self._db.modules
+            action, arg1, arg2, dbname, read_write=self.database.read_write, modules=self.database.modules
         )
         if verdict is None:
             return sqlite3.SQLITE_OK
@@ -257,7 +256,7 @@ class Session:
             cursor.execute(sql + _TRIAL_MARK if self._trial else sql, () if params is None else params)
             description = cursor.description
             if self._auth_calls:  # prepared now, not taken from the statement cache
-                self._db._remember(sql, self._auth_read_only)
+                self.database._remember(sql, self._auth_read_only)
             names = list(map(_FIRST, description)) if description else []
             return self._fetch(cursor, names, bool(description), batch, max_bytes)
         except SqlError:
@@ -265,7 +264,7 @@ class Session:
         except Exception as exc:
             self._close_cursor()
             if self._trial_refused:
-                self._db._remember(sql, False)
+                self.database._remember(sql, False)
                 raise OverBudget from None
             if self._over_budget:
                 raise OverBudget from None
@@ -291,7 +290,7 @@ class Session:
         rows: list[tuple] = []
         if has_rows and batch > 0:
             try:
-                max_row = self._db.max_row_bytes
+                max_row = self.database.max_row_bytes
                 size = 0
                 for row in cursor:  # fetchone(), without a method call per row
                     row_size = 0
@@ -426,13 +425,13 @@ class Session:
         if "pattern too complex" in message:
             return SqlError(
                 "too_big",
-                f"{message}: LIKE and GLOB patterns are limited to {self._db.max_like_pattern_bytes} bytes "
+                f"{message}: LIKE and GLOB patterns are limited to {self.database.max_like_pattern_bytes} bytes "
                 "(--max-like-pattern-bytes)",
             )
         if name == "SQLITE_FULL":
             return SqlError(
                 "full",
                 f"{message} (a connection's temporary tables and indexes may hold "
-                f"{self._db.max_temp_bytes} bytes: --max-temp-bytes)",
+                f"{self.database.max_temp_bytes} bytes: --max-temp-bytes)",
             )
         return SqlError("sql_error", message)
