@@ -773,34 +773,18 @@ class ReadyLoop:
                 return False
             with lock:
                 entry = parked.get(fd)
-                if entry is None:
-                    continue
-                try:
-                    kept = entry[1]()  # serve (inline, as flush below: no call of a helper per connection)
-                except Exception as exc:  # the connection's error, not the loop's
-                    self._hand_back(fd, entry[0], outcome.Error(exc))
-                    continue
-                if not kept:
-                    self._hand_back(fd, entry[0], outcome.Value(True))
-                    continue
-                self.served += 1
-                if entry[2] is not None:
-                    flushes.append((fd, entry))
+                if entry is not None and self._turn(fd, entry[0], entry[1]):
+                    self.served += 1
+                    if entry[2] is not None:
+                        flushes.append((fd, entry))
         # Then the answers go out together, as the course's loop sends its
         # queued replies after handling every readable socket: a client
         # with many connections (pgbench's threads) finds several answers
         # at each wake-up instead of one.
         for fd, entry in flushes:
             with lock:
-                if parked.get(fd) is not entry:
-                    continue  # (a task cancelled meanwhile sends its own answers)
-                try:
-                    kept = entry[2]()  # flush
-                except Exception as exc:
-                    self._hand_back(fd, entry[0], outcome.Error(exc))
-                    continue
-                if not kept:
-                    self._hand_back(fd, entry[0], outcome.Value(True))
+                if parked.get(fd) is entry:  # (a task cancelled meanwhile sends its own answers)
+                    self._turn(fd, entry[0], entry[2])
         with self._done:  # (uncontended but for give_way: about 0.1 µs a batch)
             self._finished += 1
             if self._waiting:
@@ -896,13 +880,17 @@ class ReadyLoop:
 
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
-    def _hand_back(self, fd: int, task: trio.lowlevel.Task, result: outcome.Outcome) -> None:
-        """Give a parked connection back to its task (lock held): ``park()`` returns True, or raises ``result``'s error.
-
-        For a ``serve()`` or ``flush()`` that returned False or raised.
-        """
+    def _turn(self, fd: int, task: trio.lowlevel.Task, step: Callable[[], bool]) -> bool:
+        """Call a parked connection's ``serve`` or ``flush`` (lock held); True: it stays parked, else its task has it back."""
+        try:
+            if step():
+                return True
+            result = outcome.Value(True)
+        except Exception as exc:  # the connection's error, not the loop's
+            result = outcome.Error(exc)
         self._unpark(fd)
         self._wake(task, result)
+        return False
 
     def _unpark(self, fd: int, epoll=None) -> None:
         del self._parked[fd]

@@ -367,11 +367,7 @@ class Executor:
         if parse is not None:
             st.statements[""] = prepared
             st.out += m.PARSE_COMPLETE
-        last = st.last_completion  # _remembered_completion's, without its call when it repeats
-        if last[0] is statement.words and last[1] == count and last[2] == result.changes:
-            completion = last[3]
-        else:
-            completion = _remembered_completion(st, statement.words, count, result.changes)
+        completion = _remembered_completion(st, statement.words, count, result.changes)
         # Sync: the unnamed portal never existed; outside a transaction block every portal ends.
         in_transaction = session.in_transaction
         if st.portals:

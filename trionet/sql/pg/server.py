@@ -343,19 +343,17 @@ class PgServer:
         """What the ready loop does for this connection: answer what the fast paths answer, into ``st.out``.
 
         Each message :meth:`Executor.answerer` answers is counted, and a
-        read that answered something starts the idle clock again (as
-        :meth:`_idle_deadline` would); anything else goes back to the task
+        read that answered something starts the idle clock again
+        (:meth:`_idle_deadline`); anything else goes back to the task
         (:class:`~trionet.serving.ParkedServer`).
         """
         conn = st.conn
         answer = self._executor.answerer(st)
         now = conn.service.ready.now
-        session = st.session
-        idle_timeout, transaction_timeout = self.config.idle_timeout, self.config.idle_transaction_timeout
+        deadline = self._idle_deadline
 
         def answered() -> None:
-            timeout = transaction_timeout if session.in_transaction else idle_timeout
-            idle.deadline = now() + timeout if timeout > 0 else None
+            idle.deadline = deadline(st, now)
 
         return ParkedServer(st.io, st.proto, answer, st.out, conn.draining, answered, _PARKED_BURST)
 
