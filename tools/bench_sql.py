@@ -4,9 +4,9 @@ Every server runs in its own process; the load generator is one more process
 (``--load-procs`` for more) driving ``--clients`` connections with minimal
 parsing (it counts lines up to the ``done`` or ``error`` line), so the
 client's cost per request is the same for every server. By default it is one
-``epoll`` loop over all its clients (``--loadgen epoll``, about 17 µs of CPU
-per request here); ``--loadgen trio``, a trio task per client, is what the
-figures before session 14 were measured with (about 49 µs per request). The
+``epoll`` loop over all its clients (``--loadgen epoll``, about 18-20 µs of
+CPU per request here); ``--loadgen trio``, a trio task per client, is what the
+figures before session 14 were measured with (about 47 µs per request). The
 load generator shares the machine's CPUs with the server: a server that uses
 one core leaves it the other, a server on every core (``--workers auto``)
 loses what it takes.
