@@ -183,18 +183,20 @@ async def _exchange(sock, buf: bytes, request: bytes, echo: bool) -> tuple[bytes
         start, pos = pos, nl + 1
         if echo:
             return buf[pos:], None
-        k = buf.find(b'"type":"', start, min(nl, start + 48))
-        if k >= 0:
-            kind = buf[k + 8]
-            if kind == 0x64:  # "done"
-                return buf[pos:], None
-            if kind == 0x65:  # "error"
-                return buf[pos:], buf[start:nl]
+        kind = _line_kind(buf, start, nl)
+        if kind == 0x64:  # "done"
+            return buf[pos:], None
+        if kind == 0x65:  # "error"
+            return buf[pos:], buf[start:nl]
 
 
-async def _load_main(spec: LoadSpec) -> dict:
-    import trio
+def _load_setup(spec: LoadSpec) -> tuple[list[list[bytes]], array.array, dict, tuple[float, float, float]]:
+    """What both load generators start from: each client's requests, the latencies, the results, the windows.
 
+    The requests are the same for every server and load generator (seeded
+    by the client's number); the windows (warm-up, start, end) are the
+    wall-clock start shared by every load process, in ``perf_counter`` time.
+    """
     con = sqlite3.connect(spec.db)
     ids = [r[0] for r in con.execute("SELECT id FROM quakes")]
     times = [r[0] for r in con.execute("SELECT time FROM quakes ORDER BY time")]
@@ -202,13 +204,39 @@ async def _load_main(spec: LoadSpec) -> dict:
     pools = [
         _build_pool(spec.mode, ids, times, random.Random(1000 + spec.first_client + i)) for i in range(spec.clients)
     ]
-    latencies = array.array("d")
-    completed = [0]
     out: dict = {"count": 0, "errors": 0, "first_error": None, "slow": [], "slow_errors": [], "late": 0.0}
-    # Wall-clock start shared by every load process, in perf_counter time.
     t_warm = time.perf_counter() + (spec.start_at - time.time())
     t_start = t_warm + spec.warmup
-    t_end = t_start + spec.duration
+    return pools, array.array("d"), out, (t_warm, t_start, t_start + spec.duration)
+
+
+def _line_kind(buf: bytes, start: int, nl: int) -> int | None:
+    """The first letter of the ``type`` of the answer line ``buf[start:nl]`` (``d`` done, ``e`` error, ...), or None."""
+    k = buf.find(b'"type":"', start, min(nl, start + 48))
+    return buf[k + 8] if k >= 0 else None
+
+
+def _record(out: dict, latencies: array.array, t0: float, t1: float, error: bytes | None, t_start: float,
+            t_end: float) -> None:
+    """Count one answer of a request sent at ``t0`` and ended at ``t1`` (its ``error`` line, or None).
+
+    Latency: every request sent in the window, however late it ends (a
+    request stuck behind a slow query counts in full). Throughput: the
+    requests that ended in the window.
+    """
+    if t0 >= t_start:
+        latencies.append(t1 - t0)
+        if error is not None:
+            out["errors"] += 1
+            out["first_error"] = out["first_error"] or error.decode(errors="replace")
+    if t_start <= t1 <= t_end:
+        out["count"] += 1
+
+
+async def _load_main(spec: LoadSpec) -> dict:
+    import trio
+
+    pools, latencies, out, (t_warm, t_start, t_end) = _load_setup(spec)
 
     async def client(i: int) -> None:
         sock, buf = await _open_client(spec.port, spec.echo)
@@ -224,17 +252,7 @@ async def _load_main(spec: LoadSpec) -> dict:
                 if t0 >= t_end:
                     return
                 buf, error = await _exchange(sock, buf, request, spec.echo)
-                t1 = time.perf_counter()
-                # Latency: every request sent in the window, however late it
-                # ends (a request stuck behind a slow query counts in full).
-                # Throughput: the requests that ended in the window.
-                if t0 >= t_start:
-                    latencies.append(t1 - t0)
-                    if error is not None:
-                        out["errors"] += 1
-                        out["first_error"] = out["first_error"] or error.decode(errors="replace")
-                if t_start <= t1 <= t_end:
-                    completed[0] += 1
+                _record(out, latencies, t0, time.perf_counter(), error, t_start, t_end)
 
     async def slow_client() -> None:
         sock, buf = await _open_client(spec.port, spec.echo)
@@ -260,7 +278,6 @@ async def _load_main(spec: LoadSpec) -> dict:
         nursery.cancel_scope.cancel()
     if in_flight[0] is not None:  # still running: report how long it had run so far
         out["slow"].append([in_flight[0], time.perf_counter() - in_flight[0], False])
-    out["count"] = completed[0]
     # Slow queries that overlapped the measured window, as offsets from its start.
     out["slow"] = [[t0 - t_start, d, finished] for t0, d, finished in out["slow"]]
     with open(spec.latencies_path, "wb") as f:
@@ -283,18 +300,7 @@ def _load_epoll(spec: LoadSpec) -> dict:
     """
     import select
 
-    con = sqlite3.connect(spec.db)
-    ids = [r[0] for r in con.execute("SELECT id FROM quakes")]
-    times = [r[0] for r in con.execute("SELECT time FROM quakes ORDER BY time")]
-    con.close()
-    pools = [
-        _build_pool(spec.mode, ids, times, random.Random(1000 + spec.first_client + i)) for i in range(spec.clients)
-    ]
-    latencies = array.array("d")
-    out: dict = {"count": 0, "errors": 0, "first_error": None, "slow": [], "slow_errors": [], "late": 0.0}
-    t_warm = time.perf_counter() + (spec.start_at - time.time())
-    t_start = t_warm + spec.warmup
-    t_end = t_start + spec.duration
+    pools, latencies, out, (t_warm, t_start, t_end) = _load_setup(spec)
     clock = time.perf_counter
 
     def open_client() -> tuple[socket.socket, bytes]:
@@ -366,13 +372,11 @@ def _load_epoll(spec: LoadSpec) -> dict:
                 if echo:
                     ended = (None,)
                     break
-                k = buf.find(b'"type":"', start, min(nl, start + 48))
-                if k >= 0:
-                    kind = buf[k + 8]
-                    if kind == 0x64:  # "done"
-                        ended = (None,)
-                    elif kind == 0x65:  # "error"
-                        ended = (buf[start:nl],)
+                kind = _line_kind(buf, start, nl)
+                if kind == 0x64:  # "done"
+                    ended = (None,)
+                elif kind == 0x65:  # "error"
+                    ended = (buf[start:nl],)
             client[1] = buf[pos:]
             if ended is None:
                 continue
@@ -385,13 +389,7 @@ def _load_epoll(spec: LoadSpec) -> dict:
                     out["slow_errors"].append(error.decode(errors="replace"))
                 send_next(fd, client)
                 continue
-            if t0 >= t_start:
-                latencies.append(t1 - t0)
-                if error is not None:
-                    out["errors"] += 1
-                    out["first_error"] = out["first_error"] or error.decode(errors="replace")
-            if t_start <= t1 <= t_end:
-                out["count"] += 1
+            _record(out, latencies, t0, t1, error, t_start, t_end)
             if not send_next(fd, client):
                 epoll.unregister(fd)
                 running -= 1
