@@ -172,22 +172,37 @@ async def _exchange(sock, buf: bytes, request: bytes, echo: bool) -> tuple[bytes
         view = view[await sock.send(view) :]
     pos = 0
     while True:
+        pos, ended, error = _answer_end(buf, pos, echo)
+        if ended:
+            return buf[pos:], error
+        data = await sock.recv(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        buf = buf[pos:] + data
+        pos = 0
+
+
+def _answer_end(buf: bytes, pos: int, echo: bool) -> tuple[int, bool, bytes | None]:
+    """Look through the whole lines of ``buf`` from ``pos`` for an answer's last one.
+
+    Returns where the look stopped (after that line, or at the first
+    incomplete one), whether it was found (the ``done`` or ``error`` line;
+    for echo, any line) and, for an ``error`` line, the line.
+    """
+    while True:
         nl = buf.find(b"\n", pos)
         if nl < 0:
-            data = await sock.recv(65536)
-            if not data:
-                raise ConnectionError("server closed the connection")
-            buf = buf[pos:] + data
-            pos = 0
-            continue
+            return pos, False, None
         start, pos = pos, nl + 1
         if echo:
-            return buf[pos:], None
-        kind = _line_kind(buf, start, nl)
-        if kind == 0x64:  # "done"
-            return buf[pos:], None
-        if kind == 0x65:  # "error"
-            return buf[pos:], buf[start:nl]
+            return pos, True, None
+        k = buf.find(b'"type":"', start, min(nl, start + 48))
+        if k >= 0:
+            kind = buf[k + 8]
+            if kind == 0x64:  # "done"
+                return pos, True, None
+            if kind == 0x65:  # "error"
+                return pos, True, buf[start:nl]
 
 
 def _load_setup(spec: LoadSpec) -> tuple[list[list[bytes]], array.array, dict, tuple[float, float, float]]:
@@ -208,12 +223,6 @@ def _load_setup(spec: LoadSpec) -> tuple[list[list[bytes]], array.array, dict, t
     t_warm = time.perf_counter() + (spec.start_at - time.time())
     t_start = t_warm + spec.warmup
     return pools, array.array("d"), out, (t_warm, t_start, t_start + spec.duration)
-
-
-def _line_kind(buf: bytes, start: int, nl: int) -> int | None:
-    """The first letter of the ``type`` of the answer line ``buf[start:nl]`` (``d`` done, ``e`` error, ...), or None."""
-    k = buf.find(b'"type":"', start, min(nl, start + 48))
-    return buf[k + 8] if k >= 0 else None
 
 
 def _record(out: dict, latencies: array.array, t0: float, t1: float, error: bytes | None, t_start: float,
@@ -285,12 +294,24 @@ async def _load_main(spec: LoadSpec) -> dict:
     return out
 
 
+@dataclass(slots=True, eq=False)
+class _Client:
+    """One client of :func:`_load_epoll`: its socket, what it has read of the answer, its requests and the next one."""
+
+    sock: socket.socket
+    buf: bytes
+    pool: list[bytes]
+    next: int  # the next request's index in pool (modulo its length)
+    slow: bool = False  # the slow client: sends back to back until the others are done
+    sent_at: float = 0.0  # perf_counter when the request out went
+
+
 def _load_epoll(spec: LoadSpec) -> dict:
     """The same load as :func:`_load_main`, from one ``epoll`` loop instead of a trio task per client.
 
     Each client is a small state machine (its socket, what it has read, its
     next request, when the request went); the loop reads each readable
-    socket once, takes whole lines as :func:`_exchange` does, and sends the
+    socket once, looks for the answer's end as :func:`_exchange` does (:func:`_answer_end`), and sends the
     client's next request as soon as the answer's ``done`` or ``error``
     line is in. The same requests, windows and counting as the trio load
     generator, at a fraction of its CPU per request: on a 2-core machine the
@@ -316,87 +337,69 @@ def _load_epoll(spec: LoadSpec) -> dict:
             buf = buf[buf.index(b"\n") + 1 :]
         return sock, buf
 
-    # Per client, by fd: [sock, buffer, pool, next index, t0 of the request out, slow?]
-    clients: dict[int, list] = {}
+    clients: dict[int, _Client] = {}  # by fd
     for i in range(spec.clients):
         sock, buf = open_client()
         pool = pools[i]
-        clients[sock.fileno()] = [sock, buf, pool, random.Random(i).randrange(len(pool)), 0.0, False]
+        clients[sock.fileno()] = _Client(sock, buf, pool, random.Random(i).randrange(len(pool)))
     if spec.slow_param is not None:
         sock, buf = open_client()
-        slow_request = _request(1, SLOW_SQL, [spec.slow_param])
-        clients[sock.fileno()] = [sock, buf, [slow_request], 0, 0.0, True]
+        clients[sock.fileno()] = _Client(sock, buf, [_request(1, SLOW_SQL, [spec.slow_param])], 0, slow=True)
     out["late"] = clock() - t_warm
     epoll = select.epoll()
     for fd in clients:
         epoll.register(fd, select.EPOLLIN)
 
-    def send_next(fd: int, client: list) -> bool:
+    def send_next(client: _Client) -> bool:
         """Send the client's next request; False once the window is over (the client stops)."""
         t0 = clock()
-        if t0 >= t_end and not client[5]:
+        if t0 >= t_end and not client.slow:
             return False
-        pool = client[2]
-        request = pool[client[3] % len(pool)]
-        client[3] += 1
-        client[4] = t0
-        client[0].sendall(request)
+        pool = client.pool
+        request = pool[client.next % len(pool)]
+        client.next += 1
+        client.sent_at = t0
+        client.sock.sendall(request)
         return True
 
-    for fd, client in clients.items():
-        if client[5]:  # at once, so that a slow query is already running when the window opens
-            send_next(fd, client)
+    for client in clients.values():
+        if client.slow:  # at once, so that a slow query is already running when the window opens
+            send_next(client)
     delay = t_warm - clock()
     if delay > 0:
         time.sleep(delay)
-    for fd, client in clients.items():
-        if not client[5]:
-            send_next(fd, client)
+    for client in clients.values():
+        if not client.slow:
+            send_next(client)
     running = spec.clients
     echo = spec.echo
     while running:
         for fd, _ in epoll.poll():
             client = clients[fd]
-            sock = client[0]
-            data = sock.recv(65536)
+            data = client.sock.recv(65536)
             if not data:
                 raise ConnectionError("server closed the connection")
-            buf = client[1] + data
-            pos = 0
-            ended = None  # (error line or None) once the answer's last line is in
-            while ended is None:
-                nl = buf.find(b"\n", pos)
-                if nl < 0:
-                    break
-                start, pos = pos, nl + 1
-                if echo:
-                    ended = (None,)
-                    break
-                kind = _line_kind(buf, start, nl)
-                if kind == 0x64:  # "done"
-                    ended = (None,)
-                elif kind == 0x65:  # "error"
-                    ended = (buf[start:nl],)
-            client[1] = buf[pos:]
-            if ended is None:
+            buf = client.buf + data
+            pos, ended, error = _answer_end(buf, 0, echo)
+            client.buf = buf[pos:]
+            if not ended:
                 continue
             t1 = clock()
-            t0 = client[4]
-            error = ended[0]
-            if client[5]:  # the slow client: back to back until the others are done
+            t0 = client.sent_at
+            if client.slow:  # the slow client: back to back until the others are done
                 out["slow"].append([t0, t1 - t0, True])
                 if error is not None:
                     out["slow_errors"].append(error.decode(errors="replace"))
-                send_next(fd, client)
+                send_next(client)
                 continue
             _record(out, latencies, t0, t1, error, t_start, t_end)
-            if not send_next(fd, client):
+            if not send_next(client):
                 epoll.unregister(fd)
                 running -= 1
     for client in clients.values():
-        if client[5]:  # its last query is still running: how long it had run so far
-            out["slow"].append([client[4], clock() - client[4], False])
-        client[0].close()
+        if client.slow:  # its last query is still running: how long it had run so far
+            out["slow"].append([client.sent_at, clock() - client.sent_at, False])
+        client.sock.close()
     epoll.close()
     out["slow"] = [[t0 - t_start, d, finished] for t0, d, finished in out["slow"]]
     with open(spec.latencies_path, "wb") as f:
