@@ -375,7 +375,8 @@ class Executor:
                 self._drop_portal(st, "")
             else:
                 self._drop_portals(st)
-        ready = _READY_IN_BLOCK if in_transaction else _READY_IDLE  # (not failed: checked first, and still so)
+        # st.txn.status(in_transaction) without its call (not failed: checked first, and still so).
+        ready = _READY_IN_BLOCK if in_transaction else _READY_IDLE
         # One append: each costs a resize of the buffer.
         if describe_portal:
             st.out += b"".join((m.BIND_COMPLETE, description, encoded, completion, ready))
