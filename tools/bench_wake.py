@@ -91,13 +91,8 @@ def run_trio(way: str, count: int) -> tuple[float, float]:
                     out.extend(ANSWER)
                     return bool(data)
 
-                def flush() -> bool:
-                    os.write(fd, bytes(out))
-                    out.clear()
-                    return True
-
                 with sock:
-                    await ready.park(sock, serve, flush)
+                    await ready.park(sock, serve, out)
 
             async def accept() -> None:
                 sock, _ = await listener.accept()

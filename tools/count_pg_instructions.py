@@ -87,7 +87,11 @@ def _inner(way: str, count: int, db: str) -> None:
         session, config, proto = st.session, server._executor.config, st.proto
         sql = st.statements["P_0"].statement.sql
         if way == "parked":
-            serve, flush = parked.serve, parked.flush
+            # The ready loop sends ``out`` after serve(); here it is taken
+            # whole, as _TakesEverything does (a tree before the loop sent it:
+            # the parked server's own flush).
+            serve = parked.serve
+            flush = getattr(parked, "flush", None) or parked.out.clear
             for _ in range(count):
                 serve()
                 flush()

@@ -28,6 +28,7 @@ import outcome
 import trio
 
 from trionet.addresses import format_address
+from trionet.batchsend import BatchSender
 from trionet.errors import first_message
 from trionet.framing import NEED_DATA
 from trionet.tls import EagerSocketStream, TLSServerConfig, handshake
@@ -489,9 +490,9 @@ class DirectSocketIO:
         else:
             framer.receive_data(await self._stream.receive_some(RECEIVE_CHUNK))
 
-    async def park(self, ready: ReadyLoop, serve: Callable[[], bool], flush: Callable[[], bool] | None = None) -> bool:
+    async def park(self, ready: ReadyLoop, serve: Callable[[], bool], out: bytearray | None = None) -> bool:
         """Direct only: wait for the next request in ``ready`` (:meth:`ReadyLoop.park`), which may serve it with ``serve``."""
-        return await ready.park(self._sock, serve, flush)
+        return await ready.park(self._sock, serve, out)
 
     def send_now(self, data: bytes) -> bytes:
         """Write what the socket takes at once; return the rest (``b""`` when all of it went, ``data`` when not direct)."""
@@ -502,14 +503,6 @@ class DirectSocketIO:
         except BlockingIOError:
             return data
         return data[sent:]
-
-    def send_some(self, data: bytearray) -> None:
-        """Direct only: write what the socket takes of ``data`` at once, and delete that from ``data`` (no copy of it)."""
-        try:
-            sent = os.write(self._sock.fileno(), data)
-        except BlockingIOError:
-            return
-        del data[:sent]
 
 
 _sched_yield = getattr(os, "sched_yield", lambda: None)
@@ -544,6 +537,20 @@ def poll_window(window: float, gap: float, limit: float) -> float:
     return window / 2 if window > limit / 8 else 0.0
 
 
+_Parked = tuple[trio.lowlevel.Task, Callable[[], bool], bytearray | None, object]
+"""A parked connection in a :class:`ReadyLoop`: its task, its ``serve``, its ``out`` and its socket."""
+
+
+def _write_some(sock, out: bytearray) -> bool:
+    """Write what ``sock`` takes of ``out`` at once and delete that from ``out``; True if it took all of it."""
+    try:
+        sent = os.write(sock.fileno(), out)
+    except BlockingIOError:
+        return False
+    del out[:sent]
+    return not out
+
+
 GIVE_WAY_TIMEOUT = 0.01
 """The longest :meth:`ReadyLoop.give_way` waits for the loop's thread to finish a batch (a safety net: a batch takes microseconds)."""
 
@@ -566,11 +573,16 @@ class ReadyLoop:
     stay parked, or False to hand the connection back to its task (anything
     slow, unusual, an error, EOF, a send the socket did not take whole): the
     task's :meth:`park` then returns, and it carries on with whatever
-    ``serve()`` left in the connection's buffers. A ``flush()`` given with
-    ``serve`` runs after every ``serve()`` of the batch, so the answers go
-    out together (as the course's loop sends its queued replies after it
-    has handled every readable socket): a client with many connections then
-    finds several answers per wake-up (docs/benchmarks.md).
+    ``serve()`` left in the connection's buffers. The answers ``serve()``
+    leaves in the connection's ``out`` buffer go out after every
+    ``serve()`` of the batch, together (as the course's loop sends its
+    queued replies after it has handled every readable socket): in one
+    system call where the platform allows (:mod:`trionet.batchsend`), so
+    that a client with many connections finds all of its answers at one
+    wake-up instead of being woken, and switched to, once per answer
+    (docs/benchmarks.md, "Session 15"). A connection whose socket does not
+    take all of its ``out`` goes back to its task, the rest still in
+    ``out``, for the task to send under its send watchdog.
 
     Where the loop runs. By default (``thread=True``, under trio's own
     clock) it is a thread of its own, started at the first :meth:`park`
@@ -606,8 +618,8 @@ class ReadyLoop:
     (the idle and send watchdogs, the drain, the grace deadline cancel it
     as before, and the socket leaves the set at once); the loop only
     borrows the socket while the task waits, and :meth:`run` does not
-    return before its thread has ended. A lock makes each ``serve()`` and
-    ``flush()`` and each park and unpark one step: a task is never woken
+    return before its thread has ended. A lock makes each ``serve()``, each
+    send of answers, and each park and unpark one step: a task is never woken
     while the loop is inside its ``serve()``, so the connection is only
     ever touched by one of them (a cancellation that comes meanwhile takes
     effect once the step is done). Fairness: the loop serves one batch (at
@@ -628,10 +640,16 @@ class ReadyLoop:
     readable: the caller's own loop serves it, as it would without one.
     """
 
-    def __init__(self, max_events: int = 256, yield_after_flush: bool = True, thread: bool = True) -> None:
+    def __init__(
+        self, max_events: int = 256, yield_after_flush: bool = True, thread: bool = True, batch_send: bool = True
+    ) -> None:
         self.max_events = max_events
         self.yield_after_flush = yield_after_flush
         """Whether the loop gives up the CPU (``sched_yield``) after each batch that sent answers."""
+        self.batch_send = batch_send
+        """Whether a batch's answers to several sockets go out in one system call where the platform allows."""
+        self._sender: BatchSender | None = None  # opened at the first batch with answers for two sockets or more
+        self._sender_tried = False
         self.thread = thread
         """Whether the loop may run in a thread of its own (under trio's own clock; see the class)."""
         self.threaded = False
@@ -642,7 +660,7 @@ class ReadyLoop:
         self._first_park: trio.Event | None = None  # set by the first park: the thread starts then
         self._lock = threading.Lock()
         self._wake: Callable[[trio.lowlevel.Task, outcome.Outcome], None] = trio.lowlevel.reschedule
-        self._parked: dict[int, tuple[trio.lowlevel.Task, Callable[[], bool], Callable[[], bool] | None]] = {}
+        self._parked: dict[int, _Parked] = {}
         self._done = threading.Condition(threading.Lock())
         self._finished = 0  # batches finished, under _done
         self._waiting = 0  # event-loop callers of give_way waiting on _done
@@ -654,6 +672,8 @@ class ReadyLoop:
         """``serve()`` calls that kept their connection parked."""
         self.polled = 0
         """Batches the thread found while it polled (:attr:`busy_poll`), before it would have slept."""
+        self.batch_sends = 0
+        """Batches whose answers went out in one system call (:mod:`trionet.batchsend`)."""
 
     @property
     def parked(self) -> int:
@@ -685,9 +705,13 @@ class ReadyLoop:
                 self._epoll = None
                 self.threaded = False
                 self._wake = trio.lowlevel.reschedule
-                for fd, (task, _, _) in list(self._parked.items()):
+                for fd, entry in list(self._parked.items()):
                     self._unpark(fd, epoll)
-                    trio.lowlevel.reschedule(task, outcome.Value(False))
+                    trio.lowlevel.reschedule(entry[0], outcome.Value(False))
+                if self._sender is not None:
+                    self._sender.close()
+                    self._sender = None
+                self._sender_tried = False
             trio.lowlevel.notify_closing(epoll.fileno())
             epoll.close()
 
@@ -763,11 +787,11 @@ class ReadyLoop:
                 return
 
     def _batch(self, events: list[tuple[int, int]], wake_fd: int) -> bool:
-        """Serve one batch of ready sockets, then flush; False if told to stop (``wake_fd`` was ready)."""
+        """Serve one batch of ready sockets, then send their answers; False if told to stop (``wake_fd`` was ready)."""
         self.batches += 1
         parked = self._parked
         lock = self._lock
-        flushes = []
+        answered = []
         for fd, _ in events:
             if fd == wake_fd:
                 return False
@@ -775,28 +799,26 @@ class ReadyLoop:
                 entry = parked.get(fd)
                 if entry is not None and self._turn(fd, entry[0], entry[1]):
                     self.served += 1
-                    if entry[2] is not None:
-                        flushes.append((fd, entry))
+                    if entry[2]:
+                        answered.append((fd, entry))
         # Then the answers go out together, as the course's loop sends its
         # queued replies after handling every readable socket: a client
         # with many connections (pgbench's threads) finds several answers
         # at each wake-up instead of one.
-        for fd, entry in flushes:
-            with lock:
-                if parked.get(fd) is entry:  # (a task cancelled meanwhile sends its own answers)
-                    self._turn(fd, entry[0], entry[2])
+        if answered:
+            self._send(answered)
         with self._done:  # (uncontended but for give_way: about 0.1 µs a batch)
             self._finished += 1
             if self._waiting:
                 self._done.notify_all()
-        if flushes and self.yield_after_flush:
+        if answered and self.yield_after_flush:
             # The answers just sent woke their clients. On a shared machine
             # (a load generator beside the server, two workers on two cores)
             # yielding now lets them run and send their next requests before
             # this loop looks again: one bigger batch, instead of being
-            # preempted by each woken client half-way through the flush and
-            # woken again for each request (docs/benchmarks.md). With nothing
-            # else runnable the call returns at once.
+            # preempted by the woken clients and woken again for each
+            # request (docs/benchmarks.md). With nothing else runnable the
+            # call returns at once.
             _sched_yield()
         return True
 
@@ -833,7 +855,7 @@ class ReadyLoop:
             finally:
                 self._waiting -= 1
 
-    async def park(self, sock, serve: Callable[[], bool], flush: Callable[[], bool] | None = None) -> bool:
+    async def park(self, sock, serve: Callable[[], bool], out: bytearray | None = None) -> bool:
         """Wait until ``serve()`` hands the connection back (returns False or raises); see the class.
 
         Returns True when ``serve()`` handed it back; False when this only
@@ -845,21 +867,23 @@ class ReadyLoop:
                 readable or not; the loop calls ``serve()`` each time it is.
             serve: called by the loop when ``sock`` is readable; True to
                 stay parked.
-            flush: called after every ``serve()`` of the batch that kept
-                its connection parked (answers computed first, sent
-                together); True to stay parked, False (or raise) to hand
-                the connection back, as ``serve()``.
+            out: the connection's pending answers, where ``serve()`` puts
+                them: the loop sends them after every ``serve()`` of the
+                batch (answers computed first, sent together), deleting what
+                the socket took. If the socket does not take all of it, the
+                connection goes back to its task (True), the rest in ``out``.
 
         Raises:
-            whatever ``serve()`` raised; ``trio.Cancelled`` when the task's
-            scope is cancelled (the socket has then left the set).
+            whatever ``serve()`` raised, or the error of sending ``out`` (a
+            reset peer); ``trio.Cancelled`` when the task's scope is
+            cancelled (the socket has then left the set).
         """
         epoll = self._epoll
         if epoll is None:
             await trio.lowlevel.wait_readable(sock)
             return False
         fd = sock.fileno()
-        entry = (trio.lowlevel.current_task(), serve, flush)
+        entry = (trio.lowlevel.current_task(), serve, out, sock)
         with self._lock:
             self._parked[fd] = entry  # before the set: the thread may see the socket ready at once
             epoll.register(fd, select.EPOLLIN)
@@ -869,7 +893,7 @@ class ReadyLoop:
             first_park.set()  # the loop's thread starts
 
         def abort(_raise_cancel) -> trio.lowlevel.Abort:
-            with self._lock:  # waits out a serve() or flush() of this connection under way
+            with self._lock:  # waits out a serve() or a send of this connection under way
                 if self._parked.get(fd) is not entry:
                     # The loop handed it back meanwhile: that wake-up is on
                     # its way, and the cancellation reaches the task at its
@@ -880,8 +904,48 @@ class ReadyLoop:
 
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
+    def _send(self, answered: list[tuple[int, _Parked]]) -> None:
+        """Send the answers of a batch's connections (each lock-held): all in one system call when there are several."""
+        lock, parked = self._lock, self._parked
+        if len(answered) > 1 and self.batch_send:
+            sender = self._sender
+            if sender is None and not self._sender_tried:
+                self._sender_tried = True
+                sender = self._sender = BatchSender.open()
+            if sender is not None:
+                with lock:
+                    # fileno() now, not the number parked: a socket closed
+                    # meanwhile is -1, and its task is the one to hear of it.
+                    items = [
+                        (fd, entry[2])
+                        for fd, entry in answered
+                        if parked.get(fd) is entry and entry[3].fileno() == fd
+                    ]  # (a task cancelled meanwhile sends its own answers)
+                    if items:
+                        sender.send(items)
+                        self.batch_sends += 1
+        # Each connection whose answers are not all sent yet (one alone, a
+        # full send buffer, an error): its own write, which hands it back
+        # with the rest, or with the error.
+        for fd, entry in answered:
+            if entry[2]:
+                with lock:
+                    if parked.get(fd) is entry:
+                        self._send_rest(fd, entry)
+
+    def _send_rest(self, fd: int, entry: _Parked) -> None:
+        """Write what a parked connection's ``out`` holds (lock held); if the socket does not take it all, hand it back."""
+        try:
+            if _write_some(entry[3], entry[2]):
+                return
+            result = outcome.Value(True)
+        except Exception as exc:  # the connection's error (a reset peer), not the loop's
+            result = outcome.Error(exc)
+        self._unpark(fd)
+        self._wake(entry[0], result)
+
     def _turn(self, fd: int, task: trio.lowlevel.Task, step: Callable[[], bool]) -> bool:
-        """Call a parked connection's ``serve`` or ``flush`` (lock held); True: it stays parked, else its task has it back."""
+        """Call a parked connection's ``serve`` (lock held); True: it stays parked, else its task has it back."""
         try:
             if step():
                 return True
@@ -903,14 +967,14 @@ class ReadyLoop:
 
 
 class ParkedServer:
-    """What a connection parked in a :class:`ReadyLoop` does when its socket is readable: its ``serve`` and ``flush``.
+    """What a connection parked in a :class:`ReadyLoop` does when its socket is readable: its ``serve``.
 
     One read (:meth:`DirectSocketIO.read_ready`) into the connection's
     sans-IO core, then each complete event offered to ``answer``, which
     either answers it at once (into ``out``) or says no; then, once the
-    loop has served its whole batch, :meth:`flush` sends ``out``. The
-    connection goes back to its task (:meth:`serve` or :meth:`flush`
-    returns False) with the first event ``answer`` refused or that came past
+    loop has served its whole batch, the loop sends :attr:`out`. The
+    connection goes back to its task (:meth:`serve` returns False, or the
+    loop's send hands it back) with the first event ``answer`` refused or that came past
     ``burst`` answers from one read (:meth:`take_handback`), at EOF (which
     the core reports as an event), when the socket did not take all of
     ``out`` (the rest stays in it, for the task to send under its send
@@ -975,13 +1039,10 @@ class ParkedServer:
             self._answered()
         return self._handback is None and not self._draining.is_set()
 
-    def flush(self) -> bool:
-        """The ready loop's ``flush``: send ``out``; False (the rest left in ``out``) if the socket did not take it all."""
-        out = self._out
-        if out:
-            self._io.send_some(out)
-            return not out
-        return True
+    @property
+    def out(self) -> bytearray:
+        """The connection's pending answers: what to park with (:meth:`ReadyLoop.park`'s ``out``)."""
+        return self._out
 
     def take_handback(self) -> tuple[object | None, bool]:
         """The event :meth:`serve` handed back (or None), and whether ``answer`` may still be tried on it."""

@@ -68,17 +68,8 @@ async def test_direct_socket_io_reads_and_sends_without_waiting_when_it_can():
             rest = io.send_now(b"x" * 65536)
             sent += 65536 - len(rest)
         assert 0 < len(rest) <= 65536
-        pending = bytearray(b"y" * 1000)
-        io.send_some(pending)  # the socket is full: nothing went, nothing was lost
-        assert pending == b"y" * 1000
         while sent:  # the peer reads it all
             sent -= len(await theirs.receive_some(sent))
-        io.send_some(pending)  # now the socket takes it: it leaves the buffer
-        assert pending == b""
-        got = b""
-        while len(got) < 1000:
-            got += await theirs.receive_some(1000)
-        assert got == b"y" * 1000
         await theirs.send_eof()
         while io.read_ready(framer) is False:
             await io.wait(framer)
@@ -292,23 +283,22 @@ async def test_the_loop_yields_the_cpu_once_after_a_batch_it_answered_and_never_
     calls: list[str] = []
     monkeypatch.setattr(serving, "_sched_yield", lambda: calls.append("yield"))
     ready = serving.ReadyLoop(thread=False)
-    socks, peers = {}, {}
+    socks, peers, outs = {}, {}, {}
 
     def server(name):
         def serve() -> bool:
             socks[name].recv(100)
             calls.append("serve")
+            if name != "quiet":
+                outs[name] += b"answer " + name.encode()
             return True
 
-        def flush() -> bool:
-            calls.append("flush")
-            return True
-
-        return serve, (flush if name != "quiet" else None)
+        return serve, outs[name]
 
     with contextlib.ExitStack() as closing:
         for name in ("a", "b", "quiet"):
             socks[name], peers[name] = _socketpair()
+            outs[name] = bytearray()
             closing.enter_context(socks[name])
             closing.enter_context(peers[name])
         async with trio.open_nursery() as nursery:
@@ -319,60 +309,86 @@ async def test_the_loop_yields_the_cpu_once_after_a_batch_it_answered_and_never_
             peers["a"].send(b"x")
             peers["b"].send(b"x")
             await trio.testing.wait_all_tasks_blocked()
-            assert calls == ["serve", "serve", "flush", "flush", "yield"]
+            assert calls == ["serve", "serve", "yield"]
+            assert peers["a"].recv(100) == b"answer a" and peers["b"].recv(100) == b"answer b"
             calls.clear()
-            peers["quiet"].send(b"x")  # served, nothing to flush
+            peers["quiet"].send(b"x")  # served, nothing to send
             await trio.testing.wait_all_tasks_blocked()
             assert calls == ["serve"]
             calls.clear()
             ready.yield_after_flush = False
             peers["a"].send(b"x")
             await trio.testing.wait_all_tasks_blocked()
-            assert calls == ["serve", "flush"]
+            assert calls == ["serve"] and peers["a"].recv(100) == b"answer a"
+            assert ready.parked == 3
             nursery.cancel_scope.cancel()
 
 
-async def test_a_batch_is_served_first_and_its_answers_flushed_together():
-    # As the course's loop: handle every readable socket, then send the queued replies.
-    from trionet.serving import ReadyLoop
+@pytest.mark.parametrize("batch_send", [True, False], ids=["one-system-call", "one-write-each"])
+async def test_a_batch_is_served_first_and_its_answers_sent_together(monkeypatch, batch_send):
+    # As the course's loop: handle every readable socket, then send the
+    # queued replies; a socket that does not take its answer goes back to
+    # its task with the rest, one whose peer is gone with the error.
+    from trionet import serving
+    from trionet.batchsend import BatchSender
 
-    ready = ReadyLoop(thread=False)
+    ready = serving.ReadyLoop(thread=False, batch_send=batch_send)
     calls: list[str] = []
-    socks, peers, results = {}, {}, {}
+    socks, peers, outs, results = {}, {}, {}, {}
+    real_write, real_send = serving._write_some, BatchSender.send
 
-    def server(name):
+    def write_some(sock, out):
+        calls.append("write")
+        return real_write(sock, out)
+
+    def send(sender, items):
+        calls.append(f"send {len(items)}")
+        real_send(sender, items)
+
+    monkeypatch.setattr(serving, "_write_some", write_some)
+    monkeypatch.setattr(BatchSender, "send", send)
+    can_batch = BatchSender.open()
+    if can_batch is not None:
+        can_batch.close()
+
+    def serve(name):
         def serve() -> bool:
             socks[name].recv(100)
-            calls.append(f"serve {name}")
+            calls.append("serve")
+            outs[name] += b"answer " + name.encode()
             return True
 
-        def flush() -> bool:
-            calls.append(f"flush {name}")
-            if name == "c":
-                raise ConnectionResetError("gone")
-            return name != "b"  # b: the socket took only part of it, the task takes over
-
-        return serve, flush
+        return serve
 
     async with trio.open_nursery() as nursery:
         await nursery.start(ready.run)
         for name in "abc":
             socks[name], peers[name] = _socketpair()
-            results[name] = []
+            outs[name], results[name] = bytearray(), []
 
             async def task(name=name) -> None:
                 try:
-                    results[name].append(await ready.park(socks[name], *server(name)))
+                    results[name].append(await ready.park(socks[name], serve(name), outs[name]))
                 except Exception as exc:
                     results[name].append(exc)
 
             nursery.start_soon(task)
         await trio.testing.wait_all_tasks_blocked()
+        with contextlib.suppress(BlockingIOError):
+            while True:  # b: its peer reads nothing, the socket has no room left
+                socks["b"].send(b"f" * 65536)
         for name in "abc":
             peers[name].send(b"x")
+        peers["c"].close()  # c: its peer is gone
         await trio.testing.wait_all_tasks_blocked()
-        assert [c.split()[0] for c in calls] == ["serve"] * 3 + ["flush"] * 3 and ready.batches == 1
-        assert results["a"] == [] and results["b"] == [True] and isinstance(results["c"][0], ConnectionResetError)
+        batched = batch_send and can_batch is not None
+        # Every serve first; then one system call for the three (or a write
+        # each), and the two that did not take theirs try again alone.
+        assert calls == ["serve"] * 3 + (["send 3", "write", "write"] if batched else ["write"] * 3)
+        assert ready.batches == 1 and ready.batch_sends == batched
+        assert results["a"] == [] and outs["a"] == b"" and peers["a"].recv(100) == b"answer a"
+        assert results["b"] == [True] and outs["b"] == b"answer b"  # for its task to send, under its watchdog
+        assert isinstance(results["c"][0], BrokenPipeError) and outs["c"] == b"answer c"
         assert ready.parked == 1
         nursery.cancel_scope.cancel()
     for sock in [*socks.values(), *peers.values()]:

@@ -102,25 +102,38 @@ def partial_sends(monkeypatch) -> list[int]:
     For tests of what happens to the rest of an answer: the ready loop
     hands it to the connection's task, which sends it under the watchdog.
     """
+    from trionet import serving
+    from trionet.batchsend import BatchSender
     from trionet.serving import DirectSocketIO, SendWatchdog
 
-    send_now, send_some, watched_send = DirectSocketIO.send_now, DirectSocketIO.send_some, SendWatchdog.send
+    send_now, write_some, batch_send = DirectSocketIO.send_now, serving._write_some, BatchSender.send
+    watched_send = SendWatchdog.send
     watched: list[int] = []
 
     def partial(io, data: bytes) -> bytes:
         return send_now(io, data[:5]) + data[5:]
 
-    def partial_some(io, data: bytearray) -> None:
+    def partial_some(sock, data: bytearray) -> bool:  # the ready loop's, one socket
         rest = data[5:]
         del data[5:]
-        send_some(io, data)
+        write_some(sock, data)
         data += rest
+        return not data
+
+    def partial_batch(sender, items: list) -> None:  # the ready loop's, several at once
+        rests = [data[5:] for _, data in items]
+        for _, data in items:
+            del data[5:]
+        batch_send(sender, items)
+        for (_, data), rest in zip(items, rests):
+            data += rest
 
     async def counting(watchdog, stream, data: bytes) -> None:
         watched.append(len(data))
         await watched_send(watchdog, stream, data)
 
     monkeypatch.setattr(DirectSocketIO, "send_now", partial)
-    monkeypatch.setattr(DirectSocketIO, "send_some", partial_some)
+    monkeypatch.setattr(serving, "_write_some", partial_some)
+    monkeypatch.setattr(BatchSender, "send", partial_batch)
     monkeypatch.setattr(SendWatchdog, "send", counting)
     return watched

@@ -264,7 +264,7 @@ class SqlServer:
                     while request is NEED_DATA:
                         if not io.direct:
                             await io.wait(proto)
-                        elif await io.park(ready, parked.serve, parked.flush):
+                        elif await io.park(ready, parked.serve, parked.out):
                             if state.unsent:
                                 unsent = bytes(state.unsent)
                                 state.unsent.clear()

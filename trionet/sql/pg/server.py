@@ -285,7 +285,7 @@ class PgServer:
                             # waking this task; anything else comes back here.
                             # No read first: an answer just went out, so a
                             # client that waits for it has sent nothing yet.
-                            handed_back = await io.park(ready, parked.serve, parked.flush)
+                            handed_back = await io.park(ready, parked.serve, parked.out)
                             if idle.expired:
                                 return
                             if handed_back:
