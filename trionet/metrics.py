@@ -105,6 +105,12 @@ class ServiceCollector(Collector):
             "(--busy-poll-us), so it neither slept nor was woken.",
             labels=["listener"],
         )
+        batch_sends = CounterMetricFamily(
+            "trionet_ready_loop_batch_sends",
+            "Wake-ups of the ready loop whose answers to several connections went out in one system call "
+            "(Linux's io_submit), so a client woken by the first found the rest there too.",
+            labels=["listener"],
+        )
         for service in self._services:
             open_.add_metric([service.name], len(service.connections))
             total.add_metric([service.name], service.accepted_total)
@@ -113,7 +119,8 @@ class ServiceCollector(Collector):
             wakeups.add_metric([service.name], service.ready.batches)
             answered.add_metric([service.name], service.ready.served)
             polled.add_metric([service.name], service.ready.polled)
-        yield from (open_, total, requests, wakeups, answered, polled)
+            batch_sends.add_metric([service.name], service.ready.batch_sends)
+        yield from (open_, total, requests, wakeups, answered, polled, batch_sends)
 
 
 class FunctionCollector(Collector):

@@ -91,6 +91,7 @@ async def test_a_scrape_reports_what_the_ready_loop_answered(nursery, http_get):
     assert samples[("trionet_ready_loop_answers_total", "echo")] == 3
     assert samples[("trionet_ready_loop_wakeups_total", "echo")] >= 3  # one request at a time: a wake-up each
     assert 0 <= samples[("trionet_ready_loop_polled_total", "echo")] <= samples[("trionet_ready_loop_wakeups_total", "echo")]
+    assert samples[("trionet_ready_loop_batch_sends_total", "echo")] == 0  # (its serve() sends for itself)
 
 
 def test_http_answers_by_method_and_path():
