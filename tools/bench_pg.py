@@ -46,6 +46,10 @@ tree (postmaster and backends; supervisor and workers): the running
 processes' utime+stime plus their cutime+cstime (children that ended, such
 as backends, are counted in their parent).
 
+With ``--perf``, pgbench runs under ``perf stat``, which counts its
+``ppoll`` calls and context switches: how often it found nothing to read
+and slept, per transaction (docs/benchmarks.md, "Session 15").
+
 Usage::
 
     python3 tools/bench_pg.py --seconds 10 --rounds 5 --json bench_pg.json
@@ -277,6 +281,8 @@ class Run:
     cpu_us_per_tx: float
     machine_busy: float  # cores busy on the whole machine during the run
     pgbench_us_per_tx: float = 0.0  # the load generator's own CPU (its rusage), per transaction
+    pgbench_polls_per_tx: float | None = None  # with --perf: pgbench's ppoll calls per transaction
+    pgbench_switches_per_tx: float | None = None  # with --perf: its context switches per transaction
 
 
 def _machine_busy() -> tuple[float, float]:
@@ -286,11 +292,19 @@ def _machine_busy() -> tuple[float, float]:
     return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
-def run_pgbench(server: Server, script: Path, clients: int, threads: int, mode: str, seconds: float) -> Run:
+PERF_EVENTS = ("context-switches", "syscalls:sys_enter_ppoll")
+
+
+def run_pgbench(
+    server: Server, script: Path, clients: int, threads: int, mode: str, seconds: float, perf: bool = False
+) -> Run:
     cmd = [
         "pgbench", "-n", "-T", str(seconds), "-f", str(script), "-c", str(clients), "-j", str(threads),
         "-M", mode, "-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres", server.database,
     ]  # fmt: skip
+    perf_out = script.parent / "perf-stat.csv"
+    if perf:  # pgbench's polls and switches, counted by the kernel (perf's own CPU counts in the rusage)
+        cmd = ["perf", "stat", "-x,", "-e", ",".join(PERF_EVENTS), "-o", str(perf_out), "--", *cmd]
     cpu0, (busy0, total0) = server.cpu_seconds(), _machine_busy()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -306,13 +320,26 @@ def run_pgbench(server: Server, script: Path, clients: int, threads: int, mode: 
     failed_match = re.search(r"number of failed transactions: (\d+)", out)
     failed = int(failed_match.group(1)) if failed_match else 0
     ncpu = os.cpu_count() or 1
+    counts = _perf_counts(perf_out) if perf else {}
+    per_tx = {name: counts[name] / max(1, transactions) for name in counts}
     return Run(
         server.name, clients, threads, mode, tps, latency, transactions, failed,
         (cpu1 - cpu0) / max(1, transactions) * 1e6,
         (busy1 - busy0) / max(1e-9, total1 - total0) * ncpu,
         (children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime)
         / max(1, transactions) * 1e6,
+        per_tx.get("syscalls:sys_enter_ppoll"), per_tx.get("context-switches"),
     )  # fmt: skip
+
+
+def _perf_counts(path: Path) -> dict[str, float]:
+    """``perf stat -x,`` output: count by event name."""
+    counts = {}
+    for line in path.read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].replace(".", "").isdigit():
+            counts[fields[2]] = float(fields[0])
+    return counts
 
 
 @dataclass
@@ -380,6 +407,19 @@ def machine() -> dict:
     }
 
 
+def print_pgbench_table(runs: list[list[Run]], servers: list[str], cases: list[tuple[int, int, str]]) -> None:
+    """With --perf: pgbench's own cost against each server, medians over the rounds."""
+    print("\n| clients | mode | server | pgbench CPU µs/tx | pgbench ppoll calls/tx | pgbench context switches/tx |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for clients, _, mode in cases:
+        for name in servers:
+            mine = [r for rnd in runs for r in rnd if (r.server, r.clients, r.mode) == (name, clients, mode)]
+            cpu = statistics.median(r.pgbench_us_per_tx for r in mine)
+            polls = statistics.median(r.pgbench_polls_per_tx for r in mine)
+            switches = statistics.median(r.pgbench_switches_per_tx for r in mine)
+            print(f"| {clients} | {mode} | {name} | {cpu:.1f} | {polls:.3f} | {switches:.3f} |")
+
+
 def print_table(summaries: list[Summary]) -> None:
     print("| clients | mode | server | tps | latency ms | server CPU µs/tx | tps vs postgres | target |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -412,14 +452,23 @@ def print_table(summaries: list[Summary]) -> None:
     "--floor-apsw", is_flag=True,
     help="With --floor: also the floor calling SQLite through apsw instead of sqlite3 (pip install apsw first).",
 )  # fmt: skip
+@click.option(
+    "--perf", is_flag=True,
+    help="Run pgbench under `perf stat` and report its ppoll calls and context switches per transaction: "
+    "how often it found nothing to read and slept.",
+)  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write every run here.")
-def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, modes, floor, floor_apsw, json_path):
+def main(
+    seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, modes, floor, floor_apsw, perf, json_path
+):
     """Run pgbench's point select against PostgreSQL 15 and trionet, interleaved, and print the medians."""
     run_cases = cases(clients, modes)
     if floor_apsw and not floor:
         raise click.UsageError("--floor-apsw goes with --floor")
     if floor_apsw and importlib.util.find_spec("apsw") is None:
         raise click.ClickException("--floor-apsw needs apsw (pip install apsw): the benchmark's own, not trionet's")
+    if perf and shutil.which("perf") is None:
+        raise click.ClickException("--perf needs perf (apt-get install linux-perf)")
     if not (PG_BIN / "initdb").exists() or shutil.which("pgbench") is None:
         raise click.ClickException(f"needs PostgreSQL 15 in {PG_BIN} and pgbench (apt-get install postgresql-15)")
     servers: list[Server] = []
@@ -454,11 +503,14 @@ def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, 
                 for n_clients, threads, mode in run_cases:
                     order = servers[rnd % len(servers):] + servers[: rnd % len(servers)]
                     for server in order:
-                        run = run_pgbench(server, script, n_clients, threads, mode, seconds)
+                        run = run_pgbench(server, script, n_clients, threads, mode, seconds, perf)
                         print(
                             f"round {rnd + 1} -c {n_clients} -M {mode} {server.name}: {run.tps:,.0f} tps, "
                             f"{run.latency_ms:.3f} ms, {run.cpu_us_per_tx:.0f} µs CPU/tx, "
-                            f"pgbench {run.pgbench_us_per_tx:.0f} µs CPU/tx, "
+                            f"pgbench {run.pgbench_us_per_tx:.0f} µs CPU/tx"
+                            + (f" {run.pgbench_polls_per_tx:.3f} polls/tx, {run.pgbench_switches_per_tx:.3f} switches/tx"
+                               if perf else "")
+                            + ", "
                             f"machine {run.machine_busy:.2f} cores busy",
                             file=sys.stderr,
                         )
@@ -469,10 +521,13 @@ def main(seconds, rounds, rows, trionet_args, no_single, compare_tree, clients, 
                 server.stop()
     summaries = summarize(runs, [n for n in names if n != "postgres"] + ["postgres"], run_cases)
     print_table(summaries)
+    if perf:
+        print_pgbench_table(runs, [n for n in names if n != "postgres"] + ["postgres"], run_cases)
     if json_path is not None:
         json_path.write_text(json.dumps(
             {"machine": info, "seconds": seconds, "rounds": rounds, "rows": rows, "trionet_args": trionet_args,
-             "compare_tree": str(compare_tree) if compare_tree else None, "floor": floor, "floor_apsw": floor_apsw, "cases": run_cases,
+             "compare_tree": str(compare_tree) if compare_tree else None, "floor": floor, "floor_apsw": floor_apsw,
+             "perf": perf, "cases": run_cases,
              "runs": [[r.__dict__ for r in rnd] for rnd in runs], "summary": [s.__dict__ for s in summaries]},
             indent=1,
         ))  # fmt: skip
