@@ -451,6 +451,50 @@ async def test_under_trios_clock_the_loop_is_a_thread_that_answers_without_wakin
         assert not ready.threaded  # run() returned only after its thread had ended
 
 
+async def test_the_threads_batches_go_out_in_one_system_call_each_answer_to_its_own_client():
+    # Eight clients ask at once, round after round: the thread finds several
+    # ready per wake-up and sends their answers together (one io_submit
+    # where Linux has it), and every client gets exactly its own answers.
+    from trionet.batchsend import BatchSender
+    from trionet.serving import ReadyLoop
+
+    ready = ReadyLoop(thread=True)
+    names = [b"c%d" % i for i in range(8)]
+    socks, peers, outs = {}, {}, {}
+
+    def server(name: bytes):
+        def serve() -> bool:
+            outs[name] += socks[name].recv(100) + b" for " + name + b";"
+            return True
+
+        return serve
+
+    with contextlib.ExitStack() as closing:
+        for name in names:
+            socks[name], peers[name] = (closing.enter_context(s) for s in _socketpair())
+            outs[name] = bytearray()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ready.run)
+            for name in names:
+                nursery.start_soon(ready.park, socks[name], server(name), outs[name])
+            await trio.testing.wait_all_tasks_blocked()
+            for round_ in range(50):
+                for name in names:
+                    peers[name].send(b"r%d" % round_)
+                for name in names:
+                    expected = b"r%d for %s;" % (round_, name)
+                    got = b""
+                    while len(got) < len(expected):
+                        got += await _answer_of(peers[name])
+                    assert got == expected
+            assert ready.parked == 8 and ready.served == 400
+            can_batch = BatchSender.open()
+            if can_batch is not None:
+                can_batch.close()
+                assert ready.batch_sends > 0  # some wake-ups found several clients ready
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_cancellation_waits_for_the_serve_under_way_in_the_thread():
     # The task must never run while the loop's thread is inside its serve():
     # both would use the connection at once.
