@@ -120,7 +120,7 @@ def _inner(way: str, count: int, db: str) -> None:
                 await bench._answer(stream, bench.prepared_bytes(7))
             ((_secret, st),) = server._keys.values()
             # The connection's real task is parked in the ready loop, whose
-            # thread may not have finished the last answer's flush yet (its
+            # thread may not have finished sending the last answer yet (its
             # os.write holds st.out while the client here already read the
             # bytes): under the loop's lock, the way has the state alone.
             with st.conn.service.ready._lock:

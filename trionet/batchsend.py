@@ -68,7 +68,7 @@ class BatchSender:
 
     def __init__(self, syscall, numbers: tuple[int, int, int, int], context: ctypes.c_ulong) -> None:
         self._syscall = syscall
-        self._setup, self._destroy, self._getevents, self._submit = (ctypes.c_long(n) for n in numbers)
+        _, self._destroy, self._getevents, self._submit = (ctypes.c_long(n) for n in numbers)
         self._context = context
         self._iocbs = ctypes.create_string_buffer(_IOCB.size * self.CAPACITY)
         base = ctypes.addressof(self._iocbs)
@@ -80,8 +80,6 @@ class BatchSender:
         self._data_address = ctypes.addressof(self._data)
         self._no_wait = (ctypes.c_long * 2)(0, 0)  # a zero timespec: collect what is done, do not wait
         self._order = list(range(self.CAPACITY))
-        self.calls = 0
-        """``io_submit`` calls made (each a batch of writes)."""
 
     @classmethod
     def open(cls) -> BatchSender | None:
@@ -105,18 +103,23 @@ class BatchSender:
             self._syscall(self._destroy, self._context)
             self._context = ctypes.c_ulong(0)
 
-    def send(self, items: list[tuple[int, bytearray]]) -> None:
+    def send(self, items: list[tuple[int, bytearray]]) -> int:
         """Write each ``(fd, pending)``'s bytes to its socket; delete what each socket took from the front of ``pending``.
 
         What is not written stays in ``pending`` for the caller's own
         ``write``, which then sees the reason: a send buffer without room
         (EAGAIN), an error (a reset peer, a closed descriptor), bytes that
         did not fit in :attr:`BUFFER` with the others.
-        """
-        for start in range(0, len(items), self.CAPACITY):
-            self._send_some(items[start : start + self.CAPACITY])
 
-    def _send_some(self, items: list[tuple[int, bytearray]]) -> None:
+        Returns:
+            the ``io_submit`` calls that wrote something (0 when closed, or
+            when every socket is left to the caller).
+        """
+        if not self._context.value:
+            return 0
+        return sum(self._send_some(items[start : start + self.CAPACITY]) for start in range(0, len(items), self.CAPACITY))
+
+    def _send_some(self, items: list[tuple[int, bytearray]]) -> bool:
         pack, iocbs, view, base = _IOCB.pack_into, self._iocbs, self._data_view, self._data_address
         sizes = []
         offset = 0
@@ -129,12 +132,11 @@ class BatchSender:
             sizes.append(size)
             offset += size
         count = len(sizes)
-        if not count or not self._context.value:
-            return
+        if not count:
+            return False
         submitted = self._syscall(self._submit, self._context, ctypes.c_long(count), self._pointers)
         if submitted <= 0:
-            return  # nothing submitted: every socket is the caller's to write
-        self.calls += 1
+            return False  # nothing submitted: every socket is the caller's to write
         done = self._syscall(self._getevents, self._context, ctypes.c_long(submitted), ctypes.c_long(submitted),
                              self._events, self._no_wait)  # fmt: skip
         if done != submitted:
@@ -152,8 +154,9 @@ class BatchSender:
         if results[2 : 4 * done : 4].tolist() == sizes and results[0 : 4 * done : 4].tolist() == self._order[:done]:
             for _, pending in items[:done]:  # the usual case: every socket took all of its bytes
                 pending.clear()
-            return
+            return True
         for event in range(done):
             index, taken = results[4 * event], results[4 * event + 2]
             if taken > 0:
                 del items[index][1][:taken]
+        return True

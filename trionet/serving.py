@@ -921,8 +921,7 @@ class ReadyLoop:
                         for fd, entry in answered
                         if parked.get(fd) is entry and entry[3].fileno() == fd
                     ]  # (a task cancelled meanwhile sends its own answers)
-                    if items:
-                        sender.send(items)
+                    if items and sender.send(items):
                         self.batch_sends += 1
         # Each connection whose answers are not all sent yet (one alone, a
         # full send buffer, an error): its own write, which hands it back
@@ -931,23 +930,16 @@ class ReadyLoop:
             if entry[2]:
                 with lock:
                     if parked.get(fd) is entry:
-                        self._send_rest(fd, entry)
+                        self._turn(fd, entry[0], _write_some, entry[3], entry[2])
 
-    def _send_rest(self, fd: int, entry: _Parked) -> None:
-        """Write what a parked connection's ``out`` holds (lock held); if the socket does not take it all, hand it back."""
-        try:
-            if _write_some(entry[3], entry[2]):
-                return
-            result = outcome.Value(True)
-        except Exception as exc:  # the connection's error (a reset peer), not the loop's
-            result = outcome.Error(exc)
-        self._unpark(fd)
-        self._wake(entry[0], result)
+    def _turn(self, fd: int, task: trio.lowlevel.Task, step: Callable[..., bool], *args) -> bool:
+        """Call ``step(*args)`` for a parked connection, its ``serve`` or a write of its ``out`` (lock held).
 
-    def _turn(self, fd: int, task: trio.lowlevel.Task, step: Callable[[], bool]) -> bool:
-        """Call a parked connection's ``serve`` (lock held); True: it stays parked, else its task has it back."""
+        True: it stays parked; else (False, or an exception: the
+        connection's error, not the loop's) its task has it back.
+        """
         try:
-            if step():
+            if step(*args):
                 return True
             result = outcome.Value(True)
         except Exception as exc:  # the connection's error, not the loop's

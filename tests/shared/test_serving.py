@@ -343,7 +343,7 @@ async def test_a_batch_is_served_first_and_its_answers_sent_together(monkeypatch
 
     def send(sender, items):
         calls.append(f"send {len(items)}")
-        real_send(sender, items)
+        return real_send(sender, items)
 
     monkeypatch.setattr(serving, "_write_some", write_some)
     monkeypatch.setattr(BatchSender, "send", send)

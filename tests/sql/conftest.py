@@ -120,13 +120,14 @@ def partial_sends(monkeypatch) -> list[int]:
         data += rest
         return not data
 
-    def partial_batch(sender, items: list) -> None:  # the ready loop's, several at once
+    def partial_batch(sender, items: list) -> int:  # the ready loop's, several at once
         rests = [data[5:] for _, data in items]
         for _, data in items:
             del data[5:]
-        batch_send(sender, items)
+        calls = batch_send(sender, items)
         for (_, data), rest in zip(items, rests):
             data += rest
+        return calls
 
     async def counting(watchdog, stream, data: bytes) -> None:
         watched.append(len(data))
