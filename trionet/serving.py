@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import select
+import socket
 import sys
 import threading
 import time
@@ -80,6 +81,10 @@ class Connection:
     service: "TCPService"
     opened: float = field(default_factory=trio.current_time)
     requests: int = 0
+    handed: bytes | None = None
+    """The state another worker moved this connection here with (:meth:`TCPService.take`); None for a new one."""
+    moved_to: int | None = None
+    """Set by the handler when it moved the connection to that worker: its socket closes here, without a word."""
 
     @property
     def draining(self) -> trio.Event:
@@ -136,6 +141,11 @@ class TCPService:
         self._conn_scope: trio.CancelScope | None = None
         self._pending_grace: float | None = None
         self._adopted: list | None = None
+        self._conn_nursery: trio.Nursery | None = None
+        self._open = 0  # connections whose task runs (TLS handshakes included)
+        self.placer = None
+        """With several workers, a :class:`trionet.placement.Placer`: this worker's load, kept on the board
+        as connections open and close, for the handler that moves connections (the PostgreSQL port's)."""
         self.ready = ReadyLoop()
         """Where connections waiting for their next request can park (:class:`ReadyLoop`); runs while :meth:`serve` does."""
 
@@ -187,8 +197,17 @@ class TCPService:
                 await trio.aclose_forcefully(listener)
 
     async def _serve_connections(self, listeners: list, addresses: list, listen_level: int, task_status) -> None:
+        try:
+            await self._accept_and_run(listeners, addresses, listen_level, task_status)
+        finally:
+            self._conn_nursery = None  # a connection handed over from now on is closed (take)
+
+    async def _accept_and_run(self, listeners: list, addresses: list, listen_level: int, task_status) -> None:
         async with trio.open_nursery() as conn_nursery:
             self._conn_scope = conn_nursery.cancel_scope
+            self._conn_nursery = conn_nursery
+            if self.placer is not None and self._pending_grace is None:
+                self.placer.publish(self._open)
             with trio.CancelScope() as self._accept_scope:
                 if self._pending_grace is not None:
                     self._accept_scope.cancel()
@@ -221,6 +240,8 @@ class TCPService:
         """Stop accepting, ask handlers to finish, and cancel what remains after ``grace`` seconds."""
         self.draining.set()
         self._pending_grace = grace
+        if self.placer is not None:
+            self.placer.withdraw()
         if self._accept_scope is not None:
             self._accept_scope.cancel()
             if self._conn_scope is not None:
@@ -246,12 +267,39 @@ class TCPService:
                 continue
             conn_nursery.start_soon(self._run_connection, stream)
 
-    async def _run_connection(self, stream: trio.SocketStream) -> None:
+    def take(self, sock: socket.socket, state: bytes) -> None:
+        """Serve a connection another worker moved here (:mod:`trionet.placement`), ``state`` its handler's.
+
+        The handler finds ``state`` in :attr:`Connection.handed`. A service
+        that is not serving (not started yet, or draining) closes it: the
+        other worker only moves connections to one that says it takes them,
+        so this is the rare race with a shutdown.
+        """
+        if self._conn_nursery is None or self.draining.is_set():
+            sock.close()
+            return
+        if self.placer is not None:
+            self.placer.moved_in += 1
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        self._conn_nursery.start_soon(self._run_connection, stream, state)
+
+    async def _run_connection(self, stream: trio.SocketStream, handed: bytes | None = None) -> None:
+        self._open += 1
+        if self.placer is not None:
+            self.placer.publish(self._open)
+        try:
+            await self._serve_stream(stream, handed)
+        finally:
+            self._open -= 1
+            if self.placer is not None and not self.draining.is_set():
+                self.placer.publish(self._open)
+
+    async def _serve_stream(self, stream: trio.SocketStream, handed: bytes | None) -> None:
         try:
             peer = format_address(stream.socket.getpeername())
         except OSError:
             peer = "?"  # already reset by the peer
-        if self.tls is not None:
+        if self.tls is not None and handed is None:
             try:
                 wrapped = await handshake(stream, self.tls.context, self.tls.handshake_timeout)
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -260,9 +308,10 @@ class TCPService:
                 await trio.aclose_forcefully(stream)
                 return
             stream = wrapped
-        conn = Connection(stream=stream, peer=peer, service=self)
+        conn = Connection(stream=stream, peer=peer, service=self, handed=handed)
         self.connections.add(conn)
-        self.accepted_total += 1
+        if handed is None:  # (one moved here was counted where it was accepted)
+            self.accepted_total += 1
         self._log.log(self._conn_level, "%s connection opened: %s", self.name, peer)
         outcome = "closed"
         try:
@@ -279,6 +328,8 @@ class TCPService:
                 await _close_tls(stream)
             if not _close_socket(stream):
                 await trio.aclose_forcefully(stream)
+            if conn.moved_to is not None:
+                outcome = f"moved to worker {conn.moved_to}"
             self._log.log(
                 self._conn_level,
                 "%s connection %s: %s, %.3fs, %d request(s)",

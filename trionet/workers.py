@@ -31,6 +31,16 @@ once) and hold the read end of a pipe only the supervisor writes to: if the
 supervisor dies, even by SIGKILL, the pipe reads EOF and the workers drain
 and exit (:func:`watch_lifeline`).
 
+Moving connections (``placement=True``, :mod:`trionet.placement`): the
+supervisor also makes, before the first fork, a
+:class:`~trionet.placement.LoadBoard` (anonymous shared memory: each
+worker's open connections per port, and what its connections want at each
+look) and, for every worker, a ``SOCK_SEQPACKET`` socket pair through which
+the others hand it a connection's descriptor and state. It keeps both ends
+of each pair, so a connection handed to a worker that just died waits for its
+successor, and it marks a dead worker's loads gone until the successor
+serves.
+
 Messages between workers (a PostgreSQL CancelRequest that reached the wrong
 one): every worker has a mailbox, a datagram socket pair made by the
 supervisor before the first fork; every worker inherits the sending ends of
@@ -68,6 +78,8 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from trionet.placement import LoadBoard, Placer
 
 __all__ = [
     "KILL_MARGIN",
@@ -198,6 +210,11 @@ class WorkerContext:
         lifeline: a pipe's read end that reads EOF when the supervisor is gone.
         scrapes: this worker's end of its scrape channel (:func:`answer_scrapes`);
             None when the server has no ``--metrics``.
+        board: the connections each worker serves, per port
+            (:class:`~trionet.placement.LoadBoard`); None with ``placement=False``.
+        handoff: this worker's receiving end for connections handed to it
+            (:func:`~trionet.placement.receive_handoffs`); None likewise.
+        handoffs: the sending ends, by worker index.
     """
 
     index: int
@@ -207,6 +224,15 @@ class WorkerContext:
     mailboxes: list[socket.socket]
     lifeline: int
     scrapes: socket.socket | None = None
+    board: LoadBoard | None = None
+    handoff: socket.socket | None = None
+    handoffs: list[socket.socket] = field(default_factory=list)
+
+    def placer(self, port: str) -> Placer | None:
+        """This worker's :class:`~trionet.placement.Placer` for ``port``, or None when placement is off."""
+        if self.board is None:
+            return None
+        return Placer(self.board, port, self.index, self.handoffs)
 
     def post(self, index: int, message: bytes) -> bool:
         """Send a datagram to worker ``index``'s mailbox without waiting; False if it could not be sent now."""
@@ -281,6 +307,7 @@ class _Supervisor:
     grace: float
     forward_hup: bool
     metrics: list[socket.socket] | None = None  # the bound --metrics listeners
+    placement: bool = False  # hand connections to the worker of their client's CPU (trionet.placement)
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     listeners: dict[str, list[list[socket.socket]]] = field(default_factory=dict)
     workers: list[_Worker] = field(default_factory=list)
@@ -324,6 +351,9 @@ class _Supervisor:
             for other, (receiver, _) in enumerate(self._mailboxes):
                 if other != index:
                     receiver.close()
+            for other, (receiver, _) in enumerate(self._handoffs):
+                if other != index:
+                    receiver.close()
             if self._endpoint is not None:
                 self._endpoint.close()
             for worker in self.workers:
@@ -338,6 +368,9 @@ class _Supervisor:
                 mailboxes=[sender for _, sender in self._mailboxes],
                 lifeline=self._lifeline_r,
                 scrapes=scrapes,
+                board=self._board,
+                handoff=self._handoffs[index][0] if self._handoffs else None,
+                handoffs=[sender for _, sender in self._handoffs],
             )
             code = self.run(context)
         except SystemExit as exc:
@@ -357,6 +390,13 @@ class _Supervisor:
 
     def serve(self) -> int:
         self._mailboxes = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(self.count)]
+        # Kept here for the whole run, like the mailboxes: a connection handed
+        # to a worker that just died waits in its channel for its successor.
+        self._handoffs = []
+        self._board = None
+        if self.placement and self.count > 1:
+            self._handoffs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(self.count)]
+            self._board = LoadBoard([listen.name for listen in self.listens], self.count)
         self._lifeline_r, self._lifeline_w = os.pipe()
         wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD}
         if self.forward_hup:
@@ -391,9 +431,11 @@ class _Supervisor:
                     worker.scrapes.close()
             os.close(self._lifeline_w)
             os.close(self._lifeline_r)
-            for pair in self._mailboxes:
+            for pair in self._mailboxes + self._handoffs:
                 for sock in pair:
                     sock.close()
+            if self._board is not None:
+                self._board.close()
 
     def _loop(self) -> int:
         while True:
@@ -536,6 +578,8 @@ class _Supervisor:
             for worker in self.workers:
                 if worker.pid == pid:
                     worker.pid = 0
+                    if self._board is not None:
+                        self._board.gone(worker.index)  # no connection is handed to it until its successor serves
                     if final or self.stopping:
                         break
                     worker.restarts += 1
@@ -594,6 +638,7 @@ def supervise(
     grace: float,
     forward_hup: bool = False,
     metrics: tuple[str, int] | None = None,
+    placement: bool = False,
 ) -> int:
     """Bind the shared ports, fork ``count`` workers that each call ``run(context)``, and supervise them.
 
@@ -615,6 +660,11 @@ def supervise(
         metrics: ``(host, port)`` where the supervisor serves every worker's
             figures at ``/metrics`` (see the module's docstring); each worker
             must then run :func:`answer_scrapes` on ``context.scrapes``.
+        placement: hand each new connection to the worker its client's CPU
+            maps to while the workers stay even (:mod:`trionet.placement`);
+            each worker must then give its services ``context.placer(NAME)``
+            and run :func:`~trionet.placement.receive_handoffs` on
+            ``context.handoff``. False: the kernel's hash alone places them.
 
     Error handling: a port that cannot be bound raises
     :class:`~trionet.serving.ListenError` before any worker starts.
@@ -622,7 +672,7 @@ def supervise(
     from trionet.addresses import format_address
     from trionet.serving import ListenError
 
-    supervisor = _Supervisor(count, listens, run, logger, grace, forward_hup)
+    supervisor = _Supervisor(count, listens, run, logger, grace, forward_hup, placement=placement)
     try:
         for listen in listens:
             try:
