@@ -120,7 +120,17 @@ class ServiceCollector(Collector):
             answered.add_metric([service.name], service.ready.served)
             polled.add_metric([service.name], service.ready.polled)
             batch_sends.add_metric([service.name], service.ready.batch_sends)
-        yield from (open_, total, requests, wakeups, answered, polled, batch_sends)
+        moved = CounterMetricFamily(
+            "trionet_connections_moved",
+            "Connections a worker moved to the worker of their client's CPU (direction=out) or took from another "
+            "(direction=in); --workers above 1 with --placement cpu.",
+            labels=["listener", "direction"],
+        )
+        for service in self._services:
+            if service.placer is not None:
+                moved.add_metric([service.name, "out"], service.placer.moved_out)
+                moved.add_metric([service.name, "in"], service.placer.moved_in)
+        yield from (open_, total, requests, wakeups, answered, polled, batch_sends, moved)
 
 
 class FunctionCollector(Collector):

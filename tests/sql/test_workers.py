@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import select
 import signal
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -384,3 +386,263 @@ async def test_a_cancel_reaching_the_wrong_worker_is_posted_to_the_right_one(nur
         for pair in pairs:
             for sock in pair:
                 sock.close()
+
+
+# --- connections moved to the worker of their client's CPU (trionet.placement) -------------
+
+
+def _pinned(cpu: int, body):
+    """Run ``body()`` in a thread held on ``cpu`` (so the server sees its packets come from there)."""
+    outcome: dict = {}
+
+    def run():
+        os.sched_setaffinity(0, {cpu})
+        try:
+            outcome["value"] = body()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _two_cpus() -> None:
+    from tests.conftest import require
+
+    require(None if len(os.sched_getaffinity(0)) >= 2 else "this test needs two CPUs to run its clients on")
+
+
+@pytest.mark.requires_module("psycopg")
+async def test_connections_move_to_the_worker_of_their_clients_cpu_and_keep_their_session(nursery, quake_db):
+    import struct
+
+    import trio
+
+    from trionet.placement import LoadBoard, Placer, receive_handoffs
+    from trionet.sql import Database
+    from trionet.sql.pg.config import PgConfig
+    from trionet.sql.pg.server import PgServer
+    from trionet.sql.workers import cancel_forwarder, receive_cancels
+    from trionet.workers import WorkerContext
+
+    _two_cpus()
+    database = Database(quake_db)
+    mailboxes = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+    handoffs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    board = LoadBoard(["pg"], 2)
+    try:
+        servers, ports = [], []
+        for index in (0, 1):
+            context = WorkerContext(index, 2, {}, mailboxes[index][0], [s for _, s in mailboxes], -1)
+            pg = PgServer(
+                database, PgConfig(query_timeout=30), pids=backend_pids(index), forward_cancel=cancel_forwarder(context)
+            )
+            pg.service.placer = Placer(board, "pg", index, [s for _, s in handoffs])
+            addresses = await nursery.start(pg.serve, "127.0.0.1", 0)
+            nursery.start_soon(receive_cancels, context, pg)
+            nursery.start_soon(receive_handoffs, handoffs[index][0], {"pg": pg.service})
+            servers.append(pg)
+            ports.append(addresses[0][1])
+        stop = threading.Event()
+
+        def client(cpu: int):
+            # Two connections to the worker that is not this CPU's, each with
+            # a setting of its own and a prepared statement; queries until told.
+            conns = [psycopg.connect(dsn(ports[1 - cpu]), autocommit=True) for _ in range(2)]
+            for number, conn in enumerate(conns):
+                conn.execute(f"SET application_name = 'cpu{cpu}-{number}'")
+            while not stop.is_set():
+                for conn in conns:
+                    assert conn.execute("select count(*) from quakes where mag > %s", [4.5], prepare=True).fetchone()[0] > 0
+            return conns
+
+        threads = [_pinned(cpu, functools.partial(client, cpu)) for cpu in (0, 1)]
+        try:
+            with trio.fail_after(20):
+                while not all(len(pg._keys) == 2 and pg.moved_total == 2 for pg in servers):
+                    for _, outcome in threads:
+                        if "error" in outcome:
+                            raise outcome["error"]
+                    await trio.sleep(0.05)
+        finally:
+            stop.set()
+            for thread, _ in threads:
+                await trio.to_thread.run_sync(thread.join)
+        for cpu, (_, outcome) in enumerate(threads):
+            conns = outcome["value"]
+            try:
+                for number, conn in enumerate(conns):
+                    # Served now by the worker of its CPU, which it did not connect to.
+                    assert conn.info.backend_pid in servers[cpu]._keys
+                    assert worker_of(conn.info.backend_pid) == 1 - cpu  # its key still names the first one
+                    show = await trio.to_thread.run_sync(lambda c=conn: c.execute("show application_name").fetchone())
+                    assert show == (f"cpu{cpu}-{number}",)
+                    rows = await trio.to_thread.run_sync(
+                        lambda c=conn: c.execute("select count(*) from quakes where mag > %s", [4.5], prepare=True).fetchone()
+                    )
+                    assert rows[0] > 0
+                # A cancel sent to the worker the key names reaches the statement where it runs now.
+                conn = conns[0]
+                outcome2: dict = {}
+
+                def long_query(conn=conn, outcome2=outcome2):
+                    try:
+                        conn.execute(LONG_QUERY)
+                    except psycopg.Error as exc:
+                        outcome2["error"] = exc
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(trio.to_thread.run_sync, long_query)
+                    with trio.fail_after(10):
+                        while not any(s.cancel is not None for _, s in servers[cpu]._keys.values()):
+                            await trio.lowlevel.checkpoint()
+                    pid = conn.info.backend_pid
+                    secret, _ = servers[cpu]._keys[pid]
+                    sock = await trio.open_tcp_stream("127.0.0.1", ports[1 - cpu])
+                    async with sock:
+                        await sock.send_all(struct.pack("!iiii", 16, 80877102, pid, secret))
+                        assert await sock.receive_some(16) == b""
+                assert isinstance(outcome2.get("error"), psycopg.errors.QueryCanceled), outcome2
+            finally:
+                for conn in conns:
+                    await trio.to_thread.run_sync(conn.close)
+        assert [pg.service.placer.moved_in for pg in servers] == [2, 2]
+    finally:
+        board.close()
+        for pair in mailboxes + handoffs:
+            for sock in pair:
+                sock.close()
+
+
+@pytest.mark.requires_module("psycopg")
+async def test_a_connection_in_a_transaction_or_with_a_temp_table_stays(nursery, quake_db):
+    import trio
+
+    from trionet.placement import LoadBoard, Placer, receive_handoffs
+    from trionet.sql import Database
+    from trionet.sql.pg.server import PgServer
+
+    _two_cpus()
+    database = Database(quake_db)
+    handoffs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    board = LoadBoard(["pg"], 2)
+    try:
+        servers, ports = [], []
+        for index in (0, 1):
+            pg = PgServer(database, pids=backend_pids(index))
+            pg.service.placer = Placer(board, "pg", index, [s for _, s in handoffs])
+            addresses = await nursery.start(pg.serve, "127.0.0.1", 0)
+            nursery.start_soon(receive_handoffs, handoffs[index][0], {"pg": pg.service})
+            servers.append(pg)
+            ports.append(addresses[0][1])
+        stop = threading.Event()
+
+        def client(cpu: int):
+            # Connections to the wrong worker that cannot move: one inside a
+            # transaction block, one with a temporary table; a third that can,
+            # so that the looks are clear.
+            in_block = psycopg.connect(dsn(ports[1 - cpu]))  # (psycopg opens a block at the first statement)
+            temp = psycopg.connect(dsn(ports[1 - cpu]), autocommit=True)
+            temp.execute("create temp table scratch(x)")
+            free = psycopg.connect(dsn(ports[1 - cpu]), autocommit=True)
+            while not stop.is_set():
+                for conn in (in_block, temp, free):
+                    conn.execute("select 1").fetchone()
+            return in_block, temp, free
+
+        threads = [_pinned(cpu, functools.partial(client, cpu)) for cpu in (0, 1)]
+        try:
+            with trio.fail_after(20):
+                while sum(pg.moved_total for pg in servers) < 2:
+                    for _, outcome in threads:
+                        if "error" in outcome:
+                            raise outcome["error"]
+                    await trio.sleep(0.05)
+            await trio.sleep(1.5)  # three more looks
+        finally:
+            stop.set()
+            for thread, _ in threads:
+                await trio.to_thread.run_sync(thread.join)
+        for cpu, (_, outcome) in enumerate(threads):
+            in_block, temp, free = outcome["value"]
+            try:
+                assert in_block.info.backend_pid in servers[1 - cpu]._keys  # stayed
+                assert temp.info.backend_pid in servers[1 - cpu]._keys  # stayed
+                assert free.info.backend_pid in servers[cpu]._keys  # moved
+                assert await trio.to_thread.run_sync(lambda t=temp: t.execute("select count(*) from scratch").fetchone()) == (0,)
+            finally:
+                for conn in (in_block, temp, free):
+                    await trio.to_thread.run_sync(conn.close)
+    finally:
+        board.close()
+        for pair in handoffs:
+            for sock in pair:
+                sock.close()
+
+
+def _serving_pids(port: int, conns) -> list[int]:
+    """The worker process serving each of ``conns`` now, from the kernel's socket table (``ss``)."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    by_peer = {}
+    for line in out.splitlines():
+        owner = re.search(r"pid=(\d+)", line)
+        if owner:
+            by_peer[int(line.split()[3].rsplit(":", 1)[1])] = int(owner.group(1))
+    pids = []
+    for conn in conns:
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            pids.append(by_peer.get(sock.getsockname()[1], 0))
+    return pids
+
+
+@pytest.mark.requires_module("psycopg")
+@pytest.mark.requires_tool("ss", "iproute2")
+@pytest.mark.parametrize("placement", ["cpu", "hash"])
+def test_workers_group_each_client_threads_connections_only_with_placement_cpu(server_process, quake_db, placement):
+    import time
+
+    _two_cpus()
+    server, port, pids = start_workers(server_process, quake_db, "--placement", placement)
+    stop = threading.Event()
+    ready = threading.Barrier(3)
+    opened: dict[int, list] = {}
+
+    def client(cpu: int):
+        conns = opened[cpu] = [psycopg.connect(dsn(port), autocommit=True) for _ in range(3)]
+        for conn in conns:
+            conn.execute("SET application_name = 'kept'")
+        ready.wait()
+        while not stop.is_set():
+            for conn in conns:
+                conn.execute("select 1").fetchone()
+        return conns
+
+    threads = [_pinned(cpu, functools.partial(client, cpu)) for cpu in (0, 1)]
+    grouped = False
+    try:
+        ready.wait(timeout=20)
+        deadline = time.monotonic() + (15 if placement == "cpu" else 3)  # (hash: past the first looks)
+        while time.monotonic() < deadline:
+            by_thread = [_serving_pids(port, opened[cpu]) for cpu in (0, 1)]
+            if placement == "cpu" and all(len(set(p)) == 1 for p in by_thread) and by_thread[0][0] != by_thread[1][0]:
+                grouped = True
+                break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread, _ in threads:
+            thread.join()
+    moved = len(re.findall(r"pg connection moved to worker \d", server.output))
+    for _, outcome in threads:
+        assert "error" not in outcome, outcome
+        for conn in outcome["value"]:
+            assert conn.execute("show application_name").fetchone() == ("kept",)
+            conn.close()
+    if placement == "cpu":
+        assert grouped, by_thread  # each thread's three connections in one worker, each thread in its own
+        assert set(by_thread[0] + by_thread[1]) == set(pids)
+    else:
+        assert moved == 0

@@ -280,6 +280,16 @@ def sql() -> None:
     "figures labelled worker=\"N\" (docs/protocol/sql.md).",
 )
 @click.option(
+    "--placement",
+    type=click.Choice(["cpu", "hash"]),
+    default="cpu",
+    show_default=True,
+    help="With --workers above 1, which worker serves a new connection. cpu: the worker that accepted it hands "
+    "it to the worker for the CPU its client ran on when connecting, unless that worker already serves more "
+    "connections, so one client thread's connections meet in one worker (faster for a threaded client on the "
+    "same machine) and the workers stay even. hash: wherever the kernel's SO_REUSEPORT hash puts it.",
+)
+@click.option(
     "--users",
     "users_path",
     metavar="FILE",
@@ -313,8 +323,8 @@ def sql() -> None:
 def serve(
     db, host, port, read_write, external_writes, query_timeout, max_rows, max_request_bytes, max_value_bytes, max_temp_bytes,
     max_like_pattern_bytes, max_sqlite_memory_bytes, max_row_bytes, max_batch_bytes, query_threads, max_connections,
-    idle_timeout, idle_transaction_timeout, pg_port, no_pg, busy_poll_us, workers, users_path, insecure_no_auth, auth_timeout,
-    auth_failure_delay, tls, grace, metrics,
+    idle_timeout, idle_transaction_timeout, pg_port, no_pg, busy_poll_us, workers, placement, users_path, insecure_no_auth,
+    auth_timeout, auth_failure_delay, tls, grace, metrics,
 ) -> None:
     """Serve an SQLite database to any number of clients over TCP.
 
@@ -428,7 +438,7 @@ def serve(
         try:
             serve_workers(
                 workers, host=host, port=port, pg_port=None if no_pg else pg_port, grace=grace, build=build,
-                metrics=metrics,
+                metrics=metrics, placement=placement == "cpu",
             )  # fmt: skip
         except OSError as exc:
             raise click.ClickException(describe_os_error(exc)) from None

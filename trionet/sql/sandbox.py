@@ -32,6 +32,7 @@ __all__ = [
     "LinearFunctions",
     "cheap_call",
     "judge",
+    "sets_pragma",
 ]
 
 # The allow-list.
@@ -269,6 +270,15 @@ def judge(action: int, arg1: Any, arg2: Any, dbname: Any, *, read_write: bool, m
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return "denied", "ATTACH and DETACH are not allowed on this server"
     return "denied", "this kind of statement is not allowed on this server"
+
+
+def sets_pragma(name: Any) -> bool:
+    """True for a PRAGMA that may change the connection's own settings: any but the reports.
+
+    A session that ran one cannot move to another worker's SQLite
+    connection (:meth:`Session.holds_state <trionet.sql.session.Session.holds_state>`).
+    """
+    return str(name).lower() not in _PRAGMA_REPORTS
 
 
 def cheap_call(function: str) -> bool:

@@ -134,6 +134,7 @@ class Session:
         self._over_budget = False
         self._auth_calls = 0
         self._auth_read_only = True
+        self._pragma_set = False  # a PRAGMA other than a report was allowed (sandbox.sets_pragma)
         self._lock = threading.Lock()  # guards interrupt() against close()
         self._closed = False
 
@@ -143,6 +144,8 @@ class Session:
         self._auth_calls += 1
         if action not in _READ_ACTIONS or (action == sqlite3.SQLITE_FUNCTION and not sandbox.cheap_call(str(arg2))):
             self._auth_read_only = False  # not for the event loop (see Database.may_run_inline)
+            if action == sqlite3.SQLITE_PRAGMA and sandbox.sets_pragma(arg1):
+                self._pragma_set = True  # (holds_state)
             if self._trial:
                 self._trial_refused = True
                 return sqlite3.SQLITE_DENY
@@ -385,6 +388,18 @@ class Session:
     @property
     def in_transaction(self) -> bool:
         return self._conn.in_transaction
+
+    def holds_state(self) -> bool:
+        """Whether this SQLite connection holds something of the client's own: a temporary object, or a PRAGMA it ran.
+
+        Such a session cannot go on in another worker's connection
+        (:mod:`trionet.placement`). Any PRAGMA but the reports counts, even
+        one that only read a setting. Looks at the temporary schema: call it
+        with no statement running.
+        """
+        if self._pragma_set:
+            return True
+        return self._conn.execute("SELECT 1 FROM temp.sqlite_master LIMIT 1").fetchone() is not None
 
     def _map_error(self, exc: Exception) -> SqlError:
         message = str(exc)

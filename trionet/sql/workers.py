@@ -22,7 +22,14 @@ gives to any worker. So the BackendKeyData's process id carries the worker's
 index in its low byte (:func:`backend_pids`, :func:`worker_of`); a worker
 that receives a cancel for another worker's key posts the request (pid and
 secret, 8 bytes) to that worker's mailbox, and that worker checks the secret
-and interrupts the statement exactly as if the cancel had reached it.
+and interrupts the statement exactly as if the cancel had reached it. A
+connection moved to another worker (:mod:`trionet.placement`) keeps its key;
+the worker that moved it remembers where to, and posts the cancel on.
+
+With ``--placement cpu`` (the default) every worker also gets a
+:class:`~trionet.placement.Placer` for each port and serves the connections
+the others move to it (:func:`~trionet.placement.receive_handoffs`); only the
+PostgreSQL port moves connections (:mod:`trionet.sql.pg.handover`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import trio
 
 from trionet.cliutil import serve_until_signal
 from trionet.log import get_logger
+from trionet.placement import receive_handoffs
 from trionet.sql.metrics import sql_registry
 from trionet.sql.pg import messages as m
 from trionet.sql.pg.server import PgServer
@@ -78,6 +86,7 @@ def serve_workers(
     grace: float,
     build: Build,
     metrics: tuple[str, int] | None = None,
+    placement: bool = True,
 ) -> int:
     """Run the SQL server as ``count`` worker processes behind shared ports until a stop signal.
 
@@ -88,6 +97,8 @@ def serve_workers(
         build: ``build(pids, forward_cancel)`` makes one worker's servers
             (called in the worker, after the fork).
         metrics: ``(host, port)`` where the supervisor serves every worker's figures.
+        placement: hand each connection to the worker of its client's CPU
+            (:mod:`trionet.placement`); False: the kernel's hash alone.
 
     Returns:
         0 after a graceful stop.
@@ -95,15 +106,20 @@ def serve_workers(
     listens = [Listen("sql", host, port)] + ([Listen("pg", host, pg_port)] if pg_port is not None else [])
     return supervise(
         count, listens, functools.partial(_run_worker, build=build, grace=grace), logger=log, grace=grace,
-        metrics=metrics,
+        metrics=metrics, placement=placement,
     )  # fmt: skip
 
 
-def cancel_forwarder(context: WorkerContext) -> Callable[[m.CancelRequest], None]:
-    """What a worker's PgServer does with a CancelRequest for a key it did not hand out: post it to its worker."""
+def cancel_forwarder(context: WorkerContext) -> Callable[[m.CancelRequest, int | None], None]:
+    """What a worker's PgServer does with a CancelRequest for a key it does not hold: post it to its worker.
 
-    def forward(request: m.CancelRequest) -> None:
-        target = worker_of(request.pid)
+    That is the worker the key names (:func:`worker_of`), or, when this
+    worker handed the key out and then moved the connection
+    (:mod:`trionet.placement`), the worker it moved to (``moved_to``).
+    """
+
+    def forward(request: m.CancelRequest, moved_to: int | None = None) -> None:
+        target = worker_of(request.pid) if moved_to is None else moved_to
         if target != context.index and target < context.count:
             sent = context.post(target, _CANCEL.pack(request.pid, request.secret))
             log.debug("pg cancel for a connection of worker %d: %s", target, "forwarded" if sent else "mailbox full")
@@ -126,8 +142,12 @@ def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
     server, pg = build(backend_pids(context.index), cancel_forwarder(context))
     registry = sql_registry(server, pg)
     server.service.adopt(context.listeners["sql"])
+    server.service.placer = context.placer("sql")
+    by_port = {"sql": server.service}
     if pg is not None:
         pg.service.adopt(context.listeners["pg"])
+        pg.service.placer = context.placer("pg")
+        by_port["pg"] = pg.service
 
     def shutdown(grace: float) -> None:
         server.shutdown(grace)
@@ -145,6 +165,8 @@ def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
                 await services.start(server.serve, None, 0)
                 if pg is not None:
                     await services.start(pg.serve, None, 0)
+                if context.handoff is not None:  # both serving: they can take what is handed over
+                    helpers.start_soon(receive_handoffs, context.handoff, by_port)
             helpers.cancel_scope.cancel()
 
     serve_until_signal("sql", serve, shutdown=shutdown, grace=grace, registry=registry)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from trionet.log import get_logger
 from trionet.serving import Connection, DirectSocketIO, SendWatchdog
 from trionet.sql.engine import INLINE_BUDGET, FetchResult, OverBudget, Session, SqlError
 from trionet.sql.pg import catalog, describe, params, types
@@ -52,6 +53,8 @@ from trionet.sql.pg.statements import Command, Statement, classify, command_tag,
 from trionet.sql.watch import StopReason, run_watched
 
 __all__ = ["ConnState", "Executor"]
+
+log = get_logger("sql")
 
 _FLUSH_BYTES = 64 * 1024  # send what is pending once it reaches this much
 _SPLIT_INLINE_CHARS = 64 * 1024  # SQL longer than this is split in a worker thread
@@ -200,6 +203,24 @@ class Executor:
         out += st.proto.send(m.BackendKeyData(st.pid, secret))
         out += st.proto.send(m.ReadyForQuery("I"))
         await self.flush(st)
+
+    async def restore(self, st: ConnState, statements) -> None:
+        """Prepare again the statements a connection moved here with (:class:`~trionet.sql.pg.handover.Handover`).
+
+        Each is parsed as its Parse was, without a word to the client; the
+        columns a Describe announced stay announced. One that no longer
+        parses (it did on the other worker, over the same database) is left
+        out and logged: the client then hears 26000 when it uses it.
+        """
+        for name, sql, oids, columns in statements:
+            try:
+                await self._parse(st, m.Parse(name, sql, oids))
+            except PgError as exc:
+                log.warning("pg: a moved connection's statement %r did not parse again: %s", name, exc.message)
+                continue
+            if columns is not None:
+                st.statements[name].columns = tuple(Column(n, oid) for n, oid in columns)
+        st.out.clear()  # the ParseCompletes: the client heard them on the other worker
 
     async def handle(self, st: ConnState, event, *, fast: bool = True) -> None:
         """Handle one frontend message (not Terminate, EOF or a violation: the server ends the connection).

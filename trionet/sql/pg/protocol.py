@@ -140,13 +140,17 @@ class PgServerProtocol:
         max_message_bytes: the largest typed message accepted, length field included.
     """
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, coalesce: bool = False) -> None:
+    def __init__(
+        self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, *, coalesce: bool = False, started: bool = False
+    ) -> None:
         self.max_message_bytes = max_message_bytes
         self.coalesce = coalesce
         """Return a :class:`PortalRun` for a whole unnamed-portal round trip found in the buffer."""
         self._buf = bytearray()
         self._eof = False
-        self._phase = "startup"  # startup -> [auth ->] ready -> closed
+        # startup -> [auth ->] ready -> closed; ``started``: a connection
+        # another worker started up, moved here between two messages.
+        self._phase = "ready" if started else "startup"
         self._encrypted = False
         self._extended = False  # the last message was part of an extended-query batch
         self._skipping = False  # an extended-query error happened: skip to Sync
@@ -156,6 +160,11 @@ class PgServerProtocol:
     def buffered(self) -> int:
         """Bytes received and not consumed yet."""
         return len(self._buf)
+
+    @property
+    def at_rest(self) -> bool:
+        """True between two exchanges: started up, nothing buffered, no extended-query batch open before its Sync."""
+        return self._phase == "ready" and not self._buf and not self._extended and not self._skipping and not self._eof
 
     @property
     def in_startup(self) -> bool:

@@ -20,13 +20,17 @@ interrupted).
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import trio
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
+from trionet.placement import PLAN_DELAY, REGROUP_AFTER, REGROUP_TRIES, TICK, next_tick
 from trionet.serving import (
     Connection,
     DirectSocketIO,
@@ -42,6 +46,7 @@ from trionet.sql.pg import messages as m
 from trionet.sql.auth import AuthConfig
 from trionet.sql.pg.config import DEFAULT_PG_PORT, PgConfig
 from trionet.sql.pg.executor import ConnState, Executor
+from trionet.sql.pg.handover import Handover, capture
 from trionet.sql.pg.login import INVALID_AUTHORIZATION, LoginRefused, authenticate, close_tls, start_tls
 from trionet.sql.pg.protocol import (
     EncryptionRefused,
@@ -69,8 +74,10 @@ class PgServer:
             of ``config.max_threads`` of its own).
         pids: the BackendKeyData process ids to hand out (default: counting
             from a random start); a worker of ``--workers`` encodes itself in them.
-        forward_cancel: called with a CancelRequest whose key is not one of
-            this server's (another worker's, :mod:`trionet.sql.workers`).
+        forward_cancel: ``forward_cancel(request, worker)`` for a CancelRequest
+            whose key is not one of this server's: another worker's
+            (:mod:`trionet.sql.workers`); ``worker`` is where this server
+            moved that connection, or None.
         tls: answer SSLRequest with ``S`` and TLS (``--tls-cert/--tls-key``);
             a client that does not ask for TLS is then refused (FATAL 28000),
             except a CancelRequest (libpq sends those in plain text).
@@ -88,7 +95,7 @@ class PgServer:
         *,
         limiter: trio.CapacityLimiter | None = None,
         pids: Iterator[int] | None = None,
-        forward_cancel: Callable[[m.CancelRequest], None] | None = None,
+        forward_cancel: Callable[[m.CancelRequest, int | None], None] | None = None,
         tls: TLSServerConfig | None = None,
         auth: AuthConfig | None = None,
     ) -> None:
@@ -113,6 +120,9 @@ class PgServer:
         self._pids = pids if pids is not None else itertools.count(secrets.randbelow(1 << 20) + 1000)
         self._forward_cancel = forward_cancel
         self._keys: dict[int, tuple[int, ConnState]] = {}  # BackendKeyData pid -> (secret, connection)
+        self._moved: OrderedDict[int, int] = OrderedDict()  # pid -> the worker a connection moved to (cancels)
+        self.moved_total = 0
+        """Connections this server moved to another worker (:mod:`trionet.placement`)."""
 
     async def serve(
         self, host: str = "127.0.0.1", port: int = DEFAULT_PG_PORT, *, task_status=trio.TASK_STATUS_IGNORED
@@ -133,6 +143,9 @@ class PgServer:
             await close_tls(conn)
 
     async def _handle(self, conn: Connection) -> None:
+        if conn.handed is not None:
+            await self._serve_moved(conn)
+            return
         # coalesce: a whole Bind/Describe/Execute/Sync comes as one PortalRun (the executor's fast path).
         proto = PgServerProtocol(self.config.max_message_bytes, coalesce=True)
         startup = None
@@ -168,16 +181,43 @@ class PgServer:
         finally:
             self._admitted -= 1
 
-    async def _serve_admitted(self, conn: Connection, proto: PgServerProtocol, startup: m.StartupMessage) -> None:
+    async def _serve_moved(self, conn: Connection) -> None:
+        """Go on with a connection another worker started and moved here (:mod:`trionet.placement`)."""
+        try:
+            handover = Handover.decode(conn.handed)
+        except ValueError as exc:
+            log.error("pg: a connection moved from another worker came with a bad state (%s): closed", exc)
+            return
+        # The other worker moves a connection only to one that serves no more
+        # than itself, so this limit is reached only by a race: said as at startup.
+        proto = PgServerProtocol(self.config.max_message_bytes, coalesce=True, started=True)
+        if rules.over_connection_limit(self._admitted + 1, self.config.max_connections):
+            log.warning("pg: refusing %s moved from another worker: %d connections open", conn.peer, self._admitted)
+            await _fatal(conn, proto, "53300", f"sorry, too many clients already ({self.config.max_connections})")
+            return
+        self._admitted += 1
+        try:
+            await self._serve_admitted(conn, proto, None, handover)
+        finally:
+            self._admitted -= 1
+
+    async def _serve_admitted(
+        self, conn: Connection, proto: PgServerProtocol, startup: m.StartupMessage | None, moved: Handover | None = None
+    ) -> None:
+        """Serve a connection past its startup: a new one (``startup``) or one moved here (``moved``)."""
         session = await trio.to_thread.run_sync(self.database.open_session, limiter=self._session_limiter)
-        pid = next(self._pids)
-        secret = secrets.randbits(31)
+        if moved is None:
+            pid, secret = next(self._pids), secrets.randbits(31)
+            settings = Settings(startup.parameters, read_only=not self.database.read_write)
+        else:
+            pid, secret = moved.pid, moved.secret
+            settings = Settings.restore(moved.settings)
         st = ConnState(
             conn,
             proto,
             SendWatchdog(self.config.send_timeout),
             session,
-            Settings(startup.parameters, read_only=not self.database.read_write),
+            settings,
             pid,
             DirectSocketIO(conn.stream),
         )
@@ -192,8 +232,14 @@ class PgServer:
                     timeouts = [t for t in (self.config.idle_timeout, self.config.idle_transaction_timeout) if t > 0]
                     if timeouts:
                         nursery.start_soon(idle.watch, idle_scope, min(timeouts))
-                    await self._executor.greet(st, startup, secret)
+                    if moved is None:
+                        await self._executor.greet(st, startup, secret)
+                    else:
+                        await self._executor.restore(st, moved.statements)
                     await self._serve_messages(st, idle, idle_scope)
+                if conn.moved_to is not None:
+                    nursery.cancel_scope.cancel()
+                    return  # another worker has it now: not a word from here
                 if st.sends.stalled:
                     # Unread for send_timeout: the stream may be mid-message, it cannot go on.
                     raise trio.BrokenResourceError(f"client read nothing for {self.config.send_timeout}s")
@@ -270,6 +316,11 @@ class PgServer:
         ready = conn.service.ready
         parked = self._parked_server(st, idle)
         fast = True  # False for an event the ready loop's fast paths already refused
+        # The looks at the client's CPU (trionet.placement), for a new
+        # connection of a worker that places them.
+        regroup = None
+        if conn.service.placer is not None and io.direct and not _encrypted(conn) and conn.handed is None:
+            regroup = _Regroup()
         try:
             while not draining.is_set():
                 event = proto.next_event()  # pipelined messages are served without a timer each
@@ -285,7 +336,15 @@ class PgServer:
                             # waking this task; anything else comes back here.
                             # No read first: an answer just went out, so a
                             # client that waits for it has sent nothing yet.
-                            handed_back = await io.park(ready, parked.serve, parked.out)
+                            with trio.move_on_at(regroup.deadline() if regroup else math.inf) as regroup_scope:
+                                handed_back = await io.park(ready, parked.serve, parked.out)
+                            if regroup_scope.cancelled_caught:
+                                # Unparked between two reads of the loop's (under its lock).
+                                if self._regroup(st, regroup):
+                                    return
+                                if regroup.tries >= REGROUP_TRIES:
+                                    regroup = None  # it stays here for good
+                                continue
                             if idle.expired:
                                 return
                             if handed_back:
@@ -365,17 +424,64 @@ class PgServer:
         finally:
             st.busy = False
 
+    def _regroup(self, st: ConnState, regroup: _Regroup) -> bool:
+        """One moment of a look at ``st``'s client's CPU; True if the connection moved to another worker.
+
+        At the tick it notes the worker its client's CPU wants; at the
+        plan's moment it moves there if :meth:`Placer.decide
+        <trionet.placement.Placer.decide>` says so and it can move now
+        (:func:`~trionet.sql.pg.handover.capture`), stays for good if the
+        look says stay, else waits for the next tick. See :mod:`trionet.placement`.
+        """
+        conn = st.conn
+        placer = conn.service.placer
+        if regroup.late():
+            # Busy past the moment (a statement, a send): its note or plan
+            # would be for a look the others are done with. The next one.
+            regroup.tick, regroup.planning = next_tick(time.monotonic()), False
+            regroup.tries += 1
+            return False
+        if not regroup.planning:
+            regroup.target = placer.cpu_target(conn.stream.socket)
+            placer.note(regroup.tick, regroup.target)
+            regroup.planning = True
+            return False
+        regroup.planning = False
+        tick, target = regroup.tick, regroup.target
+        regroup.tick += 1
+        regroup.tries += 1
+        decision = placer.decide(tick, target)
+        if decision != "move":
+            if decision == "stay":
+                regroup.tries = REGROUP_TRIES  # settled: it looks no more
+            return False
+        secret, _ = self._keys[st.pid]
+        handover = capture(st, secret, encrypted=_encrypted(conn))
+        if handover is None or not placer.hand_over(target, conn.stream.socket, handover.encode()):
+            return False
+        conn.moved_to = target
+        self.moved_total += 1
+        self._moved[st.pid] = target
+        if len(self._moved) > _MOVED_REMEMBERED:
+            self._moved.popitem(last=False)
+        return True
+
     def cancel(self, request: m.CancelRequest, *, forward: bool = True) -> bool:
         """Interrupt the statement of the connection ``request`` names, if its secret matches.
 
-        A key this server did not hand out goes to ``forward_cancel`` (when
-        ``forward`` and one was given); PostgreSQL answers nothing either way.
+        A key this server does not hold goes to ``forward_cancel`` (when
+        ``forward`` and one was given, or whatever ``forward`` says when this
+        server moved that connection to another worker); PostgreSQL answers
+        nothing either way.
         Returns whether the key was one of this server's connections.
         """
         entry = self._keys.get(request.pid)
         if entry is None:
-            if forward and self._forward_cancel is not None:
-                self._forward_cancel(request)
+            # A connection this server moved away: its new worker, even for a
+            # cancel another worker forwarded here (its key names this one).
+            moved_to = self._moved.get(request.pid)
+            if (forward or moved_to is not None) and self._forward_cancel is not None:
+                self._forward_cancel(request, moved_to)
             return False
         secret, target = entry
         if not secrets.compare_digest(secret.to_bytes(4, "big"), (request.secret & 0xFFFFFFFF).to_bytes(4, "big")):
@@ -394,6 +500,32 @@ class PgServer:
         await trio.sleep_until(rules.shutdown_interrupt_at(trio.current_time(), self.service.grace_deadline))
         st.session.interrupt("the server is shutting down")
 
+
+class _Regroup:
+    """One connection's looks at its client's CPU: the next tick, which moment of it, what it noted."""
+
+    __slots__ = ("tick", "planning", "target", "tries")
+
+    def __init__(self) -> None:
+        self.tick = next_tick(time.monotonic(), REGROUP_AFTER)
+        self.planning = False  # False: the tick's moment comes next (note); True: the plan's (move)
+        self.target: int | None = None
+        self.tries = 0
+
+    def _moment(self) -> float:
+        return self.tick * TICK + (PLAN_DELAY if self.planning else 0.0)
+
+    def deadline(self) -> float:
+        """The next moment in trio's clock (the ticks are on CLOCK_MONOTONIC, the same in every worker)."""
+        return trio.current_time() + (self._moment() - time.monotonic())
+
+    def late(self) -> bool:
+        """Whether the moment passed too long ago to take part in its look (half the plan's delay)."""
+        return time.monotonic() > self._moment() + PLAN_DELAY / 2
+
+
+_MOVED_REMEMBERED = 65536
+"""Connections moved to other workers whose cancels this server still forwards (the oldest are forgotten)."""
 
 _PARKED_BURST = 8
 """Messages the ready loop answers from one read before it hands a (pipelining) connection back to its task."""

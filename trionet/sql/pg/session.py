@@ -123,6 +123,20 @@ class Settings:
                 except PgError:
                     pass  # a bad client_encoding is refused when the client SETs it; at startup, kept UTF8
 
+    def snapshot(self) -> dict:
+        """Everything this object holds, as JSON-ready values (a connection moving to another worker)."""
+        return {"user": self.user, "database": self.database, "values": self._values, "defaults": self._defaults}
+
+    @classmethod
+    def restore(cls, snapshot: dict) -> Settings:
+        """The :class:`Settings` a :meth:`snapshot` was taken of."""
+        settings = cls.__new__(cls)
+        settings.user = str(snapshot["user"])
+        settings.database = str(snapshot["database"])
+        settings._values = {str(k): str(v) for k, v in snapshot["values"].items()}
+        settings._defaults = {str(k): str(v) for k, v in snapshot["defaults"].items()}
+        return settings
+
     def status_messages(self) -> list[m.ParameterStatus]:
         """The ParameterStatus messages sent after authentication."""
         return [m.ParameterStatus(_SETTINGS[n][0], self._values[n]) for n in _REPORTED]
