@@ -423,6 +423,7 @@ async def test_connections_move_to_the_worker_of_their_clients_cpu_and_keep_thei
     from trionet.sql import Database
     from trionet.sql.pg.config import PgConfig
     from trionet.sql.pg.server import PgServer
+    from tests.sql.pg.conftest import cancel_an_endless_query
     from trionet.sql.workers import cancel_forwarder, receive_cancels
     from trionet.workers import WorkerContext
 
@@ -484,26 +485,17 @@ async def test_connections_move_to_the_worker_of_their_clients_cpu_and_keep_thei
                     assert rows[0] > 0
                 # A cancel sent to the worker the key names reaches the statement where it runs now.
                 conn = conns[0]
-                outcome2: dict = {}
+                pid = conn.info.backend_pid
 
-                def long_query(conn=conn, outcome2=outcome2):
-                    try:
-                        conn.execute(LONG_QUERY)
-                    except psycopg.Error as exc:
-                        outcome2["error"] = exc
-
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(trio.to_thread.run_sync, long_query)
-                    with trio.fail_after(10):
-                        while not any(s.cancel is not None for _, s in servers[cpu]._keys.values()):
-                            await trio.lowlevel.checkpoint()
-                    pid = conn.info.backend_pid
+                async def cancel(pid=pid, cpu=cpu):
                     secret, _ = servers[cpu]._keys[pid]
                     sock = await trio.open_tcp_stream("127.0.0.1", ports[1 - cpu])
                     async with sock:
                         await sock.send_all(struct.pack("!iiii", 16, 80877102, pid, secret))
                         assert await sock.receive_some(16) == b""
-                assert isinstance(outcome2.get("error"), psycopg.errors.QueryCanceled), outcome2
+
+                error = await cancel_an_endless_query(servers[cpu], conn, cancel)
+                assert isinstance(error, psycopg.errors.QueryCanceled), error
             finally:
                 for conn in conns:
                     await trio.to_thread.run_sync(conn.close)

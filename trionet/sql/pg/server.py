@@ -169,17 +169,7 @@ class PgServer:
             await _fatal(conn, proto, refusal.code, refusal.message)
         if startup is None:
             return
-        # Only connections past their startup count: one that stalls its TLS
-        # handshake or its login holds no slot (the startup timeout ends it).
-        if rules.over_connection_limit(self._admitted + 1, self.config.max_connections):
-            log.warning("pg: refusing %s: %d connections open", conn.peer, self._admitted)
-            await _fatal(conn, proto, "53300", f"sorry, too many clients already ({self.config.max_connections})")
-            return
-        self._admitted += 1
-        try:
-            await self._serve_admitted(conn, proto, startup)
-        finally:
-            self._admitted -= 1
+        await self._admit(conn, proto, startup)
 
     async def _serve_moved(self, conn: Connection) -> None:
         """Go on with a connection another worker started and moved here (:mod:`trionet.placement`)."""
@@ -188,16 +178,24 @@ class PgServer:
         except ValueError as exc:
             log.error("pg: a connection moved from another worker came with a bad state (%s): closed", exc)
             return
-        # The other worker moves a connection only to one that serves no more
-        # than itself, so this limit is reached only by a race: said as at startup.
-        proto = PgServerProtocol(self.config.max_message_bytes, coalesce=True, started=True)
+        # The other worker moves a connection only within an even share, so
+        # the limit is reached here only by a race with new connections.
+        await self._admit(conn, PgServerProtocol(self.config.max_message_bytes, coalesce=True, started=True), None, handover)
+
+    async def _admit(
+        self, conn: Connection, proto: PgServerProtocol, startup: m.StartupMessage | None, moved: Handover | None = None
+    ) -> None:
+        """Serve a connection past its startup if ``max_connections`` has room, else FATAL 53300."""
+        # Only connections past their startup count: one that stalls its TLS
+        # handshake or its login holds no slot (the startup timeout ends it).
         if rules.over_connection_limit(self._admitted + 1, self.config.max_connections):
-            log.warning("pg: refusing %s moved from another worker: %d connections open", conn.peer, self._admitted)
+            how = " (moved from another worker)" if moved is not None else ""
+            log.warning("pg: refusing %s%s: %d connections open", conn.peer, how, self._admitted)
             await _fatal(conn, proto, "53300", f"sorry, too many clients already ({self.config.max_connections})")
             return
         self._admitted += 1
         try:
-            await self._serve_admitted(conn, proto, None, handover)
+            await self._serve_admitted(conn, proto, startup, moved)
         finally:
             self._admitted -= 1
 
