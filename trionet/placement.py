@@ -35,6 +35,8 @@ import socket
 from array import array
 from collections.abc import Mapping, Sequence
 
+from trionet.log import get_logger
+
 __all__ = [
     "GONE",
     "MAX_HANDOVER_BYTES",
@@ -45,6 +47,7 @@ __all__ = [
     "TICK",
     "LoadBoard",
     "Placer",
+    "available",
     "clear",
     "next_tick",
     "plan",
@@ -68,6 +71,13 @@ MAX_HANDOVER_BYTES = 32 * 1024
 """The largest state a connection carries when it moves (its settings and prepared statements); a bigger one stays."""
 
 _SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", None)
+
+log = get_logger("placement")
+
+
+def available() -> bool:
+    """Whether this platform tells a socket's CPU (``SO_INCOMING_CPU``: Linux); elsewhere nothing moves."""
+    return _SO_INCOMING_CPU is not None
 
 
 def next_tick(now: float, after: float = 0.0) -> int:
@@ -268,6 +278,10 @@ class Placer:
             loads, wants = self.board.loads(self.port), self.board.wants(self.port, tick)
             self._clear = clear(loads, wants)
             self._quota = plan(loads, wants)[self.index] if self._clear else [0] * self.board.workers
+            log.debug(
+                "%s look %d: loads %s, wants %s: %s", self.port, tick, loads, wants,
+                f"moves {self._quota}" if self._clear else "not clear, again",
+            )  # fmt: skip
         if target is None or not self._clear:
             return "again"
         if target == self.index or self._quota[target] <= 0:

@@ -79,7 +79,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from trionet.placement import LoadBoard, Placer
+from trionet.placement import LoadBoard, Placer, available
 
 __all__ = [
     "KILL_MARGIN",
@@ -394,7 +394,7 @@ class _Supervisor:
         # to a worker that just died waits in its channel for its successor.
         self._handoffs = []
         self._board = None
-        if self.placement and self.count > 1:
+        if self.placement and self.count > 1 and available():
             self._handoffs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(self.count)]
             self._board = LoadBoard([listen.name for listen in self.listens], self.count)
         self._lifeline_r, self._lifeline_w = os.pipe()
