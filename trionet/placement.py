@@ -15,14 +15,22 @@ pgbench's threads open their connections on whatever CPU they are on at
 the time, often both on one. Once a client runs, though, each of its busy
 threads stays on its CPU, and ``SO_INCOMING_CPU`` on the server's socket
 says which CPU sent the last packet. So a PostgreSQL connection that has
-been served for a while (:data:`REGROUP_AFTER`) is moved, at a moment when
-it holds nothing half-done, to worker ``cpu % N`` (:func:`choose`): its
-descriptor passes over a Unix socket (``SCM_RIGHTS``) with what the new
-worker needs to go on (:mod:`trionet.sql.pg.handover`). Balance wins over
-grouping: a connection moves only if the other worker serves no more
-connections of that port than this one (the counts are in a
-:class:`LoadBoard`, memory every worker shares), so a one-thread client's
-connections stay spread over the workers.
+been served for a while (:data:`REGROUP_AFTER`) is *looked at*: every
+worker looks at its connections at the same moments (:data:`TICK`s of the
+machine's monotonic clock) and writes on a :class:`LoadBoard` (memory every
+worker shares) which worker each one's CPU wants (``cpu % N``); a moment
+later (:data:`PLAN_DELAY`) each worker reads the whole board and computes
+the same :func:`plan`. A look counts only when it is :func:`clear`: the
+connections want the workers about evenly, as many busy client threads as
+CPUs. Then each moves to the worker it wants, no worker ending above an
+even share plus :data:`SLACK`, and none looks again, so a thread's
+connections stay together when the scheduler later swaps CPUs. A look that
+is not clear (one thread with many connections, or two threads sharing a
+CPU at that moment) moves nothing, and its connections look again, up to
+:data:`REGROUP_TRIES` times. A connection moves at a moment when it holds
+nothing half-done: its descriptor passes over a Unix socket
+(``SCM_RIGHTS``) with what the new worker needs to go on
+(:mod:`trionet.sql.pg.handover`).
 
 ``--placement hash`` turns all of this off.
 """
@@ -38,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from trionet.log import get_logger
 
 __all__ = [
+    "BURST_GAP",
     "GONE",
     "MAX_HANDOVER_BYTES",
     "PLAN_DELAY",
@@ -63,6 +72,8 @@ TICK = 0.5
 """Seconds between two looks; every worker looks at the same moments (:func:`next_tick`)."""
 PLAN_DELAY = 0.1
 """Seconds after a look at which the moves are planned: every worker has said what its connections want by then."""
+BURST_GAP = 0.5
+"""Seconds between two new connections of one burst (a client opening its pool), which share their first look."""
 REGROUP_TRIES = 8
 """How many looks a connection gets before it stays where it is for good."""
 SLACK = 1
@@ -234,6 +245,7 @@ class Placer:
         self._row_tick = None
         self._row = [0] * board.workers
         self._plan_tick = None
+        self._burst: tuple[float, int] | None = None  # (when the burst's last connection started, its first look)
         self._clear = False
         self._quota = [0] * board.workers  # moves left to each worker in this look
 
@@ -254,6 +266,22 @@ class Placer:
         except OSError:
             return None
         return wanted(cpu, self.board.workers)
+
+    def first_look(self, now: float) -> int:
+        """The first look of a connection starting at ``now`` (``CLOCK_MONOTONIC``).
+
+        :data:`REGROUP_AFTER` later, on a tick; but a connection that starts
+        within :data:`BURST_GAP` of the one before shares its look, so that a
+        client's pool, opened in one burst, is looked at all at once: looked
+        at across two ticks, its threads could have changed CPUs in between,
+        and its connections would be split by the very moves meant to group them.
+        """
+        if self._burst is not None and now - self._burst[0] <= BURST_GAP:
+            tick = self._burst[1]
+        else:
+            tick = next_tick(now, REGROUP_AFTER)
+        self._burst = (now, tick)
+        return tick
 
     def note(self, tick: int, target: int | None) -> None:
         """A connection of this worker wants worker ``target`` at look ``tick`` (this one's index: to stay)."""

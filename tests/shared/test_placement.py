@@ -206,3 +206,16 @@ async def test_a_service_serves_a_moved_connection_with_its_state_or_closes_it(n
         assert service.accepted_total == 0  # counted where it was accepted
     else:
         assert data == b"" and seen == []
+
+
+def test_a_burst_of_new_connections_shares_its_first_look():
+    board = LoadBoard(["pg"], 2)
+    try:
+        placer = Placer(board, "pg", 0, [])
+        first = placer.first_look(100.2)
+        assert first == next_tick(100.2, 1.0)
+        # A pool opened over more than a tick, each connection soon after the one before.
+        assert [placer.first_look(t) for t in (100.5, 100.9, 101.3)] == [first] * 3
+        assert placer.first_look(105.0) == next_tick(105.0, 1.0)  # a new burst
+    finally:
+        board.close()

@@ -30,7 +30,7 @@ import trio
 
 from trionet.framing import EOF, NEED_DATA
 from trionet.log import get_logger
-from trionet.placement import PLAN_DELAY, REGROUP_AFTER, REGROUP_TRIES, TICK, next_tick
+from trionet.placement import PLAN_DELAY, REGROUP_TRIES, TICK, next_tick
 from trionet.serving import (
     Connection,
     DirectSocketIO,
@@ -318,7 +318,7 @@ class PgServer:
         # connection of a worker that places them.
         regroup = None
         if conn.service.placer is not None and io.direct and not _encrypted(conn) and conn.handed is None:
-            regroup = _Regroup()
+            regroup = _Regroup(conn.service.placer.first_look(time.monotonic()))
         try:
             while not draining.is_set():
                 event = proto.next_event()  # pipelined messages are served without a timer each
@@ -504,8 +504,8 @@ class _Regroup:
 
     __slots__ = ("tick", "planning", "target", "tries")
 
-    def __init__(self) -> None:
-        self.tick = next_tick(time.monotonic(), REGROUP_AFTER)
+    def __init__(self, tick: int) -> None:
+        self.tick = tick
         self.planning = False  # False: the tick's moment comes next (note); True: the plan's (move)
         self.target: int | None = None
         self.tries = 0
