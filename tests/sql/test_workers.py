@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -327,12 +328,15 @@ def test_the_supervisor_serves_every_workers_figures_and_a_gap_for_a_stopped_one
 # --- cancel routing in one process: two workers' PostgreSQL fronts and their mailboxes --------------
 
 
-@pytest.mark.requires_module("psycopg")
-async def test_a_cancel_reaching_the_wrong_worker_is_posted_to_the_right_one(nursery, quake_db):
-    import struct
+@contextlib.asynccontextmanager
+async def two_workers(nursery, quake_db, *, placement: bool = False):
+    """Workers 0 and 1 of a --workers 2 server, as two PgServers in this process: ``(servers, ports)``.
 
-    import trio
-
+    Each has its mailbox for cancels from the other (as trionet.workers makes
+    them); with ``placement``, also a Placer on one shared LoadBoard and its
+    handoff channel, so connections can move between them.
+    """
+    from trionet.placement import LoadBoard, Placer, receive_handoffs
     from trionet.sql import Database
     from trionet.sql.pg.config import PgConfig
     from trionet.sql.pg.server import PgServer
@@ -340,18 +344,40 @@ async def test_a_cancel_reaching_the_wrong_worker_is_posted_to_the_right_one(nur
     from trionet.workers import WorkerContext
 
     database = Database(quake_db)
-    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+    mailboxes = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
+    handoffs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)] if placement else []
+    board = LoadBoard(["pg"], 2) if placement else None
     try:
         servers, ports = [], []
         for index in (0, 1):
-            context = WorkerContext(index, 2, {}, pairs[index][0], [sender for _, sender in pairs], -1)
+            context = WorkerContext(index, 2, {}, mailboxes[index][0], [sender for _, sender in mailboxes], -1)
             pg = PgServer(
                 database, PgConfig(query_timeout=30), pids=backend_pids(index), forward_cancel=cancel_forwarder(context)
             )
+            if placement:
+                pg.service.placer = Placer(board, "pg", index, [sender for _, sender in handoffs])
             addresses = await nursery.start(pg.serve, "127.0.0.1", 0)
             nursery.start_soon(receive_cancels, context, pg)
+            if placement:
+                nursery.start_soon(receive_handoffs, handoffs[index][0], {"pg": pg.service})
             servers.append(pg)
             ports.append(addresses[0][1])
+        yield servers, ports
+    finally:
+        if board is not None:
+            board.close()
+        for pair in mailboxes + handoffs:
+            for sock in pair:
+                sock.close()
+
+
+@pytest.mark.requires_module("psycopg")
+async def test_a_cancel_reaching_the_wrong_worker_is_posted_to_the_right_one(nursery, quake_db):
+    import struct
+
+    import trio
+
+    async with two_workers(nursery, quake_db) as (servers, ports):
         conn = await trio.to_thread.run_sync(lambda: psycopg.connect(dsn(ports[0]), autocommit=True))
         outcome: dict = {}
 
@@ -382,10 +408,6 @@ async def test_a_cancel_reaching_the_wrong_worker_is_posted_to_the_right_one(nur
             assert await trio.to_thread.run_sync(lambda: conn.execute("select 1").fetchone()) == (1,)
         finally:
             await trio.to_thread.run_sync(conn.close)
-    finally:
-        for pair in pairs:
-            for sock in pair:
-                sock.close()
 
 
 # --- connections moved to the worker of their client's CPU (trionet.placement) -------------
@@ -419,32 +441,10 @@ async def test_connections_move_to_the_worker_of_their_clients_cpu_and_keep_thei
 
     import trio
 
-    from trionet.placement import LoadBoard, Placer, receive_handoffs
-    from trionet.sql import Database
-    from trionet.sql.pg.config import PgConfig
-    from trionet.sql.pg.server import PgServer
     from tests.sql.pg.conftest import cancel_an_endless_query
-    from trionet.sql.workers import cancel_forwarder, receive_cancels
-    from trionet.workers import WorkerContext
 
     _two_cpus()
-    database = Database(quake_db)
-    mailboxes = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(2)]
-    handoffs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
-    board = LoadBoard(["pg"], 2)
-    try:
-        servers, ports = [], []
-        for index in (0, 1):
-            context = WorkerContext(index, 2, {}, mailboxes[index][0], [s for _, s in mailboxes], -1)
-            pg = PgServer(
-                database, PgConfig(query_timeout=30), pids=backend_pids(index), forward_cancel=cancel_forwarder(context)
-            )
-            pg.service.placer = Placer(board, "pg", index, [s for _, s in handoffs])
-            addresses = await nursery.start(pg.serve, "127.0.0.1", 0)
-            nursery.start_soon(receive_cancels, context, pg)
-            nursery.start_soon(receive_handoffs, handoffs[index][0], {"pg": pg.service})
-            servers.append(pg)
-            ports.append(addresses[0][1])
+    async with two_workers(nursery, quake_db, placement=True) as (servers, ports):
         stop = threading.Event()
 
         def client(cpu: int):
@@ -500,34 +500,14 @@ async def test_connections_move_to_the_worker_of_their_clients_cpu_and_keep_thei
                 for conn in conns:
                     await trio.to_thread.run_sync(conn.close)
         assert [pg.service.placer.moved_in for pg in servers] == [2, 2]
-    finally:
-        board.close()
-        for pair in mailboxes + handoffs:
-            for sock in pair:
-                sock.close()
 
 
 @pytest.mark.requires_module("psycopg")
 async def test_a_connection_in_a_transaction_or_with_a_temp_table_stays(nursery, quake_db):
     import trio
 
-    from trionet.placement import LoadBoard, Placer, receive_handoffs
-    from trionet.sql import Database
-    from trionet.sql.pg.server import PgServer
-
     _two_cpus()
-    database = Database(quake_db)
-    handoffs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
-    board = LoadBoard(["pg"], 2)
-    try:
-        servers, ports = [], []
-        for index in (0, 1):
-            pg = PgServer(database, pids=backend_pids(index))
-            pg.service.placer = Placer(board, "pg", index, [s for _, s in handoffs])
-            addresses = await nursery.start(pg.serve, "127.0.0.1", 0)
-            nursery.start_soon(receive_handoffs, handoffs[index][0], {"pg": pg.service})
-            servers.append(pg)
-            ports.append(addresses[0][1])
+    async with two_workers(nursery, quake_db, placement=True) as (servers, ports):
         stop = threading.Event()
 
         def client(cpu: int):
@@ -566,11 +546,6 @@ async def test_a_connection_in_a_transaction_or_with_a_temp_table_stays(nursery,
             finally:
                 for conn in (in_block, temp, free):
                     await trio.to_thread.run_sync(conn.close)
-    finally:
-        board.close()
-        for pair in handoffs:
-            for sock in pair:
-                sock.close()
 
 
 def _serving_pids(port: int, conns) -> list[int]:
