@@ -660,11 +660,11 @@ def supervise(
         metrics: ``(host, port)`` where the supervisor serves every worker's
             figures at ``/metrics`` (see the module's docstring); each worker
             must then run :func:`answer_scrapes` on ``context.scrapes``.
-        placement: hand each new connection to the worker its client's CPU
-            maps to while the workers stay even (:mod:`trionet.placement`);
-            each worker must then give its services ``context.placer(NAME)``
-            and run :func:`~trionet.placement.receive_handoffs` on
-            ``context.handoff``. False: the kernel's hash alone places them.
+        placement: let the workers move connections to the worker of their
+            client's CPU (:mod:`trionet.placement`): each worker must then
+            give its services ``context.placer(NAME)`` and run
+            :func:`~trionet.placement.receive_handoffs` on ``context.handoff``.
+            False: connections stay where the kernel's hash put them.
 
     Error handling: a port that cannot be bound raises
     :class:`~trionet.serving.ListenError` before any worker starts.

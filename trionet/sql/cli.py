@@ -284,10 +284,12 @@ def sql() -> None:
     type=click.Choice(["cpu", "hash"]),
     default="cpu",
     show_default=True,
-    help="With --workers above 1, which worker serves a new connection. cpu: the worker that accepted it hands "
-    "it to the worker for the CPU its client ran on when connecting, unless that worker already serves more "
-    "connections, so one client thread's connections meet in one worker (faster for a threaded client on the "
-    "same machine) and the workers stay even. hash: wherever the kernel's SO_REUSEPORT hash puts it.",
+    help="With --workers above 1, which worker serves a connection. cpu: a PostgreSQL connection whose client has "
+    "been running for a second moves to the worker for the CPU its client thread runs on, when the client's threads "
+    "are on CPUs of their own and the workers stay even, so each thread of a many-threaded client on this machine "
+    "talks to one worker (faster). It moves between two exchanges with its whole session (settings, prepared "
+    "statements, cancel key); TLS connections and the NDJSON port's stay. hash: every connection stays where the "
+    "kernel's SO_REUSEPORT hash put it (docs/protocol/pg.md).",
 )
 @click.option(
     "--users",
