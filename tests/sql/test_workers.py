@@ -461,7 +461,7 @@ async def test_connections_move_to_the_worker_of_their_clients_cpu_and_keep_thei
         threads = [_pinned(cpu, functools.partial(client, cpu)) for cpu in (0, 1)]
         try:
             with trio.fail_after(20):
-                while not all(len(pg._keys) == 2 and pg.moved_total == 2 for pg in servers):
+                while not all(len(pg._keys) == 2 and pg.service.placer.moved_out == 2 for pg in servers):
                     for _, outcome in threads:
                         if "error" in outcome:
                             raise outcome["error"]
@@ -526,7 +526,7 @@ async def test_a_connection_in_a_transaction_or_with_a_temp_table_stays(nursery,
         threads = [_pinned(cpu, functools.partial(client, cpu)) for cpu in (0, 1)]
         try:
             with trio.fail_after(20):
-                while sum(pg.moved_total for pg in servers) < 2:
+                while sum(pg.service.placer.moved_out for pg in servers) < 2:
                     for _, outcome in threads:
                         if "error" in outcome:
                             raise outcome["error"]

@@ -121,8 +121,6 @@ class PgServer:
         self._forward_cancel = forward_cancel
         self._keys: dict[int, tuple[int, ConnState]] = {}  # BackendKeyData pid -> (secret, connection)
         self._moved: OrderedDict[int, int] = OrderedDict()  # pid -> the worker a connection moved to (cancels)
-        self.moved_total = 0
-        """Connections this server moved to another worker (:mod:`trionet.placement`)."""
 
     async def serve(
         self, host: str = "127.0.0.1", port: int = DEFAULT_PG_PORT, *, task_status=trio.TASK_STATUS_IGNORED
@@ -458,7 +456,6 @@ class PgServer:
         if handover is None or not placer.hand_over(target, conn.stream.socket, handover.encode()):
             return False
         conn.moved_to = target
-        self.moved_total += 1
         self._moved[st.pid] = target
         if len(self._moved) > _MOVED_REMEMBERED:
             self._moved.popitem(last=False)
