@@ -26,10 +26,11 @@ and interrupts the statement exactly as if the cancel had reached it. A
 connection moved to another worker (:mod:`trionet.placement`) keeps its key;
 the worker that moved it remembers where to, and posts the cancel on.
 
-With ``--placement cpu`` (the default) every worker also gets a
-:class:`~trionet.placement.Placer` for each port and serves the connections
-the others move to it (:func:`~trionet.placement.receive_handoffs`); only the
-PostgreSQL port moves connections (:mod:`trionet.sql.pg.handover`).
+With ``--placement cpu`` (the default) every worker's PostgreSQL port also
+gets a :class:`~trionet.placement.Placer` and serves the connections the
+others move to it (:func:`~trionet.placement.receive_handoffs`,
+:mod:`trionet.sql.pg.handover`); the NDJSON port moves none, so it has no
+Placer and publishes nothing.
 """
 
 from __future__ import annotations
@@ -142,12 +143,9 @@ def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
     server, pg = build(backend_pids(context.index), cancel_forwarder(context))
     registry = sql_registry(server, pg)
     server.service.adopt(context.listeners["sql"])
-    server.service.placer = context.placer("sql")
-    by_port = {"sql": server.service}
     if pg is not None:
         pg.service.adopt(context.listeners["pg"])
         pg.service.placer = context.placer("pg")
-        by_port["pg"] = pg.service
 
     def shutdown(grace: float) -> None:
         server.shutdown(grace)
@@ -165,8 +163,8 @@ def _run_worker(context: WorkerContext, *, build: Build, grace: float) -> int:
                 await services.start(server.serve, None, 0)
                 if pg is not None:
                     await services.start(pg.serve, None, 0)
-                if context.handoff is not None:  # both serving: they can take what is handed over
-                    helpers.start_soon(receive_handoffs, context.handoff, by_port)
+                if pg is not None and context.handoff is not None:  # serving: it can take what is handed over
+                    helpers.start_soon(receive_handoffs, context.handoff, {"pg": pg.service})
             helpers.cancel_scope.cancel()
 
     serve_until_signal("sql", serve, shutdown=shutdown, grace=grace, registry=registry)
