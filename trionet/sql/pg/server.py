@@ -20,7 +20,6 @@ interrupted).
 from __future__ import annotations
 
 import itertools
-import math
 import secrets
 import time
 from collections import OrderedDict
@@ -332,15 +331,18 @@ class PgServer:
                             # waking this task; anything else comes back here.
                             # No read first: an answer just went out, so a
                             # client that waits for it has sent nothing yet.
-                            with trio.move_on_at(regroup.deadline() if regroup else math.inf) as regroup_scope:
+                            if regroup is None:  # (no cancel scope per wait once the looks are over)
                                 handed_back = await io.park(ready, parked.serve, parked.out)
-                            if regroup_scope.cancelled_caught:
-                                # Unparked between two reads of the loop's (under its lock).
-                                if self._regroup(st, regroup):
-                                    return
-                                if regroup.tries >= REGROUP_TRIES:
-                                    regroup = None  # it stays here for good
-                                continue
+                            else:
+                                with trio.move_on_at(regroup.deadline()) as regroup_scope:
+                                    handed_back = await io.park(ready, parked.serve, parked.out)
+                                if regroup_scope.cancelled_caught:
+                                    # Unparked between two reads of the loop's (under its lock).
+                                    if self._regroup(st, regroup):
+                                        return
+                                    if regroup.tries >= REGROUP_TRIES:
+                                        regroup = None  # it stays here for good
+                                    continue
                             if idle.expired:
                                 return
                             if handed_back:
