@@ -133,3 +133,47 @@ def test_a_session_with_state_of_its_own_stays(session):
 def test_a_session_that_ran_a_pragma_stays(session):
     session.execute("pragma cache_size", [], 10, 10**6, 10**6)
     assert session.holds_state()
+
+
+async def _moved_in(server, state: bytes) -> bytes:
+    """Hand ``server`` one end of a socket pair as a connection moved from another worker; what its client reads."""
+    import socket
+
+    import trio
+
+    ours, theirs = socket.socketpair()
+    with ours:
+        server.service.take(theirs, state)
+        ours.settimeout(5)
+        chunks = []
+        while chunk := await trio.to_thread.run_sync(ours.recv, 4096):
+            chunks.append(chunk)
+            if b"Z\0\0\0\x05" in chunk:  # (ReadyForQuery: it is being served)
+                break
+        return b"".join(chunks)
+
+
+async def test_a_moved_connection_over_the_limit_is_refused_and_a_bad_state_closed(nursery, quake_db):
+    from trionet.sql.pg.config import PgConfig
+    from trionet.sql.pg.server import PgServer
+
+    server = PgServer(Database(quake_db), PgConfig(max_connections=1))
+    await nursery.start(server.serve, "127.0.0.1", 0)
+    settings = Settings({"user": "u", "database": "quakes"}, read_only=True).snapshot()
+    good = Handover(1000, 7, settings, (("s", "select 1", (), None),)).encode()
+    # The first fits and is served: a Sync is answered with ReadyForQuery.
+    import socket
+
+    import trio
+
+    ours, theirs = socket.socketpair()
+    with ours:
+        server.service.take(theirs, good)
+        ours.sendall(b"S\0\0\0\x04")
+        ours.settimeout(5)
+        assert await trio.to_thread.run_sync(ours.recv, 64) == b"Z\0\0\0\x05I"
+        # The second is one over max_connections: FATAL 53300, as a new one would get.
+        refused = await _moved_in(server, good)
+        assert b"53300" in refused and b"too many clients" in refused
+    # A state that does not decode: closed without a word.
+    assert await _moved_in(server, b"not a handover") == b""
